@@ -1,0 +1,42 @@
+# The few commands everyone runs. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: install demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned: its CPU build lies on this machine's disk, while an unpinned torch pulls
+# a multi-GB CUDA build. pyproject declares a range that 2.13.0 satisfies.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz) \
+		|| echo "note: could not install Graphviz; 'dlspec draw' will write .dot files only"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dlspec check specs/cnn.dl
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check dlspec tests bench
+	$(BIN)/ruff check dlspec tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format dlspec tests bench
+	$(BIN)/ruff check --fix dlspec tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/check_speed.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

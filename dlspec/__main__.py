@@ -1,0 +1,5 @@
+import sys
+
+from dlspec.cli import main
+
+sys.exit(main())

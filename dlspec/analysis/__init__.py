@@ -1,0 +1,1 @@
+"""Semantic analysis: names, arguments, shapes, parameters, MACs, memory and lints."""

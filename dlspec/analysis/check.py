@@ -1,0 +1,66 @@
+"""The static pipeline behind ``dlspec check``: read -> parse -> analyze -> lint -> report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlspec.analysis.graph import ModelGraph
+from dlspec.analysis.infer import Analyzer
+from dlspec.analysis.lints import lint
+from dlspec.analysis.report import Report, build_report
+from dlspec.diagnostics import Diagnostic
+from dlspec.syntax.parser import parse
+from dlspec.syntax.source import Source, read_source
+
+
+@dataclass
+class Checked:
+    """A spec after the static pipeline: its source, its graph (None on errors), its report."""
+
+    path: str
+    source: Source | None
+    graph: ModelGraph | None
+    report: Report
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+
+def check_text(
+    text: str,
+    path: str = "<spec>",
+    overrides: dict[str, str] | None = None,
+    batch: int = 1,
+    model: str | None = None,
+) -> Checked:
+    source = Source(path, text)
+    spec, diagnostics = parse(text)
+    graph = None
+    if spec is not None:
+        analyzer = Analyzer(spec, overrides)
+        graph = analyzer.run(model)
+        diagnostics = analyzer.diagnostics
+        if graph is not None:
+            diagnostics = diagnostics + lint(graph)
+    diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
+    report = build_report(path, graph if _no_errors(diagnostics) else None, diagnostics, batch)
+    return Checked(path, source, graph if report.ok else None, report)
+
+
+def check_file(
+    path: str | Path,
+    overrides: dict[str, str] | None = None,
+    batch: int = 1,
+    model: str | None = None,
+) -> Checked:
+    source, problem = read_source(path)
+    if source is None:
+        assert problem is not None
+        return Checked(str(path), None, None, build_report(str(path), None, [problem], batch))
+    return check_text(source.text, str(path), overrides, batch, model)
+
+
+def _no_errors(diagnostics: list[Diagnostic]) -> bool:
+    return not any(d.severity == "error" for d in diagnostics)

@@ -1,0 +1,873 @@
+"""The analyzer: syntax tree -> :class:`ModelGraph`, with every diagnostic collected.
+
+Each statement is analyzed on its own: a mistake becomes a diagnostic and the analyzer moves
+on (later statements whose input is unknown are still checked for names and arguments).
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
+from dlspec.analysis.graph import InputNode, ModelGraph, Node
+from dlspec.analysis.names import RESERVED
+from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
+from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
+from dlspec.layers.base import numel
+from dlspec.layers.symbolic import Dim, Poly, fmt_dim
+from dlspec.layers.symbolic import evaluate as eval_dim
+from dlspec.syntax import ast
+
+PARAM_TYPES = ("int", "float", "bool", "str", "dim")
+DTYPES = {"float": "float", "long": "long", "int": "long"}
+LAYER_QUANTITIES = ("params", "buffers", "macs", "shape")
+TOTAL_QUANTITIES = ("params", "trainable_params", "macs")
+
+
+def check_name(ident: ast.Ident, what: str) -> None:
+    """Names become Python identifiers in generated code: refuse keywords, dunders, and the
+    attributes every ``nn.Module`` already has."""
+    name = ident.name
+    if keyword.iskeyword(name) or name in ("self", "torch", "nn", "F"):
+        raise fail("E207", f"{what} name {name!r} is a Python keyword or reserved", ident.span)
+    if name.startswith("__") or name in RESERVED:
+        raise fail(
+            "E207",
+            f"{what} name {name!r} would shadow an nn.Module attribute or special name",
+            ident.span,
+            ["choose another name, e.g. " + name.strip("_") + "_layer"],
+        )
+
+
+def convert_param(value: Any, type_name: str) -> Any:
+    """A model/block parameter value checked against its declared type (raises ValueError)."""
+    if type_name in ("int", "dim"):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if type_name == "dim" and value < 1:
+            raise ValueError(f"a dimension must be >= 1, got {value}")
+        return value
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> Any:
+    """A ``--set`` value: int (``43``, ``10K``), float, true/false, or a plain string."""
+    from dlspec.syntax.parser import parse_number
+
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return parse_number(text.strip())
+    except ValueError:
+        return text
+
+
+@dataclass
+class Scope:
+    """Tensors visible to the statements of one body (a model, a block, a residual branch)."""
+
+    path: str
+    env: dict[str, Any]
+    tensors: dict[str, TensorType | None] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)
+    current: str | None = None  # the tensor a statement without `<-` consumes
+
+    def generated_name(self, base: str) -> str:
+        base = base.lower()
+        while True:
+            self.counters[base] = self.counters.get(base, 0) + 1
+            candidate = f"{base}{self.counters[base]}"
+            if candidate not in self.names:
+                self.names.add(candidate)
+                return candidate
+
+    def child_path(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+
+class Analyzer:
+    """Turns a parsed spec into a model graph; ``diagnostics`` collects every problem."""
+
+    def __init__(self, spec: ast.Spec, overrides: dict[str, str] | None = None) -> None:
+        self.spec = spec
+        self.overrides = dict(overrides or {})
+        self.diagnostics: list[Diagnostic] = []
+        self.blocks: dict[str, ast.Definition] = {}
+        self.models: dict[str, ast.Definition] = {}
+        self.expanding: list[str] = []  # blocks being expanded, for recursion errors
+        self.bindings: dict[str, int] = {}
+        self.total_checks: list[tuple[ast.Check, dict[str, Any]]] = []
+        self.train: ast.TrainSection | None = None
+        self.outputs: list[ast.Ident] | None = None
+
+    # driver ---------------------------------------------------------------------------------
+
+    def error(self, diag: Diagnostic) -> None:
+        self.diagnostics.append(diag)
+
+    def run(self, model: str | None = None) -> ModelGraph | None:
+        for definition in self.spec.definitions:
+            table = self.models if definition.keyword == "model" else self.blocks
+            name = definition.name
+            if name.name in self.models or name.name in self.blocks:
+                self.error(Diagnostic.at("E206", f"{name.name} is defined twice", name.span))
+            elif definition.keyword == "block" and name.name in REGISTRY:
+                self.error(
+                    Diagnostic.at(
+                        "E206", f"block {name.name} has the name of a layer kind", name.span
+                    )
+                )
+            else:
+                table[name.name] = definition
+        chosen = self._choose(model)
+        if chosen is None:
+            return None
+        return self._model(chosen)
+
+    def _choose(self, model: str | None) -> ast.Definition | None:
+        if model is not None:
+            if model in self.models:
+                return self.models[model]
+            notes = did_you_mean(model, self.models) or [f"models: {', '.join(self.models)}"]
+            self.error(Diagnostic.at("E210", f"no model named {model!r}", None, notes))
+            return None
+        if len(self.models) == 1:
+            return next(iter(self.models.values()))
+        if not self.models:
+            self.error(Diagnostic.at("E210", "the spec defines no model (only blocks)", None))
+        else:
+            self.error(
+                Diagnostic.at(
+                    "E210",
+                    f"the spec defines {len(self.models)} models; choose one with --model",
+                    None,
+                    [f"models: {', '.join(self.models)}"],
+                )
+            )
+        return None
+
+    # parameters -----------------------------------------------------------------------------
+
+    def _model_params(self, definition: ast.Definition) -> dict[str, Any]:
+        env: dict[str, Any] = {}
+        declared = {p.name.name for p in definition.params}
+        for key in self.overrides:
+            if key not in declared:
+                notes = did_you_mean(key, declared) or [
+                    f"parameters of {definition.name.name}: {', '.join(declared) or 'none'}"
+                ]
+                self.error(
+                    Diagnostic.at("E211", f"--set {key}: no such model parameter", None, notes)
+                )
+        for param in definition.params:
+            name = param.name.name
+            try:
+                check_name(param.name, "parameter")
+                if param.type.name not in PARAM_TYPES:
+                    raise fail(
+                        "E204",
+                        f"unknown parameter type {param.type.name!r}",
+                        param.type.span,
+                        [f"types: {', '.join(PARAM_TYPES)}"],
+                    )
+                if name in self.overrides:
+                    try:
+                        value = convert_param(parse_override(self.overrides[name]), param.type.name)
+                    except ValueError as exc:
+                        self.error(
+                            Diagnostic.at(
+                                "E211", f"--set {name}={self.overrides[name]}: {exc}", None
+                            )
+                        )
+                        continue
+                elif param.default is not None:
+                    try:
+                        value = convert_param(evaluate(param.default, env), param.type.name)
+                    except ValueError as exc:
+                        raise fail("E204", f"default of {name}: {exc}", param.default.span) from exc
+                else:
+                    self.error(
+                        Diagnostic.at(
+                            "E211",
+                            f"model parameter {name} has no default; pass --set {name}=VALUE",
+                            param.span,
+                        )
+                    )
+                    continue
+            except DiagnosticError as err:
+                self.error(err.diagnostic)
+                continue
+            if param.type.name == "dim":
+                self.bindings[name] = value
+                env[name] = Poly.symbol(name)
+            else:
+                env[name] = value
+        return env
+
+    def _bind_args(
+        self, params: list[ast.Param], args: list[ast.Arg], env: dict[str, Any], where: ast.Call
+    ) -> dict[str, Any]:
+        """Arguments of a block call matched to its declared parameters."""
+        bound: dict[str, Any] = {}
+        names = [p.name.name for p in params]
+        positional = [a for a in args if a.name is None]
+        if len(positional) > len(params):
+            raise fail(
+                "E205",
+                f"{where.name.name} takes {len(params)} arguments, got {len(positional)}",
+                positional[len(params)].span,
+            )
+        for param, arg in zip(params, positional, strict=False):
+            bound[param.name.name] = (arg, evaluate(arg.value, env))
+        for arg in args:
+            if arg.name is None:
+                continue
+            key = arg.name.name
+            if key not in names:
+                raise fail(
+                    "E202",
+                    f"{where.name.name} has no parameter {key!r}",
+                    arg.name.span,
+                    did_you_mean(key, names) or [f"parameters: {', '.join(names)}"],
+                )
+            if key in bound:
+                raise fail("E213", f"argument {key!r} given twice", arg.span)
+            bound[key] = (arg, evaluate(arg.value, env))
+        values: dict[str, Any] = {}
+        for param in params:
+            key = param.name.name
+            if key in bound:
+                arg, value = bound[key]
+                span = arg.span
+            elif param.default is not None:
+                value, span = evaluate(param.default, values), param.default.span
+            else:
+                raise fail("E203", f"{where.name.name} needs argument {key!r}", where.span)
+            try:
+                values[key] = (
+                    value if isinstance(value, Poly) else convert_param(value, param.type.name)
+                )
+            except ValueError as exc:
+                raise fail("E204", f"{key}: {exc}", span) from exc
+        return values
+
+    # layers ---------------------------------------------------------------------------------
+
+    def _layer(self, call: ast.Call, env: dict[str, Any]) -> Layer:
+        cls = REGISTRY[call.name.name]
+        data: dict[str, Any] = {}
+        spans: dict[str, Span] = {}
+        positional = [a for a in call.args if a.name is None]
+        if cls.variadic is not None:
+            if positional:
+                data[cls.variadic] = [evaluate(a.value, env) for a in positional]
+                spans[cls.variadic] = positional[0].span
+        else:
+            if len(positional) > len(cls.positional):
+                extra = positional[len(cls.positional)]
+                raise fail(
+                    "E205",
+                    f"{cls.kind} takes at most {len(cls.positional)} positional arguments "
+                    f"({', '.join(cls.positional) or 'none'}), got {len(positional)}",
+                    extra.span,
+                )
+            for field_name, arg in zip(cls.positional, positional, strict=False):
+                data[field_name] = evaluate(arg.value, env)
+                spans[field_name] = arg.span
+        fields = cls.model_fields
+        aliases = {
+            str(f.validation_alias): name for name, f in fields.items() if f.validation_alias
+        }
+        for arg in call.args:
+            if arg.name is None:
+                continue
+            key = arg.name.name
+            canonical = aliases.get(key, key)
+            if canonical in data:
+                raise fail("E213", f"argument {key!r} given twice", arg.span)
+            if canonical not in fields:
+                raise fail(
+                    "E202",
+                    f"{cls.kind} has no argument {key!r}",
+                    arg.name.span,
+                    did_you_mean(key, [*fields, *aliases])
+                    or [f"arguments: {', '.join(fields) or 'none'}"],
+                )
+            data[canonical] = evaluate(arg.value, env)
+            spans[canonical] = arg.span
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise self._validation_diagnostics(cls, exc, spans, call) from None
+
+    def _validation_diagnostics(
+        self, cls: type[Layer], exc: ValidationError, spans: dict[str, Span], call: ast.Call
+    ) -> DiagnosticError:
+        aliases = {
+            str(f.validation_alias): name
+            for name, f in cls.model_fields.items()
+            if f.validation_alias
+        }
+        diags = []
+        for err in exc.errors():
+            field_name = aliases.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else ""
+            if err["type"] == "missing":
+                positional = field_name in cls.positional
+                hint = (
+                    f" (positional argument {cls.positional.index(field_name) + 1})"
+                    if positional
+                    else ""
+                )
+                diags.append(
+                    Diagnostic.at(
+                        "E203", f"{cls.kind} needs argument {field_name!r}{hint}", call.span
+                    )
+                )
+            else:
+                value = err.get("input")
+                diags.append(
+                    Diagnostic.at(
+                        "E204",
+                        f"{cls.kind} argument {field_name}={value!r}: {err['msg'].lower()}",
+                        spans.get(field_name, call.span),
+                    )
+                )
+        self.diagnostics.extend(diags[:-1])
+        return DiagnosticError(diags[-1])
+
+    # statements -----------------------------------------------------------------------------
+
+    def _model(self, definition: ast.Definition) -> ModelGraph | None:
+        env = self._model_params(definition)
+        scope = Scope(path="", env=env)
+        inputs: list[InputNode] = []
+        nodes = self._body(definition.body, scope, inputs=inputs, top=True)
+        if not inputs:
+            self.error(
+                Diagnostic.at(
+                    "E408",
+                    f"model {definition.name.name} declares no input",
+                    definition.name.span,
+                    ["add e.g. `input image: float[3, 48, 48]`"],
+                )
+            )
+        outputs = self._outputs(scope)
+        if any(d.severity == "error" for d in self.diagnostics):
+            return None
+        graph = ModelGraph(
+            name=definition.name.name,
+            params={k: v for k, v in env.items() if not isinstance(v, Poly)},
+            bindings=dict(self.bindings),
+            symbols=[k for k, v in env.items() if isinstance(v, Poly)],
+            inputs=inputs,
+            nodes=nodes,
+            outputs=outputs,
+            output_types=[t for o in outputs if (t := scope.tensors.get(o)) is not None],
+            train=self.train,
+            span=definition.span,
+        )
+        self._check_totals(graph)
+        return graph
+
+    def _outputs(self, scope: Scope) -> list[str]:
+        if self.outputs is None:
+            return [scope.current] if scope.current else []
+        names = []
+        for ident in self.outputs:
+            if ident.name not in scope.tensors:
+                self.error(
+                    Diagnostic.at(
+                        "E406",
+                        f"output {ident.name!r} is not a tensor of this model",
+                        ident.span,
+                        did_you_mean(ident.name, scope.tensors),
+                    )
+                )
+            names.append(ident.name)
+        return names
+
+    def _body(
+        self,
+        statements: Sequence[ast.Statement],
+        scope: Scope,
+        inputs: list[InputNode] | None = None,
+        top: bool = False,
+    ) -> list[Node]:
+        for stmt in statements:
+            if isinstance(stmt, ast.LayerStmt) and stmt.name is not None:
+                scope.names.add(stmt.name.name)
+        nodes: list[Node] = []
+        last: Node | None = None
+        last_ok = True
+        for stmt in statements:
+            try:
+                if isinstance(stmt, ast.LayerStmt):
+                    last_ok = False
+                    last = self._statement(stmt, scope)
+                    last_ok = last is not None
+                    if last is not None:
+                        nodes.append(last)
+                elif isinstance(stmt, ast.ExpectStmt):
+                    self._expect(stmt, last if last_ok else None, top, scope.env)
+                elif isinstance(stmt, ast.InputDecl) and top and inputs is not None:
+                    inputs.append(self._input(stmt, scope))
+                elif isinstance(stmt, ast.OutputDecl) and top:
+                    self.outputs = stmt.names
+                elif isinstance(stmt, ast.TrainSection) and top:
+                    self.train = stmt
+                else:
+                    what = type(stmt).__name__.replace("Decl", "").replace("Section", "").lower()
+                    raise fail(
+                        "E408", f"{what} declarations belong in a model, not here", stmt.span
+                    )
+            except DiagnosticError as err:
+                self.error(err.diagnostic)
+        return nodes
+
+    def _input(self, decl: ast.InputDecl, scope: Scope) -> InputNode:
+        check_name(decl.name, "input")
+        if decl.name.name in scope.tensors:
+            raise fail("E206", f"{decl.name.name} is already defined", decl.name.span)
+        if decl.dtype.name not in DTYPES:
+            raise fail(
+                "E408",
+                f"unknown element type {decl.dtype.name!r}",
+                decl.dtype.span,
+                ["element types: float (features, images) or long (token ids)"],
+            )
+        dims: list[Dim] = []
+        for expr in decl.dims:
+            value = evaluate(expr, scope.env)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, (int, Poly)) or isinstance(value, bool):
+                raise fail("E408", f"a dimension must be a whole number, got {value!r}", expr.span)
+            if isinstance(value, int) and value < 1:
+                raise fail("E402", f"a dimension must be >= 1, got {value}", expr.span)
+            dims.append(value)
+        type_ = TensorType(tuple(dims), DTYPES[decl.dtype.name])  # type: ignore[arg-type]
+        scope.tensors[decl.name.name] = type_
+        scope.names.add(decl.name.name)
+        scope.current = decl.name.name
+        return InputNode(decl.name.name, type_, decl.span)
+
+    def _sources(
+        self, stmt: ast.LayerStmt, scope: Scope
+    ) -> tuple[list[str], list[TensorType] | None]:
+        """The tensors a statement consumes; None for the types when one of them is unknown."""
+        if stmt.sources:
+            names = []
+            for ident in stmt.sources:
+                if ident.name not in scope.tensors:
+                    raise fail(
+                        "E406",
+                        f"no tensor named {ident.name!r} before this statement",
+                        ident.span,
+                        did_you_mean(ident.name, scope.tensors),
+                    )
+                names.append(ident.name)
+        elif scope.current is not None:
+            names = [scope.current]
+        else:
+            raise fail(
+                "E408",
+                "this layer has no input: declare one with `input name: float[...]`",
+                stmt.span,
+            )
+        types = [scope.tensors[name] for name in names]
+        if any(t is None for t in types):
+            return names, None
+        return names, [t for t in types if t is not None]
+
+    def _statement(self, stmt: ast.LayerStmt, scope: Scope) -> Node | None:
+        if stmt.name is not None:
+            check_name(stmt.name, "layer")
+            if stmt.name.name in scope.tensors:
+                raise fail(
+                    "E206", f"{stmt.name.name} is already defined in this scope", stmt.name.span
+                )
+        base = stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
+        name = stmt.name.name if stmt.name is not None else scope.generated_name(base)
+        scope.tensors[name] = None  # until analyzed; later statements see it as unknown
+        sources, types = self._sources(stmt, scope)
+        scope.current = name
+        explicit = bool(stmt.sources)
+        if stmt.repeat is not None:
+            count = expect_int(stmt.repeat, scope.env, "a repeat count")
+            node = self._repeat(stmt, count, name, scope, types)
+        else:
+            node = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, types)
+        if node is None:
+            return None
+        node.sources = sources if explicit else []
+        scope.tensors[name] = node.output
+        return node
+
+    def _repeat(
+        self,
+        stmt: ast.LayerStmt,
+        count: int,
+        name: str,
+        scope: Scope,
+        types: list[TensorType] | None,
+    ) -> Node | None:
+        path = scope.child_path(name)
+        children: list[Node] = []
+        for i in range(count):
+            child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, types)
+            if child is None:
+                return None
+            children.append(child)
+            types = [child.output]
+        assert types is not None
+        return Node(
+            name=name,
+            path=path,
+            span=stmt.span,
+            container="repeat",
+            inputs=children[0].inputs,
+            output=types[0],
+            children=children,
+        )
+
+    def _operation(
+        self,
+        stmt: ast.LayerStmt,
+        op: ast.Call | ast.Residual,
+        name: str,
+        path: str,
+        scope: Scope,
+        types: list[TensorType] | None,
+    ) -> Node | None:
+        if isinstance(op, ast.Residual):
+            return self._residual(op, name, path, scope, types)
+        kind = op.name.name
+        if kind in self.blocks:
+            return self._block(op, name, path, scope, types)
+        if kind not in REGISTRY:
+            raise fail(
+                "E201",
+                f"unknown layer kind {kind!r}",
+                op.name.span,
+                did_you_mean(kind, [*REGISTRY, *self.blocks]),
+            )
+        layer = self._layer(op, scope.env)
+        if types is None:
+            return None
+        lo, hi = layer.arity
+        if not lo <= len(types) <= hi:
+            expected = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise fail("E407", f"{kind} takes {expected} inputs, got {len(types)}", stmt.span)
+        try:
+            inferred = layer.infer(types)
+        except LayerError as err:
+            span = op.span
+            for arg in op.args:
+                if err.arg is not None and arg.name is not None and arg.name.name == err.arg:
+                    span = arg.span
+            raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
+        for dim in inferred.output.shape:
+            if isinstance(dim, Poly):
+                value = eval_dim(dim, self.bindings)
+                if value < 1:
+                    raise fail(
+                        "E402",
+                        f"{name}: output dimension {dim} is {value} at "
+                        + ", ".join(f"{k}={v}" for k, v in self.bindings.items()),
+                        op.span,
+                    )
+        node = Node(
+            name=name,
+            path=path,
+            span=stmt.span if stmt.op is op else op.span,
+            container="layer",
+            inputs=types,
+            output=inferred.output,
+            layer=layer,
+            weights=inferred.weights,
+            buffers=inferred.buffers,
+            macs=inferred.macs,
+            tied=inferred.tied,
+        )
+        for code, message in inferred.warnings:
+            self.error(Diagnostic.at(code, f"{name}: {message}", stmt.span))
+        return node
+
+    def _block(
+        self, call: ast.Call, name: str, path: str, scope: Scope, types: list[TensorType] | None
+    ) -> Node | None:
+        definition = self.blocks[call.name.name]
+        if call.name.name in self.expanding:
+            chain = " -> ".join([*self.expanding, call.name.name])
+            raise fail("E209", f"block {call.name.name} uses itself: {chain}", call.name.span)
+        env = self._bind_args(definition.params, call.args, scope.env, call)
+        if types is None:
+            return None
+        if len(types) != 1:
+            raise fail("E407", f"block {call.name.name} takes 1 input, got {len(types)}", call.span)
+        inner = Scope(path=path, env=env, tensors={"input": types[0]}, current="input")
+        self.expanding.append(call.name.name)
+        errors = len(self.diagnostics)
+        try:
+            children = self._body(definition.body, inner)
+        finally:
+            self.expanding.pop()
+        if self._failed_since(errors):
+            return None
+        output = inner.tensors[inner.current] if inner.current else types[0]
+        assert output is not None
+        return Node(
+            name=name,
+            path=path,
+            span=call.span,
+            container="block",
+            inputs=types,
+            output=output,
+            block=call.name.name,
+            children=children,
+        )
+
+    def _residual(
+        self, op: ast.Residual, name: str, path: str, scope: Scope, types: list[TensorType] | None
+    ) -> Node | None:
+        if types is None:
+            return None
+        if len(types) != 1:
+            raise fail("E407", f"residual takes 1 input, got {len(types)}", op.span)
+        x = types[0]
+        errors = len(self.diagnostics)
+        main = Scope(path=path, env=scope.env, tensors={"input": x}, current="input")
+        children = self._body(op.body, main)
+        shortcut = None
+        out_short = x
+        if op.shortcut is not None:
+            side = Scope(
+                path=f"{path}.shortcut", env=scope.env, tensors={"input": x}, current="input"
+            )
+            shortcut = self._body(op.shortcut, side)
+            out_short = side.tensors.get(side.current or "input") or x
+        if self._failed_since(errors):
+            return None
+        out_main = main.tensors[main.current or "input"]
+        assert out_main is not None
+        if tuple(out_main.shape) != tuple(out_short.shape):
+            what = "shortcut" if shortcut is not None else "input (identity shortcut)"
+            notes = [f"body output {out_main}, {what} {out_short}"]
+            if shortcut is None and len(out_main.shape) == len(x.shape):
+                notes.append(
+                    "add `shortcut { ... }` with a projection, e.g. a 1x1 Conv2d with the same stride"
+                )
+            raise fail(
+                "E403",
+                f"{name}: the residual's branches differ: {out_main} + {out_short}",
+                op.span,
+                notes,
+            )
+        return Node(
+            name=name,
+            path=path,
+            span=op.span,
+            container="residual",
+            inputs=[x],
+            output=out_main,
+            children=children,
+            shortcut=shortcut,
+        )
+
+    def _failed_since(self, mark: int) -> bool:
+        return any(d.severity == "error" for d in self.diagnostics[mark:])
+
+    # expectations ---------------------------------------------------------------------------
+
+    def _expect(
+        self, stmt: ast.ExpectStmt, last: Node | None, top: bool, env: dict[str, Any]
+    ) -> None:
+        if stmt.total:
+            if not top:
+                raise fail("E305", "`expect total` belongs at the model level", stmt.span)
+            for check in stmt.checks:
+                if check.quantity.name not in TOTAL_QUANTITIES:
+                    raise fail(
+                        "E305",
+                        f"unknown model quantity {check.quantity.name!r}",
+                        check.quantity.span,
+                        [f"quantities: {', '.join(TOTAL_QUANTITIES)}"],
+                    )
+            self.total_checks.extend((check, env) for check in stmt.checks)
+            return
+        for check in stmt.checks:
+            if check.quantity.name not in LAYER_QUANTITIES:
+                raise fail(
+                    "E305",
+                    f"unknown quantity {check.quantity.name!r}",
+                    check.quantity.span,
+                    [
+                        f"quantities: {', '.join(LAYER_QUANTITIES)}; "
+                        "for the whole model: expect total ..."
+                    ],
+                )
+        if last is None:
+            return  # the statement it checks had errors (reported) or there is none
+        for check in stmt.checks:
+            try:
+                self._check_layer(check, last, env)
+            except DiagnosticError as err:
+                self.error(err.diagnostic)
+
+    def _check_layer(self, check: ast.Check, node: Node, env: dict[str, Any]) -> None:
+        quantity = check.quantity.name
+        if quantity == "shape":
+            want = evaluate(check.value, env)
+            if not isinstance(want, list):
+                raise fail(
+                    "E305", "a shape is written as a list, e.g. [64, 24, 24]", check.value.span
+                )
+            got = list(node.output.shape)
+            equal = want == got
+            if check.op not in ("==", "!="):
+                raise fail("E305", "shapes compare with == or !=", check.span)
+            if equal != (check.op == "=="):
+                raise fail(
+                    "E302",
+                    f"{node.name} expected shape {check.op} {_fmt_shape(want)}, "
+                    f"but its output is {node.output}",
+                    check.span,
+                    _shape_notes(node),
+                )
+            return
+        if quantity == "params":
+            actual: int = node.params
+            notes = _param_notes(node)
+            noun = "parameters"
+        elif quantity == "buffers":
+            actual, notes, noun = node.buffer_count, [], "buffer elements"
+        else:
+            actual = eval_dim(node.total_macs, self.bindings)
+            notes = _macs_notes(node, self.bindings)
+            noun = "MACs"
+        want = evaluate(check.value, env)
+        if _fails(actual, check.op, want, check.value):
+            code = {"params": "E301", "buffers": "E301", "macs": "E303"}[quantity]
+            raise fail(
+                code,
+                f"{node.name} was expected to have {_claim(check.op, want)} {noun}, "
+                f"but {node.label} has {n(actual)}",
+                check.span,
+                notes,
+            )
+
+    def _check_totals(self, graph: ModelGraph) -> None:
+        for check, env in self.total_checks:
+            quantity = check.quantity.name
+            if quantity == "macs":
+                actual = sum(eval_dim(node.total_macs, graph.bindings) for node in graph.nodes)
+            else:
+                actual = sum(node.params for node in graph.nodes)
+                if quantity == "params":
+                    actual += sum(node.buffer_count for node in graph.nodes)
+            try:
+                want = evaluate(check.value, env)
+                failed = _fails(actual, check.op, want, check.value)
+            except DiagnosticError as err:
+                self.error(err.diagnostic)
+                continue
+            if failed:
+                self.error(
+                    Diagnostic.at(
+                        "E304",
+                        f"the model has {n(actual)} {quantity.replace('_', ' ')}, over its budget "
+                        f"({quantity} {check.op} {_fmt_num(want)})",
+                        check.span,
+                        _largest(graph),
+                    )
+                )
+
+
+def _claim(op: str, value: Any) -> str:
+    return _fmt_num(value) if op == "==" else f"{op} {_fmt_num(value)}"
+
+
+def _fmt_num(value: Any) -> str:
+    return n(value) if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _fmt_shape(shape: list[Any]) -> str:
+    return (
+        "[" + ", ".join(fmt_dim(d) if isinstance(d, (int, Poly)) else repr(d) for d in shape) + "]"
+    )
+
+
+def _tolerance(expr: ast.Expr) -> float:
+    """``96.66M`` means "96.66 million, to the digits shown": half a unit of the last digit."""
+    if isinstance(expr, ast.Num) and expr.text[-1] in "KMGT" and "." in expr.text:
+        from dlspec.syntax.parser import SUFFIXES
+
+        decimals = len(expr.text[:-1].split(".")[1].replace("_", ""))
+        return SUFFIXES[expr.text[-1]] * 0.5 * 10.0**-decimals
+    return 0.0
+
+
+def _fails(actual: int, op: str, want: Any, expr: ast.Expr) -> bool:
+    if isinstance(want, bool) or not isinstance(want, (int, float)):
+        raise fail("E305", f"expected a number, got {want!r}", expr.span)
+    tol = _tolerance(expr)
+    if op == "==":
+        return abs(actual - want) > tol
+    if op == "!=":
+        return abs(actual - want) <= tol
+    return not {"<": actual < want, "<=": actual <= want, ">": actual > want, ">=": actual >= want}[
+        op
+    ]
+
+
+def _param_notes(node: Node) -> list[str]:
+    """The arithmetic behind a parameter count: each tensor's shape and size."""
+    parts = []
+    for leaf in node.leaves():
+        for wname, shape in leaf.weights.items():
+            if wname in leaf.tied:
+                continue
+            prefix = f"{leaf.path}." if leaf is not node else ""
+            dims = " x ".join(n(d) for d in shape) or "1"
+            parts.append(f"{prefix}{wname} [{dims}] = {n(numel(shape))}")
+    if not parts:
+        return [f"{node.label} has no parameters"]
+    if len(parts) > 6:
+        return [f"{len(parts)} tensors in {len(node.leaves())} layers; total {n(node.params)}"]
+    return [" + ".join(parts) + (f" = {n(node.params)}" if len(parts) > 1 else "")]
+
+
+def _macs_notes(node: Node, bindings: dict[str, int]) -> list[str]:
+    total = node.total_macs
+    if isinstance(total, Poly):
+        return [f"MACs = {total} at " + ", ".join(f"{k}={v}" for k, v in bindings.items())]
+    return [f"{node.label}: {n(total)} multiply-accumulates per sample (one per bias add)"]
+
+
+def _shape_notes(node: Node) -> list[str]:
+    ins = ", ".join(str(t) for t in node.inputs)
+    return [f"{node.label} maps {ins} to {node.output}"]
+
+
+def _largest(graph: ModelGraph) -> list[str]:
+    leaves = sorted(graph.leaves(), key=lambda leaf: leaf.params, reverse=True)[:3]
+    return ["largest layers: " + ", ".join(f"{leaf.path} {n(leaf.params)}" for leaf in leaves)]

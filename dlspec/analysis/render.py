@@ -1,0 +1,82 @@
+"""The human-readable report of ``dlspec check``."""
+
+from __future__ import annotations
+
+from dlspec.analysis.report import LayerRow, Report
+from dlspec.diagnostics import n
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.2f} {unit}"
+        value /= 1024
+    raise AssertionError
+
+
+def short(count: int) -> str:
+    """96,663,050 -> 96.66M (as torchinfo prints totals)."""
+    for scale, suffix in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f}{suffix}"
+    return str(count)
+
+
+def _shape(shape: list[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _row(row: LayerRow, parent: str) -> list[str]:
+    name = "  " * row.depth + row.name.removeprefix(parent + ".")
+    macs = n(row.macs) if row.macs_formula is None else f"{n(row.macs)}*"
+    return [name, row.label, _shape(row.output_shape), n(row.params), macs]
+
+
+def render_table(report: Report) -> str:
+    """The per-layer table and the totals; empty when the spec did not analyze."""
+    if report.model is None or report.memory is None:
+        return ""
+    header = ["layer", "kind", "output (per sample)", "params", "MACs"]
+    body = [[i.name, f"input {i.dtype}", _shape(i.shape), "0", "0"] for i in report.inputs]
+    parents: list[str] = []
+    for r in report.layers:
+        del parents[r.depth :]
+        body.append(_row(r, parents[-1] if parents else ""))
+        parents.append(r.name)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    right = (False, False, False, True, True)
+
+    def fmt(cells: list[str]) -> str:
+        parts = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    settings = ", ".join(f"{k}={v}" for k, v in {**report.parameters, **report.symbols}.items())
+    lines = [f"{report.model}  ({report.file}{', ' + settings if settings else ''})", ""]
+    lines += [fmt(header), fmt(["-" * w for w in widths])]
+    lines += [fmt(r) for r in body]
+    lines.append("")
+    mem = report.memory
+    macs = f"{n(report.total_macs)} ({short(report.total_macs)})"
+    if report.total_macs_formula:
+        at = ", ".join(f"{k}={v}" for k, v in report.symbols.items())
+        macs += f" at {at}; = {report.total_macs_formula}"
+    totals = [
+        ("total params", f"{n(report.total_params)} ({short(report.total_params)})"),
+        ("  trainable", n(report.trainable_params)),
+        ("  non-trainable", n(report.non_trainable_params)),
+        ("MACs per sample", macs),
+        ("parameter memory", f"{human_bytes(mem.parameters_bytes)} (fp32)"),
+        (
+            "activation memory",
+            f"{human_bytes(mem.activations_bytes)} (forward + backward, batch {mem.batch})",
+        ),
+        ("training (Adam)", f"{human_bytes(mem.training_adam_bytes)} (batch {mem.batch})"),
+    ]
+    width = max(len(k) for k, _ in totals)
+    lines += [f"{k.ljust(width)}  {v}" for k, v in totals]
+    if any(r.macs_formula for r in report.layers):
+        lines.append("* MACs depend on symbolic dimensions; JSON output gives the formulas")
+    return "\n".join(lines)

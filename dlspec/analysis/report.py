@@ -1,0 +1,151 @@
+"""The check report: a documented, stable JSON schema (``schema_version`` 1) and its totals.
+
+Memory estimates (fp32, 4 bytes per element):
+
+* parameters: (trainable + non-trainable elements) x 4;
+* activations: every layer output plus the inputs, kept for the backward pass, and as much
+  again for their gradients: 2 x 4 x elements x batch;
+* training with Adam: weights, gradients and two moment estimates (16 bytes per trainable
+  parameter, 4 per buffer element) plus the activations.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from dlspec.analysis.graph import ModelGraph, Node
+from dlspec.diagnostics import Diagnostic
+from dlspec.layers.base import TensorType
+from dlspec.layers.symbolic import Dim, Poly, evaluate, product
+
+BYTES = 4
+
+
+class TensorInfo(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int | str]  # per sample; symbolic dimensions as formulas ("T", "2*T")
+    shape_value: list[int]  # at the spec's bindings
+
+
+class LayerRow(BaseModel):
+    name: str  # dotted path, as in the generated module's named_modules()
+    kind: str  # layer kind; "block", "repeat" or "residual" for containers
+    label: str
+    depth: int
+    container: bool
+    output_shape: list[int | str]
+    params: int  # trainable
+    buffers: int  # non-trainable elements
+    macs: int  # per sample, at the spec's bindings
+    macs_formula: str | None  # when MACs depend on symbolic dimensions
+    line: int
+    column: int
+
+
+class Memory(BaseModel):
+    batch: int
+    parameters_bytes: int
+    activations_bytes: int
+    training_adam_bytes: int
+
+
+class Report(BaseModel):
+    schema_version: Literal[1] = 1
+    file: str
+    model: str | None = None
+    parameters: dict[str, Any] = {}
+    symbols: dict[str, int] = {}
+    inputs: list[TensorInfo] = []
+    outputs: list[TensorInfo] = []
+    layers: list[LayerRow] = []
+    total_params: int = 0  # trainable + non-trainable
+    trainable_params: int = 0
+    non_trainable_params: int = 0
+    total_macs: int = 0
+    total_macs_formula: str | None = None
+    memory: Memory | None = None
+    diagnostics: list[Diagnostic] = []
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity == "error" for d in self.diagnostics)
+
+
+def shape_json(shape: tuple[Dim, ...]) -> list[int | str]:
+    return [d if isinstance(d, int) else str(d) for d in shape]
+
+
+def _tensor(name: str, t: TensorType, bindings: dict[str, int]) -> TensorInfo:
+    return TensorInfo(
+        name=name,
+        dtype=t.dtype,
+        shape=shape_json(t.shape),
+        shape_value=[evaluate(d, bindings) for d in t.shape],
+    )
+
+
+def _rows(
+    nodes: list[Node], depth: int, bindings: dict[str, int], parent: str = ""
+) -> list[LayerRow]:
+    rows = []
+    for node in nodes:
+        macs = node.total_macs
+        rows.append(
+            LayerRow(
+                name=node.path,
+                kind=node.layer.kind if node.layer is not None else node.container,
+                label=node.label,
+                depth=depth,
+                container=node.container != "layer",
+                output_shape=shape_json(node.output.shape),
+                params=node.params,
+                buffers=node.buffer_count,
+                macs=evaluate(macs, bindings),
+                macs_formula=str(macs) if isinstance(macs, Poly) else None,
+                line=node.span.line,
+                column=node.span.column,
+            )
+        )
+        rows.extend(_rows([*node.children, *(node.shortcut or [])], depth + 1, bindings, node.path))
+    return rows
+
+
+def build_report(
+    path: str, graph: ModelGraph | None, diagnostics: list[Diagnostic], batch: int
+) -> Report:
+    if graph is None:
+        return Report(file=path, diagnostics=diagnostics)
+    b = graph.bindings
+    trainable = sum(node.params for node in graph.nodes)
+    frozen = sum(node.buffer_count for node in graph.nodes)
+    macs: Dim = 0
+    for node in graph.nodes:
+        macs = macs + node.total_macs
+    elements = sum(evaluate(product(i.type.shape), b) for i in graph.inputs) + sum(
+        evaluate(product(leaf.output.shape), b) for leaf in graph.leaves()
+    )
+    activations = 2 * BYTES * elements * batch
+    return Report(
+        file=path,
+        model=graph.name,
+        parameters=graph.params,
+        symbols=dict(b),
+        inputs=[_tensor(i.name, i.type, b) for i in graph.inputs],
+        outputs=[_tensor(o, t, b) for o, t in zip(graph.outputs, graph.output_types, strict=False)],
+        layers=_rows(graph.nodes, 0, b),
+        total_params=trainable + frozen,
+        trainable_params=trainable,
+        non_trainable_params=frozen,
+        total_macs=evaluate(macs, b),
+        total_macs_formula=str(macs) if isinstance(macs, Poly) else None,
+        memory=Memory(
+            batch=batch,
+            parameters_bytes=BYTES * (trainable + frozen),
+            activations_bytes=activations,
+            training_adam_bytes=4 * BYTES * trainable + BYTES * frozen + activations,
+        ),
+        diagnostics=diagnostics,
+    )

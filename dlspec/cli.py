@@ -1,0 +1,47 @@
+"""The ``dlspec`` command line: parse arguments, call the pipeline, render. Nothing more.
+
+Each command lives in :mod:`dlspec.commands` as ``configure(parser)`` and ``run(args) -> int``;
+command modules import heavy libraries (torch, onnx) inside ``run`` only, so ``dlspec check``
+stays a fast static tool. Exit codes: 0 ok, 1 diagnostics (or a failed run), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from dlspec import __version__
+
+COMMANDS = {
+    "check": "dlspec.commands.check",
+}
+
+EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dlspec",
+        description="Describe, check, train, export and draw neural networks from a spec.",
+    )
+    parser.add_argument("--version", action="version", version=f"dlspec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = [a for a in argv if a in COMMANDS][:1]  # import only the command that runs
+    for name in chosen or COMMANDS:
+        module = importlib.import_module(COMMANDS[name])
+        command = sub.add_parser(
+            name, help=module.__doc__.splitlines()[0] if module.__doc__ else ""
+        )
+        module.configure(command)
+        command.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK

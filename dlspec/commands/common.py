@@ -1,0 +1,72 @@
+"""Options and steps shared by the commands that read a spec."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from dlspec.analysis.check import Checked, check_file
+
+USAGE_CODES = {"E001", "E210", "E211"}  # problems with the command line rather than the spec
+
+
+def set_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="the spec file (.dl)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="NAME=VALUE",
+        type=set_pair,
+        action="append",
+        default=[],
+        help="override a model parameter, e.g. --set num_classes=43 (repeatable)",
+    )
+    parser.add_argument("--model", help="which model, when the spec defines several")
+
+
+def exit_code(checked: Checked) -> int:
+    errors = [d for d in checked.report.diagnostics if d.severity == "error"]
+    if any(d.code in USAGE_CODES for d in errors):
+        return 2
+    return 1 if errors else 0
+
+
+def print_diagnostics(checked: Checked, stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    text = checked.source.text if checked.source else None
+    for diag in checked.report.diagnostics:
+        print(diag.render(checked.path, text), file=out)
+    errors = sum(d.severity == "error" for d in checked.report.diagnostics)
+    warnings = len(checked.report.diagnostics) - errors
+    if errors or warnings:
+        print(
+            f"{checked.path}: {errors} error{'s' * (errors != 1)}, "
+            f"{warnings} warning{'s' * (warnings != 1)}",
+            file=out,
+        )
+
+
+def load_spec(args: argparse.Namespace, batch: int = 1) -> tuple[Checked, int]:
+    """Check the spec named on the command line; print its diagnostics. Returns the result
+    and the exit code to use if the caller must stop (non-zero when the spec has errors)."""
+    checked = check_file(args.spec, dict(args.overrides), batch=batch, model=args.model)
+    print_diagnostics(checked)
+    return checked, exit_code(checked)

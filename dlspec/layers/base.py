@@ -1,0 +1,242 @@
+"""The layer-kind contract and its one registry.
+
+A layer kind is one class: a pydantic model whose fields are the layer's arguments (types,
+defaults, ranges), plus the rules the rest of dlspec needs:
+
+* :meth:`Layer.infer` - output type, parameter and buffer layout (torch's names and shapes),
+  and MACs per sample, from the input types. Static: it never touches tensor code.
+* :meth:`Layer.torch` - the torch module the layer becomes and how ``forward`` calls it.
+* :meth:`Layer.label` - the short text diagrams and tables show.
+
+Adding a layer kind is one class decorated with :func:`register` (and its oracle test); the
+grammar, the analyzer and the backends find it through :data:`REGISTRY` and never branch on a
+layer's name.
+
+Conventions: shapes are per sample (the batch dimension is implicit) and sequence tensors are
+batch-first, so a sequence of T vectors of width D has shape ``(T, D)``. MACs count one
+multiply-accumulate per weight use and one per bias add, as torchinfo does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict
+
+from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim
+
+Family = Literal[
+    "convolution",
+    "pooling",
+    "dense",
+    "normalization",
+    "activation",
+    "regularization",
+    "reshape",
+    "embedding",
+    "recurrent",
+    "attention",
+    "merge",
+]
+
+DType = Literal["float", "long"]
+
+
+class TensorType(NamedTuple):
+    """A tensor's per-sample shape (batch excluded) and element type."""
+
+    shape: tuple[Dim, ...]
+    dtype: DType = "float"
+
+    def __str__(self) -> str:
+        return "[" + ", ".join(fmt_dim(d) for d in self.shape) + "]"
+
+
+class LayerError(Exception):
+    """A layer cannot accept its inputs or arguments. ``arg`` names the argument to point at."""
+
+    def __init__(
+        self, code: str, message: str, notes: Sequence[str] = (), arg: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.notes = list(notes)
+        self.arg = arg
+
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class Inferred:
+    """What a layer does to its inputs, statically."""
+
+    output: TensorType
+    weights: dict[str, Shape] = field(default_factory=dict)  # trainable, torch's names/shapes
+    buffers: dict[str, Shape] = field(default_factory=dict)  # non-trainable state
+    macs: Dim = 0  # multiply-accumulates per sample
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message) lints
+    # weight name -> dotted path (from the model root) of the tensor it shares; counted once
+    tied: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TorchCall:
+    """How a layer appears in generated PyTorch code.
+
+    ``cls`` is the module class (``"nn.Conv2d"``), constructed with ``args`` and ``kwargs``
+    (plain Python values, rendered with ``repr``); ``None`` means the layer needs no
+    submodule. ``forward`` is the expression for the layer's output, a template over
+    ``{module}`` (``self.<name>``), ``{x}`` (the first input), ``{inputs}`` (all inputs,
+    comma-separated) and ``{x0}``, ``{x1}``...
+    """
+
+    cls: str | None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    forward: str = "{module}({x})"
+
+
+class Layer(BaseModel):
+    """Base class of every layer kind. Fields are the layer's arguments, as written in a spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, populate_by_name=True)
+
+    kind: ClassVar[str]  # the name used in specs, e.g. "Conv2d"
+    family: ClassVar[Family]
+    positional: ClassVar[tuple[str, ...]] = ()  # field names that positional args fill, in order
+    variadic: ClassVar[str | None] = None  # a tuple field that takes all positional args
+    arity: ClassVar[tuple[int, int]] = (1, 1)  # (min, max) number of input tensors
+    probabilities: ClassVar[bool] = False  # output is a (log-)probability distribution
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        raise NotImplementedError
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""
+        return self.kind
+
+
+REGISTRY: dict[str, type[Layer]] = {}
+
+
+def register(cls: type[Layer]) -> type[Layer]:
+    """Class decorator: make a layer kind available to specs under ``cls.kind``."""
+    if cls.kind in REGISTRY:
+        raise ValueError(f"layer kind {cls.kind} registered twice")
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+# helpers shared by shape rules ---------------------------------------------------------------
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def pair(value: int | tuple[int, ...], n: int = 2) -> tuple[int, ...]:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def expect_rank(x: TensorType, ranks: Sequence[int], layout: str, kind: str) -> None:
+    """Refuse an input whose rank is not one of ``ranks`` (per sample), naming the layout."""
+    if len(x.shape) not in ranks:
+        raise LayerError(
+            "E404",
+            f"{kind} expects input of shape {layout} per sample, got {x} (rank {len(x.shape)})",
+        )
+
+
+def expect_float(x: TensorType, kind: str) -> None:
+    if x.dtype != "float":
+        raise LayerError(
+            "E404", f"{kind} expects a float tensor, got {x.dtype} {x}; embed tokens first"
+        )
+
+
+def concrete(value: Dim, what: str) -> int:
+    """A dimension that parameter shapes depend on must be a number, not a symbol."""
+    if isinstance(value, Poly):
+        raise LayerError("E405", f"{what} is the symbolic {value}; it must be a fixed number")
+    return value
+
+
+def check_given(given: int | None, inferred: Dim, arg: str, kind: str, source: str) -> int:
+    """Validate a written-out input size against the one inferred from the previous layer."""
+    actual = concrete(inferred, f"{kind}'s {arg}")
+    if given is not None and given != actual:
+        raise LayerError(
+            "E401",
+            f"{kind} was given {arg}={given:,}, but its input has {actual:,} ({source})",
+            arg=arg,
+        )
+    return actual
+
+
+def window_out(
+    size: Dim,
+    kernel: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    axis: str,
+    *,
+    ceil_mode: bool = False,
+) -> Dim:
+    """Output length of a convolution or pooling window along one axis, as torch computes it:
+    ``floor((size + 2*pad - dilation*(kernel-1) - 1) / stride) + 1``. With ``ceil_mode``
+    (pooling) the division rounds up, but a last window that would start in the right padding
+    is dropped again, as in torch's ``pooling_output_shape``. A zero or negative result raises
+    E402 with the arithmetic."""
+    span = dilation * (kernel - 1) + 1
+    try:
+        reach = size + 2 * pad - span
+        out = reach // stride + 1
+        # A symbolic ``reach`` gets here only when divisible (``//`` raised otherwise), so
+        # ``%`` is 0 and ceil equals floor; the adjustment below only ever sees ints.
+        if ceil_mode and reach % stride:
+            out += 1
+            if (out - 1) * stride >= size + pad:
+                out -= 1
+    except SymbolicError as exc:
+        raise LayerError(
+            "E405", f"{axis}: stride {stride} over the symbolic length {size}: {exc}"
+        ) from exc
+    if isinstance(out, int) and out <= 0:
+        rounding = "ceil" if ceil_mode else "floor"
+        raise LayerError(
+            "E402",
+            f"{axis} would be {out}: the window ({span}) is larger than the padded input",
+            notes=[
+                f"{axis} = {rounding}(({fmt_dim(size)} + 2*{pad} - {dilation}*({kernel}-1) - 1)"
+                f" / {stride}) + 1 = {out}"
+            ],
+        )
+    return out
+
+
+def window_drops(
+    size: Dim, kernel: int, stride: int, pad: int, dilation: int, *, ceil_mode: bool = False
+) -> int:
+    """How many trailing input rows/columns no window reaches (0 when the windows tile the
+    input). Padding is not counted, nor is the gap a stride longer than the window leaves
+    after every window, including the last. Symbolic sizes report 0."""
+    if not isinstance(size, int):
+        return 0
+    span = dilation * (kernel - 1) + 1
+    reach = size + 2 * pad - span
+    out = (-(-reach // stride) if ceil_mode else reach // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    if out <= 0:
+        return 0
+    end = (out - 1) * stride + span - pad  # one past the last real row the windows reach
+    return max(0, size - end - max(0, stride - span))

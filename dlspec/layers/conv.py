@@ -1,0 +1,229 @@
+"""Convolutions: Conv1d, Conv2d, ConvTranspose2d."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from dlspec.layers.base import (
+    Inferred,
+    Layer,
+    LayerError,
+    Shape,
+    TensorType,
+    TorchCall,
+    check_given,
+    expect_float,
+    expect_rank,
+    pair,
+    register,
+    window_out,
+)
+from dlspec.layers.symbolic import Dim, product
+
+Pos = Annotated[int, Field(ge=1)]
+NonNeg = Annotated[int, Field(ge=0)]
+
+
+class _ConvNd(Layer):
+    """Shared rule of Conv1d/Conv2d: torch's Conv layout ``weight (out, in/groups, *k)``,
+    ``bias (out,)``; MACs = output elements x (in/groups x prod(k) + bias)."""
+
+    family = "convolution"
+    positional = ("out_channels", "kernel_size", "stride", "padding")
+    spatial: ClassVar[int]
+
+    out_channels: Pos
+    kernel_size: Pos | tuple[Pos, ...] = Field(validation_alias="kernel")
+    stride: Pos | tuple[Pos, ...] = 1
+    padding: NonNeg | tuple[NonNeg, ...] | Literal["same", "valid"] = 0
+    dilation: Pos | tuple[Pos, ...] = 1
+    groups: Pos = 1
+    bias: bool = True
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
+    in_channels: Pos | None = None
+
+    def _axes(self) -> tuple[str, ...]:
+        return ("length",) if self.spatial == 1 else ("height", "width")
+
+    def _padding(self, k: tuple[int, ...], d: tuple[int, ...]) -> tuple[int, ...]:
+        if self.padding == "valid":
+            return (0,) * self.spatial
+        if self.padding == "same":
+            if any(s != 1 for s in pair(self.stride, self.spatial)):
+                raise LayerError(
+                    "E204", "padding='same' needs stride 1 (as in torch)", arg="padding"
+                )
+            if any(di * (ki - 1) % 2 for ki, di in zip(k, d, strict=True)):
+                raise LayerError(
+                    "E204",
+                    "padding='same' with an even kernel pads unevenly; torch supports it but "
+                    "dlspec asks for an odd kernel (or explicit padding)",
+                    arg="padding",
+                )
+            return tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
+        return pair(self.padding, self.spatial)
+
+    def _geometry(self) -> tuple[tuple[int, ...], ...]:
+        for name in ("kernel_size", "stride", "padding", "dilation"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                continue
+            if not isinstance(value, int) and len(value) != self.spatial:
+                raise LayerError(
+                    "E204", f"{name} needs {self.spatial} values, got {len(value)}", arg=name
+                )
+        k = pair(self.kernel_size, self.spatial)
+        d = pair(self.dilation, self.spatial)
+        return k, pair(self.stride, self.spatial), self._padding(k, d), d
+
+    def _in_channels(self, x: TensorType) -> int:
+        layout = "[C, L]" if self.spatial == 1 else "[C, H, W]"
+        expect_rank(x, (self.spatial + 1,), layout, self.kind)
+        expect_float(x, self.kind)
+        c_in = check_given(self.in_channels, x.shape[0], "in_channels", self.kind, "channels")
+        for name, value in (("in_channels", c_in), ("out_channels", self.out_channels)):
+            if value % self.groups:
+                raise LayerError(
+                    "E204", f"{name}={value} is not divisible by groups={self.groups}", arg="groups"
+                )
+        return c_in
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        c_in = self._in_channels(x)
+        k, s, p, d = self._geometry()
+        spatial = tuple(
+            window_out(size, ki, si, pi, di, axis)
+            for size, ki, si, pi, di, axis in zip(
+                x.shape[1:], k, s, p, d, self._axes(), strict=True
+            )
+        )
+        per_out = c_in // self.groups * product(k) + (1 if self.bias else 0)
+        weights: dict[str, Shape] = {"weight": (self.out_channels, c_in // self.groups, *k)}
+        if self.bias:
+            weights["bias"] = (self.out_channels,)
+        out: Dim = self.out_channels * product(spatial)
+        return Inferred(TensorType((self.out_channels, *spatial)), weights, macs=out * per_out)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs: dict[str, object] = {"kernel_size": self.kernel_size}
+        defaults = {
+            "stride": 1,
+            "padding": 0,
+            "output_padding": 0,
+            "dilation": 1,
+            "groups": 1,
+            "bias": True,
+            "padding_mode": "zeros",
+        }
+        for name, default in defaults.items():
+            if getattr(self, name, default) != default:
+                kwargs[name] = getattr(self, name)
+        return TorchCall(f"nn.{self.kind}", (inputs[0].shape[0], self.out_channels), kwargs)
+
+    def _label_parts(self) -> list[str]:
+        parts = [str(self.out_channels), f"k={_fmt(self.kernel_size)}"]
+        for short, name, default in (("s", "stride", 1), ("p", "padding", 0), ("d", "dilation", 1)):
+            if getattr(self, name) != default:
+                parts.append(f"{short}={_fmt(getattr(self, name))}")
+        if self.groups != 1:
+            parts.append(f"g={self.groups}")
+        return parts
+
+    def label(self) -> str:
+        return f"{self.kind}({', '.join(self._label_parts())})"
+
+
+def _fmt(value: int | str | tuple[int, ...]) -> str:
+    """``3``, ``same`` or ``3x5``: a scalar-or-per-axis argument as labels show it."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+@register
+class Conv1d(_ConvNd):
+    """1-D convolution over ``[C, L]`` -> ``[out_channels, L']`` with
+    ``L' = floor((L + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``. Layout
+    ``weight (out, in/groups, k)``, ``bias (out,)``; MACs = out x L' x (in/groups x k + bias)."""
+
+    kind = "Conv1d"
+    spatial = 1
+
+
+@register
+class Conv2d(_ConvNd):
+    """2-D convolution over ``[C, H, W]`` -> ``[out_channels, H', W']``, each axis as in
+    :class:`Conv1d`. Layout ``weight (out, in/groups, kH, kW)``, ``bias (out,)``;
+    MACs = out x H' x W' x (in/groups x kH x kW + bias)."""
+
+    kind = "Conv2d"
+    spatial = 2
+
+
+@register
+class ConvTranspose2d(_ConvNd):
+    """Transposed 2-D convolution over ``[C, H, W]`` -> ``[out_channels, H', W']`` with, per axis,
+    ``H' = (H - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1``;
+    ``output_padding`` must be smaller than the stride or the dilation (as in torch).
+
+    Layout ``weight (in, out/groups, kH, kW)``, ``bias (out,)``. MACs count the scatter form:
+    every input element is multiplied by the ``out/groups x kH x kW`` weights of its group, so
+    MACs = in x H x W x out/groups x kH x kW, plus one bias add per output element. Products
+    that land in the cropped ``padding`` border count too: the layer computes them.
+    """
+
+    kind = "ConvTranspose2d"
+    spatial = 2
+
+    padding: NonNeg | tuple[NonNeg, ...] = 0
+    output_padding: NonNeg | tuple[NonNeg, ...] = 0
+    padding_mode: Literal["zeros"] = "zeros"
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        c_in = self._in_channels(x)
+        k, s, p, d = self._geometry()
+        if not isinstance(self.output_padding, int) and len(self.output_padding) != 2:
+            raise LayerError(
+                "E204",
+                f"output_padding needs 2 values, got {len(self.output_padding)}",
+                arg="output_padding",
+            )
+        op = pair(self.output_padding)
+        spatial: list[Dim] = []
+        for size, ki, si, pi, di, opi, axis in zip(
+            x.shape[1:], k, s, p, d, op, self._axes(), strict=True
+        ):
+            if opi >= max(si, di):
+                raise LayerError(
+                    "E204",
+                    f"output_padding={opi} ({axis}) must be smaller than the stride ({si}) "
+                    f"or the dilation ({di})",
+                    arg="output_padding",
+                )
+            out = (size - 1) * si - 2 * pi + di * (ki - 1) + opi + 1
+            if isinstance(out, int) and out <= 0:
+                raise LayerError(
+                    "E402",
+                    f"{axis} would be {out}: the padding ({pi}) crops more than the "
+                    "transposed convolution produces",
+                    notes=[
+                        f"{axis} = ({size} - 1)*{si} - 2*{pi} + {di}*({ki} - 1) + {opi} + 1 = {out}"
+                    ],
+                )
+            spatial.append(out)
+        weights: dict[str, Shape] = {"weight": (c_in, self.out_channels // self.groups, *k)}
+        if self.bias:
+            weights["bias"] = (self.out_channels,)
+        out_elems = self.out_channels * product(spatial)
+        macs = c_in * product(x.shape[1:]) * (self.out_channels // self.groups) * product(k)
+        if self.bias:
+            macs = macs + out_elems
+        return Inferred(TensorType((self.out_channels, *spatial)), weights, macs=macs)
+
+    def _label_parts(self) -> list[str]:
+        parts = super()._label_parts()
+        if self.output_padding != 0:
+            parts.append(f"op={_fmt(self.output_padding)}")
+        return parts

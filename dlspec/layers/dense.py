@@ -1,0 +1,56 @@
+"""Fully connected layers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from dlspec.layers.base import (
+    Inferred,
+    Layer,
+    LayerError,
+    Shape,
+    TensorType,
+    TorchCall,
+    check_given,
+    expect_float,
+    register,
+)
+from dlspec.layers.symbolic import product
+
+
+@register
+class Linear(Layer):
+    """``y = x W^T + b`` over the last dimension; leading dimensions (e.g. sequence steps) are
+    kept. Layout ``weight (out, in)``, ``bias (out,)``; MACs = leading elements x out x
+    (in + bias)."""
+
+    kind = "Linear"
+    family = "dense"
+    positional = ("out_features",)
+
+    out_features: Annotated[int, Field(ge=1)]
+    bias: bool = True
+    in_features: Annotated[int, Field(ge=1)] | None = None
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        if not x.shape:
+            raise LayerError("E404", f"Linear expects at least one dimension, got a scalar {x}")
+        expect_float(x, self.kind)
+        source = "the last dimension of its input" if len(x.shape) > 1 else "features"
+        n_in = check_given(self.in_features, x.shape[-1], "in_features", self.kind, source)
+        weights: dict[str, Shape] = {"weight": (self.out_features, n_in)}
+        if self.bias:
+            weights["bias"] = (self.out_features,)
+        lead = product(x.shape[:-1])
+        macs = lead * self.out_features * (n_in + (1 if self.bias else 0))
+        return Inferred(TensorType((*x.shape[:-1], self.out_features)), weights, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = {} if self.bias else {"bias": False}
+        return TorchCall("nn.Linear", (inputs[0].shape[-1], self.out_features), kwargs)
+
+    def label(self) -> str:
+        return f"Linear({self.out_features})"

@@ -1,0 +1,198 @@
+"""Normalization: BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm.
+
+MACs count the learned affine transform only: one multiply and one add (2) per element when
+``affine`` (LayerNorm without ``bias``: 1), 0 otherwise. Computing the statistics is not
+counted, as in torchinfo.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import Field
+
+from dlspec.layers.base import (
+    Inferred,
+    Layer,
+    LayerError,
+    Shape,
+    TensorType,
+    TorchCall,
+    check_given,
+    concrete,
+    expect_float,
+    expect_rank,
+    register,
+)
+from dlspec.layers.symbolic import Dim, product
+
+Pos = Annotated[int, Field(ge=1)]
+Eps = Annotated[float, Field(gt=0)]
+
+
+class _BatchNorm(Layer):
+    """Shared rule of BatchNorm1d/2d: per-channel statistics over the batch and the spatial
+    axes; shape unchanged. ``weight``/``bias`` ``(C,)`` when ``affine``; buffers
+    ``running_mean``/``running_var`` ``(C,)`` and ``num_batches_tracked`` ``()`` when
+    ``track_running_stats``. MACs 2 per element when ``affine``, else 0."""
+
+    family = "normalization"
+    positional = ("num_features",)
+    ranks: ClassVar[tuple[int, ...]]
+    layout: ClassVar[str]
+
+    num_features: Pos | None = None
+    eps: Eps = 1e-5
+    momentum: Annotated[float, Field(ge=0, le=1)] | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_rank(x, self.ranks, self.layout, self.kind)
+        expect_float(x, self.kind)
+        c = check_given(self.num_features, x.shape[0], "num_features", self.kind, "channels")
+        weights: dict[str, Shape] = {"weight": (c,), "bias": (c,)} if self.affine else {}
+        buffers: dict[str, Shape] = {}
+        if self.track_running_stats:
+            buffers = {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+        macs: Dim = 2 * product(x.shape) if self.affine else 0
+        return Inferred(x, weights, buffers, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self.model_dump(exclude_defaults=True, exclude={"num_features"})
+        return TorchCall(f"nn.{self.kind}", (inputs[0].shape[0],), kwargs)
+
+    def label(self) -> str:
+        return self.kind if self.num_features is None else f"{self.kind}({self.num_features})"
+
+
+@register
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of ``[C]`` or ``[C, L]``; see the shared rule above."""
+
+    kind = "BatchNorm1d"
+    ranks = (1, 2)
+    layout = "[C] or [C, L]"
+
+
+@register
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization of ``[C, H, W]``: per-channel ``weight``/``bias`` ``(C,)`` and running
+    statistics; shape unchanged; MACs 2 x C x H x W when ``affine``."""
+
+    kind = "BatchNorm2d"
+    ranks = (3,)
+    layout = "[C, H, W]"
+
+
+@register
+class LayerNorm(Layer):
+    """Normalizes each sample over its trailing ``normalized_shape`` dimensions (default: the
+    last one); shape unchanged. A written ``normalized_shape`` (an int or a list) must equal the
+    input's trailing dimensions. ``weight`` and ``bias`` have shape ``normalized_shape`` (when
+    ``elementwise_affine``; ``bias`` unless ``bias=False``). MACs per element: 2 with weight and
+    bias, 1 with weight only, 0 without affine."""
+
+    kind = "LayerNorm"
+    family = "normalization"
+    positional = ("normalized_shape",)
+
+    normalized_shape: Pos | tuple[Pos, ...] | None = None
+    eps: Eps = 1e-5
+    elementwise_affine: bool = True
+    bias: bool = True
+
+    def _shape(self, x: TensorType) -> Shape:
+        if self.normalized_shape is None:
+            expect_rank(x, range(1, 9), "[..., D]", self.kind)
+            return (concrete(x.shape[-1], "LayerNorm's normalized size"),)
+        given = (
+            (self.normalized_shape,)
+            if isinstance(self.normalized_shape, int)
+            else self.normalized_shape
+        )
+        if not given:
+            raise LayerError(
+                "E204", "normalized_shape needs at least one size", arg="normalized_shape"
+            )
+        if len(x.shape) < len(given):
+            raise LayerError(
+                "E404",
+                f"LayerNorm over {list(given)} needs at least {len(given)} dimensions, got {x}",
+                arg="normalized_shape",
+            )
+        trailing = tuple(
+            concrete(d, "LayerNorm's normalized size") for d in x.shape[len(x.shape) - len(given) :]
+        )
+        if trailing != tuple(given):
+            raise LayerError(
+                "E401",
+                f"LayerNorm was given normalized_shape={list(given)}, but its input {x} ends "
+                f"with {list(trailing)}",
+                arg="normalized_shape",
+            )
+        return tuple(given)
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_float(x, self.kind)
+        shape = self._shape(x)
+        weights: dict[str, Shape] = {}
+        if self.elementwise_affine:
+            weights["weight"] = shape
+            if self.bias:
+                weights["bias"] = shape
+        return Inferred(x, weights, macs=len(weights) * product(x.shape))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        shape = self._shape(inputs[0])
+        kwargs = self.model_dump(exclude_defaults=True, exclude={"normalized_shape"})
+        return TorchCall("nn.LayerNorm", (shape[0] if len(shape) == 1 else list(shape),), kwargs)
+
+    def label(self) -> str:
+        if self.normalized_shape is None:
+            return "LayerNorm"
+        if isinstance(self.normalized_shape, int):
+            return f"LayerNorm({self.normalized_shape})"
+        return f"LayerNorm({list(self.normalized_shape)})"
+
+
+@register
+class GroupNorm(Layer):
+    """Normalizes ``[C, *]`` over groups of ``C / num_groups`` channels (and all other axes);
+    shape unchanged. ``num_channels`` is inferred (checked when written) and must be divisible
+    by ``num_groups``. ``weight``/``bias`` ``(C,)`` when ``affine``; MACs 2 per element when
+    ``affine``, else 0."""
+
+    kind = "GroupNorm"
+    family = "normalization"
+    positional = ("num_groups", "num_channels")
+
+    num_groups: Pos
+    num_channels: Pos | None = None
+    eps: Eps = 1e-5
+    affine: bool = True
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_rank(x, range(1, 9), "[C, ...]", self.kind)
+        expect_float(x, self.kind)
+        c = check_given(self.num_channels, x.shape[0], "num_channels", self.kind, "channels")
+        if c % self.num_groups:
+            raise LayerError(
+                "E204",
+                f"{c} channels do not split into num_groups={self.num_groups} equal groups",
+                notes=[f"{c} % {self.num_groups} = {c % self.num_groups}"],
+                arg="num_groups",
+            )
+        weights: dict[str, Shape] = {"weight": (c,), "bias": (c,)} if self.affine else {}
+        macs: Dim = 2 * product(x.shape) if self.affine else 0
+        return Inferred(x, weights, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self.model_dump(exclude_defaults=True, exclude={"num_groups", "num_channels"})
+        return TorchCall("nn.GroupNorm", (self.num_groups, inputs[0].shape[0]), kwargs)
+
+    def label(self) -> str:
+        return f"GroupNorm({self.num_groups})"

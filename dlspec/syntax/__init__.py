@@ -1,0 +1,1 @@
+"""Text -> parse tree -> typed syntax tree."""

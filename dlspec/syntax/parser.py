@@ -1,0 +1,252 @@
+"""Text -> parse tree (Lark, LALR) -> typed syntax tree (:mod:`dlspec.syntax.ast`).
+
+Syntax errors become diagnostics (E101-E103) that say where and what was expected. The
+transformer only builds nodes; every semantic check happens later, in the analyzer.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.tree import Meta
+
+from dlspec.diagnostics import Diagnostic, Span
+from dlspec.syntax import ast
+
+SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+# How terminals are named in "expected ..." messages.
+FRIENDLY = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "COMPARE": "a comparison (==, <, ...)",
+    "DEFINE": "'model' or 'block'",
+    "TOTAL": "'total'",
+    "$END": "end of file",
+}
+
+
+def grammar_text() -> str:
+    """The grammar: shipped inside the package (wheel), or from the source tree's grammar/."""
+    packaged = resources.files("dlspec").joinpath("grammar/dlspec.lark")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "grammar" / "dlspec.lark").read_text("utf-8")
+
+
+@functools.cache
+def _parser() -> Lark:
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def _span(meta: Meta | Token) -> Span:
+    assert meta.line is not None and meta.column is not None
+    return Span(meta.line, meta.column, meta.end_line or meta.line, meta.end_column or meta.column)
+
+
+def _ident(tok: Token) -> ast.Ident:
+    return ast.Ident(span=_span(tok), name=str(tok))
+
+
+def parse_number(text: str) -> int | float:
+    """``18_496`` -> 18496, ``1e-3`` -> 0.001, ``10M`` -> 10_000_000 (int when exact)."""
+    scale = 1
+    if text[-1] in SUFFIXES:
+        text, scale = text[:-1], SUFFIXES[text[-1]]
+    text = text.replace("_", "")
+    if all(c.isdigit() for c in text):
+        return int(text) * scale
+    value = float(text) * scale
+    return int(value) if scale > 1 and value.is_integer() else value
+
+
+@v_args(meta=True)
+class _ToAst(Transformer[Token, ast.Spec]):
+    """Parse tree -> typed syntax tree. Explicit methods, one per rule."""
+
+    def start(self, meta: Meta, items: list[ast.Definition]) -> ast.Spec:
+        return ast.Spec(definitions=items)
+
+    def definition(self, meta: Meta, items: list[Any]) -> ast.Definition:
+        keyword, name, params, *body = items
+        return ast.Definition(
+            span=_span(meta),
+            keyword=str(keyword),
+            name=_ident(name),
+            params=params or [],
+            body=body,
+        )
+
+    def params(self, meta: Meta, items: list[Any]) -> list[ast.Param]:
+        return [p for p in items if p is not None]
+
+    def param(self, meta: Meta, items: list[Any]) -> ast.Param:
+        name, type_, default = items
+        return ast.Param(span=_span(meta), name=_ident(name), type=_ident(type_), default=default)
+
+    def input_decl(self, meta: Meta, items: list[Any]) -> ast.InputDecl:
+        name, dtype, *dims = items
+        return ast.InputDecl(
+            span=_span(meta),
+            name=_ident(name),
+            dtype=_ident(dtype),
+            dims=[d for d in dims if d is not None],
+        )
+
+    def output_decl(self, meta: Meta, items: list[Token]) -> ast.OutputDecl:
+        return ast.OutputDecl(span=_span(meta), names=[_ident(t) for t in items])
+
+    def layer_stmt(self, meta: Meta, items: list[Any]) -> ast.LayerStmt:
+        name, op, repeat, sources = items
+        return ast.LayerStmt(
+            span=_span(meta),
+            name=_ident(name) if name is not None else None,
+            op=op,
+            repeat=repeat,
+            sources=sources or [],
+        )
+
+    def repeat(self, meta: Meta, items: list[ast.Expr]) -> ast.Expr:
+        return items[0]
+
+    def sources(self, meta: Meta, items: list[Token]) -> list[ast.Ident]:
+        return [_ident(t) for t in items]
+
+    def call(self, meta: Meta, items: list[Any]) -> ast.Call:
+        name, args = items
+        return ast.Call(span=_span(meta), name=_ident(name), args=args or [])
+
+    def arguments(self, meta: Meta, items: list[Any]) -> list[ast.Arg]:
+        return [a for a in items if a is not None]
+
+    def arg(self, meta: Meta, items: list[Any]) -> ast.Arg:
+        return ast.Arg(span=_span(meta), name=None, value=items[0])
+
+    def kwarg(self, meta: Meta, items: list[Any]) -> ast.Arg:
+        return ast.Arg(span=_span(meta), name=_ident(items[0]), value=items[1])
+
+    def residual(self, meta: Meta, items: list[Any]) -> ast.Residual:
+        *body, shortcut = items
+        return ast.Residual(span=_span(meta), body=body, shortcut=shortcut)
+
+    def shortcut(self, meta: Meta, items: list[Any]) -> list[Any]:
+        return items
+
+    def expect_stmt(self, meta: Meta, items: list[Any]) -> ast.ExpectStmt:
+        total, *checks = items
+        return ast.ExpectStmt(span=_span(meta), total=total is not None, checks=checks)
+
+    def check(self, meta: Meta, items: list[Any]) -> ast.Check:
+        quantity, op, value = items
+        return ast.Check(span=_span(meta), quantity=_ident(quantity), op=str(op), value=value)
+
+    def train_section(self, meta: Meta, items: list[ast.Setting]) -> ast.TrainSection:
+        return ast.TrainSection(span=_span(meta), settings=items)
+
+    def setting(self, meta: Meta, items: list[Any]) -> ast.Setting:
+        return ast.Setting(span=_span(meta), name=_ident(items[0]), value=items[1])
+
+    # values
+    def string(self, meta: Meta, items: list[Token]) -> ast.Str:
+        return ast.Str(span=_span(meta), value=str(items[0])[1:-1])
+
+    def list_value(self, meta: Meta, items: list[Any]) -> ast.ListExpr:
+        return ast.ListExpr(span=_span(meta), items=[i for i in items if i is not None])
+
+    def call_value(self, meta: Meta, items: list[Any]) -> ast.CallExpr:
+        return ast.CallExpr(span=_span(meta), name=_ident(items[0]), args=items[1] or [])
+
+    def number(self, meta: Meta, items: list[Token]) -> ast.Num:
+        text = str(items[0])
+        return ast.Num(span=_span(meta), value=parse_number(text), text=text)
+
+    def ref(self, meta: Meta, items: list[Token]) -> ast.Ref:
+        return ast.Ref(span=_span(meta), name=str(items[0]))
+
+    def neg(self, meta: Meta, items: list[Any]) -> ast.Neg:
+        return ast.Neg(span=_span(meta), operand=items[0])
+
+    def _binop(self, op: str, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return ast.BinOp(span=_span(meta), op=op, left=items[0], right=items[1])
+
+    def add(self, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return self._binop("+", meta, items)
+
+    def sub(self, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return self._binop("-", meta, items)
+
+    def mul(self, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return self._binop("*", meta, items)
+
+    def floordiv(self, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return self._binop("//", meta, items)
+
+    def truediv(self, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return self._binop("/", meta, items)
+
+    def mod(self, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return self._binop("%", meta, items)
+
+
+def _expected(parser: Lark, names: set[str]) -> str:
+    shown = set()
+    for name in names:
+        if name in FRIENDLY:
+            shown.add(FRIENDLY[name])
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            shown.add(name)
+            continue
+        shown.add(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+    return ", ".join(sorted(shown))
+
+
+def _end_span(text: str) -> Span:
+    lines = text.rstrip().splitlines() or [""]
+    return Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+
+
+def _syntax_diagnostic(parser: Lark, err: UnexpectedInput, text: str) -> Diagnostic:
+    if isinstance(err, UnexpectedToken) and err.token.type == "$END":
+        err = UnexpectedEOF(err.expected)
+    if isinstance(err, UnexpectedEOF):
+        return Diagnostic.at(
+            "E103",
+            f"unexpected end of file; expected {_expected(parser, set(err.expected))}",
+            _end_span(text),
+        )
+    line, col = err.line, err.column
+    if isinstance(err, UnexpectedCharacters):
+        return Diagnostic.at(
+            "E102", f"unexpected character {err.char!r}", Span(line, col, line, col + 1)
+        )
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    width = max(1, len(str(tok)))
+    return Diagnostic.at(
+        "E101",
+        f"unexpected {str(tok)!r}; expected {_expected(parser, set(err.accepts or err.expected))}",
+        Span(line, col, line, col + width),
+    )
+
+
+def parse(text: str) -> tuple[ast.Spec | None, list[Diagnostic]]:
+    """Parse spec text into its syntax tree, or report the first syntax error.
+
+    Only the first syntax error is reported: after one, the nesting and positions of what
+    follows are guesses, and guesses make noisy diagnostics. Semantic checks, which run on a
+    well-formed tree, collect every problem."""
+    parser = _parser()
+    try:
+        tree = parser.parse(text)
+    except UnexpectedInput as err:
+        return None, [_syntax_diagnostic(parser, err, text)]
+    return _ToAst().transform(tree), []

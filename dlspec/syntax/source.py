@@ -1,0 +1,47 @@
+"""Reading a spec file, refusing what is not a spec with a diagnostic rather than a traceback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlspec.diagnostics import Diagnostic
+
+MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; 10,000 layers are about 400 KB
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str
+    text: str
+
+
+def read_source(path: str | Path) -> tuple[Source | None, Diagnostic | None]:
+    """The spec's text, or a diagnostic: missing, unreadable, empty, binary or huge (E001-E004)."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return None, Diagnostic.at("E001", f"{p} is a directory, not a spec file", None)
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            return None, Diagnostic.at(
+                "E004",
+                f"{p} is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes",
+                None,
+            )
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return None, Diagnostic.at("E001", f"no such file: {p}", None)
+    except OSError as exc:
+        return None, Diagnostic.at("E001", f"cannot read {p}: {exc.strerror or exc}", None)
+    if b"\0" in data:
+        return None, Diagnostic.at("E003", f"{p} is a binary file, not a spec", None)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, Diagnostic.at(
+            "E003", f"{p} is not UTF-8 text (byte {exc.start}: {data[exc.start]:#04x})", None
+        )
+    if not text.strip():
+        return None, Diagnostic.at("E002", f"{p} is empty: it defines no model", None)
+    return Source(str(path), text.removeprefix("\ufeff")), None
