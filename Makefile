@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: lint
 format: $(STAMP)
 	$(BIN)/ruff format dlspec tests bench
 	$(BIN)/ruff check --fix dlspec tests bench
+
+docs: $(STAMP)
+	$(BIN)/python -m dlspec.docs README.md
 
 bench: $(STAMP)
 	$(BIN)/python bench/check_speed.py

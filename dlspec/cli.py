@@ -16,6 +16,7 @@ from dlspec import __version__
 
 COMMANDS = {
     "check": "dlspec.commands.check",
+    "draw": "dlspec.commands.draw",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2

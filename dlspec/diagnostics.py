@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 Severity = Literal["error", "warning"]
 
@@ -62,6 +62,8 @@ class Span(NamedTuple):
 
 
 class Diagnostic(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     severity: Severity
     code: str
     message: str

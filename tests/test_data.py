@@ -486,6 +486,7 @@ def test_augment_seed_pipeline_train_and_eval() -> None:
     a = aug(x, torch.Generator().manual_seed(0))
     b = aug(x, torch.Generator().manual_seed(0))
     assert a.shape == (6, 3, 48, 48) and torch.equal(a, b)
+    assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 0], a[:, 2])  # gray stays gray
     ev = aug.eval(x)
     expected = normalize(fit_to_input(x, (3, 48, 48)), 0.1307, 0.3081)
     assert torch.allclose(ev, expected) and not torch.allclose(a, ev)

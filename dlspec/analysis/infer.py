@@ -18,7 +18,7 @@ from dlspec.analysis.graph import InputNode, ModelGraph, Node
 from dlspec.analysis.names import RESERVED
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
-from dlspec.layers.base import numel
+from dlspec.layers.base import Shape, numel
 from dlspec.layers.symbolic import Dim, Poly, fmt_dim
 from dlspec.layers.symbolic import evaluate as eval_dim
 from dlspec.syntax import ast
@@ -26,7 +26,12 @@ from dlspec.syntax import ast
 PARAM_TYPES = ("int", "float", "bool", "str", "dim")
 DTYPES = {"float": "float", "long": "long", "int": "long"}
 LAYER_QUANTITIES = ("params", "buffers", "macs", "shape")
-TOTAL_QUANTITIES = ("params", "trainable_params", "macs")
+TOTAL_NOUNS = {
+    "params": "parameters",
+    "trainable_params": "trainable parameters",
+    "macs": "MACs per sample",
+}
+TOTAL_QUANTITIES = tuple(TOTAL_NOUNS)
 
 
 def check_name(ident: ast.Ident, what: str) -> None:
@@ -87,6 +92,7 @@ class Scope:
     path: str
     env: dict[str, Any]
     tensors: dict[str, TensorType | None] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     current: str | None = None  # the tensor a statement without `<-` consumes
@@ -118,6 +124,7 @@ class Analyzer:
         self.total_checks: list[tuple[ast.Check, dict[str, Any]]] = []
         self.train: ast.TrainSection | None = None
         self.outputs: list[ast.Ident] | None = None
+        self.incomplete = False  # a statement failed: the graph would have holes
 
     # driver ---------------------------------------------------------------------------------
 
@@ -148,7 +155,9 @@ class Analyzer:
             if model in self.models:
                 return self.models[model]
             notes = did_you_mean(model, self.models) or [f"models: {', '.join(self.models)}"]
-            self.error(Diagnostic.at("E210", f"no model named {model!r}", None, notes))
+            self.error(
+                Diagnostic.at("E211", f"--model {model}: no model of that name", None, notes)
+            )
             return None
         if len(self.models) == 1:
             return next(iter(self.models.values()))
@@ -272,7 +281,8 @@ class Analyzer:
 
     # layers ---------------------------------------------------------------------------------
 
-    def _layer(self, call: ast.Call, env: dict[str, Any]) -> Layer:
+    def _layer(self, call: ast.Call, env: dict[str, Any]) -> tuple[Layer, dict[str, Span]]:
+        """The validated layer, and where each of its arguments was written."""
         cls = REGISTRY[call.name.name]
         data: dict[str, Any] = {}
         spans: dict[str, Span] = {}
@@ -315,7 +325,7 @@ class Analyzer:
             data[canonical] = evaluate(arg.value, env)
             spans[canonical] = arg.span
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data), spans
         except ValidationError as exc:
             raise self._validation_diagnostics(cls, exc, spans, call) from None
 
@@ -371,7 +381,7 @@ class Analyzer:
                 )
             )
         outputs = self._outputs(scope)
-        if any(d.severity == "error" for d in self.diagnostics):
+        if self.incomplete or any(d.code[:2] in ("E0", "E1", "E2", "E4") for d in self.diagnostics):
             return None
         graph = ModelGraph(
             name=definition.name.name,
@@ -441,6 +451,9 @@ class Analyzer:
                     )
             except DiagnosticError as err:
                 self.error(err.diagnostic)
+                self.incomplete |= not isinstance(stmt, ast.ExpectStmt)
+            if isinstance(stmt, ast.LayerStmt) and last is None:
+                self.incomplete = True
         return nodes
 
     def _input(self, decl: ast.InputDecl, scope: Scope) -> InputNode:
@@ -520,6 +533,7 @@ class Analyzer:
             return None
         node.sources = sources if explicit else []
         scope.tensors[name] = node.output
+        scope.nodes[name] = node
         return node
 
     def _repeat(
@@ -570,7 +584,7 @@ class Analyzer:
                 op.name.span,
                 did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
-        layer = self._layer(op, scope.env)
+        layer, spans = self._layer(op, scope.env)
         if types is None:
             return None
         lo, hi = layer.arity
@@ -580,10 +594,7 @@ class Analyzer:
         try:
             inferred = layer.infer(types)
         except LayerError as err:
-            span = op.span
-            for arg in op.args:
-                if err.arg is not None and arg.name is not None and arg.name.name == err.arg:
-                    span = arg.span
+            span = spans.get(err.arg or "", op.span)
             raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
         for dim in inferred.output.shape:
             if isinstance(dim, Poly):
@@ -606,11 +617,39 @@ class Analyzer:
             weights=inferred.weights,
             buffers=inferred.buffers,
             macs=inferred.macs,
-            tied=inferred.tied,
+            tied=self._ties(name, inferred.weights, inferred.tied, scope, op.span),
         )
         for code, message in inferred.warnings:
             self.error(Diagnostic.at(code, f"{name}: {message}", stmt.span))
         return node
+
+    def _ties(
+        self, name: str, weights: dict[str, Shape], tied: dict[str, str], scope: Scope, span: Span
+    ) -> dict[str, str]:
+        """Resolve ``{"weight": "tok_emb.weight"}`` to the shared tensor's full path."""
+        resolved = {}
+        for wname, ref in tied.items():
+            target_name, _, target_weight = ref.rpartition(".")
+            target = scope.nodes.get(target_name)
+            if target is None or target.layer is None:
+                raise fail(
+                    "E406",
+                    f"{name}: cannot share {target_name!r}: no layer of that name before it",
+                    span,
+                    did_you_mean(target_name, scope.nodes),
+                )
+            if target_weight not in target.weights:
+                raise fail("E204", f"{name}: {target_name} has no {target_weight!r} to share", span)
+            mine, theirs = weights[wname], target.weights[target_weight]
+            if mine != theirs:
+                raise fail(
+                    "E401",
+                    f"{name}.{wname} {list(mine)} cannot share {ref} {list(theirs)}: "
+                    "the shapes differ",
+                    span,
+                )
+            resolved[wname] = f"{target.path}.{target_weight}"
+        return resolved
 
     def _block(
         self, call: ast.Call, name: str, path: str, scope: Scope, types: list[TensorType] | None
@@ -674,7 +713,7 @@ class Analyzer:
             notes = [f"body output {out_main}, {what} {out_short}"]
             if shortcut is None and len(out_main.shape) == len(x.shape):
                 notes.append(
-                    "add `shortcut { ... }` with a projection, e.g. a 1x1 Conv2d with the same stride"
+                    "add `shortcut { ... }` with a projection, e.g. a 1x1 Conv2d with that stride"
                 )
             raise fail(
                 "E403",
@@ -794,10 +833,10 @@ class Analyzer:
                 self.error(
                     Diagnostic.at(
                         "E304",
-                        f"the model has {n(actual)} {quantity.replace('_', ' ')}, over its budget "
-                        f"({quantity} {check.op} {_fmt_num(want)})",
+                        f"the model has {n(actual)} {TOTAL_NOUNS[quantity]}, which breaks "
+                        f"`expect total {quantity} {check.op} {_fmt_num(want)}`",
                         check.span,
-                        _largest(graph),
+                        _largest(graph, quantity),
                     )
                 )
 
@@ -868,6 +907,11 @@ def _shape_notes(node: Node) -> list[str]:
     return [f"{node.label} maps {ins} to {node.output}"]
 
 
-def _largest(graph: ModelGraph) -> list[str]:
-    leaves = sorted(graph.leaves(), key=lambda leaf: leaf.params, reverse=True)[:3]
-    return ["largest layers: " + ", ".join(f"{leaf.path} {n(leaf.params)}" for leaf in leaves)]
+def _largest(graph: ModelGraph, quantity: str) -> list[str]:
+    def size(leaf: Node) -> int:
+        if quantity == "macs":
+            return eval_dim(leaf.macs, graph.bindings)
+        return leaf.params + (leaf.buffer_count if quantity == "params" else 0)
+
+    leaves = sorted(graph.leaves(), key=size, reverse=True)[:3]
+    return ["largest layers: " + ", ".join(f"{leaf.path} {n(size(leaf))}" for leaf in leaves)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from dlspec.analysis.graph import ModelGraph, Node
 from dlspec.diagnostics import Diagnostic
@@ -24,6 +24,8 @@ BYTES = 4
 
 
 class TensorInfo(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     name: str
     dtype: str
     shape: list[int | str]  # per sample; symbolic dimensions as formulas ("T", "2*T")
@@ -31,6 +33,8 @@ class TensorInfo(BaseModel):
 
 
 class LayerRow(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     name: str  # dotted path, as in the generated module's named_modules()
     kind: str  # layer kind; "block", "repeat" or "residual" for containers
     label: str
@@ -46,6 +50,8 @@ class LayerRow(BaseModel):
 
 
 class Memory(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     batch: int
     parameters_bytes: int
     activations_bytes: int
@@ -53,6 +59,8 @@ class Memory(BaseModel):
 
 
 class Report(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     schema_version: Literal[1] = 1
     file: str
     model: str | None = None

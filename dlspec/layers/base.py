@@ -80,7 +80,9 @@ class Inferred:
     buffers: dict[str, Shape] = field(default_factory=dict)  # non-trainable state
     macs: Dim = 0  # multiply-accumulates per sample
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message) lints
-    # weight name -> dotted path (from the model root) of the tensor it shares; counted once
+    # weight name -> "statement.weight" it shares, e.g. {"weight": "tok_emb.weight"}: the
+    # analyzer resolves the statement in the same scope, checks the shapes, stores the full
+    # path, and counts the tensor once (in check, the generated module and ONNX)
     tied: dict[str, str] = field(default_factory=dict)
 
 
@@ -99,6 +101,9 @@ class TorchCall:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     forward: str = "{module}({x})"
+    # Source of an nn.Module class that ``cls`` names, for layers with no torch.nn
+    # counterpart (e.g. a sinusoidal positional encoding); emitted once in generated code.
+    helper: str | None = None
 
 
 class Layer(BaseModel):

@@ -115,7 +115,8 @@ class Reshape(Layer):
         n = product(x.shape)
         known = math.prod(d for d in target if d != -1)
         written = "[" + ", ".join(map(str, target)) + "]"
-        have = f"its input {x} has {fmt_dim(n)} = {_dims(x.shape)}" if x.shape else f"{x}"
+        count = f"{n:,}" if isinstance(n, int) else fmt_dim(n)
+        have = f"its input {x} has {count}" + (f" = {_dims(x.shape)}" if len(x.shape) > 1 else "")
         out: list[Dim] = list(target)
         if -1 in target:
             try:

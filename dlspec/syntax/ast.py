@@ -1,23 +1,25 @@
 """The typed syntax tree of a spec: what the user wrote, each node with its source span.
 
-Nothing here is checked beyond syntax: names are resolved, arguments validated and shapes
-inferred by :mod:`dlspec.analysis`.
+Nothing here is checked beyond syntax: names are resolved, arguments validated (with pydantic,
+against each layer kind's schema) and shapes inferred by :mod:`dlspec.analysis`. The nodes are
+frozen dataclasses rather than pydantic models: the parser builds them from a tree the grammar
+has already checked, so validating them again would buy nothing and cost start-up time, which
+`dlspec check` is measured on.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass
 
 from dlspec.diagnostics import Span
 
 
-class Node(BaseModel):
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Node:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
 class Ident(Node):
     name: str
 
@@ -25,33 +27,40 @@ class Ident(Node):
 # expressions -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
 class Num(Node):
     value: int | float
     text: str
 
 
+@dataclass(frozen=True, slots=True)
 class Ref(Node):
     name: str
 
 
+@dataclass(frozen=True, slots=True)
 class Str(Node):
     value: str
 
 
+@dataclass(frozen=True, slots=True)
 class BinOp(Node):
-    op: Literal["+", "-", "*", "//", "/", "%"]
+    op: str  # +, -, *, //, /, %
     left: Expr
     right: Expr
 
 
+@dataclass(frozen=True, slots=True)
 class Neg(Node):
     operand: Expr
 
 
+@dataclass(frozen=True, slots=True)
 class ListExpr(Node):
     items: list[Expr]
 
 
+@dataclass(frozen=True, slots=True)
 class CallExpr(Node):
     """A call used as a value, e.g. ``optimizer = Adam(lr=1e-3)`` in a train section."""
 
@@ -62,6 +71,7 @@ class CallExpr(Node):
 Expr = Num | Ref | Str | BinOp | Neg | ListExpr | CallExpr
 
 
+@dataclass(frozen=True, slots=True)
 class Arg(Node):
     name: Ident | None  # None for a positional argument
     value: Expr
@@ -70,6 +80,7 @@ class Arg(Node):
 # statements --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
 class Call(Node):
     """A layer kind or block applied with arguments: ``Conv2d(32, kernel=3)``."""
 
@@ -77,6 +88,7 @@ class Call(Node):
     args: list[Arg]
 
 
+@dataclass(frozen=True, slots=True)
 class Residual(Node):
     """``residual { body } [shortcut { body }]``: output = body(x) + shortcut(x)."""
 
@@ -84,6 +96,7 @@ class Residual(Node):
     shortcut: list[Statement] | None
 
 
+@dataclass(frozen=True, slots=True)
 class LayerStmt(Node):
     name: Ident | None
     op: Call | Residual
@@ -91,12 +104,14 @@ class LayerStmt(Node):
     sources: list[Ident]  # ``<- a, b``; empty: the previous statement's output
 
 
+@dataclass(frozen=True, slots=True)
 class Check(Node):
     quantity: Ident  # params, trainable_params, shape, macs
-    op: Literal["==", "!=", "<", "<=", ">", ">="]
+    op: str  # ==, !=, <, <=, >, >=
     value: Expr
 
 
+@dataclass(frozen=True, slots=True)
 class ExpectStmt(Node):
     """``expect ...`` checks the statement before it; ``expect total ...`` the whole model."""
 
@@ -104,21 +119,25 @@ class ExpectStmt(Node):
     checks: list[Check]
 
 
+@dataclass(frozen=True, slots=True)
 class InputDecl(Node):
     name: Ident
     dtype: Ident
     dims: list[Expr]
 
 
+@dataclass(frozen=True, slots=True)
 class OutputDecl(Node):
     names: list[Ident]
 
 
+@dataclass(frozen=True, slots=True)
 class Setting(Node):
     name: Ident
     value: Expr
 
 
+@dataclass(frozen=True, slots=True)
 class TrainSection(Node):
     settings: list[Setting]
 
@@ -126,22 +145,21 @@ class TrainSection(Node):
 Statement = InputDecl | OutputDecl | LayerStmt | ExpectStmt | TrainSection
 
 
+@dataclass(frozen=True, slots=True)
 class Param(Node):
     name: Ident
     type: Ident
     default: Expr | None
 
 
+@dataclass(frozen=True, slots=True)
 class Definition(Node):
-    keyword: Literal["model", "block"]
+    keyword: str  # "model" or "block"
     name: Ident
     params: list[Param]
     body: list[Statement]
 
 
-class Spec(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Spec:
     definitions: list[Definition]
-
-
-for _model in (BinOp, Neg, ListExpr, CallExpr, Arg, Call, Residual, LayerStmt, Check):
-    _model.model_rebuild()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -98,7 +99,10 @@ class Dataset:
 
     def subset(self, indices: torch.Tensor | np.ndarray | Sequence[int], name: str) -> Dataset:
         """The samples at ``indices`` (same classes), as a new dataset called ``name``."""
-        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        if isinstance(indices, torch.Tensor):
+            index = indices.to(device=self.x.device, dtype=torch.int64)
+        else:
+            index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.x.device)
         return Dataset(self.x[index], self.y[index], list(self.classes), name)
 
 
@@ -213,7 +217,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         )
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize
     actual = len(raw) - header
     shape = " x ".join(f"{d:,}" for d in dims)
     if actual != expected:

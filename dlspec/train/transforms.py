@@ -45,7 +45,7 @@ def _adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if have == channels:
         return x
     if have == 1:
-        return x.expand(-1, channels, -1, -1)
+        return x.repeat(1, channels, 1, 1)
     if have == 3 and channels == 1:
         return to_grayscale(x)
     raise DataError(
@@ -272,18 +272,26 @@ class Augment:
         return bool(self.rotation or self.brightness or self.contrast)
 
     def _fit_images(self, x: torch.Tensor) -> torch.Tensor:
-        # Keep images 4-D through augmentation; flatten for vector models at the end.
-        if self.input_shape is not None and len(self.input_shape) == 3:
-            return fit_to_input(x, self.input_shape)
-        return x if x.is_floating_point() else x.float()
+        """Resize images to the model's (H, W) but keep grayscale at one channel, so that
+        augmentation runs on a third of the data (the result is the same: every transform here
+        treats the three equal channels of a repeated gray image alike)."""
+        shape = self.input_shape
+        if shape is None or len(shape) != 3 or x.ndim != 4:
+            return x if x.is_floating_point() else x.float()
+        if x.shape[1] == 1:
+            return fit_to_input(x, (1, shape[1], shape[2]))
+        return fit_to_input(x, shape)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat channels, normalise, flatten: whatever of that applies, in that order."""
+        shape = self.input_shape
+        if shape is not None and len(shape) == 3:
+            x = fit_to_input(x, shape)
         if self.mean is not None or self.std is not None:
-            x = normalize(
-                x, 0.0 if self.mean is None else self.mean, 1.0 if self.std is None else self.std
-            )
-        if self.input_shape is not None:
-            x = fit_to_input(x, self.input_shape)
+            mean = 0.0 if self.mean is None else self.mean
+            x = normalize(x, mean, 1.0 if self.std is None else self.std)
+        if shape is not None:
+            x = fit_to_input(x, shape)
         return x
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,418 @@
+"""The ``train { ... }`` section of a spec: settings -> a validated :class:`TrainConfig`.
+
+Static and torch-free, so that ``dlspec check`` reports a bad train section (E214, at the
+setting, with a did-you-mean) without importing a tensor library::
+
+    train {
+        data = "digits"   task = "classify"   epochs = 5   batch_size = 64
+        val_split = 0.1   seed = 0
+        optimizer = Adam(lr=1e-3, weight_decay=1e-4)
+        augment = [RandomRotation(10), ColorJitter(brightness=0.2, contrast=0.2)]
+        normalize = Normalize(mean=0.1307, std=0.3081)
+    }
+
+Every setting has a default (see :class:`TrainConfig`), so the section may be partial or
+absent. ``dlspec build`` overrides settings from its command line through
+:func:`train_config` (``--train epochs=3``, ``--train optimizer.lr=0.01``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dlspec.analysis.evaluate import did_you_mean, evaluate
+from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
+from dlspec.syntax import ast
+from dlspec.syntax.parser import parse
+
+__all__ = [
+    "AUGMENTATIONS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "SETTINGS",
+    "OptimizerConfig",
+    "TrainConfig",
+    "TrainConfigError",
+    "check_train",
+    "train_config",
+]
+
+Task = Literal["classify", "binary", "regression"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+#: Optimiser name -> the arguments it takes (the first, ``lr``, may be given positionally).
+OPTIMIZERS: dict[str, tuple[str, ...]] = {
+    "Adam": ("lr", "weight_decay"),
+    "AdamW": ("lr", "weight_decay"),
+    "SGD": ("lr", "momentum", "weight_decay", "nesterov"),
+    "RMSprop": ("lr", "momentum", "weight_decay", "alpha"),
+}
+
+# Where an optimiser's defaults differ from OptimizerConfig's: torch's, and SGD with momentum.
+_OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "AdamW": {"weight_decay": 0.01},
+    "SGD": {"lr": 0.01, "momentum": 0.9},
+    "RMSprop": {"lr": 0.01},
+}
+
+#: ``loss = ...`` names -> the task they mean (``task`` and ``loss`` are two ways to say it).
+LOSSES: dict[str, Task] = {
+    "cross_entropy": "classify",
+    "CrossEntropyLoss": "classify",
+    "bce_with_logits": "binary",
+    "BCEWithLogitsLoss": "binary",
+    "mse": "regression",
+    "MSELoss": "regression",
+}
+
+#: Augmentation name -> its arguments, positional in this order.
+AUGMENTATIONS: dict[str, tuple[str, ...]] = {
+    "RandomRotation": ("degrees",),
+    "ColorJitter": ("brightness", "contrast"),
+}
+_AUGMENT_FIELDS = {"degrees": "rotation"}  # argument -> TrainConfig field, where they differ
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class OptimizerConfig(_Frozen):
+    """An optimiser and its settings; only the arguments :data:`OPTIMIZERS` lists for
+    ``name`` reach torch."""
+
+    name: Literal["Adam", "AdamW", "SGD", "RMSprop"] = "Adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    alpha: float = Field(0.99, gt=0, lt=1)
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``torch.optim.<name>(params, **kwargs)``."""
+        return {arg: getattr(self, arg) for arg in OPTIMIZERS[self.name]}
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.torch_kwargs().items())})"
+
+
+class TrainConfig(_Frozen):
+    """Everything ``dlspec build`` needs to train, defaulting to the seed script's choices."""
+
+    data: str = "digits"
+    task: Task = "classify"
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    val_split: float = Field(0.1, ge=0, lt=1)  # 0: no validation set
+    test_split: float = Field(0.2, gt=0, lt=1)  # held out when the data has no test set
+    seed: int = Field(0, ge=0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    rotation: float = Field(0.0, ge=0, le=180)  # RandomRotation(degrees)
+    brightness: float = Field(0.0, ge=0)  # ColorJitter(brightness, contrast)
+    contrast: float = Field(0.0, ge=0)
+    mean: float | tuple[float, ...] | None = None  # Normalize(mean, std); None: none
+    std: float | tuple[float, ...] | None = None
+    precision: Precision = "auto"  # on CUDA: auto = bf16 autocast where supported, else fp16
+    download: bool = False  # fetch "mnist" / "fashion-mnist" when they are missing
+
+
+class TrainConfigError(ValueError):
+    """A bad train setting from the command line; the message names it and says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# one setting -> TrainConfig fields
+
+Fields = dict[str, Any]
+
+
+def _value(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
+    """An expression's value; any problem with it is a train-section error (E214)."""
+    try:
+        value = evaluate(expr, env)
+    except DiagnosticError as err:
+        raise fail("E214", err.diagnostic.message, expr.span, err.diagnostic.notes) from None
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _call(
+    expr: ast.Expr, what: str, known: Mapping[str, Sequence[str]]
+) -> tuple[str, list[ast.Arg]]:
+    """The name and arguments of a call-like value: ``Name(args)``, ``Name`` or ``"Name"``;
+    the name must be one of ``known``."""
+    if isinstance(expr, ast.CallExpr):
+        name, span, args = expr.name.name, expr.name.span, expr.args
+    elif isinstance(expr, ast.Ref):
+        name, span, args = expr.name, expr.span, []
+    elif isinstance(expr, ast.Str):
+        name, span, args = expr.value, expr.span, []
+    else:
+        raise fail("E214", f"expected {what}, e.g. {next(iter(known))}", expr.span)
+    if name not in known:
+        notes = did_you_mean(name, known) or [f"expected one of {', '.join(known)}"]
+        raise fail("E214", f"unknown {what} {name!r}", span, notes)
+    return name, args
+
+
+def _arguments(
+    name: str, args: Sequence[ast.Arg], names: Sequence[str], env: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Span]]:
+    """Argument values by name (positional ones fill ``names`` in order), and their spans."""
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    for index, arg in enumerate(args):
+        if arg.name is None:
+            if index >= len(names):
+                raise fail(
+                    "E214",
+                    f"{name} takes at most {len(names)} positional argument(s)",
+                    arg.span,
+                    [f"its arguments: {', '.join(names)}"],
+                )
+            key = names[index]
+        else:
+            key = arg.name.name
+            if key not in names:
+                notes = did_you_mean(key, names) or [f"its arguments: {', '.join(names)}"]
+                raise fail("E214", f"{name} has no argument {key!r}", arg.name.span, notes)
+        if key in values:
+            raise fail("E214", f"{name}: argument {key!r} given twice", arg.span)
+        values[key] = _value(arg.value, env)
+        spans[key] = arg.span
+    return values, spans
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"])
+    return f"{error.get('input')!r}: {message[0].lower()}{message[1:]}"
+
+
+def _checked(field: str, value: Any, label: str, span: Span) -> Any:
+    """``value`` if it is valid for the TrainConfig ``field``, else an E214 at ``span``."""
+    try:
+        TrainConfig.model_validate({field: value})
+    except ValidationError as exc:
+        raise fail("E214", f"{label} = {_message(exc.errors()[0])}", span) from None
+    return value
+
+
+def _optimizer(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
+    name, args = _call(setting.value, "optimizer", OPTIMIZERS)
+    given, spans = _arguments(name, args, OPTIMIZERS[name], env)
+    try:
+        optimizer = OptimizerConfig.model_validate(
+            {"name": name, **_OPTIMIZER_DEFAULTS.get(name, {}), **given}
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0])
+        where = spans.get(key, setting.value.span)
+        raise fail("E214", f"{name}: {key} = {_message(error)}", where) from None
+    return {"optimizer": optimizer}
+
+
+def _augment(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
+    value = setting.value
+    items = value.items if isinstance(value, ast.ListExpr) else [value]
+    fields: Fields = {"rotation": 0.0, "brightness": 0.0, "contrast": 0.0}
+    for item in items:
+        if isinstance(item, ast.Ref) and item.name in ("none", "None"):
+            continue
+        name, args = _call(item, "augmentation", AUGMENTATIONS)
+        given, spans = _arguments(name, args, AUGMENTATIONS[name], env)
+        for key, value in given.items():
+            field = _AUGMENT_FIELDS.get(key, key)
+            fields[field] = _checked(field, value, f"{name}: {key}", spans[key])
+    return fields
+
+
+def _normalize(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
+    value = setting.value
+    if isinstance(value, ast.Ref) and value.name in ("none", "None", "false", "False"):
+        return {"mean": None, "std": None}
+    name, args = _call(value, "normalization", {"Normalize": ("mean", "std")})
+    given, spans = _arguments(name, args, ("mean", "std"), env)
+    for key in ("mean", "std"):
+        if key not in given:
+            raise fail("E214", f"Normalize needs {key}=...", value.span)
+        item = given[key]
+        numbers = item if isinstance(item, tuple) else (item,)
+        if (
+            not numbers
+            or not all(isinstance(v, int | float) for v in numbers)
+            or any(isinstance(v, bool) for v in numbers)
+        ):
+            raise fail(
+                "E214", f"Normalize: {key} must be a number or a list of numbers", spans[key]
+            )
+        if key == "std" and any(v <= 0 for v in numbers):
+            raise fail("E214", "Normalize: std must be > 0", spans[key])
+        given[key] = tuple(float(v) for v in item) if isinstance(item, tuple) else float(item)
+    return given
+
+
+def _named(field: str, what: str, choices: Mapping[str, Any]) -> Callable[..., Fields]:
+    """A setting whose value is one of ``choices`` (a string or a bare name)."""
+
+    def read(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
+        name, _ = _call(setting.value, what, choices)
+        return {field: choices[name]}
+
+    return read
+
+
+def _plain(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
+    key = setting.name.name
+    return {key: _checked(key, _value(setting.value, env), key, setting.value.span)}
+
+
+_TASKS: dict[str, Task] = {"classify": "classify", "binary": "binary", "regression": "regression"}
+_PRECISIONS = {p: p for p in ("auto", "fp32", "bf16", "fp16")}
+
+#: Setting name -> how its value becomes TrainConfig fields.
+SETTINGS: dict[str, Callable[[ast.Setting, Mapping[str, Any]], Fields]] = {
+    "data": _plain,
+    "task": _named("task", "task", _TASKS),
+    "loss": _named("task", "loss", LOSSES),
+    "epochs": _plain,
+    "batch_size": _plain,
+    "eval_batch_size": _plain,
+    "val_split": _plain,
+    "test_split": _plain,
+    "seed": _plain,
+    "optimizer": _optimizer,
+    "augment": _augment,
+    "normalize": _normalize,
+    "precision": _named("precision", "precision", _PRECISIONS),
+    "download": _plain,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# a list of settings -> TrainConfig
+
+
+def _read(
+    settings: Sequence[ast.Setting], env: Mapping[str, Any]
+) -> tuple[TrainConfig, list[tuple[ast.Setting, Diagnostic]]]:
+    """The config the valid settings describe, and each invalid setting with its E214."""
+    failures: list[tuple[ast.Setting, Diagnostic]] = []
+    fields: Fields = {}
+    seen: dict[str, ast.Setting] = {}
+    for setting in settings:
+        key = setting.name.name
+        try:
+            if key not in SETTINGS:
+                notes = did_you_mean(key, SETTINGS) or [f"train settings: {', '.join(SETTINGS)}"]
+                raise fail("E214", f"unknown train setting {key!r}", setting.name.span, notes)
+            if key in seen:
+                raise fail("E214", f"{key} is set twice in the train section", setting.name.span)
+            same = {"task": "loss", "loss": "task"}.get(key)
+            if same in seen:
+                raise fail(
+                    "E214",
+                    "set either task or loss, not both",
+                    setting.name.span,
+                    ['loss = "cross_entropy" is task = "classify", and so on'],
+                )
+            seen[key] = setting
+            fields.update(SETTINGS[key](setting, env))
+        except DiagnosticError as err:
+            failures.append((setting, err.diagnostic))
+    # every field was validated on its own above, and no constraint spans two fields
+    return TrainConfig.model_validate(fields), failures
+
+
+def check_train(section: ast.TrainSection | None, env: Mapping[str, Any]) -> list[Diagnostic]:
+    """The E214 diagnostics of a spec's train section (none when it is absent or valid);
+    ``env`` holds the model's parameters, which settings may use in expressions."""
+    return [] if section is None else [d for _, d in _read(section.settings, env)[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# command-line overrides
+
+_NOWHERE = Span(0, 0, 0, 0)
+_VERBATIM = ("data",)  # settings whose command-line text is taken as it is (paths)
+
+
+def _override_value(key: str, text: str) -> ast.Expr:
+    """``text`` as a spec value (``3``, ``1e-3``, ``SGD(lr=0.1)``, ``[RandomRotation(10)]``),
+    or as a string when it is not one (``/data/mnist``, ``regression``)."""
+    as_string = ast.Str(span=_NOWHERE, value=text)
+    if key in _VERBATIM:
+        return as_string
+    spec, _ = parse(f"model M {{ train {{ value = {text} }} }}")
+    if spec is None or len(spec.definitions) != 1 or len(spec.definitions[0].body) != 1:
+        return as_string
+    section = spec.definitions[0].body[0]
+    if not isinstance(section, ast.TrainSection) or len(section.settings) != 1:
+        return as_string
+    return section.settings[0].value
+
+
+def _with_argument(optimizer: ast.Expr | None, key: str, value: ast.Expr) -> ast.CallExpr:
+    """The optimizer value with argument ``key`` set to ``value`` (positional ones named)."""
+    if optimizer is None:
+        name, args = ast.Ident(span=_NOWHERE, name="Adam"), []
+    elif isinstance(optimizer, ast.CallExpr):
+        name, args = optimizer.name, list(optimizer.args)
+    elif isinstance(optimizer, ast.Ref | ast.Str):
+        text = optimizer.name if isinstance(optimizer, ast.Ref) else optimizer.value
+        name, args = ast.Ident(span=optimizer.span, name=text), []
+    else:
+        raise TrainConfigError(f"cannot set optimizer.{key}: the optimizer is not a call")
+    order = OPTIMIZERS.get(name.name, ())
+    named = [
+        ast.Arg(span=a.span, name=ast.Ident(span=a.span, name=order[i]), value=a.value)
+        if a.name is None and i < len(order)
+        else a
+        for i, a in enumerate(args)
+    ]
+    kept = [a for a in named if a.name is None or a.name.name != key]
+    new = ast.Arg(span=_NOWHERE, name=ast.Ident(span=_NOWHERE, name=key), value=value)
+    return ast.CallExpr(span=_NOWHERE, name=name, args=[*kept, new])
+
+
+def train_config(
+    section: ast.TrainSection | None,
+    env: Mapping[str, Any] | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
+) -> TrainConfig:
+    """The train section's config with command-line ``overrides`` applied in order: pairs
+    ``(setting, text)`` such as ``("epochs", "3")`` or ``("optimizer.lr", "0.01")``.
+
+    Raises :class:`TrainConfigError` naming the first bad setting, override or not (a spec
+    that passed :func:`check_train` has none of its own)."""
+    env = env or {}
+    settings: dict[str, ast.Setting] = {}
+    for setting in section.settings if section else []:
+        settings.setdefault(setting.name.name, setting)
+    given: dict[int, str] = {}  # id of an override's setting -> how the user wrote it
+    for key, text in overrides:
+        head, dot, argument = key.partition(".")
+        if dot and head != "optimizer":
+            raise TrainConfigError(
+                f"--train {key}={text}: only the optimizer's arguments can be set one by one "
+                "(optimizer.lr=...)"
+            )
+        value = _override_value(argument if dot else key, text)
+        if dot:
+            current = settings.get("optimizer")
+            value = _with_argument(current.value if current else None, argument, value)
+        if head in ("task", "loss"):  # the later one wins
+            settings.pop("loss" if head == "task" else "task", None)
+        setting = ast.Setting(span=_NOWHERE, name=ast.Ident(span=_NOWHERE, name=head), value=value)
+        settings[head] = setting
+        given[id(setting)] = f"--train {key}={text}"
+    config, failures = _read(list(settings.values()), env)
+    if failures:
+        setting, diagnostic = failures[0]
+        where = given.get(id(setting), f"train setting {setting.name.name}")
+        notes = "".join(f"; {note}" for note in diagnostic.notes)
+        raise TrainConfigError(f"{where}: {diagnostic.message}{notes}")
+    return config

@@ -1,0 +1,123 @@
+"""Draw a spec's architecture as a diagram (SVG, PNG, PDF or Graphviz DOT source)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dlspec.commands.common import add_spec_arguments, load_spec
+
+EXTENSIONS = (".svg", ".png", ".pdf", ".dot")
+EXIT_NO_GRAPHVIZ = 3
+INSTALL_HINT = """\
+install Graphviz, then run this command again:
+  apt-get install graphviz    (Debian, Ubuntu)
+  brew install graphviz       (macOS)
+  conda install graphviz      (conda)
+or render the source yourself: dot -T{fmt} {dot} -o {out}"""
+
+EPILOG = f"""\
+exit codes: 0 written, 1 the spec has errors or Graphviz failed, 2 usage (bad option, unknown
+extension, unwritable output), {EXIT_NO_GRAPHVIZ} Graphviz's `dot` program is not installed: the
+diagram's .dot source is written beside FILE instead and the message says how to install it."""
+
+
+def output_path(text: str) -> Path:
+    """An ``--out`` value: a path whose extension names a format dlspec can write."""
+    path = Path(text)
+    if path.suffix.lower() not in EXTENSIONS:
+        found = f"extension {path.suffix!r}" if path.suffix else "no extension"
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has {found}; use one of {', '.join(EXTENSIONS)}"
+        )
+    return path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    add_spec_arguments(parser)
+    parser.add_argument(
+        "--out",
+        "-o",
+        metavar="FILE",
+        type=output_path,
+        help="the diagram to write: .svg, .png, .pdf or .dot (default: SPEC's name with .svg, "
+        "in the current directory)",
+    )
+    parser.add_argument(
+        "--rankdir",
+        choices=("TB", "LR"),
+        default="TB",
+        help="direction of the data flow: top to bottom (default) or left to right",
+    )
+    parser.add_argument(
+        "--detail",
+        choices=("low", "high"),
+        default="low",
+        help="low (default): activations, dropout and reshapes fold into the layer before them; "
+        "high: every layer its own box, with its MACs",
+    )
+    parser.add_argument(
+        "--expand",
+        action="store_true",
+        help="draw every repetition of `Block * N` instead of one marked x N",
+    )
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then move it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = None) -> int:
+    """Draw the spec; ``find_dot`` locates Graphviz's ``dot`` (tests pass one that fails)."""
+    from dlspec.backends import graphviz_draw
+
+    checked, code = load_spec(args)
+    if checked.graph is None:
+        return code or 1
+    options = graphviz_draw.DrawOptions(
+        rankdir=args.rankdir, detail=args.detail, expand=args.expand
+    )
+    source = graphviz_draw.to_dot(checked.graph, options).encode()
+    out: Path = args.out or Path(Path(args.spec).stem + ".svg")
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt == "dot":
+        return _save(out, source)
+    if (find_dot or graphviz_draw.find_dot)() is None:
+        dot_path = out.with_suffix(".dot")
+        status = _save(dot_path, source)
+        if status:
+            return status
+        print(
+            f"dlspec draw: Graphviz's `dot` program is not installed, so {out} was not rendered;\n"
+            + INSTALL_HINT.format(fmt=fmt, dot=dot_path, out=out),
+            file=sys.stderr,
+        )
+        return EXIT_NO_GRAPHVIZ
+    try:
+        data = graphviz_draw.render(source.decode(), fmt)
+    except graphviz_draw.RenderError as exc:
+        print(f"dlspec draw: {exc}", file=sys.stderr)
+        return 1
+    return _save(out, data)
+
+
+def _save(path: Path, data: bytes) -> int:
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        print(f"dlspec draw: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,532 @@
+"""Attention and the Transformer's building blocks, over batch-first sequences ``[T, d]``.
+
+Kinds: MultiheadAttention; TransformerEncoderLayer and TransformerDecoderLayer; the stacks
+TransformerEncoder and TransformerDecoder; the encoder-decoder Transformer; and RMSNorm.
+Parameters carry torch's nested names (``layers.0.self_attn.in_proj_weight``), so a stack is
+one layer kind whose figures can be checked against the torch module tensor by tensor.
+
+MACs are composed from the parts: each attention block counts its input and output
+projections (as Linear layers: one per weight use and one per bias add) plus the two
+products that scale with the sequence lengths, ``Q K^T`` (``T x S x d``) and
+``softmax(.) V`` (``T x S x d``); a causal mask does not reduce them (torch computes the full
+matrix). Feed-forward layers count as Linear, layer norms as LayerNorm (2 per element, 1
+without ``bias``); softmax, activations and dropout count 0.
+
+``causal=True`` masks attention to later steps with
+``torch.nn.Transformer.generate_square_subsequent_mask`` in the forward call (the mask needs
+keys as long as the queries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from dlspec.layers.base import (
+    Inferred,
+    Layer,
+    LayerError,
+    Shape,
+    TensorType,
+    TorchCall,
+    check_given,
+    concrete,
+    expect_float,
+    expect_rank,
+    register,
+)
+from dlspec.layers.dense import Linear
+from dlspec.layers.norm import LayerNorm
+from dlspec.layers.symbolic import Dim, product
+
+Pos = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+Eps = Annotated[float, Field(gt=0)]
+
+# The expression of a causal mask for the sequence ``{x}`` in generated code: (T, T), -inf
+# above the diagonal.
+CAUSAL_MASK = "torch.nn.Transformer.generate_square_subsequent_mask({x}.size(1), device={x}.device)"
+
+
+def _sequence(x: TensorType, kind: str) -> None:
+    expect_rank(x, (2,), "[T, d] (batch-first sequence)", kind)
+    expect_float(x, kind)
+
+
+def _nest(parts: Iterable[tuple[str, Inferred]]) -> tuple[dict[str, Shape], Dim]:
+    """Weights of sub-modules under their attribute names, and their summed MACs."""
+    weights: dict[str, Shape] = {}
+    macs: Dim = 0
+    for prefix, part in parts:
+        weights |= {f"{prefix}.{name}": shape for name, shape in part.weights.items()}
+        macs = macs + part.macs
+    return weights, macs
+
+
+def _check_heads(width: int, heads: int, arg: str) -> None:
+    if width % heads:
+        raise LayerError(
+            "E204",
+            f"the model width {width} does not split into {arg}={heads} equal heads",
+            [f"{width} % {heads} = {width % heads}"],
+            arg=arg,
+        )
+
+
+@register
+class MultiheadAttention(Layer):
+    """Multi-head attention. One input ``[T, E]`` is self-attention; two are
+    ``(query [T, E], memory [S, kdim])`` with the memory as keys and values; three are
+    ``(query [T, E], key [S, kdim], value [S, vdim])``. Output ``[T, E]``.
+
+    Layout: ``in_proj_weight (3E, E)`` when ``kdim == vdim == E``, else ``q_proj_weight (E, E)``,
+    ``k_proj_weight (E, kdim)``, ``v_proj_weight (E, vdim)``; with ``bias`` also
+    ``in_proj_bias (3E,)``; then ``out_proj.weight (E, E)`` (and ``out_proj.bias (E,)``).
+    MACs = T*E*(E + b) + S*E*(kdim + b) + S*E*(vdim + b) [projections of Q, K, V]
+    + T*S*E [Q K^T] + T*S*E [weights x V] + T*E*(E + b) [output projection], with b = 1 when
+    ``bias``; self-attention has S = T, so it grows with T^2."""
+
+    kind = "MultiheadAttention"
+    family = "attention"
+    positional = ("embed_dim", "num_heads")
+    arity = (1, 3)
+
+    embed_dim: Pos | None = None
+    num_heads: Pos
+    dropout: Probability = 0.0
+    bias: bool = True
+    kdim: Pos | None = None
+    vdim: Pos | None = None
+    causal: bool = False
+
+    def _sizes(self, inputs: list[TensorType]) -> tuple[int, int, int]:
+        """``(E, kdim, vdim)`` after checking the query, key and value."""
+        query, key, value = (inputs * 3)[:3] if len(inputs) == 1 else (inputs + inputs[-1:])[:3]
+        for x in (query, key, value):
+            _sequence(x, self.kind)
+        if key.shape[0] != value.shape[0]:
+            raise LayerError(
+                "E401",
+                f"keys {key} and values {value} must have the same length",
+            )
+        if self.causal and query.shape[0] != key.shape[0]:
+            raise LayerError(
+                "E204",
+                f"causal attention needs keys as long as the queries; got queries {query} and "
+                f"keys {key}",
+                arg="causal",
+            )
+        width = check_given(self.embed_dim, query.shape[1], "embed_dim", self.kind, "features")
+        _check_heads(width, self.num_heads, "num_heads")
+        kdim = check_given(self.kdim, key.shape[1], "kdim", self.kind, "the keys' width")
+        vdim = check_given(self.vdim, value.shape[1], "vdim", self.kind, "the values' width")
+        return width, kdim, vdim
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        width, kdim, vdim = self._sizes(inputs)
+        b = 1 if self.bias else 0
+        weights: dict[str, Shape] = {}
+        if kdim == vdim == width:
+            weights["in_proj_weight"] = (3 * width, width)
+        else:
+            weights |= {
+                "q_proj_weight": (width, width),
+                "k_proj_weight": (width, kdim),
+                "v_proj_weight": (width, vdim),
+            }
+        if self.bias:
+            weights |= {"in_proj_bias": (3 * width,), "out_proj.bias": (width,)}
+        weights["out_proj.weight"] = (width, width)
+        t: Dim = inputs[0].shape[0]
+        s: Dim = inputs[-1].shape[0]
+        macs = (
+            2 * t * width * (width + b)  # query and output projections
+            + s * width * (kdim + b)  # key projection
+            + s * width * (vdim + b)  # value projection
+            + 2 * t * s * width  # Q K^T and the weighted sum of values
+        )
+        return Inferred(TensorType((t, width)), weights, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        width, kdim, vdim = self._sizes(inputs)
+        kwargs: dict[str, Any] = self.model_dump(
+            exclude_defaults=True, exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"}
+        )
+        kwargs |= {k: v for k, v in (("kdim", kdim), ("vdim", vdim)) if v != width}
+        kwargs["batch_first"] = True
+        qkv = ["{x0}", "{x1}", "{x2}"][: len(inputs)]
+        qkv += [qkv[-1]] * (3 - len(qkv)) if len(inputs) > 1 else ["{x0}"] * 2
+        mask = f"attn_mask={CAUSAL_MASK.format(x='{x0}')}, is_causal=True, " if self.causal else ""
+        forward = "{module}(" + ", ".join(qkv) + ", " + mask + "need_weights=False)[0]"
+        return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward=forward)
+
+    def label(self) -> str:
+        causal = ", causal" if self.causal else ""
+        return f"MultiheadAttention(heads={self.num_heads}{causal})"
+
+
+class _TransformerBase(Layer):
+    """Options shared by the Transformer kinds, named and defaulted as in torch (always
+    batch-first). ``d_model`` is taken from the input (checked when written)."""
+
+    family = "attention"
+    # forward keyword of the causal mask (and of its hint) on the module's first input
+    mask_arg: ClassVar[tuple[str, str]] = ("src_mask", "is_causal")
+
+    d_model: Pos | None = None
+    nhead: Pos
+    dim_feedforward: Pos = 2048
+    dropout: Probability = 0.1
+    activation: Literal["relu", "gelu"] = "relu"
+    layer_norm_eps: Eps = 1e-5
+    norm_first: bool = False
+    bias: bool = True
+    causal: bool = False
+
+    def _width(self, inputs: list[TensorType]) -> int:
+        for x in inputs:
+            _sequence(x, self.kind)
+        width = check_given(self.d_model, inputs[0].shape[1], "d_model", self.kind, "features")
+        for x in inputs[1:]:
+            if x.shape[1] != width:
+                raise LayerError(
+                    "E401",
+                    f"{self.kind} has d_model={width}, but its second input {x} has width "
+                    f"{x.shape[1]}",
+                )
+        _check_heads(width, self.nhead, "nhead")
+        return width
+
+    def _attention(self, query: TensorType, memory: TensorType | None = None) -> Inferred:
+        attn = MultiheadAttention(num_heads=self.nhead, bias=self.bias)
+        return attn.infer([query] if memory is None else [query, memory])
+
+    def _norm(self, x: TensorType) -> Inferred:
+        return LayerNorm(bias=self.bias).infer([x])
+
+    def _encoder_layer(self, x: TensorType) -> tuple[dict[str, Shape], Dim]:
+        """Weights and MACs of one ``nn.TransformerEncoderLayer`` on ``x``."""
+        hidden = TensorType((x.shape[0], self.dim_feedforward))
+        return _nest(
+            [
+                ("self_attn", self._attention(x)),
+                ("linear1", Linear(out_features=self.dim_feedforward, bias=self.bias).infer([x])),
+                ("linear2", Linear(out_features=x.shape[1], bias=self.bias).infer([hidden])),
+                ("norm1", self._norm(x)),
+                ("norm2", self._norm(x)),
+            ]
+        )
+
+    def _decoder_layer(self, x: TensorType, memory: TensorType) -> tuple[dict[str, Shape], Dim]:
+        """Weights and MACs of one ``nn.TransformerDecoderLayer`` on ``x`` and ``memory``."""
+        hidden = TensorType((x.shape[0], self.dim_feedforward))
+        return _nest(
+            [
+                ("self_attn", self._attention(x)),
+                ("multihead_attn", self._attention(x, memory)),
+                ("linear1", Linear(out_features=self.dim_feedforward, bias=self.bias).infer([x])),
+                ("linear2", Linear(out_features=x.shape[1], bias=self.bias).infer([hidden])),
+                ("norm1", self._norm(x)),
+                ("norm2", self._norm(x)),
+                ("norm3", self._norm(x)),
+            ]
+        )
+
+    def _stack(
+        self, layer: tuple[dict[str, Shape], Dim], count: int, norm: TensorType | None
+    ) -> tuple[dict[str, Shape], Dim]:
+        """``count`` copies of a layer under ``layers.{i}``, and a final ``norm`` over the
+        given tensor type."""
+        one = Inferred(TensorType(()), layer[0], macs=layer[1])
+        parts = [(f"layers.{i}", one) for i in range(count)]
+        if norm is not None:
+            parts.append(("norm", self._norm(norm)))
+        return _nest(parts)
+
+    def _layer_kwargs(self) -> dict[str, Any]:
+        """The layer options that differ from torch's defaults, as constructor keywords."""
+        return self.model_dump(
+            exclude_defaults=True,
+            include={
+                "dim_feedforward",
+                "dropout",
+                "activation",
+                "layer_norm_eps",
+                "norm_first",
+                "bias",
+            },
+        )
+
+    def _forward(self, inputs: list[TensorType]) -> str:
+        args = ", ".join(f"{{x{i}}}" for i in range(len(inputs)))
+        if self.causal:
+            target = f"{{x{len(inputs) - 1}}}" if self.mask_arg[0] == "tgt_mask" else "{x0}"
+            mask, hint = self.mask_arg
+            args += f", {mask}={CAUSAL_MASK.format(x=target)}, {hint}=True"
+        return "{module}(" + args + ")"
+
+    def _label(self, *parts: str) -> str:
+        extras = [f"h={self.nhead}", f"ff={self.dim_feedforward}"]
+        if self.causal:
+            extras.append("causal")
+        return f"{self.kind}({', '.join([*parts, *extras])})"
+
+
+@register
+class TransformerEncoderLayer(_TransformerBase):
+    """One encoder layer, ``nn.TransformerEncoderLayer``: self-attention and a feed-forward
+    network ``linear2(activation(linear1(x)))``, each with a residual connection and a
+    LayerNorm (after, or before with ``norm_first``). ``[T, d]`` -> ``[T, d]``.
+
+    Layout: ``self_attn.*`` (MultiheadAttention), ``linear1.weight (ff, d)``,
+    ``linear2.weight (d, ff)``, ``norm1.weight``, ``norm2.weight`` ``(d,)``, and the biases of
+    each when ``bias``. MACs: the sum of the parts (module docstring)."""
+
+    kind = "TransformerEncoderLayer"
+    positional = ("d_model", "nhead", "dim_feedforward")
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        self._width(inputs)
+        weights, macs = self._encoder_layer(inputs[0])
+        return Inferred(inputs[0], weights, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self._layer_kwargs() | {"batch_first": True}
+        args = (self._width(inputs), self.nhead)
+        return TorchCall("nn.TransformerEncoderLayer", args, kwargs, self._forward(inputs))
+
+    def label(self) -> str:
+        return self._label()
+
+
+@register
+class TransformerDecoderLayer(_TransformerBase):
+    """One decoder layer, ``nn.TransformerDecoderLayer``, over two inputs: the target
+    ``[T, d]`` and the encoder's memory ``[S, d]`` -> ``[T, d]``. Self-attention on the target
+    (masked to earlier steps with ``causal``), attention from the target to the memory, and a
+    feed-forward network, each with a residual connection and a LayerNorm.
+
+    Layout: ``self_attn.*``, ``multihead_attn.*`` (both MultiheadAttention over ``d``),
+    ``linear1``, ``linear2``, ``norm1``..``norm3`` as in TransformerEncoderLayer. MACs: the sum
+    of the parts; the cross-attention's products count T x S x d each."""
+
+    kind = "TransformerDecoderLayer"
+    positional = ("d_model", "nhead", "dim_feedforward")
+    arity = (2, 2)
+    mask_arg = ("tgt_mask", "tgt_is_causal")
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        self._width(inputs)
+        weights, macs = self._decoder_layer(inputs[0], inputs[1])
+        return Inferred(inputs[0], weights, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self._layer_kwargs() | {"batch_first": True}
+        args = (self._width(inputs), self.nhead)
+        return TorchCall("nn.TransformerDecoderLayer", args, kwargs, self._forward(inputs))
+
+    def label(self) -> str:
+        return self._label()
+
+
+# torch builds its stacks from a layer instance; these helpers build them from plain
+# arguments (``{part}`` is Encoder or Decoder), keeping torch's parameter names.
+_STACK = '''class Transformer{part}Stack(nn.Transformer{part}):
+    """num_layers batch-first nn.Transformer{part}Layer copies and an optional final LayerNorm."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        layer_norm_eps: float = 1e-5,
+        norm_first: bool = False,
+        bias: bool = True,
+        final_norm: bool = False,
+    ) -> None:
+        layer = nn.Transformer{part}Layer(
+            d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+            batch_first=True, norm_first=norm_first, bias=bias,
+        )
+        norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+        super().__init__(layer, num_layers, norm=norm{extra})
+'''
+
+
+class _TransformerStack(_TransformerBase):
+    """Shared rule of TransformerEncoder/TransformerDecoder: ``num_layers`` layers under
+    ``layers.{i}`` and, with ``final_norm``, a LayerNorm ``norm`` (torch's ``norm=``)."""
+
+    positional = ("d_model", "nhead", "num_layers", "dim_feedforward")
+    part: ClassVar[str]
+    helper: ClassVar[str]
+
+    num_layers: Pos
+    final_norm: bool = False
+
+    def _layer(self, inputs: list[TensorType]) -> tuple[dict[str, Shape], Dim]:
+        raise NotImplementedError
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        self._width(inputs)
+        norm = inputs[0] if self.final_norm else None
+        weights, macs = self._stack(self._layer(inputs), self.num_layers, norm)
+        return Inferred(inputs[0], weights, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self._layer_kwargs()
+        if self.final_norm:
+            kwargs["final_norm"] = True
+        args = (self.num_layers, self._width(inputs), self.nhead)
+        cls = f"Transformer{self.part}Stack"
+        return TorchCall(cls, args, kwargs, self._forward(inputs), helper=self.helper)
+
+    def label(self) -> str:
+        return self._label(f"layers={self.num_layers}")
+
+
+@register
+class TransformerEncoder(_TransformerStack):
+    """A stack of ``num_layers`` TransformerEncoderLayers (``nn.TransformerEncoder``),
+    ``[T, d]`` -> ``[T, d]``; with ``causal`` every layer masks attention to later steps (a
+    decoder-only language model). Layout ``layers.{i}.<TransformerEncoderLayer tensors>``,
+    plus ``norm.weight``/``norm.bias (d,)`` with ``final_norm``. MACs: the sum of the layers
+    (and the final norm)."""
+
+    kind = "TransformerEncoder"
+    part = "Encoder"
+    helper = _STACK.format(part="Encoder", extra=", enable_nested_tensor=False")
+    mask_arg = ("mask", "is_causal")
+
+    def _layer(self, inputs: list[TensorType]) -> tuple[dict[str, Shape], Dim]:
+        return self._encoder_layer(inputs[0])
+
+
+@register
+class TransformerDecoder(_TransformerStack):
+    """A stack of ``num_layers`` TransformerDecoderLayers (``nn.TransformerDecoder``) over the
+    target ``[T, d]`` and the memory ``[S, d]`` -> ``[T, d]``. Layout
+    ``layers.{i}.<TransformerDecoderLayer tensors>``, plus ``norm.*`` with ``final_norm``.
+    MACs: the sum of the layers (and the final norm)."""
+
+    kind = "TransformerDecoder"
+    part = "Decoder"
+    helper = _STACK.format(part="Decoder", extra="")
+    arity = (2, 2)
+    mask_arg = ("tgt_mask", "tgt_is_causal")
+
+    def _layer(self, inputs: list[TensorType]) -> tuple[dict[str, Shape], Dim]:
+        return self._decoder_layer(inputs[0], inputs[1])
+
+
+@register
+class Transformer(_TransformerBase):
+    """The encoder-decoder Transformer, ``nn.Transformer``: two inputs, the source ``[S, d]``
+    and the target ``[T, d]`` (both already embedded) -> ``[T, d]``. The encoder
+    (``num_encoder_layers`` layers) reads the source; the decoder (``num_decoder_layers``)
+    reads the target and attends to the encoder's output; with ``causal`` the decoder's
+    self-attention is masked to earlier target steps (as training a translation model needs).
+
+    Layout: ``encoder.layers.{i}.*``, ``encoder.norm.*``, ``decoder.layers.{i}.*``,
+    ``decoder.norm.*`` (torch always adds both final norms). At the original sizes
+    ``Transformer(512, 8, 6, 6, 2048)`` that is 44,140,544 parameters. MACs: the sum of the
+    parts; the encoder's grow with S^2, the decoder's with T^2 and T x S."""
+
+    kind = "Transformer"
+    positional = (
+        "d_model",
+        "nhead",
+        "num_encoder_layers",
+        "num_decoder_layers",
+        "dim_feedforward",
+    )
+    arity = (2, 2)
+    mask_arg = ("tgt_mask", "tgt_is_causal")
+
+    nhead: Pos = 8
+    num_encoder_layers: Pos = 6
+    num_decoder_layers: Pos = 6
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        self._width(inputs)
+        src, tgt = inputs
+        encoder = self._stack(self._encoder_layer(src), self.num_encoder_layers, src)
+        decoder = self._stack(self._decoder_layer(tgt, src), self.num_decoder_layers, tgt)
+        parts = [
+            (name, Inferred(tgt, w, macs=m))
+            for name, (w, m) in zip(("encoder", "decoder"), (encoder, decoder), strict=True)
+        ]
+        weights, macs = _nest(parts)
+        return Inferred(tgt, weights, macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self._layer_kwargs() | {"batch_first": True}
+        args = (
+            self._width(inputs),
+            self.nhead,
+            self.num_encoder_layers,
+            self.num_decoder_layers,
+        )
+        return TorchCall("nn.Transformer", args, kwargs, self._forward(inputs))
+
+    def label(self) -> str:
+        layers = f"layers={self.num_encoder_layers}+{self.num_decoder_layers}"
+        return self._label(str(self.d_model) if self.d_model else "", layers).replace("(, ", "(")
+
+
+@register
+class RMSNorm(Layer):
+    """Root-mean-square normalization (``nn.RMSNorm``) over the trailing ``normalized_shape``
+    dimensions (default: the last one): ``x / sqrt(mean(x^2) + eps) * weight``; shape
+    unchanged. ``weight`` has shape ``normalized_shape`` when ``elementwise_affine``; ``eps``
+    defaults to torch's (the dtype's machine epsilon). MACs: 1 per element with the weight,
+    else 0 (the statistics are not counted, as for LayerNorm)."""
+
+    kind = "RMSNorm"
+    family = "normalization"
+    positional = ("normalized_shape",)
+
+    normalized_shape: Pos | tuple[Pos, ...] | None = None
+    eps: Eps | None = None
+    elementwise_affine: bool = True
+
+    def _shape(self, x: TensorType) -> Shape:
+        given = self.normalized_shape
+        count = 1 if given is None or isinstance(given, int) else len(given)
+        if not 1 <= count <= len(x.shape):
+            raise LayerError(
+                "E404",
+                f"RMSNorm over {count} trailing dimension(s) needs an input with that many, "
+                f"got {x}",
+                arg="normalized_shape",
+            )
+        trailing = tuple(concrete(d, "RMSNorm's normalized size") for d in x.shape[-count:])
+        if given is not None and trailing != ((given,) if isinstance(given, int) else given):
+            raise LayerError(
+                "E401",
+                f"RMSNorm was given normalized_shape={given}, but its input {x} ends with "
+                f"{list(trailing)}",
+                arg="normalized_shape",
+            )
+        return trailing
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_float(x, self.kind)
+        shape = self._shape(x)
+        if not self.elementwise_affine:
+            return Inferred(x)
+        return Inferred(x, {"weight": shape}, macs=product(x.shape))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        shape = self._shape(inputs[0])
+        kwargs = self.model_dump(exclude_defaults=True, exclude={"normalized_shape"})
+        return TorchCall("nn.RMSNorm", (shape[0] if len(shape) == 1 else list(shape),), kwargs)
+
+    def label(self) -> str:
+        return "RMSNorm" if self.normalized_shape is None else f"RMSNorm({self.normalized_shape})"

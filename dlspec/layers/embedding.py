@@ -1,0 +1,159 @@
+"""Token embeddings and positional encodings.
+
+``Embedding`` turns token ids into vectors; the positional encodings add a position-dependent
+vector to each step of a ``[T, D]`` sequence. None of them multiplies, so all have 0 MACs (a
+lookup, and an element-wise add like a residual connection's).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import Field
+
+from dlspec.layers.base import (
+    Inferred,
+    Layer,
+    LayerError,
+    Shape,
+    TensorType,
+    TorchCall,
+    concrete,
+    expect_float,
+    expect_rank,
+    register,
+)
+
+Pos = Annotated[int, Field(ge=1)]
+
+
+@register
+class Embedding(Layer):
+    """A lookup table of ``num_embeddings`` vectors of width ``embedding_dim``: long token ids of
+    any shape ``[*]`` (typically ``[T]``) -> ``[*, embedding_dim]``. Layout
+    ``weight (num_embeddings, embedding_dim)``; ``padding_idx`` (negative counts from the end)
+    names the row whose gradient torch keeps at zero. MACs 0 (a lookup)."""
+
+    kind = "Embedding"
+    family = "embedding"
+    positional = ("num_embeddings", "embedding_dim")
+
+    num_embeddings: Pos
+    embedding_dim: Pos
+    padding_idx: int | None = None
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        if x.dtype != "long":
+            raise LayerError(
+                "E404",
+                f"Embedding looks up token ids and expects a long tensor, got float {x}",
+                ["declare the input as e.g. `input tokens: long[T]`"],
+            )
+        if self.padding_idx is not None and not (
+            -self.num_embeddings <= self.padding_idx < self.num_embeddings
+        ):
+            raise LayerError(
+                "E204",
+                f"padding_idx={self.padding_idx} is outside the table of "
+                f"{self.num_embeddings:,} rows",
+                arg="padding_idx",
+            )
+        weights = {"weight": (self.num_embeddings, self.embedding_dim)}
+        return Inferred(TensorType((*x.shape, self.embedding_dim)), weights)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = {} if self.padding_idx is None else {"padding_idx": self.padding_idx}
+        return TorchCall("nn.Embedding", (self.num_embeddings, self.embedding_dim), kwargs)
+
+    def label(self) -> str:
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim})"
+
+
+class _PositionalEncoding(Layer):
+    """Shared rule of the positional encodings: ``[T, D]`` -> ``[T, D]``, adding row ``t`` of a
+    ``(max_len, D)`` table to step ``t``. A concrete ``T`` longer than ``max_len`` is refused
+    (a symbolic ``T`` cannot be checked here). torch has no such module: ``TorchCall.helper``
+    carries the source of a small one, which reads the table as ``table[: x.size(1)]``."""
+
+    family = "embedding"
+    positional = ("max_len",)
+    helper: ClassVar[str]  # the nn.Module source, defining a class named like the kind
+
+    max_len: Pos
+
+    def _table(self, x: TensorType) -> Shape:
+        """The table's shape, ``(max_len, D)``, after checking the input."""
+        expect_rank(x, (2,), "[T, D]", self.kind)
+        expect_float(x, self.kind)
+        steps = x.shape[0]
+        if isinstance(steps, int) and steps > self.max_len:
+            raise LayerError(
+                "E401",
+                f"{self.kind} holds positions for max_len={self.max_len:,} steps, but its input "
+                f"{x} has {steps:,}",
+                arg="max_len",
+            )
+        return (self.max_len, concrete(x.shape[1], f"{self.kind}'s width"))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        width = concrete(inputs[0].shape[1], f"{self.kind}'s width")
+        return TorchCall(self.kind, (self.max_len, width), helper=self.helper)
+
+    def label(self) -> str:
+        return f"{self.kind}({self.max_len})"
+
+
+_SINUSOIDAL = '''class SinusoidalPositionalEncoding(nn.Module):
+    """Adds the fixed sine/cosine table of "Attention Is All You Need" to a (B, T, D) input."""
+
+    def __init__(self, max_len: int, d_model: int) -> None:
+        super().__init__()
+        position = torch.arange(max_len).unsqueeze(1)  # (max_len, 1)
+        frequency = 10000.0 ** (-torch.arange(0, d_model, 2) / d_model)  # (ceil(D/2),)
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2] = torch.sin(position * frequency)
+        table[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
+        self.register_buffer("table", table)  # (max_len, D), saved but not trained
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table[: x.size(1)]  # (B, T, D)
+'''
+
+
+@register
+class SinusoidalPositionalEncoding(_PositionalEncoding):
+    """Adds the fixed sinusoidal position table of the original Transformer:
+    ``table[t, 2i] = sin(t / 10000^(2i/D))``, ``table[t, 2i+1] = cos(t / 10000^(2i/D))``.
+    ``[T, D]`` -> ``[T, D]`` with ``T <= max_len``. No parameters; one persistent buffer
+    ``table (max_len, D)``. MACs 0."""
+
+    kind = "SinusoidalPositionalEncoding"
+    helper = _SINUSOIDAL
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        return Inferred(inputs[0], buffers={"table": self._table(inputs[0])})
+
+
+_LEARNED = '''class LearnedPositionalEncoding(nn.Module):
+    """Adds a trained vector per position (GPT-2 style) to a (B, T, D) input."""
+
+    def __init__(self, max_len: int, d_model: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(max_len, d_model) * 0.02)  # (max_len, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight[: x.size(1)]  # (B, T, D)
+'''
+
+
+@register
+class LearnedPositionalEncoding(_PositionalEncoding):
+    """Adds a trained vector per position (as GPT-2 does): ``[T, D]`` -> ``[T, D]`` with
+    ``T <= max_len``. Layout ``weight (max_len, D)``, initialised from N(0, 0.02^2). MACs 0."""
+
+    kind = "LearnedPositionalEncoding"
+    helper = _LEARNED
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        return Inferred(inputs[0], weights={"weight": self._table(inputs[0])})

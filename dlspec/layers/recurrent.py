@@ -1,0 +1,184 @@
+"""Recurrent layers: RNN, LSTM, GRU over batch-first sequences ``[T, F]``.
+
+What a recurrent layer passes on is chosen by ``returns``:
+
+* ``"sequence"`` (default): every step's output of the last layer, ``[T, H * dirs]``;
+* ``"last"``: the output at the last time step, ``[H * dirs]`` (for a bidirectional layer the
+  reverse half has then seen only that one step, as in torch's ``output[:, -1]``);
+* ``"hidden"``: the final hidden state ``h_n`` of the last layer, both directions
+  concatenated, ``[H * dirs]`` (the reverse half has seen the whole sequence).
+
+``H`` is ``hidden_size`` (``proj_size`` for an LSTM with a projection) and ``dirs`` is 2 when
+``bidirectional``. Layout, as torch names it, per layer ``l`` and direction (suffix
+``_reverse`` for the backward one), with ``G`` gates (RNN 1, GRU 3, LSTM 4):
+``weight_ih_l{l} (G*hidden, in_l)``, ``weight_hh_l{l} (G*hidden, H)``, and when ``bias``
+``bias_ih_l{l}``, ``bias_hh_l{l}`` ``(G*hidden,)``; an LSTM with ``proj_size`` adds
+``weight_hr_l{l} (proj_size, hidden)``. ``in_0`` is the input's feature size, ``in_l`` for
+deeper layers is ``H * dirs``.
+
+MACs per sample = T x dirs x the sum over layers of
+``G*hidden x (in_l + H)`` (the two matrix products) ``+ 2 x G*hidden`` (one per element of
+each of the two bias vectors, when ``bias``) ``+ proj_size x hidden`` (the projection). The
+gates' nonlinearities and the element-wise products of the cell update are not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from dlspec.layers.base import (
+    Inferred,
+    Layer,
+    LayerError,
+    Shape,
+    TensorType,
+    TorchCall,
+    check_given,
+    expect_float,
+    expect_rank,
+    register,
+)
+from dlspec.layers.symbolic import Dim
+
+Pos = Annotated[int, Field(ge=1)]
+Returns = Literal["sequence", "last", "hidden"]
+
+
+class _Recurrent(Layer):
+    """Shared rule of RNN, LSTM and GRU (see the module docstring)."""
+
+    family = "recurrent"
+    positional = ("hidden_size",)
+    gates: ClassVar[int]
+    state: ClassVar[str]  # how ``h_n`` is reached in the module's output tuple
+
+    hidden_size: Pos
+    num_layers: Pos = 1
+    bias: bool = True
+    bidirectional: bool = False
+    dropout: Annotated[float, Field(ge=0, le=1)] = 0.0
+    input_size: Pos | None = None
+    returns: Returns = "sequence"
+
+    def _width(self) -> int:
+        """Per-direction size of the output and of the recurrent state ``H``."""
+        return self.hidden_size
+
+    def _step(self, n_in: int) -> tuple[dict[str, Shape], int]:
+        """One layer and direction: its tensors (unsuffixed names) and MACs per time step."""
+        gates = self.gates * self.hidden_size
+        width = self._width()
+        weights: dict[str, Shape] = {"weight_ih": (gates, n_in), "weight_hh": (gates, width)}
+        macs = gates * (n_in + width)
+        if self.bias:
+            weights |= {"bias_ih": (gates,), "bias_hh": (gates,)}
+            macs += 2 * gates
+        if width != self.hidden_size:
+            weights["weight_hr"] = (width, self.hidden_size)
+            macs += width * self.hidden_size
+        return weights, macs
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_rank(x, (2,), "[T, F] (batch-first sequence)", self.kind)
+        expect_float(x, self.kind)
+        if self.dropout and self.num_layers == 1:
+            raise LayerError(
+                "E204",
+                f"dropout={self.dropout} has no effect with num_layers=1: torch applies it "
+                "between stacked layers only",
+                ["add a Dropout layer after this one instead"],
+                arg="dropout",
+            )
+        n_in = check_given(self.input_size, x.shape[1], "input_size", self.kind, "features")
+        dirs = 2 if self.bidirectional else 1
+        weights: dict[str, Shape] = {}
+        per_step = 0
+        for layer in range(self.num_layers):
+            step_weights, step_macs = self._step(n_in if layer == 0 else self._width() * dirs)
+            for suffix in ("", "_reverse")[:dirs]:
+                weights |= {f"{k}_l{layer}{suffix}": v for k, v in step_weights.items()}
+                per_step += step_macs
+        steps: Dim = x.shape[0]
+        out = self._width() * dirs
+        shape = (steps, out) if self.returns == "sequence" else (out,)
+        return Inferred(TensorType(shape), weights, macs=steps * per_step)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self.model_dump(
+            exclude_defaults=True, exclude={"hidden_size", "input_size", "returns"}
+        )
+        kwargs["batch_first"] = True
+        if self.returns == "sequence":
+            forward = "{module}({x})[0]"  # (B, T, H*dirs)
+        elif self.returns == "last":
+            forward = "{module}({x})[0][:, -1]"  # (B, H*dirs)
+        elif self.bidirectional:
+            forward = "{module}({x})" + self.state + "[-2:].transpose(0, 1).flatten(1)"
+        else:
+            forward = "{module}({x})" + self.state + "[-1]"  # (B, H)
+        return TorchCall(
+            f"nn.{self.kind}", (inputs[0].shape[1], self.hidden_size), kwargs, forward=forward
+        )
+
+    def label(self) -> str:
+        parts = [str(self.hidden_size)]
+        if self.num_layers != 1:
+            parts.append(f"layers={self.num_layers}")
+        if self.bidirectional:
+            parts.append("bidirectional")
+        if self.returns != "sequence":
+            parts.append(self.returns)
+        return f"{self.kind}({', '.join(parts)})"
+
+
+@register
+class RNN(_Recurrent):
+    """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU): one gate.
+    ``[T, F]`` -> ``[T, H*dirs]``, or ``[H*dirs]`` with ``returns="last"``/``"hidden"``; layout
+    and MACs in the module docstring (G = 1)."""
+
+    kind = "RNN"
+    gates = 1
+    state = "[1]"
+
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+
+@register
+class LSTM(_Recurrent):
+    """Long short-term memory with input, forget, cell and output gates (G = 4).
+    ``[T, F]`` -> ``[T, H*dirs]``, or ``[H*dirs]`` with ``returns="last"``/``"hidden"``, where
+    ``H`` is ``proj_size`` when given (it must be smaller than ``hidden_size``), else
+    ``hidden_size``; layout and MACs in the module docstring."""
+
+    kind = "LSTM"
+    gates = 4
+    state = "[1][0]"
+
+    proj_size: Annotated[int, Field(ge=0)] = 0
+
+    def _width(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        if self.proj_size >= self.hidden_size:
+            raise LayerError(
+                "E204",
+                f"proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size}",
+                arg="proj_size",
+            )
+        return super().infer(inputs)
+
+
+@register
+class GRU(_Recurrent):
+    """Gated recurrent unit with reset, update and new gates (G = 3). ``[T, F]`` ->
+    ``[T, H*dirs]``, or ``[H*dirs]`` with ``returns="last"``/``"hidden"``; layout and MACs in
+    the module docstring."""
+
+    kind = "GRU"
+    gates = 3
+    state = "[1]"

@@ -1,0 +1,545 @@
+"""Oracle tests: every registered layer kind against the torch module it becomes.
+
+For each example configuration the static rules (``Layer.infer``) must agree with a real
+torch module built from ``Layer.torch``: output shape after a forward pass, parameter and
+buffer names and shapes, and a MAC count written out by hand below. Adding a layer kind
+without an example here fails :func:`test_every_kind_has_an_example`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from dlspec.layers import REGISTRY, Layer, LayerError, TensorType, TorchCall
+from dlspec.layers.symbolic import Dim, Poly, evaluate
+
+T = Poly.symbol("T")
+BATCH = 2
+
+
+@dataclass(frozen=True)
+class Example:
+    kind: str
+    args: dict[str, Any]
+    shape: tuple[Dim, ...]  # per-sample input shape
+    macs: int  # counted by hand, per sample, at `bindings`
+    dtype: str = "float"
+    bindings: dict[str, int] = field(default_factory=dict)
+    high: int = 10  # long inputs are drawn from [0, high), e.g. token ids below a vocabulary size
+    more: tuple[tuple[Dim, ...], ...] = ()  # shapes of further inputs (same dtype), if any
+
+    @property
+    def id(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.args.items())
+        shape = "x".join(map(str, self.shape))
+        return f"{self.kind}({args})@{shape}".replace(" ", "")
+
+
+def ex(kind: str, args: dict[str, Any], shape: tuple[Dim, ...], macs: int, **kw: Any) -> Example:
+    return Example(kind, args, shape, macs, **kw)
+
+
+# fmt: off
+EXAMPLES = [
+    # convolutions: MACs = output elements x (in/groups x kernel area + bias)
+    ex("Conv2d", {"out_channels": 32, "kernel_size": 3, "padding": 1}, (3, 48, 48),
+       32 * 48 * 48 * (3 * 3 * 3 + 1)),  # MY_NET's conv1: 1,990,656 + 73,728 bias adds
+    ex("Conv2d", {"out_channels": 16, "kernel_size": (3, 5), "stride": (2, 1),
+                  "padding": (1, 2), "dilation": (1, 2), "groups": 2, "bias": False},
+       (4, 11, 13), 16 * 6 * 9 * (4 // 2 * 3 * 5)),
+    ex("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": "same"}, (3, 7, 7),
+       8 * 7 * 7 * (3 * 9 + 1)),
+    ex("Conv2d", {"out_channels": 6, "kernel_size": 3, "padding": "valid", "stride": 2},
+       (2, 8, 8), 6 * 3 * 3 * (2 * 9 + 1)),
+    ex("Conv2d", {"out_channels": 6, "kernel_size": 3, "padding": 1,
+                  "padding_mode": "reflect"}, (2, 5, 5), 6 * 5 * 5 * (2 * 9 + 1)),
+    ex("Conv1d", {"out_channels": 8, "kernel_size": 3}, (4, 10), 8 * 8 * (4 * 3 + 1)),
+    ex("Conv1d", {"out_channels": 6, "kernel_size": 4, "stride": 2, "groups": 2}, (4, 9),
+       6 * 3 * (2 * 4 + 1)),
+    ex("Conv1d", {"out_channels": 8, "kernel_size": 3, "padding": 1}, (4, T),
+       8 * 6 * (4 * 3 + 1), bindings={"T": 6}),
+    # transposed: every input element meets out/groups x kernel area weights, + bias per output
+    ex("ConvTranspose2d", {"out_channels": 6, "kernel_size": 3, "stride": 2, "padding": 1,
+                           "output_padding": 1}, (4, 5, 5),
+       4 * 5 * 5 * 6 * 3 * 3 + 6 * 10 * 10),
+    ex("ConvTranspose2d", {"out_channels": 8, "kernel_size": (2, 3), "stride": (2, 1),
+                           "dilation": (1, 2), "groups": 2, "bias": False}, (4, 3, 4),
+       4 * 3 * 4 * (8 // 2) * 2 * 3),
+    ex("ConvTranspose2d", {"out_channels": 3, "kernel_size": 2, "stride": 2,
+                           "in_channels": 2}, (2, T, 4),
+       2 * 3 * 4 * 3 * 2 * 2 + 3 * 6 * 8, bindings={"T": 3}),
+    # dense: leading elements x out x (in + bias)
+    ex("Linear", {"out_features": 10}, (20,), 10 * (20 + 1)),
+    ex("Linear", {"out_features": 7, "bias": False, "in_features": 5}, (T, 5), 3 * 7 * 5,
+       bindings={"T": 3}),
+    # activations: no parameters, no MACs
+    ex("ReLU", {}, (3, 4), 0),
+    ex("Sigmoid", {}, (5,), 0),
+    ex("Tanh", {}, (2, 3, 4), 0),
+    ex("SiLU", {}, (T, 4), 0, bindings={"T": 2}),
+    ex("LeakyReLU", {"negative_slope": 0.2}, (3, 4), 0),
+    ex("GELU", {"approximate": "tanh"}, (6,), 0),
+    ex("GELU", {}, (6,), 0),
+    ex("Softmax", {}, (3, 4), 0),
+    ex("Softmax", {"dim": 0}, (3, 4), 0),
+    ex("LogSoftmax", {"dim": -2}, (3, 4), 0),
+    # pooling: no MACs
+    ex("MaxPool2d", {"kernel_size": 2}, (3, 25, 25), 0),
+    ex("MaxPool2d", {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 2,
+                     "ceil_mode": True}, (2, 9, 10), 0),
+    ex("MaxPool2d", {"kernel_size": (2, 3), "stride": (1, 2)}, (2, 5, 7), 0),
+    ex("MaxPool1d", {"kernel_size": 3, "stride": 2}, (4, 11), 0),
+    ex("MaxPool1d", {"kernel_size": 2}, (4, 2 * T), 0, bindings={"T": 5}),
+    ex("AvgPool2d", {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                     "count_include_pad": False}, (3, 8, 8), 0),
+    ex("AvgPool2d", {"kernel_size": (2, 3), "divisor_override": 2}, (2, 6, 9), 0),
+    ex("AdaptiveAvgPool2d", {"output_size": 1}, (8, 5, 5), 0),
+    ex("AdaptiveAvgPool2d", {"output_size": (None, 3)}, (2, 4, 7), 0),
+    ex("AdaptiveAvgPool2d", {"output_size": (7, 7)}, (2, 5, 5), 0),
+    # normalization: 2 MACs per element with scale and shift
+    ex("BatchNorm2d", {}, (8, 4, 4), 2 * 8 * 4 * 4),
+    ex("BatchNorm2d", {"num_features": 8, "affine": False, "track_running_stats": False,
+                       "momentum": None, "eps": 1e-3}, (8, 3, 3), 0),
+    ex("BatchNorm1d", {}, (6,), 2 * 6),
+    ex("BatchNorm1d", {"num_features": 6, "affine": False}, (6, 5), 0),
+    ex("LayerNorm", {}, (T, 16), 2 * 4 * 16, bindings={"T": 4}),
+    ex("LayerNorm", {"normalized_shape": (4, 5), "bias": False}, (3, 4, 5), 1 * 3 * 4 * 5),
+    ex("LayerNorm", {"normalized_shape": 8, "elementwise_affine": False}, (8,), 0),
+    ex("GroupNorm", {"num_groups": 2}, (6, 4, 4), 2 * 6 * 4 * 4),
+    ex("GroupNorm", {"num_groups": 3, "num_channels": 6, "affine": False, "eps": 1e-3},
+       (6, 5), 0),
+    # reshaping and regularization: no parameters, no MACs
+    ex("Flatten", {}, (3, 4, 5), 0),
+    ex("Flatten", {"start_dim": 2}, (3, 4, 5), 0),
+    ex("Flatten", {"start_dim": 1, "end_dim": 2}, (3, 4, 5), 0),
+    ex("Flatten", {"start_dim": -2}, (3, 4, 5), 0),
+    ex("Flatten", {}, (T, 4), 0, bindings={"T": 3}),
+    ex("Flatten", {}, (7,), 0, dtype="long"),
+    ex("Reshape", {"shape": (4, 3, 5)}, (60,), 0),
+    ex("Reshape", {"shape": (-1, 5)}, (3, 4, 5), 0),
+    ex("Reshape", {"shape": (2, -1)}, (T, 6), 0, bindings={"T": 3}),
+    ex("Identity", {}, (3, 4), 0),
+    ex("Identity", {}, (5,), 0, dtype="long"),
+    ex("Upsample", {"scale_factor": 2}, (3, 4, 5), 0),
+    ex("Upsample", {"size": (7, 9), "mode": "bilinear", "align_corners": True}, (2, 4, 5), 0),
+    ex("Upsample", {"scale_factor": 1.7, "mode": "linear"}, (3, 5), 0),
+    ex("Upsample", {"scale_factor": (2, 0.5), "mode": "bicubic"}, (1, 3, 8), 0),
+    ex("Upsample", {"size": 6, "mode": "nearest-exact"}, (2, 3), 0),
+    ex("Upsample", {"scale_factor": 3}, (2, T), 0, bindings={"T": 2}),
+    ex("Dropout", {}, (5,), 0),
+    ex("Dropout", {"p": 0.0}, (T, 4), 0, bindings={"T": 3}),
+    ex("Dropout2d", {"p": 0.3}, (3, 4, 4), 0),
+]
+# fmt: on
+
+
+def build(call: TorchCall) -> torch.nn.Module | None:
+    """The torch module a TorchCall describes (``None`` when the layer has none). ``cls`` is
+    evaluated as generated code would see it: ``nn.X``, or a class the call's ``helper``
+    source defines."""
+    if call.cls is None:
+        return None
+    namespace: dict[str, Any] = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional}
+    if call.helper is not None:
+        exec("import math\n" + call.helper, namespace)
+    # generated code renders arguments with repr: they must survive the round trip
+    for value in (*call.args, *call.kwargs.values()):
+        assert eval(repr(value)) == value
+    module: torch.nn.Module = eval(call.cls, namespace)(*call.args, **call.kwargs)
+    return module
+
+
+def forward(call: TorchCall, module: torch.nn.Module | None, xs: list[torch.Tensor]) -> Any:
+    """Evaluate the TorchCall's forward template, as generated code would."""
+    names = [f"x{i}" for i in range(len(xs))]
+    expr = call.forward.format(
+        module="m", x=names[0], inputs=", ".join(names), **{n: n for n in names}
+    )
+    return eval(expr, {"m": module, "torch": torch, **dict(zip(names, xs, strict=True))})
+
+
+def random_input(shape: tuple[int, ...], dtype: str, high: int = 10) -> torch.Tensor:
+    if dtype == "long":
+        return torch.randint(0, high, (BATCH, *shape))
+    return torch.randn(BATCH, *shape)
+
+
+def make(kind: str, args: dict[str, Any]) -> Layer:
+    return REGISTRY[kind].model_validate(args)
+
+
+def test_every_kind_has_an_example() -> None:
+    missing = sorted(set(REGISTRY) - {e.kind for e in EXAMPLES})
+    assert not missing, f"layer kinds without an oracle example: {missing}"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
+def test_layer_agrees_with_torch(example: Example) -> None:
+    layer = make(example.kind, example.args)
+    shapes = [example.shape, *example.more]
+    types = [TensorType(shape, example.dtype) for shape in shapes]  # type: ignore[arg-type]
+    inferred = layer.infer(types)
+    call = layer.torch(types)
+    module = build(call)
+
+    xs = [
+        random_input(
+            tuple(evaluate(d, example.bindings) for d in shape), example.dtype, example.high
+        )
+        for shape in shapes
+    ]
+    with torch.no_grad():
+        y = forward(call, module, xs)
+
+    expected = tuple(evaluate(d, example.bindings) for d in inferred.output.shape)
+    assert tuple(y.shape) == (BATCH, *expected)
+    assert y.dtype == (torch.int64 if inferred.output.dtype == "long" else torch.float32)
+    params = {} if module is None else dict(module.named_parameters())
+    buffers = {} if module is None else dict(module.named_buffers())
+    assert {k: tuple(p.shape) for k, p in params.items()} == inferred.weights
+    assert {k: tuple(b.shape) for k, b in buffers.items()} == inferred.buffers
+    assert evaluate(inferred.macs, example.bindings) == example.macs
+    assert layer.label().startswith(example.kind)
+    assert REGISTRY[example.kind].__doc__
+
+
+def test_my_net_conv1() -> None:
+    """MY_NET's first layer: Conv2d(3 -> 32, k=3, p=1) on [3, 48, 48]."""
+    conv = make("Conv2d", {"out_channels": 32, "kernel_size": 3, "padding": 1})
+    inferred = conv.infer([TensorType((3, 48, 48))])
+    assert inferred.output.shape == (32, 48, 48)
+    assert inferred.weights == {"weight": (32, 3, 3, 3), "bias": (32,)}
+    assert sum(_numel(s) for s in inferred.weights.values()) == 864 + 32 == 896
+    assert inferred.macs == 1_990_656 + 73_728 == 2_064_384
+    assert conv.label() == "Conv2d(32, k=3, p=1)"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# symbolic dimensions ------------------------------------------------------------------------
+
+
+def test_symbolic_shapes_and_macs_are_formulas() -> None:
+    linear = make("Linear", {"out_features": 8})
+    inferred = linear.infer([TensorType((T, 4))])
+    assert inferred.output.shape == (T, 8)
+    assert inferred.macs == T * 8 * 5
+    pool = make("MaxPool1d", {"kernel_size": 2})
+    assert pool.infer([TensorType((3, 2 * T))]).output.shape == (3, T)
+    with pytest.raises(LayerError) as err:
+        pool.infer([TensorType((3, T))])  # T // 2 has no exact formula
+    assert err.value.code == "E405"
+    with pytest.raises(LayerError) as err:
+        make("Reshape", {"shape": (4, 5)}).infer([TensorType((T, 5))])
+    assert err.value.code == "E405"
+    with pytest.raises(LayerError) as err:
+        make("LayerNorm", {}).infer([TensorType((4, T))])
+    assert err.value.code == "E405"
+
+
+# warnings -----------------------------------------------------------------------------------
+
+
+# fmt: off
+DROPS = [
+    ("MaxPool2d", {"kernel_size": 2}, (3, 25, 25),
+     "MaxPool2d(2) drops 1 row and 1 column: (25 - 2) // 2 + 1 = 12 windows cover 24 of 25"),
+    ("MaxPool2d", {"kernel_size": 2}, (3, 26, 27),
+     "MaxPool2d(2) drops 1 column: (27 - 2) // 2 + 1 = 13 windows cover 26 of 27"),
+    ("MaxPool2d", {"kernel_size": 2}, (3, 25, 27),
+     "MaxPool2d(2) drops 1 row and 1 column: height (25 - 2) // 2 + 1 = 12 windows cover 24 "
+     "of 25; width (27 - 2) // 2 + 1 = 13 windows cover 26 of 27"),
+    ("AvgPool2d", {"kernel_size": 3, "stride": 2}, (3, 24, 23),
+     "AvgPool2d(3, s=2) drops 1 row: (24 - 3) // 2 + 1 = 11 windows cover 23 of 24"),
+    ("AvgPool2d", {"kernel_size": 3, "stride": 3, "padding": 1}, (3, 6, 7),
+     "AvgPool2d(3, s=3, p=1) drops 1 row: (6 + 2*1 - 3) // 3 + 1 = 2 windows cover 5 of 6"),
+    ("MaxPool1d", {"kernel_size": 4}, (3, 10),
+     "MaxPool1d(4) drops 2 positions: (10 - 4) // 4 + 1 = 2 windows cover 8 of 10"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("kind", "args", "shape", "message"), DROPS)
+def test_pooling_that_drops_rows_warns_with_the_arithmetic(
+    kind: str, args: dict[str, Any], shape: tuple[Dim, ...], message: str
+) -> None:
+    assert make(kind, args).infer([TensorType(shape)]).warnings == [("W503", message)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "args", "shape"),
+    [
+        ("MaxPool2d", {"kernel_size": 2}, (3, 24, 24)),
+        ("MaxPool2d", {"kernel_size": 2, "ceil_mode": True}, (3, 25, 25)),
+        ("MaxPool2d", {"kernel_size": 2, "padding": 1}, (3, 5, 5)),  # only padding is dropped
+        ("MaxPool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (3, 8, 8)),
+        ("AvgPool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (3, 10, 9)),
+        ("MaxPool1d", {"kernel_size": 1, "stride": 2}, (3, 6)),  # the stride's gap, not a drop
+        ("AvgPool2d", {"kernel_size": 2}, (3, 2 * T, 8)),
+    ],
+)
+def test_pooling_that_tiles_does_not_warn(
+    kind: str, args: dict[str, Any], shape: tuple[Dim, ...]
+) -> None:
+    assert make(kind, args).infer([TensorType(shape)]).warnings == []
+
+
+# bad arguments ------------------------------------------------------------------------------
+
+
+BAD_ARGS = [
+    ("Conv2d", {"out_channels": 0, "kernel_size": 3}),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 0}),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": -1}),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": "full"}),
+    ("Conv2d", {"out_channels": 8}),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "colour": 1}),
+    ("ConvTranspose2d", {"out_channels": 8, "kernel_size": 3, "padding": "same"}),
+    ("ConvTranspose2d", {"out_channels": 8, "kernel_size": 3, "padding_mode": "reflect"}),
+    ("Linear", {"out_features": -3}),
+    ("MaxPool2d", {}),
+    ("MaxPool2d", {"kernel_size": 2, "stride": 0}),
+    ("AvgPool2d", {"kernel_size": 2, "dilation": 2}),
+    ("AdaptiveAvgPool2d", {"output_size": 0}),
+    ("BatchNorm2d", {"eps": 0}),
+    ("BatchNorm2d", {"momentum": 1.5}),
+    ("GroupNorm", {}),
+    ("Dropout", {"p": 1.5}),
+    ("Dropout", {"p": -0.1}),
+    ("Reshape", {"shape": ()}),
+    ("Reshape", {"shape": (-2, 4)}),
+    ("Upsample", {"mode": "area", "scale_factor": 2}),
+    ("Upsample", {"scale_factor": 0}),
+    ("GELU", {"approximate": "fast"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "args"), BAD_ARGS)
+def test_bad_argument_is_a_validation_error(kind: str, args: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        make(kind, args)
+
+
+# fmt: off
+LAYER_ERRORS = [
+    # (kind, args, per-sample input, code, text the message or notes must contain)
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "groups": 2}, (3, 8, 8), "E204",
+     "in_channels=3 is not divisible by groups=2"),
+    ("Conv2d", {"out_channels": 9, "kernel_size": 3, "groups": 2}, (4, 8, 8), "E204",
+     "out_channels=9"),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "in_channels": 4}, (3, 8, 8), "E401",
+     "in_channels=4, but its input has 3"),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 5}, (3, 4, 4), "E402",
+     "(4 + 2*0 - 1*(5-1) - 1) / 1) + 1 = 0"),
+    ("Conv2d", {"out_channels": 8, "kernel_size": (3, 3, 3)}, (3, 8, 8), "E204", "2 values"),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": (1, 1, 1)}, (3, 8, 8),
+     "E204", "padding needs 2 values"),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": "same"},
+     (3, 8, 8), "E204", "stride 1"),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3}, (3, 8), "E404", "[C, H, W]"),
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "stride": 2}, (3, T, 8), "E405",
+     "symbolic"),
+    ("Conv1d", {"out_channels": 8, "kernel_size": 3}, (3, 8, 8), "E404", "[C, L]"),
+    ("ConvTranspose2d", {"out_channels": 8, "kernel_size": 3, "stride": 2,
+                         "output_padding": 2}, (4, 5, 5), "E204", "output_padding=2"),
+    ("ConvTranspose2d", {"out_channels": 8, "kernel_size": 3, "padding": 2}, (4, 1, 1),
+     "E402", "(1 - 1)*1 - 2*2 + 1*(3 - 1) + 0 + 1 = -1"),
+    ("ConvTranspose2d", {"out_channels": 8, "kernel_size": 3, "in_channels": 5}, (4, 5, 5),
+     "E401", "in_channels=5"),
+    ("Linear", {"out_features": 8, "in_features": 30}, (20,), "E401", "in_features=30"),
+    ("Linear", {"out_features": 8}, (), "E404", "scalar"),
+    ("Linear", {"out_features": 8}, (5,), "E404", "long"),
+    ("Softmax", {"dim": 2}, (3, 4), "E204", "dim=2"),
+    ("MaxPool2d", {"kernel_size": 6}, (3, 5, 5), "E402", "larger than the padded input"),
+    ("MaxPool2d", {"kernel_size": 2, "padding": 2}, (3, 5, 5), "E204", "at most 2 // 2 = 1"),
+    ("MaxPool2d", {"kernel_size": 2}, (3, 5), "E404", "[C, H, W]"),
+    ("MaxPool1d", {"kernel_size": 2, "dilation": (1, 1)}, (3, 5), "E204", "dilation"),
+    ("AvgPool2d", {"kernel_size": (2, 2, 2)}, (3, 5, 5), "E204", "kernel_size needs 2"),
+    ("AdaptiveAvgPool2d", {"output_size": 2}, (3, 5), "E404", "[C, H, W]"),
+    ("BatchNorm2d", {"num_features": 16}, (8, 4, 4), "E401", "num_features=16"),
+    ("BatchNorm2d", {}, (8, 4), "E404", "[C, H, W]"),
+    ("BatchNorm1d", {}, (8, 4, 4), "E404", "[C] or [C, L]"),
+    ("LayerNorm", {"normalized_shape": 10}, (4, 8), "E401", "ends with [8]"),
+    ("LayerNorm", {"normalized_shape": (2, 4, 8)}, (4, 8), "E404", "at least 3"),
+    ("GroupNorm", {"num_groups": 4}, (6, 3, 3), "E204", "6 % 4 = 2"),
+    ("GroupNorm", {"num_groups": 2, "num_channels": 8}, (6, 3, 3), "E401", "num_channels=8"),
+    ("Flatten", {"start_dim": 0}, (3, 4), "E204", "batch"),
+    ("Flatten", {"start_dim": 2, "end_dim": 1}, (3, 4), "E204", "comes after"),
+    ("Flatten", {"start_dim": 4}, (3, 4), "E204", "out of range"),
+    ("Flatten", {}, (), "E404", "at least one dimension"),
+    ("Reshape", {"shape": (64, 7, 7)}, (8, 20, 20), "E401",
+     "needs 3,136 elements, but its input [8, 20, 20] has 3,200 = 8 x 20 x 20"),
+    ("Reshape", {"shape": (-1, 7)}, (10,), "E401", "10 % 7 = 3"),
+    ("Reshape", {"shape": (-1, -1)}, (10,), "E204", "at most one"),
+    ("Reshape", {"shape": (0, 10)}, (10,), "E204", "positive"),
+    ("Upsample", {}, (3, 4, 4), "E204", "exactly one of size and scale_factor"),
+    ("Upsample", {"size": 4, "scale_factor": 2}, (3, 4, 4), "E204", "exactly one"),
+    ("Upsample", {"scale_factor": 2, "align_corners": True}, (3, 4, 4), "E204",
+     "align_corners"),
+    ("Upsample", {"scale_factor": 2, "mode": "bilinear"}, (3, 4), "E404", "[C, H, W]"),
+    ("Upsample", {"size": (4, 4, 4)}, (3, 4, 4), "E204", "3 values"),
+    ("Upsample", {"scale_factor": 0.1}, (3, 4, 4), "E402", "floor(4 * 0.1) = 0"),
+    ("Upsample", {"scale_factor": 1.5}, (3, T), "E405", "symbolic"),
+    ("Dropout2d", {}, (3, 4), "E404", "[C, H, W]"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("kind", "args", "shape", "code", "text"), LAYER_ERRORS)
+def test_bad_input_is_a_layer_error(
+    kind: str, args: dict[str, Any], shape: tuple[Dim, ...], code: str, text: str
+) -> None:
+    dtype = "long" if text == "long" else "float"
+    with pytest.raises(LayerError) as err:
+        make(kind, args).infer([TensorType(shape, dtype)])  # type: ignore[arg-type]
+    assert err.value.code == code
+    assert text in " ".join([err.value.message, *err.value.notes])
+
+
+def test_labels() -> None:
+    # fmt: off
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("Conv2d", {"out_channels": 16, "kernel_size": (3, 5), "stride": 2, "groups": 2},
+         "Conv2d(16, k=3x5, s=2, g=2)"),
+        ("ConvTranspose2d", {"out_channels": 8, "kernel_size": 2, "stride": 2,
+                             "output_padding": 1}, "ConvTranspose2d(8, k=2, s=2, op=1)"),
+        ("MaxPool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, "MaxPool2d(3, s=2, p=1)"),
+        ("MaxPool1d", {"kernel_size": 3, "dilation": 2}, "MaxPool1d(3, d=2)"),
+        ("AvgPool2d", {"kernel_size": 2, "ceil_mode": True}, "AvgPool2d(2, ceil)"),
+        ("AdaptiveAvgPool2d", {"output_size": (None, 7)}, "AdaptiveAvgPool2d(*x7)"),
+        ("BatchNorm2d", {}, "BatchNorm2d"),
+        ("LayerNorm", {"normalized_shape": 512}, "LayerNorm(512)"),
+        ("GroupNorm", {"num_groups": 8}, "GroupNorm(8)"),
+        ("Flatten", {}, "Flatten"),
+        ("Reshape", {"shape": (64, 7, 7)}, "Reshape(64, 7, 7)"),
+        ("Upsample", {"scale_factor": 2}, "Upsample(x2, nearest)"),
+        ("Upsample", {"size": (7, 9), "mode": "bilinear"}, "Upsample(size=7x9, bilinear)"),
+        ("Dropout", {"p": 0.25}, "Dropout(0.25)"),
+    ]
+    # fmt: on
+    for kind, args, label in cases:
+        assert make(kind, args).label() == label
+
+
+def test_reshape_forward_template() -> None:
+    call = make("Reshape", {"shape": (64, -1)}).torch([TensorType((64, 7, 7))])
+    assert call.cls is None
+    assert call.forward.format(x="h") == "h.reshape(h.shape[0], 64, -1)"
+
+
+# property tests -----------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    kind=st.sampled_from(["Conv2d", "MaxPool2d", "AvgPool2d"]),
+    size=st.tuples(st.integers(1, 10), st.integers(1, 10)),
+    kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    ceil_mode=st.booleans(),
+)
+def test_windowed_layers_agree_with_torch(
+    kind: str,
+    size: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: int,
+    padding: int,
+    dilation: int,
+    ceil_mode: bool,
+) -> None:
+    args: dict[str, Any] = {"kernel_size": kernel, "stride": stride, "padding": padding}
+    if kind == "Conv2d":
+        args |= {"out_channels": 2, "dilation": dilation}
+    else:
+        args["ceil_mode"] = ceil_mode
+        if kind == "MaxPool2d":
+            args["dilation"] = dilation
+    layer = make(kind, args)
+    types = [TensorType((2, *size))]
+    try:
+        inferred = layer.infer(types)
+    except LayerError as err:
+        assert err.code in ("E402", "E204"), err.message
+        module = build(layer.torch(types))
+        with pytest.raises((RuntimeError, ValueError)):
+            module(torch.randn(1, 2, *size))  # type: ignore[misc]
+        return
+    module = build(layer.torch(types))
+    assert module is not None
+    with torch.no_grad():
+        y = module(torch.randn(1, 2, *size))
+    assert tuple(y.shape[1:]) == inferred.output.shape
+
+
+dims = st.one_of(st.integers(1, 6), st.just(T), st.just(2 * T + 1))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.lists(dims, min_size=0, max_size=4).map(tuple),
+    dtype=st.sampled_from(["float", "long"]),
+)
+@pytest.mark.parametrize("kind", sorted({e.kind for e in EXAMPLES}))
+def test_any_input_gives_a_result_or_a_layer_error(
+    kind: str, shape: tuple[Dim, ...], dtype: str
+) -> None:
+    """Random (often broken) inputs yield a diagnostic, never a crash."""
+    example = next(e for e in EXAMPLES if e.kind == kind)
+    layer = make(kind, example.args)
+    try:
+        # the analyzer checks the number of inputs before calling infer
+        layer.infer([TensorType(shape, dtype)] * layer.arity[0])  # type: ignore[arg-type]
+    except LayerError as err:
+        assert err.code in ("E204", "E401", "E402", "E404", "E405"), err.message
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    size=st.integers(1, 16),
+    kernel=st.integers(1, 5),
+    stride=st.integers(1, 5),
+    padding=st.integers(0, 2),
+    ceil_mode=st.booleans(),
+)
+def test_dropped_rows_are_the_ones_torch_never_reads(
+    size: int, kernel: int, stride: int, padding: int, ceil_mode: bool
+) -> None:
+    """W503's count equals the trailing columns that get no gradient through AvgPool2d (for
+    strides up to the kernel size, where windows leave no gaps)."""
+    stride = min(stride, kernel)
+    padding = min(padding, kernel // 2)
+    args: dict[str, Any] = {
+        "kernel_size": (1, kernel),
+        "stride": (1, stride),
+        "padding": (0, padding),
+    }
+    layer = make("AvgPool2d", {**args, "ceil_mode": ceil_mode})
+    try:
+        inferred = layer.infer([TensorType((1, 1, size))])
+    except LayerError:
+        return
+    x = torch.ones(1, 1, 1, size, requires_grad=True)
+    torch.nn.AvgPool2d(**args, ceil_mode=ceil_mode)(x).sum().backward()
+    assert x.grad is not None
+    read = x.grad[0, 0, 0] != 0
+    unread = size - int(read.nonzero().max()) - 1 if read.any() else size
+    reported = [m for code, m in inferred.warnings if code == "W503"]
+    if unread:
+        assert len(reported) == 1
+        assert f"drops {unread} column" in reported[0]
+    else:
+        assert reported == []

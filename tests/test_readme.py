@@ -1,0 +1,54 @@
+"""The README is the manual: its generated tables are current, and every `$ ` command in its
+console blocks runs and prints what the README shows (a line `...` matches any lines)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from dlspec.docs import render
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def console_commands() -> list[tuple[str, list[str]]]:
+    commands = []
+    for block in re.findall(r"```console\n(.*?)```", README, re.S):
+        current: tuple[str, list[str]] | None = None
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                current = (line[2:], [])
+                commands.append(current)
+            elif current is not None:
+                current[1].append(line)
+    return commands
+
+
+def matches(expected: list[str], actual: list[str]) -> bool:
+    """Line-by-line equality where a line `...` stands for any number of lines."""
+    pattern = "\n".join(".*?" if line == "..." else re.escape(line) for line in expected)
+    return re.fullmatch(pattern.replace(".*?\n", "(?:.*\n)*?"), "\n".join(actual), re.S) is not None
+
+
+def test_generated_sections_are_current() -> None:
+    assert render(README) == README, "run `make docs`"
+
+
+@pytest.mark.parametrize(("command", "expected"), console_commands(), ids=lambda c: str(c)[:60])
+def test_readme_command(command: str, expected: list[str], tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["COLUMNS"] = "100"
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    actual = (result.stdout + result.stderr).rstrip("\n").splitlines()
+    assert matches(expected, actual), f"README shows:\n" + "\n".join(expected) + "\n\ngot:\n" + (
+        result.stdout + result.stderr
+    )
