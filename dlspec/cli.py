@@ -16,6 +16,7 @@ from dlspec import __version__
 
 COMMANDS = {
     "check": "dlspec.commands.check",
+    "build": "dlspec.commands.build",
     "draw": "dlspec.commands.draw",
 }
 

@@ -21,9 +21,10 @@ SECTIONS = {"codes": codes_markdown, "layers": reference_markdown}
 
 def render(readme: str) -> str:
     for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- BEGIN {name}[^>]*-->\n).*?(<!-- END {name} -->)", re.S)
-        body = make()
-        readme = pattern.sub(lambda m: m.group(1) + body + m.group(2), readme)
+        pattern = re.compile(rf"(<!-- BEGIN {name}[^>]*-->\n)(.*?)(<!-- END {name} -->)", re.S)
+        match = pattern.search(readme)
+        if match is not None:
+            readme = readme[: match.start(2)] + make() + readme[match.end(2) :]
     return readme
 
 

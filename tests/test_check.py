@@ -62,7 +62,7 @@ def test_set_overrides_num_classes() -> None:
 
 
 def test_seed_prose_claim_is_caught(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "check", "specs/seed_prose.dl")
+    code, _out, err = run_cli(capsys, "check", "specs/seed_prose.dl")
     assert code == 1
     assert "error[E301]: fc1 was expected to have 3,221,504 parameters" in err
     assert "has 18,874,880" in err
@@ -172,7 +172,7 @@ FRAGMENTS = ["(", ")", "{", "}", "=", "*", ",", "<-", "expect", "[", "]", "-1", 
 @given(
     st.lists(
         st.tuples(
-            st.integers(0, len(SOURCE)), st.integers(0, 8), st.sampled_from(FRAGMENTS + ["", "Q"])
+            st.integers(0, len(SOURCE)), st.integers(0, 8), st.sampled_from([*FRAGMENTS, "", "Q"])
         ),
         min_size=1,
         max_size=4,

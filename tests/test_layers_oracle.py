@@ -176,7 +176,9 @@ def make(kind: str, args: dict[str, Any]) -> Layer:
 
 
 def test_every_kind_has_an_example() -> None:
-    missing = sorted(set(REGISTRY) - {e.kind for e in EXAMPLES})
+    from test_sequence_layers import KINDS as SEQUENCE_KINDS  # oracle-tested in that file
+
+    missing = sorted(set(REGISTRY) - {e.kind for e in EXAMPLES} - SEQUENCE_KINDS)
     assert not missing, f"layer kinds without an oracle example: {missing}"
 
 

@@ -49,6 +49,6 @@ def test_readme_command(command: str, expected: list[str], tmp_path: Path) -> No
         ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     actual = (result.stdout + result.stderr).rstrip("\n").splitlines()
-    assert matches(expected, actual), f"README shows:\n" + "\n".join(expected) + "\n\ngot:\n" + (
-        result.stdout + result.stderr
+    assert matches(expected, actual), (
+        "README shows:\n" + "\n".join(expected) + "\n\ngot:\n" + (result.stdout + result.stderr)
     )

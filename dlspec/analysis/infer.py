@@ -25,6 +25,7 @@ from dlspec.syntax import ast
 
 PARAM_TYPES = ("int", "float", "bool", "str", "dim")
 DTYPES = {"float": "float", "long": "long", "int": "long"}
+CLASSES = ("torch", "nn", "super", "tuple")  # names generated model code relies on
 LAYER_QUANTITIES = ("params", "buffers", "macs", "shape")
 TOTAL_NOUNS = {
     "params": "parameters",
@@ -141,6 +142,15 @@ class Analyzer:
                 self.error(
                     Diagnostic.at(
                         "E206", f"block {name.name} has the name of a layer kind", name.span
+                    )
+                )
+            elif keyword.iskeyword(name.name) or name.name.startswith("__") or name.name in CLASSES:
+                self.error(
+                    Diagnostic.at(
+                        "E207",
+                        f"{definition.keyword} name {name.name!r} cannot name a Python class "
+                        "in generated code",
+                        name.span,
                     )
                 )
             else:
@@ -706,6 +716,12 @@ class Analyzer:
             out_short = side.tensors.get(side.current or "input") or x
         if self._failed_since(errors):
             return None
+        if shortcut is not None and "shortcut" in main.tensors:
+            raise fail(
+                "E206",
+                f"{name}: a statement of the body is named `shortcut`, the projection's name",
+                op.span,
+            )
         out_main = main.tensors[main.current or "input"]
         assert out_main is not None
         if tuple(out_main.shape) != tuple(out_short.shape):

@@ -4,26 +4,27 @@
 What a diagram shows:
 
 * one box per layer with its name, label (kind and key arguments), output shape and parameter
-  count, filled with the colour of the layer's ``family`` (a colour-blind-safe palette; the
-  legend under the title lists the families drawn);
+  count, filled with the colour of the layer's ``family`` (a colour-blind-safe palette; a key
+  beside the first box lists the families drawn);
 * at low detail, layers of the activation, regularization and reshape families fold into the
   box before them (``conv1 Conv2d(32, k=3, p=1) + ReLU``); high detail draws every layer and
   adds its MACs;
 * blocks, repetitions and residuals as clusters; a repetition is drawn once with ``x N``
-  unless expanded; a residual ends in an ``add`` box fed by its body and its (dashed)
+  unless expanded; a residual ends in an ``add`` junction fed by its body and its (dashed)
   shortcut; statements that name their inputs (``<- a, b``) get an edge from each tensor;
 * edges labelled with the per-sample tensor shape; input and output boxes; a title with the
   model's totals.
 
-Long models wrap: a sequence taller than :data:`WRAP_RANKS` boxes is cut between statements
-into side-by-side columns (rows with ``LR``), so a 100-layer spec gives a picture a person can
-read instead of a thin strip. Everything is derived from the graph in spec order and named
+Long models wrap: a sequence longer than :data:`WRAP` allows is cut between statements into
+side-by-side columns (rows with ``LR``), so a 100-layer spec gives a picture a person can read
+instead of a thin strip. Everything is derived from the graph in spec order and named
 after node paths, so the DOT text is deterministic.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ from dlspec.diagnostics import n
 from dlspec.layers.base import Family, TensorType
 from dlspec.layers.symbolic import Dim, evaluate
 
-# Paul Tol's "light" scheme (designed to stay distinct under colour-vision deficiencies and to
-# carry black text), extended with two pale tints for the families that usually fold away.
+# Mostly Paul Tol's "light" scheme (designed to stay distinct under colour-vision deficiencies
+# and to carry black text), plus a lilac for attention, pale greys for the families that usually
+# fold away, and white for the junctions (drawn as ellipses).
 FAMILY_COLOURS: dict[Family, str] = {
     "convolution": "#77AADD",
     "pooling": "#99DDFF",
@@ -54,13 +56,18 @@ FAMILY_COLOURS: dict[Family, str] = {
 }
 FOLDED: frozenset[Family] = frozenset({"activation", "regularization", "reshape"})
 
-WRAP_RANKS = 30  # a sequence taller than this many boxes wraps into columns...
-COLUMN_RANKS = 18  # ...of about this many boxes each
-LABEL_WIDTH = 34  # characters on a box's first line before the folded parts wrap
+# Per direction: a sequence longer than the first number of boxes wraps into columns (rows with
+# LR) of about the second number each. Boxes are wider than tall, so LR rows hold fewer of them.
+WRAP = {"TB": (30, 18), "LR": (16, 9)}
+LABEL_WIDTH = 40  # characters on a box's first line before the folded parts wrap
 
 FONT = "Helvetica"
-INK = "#333333"
-SOFT = "#666666"
+INK = "#333333"  # text
+DETAIL = "#454545"  # the small line inside boxes (legible on every fill)
+SOFT = "#666666"  # edges, borders, edge labels
+CLUSTER_FILLS = ("#F7F7F7", "#EEEEEE", "#E4E4E4")  # by nesting depth
+# Node ids: layers are named by their path (no "/" in it), everything else has a "/" in its id.
+LEGEND = "/legend"
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,6 @@ class _Cluster:
     title: str
     items: list[_Item] = field(default_factory=list)
     branch: _Cluster | None = None
-    columns: list[list[_Item]] = field(default_factory=list)  # its body, cut by _wrap
 
 
 _Item = _Box | _Cluster
@@ -147,7 +153,6 @@ class _Edge:
     head: str
     label: str
     shortcut: bool = False
-    constraint: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,7 @@ class _Builder:
         """Draw one statement fed by ``ends``; returns where its output is drawn and the box a
         following activation may fold into (None after a block or a repetition)."""
         if node.layer is not None:
-            box = self._layer_box(node, [node.label], node.layer.family)
+            box = self._layer_box(node, node.layer.family)
             items.append(box)
             for end in ends:
                 self._edge(end, box.id)
@@ -232,20 +237,19 @@ class _Builder:
             return self._residual(node, ends[0], items)
         if node.container == "block":
             cluster = _Cluster(f"cluster/{node.path}", self._title(node))
-            items.append(cluster)
             end = self._scope(node.children, {"input": ends[0]}, "input", cluster.items, set())
+            _place(cluster, items)
             return _End(end.box, node.output), None
         return self._repeat(node, ends[0], items), None
 
     def _repeat(self, node: Node, start: _End, items: list[_Item]) -> _End:
         first = node.children[0]
         if not self.options.expand and first.layer is not None:
-            box = self._layer_box(node, [node.label], first.layer.family)
+            box = self._layer_box(node, first.layer.family)
             items.append(box)
             self._edge(start, box.id)
             return _End(box.id, node.output)
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
-        items.append(cluster)
         end = start
         if self.options.expand:
             for child in node.children:
@@ -254,6 +258,7 @@ class _Builder:
             end = self._scope(first.children, {"input": start}, "input", cluster.items, set())
         else:
             end, _ = self._draw(first, [start], cluster.items)
+        _place(cluster, items)
         return _End(end.box, node.output)
 
     def _residual(self, node: Node, start: _End, items: list[_Item]) -> tuple[_End, _Box]:
@@ -261,12 +266,11 @@ class _Builder:
         items.append(cluster)
         body = self._scope(node.children, {"input": start}, "input", cluster.items, set())
         side = start
-        if node.shortcut is not None:
-            cluster.branch = _Cluster(f"cluster/{node.path}.shortcut", "shortcut")
-            cluster.items.append(cluster.branch)
-            side = self._scope(
-                node.shortcut, {"input": start}, "input", cluster.branch.items, set()
-            )
+        if node.shortcut:
+            branch = _Cluster(f"cluster/{node.path}.shortcut", "shortcut")
+            side = self._scope(node.shortcut, {"input": start}, "input", branch.items, set())
+            cluster.branch = branch
+            cluster.items.append(branch)
         add = _Box(f"add/{node.path}", "", ["add"], "merge", node.output)
         if self.options.detail == "high":
             add.macs = 0
@@ -275,101 +279,84 @@ class _Builder:
         self._edge(side, add.id, shortcut=True)
         return _End(add.id, node.output), add
 
-    def _layer_box(self, node: Node, parts: list[str], family: Family) -> _Box:
+    def _layer_box(self, node: Node, family: Family) -> _Box:
+        """The box of a layer, or of a repetition of one layer drawn once."""
         macs = None
         if self.options.detail == "high":
             macs = evaluate(node.total_macs, self.graph.bindings)
-        return _Box(node.path, node.name, parts, family, node.output, node.params, macs)
+        return _Box(node.path, node.name, [node.label], family, node.output, node.params, macs)
 
     @staticmethod
     def _title(node: Node) -> str:
-        title = f"<B>{_esc(node.name)}</B>  {_esc(node.label)}"
+        """A cluster's title: name, what it is (a repetition's count in bold), parameters."""
+        if node.container == "repeat":
+            what = f"{_esc(node.children[0].label)}  <B>x {len(node.children)}</B>"
+        else:
+            what = _esc(node.label)
+        title = f"<B>{_esc(node.name)}</B>  {what}"
         return title + (f"  ·  {n(node.params)} params" if node.params else "")
 
 
-# layout: wrapping long sequences ---------------------------------------------------------------
+def _place(cluster: _Cluster, items: list[_Item]) -> None:
+    """Add a block's or repetition's cluster to ``items`` unless it drew nothing."""
+    if cluster.items:
+        items.append(cluster)
 
 
-def _body(cluster: _Cluster) -> list[_Item]:
-    """A cluster's items that follow one another (all but a residual's shortcut)."""
-    return [i for i in cluster.items if i is not cluster.branch]
+# layout: wrapping a long model into columns ---------------------------------------------------
 
 
 def _height(item: _Item) -> int:
-    """About how many boxes tall an item is drawn (after its own wrapping)."""
+    """About how many boxes long an item is drawn along the flow."""
     if isinstance(item, _Box):
         return 1
-    tallest = max((sum(_height(i) for i in column) for column in item.columns), default=0)
+    body = sum(_height(i) for i in item.items if i is not item.branch)
     if item.branch is not None:
-        tallest = max(tallest, _height(item.branch) + 1)  # + the add box
-    return tallest + 1  # the title
+        body = max(body, _height(item.branch) + 1)  # the shortcut runs beside, up to the add
+    return body + 1  # the title
 
 
-def _wrap(items: list[_Item]) -> list[list[_Item]]:
-    """Cut a sequence into columns of about :data:`COLUMN_RANKS` boxes, wrapping its clusters
-    first; one column when it is short enough."""
-    for item in items:
-        if isinstance(item, _Cluster):
-            _wrap_cluster(item)
+def _wrap(items: list[_Item], limits: tuple[int, int]) -> list[list[_Item]]:
+    """Cut the model's top-level sequence into columns of about ``limits[1]`` boxes when it is
+    longer than ``limits[0]``; statements are never split. (Only the top level wraps: dot keeps
+    the order of columns there, but not reliably among clusters nested inside clusters.)"""
     heights = [_height(i) for i in items]
     total = sum(heights)
-    if total <= WRAP_RANKS:
+    longest, column = limits
+    if total <= longest:
         return [items]
-    target = total / math.ceil(total / COLUMN_RANKS)
-    columns: list[list[_Item]] = [[]]
-    filled = 0
-    for item, height in zip(items, heights, strict=True):
-        if columns[-1] and filled + height / 2 > target:
-            columns.append([])
+    count = math.ceil(total / column)
+    # the smallest column length that fits the sequence into `count` columns, filled in order
+    capacity = max(heights)
+    while len(_fill(heights, capacity)) > count:
+        capacity += 1
+    starts = _fill(heights, capacity)
+    return [items[i:j] for i, j in itertools.pairwise([*starts, len(items)])]
+
+
+def _fill(heights: list[int], capacity: int) -> list[int]:
+    """Where each column starts when items fill columns of ``capacity`` in order."""
+    starts, filled = [0], 0
+    for i, height in enumerate(heights):
+        if filled + height > capacity:
+            starts.append(i)
             filled = 0
-        columns[-1].append(item)
         filled += height
-    return columns
+    return starts
 
 
-def _wrap_cluster(cluster: _Cluster) -> None:
-    cluster.columns = _wrap(_body(cluster))
-    if cluster.branch is not None:
-        _wrap_cluster(cluster.branch)
-
-
-Placement = tuple[tuple[str, int], ...]  # (sequence, column) from the outermost sequence in
-
-
-def _placements(
-    seq: str, columns: list[list[_Item]], outer: Placement, where: dict[str, Placement]
-) -> None:
+def _column_of(columns: list[list[_Item]]) -> dict[str, int]:
+    """Each box's column."""
+    where: dict[str, int] = {}
     for c, column in enumerate(columns):
-        for item in column:
-            here = (*outer, (seq, c))
+        stack = list(column)
+        while stack:
+            item = stack.pop()
             if isinstance(item, _Box):
-                where[item.id] = here
-                continue
-            _placements(item.id, item.columns, here, where)
-            if item.branch is not None:
-                _placements(item.branch.id, item.branch.columns, here, where)
-
-
-def _crosses(tail: Placement, head: Placement) -> bool:
-    """Whether an edge joins two columns of one wrapped sequence (it then runs back up)."""
-    for (seq_a, col_a), (seq_b, col_b) in zip(tail, head, strict=False):
-        if seq_a != seq_b:
-            return False
-        if col_a != col_b:
-            return True
-    return False
-
-
-def _column_heads(columns: list[list[_Item]], heads: list[list[str]]) -> None:
-    """The first box of each column, per wrapped sequence: drawn on one rank, in order."""
-    if len(columns) > 1:
-        heads.append([_first_box(column[0]) for column in columns])
-    for column in columns:
-        for item in column:
-            if isinstance(item, _Cluster):
-                _column_heads(item.columns, heads)
-                if item.branch is not None:
-                    _column_heads(item.branch.columns, heads)
+                where[item.id] = c
+            else:
+                stack.extend(item.items)
+    return where
 
 
 def _first_box(item: _Item) -> str:
@@ -412,11 +399,12 @@ def _box_label(box: _Box) -> str:
         details.append(f"{short(box.macs)} MACs")
     if details:
         info = _esc("  ·  ".join(details))
-        rows.append(f'<FONT POINT-SIZE="9" COLOR="{SOFT}">{info}</FONT>')
+        rows.append(f'<FONT POINT-SIZE="9" COLOR="{DETAIL}">{info}</FONT>')
     return "<" + "<BR/>".join(rows) + ">"
 
 
-def _title(graph: ModelGraph, families: list[Family]) -> str:
+def _title(graph: ModelGraph) -> str:
+    """The model's name and arguments over its totals."""
     params = sum(node.params for node in graph.nodes)
     buffers = sum(node.buffer_count for node in graph.nodes)
     macs: Dim = 0
@@ -430,19 +418,19 @@ def _title(graph: ModelGraph, families: list[Family]) -> str:
     totals += f"  ·  {short(evaluate(macs, graph.bindings))} MACs per sample"
     if graph.bindings:
         totals += " at " + ", ".join(f"{k}={v}" for k, v in graph.bindings.items())
-    rows = [
-        f'<FONT POINT-SIZE="16"><B>{_esc(name)}</B></FONT>',
-        _esc(totals),
+    return f'<<FONT POINT-SIZE="16"><B>{_esc(name)}</B></FONT><BR/>{_esc(totals)}<BR/> >'
+
+
+def _legend(families: list[Family], rankdir: str) -> str:
+    """The colour key: one cell per family drawn, in a row (TB) or a column (LR)."""
+    cells = [
+        f'<TD BGCOLOR="{FAMILY_COLOURS[f]}" BORDER="1" COLOR="{SOFT}">'
+        f'<FONT POINT-SIZE="9">{f}</FONT></TD>'
+        for f in families
     ]
-    if families:
-        cells = "".join(
-            f'<TD BGCOLOR="{FAMILY_COLOURS[f]}" BORDER="1" COLOR="{SOFT}">'
-            f'<FONT POINT-SIZE="9">{f}</FONT></TD>'
-            for f in families
-        )
-        rows.append(f'<TABLE BORDER="0" CELLSPACING="4" CELLPADDING="3"><TR>{cells}</TR></TABLE>')
-    body = "".join(f"<TR><TD>{row}</TD></TR>" for row in rows)
-    return f'<<TABLE BORDER="0" CELLSPACING="2" CELLPADDING="0">{body}</TABLE>>'
+    rows = [cells] if rankdir == "TB" else [[cell] for cell in cells]
+    body = "".join("<TR>" + "".join(row) + "</TR>" for row in rows)
+    return f'<<TABLE BORDER="0" CELLSPACING="3" CELLPADDING="3">{body}</TABLE>>'
 
 
 def _families(items: list[_Item]) -> list[Family]:
@@ -471,39 +459,44 @@ def _emit(graph: ModelGraph, options: DrawOptions, items: list[_Item], edges: li
         fontname=FONT,
         fontcolor=INK,
         labelloc="t",
-        label=_title(graph, _families(items)),
+        label=_title(graph),
     )
     dot.attr("node", shape="box", style="rounded,filled", fontname=FONT, fontsize="11")
     dot.attr("node", color=SOFT, fontcolor=INK, penwidth="0.8", margin="0.12,0.05")
     dot.attr("edge", fontname=FONT, fontsize="8", fontcolor=SOFT, color=SOFT, arrowsize="0.6")
-    columns = _wrap(items)
-    where: dict[str, Placement] = {}
-    _placements("", columns, (), where)
-    heads: list[list[str]] = []
-    _column_heads(columns, heads)
     _emit_items(dot, items, depth=0)
+    columns = _wrap(items, WRAP[options.rankdir])
+    column_of = _column_of(columns)
+    heads = [_first_box(column[0]) for column in columns]
+    families = _families(items)
+    if families:  # the key sits on the first rank, after the last column's head
+        dot.node(LEGEND, _legend(families, options.rankdir), shape="plain", style="")
+        heads.append(LEGEND)
+    if len(heads) > 1:  # the columns' first boxes and the key on one rank, in order
+        with dot.subgraph() as same:
+            same.attr(rank="same")
+            for tail, head in itertools.pairwise(heads):
+                same.edge(tail, head, style="invis")
     for edge in edges:
         attrs = {"label": f" {edge.label}"}
         if edge.shortcut:
             attrs["style"] = "dashed"
-        if _crosses(where[edge.tail], where[edge.head]):
-            attrs["constraint"] = "false"
+        if column_of[edge.tail] != column_of[edge.head]:
+            # it runs back up to the next column: it must not rank the boxes, and an external
+            # label keeps it from stretching the ranks it passes
+            attrs.update(constraint="false", xlabel=attrs.pop("label"))
         dot.edge(edge.tail, edge.head, **attrs)
-    for group in heads:
-        with dot.subgraph() as same:
-            same.attr(rank="same")
-            for tail, head in zip(group, group[1:], strict=False):
-                same.edge(tail, head, style="invis")
     return dot.source
 
 
 def _emit_items(dot: graphviz.Digraph, items: list[_Item], depth: int) -> None:
     for item in items:
         if isinstance(item, _Box):
-            colour = FAMILY_COLOURS[item.family] if item.family else "#FFFFFF"
-            attrs = {"fillcolor": colour}
-            if item.family is None:
+            attrs = {"fillcolor": FAMILY_COLOURS[item.family] if item.family else "#FFFFFF"}
+            if item.family is None:  # inputs and outputs: white, with a heavier outline
                 attrs["penwidth"] = "1.4"
+            elif item.family == "merge":  # joins read as junctions, not as layers
+                attrs["shape"] = "ellipse"
             dot.node(item.id, _box_label(item), **attrs)
             continue
         with dot.subgraph(name=item.id) as sub:
@@ -511,7 +504,7 @@ def _emit_items(dot: graphviz.Digraph, items: list[_Item], depth: int) -> None:
                 label=f"<{item.title}>",
                 labeljust="l",
                 style="rounded,filled",
-                fillcolor=["#F7F7F7", "#EEEEEE", "#E4E4E4"][min(depth, 2)],
+                fillcolor=CLUSTER_FILLS[min(depth, len(CLUSTER_FILLS) - 1)],
                 color="#AAAAAA",
                 fontsize="10",
             )

@@ -20,9 +20,12 @@ install Graphviz, then run this command again:
 or render the source yourself: dot -T{fmt} {dot} -o {out}"""
 
 EPILOG = f"""\
-exit codes: 0 written, 1 the spec has errors or Graphviz failed, 2 usage (bad option, unknown
-extension, unwritable output), {EXIT_NO_GRAPHVIZ} Graphviz's `dot` program is not installed: the
-diagram's .dot source is written beside FILE instead and the message says how to install it."""
+exit codes:
+  0  the diagram was written
+  1  the spec has errors, or Graphviz failed
+  2  usage: a bad option, an unknown extension, an output that cannot be written
+  {EXIT_NO_GRAPHVIZ}  Graphviz's `dot` program is not installed: the diagram's .dot source is
+     written beside FILE instead, and the message says how to install Graphviz"""
 
 
 def output_path(text: str) -> Path:
@@ -89,14 +92,14 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     options = graphviz_draw.DrawOptions(
         rankdir=args.rankdir, detail=args.detail, expand=args.expand
     )
-    source = graphviz_draw.to_dot(checked.graph, options).encode()
+    source = graphviz_draw.to_dot(checked.graph, options)
     out: Path = args.out or Path(Path(args.spec).stem + ".svg")
     fmt = out.suffix.lower().lstrip(".")
     if fmt == "dot":
-        return _save(out, source)
+        return _save(out, source.encode())
     if (find_dot or graphviz_draw.find_dot)() is None:
         dot_path = out.with_suffix(".dot")
-        status = _save(dot_path, source)
+        status = _save(dot_path, source.encode())
         if status:
             return status
         print(
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
         )
         return EXIT_NO_GRAPHVIZ
     try:
-        data = graphviz_draw.render(source.decode(), fmt)
+        data = graphviz_draw.render(source, fmt)
     except graphviz_draw.RenderError as exc:
         print(f"dlspec draw: {exc}", file=sys.stderr)
         return 1

@@ -7,10 +7,14 @@ below (one line per module, alphabetical).
 
 from dlspec.layers import (  # noqa: F401  (imported to register their layer kinds)
     activation,
+    attention,
     conv,
     dense,
+    embedding,
+    merge,
     norm,
     pool,
+    recurrent,
     shape,
 )
 from dlspec.layers.base import REGISTRY, Inferred, Layer, LayerError, TensorType, TorchCall

@@ -45,24 +45,30 @@ Pos = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Eps = Annotated[float, Field(gt=0)]
 
-# The expression of a causal mask for the sequence ``{x}`` in generated code: (T, T), -inf
-# above the diagonal.
+# A causal mask for the sequence ``{x}`` in generated code: (T, T), -inf above the diagonal.
 CAUSAL_MASK = "torch.nn.Transformer.generate_square_subsequent_mask({x}.size(1), device={x}.device)"
+
+# A sub-module's tensors (torch's names, shapes) and MACs.
+Part = tuple[dict[str, Shape], Dim]
+
+
+def _part(inferred: Inferred) -> Part:
+    return inferred.weights, inferred.macs
+
+
+def _nest(parts: Iterable[tuple[str, Part]]) -> Part:
+    """Tensors of sub-modules under their attribute names, and their summed MACs."""
+    weights: dict[str, Shape] = {}
+    macs: Dim = 0
+    for prefix, (part_weights, part_macs) in parts:
+        weights |= {f"{prefix}.{name}": shape for name, shape in part_weights.items()}
+        macs = macs + part_macs
+    return weights, macs
 
 
 def _sequence(x: TensorType, kind: str) -> None:
     expect_rank(x, (2,), "[T, d] (batch-first sequence)", kind)
     expect_float(x, kind)
-
-
-def _nest(parts: Iterable[tuple[str, Inferred]]) -> tuple[dict[str, Shape], Dim]:
-    """Weights of sub-modules under their attribute names, and their summed MACs."""
-    weights: dict[str, Shape] = {}
-    macs: Dim = 0
-    for prefix, part in parts:
-        weights |= {f"{prefix}.{name}": shape for name, shape in part.weights.items()}
-        macs = macs + part.macs
-    return weights, macs
 
 
 def _check_heads(width: int, heads: int, arg: str) -> None:
@@ -82,8 +88,8 @@ class MultiheadAttention(Layer):
     ``(query [T, E], key [S, kdim], value [S, vdim])``. Output ``[T, E]``.
 
     Layout: ``in_proj_weight (3E, E)`` when ``kdim == vdim == E``, else ``q_proj_weight (E, E)``,
-    ``k_proj_weight (E, kdim)``, ``v_proj_weight (E, vdim)``; with ``bias`` also
-    ``in_proj_bias (3E,)``; then ``out_proj.weight (E, E)`` (and ``out_proj.bias (E,)``).
+    ``k_proj_weight (E, kdim)``, ``v_proj_weight (E, vdim)``; ``in_proj_bias (3E,)`` with
+    ``bias``; then ``out_proj.weight (E, E)`` and, with ``bias``, ``out_proj.bias (E,)``.
     MACs = T*E*(E + b) + S*E*(kdim + b) + S*E*(vdim + b) [projections of Q, K, V]
     + T*S*E [Q K^T] + T*S*E [weights x V] + T*E*(E + b) [output projection], with b = 1 when
     ``bias``; self-attention has S = T, so it grows with T^2."""
@@ -103,14 +109,17 @@ class MultiheadAttention(Layer):
 
     def _sizes(self, inputs: list[TensorType]) -> tuple[int, int, int]:
         """``(E, kdim, vdim)`` after checking the query, key and value."""
-        query, key, value = (inputs * 3)[:3] if len(inputs) == 1 else (inputs + inputs[-1:])[:3]
+        if len(inputs) == 1:
+            query = key = value = inputs[0]
+        elif len(inputs) == 2:
+            query, key = inputs
+            value = key
+        else:
+            query, key, value = inputs
         for x in (query, key, value):
             _sequence(x, self.kind)
         if key.shape[0] != value.shape[0]:
-            raise LayerError(
-                "E401",
-                f"keys {key} and values {value} must have the same length",
-            )
+            raise LayerError("E401", f"keys {key} and values {value} differ in length")
         if self.causal and query.shape[0] != key.shape[0]:
             raise LayerError(
                 "E204",
@@ -137,15 +146,17 @@ class MultiheadAttention(Layer):
                 "v_proj_weight": (width, vdim),
             }
         if self.bias:
-            weights |= {"in_proj_bias": (3 * width,), "out_proj.bias": (width,)}
+            weights["in_proj_bias"] = (3 * width,)
         weights["out_proj.weight"] = (width, width)
-        t: Dim = inputs[0].shape[0]
-        s: Dim = inputs[-1].shape[0]
+        if self.bias:
+            weights["out_proj.bias"] = (width,)
+        t: Dim = inputs[0].shape[0]  # queries
+        s: Dim = inputs[-1].shape[0]  # keys and values
         macs = (
             2 * t * width * (width + b)  # query and output projections
             + s * width * (kdim + b)  # key projection
             + s * width * (vdim + b)  # value projection
-            + 2 * t * s * width  # Q K^T and the weighted sum of values
+            + 2 * t * s * width  # Q K^T and the weighted sum of the values
         )
         return Inferred(TensorType((t, width)), weights, macs=macs)
 
@@ -154,13 +165,12 @@ class MultiheadAttention(Layer):
         kwargs: dict[str, Any] = self.model_dump(
             exclude_defaults=True, exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"}
         )
-        kwargs |= {k: v for k, v in (("kdim", kdim), ("vdim", vdim)) if v != width}
+        kwargs |= {name: size for name, size in (("kdim", kdim), ("vdim", vdim)) if size != width}
         kwargs["batch_first"] = True
-        qkv = ["{x0}", "{x1}", "{x2}"][: len(inputs)]
-        qkv += [qkv[-1]] * (3 - len(qkv)) if len(inputs) > 1 else ["{x0}"] * 2
+        qkv = {1: "{x0}, {x0}, {x0}", 2: "{x0}, {x1}, {x1}", 3: "{x0}, {x1}, {x2}"}[len(inputs)]
         mask = f"attn_mask={CAUSAL_MASK.format(x='{x0}')}, is_causal=True, " if self.causal else ""
-        forward = "{module}(" + ", ".join(qkv) + ", " + mask + "need_weights=False)[0]"
-        return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward=forward)
+        forward = "{module}(" + qkv + ", " + mask + "need_weights=False)[0]"  # (B, T, E)
+        return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward)
 
     def label(self) -> str:
         causal = ", causal" if self.causal else ""
@@ -172,8 +182,9 @@ class _TransformerBase(Layer):
     batch-first). ``d_model`` is taken from the input (checked when written)."""
 
     family = "attention"
-    # forward keyword of the causal mask (and of its hint) on the module's first input
-    mask_arg: ClassVar[tuple[str, str]] = ("src_mask", "is_causal")
+    # with ``causal``: which input the mask is for, and the forward keywords of the mask and
+    # of its hint
+    masked: ClassVar[tuple[int, str, str]] = (0, "src_mask", "is_causal")
 
     d_model: Pos | None = None
     nhead: Pos
@@ -186,6 +197,7 @@ class _TransformerBase(Layer):
     causal: bool = False
 
     def _width(self, inputs: list[TensorType]) -> int:
+        """``d_model``, after checking that every input is a ``[*, d_model]`` sequence."""
         for x in inputs:
             _sequence(x, self.kind)
         width = check_given(self.d_model, inputs[0].shape[1], "d_model", self.kind, "features")
@@ -199,73 +211,54 @@ class _TransformerBase(Layer):
         _check_heads(width, self.nhead, "nhead")
         return width
 
-    def _attention(self, query: TensorType, memory: TensorType | None = None) -> Inferred:
+    def _attention(self, query: TensorType, memory: TensorType | None = None) -> Part:
         attn = MultiheadAttention(num_heads=self.nhead, bias=self.bias)
-        return attn.infer([query] if memory is None else [query, memory])
+        return _part(attn.infer([query] if memory is None else [query, memory]))
 
-    def _norm(self, x: TensorType) -> Inferred:
-        return LayerNorm(bias=self.bias).infer([x])
+    def _norm(self, x: TensorType) -> Part:
+        return _part(LayerNorm(bias=self.bias).infer([x]))
 
-    def _encoder_layer(self, x: TensorType) -> tuple[dict[str, Shape], Dim]:
-        """Weights and MACs of one ``nn.TransformerEncoderLayer`` on ``x``."""
+    def _feedforward(self, x: TensorType) -> list[tuple[str, Part]]:
+        """``linear1`` (d -> dim_feedforward) and ``linear2`` (back to d) on ``x``."""
+        width = concrete(x.shape[1], "d_model")
         hidden = TensorType((x.shape[0], self.dim_feedforward))
-        return _nest(
-            [
-                ("self_attn", self._attention(x)),
-                ("linear1", Linear(out_features=self.dim_feedforward, bias=self.bias).infer([x])),
-                ("linear2", Linear(out_features=x.shape[1], bias=self.bias).infer([hidden])),
-                ("norm1", self._norm(x)),
-                ("norm2", self._norm(x)),
-            ]
-        )
+        linear1 = Linear(out_features=self.dim_feedforward, bias=self.bias)
+        linear2 = Linear(out_features=width, bias=self.bias)
+        return [("linear1", _part(linear1.infer([x]))), ("linear2", _part(linear2.infer([hidden])))]
 
-    def _decoder_layer(self, x: TensorType, memory: TensorType) -> tuple[dict[str, Shape], Dim]:
-        """Weights and MACs of one ``nn.TransformerDecoderLayer`` on ``x`` and ``memory``."""
-        hidden = TensorType((x.shape[0], self.dim_feedforward))
-        return _nest(
-            [
-                ("self_attn", self._attention(x)),
-                ("multihead_attn", self._attention(x, memory)),
-                ("linear1", Linear(out_features=self.dim_feedforward, bias=self.bias).infer([x])),
-                ("linear2", Linear(out_features=x.shape[1], bias=self.bias).infer([hidden])),
-                ("norm1", self._norm(x)),
-                ("norm2", self._norm(x)),
-                ("norm3", self._norm(x)),
-            ]
-        )
+    def _encoder_layer(self, x: TensorType) -> Part:
+        """One ``nn.TransformerEncoderLayer`` on ``x``."""
+        norms = [(f"norm{i}", self._norm(x)) for i in (1, 2)]
+        return _nest([("self_attn", self._attention(x)), *self._feedforward(x), *norms])
 
-    def _stack(
-        self, layer: tuple[dict[str, Shape], Dim], count: int, norm: TensorType | None
-    ) -> tuple[dict[str, Shape], Dim]:
-        """``count`` copies of a layer under ``layers.{i}``, and a final ``norm`` over the
-        given tensor type."""
-        one = Inferred(TensorType(()), layer[0], macs=layer[1])
-        parts = [(f"layers.{i}", one) for i in range(count)]
+    def _decoder_layer(self, x: TensorType, memory: TensorType) -> Part:
+        """One ``nn.TransformerDecoderLayer`` on ``x``, attending to ``memory``."""
+        attention = [
+            ("self_attn", self._attention(x)),
+            ("multihead_attn", self._attention(x, memory)),
+        ]
+        norms = [(f"norm{i}", self._norm(x)) for i in (1, 2, 3)]
+        return _nest([*attention, *self._feedforward(x), *norms])
+
+    def _stack(self, layer: Part, count: int, norm: TensorType | None) -> Part:
+        """``count`` copies of a layer under ``layers.{i}``, then (when ``norm`` is given) a
+        final LayerNorm ``norm`` over that tensor."""
+        parts = [(f"layers.{i}", layer) for i in range(count)]
         if norm is not None:
             parts.append(("norm", self._norm(norm)))
         return _nest(parts)
 
     def _layer_kwargs(self) -> dict[str, Any]:
         """The layer options that differ from torch's defaults, as constructor keywords."""
-        return self.model_dump(
-            exclude_defaults=True,
-            include={
-                "dim_feedforward",
-                "dropout",
-                "activation",
-                "layer_norm_eps",
-                "norm_first",
-                "bias",
-            },
-        )
+        options = {"dim_feedforward", "dropout", "activation", "layer_norm_eps", "norm_first"}
+        return self.model_dump(exclude_defaults=True, include=options | {"bias"})
 
     def _forward(self, inputs: list[TensorType]) -> str:
         args = ", ".join(f"{{x{i}}}" for i in range(len(inputs)))
         if self.causal:
-            target = f"{{x{len(inputs) - 1}}}" if self.mask_arg[0] == "tgt_mask" else "{x0}"
-            mask, hint = self.mask_arg
-            args += f", {mask}={CAUSAL_MASK.format(x=target)}, {hint}=True"
-        return "{module}(" + args + ")"
+            index, mask, hint = self.masked
+            args += f", {mask}={CAUSAL_MASK.format(x=f'{{x{index}}}')}, {hint}=True"
+        return "{module}(" + args + ")"  # (B, T, d)
 
     def _label(self, *parts: str) -> str:
         extras = [f"h={self.nhead}", f"ff={self.dim_feedforward}"]
@@ -273,12 +266,16 @@ class _TransformerBase(Layer):
             extras.append("causal")
         return f"{self.kind}({', '.join([*parts, *extras])})"
 
+    def label(self) -> str:
+        return self._label(*([str(self.d_model)] if self.d_model else []))
+
 
 @register
 class TransformerEncoderLayer(_TransformerBase):
     """One encoder layer, ``nn.TransformerEncoderLayer``: self-attention and a feed-forward
     network ``linear2(activation(linear1(x)))``, each with a residual connection and a
-    LayerNorm (after, or before with ``norm_first``). ``[T, d]`` -> ``[T, d]``.
+    LayerNorm (after it, or before it with ``norm_first``). ``[T, d]`` -> ``[T, d]``; with
+    ``causal`` step t attends to steps <= t only.
 
     Layout: ``self_attn.*`` (MultiheadAttention), ``linear1.weight (ff, d)``,
     ``linear2.weight (d, ff)``, ``norm1.weight``, ``norm2.weight`` ``(d,)``, and the biases of
@@ -297,9 +294,6 @@ class TransformerEncoderLayer(_TransformerBase):
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerEncoderLayer", args, kwargs, self._forward(inputs))
 
-    def label(self) -> str:
-        return self._label()
-
 
 @register
 class TransformerDecoderLayer(_TransformerBase):
@@ -310,12 +304,12 @@ class TransformerDecoderLayer(_TransformerBase):
 
     Layout: ``self_attn.*``, ``multihead_attn.*`` (both MultiheadAttention over ``d``),
     ``linear1``, ``linear2``, ``norm1``..``norm3`` as in TransformerEncoderLayer. MACs: the sum
-    of the parts; the cross-attention's products count T x S x d each."""
+    of the parts; the cross-attention's two products count T x S x d each."""
 
     kind = "TransformerDecoderLayer"
     positional = ("d_model", "nhead", "dim_feedforward")
     arity = (2, 2)
-    mask_arg = ("tgt_mask", "tgt_is_causal")
+    masked = (0, "tgt_mask", "tgt_is_causal")
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         self._width(inputs)
@@ -327,14 +321,11 @@ class TransformerDecoderLayer(_TransformerBase):
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerDecoderLayer", args, kwargs, self._forward(inputs))
 
-    def label(self) -> str:
-        return self._label()
-
 
 # torch builds its stacks from a layer instance; these helpers build them from plain
-# arguments (``{part}`` is Encoder or Decoder), keeping torch's parameter names.
+# arguments ({part} is Encoder or Decoder) and keep torch's parameter names.
 _STACK = '''class Transformer{part}Stack(nn.Transformer{part}):
-    """num_layers batch-first nn.Transformer{part}Layer copies and an optional final LayerNorm."""
+    """num_layers batch-first nn.Transformer{part}Layer copies, then an optional LayerNorm."""
 
     def __init__(
         self,
@@ -350,8 +341,15 @@ _STACK = '''class Transformer{part}Stack(nn.Transformer{part}):
         final_norm: bool = False,
     ) -> None:
         layer = nn.Transformer{part}Layer(
-            d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-            batch_first=True, norm_first=norm_first, bias=bias,
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            layer_norm_eps,
+            batch_first=True,
+            norm_first=norm_first,
+            bias=bias,
         )
         norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
         super().__init__(layer, num_layers, norm=norm{extra})
@@ -360,16 +358,18 @@ _STACK = '''class Transformer{part}Stack(nn.Transformer{part}):
 
 class _TransformerStack(_TransformerBase):
     """Shared rule of TransformerEncoder/TransformerDecoder: ``num_layers`` layers under
-    ``layers.{i}`` and, with ``final_norm``, a LayerNorm ``norm`` (torch's ``norm=``)."""
+    ``layers.{i}`` and, with ``final_norm``, a LayerNorm ``norm`` (torch's ``norm=``). torch
+    has no constructor from plain arguments, so ``TorchCall.helper`` carries a small
+    subclass that builds the stack."""
 
     positional = ("d_model", "nhead", "num_layers", "dim_feedforward")
-    part: ClassVar[str]
+    part: ClassVar[str]  # Encoder or Decoder
     helper: ClassVar[str]
 
     num_layers: Pos
     final_norm: bool = False
 
-    def _layer(self, inputs: list[TensorType]) -> tuple[dict[str, Shape], Dim]:
+    def _layer(self, inputs: list[TensorType]) -> Part:
         raise NotImplementedError
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
@@ -387,23 +387,24 @@ class _TransformerStack(_TransformerBase):
         return TorchCall(cls, args, kwargs, self._forward(inputs), helper=self.helper)
 
     def label(self) -> str:
-        return self._label(f"layers={self.num_layers}")
+        width = [str(self.d_model)] if self.d_model else []
+        return self._label(*width, f"layers={self.num_layers}")
 
 
 @register
 class TransformerEncoder(_TransformerStack):
     """A stack of ``num_layers`` TransformerEncoderLayers (``nn.TransformerEncoder``),
-    ``[T, d]`` -> ``[T, d]``; with ``causal`` every layer masks attention to later steps (a
-    decoder-only language model). Layout ``layers.{i}.<TransformerEncoderLayer tensors>``,
-    plus ``norm.weight``/``norm.bias (d,)`` with ``final_norm``. MACs: the sum of the layers
-    (and the final norm)."""
+    ``[T, d]`` -> ``[T, d]``; with ``causal`` every layer masks attention to later steps (the
+    core of a decoder-only language model). Layout
+    ``layers.{i}.<TransformerEncoderLayer tensors>``, plus ``norm.weight``/``norm.bias (d,)``
+    with ``final_norm``. MACs: the sum of the layers (and the final norm)."""
 
     kind = "TransformerEncoder"
     part = "Encoder"
     helper = _STACK.format(part="Encoder", extra=", enable_nested_tensor=False")
-    mask_arg = ("mask", "is_causal")
+    masked = (0, "mask", "is_causal")
 
-    def _layer(self, inputs: list[TensorType]) -> tuple[dict[str, Shape], Dim]:
+    def _layer(self, inputs: list[TensorType]) -> Part:
         return self._encoder_layer(inputs[0])
 
 
@@ -418,9 +419,9 @@ class TransformerDecoder(_TransformerStack):
     part = "Decoder"
     helper = _STACK.format(part="Decoder", extra="")
     arity = (2, 2)
-    mask_arg = ("tgt_mask", "tgt_is_causal")
+    masked = (0, "tgt_mask", "tgt_is_causal")
 
-    def _layer(self, inputs: list[TensorType]) -> tuple[dict[str, Shape], Dim]:
+    def _layer(self, inputs: list[TensorType]) -> Part:
         return self._decoder_layer(inputs[0], inputs[1])
 
 
@@ -433,8 +434,8 @@ class Transformer(_TransformerBase):
     self-attention is masked to earlier target steps (as training a translation model needs).
 
     Layout: ``encoder.layers.{i}.*``, ``encoder.norm.*``, ``decoder.layers.{i}.*``,
-    ``decoder.norm.*`` (torch always adds both final norms). At the original sizes
-    ``Transformer(512, 8, 6, 6, 2048)`` that is 44,140,544 parameters. MACs: the sum of the
+    ``decoder.norm.*`` (torch always adds both final norms). At the original sizes,
+    ``Transformer(512, 8, 6, 6, 2048)``, that is 44,140,544 parameters. MACs: the sum of the
     parts; the encoder's grow with S^2, the decoder's with T^2 and T x S."""
 
     kind = "Transformer"
@@ -446,7 +447,7 @@ class Transformer(_TransformerBase):
         "dim_feedforward",
     )
     arity = (2, 2)
-    mask_arg = ("tgt_mask", "tgt_is_causal")
+    masked = (1, "tgt_mask", "tgt_is_causal")
 
     nhead: Pos = 8
     num_encoder_layers: Pos = 6
@@ -457,26 +458,17 @@ class Transformer(_TransformerBase):
         src, tgt = inputs
         encoder = self._stack(self._encoder_layer(src), self.num_encoder_layers, src)
         decoder = self._stack(self._decoder_layer(tgt, src), self.num_decoder_layers, tgt)
-        parts = [
-            (name, Inferred(tgt, w, macs=m))
-            for name, (w, m) in zip(("encoder", "decoder"), (encoder, decoder), strict=True)
-        ]
-        weights, macs = _nest(parts)
+        weights, macs = _nest([("encoder", encoder), ("decoder", decoder)])
         return Inferred(tgt, weights, macs=macs)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = self._layer_kwargs() | {"batch_first": True}
-        args = (
-            self._width(inputs),
-            self.nhead,
-            self.num_encoder_layers,
-            self.num_decoder_layers,
-        )
+        args = (self._width(inputs), self.nhead, self.num_encoder_layers, self.num_decoder_layers)
         return TorchCall("nn.Transformer", args, kwargs, self._forward(inputs))
 
     def label(self) -> str:
-        layers = f"layers={self.num_encoder_layers}+{self.num_decoder_layers}"
-        return self._label(str(self.d_model) if self.d_model else "", layers).replace("(, ", "(")
+        width = [str(self.d_model)] if self.d_model else []
+        return self._label(*width, f"layers={self.num_encoder_layers}+{self.num_decoder_layers}")
 
 
 @register
@@ -529,4 +521,7 @@ class RMSNorm(Layer):
         return TorchCall("nn.RMSNorm", (shape[0] if len(shape) == 1 else list(shape),), kwargs)
 
     def label(self) -> str:
-        return "RMSNorm" if self.normalized_shape is None else f"RMSNorm({self.normalized_shape})"
+        given = self.normalized_shape
+        if given is None:
+            return "RMSNorm"
+        return f"RMSNorm({given if isinstance(given, int) else list(given)})"

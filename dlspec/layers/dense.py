@@ -24,7 +24,8 @@ from dlspec.layers.symbolic import product
 class Linear(Layer):
     """``y = x W^T + b`` over the last dimension; leading dimensions (e.g. sequence steps) are
     kept. Layout ``weight (out, in)``, ``bias (out,)``; MACs = leading elements x out x
-    (in + bias)."""
+    (in + bias). ``tie="tok_emb"`` shares the weight of the earlier layer ``tok_emb`` (e.g. an
+    Embedding(out, in): a language model's output projection); it is counted once."""
 
     kind = "Linear"
     family = "dense"
@@ -33,6 +34,7 @@ class Linear(Layer):
     out_features: Annotated[int, Field(ge=1)]
     bias: bool = True
     in_features: Annotated[int, Field(ge=1)] | None = None
+    tie: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
@@ -46,11 +48,14 @@ class Linear(Layer):
             weights["bias"] = (self.out_features,)
         lead = product(x.shape[:-1])
         macs = lead * self.out_features * (n_in + (1 if self.bias else 0))
-        return Inferred(TensorType((*x.shape[:-1], self.out_features)), weights, macs=macs)
+        tied = {"weight": f"{self.tie}.weight"} if self.tie else {}
+        output = TensorType((*x.shape[:-1], self.out_features))
+        return Inferred(output, weights, macs=macs, tied=tied)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = {} if self.bias else {"bias": False}
         return TorchCall("nn.Linear", (inputs[0].shape[-1], self.out_features), kwargs)
 
     def label(self) -> str:
-        return f"Linear({self.out_features})"
+        tie = f", tie={self.tie}" if self.tie else ""
+        return f"Linear({self.out_features}{tie})"

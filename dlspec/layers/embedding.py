@@ -59,7 +59,7 @@ class Embedding(Layer):
                 f"{self.num_embeddings:,} rows",
                 arg="padding_idx",
             )
-        weights = {"weight": (self.num_embeddings, self.embedding_dim)}
+        weights: dict[str, Shape] = {"weight": (self.num_embeddings, self.embedding_dim)}
         return Inferred(TensorType((*x.shape, self.embedding_dim)), weights)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:

@@ -1,0 +1,430 @@
+"""PyTorch code generation: a :class:`ModelGraph` -> the source of a standalone ``model.py``.
+
+The generated file imports only torch and reads like hand-written code:
+
+* one ``nn.Module`` class per distinct block body, residual branch and projection shortcut
+  (``ConvBNReLU``, then ``ConvBNReLU2`` when another use of the block resolves to other
+  numbers), and the model's class last;
+* attributes named after the spec's statements and repetitions as ``nn.Sequential``, so
+  ``named_parameters()`` yields exactly the analyzer's paths (``layer1.0.residual1.conv2d1``);
+* a ``forward`` in spec order: unnamed tensors flow through one variable (``x = self.fc1(x)``),
+  tensors the spec refers to by name keep their names, and a comment gives the shape wherever
+  it changes (``# (B, 64, 24, 24)``; symbolic dimensions print as their names).
+
+Everything layer-specific comes from :meth:`Layer.torch`; the generator never looks at a
+layer's kind. Names in the output are the analyzer's validated identifiers and every value
+passes through :func:`literal`, so no spec text becomes code. The output is already formatted
+as ``ruff format`` formats it, at dlspec's line length of 100.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import keyword
+import math
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dlspec import __version__
+from dlspec.analysis.graph import InputNode, ModelGraph, Node
+from dlspec.layers.base import TensorType
+from dlspec.layers.symbolic import fmt_dim
+
+WIDTH = 100  # the line length of ruff format, as dlspec's own code is formatted
+INDENT = "    "
+FLOW_NAMES = ("x", "out", "h", "y")  # the variable unnamed tensors flow through
+ARGUMENT_NAMES = ("x", "x_in", "inputs")  # a block's or residual's input tensor
+BUILTINS = frozenset({"torch", "nn", "super", "tuple"})  # names generated code relies on
+PLAIN_CALL = "{module}({x})"
+
+
+def generate(graph: ModelGraph, source: str | None = None) -> str:
+    """The source of a standalone ``model.py`` whose ``class <graph.name>(nn.Module)`` is the
+    model, built with the numbers the analyzer resolved. ``source`` (the spec's path) is named
+    in the module docstring with the model's parameter values. Deterministic, byte for byte.
+    Raises ``ValueError`` for a name Python cannot use (the analyzer refuses those first)."""
+    return _Generator(graph).module(source)
+
+
+# literals -----------------------------------------------------------------------------------
+
+
+def literal(value: Any) -> str:
+    """``value`` as Python source, written as ``ruff format`` writes it. Only plain data is
+    accepted (None, bool, int, float, str and tuples or lists of them): anything else raises
+    ``TypeError`` rather than reach the generated code."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        return repr(float(value)) if math.isfinite(value) else f'float("{value}")'
+    if isinstance(value, str):
+        quote = "'" if value.count('"') > value.count("'") else '"'  # ruff's preference
+        return quote + _escape(value, quote) + quote
+    if isinstance(value, tuple):
+        items = [literal(v) for v in value]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    if isinstance(value, list):
+        return f"[{', '.join(literal(v) for v in value)}]"
+    raise TypeError(f"cannot write the {type(value).__name__} {value!r} into generated code")
+
+
+def _escape(text: str, quote: str) -> str:
+    """``text`` for the inside of a string literal (or docstring) delimited by ``quote``."""
+    out = []
+    for char in text:
+        if char in ("\\", quote):
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1])  # \n, \t, \x00, \u2028...
+    return "".join(out)
+
+
+def _identifier(name: str, what: str) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("__"):
+        raise ValueError(f"{what} {name!r} is not a usable Python identifier")
+    return name
+
+
+# layout -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call to lay out as ruff does: ``func(args)``."""
+
+    func: str
+    args: tuple[Argument, ...] = ()
+
+    def flat(self) -> str:
+        return f"{self.func}({', '.join(_flat(a) for a in self.args)})"
+
+
+Argument = tuple[str | None, str | Call]  # (keyword or None, source text or a nested call)
+
+
+def _flat(arg: Argument) -> str:
+    key, value = arg
+    text = value.flat() if isinstance(value, Call) else value
+    return text if key is None else f"{key}={text}"
+
+
+def lay_out(call: Call, depth: int, prefix: str = "", suffix: str = "") -> list[str]:
+    """``prefix + call + suffix`` at ``depth`` indents: on one line if it fits, else with the
+    arguments on a line of their own, else one argument per line with a trailing comma."""
+    pad, inner = INDENT * depth, INDENT * (depth + 1)
+    line = pad + prefix + call.flat() + suffix
+    if len(line) <= WIDTH or not call.args:
+        return [line]
+    head, tail = f"{pad}{prefix}{call.func}(", f"{pad}){suffix}"
+    together = inner + ", ".join(_flat(a) for a in call.args)
+    if len(together) <= WIDTH:
+        return [head, together, tail]
+    lines = [head]
+    for key, value in call.args:
+        name = "" if key is None else f"{key}="
+        if isinstance(value, Call):
+            lines += lay_out(value, depth + 1, name, ",")
+        else:
+            lines.append(f"{inner}{name}{value},")
+    return [*lines, tail]
+
+
+def _statement(prefix: str, expr: str, depth: int, comment: str | None = None) -> list[str]:
+    """The statement ``prefix + expr``. The comment trails it when the line has room, else it
+    goes on a line of its own above (ruff would split the code to make room for it)."""
+    pad = INDENT * depth
+    line = pad + prefix + expr
+    trailing = f"  # {comment}" if comment else ""
+    if len(line + trailing) <= WIDTH:
+        return [line + trailing]
+    above = [f"{pad}# {comment}"] if comment else []
+    if len(line) <= WIDTH:
+        return [*above, line]
+    split = _split_call(expr)
+    if split is not None:
+        return [*above, *lay_out(split[0], depth, prefix, split[1])]
+    return [*above, f"{pad}{prefix}(", f"{pad}{INDENT}{expr}", f"{pad})"]
+
+
+def _split_call(expr: str) -> tuple[Call, str] | None:
+    """``f(a, b)`` or ``f(a, b)[0]`` as a Call and the text after it; None for other forms."""
+    tree = ast.parse(expr, mode="eval").body
+    suffix = ""
+    if isinstance(tree, ast.Subscript) and isinstance(tree.value, ast.Call):
+        tree = tree.value
+        suffix = expr[len(ast.get_source_segment(expr, tree) or "") :]
+    call = _call(expr, tree)
+    return (call, suffix) if isinstance(call, Call) else None
+
+
+def _call(expr: str, node: ast.expr) -> str | Call:
+    """The source of ``node`` in ``expr``, as a Call (with nested calls) where it is one."""
+    text = ast.get_source_segment(expr, node) or ""
+    if not isinstance(node, ast.Call) or any(k.arg is None for k in node.keywords):
+        return text
+    parts: list[tuple[int, Argument]] = [(a.col_offset, (None, _call(expr, a))) for a in node.args]
+    parts += [(k.col_offset, (k.arg, _call(expr, k.value))) for k in node.keywords]
+    args = tuple(arg for _, arg in sorted(parts, key=lambda p: p[0]))
+    return Call(ast.get_source_segment(expr, node.func) or "", args)
+
+
+def _returns(values: list[str], depth: int) -> list[str]:
+    pad = INDENT * depth
+    line = f"{pad}return {', '.join(values)}"
+    if len(line) <= WIDTH or len(values) == 1:
+        return _statement("return ", ", ".join(values), depth)
+    return [f"{pad}return (", *(f"{pad}{INDENT}{v}," for v in values), f"{pad})"]
+
+
+def _docstring(text: str) -> str:
+    """A module docstring holding ``text``, escaped (it may quote spec values) and wrapped."""
+    lines = textwrap.wrap(
+        _escape(text, '"'),
+        WIDTH - 3,
+        initial_indent='"""',
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return "\n".join(lines) + '"""'
+
+
+def _shape(t: TensorType) -> str:
+    """``(B, 64, 24, 24)``: a tensor's shape with its batch dimension."""
+    dims = ["B", *(fmt_dim(d) for d in t.shape)]
+    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def _attribute(path: str) -> str:
+    """``layer1.0.conv`` -> ``self.layer1[0].conv``."""
+    return "self" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split("."))
+
+
+# the generator ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Body:
+    """One nn.Module class: ``__init__`` statements, ``forward``'s tensor arguments and
+    statements, how many tensors it returns, and the variable of each tensor of the scope."""
+
+    init: list[str]
+    params: list[str]
+    forward: list[str]
+    results: int
+    variables: dict[str, str]
+
+
+class _Generator:
+    def __init__(self, graph: ModelGraph) -> None:
+        self.graph = graph
+        self.calls = {id(n): n.layer.torch(n.inputs) for n in graph.leaves() if n.layer}
+        helpers = {c.cls for c in self.calls.values() if c.helper is not None and c.cls}
+        blocks = {n.block for n in graph.all_nodes() if n.block is not None}
+        self.reserved = {graph.name, *blocks, *helpers}  # class names the spec chose
+        for name in self.reserved:
+            if name in BUILTINS:
+                raise ValueError(f"a class named {name!r} would hide what generated code uses")
+            _identifier(name, "class name")
+        self.names: dict[tuple[str, str], str] = {}  # (base name, class source) -> class name
+        self.classes: list[str] = []  # sources, each after the classes it uses
+        self.helpers: list[str] = []
+
+    def module(self, source: str | None) -> str:
+        model = _class_source(self.graph.name, self._model_body())
+        values = ", ".join(
+            f"{k}={v!r}" if isinstance(v, str) else f"{k}={literal(v)}"
+            for k, v in self.graph.params.items()
+        )
+        where = f" from {source}" if source is not None else ""
+        settings = f" ({values})" if values else ""
+        doc = f"Generated by dlspec {__version__}{where}{settings}."
+        header = _docstring(doc) + "\n\nimport torch\nfrom torch import nn"
+        return "\n\n\n".join([header, *self.helpers, *self.classes, model]) + "\n"
+
+    def _class(self, base: str, body: _Body, own: bool = False) -> str:
+        """The name of the class with this body, defined on first use: ``base``, or ``base2``,
+        ``base3``... when that is taken (``own``: ``base`` is this block's own name)."""
+        key = (base, _class_source("_", body))
+        if key not in self.names:
+            used = set(self.names.values())
+            self.names[key] = next(
+                name
+                for name in (base if i == 1 else f"{base}{i}" for i in itertools.count(1))
+                if name not in used and (name not in self.reserved or (own and name == base))
+            )
+            self.classes.append(_class_source(self.names[key], body))
+        return self.names[key]
+
+    def _model_body(self) -> _Body:
+        graph = self.graph
+        events: list[Node | InputNode] = [*graph.inputs, *graph.nodes]
+        events.sort(key=lambda e: tuple(e.span))  # inputs may be declared between statements
+        params = {i.name: i.name for i in graph.inputs}
+        body = self._scope(events, params, graph.outputs, graph.name)
+        for leaf in graph.leaves():
+            for weight, target in leaf.tied.items():  # shared tensors: assign the first one
+                body.init += _statement(
+                    f"{_attribute(leaf.path)}.{weight} = ", _attribute(target), 2
+                )
+        return body
+
+    def _inner_body(self, nodes: list[Node], owner: str) -> _Body:
+        """A block's or a shortcut's body: one input, the last statement's output."""
+        last = nodes[-1].name if nodes else "input"
+        return self._scope(nodes, {"input": _argument_name(nodes)}, [last], owner)
+
+    def _residual_class(self, node: Node, owner: str) -> str:
+        argument = _argument_name(node.children)
+        body = self._scope(node.children, {"input": argument}, [], owner, read_later={"input"})
+        other = argument
+        if node.shortcut is not None:
+            shortcut = self._class(f"{owner}Shortcut", self._inner_body(node.shortcut, owner))
+            body.init.append(f"{INDENT * 2}self.shortcut = {shortcut}()")
+            other = f"self.shortcut({argument})"
+        main = body.variables[node.children[-1].name] if node.children else argument
+        body.forward += _statement("return ", f"{main} + {other}", 2)
+        return self._class(f"{owner}Residual", body)
+
+    def _scope(
+        self,
+        events: Sequence[Node | InputNode],
+        params: dict[str, str],
+        results: list[str],
+        owner: str,
+        read_later: frozenset[str] | set[str] = frozenset(),
+    ) -> _Body:
+        """The class body for one scope: ``params`` maps its input tensors to their variables,
+        ``results`` are the tensors ``forward`` returns and ``read_later`` those its caller
+        reads after the last statement (a residual's input)."""
+        variables = _variables(events, params, results, read_later)
+        init: list[str] = []
+        forward: list[str] = []
+        current = next(iter(params), "")
+        for event in events:
+            if isinstance(event, Node):
+                inputs = [variables[s] for s in (event.sources or [current])]
+                built = self._constructor(event, owner)
+                if built is not None:
+                    init += lay_out(built, 2, f"self.{event.name} = ")
+                forward += self._forward(event, inputs, variables[event.name], built)
+            current = event.name
+        if results:
+            forward += _returns([variables[r] for r in results], 2)
+        return _Body(init, list(params.values()), forward, len(results), variables)
+
+    def _constructor(self, node: Node, owner: str) -> Call | None:
+        """How ``__init__`` builds the node's module; None for a layer that has none."""
+        if node.container == "block":
+            assert node.block is not None
+            return Call(self._class(node.block, self._inner_body(node.children, node.block), True))
+        if node.container == "residual":
+            return Call(self._residual_class(node, owner))
+        if node.container == "repeat":
+            parts = [self._constructor(child, owner) for child in node.children]
+            if any(p is None for p in parts):
+                return None
+            return Call("nn.Sequential", tuple((None, p) for p in parts if p is not None))
+        call = self.calls[id(node)]
+        if call.cls is None:
+            return None
+        for part in call.cls.split("."):
+            _identifier(part, "module class")
+        if call.helper is not None and call.helper.rstrip() not in self.helpers:
+            self.helpers.append(call.helper.rstrip())
+        args: list[Argument] = [(None, literal(a)) for a in call.args]
+        args += [(_identifier(k, "argument"), literal(v)) for k, v in call.kwargs.items()]
+        return Call(call.cls, tuple(args))
+
+    def _forward(self, node: Node, inputs: list[str], target: str, built: Call | None) -> list[str]:
+        """``forward`` statements computing ``node`` into the variable ``target``."""
+        module = f"self.{node.name}"
+        if node.container != "repeat" or (
+            built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
+        ):
+            return _statement(
+                f"{target} = ", self._expression(node, module, inputs), 2, _change(node)
+            )
+        lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
+        for i, child in enumerate(node.children):
+            expr = self._expression(child, f"{module}[{i}]", inputs)
+            lines += _statement(f"{target} = ", expr, 2, _change(child))
+            inputs = [target]
+        return lines
+
+    def _plain(self, node: Node) -> bool:
+        """Whether the node's module is called as ``module(x)`` (as nn.Sequential calls it)."""
+        return node.layer is None or self.calls[id(node)].forward == PLAIN_CALL
+
+    def _expression(self, node: Node, module: str, inputs: list[str]) -> str:
+        if node.layer is None:  # a block, residual or repetition: a module of one input
+            return f"{module}({inputs[0]})"
+        numbered = {f"x{i}": v for i, v in enumerate(inputs)}
+        template = self.calls[id(node)].forward
+        return template.format(module=module, x=inputs[0], inputs=", ".join(inputs), **numbered)
+
+
+def _class_source(name: str, body: _Body) -> str:
+    returns = "torch.Tensor"
+    if body.results > 1:
+        returns = f"tuple[{', '.join(['torch.Tensor'] * body.results)}]"
+    params = tuple((None, p) for p in ["self", *(f"{p}: torch.Tensor" for p in body.params)])
+    lines = [
+        f"class {name}(nn.Module):",
+        f"{INDENT}def __init__(self) -> None:",
+        f"{INDENT * 2}super().__init__()",
+        *body.init,
+        "",
+        *lay_out(Call("forward", params), 1, "def ", f" -> {returns}:"),
+        *body.forward,
+    ]
+    return "\n".join(lines)
+
+
+def _change(node: Node) -> str | None:
+    """A statement's shape comment: its output's shape, when that differs from its input's."""
+    return _shape(node.output) if node.inputs and node.output != node.inputs[0] else None
+
+
+def _argument_name(nodes: list[Node]) -> str:
+    """The variable of a block's or residual's input: ``x`` unless a statement is named so."""
+    named = {n.name for n in nodes}
+    spare = (f"x_in{i}" for i in itertools.count(2))
+    return next(n for n in itertools.chain(ARGUMENT_NAMES, spare) if n not in named)
+
+
+def _variables(
+    events: Sequence[Node | InputNode],
+    params: dict[str, str],
+    results: list[str],
+    read_later: frozenset[str] | set[str],
+) -> dict[str, str]:
+    """The variable of each tensor of a scope. A tensor the spec reads by name (``<- a, b``,
+    ``output a, b``) keeps its name; every other one is read by the next statement only, so
+    they all flow through one variable, which may reuse the name of an input that nothing
+    reads after the first statement."""
+    kept = set(read_later)
+    current = next(iter(params), None)
+    for event in events:
+        if isinstance(event, Node):
+            kept.update(event.sources)
+        current = event.name
+    if results != [current]:
+        kept.update(results)
+    first = next((i for i, e in enumerate(events) if isinstance(e, Node)), len(events))
+    late = {e.name for e in events[first:] if isinstance(e, InputNode)}
+    reusable = {v for t, v in params.items() if t not in kept and t not in late}
+    taken = {params.get(t, t) for t in kept} | (set(params.values()) - reusable)
+    flow = next(
+        name
+        for name in itertools.chain(FLOW_NAMES, (f"x{'_' * i}" for i in itertools.count(1)))
+        if name not in taken
+    )
+    variables = {e.name: flow for e in events if isinstance(e, Node)}
+    return variables | {t: t for t in kept} | params

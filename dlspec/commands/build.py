@@ -1,0 +1,216 @@
+"""Build a spec: write the generated PyTorch model.py, then train and test it.
+
+dlspec build SPEC --out DIR writes DIR/model.py, and (unless --no-train) trains on the spec's
+train section's data, writing DIR/checkpoint.pt after every epoch, then DIR/metrics.json and
+the plots DIR/learning_curves.png and DIR/confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
+from dlspec.api import Spec
+from dlspec.commands.common import add_spec_arguments, load_spec, positive_int, set_pair
+
+EPILOG = f"""\
+train settings (spec `train {{ ... }}` section, or --train KEY=VALUE):
+  {", ".join(SETTINGS)}
+  e.g. --train optimizer="SGD(lr=0.05)" --train optimizer.momentum=0.8 --train task=regression
+
+exit codes: 0 done, 1 the spec has errors or the data / checkpoint cannot be used,
+2 usage (bad option or train setting), 130 interrupted (Ctrl-C; the checkpoint is saved and
+--resume continues from it)."""
+
+MODEL_PY = "model.py"
+
+
+def _number(text: str) -> str:
+    """A --lr value: checked to be a number here, so the error names the option."""
+    try:
+        float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return text
+
+
+def _count(text: str) -> str:
+    """An --epochs / --batch-size value: a whole number >= 1, kept as text for the config."""
+    return str(positive_int(text))
+
+
+def _whole(text: str) -> str:
+    try:
+        if int(text) < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    return text
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    add_spec_arguments(parser)
+    parser.add_argument(
+        "--out", "-o", metavar="DIR", type=Path, required=True, help="the output directory"
+    )
+    parser.add_argument("--no-train", action="store_true", help="only write DIR/model.py")
+    group = parser.add_argument_group("training (each overrides the spec's train section)")
+    group.add_argument("--data", help='data set: "digits", "mnist", a directory or .npz/.csv')
+    group.add_argument("--epochs", type=_count, metavar="N")
+    group.add_argument("--batch-size", type=_count, metavar="N")
+    group.add_argument("--lr", type=_number, metavar="RATE", help="the optimiser's learning rate")
+    group.add_argument("--seed", type=_whole, metavar="N", help="seed for repeatable runs")
+    group.add_argument(
+        "--train",
+        dest="train_overrides",
+        metavar="KEY=VALUE",
+        type=set_pair,
+        action="append",
+        default=[],
+        help="set any train setting, e.g. --train val_split=0.2 (repeatable)",
+    )
+    run_group = parser.add_argument_group("running")
+    run_group.add_argument(
+        "--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N"
+    )
+    run_group.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    run_group.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    run_group.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar, no per-epoch lines"
+    )
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The command line's train settings, in the order they apply: the options, then
+    ``--train`` pairs (so ``--train`` wins)."""
+    options = {
+        "data": args.data,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "optimizer.lr": args.lr,
+    }
+    pairs = [(key, value) for key, value in options.items() if value is not None]
+    return pairs + list(args.train_overrides)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"dlspec build: {message}", file=sys.stderr)
+    return code
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    """The test figures, the classification report and the confusion matrix, as text."""
+    test = metrics["test"]
+    lines = [f"test loss {test['loss']:.4f}"]
+    if test.get("accuracy") is not None:
+        lines[0] += f"  accuracy {100 * test['accuracy']:.2f}%"
+    if "report_text" in test:
+        lines += ["", "classification report:", test["report_text"].rstrip()]
+        lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
+        width = max(len(str(v)) for row in test["confusion_matrix"] for v in row)
+        lines += [" ".join(f"{v:>{width}}" for v in row) for row in test["confusion_matrix"]]
+    else:
+        lines[0] += f"  MAE {test['mae']:.4f}  R² {test['r2']:.4f}"
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    checked, code = load_spec(args)
+    if code or checked.graph is None or checked.source is None:
+        return code or 1
+    graph = checked.graph
+    try:
+        config = train_config(graph.train, graph.params, _overrides(args))
+    except TrainConfigError as exc:
+        return _fail(str(exc), 2)
+    spec = Spec(checked.path, checked.source.text, graph, checked.report)
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_model(out / MODEL_PY, spec.code)
+    except OSError as exc:
+        return _fail(f"cannot write {out / MODEL_PY}: {exc.strerror or exc}", 2)
+    if args.no_train:
+        print(f"wrote {out / MODEL_PY}")
+        return 0
+    return _train(spec, config, args)
+
+
+def _write_model(path: Path, code: str) -> None:
+    from dlspec.train.checkpoint import atomic_file
+
+    with atomic_file(path) as temporary:
+        temporary.write_text(code, encoding="utf-8")
+
+
+def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
+    """Train the built model; map every failure the user can fix to a message."""
+    from dlspec.train.checkpoint import CheckpointError, spec_hash
+    from dlspec.train.data import DataError
+    from dlspec.train.loop import (
+        CHECKPOINT,
+        CONFUSION_PNG,
+        CURVES_PNG,
+        METRICS_JSON,
+        RunOptions,
+        TrainError,
+        train_model,
+    )
+
+    graph = spec.graph
+    if len(graph.inputs) != 1 or len(graph.output_types) != 1:
+        return _fail(
+            f"{graph.name} has {len(graph.inputs)} input(s) and {len(graph.output_types)} "
+            "output(s); training supports models with one of each"
+        )
+    input_type, output_type = graph.inputs[0].type, graph.output_types[0]
+    input_shape = [d for d in input_type.shape if isinstance(d, int)]
+    output_shape = [d for d in output_type.shape if isinstance(d, int)]
+    if input_type.dtype != "float" or len(input_shape) != len(input_type.shape):
+        return _fail(
+            f"{graph.name}'s input {graph.inputs[0].name} is {input_type.dtype}{input_type}; "
+            "training needs a float input of fixed size"
+        )
+    if len(output_shape) != len(output_type.shape):
+        return _fail(f"{graph.name}'s output {output_type} has no fixed size; training needs one")
+    out: Path = args.out
+    options = RunOptions(
+        out=out,
+        device=args.device,
+        quiet=args.quiet,
+        plots=not args.no_plots,
+        resume=args.resume,
+    )
+    info = {"spec": spec.path, "model": graph.name, "params": graph.params}
+    try:
+        result = train_model(
+            spec.to_torch,
+            config,
+            input_shape=input_shape,
+            output_shape=output_shape,
+            spec_hash=spec_hash(spec.source_text, graph.params),
+            options=options,
+            info=info,
+        )
+    except (DataError, TrainError, CheckpointError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write to {out}: {exc.strerror or exc}")
+    if result.interrupted:
+        return _fail(
+            f"interrupted after {result.epoch} finished epoch(s); the checkpoint is saved in "
+            f"{out / CHECKPOINT}: add --resume to continue",
+            130,
+        )
+    print(_summary(result.metrics))
+    written = [MODEL_PY, CHECKPOINT, METRICS_JSON]
+    if options.plots:
+        written += [CURVES_PNG] + [CONFUSION_PNG] * ("confusion_matrix" in result.metrics["test"])
+    print(f"wrote {', '.join(str(out / name) for name in written)}")
+    return 0

@@ -1,0 +1,130 @@
+"""Training checkpoints, and the atomic file writes every output of ``dlspec build`` uses.
+
+A checkpoint holds only tensors and plain containers (loaded with ``weights_only=True``):
+the model's and the optimiser's state, the number of finished epochs, the metrics history,
+the random-number states (so that a resumed run continues as an uninterrupted one would) and
+the hash of the spec it was made from; loading it for another spec is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "atomic_file",
+    "load_checkpoint",
+    "save_checkpoint",
+    "spec_hash",
+]
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or made from another spec; the message says
+    which file and what to do."""
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without an exception, the
+    temporary file replaces ``path`` in one step, so readers see the old file or the new one,
+    never half of one. On an exception (Ctrl-C included) the temporary file is removed."""
+    target = Path(path)
+    # a fresh name, not a mkstemp file: the writer creates it with the usual permissions
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def spec_hash(text: str, params: Mapping[str, Any]) -> str:
+    """sha256 of the spec's text and its parameter values (after ``--set``): what decides the
+    model's architecture, and so whether a checkpoint fits it."""
+    digest = hashlib.sha256(text.encode("utf-8"))
+    digest.update(json.dumps(dict(params), sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds. ``epoch`` counts finished epochs; ``partial`` is True when
+    the run was interrupted during the next one (the weights are from the middle of it)."""
+
+    spec_hash: str
+    epoch: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    history: list[dict[str, Any]]
+    rng: dict[str, torch.Tensor]
+    partial: bool = False
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically."""
+    payload = {
+        "format": 1,
+        "spec_hash": checkpoint.spec_hash,
+        "epoch": checkpoint.epoch,
+        "partial": checkpoint.partial,
+        "model": checkpoint.model,
+        "optimizer": checkpoint.optimizer,
+        "history": checkpoint.history,
+        "rng": checkpoint.rng,
+    }
+    with atomic_file(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def load_checkpoint(path: str | os.PathLike[str], expected_hash: str) -> Checkpoint:
+    """Read a checkpoint made from the spec whose :func:`spec_hash` is ``expected_hash``.
+
+    Raises :class:`CheckpointError` when the file is missing, is not a dlspec checkpoint or
+    was made from another spec (or other ``--set`` values)."""
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file}: no checkpoint to resume from (a build writes one after every epoch); "
+            "run without --resume to start afresh"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unpickler's notes on foreign pickles
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises anything from KeyError to RuntimeError
+        reason = str(exc).strip().split("\n")[0][:120] or type(exc).__name__
+        raise CheckpointError(
+            f"{file}: cannot read the checkpoint, it is corrupt, truncated or not a checkpoint "
+            f"({reason}); delete it, or run without --resume to start afresh"
+        ) from None
+    keys = ("spec_hash", "epoch", "model", "optimizer", "history", "rng")
+    if not isinstance(payload, dict) or any(key not in payload for key in keys):
+        raise CheckpointError(f"{file}: not a dlspec checkpoint (missing {', '.join(keys)})")
+    if payload["spec_hash"] != expected_hash:
+        raise CheckpointError(
+            f"{file}: this checkpoint was made from a different spec (or other --set values), "
+            "so its weights do not fit this model; run without --resume to start afresh, or "
+            "choose another --out directory"
+        )
+    return Checkpoint(
+        spec_hash=payload["spec_hash"],
+        epoch=int(payload["epoch"]),
+        model=payload["model"],
+        optimizer=payload["optimizer"],
+        history=list(payload["history"]),
+        rng=dict(payload["rng"]),
+        partial=bool(payload.get("partial", False)),
+    )
