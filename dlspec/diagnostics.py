@@ -44,6 +44,7 @@ CODES: dict[str, str] = {
     "E406": "unknown tensor",
     "E407": "wrong number of inputs",
     "E408": "invalid input or output declaration",
+    "E409": "a dimension exceeds what a layer supports",
     "W501": "softmax before a cross-entropy loss",
     "W502": "two linear layers with no nonlinearity between them",
     "W503": "pooling drops rows or columns",

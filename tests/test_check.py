@@ -193,3 +193,14 @@ def test_broken_input_gives_diagnostics_never_a_crash(edits: list[tuple[int, int
 def test_random_text_never_crashes(text: str) -> None:
     checked = check_text(text, "random.dl")
     assert checked.report.ok == (checked.graph is not None)
+
+
+def test_huge_and_non_utf8_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = tmp_path / "big.dl"
+    big.write_text("# padding\n" * 500_000)
+    code, _, err = run_cli(capsys, "check", str(big))
+    assert code == 1 and "error[E004]" in err and "5,000,000 bytes" in err
+    latin = tmp_path / "latin.dl"
+    latin.write_bytes("model Caf\xe9 {}".encode("latin-1"))
+    code, _, err = run_cli(capsys, "check", str(latin))
+    assert code == 1 and "error[E003]" in err and "not UTF-8" in err

@@ -332,7 +332,10 @@ class Analyzer:
                     did_you_mean(key, [*fields, *aliases])
                     or [f"arguments: {', '.join(fields) or 'none'}"],
                 )
-            data[canonical] = evaluate(arg.value, env)
+            if canonical in cls.references and isinstance(arg.value, ast.Ref):
+                data[canonical] = arg.value.name  # a statement's name, not an expression
+            else:
+                data[canonical] = evaluate(arg.value, env)
             spans[canonical] = arg.span
         try:
             return cls.model_validate(data), spans
@@ -606,14 +609,21 @@ class Analyzer:
         except LayerError as err:
             span = spans.get(err.arg or "", op.span)
             raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
+        for dim, limit, what in inferred.limits:
+            value = eval_dim(dim, self.bindings)
+            if value > limit:
+                raise fail(
+                    "E409",
+                    f"{name}: {fmt_dim(dim)} = {value:,} at {_at(self.bindings)}, but {what}",
+                    op.span,
+                )
         for dim in inferred.output.shape:
             if isinstance(dim, Poly):
                 value = eval_dim(dim, self.bindings)
                 if value < 1:
                     raise fail(
                         "E402",
-                        f"{name}: output dimension {dim} is {value} at "
-                        + ", ".join(f"{k}={v}" for k, v in self.bindings.items()),
+                        f"{name}: output dimension {dim} is {value} at {_at(self.bindings)}",
                         op.span,
                     )
         node = Node(
@@ -855,6 +865,10 @@ class Analyzer:
                         _largest(graph, quantity),
                     )
                 )
+
+
+def _at(bindings: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in bindings.items())
 
 
 def _claim(op: str, value: Any) -> str:

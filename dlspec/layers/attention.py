@@ -1,7 +1,7 @@
 """Attention and the Transformer's building blocks, over batch-first sequences ``[T, d]``.
 
 Kinds: MultiheadAttention; TransformerEncoderLayer and TransformerDecoderLayer; the stacks
-TransformerEncoder and TransformerDecoder; the encoder-decoder Transformer; and RMSNorm.
+TransformerEncoder and TransformerDecoder; the encoder-decoder Transformer.
 Parameters carry torch's nested names (``layers.0.self_attn.in_proj_weight``), so a stack is
 one layer kind whose figures can be checked against the torch module tensor by tensor.
 
@@ -39,7 +39,7 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.dense import Linear
 from dlspec.layers.norm import LayerNorm
-from dlspec.layers.symbolic import Dim, product
+from dlspec.layers.symbolic import Dim
 
 Pos = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -469,59 +469,3 @@ class Transformer(_TransformerBase):
     def label(self) -> str:
         width = [str(self.d_model)] if self.d_model else []
         return self._label(*width, f"layers={self.num_encoder_layers}+{self.num_decoder_layers}")
-
-
-@register
-class RMSNorm(Layer):
-    """Root-mean-square normalization (``nn.RMSNorm``) over the trailing ``normalized_shape``
-    dimensions (default: the last one): ``x / sqrt(mean(x^2) + eps) * weight``; shape
-    unchanged. ``weight`` has shape ``normalized_shape`` when ``elementwise_affine``; ``eps``
-    defaults to torch's (the dtype's machine epsilon). MACs: 1 per element with the weight,
-    else 0 (the statistics are not counted, as for LayerNorm)."""
-
-    kind = "RMSNorm"
-    family = "normalization"
-    positional = ("normalized_shape",)
-
-    normalized_shape: Pos | tuple[Pos, ...] | None = None
-    eps: Eps | None = None
-    elementwise_affine: bool = True
-
-    def _shape(self, x: TensorType) -> Shape:
-        given = self.normalized_shape
-        count = 1 if given is None or isinstance(given, int) else len(given)
-        if not 1 <= count <= len(x.shape):
-            raise LayerError(
-                "E404",
-                f"RMSNorm over {count} trailing dimension(s) needs an input with that many, "
-                f"got {x}",
-                arg="normalized_shape",
-            )
-        trailing = tuple(concrete(d, "RMSNorm's normalized size") for d in x.shape[-count:])
-        if given is not None and trailing != ((given,) if isinstance(given, int) else given):
-            raise LayerError(
-                "E401",
-                f"RMSNorm was given normalized_shape={given}, but its input {x} ends with "
-                f"{list(trailing)}",
-                arg="normalized_shape",
-            )
-        return trailing
-
-    def infer(self, inputs: list[TensorType]) -> Inferred:
-        x = inputs[0]
-        expect_float(x, self.kind)
-        shape = self._shape(x)
-        if not self.elementwise_affine:
-            return Inferred(x)
-        return Inferred(x, {"weight": shape}, macs=product(x.shape))
-
-    def torch(self, inputs: list[TensorType]) -> TorchCall:
-        shape = self._shape(inputs[0])
-        kwargs = self.model_dump(exclude_defaults=True, exclude={"normalized_shape"})
-        return TorchCall("nn.RMSNorm", (shape[0] if len(shape) == 1 else list(shape),), kwargs)
-
-    def label(self) -> str:
-        given = self.normalized_shape
-        if given is None:
-            return "RMSNorm"
-        return f"RMSNorm({given if isinstance(given, int) else list(given)})"

@@ -84,6 +84,9 @@ class Inferred:
     # analyzer resolves the statement in the same scope, checks the shapes, stores the full
     # path, and counts the tensor once (in check, the generated module and ONNX)
     tied: dict[str, str] = field(default_factory=dict)
+    # (dimension, maximum, what it is): bounds on symbolic dimensions (e.g. T <= max_len) that
+    # only the analyzer can check, at the spec's bindings; concrete ones are checked in infer
+    limits: list[tuple[Dim, int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class Layer(BaseModel):
     variadic: ClassVar[str | None] = None  # a tuple field that takes all positional args
     arity: ClassVar[tuple[int, int]] = (1, 1)  # (min, max) number of input tensors
     probabilities: ClassVar[bool] = False  # output is a (log-)probability distribution
+    references: ClassVar[tuple[str, ...]] = ()  # arguments naming statements (tie=tok_emb)
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         raise NotImplementedError

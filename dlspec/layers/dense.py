@@ -30,6 +30,7 @@ class Linear(Layer):
     kind = "Linear"
     family = "dense"
     positional = ("out_features",)
+    references = ("tie",)
 
     out_features: Annotated[int, Field(ge=1)]
     bias: bool = True

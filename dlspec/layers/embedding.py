@@ -23,6 +23,7 @@ from dlspec.layers.base import (
     expect_rank,
     register,
 )
+from dlspec.layers.symbolic import Dim
 
 Pos = Annotated[int, Field(ge=1)]
 
@@ -96,6 +97,10 @@ class _PositionalEncoding(Layer):
             )
         return (self.max_len, concrete(x.shape[1], f"{self.kind}'s width"))
 
+    def _limits(self, x: TensorType) -> list[tuple[Dim, int, str]]:
+        """A symbolic length can only be checked against max_len at the spec's bindings."""
+        return [(x.shape[0], self.max_len, f"{self.kind} holds {self.max_len:,} positions")]
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width = concrete(inputs[0].shape[1], f"{self.kind}'s width")
         return TorchCall(self.kind, (self.max_len, width), helper=self.helper)
@@ -132,7 +137,8 @@ class SinusoidalPositionalEncoding(_PositionalEncoding):
     helper = _SINUSOIDAL
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
-        return Inferred(inputs[0], buffers={"table": self._table(inputs[0])})
+        x = inputs[0]
+        return Inferred(x, buffers={"table": self._table(x)}, limits=self._limits(x))
 
 
 _LEARNED = '''class LearnedPositionalEncoding(nn.Module):
@@ -156,4 +162,5 @@ class LearnedPositionalEncoding(_PositionalEncoding):
     helper = _LEARNED
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
-        return Inferred(inputs[0], weights={"weight": self._table(inputs[0])})
+        x = inputs[0]
+        return Inferred(x, weights={"weight": self._table(x)}, limits=self._limits(x))

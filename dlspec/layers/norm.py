@@ -1,4 +1,4 @@
-"""Normalization: BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm.
+"""Normalization: BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm, GroupNorm.
 
 MACs count the learned affine transform only: one multiply and one add (2) per element when
 ``affine`` (LayerNorm without ``bias``: 1), 0 otherwise. Computing the statistics is not
@@ -86,27 +86,21 @@ class BatchNorm2d(_BatchNorm):
     layout = "[C, H, W]"
 
 
-@register
-class LayerNorm(Layer):
-    """Normalizes each sample over its trailing ``normalized_shape`` dimensions (default: the
-    last one); shape unchanged. A written ``normalized_shape`` (an int or a list) must equal the
-    input's trailing dimensions. ``weight`` and ``bias`` have shape ``normalized_shape`` (when
-    ``elementwise_affine``; ``bias`` unless ``bias=False``). MACs per element: 2 with weight and
-    bias, 1 with weight only, 0 without affine."""
+class _TrailingNorm(Layer):
+    """Shared rule of LayerNorm and RMSNorm: normalize each sample over its trailing
+    ``normalized_shape`` dimensions (default: the last one); shape unchanged. A written
+    ``normalized_shape`` (an int or a list) must equal the input's trailing dimensions."""
 
-    kind = "LayerNorm"
     family = "normalization"
     positional = ("normalized_shape",)
 
     normalized_shape: Pos | tuple[Pos, ...] | None = None
-    eps: Eps = 1e-5
     elementwise_affine: bool = True
-    bias: bool = True
 
     def _shape(self, x: TensorType) -> Shape:
         if self.normalized_shape is None:
             expect_rank(x, range(1, 9), "[..., D]", self.kind)
-            return (concrete(x.shape[-1], "LayerNorm's normalized size"),)
+            return (concrete(x.shape[-1], f"{self.kind}'s normalized size"),)
         given = (
             (self.normalized_shape,)
             if isinstance(self.normalized_shape, int)
@@ -119,43 +113,73 @@ class LayerNorm(Layer):
         if len(x.shape) < len(given):
             raise LayerError(
                 "E404",
-                f"LayerNorm over {list(given)} needs at least {len(given)} dimensions, got {x}",
+                f"{self.kind} over {list(given)} needs at least {len(given)} dimensions, got {x}",
                 arg="normalized_shape",
             )
         trailing = tuple(
-            concrete(d, "LayerNorm's normalized size") for d in x.shape[len(x.shape) - len(given) :]
+            concrete(d, f"{self.kind}'s normalized size")
+            for d in x.shape[len(x.shape) - len(given) :]
         )
         if trailing != tuple(given):
             raise LayerError(
                 "E401",
-                f"LayerNorm was given normalized_shape={list(given)}, but its input {x} ends "
+                f"{self.kind} was given normalized_shape={list(given)}, but its input {x} ends "
                 f"with {list(trailing)}",
                 arg="normalized_shape",
             )
         return tuple(given)
 
+    def _weights(self, shape: Shape) -> dict[str, Shape]:
+        raise NotImplementedError
+
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
         expect_float(x, self.kind)
-        shape = self._shape(x)
-        weights: dict[str, Shape] = {}
-        if self.elementwise_affine:
-            weights["weight"] = shape
-            if self.bias:
-                weights["bias"] = shape
+        weights = self._weights(self._shape(x)) if self.elementwise_affine else {}
         return Inferred(x, weights, macs=len(weights) * product(x.shape))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         shape = self._shape(inputs[0])
         kwargs = self.model_dump(exclude_defaults=True, exclude={"normalized_shape"})
-        return TorchCall("nn.LayerNorm", (shape[0] if len(shape) == 1 else list(shape),), kwargs)
+        return TorchCall(f"nn.{self.kind}", (shape[0] if len(shape) == 1 else list(shape),), kwargs)
 
     def label(self) -> str:
         if self.normalized_shape is None:
-            return "LayerNorm"
+            return self.kind
         if isinstance(self.normalized_shape, int):
-            return f"LayerNorm({self.normalized_shape})"
-        return f"LayerNorm({list(self.normalized_shape)})"
+            return f"{self.kind}({self.normalized_shape})"
+        return f"{self.kind}({list(self.normalized_shape)})"
+
+
+@register
+class LayerNorm(_TrailingNorm):
+    """Layer normalization (``nn.LayerNorm``), by the trailing-dimensions rule above.
+    ``weight`` and ``bias`` have shape ``normalized_shape`` (when ``elementwise_affine``;
+    ``bias`` unless ``bias=False``). MACs per element: 2 with weight and bias, 1 with weight
+    only, 0 without affine."""
+
+    kind = "LayerNorm"
+
+    eps: Eps = 1e-5
+    bias: bool = True
+
+    def _weights(self, shape: Shape) -> dict[str, Shape]:
+        return {"weight": shape, "bias": shape} if self.bias else {"weight": shape}
+
+
+@register
+class RMSNorm(_TrailingNorm):
+    """Root-mean-square normalization (``nn.RMSNorm``), by the trailing-dimensions rule
+    above: ``x / sqrt(mean(x^2) + eps) * weight``. ``weight`` has shape ``normalized_shape``
+    when ``elementwise_affine``; ``eps`` defaults to torch's (the dtype's machine epsilon).
+    MACs: 1 per element with the weight, else 0 (statistics are not counted)."""
+
+    kind = "RMSNorm"
+
+    eps: Eps | None = None
+
+    def _weights(self, shape: Shape) -> dict[str, Shape]:
+        return {"weight": shape}
 
 
 @register
