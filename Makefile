@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The main job on the embedded default data: check MY_NET, then build and train it on the
+# handwritten digits that ship with scikit-learn, then draw it.
 demo: $(STAMP)
 	$(BIN)/dlspec check specs/cnn.dl
+	$(BIN)/dlspec build specs/cnn.dl --out build/cnn
+	$(BIN)/dlspec draw specs/cnn.dl --out build/cnn/model.svg
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check dlspec tests bench

@@ -18,6 +18,9 @@ COMMANDS = {
     "check": "dlspec.commands.check",
     "build": "dlspec.commands.build",
     "draw": "dlspec.commands.draw",
+    "export": "dlspec.commands.export",
+    "predict": "dlspec.commands.predict",
+    "bench": "dlspec.commands.bench",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2

@@ -63,11 +63,13 @@ def tiny_cnn(tmp_path: Path) -> Path:
     return spec
 
 
-def vector_data(tmp_path: Path, task: str) -> tuple[Path, Path]:
+def vector_data(tmp_path: Path, task: str, labels: str = "int64") -> tuple[Path, Path]:
+    """An .npz of 400 samples of 4 features whose labels are a linear function of them (its
+    sign for the binary task), and a spec with one output to learn it."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 4)).astype(np.float32)
     w = np.array([1.0, -2.0, 0.5, 1.5], dtype=np.float32)
-    y = (x @ w > 0).astype(np.int64) if task == "binary" else (x @ w + 0.5).astype(np.float32)
+    y = (x @ w > 0).astype(labels) if task == "binary" else (x @ w + 0.5).astype(np.float32)
     data = tmp_path / f"{task}.npz"
     np.savez(data, x=x, y=y)
     spec = tmp_path / "small.dl"
@@ -199,8 +201,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(
 # tasks
 
 
-def test_binary_task(tmp_path: Path) -> None:
-    spec, data = vector_data(tmp_path, "binary")
+@pytest.mark.parametrize("labels", ["int64", "float32"])
+def test_binary_task(tmp_path: Path, labels: str) -> None:
+    spec, data = vector_data(tmp_path, "binary", labels)
     out = tmp_path / "out"
     args = ["--data", str(data), "--train", "task=binary", "--quiet", "--no-plots"]
     assert build(str(spec), "--out", str(out), *args) == 0
@@ -244,11 +247,28 @@ def test_corrupt_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert str(bad) in err and "cannot read .npz file" in err
 
 
-def test_data_that_does_not_fit_the_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_data_that_does_not_fit_the_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "five.npz"
     np.savez(data, x=np.zeros((50, 5), np.float32), y=np.arange(50) % 3)
     err = run_failing(capsys, 1, MLP, "--out", str(tmp_path / "o"), *FAST, "--data", str(data))
-    assert "5 features per sample, but the model takes 64" in err
+    assert f"{data}: the data has 5 features per sample, but the model takes 64" in err
+
+
+def test_augmenting_tabular_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec, data = vector_data(tmp_path, "regression")
+    args = [
+        "--data",
+        str(data),
+        "--train",
+        "task=regression",
+        "--train",
+        "augment=[RandomRotation(5)]",
+        *FAST,
+    ]
+    err = run_failing(capsys, 1, str(spec), "--out", str(tmp_path / "o"), *args)
+    assert f"{data}: augmentation (rotation / brightness / contrast) needs image batches" in err
 
 
 def test_more_classes_than_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def section(body: str) -> ast.TrainSection:
     """The train section of a one-layer model whose train section is ``body``."""
-    spec, diagnostics = parse(f"model M {{\n input x: float[4]\n Linear(2)\n train {{ {body} }}\n}}")
+    spec, diagnostics = parse(
+        f"model M {{\n input x: float[4]\n Linear(2)\n train {{ {body} }}\n}}"
+    )
     assert spec is not None, diagnostics
     found = [s for s in spec.definitions[0].body if isinstance(s, ast.TrainSection)]
     return found[0]
@@ -79,7 +81,12 @@ def test_the_seed_scripts_settings() -> None:
 
 def test_optimizer_defaults_and_arguments() -> None:
     sgd = train_config(section("optimizer = SGD")).optimizer
-    assert sgd.torch_kwargs() == {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
+    assert sgd.torch_kwargs() == {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "nesterov": False,
+    }
     rms = train_config(section("optimizer = RMSprop(0.002, momentum=0.5)")).optimizer
     assert (rms.lr, rms.momentum) == (0.002, 0.5)
     assert train_config(section('optimizer = "AdamW"')).optimizer.weight_decay == 0.01
@@ -125,7 +132,7 @@ def test_command_line_overrides() -> None:
     ],
 )
 def test_bad_overrides_name_the_option(override: tuple[str, str], message: str) -> None:
-    with pytest.raises(TrainConfigError, match="^--train ") as info:
+    with pytest.raises(TrainConfigError, match=r"^--train ") as info:
         train_config(None, {}, [override])
     assert message in str(info.value)
 

@@ -116,7 +116,9 @@ class TrainConfig(_Frozen):
     contrast: float = Field(0.0, ge=0)
     mean: float | tuple[float, ...] | None = None  # Normalize(mean, std); None: none
     std: float | tuple[float, ...] | None = None
-    precision: Precision = "auto"  # on CUDA: auto = bf16 autocast where supported, else fp16
+    # autocast: auto = bf16 on CUDA (fp16 where unsupported) and for image models on CPUs with
+    # native bf16; fp32 elsewhere
+    precision: Precision = "auto"
     download: bool = False  # fetch "mnist" / "fashion-mnist" when they are missing
 
 
@@ -128,6 +130,7 @@ class TrainConfigError(ValueError):
 # one setting -> TrainConfig fields
 
 Fields = dict[str, Any]
+Reader = Callable[[ast.Setting, Mapping[str, Any]], Fields]  # a setting -> its fields
 
 
 def _value(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
@@ -224,9 +227,9 @@ def _augment(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
             continue
         name, args = _call(item, "augmentation", AUGMENTATIONS)
         given, spans = _arguments(name, args, AUGMENTATIONS[name], env)
-        for key, value in given.items():
+        for key, number in given.items():
             field = _AUGMENT_FIELDS.get(key, key)
-            fields[field] = _checked(field, value, f"{name}: {key}", spans[key])
+            fields[field] = _checked(field, number, f"{name}: {key}", spans[key])
     return fields
 
 
@@ -238,7 +241,12 @@ def _normalize(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
     given, spans = _arguments(name, args, ("mean", "std"), env)
     for key in ("mean", "std"):
         if key not in given:
-            raise fail("E214", f"Normalize needs {key}=...", value.span)
+            raise fail(
+                "E214",
+                f"Normalize needs {key}=...",
+                value.span,
+                ["e.g. Normalize(mean=0.1307, std=0.3081), or one value per channel: [..., ...]"],
+            )
         item = given[key]
         numbers = item if isinstance(item, tuple) else (item,)
         if (
@@ -255,7 +263,7 @@ def _normalize(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
     return given
 
 
-def _named(field: str, what: str, choices: Mapping[str, Any]) -> Callable[..., Fields]:
+def _named(field: str, what: str, choices: Mapping[str, Any]) -> Reader:
     """A setting whose value is one of ``choices`` (a string or a bare name)."""
 
     def read(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
@@ -274,7 +282,7 @@ _TASKS: dict[str, Task] = {"classify": "classify", "binary": "binary", "regressi
 _PRECISIONS = {p: p for p in ("auto", "fp32", "bf16", "fp16")}
 
 #: Setting name -> how its value becomes TrainConfig fields.
-SETTINGS: dict[str, Callable[[ast.Setting, Mapping[str, Any]], Fields]] = {
+SETTINGS: dict[str, Reader] = {
     "data": _plain,
     "task": _named("task", "task", _TASKS),
     "loss": _named("task", "loss", LOSSES),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ from dlspec.api import Spec
 from dlspec.commands.common import add_spec_arguments, load_spec, positive_int, set_pair
 
 EPILOG = f"""\
-train settings (spec `train {{ ... }}` section, or --train KEY=VALUE):
-  {", ".join(SETTINGS)}
-  e.g. --train optimizer="SGD(lr=0.05)" --train optimizer.momentum=0.8 --train task=regression
+train settings (the spec's `train {{ ... }}` section, or --train KEY=VALUE):
+{textwrap.fill(", ".join(SETTINGS), 88, initial_indent="  ", subsequent_indent="  ")}
+  e.g. --train 'optimizer=SGD(lr=0.05)' --train optimizer.momentum=0.8 --train task=regression
 
 exit codes: 0 done, 1 the spec has errors or the data / checkpoint cannot be used,
 2 usage (bad option or train setting), 130 interrupted (Ctrl-C; the checkpoint is saved and
@@ -43,6 +44,7 @@ def _count(text: str) -> str:
 
 
 def _whole(text: str) -> str:
+    """A --seed value: a whole number >= 0, kept as text for the config."""
     try:
         if int(text) < 0:
             raise ValueError
@@ -61,8 +63,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-train", action="store_true", help="only write DIR/model.py")
     group = parser.add_argument_group("training (each overrides the spec's train section)")
     group.add_argument("--data", help='data set: "digits", "mnist", a directory or .npz/.csv')
-    group.add_argument("--epochs", type=_count, metavar="N")
-    group.add_argument("--batch-size", type=_count, metavar="N")
+    group.add_argument("--epochs", type=_count, metavar="N", help="epochs to train")
+    group.add_argument("--batch-size", type=_count, metavar="N", help="training batch size")
     group.add_argument("--lr", type=_number, metavar="RATE", help="the optimiser's learning rate")
     group.add_argument("--seed", type=_whole, metavar="N", help="seed for repeatable runs")
     group.add_argument(

@@ -132,6 +132,11 @@ class Layer(BaseModel):
         """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""
         return self.kind
 
+    def index_limit(self) -> int | None:
+        """For a layer that reads integer ids (token ids): the exclusive upper bound of the ids
+        it accepts, e.g. an Embedding's ``num_embeddings``. None for every other layer."""
+        return None
+
 
 REGISTRY: dict[str, type[Layer]] = {}
 

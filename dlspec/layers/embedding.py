@@ -70,6 +70,9 @@ class Embedding(Layer):
     def label(self) -> str:
         return f"Embedding({self.num_embeddings}, {self.embedding_dim})"
 
+    def index_limit(self) -> int:
+        return self.num_embeddings
+
 
 class _PositionalEncoding(Layer):
     """Shared rule of the positional encodings: ``[T, D]`` -> ``[T, D]``, adding row ``t`` of a

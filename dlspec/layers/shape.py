@@ -290,7 +290,7 @@ class Dropout(Layer):
         return Inferred(inputs[0])
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall(f"nn.{self.kind}", kwargs=self.model_dump(exclude_defaults=True))
+        return TorchCall(f"nn.{self.kind}", (self.p,))  # p always written: it reads clearer
 
     def label(self) -> str:
         return f"{self.kind}({self.p:g})"

@@ -16,10 +16,10 @@ class MyNet(nn.Module):
         self.relu3 = nn.ReLU()
         self.pool2 = nn.MaxPool2d(2, stride=2)
         self.flatten1 = nn.Flatten()
-        self.dropout1 = nn.Dropout()
+        self.dropout1 = nn.Dropout(0.5)
         self.fc1 = nn.Linear(18432, 512)
         self.relu4 = nn.ReLU()
-        self.dropout2 = nn.Dropout()
+        self.dropout2 = nn.Dropout(0.5)
         self.fc2 = nn.Linear(512, 10)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ class GRUClassifier(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(5000, 64, padding_idx=0)
         self.gru = nn.GRU(64, 128, bidirectional=True, batch_first=True)
-        self.dropout1 = nn.Dropout(p=0.3)
+        self.dropout1 = nn.Dropout(0.3)
         self.head = nn.Linear(256, 4)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ class CharLSTM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(65, 128)
         self.lstm = nn.LSTM(128, 256, num_layers=2, dropout=0.2, batch_first=True)
-        self.dropout1 = nn.Dropout(p=0.2)
+        self.dropout1 = nn.Dropout(0.2)
         self.head = nn.Linear(256, 65)
 
     def forward(self, chars: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(64, 128)
         self.relu1 = nn.ReLU()
-        self.dropout1 = nn.Dropout(p=0.2)
+        self.dropout1 = nn.Dropout(0.2)
         self.fc2 = nn.Linear(128, 64)
         self.relu2 = nn.ReLU()
         self.out = nn.Linear(64, 10)

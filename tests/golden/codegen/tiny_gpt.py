@@ -52,7 +52,7 @@ class TinyGPT(nn.Module):
         super().__init__()
         self.tok_emb = nn.Embedding(65, 128)
         self.pos_emb = LearnedPositionalEncoding(64, 128)
-        self.dropout1 = nn.Dropout(p=0.1)
+        self.dropout1 = nn.Dropout(0.1)
         self.blocks = TransformerEncoderStack(
             4, 128, 4, dim_feedforward=512, activation="gelu", norm_first=True, final_norm=True
         )

@@ -26,10 +26,10 @@ class TransformerBase(nn.Module):
         super().__init__()
         self.src_emb = nn.Embedding(37000, 512)
         self.src_pos = SinusoidalPositionalEncoding(256, 512)
-        self.src_x = nn.Dropout(p=0.1)
+        self.src_x = nn.Dropout(0.1)
         self.tgt_emb = nn.Embedding(37000, 512)
         self.tgt_pos = SinusoidalPositionalEncoding(256, 512)
-        self.tgt_x = nn.Dropout(p=0.1)
+        self.tgt_x = nn.Dropout(0.1)
         self.core = nn.Transformer(512, 8, 6, 6, batch_first=True)
         self.out = nn.Linear(512, 37000)
 

@@ -1,0 +1,591 @@
+"""ONNX export of a spec's generated module, with its numbers verified by ONNX Runtime.
+
+:func:`export_onnx` turns the torch module built from a spec (``Spec.to_torch()``, with
+trained weights or not) into an ONNX model, in memory:
+
+* input and output names are the spec's; axis 0 of every input and output is the dynamic
+  ``batch`` axis, and every symbolic dimension (``T``) is a dynamic axis of the same name;
+* the model passes ``onnx.checker``'s full check and carries metadata (``META_*`` below: the
+  dlspec version, the spec's hash, the parameter count, and whatever the caller adds);
+* its initializers hold the module's tensors under torch's names, each once (tied weights
+  included): :func:`count_initializers` sums them against the analyzer's layout, so the
+  parameter count of the file is the one ``dlspec check`` reports;
+* ONNX Runtime loads it and runs it once at a batch size and sequence lengths other than the
+  export's, checking the output shapes (a graph with a size baked in fails here); then,
+  unless ``verify=False``, :func:`verify` compares it with torch on random inputs.
+
+Exporters: torch has two, the TorchScript tracer (``dynamo=False``) and torch.export
+(``dynamo=True``, torch's default). bench/export_speed.py compares them on MY_NET: the tracer
+exports in a fraction of the time, with no console noise, and turns RNN / LSTM / GRU into
+ONNX's own recurrent operators with a dynamic sequence length, where torch.export unrolls
+them with the length fixed. But the tracer bakes the sequence length into
+``nn.MultiheadAttention``'s reshapes. So ``exporter="auto"`` uses TorchScript and falls back
+to dynamo when TorchScript fails: an export error, a model the checker or ONNX Runtime
+refuses, or the run at other sizes failing. The TorchScript path keeps weights as the module
+holds them: no BatchNorm folding and no constant folding (ONNX Runtime does both when it loads
+the model), and initializers shared by identity only, not merged because their values are
+equal (fresh LayerNorm weights all are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from dlspec import __version__
+from dlspec.analysis.graph import ModelGraph
+from dlspec.backends.runtime import Device, RuntimeSetupError, Session
+from dlspec.layers.symbolic import Dim, Poly, evaluate
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+    from torch import nn
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "EXPORTERS",
+    "MAX_OPSET",
+    "META_BINDINGS",
+    "META_CLASSES",
+    "META_HASH",
+    "META_INDEX_LIMIT",
+    "META_MODEL",
+    "META_NORMALIZE",
+    "META_PARAMETERS",
+    "META_PARAMS",
+    "META_PRECISION",
+    "META_SPEC",
+    "META_VERSION",
+    "META_WEIGHTS",
+    "MIN_OPSET",
+    "RTOL",
+    "Comparison",
+    "ExportError",
+    "ExportResult",
+    "Exporter",
+    "InitializerCount",
+    "count_initializers",
+    "export_onnx",
+    "index_limit",
+    "sample_inputs",
+    "sequence_lengths",
+    "verify_session",
+]
+
+Exporter = Literal["auto", "torchscript", "dynamo"]
+EXPORTERS: tuple[Exporter, ...] = ("auto", "torchscript", "dynamo")
+_NAMES = {"torchscript": "TorchScript", "dynamo": "dynamo"}
+
+DEFAULT_OPSET = 18  # torch.export's own opset; the TorchScript exporter goes up to 20
+MIN_OPSET, MAX_OPSET = 7, 23  # what torch.onnx accepts
+
+#: Relative tolerance of the verification, per precision. ONNX Runtime's output ``y`` passes
+#: against torch's fp32 output ``r`` when ``|y - r| <= rtol * (|r| + max|r|)`` elementwise:
+#: ``numpy.allclose(y, r, rtol, atol=rtol * max|r|)``, an absolute floor scaled to the
+#: output's magnitude so that entries near zero are not held to a relative bound.
+RTOL = {"fp32": 1e-5, "fp16": 1e-2}
+
+META_VERSION = "dlspec.version"
+META_HASH = "dlspec.spec_hash"
+META_PARAMETERS = "dlspec.parameters"  # trainable parameters held by the initializers
+META_MODEL = "dlspec.model"
+META_EXPORTER = "dlspec.exporter"
+META_PRECISION = "dlspec.precision"
+META_BINDINGS = "dlspec.bindings"  # JSON {symbol: the spec's length}, for random inputs
+META_INDEX_LIMIT = "dlspec.index_limit"  # token ids are < this (models with long inputs)
+META_SPEC = "dlspec.spec"  # the spec's path, as given to `dlspec export`
+META_PARAMS = "dlspec.params"  # JSON of the model parameters (after --set)
+META_WEIGHTS = "dlspec.weights"  # where the weights came from
+META_CLASSES = "dlspec.classes"  # JSON list of class names, when known
+META_NORMALIZE = "dlspec.normalize"  # JSON {"mean": ..., "std": ...} applied before the model
+
+EXPORT_BATCH = 2  # batch 1 would let a tracer treat the batch axis as a broadcastable 1
+PROBE_BATCH = 3  # the batch size of the run that checks the dynamic axes
+VERIFY_BATCHES = (1, 3)
+DRAWS = 2  # random inputs per batch size and sequence length
+_PROTOBUF_LIMIT = 2**31 - 2**26  # a model proto must stay under 2 GiB, with room to spare
+
+
+class ExportError(Exception):
+    """An export that cannot be done, or that did not verify; the message says why."""
+
+
+@dataclass(frozen=True)
+class InitializerCount:
+    """The elements held by an ONNX model's initializers, by what they are in the module."""
+
+    parameters: int  # trainable parameters (a tied weight counted once)
+    buffers: int  # buffers the graph uses (BatchNorm running statistics, position tables)
+    other: int  # tensors the exporter made (shape constants and the like)
+    missing: tuple[str, ...] = ()  # parameters of the layout that no initializer holds
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """ONNX Runtime against torch on one random input."""
+
+    batch: int
+    lengths: dict[str, int]  # symbolic dimension -> length used
+    max_abs: float  # largest |onnx - torch| over the outputs
+    max_rel: float  # max_abs relative to the largest |torch| of that output
+    passed: bool
+
+
+@dataclass
+class ExportResult:
+    """An exported model and what was found on the way."""
+
+    data: bytes  # the serialized ModelProto
+    exporter: str  # "TorchScript" or "dynamo"
+    opset: int
+    precision: Literal["fp32", "fp16"]
+    initializers: InitializerCount
+    export_seconds: float  # exporting, checking and the run at other sizes, fallback included
+    provider: str  # where ONNX Runtime ran: "CPU" or "CUDA"
+    notice: str | None = None  # ONNX Runtime's one-line note (e.g. no CUDA)
+    fallback: str | None = None  # why TorchScript was not used, under exporter="auto"
+    comparisons: list[Comparison] = field(default_factory=list)  # empty: not verified
+    verify_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # what the exporter printed or warned
+
+    @property
+    def rtol(self) -> float:
+        return RTOL[self.precision]
+
+
+# inputs ---------------------------------------------------------------------------------------
+
+
+def index_limit(graph: ModelGraph) -> int:
+    """The exclusive upper bound of token ids that every layer reading a long tensor accepts
+    (:meth:`Layer.index_limit`: an Embedding's vocabulary), so that random ids are valid for
+    any long input; 1 (only id 0) when no such layer states a bound."""
+    limits = []
+    for leaf in graph.leaves():
+        if leaf.layer is not None and any(t.dtype == "long" for t in leaf.inputs):
+            limit = leaf.layer.index_limit()
+            if limit is not None:
+                limits.append(limit)
+    return min(limits, default=1)
+
+
+def sequence_lengths(graph: ModelGraph) -> list[dict[str, int]]:
+    """The symbolic-dimension values to test: the spec's, and half of them (at least 1). A
+    model without symbolic dimensions gets one empty set."""
+    half = {name: max(1, value // 2) for name, value in graph.bindings.items()}
+    return [dict(graph.bindings), half] if half != graph.bindings else [dict(graph.bindings)]
+
+
+def sample_inputs(
+    graph: ModelGraph,
+    batch: int,
+    lengths: Mapping[str, int],
+    generator: torch.Generator,
+    *,
+    half: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Random inputs for the model, by input name: float inputs from N(0, 1) (fp16 with
+    ``half``), long inputs uniform over the valid token ids (:func:`index_limit`)."""
+    import torch
+
+    limit = index_limit(graph)
+    inputs = {}
+    for node in graph.inputs:
+        shape = (batch, *(evaluate(d, lengths) for d in node.type.shape))
+        if node.type.dtype == "long":
+            inputs[node.name] = torch.randint(0, limit, shape, generator=generator)
+        else:
+            x = torch.randn(shape, generator=generator)
+            inputs[node.name] = x.half() if half else x
+    return inputs
+
+
+def _shape_text(batch: int, lengths: Mapping[str, int]) -> str:
+    return ", ".join([f"batch {batch}", *(f"{k}={v}" for k, v in lengths.items())])
+
+
+# counting -------------------------------------------------------------------------------------
+
+
+def count_initializers(model: onnx.ModelProto, graph: ModelGraph) -> InitializerCount:
+    """Sum an ONNX model's initializers against the analyzer's layout, by torch's names
+    (``conv1.weight``): those naming a weight are parameters (a weight tied to another is
+    counted once, under whichever name the exporter kept), those naming a buffer are buffers,
+    the rest the exporter's own constants."""
+    holds: dict[str, str] = {}  # initializer name -> the parameter it holds
+    buffers: set[str] = set()
+    for leaf in graph.leaves():
+        for name in leaf.weights:
+            holds[f"{leaf.path}.{name}"] = leaf.tied.get(name, f"{leaf.path}.{name}")
+        buffers.update(f"{leaf.path}.{name}" for name in leaf.buffers)
+    seen: set[str] = set()
+    parameters = buffer_count = other = 0
+    for initializer in model.graph.initializer:
+        size = math.prod(initializer.dims)
+        if initializer.name in holds:
+            parameter = holds[initializer.name]
+            parameters += 0 if parameter in seen else size
+            seen.add(parameter)
+        elif initializer.name in buffers:
+            buffer_count += size
+        else:
+            other += size
+    missing = tuple(sorted(set(holds.values()) - seen))
+    return InitializerCount(parameters, buffer_count, other, missing)
+
+
+# exporting ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _captured(messages: list[str]) -> Iterator[None]:
+    """Collect what the exporters warn, log and print, Python and C++ alike (one entry per
+    line), instead of letting it reach the console."""
+    streams = io.StringIO()
+    with (
+        tempfile.TemporaryFile() as sink,
+        warnings.catch_warnings(record=True) as caught,
+        contextlib.redirect_stdout(streams),
+        contextlib.redirect_stderr(streams),
+    ):
+        warnings.simplefilter("always")
+        for stream in (sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace") + streams.getvalue()
+            messages.extend(str(w.message).strip().split("\n")[0] for w in caught)
+            messages.extend(line for line in text.splitlines() if line.strip())
+
+
+def _axis_name(dim: Dim) -> str | None:
+    return str(dim) if isinstance(dim, Poly) else None
+
+
+def _dynamic_axes(graph: ModelGraph) -> dict[str, dict[int, str]]:
+    """TorchScript's ``dynamic_axes``: batch, and each symbolic dimension under its formula."""
+    tensors = [(i.name, i.type.shape) for i in graph.inputs]
+    tensors += [(name, t.shape) for name, t in zip(graph.outputs, graph.output_types, strict=True)]
+    axes = {}
+    for name, shape in tensors:
+        named = {axis + 1: _axis_name(d) for axis, d in enumerate(shape)}
+        axes[name] = {0: "batch", **{k: v for k, v in named.items() if v is not None}}
+    return axes
+
+
+def _dynamic_shapes(graph: ModelGraph) -> tuple[dict[int, object], ...]:
+    """torch.export's ``dynamic_shapes``, one dict per input: a Dim per symbol (shared between
+    inputs), ``Dim.AUTO`` for a formula such as ``2*T``."""
+    from torch.export import Dim as ExportDim
+
+    dims: dict[str, object] = {"batch": ExportDim("batch")}
+    shapes = []
+    for node in graph.inputs:
+        spec: dict[int, object] = {0: dims["batch"]}
+        for axis, d in enumerate(node.type.shape, start=1):
+            if isinstance(d, Poly):
+                name = str(d)
+                plain = d == Poly.symbol(name)
+                spec[axis] = dims.setdefault(name, ExportDim(name)) if plain else ExportDim.AUTO
+        shapes.append(spec)
+    return tuple(shapes)
+
+
+@contextlib.contextmanager
+def _shared_by_identity(model: nn.Module) -> Iterator[None]:
+    """The TorchScript exporter merges initializers with equal values unless the top module
+    says it is training (then it merges only tensors that are the same object), and folds
+    BatchNorm into convolutions in its eval mode. With the flag set on the top module alone
+    (``TrainingMode.PRESERVE``), every submodule stays in eval mode: dropout off, BatchNorm on
+    its running statistics, and each weight kept under its own name."""
+    model.training = True
+    try:
+        yield
+    finally:
+        model.training = False
+
+
+def _export_torchscript(
+    model: nn.Module, graph: ModelGraph, args: tuple[torch.Tensor, ...], opset: int
+) -> onnx.ModelProto:
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    with _shared_by_identity(model):
+        torch.onnx.export(
+            model,
+            args,
+            buffer,  # type: ignore[arg-type]  # file objects work, the stubs say paths
+            input_names=[i.name for i in graph.inputs],
+            output_names=list(graph.outputs),
+            opset_version=opset,
+            dynamic_axes=_dynamic_axes(graph),
+            dynamo=False,
+            do_constant_folding=False,
+            training=torch.onnx.TrainingMode.PRESERVE,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _export_dynamo(
+    model: nn.Module, graph: ModelGraph, args: tuple[torch.Tensor, ...], opset: int
+) -> onnx.ModelProto:
+    import torch
+
+    program = torch.onnx.export(
+        model,
+        args,
+        input_names=[i.name for i in graph.inputs],
+        output_names=list(graph.outputs),
+        opset_version=opset,
+        dynamic_shapes=_dynamic_shapes(graph),
+        dynamo=True,
+        optimize=False,  # keeps initializers under torch's names; ONNX Runtime optimises
+        verbose=False,
+    )
+    if program is None:  # only when torch writes to a file, which is not asked for here
+        raise ExportError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The gist of an exporter's or ONNX Runtime's exception: its first line, without ONNX
+    Runtime's status prefix and source locations, at most ``limit`` characters."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line).split(" Status Message:")[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class _Rejected(Exception):
+    """One exporter's model did not pass; the message says why (for the fallback note)."""
+
+
+def _probe(session: Session, graph: ModelGraph) -> None:
+    """Run once at a batch size and sequence lengths other than the export's; the output
+    shapes must be the ones the analyzer expects there."""
+    import torch
+
+    lengths = sequence_lengths(graph)[-1]
+    inputs = sample_inputs(graph, PROBE_BATCH, lengths, torch.Generator().manual_seed(1))
+    where = _shape_text(PROBE_BATCH, lengths)
+    try:
+        outputs = session.run({name: x.numpy() for name, x in inputs.items()})
+    except Exception as exc:  # ONNX Runtime's own exception types
+        raise _Rejected(f"ONNX Runtime cannot run it at {where}: {_first_line(exc)}") from None
+    for name, out, expected_type in zip(graph.outputs, outputs, graph.output_types, strict=True):
+        expected = (PROBE_BATCH, *(evaluate(d, lengths) for d in expected_type.shape))
+        if tuple(out.shape) != expected:
+            raise _Rejected(
+                f"at {where} its output {name} has shape {tuple(out.shape)}, not {expected}"
+            )
+
+
+def _attempt(
+    exporter: str,
+    model: nn.Module,
+    graph: ModelGraph,
+    opset: int,
+    half: bool,
+    metadata: Mapping[str, str],
+    device: Device,
+    messages: list[str],
+) -> tuple[onnx.ModelProto, bytes, Session]:
+    """Export with one exporter, check, add metadata and probe; raise :class:`_Rejected`."""
+    import onnx
+    import torch
+
+    lengths = sequence_lengths(graph)[0]
+    generator = torch.Generator().manual_seed(0)
+    args = tuple(sample_inputs(graph, EXPORT_BATCH, lengths, generator, half=half).values())
+    run = _export_torchscript if exporter == "torchscript" else _export_dynamo
+    try:
+        with _captured(messages):
+            proto = run(model, graph, args, opset)
+    except Exception as exc:  # the exporters raise anything from RuntimeError to their own
+        raise _Rejected(_first_line(exc)) from None
+    produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if produced != opset:  # torch.export works in opset 18 and converts, when it can
+        raise _Rejected(f"the model needs opset {produced}; it could not be converted to {opset}")
+    count = count_initializers(proto, graph)
+    props = {
+        META_VERSION: __version__,
+        META_MODEL: graph.name,
+        META_PARAMETERS: str(count.parameters),
+        META_EXPORTER: _NAMES[exporter],
+        META_PRECISION: "fp16" if half else "fp32",
+        META_BINDINGS: json.dumps(graph.bindings, sort_keys=True),
+        **metadata,
+    }
+    if any(i.type.dtype == "long" for i in graph.inputs):
+        props[META_INDEX_LIMIT] = str(index_limit(graph))
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"{graph.name}, exported by dlspec {__version__}"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError
+        raise _Rejected(f"onnx.checker: {_first_line(exc)}") from None
+    data = proto.SerializeToString()
+    try:
+        session = Session(data, device=device, fp16=half)
+    except RuntimeSetupError as exc:
+        raise _Rejected(str(exc)) from None
+    _probe(session, graph)
+    return proto, data, session
+
+
+def export_onnx(
+    model: nn.Module,
+    graph: ModelGraph,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    exporter: Exporter = "auto",
+    verify: bool = True,
+    metadata: Mapping[str, str] | None = None,
+    device: Device = "auto",
+) -> ExportResult:
+    """Export ``model`` (built from ``graph``, e.g. ``Spec.to_torch()``; it is put in eval
+    mode) to ONNX, check it, probe it with ONNX Runtime at other sizes, and (``verify``)
+    compare it with torch; see the module docstring. ``fp16`` exports a half-precision copy
+    (verified against the fp32 model with :data:`RTOL` ``["fp16"]``). ``metadata`` adds
+    entries to the model's metadata. Nothing is written: :attr:`ExportResult.data` holds the
+    model. Raises :class:`ExportError` with a message for the user."""
+    elements = sum(math.prod(s) for n in graph.leaves() for s in n.weights.values())
+    elements += sum(n.buffer_count for n in graph.nodes)
+    if elements * (2 if fp16 else 4) > _PROTOBUF_LIMIT:
+        raise ExportError(
+            f"{graph.name} holds {elements:,} numbers, more than fit in one ONNX file (2 GiB); "
+            "export it with smaller --set values or --fp16"
+        )
+    model.eval()
+    exported = copy.deepcopy(model).half() if fp16 else model
+    attempts: list[str] = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+    failures: list[str] = []
+    messages: list[str] = []
+    start = time.perf_counter()
+    for name in attempts:
+        try:
+            proto, data, session = _attempt(
+                name, exported, graph, opset, fp16, metadata or {}, device, messages
+            )
+            break
+        except _Rejected as exc:
+            failures.append(f"{_NAMES[name]}: {exc}")
+    else:
+        raise ExportError(
+            f"cannot export {graph.name} to ONNX opset {opset}: {'; '.join(failures)}"
+        )
+    result = ExportResult(
+        data=data,
+        exporter=_NAMES[name],
+        opset=opset,
+        precision="fp16" if fp16 else "fp32",
+        initializers=count_initializers(proto, graph),
+        export_seconds=time.perf_counter() - start,
+        provider=session.provider,
+        notice=session.notice,
+        fallback=failures[0] if failures else None,
+        warnings=messages,
+    )
+    if verify:
+        start = time.perf_counter()
+        result.comparisons = verify_session(session, model, graph, rtol=result.rtol)
+        result.verify_seconds = time.perf_counter() - start
+        failed = [c for c in result.comparisons if not c.passed]
+        if failed:
+            worst = max(failed, key=lambda c: c.max_rel)
+            raise ExportError(
+                f"verification failed: ONNX Runtime's output differs from torch's by up to "
+                f"{worst.max_abs:.3g} ({worst.max_rel:.3g} of the output's largest magnitude) "
+                f"at {_shape_text(worst.batch, worst.lengths)}, beyond the tolerance rtol "
+                f"{result.rtol:g} ({result.precision}); --no-verify skips this check"
+            )
+    return result
+
+
+# verifying ------------------------------------------------------------------------------------
+
+
+def _compare(onnx_out: np.ndarray, torch_out: np.ndarray, rtol: float) -> tuple[float, float, bool]:
+    """(max abs error, that relative to max|torch|, passed) under the :data:`RTOL` rule."""
+    got = onnx_out.astype(np.float64)
+    want = torch_out.astype(np.float64)
+    if got.shape != want.shape:
+        return math.inf, math.inf, False
+    magnitude = float(np.max(np.abs(want), initial=0.0))
+    error = np.abs(got - want)
+    max_abs = float(np.max(error, initial=0.0))
+    if not np.isfinite(max_abs):  # NaN or inf anywhere in ONNX Runtime's output
+        return math.inf, math.inf, False
+    passed = bool(np.all(error <= rtol * (np.abs(want) + magnitude)))
+    max_rel = max_abs / magnitude if magnitude else (0.0 if max_abs == 0 else math.inf)
+    return max_abs, max_rel, passed
+
+
+def verify_session(
+    session: Session,
+    model: nn.Module,
+    graph: ModelGraph,
+    *,
+    rtol: float = RTOL["fp32"],
+    batches: Sequence[int] = VERIFY_BATCHES,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> list[Comparison]:
+    """Run ONNX Runtime (``session``) and torch (``model``, fp32, eval mode) on ``draws``
+    random inputs per batch size in ``batches`` and per :func:`sequence_lengths` set; one
+    :class:`Comparison` each, passed under the :data:`RTOL` rule with ``rtol``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    comparisons = []
+    for batch in batches:
+        for lengths in sequence_lengths(graph):
+            for _ in range(draws):
+                inputs = sample_inputs(graph, batch, lengths, generator)
+                with torch.inference_mode():
+                    expected = model(*inputs.values())
+                if isinstance(expected, torch.Tensor):
+                    expected = (expected,)
+                outputs = session.run({k: v.numpy() for k, v in inputs.items()})
+                results = [
+                    _compare(out, ref.float().numpy(), rtol)
+                    for out, ref in zip(outputs, expected, strict=True)
+                ]
+                comparisons.append(
+                    Comparison(
+                        batch,
+                        dict(lengths),
+                        max(r[0] for r in results),
+                        max(r[1] for r in results),
+                        all(r[2] for r in results),
+                    )
+                )
+    return comparisons

@@ -1,0 +1,290 @@
+"""Time a model in torch (eager) and in ONNX Runtime, side by side.
+
+dlspec bench SPEC|model.onnx prints the latency (median of --iterations runs) and throughput
+of both at batch 1 and 64 (--batch), on CPU with the same thread count, and on CUDA when
+torch and ONNX Runtime can both use it. A spec is exported first (random weights, as
+`dlspec export --no-verify` would); an .onnx file from `dlspec export` is timed as it is, with
+torch eager timed on the model rebuilt from the spec its metadata names, when that spec is
+there and unchanged. Inputs are random: N(0, 1) floats, token ids below the vocabulary size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from dlspec.commands.common import add_spec_arguments, load_spec, positive_int
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dlspec.backends.runtime import Session
+
+EPILOG = """\
+exit codes: 0 done, 1 the spec has errors or the model cannot be exported or run, 2 usage."""
+
+
+class BenchError(Exception):
+    """A model that cannot be timed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One batch size on one device: median seconds per call (None: not measured)."""
+
+    device: str
+    batch: int
+    torch_seconds: float | None
+    onnx_seconds: float
+
+    @property
+    def speedup(self) -> float | None:
+        """torch eager's latency over ONNX Runtime's."""
+        return None if self.torch_seconds is None else self.torch_seconds / self.onnx_seconds
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    add_spec_arguments(parser)
+    parser.add_argument(
+        "--batch", type=positive_int, nargs="+", default=[1, 64], help="batch sizes (1 64)"
+    )
+    parser.add_argument("--iterations", type=positive_int, default=20, help="timed runs (20)")
+    parser.add_argument("--warmup", type=positive_int, default=3, help="untimed runs first (3)")
+    parser.add_argument(
+        "--threads", type=positive_int, help="CPU threads for both (default: torch's count)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (default): CPU, and CUDA too when usable",
+    )
+
+
+def median_seconds(
+    call: Callable[[], object], *, warmup: int, iterations: int, sync: Callable[[], None]
+) -> float:
+    """Median wall time of ``call()`` over ``iterations`` runs after ``warmup`` runs;
+    ``sync`` waits for queued device work (a no-op on CPU)."""
+    for _ in range(warmup):
+        call()
+    sync()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_feeds(session: Session, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for an exported model, from its inputs and dlspec metadata (the lengths
+    of its symbolic dimensions and the token-id bound)."""
+    from dlspec.backends.onnx_export import META_BINDINGS, META_INDEX_LIMIT
+
+    bindings = json.loads(session.metadata.get(META_BINDINGS, "{}"))
+    limit = int(session.metadata.get(META_INDEX_LIMIT, "1"))
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in session.inputs:
+        shape = [batch]
+        for d in info.shape[1:]:
+            length = d if isinstance(d, int) else bindings.get(d)
+            if not isinstance(length, int):
+                raise BenchError(
+                    f"input {info.name} has a dynamic axis {d!r} of unknown length (models "
+                    "from `dlspec export` record their lengths)"
+                )
+            shape.append(length)
+        if np.issubdtype(info.dtype, np.integer):
+            feeds[info.name] = rng.integers(0, limit, shape).astype(info.dtype)
+        else:
+            feeds[info.name] = rng.standard_normal(shape).astype(info.dtype)
+    return feeds
+
+
+def measure(
+    model: nn.Module | None,
+    session: Session,
+    device: Literal["cpu", "cuda"],
+    batches: Sequence[int],
+    *,
+    warmup: int,
+    iterations: int,
+) -> list[Row]:
+    """Time ``model`` (torch eager, no grad; None: skipped) and ``session`` (on the same
+    device: IO binding of torch CUDA tensors on a GPU) at each batch size."""
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    for batch in batches:
+        feeds = random_feeds(session, batch)
+        tensors = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
+        onnx_call: Callable[[], object] = (
+            functools.partial(session.run_bound, tensors)
+            if device == "cuda"
+            else functools.partial(session.run, feeds)
+        )
+        onnx_seconds = median_seconds(onnx_call, warmup=warmup, iterations=iterations, sync=sync)
+        torch_seconds = None
+        if model is not None:
+            with torch.inference_mode():
+                torch_seconds = median_seconds(
+                    functools.partial(model, *tensors.values()),
+                    warmup=warmup,
+                    iterations=iterations,
+                    sync=sync,
+                )
+        rows.append(Row(device.upper(), batch, torch_seconds, onnx_seconds))
+    return rows
+
+
+def format_rows(rows: Sequence[Row]) -> list[str]:
+    """A table: latency and throughput of torch eager and ONNX Runtime, and the ratio."""
+
+    def cell(seconds: float | None, batch: int) -> str:
+        if seconds is None:
+            return f"{'-':>22}"
+        return f"{seconds * 1e3:>9.3f} ms {batch / seconds:>8,.0f}/s"
+
+    lines = [
+        f"{'device':<7}{'batch':>6}  {'torch eager':>22}  {'ONNX Runtime':>22}  {'speed-up':>8}"
+    ]
+    for row in rows:
+        ratio = "-" if row.speedup is None else f"{row.speedup:.2f}x"
+        lines.append(
+            f"{row.device:<7}{row.batch:>6}  {cell(row.torch_seconds, row.batch)}  "
+            f"{cell(row.onnx_seconds, row.batch)}  {ratio:>8}"
+        )
+    return lines
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"dlspec bench: {message}", file=sys.stderr)
+    return code
+
+
+def _from_spec(args: argparse.Namespace) -> tuple[nn.Module, bytes] | int:
+    """The spec's model (seed 0) and its export; an exit code on failure."""
+    checked, code = load_spec(args)
+    if code or checked.graph is None or checked.source is None:
+        return code or 1
+    import torch
+
+    from dlspec.api import Spec
+    from dlspec.backends.onnx_export import ExportError, export_onnx
+
+    spec = Spec(checked.path, checked.source.text, checked.graph, checked.report)
+    torch.manual_seed(0)
+    model = spec.to_torch().eval()
+    try:
+        result = export_onnx(model, spec.graph, verify=False, device="cpu")
+    except ExportError as exc:
+        return _fail(str(exc))
+    print(f"exported {spec.graph.name} with {result.exporter} in {result.export_seconds:.2f} s")
+    return model, result.data
+
+
+def _rebuilt(session: Session) -> tuple[nn.Module | None, str | None]:
+    """The torch model of an exported file, rebuilt from the spec its metadata names when
+    that spec is still there and unchanged; else None and the reason."""
+    import torch
+
+    from dlspec.api import SpecError, load
+    from dlspec.backends.onnx_export import (
+        META_HASH,
+        META_MODEL,
+        META_PARAMS,
+        META_PRECISION,
+        META_SPEC,
+    )
+    from dlspec.train.checkpoint import spec_hash
+
+    path = session.metadata.get(META_SPEC)
+    if path is None or not Path(path).is_file():
+        return None, "torch eager skipped: the model's spec is not at hand (bench the spec)"
+    try:
+        params = json.loads(session.metadata.get(META_PARAMS, "{}"))
+        spec = load(path, model=session.metadata.get(META_MODEL), **params)
+    except (SpecError, ValueError, TypeError):
+        return None, f"torch eager skipped: {path} no longer builds this model"
+    if spec_hash(spec.source_text, spec.graph.params) != session.metadata.get(META_HASH):
+        return None, f"torch eager skipped: {path} has changed since the export"
+    torch.manual_seed(0)
+    model = spec.to_torch().eval()
+    if session.metadata.get(META_PRECISION) == "fp16":
+        model = model.half()
+    return model, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from dlspec.backends.runtime import RuntimeSetupError, Session
+
+    target = Path(args.spec)
+    model: nn.Module | None
+    if target.suffix.lower() == ".onnx":
+        if not target.is_file():
+            return _fail(f"{target}: no such file")
+        source: Path | bytes = target
+    else:
+        built = _from_spec(args)
+        if isinstance(built, int):
+            return built
+        model, source = built
+
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    devices: list[Literal["cpu", "cuda"]] = [] if args.device == "cuda" else ["cpu"]
+    if args.device != "cpu" and torch.cuda.is_available():
+        devices.append("cuda")
+    elif args.device == "cuda":
+        return _fail("--device cuda: torch sees no CUDA device")
+    rows: list[Row] = []
+    try:
+        for device in devices:
+            try:
+                session = Session(source, device=device, threads=threads, prefer_nhwc=True)
+            except RuntimeSetupError as exc:
+                if device == "cpu" or args.device == "cuda":
+                    raise
+                print(f"note: no CUDA timings: {exc}", file=sys.stderr)
+                continue
+            if isinstance(source, Path):
+                model, reason = _rebuilt(session)
+                if reason:
+                    print(f"note: {reason}", file=sys.stderr)
+            if model is not None:
+                model.to(device)
+            rows += measure(
+                model,
+                session,
+                device,
+                args.batch,
+                warmup=args.warmup,
+                iterations=args.iterations,
+            )
+    except (RuntimeSetupError, BenchError) as exc:
+        return _fail(str(exc))
+    print(
+        f"median of {args.iterations} runs after {args.warmup} warm-up runs; "
+        f"CPU: {threads} thread{'s' * (threads != 1)} for both"
+    )
+    for line in format_rows(rows):
+        print(line)
+    return 0

@@ -1,0 +1,262 @@
+"""Export a spec's model to ONNX, verified against torch with ONNX Runtime.
+
+dlspec export SPEC [--weights CHECKPOINT] [--out model.onnx] [--opset N] [--fp16] [--no-verify]
+exports the generated module (random weights, seeded, unless --weights gives a checkpoint of
+the same spec) with a dynamic batch axis and dynamic sequence axes, checks it with
+onnx.checker, runs it with ONNX Runtime at other sizes, and compares ONNX Runtime with torch on
+random inputs. The file is written only when all of that passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dlspec.backends.onnx_export import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    MAX_OPSET,
+    META_HASH,
+    META_PARAMS,
+    META_SPEC,
+    META_WEIGHTS,
+    MIN_OPSET,
+    RTOL,
+)
+from dlspec.commands.common import add_spec_arguments, load_spec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dlspec.api import Spec
+    from dlspec.backends.onnx_export import ExportResult
+
+EPILOG = f"""\
+verification: ONNX Runtime's outputs y must match torch's (fp32) r on random inputs at batch 1
+and 3 (and at the spec's and half the spec's sequence lengths):
+|y - r| <= rtol * (|r| + max|r|), rtol {RTOL["fp32"]:g} for fp32 and {RTOL["fp16"]:g} for --fp16.
+
+metadata: dlspec.version, dlspec.spec_hash, dlspec.parameters (trainable, each tensor once),
+dlspec.model, dlspec.exporter, dlspec.precision, dlspec.spec, dlspec.params, dlspec.bindings,
+dlspec.index_limit, dlspec.weights; dlspec.classes and dlspec.normalize when known (from the
+metrics.json beside --weights, and the spec's train section), for `dlspec predict`.
+
+exit codes: 0 written, 1 the spec has errors, the weights do not fit, or the export or its
+verification failed (nothing is written then), 2 usage (bad option, unwritable --out)."""
+
+METRICS_JSON = "metrics.json"  # what `dlspec build` writes beside its checkpoint
+
+
+def _opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not MIN_OPSET <= value <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(
+            f"opset {value} is outside what torch exports ({MIN_OPSET} to {MAX_OPSET})"
+        )
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    add_spec_arguments(parser)
+    parser.add_argument(
+        "--weights", metavar="CHECKPOINT", type=Path, help="a checkpoint.pt of `dlspec build`"
+    )
+    parser.add_argument(
+        "--out", "-o", type=Path, help="the ONNX file to write (default: SPEC's name .onnx)"
+    )
+    parser.add_argument(
+        "--opset", type=_opset, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    parser.add_argument("--fp16", action="store_true", help="export in half precision")
+    parser.add_argument("--no-verify", action="store_true", help="skip the comparison with torch")
+    parser.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
+        help="torch's exporter: auto (default: TorchScript, dynamo where that fails), "
+        "torchscript or dynamo",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights (without --weights)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where ONNX Runtime verifies (default: CUDA when usable)",
+    )
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"dlspec export: {message}", file=sys.stderr)
+    return code
+
+
+def _writable(out: Path) -> str | None:
+    """Why ``out`` cannot be written, or None."""
+    if out.is_dir():
+        return f"--out {out} is a directory; name the .onnx file to write"
+    parent = out.parent
+    if not parent.is_dir():
+        return f"--out {out}: no directory {parent}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--out {out}: the directory {parent} is not writable"
+    if out.exists() and not os.access(out, os.W_OK):
+        return f"--out {out}: the file is not writable"
+    return None
+
+
+def _checkpoint_advice(message: str) -> str:
+    """A checkpoint loader's message, with its advice (for ``dlspec build --resume``) replaced
+    by advice for --weights: the messages read ``<what is wrong>; <what to do>``."""
+    what = message.rpartition("; ")[0] or message
+    return f"--weights {what}; export with the checkpoint of this spec, or without --weights"
+
+
+def _load_weights(model: nn.Module, path: Path, expected_hash: str) -> str:
+    """Load a checkpoint's model state into ``model``; return a description for the
+    metadata. Raises ValueError with a message for the user."""
+    from dlspec.train.checkpoint import CheckpointError, load_checkpoint
+
+    if not path.is_file():
+        raise ValueError(f"--weights {path}: no such file")
+    try:
+        checkpoint = load_checkpoint(path, expected_hash)
+    except CheckpointError as exc:
+        raise ValueError(_checkpoint_advice(str(exc))) from None
+    try:
+        model.load_state_dict(checkpoint.model)
+    except (RuntimeError, KeyError) as exc:  # the same spec hash makes this unlikely
+        reason = str(exc).strip().splitlines()[0]
+        raise ValueError(f"--weights {path}: the weights do not fit the model ({reason})") from None
+    trained = f"{checkpoint.epoch} epoch{'s' * (checkpoint.epoch != 1)}"
+    if checkpoint.partial:
+        trained += f" and part of epoch {checkpoint.epoch + 1}"
+    return f"{path.name} ({trained})"
+
+
+def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict[str, str]:
+    """Class names and normalisation for `dlspec predict`: from the metrics.json that
+    `dlspec build` wrote beside the checkpoint (when it is of this spec), else the spec's own
+    train section."""
+    from dlspec.analysis.train_config import TrainConfigError, train_config
+    from dlspec.backends.onnx_export import META_CLASSES, META_NORMALIZE
+
+    metrics: dict[str, Any] = {}
+    if weights is not None and (weights.parent / METRICS_JSON).is_file():
+        try:
+            loaded = json.loads((weights.parent / METRICS_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            loaded = {}
+        if isinstance(loaded, dict) and loaded.get("spec_hash") == spec_hash:
+            metrics = loaded
+    config = metrics.get("config") or {}
+    if not config:
+        try:
+            config = train_config(spec.graph.train, spec.graph.params).model_dump(mode="json")
+        except TrainConfigError:
+            config = {}
+    out = {}
+    classes = (metrics.get("data") or {}).get("classes")
+    if classes:
+        out[META_CLASSES] = json.dumps([str(c) for c in classes])
+    if config.get("mean") is not None or config.get("std") is not None:
+        mean = 0.0 if config.get("mean") is None else config["mean"]
+        std = 1.0 if config.get("std") is None else config["std"]
+        out[META_NORMALIZE] = json.dumps({"mean": mean, "std": std})
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    checked, code = load_spec(args)
+    if code or checked.graph is None or checked.source is None:
+        return code or 1
+    from dlspec.api import Spec
+
+    spec = Spec(checked.path, checked.source.text, checked.graph, checked.report)
+    out: Path = args.out or Path(Path(args.spec).stem + ".onnx")
+    problem = _writable(out)
+    if problem:
+        return _fail(problem, 2)
+
+    import torch
+
+    from dlspec.backends.onnx_export import ExportError, export_onnx
+    from dlspec.train.checkpoint import atomic_file, spec_hash
+
+    digest = spec_hash(spec.source_text, spec.graph.params)
+    torch.manual_seed(args.seed)
+    model = spec.to_torch()
+    weights = f"random (seed {args.seed})"
+    if args.weights is not None:
+        try:
+            weights = _load_weights(model, args.weights, digest)
+        except ValueError as exc:
+            return _fail(str(exc))
+    metadata = {
+        META_HASH: digest,
+        META_SPEC: spec.path,
+        META_PARAMS: json.dumps(spec.graph.params, sort_keys=True),
+        META_WEIGHTS: weights,
+        **_training_metadata(spec, args.weights, digest),
+    }
+    try:
+        result = export_onnx(
+            model,
+            spec.graph,
+            opset=args.opset,
+            fp16=args.fp16,
+            exporter=args.exporter,
+            verify=not args.no_verify,
+            metadata=metadata,
+            device=args.device,
+        )
+    except ExportError as exc:
+        return _fail(str(exc))
+    for line in _report(result, spec.graph.name, spec.report.trainable_params, weights):
+        print(line, file=sys.stderr if line.startswith("note:") else sys.stdout)
+    try:
+        with atomic_file(out) as temporary:
+            temporary.write_bytes(result.data)
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc.strerror or exc}")
+    print(f"wrote {out} ({len(result.data) / 1e6:.1f} MB)")
+    return 0
+
+
+def _report(result: ExportResult, name: str, expected: int, weights: str) -> list[str]:
+    """One line per step: notes, export, verification."""
+    lines = [result.notice] if result.notice else []
+    if result.fallback:
+        lines.append(f"note: {result.fallback}; exported with dynamo instead")
+    count = result.initializers.parameters
+    agreement = "as check counts" if count == expected else f"but check counts {expected:,}"
+    lines.append(
+        f"exported {name} with {result.exporter} (opset {result.opset}, {result.precision}) in "
+        f"{result.export_seconds:.2f} s: {count:,} parameters, {agreement}; weights: {weights}"
+    )
+    if result.comparisons:
+        worst_abs = max(c.max_abs for c in result.comparisons)
+        worst_rel = max(c.max_rel for c in result.comparisons)
+        batches = sorted({c.batch for c in result.comparisons})
+        lengths = sorted(
+            {", ".join(f"{k}={v}" for k, v in c.lengths.items()) for c in result.comparisons}
+        )
+        where = " and ".join(str(b) for b in batches)
+        if lengths[0]:
+            where += f" ({' and '.join(lengths)})"
+        lines.append(
+            f"verified on {result.provider} with {len(result.comparisons)} random inputs at "
+            f"batch {where}: max abs error {worst_abs:.2g}, max rel error {worst_rel:.2g} "
+            f"(tolerance {result.rtol:g}), in {result.verify_seconds:.2f} s"
+        )
+    return lines

@@ -1,0 +1,250 @@
+"""Classify inputs with an exported ONNX model: the top classes and their probabilities.
+
+dlspec predict model.onnx INPUT... runs ONNX Runtime on image files (PNG, JPEG, ...: one
+sample each) and .npz files (an array per model input, named like it, or the only array / `x`
+for a one-input model; a batch of samples or one sample). Images and float arrays are fitted to
+the model's input shape (resized, channels adapted, flattened) and normalised as the model was
+trained, when its metadata says so (`dlspec export` records it). Each sample prints the top-k
+classes, by the softmax of the model's first output (a sequence output: its last step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dlspec.commands.common import positive_int
+
+if TYPE_CHECKING:
+    import torch
+
+    from dlspec.backends.runtime import Session, TensorInfo
+
+EPILOG = """\
+exit codes: 0 done, 1 an unreadable model or input, or an input that does not fit the model,
+2 usage."""
+
+CHUNK = 256  # samples per ONNX Runtime call
+
+
+class InputError(Exception):
+    """An input that cannot be read or does not fit the model; the message says which."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("model", type=Path, help="an .onnx file written by `dlspec export`")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image or .npz")
+    parser.add_argument(
+        "--top", "-k", type=positive_int, default=3, help="classes to show (default 3)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if usable"
+    )
+
+
+def _sample_shape(info: TensorInfo) -> tuple[int | str | None, ...]:
+    return info.shape[1:]
+
+
+def _text(shape: Sequence[object]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _read_image(path: Path, channels: int) -> torch.Tensor:
+    """An image file as a (1, C, H, W) float batch in [0, 1]; grayscale stays one channel
+    unless the model wants three (fit_to_input adapts channels either way)."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            gray = image.mode in ("1", "L", "LA", "I", "I;16", "F") or channels == 1
+            pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.float32)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the image ({exc})") from None
+    array = pixels[None, None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)[None]
+    return torch.from_numpy(array / np.float32(255))
+
+
+def _read_npz(path: Path, inputs: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file for each model input (by name; a one-input model also takes
+    the only array, or ``x``)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read the .npz file ({exc})") from None
+    names = [info.name for info in inputs]
+    if all(name in arrays for name in names):
+        return {name: arrays[name] for name in names}
+    if len(names) == 1 and (len(arrays) == 1 or "x" in arrays):
+        return {names[0]: arrays["x"] if "x" in arrays else next(iter(arrays.values()))}
+    raise InputError(
+        f"{path}: holds {', '.join(arrays) or 'no arrays'}; the model needs "
+        f"{', '.join(names)} (name the arrays after the model's inputs)"
+    )
+
+
+Stats = float | tuple[float, ...]  # a Normalize mean or std: one value, or one per channel
+
+
+def _check_shape(name: str, shape: Sequence[int], sample: Sequence[object]) -> None:
+    """Samples of ``shape`` must match the model's per-sample input wherever it is fixed."""
+    if len(shape) != len(sample) or any(
+        isinstance(d, int) and d != n for d, n in zip(sample, shape, strict=True)
+    ):
+        raise InputError(
+            f"{name}: samples of shape {_text(shape)} do not fit the model's input {_text(sample)}"
+        )
+
+
+def _fit(
+    name: str, x: np.ndarray, info: TensorInfo, normalize: tuple[Stats, Stats] | None
+) -> np.ndarray:
+    """One model input's batch: token ids checked against the input's shape; floats fitted to
+    it (resized, channels adapted, flattened: ``fit_to_input``) and normalised as in
+    training (``Augment.eval``)."""
+    import torch
+
+    from dlspec.train.data import DataError
+    from dlspec.train.transforms import Augment
+
+    sample = _sample_shape(info)
+    if x.ndim == len(sample):  # one sample without its batch axis
+        x = x[None]
+    if np.issubdtype(info.dtype, np.integer):
+        if not np.issubdtype(x.dtype, np.integer):
+            raise InputError(f"{name}: the model takes token ids (integers), got {x.dtype}")
+        _check_shape(name, x.shape[1:], sample)
+        return x.astype(info.dtype)
+    if not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"{name}: expected numbers, got {x.dtype}")
+    scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
+    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) * scale)
+    fixed = [d for d in sample if isinstance(d, int)]
+    mean, std = normalize if normalize else (None, None)
+    augment = Augment(tuple(fixed) if len(fixed) == len(sample) else None, mean=mean, std=std)
+    try:
+        fitted = augment.eval(batch)
+    except DataError as exc:
+        raise InputError(f"{name}: {exc.message}") from None
+    _check_shape(name, fitted.shape[1:], sample)
+    return fitted.numpy()
+
+
+def _normalization(text: str | None) -> tuple[Stats, Stats] | None:
+    """The metadata's ``{"mean": ..., "std": ...}`` (numbers or lists), or None."""
+    if text is None:
+        return None
+    values = json.loads(text)
+
+    def stats(value: float | list[float]) -> Stats:
+        return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
+
+    return stats(values["mean"]), stats(values["std"])
+
+
+def _batches(
+    paths: Sequence[Path], session: Session, normalize: tuple[Stats, Stats] | None
+) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
+    """(sample labels, model feeds) per input file."""
+    from dlspec.train.data import IMAGE_SUFFIXES
+
+    inputs = session.inputs
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            arrays = _read_npz(path, inputs)
+        elif suffix in IMAGE_SUFFIXES:
+            image_input = len(inputs) == 1 and len(_sample_shape(inputs[0])) in (1, 3)
+            if not image_input or np.issubdtype(inputs[0].dtype, np.integer):
+                raise InputError(f"{path}: this model does not take images; give an .npz file")
+            sample = _sample_shape(inputs[0])
+            channels = sample[0] if len(sample) == 3 and isinstance(sample[0], int) else 3
+            arrays = {inputs[0].name: _read_image(path, channels).numpy()}
+        else:
+            raise InputError(f"{path}: unsupported file type; give images or .npz files")
+        feeds = {
+            info.name: _fit(f"{path}: {info.name}", arrays[info.name], info, normalize)
+            for info in inputs
+        }
+        count = {len(v) for v in feeds.values()}
+        if len(count) != 1:
+            raise InputError(f"{path}: the arrays hold different numbers of samples")
+        n = count.pop()
+        yield ([str(path)] if n == 1 else [f"{path}[{i}]" for i in range(n)]), feeds
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _lines(
+    labels: Sequence[str], output: np.ndarray, classes: Sequence[str], top: int
+) -> list[str]:
+    """One line per sample: the ``top`` classes by softmax probability (the last step's, for
+    a sequence output), or the value itself when the output has one score per sample."""
+    if output.ndim == 1:  # a scalar per sample
+        output = output[:, None]
+    scores = output.reshape(len(labels), -1, output.shape[-1])[:, -1].astype(np.float64)
+    if scores.shape[-1] == 1:  # one score per sample: no classes to rank
+        return [f"{label}: {value:.4g}" for label, value in zip(labels, scores[:, 0], strict=True)]
+    probabilities = _softmax(scores)
+    lines = []
+    for label, p in zip(labels, probabilities, strict=True):
+        best = np.argsort(-p, kind="stable")[:top]
+        names = [classes[i] if i < len(classes) else str(i) for i in best]
+        lines.append(
+            f"{label}: "
+            + ", ".join(f"{n} {100 * p[i]:.1f}%" for n, i in zip(names, best, strict=True))
+        )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from dlspec.backends.onnx_export import META_CLASSES, META_NORMALIZE
+    from dlspec.backends.runtime import RuntimeSetupError, Session
+
+    if not args.model.is_file():
+        print(f"dlspec predict: {args.model}: no such file", file=sys.stderr)
+        return 1
+    try:
+        session = Session(args.model, device=args.device)
+    except RuntimeSetupError as exc:
+        print(f"dlspec predict: {args.model}: {exc}", file=sys.stderr)
+        return 1
+    if session.notice:
+        print(session.notice, file=sys.stderr)
+    try:
+        classes = [str(c) for c in json.loads(session.metadata.get(META_CLASSES, "[]"))]
+        normalize = _normalization(session.metadata.get(META_NORMALIZE))
+    except (ValueError, KeyError, TypeError):
+        print(f"dlspec predict: {args.model}: unreadable dlspec metadata", file=sys.stderr)
+        return 1
+    try:
+        for labels, feeds in _batches(args.inputs, session, normalize):
+            for start in range(0, len(labels), CHUNK):
+                chunk = {k: v[start : start + CHUNK] for k, v in feeds.items()}
+                try:
+                    output = session.run(chunk)[0]
+                except Exception as exc:  # ONNX Runtime's own types: e.g. ids out of range
+                    message = str(exc).strip().splitlines()[0]
+                    raise InputError(f"{labels[start]}: ONNX Runtime failed: {message}") from None
+                for line in _lines(labels[start : start + CHUNK], output, classes, args.top):
+                    print(line)
+    except InputError as exc:
+        print(f"dlspec predict: {exc}", file=sys.stderr)
+        return 1
+    return 0

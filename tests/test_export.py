@@ -1,0 +1,363 @@
+"""ONNX export (``dlspec export``), ONNX Runtime inference (``dlspec predict``, ``dlspec bench``).
+
+* Oracle: every shipped spec that checks exports, passes onnx.checker, and ONNX Runtime agrees
+  with torch within the stated tolerance (``RTOL``) on random inputs at two batch sizes (and
+  two sequence lengths); its initializers hold exactly the trainable parameters that
+  ``dlspec check`` reports (a tied weight once), under torch's names.
+* The model has a dynamic batch axis (and dynamic sequence axes) and carries its metadata.
+* The CLI: export with and without weights, predict on a PNG and an .npz, bench; every bad
+  input (missing or foreign weights, unwritable output, an opset too old, a wrong input shape,
+  a failed verification) gives a message and an exit code, and leaves no file behind.
+
+The transformer spec is exported at small vocabularies and lengths (its core is the base
+model's 44M parameters either way), with dynamo directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import ROOT, SPECS
+from PIL import Image
+
+import dlspec
+from dlspec.analysis.check import check_file
+from dlspec.backends import onnx_export
+from dlspec.backends.onnx_export import ExportResult, export_onnx
+from dlspec.backends.runtime import Session
+from dlspec.cli import main
+from dlspec.layers.symbolic import evaluate
+from dlspec.train.checkpoint import Checkpoint, save_checkpoint, spec_hash
+
+# smaller --set values where the spec's own make the export slow; the exporter where
+# TorchScript is known to fail (test_exporter_choice covers the fallback)
+OVERRIDES: dict[str, dict[str, object]] = {
+    "transformer": {"src_vocab": 50, "tgt_vocab": 50, "max_len": 16, "S": 8, "T": 8},
+}
+EXPORTER: dict[str, onnx_export.Exporter] = {"transformer": "dynamo"}
+GOOD = [path.stem for path in SPECS if check_file(path).ok]
+
+
+@cache
+def exported(name: str) -> tuple[dlspec.Spec, ExportResult]:
+    """A spec (random weights, seed 0) exported and verified on CPU, once per test run."""
+    spec = dlspec.load(ROOT / "specs" / f"{name}.dl", **OVERRIDES.get(name, {}))
+    torch.manual_seed(0)
+    exporter = EXPORTER.get(name, "auto")
+    return spec, export_onnx(spec.to_torch(), spec.graph, exporter=exporter, device="cpu")
+
+
+def metadata(result: ExportResult) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load_from_string(result.data).metadata_props}
+
+
+def test_every_shipped_spec_is_covered() -> None:
+    assert {"cnn", "tiny_gpt", "transformer", "lstm_lm", "gru_classifier", "rnn"} <= set(GOOD)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_export_verifies_and_counts_parameters(name: str) -> None:
+    spec, result = exported(name)
+    assert result.comparisons and all(c.passed for c in result.comparisons)
+    assert {c.batch for c in result.comparisons} == set(onnx_export.VERIFY_BATCHES)
+    if spec.graph.symbols:  # two sequence lengths
+        assert len({tuple(c.lengths.items()) for c in result.comparisons}) == 2
+    assert max(c.max_rel for c in result.comparisons) <= onnx_export.RTOL["fp32"]
+    counted = result.initializers
+    assert counted.parameters == spec.report.trainable_params
+    assert counted.missing == ()
+    # buffers the graph uses (BatchNorm's running statistics, position tables), never its
+    # step counters
+    assert counted.buffers <= spec.report.non_trainable_params
+    meta = metadata(result)
+    assert meta[onnx_export.META_VERSION] == dlspec.__version__
+    assert meta[onnx_export.META_PARAMETERS] == str(spec.report.trainable_params)
+    assert meta[onnx_export.META_MODEL] == spec.graph.name
+    onnx.checker.check_model(onnx.load_from_string(result.data), full_check=True)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_dynamic_batch_and_sequence_axes(name: str) -> None:
+    spec, result = exported(name)
+    graph = spec.graph
+    session = Session(result.data, device="cpu")
+    assert [i.name for i in session.inputs] == [i.name for i in graph.inputs]
+    assert [o.name for o in session.outputs] == graph.outputs
+    assert all(info.shape[0] == "batch" for info in session.inputs)
+    lengths = {symbol: 5 for symbol in graph.symbols}  # neither length the export saw
+    inputs = onnx_export.sample_inputs(graph, 3, lengths, torch.Generator().manual_seed(2))
+    outputs = session.run({k: v.numpy() for k, v in inputs.items()})
+    for out, expected in zip(outputs, graph.output_types, strict=True):
+        assert out.shape == (3, *(evaluate(d, lengths) for d in expected.shape))
+
+
+def test_tied_weights_are_stored_once() -> None:
+    spec, result = exported("tiny_gpt")
+    names = {i.name for i in onnx.load_from_string(result.data).graph.initializer}
+    assert len(names & {"tok_emb.weight", "head.weight"}) == 1
+    assert result.initializers.parameters == spec.report.trainable_params == 809_856
+
+
+def test_exporter_choice() -> None:
+    """TorchScript where it works; dynamo where the trace bakes in the sequence length."""
+    assert exported("cnn")[1].exporter == "TorchScript"
+    assert exported("lstm_lm")[1].exporter == "TorchScript"
+    _, gpt = exported("tiny_gpt")
+    assert gpt.exporter == "dynamo"
+    assert gpt.fallback is not None and gpt.fallback.startswith("TorchScript: ")
+
+
+def test_token_ids_stay_below_the_smallest_vocabulary() -> None:
+    spec = dlspec.load(ROOT / "specs" / "transformer.dl", src_vocab=30, tgt_vocab=20)
+    assert onnx_export.index_limit(spec.graph) == 20
+    ids = onnx_export.sample_inputs(spec.graph, 4, spec.graph.bindings, torch.Generator())
+    assert all(int(x.max()) < 20 for x in ids.values())
+
+
+def test_fp16_export_verifies_within_its_tolerance() -> None:
+    spec = dlspec.load(ROOT / "specs" / "mlp.dl")
+    result = export_onnx(spec.to_torch(), spec.graph, fp16=True, device="cpu")
+    assert result.precision == "fp16" and result.rtol == onnx_export.RTOL["fp16"]
+    assert all(c.passed for c in result.comparisons)
+    assert Session(result.data, device="cpu").inputs[0].dtype == np.float16
+    assert result.initializers.parameters == spec.report.trainable_params
+
+
+def test_verification_failure_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(onnx_export.RTOL, "fp32", 0.0)
+    spec = dlspec.load(ROOT / "specs" / "mlp.dl")
+    with pytest.raises(onnx_export.ExportError, match=r"verification failed: .* differs"):
+        export_onnx(spec.to_torch(), spec.graph, device="cpu")
+
+
+# the command line ------------------------------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def files(directory: Path) -> set[str]:
+    return {p.name for p in directory.iterdir()}
+
+
+def test_export_predict_png_and_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Export MY_NET with a checkpoint and the metrics.json beside it (class names,
+    normalisation), then predict on a PNG and an .npz."""
+    spec = dlspec.load(ROOT / "specs" / "cnn.dl")
+    torch.manual_seed(1)
+    state = spec.to_torch().state_dict()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    digest = spec_hash(spec.source_text, spec.graph.params)
+    save_checkpoint(run_dir / "checkpoint.pt", Checkpoint(digest, 3, state, {}, [], {}))
+    classes = [f"class{i}" for i in range(10)]
+    metrics = {
+        "spec_hash": digest,
+        "config": {"mean": 0.5, "std": 0.25},
+        "data": {"classes": classes},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "cnn.onnx"
+    code, stdout, err = run(
+        capsys,
+        "export",
+        "specs/cnn.dl",
+        "--weights",
+        str(run_dir / "checkpoint.pt"),
+        "-o",
+        str(out),
+    )
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0].startswith("exported MyNet with TorchScript (opset 18, fp32)")
+    assert "9,536,074 parameters, as check counts; weights: checkpoint.pt (3 epochs)" in lines[0]
+    assert lines[1].startswith("verified on CPU with 4 random inputs at batch 1 and 3")
+    assert lines[2].startswith(f"wrote {out}")
+    session = Session(out, device="cpu")
+    assert json.loads(session.metadata[onnx_export.META_CLASSES]) == classes
+    assert json.loads(session.metadata[onnx_export.META_NORMALIZE]) == {"mean": 0.5, "std": 0.25}
+    assert session.metadata[onnx_export.META_HASH] == digest
+    # the exported weights are the checkpoint's
+    model = spec.to_torch().eval()
+    model.load_state_dict(state)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(session.run({"image": x.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
+
+    png = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8)).save(png)
+    npz = tmp_path / "batch.npz"
+    np.savez(npz, x=np.random.default_rng(1).random((2, 3, 48, 48), np.float32))
+    code, stdout, err = run(capsys, "predict", str(out), str(png), str(npz), "--top", "2")
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(png), f"{npz}[0]", f"{npz}[1]"]
+    for line in lines:
+        picks = line.split(": ", 1)[1].split(", ")
+        assert len(picks) == 2 and all(p.split()[0] in classes for p in picks)
+        assert sum(float(p.split()[1].rstrip("%")) for p in picks) <= 100.0
+
+
+def test_predict_sequence_model_on_token_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, result = exported("lstm_lm")
+    model = tmp_path / "lm.onnx"
+    model.write_bytes(result.data)
+    npz = tmp_path / "text.npz"
+    np.savez(npz, chars=np.array([[1, 2, 3, 4, 5, 6, 7]]))
+    code, stdout, _ = run(capsys, "predict", str(model), str(npz), "-k", "1")
+    assert code == 0 and stdout.startswith(f"{npz}: ") and stdout.count("%") == 1
+
+
+def test_predict_wrong_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, result = exported("mlp")
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(result.data)
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, x=np.zeros((4, 10), np.float32))
+    code, _, err = run(capsys, "predict", str(model), str(npz))
+    assert code == 1
+    assert "the data has 10 features per sample, but the model takes 64" in err
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (5, 5)).save(png)  # 75 values, the model takes 64
+    code, _, err = run(capsys, "predict", str(model), str(png))
+    assert code == 1 and "images of shape (3, 5, 5) have 75 values" in err
+    code, _, err = run(capsys, "predict", str(model), str(tmp_path / "missing.npz"))
+    assert code == 1 and "no such file" in err
+    code, _, err = run(capsys, "predict", str(npz), str(npz))
+    assert code == 1 and "ONNX Runtime cannot load the model" in err
+
+
+def test_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = run(
+        capsys, "bench", "specs/mlp.dl", "--batch", "1", "4", "--iterations", "2", "--warmup", "1"
+    )
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0].startswith("exported MLP with TorchScript")
+    header = lines.index(next(line for line in lines if line.startswith("device")))
+    assert "torch eager" in lines[header] and "ONNX Runtime" in lines[header]
+    rows = lines[header + 1 :]
+    assert [row.split()[:2] for row in rows] == [["CPU", "1"], ["CPU", "4"]]
+    assert all(row.endswith("x") for row in rows)
+
+
+def test_bench_an_exported_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An .onnx file from `dlspec export`: torch eager is timed on the spec it names, when
+    that spec is at hand."""
+    model = tmp_path / "rnn.onnx"
+    assert run(capsys, "export", "specs/rnn.dl", "--no-verify", "-o", str(model))[0] == 0
+    code, stdout, err = run(capsys, "bench", str(model), "--batch", "2", "--iterations", "1")
+    assert code == 0, err
+    assert stdout.splitlines()[-1].split()[:2] == ["CPU", "2"] and stdout.rstrip().endswith("x")
+    monkeypatch.chdir(tmp_path)  # specs/rnn.dl is not found from here
+    code, stdout, err = run(capsys, "bench", "rnn.onnx", "--batch", "2", "--iterations", "1")
+    assert code == 0 and "torch eager skipped" in err and stdout.rstrip().endswith("-")
+
+
+def test_missing_and_foreign_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.onnx"
+    code, _, err = run(
+        capsys, "export", "specs/mlp.dl", "--weights", str(tmp_path / "no.pt"), "-o", str(out)
+    )
+    assert code == 1 and "no.pt: no such file" in err
+    other = dlspec.load(ROOT / "specs" / "cnn.dl")
+    foreign = tmp_path / "cnn.pt"
+    digest = spec_hash(other.source_text, other.graph.params)
+    save_checkpoint(foreign, Checkpoint(digest, 1, other.to_torch().state_dict(), {}, [], {}))
+    code, _, err = run(capsys, "export", "specs/mlp.dl", "--weights", str(foreign), "-o", str(out))
+    assert code == 1 and "made from a different spec" in err and "--resume" not in err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run(
+        capsys, "export", "specs/mlp.dl", "--weights", str(tmp_path / "junk.pt"), "-o", str(out)
+    )
+    assert code == 1 and "cannot read the checkpoint" in err
+    assert files(tmp_path) == {"cnn.pt", "junk.pt"}
+
+
+def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "export", "specs/mlp.dl", "-o", str(tmp_path / "no" / "m.onnx"))
+    assert code == 2 and "no directory" in err
+    code, _, err = run(capsys, "export", "specs/mlp.dl", "-o", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+    assert files(tmp_path) == set()
+
+
+def test_opset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "g.onnx"
+    with pytest.raises(SystemExit) as usage:
+        main(["export", "specs/mlp.dl", "--opset", "3", "-o", str(out)])
+    assert usage.value.code == 2
+    assert "opset 3 is outside what torch exports (7 to 23)" in capsys.readouterr().err
+    args = ["--opset", "9", "--exporter", "torchscript", "-o", str(out)]
+    code, _, err = run(capsys, "export", "specs/tiny_gpt.dl", *args)
+    assert code == 1
+    assert "cannot export TinyGPT to ONNX opset 9: TorchScript: Unsupported" in err
+    assert files(tmp_path) == set()
+
+
+def test_failed_verification_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(onnx_export.RTOL, "fp32", 0.0)
+    code, _, err = run(capsys, "export", "specs/mlp.dl", "-o", str(tmp_path / "m.onnx"))
+    assert code == 1 and "verification failed" in err and "--no-verify" in err
+    assert files(tmp_path) == set()
+    code, stdout, _ = run(
+        capsys, "export", "specs/mlp.dl", "--no-verify", "-o", str(tmp_path / "m.onnx")
+    )
+    assert code == 0 and "verified" not in stdout and files(tmp_path) == {"m.onnx"}
+
+
+def test_default_output_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "export", str(ROOT / "specs" / "mlp.dl"), "--no-verify")[0] == 0
+    assert files(tmp_path) == {"mlp.onnx"}
+
+
+def test_cuda_missing_falls_back_to_cpu_with_a_notice(tmp_path: Path) -> None:
+    """With no usable GPU (hidden here), ONNX Runtime runs on CPU and says so in one line."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider to fall back from")
+    _, result = exported("mlp")
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(result.data)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.zeros((1, 64), np.float32))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "dlspec", "predict", str(model), str(npz)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "note: ONNX Runtime cannot use CUDA here (no GPU, or its CUDA / cuDNN libraries are "
+        "missing); running on CPU"
+    ]
+    done = subprocess.run(
+        [*command, "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 1 and "cannot use CUDA" in done.stderr
