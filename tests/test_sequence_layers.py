@@ -463,7 +463,7 @@ LAYER_ERRORS = [
         "d_model=512",
     ),
     ("RMSNorm", {"normalized_shape": 6}, [(T, 8)], "float", "E401", "ends with [8]"),
-    ("RMSNorm", {"normalized_shape": (2, 3, 8)}, [(3, 8)], "float", "E404", "needs at least 3 dimensions"),
+    ("RMSNorm", {"normalized_shape": (2, 3, 8)}, [(3, 8)], "float", "E404", "needs at least 3"),
     ("Add", {}, [(T, 8), (T, 4)], "float", "E401", "[T, 8] + [T, 4]"),
     ("Concat", {}, [(T, 8), (S, 4)], "float", "E401", "got [T, 8], [S, 4]"),
     ("Concat", {"dim": 2}, [(T, 8), (T, 4)], "float", "E204", "dim=2"),
