@@ -76,11 +76,13 @@ def onnx_latencies(files: dict[str, Path], threads: int) -> dict[str, list[float
     from dlspec.backends.runtime import Session
     from dlspec.commands.bench import measure
 
-    sessions = {name: Session(path, device="cpu", threads=threads) for name, path in files.items()}
     best: dict[str, list[float]] = {name: [float("inf")] * 2 for name in files}
     for _ in range(3):
-        for name, session in sessions.items():
+        for name, path in files.items():
+            # one live session at a time: an idle one's spinning threads would slow the other
+            session = Session(path, device="cpu", threads=threads)
             rows = measure(None, session, "cpu", (1, 64), warmup=5, iterations=30)
+            del session
             best[name] = [
                 min(b, r.onnx_seconds * 1e3) for b, r in zip(best[name], rows, strict=True)
             ]

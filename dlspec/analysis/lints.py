@@ -14,8 +14,12 @@ HUGE_PARAMS = 1_000_000_000
 
 def _task(graph: ModelGraph) -> str:
     for setting in graph.train.settings if graph.train else []:
-        if setting.name.name in ("task", "loss") and isinstance(setting.value, ast.Str):
-            return setting.value.value
+        if setting.name.name in ("task", "loss"):
+            value = setting.value
+            if isinstance(value, ast.Str):
+                return value.value
+            if isinstance(value, (ast.Ref, ast.CallExpr)):  # task = binary, loss = MSELoss()
+                return value.name if isinstance(value, ast.Ref) else value.name.name
     return "classify"
 
 
@@ -39,7 +43,7 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
         last is not None
         and last.layer is not None
         and last.layer.probabilities
-        and _task(graph) in ("classify", "cross_entropy", "language_model")
+        and _task(graph) in ("classify", "cross_entropy", "CrossEntropyLoss", "language_model")
     ):
         diags.append(
             Diagnostic.at(

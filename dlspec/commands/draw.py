@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from dlspec.commands.common import add_spec_arguments, load_spec
+from dlspec.files import write_atomic
 
 EXTENSIONS = (".svg", ".png", ".pdf", ".dot")
 EXIT_NO_GRAPHVIZ = 3
@@ -69,17 +69,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="draw every repetition of `Block * N` instead of one marked x N",
     )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = None) -> int:

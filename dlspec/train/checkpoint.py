@@ -8,18 +8,18 @@ the hash of the spec it was made from; loading it for another spec is refused.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import secrets
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dlspec.files import atomic_file
 
 __all__ = [
     "Checkpoint",
@@ -34,21 +34,6 @@ __all__ = [
 class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or made from another spec; the message says
     which file and what to do."""
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block ends without an exception, the
-    temporary file replaces ``path`` in one step, so readers see the old file or the new one,
-    never half of one. On an exception (Ctrl-C included) the temporary file is removed."""
-    target = Path(path)
-    # a fresh name, not a mkstemp file: the writer creates it with the usual permissions
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def spec_hash(text: str, params: Mapping[str, Any]) -> str:

@@ -24,7 +24,6 @@ import io
 import math
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -37,6 +36,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+
+from dlspec.files import atomic_file
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -262,11 +263,12 @@ def _download_idx(directory: Path, flavour: str) -> None:
         for mirror in _MIRRORS[flavour]:
             url = mirror + target.name
             try:
-                with urllib.request.urlopen(url, timeout=30) as response:
-                    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".part")
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(response, out)
-                os.replace(tmp, target)
+                with (
+                    urllib.request.urlopen(url, timeout=30) as response,
+                    atomic_file(target) as tmp,
+                    tmp.open("wb") as out,
+                ):
+                    shutil.copyfileobj(response, out)
                 break
             except (urllib.error.URLError, OSError, TimeoutError) as exc:
                 errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
