@@ -21,6 +21,7 @@ COMMANDS = {
     "export": "dlspec.commands.export",
     "predict": "dlspec.commands.predict",
     "bench": "dlspec.commands.bench",
+    "sample": "dlspec.commands.sample",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.configure(command)
         command.set_defaults(run=module.run)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, for a command that starts itself again
     try:
         return int(args.run(args))
     except KeyboardInterrupt:

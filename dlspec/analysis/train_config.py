@@ -40,7 +40,7 @@ __all__ = [
     "train_config",
 ]
 
-Task = Literal["classify", "binary", "regression"]
+Task = Literal["classify", "binary", "regression", "language_model"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 #: Optimiser name -> the arguments it takes (the first, ``lr``, may be given positionally).
@@ -278,7 +278,12 @@ def _plain(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
     return {key: _checked(key, _value(setting.value, env), key, setting.value.span)}
 
 
-_TASKS: dict[str, Task] = {"classify": "classify", "binary": "binary", "regression": "regression"}
+_TASKS: dict[str, Task] = {
+    "classify": "classify",
+    "binary": "binary",
+    "regression": "regression",
+    "language_model": "language_model",
+}
 _PRECISIONS = {p: p for p in ("auto", "fp32", "bf16", "fp16")}
 
 #: Setting name -> how its value becomes TrainConfig fields.

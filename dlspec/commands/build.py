@@ -8,6 +8,7 @@ the plots DIR/learning_curves.png and DIR/confusion_matrix.png.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
 from dlspec.api import Spec
 from dlspec.commands.common import add_spec_arguments, load_spec, positive_int, set_pair
+from dlspec.train import launch
 
 EPILOG = f"""\
 train settings (the spec's `train {{ ... }}` section, or --train KEY=VALUE):
@@ -85,6 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bar, no per-epoch lines"
     )
+    launch.add_arguments(parser)
 
 
 def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -117,12 +120,16 @@ def _summary(metrics: dict[str, Any]) -> str:
         lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
         width = max(len(str(v)) for row in test["confusion_matrix"] for v in row)
         lines += [" ".join(f"{v:>{width}}" for v in row) for row in test["confusion_matrix"]]
-    else:
+    elif "mae" in test:
         lines[0] += f"  MAE {test['mae']:.4f}  R² {test['r2']:.4f}"
+    if test.get("perplexity") is not None:
+        lines[0] += f"  perplexity {test['perplexity']:.2f}"
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    if launch.requested(args) and not args.no_train:  # start the processes that run this
+        return launch.launch(args, run)
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1
@@ -135,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_model(out / MODEL_PY, spec.code)
+        if launch.is_main_process():
+            _write_model(out / MODEL_PY, spec.code)
     except OSError as exc:
         return _fail(f"cannot write {out / MODEL_PY}: {exc.strerror or exc}", 2)
     if args.no_train:
@@ -153,6 +161,8 @@ def _write_model(path: Path, code: str) -> None:
 
 def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     """Train the built model; map every failure the user can fix to a message."""
+    from dlspec.backends.onnx_export import index_limit
+    from dlspec.layers.symbolic import evaluate
     from dlspec.train.checkpoint import CheckpointError, spec_hash
     from dlspec.train.data import DataError
     from dlspec.train.loop import (
@@ -172,15 +182,10 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             "output(s); training supports models with one of each"
         )
     input_type, output_type = graph.inputs[0].type, graph.output_types[0]
-    input_shape = [d for d in input_type.shape if isinstance(d, int)]
-    output_shape = [d for d in output_type.shape if isinstance(d, int)]
-    if input_type.dtype != "float" or len(input_shape) != len(input_type.shape):
-        return _fail(
-            f"{graph.name}'s input {graph.inputs[0].name} is {input_type.dtype}{input_type}; "
-            "training needs a float input of fixed size"
-        )
-    if len(output_shape) != len(output_type.shape):
-        return _fail(f"{graph.name}'s output {output_type} has no fixed size; training needs one")
+    # symbolic dimensions at their values (T: the training context, --set T=...)
+    input_shape = [evaluate(d, graph.bindings) for d in input_type.shape]
+    output_shape = [evaluate(d, graph.bindings) for d in output_type.shape]
+    token_limit = index_limit(graph) if input_type.dtype == "long" else None
     out: Path = args.out
     options = RunOptions(
         out=out,
@@ -189,9 +194,21 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         resume=args.resume,
     )
-    info = {"spec": spec.path, "model": graph.name, "params": graph.params}
+    info = {
+        "spec": spec.path,
+        "model": graph.name,
+        "params": graph.params,
+        "bindings": graph.bindings,
+        "spec_text": spec.source_text,
+    }
+    train = train_model
+    worker = launch.current_worker()
+    if worker is not None:  # one process of a torchrun job
+        from dlspec.train.distributed import train_distributed
+
+        train = functools.partial(train_distributed, worker)
     try:
-        result = train_model(
+        result = train(
             spec.to_torch,
             config,
             input_shape=input_shape,
@@ -199,11 +216,14 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             spec_hash=spec_hash(spec.source_text, graph.params),
             options=options,
             info=info,
+            token_limit=token_limit,
         )
     except (DataError, TrainError, CheckpointError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot write to {out}: {exc.strerror or exc}")
+    if worker is not None and not worker.main:  # rank 0 reports
+        return 130 if result.interrupted else 0
     if result.interrupted:
         return _fail(
             f"interrupted after {result.epoch} finished epoch(s); the checkpoint is saved in "

@@ -49,17 +49,23 @@ def exit_code(checked: Checked) -> int:
     return 1 if errors else 0
 
 
-def print_diagnostics(checked: Checked, stream: TextIO | None = None) -> None:
+def print_diagnostics(
+    checked: Checked, stream: TextIO | None = None, warnings: bool = True
+) -> None:
+    """Render the diagnostics and a count. With ``warnings=False`` (commands other than
+    check) only errors are shown in full; warnings are counted and left to `dlspec check`."""
     out = stream or sys.stderr
     text = checked.source.text if checked.source else None
     for diag in checked.report.diagnostics:
-        print(diag.render(checked.path, text), file=out)
+        if warnings or diag.severity == "error":
+            print(diag.render(checked.path, text), file=out)
     errors = sum(d.severity == "error" for d in checked.report.diagnostics)
-    warnings = len(checked.report.diagnostics) - errors
-    if errors or warnings:
+    count = len(checked.report.diagnostics) - errors
+    if errors or count:
+        hint = "" if warnings or not count else f" (see `dlspec check {checked.path}`)"
         print(
             f"{checked.path}: {errors} error{'s' * (errors != 1)}, "
-            f"{warnings} warning{'s' * (warnings != 1)}",
+            f"{count} warning{'s' * (count != 1)}{hint}",
             file=out,
         )
 
@@ -68,5 +74,5 @@ def load_spec(args: argparse.Namespace, batch: int = 1) -> tuple[Checked, int]:
     """Check the spec named on the command line; print its diagnostics. Returns the result
     and the exit code to use if the caller must stop (non-zero when the spec has errors)."""
     checked = check_file(args.spec, dict(args.overrides), batch=batch, model=args.model)
-    print_diagnostics(checked)
+    print_diagnostics(checked, warnings=False)
     return checked, exit_code(checked)

@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dlspec.backends.onnx_export import ExportError, export_onnx
-    from dlspec.train.checkpoint import atomic_file, spec_hash
+    from dlspec.files import write_atomic
+    from dlspec.train.checkpoint import spec_hash
 
     digest = spec_hash(spec.source_text, spec.graph.params)
     torch.manual_seed(args.seed)
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {
         META_HASH: digest,
         META_SPEC: spec.path,
-        META_PARAMS: json.dumps(spec.graph.params, sort_keys=True),
+        META_PARAMS: json.dumps(spec.graph.params, sort_keys=True, default=str),
         META_WEIGHTS: weights,
         **_training_metadata(spec, args.weights, digest),
     }
@@ -225,8 +226,7 @@ def run(args: argparse.Namespace) -> int:
     for line in _report(result, spec.graph.name, spec.report.trainable_params, weights):
         print(line, file=sys.stderr if line.startswith("note:") else sys.stdout)
     try:
-        with atomic_file(out) as temporary:
-            temporary.write_bytes(result.data)
+        write_atomic(out, result.data)
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
     print(f"wrote {out} ({len(result.data) / 1e6:.1f} MB)")

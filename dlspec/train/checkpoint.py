@@ -3,7 +3,9 @@
 A checkpoint holds only tensors and plain containers (loaded with ``weights_only=True``):
 the model's and the optimiser's state, the number of finished epochs, the metrics history,
 the random-number states (so that a resumed run continues as an uninterrupted one would) and
-the hash of the spec it was made from; loading it for another spec is refused.
+the hash of the spec it was made from; loading it for another spec is refused. Its ``info``
+says what the run was (the spec's text and parameter values, the data's class names or
+vocabulary), so that ``dlspec sample`` can rebuild the model from the checkpoint alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ class Checkpoint:
     history: list[dict[str, Any]]
     rng: dict[str, torch.Tensor]
     partial: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # plain values: str, numbers, lists
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
@@ -69,16 +72,18 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "optimizer": checkpoint.optimizer,
         "history": checkpoint.history,
         "rng": checkpoint.rng,
+        "info": checkpoint.info,
     }
     with atomic_file(path) as temporary:
         torch.save(payload, temporary)
 
 
-def load_checkpoint(path: str | os.PathLike[str], expected_hash: str) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> Checkpoint:
     """Read a checkpoint made from the spec whose :func:`spec_hash` is ``expected_hash``.
 
     Raises :class:`CheckpointError` when the file is missing, is not a dlspec checkpoint or
-    was made from another spec (or other ``--set`` values)."""
+    was made from another spec (or other ``--set`` values); ``expected_hash`` None accepts
+    any spec (the caller checks the checkpoint's ``info``)."""
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(
@@ -98,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str) -> Checkpo
     keys = ("spec_hash", "epoch", "model", "optimizer", "history", "rng")
     if not isinstance(payload, dict) or any(key not in payload for key in keys):
         raise CheckpointError(f"{file}: not a dlspec checkpoint (missing {', '.join(keys)})")
-    if payload["spec_hash"] != expected_hash:
+    if expected_hash is not None and payload["spec_hash"] != expected_hash:
         raise CheckpointError(
             f"{file}: this checkpoint was made from a different spec (or other --set values), "
             "so its weights do not fit this model; run without --resume to start afresh, or "
@@ -112,4 +117,5 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str) -> Checkpo
         history=list(payload["history"]),
         rng=dict(payload["rng"]),
         partial=bool(payload.get("partial", False)),
+        info=dict(payload.get("info", {})),
     )

@@ -1,7 +1,8 @@
 """Data sources for training: each one turns files on disk into in-memory tensors.
 
 Every loader returns :class:`Dataset` objects whose ``x`` is float32 (images as
-``(N, C, H, W)`` in ``[0, 1]``, tabular data as ``(N, F)``) and whose ``y`` holds int64 class
+``(N, C, H, W)`` in ``[0, 1]``, tabular data as ``(N, F)``) or int64 (integer ``(N, L)``
+arrays: token ids) and whose ``y`` holds int64 class
 ids (classification) or float32 targets (regression). Anything wrong with the user's data
 raises :class:`DataError` with the file, what is wrong and what was expected; no raw
 exception from numpy, PIL or gzip escapes for bad input.
@@ -70,8 +71,8 @@ class DataError(Exception):
 class Dataset:
     """Samples held in memory.
 
-    ``x`` is ``(N, C, H, W)`` float32 in ``[0, 1]`` for images or ``(N, F)`` float32 for
-    tabular data; ``y`` is ``(N,)`` int64 class ids, or float32 targets for regression;
+    ``x`` is ``(N, C, H, W)`` float32 in ``[0, 1]`` for images, ``(N, F)`` float32 for
+    tabular data or ``(N, L)`` int64 token ids (also integer features); ``y`` is ``(N,)`` int64 class ids, or float32 targets for regression;
     ``classes[i]`` is the name of class id ``i`` (empty for regression).
     """
 
@@ -527,7 +528,9 @@ def _pick(keys: Iterable[str], candidates: Sequence[str]) -> str | None:
 
 def _features(x: np.ndarray, path: Path, what: str) -> torch.Tensor:
     """Validate and convert an input array: (N, F) tabular, (N, H, W) or (N, C, H, W) images;
-    channels-last (N, H, W, C) with C in {1, 3} is transposed; uint8 is scaled to [0, 1]."""
+    channels-last (N, H, W, C) with C in {1, 3} is transposed; uint8 is scaled to [0, 1].
+    Other integer (N, L) arrays stay integers, as int64: token ids for a sequence model (a
+    float model's input path converts them)."""
     if x.dtype.kind not in "biuf":
         raise DataError(f"{what} must be numeric, found dtype {x.dtype}", path)
     if x.ndim == 1:
@@ -543,6 +546,8 @@ def _features(x: np.ndarray, path: Path, what: str) -> torch.Tensor:
         )
     if len(x) == 0:
         raise DataError(f"{what} holds no samples", path)
+    if x.ndim == 2 and x.dtype.kind in "iu" and x.dtype != np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
     scaled = x.dtype == np.uint8
     out = np.ascontiguousarray(x, dtype=np.float32)
     if scaled:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import inspect
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +39,7 @@ from dlspec.train.metrics import (
     regression_metrics,
     write_json,
 )
+from dlspec.train.text import TokenIds, check_vocabulary, perplexity, random_windows, text_splits
 from dlspec.train.transforms import Augment
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "CONFUSION_PNG",
     "CURVES_PNG",
     "METRICS_JSON",
+    "OBJECTIVES",
+    "LanguageModel",
     "Objective",
     "RunOptions",
     "Splits",
@@ -56,6 +59,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "keep_freed_memory",
     "load_splits",
+    "make_objective",
     "make_optimizer",
     "select_device",
     "train_model",
@@ -135,6 +139,8 @@ class Objective:
     * ``classify``: class scores ``(B, C)``, :class:`~torch.nn.CrossEntropyLoss`;
     * ``binary``: one logit per sample, :class:`~torch.nn.BCEWithLogitsLoss`;
     * ``regression``: ``(B, K)`` values, :class:`~torch.nn.MSELoss`.
+
+    A task with other data or figures subclasses it (:class:`LanguageModel`, :data:`OBJECTIVES`).
     """
 
     def __init__(self, task: str) -> None:
@@ -150,9 +156,21 @@ class Objective:
         """Whether predictions are classes (accuracy, report, confusion matrix apply)."""
         return self.task != "regression"
 
-    def check(self, splits: Splits, output_shape: Sequence[int], source: str) -> None:
+    def load(self, config: TrainConfig, input_shape: Sequence[int]) -> Splits:
+        """The task's data for a model with per-sample input ``input_shape``: here
+        :func:`load_splits`."""
+        return load_splits(config)
+
+    def check(
+        self,
+        splits: Splits,
+        output_shape: Sequence[int],
+        source: str,
+        token_limit: int | None = None,
+    ) -> None:
         """Raise :class:`DataError` / :class:`TrainError` when the data or the model's output
-        ``output_shape`` (per sample) cannot serve this task."""
+        ``output_shape`` (per sample) cannot serve this task; ``token_limit`` bounds the token
+        ids the model reads (None: it reads floats)."""
         shape = tuple(output_shape)
         if len(shape) != 1:
             raise TrainError(
@@ -220,6 +238,103 @@ class Objective:
             return out.argmax(dim=1)
         shaped = self.output(out, y)
         return (shaped > 0).to(y.dtype) if self.task == "binary" else shaped.float()
+
+    def epoch_data(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """An epoch's training data, from the training split's ``x`` and ``y``: themselves."""
+        return x, y
+
+    def epoch_figures(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Figures to add to an epoch's history ``entry`` (its losses and accuracies): none."""
+        return {}
+
+    def report(
+        self, loss: float, truth: np.ndarray, guess: np.ndarray, classes: Sequence[str]
+    ) -> dict[str, Any]:
+        """Test metrics beside the loss and accuracy: the classification report and confusion
+        matrix, or the regression errors."""
+        if self.classifies:
+            return classification_metrics(truth.astype("int64"), guess.astype("int64"), classes)
+        return regression_metrics(truth, guess)
+
+
+class LanguageModel(Objective):
+    """``language_model``: predict the next character of a text at every step.
+
+    The data is a text file or ``"python-docs"`` (:func:`~dlspec.train.text.text_splits`):
+    windows of ``T`` character ids, the model's input length, and the same shifted by one
+    step as targets; the vocabulary, built from the text, is the data's classes (character
+    ``i`` is class ``i``), so it is saved with the checkpoint and in metrics.json. The model
+    scores ``(B, T, V)``; the loss is the cross-entropy over all steps, accuracy counts the
+    steps whose best score is the right character, perplexity is exp of the mean loss. Every
+    epoch trains on fresh windows at random offsets (:func:`~dlspec.train.text.random_windows`).
+    """
+
+    def __init__(self, task: str = "language_model") -> None:
+        self.task = task
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def load(self, config: TrainConfig, input_shape: Sequence[int]) -> Splits:
+        length = int(input_shape[0]) if input_shape else 1
+        return Splits(*text_splits(config.data, length, config.val_split, config.test_split))
+
+    def check(
+        self,
+        splits: Splits,
+        output_shape: Sequence[int],
+        source: str,
+        token_limit: int | None = None,
+    ) -> None:
+        shape = list(output_shape)
+        if token_limit is None or len(shape) != 2:
+            reads = "floats" if token_limit is None else "token ids"
+            raise TrainError(
+                "task language_model needs a model that reads character ids and scores the "
+                "next character at every step (input long[T], output [T, vocab]); this one "
+                f"reads {reads} and outputs {shape} per sample"
+            )
+        check_vocabulary(len(splits.classes), shape[1], token_limit, source)
+
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        return y.long()
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(out.flatten(0, -2).float(), y.flatten())
+
+    def predict(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return out.argmax(dim=-1)
+
+    def epoch_data(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return random_windows(x, y, generator)
+
+    def epoch_figures(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            f"{part}_perplexity": perplexity(entry[f"{part}_loss"])
+            for part in ("train", "val")
+            if entry.get(f"{part}_loss") is not None
+        }
+
+    def report(
+        self, loss: float, truth: np.ndarray, guess: np.ndarray, classes: Sequence[str]
+    ) -> dict[str, Any]:
+        return {"perplexity": perplexity(loss)}
+
+
+#: Task name -> the objective that trains it.
+OBJECTIVES: dict[str, type[Objective]] = {
+    "classify": Objective,
+    "binary": Objective,
+    "regression": Objective,
+    "language_model": LanguageModel,
+}
+
+
+def make_objective(task: str) -> Objective:
+    """The objective of ``task``, one of :data:`OBJECTIVES`."""
+    return OBJECTIVES[task](task)
 
 
 def select_device(name: str) -> torch.device:
@@ -325,6 +440,8 @@ class Trainer:
         spec_hash: str,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        token_limit: int | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.splits = splits
@@ -333,8 +450,8 @@ class Trainer:
         self.spec_hash = spec_hash
         self.progress = progress
         self.log = log
-        self.objective = Objective(config.task)
-        self.augment = Augment(
+        self.objective = make_objective(config.task)
+        self.augment: Augment | TokenIds = Augment(
             tuple(int(s) for s in input_shape),
             config.rotation,
             config.brightness,
@@ -342,6 +459,10 @@ class Trainer:
             config.mean,
             config.std,
         )
+        if token_limit is not None:  # token ids reach the model as they are: checked, fitted
+            parts = (splits.train, splits.val, splits.test)
+            self.augment = TokenIds(int(input_shape[0]), token_limit).check(parts, config.data)
+        self.info = dict(info or {})
         # 4-D batches run channels-last: MY_NET's training step is 5% faster so in fp32 and
         # 1.3x in bf16 on a 2-core AVX-512 CPU (and convolutions on GPUs prefer it too)
         self.channels_last = len(input_shape) == 3
@@ -355,6 +476,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config.optimizer)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
         self.generator = torch.Generator().manual_seed(config.seed)
+        # what a training step calls and draws augmentations from: a distributed run
+        # (dlspec.train.distributed) wraps the model in DDP and gives each process its own
+        self.network: nn.Module = self.model
+        self.augment_generator = self.generator
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # finished epochs
         if config.task == "binary" and len(splits.classes) != 2:
@@ -376,15 +501,16 @@ class Trainer:
     # one batch ----------------------------------------------------------------------------
 
     def _inputs(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        batch = self.augment(x, self.generator) if training else self.augment.eval(x)
+        batch = self.augment(x, self.augment_generator) if training else self.augment.eval(x)
         return batch.contiguous(memory_format=self.memory_format)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.network if self.model.training else self.model
         if self.autocast is None:
-            out: torch.Tensor = self.model(x)
+            out: torch.Tensor = module(x)
             return out
         with torch.autocast(self.device.type, dtype=self.autocast):
-            out = self.model(x)
+            out = module(x)
         return out
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,18 +528,35 @@ class Trainer:
     def _zero(self) -> torch.Tensor:
         return torch.zeros((), device=self.device, dtype=torch.float64)
 
+    # where a distributed run (dlspec.train.distributed) differs
+
+    @property
+    def main(self) -> bool:
+        """Whether this process reports and writes the outputs (in a distributed run, rank 0)."""
+        return True
+
+    def _batches(self, n: int) -> list[torch.Tensor]:
+        """This epoch's batches of the ``n`` training samples: index tensors, in a fresh random
+        order (in a distributed run, this process's share of each)."""
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        return list(order.split(self.config.batch_size))
+
+    def _total(self, *sums: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``sums`` over every process of the run (here, the one)."""
+        return sums
+
     def train_epoch(self) -> tuple[float, float | None]:
         """One pass over the training data in a fresh random order: (mean loss, accuracy)."""
         from tqdm import tqdm
 
-        x_all, y_all = self.data["train"]
-        n, size = len(x_all), self.config.batch_size
-        order = torch.randperm(n, generator=self.generator).to(self.device)
-        loss_sum, correct = self._zero(), self._zero()
+        x_all, y_all = self.objective.epoch_data(*self.data["train"], self.generator)
+        n = len(x_all)
+        batches = self._batches(n)
+        loss_sum, correct, seen = self._zero(), self._zero(), 0
         refresh = 1 if self.device.type == "cpu" else 25  # .item() waits for the GPU
         self.model.train()
         with tqdm(
-            total=math.ceil(n / size),
+            total=len(batches),
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
             unit="batch",
             file=sys.stderr,
@@ -421,17 +564,18 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         ) as bar:
-            for step, start in enumerate(range(0, n, size), 1):
-                index = order[start : start + size]
+            for step, index in enumerate(batches, 1):
                 y = y_all[index]
                 out, loss = self._step(self._inputs(x_all[index], training=True), y)
                 loss_sum += loss * len(index)
+                seen += len(index)
                 if self.objective.classifies:
                     correct += (self.objective.predict(out, y) == y).sum()
                 bar.update()
                 if self.progress and step % refresh == 0:
-                    bar.set_postfix(loss=f"{loss_sum.item() / min(n, start + size):.4f}")
-        accuracy = correct.item() / n if self.objective.classifies else None
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+        loss_sum, correct = self._total(loss_sum, correct)
+        accuracy = correct.item() / y_all.numel() if self.objective.classifies else None
         return loss_sum.item() / n, accuracy
 
     @torch.no_grad()
@@ -450,7 +594,7 @@ class Trainer:
             predictions.append(predicted)
             if self.objective.classifies:
                 correct += (predicted == y).sum()
-        accuracy = correct.item() / n if self.objective.classifies else None
+        accuracy = correct.item() / y_all.numel() if self.objective.classifies else None
         return loss_sum.item() / n, accuracy, torch.cat(predictions)
 
     def fit(self) -> bool:
@@ -470,6 +614,7 @@ class Trainer:
                 }
                 if "val" in self.data:
                     entry["val_loss"], entry["val_accuracy"], _ = self.evaluate("val")
+                entry |= self.objective.epoch_figures(entry)
                 entry["seconds"] = round(time.perf_counter() - started, 3)
                 self.history.append(entry)
                 self.epoch += 1
@@ -487,12 +632,7 @@ class Trainer:
         truth = self.data["test"][1].cpu().numpy()
         guess = predicted.cpu().numpy()
         result: dict[str, Any] = {"loss": loss, "accuracy": accuracy}
-        if self.objective.classifies:
-            truth, guess = truth.astype("int64"), guess.astype("int64")
-            result |= classification_metrics(truth, guess, self.class_names)
-        else:
-            result |= regression_metrics(truth, guess)
-        return result
+        return result | self.objective.report(loss, truth, guess, self.class_names)
 
     @property
     def precision(self) -> str:
@@ -519,6 +659,7 @@ class Trainer:
                 history=self.history,
                 rng=self._rng(),
                 partial=partial,
+                info={**self.info, "classes": self.class_names},
             ),
         )
 
@@ -567,27 +708,32 @@ def train_model(
     options: RunOptions,
     info: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    token_limit: int | None = None,
+    trainer_class: type[Trainer] = Trainer,
 ) -> TrainResult:
     """Train a fresh model from ``make_model()`` (called after seeding torch with
     ``config.seed``) on ``config.data``, then test it. ``input_shape`` / ``output_shape`` are
-    the model's per-sample input and output shapes.
+    the model's per-sample input and output shapes; ``token_limit`` bounds the token ids
+    the model reads (an Embedding's size; None for a model that reads floats).
 
     Writes to ``options.out``: ``checkpoint.pt`` after every epoch, then ``metrics.json``
     (``info``, the config, the data, per-epoch history and test metrics) and, with
     ``options.plots``, ``learning_curves.png`` and (classification) ``confusion_matrix.png``.
-    On a CPU this calls :func:`keep_freed_memory` (process-wide).
+    On a CPU this calls :func:`keep_freed_memory` (process-wide). ``trainer_class`` runs the
+    training (a distributed run's process: its subclass, whose ``main`` alone writes).
     Raises :class:`DataError`, :class:`TrainError` or
     :class:`~dlspec.train.checkpoint.CheckpointError` with a message for the user.
     """
     device = select_device(options.device)
     if device.type == "cpu":
         keep_freed_memory()
-    splits = load_splits(config)
-    Objective(config.task).check(splits, output_shape, config.data)
+    objective = make_objective(config.task)
+    splits = objective.load(config, input_shape)
+    objective.check(splits, output_shape, config.data, token_limit)
     checkpoint_path = options.out / CHECKPOINT
     checkpoint = load_checkpoint(checkpoint_path, spec_hash) if options.resume else None
     torch.manual_seed(config.seed)
-    trainer = Trainer(
+    trainer = trainer_class(
         make_model(),
         config,
         splits,
@@ -597,6 +743,8 @@ def train_model(
         spec_hash=spec_hash,
         progress=not options.quiet and sys.stderr.isatty(),
         log=_quiet if options.quiet else log,
+        token_limit=token_limit,
+        info=info,
     )
     data = _data_summary(splits, input_shape)
     if not options.quiet:
@@ -609,6 +757,8 @@ def train_model(
         log(f"resuming from {checkpoint_path}: {checkpoint.epoch} epoch(s) done ({state})")
     if not trainer.fit():
         return TrainResult(epoch=trainer.epoch, interrupted=True)
+    if not trainer.main:
+        return TrainResult(epoch=trainer.epoch)
     metrics: dict[str, Any] = {
         **(info or {}),
         "spec_hash": spec_hash,

@@ -72,13 +72,19 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"  acc {100 * value:6.2f}%"
 
 
+def _perplexity(value: float | None) -> str:
+    return "" if value is None else f"  ppl {value:.2f}"
+
+
 def epoch_line(entry: Mapping[str, Any], epochs: int) -> str:
-    """One epoch's figures as a line: ``epoch 2/5  train loss 0.2100  acc 93.10%  val ...``."""
+    """One epoch's figures as a line: ``epoch 2/5  train loss 0.2100  acc 93.10%  val ...``
+    (with ``ppl 3.21``, the perplexity, after each loss where the entry has it)."""
     width = len(str(epochs))
     text = f"epoch {entry['epoch']:>{width}}/{epochs}  train loss {entry['train_loss']:.4f}"
-    text += _percent(entry.get("train_accuracy"))
+    text += _perplexity(entry.get("train_perplexity")) + _percent(entry.get("train_accuracy"))
     if entry.get("val_loss") is not None:
-        text += f"  |  val loss {entry['val_loss']:.4f}{_percent(entry.get('val_accuracy'))}"
+        text += f"  |  val loss {entry['val_loss']:.4f}{_perplexity(entry.get('val_perplexity'))}"
+        text += _percent(entry.get("val_accuracy"))
     return text + f"  ({entry['seconds']:.1f} s)"
 
 

@@ -1,0 +1,300 @@
+"""Data-parallel training over torch.distributed: one process per GPU (NCCL) or per CPU core
+(gloo), each holding a replica of the model wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel` (DDP).
+
+:func:`train_distributed` is :func:`~dlspec.train.loop.train_model` for one process of a
+torchrun job (started by ``dlspec build --nproc-per-node`` or by ``torchrun -m dlspec build``,
+see :mod:`dlspec.train.launch`), training with :class:`DistributedTrainer`:
+
+* Data: every process holds the whole data set (the loop keeps it in memory). Each epoch all
+  processes draw the same random order (their shuffle generators are seeded alike and serve
+  nothing else) and cut it into global batches of ``batch_size``; each process trains on its
+  contiguous share of every batch (:func:`shares`): DistributedSampler's semantics, batch by
+  batch. A last batch smaller than the number of processes joins the batch before it, so
+  that every process has a share of every batch.
+* Gradients: DDP all-reduces them during the backward pass, through a hook
+  (:func:`weighted_average`) that weights each process's mean-loss gradient by its share of
+  the batch: the update is the single-process update on the whole batch, even when the batch
+  does not divide evenly among the processes.
+* Figures: training loss and accuracy are sums all-reduced over the processes, so they cover
+  the whole training set; validation and test run on the whole split.
+* Randomness: dropout and augmentation draw from generators seeded by (seed, epoch, rank), so
+  they differ between processes, and a resumed run continues as the uninterrupted one.
+* Outputs: rank 0 alone shows progress and writes checkpoints (the unwrapped model's
+  ``state_dict``: the same file as a single-process run), ``metrics.json`` and the plots.
+  On ``--resume`` rank 0 reads the checkpoint and hands it to the others, so the other
+  machines need no copy, and a checkpoint resumes with any number of processes.
+* Failures: a process that dies makes torchrun's agent stop the others within a second; one
+  that hangs makes the others' collectives time out after :func:`collective_timeout`.
+"""
+
+# Annotations stay evaluated (no `from __future__ import annotations`): DDP checks that its
+# communication hook's are the real GradBucket and Future types.
+import contextlib
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dlspec.analysis.train_config import TrainConfig
+from dlspec.train.checkpoint import Checkpoint
+from dlspec.train.launch import Worker
+from dlspec.train.loop import (
+    RunOptions,
+    Splits,
+    Trainer,
+    TrainError,
+    TrainResult,
+    select_device,
+    train_model,
+)
+
+__all__ = [
+    "FAULT_VARIABLE",
+    "TIMEOUT_VARIABLE",
+    "DistributedTrainer",
+    "collective_timeout",
+    "process_group",
+    "shares",
+    "train_distributed",
+    "weighted_average",
+    "worker_device",
+]
+
+#: Seconds a collective waits for the other processes before it fails (default 60).
+TIMEOUT_VARIABLE = "DLSPEC_DIST_TIMEOUT"
+#: A test hook: ``RANK:raise`` or ``RANK:hang`` makes that rank fail, or stop answering, at
+#: the second step of the first epoch (tests/test_distributed.py checks the job still ends).
+FAULT_VARIABLE = "DLSPEC_TEST_FAULT"
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective (and joining the group) may wait: ``DLSPEC_DIST_TIMEOUT`` seconds,
+    default 60. Rank 0 writes the checkpoint while the others wait at the next step: raise it
+    for a model whose checkpoint takes longer to write."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "60")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise TrainError(f"{TIMEOUT_VARIABLE}={text!r}: expected a number of seconds > 0")
+    return timedelta(seconds=seconds)
+
+
+def worker_device(worker: Worker, name: str) -> torch.device:
+    """The device of ``worker`` for ``--device name``: the GPU of its local rank for ``auto``
+    (when there is CUDA) and ``cuda``; the CPU for ``cpu``."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        gpus = torch.cuda.device_count()
+        if worker.local_rank >= gpus:
+            raise TrainError(
+                f"the process with local rank {worker.local_rank} has no GPU (this machine has "
+                f"{gpus}); start at most {gpus} process(es) per machine, or use --device cpu"
+            )
+        return torch.device("cuda", worker.local_rank)
+    device = select_device(name)
+    if device.type == "cuda" and worker.local_world_size > 1:
+        raise TrainError(
+            f"--device {name}: each process takes the GPU of its local rank; use --device cuda"
+        )
+    return device
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[str]:
+    """Join the torchrun job's process group (gloo on a CPU, NCCL on CUDA, with
+    :func:`collective_timeout`) for the duration of the block; yields the backend's name."""
+    if not dist.is_available():
+        raise TrainError("this build of torch has no torch.distributed; train in one process")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = collective_timeout()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=timeout, device_id=device)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
+    try:
+        yield backend
+    finally:
+        dist.destroy_process_group()
+
+
+def shares(
+    batches: Sequence[torch.Tensor], rank: int, processes: int
+) -> list[tuple[torch.Tensor, float]]:
+    """Process ``rank``'s part of each of the global ``batches`` (index tensors), with its
+    weight.
+
+    A batch is cut into ``processes`` contiguous parts whose sizes differ by at most one; a
+    last batch with fewer samples than processes first joins the batch before it, so that
+    every process has a part of every batch. The weight, ``len(part) * processes /
+    len(batch)`` (1 when the batch divides evenly), makes the average over the processes of
+    their parts' mean-loss gradients equal the whole batch's mean-loss gradient."""
+    batches = list(batches)
+    if len(batches) > 1 and len(batches[-1]) < processes:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    result = []
+    for batch in batches:
+        part = batch.tensor_split(processes)[rank]
+        result.append((part, len(part) * processes / len(batch)))
+    return result
+
+
+@dataclasses.dataclass
+class _ShareWeight:
+    """The state of :func:`weighted_average`: the weight of this process's current share."""
+
+    processes: int
+    weight: float = 1.0
+
+
+def weighted_average(
+    state: _ShareWeight, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: sum over the processes of gradient x weight / processes, which
+    is DDP's plain average when the shares are equal (see :func:`shares`)."""
+    buffer = bucket.buffer()
+    buffer.mul_(state.weight / state.processes)
+    work = dist.all_reduce(buffer, async_op=True)
+    assert work is not None  # async_op=True always returns the pending work
+    return work.get_future().then(lambda done: done.value()[0])
+
+
+def _seed(*numbers: int) -> int:
+    """A seed for a generator, derived from ``numbers`` (the same in every process)."""
+    digest = hashlib.sha256("/".join(map(str, numbers)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class DistributedTrainer(Trainer):
+    """A :class:`~dlspec.train.loop.Trainer` for one process of a data-parallel run (see the
+    module's description); the process group must be joined (:func:`process_group`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        splits: Splits,
+        input_shape: Sequence[int],
+        **kwargs: Any,
+    ) -> None:
+        self.rank, self.processes = dist.get_rank(), dist.get_world_size()
+        if min(config.batch_size, len(splits.train)) < self.processes:
+            raise TrainError(
+                f"{self.processes} processes need a batch_size and a training set of at least "
+                f"{self.processes} samples each (batch_size {config.batch_size}, "
+                f"{len(splits.train)} training samples)"
+            )
+        super().__init__(model, config, splits, input_shape, **kwargs)
+        self.augment_generator = torch.Generator()  # one per process; self.generator shuffles
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self._share_weight = _ShareWeight(self.processes)
+        self.network.register_comm_hook(self._share_weight, weighted_average)
+        self._weights: Iterator[float] = iter(())
+        self._checkpoint: Checkpoint | None = None  # rank 0's, to hand to the others
+        self._fault = self._read_fault()
+        self._steps = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 reports and writes; the other processes only train."""
+        return self.rank == 0
+
+    def _read_fault(self) -> str | None:
+        rank, _, mode = os.environ.get(FAULT_VARIABLE, "").partition(":")
+        return mode if rank == str(self.rank) and mode in ("raise", "hang") else None
+
+    def _inject_fault(self) -> None:
+        """The :data:`FAULT_VARIABLE` test hook, at this process's second step."""
+        self._steps += 1
+        if self._steps == 2 and self._fault == "raise":
+            raise RuntimeError(f"{FAULT_VARIABLE}: rank {self.rank} fails on purpose")
+        if self._steps == 2 and self._fault == "hang":
+            time.sleep(3600)
+
+    def _batches(self, n: int) -> list[torch.Tensor]:
+        parts = shares(super()._batches(n), self.rank, self.processes)
+        self._weights = iter([weight for _, weight in parts])
+        return [part for part, _ in parts]
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._share_weight.weight = next(self._weights)
+        if self._fault is not None:
+            self._inject_fault()
+        return super()._step(x, y)
+
+    def _total(self, *sums: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        stacked = torch.stack(sums)
+        dist.all_reduce(stacked)
+        return tuple(stacked.unbind())
+
+    def train_epoch(self) -> tuple[float, float | None]:
+        seed = _seed(self.config.seed, self.epoch, self.rank)
+        torch.manual_seed(seed)  # dropout (on every device)
+        self.augment_generator.manual_seed(seed)
+        return super().train_epoch()
+
+    def save(self, partial: bool = False) -> None:
+        if self.main:
+            super().save(partial)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        super().restore(checkpoint)
+        self._checkpoint = checkpoint
+
+    def fit(self) -> bool:
+        """Take rank 0's state (the checkpoint it resumed from, if any), then train."""
+        handed = [self._checkpoint]
+        dist.broadcast_object_list(handed, src=0)
+        if not self.main and handed[0] is not None:
+            super().restore(handed[0])
+        self._checkpoint = None
+        return super().fit()
+
+
+def train_distributed(
+    worker: Worker,
+    make_model: Callable[[], nn.Module],
+    config: TrainConfig,
+    *,
+    options: RunOptions,
+    info: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    **settings: Any,
+) -> TrainResult:
+    """:func:`~dlspec.train.loop.train_model` (the same arguments; ``settings`` go to it as
+    they are) as ``worker``, one process of a torchrun job: on the device of its local rank
+    (:func:`worker_device`), in the job's process group, with :class:`DistributedTrainer`.
+    Rank 0 reports, reads the checkpoint to resume from and writes the outputs
+    (``metrics.json`` records the processes); the others return a result without metrics."""
+    device = worker_device(worker, options.device)
+    with process_group(device) as backend:
+        if worker.main and not options.quiet:
+            per_process = config.batch_size / worker.world_size
+            log(
+                f"distributed: {worker.world_size} processes ({backend}); each batch of "
+                f"{config.batch_size} is shared out, {per_process:g} samples per process"
+            )
+        return train_model(
+            make_model,
+            config,
+            options=dataclasses.replace(
+                options,
+                device=str(device),
+                quiet=options.quiet or not worker.main,
+                resume=options.resume and worker.main,
+            ),
+            info={**(info or {}), "processes": worker.world_size, "backend": backend},
+            log=log,
+            trainer_class=DistributedTrainer,
+            **settings,
+        )
