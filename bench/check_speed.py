@@ -21,29 +21,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TORCHINFO = """
-import torch
-from torch import nn
+# a whole process: import torch and torchinfo, build the primer's MY_NET, print the summary
+TORCHINFO = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from torchinfo import summary
-
-class MyNet(nn.Module):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
-        self.pool1 = nn.MaxPool2d(2, 2)
-        self.conv3 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
-        self.pool2 = nn.MaxPool2d(2, 2)
-        self.dropout = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(128 * 12 * 12, 512)
-        self.fc2 = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-        x = self.pool1(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
-        x = self.pool2(torch.relu(self.conv3(x)))
-        x = self.dropout(torch.flatten(x, 1))
-        x = self.dropout(torch.relu(self.fc1(x)))
-        return self.fc2(x)
+from seed_net import MyNet
 
 summary(MyNet(), input_size=(1, 3, 48, 48))
 """

@@ -36,7 +36,7 @@ MEASURED = ("dlspec build", "dlspec export", "dlspec bench", "dlspec predict", "
 
 
 def _mask(lines: list[str]) -> list[str]:
-    return [" ".join(re.sub(r"\d+(\.\d+)?", "#", line).split()) for line in lines]
+    return [" ".join(re.sub(r"\d[\d,]*(\.\d+)?", "#", line).split()) for line in lines]
 
 
 def matches(command: str, expected: list[str], actual: list[str]) -> bool:

@@ -129,7 +129,7 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if launch.requested(args) and not args.no_train:  # start the processes that run this
-        return launch.launch(args, run)
+        return launch.launch(args, args.argv)
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1

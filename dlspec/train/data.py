@@ -2,8 +2,8 @@
 
 Every loader returns :class:`Dataset` objects whose ``x`` is float32 (images as
 ``(N, C, H, W)`` in ``[0, 1]``, tabular data as ``(N, F)``) or int64 (integer ``(N, L)``
-arrays: token ids) and whose ``y`` holds int64 class
-ids (classification) or float32 targets (regression). Anything wrong with the user's data
+arrays: token ids) and whose ``y`` holds int64 class ids (classification) or float32
+targets (regression). Anything wrong with the user's data
 raises :class:`DataError` with the file, what is wrong and what was expected; no raw
 exception from numpy, PIL or gzip escapes for bad input.
 
@@ -72,7 +72,8 @@ class Dataset:
     """Samples held in memory.
 
     ``x`` is ``(N, C, H, W)`` float32 in ``[0, 1]`` for images, ``(N, F)`` float32 for
-    tabular data or ``(N, L)`` int64 token ids (also integer features); ``y`` is ``(N,)`` int64 class ids, or float32 targets for regression;
+    tabular data or ``(N, L)`` int64 token ids (also integer features); ``y`` is ``(N,)``
+    int64 class ids, or float32 targets for regression (a language model's: ``(N, L)`` ids);
     ``classes[i]`` is the name of class id ``i`` (empty for regression).
     """
 

@@ -16,10 +16,13 @@ see :mod:`dlspec.train.launch`), training with :class:`DistributedTrainer`:
   (:func:`weighted_average`) that weights each process's mean-loss gradient by its share of
   the batch: the update is the single-process update on the whole batch, even when the batch
   does not divide evenly among the processes.
+  BatchNorm layers normalise over each process's share (torch has no SyncBatchNorm on CPUs).
 * Figures: training loss and accuracy are sums all-reduced over the processes, so they cover
-  the whole training set; validation and test run on the whole split.
+  the whole training set; every process validates on the whole validation split (the same
+  weights, the same figures), rank 0 alone tests.
 * Randomness: dropout and augmentation draw from generators seeded by (seed, epoch, rank), so
-  they differ between processes, and a resumed run continues as the uninterrupted one.
+  they differ between processes, and a resumed run continues as the uninterrupted one would
+  with the same number of processes.
 * Outputs: rank 0 alone shows progress and writes checkpoints (the unwrapped model's
   ``state_dict``: the same file as a single-process run), ``metrics.json`` and the plots.
   On ``--resume`` rank 0 reads the checkpoint and hands it to the others, so the other
@@ -29,11 +32,13 @@ see :mod:`dlspec.train.launch`), training with :class:`DistributedTrainer`:
 """
 
 # Annotations stay evaluated (no `from __future__ import annotations`): DDP checks that its
-# communication hook's are the real GradBucket and Future types.
+# communication hook's annotations are the real GradBucket and Future types.
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -42,6 +47,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 from dlspec.analysis.train_config import TrainConfig
 from dlspec.train.checkpoint import Checkpoint
@@ -71,7 +77,7 @@ __all__ = [
 #: Seconds a collective waits for the other processes before it fails (default 60).
 TIMEOUT_VARIABLE = "DLSPEC_DIST_TIMEOUT"
 #: A test hook: ``RANK:raise`` or ``RANK:hang`` makes that rank fail, or stop answering, at
-#: the second step of the first epoch (tests/test_distributed.py checks the job still ends).
+#: its second training step (tests/test_distributed.py checks that the job still ends).
 FAULT_VARIABLE = "DLSPEC_TEST_FAULT"
 
 
@@ -123,8 +129,19 @@ def process_group(device: torch.device) -> Iterator[str]:
         dist.init_process_group(backend, timeout=timeout)
     try:
         yield backend
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        if backend == "gloo":  # local and quick; NCCL's teardown could wait on failed peers
+            _leave_group()
+        raise
+    _leave_group()
+
+
+def _leave_group() -> None:
+    """Destroy the process group while Python is fully alive: first collect the garbage, for
+    a DDP wrapper (in reference cycles) holds the group, whose threads would otherwise be torn
+    down with the interpreter (an abort: 'terminate called without an active exception')."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def shares(
@@ -258,7 +275,10 @@ class DistributedTrainer(Trainer):
         if not self.main and handed[0] is not None:
             super().restore(handed[0])
         self._checkpoint = None
-        return super().fit()
+        try:
+            return super().fit()
+        finally:
+            self.network = self.model  # training is over: let DDP go (see _leave_group)
 
 
 def train_distributed(
@@ -275,7 +295,45 @@ def train_distributed(
     they are) as ``worker``, one process of a torchrun job: on the device of its local rank
     (:func:`worker_device`), in the job's process group, with :class:`DistributedTrainer`.
     Rank 0 reports, reads the checkpoint to resume from and writes the outputs
-    (``metrics.json`` records the processes); the others return a result without metrics."""
+    (``metrics.json`` records the processes); the others return a result without metrics.
+    An exception is written to torchrun's error file, for the launcher's report, except a
+    collective that failed because another process did, which becomes a :class:`TrainError`."""
+    try:
+        return _train_in_group(worker, make_model, config, options, info, log, settings)
+    except Exception as exc:
+        if _lost_contact(exc):  # a consequence: the process at fault reports the cause
+            raise TrainError(
+                f"lost contact with the other processes ({_first_sentence(exc)}): one failed, "
+                f"or did not answer within {collective_timeout().total_seconds():g} s "
+                f"({TIMEOUT_VARIABLE})"
+            ) from None
+        ErrorHandler().record_exception(exc)  # torchrun's error file, for the launcher's report
+        raise
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The gist of a backend's error: its first sentence, without gloo's ``[file:line]``."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip())
+    return text.split(". ")[0].splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+def _lost_contact(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed (its peers gone or silent): torch raises
+    DistError subclasses for NCCL and the store, and plain RuntimeErrors from gloo."""
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
+    )
+
+
+def _train_in_group(
+    worker: Worker,
+    make_model: Callable[[], nn.Module],
+    config: TrainConfig,
+    options: RunOptions,
+    info: Mapping[str, Any] | None,
+    log: Callable[[str], None],
+    settings: Mapping[str, Any],
+) -> TrainResult:
     device = worker_device(worker, options.device)
     with process_group(device) as backend:
         if worker.main and not options.quiet:

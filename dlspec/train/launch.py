@@ -2,11 +2,12 @@
 machines, ``--nnodes``, ``--node-rank``, ``--master-addr``, ``--master-port``).
 
 ``dlspec build SPEC --nproc-per-node N ...`` runs torch's elastic agent (the engine behind
-``torchrun``) in this process; it starts N workers that each run the same build with
-``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set, and stops them all as soon as one fails.
-It does what ``torchrun --standalone --nproc-per-node N -m dlspec build SPEC ...`` does, and
-that command works too: a build that finds itself inside a torchrun job
-(:func:`current_worker`) trains with :mod:`dlspec.train.distributed`.
+``torchrun``) in this process. The agent starts N workers, each ``python -m dlspec build SPEC
+...`` with the same command line and ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` set, and stops
+them all as soon as one fails; :func:`launch` then says which failed and why. It is
+``torchrun --standalone --nproc-per-node N -m dlspec build SPEC ...``, and that command works
+too: a build that finds itself inside a torchrun job (:func:`current_worker`) ignores the
+launcher options and trains with :mod:`dlspec.train.distributed`.
 
 This module imports no torch until :func:`launch` runs, so that ``dlspec build --help``
 stays fast.
@@ -127,8 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def requested(args: argparse.Namespace) -> bool:
-    """Whether the command line asks to start workers (and this is not one already)."""
-    return args.nproc_per_node is not None and current_worker() is None
+    """Whether the command line has launcher options (and this is not a worker already)."""
+    given = (args.nproc_per_node, args.master_addr, args.master_port)
+    multi = args.nnodes > 1 or args.node_rank > 0
+    return (multi or any(v is not None for v in given)) and current_worker() is None
 
 
 def _usage(message: str) -> int:
@@ -140,7 +143,9 @@ def _problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the launcher options on this machine, or None."""
     import torch
 
-    nproc: int = args.nproc_per_node
+    nproc: int | None = args.nproc_per_node
+    if nproc is None:
+        return "--nnodes, --node-rank and --master-addr/--master-port need --nproc-per-node"
     if args.node_rank >= args.nnodes:
         return f"--node-rank {args.node_rank}: expected 0 .. {args.nnodes - 1} (--nnodes)"
     if args.nnodes > 1 and not args.master_addr:
@@ -166,8 +171,8 @@ def _problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _torchrun_arguments(args: argparse.Namespace) -> list[str]:
-    """torchrun's options for this launch (its training script is unused: we pass a function)."""
+def _torchrun_arguments(args: argparse.Namespace, command: list[str]) -> list[str]:
+    """torchrun's command line that runs ``python -m dlspec COMMAND...`` in every worker."""
     options = ["--nproc-per-node", str(args.nproc_per_node), "--max-restarts", "0"]
     if args.nnodes > 1 or args.master_addr:
         options += [
@@ -180,20 +185,17 @@ def _torchrun_arguments(args: argparse.Namespace) -> list[str]:
             "--master-port",
             str(args.master_port or DEFAULT_PORT),
         ]
-    else:  # --standalone: a rendezvous on a free local port
+    else:  # torchrun --standalone: a rendezvous on a free local port
         options += ["--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0"]
         options += ["--rdzv-id", str(uuid.uuid4())]
-    return [*options, "-m", "dlspec"]
+    return [*options, "-m", "dlspec", *command]
 
 
-def _worker(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> None:
-    """A worker process's entry point: the build, its exit code as the process's."""
-    try:
-        code = run(args)
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    if code:
-        raise SystemExit(code)
+def _recorded_error(message: Any) -> str | None:
+    """The error a failed worker wrote to torchrun's error file (a ProcessFailure's message),
+    or None when it wrote none."""
+    error = message.get("message") if isinstance(message, dict) else None
+    return error.strip() if isinstance(error, str) and error.strip() else None
 
 
 def _failure_text(rank: int, world: int, exitcode: int, message: Any) -> str:
@@ -206,17 +208,25 @@ def _failure_text(rank: int, world: int, exitcode: int, message: Any) -> str:
     else:
         how = f"failed with exit code {exitcode}"
     text = f"process {rank} of {world} {how}"
-    error = message.get("message") if isinstance(message, dict) else None
-    if isinstance(error, str) and error:
-        return f"{text}: {error.strip().splitlines()[-1]}"
-    return f"{text} (its message is above)"
+    error = _recorded_error(message)
+    return f"{text}: {error.splitlines()[-1]}" if error else f"{text} (its message is above)"
 
 
-def launch(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
-    """Run ``run(args)`` (a command's entry point) in ``args.nproc_per_node`` worker processes
-    on this machine, as machine ``args.node_rank`` of ``args.nnodes``. Returns the exit code:
-    0 when every worker succeeded; else 1 (130 for Ctrl-C) after saying which process failed
-    and why; 2 for launcher options that cannot work here."""
+def _cause_first(item: tuple[int, Any]) -> tuple[bool, bool, int, int]:
+    """Sort key of torchrun's failures ``(rank, ProcessFailure)``, the cause first: a process
+    that recorded its error, then one the agent did not stop (SIGTERM, SIGKILL), the earliest;
+    the others failed because it did."""
+    rank, failure = item
+    stopped = failure.exitcode in (-signal.SIGTERM, -signal.SIGKILL)
+    return (_recorded_error(failure.message) is None, stopped, failure.timestamp, rank)
+
+
+def launch(args: argparse.Namespace, command: list[str]) -> int:
+    """Run ``python -m dlspec COMMAND...`` (``command``: a command line with the launcher
+    options, which the workers ignore) in ``args.nproc_per_node`` worker processes on this
+    machine, as machine ``args.node_rank`` of ``args.nnodes``. Returns the exit code: 0 when
+    every worker succeeded; else 1 (130 for Ctrl-C) after saying which process failed and
+    why; 2 for launcher options that cannot work here."""
     problem = _problem(args)
     if problem:
         return _usage(problem)
@@ -227,16 +237,17 @@ def launch(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -
 
     # intra-op threads: the cores shared out, rather than every process wanting them all
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // args.nproc_per_node)))
-    config, _, _ = config_from_args(get_args_parser().parse_args(_torchrun_arguments(args)))
+    torchrun = get_args_parser().parse_args(_torchrun_arguments(args, command))
+    config, program, program_args = config_from_args(torchrun)
     world = args.nnodes * args.nproc_per_node
     logging.disable(logging.ERROR)  # the agent's own logs; what went wrong is said below
     try:
-        elastic_launch(config, _worker)(run, args)
+        elastic_launch(config, program)(*program_args)
     except ChildFailedError as failed:
         codes = {failure.exitcode for failure in failed.failures.values()}
         if codes == {EXIT_INTERRUPTED}:
             return EXIT_INTERRUPTED
-        first, failure = failed.get_first_failure()
+        first, failure = min(failed.failures.items(), key=_cause_first)
         print(
             "dlspec build: "
             + _failure_text(first, world, failure.exitcode, failure.message)

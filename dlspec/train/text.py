@@ -87,7 +87,6 @@ _DOC_MODULES = (
     "tempfile",
     "textwrap",
     "threading",
-    "typing",
     "unittest",
     "urllib.parse",
     "zipfile",
