@@ -64,7 +64,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-train", action="store_true", help="only write DIR/model.py")
     group = parser.add_argument_group("training (each overrides the spec's train section)")
-    group.add_argument("--data", help='data set: "digits", "mnist", a directory or .npz/.csv')
+    group.add_argument(
+        "--data",
+        help='data set: "digits", "mnist", a directory or .npz/.csv; for task language_model '
+        'a text file or "python-docs"',
+    )
     group.add_argument("--epochs", type=_count, metavar="N", help="epochs to train")
     group.add_argument("--batch-size", type=_count, metavar="N", help="training batch size")
     group.add_argument("--lr", type=_number, metavar="RATE", help="the optimiser's learning rate")
