@@ -143,6 +143,8 @@ class Objective:
     A task with other data or figures subclasses it (:class:`LanguageModel`, :data:`OBJECTIVES`).
     """
 
+    label_noun = "classes"  # what the data's labels are, for the log
+
     def __init__(self, task: str) -> None:
         self.task = task
         self.loss_fn: nn.Module = {
@@ -270,6 +272,8 @@ class LanguageModel(Objective):
     steps whose best score is the right character, perplexity is exp of the mean loss. Every
     epoch trains on fresh windows at random offsets (:func:`~dlspec.train.text.random_windows`).
     """
+
+    label_noun = "characters"
 
     def __init__(self, task: str = "language_model") -> None:
         self.task = task
@@ -749,7 +753,8 @@ def train_model(
     data = _data_summary(splits, input_shape)
     if not options.quiet:
         sizes = ", ".join(f"{k} {v:,}" for k, v in data["sizes"].items())
-        kind = f"{len(splits.classes)} classes" if splits.classes else "regression targets"
+        noun = trainer.objective.label_noun
+        kind = f"{len(splits.classes)} {noun}" if splits.classes else "regression targets"
         log(f"data: {config.data} ({sizes}; {kind}); device {device}, {trainer.precision}")
     if checkpoint is not None:
         trainer.restore(checkpoint)
