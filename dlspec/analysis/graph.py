@@ -115,3 +115,19 @@ class ModelGraph:
 
     def leaves(self) -> list[Node]:
         return [n for n in self.all_nodes() if n.container == "layer"]
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(node.params for node in self.nodes)
+
+    @property
+    def buffer_count(self) -> int:
+        return sum(node.buffer_count for node in self.nodes)
+
+    @property
+    def total_macs(self) -> Dim:
+        """MACs per sample, a formula when they depend on symbolic dimensions."""
+        total: Dim = 0
+        for node in self.nodes:
+            total = total + node.total_macs
+        return total

@@ -127,11 +127,7 @@ def build_report(
     if graph is None:
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
-    trainable = sum(node.params for node in graph.nodes)
-    frozen = sum(node.buffer_count for node in graph.nodes)
-    macs: Dim = 0
-    for node in graph.nodes:
-        macs = macs + node.total_macs
+    trainable, frozen, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
     elements = sum(evaluate(product(i.type.shape), b) for i in graph.inputs) + sum(
         evaluate(product(leaf.output.shape), b) for leaf in graph.leaves()
     )

@@ -36,7 +36,7 @@ from dlspec.analysis.graph import ModelGraph, Node
 from dlspec.analysis.render import short
 from dlspec.diagnostics import n
 from dlspec.layers.base import Family, TensorType
-from dlspec.layers.symbolic import Dim, evaluate
+from dlspec.layers.symbolic import evaluate
 
 # Mostly Paul Tol's "light" scheme (designed to stay distinct under colour-vision deficiencies
 # and to carry black text), plus a lilac for attention, pale greys for the families that usually
@@ -405,17 +405,13 @@ def _box_label(box: _Box) -> str:
 
 def _title(graph: ModelGraph) -> str:
     """The model's name and arguments over its totals."""
-    params = sum(node.params for node in graph.nodes)
-    buffers = sum(node.buffer_count for node in graph.nodes)
-    macs: Dim = 0
-    for node in graph.nodes:
-        macs = macs + node.total_macs
+    params, buffers = graph.trainable_params, graph.buffer_count
     args = ", ".join(f"{k}={v}" for k, v in graph.params.items())
     name = f"{graph.name}({args})" if args else graph.name
     totals = f"{n(params)} params ({short(params)})"
     if buffers:
         totals += f" + {n(buffers)} buffer elements"
-    totals += f"  ·  {short(evaluate(macs, graph.bindings))} MACs per sample"
+    totals += f"  ·  {short(evaluate(graph.total_macs, graph.bindings))} MACs per sample"
     if graph.bindings:
         totals += " at " + ", ".join(f"{k}={v}" for k, v in graph.bindings.items())
     return f'<<FONT POINT-SIZE="16"><B>{_esc(name)}</B></FONT><BR/>{_esc(totals)}<BR/> >'

@@ -16,7 +16,13 @@ from typing import Any
 
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
 from dlspec.api import Spec
-from dlspec.commands.common import add_spec_arguments, load_spec, positive_int, set_pair
+from dlspec.commands.common import (
+    add_spec_arguments,
+    load_spec,
+    positive_int,
+    set_pair,
+    whole_number,
+)
 from dlspec.train import launch
 
 EPILOG = f"""\
@@ -45,14 +51,9 @@ def _count(text: str) -> str:
     return str(positive_int(text))
 
 
-def _whole(text: str) -> str:
+def _seed(text: str) -> str:
     """A --seed value: a whole number >= 0, kept as text for the config."""
-    try:
-        if int(text) < 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    return text
+    return str(whole_number(text))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +73,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=_count, metavar="N", help="epochs to train")
     group.add_argument("--batch-size", type=_count, metavar="N", help="training batch size")
     group.add_argument("--lr", type=_number, metavar="RATE", help="the optimiser's learning rate")
-    group.add_argument("--seed", type=_whole, metavar="N", help="seed for repeatable runs")
+    group.add_argument("--seed", type=_seed, metavar="N", help="seed for repeatable runs")
     group.add_argument(
         "--train",
         dest="train_overrides",

@@ -18,6 +18,17 @@ def set_pair(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def whole_number(text: str) -> int:
+    """A count or seed that may be 0: a whole number >= 0."""
+    try:
+        value = int(text)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dlspec.commands.common import positive_int
+from dlspec.commands.common import positive_int, whole_number
 
 EPILOG = """\
 sampling: the next character's scores are divided by the temperature (lower: safer, more
@@ -21,17 +21,6 @@ repetitive text; 0: always the most likely character) and only the top-k best ar
 
 exit codes: 0 done, 1 the run directory holds no language model or the prompt has characters
 the model does not know, 2 usage."""
-
-
-def _whole(text: str) -> int:
-    """A --top-k / --length / --seed value: a whole number >= 0."""
-    try:
-        value = int(text)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    return value
 
 
 def _temperature(text: str) -> float:
@@ -63,9 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--temperature", "-t", type=_temperature, default=0.8, metavar="T", help="default 0.8"
     )
     parser.add_argument(
-        "--top-k", "-k", type=_whole, default=20, metavar="K", help="default 20; 0: all"
+        "--top-k", "-k", type=whole_number, default=20, metavar="K", help="default 20; 0: all"
     )
-    parser.add_argument("--seed", type=_whole, metavar="S", help="seed for a repeatable text")
+    parser.add_argument("--seed", type=whole_number, metavar="S", help="seed for a repeatable text")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
 
 
