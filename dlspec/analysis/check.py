@@ -67,7 +67,7 @@ def _check(
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
-        diagnostics = diagnostics + check_train(analyzer.train, graph.params if graph else {})
+        diagnostics = diagnostics + check_train(analyzer.train, graph.arguments if graph else {})
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
     return Checked(path, source, graph if report.ok else None, report)

@@ -162,7 +162,7 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
     config = metrics.get("config") or {}
     if not config:
         try:
-            config = train_config(spec.graph.train, spec.graph.params).model_dump(mode="json")
+            config = train_config(spec.graph.train, spec.graph.arguments).model_dump(mode="json")
         except TrainConfigError:
             config = {}
     out = {}
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     from dlspec.files import write_atomic
     from dlspec.train.checkpoint import spec_hash
 
-    digest = spec_hash(spec.source_text, spec.graph.params)
+    digest = spec_hash(spec.source_text, spec.graph.arguments)
     torch.manual_seed(args.seed)
     model = spec.to_torch()
     weights = f"random (seed {args.seed})"
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {
         META_HASH: digest,
         META_SPEC: spec.path,
-        META_PARAMS: json.dumps(spec.graph.params, sort_keys=True, default=str),
+        META_PARAMS: json.dumps(spec.graph.arguments, sort_keys=True, default=str),
         META_WEIGHTS: weights,
         **_training_metadata(spec, args.weights, digest),
     }
