@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dlspec.analysis.train_config import TrainConfig
 from dlspec.diagnostics import Span
 from dlspec.layers.base import Layer, Shape, TensorType, numel
 from dlspec.layers.symbolic import Dim, fmt_dim
@@ -160,14 +161,14 @@ class Step:
 @dataclass
 class ModelGraph:
     """The analyzed model: its graph, the values of its parameters and symbolic dimensions,
-    and its training section."""
+    and its training settings."""
 
     name: str
     arguments: dict[str, Any]  # model parameter values after defaults and --set overrides
     bindings: dict[str, int]  # values of symbolic dimensions
     symbols: list[str]
     graph: Graph
-    train: ast.TrainSection | None
+    train: TrainConfig  # the train section, validated (defaults where it is silent)
     span: Span
 
     @property

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.names import RESERVED
+from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
 from dlspec.layers.base import Shape, numel
@@ -406,11 +407,17 @@ class Analyzer:
                 )
             )
         outputs = self._outputs(scope)
-        if self.incomplete or any(d.code[:2] in ("E0", "E1", "E2", "E4") for d in self.diagnostics):
+        arguments = {k: v for k, v in env.items() if not isinstance(v, Poly)}
+        train, problems = read_train(self.train, arguments)
+        failed = self.incomplete or any(
+            d.code[:2] in ("E0", "E1", "E2", "E4") for d in self.diagnostics
+        )
+        self.diagnostics.extend(problems)
+        if failed:
             return None
         graph = ModelGraph(
             name=definition.name.name,
-            arguments={k: v for k, v in env.items() if not isinstance(v, Poly)},
+            arguments=arguments,
             bindings=dict(self.bindings),
             symbols=[k for k, v in env.items() if isinstance(v, Poly)],
             graph=Graph(
@@ -418,7 +425,7 @@ class Analyzer:
                 steps,
                 [Tensor(o, t) for o in outputs if (t := scope.tensors.get(o)) is not None],
             ),
-            train=self.train,
+            train=train,
             span=definition.span,
         )
         self._check_totals(graph)

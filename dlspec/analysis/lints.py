@@ -5,22 +5,10 @@ from __future__ import annotations
 from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.diagnostics import Diagnostic, n
 from dlspec.layers.base import numel
-from dlspec.syntax import ast
 
 # Families through which a linear map stays linear (W502 looks through them).
 TRANSPARENT = ("regularization", "reshape")
 HUGE_PARAMS = 1_000_000_000
-
-
-def _task(graph: ModelGraph) -> str:
-    for setting in graph.train.settings if graph.train else []:
-        if setting.name.name in ("task", "loss"):
-            value = setting.value
-            if isinstance(value, ast.Str):
-                return value.value
-            if isinstance(value, (ast.Ref, ast.CallExpr)):  # task = binary, loss = MSELoss()
-                return value.name if isinstance(value, ast.Ref) else value.name.name
-    return "classify"
 
 
 def _graphs(graph: Graph) -> list[Graph]:
@@ -56,14 +44,13 @@ def _linear_source(
 def lint(graph: ModelGraph) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
     producers = {t.name: s for s in graph.steps for t in s.outputs}
-    task = _task(graph)
     for output in graph.outputs:
         last = producers.get(output.name)
         if (
             last is not None
             and last.layer is not None
             and last.layer.probabilities
-            and task in ("classify", "cross_entropy", "CrossEntropyLoss", "language_model")
+            and graph.train.task in ("classify", "language_model")
         ):
             diags.append(
                 Diagnostic.at(

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
+from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
 from dlspec.api import Spec
 from dlspec.commands.common import (
     add_spec_arguments,
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         return code or 1
     graph = checked.graph
     try:
-        config = train_config(graph.train, graph.arguments, _overrides(args))
+        config = with_overrides(graph.train, _overrides(args), graph.arguments)
     except TrainConfigError as exc:
         return _fail(str(exc), 2)
     spec = Spec(checked.path, checked.source.text, graph, checked.report)

@@ -148,7 +148,6 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
     """Class names and normalisation for `dlspec predict`: from the metrics.json that
     `dlspec build` wrote beside the checkpoint (when it is of this spec), else the spec's own
     train section."""
-    from dlspec.analysis.train_config import TrainConfigError, train_config
     from dlspec.backends.onnx_export import META_CLASSES, META_NORMALIZE
 
     metrics: dict[str, Any] = {}
@@ -161,10 +160,7 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
             metrics = loaded
     config = metrics.get("config") or {}
     if not config:
-        try:
-            config = train_config(spec.graph.train, spec.graph.arguments).model_dump(mode="json")
-        except TrainConfigError:
-            config = {}
+        config = spec.graph.train.model_dump(mode="json")
     out = {}
     classes = (metrics.get("data") or {}).get("classes")
     if classes:
