@@ -103,6 +103,7 @@ class Step:
     buffers: dict[str, Shape] = field(default_factory=dict)
     macs: Dim = 0  # this layer's own, per sample
     tied: dict[str, str] = field(default_factory=dict)  # weight -> path of the shared one
+    statement: ast.LayerStmt | None = None  # as written: its arguments' expressions
 
     @property
     def output(self) -> Tensor:

@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
+from dlspec.analysis.binding import ArgumentErrors, bind_layer
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.names import RESERVED
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
-from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
+from dlspec.layers import REGISTRY, LayerError, TensorType
 from dlspec.layers.base import Shape, numel
 from dlspec.layers.symbolic import Dim, Poly, fmt_dim
 from dlspec.layers.symbolic import evaluate as eval_dim
@@ -303,94 +302,6 @@ class Analyzer:
                 raise fail("E204", f"{key}: {exc}", span) from exc
         return values
 
-    # layers ---------------------------------------------------------------------------------
-
-    def _layer(self, call: ast.Call, env: dict[str, Any]) -> tuple[Layer, dict[str, Span]]:
-        """The validated layer, and where each of its arguments was written."""
-        cls = REGISTRY[call.name.name]
-        data: dict[str, Any] = {}
-        spans: dict[str, Span] = {}
-        positional = [a for a in call.args if a.name is None]
-        if cls.variadic is not None:
-            if positional:
-                data[cls.variadic] = [evaluate(a.value, env) for a in positional]
-                spans[cls.variadic] = positional[0].span
-        else:
-            if len(positional) > len(cls.positional):
-                extra = positional[len(cls.positional)]
-                raise fail(
-                    "E205",
-                    f"{cls.kind} takes at most {len(cls.positional)} positional arguments "
-                    f"({', '.join(cls.positional) or 'none'}), got {len(positional)}",
-                    extra.span,
-                )
-            for field_name, arg in zip(cls.positional, positional, strict=False):
-                data[field_name] = evaluate(arg.value, env)
-                spans[field_name] = arg.span
-        fields = cls.model_fields
-        aliases = {
-            str(f.validation_alias): name for name, f in fields.items() if f.validation_alias
-        }
-        for arg in call.args:
-            if arg.name is None:
-                continue
-            key = arg.name.name
-            canonical = aliases.get(key, key)
-            if canonical in data:
-                raise fail("E213", f"argument {key!r} given twice", arg.span)
-            if canonical not in fields:
-                raise fail(
-                    "E202",
-                    f"{cls.kind} has no argument {key!r}",
-                    arg.name.span,
-                    did_you_mean(key, [*fields, *aliases])
-                    or [f"arguments: {', '.join(fields) or 'none'}"],
-                )
-            if canonical in cls.references and isinstance(arg.value, ast.Ref):
-                data[canonical] = arg.value.name  # a statement's name, not an expression
-            else:
-                data[canonical] = evaluate(arg.value, env)
-            spans[canonical] = arg.span
-        try:
-            return cls.model_validate(data), spans
-        except ValidationError as exc:
-            raise self._validation_diagnostics(cls, exc, spans, call) from None
-
-    def _validation_diagnostics(
-        self, cls: type[Layer], exc: ValidationError, spans: dict[str, Span], call: ast.Call
-    ) -> DiagnosticError:
-        aliases = {
-            str(f.validation_alias): name
-            for name, f in cls.model_fields.items()
-            if f.validation_alias
-        }
-        diags = []
-        for err in exc.errors():
-            field_name = aliases.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else ""
-            if err["type"] == "missing":
-                positional = field_name in cls.positional
-                hint = (
-                    f" (positional argument {cls.positional.index(field_name) + 1})"
-                    if positional
-                    else ""
-                )
-                diags.append(
-                    Diagnostic.at(
-                        "E203", f"{cls.kind} needs argument {field_name!r}{hint}", call.span
-                    )
-                )
-            else:
-                value = err.get("input")
-                diags.append(
-                    Diagnostic.at(
-                        "E204",
-                        f"{cls.kind} argument {field_name}={value!r}: {err['msg'].lower()}",
-                        spans.get(field_name, call.span),
-                    )
-                )
-        self.diagnostics.extend(diags[:-1])
-        return DiagnosticError(diags[-1])
-
     # statements -----------------------------------------------------------------------------
 
     def _model(self, definition: ast.Definition) -> ModelGraph | None:
@@ -558,6 +469,7 @@ class Analyzer:
             node = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
         if node is None:
             return None
+        node.statement = stmt
         scope.tensors[name] = node.output.type
         scope.nodes[name] = node
         return node
@@ -582,6 +494,7 @@ class Analyzer:
             child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
+            child.statement = stmt
             children.append(child)
             reads = [child.output]
         last = reads[0]
@@ -617,7 +530,11 @@ class Analyzer:
                 op.name.span,
                 did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
-        layer, spans = self._layer(op, scope.env)
+        try:
+            layer, spans = bind_layer(op, scope.env)
+        except ArgumentErrors as err:
+            self.diagnostics.extend(err.diagnostics[:-1])
+            raise
         if inputs is None:
             return None
         types = [t.type for t in inputs]
