@@ -77,7 +77,7 @@ def test_export_verifies_and_counts_parameters(name: str) -> None:
     assert counted.missing == ()
     # buffers the graph uses (BatchNorm's running statistics, position tables), never its
     # step counters
-    assert counted.buffers <= spec.report.non_trainable_params
+    assert counted.buffers <= spec.report.buffers
     meta = metadata(result)
     assert meta[onnx_export.META_VERSION] == dlspec.__version__
     assert meta[onnx_export.META_PARAMETERS] == str(spec.report.trainable_params)
