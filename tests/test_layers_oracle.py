@@ -254,6 +254,31 @@ def test_layer_agrees_with_torch(example: Example) -> None:
     assert REGISTRY[example.kind].__doc__
 
 
+def _counts_as_torchinfo(example: Example) -> bool:
+    """Kinds whose MACs are torchinfo's; the per-step kinds are, on inputs without steps."""
+    note = REGISTRY[example.kind].torchinfo_macs
+    return note == "same" or (note.startswith("T x") and len(example.shape) == 1)
+
+
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if _counts_as_torchinfo(e)], ids=lambda e: e.id)
+def test_macs_are_torchinfos(example: Example) -> None:
+    """MACs per sample equal torchinfo's total_mult_adds for a batch, divided by the batch."""
+    torchinfo = pytest.importorskip("torchinfo")
+    layer = make(example.kind, example.args)
+    shapes = [example.shape, *example.more]
+    call = layer.torch([TensorType(shape, example.dtype) for shape in shapes])  # type: ignore[arg-type]
+    module = build(call)
+    if module is None:  # written inline in forward: nothing for torchinfo to see
+        assert example.macs == 0
+        return
+    xs = [
+        random_input(tuple(evaluate(d, example.bindings) for d in shape), example.dtype)
+        for shape in shapes
+    ]
+    summary = torchinfo.summary(module, input_data=xs, verbose=0, mode="eval")
+    assert summary.total_mult_adds == BATCH * example.macs
+
+
 def test_my_net_conv1() -> None:
     """MY_NET's first layer: Conv2d(3 -> 32, k=3, p=1) on [3, 48, 48]."""
     conv = make("Conv2d", {"out_channels": 32, "kernel_size": 3, "padding": 1})

@@ -49,6 +49,11 @@ Eps = Annotated[float, Field(gt=0)]
 # A causal mask for the sequence ``{x}`` in generated code: (T, T), -inf above the diagonal.
 CAUSAL_MASK = "torch.nn.Transformer.generate_square_subsequent_mask({x}.size(1), device={x}.device)"
 
+ATTENTION_MACS = (
+    "projections once per step, plus the T x S products Q K^T and weights x V "
+    "(torchinfo misses those and counts the projections once per sample)"
+)
+
 # A sub-module's tensors (torch's names, shapes) and MACs.
 Part = tuple[dict[str, Shape], Dim]
 
@@ -107,6 +112,7 @@ class MultiheadAttention(Layer):
 
     kind = "MultiheadAttention"
     family = "attention"
+    torchinfo_macs = ATTENTION_MACS
     positional = ("embed_dim", "num_heads")
     arity = (1, 3)
 
@@ -187,6 +193,7 @@ class _TransformerBase(Layer):
     batch-first). ``d_model`` is taken from the input (checked when written)."""
 
     family = "attention"
+    torchinfo_macs = ATTENTION_MACS
     # with ``causal``: which input the mask is for, and the forward keywords of the mask and
     # of its hint
     masked: ClassVar[tuple[int, str, str]] = (0, "src_mask", "is_causal")
@@ -518,6 +525,7 @@ class SDPA(Layer):
 
     kind = "SDPA"
     family = "attention"
+    torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
     positional = ("num_heads", "num_kv_heads")
     arity = (3, 3)
 

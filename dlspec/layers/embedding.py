@@ -37,6 +37,7 @@ class Embedding(Layer):
 
     kind = "Embedding"
     family = "embedding"
+    torchinfo_macs = "0, a lookup (torchinfo: the table's elements per sample)"
     positional = ("num_embeddings", "embedding_dim")
 
     num_embeddings: Pos
@@ -162,6 +163,7 @@ class LearnedPositionalEncoding(_PositionalEncoding):
     ``T <= max_len``. Layout ``weight (max_len, D)``, initialised from N(0, 0.02^2). MACs 0."""
 
     kind = "LearnedPositionalEncoding"
+    torchinfo_macs = "0, an addition (torchinfo: the table's elements per sample)"
     helper = _LEARNED
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
@@ -190,6 +192,7 @@ class Parameter(Layer):
 
     kind = "Parameter"
     family = "embedding"
+    torchinfo_macs = "0, nothing multiplied (torchinfo: its elements per sample)"
     variadic = "shape"
 
     shape: tuple[Pos, ...] = Field(min_length=1)

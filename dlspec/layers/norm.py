@@ -93,6 +93,7 @@ class _TrailingNorm(Layer):
 
     family = "normalization"
     positional = ("normalized_shape",)
+    torchinfo_macs = "T x for a sequence [T, D], once per step (torchinfo: once per sample)"
 
     normalized_shape: Pos | tuple[Pos, ...] | None = None
     elementwise_affine: bool = True
