@@ -260,7 +260,9 @@ def _counts_as_torchinfo(example: Example) -> bool:
     return note == "same" or (note.startswith("T x") and len(example.shape) == 1)
 
 
-@pytest.mark.parametrize("example", [e for e in EXAMPLES if _counts_as_torchinfo(e)], ids=lambda e: e.id)
+@pytest.mark.parametrize(
+    "example", [e for e in EXAMPLES if _counts_as_torchinfo(e)], ids=lambda e: e.id
+)
 def test_macs_are_torchinfos(example: Example) -> None:
     """MACs per sample equal torchinfo's total_mult_adds for a batch, divided by the batch."""
     torchinfo = pytest.importorskip("torchinfo")
