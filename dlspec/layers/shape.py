@@ -143,6 +143,101 @@ class Transpose(_Rearrange):
         return f"Transpose({self.dim0}, {self.dim1})"
 
 
+def _index(value: int, size: Dim, what: str, arg: str) -> int:
+    """``value`` (negative from the end) as an index into a dimension of ``size``; a negative
+    index needs a concrete size."""
+    if value >= 0:
+        return value
+    if isinstance(size, Poly):
+        raise LayerError(
+            "E405", f"{arg}={value} counts from the end of the symbolic {what} {size}", arg=arg
+        )
+    return value + size
+
+
+@register
+class Select(Layer):
+    """Picks position ``index`` (negative: from the end) along per-sample dimension ``dim``,
+    which disappears: ``Select(0, 0)`` turns a sequence ``[T, D]`` into its first step ``[D]``
+    (a ViT's class token; torch's ``x[:, 0]``). MACs 0."""
+
+    kind = "Select"
+    family = "reshape"
+    positional = ("dim", "index")
+
+    dim: int
+    index: int
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        at = axis(self.dim, x)
+        size = x.shape[at]
+        index = _index(self.index, size, f"dimension {self.dim} of {x}", "index")
+        if index < 0 or (isinstance(size, int) and index >= size):
+            raise LayerError(
+                "E204",
+                f"index={self.index} is outside dimension {self.dim} of {x}, of size {size}",
+                arg="index",
+            )
+        return Inferred(TensorType(x.shape[:at] + x.shape[at + 1 :], x.dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward=f"{{x}}.select({torch_dim(self.dim)}, {self.index})")
+
+    def label(self) -> str:
+        return f"Select({self.dim}, {self.index})"
+
+
+@register
+class Slice(Layer):
+    """Keeps positions ``start``, ``start + step``, ... before ``end`` (default: to the end;
+    negative values count from the end) along per-sample dimension ``dim``:
+    ``Slice(0, 1)`` drops the first step of ``[T, D]`` (torch's ``x[:, 1:]``). MACs 0."""
+
+    kind = "Slice"
+    family = "reshape"
+    positional = ("dim", "start", "end", "step")
+
+    dim: int
+    start: int = 0
+    end: int | None = None
+    step: Annotated[int, Field(ge=1)] = 1
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        at = axis(self.dim, x)
+        size = x.shape[at]
+        what = f"dimension {self.dim} of {x}"
+        start = _index(self.start, size, what, "start")
+        end: Dim = size if self.end is None else _index(self.end, size, what, "end")
+        if isinstance(size, int) and isinstance(end, int):
+            start, end = max(0, min(start, size)), max(0, min(end, size))
+        try:
+            kept = (end - start + self.step - 1) // self.step
+        except SymbolicError as exc:
+            raise LayerError("E405", f"Slice of the symbolic {what}: {exc}", arg="step") from exc
+        if isinstance(kept, int) and kept <= 0:
+            raise LayerError(
+                "E402",
+                f"Slice({self.dim}, {self.start}, {self.end}) keeps nothing of {what}, "
+                f"of size {size}",
+                arg="start",
+            )
+        return Inferred(TensorType(x.shape[:at] + (kept,) + x.shape[at + 1 :], x.dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        lead = ":, " * (axis(self.dim, inputs[0]) + 1)  # the batch and the dims before
+        end = "" if self.end is None else str(self.end)
+        step = "" if self.step == 1 else f":{self.step}"
+        start = str(self.start) if self.start else ""
+        return TorchCall(None, forward=f"{{x}}[{lead}{start}:{end}{step}]")
+
+    def label(self) -> str:
+        end = "" if self.end is None else str(self.end)
+        step = "" if self.step == 1 else f":{self.step}"
+        return f"Slice({self.dim}, {self.start}:{end}{step})"
+
+
 class _Reduce(Layer):
     """Shared rule of Mean and Sum over per-sample ``dim`` (one or several; default: all),
     dropping the reduced dimensions unless ``keepdim``. No module; MACs 0 (torchinfo counts
