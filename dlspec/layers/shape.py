@@ -223,7 +223,7 @@ class Slice(Layer):
                 f"of size {size}",
                 arg="start",
             )
-        return Inferred(TensorType(x.shape[:at] + (kept,) + x.shape[at + 1 :], x.dtype))
+        return Inferred(TensorType((*x.shape[:at], kept, *x.shape[at + 1 :]), x.dtype))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         lead = ":, " * (axis(self.dim, inputs[0]) + 1)  # the batch and the dims before
