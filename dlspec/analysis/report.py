@@ -2,7 +2,7 @@
 
 Memory estimates (fp32, 4 bytes per element):
 
-* parameters: (trainable + non-trainable elements) x 4;
+* parameters: (parameter + buffer elements) x 4;
 * activations: every layer output plus the inputs, kept for the backward pass, and as much
   again for their gradients: 2 x 4 x elements x batch;
 * training with Adam: weights, gradients and two moment estimates (16 bytes per trainable
@@ -42,7 +42,7 @@ class LayerRow(BaseModel):
     container: bool
     output_shape: list[int | str]
     params: int  # trainable
-    buffers: int  # non-trainable elements
+    buffers: int  # buffer elements (not parameters)
     macs: int  # per sample, at the spec's bindings
     macs_formula: str | None  # when MACs depend on symbolic dimensions
     line: int
@@ -69,9 +69,10 @@ class Report(BaseModel):
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
     layers: list[LayerRow] = []
-    total_params: int = 0  # trainable + non-trainable
+    total_params: int = 0  # torch's sum(p.numel() for p in model.parameters())
     trainable_params: int = 0
-    non_trainable_params: int = 0
+    non_trainable_params: int = 0  # frozen parameters (requires_grad=False): none yet
+    buffers: int = 0  # buffer elements (BatchNorm running statistics...): not parameters
     total_macs: int = 0
     total_macs_formula: str | None = None
     memory: Memory | None = None
@@ -130,7 +131,7 @@ def build_report(
     if graph is None:
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
-    trainable, frozen, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
+    trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
     elements = sum(evaluate(product(i.type.shape), b) for i in graph.inputs) + sum(
         evaluate(product(leaf.output.type.shape), b) for leaf in graph.leaves()
     )
@@ -143,16 +144,17 @@ def build_report(
         inputs=[_tensor(i, b) for i in graph.inputs],
         outputs=[_tensor(o, b) for o in graph.outputs],
         layers=_rows(graph.steps, 0, b),
-        total_params=trainable + frozen,
+        total_params=trainable,
         trainable_params=trainable,
-        non_trainable_params=frozen,
+        non_trainable_params=0,
+        buffers=buffers,
         total_macs=evaluate(macs, b),
         total_macs_formula=str(macs) if isinstance(macs, Poly) else None,
         memory=Memory(
             batch=batch,
-            parameters_bytes=BYTES * (trainable + frozen),
+            parameters_bytes=BYTES * (trainable + buffers),
             activations_bytes=activations,
-            training_adam_bytes=4 * BYTES * trainable + BYTES * frozen + activations,
+            training_adam_bytes=4 * BYTES * trainable + BYTES * buffers + activations,
         ),
         diagnostics=diagnostics,
     )
