@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
 from dlspec.analysis.graph import InputNode, ModelGraph, Node
+from dlspec.analysis.limits import LayerBudget
 from dlspec.analysis.names import RESERVED
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
@@ -114,8 +115,14 @@ class Scope:
 class Analyzer:
     """Turns a parsed spec into a model graph; ``diagnostics`` collects every problem."""
 
-    def __init__(self, spec: ast.Spec, overrides: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        spec: ast.Spec,
+        overrides: dict[str, str] | None = None,
+        budget: LayerBudget | None = None,
+    ) -> None:
         self.spec = spec
+        self.budget = budget or LayerBudget()
         self.overrides = dict(overrides or {})
         self.diagnostics: list[Diagnostic] = []
         self.blocks: dict[str, ast.Definition] = {}
@@ -503,6 +510,8 @@ class Analyzer:
         if stmt.sources:
             names = []
             for ident in stmt.sources:
+                if stmt.name is not None and ident.name == stmt.name.name:
+                    raise fail("E406", f"{ident.name} reads its own output", ident.span)
                 if ident.name not in scope.tensors:
                     raise fail(
                         "E406",
@@ -559,10 +568,13 @@ class Analyzer:
     ) -> Node | None:
         path = scope.child_path(name)
         children: list[Node] = []
+        used = self.budget.used
         for i in range(count):
             child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, types)
             if child is None:
                 return None
+            if i == 0:  # the other copies cost as much: refuse them before building them
+                self.budget.require((count - 1) * (self.budget.used - used), stmt.span, name)
             children.append(child)
             types = [child.output]
         assert types is not None
@@ -604,6 +616,7 @@ class Analyzer:
         if not lo <= len(types) <= hi:
             expected = str(lo) if lo == hi else f"{lo} to {hi}"
             raise fail("E407", f"{kind} takes {expected} inputs, got {len(types)}", stmt.span)
+        self.budget.charge(layer.copies(), op.span, name)
         try:
             inferred = layer.infer(types)
         except LayerError as err:

@@ -20,6 +20,7 @@ from dlspec.commands.common import (
     add_spec_arguments,
     load_spec,
     positive_int,
+    refuse_memory,
     set_pair,
     whole_number,
 )
@@ -143,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         config = train_config(graph.train, graph.params, _overrides(args))
     except TrainConfigError as exc:
         return _fail(str(exc), 2)
+    if not args.no_train and (code := refuse_memory(checked, args, config.batch_size, training=True)):
+        return code
     spec = Spec(checked.path, checked.source.text, graph, checked.report)
     out: Path = args.out
     try:

@@ -6,7 +6,13 @@ import argparse
 
 from dlspec.analysis.check import check_file
 from dlspec.analysis.render import render_table
-from dlspec.commands.common import add_spec_arguments, exit_code, positive_int, print_diagnostics
+from dlspec.commands.common import (
+    add_spec_arguments,
+    exit_code,
+    limits_of,
+    positive_int,
+    print_diagnostics,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    checked = check_file(args.spec, dict(args.overrides), batch=args.batch, model=args.model)
+    checked = check_file(
+        args.spec,
+        dict(args.overrides),
+        batch=args.batch,
+        model=args.model,
+        limits=limits_of(args),
+    )
     if args.format == "json":
         print(checked.report.model_dump_json(indent=2))
     else:

@@ -68,7 +68,7 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
         with Image.open(path) as image:
             gray = image.mode in ("1", "L", "LA", "I", "I;16", "F") or channels == 1
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.float32)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot read the image ({exc})") from None
     array = pixels[None, None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)[None]
     return torch.from_numpy(array / np.float32(255))
