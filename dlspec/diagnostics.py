@@ -6,6 +6,8 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from dlspec.terminal import printable
+
 Severity = Literal["error", "warning"]
 
 #: Every diagnostic code dlspec emits, with a one-line title (documented in the README).
@@ -104,7 +106,7 @@ class Diagnostic(BaseModel):
             out.append(f" {self.line} | {text}")
             out.append(f" {gutter} | {' ' * (self.column - 1)}{'^' * width}")
         out.extend(f"  = {note}" for note in self.notes)
-        return "\n".join(out)
+        return printable("\n".join(out))
 
 
 class DiagnosticError(Exception):

@@ -73,7 +73,7 @@ def _check(
         try:
             graph = analyzer.run(model)
         except BudgetExceeded as exc:  # stop expanding: the rest would only cost time
-            return _refused(source, analyzer.diagnostics + [exc.diagnostic], batch)
+            return _refused(source, [*analyzer.diagnostics, exc.diagnostic], batch)
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)

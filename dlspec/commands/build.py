@@ -24,6 +24,7 @@ from dlspec.commands.common import (
     set_pair,
     whole_number,
 )
+from dlspec.terminal import printable
 from dlspec.train import launch
 
 EPILOG = f"""\
@@ -144,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
         config = train_config(graph.train, graph.params, _overrides(args))
     except TrainConfigError as exc:
         return _fail(str(exc), 2)
-    if not args.no_train and (code := refuse_memory(checked, args, config.batch_size, training=True)):
+    if not args.no_train and (
+        code := refuse_memory(checked, args, config.batch_size, training=True)
+    ):
         return code
     spec = Spec(checked.path, checked.source.text, graph, checked.report)
     out: Path = args.out
@@ -238,7 +241,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             f"{out / CHECKPOINT}: add --resume to continue",
             130,
         )
-    print(_summary(result.metrics))
+    print(printable(_summary(result.metrics)))  # class names come from the data
     written = [MODEL_PY, CHECKPOINT, METRICS_JSON]
     if options.plots:
         written += [CURVES_PNG] + [CONFUSION_PNG] * ("confusion_matrix" in result.metrics["test"])

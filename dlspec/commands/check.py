@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         limits=limits_of(args),
     )
     if args.format == "json":
-        print(checked.report.model_dump_json(indent=2))
+        print(checked.report.to_json())
     else:
         table = render_table(checked.report)
         if table:

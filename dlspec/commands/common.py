@@ -9,6 +9,7 @@ from typing import TextIO
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
+from dlspec.terminal import printable
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
 
@@ -116,7 +117,7 @@ def print_diagnostics(
     if errors or count:
         hint = "" if warnings or not count else f" (see `dlspec check {checked.path}`)"
         print(
-            f"{checked.path}: {errors} error{'s' * (errors != 1)}, "
+            f"{printable(checked.path)}: {errors} error{'s' * (errors != 1)}, "
             f"{count} warning{'s' * (count != 1)}{hint}",
             file=out,
         )

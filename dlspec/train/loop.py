@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dlspec.analysis.train_config import OptimizerConfig, TrainConfig
+from dlspec.terminal import printable
 from dlspec.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dlspec.train.data import DataError, Dataset, load_source, split
 from dlspec.train.metrics import (
@@ -755,7 +756,8 @@ def train_model(
         sizes = ", ".join(f"{k} {v:,}" for k, v in data["sizes"].items())
         noun = trainer.objective.label_noun
         kind = f"{len(splits.classes)} {noun}" if splits.classes else "regression targets"
-        log(f"data: {config.data} ({sizes}; {kind}); device {device}, {trainer.precision}")
+        source = printable(str(config.data))
+        log(f"data: {source} ({sizes}; {kind}); device {device}, {trainer.precision}")
     if checkpoint is not None:
         trainer.restore(checkpoint)
         state = "part of epoch " + str(checkpoint.epoch + 1) if checkpoint.partial else "epoch"
