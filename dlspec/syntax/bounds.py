@@ -17,7 +17,7 @@ from dlspec.diagnostics import Diagnostic, Span
 
 #: Deepest nesting of expressions and statements a spec may have (parse-tree levels).
 MAX_DEPTH = 100
-#: Largest number literal (torch sizes and counts are 64-bit integers).
+#: Largest integer literal (torch sizes and counts are 64-bit integers).
 MAX_LITERAL = 2**63 - 1
 _MAX_DIGITS = 40  # longer literal text is refused before converting it
 
@@ -38,7 +38,8 @@ def _first_token(tree: Tree[Token]) -> Token | None:
 
 
 def literal_problem(text: str) -> str | None:
-    """Why a NUMBER literal cannot be used (too many digits, too large, infinite), or None."""
+    """Why a NUMBER literal cannot be used (too many digits, an integer beyond 64 bits, a
+    float that overflows to infinity), or None."""
     from dlspec.syntax.parser import parse_number
 
     digits = sum(c.isdigit() for c in text)
@@ -47,7 +48,7 @@ def literal_problem(text: str) -> str | None:
     value = parse_number(text)
     if isinstance(value, float) and not math.isfinite(value):
         return f"{text} is too large for a floating-point number"
-    if abs(value) > MAX_LITERAL:
+    if isinstance(value, int) and abs(value) > MAX_LITERAL:
         return f"{text} is larger than {MAX_LITERAL:,} (2^63 - 1), the largest size torch holds"
     return None
 
