@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint format docs bench clean
+.PHONY: install demo test lint format docs bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/check_speed.py
+
+# Differential fuzzing: random valid specs, the analysis against torch and ONNX Runtime.
+# FUZZ_COUNT specs from FUZZ_SEED; a disagreement prints its seed and the shrunk spec.
+FUZZ_COUNT ?= 10000
+FUZZ_SEED  ?= 0
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzzing.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         module.configure(command)
         command.set_defaults(run=module.run)
+    for stream in (sys.stdout, sys.stderr):  # never fail on undecodable names from argv
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given, for a command that starts itself again
     try:

@@ -6,6 +6,8 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from dlspec.terminal import printable
+
 Severity = Literal["error", "warning"]
 
 #: Every diagnostic code dlspec emits, with a one-line title (documented in the README).
@@ -45,6 +47,10 @@ CODES: dict[str, str] = {
     "E407": "wrong number of inputs",
     "E408": "invalid input or output declaration",
     "E409": "a dimension exceeds what a layer supports",
+    "E601": "the model is too large: too many layers after repetition",
+    "E602": "the spec nests too deeply",
+    "E603": "a number literal is too large",
+    "E604": "the model needs more memory than allowed",
     "W501": "softmax before a cross-entropy loss",
     "W502": "two linear layers with no nonlinearity between them",
     "W503": "pooling drops rows or columns",
@@ -100,7 +106,7 @@ class Diagnostic(BaseModel):
             out.append(f" {self.line} | {text}")
             out.append(f" {gutter} | {' ' * (self.column - 1)}{'^' * width}")
         out.extend(f"  = {note}" for note in self.notes)
-        return "\n".join(out)
+        return printable("\n".join(out))
 
 
 class DiagnosticError(Exception):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,3 +30,63 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_file`."""
     with atomic_file(path) as temporary:
         temporary.write_bytes(data)
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # the names atomic_file gives
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_file` left in ``directory`` when its
+    process was killed (SIGKILL, power loss) before it could clean up; returns them. Call it
+    while holding the directory's :class:`DirectoryLock`, so that no writer is mid-way."""
+    removed = []
+    for path in Path(directory).glob(".*.tmp"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class LockedError(Exception):
+    """Another process holds the directory's lock; ``pid`` is its process id (None when it
+    could not be read)."""
+
+    def __init__(self, directory: Path, pid: int | None) -> None:
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"{directory} is in use by {holder} (another dlspec build writing there); wait for "
+            "it to finish, or choose another --out directory"
+        )
+        self.pid = pid
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory, held while a command writes into it: the lock file
+    ``.dlspec.lock`` holds the owner's pid, and the operating system releases the lock when
+    the process ends, however it ends (so a killed build never leaves a stale lock).
+    :meth:`acquire` raises :class:`LockedError` at once when another process holds it."""
+
+    NAME = ".dlspec.lock"
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (the directory must exist)."""
+        path = self.directory / self.NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise LockedError(self.directory, int(pid) if pid.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.infer import Analyzer
+from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
 from dlspec.analysis.report import Report, build_report
+from dlspec.diagnostics import Diagnostic
 from dlspec.syntax.parser import parse
 from dlspec.syntax.source import Source, read_source
 
@@ -36,9 +38,10 @@ def check_text(
     overrides: dict[str, str] | None = None,
     batch: int = 1,
     model: str | None = None,
+    limits: Limits | None = None,
 ) -> Checked:
     with _no_gc():
-        return _check(Source(path, text), overrides, batch, model)
+        return _check(Source(path, text), overrides, batch, model, limits or Limits())
 
 
 @contextmanager
@@ -55,14 +58,21 @@ def _no_gc() -> Iterator[None]:
 
 
 def _check(
-    source: Source, overrides: dict[str, str] | None, batch: int, model: str | None
+    source: Source,
+    overrides: dict[str, str] | None,
+    batch: int,
+    model: str | None,
+    limits: Limits,
 ) -> Checked:
     path, text = source.path, source.text
     spec, diagnostics = parse(text)
     graph = None
     if spec is not None:
-        analyzer = Analyzer(spec, overrides)
-        graph = analyzer.run(model)
+        analyzer = Analyzer(spec, overrides, LayerBudget(limits.max_layers))
+        try:
+            graph = analyzer.run(model)
+        except BudgetExceeded as exc:  # stop expanding: the rest would only cost time
+            return _refused(source, [*analyzer.diagnostics, exc.diagnostic], batch)
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
@@ -71,14 +81,21 @@ def _check(
     return Checked(path, source, graph if report.ok else None, report)
 
 
+def _refused(source: Source, diagnostics: list[Diagnostic], batch: int) -> Checked:
+    diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
+    return Checked(source.path, source, None, build_report(source.path, None, diagnostics, batch))
+
+
 def check_file(
     path: str | Path,
     overrides: dict[str, str] | None = None,
     batch: int = 1,
     model: str | None = None,
+    limits: Limits | None = None,
 ) -> Checked:
+    """:func:`check_text` for the spec file at ``path`` (E001-E004 when it cannot be read)."""
     source, problem = read_source(path)
     if source is None:
         assert problem is not None
         return Checked(str(path), None, None, build_report(str(path), None, [problem], batch))
-    return check_text(source.text, str(path), overrides, batch, model)
+    return check_text(source.text, str(path), overrides, batch, model, limits)

@@ -14,6 +14,7 @@ from typing import Any
 from dlspec.analysis.binding import ArgumentErrors, bind_layer
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
+from dlspec.analysis.limits import LayerBudget
 from dlspec.analysis.names import RESERVED
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
@@ -128,8 +129,14 @@ class Scope:
 class Analyzer:
     """Turns a parsed spec into a model graph; ``diagnostics`` collects every problem."""
 
-    def __init__(self, spec: ast.Spec, overrides: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        spec: ast.Spec,
+        overrides: dict[str, str] | None = None,
+        budget: LayerBudget | None = None,
+    ) -> None:
         self.spec = spec
+        self.budget = budget or LayerBudget()
         self.overrides = dict(overrides or {})
         self.diagnostics: list[Diagnostic] = []
         self.blocks: dict[str, ast.Definition] = {}
@@ -432,6 +439,8 @@ class Analyzer:
         if stmt.sources:
             names = []
             for ident in stmt.sources:
+                if stmt.name is not None and ident.name == stmt.name.name:
+                    raise fail("E406", f"{ident.name} reads its own output", ident.span)
                 if ident.name not in scope.tensors:
                     raise fail(
                         "E406",
@@ -491,11 +500,14 @@ class Analyzer:
             return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
         body_inputs = [Tensor("input", inputs[0].type)] if len(inputs) == 1 else list(inputs)
         reads = body_inputs
+        used = self.budget.used
         for i in range(count):
             child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
             child.statement = stmt
+            if i == 0:  # the other copies cost as much: refuse them before building them
+                self.budget.require((count - 1) * (self.budget.used - used), stmt.span, name)
             children.append(child)
             reads = [child.output]
         last = reads[0]
@@ -543,6 +555,7 @@ class Analyzer:
         if not lo <= len(types) <= hi:
             expected = str(lo) if lo == hi else f"{lo} to {hi}"
             raise fail("E407", f"{kind} takes {expected} inputs, got {len(types)}", stmt.span)
+        self.budget.charge(layer.copies(), op.span, name)
         try:
             inferred = layer.infer(types)
         except LayerError as err:

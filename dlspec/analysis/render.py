@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dlspec.analysis.report import LayerRow, Report
 from dlspec.diagnostics import n
+from dlspec.terminal import printable
 
 
 def human_bytes(count: int) -> str:
@@ -60,7 +61,8 @@ def render_table(report: Report) -> str:
         return "  ".join(parts).rstrip()
 
     settings = ", ".join(f"{k}={v}" for k, v in {**report.parameters, **report.symbols}.items())
-    lines = [f"{report.model}  ({report.file}{', ' + settings if settings else ''})", ""]
+    title = f"{report.model}  ({report.file}{', ' + settings if settings else ''})"
+    lines = [printable(title), ""]
     lines += [fmt(header), fmt(["-" * w for w in widths])]
     lines += [fmt(r) for r in body]
     lines.append("")

@@ -11,9 +11,11 @@ Memory estimates (fp32, 4 bytes per element):
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticSerializationError
 
 from dlspec.analysis.graph import ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
@@ -81,6 +83,14 @@ class Report(BaseModel):
     @property
     def ok(self) -> bool:
         return not any(d.severity == "error" for d in self.diagnostics)
+
+    def to_json(self) -> str:
+        """The report as indented JSON. Text from the command line that is not valid UTF-8 (a
+        file name, a --set value) is written as ``\\udcXX`` escapes, still valid JSON."""
+        try:
+            return self.model_dump_json(indent=2)
+        except PydanticSerializationError:  # lone surrogates: pydantic cannot encode them
+            return json.dumps(self.model_dump(mode="json"), indent=2)
 
 
 def shape_json(shape: tuple[Dim, ...]) -> list[int | str]:

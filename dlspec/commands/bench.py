@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from dlspec.commands.common import add_spec_arguments, load_spec, positive_int
+from dlspec.commands.common import add_spec_arguments, load_spec, positive_int, refuse_memory
 
 if TYPE_CHECKING:
     from torch import nn
@@ -183,6 +183,8 @@ def _from_spec(args: argparse.Namespace) -> tuple[nn.Module, bytes] | int:
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1
+    if code := refuse_memory(checked, args, max(args.batch)):
+        return code
     import torch
 
     from dlspec.api import Spec

@@ -20,9 +20,12 @@ from dlspec.commands.common import (
     add_spec_arguments,
     load_spec,
     positive_int,
+    refuse_memory,
     set_pair,
     whole_number,
 )
+from dlspec.files import DirectoryLock, LockedError, remove_stale_temporaries
+from dlspec.terminal import printable
 from dlspec.train import launch
 
 EPILOG = f"""\
@@ -133,8 +136,27 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if launch.requested(args) and not args.no_train:  # start the processes that run this
-        return launch.launch(args, args.argv)
+    if launch.current_worker() is not None:  # one process of a job: the launcher holds the lock
+        return _build(args)
+    out: Path = args.out
+    lock = DirectoryLock(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except LockedError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write to {out}: {exc.strerror or exc}", 2)
+    try:
+        remove_stale_temporaries(out)  # a killed run's; no writer can be mid-way now
+        if launch.requested(args) and not args.no_train:  # start the processes that run this
+            return launch.launch(args, args.argv)
+        return _build(args)
+    finally:
+        lock.release()
+
+
+def _build(args: argparse.Namespace) -> int:
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1
@@ -143,8 +165,14 @@ def run(args: argparse.Namespace) -> int:
         config = with_overrides(graph.train, _overrides(args), graph.arguments)
     except TrainConfigError as exc:
         return _fail(str(exc), 2)
+    if not args.no_train and (
+        code := refuse_memory(checked, args, config.batch_size, training=True)
+    ):
+        return code
     spec = Spec(checked.path, checked.source.text, graph, checked.report)
     out: Path = args.out
+    if args.resume and not args.no_train and (problem := _unresumable(spec, out)):
+        return _fail(problem)  # before model.py: a command that refuses rewrites nothing
     try:
         out.mkdir(parents=True, exist_ok=True)
         if launch.is_main_process():
@@ -155,6 +183,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out / MODEL_PY}")
         return 0
     return _train(spec, config, args)
+
+
+def _unresumable(spec: Spec, out: Path) -> str | None:
+    """Why ``--resume`` cannot continue from ``out``'s checkpoint (None when it can)."""
+    from dlspec.train.checkpoint import CheckpointError, load_checkpoint, spec_hash
+    from dlspec.train.loop import CHECKPOINT
+
+    try:
+        load_checkpoint(out / CHECKPOINT, spec_hash(spec.source_text, spec.graph.params))
+    except CheckpointError as exc:
+        return str(exc)
+    return None
 
 
 def _write_model(path: Path, code: str) -> None:
@@ -235,7 +275,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             f"{out / CHECKPOINT}: add --resume to continue",
             130,
         )
-    print(_summary(result.metrics))
+    print(printable(_summary(result.metrics)))  # class names come from the data
     written = [MODEL_PY, CHECKPOINT, METRICS_JSON]
     if options.plots:
         written += [CURVES_PNG] + [CONFUSION_PNG] * ("confusion_matrix" in result.metrics["test"])

@@ -7,7 +7,13 @@ import argparse
 from dlspec.analysis.check import check_file
 from dlspec.analysis.graph import describe
 from dlspec.analysis.render import render_table
-from dlspec.commands.common import add_spec_arguments, exit_code, positive_int, print_diagnostics
+from dlspec.commands.common import (
+    add_spec_arguments,
+    exit_code,
+    limits_of,
+    positive_int,
+    print_diagnostics,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +30,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    checked = check_file(args.spec, dict(args.overrides), batch=args.batch, model=args.model)
+    checked = check_file(
+        args.spec,
+        dict(args.overrides),
+        batch=args.batch,
+        model=args.model,
+        limits=limits_of(args),
+    )
     if args.format == "json":
-        print(checked.report.model_dump_json(indent=2))
+        print(checked.report.to_json())
     elif args.format == "ir":
         if checked.graph is not None:
             print(describe(checked.graph), flush=True)

@@ -7,6 +7,9 @@ import sys
 from typing import TextIO
 
 from dlspec.analysis.check import Checked, check_file
+from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
+from dlspec.diagnostics import Diagnostic
+from dlspec.terminal import printable
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
 
@@ -51,6 +54,45 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a model parameter, e.g. --set num_classes=43 (repeatable)",
     )
     parser.add_argument("--model", help="which model, when the spec defines several")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-layers",
+        type=positive_int,
+        default=MAX_LAYERS,
+        metavar="N",
+        help=f"refuse specs that expand to more layers (default {MAX_LAYERS:,})",
+    )
+    limits.add_argument(
+        "--max-memory",
+        type=_size,
+        metavar="SIZE",
+        help="refuse to allocate models that need more memory, e.g. 512G "
+        "(default: this machine's memory)",
+    )
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    """The limits the command line sets."""
+    return Limits(max_layers=args.max_layers, max_memory=args.max_memory)
+
+
+def refuse_memory(
+    checked: Checked, args: argparse.Namespace, batch: int, *, training: bool = False
+) -> int:
+    """Print E604 and return 1 when the model of ``checked`` needs more memory at ``batch``
+    than ``--max-memory`` allows (``training``: with gradients and Adam's state); else 0."""
+    problem = memory_problem(checked.report, batch, training=training, limits=limits_of(args))
+    if problem is None:
+        return 0
+    print(Diagnostic.at("E604", problem, None).render(checked.path, None), file=sys.stderr)
+    return 1
 
 
 def exit_code(checked: Checked) -> int:
@@ -75,7 +117,7 @@ def print_diagnostics(
     if errors or count:
         hint = "" if warnings or not count else f" (see `dlspec check {checked.path}`)"
         print(
-            f"{checked.path}: {errors} error{'s' * (errors != 1)}, "
+            f"{printable(checked.path)}: {errors} error{'s' * (errors != 1)}, "
             f"{count} warning{'s' * (count != 1)}{hint}",
             file=out,
         )
@@ -84,6 +126,8 @@ def print_diagnostics(
 def load_spec(args: argparse.Namespace, batch: int = 1) -> tuple[Checked, int]:
     """Check the spec named on the command line; print its diagnostics. Returns the result
     and the exit code to use if the caller must stop (non-zero when the spec has errors)."""
-    checked = check_file(args.spec, dict(args.overrides), batch=batch, model=args.model)
+    checked = check_file(
+        args.spec, dict(args.overrides), batch=batch, model=args.model, limits=limits_of(args)
+    )
     print_diagnostics(checked, warnings=False)
     return checked, exit_code(checked)

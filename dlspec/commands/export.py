@@ -27,7 +27,7 @@ from dlspec.backends.onnx_export import (
     MIN_OPSET,
     RTOL,
 )
-from dlspec.commands.common import add_spec_arguments, load_spec
+from dlspec.commands.common import add_spec_arguments, load_spec, refuse_memory
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,6 +49,7 @@ exit codes: 0 written, 1 the spec has errors, the weights do not fit, or the exp
 verification failed (nothing is written then), 2 usage (bad option, unwritable --out)."""
 
 METRICS_JSON = "metrics.json"  # what `dlspec build` writes beside its checkpoint
+VERIFY_BATCH = 3  # the largest batch export runs the model at (onnx_export.PROBE_BATCH)
 
 
 def _opset(text: str) -> int:
@@ -176,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1
+    if code := refuse_memory(checked, args, VERIFY_BATCH):
+        return code
     from dlspec.api import Spec
 
     spec = Spec(checked.path, checked.source.text, checked.graph, checked.report)

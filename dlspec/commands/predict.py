@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dlspec.commands.common import positive_int
+from dlspec.terminal import printable
 
 if TYPE_CHECKING:
     import torch
@@ -62,14 +63,15 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
     """An image file as a (1, C, H, W) float batch in [0, 1]; grayscale stays one channel
     unless the model wants three (fit_to_input adapts channels either way)."""
     import torch
-    from PIL import Image, UnidentifiedImageError
+
+    from dlspec.train.data import DataError, open_image
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             gray = image.mode in ("1", "L", "LA", "I", "I;16", "F") or channels == 1
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.float32)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read the image ({exc})") from None
+    except DataError as exc:
+        raise InputError(str(exc)) from None
     array = pixels[None, None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)[None]
     return torch.from_numpy(array / np.float32(255))
 
@@ -77,11 +79,12 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
 def _read_npz(path: Path, inputs: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
     """The arrays of an .npz file for each model input (by name; a one-input model also takes
     the only array, or ``x``)."""
+    from dlspec.train.data import DataError, read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{path}: cannot read the .npz file ({exc})") from None
+        arrays = read_npz(path)
+    except DataError as exc:
+        raise InputError(str(exc)) from None
     names = [info.name for info in inputs]
     if all(name in arrays for name in names):
         return {name: arrays[name] for name in names}
@@ -120,6 +123,11 @@ def _fit(
     sample = _sample_shape(info)
     if x.ndim == len(sample):  # one sample without its batch axis
         x = x[None]
+    if x.ndim and len(x) == 0:
+        raise InputError(f"{name}: holds no samples")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise InputError(f"{name}: holds {bad:,} NaN or infinite value(s)")
     if np.issubdtype(info.dtype, np.integer):
         if not np.issubdtype(x.dtype, np.integer):
             raise InputError(f"{name}: the model takes token ids (integers), got {x.dtype}")
@@ -243,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
                     message = str(exc).strip().splitlines()[0]
                     raise InputError(f"{labels[start]}: ONNX Runtime failed: {message}") from None
                 for line in _lines(labels[start : start + CHUNK], output, classes, args.top):
-                    print(line)
+                    print(printable(line))  # class names come from the training data
     except InputError as exc:
         print(f"dlspec predict: {exc}", file=sys.stderr)
         return 1

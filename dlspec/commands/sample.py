@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dlspec.commands.common import positive_int, whole_number
+from dlspec.terminal import printable
 
 EPILOG = """\
 sampling: the next character's scores are divided by the temperature (lower: safer, more
@@ -89,5 +90,5 @@ def run(args: argparse.Namespace) -> int:
         )
     except UnknownCharacters as exc:
         return _fail(f"--prompt: {exc}")
-    print(args.prompt + text)
+    print(printable(args.prompt + text))  # the text may hold any character of the data
     return 0

@@ -384,6 +384,9 @@ class _TransformerStack(_TransformerBase):
     def _layer(self, inputs: list[TensorType]) -> Part:
         raise NotImplementedError
 
+    def copies(self) -> int:
+        return self.num_layers
+
     def infer(self, inputs: list[TensorType]) -> Inferred:
         self._width(inputs)
         norm = inputs[0] if self.final_norm else None
@@ -464,6 +467,9 @@ class Transformer(_TransformerBase):
     nhead: Pos = 8
     num_encoder_layers: Pos = 6
     num_decoder_layers: Pos = 6
+
+    def copies(self) -> int:
+        return self.num_encoder_layers + self.num_decoder_layers
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         self._width(inputs)

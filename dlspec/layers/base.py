@@ -139,6 +139,12 @@ class Layer(BaseModel):
         """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""
         return self.kind
 
+    def copies(self) -> int:
+        """How many layers this one stands for in the expanded model: 1, or the size of a
+        stack it builds (``num_layers``). The analyzer charges it to the layer budget before
+        calling :meth:`infer`, which may take time and memory in proportion."""
+        return 1
+
     def index_limit(self) -> int | None:
         """For a layer that reads integer ids (token ids): the exclusive upper bound of the ids
         it accepts, e.g. an Embedding's ``num_embeddings``. None for every other layer."""

@@ -213,6 +213,15 @@ class GroupNorm(Layer):
                 notes=[f"{c} % {self.num_groups} = {c % self.num_groups}"],
                 arg="num_groups",
             )
+        values = product((c // self.num_groups, *x.shape[1:]))
+        if values == 1:  # torch refuses it at batch 1; normalised, one value is always 0
+            raise LayerError(
+                "E204",
+                f"each of the {self.num_groups} groups of {x} holds a single value, which "
+                "normalises to 0 (and torch refuses it at batch 1)",
+                notes=["use fewer groups, or normalise a larger tensor"],
+                arg="num_groups",
+            )
         weights: dict[str, Shape] = {"weight": (c,), "bias": (c,)} if self.affine else {}
         return Inferred(x, weights, macs=len(weights) * c)
 

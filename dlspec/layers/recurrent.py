@@ -62,6 +62,9 @@ class _Recurrent(Layer):
     input_size: Pos | None = None
     returns: Returns = "sequence"
 
+    def copies(self) -> int:
+        return self.num_layers * (2 if self.bidirectional else 1)
+
     def _width(self) -> int:
         """Per-direction size of the output and of the recurrent state ``H``."""
         return self.hidden_size

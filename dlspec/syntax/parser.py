@@ -17,6 +17,7 @@ from lark.tree import Meta
 
 from dlspec.diagnostics import Diagnostic, Span
 from dlspec.syntax import ast
+from dlspec.syntax.bounds import check_bounds
 
 SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
@@ -257,4 +258,7 @@ def parse(text: str) -> tuple[ast.Spec | None, list[Diagnostic]]:
         tree = parser.parse(text)
     except UnexpectedInput as err:
         return None, [_syntax_diagnostic(parser, err, text)]
+    problems = check_bounds(tree)
+    if problems:
+        return None, problems
     return _ToAst().transform(tree), []

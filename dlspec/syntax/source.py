@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,14 @@ def read_source(path: str | Path) -> tuple[Source | None, Diagnostic | None]:
     """The spec's text, or a diagnostic: missing, unreadable, empty, binary or huge (E001-E004)."""
     p = Path(path)
     try:
-        if p.is_dir():
+        info = p.stat()
+        if stat.S_ISDIR(info.st_mode):
             return None, Diagnostic.at("E001", f"{p} is a directory, not a spec file", None)
-        size = p.stat().st_size
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            return None, Diagnostic.at(
+                "E001", f"{p} is not a regular file (a pipe, socket or device), not a spec", None
+            )
+        size = info.st_size
         if size > MAX_BYTES:
             return None, Diagnostic.at(
                 "E004",

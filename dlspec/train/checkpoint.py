@@ -78,6 +78,36 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         torch.save(payload, temporary)
 
 
+def _invalid(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a loaded checkpoint's fields (types, finiteness), or None."""
+    epoch = payload["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return f"epoch is {epoch!r}, not a whole number >= 0"
+    expected = {
+        "spec_hash": str,
+        "model": dict,
+        "optimizer": dict,
+        "history": list,
+        "rng": dict,
+        "partial": bool,
+        "info": dict,
+    }
+    for key, kind in expected.items():
+        if key in payload and not isinstance(payload[key], kind):
+            return f"{key} is a {type(payload[key]).__name__}, not a {kind.__name__}"
+    if not all(isinstance(e, dict) for e in payload["history"]):
+        return "history holds entries that are not records of epochs"
+    if len(payload["history"]) != epoch:
+        return f"epoch is {epoch} but the history holds {len(payload['history'])} epochs"
+    for name, value in [*payload["model"].items(), *payload["rng"].items()]:
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            return f"{name!r} is not a tensor"
+    for name, tensor in payload["model"].items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"the weights {name} hold NaN or infinite values"
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> Checkpoint:
     """Read a checkpoint made from the spec whose :func:`spec_hash` is ``expected_hash``.
 
@@ -103,6 +133,12 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
     keys = ("spec_hash", "epoch", "model", "optimizer", "history", "rng")
     if not isinstance(payload, dict) or any(key not in payload for key in keys):
         raise CheckpointError(f"{file}: not a dlspec checkpoint (missing {', '.join(keys)})")
+    problem = _invalid(payload)
+    if problem:
+        raise CheckpointError(
+            f"{file}: the checkpoint is damaged ({problem}); delete it, or run without "
+            "--resume to start afresh"
+        )
     if expected_hash is not None and payload["spec_hash"] != expected_hash:
         raise CheckpointError(
             f"{file}: this checkpoint was made from a different spec (or other --set values), "

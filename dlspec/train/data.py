@@ -19,6 +19,7 @@ Sources:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -29,16 +30,19 @@ import urllib.error
 import urllib.request
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
 from dlspec.files import atomic_file
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -52,7 +56,9 @@ __all__ = [
     "load_idx_dir",
     "load_image_folder",
     "load_source",
+    "open_image",
     "read_idx",
+    "read_npz",
     "split",
 ]
 
@@ -393,6 +399,26 @@ def _parallel_map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         return list(pool.map(fn, items, chunksize=64))
 
 
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike[str]) -> Iterator[PIL.Image.Image]:
+    """``PIL.Image.open``, with every problem as a :class:`DataError` naming the file: not an
+    image, truncated or corrupt (also while decoding, inside the block), or more than
+    ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb: refused before decoding)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                yield image
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise DataError(
+            f"the image has more than {Image.MAX_IMAGE_PIXELS:,} pixels; resize it first", path
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"cannot read image: {exc}", path) from None
+
+
 def _class_folders(root: Path) -> list[Path]:
     folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     # numeric folder names ("0", "1", ..., "10") sort as numbers, so class id 10 is folder "10"
@@ -477,11 +503,8 @@ def load_image_folder(
         labels += [class_id[folder.name]] * len(found)
 
     def header(file: Path) -> tuple[tuple[int, int], str]:
-        try:
-            with Image.open(file) as im:
-                return im.size, im.mode
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image: {exc}", file) from None
+        with open_image(file) as im:
+            return im.size, im.mode
 
     headers = _parallel_map(header, files)
     target = _parse_size(size)
@@ -498,14 +521,11 @@ def load_image_folder(
 
     def decode(item: tuple[int, Path]) -> None:
         index, file = item
-        try:
-            with Image.open(file) as im:
-                image = im.convert(mode)
+        with open_image(file) as im:
+            image = im.convert(mode)
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels[index] = np.asarray(image).reshape(height, width, channels)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot decode image: {exc}", file) from None
 
     _parallel_map(decode, list(enumerate(files)))
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().float().div_(255)
@@ -617,13 +637,29 @@ def _targets(
     raise DataError(f"labels must be integers, strings or floats, found dtype {y.dtype}", path)
 
 
-def _npz_parts(path: Path) -> dict[str, tuple[str, str]]:
-    """Part name ("all", "train", "test") -> (x key, y key) in an .npz file."""
+def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickled objects). A file that is truncated,
+    corrupt or not an ``.npz`` at all raises :class:`DataError` saying so."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.files)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read .npz file: {exc}", path) from None
+            if not hasattr(npz, "files"):
+                raise DataError(
+                    "holds a single .npy array, not an .npz archive of named arrays", path
+                )
+            return {key: npz[key] for key in npz.files}
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile, zlib, numpy's format checks: anything from bad bytes
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"cannot read the .npz file ({reason}); is it truncated, corrupt, or not an .npz?",
+            path,
+        ) from None
+
+
+def _npz_parts(path: Path) -> dict[str, tuple[str, str]]:
+    """Part name ("all", "train", "test") -> (x key, y key) in an .npz file."""
+    keys = list(read_npz(path))
     parts: dict[str, tuple[str, str]] = {}
     xk, yk = _pick(keys, _X_KEYS), _pick(keys, _Y_KEYS)
     if xk and yk:
@@ -646,13 +682,13 @@ def _load_npz(path: Path, part: str) -> Dataset:
     if key is None:
         raise DataError(f"holds no {part} arrays (x_{part} / y_{part})", path)
     xk, yk = parts[key]
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            x, y = npz[xk], npz[yk]
-            names_key = _pick(npz.files, ("classes", "class_names"))
-            names = [str(c) for c in npz[names_key].tolist()] if names_key else None
-    except (OSError, ValueError, EOFError, KeyError) as exc:
-        raise DataError(f"cannot read arrays {xk!r} and {yk!r}: {exc}", path) from None
+    arrays = read_npz(path)
+    x, y = arrays[xk], arrays[yk]
+    names_key = _pick(arrays, ("classes", "class_names"))
+    names = [str(c) for c in np.ravel(arrays[names_key]).tolist()] if names_key else None
+    for what, array in ((xk, x), (yk, y)):
+        if array.ndim == 0:
+            raise DataError(f"{what!r} is a single value; expected one row per sample", path)
     if len(x) != len(y):
         raise DataError(f"{xk!r} holds {len(x):,} samples but {yk!r} holds {len(y):,} labels", path)
     xt = _features(x, path, repr(xk))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import inspect
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from dlspec.analysis.train_config import OptimizerConfig, TrainConfig
+from dlspec.terminal import printable
 from dlspec.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dlspec.train.data import DataError, Dataset, load_source, split
 from dlspec.train.metrics import (
@@ -620,14 +622,37 @@ class Trainer:
                     entry["val_loss"], entry["val_accuracy"], _ = self.evaluate("val")
                 entry |= self.objective.epoch_figures(entry)
                 entry["seconds"] = round(time.perf_counter() - started, 3)
+                self._check_finite(entry)
                 self.history.append(entry)
                 self.epoch += 1
                 self.save()
                 self.log(epoch_line(entry, self.config.epochs))
         except KeyboardInterrupt:
-            self.save(partial=True)
+            if self._finite_weights():
+                self.save(partial=True)
             return False
         return True
+
+    def _finite_weights(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def _check_finite(self, entry: Mapping[str, Any]) -> None:
+        """Stop a run whose loss or weights became NaN or infinite (it diverged): raise
+        :class:`TrainError` before the epoch's checkpoint is written, so the checkpoint on
+        disk stays the last finite one."""
+        losses = [entry["train_loss"], entry["val_loss"]]
+        if all(v is None or math.isfinite(v) for v in losses) and self._finite_weights():
+            return
+        kept = (
+            f"{self.checkpoint_path} keeps epoch {self.epoch}, the last finite one"
+            if self.epoch
+            else "no checkpoint was written"
+        )
+        raise TrainError(
+            f"training diverged: the loss became {entry['train_loss']} in epoch "
+            f"{self.epoch + 1} (NaN or infinite); {kept}. Lower the learning rate "
+            "(--lr), normalise the data, or use another optimiser"
+        )
 
     def test(self) -> dict[str, Any]:
         """Test loss and accuracy, and the classification report and confusion matrix (or
@@ -669,6 +694,15 @@ class Trainer:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint`` (made from the same spec)."""
+        groups = checkpoint.optimizer.get("param_groups", [])
+        saved = {key for group in groups if isinstance(group, dict) for key in group}
+        current = {key for group in self.optimizer.state_dict()["param_groups"] for key in group}
+        if saved != current:
+            raise TrainError(
+                f"{self.checkpoint_path}: the checkpoint was trained with another optimiser "
+                f"than {self.config.optimizer.name}; resume with the same optimizer setting, "
+                "or run without --resume to start afresh"
+            )
         try:
             self.model.load_state_dict(checkpoint.model)
             self.optimizer.load_state_dict(checkpoint.optimizer)
@@ -755,7 +789,8 @@ def train_model(
         sizes = ", ".join(f"{k} {v:,}" for k, v in data["sizes"].items())
         noun = trainer.objective.label_noun
         kind = f"{len(splits.classes)} {noun}" if splits.classes else "regression targets"
-        log(f"data: {config.data} ({sizes}; {kind}); device {device}, {trainer.precision}")
+        source = printable(str(config.data))
+        log(f"data: {source} ({sizes}; {kind}); device {device}, {trainer.precision}")
     if checkpoint is not None:
         trainer.restore(checkpoint)
         state = "part of epoch " + str(checkpoint.epoch + 1) if checkpoint.partial else "epoch"

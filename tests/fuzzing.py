@@ -1,0 +1,663 @@
+"""Differential fuzzing: random valid specs, the analyzer against torch and ONNX Runtime.
+
+A generator writes random specs over every layer kind of the registry and every graph shape
+the language has (stacks, ``<-`` skips and merges, blocks repeated with ``* N``, residuals
+with and without a projection, several inputs and outputs, symbolic sequence lengths). It
+grows a spec one statement at a time, proposing for the current tensor only layers whose
+constraints its shape can meet (nnsmith-style), and keeps a proposal when ``dlspec check``
+accepts it. Each finished spec is then held to three oracles:
+
+* torch: the generated module's output shapes, parameter and buffer names and shapes equal
+  the analysis (:func:`disagreements`), and every leaf's MACs equal a count made from the
+  torch module's own attributes and the shapes its forward pass really produced
+  (:func:`torch_macs`);
+* ONNX Runtime: the TorchScript export (dynamo where TorchScript cannot) verifies against
+  torch (``export_onnx``: random inputs at batch 1 and 3, two sequence lengths).
+
+``python tests/fuzzing.py --count 10000 [--seed S]`` is ``make fuzz``; on a disagreement it
+prints the spec's seed and the spec shrunk to the statements the failure needs, and exits 1.
+``tests/test_fuzz.py`` runs a few dozen specs as part of the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = list[Any]  # ints, or strings for symbolic dimensions ("T", "2*T")
+
+T_VALUE = 5  # the default of the symbolic length T
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: Shape
+    dtype: str = "float"
+
+
+@dataclass
+class Draft:
+    """A spec being grown: its blocks, its body lines, the tensors it has named so far."""
+
+    rng: random.Random
+    symbolic: bool = False
+    blocks: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    tensors: list[Tensor] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    dtypes: dict[str, str] = field(default_factory=dict)  # statement name -> element type
+    counter: int = 0
+
+    def name(self) -> str:
+        self.counter += 1
+        return f"t{self.counter}"
+
+    def text(self, lines: list[str] | None = None) -> str:
+        header = "model Fuzz(T: dim = 5)" if self.symbolic else "model Fuzz"
+        body = "\n".join(f"    {line}" for line in (self.lines if lines is None else lines))
+        out = f"    output {', '.join(self.outputs)}\n" if self.outputs else ""
+        return "".join(f"{b}\n" for b in self.blocks) + f"{header} {{\n{body}\n{out}}}\n"
+
+
+def concrete(d: Any) -> int | None:
+    return d if isinstance(d, int) else None
+
+
+def numel(shape: Shape) -> int | None:
+    values = [concrete(d) for d in shape]
+    return None if any(v is None for v in values) else math.prod(v for v in values if v)
+
+
+def length(d: Any) -> int:
+    """A dimension's value at the spec's bindings (T = T_VALUE)."""
+    if isinstance(d, int):
+        return d
+    return int(eval(str(d).replace("^", "**"), {"T": T_VALUE}))
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# proposals: one function per family of layer kinds; each returns the call text or None ------
+
+Proposal = Callable[[random.Random, Tensor], str | None]
+
+
+def _activation(r: random.Random, x: Tensor) -> str | None:
+    if x.dtype != "float" or not x.shape:
+        return None
+    dim = r.randrange(-len(x.shape), len(x.shape))
+    return r.choice(
+        [
+            "ReLU",
+            "Tanh",
+            "Sigmoid",
+            "SiLU",
+            'GELU(approximate="tanh")',
+            "GELU",
+            f"LeakyReLU({r.choice([0.01, 0.2])})",
+            f"Softmax(dim={dim})",
+            f"LogSoftmax(dim={dim})",
+            f"Dropout({r.choice([0.0, 0.3])})",
+            "Identity",
+        ]
+    )
+
+
+def _linear(r: random.Random, x: Tensor) -> str | None:
+    if x.dtype != "float" or not x.shape or concrete(x.shape[-1]) is None:
+        return None
+    bias = "" if r.random() < 0.7 else ", bias=false"
+    return f"Linear({r.randint(1, 8)}{bias})"
+
+
+def _norm(r: random.Random, x: Tensor) -> str | None:
+    if x.dtype != "float" or not x.shape:
+        return None
+    last = concrete(x.shape[-1])
+    options = []
+    if last is not None:
+        options += [
+            "LayerNorm",
+            f"LayerNorm(elementwise_affine={r.choice(['true', 'false'])})",
+            "LayerNorm(bias=false)",
+            "RMSNorm",
+            "RMSNorm(elementwise_affine=false)",
+        ]
+    channels = concrete(x.shape[0])
+    if len(x.shape) in (1, 2) and channels is not None:
+        options += ["BatchNorm1d", "BatchNorm1d(affine=false)"]
+    if len(x.shape) == 3 and channels is not None:
+        options += ["BatchNorm2d", "BatchNorm2d(track_running_stats=false)", "Dropout2d(0.2)"]
+    if len(x.shape) >= 2 and channels is not None:
+        options.append(
+            f"GroupNorm({r.choice(divisors(channels))}, affine={r.choice(['true', 'false'])})"
+        )
+    return r.choice(options) if options else None
+
+
+def _conv(r: random.Random, x: Tensor) -> str | None:
+    if x.dtype != "float" or len(x.shape) not in (2, 3) or numel(x.shape) is None:
+        return None
+    spatial = [length(d) for d in x.shape[1:]]
+    kernel = r.randint(1, min(3, min(spatial)))
+    stride, padding = r.randint(1, 2), r.randint(0, kernel // 2)
+    channels = x.shape[0]
+    groups = r.choice([g for g in divisors(channels) if g <= 2])
+    out = groups * r.randint(1, 3)
+    extra = f", groups={groups}" if groups > 1 else ""
+    if len(x.shape) == 2:
+        return f"Conv1d({out}, kernel={kernel}, stride={stride}, padding={padding}{extra})"
+    if r.random() < 0.3:
+        pad = min(padding, kernel - 1)
+        return f"ConvTranspose2d({out}, kernel={kernel}, stride={stride}, padding={pad}{extra})"
+    return f"Conv2d({out}, kernel={kernel}, stride={stride}, padding={padding}{extra})"
+
+
+def _pool(r: random.Random, x: Tensor) -> str | None:
+    if x.dtype != "float" or len(x.shape) not in (2, 3) or numel(x.shape) is None:
+        return None
+    smallest = min(length(d) for d in x.shape[1:])
+    kernel = r.randint(1, min(3, smallest))
+    padding = r.randint(0, kernel // 2)
+    if len(x.shape) == 2:
+        return r.choice(
+            [f"MaxPool1d({kernel}, padding={padding})", 'Upsample(scale_factor=2, mode="linear")']
+        )
+    return r.choice(
+        [
+            f"MaxPool2d({kernel}, stride={r.randint(1, 2)}, padding={padding})",
+            f"AvgPool2d({kernel}, padding={padding}, ceil_mode={r.choice(['true', 'false'])})",
+            f"AdaptiveAvgPool2d({r.randint(1, 3)})",
+            "Upsample(scale_factor=2)",
+            f'Upsample(size={r.randint(2, 6)}, mode="bilinear")',
+        ]
+    )
+
+
+def _reshape(r: random.Random, x: Tensor) -> str | None:
+    total = numel(x.shape)
+    if len(x.shape) >= 2 and r.random() < 0.5:
+        return "Flatten"
+    if total is None or total > 64:
+        return None
+    width = r.choice(divisors(total))
+    return f"Reshape(-1, {width})" if r.random() < 0.5 else f"Reshape({total})"
+
+
+def _sequence(r: random.Random, x: Tensor) -> str | None:
+    """Recurrent and attention layers over [T, F]."""
+    if x.dtype != "float" or len(x.shape) != 2 or concrete(x.shape[1]) is None:
+        return None
+    width = x.shape[1]
+    heads = r.choice(divisors(width)[:3])
+    hidden = r.randint(1, 6)
+    returns = r.choice(["sequence", "sequence", "last", "hidden"])
+    layers = r.randint(1, 2)
+    bidirectional = r.choice(["true", "false"])
+    recurrent = f"hidden_size={hidden}, num_layers={layers}, bidirectional={bidirectional}"
+    return r.choice(
+        [
+            f'RNN({recurrent}, nonlinearity="relu", returns="{returns}")',
+            f'GRU({recurrent}, returns="{returns}")',
+            f'LSTM({recurrent}, returns="{returns}")',
+            f'LSTM({hidden + 1}, proj_size={hidden}, returns="{returns}")',
+            f"MultiheadAttention(num_heads={heads}, causal={r.choice(['true', 'false'])})",
+            f"TransformerEncoderLayer(nhead={heads}, dim_feedforward=8, dropout=0.0, "
+            f"norm_first={r.choice(['true', 'false'])})",
+            f"TransformerEncoder(nhead={heads}, num_layers={layers}, dim_feedforward=8, "
+            f'dropout=0.0, activation="gelu", final_norm={r.choice(["true", "false"])})',
+            f"SinusoidalPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
+            f"LearnedPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
+        ]
+    )
+
+
+def _embedding(r: random.Random, x: Tensor) -> str | None:
+    if x.dtype != "long":
+        return None
+    return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
+
+
+PROPOSALS: list[Proposal] = [
+    _activation,
+    _linear,
+    _norm,
+    _conv,
+    _pool,
+    _reshape,
+    _sequence,
+    _embedding,
+]
+
+
+# growing a spec ------------------------------------------------------------------------------
+
+
+def _check(text: str) -> Any:
+    from dlspec.analysis.check import check_text
+
+    return check_text(text, "<fuzz>")
+
+
+def _tensors(report: Any, dtypes: dict[str, str]) -> list[Tensor]:
+    """The model-level tensors of a checked spec: its inputs and its top-level statements."""
+    out = [Tensor(t.name, list(t.shape), t.dtype) for t in report.inputs]
+    for row in report.layers:
+        if row.depth == 0:
+            out.append(Tensor(row.name, list(row.output_shape), dtypes.get(row.name, "float")))
+    return out
+
+
+def _dtype(x: Tensor, calls: list[str]) -> str:
+    """Token ids stay ids through layers that only move them (Identity, Flatten, Reshape)."""
+    moves = ("Identity", "Flatten", "Reshape")
+    long = x.dtype == "long" and all(c.startswith(moves) for c in calls)
+    return "long" if long else "float"
+
+
+def _propose(draft: Draft, x: Tensor) -> str | None:
+    r = draft.rng
+    for _ in range(8):
+        call = r.choice(PROPOSALS)(r, x)
+        if call is not None:
+            return call
+    return None
+
+
+def _try(draft: Draft, lines: list[str], blocks: list[str] | None = None) -> Any | None:
+    """Check the draft with ``lines`` appended (and ``blocks`` added); the report or None."""
+    saved = draft.blocks
+    draft.blocks = saved + (blocks or [])
+    checked = _check(draft.text(draft.lines + lines))
+    draft.blocks = saved
+    return checked.report if checked.ok else None
+
+
+def _merge(draft: Draft) -> list[str] | None:
+    """``Add`` or ``Concat`` over earlier float tensors of matching shapes."""
+    r = draft.rng
+    floats = [t for t in draft.tensors if t.dtype == "float" and t.shape]
+    r.shuffle(floats)
+    for a in floats:
+        same = [b for b in floats if b is not a and b.shape == a.shape]
+        cat = [b for b in floats if b is not a and b.shape[:-1] == a.shape[:-1]]
+        if same and r.random() < 0.5:
+            return [f"{draft.name()} = Add <- {a.name}, {r.choice(same).name}"]
+        if cat:
+            return [f"{draft.name()} = Concat <- {a.name}, {r.choice(cat).name}"]
+    return None
+
+
+def _two_input(draft: Draft) -> list[str] | None:
+    """Decoder layers and the Transformer over two [*, d] float tensors of the same width."""
+    r = draft.rng
+    seqs = [t for t in draft.tensors if t.dtype == "float" and len(t.shape) == 2]
+    pairs = [(a, b) for a in seqs for b in seqs if a.shape[1] == b.shape[1]]
+    if not pairs:
+        return None
+    a, b = r.choice(pairs)
+    heads = r.choice(divisors(a.shape[1])[:3])
+    common = f"nhead={heads}, dim_feedforward=8, dropout=0.0"
+    call = r.choice(
+        [
+            f"TransformerDecoderLayer({common}, causal={r.choice(['true', 'false'])})",
+            f"TransformerDecoder({common}, num_layers={r.randint(1, 2)})",
+            f"Transformer({common}, num_encoder_layers=1, num_decoder_layers=1)",
+            f"MultiheadAttention(num_heads={heads})",
+        ]
+    )
+    return [f"{draft.name()} = {call} <- {a.name}, {b.name}"]
+
+
+def _grouped(draft: Draft, x: Tensor, kind: str) -> tuple[list[str], list[str]] | None:
+    """A block (repeated when it keeps the shape) or a residual from 1-3 proposals."""
+    r = draft.rng
+    body: list[str] = []
+    current = x
+    for _ in range(r.randint(1, 3)):
+        call = _propose(draft, current)
+        if call is None:
+            break
+        probe = Draft(r, draft.symbolic, list(draft.blocks))
+        probe.lines = [f"input x: {current.dtype}[{', '.join(map(str, current.shape))}]", call]
+        checked = _check(probe.text())
+        if not checked.ok:
+            continue
+        body.append(call)
+        current = Tensor("", list(checked.report.layers[-1].output_shape), _dtype(current, [call]))
+    if not body:
+        return None
+    keeps = current.shape == x.shape and current.dtype == x.dtype
+    name = draft.name()
+    draft.dtypes[name] = current.dtype
+    if kind == "residual":
+        if x.dtype != "float" or current.dtype != "float":
+            return None
+        if keeps:
+            shortcut = " shortcut { Identity }" if r.random() < 0.3 else ""
+            repeat = f" * {r.randint(2, 3)}" if r.random() < 0.3 else ""
+        elif len(body) == 1:  # a projection: the same layer on the shortcut
+            shortcut, repeat = f" shortcut {{ {body[0]} }}", ""
+        else:
+            return None
+        return [], [f"{name} = residual {{ {' '.join(body)} }}{shortcut}{repeat} <- {x.name}"]
+    block = f"B{name}"
+    definition = f"block {block}() {{ {' '.join(body)} }}"
+    repeat = f" * {r.randint(2, 3)}" if keeps else ""
+    return [definition], [f"{name} = {block}(){repeat} <- {x.name}"]
+
+
+def _inputs(draft: Draft) -> list[Tensor]:
+    r = draft.rng
+    kind = r.choice(["image", "sequence", "vector", "tokens"])
+    t = "T" if draft.symbolic else r.randint(2, 6)
+    shape: Shape = {
+        "image": [r.randint(1, 4), r.randint(3, 8), r.randint(3, 8)],
+        "sequence": [t, r.choice([2, 4, 6])],
+        "vector": [r.randint(1, 8)],
+        "tokens": [t],
+    }[kind]
+    dtype = "long" if kind == "tokens" else "float"
+    inputs = [Tensor("x", shape, dtype)]
+    if r.random() < 0.2:
+        inputs.append(Tensor("y", [t, r.choice([2, 4])] if kind != "image" else list(shape)))
+    for i in inputs:
+        draft.lines.append(f"input {i.name}: {i.dtype}[{', '.join(map(str, i.shape))}]")
+    return inputs
+
+
+def generate(seed: int, steps: int = 6) -> str:
+    """A random spec that ``dlspec check`` accepts, fixed by ``seed``."""
+    r = random.Random(seed)
+    draft = Draft(r, symbolic=r.random() < 0.25)
+    inputs = _inputs(draft)
+    draft.tensors = list(inputs)
+    for _ in range(steps):
+        x = draft.tensors[-1] if r.random() < 0.7 else r.choice(draft.tensors)
+        choice = r.random()
+        blocks: list[str] = []
+        lines: list[str] | None
+        if choice < 0.1:
+            lines = _merge(draft)
+        elif choice < 0.15:
+            lines = _two_input(draft)
+        elif choice < 0.3:
+            grouped = _grouped(draft, x, r.choice(["block", "residual"]))
+            blocks, lines = grouped if grouped else ([], None)
+        else:
+            call = _propose(draft, x)
+            lines = None
+            if call is not None:
+                name = draft.name()
+                draft.dtypes[name] = _dtype(x, [call])
+                lines = [f"{name} = {call} <- {x.name}"]
+        if not lines:
+            continue
+        report = _try(draft, lines, blocks)
+        if report is None:
+            continue
+        draft.blocks += blocks
+        draft.lines += lines
+        draft.tensors = _tensors(report, draft.dtypes)
+    if len(draft.tensors) > len(inputs) + 1 and r.random() < 0.3:
+        chosen = r.sample(draft.tensors[len(inputs) :], k=2)
+        draft.outputs = [t.name for t in chosen]
+        if _try(draft, []) is None:
+            draft.outputs = []
+    return draft.text()
+
+
+# oracles -------------------------------------------------------------------------------------
+
+
+def disagreements(spec: Any, model: Any, batch: int = 2) -> list[str]:
+    """Where the generated torch module differs from the analysis: output shapes, parameter
+    and buffer names and shapes (an empty list: it agrees)."""
+    import torch
+
+    from dlspec.backends.onnx_export import sample_inputs
+
+    graph, report = spec.graph, spec.report
+    problems = []
+    inputs = sample_inputs(graph, batch, graph.bindings, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outputs = model(*inputs.values())
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    got = [list(y.shape) for y in outputs]
+    want = [[batch, *o.shape_value] for o in report.outputs]
+    if got != want:
+        problems.append(f"output shapes: torch {got}, check {want}")
+    weights = {
+        f"{n.path}.{w}": tuple(s)
+        for n in graph.leaves()
+        for w, s in n.weights.items()
+        if w not in n.tied
+    }
+    params = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    if params != weights:
+        problems.append(f"parameters: torch {params}, check {weights}")
+    buffers = {f"{n.path}.{b}": tuple(s) for n in graph.leaves() for b, s in n.buffers.items()}
+    found = {k: tuple(b.shape) for k, b in model.named_buffers()}
+    if found != buffers:
+        problems.append(f"buffers: torch {found}, check {buffers}")
+    if sum(p.numel() for p in model.parameters()) != report.trainable_params:
+        problems.append("trainable parameter total differs")
+    return problems
+
+
+def _recurrent_macs(module: Any, steps: int) -> int:
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[type(module).__name__]
+    hidden = module.hidden_size
+    width = module.proj_size if getattr(module, "proj_size", 0) else hidden
+    dirs = 2 if module.bidirectional else 1
+    total = 0
+    for layer in range(module.num_layers):
+        n_in = module.input_size if layer == 0 else width * dirs
+        per_step = gates * hidden * (n_in + width) + (2 * gates * hidden if module.bias else 0)
+        per_step += width * hidden if width != hidden else 0
+        total += per_step
+    return steps * dirs * total
+
+
+def torch_macs(module: Any, inputs: list[Any], output: Any) -> int | None:
+    """MACs per sample of one leaf module, counted from its attributes and the shapes its
+    forward pass produced (dlspec's convention: one per weight use and one per bias add);
+    None for kinds this oracle does not count (attention: see test_sequence_layers)."""
+    from torch import nn
+
+    batch = output.shape[0] if hasattr(output, "shape") else inputs[0].shape[0]
+    out = output.numel() // batch if hasattr(output, "numel") else 0
+    bias = getattr(module, "bias", None) is not None and not isinstance(module.bias, bool)
+    if isinstance(module, nn.Linear):
+        leading = out // module.out_features
+        return leading * module.out_features * (module.in_features + int(bias))
+    if isinstance(module, nn.ConvTranspose2d):
+        spatial = inputs[0].numel() // batch
+        kernel = math.prod(module.kernel_size)
+        per_input = module.out_channels // module.groups * kernel
+        return spatial * per_input + (out if bias else 0)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+        return out * (kernel + int(bias))
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
+        return 2 * out if module.weight is not None else 0
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        return out * ((module.weight is not None) + bias)
+    if isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)):
+        return _recurrent_macs(module, inputs[0].shape[1])
+    if isinstance(module, nn.Embedding) or not any(True for _ in module.parameters()):
+        return 0  # lookups, activations, pooling, reshapes, positional tables
+    return None  # attention and the Transformer family
+
+
+def mac_disagreements(spec: Any, model: Any) -> list[str]:
+    """Leaves whose MACs per sample differ from :func:`torch_macs`."""
+    import torch
+
+    from dlspec.backends.onnx_export import sample_inputs
+    from dlspec.layers.symbolic import evaluate
+
+    modules = dict(model.named_modules())
+    seen: dict[str, tuple[list[Any], Any]] = {}
+    hooks = []
+    for leaf in spec.graph.leaves():
+        module = modules.get(leaf.path)
+        if module is None:
+            continue
+
+        def hook(m: Any, args: Any, output: Any, path: str = leaf.path) -> None:
+            seen[path] = (list(args), output[0] if isinstance(output, tuple) else output)
+
+        hooks.append(module.register_forward_hook(hook))
+    inputs = sample_inputs(spec.graph, 2, spec.graph.bindings, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(*inputs.values())
+    for h in hooks:
+        h.remove()
+    problems = []
+    for leaf in spec.graph.leaves():
+        if leaf.path not in seen:
+            continue
+        args, output = seen[leaf.path]
+        expected = torch_macs(modules[leaf.path], args, output)
+        actual = evaluate(leaf.macs, spec.graph.bindings)
+        if expected is not None and expected != actual:
+            problems.append(f"{leaf.path} {leaf.label}: MACs {actual:,}, torch count {expected:,}")
+    return problems
+
+
+def failures(
+    text: str, onnx: bool = True, skipped: list[str] | None = None, dynamo: bool = False
+) -> list[str]:
+    """Every disagreement for one spec text (empty: analyzer, torch and ONNX Runtime agree).
+    The export uses TorchScript, or with ``dynamo`` what ``dlspec export`` uses (TorchScript,
+    else the much slower dynamo exporter). A spec that cannot be exported is appended to
+    ``skipped``, not failed: dlspec export refuses it with a message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on odd head counts, oneDNN and such
+        return _failures(text, onnx, skipped, dynamo)
+
+
+def _failures(text: str, onnx: bool, skipped: list[str] | None, dynamo: bool) -> list[str]:
+    import torch
+
+    import dlspec
+    from dlspec.backends.onnx_export import ExportError, export_onnx
+
+    try:
+        spec = dlspec.load_text(text, "<fuzz>")
+    except dlspec.SpecError as exc:
+        return [f"check refused a spec it accepted while generating: {exc}"]
+    try:
+        torch.manual_seed(0)
+        model = spec.to_torch().eval()
+        problems = disagreements(spec, model) + mac_disagreements(spec, model)
+        if onnx and not problems:
+            exporter = "auto" if dynamo else "torchscript"
+            export_onnx(model, spec.graph, device="cpu", exporter=exporter)
+    except ExportError as exc:
+        if "verification failed" in str(exc):
+            return [f"ONNX Runtime differs from torch: {exc}"]
+        if skipped is not None:
+            skipped.append(str(exc))
+    except Exception as exc:  # torch refusing what check accepted is a disagreement too
+        return [f"torch raised {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"]
+    return problems
+
+
+def shrink(text: str, still_fails: Callable[[str], bool]) -> str:
+    """The spec with every body line removed that the failure does not need."""
+    head, _, rest = text.partition("model Fuzz")
+    lines = rest.splitlines()
+    changed = True
+    while changed:
+        changed = False
+        for i in range(1, len(lines) - 1):
+            if lines[i].strip().startswith("input"):
+                continue
+            candidate = lines[:i] + lines[i + 1 :]
+            attempt = head + "model Fuzz" + "\n".join(candidate) + "\n"
+            if _check(attempt).ok and still_fails(attempt):
+                lines, changed = candidate, True
+                break
+    return head + "model Fuzz" + "\n".join(lines) + "\n"
+
+
+def run(
+    count: int,
+    seed: int,
+    onnx: bool = True,
+    dynamo_every: int = 10,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Fuzz ``count`` specs from ``seed``; the number of failing specs. Every
+    ``dynamo_every``-th spec that TorchScript cannot export is exported as ``dlspec export``
+    does, falling back to dynamo (0: never)."""
+    import torch
+
+    torch.set_num_threads(1)
+    failed = 0
+    skipped: list[str] = []
+    dynamo = rejected = 0
+    start = time.perf_counter()
+    for i in range(count):
+        spec_seed = seed + i
+        text = generate(spec_seed)
+        before = len(skipped)
+        problems = failures(text, onnx, skipped)
+        rejected += len(skipped) - before
+        if len(skipped) > before and dynamo_every and rejected % dynamo_every == 0:
+            del skipped[-1]
+            dynamo += 1
+            problems = failures(text, onnx, skipped, dynamo=True)
+        if len(skipped) > before:
+            log(f"not exported, seed {spec_seed}: {skipped[-1][:200]}")
+        if problems:
+            failed += 1
+            small = shrink(text, lambda t: bool(failures(t, onnx)))
+            log(f"FAIL seed {spec_seed}: {problems[0]}\n--- shrunk spec ---\n{small}---")
+        if (i + 1) % 100 == 0 or i + 1 == count:
+            elapsed = time.perf_counter() - start
+            log(
+                f"{i + 1:,} specs, {failed} failing; ONNX: {dynamo} through dynamo, "
+                f"{len(skipped)} not exported; {elapsed:.0f} s ({elapsed / (i + 1):.3f} s/spec)"
+            )
+    return failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime oracle")
+    parser.add_argument(
+        "--dynamo-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="export every N-th spec TorchScript cannot export with dynamo (slow; 0: never)",
+    )
+    parser.add_argument("--show", action="store_true", help="print the spec of --seed and stop")
+    args = parser.parse_args()
+    if args.show:
+        print(generate(args.seed), end="")
+        return 0
+    print(f"fuzzing {args.count:,} specs from seed {args.seed}", flush=True)
+    failed = run(
+        args.count, args.seed, not args.no_onnx, args.dynamo_every, lambda s: print(s, flush=True)
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
