@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from dlspec.analysis.check import Checked, check_file
+from dlspec.diagnostics import Diagnostic
+from dlspec.syntax.source import read_source
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
 
@@ -87,3 +90,14 @@ def load_spec(args: argparse.Namespace, batch: int = 1) -> tuple[Checked, int]:
     checked = check_file(args.spec, dict(args.overrides), batch=batch, model=args.model)
     print_diagnostics(checked, warnings=False)
     return checked, exit_code(checked)
+
+
+def spec_sources(paths: Iterable[str]) -> Iterator[tuple[str, str | None, Diagnostic | None]]:
+    """Each path with its text, or with the diagnostic that says why it cannot be read;
+    ``-`` is standard input."""
+    for path in paths:
+        if path == "-":
+            yield path, sys.stdin.read(), None
+            continue
+        source, problem = read_source(path)
+        yield path, source.text if source else None, problem
