@@ -23,6 +23,7 @@ COMMANDS = {
     "bench": "dlspec.commands.bench",
     "sample": "dlspec.commands.sample",
     "fmt": "dlspec.commands.fmt",
+    "lsp": "dlspec.commands.lsp",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
