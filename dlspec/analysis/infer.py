@@ -381,6 +381,8 @@ class Analyzer:
 
     def _model(self, definition: ast.Definition) -> ModelGraph | None:
         env = self._model_params(definition)
+        if any(p.name.name not in env for p in definition.params):
+            return None  # its uses would each repeat the parameter's diagnostic as E208
         scope = Scope(path="", env=env)
         inputs: list[InputNode] = []
         nodes = self._body(definition.body, scope, inputs=inputs, top=True)

@@ -42,8 +42,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="the spec file (.dl)")
+def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files; - reads stdin")
+    else:
+        parser.add_argument("spec", help="the spec file (.dl)")
     parser.add_argument(
         "--set",
         dest="overrides",
