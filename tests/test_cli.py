@@ -47,7 +47,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bad_set_value_gives_only_its_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         capsys, "check", str(ROOT / "specs/vgg_block.dl"), "--set", "width=abc"
     )
     assert code == 2
