@@ -47,9 +47,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bad_set_value_gives_only_its_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(
-        capsys, "check", str(ROOT / "specs/vgg_block.dl"), "--set", "width=abc"
-    )
+    code, _, err = run_cli(capsys, "check", str(ROOT / "specs/vgg_block.dl"), "--set", "width=abc")
     assert code == 2
     assert "error[E211]: --set width=abc: expected a whole number, got 'abc'" in err
     assert "E208" not in err
@@ -143,3 +141,86 @@ def test_check_stays_free_of_torch_with_several_specs() -> None:
     )
     env = dict(os.environ)
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0
+
+
+TINY = """\
+model Tiny(num_classes: int = 10) {
+    input image: float[1, 8, 8]
+    Flatten
+    fc = Linear(num_classes)
+    train { epochs = 2  batch_size = 64 }
+}
+"""
+
+
+def test_build_json_lines_and_steady_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dlspec.train.loop.PROGRESS_SECONDS", 0.0)  # a line every batch
+    spec = tmp_path / "tiny.dl"
+    spec.write_text(TINY)
+    args = ["build", str(spec), "--out", str(tmp_path / "out"), "--no-plots", "--threads", "1"]
+    assert main([*args, "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["event"] for r in records] == ["epoch", "epoch", "test"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert records[:2] == [{"event": "epoch", **e} for e in metrics["epochs"]]
+    assert records[2]["accuracy"] == metrics["test"]["accuracy"]
+    # the human lines went to stderr, with progress lines for a log (stderr is no terminal)
+    assert "epoch 2/2  train loss" in err
+    assert "epoch 1/2: 1/21 batches, loss " in err
+
+    assert main([*args, "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_export_predict_bench_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    model = tmp_path / "mlp.onnx"
+    mlp = str(ROOT / "specs" / "mlp.dl")
+    assert main(["export", mlp, "-o", str(model), "--format", "json", "--threads", "1"]) == 0
+    out, _ = capsys.readouterr()
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert record["file"] == str(model) and record["bytes"] == model.stat().st_size
+    assert record["parameters"] == record["check_parameters"] == 17_226
+    assert record["verification"] and all(c["passed"] for c in record["verification"])
+    assert max(c["max_rel"] for c in record["verification"]) <= record["rtol"]
+
+    assert main(["export", mlp, "-o", str(model), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32))
+    assert main(["predict", str(model), str(npz), "--format", "json", "-k", "2"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["input"] for r in records] == [f"{npz}[0]", f"{npz}[1]"]
+    for r in records:
+        assert len(r["top"]) == 2 and r["top"][0]["probability"] >= r["top"][1]["probability"]
+    assert main(["predict", str(model), str(npz), "-k", "2"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    top = records[0]["top"][0]
+    assert text[0].startswith(f"{npz}[0]: {top['class']} {100 * top['probability']:.1f}%")
+
+    bench = ["bench", str(model), "--batch", "1", "--iterations", "1", "--warmup", "1"]
+    assert main([*bench, "--format", "json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["device"], r["batch"]) for r in result["rows"]] == [("CPU", 1)]
+    assert result["rows"][0]["onnx_seconds"] > 0
+
+
+@pytest.mark.parametrize("command", ["build", "export", "predict", "bench", "sample"])
+def test_device_choices_are_the_same_everywhere(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for good in ("auto", "cpu", "cuda", "cuda:1"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--device", good, "--help"])
+        assert info.value.code == 0
+    with pytest.raises(SystemExit) as info:
+        main([command, "x", "--device", "gpu"])
+    assert info.value.code == 2
+    assert "expected auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+    _, out, _ = run_cli(capsys, "help", command)
+    assert "--threads N" in out

@@ -227,6 +227,12 @@ def test_generate_spares_scores_beyond_the_vocabulary() -> None:
     assert set(generate(model, ["x", "y"], "x", 100, seed=0)) <= {"x", "y"}
 
 
+def test_generate_hands_out_each_character_as_drawn() -> None:
+    seen: list[str] = []
+    text = generate(FixedScores([0.2, 0.8]), ["a", "b"], "a", 12, seed=1, on_text=seen.append)
+    assert seen == list(text) and len(text) == 12
+
+
 def test_unknown_prompt_characters_are_named() -> None:
     with pytest.raises(UnknownCharacters, match=r"2 character.*'Q' 'é'") as info:
         generate(FixedScores([0.5, 0.5]), ["a", "b"], "aQé", 5)

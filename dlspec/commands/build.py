@@ -17,12 +17,15 @@ from typing import Any
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
 from dlspec.api import Spec
 from dlspec.commands.common import (
+    add_run_arguments,
     add_spec_arguments,
     load_spec,
     positive_int,
     set_pair,
+    use_threads,
     whole_number,
 )
+from dlspec.commands.output import Output, add_output_arguments
 from dlspec.train import launch
 
 EPILOG = f"""\
@@ -84,14 +87,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="set any train setting, e.g. --train val_split=0.2 (repeatable)",
     )
     run_group = parser.add_argument_group("running")
-    run_group.add_argument(
-        "--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N"
-    )
     run_group.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     run_group.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    run_group.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress bar, no per-epoch lines"
+    add_output_arguments(
+        parser, "one object per epoch as it ends, then the test figures (JSON lines)", "errors"
     )
+    add_run_arguments(parser)
     launch.add_arguments(parser)
 
 
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot write {out / MODEL_PY}: {exc.strerror or exc}", 2)
     if args.no_train:
-        print(f"wrote {out / MODEL_PY}")
+        Output(args).info(f"wrote {out / MODEL_PY}")
         return 0
     return _train(spec, config, args)
 
@@ -192,12 +193,15 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     output_shape = [evaluate(d, graph.bindings) for d in output_type.shape]
     token_limit = index_limit(graph) if input_type.dtype == "long" else None
     out: Path = args.out
+    output = Output(args)
+    use_threads(args.threads)
     options = RunOptions(
         out=out,
         device=args.device,
         quiet=args.quiet,
         plots=not args.no_plots,
         resume=args.resume,
+        on_epoch=lambda entry: output.emit({"event": "epoch", **entry}),
     )
     info = {
         "spec": spec.path,
@@ -216,6 +220,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
         result = train(
             spec.to_torch,
             config,
+            log=output.info,
             input_shape=input_shape,
             output_shape=output_shape,
             spec_hash=spec_hash(spec.source_text, graph.params),
@@ -235,9 +240,12 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             f"{out / CHECKPOINT}: add --resume to continue",
             130,
         )
-    print(_summary(result.metrics))
+    output.result(_summary(result.metrics))
     written = [MODEL_PY, CHECKPOINT, METRICS_JSON]
     if options.plots:
         written += [CURVES_PNG] + [CONFUSION_PNG] * ("confusion_matrix" in result.metrics["test"])
-    print(f"wrote {', '.join(str(out / name) for name in written)}")
+    paths = [str(out / name) for name in written]
+    output.result(f"wrote {', '.join(paths)}")
+    test = {k: v for k, v in result.metrics["test"].items() if k != "report_text"}
+    output.emit({"event": "test", **test, "wrote": paths})
     return 0

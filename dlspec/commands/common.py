@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
@@ -40,6 +41,38 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
+
+
+def device_name(text: str) -> str:
+    """A --device value: auto, cpu, cuda or cuda:N (the same choices in every command)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, device: str = "auto") -> None:
+    """--device and --threads, for the commands that run a model."""
+    group = parser.add_argument_group("device")
+    group.add_argument(
+        "--device",
+        type=device_name,
+        default=device,
+        help=f"auto (CUDA when usable, else CPU), cpu, cuda or cuda:N (default: {device})",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads for torch and ONNX Runtime (default: one per core)",
+    )
+
+
+def use_threads(threads: int | None) -> None:
+    """Apply --threads to torch (imported here: only commands that run torch call this)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:

@@ -10,6 +10,7 @@ random inputs. The file is written only when all of that passed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,7 +28,8 @@ from dlspec.backends.onnx_export import (
     MIN_OPSET,
     RTOL,
 )
-from dlspec.commands.common import add_spec_arguments, load_spec
+from dlspec.commands.common import add_run_arguments, add_spec_arguments, load_spec, use_threads
+from dlspec.commands.output import Output, add_output_arguments
 
 if TYPE_CHECKING:
     from torch import nn
@@ -88,12 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random weights (without --weights)"
     )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where ONNX Runtime verifies (default: CUDA when usable)",
-    )
+    add_output_arguments(parser, "the export and its verification, one object", "errors")
+    add_run_arguments(parser)  # where ONNX Runtime verifies
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -194,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
     from dlspec.files import write_atomic
     from dlspec.train.checkpoint import spec_hash
 
+    use_threads(args.threads)
+    output = Output(args)
     digest = spec_hash(spec.source_text, spec.graph.params)
     torch.manual_seed(args.seed)
     model = spec.to_torch()
@@ -220,24 +220,46 @@ def run(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             metadata=metadata,
             device=args.device,
+            threads=args.threads,
+            notify=output.note,
         )
     except ExportError as exc:
         return _fail(str(exc))
     for line in _report(result, spec.graph.name, spec.report.trainable_params, weights):
-        print(line, file=sys.stderr if line.startswith("note:") else sys.stdout)
+        (output.note if line.startswith("note:") else output.result)(line)
     try:
         write_atomic(out, result.data)
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
-    print(f"wrote {out} ({len(result.data) / 1e6:.1f} MB)")
+    output.result(f"wrote {out} ({len(result.data) / 1e6:.1f} MB)")
+    output.emit(_record(result, spec, weights, out))
     return 0
+
+
+def _record(result: ExportResult, spec: Spec, weights: str, out: Path) -> dict[str, Any]:
+    """The export as JSON (``--format json``)."""
+    return {
+        "file": str(out),
+        "bytes": len(result.data),
+        "model": spec.graph.name,
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "precision": result.precision,
+        "parameters": result.initializers.parameters,
+        "check_parameters": spec.report.trainable_params,
+        "weights": weights,
+        "export_seconds": result.export_seconds,
+        "fallback": result.fallback,
+        "provider": result.provider,
+        "rtol": result.rtol,
+        "verify_seconds": result.verify_seconds,
+        "verification": [dataclasses.asdict(c) for c in result.comparisons],
+    }
 
 
 def _report(result: ExportResult, name: str, expected: int, weights: str) -> list[str]:
     """One line per step: notes, export, verification."""
     lines = [result.notice] if result.notice else []
-    if result.fallback:
-        lines.append(f"note: {result.fallback}; exported with dynamo instead")
     count = result.initializers.parameters
     agreement = "as check counts" if count == expected else f"but check counts {expected:,}"
     lines.append(
