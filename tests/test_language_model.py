@@ -331,3 +331,21 @@ def test_sampling_a_classifier_is_refused(tmp_path: Path, capsys: Any) -> None:
     capsys.readouterr()
     assert main(["sample", str(tmp_path)]) == 1
     assert "is not a language model" in capsys.readouterr().err
+
+
+def test_vocabulary_and_data_path_come_from_beside_the_spec(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --set vocab and no --data: the text lies beside the spec, which is read from
+    another directory, and the model's vocabulary is the text's 14 characters."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "corpus.txt").write_text(CORPUS, encoding="utf-8")
+    spec = (ROOT / "specs" / "tiny_gpt.dl").read_text().replace('"python-docs"', '"corpus.txt"')
+    (folder / "gpt.dl").write_text(spec)
+    monkeypatch.chdir(tmp_path / "project" / "..")
+    args = ["build", "project/gpt.dl", *SMALL_GPT, "--out", "out", *LM, "--epochs", "1"]
+    assert main([a for a in args if a != "--quiet"]) == 0
+    assert "vocab = 14: the distinct characters of project/corpus.txt" in capsys.readouterr().err
+    m = metrics(tmp_path / "out")
+    assert m["params"]["vocab"] == 14 and m["data"]["classes"] == vocabulary(CORPUS)

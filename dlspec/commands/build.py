@@ -14,6 +14,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from dlspec.analysis.check import Checked
+from dlspec.analysis.report import Report
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
 from dlspec.api import Spec
 from dlspec.commands.common import (
@@ -38,6 +40,7 @@ exit codes: 0 done, 1 the spec has errors or the data / checkpoint cannot be use
 --resume continues from it)."""
 
 MODEL_PY = "model.py"
+VOCAB = "vocab"  # a language model's parameter that the data's vocabulary size fills
 
 
 def _number(text: str) -> str:
@@ -110,6 +113,41 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
     return pairs + list(args.train_overrides)
 
 
+def _vocabulary_from_data(args: argparse.Namespace, data: str) -> tuple[Checked, int]:
+    """The spec checked again with ``vocab`` set to the number of distinct characters of the
+    language model's text (a text that cannot be read: its message and exit code 1)."""
+    from dlspec.train.data import DataError
+    from dlspec.train.text import read_text, vocabulary
+
+    try:
+        name, text = read_text(data)
+    except DataError as exc:
+        return Checked(args.spec, None, None, Report(file=args.spec)), _fail(str(exc))
+    size = len(vocabulary(text))
+    Output(args).note(f"{VOCAB} = {size}: the distinct characters of {name}")
+    args.overrides = [*args.overrides, (VOCAB, str(size))]
+    return load_spec(args)
+
+
+def _data_beside_spec(
+    config: TrainConfig, spec_path: str, overrides: list[tuple[str, str]]
+) -> TrainConfig:
+    """A relative ``data`` path in the spec is relative to the spec's folder (``--data`` on
+    the command line stays relative to the current directory). A named source (``digits``,
+    ``python-docs``...) stays a name unless a file of that name lies beside the spec."""
+    from dlspec.train.data import NAMED_SOURCES
+    from dlspec.train.text import PYTHON_DOCS
+
+    data = Path(config.data).expanduser()
+    if any(key == "data" for key, _ in overrides) or data.is_absolute():
+        return config
+    beside = Path(spec_path).parent / data
+    named = config.data.strip().lower().replace("_", "-") in (*NAMED_SOURCES, PYTHON_DOCS)
+    if beside.exists() or not named:
+        return config.model_copy(update={"data": str(beside)})
+    return config
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"dlspec build: {message}", file=sys.stderr)
     return code
@@ -144,6 +182,14 @@ def run(args: argparse.Namespace) -> int:
         config = train_config(graph.train, graph.params, _overrides(args))
     except TrainConfigError as exc:
         return _fail(str(exc), 2)
+    config = _data_beside_spec(config, checked.path, _overrides(args))
+    wanted = VOCAB in graph.params and VOCAB not in dict(args.overrides)
+    if config.task == "language_model" and wanted and not args.no_train:
+        checked, code = _vocabulary_from_data(args, config.data)
+        if code or checked.graph is None:
+            return code or 1
+        graph = checked.graph
+    assert checked.source is not None  # a spec that checked has its text
     spec = Spec(checked.path, checked.source.text, graph, checked.report)
     out: Path = args.out
     try:
