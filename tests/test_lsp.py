@@ -14,6 +14,7 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 
 from dlspec.analysis.check import check_file
 from dlspec.analysis.render import human_bytes
+from dlspec.syntax.format import format_text
 
 
 @pytest_lsp.fixture(
@@ -173,6 +174,23 @@ async def test_completion_of_kinds_and_arguments(client: LanguageClient, tmp_pat
         uri = await open_spec(client, path, "\n".join(edited))
         row = len(edited) + text.count("\n") - 1
         assert expected <= set(await complete(client, uri, row, len(text.split("\n")[-1])))
+
+
+async def test_formatting_is_fmt(client: LanguageClient, tmp_path: Path) -> None:
+    path = tmp_path / "messy.dl"
+    messy = "model M(n:int=4){input x:float[8]\n  fc=Linear(n) expect params==(8+1)*n # c\n}"
+    uri = await open_spec(client, path, messy)
+    edits = await client.text_document_formatting_async(
+        types.DocumentFormattingParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            options=types.FormattingOptions(tab_size=4, insert_spaces=True),
+        )
+    )
+    assert edits is not None
+    (edit,) = edits
+    assert (edit.range.start.line, edit.range.start.character) == (0, 0)
+    assert edit.range.end.line >= 2
+    assert edit.new_text == format_text(messy)[0]
 
 
 README_HOVER = """\

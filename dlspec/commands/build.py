@@ -120,11 +120,11 @@ def _vocabulary_from_data(args: argparse.Namespace, data: str) -> tuple[Checked,
     from dlspec.train.text import read_text, vocabulary
 
     try:
-        name, text = read_text(data)
+        text = read_text(data)[1]
     except DataError as exc:
         return Checked(args.spec, None, None, Report(file=args.spec)), _fail(str(exc))
     size = len(vocabulary(text))
-    Output(args).note(f"{VOCAB} = {size}: the distinct characters of {name}")
+    Output(args).note(f"{VOCAB} = {size}: the distinct characters of {data}")
     args.overrides = [*args.overrides, (VOCAB, str(size))]
     return load_spec(args)
 

@@ -6,7 +6,8 @@
 * go to definition: from a block's use to its ``block`` definition, from a tensor name
   (``<- a, b``, ``tie=tok_emb``) to the statement that defines it;
 * completion of layer kinds (and the spec's blocks) and, inside a call, of the kind's
-  arguments, from the layer registry.
+  arguments, from the layer registry;
+* formatting: the layout of ``dlspec fmt``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dlspec.diagnostics import Diagnostic, Span
 from dlspec.lsp.hover import hover_text
 from dlspec.lsp.schema import argument_items, block_parameters, kind_items
 from dlspec.syntax import ast
+from dlspec.syntax.format import format_text
 from dlspec.syntax.parser import parse
 
 server = LanguageServer("dlspec", __version__)
@@ -167,6 +169,20 @@ def completion(ls: LanguageServer, params: types.CompletionParams) -> types.Comp
     blocks = block_parameters(doc.source)
     items = argument_items(call, blocks) if call is not None else kind_items(list(blocks))
     return types.CompletionList(is_incomplete=False, items=items)
+
+
+@server.feature(types.TEXT_DOCUMENT_FORMATTING)
+def formatting(
+    ls: LanguageServer, params: types.DocumentFormattingParams
+) -> list[types.TextEdit] | None:
+    """The whole document in the layout of ``dlspec fmt`` (nothing while it does not parse)."""
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    formatted = format_text(doc.source)[0]
+    if formatted is None or formatted == doc.source:
+        return None
+    end = types.Position(line=len(doc.lines), character=0)
+    whole = types.Range(start=types.Position(line=0, character=0), end=end)
+    return [types.TextEdit(range=whole, new_text=formatted)]
 
 
 def serve() -> None:
