@@ -349,3 +349,18 @@ def test_vocabulary_and_data_path_come_from_beside_the_spec(
     assert "vocab = 14: the distinct characters of project/corpus.txt" in capsys.readouterr().err
     m = metrics(tmp_path / "out")
     assert m["params"]["vocab"] == 14 and m["data"]["classes"] == vocabulary(CORPUS)
+
+
+def test_export_takes_the_vocabulary_the_checkpoint_was_trained_with(
+    corpus: Path, tmp_path: Path, capsys: Any
+) -> None:
+    lstm = str(ROOT / "specs" / "lstm_lm.dl")
+    out = tmp_path / "run"
+    train = [a for a in LM if a != "--quiet"] + ["--data", str(corpus), "--epochs", "1"]
+    assert main(["build", lstm, "--set", "T=8", "--out", str(out), *train]) == 0
+    assert "vocab = 14: the distinct characters of" in capsys.readouterr().err
+    model = tmp_path / "lm.onnx"
+    export = ["export", lstm, "--set", "T=8", "--weights", str(out / "checkpoint.pt")]
+    assert main([*export, "-o", str(model), "--no-verify"]) == 0
+    assert "the checkpoint's vocab=14" in capsys.readouterr().err
+    assert model.stat().st_size > 0

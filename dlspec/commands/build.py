@@ -117,8 +117,10 @@ def _vocabulary_from_data(args: argparse.Namespace, data: str) -> tuple[Checked,
     """The spec checked again with ``vocab`` set to the number of distinct characters of the
     language model's text (a text that cannot be read: its message and exit code 1)."""
     from dlspec.train.data import DataError
-    from dlspec.train.text import read_text, vocabulary
+    from dlspec.train.text import PYTHON_DOCS, read_text, vocabulary
 
+    if data == PYTHON_DOCS:  # gathered from pydoc: seconds, once per process
+        Output(args).note(f"reading {PYTHON_DOCS} (Python's help texts, ~5 s)...")
     try:
         text = read_text(data)[1]
     except DataError as exc:

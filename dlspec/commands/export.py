@@ -174,13 +174,43 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
     return out
 
 
+def _checkpoint_overrides(args: argparse.Namespace, params: dict[str, Any]) -> list[str]:
+    """``--set`` pairs for the model parameters the --weights checkpoint was trained with,
+    where they differ from the spec's and the command line sets none (a language model's
+    ``vocab``, say, which `dlspec build` took from its data)."""
+    from dlspec.train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        saved = load_checkpoint(args.weights, None).info.get("params") or {}
+    except CheckpointError:
+        return []  # _load_weights says what is wrong with it
+    given = dict(args.overrides)
+    return [
+        f"{name}={value}"
+        for name, value in saved.items()
+        if name in params
+        and name not in given
+        and params[name] != value
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1
+    extra = _checkpoint_overrides(args, checked.graph.params) if args.weights else []
+    if extra:
+        Output(args).note(f"the checkpoint's {', '.join(extra)}")
+        args.overrides = [*args.overrides, *(tuple(pair.split("=", 1)) for pair in extra)]
+        checked, code = load_spec(args)
+    graph, source = checked.graph, checked.source
+    if code or graph is None or source is None:
+        return code or 1
     from dlspec.api import Spec
 
-    spec = Spec(checked.path, checked.source.text, checked.graph, checked.report)
+    spec = Spec(checked.path, source.text, graph, checked.report)
     out: Path = args.out or Path(Path(args.spec).stem + ".onnx")
     problem = _writable(out)
     if problem:
