@@ -2,32 +2,38 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
+RUNTIME := $(VENV)/.installed
+DEV     := $(VENV)/.installed-dev
 
 .PHONY: install demo test lint format docs bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# What dlspec needs to run (the demo), then the development tools on top (lint, test).
 # torch first, pinned: its CPU build lies on this machine's disk, while an unpinned torch pulls
 # a multi-GB CUDA build. pyproject declares a range that 2.13.0 satisfies.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
 	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz) \
 		|| echo "note: could not install Graphviz; 'dlspec draw' will write .dot files only"
-	touch $(STAMP)
+	touch $(RUNTIME)
 
-install: $(STAMP)
+$(DEV): $(RUNTIME)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(DEV)
+
+install: $(DEV)
 
 # The main job on the embedded default data: check MY_NET, then build and train it on the
 # handwritten digits that ship with scikit-learn, then draw it.
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/dlspec check specs/cnn.dl
 	$(BIN)/dlspec build specs/cnn.dl --out build/cnn
 	$(BIN)/dlspec draw specs/cnn.dl --out build/cnn/model.svg
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff format --check dlspec tests bench
 	$(BIN)/ruff check dlspec tests bench
 	$(BIN)/mypy
@@ -35,14 +41,14 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff format dlspec tests bench
 	$(BIN)/ruff check --fix dlspec tests bench
 
-docs: $(STAMP)
+docs: $(RUNTIME)
 	$(BIN)/python -m dlspec.docs README.md
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python bench/check_speed.py
 
 # Differential fuzzing: random valid specs, the analysis against torch and ONNX Runtime.

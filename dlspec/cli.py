@@ -23,6 +23,8 @@ COMMANDS = {
     "predict": "dlspec.commands.predict",
     "bench": "dlspec.commands.bench",
     "sample": "dlspec.commands.sample",
+    "fmt": "dlspec.commands.fmt",
+    "lsp": "dlspec.commands.lsp",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
@@ -36,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"dlspec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
+        argv = [*argv[1:2], "--help"]
     chosen = [a for a in argv if a in COMMANDS][:1]  # import only the command that runs
     for name in chosen or COMMANDS:
         module = importlib.import_module(COMMANDS[name])
@@ -47,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # never fail on undecodable names from argv
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+    if not chosen:
+        sub.add_parser("help", help="show a command's options: dlspec help COMMAND")
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given, for a command that starts itself again
     try:

@@ -313,3 +313,18 @@ def test_bad_option_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_cuda_device_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_failing(capsys, 1, MLP, "--out", str(tmp_path / "o"), *FAST, "--device", "cuda")
     assert "CUDA is not available here" in err
+
+
+def test_data_paths_are_relative_to_the_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    spec, _ = vector_data(folder, "binary")  # specs/small.dl and specs/binary.npz
+    spec.write_text(VECTOR_MODEL.replace("val_split = 0", 'val_split = 0  data = "binary.npz"'))
+    monkeypatch.chdir(tmp_path)
+    assert build("specs/small.dl", "--out", "out", *FAST, "--train", "task=binary") == 0
+    spec.write_text(VECTOR_MODEL.replace("val_split = 0", 'val_split = 0  data = "gone.npz"'))
+    capsys.readouterr()
+    assert build("specs/small.dl", "--out", "out", *FAST) == 1
+    assert "'specs/gone.npz' not found" in capsys.readouterr().err  # where it looked

@@ -45,6 +45,7 @@ OVERRIDES: dict[str, dict[str, object]] = {
 }
 EXPORTER: dict[str, onnx_export.Exporter] = {"transformer": "dynamo"}
 GOOD = [path.stem for path in SPECS if check_file(path).ok]
+NOTICES: dict[str, list[str]] = {}  # what export_onnx announced before a long step, per spec
 
 
 @cache
@@ -53,7 +54,11 @@ def exported(name: str) -> tuple[dlspec.Spec, ExportResult]:
     spec = dlspec.load(ROOT / "specs" / f"{name}.dl", **OVERRIDES.get(name, {}))
     torch.manual_seed(0)
     exporter = EXPORTER.get(name, "auto")
-    return spec, export_onnx(spec.to_torch(), spec.graph, exporter=exporter, device="cpu")
+    notify = NOTICES.setdefault(name, []).append
+    result = export_onnx(
+        spec.to_torch(), spec.graph, exporter=exporter, device="cpu", notify=notify
+    )
+    return spec, result
 
 
 def metadata(result: ExportResult) -> dict[str, str]:
@@ -114,6 +119,11 @@ def test_exporter_choice() -> None:
     _, gpt = exported("tiny_gpt")
     assert gpt.exporter == "dynamo"
     assert gpt.fallback is not None and gpt.fallback.startswith("TorchScript: ")
+    # the long step is announced before it starts, in one line; a quick export is silent
+    assert NOTICES["cnn"] == []
+    (notice,) = NOTICES["tiny_gpt"]
+    assert notice.startswith("exporting TinyGPT with the dynamo exporter (TorchScript: ")
+    assert notice.endswith("); this may take ~20 s...") and len(notice) < 160
 
 
 def test_token_ids_stay_below_the_smallest_vocabulary() -> None:
@@ -334,8 +344,11 @@ def test_default_output_name(
 
 
 def test_cuda_missing_falls_back_to_cpu_with_a_notice(tmp_path: Path) -> None:
-    """With no usable GPU (hidden here), ONNX Runtime runs on CPU and says so in one line."""
+    """With no usable GPU, ONNX Runtime runs on CPU: silently where the machine has no GPU at
+    all, with a one-line notice where a GPU is there but hidden or unusable."""
     import onnxruntime as ort
+
+    from dlspec.backends.runtime import gpu_present
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider to fall back from")
@@ -348,19 +361,23 @@ def test_cuda_missing_falls_back_to_cpu_with_a_notice(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "dlspec", "predict", str(model), str(npz)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == [
+    notice = (
         "note: ONNX Runtime cannot use CUDA here (no GPU, or its CUDA / cuDNN libraries are "
         "missing); running on CPU"
-    ]
-    done = subprocess.run(
-        [*command, "--device", "cuda"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=False,
     )
-    assert done.returncode == 1 and "cannot use CUDA" in done.stderr
+    assert done.stderr.splitlines() == ([notice] if gpu_present() else [])
+    for device in ("cuda", "cuda:1"):
+        done = subprocess.run(
+            [*command, "--device", device],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            check=False,
+        )
+        assert done.returncode == 1 and f"device {device}: ONNX Runtime cannot use CUDA" in (
+            done.stderr
+        )
 
 
 # every layer kind exports: tiny specs that together use each kind --------------------------

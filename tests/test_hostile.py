@@ -239,7 +239,7 @@ def test_diverging_training_keeps_the_last_finite_checkpoint(
     assert cli("build", spec, "--out", out, "--data", data, "-q", "--epochs", "3") == 1
     err = capsys.readouterr().err
     assert "training diverged" in err and "keeps epoch 1, the last finite one" in err
-    hashed = spec_hash(SMALL, load(spec).graph.params)
+    hashed = spec_hash(SMALL, load(spec).graph.arguments)
     assert load_checkpoint(out / "checkpoint.pt", hashed).epoch == 1  # validated: finite
     assert not (out / "metrics.json").exists()
 

@@ -227,6 +227,12 @@ def test_generate_spares_scores_beyond_the_vocabulary() -> None:
     assert set(generate(model, ["x", "y"], "x", 100, seed=0)) <= {"x", "y"}
 
 
+def test_generate_hands_out_each_character_as_drawn() -> None:
+    seen: list[str] = []
+    text = generate(FixedScores([0.2, 0.8]), ["a", "b"], "a", 12, seed=1, on_text=seen.append)
+    assert seen == list(text) and len(text) == 12
+
+
 def test_unknown_prompt_characters_are_named() -> None:
     with pytest.raises(UnknownCharacters, match=r"2 character.*'Q' 'é'") as info:
         generate(FixedScores([0.5, 0.5]), ["a", "b"], "aQé", 5)
@@ -325,3 +331,36 @@ def test_sampling_a_classifier_is_refused(tmp_path: Path, capsys: Any) -> None:
     capsys.readouterr()
     assert main(["sample", str(tmp_path)]) == 1
     assert "is not a language model" in capsys.readouterr().err
+
+
+def test_vocabulary_and_data_path_come_from_beside_the_spec(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --set vocab and no --data: the text lies beside the spec, which is read from
+    another directory, and the model's vocabulary is the text's 14 characters."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "corpus.txt").write_text(CORPUS, encoding="utf-8")
+    spec = (ROOT / "specs" / "tiny_gpt.dl").read_text().replace('"python-docs"', '"corpus.txt"')
+    (folder / "gpt.dl").write_text(spec)
+    monkeypatch.chdir(tmp_path / "project" / "..")
+    args = ["build", "project/gpt.dl", *SMALL_GPT, "--out", "out", *LM, "--epochs", "1"]
+    assert main([a for a in args if a != "--quiet"]) == 0
+    assert "vocab = 14: the distinct characters of project/corpus.txt" in capsys.readouterr().err
+    m = metrics(tmp_path / "out")
+    assert m["params"]["vocab"] == 14 and m["data"]["classes"] == vocabulary(CORPUS)
+
+
+def test_export_takes_the_vocabulary_the_checkpoint_was_trained_with(
+    corpus: Path, tmp_path: Path, capsys: Any
+) -> None:
+    lstm = str(ROOT / "specs" / "lstm_lm.dl")
+    out = tmp_path / "run"
+    train = [a for a in LM if a != "--quiet"] + ["--data", str(corpus), "--epochs", "1"]
+    assert main(["build", lstm, "--set", "T=8", "--out", str(out), *train]) == 0
+    assert "vocab = 14: the distinct characters of" in capsys.readouterr().err
+    model = tmp_path / "lm.onnx"
+    export = ["export", lstm, "--set", "T=8", "--weights", str(out / "checkpoint.pt")]
+    assert main([*export, "-o", str(model), "--no-verify"]) == 0
+    assert "the checkpoint's vocab=14" in capsys.readouterr().err
+    assert model.stat().st_size > 0

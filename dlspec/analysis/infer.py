@@ -314,6 +314,8 @@ class Analyzer:
 
     def _model(self, definition: ast.Definition) -> ModelGraph | None:
         env = self._model_params(definition)
+        if any(p.name.name not in env for p in definition.params):
+            return None  # its uses would each repeat the parameter's diagnostic as E208
         scope = Scope(path="", env=env)
         steps = self._body(definition.body, scope, top=True)
         if not scope.inputs:

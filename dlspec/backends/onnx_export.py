@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -419,6 +419,7 @@ def _attempt(
     half: bool,
     metadata: Mapping[str, str],
     device: Device,
+    threads: int | None,
     messages: list[str],
 ) -> tuple[onnx.ModelProto, bytes, Session]:
     """Export with one exporter, check, add metadata and probe; raise :class:`_Rejected`."""
@@ -458,11 +459,17 @@ def _attempt(
         raise _Rejected(f"onnx.checker: {_first_line(exc)}") from None
     data = proto.SerializeToString()
     try:
-        session = Session(data, device=device, fp16=half)
+        session = Session(data, device=device, threads=threads, fp16=half)
     except RuntimeSetupError as exc:
         raise _Rejected(str(exc)) from None
     _probe(session, graph)
     return proto, data, session
+
+
+def _brief(text: str, width: int = 90) -> str:
+    """A failure's first sentence, cut to ``width`` characters (the whole is in the result)."""
+    first = text.split(". ")[0]
+    return first if len(first) <= width else first[: width - 3].rstrip() + "..."
 
 
 def export_onnx(
@@ -475,13 +482,17 @@ def export_onnx(
     verify: bool = True,
     metadata: Mapping[str, str] | None = None,
     device: Device = "auto",
+    threads: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (built from ``graph``, e.g. ``Spec.to_torch()``; it is put in eval
     mode) to ONNX, check it, probe it with ONNX Runtime at other sizes, and (``verify``)
     compare it with torch; see the module docstring. ``fp16`` exports a half-precision copy
     (verified against the fp32 model with :data:`RTOL` ``["fp16"]``). ``metadata`` adds
-    entries to the model's metadata. Nothing is written: :attr:`ExportResult.data` holds the
-    model. Raises :class:`ExportError` with a message for the user."""
+    entries to the model's metadata. ``threads``: ONNX Runtime's CPU threads. ``notify`` is
+    told, in one line, before a step that takes long (the dynamo exporter's ~20 s). Nothing
+    is written: :attr:`ExportResult.data` holds the model. Raises :class:`ExportError` with a
+    message for the user."""
     elements = sum(math.prod(s) for n in graph.leaves() for s in n.weights.values())
     elements += graph.buffer_count
     if elements * (2 if fp16 else 4) > _PROTOBUF_LIMIT:
@@ -496,9 +507,12 @@ def export_onnx(
     messages: list[str] = []
     start = time.perf_counter()
     for name in attempts:
+        if name == "dynamo" and notify is not None:
+            why = f" ({_brief(failures[-1])})" if failures else ""
+            notify(f"exporting {graph.name} with the dynamo exporter{why}; this may take ~20 s...")
         try:
             proto, data, session = _attempt(
-                name, exported, graph, opset, fp16, metadata or {}, device, messages
+                name, exported, graph, opset, fp16, metadata or {}, device, threads, messages
             )
             break
         except _Rejected as exc:

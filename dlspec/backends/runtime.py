@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ __all__ = ["CPU", "CUDA", "Device", "RuntimeSetupError", "Session", "TensorInfo"
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-Device = Literal["auto", "cpu", "cuda"]
+Device = str  # "auto", "cpu", "cuda" or "cuda:N"
 
 # ONNX element types (as sessions report them) -> numpy dtypes
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
@@ -64,17 +64,25 @@ def _quiet_logs() -> None:
     ort.set_default_logger_severity(4)  # fatal only: errors reach us as exceptions
 
 
-def _cuda_options(prefer_nhwc: bool, tf32: bool) -> dict[str, str]:
+def _cuda_options(device: Device, prefer_nhwc: bool, tf32: bool) -> dict[str, str]:
     # prefer_nhwc: channels-last convolutions (faster with tensor cores); use_tf32=0 keeps
     # fp32 matmuls and convolutions at full precision, as verification needs
-    return {"prefer_nhwc": str(int(prefer_nhwc)), "use_tf32": str(int(tf32))}
+    index = device.partition(":")[2] or "0"
+    return {"device_id": index, "prefer_nhwc": str(int(prefer_nhwc)), "use_tf32": str(int(tf32))}
+
+
+def gpu_present() -> bool:
+    """Whether this machine shows an NVIDIA GPU at all (a device node), without loading CUDA:
+    ``onnxruntime-gpu`` offers its CUDA provider on machines that have none."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 class Session:
     """An ONNX Runtime inference session on the best usable provider.
 
-    ``device``: ``"auto"`` (CUDA when usable, else CPU, with :attr:`notice` set), ``"cpu"``, or
-    ``"cuda"`` (raise :class:`RuntimeSetupError` when unusable). ``threads`` sets the CPU
+    ``device``: ``"auto"`` (CUDA when usable, else CPU, with :attr:`notice` set where a GPU
+    is present but unusable), ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` (raise
+    :class:`RuntimeSetupError` when unusable). ``threads`` sets the CPU
     thread count (ONNX Runtime's default: one per physical core). ``prefer_nhwc`` lets the
     CUDA provider run convolutions channels-last; ``tf32`` allows TF32 matmuls on GPUs that
     have them (off by default, so fp32 results match torch's on CPU). ``fp16`` says whether
@@ -103,12 +111,14 @@ class Session:
         # ONNX Runtime 1.31's NCHWc layout pass crashes the process on fp16 LSTMs on the CPU
         # provider; it only speeds up fp32 convolutions, so fp16 models do without it
         disabled = ["NchwcTransformer"] if half else []
+        # auto: CUDA only where a GPU is present, so a CPU-only machine gets no notice
         want_cuda = device != "cpu" and CUDA in ort.get_available_providers()
+        want_cuda = want_cuda and (device != "auto" or gpu_present())
         session = None
         if want_cuda:
             # a CUDA provider that refuses its options or the model: CPU may still take it
             with contextlib.suppress(Exception):
-                cuda = (CUDA, _cuda_options(prefer_nhwc, tf32))
+                cuda = (CUDA, _cuda_options(device, prefer_nhwc, tf32))
                 session = ort.InferenceSession(
                     source, options, providers=[cuda, CPU], disabled_optimizers=disabled
                 )
@@ -124,9 +134,9 @@ class Session:
         self._session = session
         self.on_gpu = self._session.get_providers()[0] == CUDA
         self.notice: str | None = None
-        if device == "cuda" and not self.on_gpu:
+        if device.startswith("cuda") and not self.on_gpu:
             raise RuntimeSetupError(
-                "device cuda: ONNX Runtime cannot use CUDA here (no GPU, or the CUDA / cuDNN "
+                f"device {device}: ONNX Runtime cannot use CUDA here (no GPU, or the CUDA / cuDNN "
                 "libraries onnxruntime-gpu needs are missing)"
             )
         if device == "auto" and not self.on_gpu and want_cuda:

@@ -11,6 +11,7 @@ there and unchanged. Inputs are random: N(0, 1) floats, token ids below the voca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -19,11 +20,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dlspec.commands.common import add_spec_arguments, load_spec, positive_int, refuse_memory
+from dlspec.commands.common import (
+    add_run_arguments,
+    add_spec_arguments,
+    load_spec,
+    positive_int,
+    refuse_memory,
+)
+from dlspec.commands.output import Output, add_output_arguments
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,15 +70,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--iterations", type=positive_int, default=20, help="timed runs (20)")
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed runs first (3)")
-    parser.add_argument(
-        "--threads", type=positive_int, help="CPU threads for both (default: torch's count)"
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="auto (default): CPU, and CUDA too when usable",
-    )
+    add_output_arguments(parser, "the settings and one row per device and batch size")
+    add_run_arguments(parser)  # auto: CPU, and CUDA too when usable
 
 
 def median_seconds(
@@ -119,7 +120,7 @@ def random_feeds(session: Session, batch: int, seed: int = 0) -> dict[str, np.nd
 def measure(
     model: nn.Module | None,
     session: Session,
-    device: Literal["cpu", "cuda"],
+    device: str,
     batches: Sequence[int],
     *,
     warmup: int,
@@ -129,14 +130,15 @@ def measure(
     device: IO binding of torch CUDA tensors on a GPU) at each batch size."""
     import torch
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    on_gpu = device.startswith("cuda")
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     rows = []
     for batch in batches:
         feeds = random_feeds(session, batch)
         tensors = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
         onnx_call: Callable[[], object] = (
             functools.partial(session.run_bound, tensors)
-            if device == "cuda"
+            if on_gpu
             else functools.partial(session.run, feeds)
         )
         onnx_seconds = median_seconds(onnx_call, warmup=warmup, iterations=iterations, sync=sync)
@@ -197,7 +199,9 @@ def _from_spec(args: argparse.Namespace) -> tuple[nn.Module, bytes] | int:
         result = export_onnx(model, spec.graph, verify=False, device="cpu")
     except ExportError as exc:
         return _fail(str(exc))
-    print(f"exported {spec.graph.name} with {result.exporter} in {result.export_seconds:.2f} s")
+    Output(args).info(
+        f"exported {spec.graph.name} with {result.exporter} in {result.export_seconds:.2f} s"
+    )
     return model, result.data
 
 
@@ -252,18 +256,19 @@ def run(args: argparse.Namespace) -> int:
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    devices: list[Literal["cpu", "cuda"]] = [] if args.device == "cuda" else ["cpu"]
+    cuda = args.device.startswith("cuda")
+    devices = [] if cuda else ["cpu"]
     if args.device != "cpu" and torch.cuda.is_available():
-        devices.append("cuda")
-    elif args.device == "cuda":
-        return _fail("--device cuda: torch sees no CUDA device")
+        devices.append(args.device if cuda else "cuda")
+    elif cuda:
+        return _fail(f"--device {args.device}: torch sees no CUDA device")
     rows: list[Row] = []
     try:
         for device in devices:
             try:
                 session = Session(source, device=device, threads=threads, prefer_nhwc=True)
             except RuntimeSetupError as exc:
-                if device == "cpu" or args.device == "cuda":
+                if device == "cpu" or cuda:
                     raise
                 print(f"note: no CUDA timings: {exc}", file=sys.stderr)
                 continue
@@ -283,6 +288,12 @@ def run(args: argparse.Namespace) -> int:
             )
     except (RuntimeSetupError, BenchError) as exc:
         return _fail(str(exc))
+    output = Output(args)
+    if output.json:
+        rows_json = [{**dataclasses.asdict(row), "speedup": row.speedup} for row in rows]
+        runs = {"iterations": args.iterations, "warmup": args.warmup, "threads": threads}
+        output.emit({**runs, "rows": rows_json})
+        return 0
     print(
         f"median of {args.iterations} runs after {args.warmup} warm-up runs; "
         f"CPU: {threads} thread{'s' * (threads != 1)} for both"

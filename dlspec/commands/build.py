@@ -14,18 +14,22 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from dlspec.analysis.check import Checked
+from dlspec.analysis.report import Report
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
 from dlspec.api import Spec
 from dlspec.commands.common import (
+    add_run_arguments,
     add_spec_arguments,
     load_spec,
     positive_int,
     refuse_memory,
     set_pair,
+    use_threads,
     whole_number,
 )
+from dlspec.commands.output import Output, add_output_arguments
 from dlspec.files import DirectoryLock, LockedError, remove_stale_temporaries
-from dlspec.terminal import printable
 from dlspec.train import launch
 
 EPILOG = f"""\
@@ -38,6 +42,7 @@ exit codes: 0 done, 1 the spec has errors or the data / checkpoint cannot be use
 --resume continues from it)."""
 
 MODEL_PY = "model.py"
+VOCAB = "vocab"  # a language model's parameter that the data's vocabulary size fills
 
 
 def _number(text: str) -> str:
@@ -87,14 +92,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="set any train setting, e.g. --train val_split=0.2 (repeatable)",
     )
     run_group = parser.add_argument_group("running")
-    run_group.add_argument(
-        "--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N"
-    )
     run_group.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     run_group.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    run_group.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress bar, no per-epoch lines"
+    add_output_arguments(
+        parser, "one object per epoch as it ends, then the test figures (JSON lines)", "errors"
     )
+    add_run_arguments(parser)
     launch.add_arguments(parser)
 
 
@@ -110,6 +113,43 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
     }
     pairs = [(key, value) for key, value in options.items() if value is not None]
     return pairs + list(args.train_overrides)
+
+
+def _vocabulary_from_data(args: argparse.Namespace, data: str) -> tuple[Checked, int]:
+    """The spec checked again with ``vocab`` set to the number of distinct characters of the
+    language model's text (a text that cannot be read: its message and exit code 1)."""
+    from dlspec.train.data import DataError
+    from dlspec.train.text import PYTHON_DOCS, read_text, vocabulary
+
+    if data == PYTHON_DOCS:  # gathered from pydoc: seconds, once per process
+        Output(args).note(f"reading {PYTHON_DOCS} (Python's help texts, ~5 s)...")
+    try:
+        text = read_text(data)[1]
+    except DataError as exc:
+        return Checked(args.spec, None, None, Report(file=args.spec)), _fail(str(exc))
+    size = len(vocabulary(text))
+    Output(args).note(f"{VOCAB} = {size}: the distinct characters of {data}")
+    args.overrides = [*args.overrides, (VOCAB, str(size))]
+    return load_spec(args)
+
+
+def _data_beside_spec(
+    config: TrainConfig, spec_path: str, overrides: list[tuple[str, str]]
+) -> TrainConfig:
+    """A relative ``data`` path in the spec is relative to the spec's folder (``--data`` on
+    the command line stays relative to the current directory). A named source (``digits``,
+    ``python-docs``...) stays a name unless a file of that name lies beside the spec."""
+    from dlspec.train.data import NAMED_SOURCES
+    from dlspec.train.text import PYTHON_DOCS
+
+    data = Path(config.data).expanduser()
+    if any(key == "data" for key, _ in overrides) or data.is_absolute():
+        return config
+    beside = Path(spec_path).parent / data
+    named = config.data.strip().lower().replace("_", "-") in (*NAMED_SOURCES, PYTHON_DOCS)
+    if beside.exists() or not named:
+        return config.model_copy(update={"data": str(beside)})
+    return config
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -169,6 +209,14 @@ def _build(args: argparse.Namespace) -> int:
         code := refuse_memory(checked, args, config.batch_size, training=True)
     ):
         return code
+    config = _data_beside_spec(config, checked.path, _overrides(args))
+    wanted = VOCAB in graph.arguments and VOCAB not in dict(args.overrides)
+    if config.task == "language_model" and wanted and not args.no_train:
+        checked, code = _vocabulary_from_data(args, config.data)
+        if code or checked.graph is None:
+            return code or 1
+        graph = checked.graph
+    assert checked.source is not None  # a spec that checked has its text
     spec = Spec(checked.path, checked.source.text, graph, checked.report)
     out: Path = args.out
     if args.resume and not args.no_train and (problem := _unresumable(spec, out)):
@@ -180,7 +228,7 @@ def _build(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot write {out / MODEL_PY}: {exc.strerror or exc}", 2)
     if args.no_train:
-        print(f"wrote {out / MODEL_PY}")
+        Output(args).info(f"wrote {out / MODEL_PY}")
         return 0
     return _train(spec, config, args)
 
@@ -191,7 +239,7 @@ def _unresumable(spec: Spec, out: Path) -> str | None:
     from dlspec.train.loop import CHECKPOINT
 
     try:
-        load_checkpoint(out / CHECKPOINT, spec_hash(spec.source_text, spec.graph.params))
+        load_checkpoint(out / CHECKPOINT, spec_hash(spec.source_text, spec.graph.arguments))
     except CheckpointError as exc:
         return str(exc)
     return None
@@ -232,12 +280,15 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     output_shape = [evaluate(d, graph.bindings) for d in output_type.shape]
     token_limit = index_limit(graph) if input_type.dtype == "long" else None
     out: Path = args.out
+    output = Output(args)
+    use_threads(args.threads)
     options = RunOptions(
         out=out,
         device=args.device,
         quiet=args.quiet,
         plots=not args.no_plots,
         resume=args.resume,
+        on_epoch=lambda entry: output.emit({"event": "epoch", **entry}),
     )
     info = {
         "spec": spec.path,
@@ -256,6 +307,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
         result = train(
             spec.to_torch,
             config,
+            log=output.info,
             input_shape=input_shape,
             output_shape=output_shape,
             spec_hash=spec_hash(spec.source_text, graph.arguments),
@@ -275,9 +327,12 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             f"{out / CHECKPOINT}: add --resume to continue",
             130,
         )
-    print(printable(_summary(result.metrics)))  # class names come from the data
+    output.result(_summary(result.metrics))
     written = [MODEL_PY, CHECKPOINT, METRICS_JSON]
     if options.plots:
         written += [CURVES_PNG] + [CONFUSION_PNG] * ("confusion_matrix" in result.metrics["test"])
-    print(f"wrote {', '.join(str(out / name) for name in written)}")
+    paths = [str(out / name) for name in written]
+    output.result(f"wrote {', '.join(paths)}")
+    test = {k: v for k, v in result.metrics["test"].items() if k != "report_text"}
+    output.emit({"event": "test", **test, "wrote": paths})
     return 0

@@ -1,10 +1,12 @@
-"""Check a spec statically: shapes, parameters, MACs, memory and your expectations."""
+"""Check specs statically: shapes, parameters, MACs, memory and your expectations."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
-from dlspec.analysis.check import check_file
+from dlspec.analysis.check import Checked, check_file, check_text
 from dlspec.analysis.graph import describe
 from dlspec.analysis.render import render_table
 from dlspec.commands.common import (
@@ -14,10 +16,11 @@ from dlspec.commands.common import (
     positive_int,
     print_diagnostics,
 )
+from dlspec.commands.watch import positive_seconds, watch
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_spec_arguments(parser)
+    add_spec_arguments(parser, several=True)
     parser.add_argument(
         "--batch", type=positive_int, default=1, help="batch size for the memory estimates"
     )
@@ -25,27 +28,60 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=("table", "json", "ir"),
         default="table",
-        help="table (default), the JSON report, or ir: the resolved dataflow graph",
+        help="json: the report (a list of reports for several specs); ir: the resolved "
+        "dataflow graph",
     )
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="print only the diagnostics (no tables)"
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="check again whenever a spec file changes, clearing the screen (Ctrl-C stops)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=positive_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="with --watch: how often to look at the files (default 0.5)",
+    )
+
+
+def _check(path: str, args: argparse.Namespace) -> Checked:
+    overrides, batch, model = dict(args.overrides), args.batch, args.model
+    if path == "-":
+        return check_text(sys.stdin.read(), "<stdin>", overrides, batch, model, limits_of(args))
+    return check_file(path, overrides, batch, model, limits_of(args))
+
+
+def check_all(args: argparse.Namespace) -> int:
+    """Check every spec named; print the tables or JSON and the diagnostics. The exit code
+    is the worst of the specs'."""
+    results = [_check(path, args) for path in args.specs]
+    if args.format == "json":
+        reports = [r.report.model_dump(mode="json") for r in results]
+        print(
+            json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False)
+        )
+    elif args.format == "ir":
+        for checked in results:
+            if checked.graph is not None:
+                print(describe(checked.graph), flush=True)
+            print_diagnostics(checked)
+    else:
+        for index, checked in enumerate(results):
+            table = "" if args.quiet else render_table(checked.report)
+            if table:
+                print(("\n" if index else "") + table, flush=True)
+            print_diagnostics(checked)
+    return max(exit_code(r) for r in results)
 
 
 def run(args: argparse.Namespace) -> int:
-    checked = check_file(
-        args.spec,
-        dict(args.overrides),
-        batch=args.batch,
-        model=args.model,
-        limits=limits_of(args),
-    )
-    if args.format == "json":
-        print(checked.report.to_json())
-    elif args.format == "ir":
-        if checked.graph is not None:
-            print(describe(checked.graph), flush=True)
-        print_diagnostics(checked)
-    else:
-        table = render_table(checked.report)
-        if table:
-            print(table, flush=True)
-        print_diagnostics(checked)
-    return exit_code(checked)
+    if not args.watch:
+        return check_all(args)
+    if "-" in args.specs:
+        print("dlspec check: --watch needs spec files, not - (stdin)", file=sys.stderr)
+        return 2
+    return watch(args.specs, lambda: check_all(args), args.interval)

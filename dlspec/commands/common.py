@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
 from dlspec.terminal import printable
+from dlspec.syntax.source import read_source
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
 
@@ -42,8 +45,43 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="the spec file (.dl)")
+def device_name(text: str) -> str:
+    """A --device value: auto, cpu, cuda or cuda:N (the same choices in every command)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, device: str = "auto") -> None:
+    """--device and --threads, for the commands that run a model."""
+    group = parser.add_argument_group("device")
+    group.add_argument(
+        "--device",
+        type=device_name,
+        default=device,
+        help=f"auto (CUDA when usable, else CPU), cpu, cuda or cuda:N (default: {device})",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads for torch and ONNX Runtime (default: one per core)",
+    )
+
+
+def use_threads(threads: int | None) -> None:
+    """Apply --threads to torch (imported here: only commands that run torch call this)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files; - reads stdin")
+    else:
+        parser.add_argument("spec", help="the spec file (.dl)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -131,3 +169,14 @@ def load_spec(args: argparse.Namespace, batch: int = 1) -> tuple[Checked, int]:
     )
     print_diagnostics(checked, warnings=False)
     return checked, exit_code(checked)
+
+
+def spec_sources(paths: Iterable[str]) -> Iterator[tuple[str, str | None, Diagnostic | None]]:
+    """Each path with its text, or with the diagnostic that says why it cannot be read;
+    ``-`` is standard input."""
+    for path in paths:
+        if path == "-":
+            yield path, sys.stdin.read(), None
+            continue
+        source, problem = read_source(path)
+        yield path, source.text if source else None, problem

@@ -10,6 +10,7 @@ random inputs. The file is written only when all of that passed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,7 +28,14 @@ from dlspec.backends.onnx_export import (
     MIN_OPSET,
     RTOL,
 )
-from dlspec.commands.common import add_spec_arguments, load_spec, refuse_memory
+from dlspec.commands.common import (
+    add_run_arguments,
+    add_spec_arguments,
+    load_spec,
+    refuse_memory,
+    use_threads,
+)
+from dlspec.commands.output import Output, add_output_arguments
 
 if TYPE_CHECKING:
     from torch import nn
@@ -89,12 +97,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random weights (without --weights)"
     )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where ONNX Runtime verifies (default: CUDA when usable)",
-    )
+    add_output_arguments(parser, "the export and its verification, one object", "errors")
+    add_run_arguments(parser)  # where ONNX Runtime verifies
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -173,15 +177,45 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
     return out
 
 
+def _checkpoint_overrides(args: argparse.Namespace, params: dict[str, Any]) -> list[str]:
+    """``--set`` pairs for the model parameters the --weights checkpoint was trained with,
+    where they differ from the spec's and the command line sets none (a language model's
+    ``vocab``, say, which `dlspec build` took from its data)."""
+    from dlspec.train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        saved = load_checkpoint(args.weights, None).info.get("params") or {}
+    except CheckpointError:
+        return []  # _load_weights says what is wrong with it
+    given = dict(args.overrides)
+    return [
+        f"{name}={value}"
+        for name, value in saved.items()
+        if name in params
+        and name not in given
+        and params[name] != value
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
+        return code or 1
+    extra = _checkpoint_overrides(args, checked.graph.arguments) if args.weights else []
+    if extra:
+        Output(args).note(f"the checkpoint's {', '.join(extra)}")
+        args.overrides = [*args.overrides, *(tuple(pair.split("=", 1)) for pair in extra)]
+        checked, code = load_spec(args)
+    graph, source = checked.graph, checked.source
+    if code or graph is None or source is None:
         return code or 1
     if code := refuse_memory(checked, args, VERIFY_BATCH):
         return code
     from dlspec.api import Spec
 
-    spec = Spec(checked.path, checked.source.text, checked.graph, checked.report)
+    spec = Spec(checked.path, source.text, graph, checked.report)
     out: Path = args.out or Path(Path(args.spec).stem + ".onnx")
     problem = _writable(out)
     if problem:
@@ -193,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
     from dlspec.files import write_atomic
     from dlspec.train.checkpoint import spec_hash
 
+    use_threads(args.threads)
+    output = Output(args)
+    digest = spec_hash(spec.source_text, spec.graph.arguments)
     digest = spec_hash(spec.source_text, spec.graph.arguments)
     torch.manual_seed(args.seed)
     model = spec.to_torch()
@@ -219,24 +256,46 @@ def run(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             metadata=metadata,
             device=args.device,
+            threads=args.threads,
+            notify=output.note,
         )
     except ExportError as exc:
         return _fail(str(exc))
     for line in _report(result, spec.graph.name, spec.report.trainable_params, weights):
-        print(line, file=sys.stderr if line.startswith("note:") else sys.stdout)
+        (output.note if line.startswith("note:") else output.result)(line)
     try:
         write_atomic(out, result.data)
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
-    print(f"wrote {out} ({len(result.data) / 1e6:.1f} MB)")
+    output.result(f"wrote {out} ({len(result.data) / 1e6:.1f} MB)")
+    output.emit(_record(result, spec, weights, out))
     return 0
+
+
+def _record(result: ExportResult, spec: Spec, weights: str, out: Path) -> dict[str, Any]:
+    """The export as JSON (``--format json``)."""
+    return {
+        "file": str(out),
+        "bytes": len(result.data),
+        "model": spec.graph.name,
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "precision": result.precision,
+        "parameters": result.initializers.parameters,
+        "check_parameters": spec.report.trainable_params,
+        "weights": weights,
+        "export_seconds": result.export_seconds,
+        "fallback": result.fallback,
+        "provider": result.provider,
+        "rtol": result.rtol,
+        "verify_seconds": result.verify_seconds,
+        "verification": [dataclasses.asdict(c) for c in result.comparisons],
+    }
 
 
 def _report(result: ExportResult, name: str, expected: int, weights: str) -> list[str]:
     """One line per step: notes, export, verification."""
     lines = [result.notice] if result.notice else []
-    if result.fallback:
-        lines.append(f"note: {result.fallback}; exported with dynamo instead")
     count = result.initializers.parameters
     agreement = "as check counts" if count == expected else f"but check counts {expected:,}"
     lines.append(

@@ -15,12 +15,12 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlspec.commands.common import positive_int
-from dlspec.terminal import printable
+from dlspec.commands.common import add_run_arguments, positive_int
+from dlspec.commands.output import Output, add_output_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -46,9 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top", "-k", type=positive_int, default=3, help="classes to show (default 3)"
     )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if usable"
-    )
+    add_output_arguments(parser, "one object per sample (JSON lines)")
+    add_run_arguments(parser)
 
 
 def _sample_shape(info: TensorInfo) -> tuple[int | str | None, ...]:
@@ -199,26 +198,35 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _lines(
+def _predictions(
     labels: Sequence[str], output: np.ndarray, classes: Sequence[str], top: int
-) -> list[str]:
-    """One line per sample: the ``top`` classes by softmax probability (the last step's, for
-    a sequence output), or the value itself when the output has one score per sample."""
+) -> list[dict[str, Any]]:
+    """One record per sample: the ``top`` classes by softmax probability (the last step's,
+    for a sequence output), or the value itself when the output has one score per sample."""
     if output.ndim == 1:  # a scalar per sample
         output = output[:, None]
     scores = output.reshape(len(labels), -1, output.shape[-1])[:, -1].astype(np.float64)
     if scores.shape[-1] == 1:  # one score per sample: no classes to rank
-        return [f"{label}: {value:.4g}" for label, value in zip(labels, scores[:, 0], strict=True)]
-    probabilities = _softmax(scores)
-    lines = []
-    for label, p in zip(labels, probabilities, strict=True):
+        return [
+            {"input": label, "value": float(value)}
+            for label, value in zip(labels, scores[:, 0], strict=True)
+        ]
+    records = []
+    for label, p in zip(labels, _softmax(scores), strict=True):
         best = np.argsort(-p, kind="stable")[:top]
         names = [classes[i] if i < len(classes) else str(i) for i in best]
-        lines.append(
-            f"{label}: "
-            + ", ".join(f"{n} {100 * p[i]:.1f}%" for n, i in zip(names, best, strict=True))
-        )
-    return lines
+        ranked = [
+            {"class": n, "probability": float(p[i])} for n, i in zip(names, best, strict=True)
+        ]
+        records.append({"input": label, "top": ranked})
+    return records
+
+
+def _line(record: dict[str, Any]) -> str:
+    if "value" in record:
+        return f"{record['input']}: {record['value']:.4g}"
+    ranked = ", ".join(f"{c['class']} {100 * c['probability']:.1f}%" for c in record["top"])
+    return f"{record['input']}: {ranked}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,12 +237,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"dlspec predict: {args.model}: no such file", file=sys.stderr)
         return 1
     try:
-        session = Session(args.model, device=args.device)
+        session = Session(args.model, device=args.device, threads=args.threads)
     except RuntimeSetupError as exc:
         print(f"dlspec predict: {args.model}: {exc}", file=sys.stderr)
         return 1
+    out = Output(args)
     if session.notice:
-        print(session.notice, file=sys.stderr)
+        out.note(session.notice)
     try:
         classes = [str(c) for c in json.loads(session.metadata.get(META_CLASSES, "[]"))]
         normalize = _normalization(session.metadata.get(META_NORMALIZE))
@@ -250,8 +259,11 @@ def run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # ONNX Runtime's own types: e.g. ids out of range
                     message = str(exc).strip().splitlines()[0]
                     raise InputError(f"{labels[start]}: ONNX Runtime failed: {message}") from None
-                for line in _lines(labels[start : start + CHUNK], output, classes, args.top):
-                    print(printable(line))  # class names come from the training data
+                for record in _predictions(
+                    labels[start : start + CHUNK], output, classes, args.top
+                ):
+                    out.result(_line(record))
+                    out.emit(record)
     except InputError as exc:
         print(f"dlspec predict: {exc}", file=sys.stderr)
         return 1

@@ -12,8 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dlspec.commands.common import positive_int, whole_number
-from dlspec.terminal import printable
+from dlspec.commands.common import add_run_arguments, positive_int, use_threads, whole_number
 
 EPILOG = """\
 sampling: the next character's scores are divided by the temperature (lower: safer, more
@@ -56,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--top-k", "-k", type=whole_number, default=20, metavar="K", help="default 20; 0: all"
     )
     parser.add_argument("--seed", type=whole_number, metavar="S", help="seed for a repeatable text")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    add_run_arguments(parser, device="cpu")
 
 
 def _fail(message: str) -> int:
@@ -68,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from dlspec.train.generate import RunError, UnknownCharacters, generate, load_language_model
     from dlspec.train.loop import TrainError, select_device
 
+    use_threads(args.threads)
     try:
         device = select_device(args.device)
     except TrainError as exc:
@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     except RunError as exc:
         return _fail(str(exc))
     try:
-        text = generate(
+        generate(lm.model, lm.vocab, args.prompt, 0)  # refuses unknown characters up front
+        print(args.prompt, end="", flush=True)
+        generate(
             lm.model,
             lm.vocab,
             args.prompt,
@@ -87,8 +89,15 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k or None,
             seed=args.seed,
             context=lm.context,
+            on_text=_write,
         )
     except UnknownCharacters as exc:
         return _fail(f"--prompt: {exc}")
-    print(printable(args.prompt + text))  # the text may hold any character of the data
+    print()
     return 0
+
+
+def _write(text: str) -> None:
+    """Print generated text as it comes."""
+    sys.stdout.write(text)
+    sys.stdout.flush()

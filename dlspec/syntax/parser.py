@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.tree import Meta
 
@@ -247,18 +247,22 @@ def _syntax_diagnostic(parser: Lark, err: UnexpectedInput, text: str) -> Diagnos
     )
 
 
+def parse_tree(text: str) -> tuple[Tree[Token] | None, list[Diagnostic]]:
+    """Spec text -> Lark parse tree (positions kept), or the first syntax error."""
+    parser = _parser()
+    try:
+        return parser.parse(text), []
+    except UnexpectedInput as err:
+        return None, [_syntax_diagnostic(parser, err, text)]
+
+
 def parse(text: str) -> tuple[ast.Spec | None, list[Diagnostic]]:
     """Parse spec text into its syntax tree, or report the first syntax error.
 
     Only the first syntax error is reported: after one, the nesting and positions of what
     follows are guesses, and guesses make noisy diagnostics. Semantic checks, which run on a
     well-formed tree, collect every problem."""
-    parser = _parser()
-    try:
-        tree = parser.parse(text)
-    except UnexpectedInput as err:
-        return None, [_syntax_diagnostic(parser, err, text)]
-    problems = check_bounds(tree)
-    if problems:
-        return None, problems
+    tree, diagnostics = parse_tree(text)
+    if tree is None:
+        return None, diagnostics
     return _ToAst().transform(tree), []

@@ -11,7 +11,7 @@ holds the spec's text, its parameter values and the vocabulary (``Checkpoint.inf
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,20 @@ def _start(prompt: str, vocab: Sequence[str]) -> list[int]:
     return [list(vocab).index("\n") if "\n" in vocab else 0]
 
 
+def _draw(
+    scores: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> int:
+    """The next character's id from its scores ``(V,)``."""
+    if temperature == 0 or top_k == 1:
+        return int(scores.argmax())
+    scores = scores / temperature
+    if top_k is not None and top_k < len(scores):
+        kth = torch.topk(scores, top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probabilities = torch.softmax(scores, dim=0)
+    return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -61,6 +75,7 @@ def generate(
     top_k: int | None = None,
     seed: int | None = None,
     context: int | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> str:
     """Continue ``prompt`` with ``length`` characters drawn from ``model``, which maps
     character ids ``(1, t)`` to next-character scores ``(1, t, V)``; ``vocab[i]`` is
@@ -72,7 +87,8 @@ def generate(
     more varied; 0 always takes the best); ``top_k`` draws only among the ``k`` best
     (``top_k=1`` is greedy). ``seed`` makes the draw repeatable. Raises
     :class:`UnknownCharacters` when the prompt has characters outside ``vocab``, and
-    ValueError for an invalid setting.
+    ValueError for an invalid setting. ``on_text`` is called with each character as soon as
+    it is drawn (to print the text as it comes).
     """
     if length < 0 or temperature < 0 or (top_k is not None and top_k < 1):
         raise ValueError(
@@ -92,15 +108,9 @@ def generate(
             window = ids[-context:] if context else ids
             x = torch.tensor([window], dtype=torch.int64, device=device)
             scores = model(x)[0, -1, : len(vocab)].float().cpu()  # (V,)
-            if temperature == 0 or top_k == 1:
-                ids.append(int(scores.argmax()))
-                continue
-            scores = scores / temperature
-            if top_k is not None and top_k < len(scores):
-                kth = torch.topk(scores, top_k).values[-1]
-                scores = scores.masked_fill(scores < kth, float("-inf"))
-            probabilities = torch.softmax(scores, dim=0)
-            ids.append(int(torch.multinomial(probabilities, 1, generator=generator)))
+            ids.append(_draw(scores, temperature, top_k, generator))
+            if on_text is not None:
+                on_text(vocab[ids[-1]])
     finally:
         model.train(training)
     return decode(ids[start:], vocab)

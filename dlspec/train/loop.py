@@ -72,6 +72,7 @@ CHECKPOINT = "checkpoint.pt"
 METRICS_JSON = "metrics.json"
 CURVES_PNG = "learning_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
+PROGRESS_SECONDS = 10.0  # without a progress bar (not a terminal): a line this often
 
 
 class TrainError(Exception):
@@ -88,6 +89,7 @@ class RunOptions:
     quiet: bool = False  # no progress bar, no per-epoch lines
     plots: bool = True
     resume: bool = False  # continue from out/checkpoint.pt
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # told each epoch's figures
 
 
 @dataclass
@@ -448,8 +450,10 @@ class Trainer:
         log: Callable[[str], None] = print,
         token_limit: int | None = None,
         info: Mapping[str, Any] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_epoch = on_epoch
         self.splits = splits
         self.device = device
         self.checkpoint_path = checkpoint_path
@@ -560,6 +564,7 @@ class Trainer:
         batches = self._batches(n)
         loss_sum, correct, seen = self._zero(), self._zero(), 0
         refresh = 1 if self.device.type == "cpu" else 25  # .item() waits for the GPU
+        next_line = time.monotonic() + PROGRESS_SECONDS
         self.model.train()
         with tqdm(
             total=len(batches),
@@ -580,6 +585,12 @@ class Trainer:
                 bar.update()
                 if self.progress and step % refresh == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+                elif not self.progress and time.monotonic() >= next_line:  # logs, CI, pipes
+                    next_line += PROGRESS_SECONDS
+                    self.log(
+                        f"epoch {self.epoch + 1}/{self.config.epochs}: {step}/{len(batches)} "
+                        f"batches, loss {loss_sum.item() / seen:.4f}"
+                    )
         loss_sum, correct = self._total(loss_sum, correct)
         accuracy = correct.item() / y_all.numel() if self.objective.classifies else None
         return loss_sum.item() / n, accuracy
@@ -627,6 +638,8 @@ class Trainer:
                 self.epoch += 1
                 self.save()
                 self.log(epoch_line(entry, self.config.epochs))
+                if self.on_epoch is not None:
+                    self.on_epoch(entry)
         except KeyboardInterrupt:
             if self._finite_weights():
                 self.save(partial=True)
@@ -783,6 +796,7 @@ def train_model(
         log=_quiet if options.quiet else log,
         token_limit=token_limit,
         info=info,
+        on_epoch=options.on_epoch,
     )
     data = _data_summary(splits, input_shape)
     if not options.quiet:

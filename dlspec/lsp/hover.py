@@ -1,0 +1,83 @@
+"""What hovering over a layer statement shows, from the rows of the check report."""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Callable, Mapping
+
+from dlspec.analysis.render import human_bytes
+from dlspec.analysis.report import LayerRow, Report
+from dlspec.layers import REGISTRY
+
+BYTES = 4  # fp32
+MAX_ROWS = 4  # a statement inside a block appears once per instance; show a few
+
+_OPERATORS: dict[type[ast.operator], Callable[[int, int], int]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
+
+
+def dim_value(dim: int | str, symbols: Mapping[str, int]) -> int:
+    """A report dimension (``64`` or a formula such as ``"2*T"``) at the spec's bindings."""
+    if isinstance(dim, int):
+        return dim
+
+    def value(node: ast.expr) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name):
+            return symbols[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"unexpected dimension {dim!r}")
+
+    return value(ast.parse(dim.replace("^", "**"), mode="eval").body)
+
+
+def _shape(shape: list[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def row_text(row: LayerRow, symbols: Mapping[str, int]) -> list[str]:
+    """One layer's hover lines: kind, output, params, MACs, memory."""
+    layer = REGISTRY.get(row.kind)
+    kind = f"{row.kind} ({layer.family})" if layer is not None else row.kind
+    values = [dim_value(d, symbols) for d in row.output_shape]
+    output = _shape(row.output_shape)
+    used = sorted({s for s in symbols if any(s in str(d) for d in row.output_shape)})
+    if used:
+        output += f" = {_shape(list(values))} at " + ", ".join(f"{s}={symbols[s]}" for s in used)
+    macs = f"{row.macs:,}"
+    if row.macs_formula is not None:
+        macs += f" = {row.macs_formula}"
+    weights = human_bytes(BYTES * (row.params + row.buffers))
+    activation = human_bytes(BYTES * math.prod(values))
+    buffers = f" (+ {row.buffers:,} in buffers)" if row.buffers else ""
+    return [
+        f"{row.name}: {row.label}",
+        f"kind     {kind}",
+        f"output   {output}",
+        f"params   {row.params:,}{buffers}",
+        f"MACs     {macs}",
+        f"memory   weights {weights}, output {activation} per sample (fp32)",
+    ]
+
+
+def hover_text(report: Report, line: int) -> str | None:
+    """Markdown for the layers whose statement starts on ``line`` (1-based), or None."""
+    rows = [row for row in report.layers if row.line == line]
+    if not rows:
+        return None
+    blocks = [row_text(row, report.symbols) for row in rows[:MAX_ROWS]]
+    text = "\n\n".join("\n".join(block) for block in blocks)
+    if len(rows) > MAX_ROWS:
+        text += f"\n\n... and {len(rows) - MAX_ROWS} more instances"
+    return f"```text\n{text}\n```"

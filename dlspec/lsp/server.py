@@ -1,0 +1,190 @@
+"""The dlspec language server (``dlspec lsp``, over stdin/stdout).
+
+* diagnostics on open, change and save: the codes, spans and notes of ``dlspec check``;
+* hover on a layer statement: its kind, output shape, parameters, MACs and memory, from the
+  check report (the same rows as ``dlspec check --format json``);
+* go to definition: from a block's use to its ``block`` definition, from a tensor name
+  (``<- a, b``, ``tie=tok_emb``) to the statement that defines it;
+* completion of layer kinds (and the spec's blocks) and, inside a call, of the kind's
+  arguments, from the layer registry;
+* formatting: the layout of ``dlspec fmt``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+from pygls.workspace import TextDocument
+
+from dlspec import __version__
+from dlspec.api import SpecError, load_text
+from dlspec.diagnostics import Diagnostic, Span
+from dlspec.lsp.hover import hover_text
+from dlspec.lsp.schema import argument_items, block_parameters, kind_items
+from dlspec.syntax import ast
+from dlspec.syntax.format import format_text
+from dlspec.syntax.parser import parse
+
+server = LanguageServer("dlspec", __version__)
+WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def lsp_range(span: Span | None) -> types.Range:
+    """A 1-based, end-exclusive dlspec span as a 0-based LSP range."""
+    if span is None:
+        return types.Range(types.Position(0, 0), types.Position(0, 0))
+    return types.Range(
+        types.Position(span.line - 1, span.column - 1),
+        types.Position(span.end_line - 1, span.end_column - 1),
+    )
+
+
+def lsp_diagnostic(diag: Diagnostic) -> types.Diagnostic:
+    span = None
+    if diag.line and diag.column:
+        span = Span(
+            diag.line, diag.column, diag.end_line or diag.line, diag.end_column or diag.column + 1
+        )
+    severity = types.DiagnosticSeverity.Error
+    if diag.severity == "warning":
+        severity = types.DiagnosticSeverity.Warning
+    message = "\n".join([diag.message, *diag.notes])
+    return types.Diagnostic(
+        range=lsp_range(span), message=message, severity=severity, code=diag.code, source="dlspec"
+    )
+
+
+def _report_diagnostics(doc: TextDocument) -> list[Diagnostic]:
+    try:
+        return load_text(doc.source, doc.path).report.diagnostics
+    except SpecError as err:
+        return err.diagnostics
+
+
+def _publish(ls: LanguageServer, uri: str) -> None:
+    doc = ls.workspace.get_text_document(uri)
+    diagnostics = [lsp_diagnostic(d) for d in _report_diagnostics(doc)]
+    ls.text_document_publish_diagnostics(
+        types.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=doc.version)
+    )
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: LanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+    _publish(ls, params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: LanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+    _publish(ls, params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: LanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+    _publish(ls, params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_HOVER)
+def hover(ls: LanguageServer, params: types.HoverParams) -> types.Hover | None:
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    try:
+        report = load_text(doc.source, doc.path).report
+    except SpecError:
+        return None  # while the spec has errors, the diagnostics say more than a hover could
+    text = hover_text(report, params.position.line + 1)
+    if text is None:
+        return None
+    return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=text))
+
+
+def _word_at(doc: TextDocument, position: types.Position) -> str | None:
+    line = doc.lines[position.line] if position.line < len(doc.lines) else ""
+    for match in WORD.finditer(line):
+        if match.start() <= position.character <= match.end():
+            return match.group()
+    return None
+
+
+def _statements(body: Sequence[ast.Node]) -> Iterator[ast.Node]:
+    for stmt in body:
+        yield stmt
+        if isinstance(stmt, ast.LayerStmt) and isinstance(stmt.op, ast.Residual):
+            yield from _statements([*stmt.op.body, *(stmt.op.shortcut or [])])
+
+
+def _definition_span(spec: ast.Spec, word: str, line: int) -> Span | None:
+    """Where ``word`` is defined: a block or model, else a named statement or an input of the
+    definition that contains ``line``."""
+    for definition in spec.definitions:
+        if definition.name.name == word:
+            return definition.name.span
+    for definition in spec.definitions:
+        if not definition.span.line <= line <= definition.span.end_line:
+            continue
+        for stmt in _statements(definition.body):
+            name = getattr(stmt, "name", None)
+            if isinstance(name, ast.Ident) and name.name == word:
+                return name.span
+    return None
+
+
+@server.feature(types.TEXT_DOCUMENT_DEFINITION)
+def definition(ls: LanguageServer, params: types.DefinitionParams) -> types.Location | None:
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    word = _word_at(doc, params.position)
+    spec = parse(doc.source)[0]
+    if word is None or spec is None:
+        return None
+    span = _definition_span(spec, word, params.position.line + 1)
+    return None if span is None else types.Location(uri=doc.uri, range=lsp_range(span))
+
+
+def _open_call(text: str) -> str | None:
+    """The name before the innermost ``(`` still open at the end of ``text``."""
+    depth = 0
+    for index in range(len(text) - 1, -1, -1):
+        char = text[index]
+        if char == ")":
+            depth += 1
+        elif char == "(":
+            if depth == 0:
+                match = re.search(r"([A-Za-z_][A-Za-z0-9_]*)\s*$", text[:index])
+                return match.group(1) if match else None
+            depth -= 1
+        elif char in "{}":
+            return None
+    return None
+
+
+@server.feature(
+    types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=["(", ",", " "])
+)
+def completion(ls: LanguageServer, params: types.CompletionParams) -> types.CompletionList:
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    before = doc.source[: doc.offset_at_position(params.position)]
+    call = _open_call(before)
+    blocks = block_parameters(doc.source)
+    items = argument_items(call, blocks) if call is not None else kind_items(list(blocks))
+    return types.CompletionList(is_incomplete=False, items=items)
+
+
+@server.feature(types.TEXT_DOCUMENT_FORMATTING)
+def formatting(
+    ls: LanguageServer, params: types.DocumentFormattingParams
+) -> list[types.TextEdit] | None:
+    """The whole document in the layout of ``dlspec fmt`` (nothing while it does not parse)."""
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    formatted = format_text(doc.source)[0]
+    if formatted is None or formatted == doc.source:
+        return None
+    end = types.Position(line=len(doc.lines), character=0)
+    whole = types.Range(start=types.Position(line=0, character=0), end=end)
+    return [types.TextEdit(range=whole, new_text=formatted)]
+
+
+def serve() -> None:
+    """Speak the protocol on stdin/stdout until the client says exit."""
+    server.start_io()

@@ -1,0 +1,250 @@
+"""`dlspec fmt`: one canonical layout, comments kept, idempotent, meaning unchanged."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SPECS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dlspec.analysis.check import check_text
+from dlspec.cli import main
+from dlspec.syntax.format import LINE_LENGTH, format_text, scan
+from dlspec.syntax.parser import _parser
+
+SPEC_TEXTS = [p.read_text(encoding="utf-8") for p in SPECS]
+
+MESSY = """\
+# header
+
+# second header
+block B(c: int) {   # opener
+    residual {  # main
+        Conv2d(c, kernel=3, padding=1)   # inside
+        # own
+    } shortcut {
+        Conv2d(c, kernel = 1)
+    }   # after residual
+    ReLU()
+}
+model M(a: int = 1,  # inside header
+        b: int = 2) {
+    input x: float[3, 8, 8]
+    y = B(3) * (a + 1)
+    z = Conv2d(4, kernel=1,   # in args
+               padding=0)
+    # between
+    expect params == 20
+    w = Conv2d(4, kernel=1)
+    expect params == (4*4+4) - 0 + (-(a - a)),
+    shape == [4, 8, 8]
+
+
+
+    expect total params < 10M   # t
+    train { epochs = 2  batch_size = 3  optimizer = Adam(lr=1e-3) }  # end train
+}   # end
+# trailing file comment
+"""
+
+MESSY_FORMATTED = """\
+# header
+
+# second header
+block B(c: int) {  # opener
+    residual {  # main
+        Conv2d(c, kernel=3, padding=1)   # inside
+        # own
+    } shortcut {
+        Conv2d(c, kernel=1)
+    }  # after residual
+    ReLU
+}
+
+# inside header
+model M(a: int = 1, b: int = 2) {
+    input x: float[3, 8, 8]
+    y = B(3) * (a + 1)
+    # in args
+    z = Conv2d(4, kernel=1, padding=0)
+    # between
+    expect params == 20
+    w = Conv2d(4, kernel=1)     expect params == 4 * 4 + 4 - 0 + -(a - a), shape == [4, 8, 8]
+
+    expect total params < 10M   # t
+    train {
+        epochs = 2
+        batch_size = 3
+        optimizer = Adam(lr=1e-3)
+    }  # end train
+}  # end
+
+# trailing file comment
+"""
+
+
+def fmt(text: str) -> str:
+    formatted, diagnostics = format_text(text)
+    assert formatted is not None, diagnostics
+    return formatted
+
+
+def meaning(text: str) -> dict[str, Any]:
+    """The check report without source positions: what a spec means, not where it says it."""
+    report = check_text(text, "spec.dl").report.model_dump()
+    diagnostics = sorted((d["code"], d["message"]) for d in report.pop("diagnostics"))
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            drop = {"line", "column", "end_line", "end_column"}
+            return {k: strip(v) for k, v in value.items() if k not in drop}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return {"report": strip(report), "diagnostics": diagnostics}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_shipped_specs_are_formatted(spec: Path) -> None:
+    text = spec.read_text(encoding="utf-8")
+    assert fmt(text) == text, f"run `dlspec fmt {spec.name}`"
+    assert all(len(line) <= LINE_LENGTH for line in text.splitlines() if "#" not in line)
+
+
+def test_messy_spec_layout_keeps_every_comment() -> None:
+    assert fmt(MESSY) == MESSY_FORMATTED
+    assert fmt(MESSY_FORMATTED) == MESSY_FORMATTED
+    assert meaning(MESSY) == meaning(MESSY_FORMATTED)
+    assert [c.text for c in scan(MESSY)[0]] == [c.text for c in scan(MESSY_FORMATTED)[0]]
+
+
+def test_long_calls_expects_and_sums_break_at_the_line_length() -> None:
+    text = (
+        "model Wide(a_long_parameter_name: int = 1, another_long_parameter: int = 2, "
+        "a_third_one: int = 3, fourth: int = 4) {\n"
+        "    input x: float[3, 8, 8]\n"
+        "    Flatten\n"
+        "    fc = Linear(a_long_parameter_name + another_long_parameter, bias=true, "
+        "in_features=192, tie_nothing_here=1)\n"
+        "    h = Linear(8) expect params == 192 * 8 + 8 + 0 * a_long_parameter_name "
+        "+ 0 * another_long_parameter + 0 * a_third_one, shape == [8]\n"
+        "}\n"
+    )
+    assert fmt(text) == WIDE
+    assert all(len(line) <= LINE_LENGTH for line in WIDE.splitlines())
+
+
+WIDE = """\
+model Wide(a_long_parameter_name: int = 1, another_long_parameter: int = 2, a_third_one: int = 3,
+           fourth: int = 4) {
+    input x: float[3, 8, 8]
+    Flatten
+    fc = Linear(a_long_parameter_name + another_long_parameter, bias=true, in_features=192,
+                tie_nothing_here=1)
+    h = Linear(8)   expect params == 192 * 8 + 8 + 0 * a_long_parameter_name
+                                   + 0 * another_long_parameter + 0 * a_third_one,
+                           shape == [8]
+}
+"""
+
+
+def perturbed(text: str, draw: st.DrawFn) -> str:
+    """``text`` with its layout changed but not its meaning or its comments' places: spaces
+    added, removed or turned into line breaks, blank lines kept."""
+    ends = [0]
+    for tok in _parser().parse_interactive(text).iter_parse():
+        ends += [tok.start_pos or 0, tok.end_pos or 0]
+    ends.append(len(text))
+    out = []
+    for k in range(0, len(ends), 2):  # gaps between tokens, then the next token
+        gap = text[ends[k] : ends[k + 1]]
+        pieces = re.split(r"(#[^\n]*)", gap)
+        for p, piece in enumerate(pieces):
+            if piece.startswith("#"):
+                out.append(piece)
+                continue
+            before_comment = p + 1 < len(pieces)
+            after_comment = p > 0
+            newlines = min(piece.count("\n"), 2)
+            if newlines == 0 and not before_comment and draw(st.booleans()):
+                newlines = 1  # a break inside a statement
+            elif newlines == 1 and not before_comment and not after_comment:
+                newlines = draw(st.integers(0, 1))  # two statements on one line
+            out.append("\n" * newlines + " " * draw(st.integers(0 if newlines else 1, 9)))
+        if k + 2 < len(ends):
+            out.append(text[ends[k + 1] : ends[k + 2]])
+    return "".join(out)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SPEC_TEXTS), st.data())
+def test_any_layout_of_a_spec_formats_to_the_canonical_one(text: str, data: st.DataObject) -> None:
+    messy = perturbed(text, data.draw)
+    assert fmt(messy) == text
+
+
+SOURCE = MESSY
+FRAGMENTS = ["(", ")", "{", "}", "=", "*", ",", "<-", "expect", "# c\n", "\n", "'x'", "-1"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(SOURCE)), st.integers(0, 8), st.sampled_from([*FRAGMENTS, ""])
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_fmt_is_idempotent_and_keeps_the_meaning(edits: list[tuple[int, int, str]]) -> None:
+    text = SOURCE
+    for pos, cut, insert in edits:
+        text = text[:pos] + insert + text[pos + cut :]
+    formatted, diagnostics = format_text(text)
+    if formatted is None:
+        assert diagnostics and diagnostics[0].code.startswith("E1")
+        return
+    assert fmt(formatted) == formatted
+    assert meaning(formatted) == meaning(text)
+    assert sorted(c.text for c in scan(formatted)[0]) == sorted(c.text for c in scan(text)[0])
+
+
+def test_fmt_command_check_rewrite_and_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = tmp_path / "good.dl"
+    good.write_text(MESSY_FORMATTED)
+    bad = tmp_path / "bad.dl"
+    bad.write_text(MESSY)
+    assert main(["fmt", "--check", str(good), str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert out == f"would reformat {bad}\n1 of 2 specs are not formatted; run `dlspec fmt`\n"
+    assert bad.read_text() == MESSY  # --check rewrites nothing
+
+    assert main(["fmt", str(good), str(bad)]) == 0
+    assert capsys.readouterr().out == f"formatted {bad}\n"
+    assert bad.read_text() == MESSY_FORMATTED
+    assert main(["fmt", "--check", str(good), str(bad)]) == 0
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(MESSY))
+    assert main(["fmt", "-"]) == 0
+    assert capsys.readouterr().out == MESSY_FORMATTED
+
+
+def test_fmt_refuses_a_syntax_error_and_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.dl"
+    broken.write_text("model M {\n    conv = Conv2d(3\n}\n")
+    assert main(["fmt", str(broken)]) == 1
+    assert "error[E101]" in capsys.readouterr().err
+    assert broken.read_text() == "model M {\n    conv = Conv2d(3\n}\n"
+    assert main(["fmt", str(tmp_path / "missing.dl")]) == 2
+    assert "error[E001]" in capsys.readouterr().err

@@ -1,0 +1,31 @@
+"""`make demo` installs only what dlspec needs to run; `make test` adds the dev tools."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+
+def dry_run(tmp_path: Path, target: str) -> str:
+    """What ``make TARGET`` would run on a fresh clone (no .venv yet)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    done = subprocess.run(
+        ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_demo_installs_runtime_dependencies_only(tmp_path: Path) -> None:
+    demo = dry_run(tmp_path, "demo")
+    assert "pip install -q -e .\n" in demo
+    assert "[dev]" not in demo
+    assert demo.index("pip install -q -e .") < demo.index("dlspec check specs/cnn.dl")
+    test = dry_run(tmp_path, "test")
+    assert "pip install -q -e .\n" in test and "pip install -q -e '.[dev]'" in test
+    assert test.index("'.[dev]'") < test.index("ruff format --check")
