@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from dlspec.terminal import printable
+
 
 def add_output_arguments(
     parser: argparse.ArgumentParser, what: str, quiet: str | None = None
@@ -31,14 +33,15 @@ class Output:
         self.quiet = bool(getattr(args, "quiet", False))
 
     def result(self, line: str) -> None:
-        """A line of the command's result (text format only; JSON goes through emit)."""
+        """A line of the command's result (text format only; JSON goes through emit). Control
+        characters are escaped: results hold names from the data (class names, text)."""
         if not self.quiet and not self.json:
-            print(line, flush=True)
+            print(printable(line), flush=True)
 
     def note(self, line: str) -> None:
         """A notice or progress line, on stderr."""
         if not self.quiet:
-            print(line, file=sys.stderr, flush=True)
+            print(printable(line), file=sys.stderr, flush=True)
 
     def info(self, line: str) -> None:
         """A human line that belongs with the result: stdout in text, stderr beside JSON."""

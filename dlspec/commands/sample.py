@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dlspec.commands.common import add_run_arguments, positive_int, use_threads, whole_number
+from dlspec.terminal import printable
 
 EPILOG = """\
 sampling: the next character's scores are divided by the temperature (lower: safer, more
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         generate(lm.model, lm.vocab, args.prompt, 0)  # refuses unknown characters up front
-        print(args.prompt, end="", flush=True)
+        _write(args.prompt)
         generate(
             lm.model,
             lm.vocab,
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(text: str) -> None:
-    """Print generated text as it comes."""
-    sys.stdout.write(text)
+    """Print generated text as it comes (control characters escaped: any character of the
+    data may come)."""
+    sys.stdout.write(printable(text))
     sys.stdout.flush()
