@@ -11,8 +11,8 @@ from typing import TextIO
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
-from dlspec.terminal import printable
 from dlspec.syntax.source import read_source
+from dlspec.terminal import printable
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
 

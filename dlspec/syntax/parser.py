@@ -248,12 +248,15 @@ def _syntax_diagnostic(parser: Lark, err: UnexpectedInput, text: str) -> Diagnos
 
 
 def parse_tree(text: str) -> tuple[Tree[Token] | None, list[Diagnostic]]:
-    """Spec text -> Lark parse tree (positions kept), or the first syntax error."""
+    """Spec text -> Lark parse tree (positions kept), or the first syntax error, or the
+    limits it breaks (nesting depth, literal sizes) before anything walks it recursively."""
     parser = _parser()
     try:
-        return parser.parse(text), []
+        tree = parser.parse(text)
     except UnexpectedInput as err:
         return None, [_syntax_diagnostic(parser, err, text)]
+    problems = check_bounds(tree)
+    return (None, problems) if problems else (tree, [])
 
 
 def parse(text: str) -> tuple[ast.Spec | None, list[Diagnostic]]:
