@@ -505,7 +505,7 @@ def mac_disagreements(spec: Any, model: Any) -> list[str]:
     import torch
 
     from dlspec.backends.onnx_export import sample_inputs
-    from dlspec.layers.symbolic import evaluate
+    from dlspec.layers.symbolic import value_at as evaluate
 
     modules = dict(model.named_modules())
     seen: dict[str, tuple[list[Any], Any]] = {}

@@ -1,9 +1,9 @@
-"""Binding a call's arguments to what it calls: a layer kind's fields (validated against its
-pydantic schema), with the span of each argument for diagnostics."""
+"""Binding a call's arguments to what it calls (a layer kind's fields, validated against its
+pydantic schema; a block's parameters; a train setting's), with each argument's span."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,52 +22,70 @@ class ArgumentErrors(DiagnosticError):
         self.diagnostics = diagnostics
 
 
+def match_arguments(
+    callee: str,
+    args: Sequence[ast.Arg],
+    names: Sequence[str],
+    positional: Sequence[str],
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, ast.Arg]:
+    """Each argument of a call under the parameter it gives: positional ones fill
+    ``positional`` in order, keyword ones name one of ``names`` (or an alias of one).
+    Raises E205 (too many positional arguments), E202 (no such parameter) or E213 (a
+    parameter given twice). The one place a call's arguments meet its parameters: layer
+    kinds, blocks and the train section's optimizers and augmentations all bind here."""
+    aliases = aliases or {}
+    given = [a for a in args if a.name is None]
+    if len(given) > len(positional):
+        raise fail(
+            "E205",
+            f"{callee} takes at most {len(positional)} positional arguments "
+            f"({', '.join(positional) or 'none'}), got {len(given)}",
+            given[len(positional)].span,
+        )
+    matched = dict(zip(positional, given, strict=False))
+    for arg in args:
+        if arg.name is None:
+            continue
+        key = arg.name.name
+        canonical = aliases.get(key, key)
+        if canonical in matched:
+            raise fail("E213", f"argument {key!r} given twice", arg.span)
+        if canonical not in names:
+            raise fail(
+                "E202",
+                f"{callee} has no argument {key!r}",
+                arg.name.span,
+                did_you_mean(key, [*names, *aliases])
+                or [f"arguments: {', '.join(names) or 'none'}"],
+            )
+        matched[canonical] = arg
+    return matched
+
+
 def bind_layer(call: ast.Call, env: Mapping[str, Any]) -> tuple[Layer, dict[str, Span]]:
     """The layer a call of a layer kind describes, validated against the kind's schema,
     and where each of its arguments was written. Raises :class:`DiagnosticError` (or
     :class:`ArgumentErrors` when pydantic finds several problems)."""
     cls = REGISTRY[call.name.name]
-    data: dict[str, Any] = {}
-    spans: dict[str, Span] = {}
-    positional = [a for a in call.args if a.name is None]
-    if cls.variadic is not None:
-        if positional:
-            data[cls.variadic] = [evaluate(a.value, env) for a in positional]
-            spans[cls.variadic] = positional[0].span
-    else:
-        if len(positional) > len(cls.positional):
-            extra = positional[len(cls.positional)]
-            raise fail(
-                "E205",
-                f"{cls.kind} takes at most {len(cls.positional)} positional arguments "
-                f"({', '.join(cls.positional) or 'none'}), got {len(positional)}",
-                extra.span,
-            )
-        for field_name, arg in zip(cls.positional, positional, strict=False):
-            data[field_name] = evaluate(arg.value, env)
-            spans[field_name] = arg.span
     fields = cls.model_fields
     aliases = {str(f.validation_alias): name for name, f in fields.items() if f.validation_alias}
-    for arg in call.args:
-        if arg.name is None:
-            continue
-        key = arg.name.name
-        canonical = aliases.get(key, key)
-        if canonical in data:
-            raise fail("E213", f"argument {key!r} given twice", arg.span)
-        if canonical not in fields:
-            raise fail(
-                "E202",
-                f"{cls.kind} has no argument {key!r}",
-                arg.name.span,
-                did_you_mean(key, [*fields, *aliases])
-                or [f"arguments: {', '.join(fields) or 'none'}"],
-            )
-        if canonical in cls.references and isinstance(arg.value, ast.Ref):
-            data[canonical] = arg.value.name  # a statement's name, not an expression
+    data: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    args = list(call.args)
+    if cls.variadic is not None:  # every positional argument is one item of a tuple
+        items = [a for a in args if a.name is None]
+        args = [a for a in args if a.name is not None]
+        if items:
+            data[cls.variadic] = [evaluate(a.value, env) for a in items]
+            spans[cls.variadic] = items[0].span
+    positional = () if cls.variadic is not None else cls.positional
+    for name, arg in match_arguments(cls.kind, args, list(fields), positional, aliases).items():
+        if name in cls.references and isinstance(arg.value, ast.Ref):
+            data[name] = arg.value.name  # a statement's name, not an expression
         else:
-            data[canonical] = evaluate(arg.value, env)
-        spans[canonical] = arg.span
+            data[name] = evaluate(arg.value, env)
+        spans[name] = arg.span
     try:
         return cls.model_validate(data), spans
     except ValidationError as exc:

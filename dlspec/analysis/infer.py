@@ -11,22 +11,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlspec.analysis.binding import ArgumentErrors, bind_layer
+from dlspec.analysis.binding import ArgumentErrors, bind_layer, match_arguments
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.limits import LayerBudget
-from dlspec.analysis.names import RESERVED
+from dlspec.analysis.names import CODE_NAMES, RESERVED
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, LayerError, TensorType
 from dlspec.layers.base import Shape, numel
-from dlspec.layers.symbolic import Dim, Poly, fmt_dim
-from dlspec.layers.symbolic import evaluate as eval_dim
+from dlspec.layers.symbolic import Dim, Poly, fmt_dim, value_at
 from dlspec.syntax import ast
 
 PARAM_TYPES = ("int", "float", "bool", "str", "dim")
 DTYPES = {"float": "float", "long": "long", "int": "long"}
-CLASSES = ("torch", "nn", "super", "tuple")  # names generated model code relies on
 LAYER_QUANTITIES = ("params", "buffers", "macs", "shape")
 TOTAL_NOUNS = {
     "params": "parameters",
@@ -41,7 +39,7 @@ def check_name(ident: ast.Ident, what: str) -> None:
     """Names become Python identifiers in generated code: refuse keywords, dunders, and the
     attributes every ``nn.Module`` already has."""
     name = ident.name
-    if keyword.iskeyword(name) or name in ("self", "torch", "nn", "F"):
+    if keyword.iskeyword(name) or name in CODE_NAMES:
         raise fail("E207", f"{what} name {name!r} is a Python keyword or reserved", ident.span)
     if name.startswith("__") or name in RESERVED:
         raise fail(
@@ -131,7 +129,7 @@ class Analyzer:
 
     def __init__(
         self,
-        spec: ast.Spec,
+        spec: ast.Document,
         overrides: dict[str, str] | None = None,
         budget: LayerBudget | None = None,
     ) -> None:
@@ -165,7 +163,11 @@ class Analyzer:
                         "E206", f"block {name.name} has the name of a layer kind", name.span
                     )
                 )
-            elif keyword.iskeyword(name.name) or name.name.startswith("__") or name.name in CLASSES:
+            elif (
+                keyword.iskeyword(name.name)
+                or name.name.startswith("__")
+                or name.name in CODE_NAMES
+            ):
                 self.error(
                     Diagnostic.at(
                         "E207",
@@ -267,37 +269,13 @@ class Analyzer:
         self, params: list[ast.Param], args: list[ast.Arg], env: dict[str, Any], where: ast.Call
     ) -> dict[str, Any]:
         """Arguments of a block call matched to its declared parameters."""
-        bound: dict[str, Any] = {}
         names = [p.name.name for p in params]
-        positional = [a for a in args if a.name is None]
-        if len(positional) > len(params):
-            raise fail(
-                "E205",
-                f"{where.name.name} takes {len(params)} arguments, got {len(positional)}",
-                positional[len(params)].span,
-            )
-        for param, arg in zip(params, positional, strict=False):
-            bound[param.name.name] = (arg, evaluate(arg.value, env))
-        for arg in args:
-            if arg.name is None:
-                continue
-            key = arg.name.name
-            if key not in names:
-                raise fail(
-                    "E202",
-                    f"{where.name.name} has no parameter {key!r}",
-                    arg.name.span,
-                    did_you_mean(key, names) or [f"parameters: {', '.join(names)}"],
-                )
-            if key in bound:
-                raise fail("E213", f"argument {key!r} given twice", arg.span)
-            bound[key] = (arg, evaluate(arg.value, env))
+        matched = match_arguments(where.name.name, args, names, names)
         values: dict[str, Any] = {}
         for param in params:
             key = param.name.name
-            if key in bound:
-                arg, value = bound[key]
-                span = arg.span
+            if key in matched:
+                value, span = evaluate(matched[key].value, env), matched[key].span
             elif param.default is not None:
                 value, span = evaluate(param.default, values), param.default.span
             else:
@@ -564,7 +542,7 @@ class Analyzer:
             span = spans.get(err.arg or "", op.span)
             raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
         for dim, limit, what in inferred.limits:
-            value = eval_dim(dim, self.bindings)
+            value = value_at(dim, self.bindings)
             if value > limit:
                 raise fail(
                     "E409",
@@ -573,7 +551,7 @@ class Analyzer:
                 )
         for dim in inferred.output.shape:
             if isinstance(dim, Poly):
-                value = eval_dim(dim, self.bindings)
+                value = value_at(dim, self.bindings)
                 if value < 1:
                     raise fail(
                         "E402",
@@ -779,7 +757,7 @@ class Analyzer:
         elif quantity == "buffers":
             actual, notes, noun = node.buffer_count, [], "buffer elements"
         else:
-            actual = eval_dim(node.total_macs, self.bindings)
+            actual = value_at(node.total_macs, self.bindings)
             notes = _macs_notes(node, self.bindings)
             noun = "MACs"
         want = evaluate(check.value, env)
@@ -797,7 +775,7 @@ class Analyzer:
         for check, env in self.total_checks:
             quantity = check.quantity.name
             if quantity == "macs":
-                actual = eval_dim(graph.total_macs, graph.bindings)
+                actual = value_at(graph.total_macs, graph.bindings)
             elif quantity == "buffers":
                 actual = graph.buffer_count
             else:  # params as torch counts them: buffers are not parameters
@@ -893,7 +871,7 @@ def _shape_notes(node: Step) -> list[str]:
 def _largest(graph: ModelGraph, quantity: str) -> list[str]:
     def size(leaf: Step) -> int:
         if quantity == "macs":
-            return eval_dim(leaf.macs, graph.bindings)
+            return value_at(leaf.macs, graph.bindings)
         return leaf.buffer_count if quantity == "buffers" else leaf.params
 
     leaves = sorted(graph.leaves(), key=size, reverse=True)[:3]

@@ -37,6 +37,7 @@ from dlspec import __version__
 from dlspec.analysis.binding import bind_layer
 from dlspec.analysis.evaluate import CONSTANTS, evaluate
 from dlspec.analysis.graph import Graph, ModelGraph, Step, Tensor
+from dlspec.analysis.names import CODE_NAMES
 from dlspec.diagnostics import DiagnosticError
 from dlspec.layers.base import LayerError, TensorType, TorchCall
 from dlspec.layers.symbolic import Poly, fmt_dim
@@ -46,7 +47,6 @@ WIDTH = 100  # the line length of ruff format, as dlspec's own code is formatted
 INDENT = "    "
 FLOW_NAMES = ("x", "out", "h", "y")  # the variable unnamed tensors flow through
 ARGUMENT_NAMES = ("x", "x_in", "inputs")  # a block's or residual's input tensor
-BUILTINS = frozenset({"torch", "nn", "super", "tuple"})  # names generated code relies on
 PLAIN_CALL = "{module}({x})"
 
 
@@ -105,7 +105,7 @@ def _identifier(name: str, what: str) -> str:
 
 
 @dataclass(frozen=True)
-class Call:
+class CallText:
     """A call to lay out as ruff does: ``func(args)``."""
 
     func: str
@@ -119,14 +119,14 @@ class Call:
 class Loop:
     """``*[call for _ in range(count)]``: ``count`` modules built alike, in a Sequential."""
 
-    call: Call
+    call: CallText
     count: str
 
     def flat(self) -> str:
         return f"*[{self.call.flat()} for _ in range({self.count})]"
 
 
-Argument = tuple[str | None, str | Call | Loop]  # (keyword or None, source, a call or a loop)
+Argument = tuple[str | None, str | CallText | Loop]  # (keyword or None, source, a call or a loop)
 
 
 def _flat(arg: Argument) -> str:
@@ -135,7 +135,7 @@ def _flat(arg: Argument) -> str:
     return text if key is None else f"{key}={text}"
 
 
-def lay_out(call: Call, depth: int, prefix: str = "", suffix: str = "") -> list[str]:
+def lay_out(call: CallText, depth: int, prefix: str = "", suffix: str = "") -> list[str]:
     """``prefix + call + suffix`` at ``depth`` indents: on one line if it fits, else with the
     arguments on a line of their own, else one argument per line with a trailing comma."""
     pad, inner = INDENT * depth, INDENT * (depth + 1)
@@ -149,7 +149,7 @@ def lay_out(call: Call, depth: int, prefix: str = "", suffix: str = "") -> list[
     lines = [head]
     for key, value in call.args:
         name = "" if key is None else f"{key}="
-        if isinstance(value, Call):
+        if isinstance(value, CallText):
             lines += lay_out(value, depth + 1, name, ",")
         elif isinstance(value, Loop):
             lines += _lay_out_loop(value, depth + 1, "," if len(call.args) > 1 else "")
@@ -185,26 +185,26 @@ def _statement(prefix: str, expr: str, depth: int, comment: str | None = None) -
     return [*above, f"{pad}{prefix}(", f"{pad}{INDENT}{expr}", f"{pad})"]
 
 
-def _split_call(expr: str) -> tuple[Call, str] | None:
-    """``f(a, b)`` or ``f(a, b)[0]`` as a Call and the text after it; None for other forms."""
+def _split_call(expr: str) -> tuple[CallText, str] | None:
+    """``f(a, b)`` or ``f(a, b)[0]`` as a CallText and the text after it; None for other forms."""
     tree = ast.parse(expr, mode="eval").body
     suffix = ""
     if isinstance(tree, ast.Subscript) and isinstance(tree.value, ast.Call):
         tree = tree.value
         suffix = expr[len(ast.get_source_segment(expr, tree) or "") :]
     call = _call(expr, tree)
-    return (call, suffix) if isinstance(call, Call) else None
+    return (call, suffix) if isinstance(call, CallText) else None
 
 
-def _call(expr: str, node: ast.expr) -> str | Call:
-    """The source of ``node`` in ``expr``, as a Call (with nested calls) where it is one."""
+def _call(expr: str, node: ast.expr) -> str | CallText:
+    """The source of ``node`` in ``expr``, as a CallText (with nested calls) where it is one."""
     text = ast.get_source_segment(expr, node) or ""
     if not isinstance(node, ast.Call) or any(k.arg is None for k in node.keywords):
         return text
     parts: list[tuple[int, Argument]] = [(a.col_offset, (None, _call(expr, a))) for a in node.args]
     parts += [(k.col_offset, (k.arg, _call(expr, k.value))) for k in node.keywords]
     args = tuple(arg for _, arg in sorted(parts, key=lambda p: p[0]))
-    return Call(ast.get_source_segment(expr, node.func) or "", args)
+    return CallText(ast.get_source_segment(expr, node.func) or "", args)
 
 
 def _returns(values: list[str], depth: int) -> list[str]:
@@ -335,7 +335,7 @@ class _Generator:
         blocks = {s.block.name for s in graph.all_steps() if s.block is not None}
         self.reserved = {graph.name, *blocks, *helpers}  # class names the spec chose
         for name in self.reserved:
-            if name in BUILTINS:
+            if name in CODE_NAMES:
                 raise ValueError(f"a class named {name!r} would hide what generated code uses")
             _identifier(name, "class name")
         self.names: dict[tuple[str, str], str] = {}  # (base name, class source) -> class name
@@ -527,7 +527,9 @@ class _Generator:
             forward += _returns([variables[r] for r in results], 2)
         return _Body(init, list(params.values()), forward, len(results), variables)
 
-    def _constructor(self, pairs: list[tuple[int, Step]], ctx: _Context, name: str) -> Call | None:
+    def _constructor(
+        self, pairs: list[tuple[int, Step]], ctx: _Context, name: str
+    ) -> CallText | None:
         """How ``__init__`` builds a step, given as (use, step) pairs; None for a layer that
         has no module."""
         step = pairs[0][1]
@@ -537,7 +539,9 @@ class _Generator:
             return self._nested_call(_keys(step)[0], pairs, ctx)
         return self._layer_call(pairs, ctx, name)
 
-    def _layer_call(self, pairs: list[tuple[int, Step]], ctx: _Context, name: str) -> Call | None:
+    def _layer_call(
+        self, pairs: list[tuple[int, Step]], ctx: _Context, name: str
+    ) -> CallText | None:
         calls = [(u, self.calls[id(s)]) for u, s in pairs]
         first = calls[0][1]
         if first.cls is None:
@@ -563,7 +567,7 @@ class _Generator:
             text = self._resolve(ctx, values, candidates, f"{name}_{slot}")
             key = None if isinstance(slot, int) else _identifier(slot, "argument")
             args.append((key, text))
-        return Call(first.cls, tuple(args))
+        return CallText(first.cls, tuple(args))
 
     def _dependencies(
         self, step: Step, env: dict[str, Any]
@@ -616,7 +620,7 @@ class _Generator:
 
     def _nested_call(
         self, key: tuple[str, str], pairs: list[tuple[int, Step]], ctx: _Context
-    ) -> Call:
+    ) -> CallText:
         """The constructor call of a block's, residual's or shortcut's class."""
         instances = [(u, self._instance(key, s)) for u, s in pairs]
         names = {name for _, (name, _) in instances}
@@ -634,9 +638,11 @@ class _Generator:
             if param.has_default and all(_same(v, param.default) for _, v in values):
                 continue
             args.append((param.name if param.has_default else None, text))
-        return Call(name, tuple(args))
+        return CallText(name, tuple(args))
 
-    def _repeat_call(self, pairs: list[tuple[int, Step]], ctx: _Context, name: str) -> Call | None:
+    def _repeat_call(
+        self, pairs: list[tuple[int, Step]], ctx: _Context, name: str
+    ) -> CallText | None:
         """``nn.Sequential`` of the copies: a loop where they are built alike."""
         first = self._constructor([(u, s.children[0]) for u, s in pairs], ctx, name)
         if first is None:
@@ -652,16 +658,18 @@ class _Generator:
         except _Split:
             others = None
         if others is not None and others.flat() == first.flat():
-            return Call("nn.Sequential", ((None, Loop(first, count)),))
+            return CallText("nn.Sequential", ((None, Loop(first, count)),))
         if others is not None:
-            return Call("nn.Sequential", ((None, first), (None, Loop(others, _minus_one(count)))))
+            return CallText(
+                "nn.Sequential", ((None, first), (None, Loop(others, _minus_one(count))))
+            )
         if len({n for _, n in counts}) > 1:
             raise _Split
         parts = [
             self._constructor([(u, s.children[i]) for u, s in pairs], ctx, name)
             for i in range(counts[0][1])
         ]
-        return Call("nn.Sequential", tuple((None, p) for p in parts if p is not None))
+        return CallText("nn.Sequential", tuple((None, p) for p in parts if p is not None))
 
     def _resolve(
         self, ctx: _Context, values: list[tuple[int, Any]], candidates: list[Candidate], new: str
@@ -695,7 +703,7 @@ class _Generator:
     # forward ----------------------------------------------------------------------------------
 
     def _forward(
-        self, steps: list[Step], inputs: list[str], target: str, built: Call | None
+        self, steps: list[Step], inputs: list[str], target: str, built: CallText | None
     ) -> list[str]:
         """``forward`` statements computing the step into the variable ``target``."""
         node = steps[0]
@@ -894,11 +902,11 @@ def _class_source(name: str, params: list[_Param], body: _Body) -> str:
     tensors = tuple((None, p) for p in ["self", *(f"{p}: torch.Tensor" for p in body.params)])
     lines = [
         f"class {name}(nn.Module):",
-        *lay_out(Call("__init__", init), 1, "def ", " -> None:"),
+        *lay_out(CallText("__init__", init), 1, "def ", " -> None:"),
         f"{INDENT * 2}super().__init__()",
         *body.init,
         "",
-        *lay_out(Call("forward", tensors), 1, "def ", f" -> {returns}:"),
+        *lay_out(CallText("forward", tensors), 1, "def ", f" -> {returns}:"),
         *body.forward,
     ]
     return "\n".join(lines)

@@ -115,7 +115,7 @@ def _statements(body: Sequence[ast.Node]) -> Iterator[ast.Node]:
             yield from _statements([*stmt.op.body, *(stmt.op.shortcut or [])])
 
 
-def _definition_span(spec: ast.Spec, word: str, line: int) -> Span | None:
+def _definition_span(spec: ast.Document, word: str, line: int) -> Span | None:
     """Where ``word`` is defined: a block or model, else a named statement or an input of the
     definition that contains ``line``."""
     for definition in spec.definitions:
