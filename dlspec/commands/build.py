@@ -136,8 +136,12 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    checked = _check(args)
+    if isinstance(checked, int):
+        return checked
+    spec, config = checked
     if launch.current_worker() is not None:  # one process of a job: the launcher holds the lock
-        return _build(args)
+        return _build(args, spec, config)
     out: Path = args.out
     lock = DirectoryLock(out)
     try:
@@ -151,12 +155,13 @@ def run(args: argparse.Namespace) -> int:
         remove_stale_temporaries(out)  # a killed run's; no writer can be mid-way now
         if launch.requested(args) and not args.no_train:  # start the processes that run this
             return launch.launch(args, args.argv)
-        return _build(args)
+        return _build(args, spec, config)
     finally:
         lock.release()
 
 
-def _build(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> tuple[Spec, TrainConfig] | int:
+    """The checked spec and its train settings, or the exit code of a refusal (printed)."""
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1
@@ -169,7 +174,11 @@ def _build(args: argparse.Namespace) -> int:
         code := refuse_memory(checked, args, config.batch_size, training=True)
     ):
         return code
-    spec = Spec(checked.path, checked.source.text, graph, checked.report)
+    return Spec(checked.path, checked.source.text, graph, checked.report), config
+
+
+def _build(args: argparse.Namespace, spec: Spec, config: TrainConfig) -> int:
+    """Write model.py and train (in the locked directory, or as a worker of a job)."""
     out: Path = args.out
     if args.resume and not args.no_train and (problem := _unresumable(spec, out)):
         return _fail(problem)  # before model.py: a command that refuses rewrites nothing
