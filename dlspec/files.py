@@ -62,8 +62,9 @@ class LockedError(Exception):
 
 class DirectoryLock:
     """An exclusive lock on a directory, held while a command writes into it: the lock file
-    ``.dlspec.lock`` holds the owner's pid, and the operating system releases the lock when
-    the process ends, however it ends (so a killed build never leaves a stale lock).
+    ``.dlspec.lock`` holds the owner's pid and is removed on release; the operating system
+    releases the lock when the process ends, however it ends (a killed build leaves the file,
+    but no lock: the next command takes it over).
     :meth:`acquire` raises :class:`LockedError` at once when another process holds it."""
 
     NAME = ".dlspec.lock"
@@ -72,21 +73,33 @@ class DirectoryLock:
         self.directory = Path(directory)
         self._fd: int | None = None
 
+    @property
+    def path(self) -> Path:
+        return self.directory / self.NAME
+
     def acquire(self) -> None:
         """Take the lock (the directory must exist)."""
-        path = self.directory / self.NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pid = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise LockedError(self.directory, int(pid) if pid.isdigit() else None) from None
+            try:  # the holder may have removed the file between our open and our lock
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise LockedError(self.directory, int(pid) if pid.isdigit() else None) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode("ascii"))
         self._fd = fd
 
     def release(self) -> None:
+        """Remove the lock file and give up the lock."""
         if self._fd is not None:
-            os.close(self._fd)  # releases the lock
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
             self._fd = None

@@ -183,8 +183,12 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    checked = _check(args)
+    if isinstance(checked, int):
+        return checked
+    spec, config = checked
     if launch.current_worker() is not None:  # one process of a job: the launcher holds the lock
-        return _build(args)
+        return _build(args, spec, config)
     out: Path = args.out
     lock = DirectoryLock(out)
     try:
@@ -198,12 +202,13 @@ def run(args: argparse.Namespace) -> int:
         remove_stale_temporaries(out)  # a killed run's; no writer can be mid-way now
         if launch.requested(args) and not args.no_train:  # start the processes that run this
             return launch.launch(args, args.argv)
-        return _build(args)
+        return _build(args, spec, config)
     finally:
         lock.release()
 
 
-def _build(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> tuple[Spec, TrainConfig] | int:
+    """The checked spec and its train settings, or the exit code of a refusal (printed)."""
     checked, code = load_spec(args)
     if code or checked.graph is None or checked.source is None:
         return code or 1
@@ -224,7 +229,11 @@ def _build(args: argparse.Namespace) -> int:
             return code or 1
         graph = checked.graph
     assert checked.source is not None  # a spec that checked has its text
-    spec = Spec(checked.path, checked.source.text, graph, checked.report)
+    return Spec(checked.path, checked.source.text, graph, checked.report), config
+
+
+def _build(args: argparse.Namespace, spec: Spec, config: TrainConfig) -> int:
+    """Write model.py and train (in the locked directory, or as a worker of a job)."""
     out: Path = args.out
     if args.resume and not args.no_train and (problem := _unresumable(spec, out)):
         return _fail(problem)  # before model.py: a command that refuses rewrites nothing
@@ -243,7 +252,7 @@ def _build(args: argparse.Namespace) -> int:
 def _unresumable(spec: Spec, out: Path) -> str | None:
     """Why ``--resume`` cannot continue from ``out``'s checkpoint (None when it can)."""
     from dlspec.train.checkpoint import CheckpointError, load_checkpoint, spec_hash
-    from dlspec.train.loop import CHECKPOINT
+    from dlspec.train.run_dir import CHECKPOINT
 
     try:
         load_checkpoint(out / CHECKPOINT, spec_hash(spec.source_text, spec.graph.arguments))

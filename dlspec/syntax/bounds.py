@@ -33,7 +33,7 @@ def _first_token(tree: Tree[Token]) -> Token | None:
         item = stack.pop()
         if isinstance(item, Token):
             return item
-        stack.extend(reversed(item.children))
+        stack.extend(child for child in reversed(item.children) if child is not None)
     return None
 
 

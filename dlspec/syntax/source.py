@@ -8,7 +8,9 @@ from pathlib import Path
 
 from dlspec.diagnostics import Diagnostic
 
-MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; 10,000 layers are about 400 KB
+MAX_BYTES = (
+    1024 * 1024
+)  # a spec is a few KB; 10,000 layers are about 400 KB; parsing 1 MB takes ~2 s
 
 
 @dataclass(frozen=True)
