@@ -2,18 +2,25 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+CHECKER := $(VENV)/.installed-check
 RUNTIME := $(VENV)/.installed
 DEV     := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint format docs bench fuzz clean
+.PHONY: install demo demo-check test lint format docs bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# What dlspec needs to run (the demo), then the development tools on top (lint, test).
+# Three steps, each on top of the one before: what `dlspec check` needs (lark and pydantic, at
+# pyproject's versions), what dlspec needs to run (the demo), the development tools (test).
+$(CHECKER): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $$(grep -oE '"(lark|pydantic)[<>=!~][^"]*"' pyproject.toml | tr -d '"')
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(CHECKER)
+
 # torch first, pinned: its CPU build lies on this machine's disk, while an unpinned torch pulls
 # a multi-GB CUDA build. pyproject declares a range that 2.13.0 satisfies.
-$(RUNTIME): pyproject.toml | $(BIN)/python
+$(RUNTIME): $(CHECKER)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e .
 	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz) \
@@ -28,8 +35,10 @@ install: $(DEV)
 
 # The main job on the embedded default data: check MY_NET, then build and train it on the
 # handwritten digits that ship with scikit-learn, then draw it.
-demo: $(RUNTIME)
+demo-check: $(CHECKER)
 	$(BIN)/dlspec check specs/cnn.dl
+
+demo: demo-check $(RUNTIME)
 	$(BIN)/dlspec build specs/cnn.dl --out build/cnn
 	$(BIN)/dlspec draw specs/cnn.dl --out build/cnn/model.svg
 

@@ -32,7 +32,7 @@ from dlspec.train.launch import Worker, current_worker, is_main_process
 ROOT = Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "specs" / "mlp.dl")
 # on the CPU (gloo), without dropout: nothing random but the order
-RUN = [MLP, "--set", "p=0", "--device", "cpu", "--no-plots", "-q"]
+RUN = [MLP, "--set", "p=0", "--device", "cpu", "--no-plots"]
 TWO_PROCESSES = ["-m", "dlspec", "build", *RUN, "--nproc-per-node", "2"]  # after `python`
 RELATIVE = 1e-5
 JOB_SECONDS = 90  # a job that takes longer has hung: the test fails rather than waits

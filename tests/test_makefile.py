@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,11 +22,22 @@ def dry_run(tmp_path: Path, target: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_demo_installs_runtime_dependencies_only(tmp_path: Path) -> None:
+def test_demo_checks_first_and_installs_runtime_dependencies_only(tmp_path: Path) -> None:
     demo = dry_run(tmp_path, "demo")
-    assert "pip install -q -e .\n" in demo
+    # the first check needs only lark and pydantic (at pyproject's versions): it runs before
+    # torch and the rest are installed
+    check = demo.index("dlspec check specs/cnn.dl")
+    assert demo.index("pip install -q --no-deps -e .") < check < demo.index("torch==")
+    assert "grep -oE '\"(lark|pydantic)" in demo
+    assert "pip install -q -e .\n" in demo[check:]
     assert "[dev]" not in demo
-    assert demo.index("pip install -q -e .") < demo.index("dlspec check specs/cnn.dl")
     test = dry_run(tmp_path, "test")
     assert "pip install -q -e .\n" in test and "pip install -q -e '.[dev]'" in test
     assert test.index("'.[dev]'") < test.index("ruff format --check")
+
+
+def test_checker_requirements_are_in_pyproject() -> None:
+    """The Makefile's first step reads lark's and pydantic's versions from pyproject."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    found = re.findall(r'"((?:lark|pydantic)[<>=!~][^"]*)"', pyproject)
+    assert [f.split(">")[0] for f in found] == ["lark", "pydantic"]
