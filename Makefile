@@ -64,7 +64,7 @@ bench: $(RUNTIME)
 # FUZZ_COUNT specs from FUZZ_SEED; a disagreement prints its seed and the shrunk spec.
 FUZZ_COUNT ?= 10000
 FUZZ_SEED  ?= 0
-fuzz: $(STAMP)
+fuzz: $(DEV)
 	$(BIN)/python tests/fuzzing.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)
 
 clean:
