@@ -136,6 +136,14 @@ EXAMPLES = [
     ex("Dropout", {}, (5,), 0),
     ex("Dropout", {"p": 0.0}, (T, 4), 0, bindings={"T": 3}),
     ex("Dropout2d", {"p": 0.3}, (3, 4, 4), 0),
+    # conditioning (diffusion U-Nets): no parameters, MACs 0
+    ex("TimestepEmbedding", {"dim": 8}, (1,), 0),
+    ex("TimestepEmbedding", {"dim": 6, "max_period": 100.0}, (1,), 0),
+    ex("BroadcastAdd", {}, (4, 3, 5), 0, more=((4,),)),
+    ex("BroadcastAdd", {}, (4, 7), 0, more=((4,),)),
+    ex("ToTokens", {}, (4, 3, 5), 0),
+    ex("ToImage", {"height": 3}, (15, 4), 0),
+    ex("ToImage", {"height": 5, "width": 3}, (15, 4), 0),
 ]
 # fmt: on
 
@@ -325,6 +333,9 @@ BAD_ARGS = [
     ("Upsample", {"mode": "area", "scale_factor": 2}),
     ("Upsample", {"scale_factor": 0}),
     ("GELU", {"approximate": "fast"}),
+    ("TimestepEmbedding", {"dim": 7}),
+    ("TimestepEmbedding", {"dim": 8, "max_period": 1}),
+    ("ToImage", {"height": 0}),
 ]
 
 
@@ -395,6 +406,11 @@ LAYER_ERRORS = [
     ("Upsample", {"scale_factor": 0.1}, (3, 4, 4), "E402", "floor(4 * 0.1) = 0"),
     ("Upsample", {"scale_factor": 1.5}, (3, T), "E405", "symbolic"),
     ("Dropout2d", {}, (3, 4), "E404", "[C, H, W]"),
+    ("TimestepEmbedding", {"dim": 8}, (2,), "E404", "one number per sample, shape [1]"),
+    ("TimestepEmbedding", {"dim": 8}, (1,), "E404", "long"),
+    ("ToTokens", {}, (4, 9), "E404", "[C, H, W]"),
+    ("ToImage", {"height": 4}, (15, 8), "E401", "4 x 3 = 12 != 15"),
+    ("ToImage", {"height": 3}, (3, 5, 5), "E404", "[H*W, C]"),
 ]
 # fmt: on
 
@@ -429,6 +445,9 @@ def test_labels() -> None:
         ("Upsample", {"scale_factor": 2}, "Upsample(x2, nearest)"),
         ("Upsample", {"size": (7, 9), "mode": "bilinear"}, "Upsample(size=7x9, bilinear)"),
         ("Dropout", {"p": 0.25}, "Dropout(0.25)"),
+        ("TimestepEmbedding", {"dim": 32}, "TimestepEmbedding(32)"),
+        ("ToImage", {"height": 4}, "ToImage(4)"),
+        ("ToImage", {"height": 4, "width": 2}, "ToImage(4, 2)"),
     ]
     # fmt: on
     for kind, args, label in cases:
