@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_layers_oracle import build, forward
 
 import dlspec
 from dlspec.layers import REGISTRY, LayerError, TensorType
-from test_layers_oracle import build, forward
 
 
 def _run(kind: str, args: dict[str, object], *xs: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ def test_sampling_is_repeatable_at_a_seed_and_independent_of_the_batch_size(samp
     c = sample(_denoiser([]), schedule, prompts, (1, 4, 4), seed=8, **draw)  # type: ignore[arg-type]
     assert calls == [10] * 10  # guidance: prompted and unprompted in one batch per step
     assert a.shape == (5, 1, 4, 4) and a.dtype == torch.float32
-    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
 
@@ -224,7 +224,7 @@ def test_sample_writes_a_grid_and_arrays_repeatably(
     with np.load(npz) as first, np.load(again) as ddpm:
         images = first["images"]
         assert images.shape == (6, 1, 8, 8) and images.dtype == np.float32
-        assert 0 <= images.min() and images.max() <= 1
+        assert images.min() >= 0 and images.max() <= 1
         assert list(first["prompts"]) == ["7"] * 6
         assert not np.allclose(images, ddpm["images"])
     assert main(["sample", *common, "--out", str(again)]) == 0
