@@ -261,6 +261,10 @@ def test_sample_refuses_a_run_that_is_not_a_diffusion_run(
 ) -> None:
     assert main(["sample", str(tmp_path), "--out", str(tmp_path / "a.png")]) == 1
     assert "no checkpoint.pt in it" in capsys.readouterr().err
+    mlp = ["build", str(ROOT / "specs" / "mlp.dl"), "--out", str(tmp_path), "--quiet"]
+    assert main([*mlp, "--epochs", "1", "--no-plots"]) == 0
+    assert main(["sample", str(tmp_path), "--out", str(tmp_path / "a.png")]) == 1
+    assert "was not trained with task diffusion" in capsys.readouterr().err
 
 
 def test_onnx_export_samples_the_same_images_as_torch(

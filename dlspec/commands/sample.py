@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from dlspec.train.generate import RunError, UnknownCharacters, generate, load_language_model
     from dlspec.train.loop import TrainError, select_device
 
-    if is_diffusion_run(args.run_dir):
+    if args.out is not None or is_diffusion_run(args.run_dir):
         return _draw(args)
 
     try:

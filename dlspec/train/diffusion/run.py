@@ -21,7 +21,13 @@ from dlspec.train.diffusion.prompts import DiffusionInputs, PromptCodec, PromptE
 from dlspec.train.diffusion.schedule import SETTINGS, Denoiser, NoiseSchedule, sample
 from dlspec.train.generate import RunError, load_run, trained_model
 
-__all__ = ["META_DIFFUSION", "DiffusionModel", "is_diffusion_run", "load_diffusion"]
+__all__ = [
+    "META_DIFFUSION",
+    "DiffusionModel",
+    "is_diffusion_run",
+    "load_diffusion",
+    "torch_denoiser",
+]
 
 #: ONNX metadata key: JSON of the run's diffusion settings (:data:`SETTINGS`) and input roles.
 META_DIFFUSION = "dlspec.diffusion"
@@ -77,7 +83,9 @@ def is_diffusion_run(source: str | os.PathLike[str]) -> bool:
     return checkpoint.info.get("task") == "diffusion"
 
 
-def _torch_denoiser(model: torch.nn.Module, inputs: DiffusionInputs) -> Denoiser:
+def torch_denoiser(model: torch.nn.Module, inputs: DiffusionInputs) -> Denoiser:
+    """``model`` (a module with a diffusion model's inputs) as a :data:`Denoiser`."""
+
     def denoise(x: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = model(*inputs.arrange(x, t, prompt))
         return out
@@ -137,7 +145,7 @@ def load_diffusion(
         denoise = _onnx_denoiser(_session(exported.data), inputs)
         where, label = torch.device("cpu"), "ONNX Runtime (CPU)"
     else:
-        denoise, where, label = _torch_denoiser(model, inputs), torch.device(device), "torch"
+        denoise, where, label = torch_denoiser(model, inputs), torch.device(device), "torch"
     classes = [str(c) for c in info["classes"]]
     return _model(denoise, settings, classes, inputs, label, where, str(path))
 
