@@ -284,3 +284,22 @@ def test_onnx_export_samples_the_same_images_as_torch(
     images = {name: np.load(path)["images"] for name, path in outs.items()}
     np.testing.assert_allclose(images["file"], images["torch"], atol=1e-4)
     np.testing.assert_allclose(images["runtime"], images["torch"], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["specs/cnn.dl", "--train", "task=diffusion"], 1, "needs a model with three inputs"),
+        (["specs/diffusion.dl", "--set", "vocab=5"], 1, "e.g. --set vocab=11"),
+        (["specs/diffusion.dl", "--train", "normalize=Normalize(mean=0.5, std=0.5)"], 1,
+         "remove normalize"),
+        (["specs/diffusion.dl", "--train", "schedule=quadratic"], 2, "expected one of linear"),
+        (["specs/diffusion.dl", "--train", "ema=1.5"], 2, "ema"),
+    ],
+)  # fmt: skip
+def test_build_refuses_what_cannot_train_as_a_diffusion_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int, message: str
+) -> None:
+    spec, *rest = args
+    assert main(["build", str(ROOT / spec), *rest, "--out", str(tmp_path), "--quiet"]) == code
+    assert message in capsys.readouterr().err
