@@ -165,10 +165,10 @@ class ToImage(Layer):
         return Inferred(TensorType((c, h, w)))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        h, w, c = self._size(inputs[0])
+        h, w, _ = self._size(inputs[0])
         return TorchCall(
-            None, forward=f"{{x}}.transpose(1, 2).reshape({{x}}.shape[0], {c}, {h}, {w})"
-        )  # (B, C, H, W)
+            None, forward=f"{{x}}.transpose(1, 2).reshape({{x}}.shape[0], -1, {h}, {w})"
+        )
 
     def label(self) -> str:
         return f"ToImage({self.height}{'' if self.width is None else f', {self.width}'})"
