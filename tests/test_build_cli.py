@@ -116,7 +116,8 @@ def test_no_train_writes_only_the_model(tmp_path: Path) -> None:
     out = tmp_path / "deep" / "out"
     assert build(MLP, "--out", str(out), "--no-train", "--set", "hidden=32") == 0
     assert [p.name for p in out.iterdir()] == ["model.py"]
-    assert "Linear(64, 32)" in (out / "model.py").read_text()
+    code = (out / "model.py").read_text()
+    assert "Linear(64, hidden)" in code and "hidden: int = 32" in code
 
 
 def test_same_seed_same_metrics(tiny_cnn: Path, tmp_path: Path) -> None:
@@ -190,7 +191,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(
     assert "interrupted after 1 finished epoch(s)" in err and "--resume" in err
     assert not (out / "metrics.json").exists()
     spec_text = Path(MLP).read_text()
-    saved = load_checkpoint(out / "checkpoint.pt", spec_hash(spec_text, load(MLP).graph.params))
+    saved = load_checkpoint(out / "checkpoint.pt", spec_hash(spec_text, load(MLP).graph.arguments))
     assert (saved.epoch, saved.partial) == (1, True)
     monkeypatch.setattr(Trainer, "_step", original)
     assert build(MLP, "--out", str(out), "--quiet", "--no-plots", "--epochs", "2", "--resume") == 0

@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from dlspec.analysis.graph import ModelGraph, Node
+from dlspec.analysis.graph import ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
-from dlspec.layers.base import TensorType
-from dlspec.layers.symbolic import Dim, Poly, evaluate, product
+from dlspec.layers.symbolic import Dim, Poly, product, value_at
 
 BYTES = 4
 
@@ -38,6 +37,7 @@ class LayerRow(BaseModel):
     name: str  # dotted path, as in the generated module's named_modules()
     kind: str  # layer kind; "block", "repeat" or "residual" for containers
     label: str
+    inputs: list[str]  # the tensors it reads, named in its scope ("input": its scope's input)
     depth: int
     container: bool
     output_shape: list[int | str]
@@ -86,17 +86,18 @@ def shape_json(shape: tuple[Dim, ...]) -> list[int | str]:
     return [d if isinstance(d, int) else str(d) for d in shape]
 
 
-def _tensor(name: str, t: TensorType, bindings: dict[str, int]) -> TensorInfo:
+def _tensor(tensor: Tensor, bindings: dict[str, int]) -> TensorInfo:
+    t = tensor.type
     return TensorInfo(
-        name=name,
+        name=tensor.name,
         dtype=t.dtype,
         shape=shape_json(t.shape),
-        shape_value=[evaluate(d, bindings) for d in t.shape],
+        shape_value=[value_at(d, bindings) for d in t.shape],
     )
 
 
 def _rows(
-    nodes: list[Node], depth: int, bindings: dict[str, int], parent: str = ""
+    nodes: list[Step], depth: int, bindings: dict[str, int], parent: str = ""
 ) -> list[LayerRow]:
     rows = []
     for node in nodes:
@@ -104,20 +105,22 @@ def _rows(
         rows.append(
             LayerRow(
                 name=node.path,
-                kind=node.layer.kind if node.layer is not None else node.container,
+                kind=node.layer.kind if node.layer is not None else node.kind,
                 label=node.label,
+                inputs=[t.name for t in node.inputs],
                 depth=depth,
-                container=node.container != "layer",
-                output_shape=shape_json(node.output.shape),
+                container=node.kind != "layer",
+                output_shape=shape_json(node.output.type.shape),
                 params=node.params,
                 buffers=node.buffer_count,
-                macs=evaluate(macs, bindings),
+                macs=value_at(macs, bindings),
                 macs_formula=str(macs) if isinstance(macs, Poly) else None,
                 line=node.span.line,
                 column=node.span.column,
             )
         )
-        rows.extend(_rows([*node.children, *(node.shortcut or [])], depth + 1, bindings, node.path))
+        shortcut = node.shortcut.steps if node.shortcut is not None else []
+        rows.extend(_rows([*node.children, *shortcut], depth + 1, bindings, node.path))
     return rows
 
 
@@ -128,22 +131,22 @@ def build_report(
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
     trainable, frozen, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
-    elements = sum(evaluate(product(i.type.shape), b) for i in graph.inputs) + sum(
-        evaluate(product(leaf.output.shape), b) for leaf in graph.leaves()
+    elements = sum(value_at(product(i.type.shape), b) for i in graph.inputs) + sum(
+        value_at(product(leaf.output.type.shape), b) for leaf in graph.leaves()
     )
     activations = 2 * BYTES * elements * batch
     return Report(
         file=path,
         model=graph.name,
-        parameters=graph.params,
+        parameters=graph.arguments,
         symbols=dict(b),
-        inputs=[_tensor(i.name, i.type, b) for i in graph.inputs],
-        outputs=[_tensor(o, t, b) for o, t in zip(graph.outputs, graph.output_types, strict=False)],
-        layers=_rows(graph.nodes, 0, b),
+        inputs=[_tensor(i, b) for i in graph.inputs],
+        outputs=[_tensor(o, b) for o in graph.outputs],
+        layers=_rows(graph.steps, 0, b),
         total_params=trainable + frozen,
         trainable_params=trainable,
         non_trainable_params=frozen,
-        total_macs=evaluate(macs, b),
+        total_macs=value_at(macs, b),
         total_macs_formula=str(macs) if isinstance(macs, Poly) else None,
         memory=Memory(
             batch=batch,

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
+from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
 from dlspec.api import Spec
 from dlspec.commands.common import (
     add_spec_arguments,
@@ -24,6 +24,14 @@ from dlspec.commands.common import (
     whole_number,
 )
 from dlspec.train import launch
+from dlspec.train.run_dir import (
+    CHECKPOINT,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    METRICS_JSON,
+    MODEL_PY,
+    run_info,
+)
 
 EPILOG = f"""\
 train settings (the spec's `train {{ ... }}` section, or --train KEY=VALUE):
@@ -33,8 +41,6 @@ train settings (the spec's `train {{ ... }}` section, or --train KEY=VALUE):
 exit codes: 0 done, 1 the spec has errors or the data / checkpoint cannot be used,
 2 usage (bad option or train setting), 130 interrupted (Ctrl-C; the checkpoint is saved and
 --resume continues from it)."""
-
-MODEL_PY = "model.py"
 
 
 def _number(text: str) -> str:
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         return code or 1
     graph = checked.graph
     try:
-        config = train_config(graph.train, graph.params, _overrides(args))
+        config = with_overrides(graph.train, _overrides(args), graph.arguments)
     except TrainConfigError as exc:
         return _fail(str(exc), 2)
     spec = Spec(checked.path, checked.source.text, graph, checked.report)
@@ -176,24 +182,16 @@ def _write_model(path: Path, code: str) -> None:
 def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     """Train the built model; map every failure the user can fix to a message."""
     from dlspec.backends.onnx_export import index_limit
-    from dlspec.layers.symbolic import evaluate
+    from dlspec.layers.symbolic import value_at
     from dlspec.train.checkpoint import CheckpointError, spec_hash
     from dlspec.train.data import DataError
-    from dlspec.train.loop import (
-        CHECKPOINT,
-        CONFUSION_PNG,
-        CURVES_PNG,
-        METRICS_JSON,
-        RunOptions,
-        TrainError,
-        train_model,
-    )
+    from dlspec.train.loop import RunOptions, TrainError, train_model
 
     graph = spec.graph
     diffusion = config.task == "diffusion"  # three inputs: dlspec.train.diffusion
-    if not diffusion and (len(graph.inputs) != 1 or len(graph.output_types) != 1):
+    if not diffusion and (len(graph.inputs) != 1 or len(graph.outputs) != 1):
         return _fail(
-            f"{graph.name} has {len(graph.inputs)} input(s) and {len(graph.output_types)} "
+            f"{graph.name} has {len(graph.inputs)} input(s) and {len(graph.outputs)} "
             "output(s); training supports models with one of each"
         )
     out: Path = args.out
@@ -204,13 +202,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         resume=args.resume,
     )
-    info = {
-        "spec": spec.path,
-        "model": graph.name,
-        "params": graph.params,
-        "bindings": graph.bindings,
-        "spec_text": spec.source_text,
-    }
+    info = run_info(spec.path, graph.name, graph.arguments, graph.bindings, spec.source_text)
     train = train_model
     worker = launch.current_worker()
     if worker is not None and diffusion:
@@ -227,19 +219,19 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
                 spec.to_torch,
                 graph,
                 config,
-                spec_hash=spec_hash(spec.source_text, graph.params),
+                spec_hash=spec_hash(spec.source_text, graph.arguments),
                 options=options,
                 info=info,
             )
         else:
-            input_type, output_type = graph.inputs[0].type, graph.output_types[0]
+            input_type, output_type = graph.inputs[0].type, graph.outputs[0].type
             # symbolic dimensions at their values (T: the training context, --set T=...)
             result = train(
                 spec.to_torch,
                 config,
-                input_shape=[evaluate(d, graph.bindings) for d in input_type.shape],
-                output_shape=[evaluate(d, graph.bindings) for d in output_type.shape],
-                spec_hash=spec_hash(spec.source_text, graph.params),
+                input_shape=[value_at(d, graph.bindings) for d in input_type.shape],
+                output_shape=[value_at(d, graph.bindings) for d in output_type.shape],
+                spec_hash=spec_hash(spec.source_text, graph.arguments),
                 options=options,
                 info=info,
                 token_limit=index_limit(graph) if input_type.dtype == "long" else None,

@@ -28,6 +28,7 @@ from dlspec.backends.onnx_export import (
     RTOL,
 )
 from dlspec.commands.common import add_spec_arguments, load_spec
+from dlspec.train.run_dir import CLASSES, CONFIG, DATA, METRICS_JSON, SPEC_HASH
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,8 +50,6 @@ dlspec.diffusion (the schedule and sampling settings) for a diffusion run's weig
 
 exit codes: 0 written, 1 the spec has errors, the weights do not fit, or the export or its
 verification failed (nothing is written then), 2 usage (bad option, unwritable --out)."""
-
-METRICS_JSON = "metrics.json"  # what `dlspec build` writes beside its checkpoint
 
 
 def _opset(text: str) -> int:
@@ -150,7 +149,6 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
     """Class names and normalisation for `dlspec predict`: from the metrics.json that
     `dlspec build` wrote beside the checkpoint (when it is of this spec), else the spec's own
     train section."""
-    from dlspec.analysis.train_config import TrainConfigError, train_config
     from dlspec.backends.onnx_export import META_CLASSES, META_NORMALIZE
 
     metrics: dict[str, Any] = {}
@@ -159,20 +157,17 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
             loaded = json.loads((weights.parent / METRICS_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             loaded = {}
-        if isinstance(loaded, dict) and loaded.get("spec_hash") == spec_hash:
+        if isinstance(loaded, dict) and loaded.get(SPEC_HASH) == spec_hash:
             metrics = loaded
-    config = metrics.get("config") or {}
+    config = metrics.get(CONFIG) or {}
     if not config:
-        try:
-            config = train_config(spec.graph.train, spec.graph.params).model_dump(mode="json")
-        except TrainConfigError:
-            config = {}
+        config = spec.graph.train.model_dump(mode="json")
     out = {}
     if isinstance(metrics.get("diffusion"), dict):  # what `dlspec sample MODEL.onnx` needs
         from dlspec.train.diffusion.run import META_DIFFUSION
 
         out[META_DIFFUSION] = json.dumps(metrics["diffusion"])
-    classes = (metrics.get("data") or {}).get("classes")
+    classes = (metrics.get(DATA) or {}).get(CLASSES)
     if classes:
         out[META_CLASSES] = json.dumps([str(c) for c in classes])
     if config.get("mean") is not None or config.get("std") is not None:
@@ -200,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     from dlspec.files import write_atomic
     from dlspec.train.checkpoint import spec_hash
 
-    digest = spec_hash(spec.source_text, spec.graph.params)
+    digest = spec_hash(spec.source_text, spec.graph.arguments)
     torch.manual_seed(args.seed)
     model = spec.to_torch()
     weights = f"random (seed {args.seed})"
@@ -212,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {
         META_HASH: digest,
         META_SPEC: spec.path,
-        META_PARAMS: json.dumps(spec.graph.params, sort_keys=True, default=str),
+        META_PARAMS: json.dumps(spec.graph.arguments, sort_keys=True, default=str),
         META_WEIGHTS: weights,
         **_training_metadata(spec, args.weights, digest),
     }

@@ -138,7 +138,15 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Spec, Checkpoint]:
     the spec file need not exist any more). Raises :class:`RunError` with a message."""
     from dlspec.api import SpecError, load_text
     from dlspec.train.checkpoint import CheckpointError, load_checkpoint, spec_hash
-    from dlspec.train.loop import CHECKPOINT
+    from dlspec.train.run_dir import (
+        BINDINGS,
+        CHECKPOINT,
+        CLASSES,
+        MODEL,
+        PARAMS,
+        SPEC,
+        SPEC_TEXT,
+    )
 
     directory = Path(run_dir)
     path = directory / CHECKPOINT
@@ -152,19 +160,19 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Spec, Checkpoint]:
     except CheckpointError as exc:
         raise RunError(str(exc).rpartition("; ")[0] or str(exc)) from None
     info = checkpoint.info
-    if not isinstance(info.get("spec_text"), str) or not info.get("classes"):
+    if not isinstance(info.get(SPEC_TEXT), str) or not info.get(CLASSES):
         raise RunError(
             f"{path}: the checkpoint does not hold its spec and vocabulary (it was written by "
             "an older dlspec); build the model again"
         )
-    overrides = {**info.get("params", {}), **info.get("bindings", {})}
+    overrides = {**info.get(PARAMS, {}), **info.get(BINDINGS, {})}
     try:
         spec = load_text(
-            info["spec_text"], str(info.get("spec", "<spec>")), model=info.get("model"), **overrides
+            info[SPEC_TEXT], str(info.get(SPEC, "<spec>")), model=info.get(MODEL), **overrides
         )
     except (SpecError, TypeError) as exc:
         raise RunError(f"{path}: the spec saved in the checkpoint does not load: {exc}") from None
-    if spec_hash(spec.source_text, spec.graph.params) != checkpoint.spec_hash:
+    if spec_hash(spec.source_text, spec.graph.arguments) != checkpoint.spec_hash:
         raise RunError(f"{path}: the checkpoint's weights do not belong to its saved spec")
     return spec, checkpoint
 
@@ -185,13 +193,13 @@ def load_language_model(
 ) -> LanguageModelRun:
     """The language model that ``dlspec build`` trained into ``run_dir``, rebuilt from its
     checkpoint (:func:`load_run`). Raises :class:`RunError` with a message."""
-    from dlspec.layers.symbolic import evaluate
-    from dlspec.train.loop import CHECKPOINT
+    from dlspec.layers.symbolic import value_at
+    from dlspec.train.run_dir import CHECKPOINT, CLASSES
 
     spec, checkpoint = load_run(run_dir)
     path = Path(run_dir) / CHECKPOINT
     graph = spec.graph
-    inputs, outputs = graph.inputs, graph.output_types
+    inputs, outputs = graph.inputs, [o.type for o in graph.outputs]
     if (
         len(inputs) != 1
         or len(outputs) != 1
@@ -207,8 +215,8 @@ def load_language_model(
         )
     return LanguageModelRun(
         model=trained_model(spec, checkpoint, device),
-        vocab=[str(c) for c in checkpoint.info["classes"]],
-        context=evaluate(inputs[0].type.shape[0], graph.bindings),
+        vocab=[str(c) for c in checkpoint.info[CLASSES]],
+        context=value_at(inputs[0].type.shape[0], graph.bindings),
         name=graph.name,
         spec=spec.path,
         epochs=checkpoint.epoch,

@@ -122,7 +122,8 @@ def load_diffusion(
     if str(source).endswith(".onnx"):
         return _from_onnx_file(Path(source))
     from dlspec.train.diffusion.trainer import diffusion_inputs
-    from dlspec.train.loop import CHECKPOINT, TrainError
+    from dlspec.train.loop import TrainError
+    from dlspec.train.run_dir import CHECKPOINT, CLASSES
 
     spec, checkpoint = load_run(source)
     info = checkpoint.info
@@ -146,7 +147,7 @@ def load_diffusion(
         where, label = torch.device("cpu"), "ONNX Runtime (CPU)"
     else:
         denoise, where, label = torch_denoiser(model, inputs), torch.device(device), "torch"
-    classes = [str(c) for c in info["classes"]]
+    classes = [str(c) for c in info[CLASSES]]
     return _model(denoise, settings, classes, inputs, label, where, str(path))
 
 

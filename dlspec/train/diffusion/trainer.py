@@ -29,7 +29,7 @@ from torch import nn
 
 from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.train_config import TrainConfig
-from dlspec.layers.symbolic import evaluate
+from dlspec.layers.symbolic import value_at
 from dlspec.train.data import DataError
 from dlspec.train.diffusion.grid import save_images
 from dlspec.train.diffusion.judge import conditional_accuracy, frechet_distance, train_judge
@@ -127,10 +127,10 @@ def diffusion_inputs(graph: ModelGraph) -> DiffusionInputs:
     try:
         return DiffusionInputs.of(
             [
-                (i.name, i.type.dtype, [evaluate(d, graph.bindings) for d in i.type.shape])
+                (i.name, i.type.dtype, [value_at(d, graph.bindings) for d in i.type.shape])
                 for i in graph.inputs
             ],
-            [[evaluate(d, graph.bindings) for d in o.shape] for o in graph.output_types],
+            [[value_at(d, graph.bindings) for d in o.type.shape] for o in graph.outputs],
         )
     except ValueError as exc:
         raise TrainError(str(exc)) from None

@@ -70,57 +70,69 @@ class TimestepEmbedding(nn.Module):
 
 
 class DigitDiffusion(nn.Module):
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        ch: int = 16,
+        groups: int = 8,
+        vocab: int = 12,
+        L: int = 4,
+        d_text: int = 24,
+        heads: int = 4,
+    ) -> None:
         super().__init__()
-        self.chars = nn.Embedding(12, 24)
-        self.chars_pos = SinusoidalPositionalEncoding(4, 24)
-        self.text = TransformerEncoderStack(2, 24, 4, dim_feedforward=48, dropout=0.0)
-        self.t_freq = TimestepEmbedding(16)
-        self.t_fc1 = nn.Linear(16, 64)
+        self.chars = nn.Embedding(vocab, d_text)
+        self.chars_pos = SinusoidalPositionalEncoding(L, d_text)
+        self.text = TransformerEncoderStack(
+            2, d_text, heads, dim_feedforward=2 * d_text, dropout=0.0
+        )
+        self.t_freq = TimestepEmbedding(ch)
+        self.t_fc1 = nn.Linear(ch, 4 * ch)
         self.silu1 = nn.SiLU()
-        self.t_fc2 = nn.Linear(64, 64)
+        self.t_fc2 = nn.Linear(4 * ch, 4 * ch)
         self.temb = nn.SiLU()
-        self.stem = nn.Conv2d(1, 16, kernel_size=3, padding=1)
-        self.e1_norm1 = nn.GroupNorm(8, 16)
+        self.stem = nn.Conv2d(1, ch, kernel_size=3, padding=1)
+        self.e1_norm1 = nn.GroupNorm(groups, ch)
         self.silu2 = nn.SiLU()
-        self.e1_conv1 = nn.Conv2d(16, 16, kernel_size=3, padding=1)
-        self.e1_time = nn.Linear(64, 16)
-        self.e1_norm2 = nn.GroupNorm(8, 16)
+        self.e1_conv1 = nn.Conv2d(ch, ch, kernel_size=3, padding=1)
+        self.e1_time = nn.Linear(4 * ch, ch)
+        self.e1_norm2 = nn.GroupNorm(groups, ch)
         self.silu3 = nn.SiLU()
-        self.e1_conv2 = nn.Conv2d(16, 16, kernel_size=3, padding=1)
-        self.down = nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1)
-        self.e2_norm1 = nn.GroupNorm(8, 32)
+        self.e1_conv2 = nn.Conv2d(ch, ch, kernel_size=3, padding=1)
+        self.down = nn.Conv2d(ch, 2 * ch, kernel_size=3, stride=2, padding=1)
+        self.e2_norm1 = nn.GroupNorm(groups, 2 * ch)
         self.silu4 = nn.SiLU()
-        self.e2_conv1 = nn.Conv2d(32, 32, kernel_size=3, padding=1)
-        self.e2_time = nn.Linear(64, 32)
-        self.e2_norm2 = nn.GroupNorm(8, 32)
+        self.e2_conv1 = nn.Conv2d(2 * ch, 2 * ch, kernel_size=3, padding=1)
+        self.e2_time = nn.Linear(4 * ch, 2 * ch)
+        self.e2_norm2 = nn.GroupNorm(groups, 2 * ch)
         self.silu5 = nn.SiLU()
-        self.e2_conv2 = nn.Conv2d(32, 32, kernel_size=3, padding=1)
-        self.m_norm1 = nn.LayerNorm(32)
-        self.m_self = nn.MultiheadAttention(32, 4, batch_first=True)
-        self.m_norm2 = nn.LayerNorm(32)
-        self.m_cross = nn.MultiheadAttention(32, 4, kdim=24, vdim=24, batch_first=True)
-        self.d2_norm1 = nn.GroupNorm(8, 64)
+        self.e2_conv2 = nn.Conv2d(2 * ch, 2 * ch, kernel_size=3, padding=1)
+        self.m_norm1 = nn.LayerNorm(2 * ch)
+        self.m_self = nn.MultiheadAttention(2 * ch, heads, batch_first=True)
+        self.m_norm2 = nn.LayerNorm(2 * ch)
+        self.m_cross = nn.MultiheadAttention(
+            2 * ch, heads, kdim=d_text, vdim=d_text, batch_first=True
+        )
+        self.d2_norm1 = nn.GroupNorm(groups, 4 * ch)
         self.silu6 = nn.SiLU()
-        self.d2_conv1 = nn.Conv2d(64, 32, kernel_size=3, padding=1)
-        self.d2_time = nn.Linear(64, 32)
-        self.d2_norm2 = nn.GroupNorm(8, 32)
+        self.d2_conv1 = nn.Conv2d(4 * ch, 2 * ch, kernel_size=3, padding=1)
+        self.d2_time = nn.Linear(4 * ch, 2 * ch)
+        self.d2_norm2 = nn.GroupNorm(groups, 2 * ch)
         self.silu7 = nn.SiLU()
-        self.d2_conv2 = nn.Conv2d(32, 32, kernel_size=3, padding=1)
-        self.d2_skip = nn.Conv2d(64, 32, kernel_size=1)
+        self.d2_conv2 = nn.Conv2d(2 * ch, 2 * ch, kernel_size=3, padding=1)
+        self.d2_skip = nn.Conv2d(4 * ch, 2 * ch, kernel_size=1)
         self.up = nn.Upsample(scale_factor=2.0)
-        self.up_conv = nn.Conv2d(32, 16, kernel_size=3, padding=1)
-        self.d1_norm1 = nn.GroupNorm(8, 32)
+        self.up_conv = nn.Conv2d(2 * ch, ch, kernel_size=3, padding=1)
+        self.d1_norm1 = nn.GroupNorm(groups, 2 * ch)
         self.silu8 = nn.SiLU()
-        self.d1_conv1 = nn.Conv2d(32, 16, kernel_size=3, padding=1)
-        self.d1_time = nn.Linear(64, 16)
-        self.d1_norm2 = nn.GroupNorm(8, 16)
+        self.d1_conv1 = nn.Conv2d(2 * ch, ch, kernel_size=3, padding=1)
+        self.d1_time = nn.Linear(4 * ch, ch)
+        self.d1_norm2 = nn.GroupNorm(groups, ch)
         self.silu9 = nn.SiLU()
-        self.d1_conv2 = nn.Conv2d(16, 16, kernel_size=3, padding=1)
-        self.d1_skip = nn.Conv2d(32, 16, kernel_size=1)
-        self.out_norm = nn.GroupNorm(8, 16)
+        self.d1_conv2 = nn.Conv2d(ch, ch, kernel_size=3, padding=1)
+        self.d1_skip = nn.Conv2d(2 * ch, ch, kernel_size=1)
+        self.out_norm = nn.GroupNorm(groups, ch)
         self.silu10 = nn.SiLU()
-        self.noise = nn.Conv2d(16, 1, kernel_size=3, padding=1)
+        self.noise = nn.Conv2d(ch, 1, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         out = self.chars(prompt)  # (B, 4, 24)
@@ -169,8 +181,8 @@ class DigitDiffusion(nn.Module):
         out = self.silu7(out)
         d2_conv2 = self.d2_conv2(out)
         d2_skip = self.d2_skip(d2_in)  # (B, 32, 4, 4)
-        d2 = d2_conv2 + d2_skip
-        out = self.up(d2)  # (B, 32, 8, 8)
+        out = d2_conv2 + d2_skip
+        out = self.up(out)  # (B, 32, 8, 8)
         up_conv = self.up_conv(out)  # (B, 16, 8, 8)
         d1_in = torch.cat([up_conv, e1], dim=1)  # (B, 32, 8, 8)
         out = self.d1_norm1(d1_in)
