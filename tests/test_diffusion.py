@@ -197,18 +197,38 @@ def test_a_run_writes_its_checkpoint_metrics_and_sample_grids(run: Path) -> None
     assert checkpoint["state"]["ema_updates"] == math.ceil(1438 / 128)
 
 
-def test_resume_continues_the_run(run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "resumed"
-    out.mkdir()
+def test_resume_continues_as_the_uninterrupted_run_and_ctrl_c_saves(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trainer_module, "QUALITY_PER_PROMPT", 1)
+    monkeypatch.setattr(trainer_module, "JUDGE_EPOCHS", 1)
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    resumed.mkdir()
     for name in ("checkpoint.pt", "model.py"):
-        (out / name).write_bytes((run / name).read_bytes())
-    args = ["build", SPEC, *TINY, "--out", str(out), *FAST, "--no-plots", "--resume"]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer_module, "QUALITY_PER_PROMPT", 1)
-        patch.setattr(trainer_module, "JUDGE_EPOCHS", 1)
-        assert main([*args, "--epochs", "2"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+        (resumed / name).write_bytes((run / name).read_bytes())
+    args = ["build", SPEC, *TINY, *FAST, "--no-plots", "--epochs", "2"]
+    assert main([*args, "--out", str(resumed), "--resume"]) == 0
+    assert main([*args, "--out", str(straight)]) == 0
+    losses = [
+        [e["train_loss"] for e in json.loads((out / "metrics.json").read_text())["epochs"]]
+        for out in (resumed, straight)
+    ]
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
+
+    original = trainer_module.DiffusionTrainer._step
+    calls = 0
+
+    def interrupted(self: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 14:  # in the second epoch (12 batches per epoch)
+            raise KeyboardInterrupt
+        return original(self, x, y)
+
+    monkeypatch.setattr(trainer_module.DiffusionTrainer, "_step", interrupted)
+    assert main([*args, "--out", str(tmp_path / "stopped")]) == 130
+    saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["partial"]) == (1, True)
 
 
 def test_sample_writes_a_grid_and_arrays_repeatably(
