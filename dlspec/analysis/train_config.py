@@ -42,7 +42,10 @@ __all__ = [
     "with_overrides",
 ]
 
-Task = Literal["classify", "binary", "regression", "language_model"]
+Task = Literal["classify", "binary", "regression", "language_model", "diffusion"]
+Schedule = Literal["linear", "cosine"]
+Prediction = Literal["epsilon", "v"]
+Sampler = Literal["ddim", "ddpm"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 #: Optimiser name -> the arguments it takes (the first, ``lr``, may be given positionally).
@@ -122,6 +125,18 @@ class TrainConfig(_Frozen):
     # native bf16; fp32 elsewhere
     precision: Precision = "auto"
     download: bool = False  # fetch "mnist" / "fashion-mnist" when they are missing
+    # task diffusion (dlspec.train.diffusion): the noise schedule and its number of steps,
+    # what the network predicts, the EMA decay of the weights (0: none), the fraction of
+    # images trained without their prompt (classifier-free guidance), and how the per-epoch
+    # grids and the quality measurement sample (sampler, steps, guidance scale)
+    schedule: Schedule = "linear"
+    timesteps: int = Field(1000, ge=2, le=100_000)
+    prediction: Prediction = "epsilon"
+    ema: float = Field(0.999, ge=0, lt=1)
+    cond_drop: float = Field(0.1, ge=0, lt=1)
+    sampler: Sampler = "ddim"
+    sample_steps: int = Field(50, ge=1)
+    guidance: float = Field(3.0, ge=0)
 
 
 class TrainConfigError(ValueError):
@@ -275,6 +290,7 @@ _TASKS: dict[str, Task] = {
     "binary": "binary",
     "regression": "regression",
     "language_model": "language_model",
+    "diffusion": "diffusion",
 }
 _PRECISIONS = {p: p for p in ("auto", "fp32", "bf16", "fp16")}
 
@@ -294,6 +310,14 @@ SETTINGS: dict[str, Reader] = {
     "normalize": _normalize,
     "precision": _named("precision", "precision", _PRECISIONS),
     "download": _plain,
+    "schedule": _named("schedule", "noise schedule", {"linear": "linear", "cosine": "cosine"}),
+    "timesteps": _plain,
+    "prediction": _named("prediction", "prediction", {"epsilon": "epsilon", "v": "v"}),
+    "ema": _plain,
+    "cond_drop": _plain,
+    "sampler": _named("sampler", "sampler", {"ddim": "ddim", "ddpm": "ddpm"}),
+    "sample_steps": _plain,
+    "guidance": _plain,
 }
 
 

@@ -17,8 +17,9 @@ What a diagram shows:
 
 Long models wrap: a sequence longer than :data:`WRAP` allows is cut between statements into
 side-by-side columns (rows with ``LR``), so a 100-layer spec gives a picture a person can read
-instead of a thin strip. Everything is derived from the graph in spec order and named
-after node paths, so the DOT text is deterministic.
+instead of a thin strip. Models with several inputs do not wrap: their branches meet, and dot
+lays such a graph out legibly in one piece. Everything is derived from the graph in spec
+order and named after node paths, so the DOT text is deterministic.
 """
 
 from __future__ import annotations
@@ -470,7 +471,9 @@ def _emit(graph: ModelGraph, options: DrawOptions, items: list[_Item], edges: li
     dot.attr("node", color=SOFT, fontcolor=INK, penwidth="0.8", margin="0.12,0.05")
     dot.attr("edge", fontname=FONT, fontsize="8", fontcolor=SOFT, color=SOFT, arrowsize="0.6")
     _emit_items(dot, items, depth=0)
-    columns = _wrap(items, WRAP[options.rankdir])
+    # several inputs make branches that meet (a U-Net's skips, its conditioning): dot lays
+    # such a graph out well in one piece, and columns cut in spec order would tangle it
+    columns = _wrap(items, WRAP[options.rankdir]) if len(graph.inputs) == 1 else [items]
     column_of = _column_of(columns)
     heads = [_first_box(column[0]) for column in columns]
     families = _families(items)

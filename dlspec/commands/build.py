@@ -179,6 +179,15 @@ def _summary(metrics: dict[str, Any]) -> str:
         lines[0] += f"  MAE {test['mae']:.4f}  R² {test['r2']:.4f}"
     if test.get("perplexity") is not None:
         lines[0] += f"  perplexity {test['perplexity']:.2f}"
+    if "conditional_accuracy" in test:
+        lines += [
+            f"samples: {test['samples']:,} ({test['sampler']}, {test['sample_steps']} steps, "
+            f"guidance {test['guidance']:g}), judged by a classifier with "
+            f"{100 * test['judge_accuracy']:.2f}% accuracy on held-out real images",
+            f"conditional accuracy {100 * test['conditional_accuracy']:.2f}%  Fréchet distance "
+            f"{test['frechet_distance']:.2f} (held-out real images: "
+            f"{test['frechet_distance_real']:.2f})",
+        ]
     return "\n".join(lines)
 
 
@@ -277,16 +286,12 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     from dlspec.train.loop import RunOptions, TrainError, train_model
 
     graph = spec.graph
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+    diffusion = config.task == "diffusion"  # three inputs: dlspec.train.diffusion
+    if not diffusion and (len(graph.inputs) != 1 or len(graph.outputs) != 1):
         return _fail(
             f"{graph.name} has {len(graph.inputs)} input(s) and {len(graph.outputs)} "
             "output(s); training supports models with one of each"
         )
-    input_type, output_type = graph.inputs[0].type, graph.outputs[0].type
-    # symbolic dimensions at their values (T: the training context, --set T=...)
-    input_shape = [value_at(d, graph.bindings) for d in input_type.shape]
-    output_shape = [value_at(d, graph.bindings) for d in output_type.shape]
-    token_limit = index_limit(graph) if input_type.dtype == "long" else None
     out: Path = args.out
     output = Output(args)
     use_threads(args.threads)
@@ -301,22 +306,39 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     info = run_info(spec.path, graph.name, graph.arguments, graph.bindings, spec.source_text)
     train = train_model
     worker = launch.current_worker()
+    if worker is not None and diffusion:
+        return _fail("task diffusion trains in one process; run without --nproc-per-node")
     if worker is not None:  # one process of a torchrun job
         from dlspec.train.distributed import train_distributed
 
         train = functools.partial(train_distributed, worker)
     try:
-        result = train(
-            spec.to_torch,
-            config,
-            log=output.info,
-            input_shape=input_shape,
-            output_shape=output_shape,
-            spec_hash=spec_hash(spec.source_text, graph.arguments),
-            options=options,
-            info=info,
-            token_limit=token_limit,
-        )
+        if diffusion:
+            from dlspec.train.diffusion.trainer import train_diffusion
+
+            result = train_diffusion(
+                spec.to_torch,
+                graph,
+                config,
+                spec_hash=spec_hash(spec.source_text, graph.arguments),
+                options=options,
+                info=info,
+                log=output.info,
+            )
+        else:
+            input_type, output_type = graph.inputs[0].type, graph.outputs[0].type
+            # symbolic dimensions at their values (T: the training context, --set T=...)
+            result = train(
+                spec.to_torch,
+                config,
+                log=output.info,
+                input_shape=[value_at(d, graph.bindings) for d in input_type.shape],
+                output_shape=[value_at(d, graph.bindings) for d in output_type.shape],
+                spec_hash=spec_hash(spec.source_text, graph.arguments),
+                options=options,
+                info=info,
+                token_limit=index_limit(graph) if input_type.dtype == "long" else None,
+            )
     except (DataError, TrainError, CheckpointError) as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -333,6 +355,8 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     written = [MODEL_PY, CHECKPOINT, METRICS_JSON]
     if options.plots:
         written += [CURVES_PNG] + [CONFUSION_PNG] * ("confusion_matrix" in result.metrics["test"])
+    if diffusion:
+        written += ["samples.png", "samples/epoch_*.png"]
     paths = [str(out / name) for name in written]
     output.result(f"wrote {', '.join(paths)}")
     test = {k: v for k, v in result.metrics["test"].items() if k != "report_text"}

@@ -52,7 +52,9 @@ and 3 (and at the spec's and half the spec's sequence lengths):
 metadata: dlspec.version, dlspec.spec_hash, dlspec.parameters (trainable, each tensor once),
 dlspec.model, dlspec.exporter, dlspec.precision, dlspec.spec, dlspec.params, dlspec.bindings,
 dlspec.index_limit, dlspec.weights; dlspec.classes and dlspec.normalize when known (from the
-metrics.json beside --weights, and the spec's train section), for `dlspec predict`.
+metrics.json beside --weights, and the spec's train section), for `dlspec predict`; and
+dlspec.diffusion (the schedule and sampling settings) for a diffusion run's weights, for
+`dlspec sample MODEL.onnx`.
 
 exit codes: 0 written, 1 the spec has errors, the weights do not fit, or the export or its
 verification failed (nothing is written then), 2 usage (bad option, unwritable --out)."""
@@ -167,6 +169,10 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
     if not config:
         config = spec.graph.train.model_dump(mode="json")
     out = {}
+    if isinstance(metrics.get("diffusion"), dict):  # what `dlspec sample MODEL.onnx` needs
+        from dlspec.train.diffusion.run import META_DIFFUSION
+
+        out[META_DIFFUSION] = json.dumps(metrics["diffusion"])
     classes = (metrics.get(DATA) or {}).get(CLASSES)
     if classes:
         out[META_CLASSES] = json.dumps([str(c) for c in classes])

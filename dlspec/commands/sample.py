@@ -1,9 +1,15 @@
-"""Write text with a language model that `dlspec build` trained (task language_model).
+"""Write text or draw images with a model that `dlspec build` trained.
 
 dlspec sample RUN_DIR [--prompt TEXT] [--length N] [--temperature T] [--top-k K] [--seed S]
-rebuilds the model from RUN_DIR/checkpoint.pt (which holds the spec and the vocabulary), then
-prints the prompt and its continuation, drawn one character at a time from the model's
-predictions over the last T characters (the context length it was trained with).
+rebuilds a language model (task language_model) from RUN_DIR/checkpoint.pt (which holds the
+spec and the vocabulary), then prints the prompt and its continuation, drawn one character at
+a time from the model's predictions over the last T characters (the context length it was
+trained with).
+
+dlspec sample RUN_DIR|MODEL.onnx --out FILE [--prompt TEXT] [--num N] [--steps S]
+[--guidance W] [--sampler ddim|ddpm] [--seed S] [--runtime torch|onnx] draws N images with a
+diffusion model (task diffusion), from its run directory or its `dlspec export`, and writes
+them as a PNG grid or a .npz of arrays.
 """
 
 from __future__ import annotations
@@ -16,15 +22,23 @@ from dlspec.commands.common import add_run_arguments, positive_int, use_threads,
 from dlspec.terminal import printable
 
 EPILOG = """\
-sampling: the next character's scores are divided by the temperature (lower: safer, more
-repetitive text; 0: always the most likely character) and only the top-k best are drawn from
-(--top-k 1 is greedy, --top-k 0 draws from all).
+language models: the next character's scores are divided by the temperature (lower: safer,
+more repetitive text; 0: always the most likely character) and only the top-k best are drawn
+from (--top-k 1 is greedy, --top-k 0 draws from all).
 
-exit codes: 0 done, 1 the run directory holds no language model or the prompt has characters
-the model does not know, 2 usage."""
+diffusion models: the prompt is a class name of the training data ("7" for the digits;
+without --prompt the images cycle through all of them). DDIM (default) is deterministic given
+the seed's starting noise; DDPM adds fresh noise at every step. --guidance W mixes the
+prompted and unprompted predictions, uncond + W * (cond - uncond): 1 is the prompted one
+alone, larger follows the prompt more closely. --out FILE.png writes a grid, FILE.npz the
+arrays `images` [N, C, H, W] (float32 in [0, 1]) and `prompts`. Steps, guidance and sampler
+default to the run's train settings.
+
+exit codes: 0 done, 1 the run holds no such model or the prompt has characters the model
+does not know, 2 usage (bad option, step count or --out)."""
 
 
-def _temperature(text: str) -> float:
+def _non_negative(text: str) -> float:
     try:
         value = float(text)
         if not value >= 0 or value == float("inf"):
@@ -37,9 +51,17 @@ def _temperature(text: str) -> float:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of `dlspec build`")
     parser.add_argument(
-        "--prompt", "-p", default="", metavar="TEXT", help="the text to continue (default: none)"
+        "run_dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="the --out of `dlspec build`, or the .onnx export of a diffusion model",
+    )
+    parser.add_argument(
+        "--prompt",
+        "-p",
+        metavar="TEXT",
+        help="the text to continue (default: none), or the image to draw (default: every class)",
     )
     parser.add_argument(
         "--length",
@@ -50,13 +72,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="characters to write (300)",
     )
     parser.add_argument(
-        "--temperature", "-t", type=_temperature, default=0.8, metavar="T", help="default 0.8"
+        "--temperature", "-t", type=_non_negative, default=0.8, metavar="T", help="default 0.8"
     )
     parser.add_argument(
         "--top-k", "-k", type=whole_number, default=20, metavar="K", help="default 20; 0: all"
     )
     parser.add_argument("--seed", type=whole_number, metavar="S", help="seed for a repeatable text")
     add_run_arguments(parser, device="cpu")
+    images = parser.add_argument_group("diffusion models")
+    images.add_argument("--out", "-o", type=Path, metavar="FILE", help="FILE.png or FILE.npz")
+    images.add_argument(
+        "--num", type=positive_int, default=64, metavar="N", help="images to draw (64)"
+    )
+    images.add_argument("--steps", type=positive_int, metavar="S", help="denoising steps")
+    images.add_argument("--guidance", type=_non_negative, metavar="W", help="guidance scale")
+    images.add_argument("--sampler", choices=("ddim", "ddpm"), help="ddim or ddpm")
+    images.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the denoiser with torch (default) or ONNX Runtime (an .onnx file always is)",
+    )
 
 
 def _fail(message: str) -> int:
@@ -65,10 +101,13 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlspec.train.diffusion.run import is_diffusion_run
     from dlspec.train.generate import RunError, UnknownCharacters, generate, load_language_model
     from dlspec.train.loop import TrainError, select_device
 
     use_threads(args.threads)
+    if args.out is not None or is_diffusion_run(args.run_dir):
+        return _draw(args)
     try:
         device = select_device(args.device)
     except TrainError as exc:
@@ -79,12 +118,13 @@ def run(args: argparse.Namespace) -> int:
     except RunError as exc:
         return _fail(str(exc))
     try:
-        generate(lm.model, lm.vocab, args.prompt, 0)  # refuses unknown characters up front
-        _write(args.prompt)
+        prompt = args.prompt or ""
+        generate(lm.model, lm.vocab, prompt, 0)  # refuses unknown characters up front
+        _write(prompt)
         generate(
             lm.model,
             lm.vocab,
-            args.prompt,
+            prompt,
             args.length,
             temperature=args.temperature,
             top_k=args.top_k or None,
@@ -95,6 +135,69 @@ def run(args: argparse.Namespace) -> int:
     except UnknownCharacters as exc:
         return _fail(f"--prompt: {exc}")
     print()
+    return 0
+
+
+def _usage(message: str) -> int:
+    print(f"dlspec sample: {message}", file=sys.stderr)
+    return 2
+
+
+def _draw(args: argparse.Namespace) -> int:
+    """Images from a diffusion model (run directory or .onnx file) to ``args.out``."""
+    import time
+
+    from dlspec.train.diffusion.grid import save_images
+    from dlspec.train.diffusion.prompts import PromptError
+    from dlspec.train.diffusion.run import load_diffusion
+    from dlspec.train.diffusion.schedule import sampling_steps
+    from dlspec.train.generate import RunError, UnknownCharacters
+    from dlspec.train.loop import TrainError, select_device
+
+    out: Path | None = args.out
+    if out is None or out.suffix not in (".png", ".npz"):
+        given = "" if out is None else f" (got {out})"
+        return _usage(f"a diffusion model draws images: give --out FILE.png or FILE.npz{given}")
+    if not out.parent.is_dir():
+        return _usage(f"--out {out}: no directory {out.parent}")
+    try:
+        device = str(select_device(args.device))
+    except TrainError as exc:
+        return _usage(str(exc))
+    try:
+        model = load_diffusion(args.run_dir, runtime=args.runtime, device=device)
+    except RunError as exc:
+        return _fail(str(exc))
+    steps = args.steps or model.settings["sample_steps"]
+    try:
+        sampling_steps(model.schedule.timesteps, steps)
+    except ValueError as exc:
+        return _usage(f"--steps {steps}: {exc}")
+    classes = model.classes
+    prompts = [
+        args.prompt if args.prompt is not None else classes[i % len(classes)]
+        for i in range(args.num)
+    ]
+    started = time.perf_counter()
+    try:
+        images = model.sample(
+            prompts, steps=steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed or 0
+        )
+    except (UnknownCharacters, PromptError) as exc:
+        return _fail(f"--prompt: {exc}")
+    seconds = time.perf_counter() - started
+    columns = len(classes) if args.prompt is None and args.num % len(classes) == 0 else None
+    try:
+        save_images(images, out, prompts, columns)
+    except OSError as exc:
+        return _usage(f"cannot write {out}: {exc.strerror or exc}")
+    guidance = model.settings["guidance"] if args.guidance is None else args.guidance
+    what = f"prompt {args.prompt!r}" if args.prompt is not None else "every class in turn"
+    print(
+        f"wrote {out}: {len(images)} images {list(images.shape[1:])}, {what}, "
+        f"{args.sampler or model.settings['sampler']} {steps} steps, guidance {guidance:g}, "
+        f"seed {args.seed or 0}, {model.runtime}, {seconds:.1f} s"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ below (one line per module, alphabetical).
 from dlspec.layers import (  # noqa: F401  (imported to register their layer kinds)
     activation,
     attention,
+    conditioning,
     conv,
     dense,
     embedding,

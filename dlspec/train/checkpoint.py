@@ -59,6 +59,9 @@ class Checkpoint:
     rng: dict[str, torch.Tensor]
     partial: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # plain values: str, numbers, lists
+    # a task's further training state, e.g. a diffusion run's raw weights when ``model``
+    # holds their moving average (the weights it samples with)
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
@@ -73,6 +76,7 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "history": checkpoint.history,
         "rng": checkpoint.rng,
         "info": checkpoint.info,
+        "state": checkpoint.state,
     }
     with atomic_file(path) as temporary:
         torch.save(payload, temporary)
@@ -154,4 +158,5 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
         rng=dict(payload["rng"]),
         partial=bool(payload.get("partial", False)),
         info=dict(payload.get("info", {})),
+        state=dict(payload.get("state", {})),
     )

@@ -14,13 +14,26 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dlspec.train.text import decode, encode
 
-__all__ = ["LanguageModelRun", "RunError", "UnknownCharacters", "generate", "load_language_model"]
+if TYPE_CHECKING:
+    from dlspec.api import Spec
+    from dlspec.train.checkpoint import Checkpoint
+
+__all__ = [
+    "LanguageModelRun",
+    "RunError",
+    "UnknownCharacters",
+    "generate",
+    "load_language_model",
+    "load_run",
+    "trained_model",
+]
 
 
 class UnknownCharacters(ValueError):
@@ -129,14 +142,11 @@ class LanguageModelRun:
     epochs: int  # finished training epochs
 
 
-def load_language_model(
-    run_dir: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> LanguageModelRun:
-    """The language model that ``dlspec build`` trained into ``run_dir``, rebuilt from its
-    checkpoint (the spec's text, parameter values and vocabulary are saved in it, so the
-    spec file need not exist any more). Raises :class:`RunError` with a message."""
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[Spec, Checkpoint]:
+    """The spec and checkpoint of the model that ``dlspec build`` trained into ``run_dir``:
+    the spec is rebuilt from the checkpoint (its text and parameter values are saved in it, so
+    the spec file need not exist any more). Raises :class:`RunError` with a message."""
     from dlspec.api import SpecError, load_text
-    from dlspec.layers.symbolic import value_at
     from dlspec.train.checkpoint import CheckpointError, load_checkpoint, spec_hash
     from dlspec.train.run_dir import (
         BINDINGS,
@@ -174,6 +184,30 @@ def load_language_model(
         raise RunError(f"{path}: the spec saved in the checkpoint does not load: {exc}") from None
     if spec_hash(spec.source_text, spec.graph.arguments) != checkpoint.spec_hash:
         raise RunError(f"{path}: the checkpoint's weights do not belong to its saved spec")
+    return spec, checkpoint
+
+
+def trained_model(spec: Spec, checkpoint: Checkpoint, device: torch.device | str) -> nn.Module:
+    """``spec``'s module with the checkpoint's weights, on ``device``, in eval mode."""
+    model = spec.to_torch()
+    try:
+        model.load_state_dict(checkpoint.model)
+    except (RuntimeError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise RunError(f"the checkpoint's weights do not fit the model ({reason})") from None
+    return model.to(device).eval()
+
+
+def load_language_model(
+    run_dir: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> LanguageModelRun:
+    """The language model that ``dlspec build`` trained into ``run_dir``, rebuilt from its
+    checkpoint (:func:`load_run`). Raises :class:`RunError` with a message."""
+    from dlspec.layers.symbolic import value_at
+    from dlspec.train.run_dir import CHECKPOINT, CLASSES
+
+    spec, checkpoint = load_run(run_dir)
+    path = Path(run_dir) / CHECKPOINT
     graph = spec.graph
     inputs, outputs = graph.inputs, [o.type for o in graph.outputs]
     if (
@@ -189,16 +223,9 @@ def load_language_model(
             "language model; sampling needs one input long[T] and an output [T, vocab], "
             "trained with task language_model"
         )
-    model = spec.to_torch()
-    try:
-        model.load_state_dict(checkpoint.model)
-    except (RuntimeError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise RunError(f"{path}: the weights do not fit the model ({reason})") from None
-    model.to(device).eval()
     return LanguageModelRun(
-        model=model,
-        vocab=[str(c) for c in info[CLASSES]],
+        model=trained_model(spec, checkpoint, device),
+        vocab=[str(c) for c in checkpoint.info[CLASSES]],
         context=value_at(inputs[0].type.shape[0], graph.bindings),
         name=graph.name,
         spec=spec.path,

@@ -521,24 +521,31 @@ class Trainer:
         batch = self.augment(x, self.augment_generator) if training else self.augment.eval(x)
         return batch.contiguous(memory_format=self.memory_format)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        module = self.network if self.model.training else self.model
+    def _forward(self, *inputs: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+        """``module`` (default: the model, as trained or evaluated) on ``inputs``, under the
+        run's autocast."""
+        if module is None:
+            module = self.network if self.model.training else self.model
         if self.autocast is None:
-            out: torch.Tensor = module(x)
+            out: torch.Tensor = module(*inputs)
             return out
         with torch.autocast(self.device.type, dtype=self.autocast):
-            out = module(x)
+            out = module(*inputs)
         return out
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a batch: returns the (detached) output and mean loss."""
         out = self._forward(x)
         loss = self.objective.loss(out, y)
+        self._update(loss)
+        return out.detach(), loss.detach()
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` and take an optimiser step."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return out.detach(), loss.detach()
 
     # epochs --------------------------------------------------------------------------------
 
@@ -696,21 +703,22 @@ class Trainer:
             state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
         return state
 
+    def _snapshot(self, partial: bool) -> Checkpoint:
+        """The run's state as a checkpoint."""
+        return Checkpoint(
+            spec_hash=self.spec_hash,
+            epoch=self.epoch,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            history=self.history,
+            rng=self._rng(),
+            partial=partial,
+            info={**self.info, CLASSES: self.class_names},
+        )
+
     def save(self, partial: bool = False) -> None:
         """Write the checkpoint (atomically)."""
-        save_checkpoint(
-            self.checkpoint_path,
-            Checkpoint(
-                spec_hash=self.spec_hash,
-                epoch=self.epoch,
-                model=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(),
-                history=self.history,
-                rng=self._rng(),
-                partial=partial,
-                info={**self.info, CLASSES: self.class_names},
-            ),
-        )
+        save_checkpoint(self.checkpoint_path, self._snapshot(partial))
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint`` (made from the same spec)."""

@@ -1,0 +1,202 @@
+"""A trained diffusion model, ready to sample: from a run directory of ``dlspec build`` (run by
+torch, or by ONNX Runtime on an export made on the fly), or from an ONNX file that
+``dlspec export`` wrote (whose metadata holds the schedule and the class names).
+
+Both runtimes go through the same :func:`~dlspec.train.diffusion.schedule.sample`, whose
+noise comes from one seeded CPU generator, so at a seed they draw the same images up to the
+runtimes' rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlspec.train.diffusion.prompts import DiffusionInputs, PromptCodec, PromptError
+from dlspec.train.diffusion.schedule import SETTINGS, Denoiser, NoiseSchedule, sample
+from dlspec.train.generate import RunError, load_run, trained_model
+
+__all__ = [
+    "META_DIFFUSION",
+    "DiffusionModel",
+    "is_diffusion_run",
+    "load_diffusion",
+    "torch_denoiser",
+]
+
+#: ONNX metadata key: JSON of the run's diffusion settings (:data:`SETTINGS`) and input roles.
+META_DIFFUSION = "dlspec.diffusion"
+
+
+@dataclass
+class DiffusionModel:
+    """A denoiser and what sampling from it needs: the schedule, the prompt codec, the
+    class names, the image shape and the run's default sampling settings."""
+
+    denoise: Denoiser
+    schedule: NoiseSchedule
+    codec: PromptCodec
+    classes: list[str]
+    image: tuple[int, ...]
+    settings: dict[str, Any]  # SETTINGS as trained
+    runtime: str  # "torch" or "ONNX Runtime (CPU)"
+    device: torch.device
+
+    def sample(
+        self,
+        prompts: list[str],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Images ``(N, C, H, W)`` in ``[0, 1]`` for ``prompts``; unset options take the run's
+        settings. Raises UnknownCharacters, PromptError or ValueError (bad steps)."""
+        return sample(
+            self.denoise,
+            self.schedule,
+            self.codec.encode(prompts),
+            self.image,
+            steps=self.settings["sample_steps"] if steps is None else steps,
+            guidance=self.settings["guidance"] if guidance is None else guidance,
+            sampler=sampler or self.settings["sampler"],
+            seed=seed,
+            device=self.device,
+        )
+
+
+def is_diffusion_run(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` is an .onnx file or a run directory of task diffusion (what
+    ``dlspec sample`` dispatches on); False for anything unreadable."""
+    if str(source).endswith(".onnx"):
+        return True
+    try:
+        _, checkpoint = load_run(source)
+    except RunError:
+        return False
+    return checkpoint.info.get("task") == "diffusion"
+
+
+def torch_denoiser(model: torch.nn.Module, inputs: DiffusionInputs) -> Denoiser:
+    """``model`` (a module with a diffusion model's inputs) as a :data:`Denoiser`."""
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = model(*inputs.arrange(x, t, prompt))
+        return out
+
+    return denoise
+
+
+def _session(model: str | bytes) -> Any:
+    """An ONNX Runtime session on the CPU for ``model`` (a path or the bytes)."""
+    from dlspec.backends.runtime import RuntimeSetupError, Session
+
+    try:
+        return Session(model, device="cpu")
+    except RuntimeSetupError as exc:
+        raise RunError(str(exc)) from None
+
+
+def _onnx_denoiser(session: Any, inputs: DiffusionInputs) -> Denoiser:
+    names = [info.name for info in session.inputs]
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        arrays = [a.cpu().numpy() for a in inputs.arrange(x, t, prompt)]
+        (out,) = session.run(dict(zip(names, arrays, strict=True)))
+        return torch.from_numpy(out).to(x.device)
+
+    return denoise
+
+
+def load_diffusion(
+    source: str | os.PathLike[str], *, runtime: str = "torch", device: str = "cpu"
+) -> DiffusionModel:
+    """The diffusion model in ``source``: a run directory (``runtime`` "torch" or "onnx") or
+    an exported .onnx file (always ONNX Runtime). Raises :class:`RunError` with a message."""
+    if str(source).endswith(".onnx"):
+        return _from_onnx_file(Path(source))
+    from dlspec.train.diffusion.trainer import diffusion_inputs
+    from dlspec.train.loop import TrainError
+    from dlspec.train.run_dir import CHECKPOINT, CLASSES
+
+    spec, checkpoint = load_run(source)
+    info = checkpoint.info
+    path = Path(source) / CHECKPOINT
+    if info.get("task") != "diffusion":
+        raise RunError(f"{path}: {spec.graph.name} was not trained with task diffusion")
+    try:
+        inputs = diffusion_inputs(spec.graph)
+    except TrainError as exc:
+        raise RunError(f"{path}: {exc}") from None
+    settings = info["diffusion"]
+    model = trained_model(spec, checkpoint, "cpu" if runtime == "onnx" else device)
+    if runtime == "onnx":
+        from dlspec.backends.onnx_export import ExportError, export_onnx
+
+        try:
+            exported = export_onnx(model, spec.graph, verify=False, device="cpu")
+        except ExportError as exc:
+            raise RunError(f"{path}: {exc}") from None
+        denoise = _onnx_denoiser(_session(exported.data), inputs)
+        where, label = torch.device("cpu"), "ONNX Runtime (CPU)"
+    else:
+        denoise, where, label = torch_denoiser(model, inputs), torch.device(device), "torch"
+    classes = [str(c) for c in info[CLASSES]]
+    return _model(denoise, settings, classes, inputs, label, where, str(path))
+
+
+def _model(
+    denoise: Denoiser,
+    settings: dict[str, Any],
+    classes: list[str],
+    inputs: DiffusionInputs,
+    runtime: str,
+    device: torch.device,
+    where: str,
+) -> DiffusionModel:
+    try:
+        codec = PromptCodec.for_classes(classes, inputs.prompt_length, settings["token_limit"])
+    except PromptError as exc:
+        raise RunError(f"{where}: {exc}") from None
+    schedule = NoiseSchedule(settings["schedule"], settings["timesteps"], settings["prediction"])
+    return DiffusionModel(
+        denoise=denoise,
+        schedule=schedule,
+        codec=codec,
+        classes=classes,
+        image=inputs.image,
+        settings={key: settings[key] for key in SETTINGS},
+        runtime=runtime,
+        device=device,
+    )
+
+
+def _from_onnx_file(path: Path) -> DiffusionModel:
+    from dlspec.backends.onnx_export import META_CLASSES
+
+    if not path.is_file():
+        raise RunError(f"{path}: no such file")
+    session = _session(str(path))
+    metadata = session.metadata
+    if META_DIFFUSION not in metadata or META_CLASSES not in metadata:
+        raise RunError(
+            f"{path}: the model's metadata has no diffusion settings; export it with "
+            "`dlspec export SPEC --weights RUN/checkpoint.pt` from a diffusion run"
+        )
+    try:
+        settings = json.loads(metadata[META_DIFFUSION])
+        classes = [str(c) for c in json.loads(metadata[META_CLASSES])]
+        inputs = DiffusionInputs(
+            tuple(settings["order"]), tuple(settings["image"]), int(settings["prompt_length"])
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{path}: unreadable diffusion metadata ({exc})") from None
+    denoise = _onnx_denoiser(session, inputs)
+    cpu = torch.device("cpu")
+    return _model(denoise, settings, classes, inputs, "ONNX Runtime (CPU)", cpu, str(path))
