@@ -11,6 +11,7 @@ the ONNX export for the small ones.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -34,12 +35,10 @@ def _double_conv(c_in: int, c_out: int) -> int:
 def _unet() -> int:
     """The U-Net counted by hand: encoder, transposed-convolution decoder, 1x1 output."""
     widths = [64, 128, 256, 512, 1024]
-    encoder = _double_conv(3, 64) + sum(
-        _double_conv(a, b) for a, b in zip(widths, widths[1:], strict=False)
-    )
+    encoder = _double_conv(3, 64) + sum(_double_conv(a, b) for a, b in itertools.pairwise(widths))
     decoder = sum(
         (a * b * 2 * 2 + b) + _double_conv(a, b)  # up: ConvTranspose2d(a -> b, 2), then 2b -> b
-        for a, b in zip(widths[::-1], widths[::-1][1:], strict=False)
+        for a, b in itertools.pairwise(widths[::-1])
     )
     return encoder + decoder + 64 * 2 + 2
 
