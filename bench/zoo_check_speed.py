@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,40 +22,41 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = [ROOT / "specs" / "cnn.dl", *sorted((ROOT / "specs" / "zoo").glob("*.dl"))]
 
 
-def median_time(run: object, repeat: int) -> float:
+def median_time(run: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        run()  # type: ignore[operator]
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def measure(path: Path, repeat: int) -> tuple[float, float, float]:
+    """Whole process, in-process check, and building the torch module on the meta device."""
+    import torch
+
+    import dlspec
+    from dlspec.analysis.check import check_file
+
+    command = [str(Path(sys.executable).parent / "dlspec"), "check", str(path)]
+    process = median_time(lambda: subprocess.run(command, capture_output=True), repeat)
+    analyze = median_time(lambda: check_file(path), repeat)
+    spec = dlspec.load(path)
+
+    def build() -> None:
+        with torch.device("meta"):
+            spec.to_torch()
+
+    return process, analyze, median_time(build, repeat)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     repeat = parser.parse_args().repeat
-
-    import torch
-
-    import dlspec
-    from dlspec.analysis.check import check_file
-
-    dlspec_bin = str(Path(sys.executable).parent / "dlspec")
     print(f"{'spec':24} {'process':>9} {'in-process':>11} {'torch (meta)':>13} {'ratio':>6}")
     for path in SPECS:
-        process = median_time(
-            lambda: subprocess.run([dlspec_bin, "check", str(path)], capture_output=True),
-            repeat,
-        )
-        analyze = median_time(lambda: check_file(path), repeat)
-        spec = dlspec.load(path)
-
-        def build() -> None:
-            with torch.device("meta"):
-                spec.to_torch()
-
-        meta = median_time(build, repeat)
+        process, analyze, meta = measure(path, repeat)
         print(
             f"{path.stem:24} {process * 1000:7.0f}ms {analyze * 1000:9.0f}ms "
             f"{meta * 1000:11.0f}ms {meta / analyze:5.1f}x"
