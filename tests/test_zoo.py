@@ -75,11 +75,15 @@ def test_every_zoo_spec_is_covered() -> None:
     assert {p.stem for p in ZOO.glob("*.dl")} == set(PUBLISHED) == set(SMALL)
 
 
-def _small(name: str) -> dlspec.Spec:
-    """The spec at SMALL's settings, without the published-count expectation."""
+def _resized(name: str, **settings: Any) -> dlspec.Spec:
+    """The spec at other settings, without its published-count expectation."""
     text = (ZOO / f"{name}.dl").read_text()
     text = re.sub(r"\n\s*expect total params == [\d_]+", "", text)
-    return dlspec.load_text(text, f"{name}.dl", **SMALL[name])
+    return dlspec.load_text(text, f"{name}.dl", **settings)
+
+
+def _small(name: str) -> dlspec.Spec:
+    return _resized(name, **SMALL[name])
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
@@ -123,6 +127,18 @@ def test_forward_pass_agrees_with_the_report(name: str) -> None:
     with torch.no_grad():
         out = model(*inputs)
     assert list(out.shape) == [2, *expected]
+
+
+def test_llama2_70b_is_the_same_spec_with_grouped_query_attention() -> None:
+    """Llama-2-70B: 8 key/value heads for 64 query heads; Hugging Face's 68,976,648,192."""
+    sizes = {"d": 8192, "layers": 80, "heads": 64, "kv_heads": 8, "ff": 28672}
+    spec = _resized("llama2_7b", **sizes)
+    assert spec.report.total_params == 68_976_648_192
+    k_proj = next(s for s in spec.graph.leaves() if s.path.endswith("self_attn.k_proj"))
+    assert k_proj.weights["weight"] == (1024, 8192)  # 8 heads of 128
+    with torch.device("meta"):
+        model = spec.to_torch()
+    assert sum(p.numel() for p in model.parameters()) == 68_976_648_192
 
 
 def test_resnet18_macs_at_full_size_are_torchinfos() -> None:
