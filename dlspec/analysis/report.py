@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dlspec.analysis.graph import ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
-from dlspec.layers.symbolic import Dim, Poly, evaluate, product
+from dlspec.layers.symbolic import Dim, Poly, product, value_at
 
 BYTES = 4
 
@@ -93,7 +93,7 @@ def _tensor(tensor: Tensor, bindings: dict[str, int]) -> TensorInfo:
         name=tensor.name,
         dtype=t.dtype,
         shape=shape_json(t.shape),
-        shape_value=[evaluate(d, bindings) for d in t.shape],
+        shape_value=[value_at(d, bindings) for d in t.shape],
     )
 
 
@@ -114,7 +114,7 @@ def _rows(
                 output_shape=shape_json(node.output.type.shape),
                 params=node.params,
                 buffers=node.buffer_count,
-                macs=evaluate(macs, bindings),
+                macs=value_at(macs, bindings),
                 macs_formula=str(macs) if isinstance(macs, Poly) else None,
                 line=node.span.line,
                 column=node.span.column,
@@ -132,8 +132,8 @@ def build_report(
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
     trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
-    elements = sum(evaluate(product(i.type.shape), b) for i in graph.inputs) + sum(
-        evaluate(product(leaf.output.type.shape), b) for leaf in graph.leaves()
+    elements = sum(value_at(product(i.type.shape), b) for i in graph.inputs) + sum(
+        value_at(product(leaf.output.type.shape), b) for leaf in graph.leaves()
     )
     activations = 2 * BYTES * elements * batch
     return Report(
@@ -148,7 +148,7 @@ def build_report(
         trainable_params=trainable,
         non_trainable_params=0,
         buffers=buffers,
-        total_macs=evaluate(macs, b),
+        total_macs=value_at(macs, b),
         total_macs_formula=str(macs) if isinstance(macs, Poly) else None,
         memory=Memory(
             batch=batch,
