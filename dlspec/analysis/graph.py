@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from dlspec.analysis.train_config import TrainConfig
 from dlspec.diagnostics import Span
@@ -31,8 +31,7 @@ from dlspec.syntax import ast
 StepKind = Literal["layer", "block", "repeat", "residual"]
 
 
-@dataclass(frozen=True, slots=True)
-class Tensor:
+class Tensor(NamedTuple):
     """A named tensor of a graph; ``type`` is its per-sample type (symbolic where it is)."""
 
     name: str
@@ -122,12 +121,15 @@ class Step:
         if self.block is not None:
             return self.block.name
         if self.kind == "repeat":
-            return f"{self.children[0].label} x {len(self.children)}"
+            first = self.children[0].label if self.children else "repeated"
+            return f"{first} x {len(self.children)}"
         return "residual" if self.shortcut is None else "residual (projection)"
 
     def subtree(self) -> list[Step]:
         """This step's descendants (self excluded), in pre-order."""
         out: list[Step] = []
+        if self.body is None:  # a layer
+            return out
         for graph in (self.body, self.shortcut):
             for child in graph.steps if graph is not None else []:
                 out.append(child)

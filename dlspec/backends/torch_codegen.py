@@ -460,8 +460,10 @@ class _Generator:
                 other = f"self.shortcut({argument})"
             main = body.variables[graphs[0].outputs[0].name]
             body.forward += _statement("return ", f"{main} + {other}", 2)
-        else:
+        elif [t.name for t in graphs[0].inputs] == ["input"]:
             body = self._scope(ctx, graphs, {"input": argument})
+        else:  # a block of named inputs: forward's arguments are their names
+            body = self._scope(ctx, graphs, {t.name: t.name for t in graphs[0].inputs})
         params = _signature_of(site, ctx)
         name = self._class(site.base, _class_source("_", params, body), site.own)
         self.signatures[name] = params
@@ -644,6 +646,10 @@ class _Generator:
         self, pairs: list[tuple[int, Step]], ctx: _Context, name: str
     ) -> CallText | None:
         """``nn.Sequential`` of the copies: a loop where they are built alike."""
+        if any(not s.children for _, s in pairs):  # repeated 0 times: an empty Sequential
+            if any(s.children for _, s in pairs):
+                raise _Split
+            return CallText("nn.Sequential", ())
         first = self._constructor([(u, s.children[0]) for u, s in pairs], ctx, name)
         if first is None:
             return None
@@ -713,11 +719,13 @@ class _Generator:
         ):
             expr = self._expression(node, module, inputs)
             return _statement(f"{target} = ", expr, 2, _comment(steps))
+        if not node.children:  # repeated 0 times: the first input
+            return _statement(f"{target} = ", inputs[0], 2)
         lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
         for i, child in enumerate(node.children):
             expr = self._expression(child, f"{module}[{i}]", inputs)
             lines += _statement(f"{target} = ", expr, 2, _comment([s.children[i] for s in steps]))
-            inputs = [target]
+            inputs = [target, *inputs[1:]]  # the first input threads; the others stay
         return lines
 
     def _plain(self, node: Step) -> bool:
@@ -725,8 +733,8 @@ class _Generator:
         return node.layer is None or self.calls[id(node)].forward == PLAIN_CALL
 
     def _expression(self, node: Step, module: str, inputs: list[str]) -> str:
-        if node.layer is None:  # a block, residual or repetition: a module of one input
-            return f"{module}({inputs[0]})"
+        if node.layer is None:  # a block, residual or repetition: a module of its inputs
+            return f"{module}({', '.join(inputs)})"
         numbered = {f"x{i}": v for i, v in enumerate(inputs)}
         template = self.calls[id(node)].forward
         return template.format(module=module, x=inputs[0], inputs=", ".join(inputs), **numbered)
