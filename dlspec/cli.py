@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": "dlspec.commands.predict",
     "bench": "dlspec.commands.bench",
     "sample": "dlspec.commands.sample",
+    "import": "dlspec.commands.import_",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2

@@ -19,7 +19,8 @@ from dlspec.importers.ir import Body, Imported, LayerCall, Statement, Value
 from dlspec.layers import REGISTRY
 
 INDENT = "    "
-EXPECT_COLUMN = 48  # where a statement's `expect` starts, as in the shipped specs
+EXPECT_COLUMN = 48
+WIDTH = 100  # where a statement's `expect` starts, as in the shipped specs
 
 
 @dataclass
@@ -196,11 +197,11 @@ class _Writer:
                     text += f" * {len(st.copies)}"
             if st.sources:
                 text += " <- " + ", ".join(st.sources)
-            line = INDENT + text
+            line = _wrap(INDENT + text)
             checks = _checks(st) if expects else []
             if checks:
                 expect = "expect " + ", ".join(checks)
-                if len(line) < EXPECT_COLUMN - 1:
+                if len(line.rsplit("\n", 1)[-1]) < EXPECT_COLUMN - 1:
                     line = line.ljust(EXPECT_COLUMN) + expect
                 else:
                     line += "\n" + " " * EXPECT_COLUMN + expect
@@ -306,15 +307,33 @@ def _call(op: LayerCall, arg: Any) -> str:
             assert isinstance(value, tuple)
             parts += [_literal(v) for v in value]
             continue
-        first = bool(cls.positional) and key == cls.positional[0] and not parts
-        required = field.is_required() and key in cls.positional and not field.validation_alias
-        if positional and (first or required):
+        if key in cls.references:
+            text = str(value)  # a statement's name, written bare: tie=tok_emb
+        in_place = len(parts) < len(cls.positional) and cls.positional[len(parts)] == key
+        required = field.is_required() and not field.validation_alias
+        if positional and in_place and (not parts or required):
             parts.append(text)
             continue
         positional = False
         alias = field.validation_alias if isinstance(field.validation_alias, str) else key
         parts.append(f"{alias}={text}")
     return f"{op.kind}({', '.join(parts)})" if parts else op.kind
+
+
+def _wrap(line: str) -> str:
+    """A statement longer than the line limit, its arguments aligned under the first."""
+    if len(line) <= WIDTH or "(" not in line:
+        return line
+    head, _, rest = line.partition("(")
+    pad = " " * (len(head) + 1)
+    lines, current = [], head + "("
+    for part in rest.split(", "):
+        if len(current) + len(part) + 2 > WIDTH and current.strip() and not current.endswith("("):
+            lines.append(current + ",")
+            current = pad + part
+        else:
+            current += part if current.endswith("(") else ", " + part
+    return "\n".join([*lines, current])
 
 
 def _checks(st: Statement) -> list[str]:

@@ -169,7 +169,8 @@ class _Tracer(fx.Tracer):
         return True
 
 
-def _example(spec: InputSpec, symbols: dict[str, int]) -> torch.Tensor:
+def example(spec: InputSpec, symbols: dict[str, int]) -> torch.Tensor:
+    """A batch of example inputs of the type (the same one every time: seeded)."""
     shape = [EXAMPLE_BATCH, *(symbols[d] if isinstance(d, str) else d for d in spec.dims)]
     generator = torch.Generator().manual_seed(0)
     if spec.dtype == "long":
@@ -219,7 +220,7 @@ class _Capture:
         self.called: set[int] = set()  # modules mapped already
 
     def root(self, inputs: list[InputSpec], symbols: dict[str, int]) -> Imported:
-        examples = [_example(spec, symbols) for spec in inputs]
+        examples = [example(spec, symbols) for spec in inputs]
         name = _class_name(type(self.model).__name__)
         body = self.body(self.model, "", examples, root=True)
         if body is None or self.unmapped:

@@ -7,7 +7,7 @@ lookup, and an element-wise add like a residual connection's).
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
@@ -85,6 +85,12 @@ class _PositionalEncoding(Layer):
     helper: ClassVar[str]  # the nn.Module source, defining a class named like the kind
 
     max_len: Pos
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """``max_len`` from the torch module's one table (for importing a torch model)."""
+        (table,) = module.state_dict().values()
+        return {"max_len": int(table.shape[0])}
 
     def _table(self, x: TensorType) -> Shape:
         """The table's shape, ``(max_len, D)``, after checking the input."""
