@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import re
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -209,8 +210,8 @@ def verify(
     if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
         return None, f"its tensors {_describe(theirs)} are not {layer.label()}'s {_describe(mine)}"
     if built is not None and original is not None:
-        configs = [(n, m.extra_repr()) for n, m in original.named_modules()]
-        if [(n, m.extra_repr()) for n, m in built.named_modules()] != configs:
+        configs = [(n, _config(m)) for n, m in original.named_modules()]
+        if [(n, _config(m)) for n, m in built.named_modules()] != configs:
             return None, f"{layer.label()} builds {built.extra_repr()}, not {original.extra_repr()}"
     if built is not None:
         built.load_state_dict(theirs)
@@ -221,6 +222,13 @@ def verify(
             return eval(forward, namespace), ""
     except Exception as exc:  # the candidate does not fit the inputs: any error says so
         return None, str(exc).splitlines()[0]
+
+
+def _config(module: nn.Module) -> str:
+    """A module's options as its ``extra_repr`` shows them, with the ones that do not change
+    what it computes or holds left out (``inplace``) and ``(1, 1)`` written as ``1``."""
+    text = re.sub(r",?\s*inplace=(True|False)", "", module.extra_repr())
+    return re.sub(r"\((\d+)(?:, \1)*,?\)", r"\1", text).strip(", ")
 
 
 def _describe(state: dict[str, torch.Tensor]) -> str:

@@ -162,6 +162,28 @@ def _symbolic_shapes(
             _symbolic_shapes(x.op, y.op, values, others)
 
 
+class _Recorder(fx.Interpreter):
+    """Runs a traced forward and keeps a copy of every node's value (a later in-place
+    operation, such as ``nn.ReLU(inplace=True)``, must not change what a node computed)."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.values[n] = _copy(result)
+        return result
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    return value
+
+
 class _Tracer(fx.Tracer):
     """Keeps every submodule call as one ``call_module`` node: one level at a time."""
 
@@ -241,16 +263,18 @@ class _Capture:
         cls = type(module).__name__
         try:
             graph = _Tracer().trace(module)
-            interpreter = fx.Interpreter(fx.GraphModule(module, graph), garbage_collect_values=False)
+            traced = fx.GraphModule(module, graph)
+            graph.eliminate_dead_code()  # e.g. the unused half of `_, (h, c) = self.lstm(x)`
+            interpreter = _Recorder(traced)
             with torch.no_grad():
-                interpreter.run(*inputs)
+                interpreter.run(*_copy(inputs))
         except Exception as exc:  # torch.fx raises many kinds, all of which mean "not traceable"
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.unmapped.append(
                 Unmapped(path, f"{cls}.forward", f"cannot be traced with torch.fx: {reason}")
             )
             return None
-        return _Scope(self, module, path, graph, interpreter.env, root).run()
+        return _Scope(self, module, path, graph, interpreter.values, root).run()
 
 
 def _class_name(name: str) -> str:
@@ -486,7 +510,7 @@ class _Scope:
                 + "; a block takes one input (multi-input blocks are pending in the language)"
             )
         fresh = sum(p.numel() for p in sub.parameters() if id(p) not in self.capture.seen)
-        inputs = [self.env[a] if isinstance(a, fx.Node) else a for a in node.args]
+        inputs = [_copy(self.env[a]) if isinstance(a, fx.Node) else a for a in node.args]
         body = self.capture.body(sub, origin, inputs)
         if body is None:
             return ""  # its own pieces are reported
