@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from dlspec.analysis.check import check_file
+from dlspec.analysis.check import Checked, check_file, check_text
 from dlspec.analysis.render import render_table
 from dlspec.commands.common import add_spec_arguments, exit_code, positive_int, print_diagnostics
 
@@ -15,10 +16,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--batch", type=positive_int, default=1, help="batch size for the memory estimates"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--input",
+        dest="inputs",
+        metavar="TYPE",
+        action="append",
+        default=[],
+        help="for a MODULE:CALLABLE instead of a spec: the per-sample type of an input, "
+        "e.g. float[3, 224, 224] (repeatable; --set then sets constructor arguments)",
+    )
+
+
+def _imported(args: argparse.Namespace) -> Checked | int:
+    """Import ``MODULE:CALLABLE`` in memory (as `dlspec import` does) and check the spec."""
+    from dlspec.commands import import_
+
+    result = import_.capture(args, args.spec)
+    if isinstance(result, int):
+        return result
+    return check_text(result.text, args.spec, batch=args.batch)
 
 
 def run(args: argparse.Namespace) -> int:
-    checked = check_file(args.spec, dict(args.overrides), batch=args.batch, model=args.model)
+    if ":" in args.spec and not Path(args.spec).exists():
+        checked = _imported(args)
+        if isinstance(checked, int):
+            return checked
+    else:
+        checked = check_file(args.spec, dict(args.overrides), batch=args.batch, model=args.model)
     if args.format == "json":
         print(checked.report.model_dump_json(indent=2))
     else:

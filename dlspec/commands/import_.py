@@ -69,13 +69,13 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def capture(args: argparse.Namespace) -> Any:
-    """The import of ``args.target``, or the exit code after printing why there is none."""
+def capture(args: argparse.Namespace, target: str) -> Any:
+    """The import of ``target``, or the exit code after printing why there is none."""
     from dlspec.importers.ir import ImportFailed
     from dlspec.importers.pipeline import import_model
 
     try:
-        return import_model(args.target, args.inputs, settings(args.overrides))
+        return import_model(target, args.inputs, settings(args.overrides))
     except ValueError as exc:
         return fail(str(exc), 2)
     except ImportFailed as exc:
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     for path, what in ((args.out, "--out"), (args.weights, "--weights")):
         if path is not None and (path.is_dir() or not path.parent.is_dir()):
             return fail(f"{what} {path}: name a file in an existing directory", 2)
-    result = capture(args)
+    result = capture(args, args.target)
     if isinstance(result, int):
         return result
 

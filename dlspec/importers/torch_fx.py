@@ -131,7 +131,8 @@ def capture(
     model.eval()
     first = _Capture(model).root(inputs, symbols)
     if symbols:
-        other = {s: v + i + 1 for i, (s, v) in enumerate(symbols.items())}
+        # shorter, not longer: a length may be at its maximum (a positional table's)
+        other = {s: v - i - 1 if v > i + 1 else v + i + 1 for i, (s, v) in enumerate(symbols.items())}
         second = _Capture(model).root(inputs, other)
         _symbolic_shapes(first.body, second.body, symbols, other)
     params = sum(p.numel() for p in model.parameters())

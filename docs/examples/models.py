@@ -174,3 +174,14 @@ class Gate(nn.Module):
         if x.sum() > 0:
             return x
         return -x
+
+
+class DigitsMLP(nn.Module):
+    """A classifier for the 8x8 digits (64 features) that `dlspec build` trains on."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,196 @@
+"""`dlspec import`: round trips of every shipped spec, hand-written models, weights, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dlspec
+from dlspec.cli import main
+from dlspec.importers import torch_fx
+from dlspec.importers.ir import ImportFailed
+from dlspec.importers.pipeline import RTOL, Result, imported_weights, import_model
+from dlspec.importers.emit import write_spec
+from dlspec.layers.symbolic import fmt_dim
+
+from conftest import ROOT, SPECS
+
+MODELS = "docs.examples.models"
+CHECKED = [p for p in SPECS if p.stem != "seed_prose"]  # seed_prose has a deliberate error
+SMALLER = {"transformer": {"src_vocab": 100, "tgt_vocab": 100, "S": 12, "T": 10}}
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the example models import as docs.examples.models
+
+
+def round_trip(spec: dlspec.Spec) -> tuple[Result, dlspec.Spec]:
+    """spec -> to_torch() -> import -> the imported spec, checked."""
+    torch.manual_seed(0)
+    original = spec.to_torch()
+    symbols: dict[str, int] = {}
+    types = []
+    for node in spec.graph.inputs:
+        dims = [fmt_dim(d) for d in node.type.shape]
+        dims = [f"{d}={spec.graph.bindings[d]}" if d in spec.graph.bindings else d for d in dims]
+        types.append(torch_fx.parse_input(f"{node.type.dtype}[{', '.join(dims)}]", symbols))
+    imported = torch_fx.capture(original, types, symbols, spec.path)
+    examples = [torch_fx.example(t, symbols) for t in types]
+    result = Result(write_spec(imported), imported, original, examples)
+    return result, dlspec.load_text(result.text, "imported.dl")
+
+
+@pytest.mark.parametrize("path", CHECKED, ids=[p.stem for p in CHECKED])
+def test_round_trip_of_every_shipped_spec(path: Path) -> None:
+    spec = dlspec.load(path, **SMALLER.get(path.stem, {}))
+    result, again = round_trip(spec)
+    before, after = spec.report, again.report
+    assert after.trainable_params == before.trainable_params
+    assert after.non_trainable_params == before.non_trainable_params
+    assert after.total_macs == before.total_macs
+    assert [o.shape for o in after.outputs] == [o.shape for o in before.outputs]
+    assert after.memory.parameters_bytes == before.memory.parameters_bytes
+    _, error = imported_weights(result, again)
+    assert error <= RTOL
+
+
+def test_blocks_are_recovered_with_their_parameters() -> None:
+    result, _ = round_trip(dlspec.load(ROOT / "specs" / "vgg_block.dl"))
+    assert "block ConvBNReLU(out_channels: int) {" in result.text
+    assert "convs = ConvBNReLU(out_channels) * 2" in result.text
+    assert "stage1 = Stage(32)" in result.text and "stage2 = Stage(64)" in result.text
+
+
+def test_tied_head_and_transformer_stack() -> None:
+    result, again = round_trip(dlspec.load(ROOT / "specs" / "tiny_gpt.dl"))
+    assert "head = Linear(65, bias=false, tie=tok_emb)" in result.text
+    assert "causal=true" in result.text
+    assert again.report.trainable_params == 809_856
+
+
+def test_hand_written_resnet_matches_torch() -> None:
+    result = import_model(f"{MODELS}:ResNet", ["float[3, 32, 32]"])
+    spec = dlspec.load_text(result.text, "resnet.dl")
+    model = result.original
+    assert spec.report.trainable_params == sum(p.numel() for p in model.parameters())
+    assert spec.report.non_trainable_params == sum(b.numel() for b in model.buffers())
+    # one block per structure, the repeated stage folded, the projection shortcut kept
+    assert "block BasicBlock(out_channels: int) {" in result.text
+    assert "layer1 = BasicBlock(16) * 2" in result.text
+    assert "downsample_0 = Conv2d(out_channels, kernel=1, stride=2, bias=false) <- input" in result.text
+    _, error = imported_weights(result, spec)
+    assert error <= RTOL
+
+
+def test_hand_written_lstm_classifier() -> None:
+    result = import_model(f"{MODELS}:LSTMClassifier", ["long[T=20]"])
+    spec = dlspec.load_text(result.text, "lstm.dl")
+    assert spec.report.trainable_params == sum(p.numel() for p in result.original.parameters())
+    assert "input tokens: long[T]" in result.text
+    assert "Embedding(1000, 32, padding_idx=0)" in result.text
+    _, error = imported_weights(result, spec)
+    assert error <= RTOL
+
+
+def test_gpt_lists_every_piece_pending_in_the_language(tmp_path: Path) -> None:
+    with pytest.raises(ImportFailed) as failed:
+        import_model(f"{MODELS}:GPT", ["long[T]"])
+    pieces = [str(p) for p in failed.value.unmapped]
+    for layer in ("h.0.attn", "h.1.attn"):
+        assert f"{layer}: torch.nn.functional.scaled_dot_product_attention: no dlspec layer kind computes it" in pieces
+        assert f"{layer}: method .split(): no dlspec layer kind computes it" in pieces
+    assert "(model): torch.arange: no dlspec layer kind computes it" in pieces
+    out = tmp_path / "gpt.dl"
+    assert main(["import", f"{MODELS}:GPT", "--input", "long[T]", "--out", str(out)]) == 1
+    assert not out.exists()
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_import_writes_a_spec_that_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "resnet.dl"
+    code, stdout, _ = run(capsys, "import", f"{MODELS}:ResNet", "--input", "float[3,32,32]", "--out", str(out))
+    assert code == 0, stdout
+    assert "175,258 parameters and 1,135 buffer elements" in stdout
+    assert run(capsys, "check", str(out))[0] == 0
+    code, stdout, _ = run(capsys, "check", f"{MODELS}:ResNet", "--input", "float[3,32,32]")
+    assert code == 0 and "total params       176,393" in stdout
+
+
+def test_weights_export_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    out, weights = tmp_path / "resnet.dl", tmp_path / "resnet.pt"
+    target = f"{MODELS}:ResNet"
+    code, stdout, err = run(capsys, "import", target, "--input", "float[3,32,32]", "--out", str(out), "--weights", str(weights))
+    assert code == 0, err
+    onnx = tmp_path / "resnet.onnx"
+    code, _, err = run(capsys, "export", str(out), "--weights", str(weights), "--out", str(onnx))
+    assert code == 0, err
+    # the exported file computes what the original module computes (rebuilt: same seed)
+    torch.manual_seed(0)
+    original = import_model(target, ["float[3,32,32]"]).original
+    state = torch.load(weights, weights_only=True)["model"]
+    assert state  # the checkpoint holds the original's tensors under the spec's names
+    x = torch.randn(3, 3, 32, 32)
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    spec = dlspec.load(out)
+    model = spec.to_torch().eval()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        r = model(x).numpy()
+    assert np.abs(y - r).max() <= RTOL * (np.abs(r).max() + 1e-12) * 10
+
+
+def test_build_resumes_from_imported_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, run_dir = tmp_path / "mlp.dl", tmp_path / "run"
+    run_dir.mkdir()
+    code, _, err = run(capsys, "import", f"{MODELS}:DigitsMLP", "--input", "float[64]", "--out", str(out), "--weights", str(run_dir / "checkpoint.pt"))
+    assert code == 0, err
+    assert "net = " not in out.read_text()  # the Sequential is unrolled into named layers
+    code, stdout, err = run(capsys, "build", str(out), "--out", str(run_dir), "--resume", "--epochs", "1", "--quiet", "--no-plots")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ([f"{MODELS}:Nope", "--input", "float[8]"], 2, "has no attribute 'Nope'"),
+        (["no_such_module:Net", "--input", "float[8]"], 2, "cannot import 'no_such_module'"),
+        (["models.py", "--input", "float[8]"], 2, "expected MODULE:CALLABLE"),
+        ([f"{MODELS}:Broken", "--input", "float[8]"], 1, "raised ValueError: width must be positive, got 0 (at models.py:"),
+        ([f"{MODELS}:ResNet", "--input", "float[3,,32"], 2, "expected a type such as float[3, 224, 224]"),
+        ([f"{MODELS}:ResNet", "--input", "float[3, 0, 32]"], 2, "'0' is not a dimension"),
+        ([f"{MODELS}:ResNet"], 2, "--input is required"),
+    ],
+)
+def test_errors(
+    args: list[str], code: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.dl"
+    got, _, err = run(capsys, "import", *args, "--out", str(out))
+    assert got == code and message in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unsupported_op_and_control_flow_are_all_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.dl"
+    code, _, err = run(capsys, "import", f"{MODELS}:Gated", "--input", "float[8]", "--out", str(out))
+    assert code == 1
+    assert "2 pieces of Gated cannot be mapped" in err
+    assert "act: operator.mul: no dlspec layer kind computes it" in err
+    assert "gate: Gate.forward: cannot be traced with torch.fx: symbolically traced variables cannot be used as inputs to control flow" in err
+    assert not out.exists()
