@@ -31,7 +31,9 @@ its module path and operation; nothing is written), 2 usage (bad target, --input
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("target", help="MODULE:CALLABLE (an nn.Module class or factory) or FILE.onnx")
+    parser.add_argument(
+        "target", help="MODULE:CALLABLE (an nn.Module class or factory) or FILE.onnx"
+    )
     add_import_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="the spec to write (.dl)")
     parser.add_argument("--weights", type=Path, metavar="CHECKPOINT", help="also write the weights")
@@ -117,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
         except ImportFailed as exc:
             return fail(exc.message)
         if error > RTOL:
-            return fail(f"the imported model's outputs differ from the original's ({error:.1e} > {RTOL:g})")
-        print(f"weights: outputs match the original's (max relative error {error:.1e}, tolerance {RTOL:g})")
+            return fail(
+                f"the imported model's outputs differ from the original's ({error:.1e} > {RTOL:g})"
+            )
+        print(f"weights: outputs match the original's (max relative error {error:.1e}, ", end="")
+        print(f"tolerance {RTOL:g})")
         checkpoint = Checkpoint(
             spec_hash(spec.source_text, spec.graph.params),
             epoch=0,

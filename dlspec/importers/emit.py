@@ -83,8 +83,8 @@ class _Writer:
                         block.params.append((pname, kind))
                         seen[values] = pname
                     block.columns.append(seen[values])
-                for body, values in zip(members, rows, strict=True):
-                    args = [values[block.columns.index(p)] for p, _ in block.params]
+                for body, row in zip(members, rows, strict=True):
+                    args = [row[block.columns.index(p)] for p, _ in block.params]
                     self.uses[id(body)] = _Use(block, args)
                 self.blocks.append((block, members[0]))
         self._repeats(self.model.body)
@@ -134,7 +134,7 @@ class _Writer:
         names: list[str] = []
         for st in body.statements:
             if isinstance(st.op, LayerCall):
-                args = []
+                args: list[tuple[str, Value | None]] = []
                 for key, value in st.op.args.items():
                     if _number(value):
                         values.append(value)
@@ -192,7 +192,11 @@ class _Writer:
             else:
                 use = self.uses[id(st.op)]
                 args = ", ".join(arg(v) for v in use.args)
-                text = f"{st.name} = {use.block.name}({args})" if args else f"{st.name} = {use.block.name}"
+                text = (
+                    f"{st.name} = {use.block.name}({args})"
+                    if args
+                    else f"{st.name} = {use.block.name}"
+                )
                 if st.copies:
                     text += f" * {len(st.copies)}"
             if st.sources:
@@ -343,5 +347,7 @@ def _checks(st: Statement) -> list[str]:
     if st.buffers:
         checks.append(f"buffers == {_int(st.buffers)}")
     if st.shape is not None and (isinstance(st.op, Body) or st.params):
-        checks.append(f"shape == [{', '.join(_literal(d) if isinstance(d, int) else d for d in st.shape)}]")
+        checks.append(
+            f"shape == [{', '.join(_literal(d) if isinstance(d, int) else d for d in st.shape)}]"
+        )
     return checks

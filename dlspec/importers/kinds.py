@@ -96,16 +96,15 @@ def kind_of(module: nn.Module) -> type[Layer] | None:
 
 
 def tensor_type(value: torch.Tensor) -> TensorType:
-    dtype = "float" if value.is_floating_point() else "long"
-    return TensorType(tuple(value.shape[1:]), dtype)
+    return TensorType(tuple(value.shape[1:]), "float" if value.is_floating_point() else "long")
 
 
 def _plain(value: Any) -> Any:
     """An attribute value as a spec can hold it: a tensor (a bias) -> True, None -> False for
     a bool field, ``(3, 3)`` -> 3."""
-    if isinstance(value, tuple) and value and all(v == value[0] for v in value):
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return value[0]
+    ints = isinstance(value, tuple) and all(type(v) is int for v in value)
+    if ints and value and all(v == value[0] for v in value):
+        return value[0]
     return value
 
 
@@ -172,7 +171,9 @@ def arguments(layer: Layer) -> dict[str, Value]:
     """The layer's arguments as written: positional fields first, then the rest, in field
     order; defaults left out."""
     fields = layer.model_fields_set
-    order = list(layer.positional) + [f for f in type(layer).model_fields if f not in layer.positional]
+    order = list(layer.positional) + [
+        f for f in type(layer).model_fields if f not in layer.positional
+    ]
     return {name: getattr(layer, name) for name in order if name in fields}
 
 
@@ -187,15 +188,11 @@ def realize(layer: Layer, inputs: list[torch.Tensor]) -> tuple[nn.Module | None,
             exec(call.helper, namespace)
         module = eval(call.cls, namespace)(*call.args, **call.kwargs)
     names = {f"x{i}": f"x{i}" for i in range(len(inputs))}
-    forward = call.forward.format(
-        module="m", x="x0", inputs=", ".join(names), **names
-    )
+    forward = call.forward.format(module="m", x="x0", inputs=", ".join(names), **names)
     return module, forward
 
 
-def verify(
-    layer: Layer, original: nn.Module | None, inputs: list[torch.Tensor]
-) -> tuple[Any, str]:
+def verify(layer: Layer, original: nn.Module | None, inputs: list[torch.Tensor]) -> tuple[Any, str]:
     """Run the module dlspec would generate for ``layer``, holding ``original``'s weights, on
     ``inputs``; returns its output, or None and why it cannot stand for ``original``."""
     try:

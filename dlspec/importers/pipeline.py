@@ -49,7 +49,9 @@ def import_model(
     else:
         specs = [torch_fx.parse_input(text, symbols) for text in inputs]
         if not specs:
-            raise ValueError("--input is required: the per-sample type of each input, e.g. float[3, 32, 32]")
+            raise ValueError(
+                "--input is required: the per-sample type of each input, e.g. float[3, 32, 32]"
+            )
         model = torch_fx.load_model(target, dict(settings or {}))
         values = ", ".join(f"{k}={v!r}" for k, v in (settings or {}).items())
         source = f"{target}({values})"
@@ -68,7 +70,9 @@ def imported_weights(result: Result, spec: Spec) -> tuple[dict[str, torch.Tensor
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ImportFailed(f"the weights do not fit the imported spec: {str(exc).splitlines()[0]}") from None
+        raise ImportFailed(
+            f"the weights do not fit the imported spec: {str(exc).splitlines()[0]}"
+        ) from None
     model.eval()
     result.original.eval()
     with torch.no_grad():

@@ -50,9 +50,7 @@ def parse_input(text: str, symbols: dict[str, int]) -> InputSpec:
     with its example value (``T=128``); symbols are added to ``symbols``. Raises ValueError."""
     match = _INPUT.match(text)
     if match is None:
-        raise ValueError(
-            f"--input {text!r}: expected a type such as float[3, 224, 224] or long[T]"
-        )
+        raise ValueError(f"--input {text!r}: expected a type such as float[3, 224, 224] or long[T]")
     dtype = "long" if match.group(1) in ("long", "int") else "float"
     dims: list[int | str] = []
     for part in filter(None, (p.strip() for p in match.group(2).split(","))):
@@ -132,7 +130,9 @@ def capture(
     first = _Capture(model).root(inputs, symbols)
     if symbols:
         # shorter, not longer: a length may be at its maximum (a positional table's)
-        other = {s: v - i - 1 if v > i + 1 else v + i + 1 for i, (s, v) in enumerate(symbols.items())}
+        other = {
+            s: v - i - 1 if v > i + 1 else v + i + 1 for i, (s, v) in enumerate(symbols.items())
+        }
         second = _Capture(model).root(inputs, other)
         _symbolic_shapes(first.body, second.body, symbols, other)
     params = sum(p.numel() for p in model.parameters())
@@ -141,11 +141,9 @@ def capture(
     return first
 
 
-def _symbolic_shapes(
-    a: Body, b: Body, values: dict[str, int], others: dict[str, int]
-) -> None:
+def _symbolic_shapes(a: Body, b: Body, values: dict[str, int], others: dict[str, int]) -> None:
     """Where the two runs' shapes differ, name the symbol (or drop the shape)."""
-    names = {(values[s], others[s]): s for s in values}
+    names: dict[tuple[int | str, int | str], str] = {(values[s], others[s]): s for s in values}
     for x, y in zip(a.statements, b.statements, strict=True):
         if x.shape is not None and y.shape is not None:
             dims: list[int | str] = []
@@ -383,10 +381,16 @@ class _Scope:
             return
         if len(nodes) != 1 or not isinstance(value, fx.Node):
             self.capture.unmapped.append(
-                Unmapped(self.path, f"{self.body.cls}.forward", "returns several values; a block returns one tensor")
+                Unmapped(
+                    self.path,
+                    f"{self.body.cls}.forward",
+                    "returns several values; a block returns one tensor",
+                )
             )
         elif nodes[0] is not self.previous or not self.body.statements:
-            st = Statement(self._name("out"), LayerCall("Identity"), [self.names.get(nodes[0], "input")])
+            st = Statement(
+                self._name("out"), LayerCall("Identity"), [self.names.get(nodes[0], "input")]
+            )
             self.body.statements.append(st)
 
     def _statement(self, node: fx.Node) -> None:
@@ -466,15 +470,23 @@ class _Scope:
         if kind is None:
             return self._block(node, sub, origin, data)
         if id(sub) in self.capture.called and any(True for _ in sub.parameters()):
-            return "called twice: a dlspec layer owns its weights (only Linear may share one with tie=)"
+            return "called twice: a dlspec layer owns its weights (a Linear may share one: tie=)"
         known = kinds.module_arguments(kind, sub)
         shared = [name for name, p in sub.named_parameters() if id(p) in self.capture.seen]
         if shared:
             owner = self.capture.owners.get(id(sub.get_parameter(shared[0])))
-            if shared == ["weight"] and "tie" in kind.references and owner and owner[0] == id(self.body):
+            if (
+                shared == ["weight"]
+                and "tie" in kind.references
+                and owner
+                and owner[0] == id(self.body)
+            ):
                 known["tie"] = owner[1]
             else:
-                return f"shares {', '.join(shared)} with an earlier layer; dlspec shares only a Linear's weight (tie=)"
+                return (
+                    f"shares {', '.join(shared)} with an earlier layer; dlspec shares only a "
+                    "Linear's weight (tie=)"
+                )
         layers, problem = kinds.candidates(kind, known)
         if not layers:
             return f"{kind.kind} refuses its arguments: {problem}"
@@ -487,13 +499,15 @@ class _Scope:
         st = Statement(name, LayerCall(layer.kind, kinds.arguments(layer)), origin=origin)
         st.state = list(sub.state_dict())
         self._count(st, sub, end)
-        for pname, p in sub.named_parameters():
+        for _pname, p in sub.named_parameters():
             self.capture.owners.setdefault(id(p), (id(self.body), name))
         return [st], end, data
 
     def _count(self, st: Statement, module: nn.Module | None, end: fx.Node) -> None:
         if module is not None:
-            fresh = {id(p): p.numel() for p in module.parameters() if id(p) not in self.capture.seen}
+            fresh = {
+                id(p): p.numel() for p in module.parameters() if id(p) not in self.capture.seen
+            }
             st.params = sum(fresh.values())
             self.capture.seen.update(fresh)
             st.buffers = sum(b.numel() for b in module.buffers())
@@ -545,7 +559,9 @@ class _Scope:
         if node.op == "call_method":
             fn = getattr(torch, str(node.target), node.target)
         args = [self.env.get(a, a) if isinstance(a, fx.Node) else a for a in node.args]
-        kwargs = {k: self.env.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
+        kwargs = {
+            k: self.env.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()
+        }
         layers: list[Layer] = []
         if fn in kinds.EQUIVALENT_MODULES:
             try:

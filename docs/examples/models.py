@@ -37,7 +37,9 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """A small CIFAR-style ResNet: a stem, three stages of basic blocks, pooling, a classifier."""
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64), depth: int = 2):
+    def __init__(
+        self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64), depth: int = 2
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -121,7 +123,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """nanoGPT: token and position embeddings, pre-norm blocks, a head tied to the embedding."""
 
-    def __init__(self, vocab: int = 65, block_size: int = 32, d: int = 32, n_layer: int = 2, n_head: int = 4):
+    def __init__(
+        self, vocab: int = 65, block_size: int = 32, d: int = 32, n_layer: int = 2, n_head: int = 4
+    ):
         super().__init__()
         self.wte = nn.Embedding(vocab, d)
         self.wpe = nn.Embedding(block_size, d)
