@@ -247,3 +247,59 @@ def test_unsupported_op_and_control_flow_are_all_listed(
         "cannot be used as inputs to control flow" in err
     )
     assert not out.exists()
+
+
+def test_onnx_file_exported_by_torch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    import onnxruntime as ort
+
+    from docs.examples.models import ResNet
+
+    onnx_file = tmp_path / "resnet.onnx"
+    torch.manual_seed(0)
+    model = ResNet().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 32, 32),),
+            str(onnx_file),
+            dynamo=False,
+            input_names=["image"],
+            dynamic_axes={"image": {0: "batch"}},
+        )
+    out, weights = tmp_path / "resnet.dl", tmp_path / "resnet.pt"
+    code, stdout, err = run(
+        capsys, "import", str(onnx_file), "--out", str(out), "--weights", str(weights)
+    )
+    assert code == 0, err
+    text = out.read_text()
+    assert "layer2_0_downsample_0 = Conv2d(32, kernel=1, stride=2) <- layer1_1_relu_1" in text
+    spec = dlspec.load(out)
+    # the exporter folds each BatchNorm into the convolution before it: a bias per conv
+    folded = sum(p.numel() for p in model.parameters())
+    biases = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert spec.report.trainable_params == folded - 2 * biases + biases
+    imported = spec.to_torch().eval()
+    imported.load_state_dict(torch.load(weights, weights_only=True)["model"])
+    x = torch.randn(2, 3, 32, 32)
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        got = imported(x).numpy()
+    with torch.no_grad():
+        original = model(x).numpy()
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert np.abs(got - original).max() <= 1e-4 * np.abs(original).max()
+
+
+def test_onnx_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    out = tmp_path / "model.dl"
+    code, _, err = run(capsys, "import", str(bad), "--out", str(out))
+    assert code == 2 and "not an ONNX file" in err
+    code, _, err = run(capsys, "import", str(tmp_path / "missing.onnx"), "--out", str(out))
+    assert code == 2 and "no such file" in err
+    assert not out.exists()
