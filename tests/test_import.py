@@ -270,7 +270,7 @@ def test_onnx_file_exported_by_torch(tmp_path: Path, capsys: pytest.CaptureFixtu
             dynamic_axes={"image": {0: "batch"}},
         )
     out, weights = tmp_path / "resnet.dl", tmp_path / "resnet.pt"
-    code, stdout, err = run(
+    code, _, err = run(
         capsys, "import", str(onnx_file), "--out", str(out), "--weights", str(weights)
     )
     assert code == 0, err

@@ -103,7 +103,7 @@ def _conv(r: _Reader, node: Any) -> fx.Node:
     weight = r.const(node.input[1])
     bias = r.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     n = weight.dim() - 2
-    cls = {1: nn.Conv1d, 2: nn.Conv2d}.get(n)
+    cls: Any = {1: nn.Conv1d, 2: nn.Conv2d}.get(n)
     if cls is None or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise _Unsupported(f"a {n}-D convolution or auto_pad is not supported")
     groups = int(a.get("group", 1))
@@ -135,7 +135,7 @@ def _linear(r: _Reader, node: Any) -> fx.Node:
     bias = r.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     module.weight.data.copy_(weight)
-    if bias is not None:
+    if bias is not None and module.bias is not None:
         module.bias.data.copy_(bias.expand(weight.shape[0]))
     return r.call(node, module, r.tensor(node.input[0]))
 
