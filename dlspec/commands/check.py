@@ -7,7 +7,13 @@ from pathlib import Path
 
 from dlspec.analysis.check import Checked, check_file, check_text
 from dlspec.analysis.render import render_table
-from dlspec.commands.common import add_spec_arguments, exit_code, positive_int, print_diagnostics
+from dlspec.commands.common import (
+    add_input_argument,
+    add_spec_arguments,
+    exit_code,
+    positive_int,
+    print_diagnostics,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,14 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--batch", type=positive_int, default=1, help="batch size for the memory estimates"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    parser.add_argument(
-        "--input",
-        dest="inputs",
-        metavar="TYPE",
-        action="append",
-        default=[],
-        help="for a MODULE:CALLABLE instead of a spec: the per-sample type of an input, "
-        "e.g. float[3, 224, 224] (repeatable; --set then sets constructor arguments)",
+    add_input_argument(
+        parser,
+        "for MODULE:CALLABLE in place of a spec (--set then sets the constructor's arguments): ",
     )
 
 

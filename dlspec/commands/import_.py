@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dlspec.commands.common import set_pair
+from dlspec.commands.common import add_input_argument, add_set_argument
 
 EPILOG = """\
 --weights CHECKPOINT also writes the model's weights as a dlspec checkpoint (state_dict names
@@ -34,30 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target", help="MODULE:CALLABLE (an nn.Module class or factory) or FILE.onnx"
     )
-    add_import_arguments(parser)
+    add_input_argument(parser)
+    add_set_argument(parser, "a keyword argument of the constructor")
     parser.add_argument("--out", type=Path, required=True, help="the spec to write (.dl)")
     parser.add_argument("--weights", type=Path, metavar="CHECKPOINT", help="also write the weights")
-
-
-def add_import_arguments(parser: argparse.ArgumentParser) -> None:
-    """--input and --set for a MODULE:CALLABLE target (shared with `dlspec check`)."""
-    parser.add_argument(
-        "--input",
-        dest="inputs",
-        metavar="TYPE",
-        action="append",
-        default=[],
-        help="per-sample type of an input, e.g. float[3, 224, 224] or long[T] (repeatable)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="NAME=VALUE",
-        type=set_pair,
-        action="append",
-        default=[],
-        help="a keyword argument of the constructor, e.g. --set num_classes=43 (repeatable)",
-    )
 
 
 def settings(pairs: list[tuple[str, str]]) -> dict[str, Any]:

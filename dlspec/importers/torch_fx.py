@@ -490,18 +490,27 @@ class _Scope:
         layers, problem = kinds.candidates(kind, known)
         if not layers:
             return f"{kind.kind} refuses its arguments: {problem}"
-        matched = self._match(node, layers, sub, data)
+        made = self._layer_statement(node, layers, sub, data)
+        if isinstance(made, str):
+            return made
+        st, end = made
+        self.capture.called.add(id(sub))
+        st.origin, st.state = origin, list(sub.state_dict())
+        for p in sub.parameters():
+            self.capture.owners.setdefault(id(p), (id(self.body), st.name))
+        return [st], end, data
+
+    def _layer_statement(
+        self, node: fx.Node, layers: list[Layer], original: nn.Module | None, data: list[fx.Node]
+    ) -> tuple[Statement, fx.Node] | str:
+        """The statement of the candidate that reproduces ``node`` (and the node it ends at)."""
+        matched = self._match(node, layers, original, data)
         if isinstance(matched, str):
             return matched
         layer, end = matched
-        self.capture.called.add(id(sub))
-        name = self._name(node.name)
-        st = Statement(name, LayerCall(layer.kind, kinds.arguments(layer)), origin=origin)
-        st.state = list(sub.state_dict())
-        self._count(st, sub, end)
-        for _pname, p in sub.named_parameters():
-            self.capture.owners.setdefault(id(p), (id(self.body), name))
-        return [st], end, data
+        st = Statement(self._name(node.name), LayerCall(layer.kind, kinds.arguments(layer)))
+        self._count(st, original, end)
+        return st, end
 
     def _count(self, st: Statement, module: nn.Module | None, end: fx.Node) -> None:
         if module is not None:
@@ -585,10 +594,7 @@ class _Scope:
                     problem = str(exc).splitlines()[0]
             if not layers:
                 return f"no layer equivalent ({problem})"
-        matched = self._match(node, layers, None, data)
-        if isinstance(matched, str):
-            return matched
-        layer, end = matched
-        st = Statement(self._name(node.name), LayerCall(layer.kind, kinds.arguments(layer)))
-        self._count(st, None, end)
-        return [st], end, data
+        made = self._layer_statement(node, layers, None, data)
+        if isinstance(made, str):
+            return made
+        return [made[0]], made[1], data
