@@ -94,6 +94,7 @@ def test_hand_written_lstm_classifier() -> None:
     assert spec.report.trainable_params == sum(p.numel() for p in result.original.parameters())
     assert "input tokens: long[T]" in result.text
     assert "Embedding(1000, 32, padding_idx=0)" in result.text
+    assert 'lstm = LSTM(64, num_layers=2, dropout=0.1, returns="hidden")' in result.text
     _, error = imported_weights(result, spec)
     assert error <= RTOL
 

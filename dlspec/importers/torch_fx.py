@@ -219,6 +219,22 @@ def _describe(node: fx.Node) -> str:
     return f"{module}.{name}" if module else name
 
 
+def _source(node: fx.Node) -> str:
+    """``[1]``, ``[:, -1]``, ``.flatten(1)``: an indexing or method node as Python writes it."""
+    if node.op == "call_method":
+        return f".{node.target}({', '.join(map(_index, node.args[1:]))})"
+    index = node.args[1]
+    return f"[{', '.join(map(_index, index)) if isinstance(index, tuple) else _index(index)}]"
+
+
+def _index(value: Any) -> str:
+    if isinstance(value, slice):
+        start = "" if value.start is None else str(value.start)
+        stop = "" if value.stop is None else str(value.stop)
+        return f"{start}:{stop}"
+    return repr(value)
+
+
 def _nodes(value: Any) -> list[fx.Node]:
     if isinstance(value, fx.Node):
         return [value]
@@ -443,7 +459,18 @@ class _Scope:
                 continue
             for i in reversed(range(len(chain))):
                 if kinds.same(out, self.env[chain[i]]):
-                    if best is None or i > best[1]:
+                    # equal outputs (an LSTM's h[-1] is its output's last step): keep the one
+                    # written as the original is, so the spec says what the model says
+                    written = chain[1 : i + 1]
+                    if (
+                        best is None
+                        or i > best[1]
+                        or (
+                            i == best[1]
+                            and not self._as_written(best[0], written, inputs)
+                            and self._as_written(layer, written, inputs)
+                        )
+                    ):
                         best = (layer, i)
                     break
             else:
@@ -452,6 +479,10 @@ class _Scope:
             return reason
         self.covered.update(chain[: best[1] + 1])
         return best[0], chain[best[1]]
+
+    def _as_written(self, layer: Layer, chain: list[fx.Node], inputs: list[Any]) -> bool:
+        """Whether the layer's generated forward indexes its result as ``chain`` does."""
+        return kinds.realize(layer, inputs)[1].endswith("".join(map(_source, chain)))
 
     def _data(self, node: fx.Node) -> list[fx.Node]:
         """The tensors a call reads as inputs (positional arguments, in order, once each)."""
