@@ -89,7 +89,9 @@ def _unique(path: str, taken: dict[str, nn.Module]) -> str:
 def _attrs(node: Any) -> dict[str, Any]:
     from onnx import helper
 
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    # ONNX stores floats in single precision: 1e-05 comes back as 9.999999747378752e-06
+    return {k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in values.items()}
 
 
 def _symmetric(pads: list[int], n: int) -> tuple[int, ...]:
