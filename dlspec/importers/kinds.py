@@ -177,19 +177,27 @@ def arguments(layer: Layer) -> dict[str, Value]:
     return {name: getattr(layer, name) for name in order if name in fields}
 
 
+def forward_expression(layer: Layer, inputs: list[torch.Tensor]) -> str:
+    """The expression of the layer's generated forward, over ``m`` (its module) and
+    ``x0, x1, ...`` (the inputs)."""
+    call = layer.torch([tensor_type(x) for x in inputs])
+    names = {f"x{i}": f"x{i}" for i in range(len(inputs))}
+    return call.forward.format(module="m", x="x0", inputs=", ".join(names), **names)
+
+
 def realize(layer: Layer, inputs: list[torch.Tensor]) -> tuple[nn.Module | None, str]:
-    """The module dlspec generates for ``layer`` and the expression of its forward, in terms
-    of ``m`` (the module) and ``x0, x1, ...`` (the inputs)."""
+    """The module dlspec generates for ``layer``, its tensors uninitialised (they are loaded
+    next: a large layer is built in no time), and the expression of its forward."""
     call = layer.torch([tensor_type(x) for x in inputs])
     namespace: dict[str, Any] = {"torch": torch, "nn": nn}
     module = None
     if call.cls is not None:
         if call.helper is not None:
             exec(call.helper, namespace)
-        module = eval(call.cls, namespace)(*call.args, **call.kwargs)
-    names = {f"x{i}": f"x{i}" for i in range(len(inputs))}
-    forward = call.forward.format(module="m", x="x0", inputs=", ".join(names), **names)
-    return module, forward
+        with torch.device("meta"):
+            module = eval(call.cls, namespace)(*call.args, **call.kwargs)
+        module = module.to_empty(device="cpu")
+    return module, forward_expression(layer, inputs)
 
 
 def verify(layer: Layer, original: nn.Module | None, inputs: list[torch.Tensor]) -> tuple[Any, str]:

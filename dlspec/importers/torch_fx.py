@@ -475,6 +475,9 @@ class _Scope:
                     break
             else:
                 reason = f"as {layer.label()} it would compute something else"
+                continue
+            if best[1] == len(chain) - 1 and self._as_written(best[0], chain[1:], inputs):
+                break  # the whole chain, as written: no later candidate does better
         if best is None:
             return reason
         self.covered.update(chain[: best[1] + 1])
@@ -482,7 +485,7 @@ class _Scope:
 
     def _as_written(self, layer: Layer, chain: list[fx.Node], inputs: list[Any]) -> bool:
         """Whether the layer's generated forward indexes its result as ``chain`` does."""
-        return kinds.realize(layer, inputs)[1].endswith("".join(map(_source, chain)))
+        return kinds.forward_expression(layer, inputs).endswith("".join(map(_source, chain)))
 
     def _data(self, node: fx.Node) -> list[fx.Node]:
         """The tensors a call reads as inputs (positional arguments, in order, once each)."""
