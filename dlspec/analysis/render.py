@@ -27,10 +27,13 @@ def _shape(shape: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _row(row: LayerRow, parent: str) -> list[str]:
+def _row(row: LayerRow, parent: str, previous: str) -> list[str]:
+    """A table row; the kind says ``<- a, b`` when the layer reads other tensors than the
+    one written just before it in its scope (``previous``)."""
     name = "  " * row.depth + row.name.removeprefix(parent + ".")
     macs = n(row.macs) if row.macs_formula is None else f"{n(row.macs)}*"
-    return [name, row.label, _shape(row.output_shape), n(row.params), macs]
+    kind = row.label if row.inputs == [previous] else f"{row.label} <- {', '.join(row.inputs)}"
+    return [name, kind, _shape(row.output_shape), n(row.params), macs]
 
 
 def render_table(report: Report) -> str:
@@ -40,9 +43,12 @@ def render_table(report: Report) -> str:
     header = ["layer", "kind", "output (per sample)", "params", "MACs"]
     body = [[i.name, f"input {i.dtype}", _shape(i.shape), "0", "0"] for i in report.inputs]
     parents: list[str] = []
+    last = {"": report.inputs[-1].name if report.inputs else ""}  # scope path -> last tensor
     for r in report.layers:
         del parents[r.depth :]
-        body.append(_row(r, parents[-1] if parents else ""))
+        scope, _, own = r.name.rpartition(".")
+        body.append(_row(r, parents[-1] if parents else "", last.get(scope, "input")))
+        last[scope] = own
         parents.append(r.name)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     right = (False, False, False, True, True)
@@ -66,7 +72,7 @@ def render_table(report: Report) -> str:
     totals = [
         ("total params", f"{n(report.total_params)} ({short(report.total_params)})"),
         ("  trainable", n(report.trainable_params)),
-        ("  non-trainable", n(report.non_trainable_params)),
+        ("buffers", n(report.buffers)),
         ("MACs per sample", macs),
         ("parameter memory", f"{human_bytes(mem.parameters_bytes)} (fp32)"),
         (

@@ -2,7 +2,7 @@
 
 Memory estimates (fp32, 4 bytes per element):
 
-* parameters: (trainable + non-trainable elements) x 4;
+* parameters: (parameter + buffer elements) x 4;
 * activations: every layer output plus the inputs, kept for the backward pass, and as much
   again for their gradients: 2 x 4 x elements x batch;
 * training with Adam: weights, gradients and two moment estimates (16 bytes per trainable
@@ -15,9 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from dlspec.analysis.graph import ModelGraph, Node
+from dlspec.analysis.graph import ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
-from dlspec.layers.base import TensorType
 from dlspec.layers.symbolic import Dim, Poly, evaluate, product
 
 BYTES = 4
@@ -38,11 +37,12 @@ class LayerRow(BaseModel):
     name: str  # dotted path, as in the generated module's named_modules()
     kind: str  # layer kind; "block", "repeat" or "residual" for containers
     label: str
+    inputs: list[str]  # the tensors it reads, named in its scope ("input": its scope's input)
     depth: int
     container: bool
     output_shape: list[int | str]
     params: int  # trainable
-    buffers: int  # non-trainable elements
+    buffers: int  # buffer elements (not parameters)
     macs: int  # per sample, at the spec's bindings
     macs_formula: str | None  # when MACs depend on symbolic dimensions
     line: int
@@ -69,9 +69,10 @@ class Report(BaseModel):
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
     layers: list[LayerRow] = []
-    total_params: int = 0  # trainable + non-trainable
+    total_params: int = 0  # torch's sum(p.numel() for p in model.parameters())
     trainable_params: int = 0
-    non_trainable_params: int = 0
+    non_trainable_params: int = 0  # frozen parameters (requires_grad=False): none yet
+    buffers: int = 0  # buffer elements (BatchNorm running statistics...): not parameters
     total_macs: int = 0
     total_macs_formula: str | None = None
     memory: Memory | None = None
@@ -86,9 +87,10 @@ def shape_json(shape: tuple[Dim, ...]) -> list[int | str]:
     return [d if isinstance(d, int) else str(d) for d in shape]
 
 
-def _tensor(name: str, t: TensorType, bindings: dict[str, int]) -> TensorInfo:
+def _tensor(tensor: Tensor, bindings: dict[str, int]) -> TensorInfo:
+    t = tensor.type
     return TensorInfo(
-        name=name,
+        name=tensor.name,
         dtype=t.dtype,
         shape=shape_json(t.shape),
         shape_value=[evaluate(d, bindings) for d in t.shape],
@@ -96,7 +98,7 @@ def _tensor(name: str, t: TensorType, bindings: dict[str, int]) -> TensorInfo:
 
 
 def _rows(
-    nodes: list[Node], depth: int, bindings: dict[str, int], parent: str = ""
+    nodes: list[Step], depth: int, bindings: dict[str, int], parent: str = ""
 ) -> list[LayerRow]:
     rows = []
     for node in nodes:
@@ -104,11 +106,12 @@ def _rows(
         rows.append(
             LayerRow(
                 name=node.path,
-                kind=node.layer.kind if node.layer is not None else node.container,
+                kind=node.layer.kind if node.layer is not None else node.kind,
                 label=node.label,
+                inputs=[t.name for t in node.inputs],
                 depth=depth,
-                container=node.container != "layer",
-                output_shape=shape_json(node.output.shape),
+                container=node.kind != "layer",
+                output_shape=shape_json(node.output.type.shape),
                 params=node.params,
                 buffers=node.buffer_count,
                 macs=evaluate(macs, bindings),
@@ -117,7 +120,8 @@ def _rows(
                 column=node.span.column,
             )
         )
-        rows.extend(_rows([*node.children, *(node.shortcut or [])], depth + 1, bindings, node.path))
+        shortcut = node.shortcut.steps if node.shortcut is not None else []
+        rows.extend(_rows([*node.children, *shortcut], depth + 1, bindings, node.path))
     return rows
 
 
@@ -127,29 +131,30 @@ def build_report(
     if graph is None:
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
-    trainable, frozen, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
+    trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
     elements = sum(evaluate(product(i.type.shape), b) for i in graph.inputs) + sum(
-        evaluate(product(leaf.output.shape), b) for leaf in graph.leaves()
+        evaluate(product(leaf.output.type.shape), b) for leaf in graph.leaves()
     )
     activations = 2 * BYTES * elements * batch
     return Report(
         file=path,
         model=graph.name,
-        parameters=graph.params,
+        parameters=graph.arguments,
         symbols=dict(b),
-        inputs=[_tensor(i.name, i.type, b) for i in graph.inputs],
-        outputs=[_tensor(o, t, b) for o, t in zip(graph.outputs, graph.output_types, strict=False)],
-        layers=_rows(graph.nodes, 0, b),
-        total_params=trainable + frozen,
+        inputs=[_tensor(i, b) for i in graph.inputs],
+        outputs=[_tensor(o, b) for o in graph.outputs],
+        layers=_rows(graph.steps, 0, b),
+        total_params=trainable,
         trainable_params=trainable,
-        non_trainable_params=frozen,
+        non_trainable_params=0,
+        buffers=buffers,
         total_macs=evaluate(macs, b),
         total_macs_formula=str(macs) if isinstance(macs, Poly) else None,
         memory=Memory(
             batch=batch,
-            parameters_bytes=BYTES * (trainable + frozen),
+            parameters_bytes=BYTES * (trainable + buffers),
             activations_bytes=activations,
-            training_adam_bytes=4 * BYTES * trainable + BYTES * frozen + activations,
+            training_adam_bytes=4 * BYTES * trainable + BYTES * buffers + activations,
         ),
         diagnostics=diagnostics,
     )

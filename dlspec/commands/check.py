@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dlspec.analysis.check import Checked, check_file, check_text
+from dlspec.analysis.graph import describe
 from dlspec.analysis.render import render_table
 from dlspec.commands.common import (
     add_input_argument,
@@ -21,7 +22,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=positive_int, default=1, help="batch size for the memory estimates"
     )
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "ir"),
+        default="table",
+        help="table (default), the JSON report, or ir: the resolved dataflow graph",
+    )
     add_input_argument(
         parser,
         "for MODULE:CALLABLE in place of a spec (--set then sets the constructor's arguments): ",
@@ -47,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         checked = check_file(args.spec, dict(args.overrides), batch=args.batch, model=args.model)
     if args.format == "json":
         print(checked.report.model_dump_json(indent=2))
+    elif args.format == "ir":
+        if checked.graph is not None:
+            print(describe(checked.graph), flush=True)
+        print_diagnostics(checked)
     else:
         table = render_table(checked.report)
         if table:

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"weights: outputs match the original's (max relative error {error:.1e}, ", end="")
         print(f"tolerance {RTOL:g})")
         checkpoint = Checkpoint(
-            spec_hash(spec.source_text, spec.graph.params),
+            spec_hash(spec.source_text, spec.graph.arguments),
             epoch=0,
             model=state,
             optimizer={},

@@ -168,9 +168,9 @@ class _Writer:
         lines += self._statements(model.body, None, expects=True)
         if model.outputs:
             lines.append(f"{INDENT}output {', '.join(model.outputs)}")
-        totals = [f"trainable_params == {_int(model.params)}"]
+        totals = [f"params == {_int(model.params)}"]
         if model.buffers:
-            totals.append(f"params == {_int(model.params + model.buffers)}")
+            totals.append(f"buffers == {_int(model.buffers)}")
         lines.append(f"{INDENT}expect total {', '.join(totals)}")
         lines.append("}")
         return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from torch import nn
 
 from dlspec.importers.ir import Value
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
+from dlspec.layers.base import sample_dim
 
 # The module each functional form computes, built from the call's arguments (the input first).
 EQUIVALENT_MODULES: dict[Callable[..., Any], Callable[..., nn.Module]] = {
@@ -62,7 +63,7 @@ def _add(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidat
 
 
 def _cat(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
-    return [("Concat", {"dim": _sample_dim(_arg(args, kwargs, 1, "dim", 0))})]
+    return [("Concat", {"dim": sample_dim(_arg(args, kwargs, 1, "dim", 0))})]
 
 
 DIRECT: dict[Any, Callable[[list[Any], dict[str, Any], torch.Tensor], Candidates]] = {
@@ -78,11 +79,6 @@ DIRECT: dict[Any, Callable[[list[Any], dict[str, Any], torch.Tensor], Candidates
 
 def _arg(args: list[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
     return args[index] if len(args) > index else kwargs.get(name, default)
-
-
-def _sample_dim(dim: int) -> int:
-    """A torch dimension (0 = batch) as dlspec counts it (0 = the first after the batch)."""
-    return dim - 1 if dim > 0 else dim
 
 
 def kind_of(module: nn.Module) -> type[Layer] | None:
