@@ -66,11 +66,84 @@ def _cat(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidat
     return [("Concat", {"dim": sample_dim(_arg(args, kwargs, 1, "dim", 0))})]
 
 
+def _mul(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    return [("Mul", {})]
+
+
+def _per_sample(*dims: int) -> list[int] | None:
+    """Torch dims as dlspec counts them; None when one is the batch."""
+    return None if 0 in dims else [sample_dim(d) for d in dims]
+
+
+def _transpose(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    dims = _per_sample(_arg(args, kwargs, 1, "dim0", 0), _arg(args, kwargs, 2, "dim1", 0))
+    return [] if dims is None else [("Transpose", {"dim0": dims[0], "dim1": dims[1]})]
+
+
+def _permute(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    order = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+    if not order or order[0] != 0:
+        return []
+    return [("Permute", {"dims": tuple(sample_dim(d) for d in order[1:])})]
+
+
+def _select(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    dims = _per_sample(_arg(args, kwargs, 1, "dim", 0))
+    return [] if dims is None else [("Select", {"dim": dims[0], "index": args[2]})]
+
+
+def _index(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    """``x[:, 0]`` -> Select(0, 0); ``x[:, :, 2:5]`` -> Slice(1, 2, 5): one index or slice after
+    full slices (the batch's among them)."""
+    index = args[1] if isinstance(args[1], tuple) else (args[1],)
+    full = slice(None)
+    rest = [i for i, part in enumerate(index) if part != full]
+    if len(rest) != 1 or rest[0] == 0:
+        return []
+    part, dim = index[rest[0]], rest[0] - 1
+    if isinstance(part, int):
+        return [("Select", {"dim": dim, "index": part})]
+    if isinstance(part, slice) and all(
+        isinstance(v, (int, type(None))) for v in (part.start, part.stop, part.step)
+    ):
+        bounds = {"start": part.start or 0, "end": part.stop, "step": part.step or 1}
+        return [("Slice", {"dim": dim} | {k: v for k, v in bounds.items() if v is not None})]
+    return []
+
+
+def _reduce(kind: str) -> Callable[[list[Any], dict[str, Any], torch.Tensor], Candidates]:
+    def candidates(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+        dim = _arg(args, kwargs, 1, "dim", None)
+        dims = [dim] if isinstance(dim, int) else list(dim or [])
+        per_sample = _per_sample(*dims) if dims else None
+        if per_sample is None:
+            return []
+        keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+        value = per_sample[0] if isinstance(dim, int) else tuple(per_sample)
+        return [(kind, {"dim": value, "keepdim": keepdim})]
+
+    return candidates
+
+
 DIRECT: dict[Any, Callable[[list[Any], dict[str, Any], torch.Tensor], Candidates]] = {
     operator.add: _add,
     torch.add: _add,
     torch.cat: _cat,
     torch.concat: _cat,
+    operator.mul: _mul,
+    torch.mul: _mul,
+    "mul": _mul,
+    "transpose": _transpose,
+    torch.transpose: _transpose,
+    "permute": _permute,
+    torch.permute: _permute,
+    "select": _select,
+    torch.select: _select,
+    operator.getitem: _index,
+    "mean": _reduce("Mean"),
+    torch.mean: _reduce("Mean"),
+    "sum": _reduce("Sum"),
+    torch.sum: _reduce("Sum"),
     "view": _reshape,
     "reshape": _reshape,
     torch.reshape: _reshape,
@@ -82,12 +155,14 @@ def _arg(args: list[Any], kwargs: dict[str, Any], index: int, name: str, default
 
 
 def kind_of(module: nn.Module) -> type[Layer] | None:
-    """The registered kind named like the first class of the module's MRO that has one."""
+    """The registered kind of the first class of the module's MRO that is one: named like the
+    kind, or among the kind's ``torch_names``."""
+    names = {name: kind for kind in REGISTRY.values() for name in (kind.kind, *kind.torch_names)}
     for cls in type(module).__mro__:
         if cls is nn.Module:
             return None
-        if cls.__name__ in REGISTRY:
-            return REGISTRY[cls.__name__]
+        if cls.__name__ in names:
+            return names[cls.__name__]
     return None
 
 
@@ -196,7 +271,9 @@ def realize(layer: Layer, inputs: list[torch.Tensor]) -> tuple[nn.Module | None,
     return module, forward_expression(layer, inputs)
 
 
-def verify(layer: Layer, original: nn.Module | None, inputs: list[torch.Tensor]) -> tuple[Any, str]:
+def verify(
+    layer: Layer, original: nn.Module | None, inputs: list[torch.Tensor], same_config: bool = True
+) -> tuple[Any, str]:
     """Run the module dlspec would generate for ``layer``, holding ``original``'s weights, on
     ``inputs``; returns its output, or None and why it cannot stand for ``original``."""
     try:
@@ -210,7 +287,7 @@ def verify(layer: Layer, original: nn.Module | None, inputs: list[torch.Tensor])
     mine = built.state_dict() if built is not None else {}
     if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
         return None, f"its tensors {_describe(theirs)} are not {layer.label()}'s {_describe(mine)}"
-    if built is not None and original is not None:
+    if built is not None and original is not None and same_config:
         configs = [(n, _config(m)) for n, m in original.named_modules()]
         if [(n, _config(m)) for n, m in built.named_modules()] != configs:
             return None, f"{layer.label()} builds {built.extra_repr()}, not {original.extra_repr()}"

@@ -22,15 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from dlspec.analysis.names import RESERVED
 from dlspec.importers import kinds
 from dlspec.importers.ir import Body, Imported, ImportFailed, LayerCall, Statement, Unmapped
 from dlspec.layers import REGISTRY, Layer
+from dlspec.layers.base import sample_dim
 
 DEFAULT_DIM = 16  # the example length of a symbolic dimension without a value
 EXAMPLE_BATCH = 2
+HEAD_RESHAPES = ("transpose", "view", "reshape", "contiguous")  # methods around attention heads
 NOT_NAMES = frozenset({"self", "torch", "nn", "F", "input"})  # names a statement may not take
 
 _INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
@@ -321,6 +324,7 @@ class _Scope:
         self.previous: fx.Node | None = None
         self.covered: set[fx.Node] = set()
         self.data: set[fx.Node] = set()  # nodes statements read as their inputs
+        self.live: set[fx.Node] = set()  # nodes computed from the inputs (not from constants)
         self.failed: dict[fx.Node, str] = {}
 
     def _origin(self, target: str) -> str:
@@ -359,6 +363,12 @@ class _Scope:
             return None
         output: fx.Node | None = None
         for node in self.graph.nodes:
+            # sizes do not count: `torch.arange(x.size(1))` is computed from constants
+            if node.op == "placeholder" or any(
+                n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes
+            ):
+                self.live.add(node)
+        for node in self.graph.nodes:
             if node.op == "output":
                 output = node
             elif node.op == "placeholder" or node in self.covered:
@@ -371,8 +381,26 @@ class _Scope:
         self._report()
         assert output is not None
         self._outputs(output.args[0])
+        self._prune()
         self.body.input_names = inputs  # type: ignore[attr-defined]
         return self.body
+
+    def _prune(self) -> None:
+        """Drop statements nothing reads (the head reshapes around an attention that SDPA
+        stands for): a statement is read by name, by the next one (no sources), or as an
+        output; the last statement is the block's output."""
+        statements = self.body.statements
+        keep = set(getattr(self.body, "outputs", [])) | (
+            {statements[-1].name} if statements else set()
+        )
+        for i in reversed(range(len(statements))):
+            st = statements[i]
+            if st.name not in keep:
+                continue
+            keep.update(st.sources)
+            if not st.sources and i > 0:
+                keep.add(statements[i - 1].name)
+        self.body.statements = [st for st in statements if st.name in keep]
 
     def _report(self) -> None:
         """Every failed node that something other than a layer's options reads."""
@@ -411,6 +439,10 @@ class _Scope:
 
     def _statement(self, node: fx.Node) -> None:
         """Map one node (and the getitem/method chain it may head) to statements."""
+        if node not in self.live:
+            self.failed[node] = "computes from constants only, not from the model's inputs"
+            self.names[node] = node.name
+            return
         result = self._module(node) if node.op == "call_module" else self._function(node)
         if isinstance(result, str):
             self.failed[node] = result
@@ -441,7 +473,12 @@ class _Scope:
         return chain
 
     def _match(
-        self, node: fx.Node, layers: list[Layer], original: nn.Module | None, data: list[fx.Node]
+        self,
+        node: fx.Node,
+        layers: list[Layer],
+        original: nn.Module | None,
+        data: list[fx.Node],
+        same_config: bool = True,
     ) -> tuple[Layer, fx.Node] | str:
         """The candidate (and the end of the chain it covers) that reproduces the original."""
         chain = self._chain(node)
@@ -453,7 +490,7 @@ class _Scope:
             if not lo <= len(inputs) <= hi:
                 reason = f"{layer.kind} takes {lo} to {hi} inputs, not {len(inputs)}"
                 continue
-            out, why = kinds.verify(layer, original, inputs)
+            out, why = kinds.verify(layer, original, inputs, same_config)
             if out is None:
                 reason = f"as {layer.label()}: {why}"
                 continue
@@ -535,14 +572,20 @@ class _Scope:
         return [st], end, data
 
     def _layer_statement(
-        self, node: fx.Node, layers: list[Layer], original: nn.Module | None, data: list[fx.Node]
+        self,
+        node: fx.Node,
+        layers: list[Layer],
+        original: nn.Module | None,
+        data: list[fx.Node],
+        name: str | None = None,
     ) -> tuple[Statement, fx.Node] | str:
-        """The statement of the candidate that reproduces ``node`` (and the node it ends at)."""
+        """The statement of the candidate that reproduces ``node`` (and the node it ends at),
+        named ``name`` (default: the node's name)."""
         matched = self._match(node, layers, original, data)
         if isinstance(matched, str):
             return matched
         layer, end = matched
-        st = Statement(self._name(node.name), LayerCall(layer.kind, kinds.arguments(layer)))
+        st = Statement(self._name(name or node.name), LayerCall(layer.kind, kinds.arguments(layer)))
         self._count(st, original, end)
         return st, end
 
@@ -580,6 +623,87 @@ class _Scope:
         st.buffers = sum(b.numel() for b in sub.buffers())
         return [st], node, data
 
+    def _split_part(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
+        """``x.split(n, dim)[i]`` (as ``q, k, v = qkv.split(C, dim=2)``) -> ``Slice``."""
+        base = node.args[0] if node.target is operator.getitem else None
+        if not isinstance(base, fx.Node) or base.target not in ("split", torch.split):
+            return None
+        args = [self.env.get(a, a) if isinstance(a, fx.Node) else a for a in base.args[1:]]
+        source = base.args[0]
+        size = args[0] if args else base.kwargs.get("split_size_or_sections")
+        dim = args[1] if len(args) > 1 else base.kwargs.get("dim", 0)
+        index = node.args[1]
+        if not (isinstance(source, fx.Node) and isinstance(size, int) and isinstance(index, int)):
+            return None
+        if not isinstance(dim, int) or dim == 0:
+            return None
+        axis = sample_dim(dim)
+        layer = REGISTRY["Slice"].model_validate(
+            {"dim": axis, "start": index * size, "end": (index + 1) * size}
+        )
+        made = self._layer_statement(node, [layer], None, [source], f"{base.name}_{index}")
+        return None if isinstance(made, str) else ([made[0]], made[1], [source])
+
+    def _attention(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
+        """``F.scaled_dot_product_attention`` over heads split off ``(B, T, h*hd)`` tensors
+        (``q.view(B, T, h, hd).transpose(1, 2)``) -> ``SDPA`` over those tensors; the head
+        reshapes on both sides are the ones SDPA's module makes."""
+        if node.target is not F.scaled_dot_product_attention or node.kwargs.get("attn_mask"):
+            return None
+        heads = []
+        flat = []
+        for head in node.args[:3]:
+            if not isinstance(head, fx.Node):
+                return None
+            heads.append(self.env[head].shape[1])
+            arg: Any = head
+            while isinstance(arg, fx.Node) and arg.target in HEAD_RESHAPES:
+                arg = arg.args[0]
+            if not isinstance(arg, fx.Node) or self.env[arg].dim() != 3:
+                return None
+            flat.append(arg)
+        options: dict[str, Any] = {
+            "num_heads": heads[0],
+            "causal": bool(node.kwargs.get("is_causal")),
+        }
+        if heads[1] != heads[0]:
+            options["num_kv_heads"] = heads[1]
+        if node.kwargs.get("dropout_p"):
+            options["dropout"] = node.kwargs["dropout_p"]
+        sdpa = REGISTRY["SDPA"].model_validate(options)
+        made = self._layer_statement(node, [sdpa], None, flat, "sdpa")
+        return None if isinstance(made, str) else ([made[0]], made[1], flat)
+
+    def _positional(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
+        """``x + self.wpe(torch.arange(T))``: a module computed from positions alone, added to
+        the input -> a positional kind (one whose module the torch module's table fits), named
+        after that module."""
+        if node.target not in (operator.add, torch.add) or len(node.args) != 2:
+            return None
+        live = [a for a in node.args if isinstance(a, fx.Node) and a in self.live]
+        table = [a for a in node.args if isinstance(a, fx.Node) and a not in self.live]
+        if len(live) != 1 or len(table) != 1 or table[0].op != "call_module":
+            return None
+        module = self.module.get_submodule(str(table[0].target))
+        layers = []
+        for kind in REGISTRY.values():
+            hook = getattr(kind, "torch_arguments", None)
+            if hook is None or kind.arity != (1, 1) or kind.family != "embedding":
+                continue
+            try:
+                layers.append(kind.model_validate(hook(module)))
+            except Exception:  # the hook does not fit this module: not a candidate
+                continue
+        matched = self._match(node, layers, module, live, same_config=False)
+        if isinstance(matched, str):
+            return None
+        layer, end = matched
+        st = Statement(self._name(table[0].name), LayerCall(layer.kind, kinds.arguments(layer)))
+        st.origin = self._origin(str(table[0].target))
+        st.state = list(module.state_dict())
+        self._count(st, module, end)
+        return [st], end, live
+
     def _unroll(
         self, node: fx.Node, body: Body, data: list[fx.Node]
     ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
@@ -597,6 +721,9 @@ class _Scope:
         return out, node, data
 
     def _function(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        special = self._split_part(node) or self._attention(node) or self._positional(node)
+        if special is not None:
+            return special
         data = self._data(node)
         fn: Any = node.target
         if node.op == "call_method":
@@ -621,6 +748,7 @@ class _Scope:
             direct = kinds.DIRECT.get(key)
             if direct is None:
                 return "no dlspec layer kind computes it"
+            problem = "it works on the batch dimension, which dlspec keeps implicit"
             for kind_name, kind_args in direct(args, kwargs, self.env[node]):
                 try:
                     layers.append(REGISTRY[kind_name].model_validate(kind_args))

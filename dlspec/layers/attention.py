@@ -560,6 +560,7 @@ class SDPA(Layer):
     values; torchinfo counts 0 (no weights)."""
 
     kind = "SDPA"
+    torch_names = ("ScaledDotProductAttention",)
     family = "attention"
     torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
     positional = ("num_heads", "num_kv_heads")
@@ -651,6 +652,7 @@ class RoPE(Layer):
     buffers (the angles are computed from T); MACs 0 (no weights, as torchinfo)."""
 
     kind = "RoPE"
+    torch_names = ("RotaryEmbedding",)
     family = "embedding"
     positional = ("num_heads",)
 

@@ -125,6 +125,9 @@ class Layer(BaseModel):
     arity: ClassVar[tuple[int, int]] = (1, 1)  # (min, max) number of input tensors
     probabilities: ClassVar[bool] = False  # output is a (log-)probability distribution
     references: ClassVar[tuple[str, ...]] = ()  # arguments naming statements (tie=tok_emb)
+    # the torch module classes the kind becomes, where not named like the kind (an importer
+    # reads a module of such a class as this kind)
+    torch_names: ClassVar[tuple[str, ...]] = ()
     # how the MAC count compares with torchinfo's total_mult_adds (the layer reference shows
     # it; the oracle tests check "same" against torchinfo)
     torchinfo_macs: ClassVar[str] = "same"

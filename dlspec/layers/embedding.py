@@ -197,11 +197,17 @@ class Parameter(Layer):
     N(0, 0.02^2). MACs 0 (nothing is multiplied; torchinfo counts its elements once)."""
 
     kind = "Parameter"
+    torch_names = ("LearnedTensor",)
     family = "embedding"
     torchinfo_macs = "0, nothing multiplied (torchinfo: its elements per sample)"
     variadic = "shape"
 
     shape: tuple[Pos, ...] = Field(min_length=1)
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """The shape of the torch module's tensor (for importing a torch model)."""
+        return {"shape": tuple(module.weight.shape)}
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         return Inferred(TensorType(self.shape), weights={"weight": self.shape})
