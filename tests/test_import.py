@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, SPECS
+from test_zoo import SMALL as SMALL_ZOO
+from test_zoo import _small as zoo_spec
 
 import dlspec
 from dlspec.cli import main
 from dlspec.importers import torch_fx
 from dlspec.importers.emit import write_spec
-from dlspec.importers.ir import ImportFailed
 from dlspec.importers.pipeline import RTOL, Result, import_model, imported_weights
 from dlspec.layers.symbolic import fmt_dim
 
@@ -49,7 +50,7 @@ def test_round_trip_of_every_shipped_spec(path: Path) -> None:
     result, again = round_trip(spec)
     before, after = spec.report, again.report
     assert after.trainable_params == before.trainable_params
-    assert after.non_trainable_params == before.non_trainable_params
+    assert after.buffers == before.buffers
     assert after.total_macs == before.total_macs
     assert [o.shape for o in after.outputs] == [o.shape for o in before.outputs]
     assert after.memory.parameters_bytes == before.memory.parameters_bytes
@@ -71,12 +72,16 @@ def test_tied_head_and_transformer_stack() -> None:
     assert again.report.trainable_params == 809_856
 
 
-def test_hand_written_resnet_matches_torch() -> None:
+def test_hand_written_resnet_matches_torch_and_torchinfo() -> None:
+    from torchinfo import summary
+
     result = import_model(f"{MODELS}:ResNet", ["float[3, 32, 32]"])
     spec = dlspec.load_text(result.text, "resnet.dl")
     model = result.original
     assert spec.report.trainable_params == sum(p.numel() for p in model.parameters())
-    assert spec.report.non_trainable_params == sum(b.numel() for b in model.buffers())
+    assert spec.report.buffers == sum(b.numel() for b in model.buffers())
+    info = summary(model, input_size=(1, 3, 32, 32), verbose=0)
+    assert spec.report.total_macs == info.total_mult_adds
     # one block per structure, the repeated stage folded, the projection shortcut kept
     assert "block BasicBlock(out_channels: int) {" in result.text
     assert "layer1 = BasicBlock(16) * 2" in result.text
@@ -99,20 +104,33 @@ def test_hand_written_lstm_classifier() -> None:
     assert error <= RTOL
 
 
-def test_gpt_lists_every_piece_pending_in_the_language(tmp_path: Path) -> None:
-    with pytest.raises(ImportFailed) as failed:
-        import_model(f"{MODELS}:GPT", ["long[T]"])
-    pieces = [str(p) for p in failed.value.unmapped]
-    for layer in ("h.0.attn", "h.1.attn"):
-        assert (
-            f"{layer}: torch.nn.functional.scaled_dot_product_attention: "
-            "no dlspec layer kind computes it" in pieces
-        )
-        assert f"{layer}: method .split(): no dlspec layer kind computes it" in pieces
-    assert "(model): torch.arange: no dlspec layer kind computes it" in pieces
-    out = tmp_path / "gpt.dl"
-    assert main(["import", f"{MODELS}:GPT", "--input", "long[T]", "--out", str(out)]) == 1
-    assert not out.exists()
+def test_hand_written_gpt_with_sdpa_and_a_tied_head() -> None:
+    result = import_model(f"{MODELS}:GPT", ["long[T=24]"])
+    spec = dlspec.load_text(result.text, "gpt.dl")
+    original = result.original
+    assert spec.report.trainable_params == sum(p.numel() for p in original.parameters())
+    for line in (
+        "split_0 = Slice(1, start=0, end=32)",
+        "sdpa = SDPA(4, causal=true) <- split_0, split_1, split_2",
+        "wpe = LearnedPositionalEncoding(32)",
+        "h = Block * 2",
+        "lm_head = Linear(65, bias=false, tie=wte)",
+    ):
+        assert line in result.text
+    _, error = imported_weights(result, spec)
+    assert error <= RTOL
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_ZOO))
+def test_round_trip_of_the_zoo(name: str) -> None:
+    spec = zoo_spec(name)
+    result, again = round_trip(spec)
+    assert again.report.trainable_params == spec.report.trainable_params
+    assert again.report.buffers == spec.report.buffers
+    assert again.report.total_macs == spec.report.total_macs
+    assert [o.shape for o in again.report.outputs] == [o.shape for o in spec.report.outputs]
+    _, error = imported_weights(result, again)
+    assert error <= RTOL
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -132,7 +150,7 @@ def test_import_writes_a_spec_that_checks(
     assert "175,258 parameters and 1,135 buffer elements" in stdout
     assert run(capsys, "check", str(out))[0] == 0
     code, stdout, _ = run(capsys, "check", f"{MODELS}:ResNet", "--input", "float[3,32,32]")
-    assert code == 0 and "total params       176,393" in stdout
+    assert code == 0 and "total params       175,258" in stdout
 
 
 def test_weights_export_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,7 +260,7 @@ def test_unsupported_op_and_control_flow_are_all_listed(
     )
     assert code == 1
     assert "2 pieces of Gated cannot be mapped" in err
-    assert "act: operator.mul: no dlspec layer kind computes it" in err
+    assert "act: operator.pow: no dlspec layer kind computes it" in err
     assert (
         "gate: Gate.forward: cannot be traced with torch.fx: symbolically traced variables "
         "cannot be used as inputs to control flow" in err

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     report = spec.report
     print(
         f"imported {imported.name} from {imported.source}: {len(spec.graph.leaves())} layers, "
-        f"{report.trainable_params:,} parameters and {report.non_trainable_params:,} buffer "
+        f"{report.trainable_params:,} parameters and {report.buffers:,} buffer "
         "elements, as torch counts them"
     )
     if args.weights is not None:
