@@ -54,6 +54,9 @@ def test_round_trip_of_every_shipped_spec(path: Path) -> None:
     assert after.total_macs == before.total_macs
     assert [o.shape for o in after.outputs] == [o.shape for o in before.outputs]
     assert after.memory.parameters_bytes == before.memory.parameters_bytes
+    if "residual" not in path.read_text():
+        # a `residual` is imported as an explicit Add, whose output the estimate counts
+        assert after.memory == before.memory
     _, error = imported_weights(result, again)
     assert error <= RTOL
 
