@@ -166,8 +166,8 @@ class _Writer:
         for name, dtype, shape in model.inputs:
             lines.append(f"{INDENT}input {name}: {dtype}[{', '.join(map(str, shape))}]")
         lines += self._statements(model.body, None, expects=True)
-        if model.outputs:
-            lines.append(f"{INDENT}output {', '.join(model.outputs)}")
+        if model.body.outputs:
+            lines.append(f"{INDENT}output {', '.join(model.body.outputs)}")
         totals = [f"params == {_int(model.params)}"]
         if model.buffers:
             totals.append(f"buffers == {_int(model.buffers)}")

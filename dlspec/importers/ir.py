@@ -22,11 +22,15 @@ class LayerCall:
 
 @dataclass
 class Body:
-    """A traced module: its class name, its module path and its statements in order."""
+    """A traced module: its class name, its module path and its statements in order; for the
+    model's own body also its input names and the outputs, when they are not simply the last
+    statement."""
 
     cls: str
     path: str
     statements: list[Statement] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -53,14 +57,12 @@ class Statement:
 @dataclass
 class Imported:
     """A captured model: its name, inputs (name, dtype, dims; a dim may be a symbol), symbols
-    with their default values, the root body, the outputs when they are not simply the last
-    statement, and the totals torch reported."""
+    with their default values, the root body, and the totals torch reported."""
 
     name: str
     inputs: list[tuple[str, str, tuple[int | str, ...]]]
     symbols: dict[str, int]
     body: Body
-    outputs: list[str]
     params: int
     buffers: int
     source: str  # where it came from, for the header comment

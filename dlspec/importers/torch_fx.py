@@ -269,10 +269,8 @@ class _Capture:
                 f"{count} piece{'s' * (count != 1)} of {name} cannot be mapped to dlspec",
                 self.unmapped,
             )
-        outputs = getattr(body, "outputs", [])
-        placeholders = [n for n, _ in getattr(body, "input_names", [])]
-        specs = [(n, spec.dtype, spec.dims) for n, spec in zip(placeholders, inputs, strict=False)]
-        return Imported(name, specs, dict(symbols), body, outputs, 0, 0, "")
+        specs = [(n, spec.dtype, spec.dims) for n, spec in zip(body.inputs, inputs, strict=False)]
+        return Imported(name, specs, dict(symbols), body, 0, 0, "")
 
     def body(
         self, module: nn.Module, path: str, inputs: list[Any], root: bool = False
@@ -382,7 +380,7 @@ class _Scope:
         assert output is not None
         self._outputs(output.args[0])
         self._prune()
-        self.body.input_names = inputs  # type: ignore[attr-defined]
+        self.body.inputs = [name for name, _ in inputs]
         return self.body
 
     def _prune(self) -> None:
@@ -390,9 +388,7 @@ class _Scope:
         stands for): a statement is read by name, by the next one (no sources), or as an
         output; the last statement is the block's output."""
         statements = self.body.statements
-        keep = set(getattr(self.body, "outputs", [])) | (
-            {statements[-1].name} if statements else set()
-        )
+        keep = set(self.body.outputs) | ({statements[-1].name} if statements else set())
         for i in reversed(range(len(statements))):
             st = statements[i]
             if st.name not in keep:
@@ -419,9 +415,9 @@ class _Scope:
         nodes = _nodes(value)
         if self.root:
             if len(nodes) == 1 and nodes[0] is self.previous and self.body.statements:
-                self.body.outputs = []  # type: ignore[attr-defined]
+                self.body.outputs = []
             else:
-                self.body.outputs = [self.names.get(n, n.name) for n in nodes]  # type: ignore[attr-defined]
+                self.body.outputs = [self.names.get(n, n.name) for n in nodes]
             return
         if len(nodes) != 1 or not isinstance(value, fx.Node):
             self.capture.unmapped.append(
