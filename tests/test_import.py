@@ -325,3 +325,23 @@ def test_onnx_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     code, _, err = run(capsys, "import", str(tmp_path / "missing.onnx"), "--out", str(out))
     assert code == 2 and "no such file" in err
     assert not out.exists()
+
+
+def test_two_inputs_and_two_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "two_headed.py").write_text(
+        "import torch\n"
+        "from torch import nn\n\n\n"
+        "class TwoHeaded(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b, self.c = nn.Linear(8, 4), nn.Linear(4, 2), nn.Linear(6, 3)\n\n"
+        "    def forward(self, x, y):\n"
+        "        return self.b(torch.relu(self.a(x))), self.c(y)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("two_headed:TwoHeaded", ["float[8]", "float[6]"])
+    assert "c = Linear(3) <- y" in result.text and "output b, c" in result.text
+    spec = dlspec.load_text(result.text, "two.dl")
+    assert [o.shape for o in spec.report.outputs] == [[2], [3]]
+    _, error = imported_weights(result, spec)
+    assert error <= RTOL
