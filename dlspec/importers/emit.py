@@ -149,6 +149,8 @@ class _Writer:
                 names += [p for p, _ in use.block.params]
                 count = len(st.copies) or 1
                 structure.append((st.name, use.block.name, count, tuple(st.sources)))
+        if len(body.inputs) > 1:
+            structure.append(tuple(body.inputs))
         return tuple(structure), values, names
 
     # text -----------------------------------------------------------------------------------
@@ -158,7 +160,10 @@ class _Writer:
         lines = [f"# Imported by dlspec from {model.source}.", ""]
         for block, body in self.blocks:
             params = ", ".join(f"{p}: {t}" for p, t in block.params)
-            lines.append(f"block {block.name}({params}) {{" if params else f"block {block.name} {{")
+            head = f"block {block.name}({params})" if params else f"block {block.name}"
+            if len(body.inputs) > 1:
+                head += " <- " + ", ".join(body.inputs)
+            lines.append(head + " {")
             lines += self._statements(body, block.columns, expects=False)
             lines += ["}", ""]
         dims = ", ".join(f"{s}: dim = {v}" for s, v in model.symbols.items())

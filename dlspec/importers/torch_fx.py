@@ -341,24 +341,18 @@ class _Scope:
         return unique
 
     def run(self) -> Body | None:
-        inputs = []
-        for node in self.graph.nodes:
-            if node.op == "placeholder" and _tensor(self.env.get(node)):
-                name = str(node.target).lstrip("*") if self.root else "input"
-                self.names[node] = name
-                self.taken.add(name)
-                inputs.append((name, node))
-                self.previous = node
-        if not self.root and len(inputs) != 1:
-            self.capture.unmapped.append(
-                Unmapped(
-                    self.path,
-                    f"{self.body.cls}.forward",
-                    f"takes {len(inputs)} tensors; a block takes one (multi-input blocks "
-                    "are pending in the language)",
-                )
-            )
-            return None
+        placeholders = [
+            n for n in self.graph.nodes if n.op == "placeholder" and _tensor(self.env.get(n))
+        ]
+        for node in placeholders:
+            # a block of one input reads it as `input`; one of several names them
+            single = not self.root and len(placeholders) == 1
+            name = "input" if single else self._name(str(node.target))
+            self.names[node] = name
+            self.taken.add(name)
+            self.body.inputs.append(name)
+        # a statement without `<-` reads the model's last input, or a block's first
+        self.previous = placeholders[-1 if self.root else 0] if placeholders else None
         output: fx.Node | None = None
         for node in self.graph.nodes:
             # sizes do not count: `torch.arange(x.size(1))` is computed from constants
@@ -380,7 +374,6 @@ class _Scope:
         assert output is not None
         self._outputs(output.args[0])
         self._prune()
-        self.body.inputs = [name for name, _ in inputs]
         return self.body
 
     def _prune(self) -> None:
@@ -600,11 +593,11 @@ class _Scope:
     def _block(
         self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
     ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
-        if node.kwargs or len(data) != 1:
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and _tensor(self.env.get(a))]
+        if node.kwargs or len(tensors) != len(data) or not data:
             return (
-                f"a {type(sub).__name__} called with {len(data)} tensors"
-                + (" and keyword arguments" if node.kwargs else "")
-                + "; a block takes one input (multi-input blocks are pending in the language)"
+                f"a {type(sub).__name__} called with keyword arguments, the same tensor twice or "
+                "no tensor; a block takes its tensors once each, by position"
             )
         fresh = sum(p.numel() for p in sub.parameters() if id(p) not in self.capture.seen)
         inputs = [_copy(self.env[a]) if isinstance(a, fx.Node) else a for a in node.args]
