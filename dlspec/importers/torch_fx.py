@@ -567,10 +567,11 @@ class _Scope:
         original: nn.Module | None,
         data: list[fx.Node],
         name: str | None = None,
+        same_config: bool = True,
     ) -> tuple[Statement, fx.Node] | str:
         """The statement of the candidate that reproduces ``node`` (and the node it ends at),
         named ``name`` (default: the node's name)."""
-        matched = self._match(node, layers, original, data)
+        matched = self._match(node, layers, original, data, same_config)
         if isinstance(matched, str):
             return matched
         layer, end = matched
@@ -683,14 +684,12 @@ class _Scope:
                 layers.append(kind.model_validate(hook(module)))
             except Exception:  # the hook does not fit this module: not a candidate
                 continue
-        matched = self._match(node, layers, module, live, same_config=False)
-        if isinstance(matched, str):
+        # the kind's module is not the torch module (an Embedding): compare what they hold
+        made = self._layer_statement(node, layers, module, live, table[0].name, same_config=False)
+        if isinstance(made, str):
             return None
-        layer, end = matched
-        st = Statement(self._name(table[0].name), LayerCall(layer.kind, kinds.arguments(layer)))
-        st.origin = self._origin(str(table[0].target))
-        st.state = list(module.state_dict())
-        self._count(st, module, end)
+        st, end = made
+        st.origin, st.state = self._origin(str(table[0].target)), list(module.state_dict())
         return [st], end, live
 
     def _unroll(
