@@ -7,6 +7,10 @@ defaults, ranges), plus the rules the rest of dlspec needs:
   and MACs per sample, from the input types. Static: it never touches tensor code.
 * :meth:`Layer.torch` - the torch module the layer becomes and how ``forward`` calls it.
 * :meth:`Layer.label` - the short text diagrams and tables show.
+* for ``dlspec import``, the way back: a torch module of a class named like the kind (or in
+  its ``torch_names``) is read as the kind, its arguments taken from the module's attributes
+  of the same names, or by an optional classmethod ``torch_arguments(module) -> dict`` where
+  torch keeps them otherwise (a stack's layers, dims counted with the batch).
 
 Adding a layer kind is one class decorated with :func:`register` (and its oracle test); the
 grammar, the analyzer and the backends find it through :data:`REGISTRY` and never branch on a
