@@ -25,6 +25,7 @@ COMMANDS = {
     "sample": "dlspec.commands.sample",
     "fmt": "dlspec.commands.fmt",
     "lsp": "dlspec.commands.lsp",
+    "import": "dlspec.commands.import_",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2

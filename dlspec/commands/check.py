@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from dlspec.analysis.check import Checked, check_file, check_text
 from dlspec.analysis.graph import describe
 from dlspec.analysis.render import render_table
 from dlspec.commands.common import (
+    add_input_argument,
     add_spec_arguments,
     exit_code,
     limits_of,
@@ -46,10 +48,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="with --watch: how often to look at the files (default 0.5)",
     )
+    add_input_argument(
+        parser,
+        "for MODULE:CALLABLE in place of a spec (--set then sets the constructor's arguments): ",
+    )
 
 
-def _check(path: str, args: argparse.Namespace) -> Checked:
+def _imported(args: argparse.Namespace, target: str) -> Checked | int:
+    """Import ``MODULE:CALLABLE`` in memory (as `dlspec import` does) and check the spec."""
+    from dlspec.commands import import_
+
+    result = import_.capture(args, target)
+    if isinstance(result, int):
+        return result
+    return check_text(result.text, target, batch=args.batch)
+
+
+def _check(path: str, args: argparse.Namespace) -> Checked | int:
     overrides, batch, model = dict(args.overrides), args.batch, args.model
+    if ":" in path and not Path(path).exists():
+        return _imported(args, path)
     if path == "-":
         return check_text(sys.stdin.read(), "<stdin>", overrides, batch, model, limits_of(args))
     return check_file(path, overrides, batch, model, limits_of(args))
@@ -58,7 +76,12 @@ def _check(path: str, args: argparse.Namespace) -> Checked:
 def check_all(args: argparse.Namespace) -> int:
     """Check every spec named; print the tables or JSON and the diagnostics. The exit code
     is the worst of the specs'."""
-    results = [_check(path, args) for path in args.specs]
+    results = []
+    for path in args.specs:
+        checked = _check(path, args)
+        if isinstance(checked, int):
+            return checked  # an import that failed (said why)
+        results.append(checked)
     if args.format == "json":
         reports = [r.report.model_dump(mode="json") for r in results]
         print(

@@ -77,11 +77,8 @@ def use_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
-    if several:
-        parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files; - reads stdin")
-    else:
-        parser.add_argument("spec", help="the spec file (.dl)")
+def add_set_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--set NAME=VALUE`` (repeatable) into ``args.overrides``; ``what`` it sets."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -89,8 +86,29 @@ def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -
         type=set_pair,
         action="append",
         default=[],
-        help="override a model parameter, e.g. --set num_classes=43 (repeatable)",
+        help=f"{what}, e.g. --set num_classes=43 (repeatable)",
     )
+
+
+def add_input_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """``--input TYPE`` (repeatable) into ``args.inputs``, for importing ``MODULE:CALLABLE``."""
+    parser.add_argument(
+        "--input",
+        dest="inputs",
+        metavar="TYPE",
+        action="append",
+        default=[],
+        help=f"{what}the per-sample type of an input, e.g. float[3, 224, 224] or long[T] "
+        "(repeatable)",
+    )
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files; - reads stdin")
+    else:
+        parser.add_argument("spec", help="the spec file (.dl)")
+    add_set_argument(parser, "override a model parameter")
     parser.add_argument("--model", help="which model, when the spec defines several")
     limits = parser.add_argument_group("limits")
     limits.add_argument(

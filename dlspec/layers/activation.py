@@ -3,7 +3,7 @@ learned slopes (counted once per sample, as torchinfo does)."""
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -16,6 +16,7 @@ from dlspec.layers.base import (
     axis,
     expect_float,
     register,
+    sample_dim,
     torch_dim,
 )
 
@@ -155,6 +156,11 @@ class _SoftmaxLike(_Elementwise):
     probabilities = True
     positional = ("dim",)
     dim: int = -1
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """The torch module's ``dim``, per sample (for importing a torch model)."""
+        return {} if module.dim is None else {"dim": sample_dim(module.dim)}
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         axis(self.dim, inputs[0])

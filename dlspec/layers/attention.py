@@ -208,6 +208,28 @@ class _TransformerBase(Layer):
     bias: bool = True
     causal: bool = False
 
+    @staticmethod
+    def layer_arguments(layer: Any) -> dict[str, Any]:
+        """The options of a torch ``nn.Transformer{Encoder,Decoder}Layer``, as this kind's
+        arguments (for importing a torch model)."""
+        activation = layer.activation
+        name = getattr(activation, "__name__", type(activation).__name__).lower()
+        return {
+            "d_model": layer.self_attn.embed_dim,
+            "nhead": layer.self_attn.num_heads,
+            "dim_feedforward": layer.linear1.out_features,
+            "dropout": layer.dropout.p,
+            "activation": name,
+            "layer_norm_eps": layer.norm1.eps,
+            "norm_first": layer.norm_first,
+            "bias": layer.linear1.bias is not None,
+        }
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """This kind's arguments read from the torch module it stands for."""
+        return cls.layer_arguments(module)
+
     def _width(self, inputs: list[TensorType]) -> int:
         """``d_model``, after checking that every input is a ``[*, d_model]`` sequence."""
         for x in inputs:
@@ -387,6 +409,13 @@ class _TransformerStack(_TransformerBase):
     def copies(self) -> int:
         return self.num_layers
 
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        return cls.layer_arguments(module.layers[0]) | {
+            "num_layers": len(module.layers),
+            "final_norm": module.norm is not None,
+        }
+
     def infer(self, inputs: list[TensorType]) -> Inferred:
         self._width(inputs)
         norm = inputs[0] if self.final_norm else None
@@ -471,6 +500,13 @@ class Transformer(_TransformerBase):
     def copies(self) -> int:
         return self.num_encoder_layers + self.num_decoder_layers
 
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        return cls.layer_arguments(module.encoder.layers[0]) | {
+            "num_encoder_layers": len(module.encoder.layers),
+            "num_decoder_layers": len(module.decoder.layers),
+        }
+
     def infer(self, inputs: list[TensorType]) -> Inferred:
         self._width(inputs)
         src, tgt = inputs
@@ -530,6 +566,7 @@ class SDPA(Layer):
     values; torchinfo counts 0 (no weights)."""
 
     kind = "SDPA"
+    torch_names = ("ScaledDotProductAttention",)
     family = "attention"
     torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
     positional = ("num_heads", "num_kv_heads")
@@ -621,6 +658,7 @@ class RoPE(Layer):
     buffers (the angles are computed from T); MACs 0 (no weights, as torchinfo)."""
 
     kind = "RoPE"
+    torch_names = ("RotaryEmbedding",)
     family = "embedding"
     positional = ("num_heads",)
 

@@ -7,6 +7,10 @@ defaults, ranges), plus the rules the rest of dlspec needs:
   and MACs per sample, from the input types. Static: it never touches tensor code.
 * :meth:`Layer.torch` - the torch module the layer becomes and how ``forward`` calls it.
 * :meth:`Layer.label` - the short text diagrams and tables show.
+* for ``dlspec import``, the way back: a torch module of a class named like the kind (or in
+  its ``torch_names``) is read as the kind, its arguments taken from the module's attributes
+  of the same names, or by an optional classmethod ``torch_arguments(module) -> dict`` where
+  torch keeps them otherwise (a stack's layers, dims counted with the batch).
 
 Adding a layer kind is one class decorated with :func:`register` (and its oracle test); the
 grammar, the analyzer and the backends find it through :data:`REGISTRY` and never branch on a
@@ -125,6 +129,9 @@ class Layer(BaseModel):
     arity: ClassVar[tuple[int, int]] = (1, 1)  # (min, max) number of input tensors
     probabilities: ClassVar[bool] = False  # output is a (log-)probability distribution
     references: ClassVar[tuple[str, ...]] = ()  # arguments naming statements (tie=tok_emb)
+    # the torch module classes the kind becomes, where not named like the kind (an importer
+    # reads a module of such a class as this kind)
+    torch_names: ClassVar[tuple[str, ...]] = ()
     # how the MAC count compares with torchinfo's total_mult_adds (the layer reference shows
     # it; the oracle tests check "same" against torchinfo)
     torchinfo_macs: ClassVar[str] = "same"
@@ -201,6 +208,12 @@ def torch_dim(dim: int) -> int:
     """A per-sample ``dim`` as torch counts it, the batch being 0: negative dims are the same
     in both conventions (and read better in generated code), the others shift by one."""
     return dim if dim < 0 else dim + 1
+
+
+def sample_dim(dim: int) -> int:
+    """A torch ``dim`` (the batch being 0) as dlspec counts it, per sample: the inverse of
+    :func:`torch_dim`."""
+    return dim if dim < 0 else dim - 1
 
 
 def expect_float(x: TensorType, kind: str) -> None:

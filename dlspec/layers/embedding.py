@@ -7,7 +7,7 @@ lookup, and an element-wise add like a residual connection's).
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
@@ -86,6 +86,12 @@ class _PositionalEncoding(Layer):
     helper: ClassVar[str]  # the nn.Module source, defining a class named like the kind
 
     max_len: Pos
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """``max_len`` from the torch module's one table (for importing a torch model)."""
+        (table,) = module.state_dict().values()
+        return {"max_len": int(table.shape[0])}
 
     def _table(self, x: TensorType) -> Shape:
         """The table's shape, ``(max_len, D)``, after checking the input."""
@@ -191,11 +197,17 @@ class Parameter(Layer):
     N(0, 0.02^2). MACs 0 (nothing is multiplied; torchinfo counts its elements once)."""
 
     kind = "Parameter"
+    torch_names = ("LearnedTensor",)
     family = "embedding"
     torchinfo_macs = "0, nothing multiplied (torchinfo: its elements per sample)"
     variadic = "shape"
 
     shape: tuple[Pos, ...] = Field(min_length=1)
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """The shape of the torch module's tensor (for importing a torch model)."""
+        return {"shape": tuple(module.weight.shape)}
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         return Inferred(TensorType(self.shape), weights={"weight": self.shape})

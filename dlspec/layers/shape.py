@@ -6,7 +6,7 @@ batch; negative dims count from the end)."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,7 @@ from dlspec.layers.base import (
     expect_float,
     expect_rank,
     register,
+    sample_dim,
     torch_dim,
 )
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
@@ -46,6 +47,11 @@ class Flatten(Layer):
 
     start_dim: int = 0
     end_dim: int = -1
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """The dims of a torch ``nn.Flatten``, per sample (for importing a torch model)."""
+        return {"start_dim": sample_dim(module.start_dim), "end_dim": sample_dim(module.end_dim)}
 
     def _range(self, x: TensorType) -> tuple[int, int]:
         if not x.shape:

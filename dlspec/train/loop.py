@@ -733,7 +733,8 @@ class Trainer:
             )
         try:
             self.model.load_state_dict(checkpoint.model)
-            self.optimizer.load_state_dict(checkpoint.optimizer)
+            if checkpoint.optimizer:  # empty for imported weights: the optimiser starts afresh
+                self.optimizer.load_state_dict(checkpoint.optimizer)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise TrainError(
                 f"{self.checkpoint_path}: the checkpoint does not fit this model or optimiser "
@@ -741,8 +742,9 @@ class Trainer:
             ) from None
         self.epoch = checkpoint.epoch
         self.history = list(checkpoint.history)
-        torch.set_rng_state(checkpoint.rng["torch"])
-        self.generator.set_state(checkpoint.rng["generator"])
+        if "torch" in checkpoint.rng:  # imported weights carry no random state
+            torch.set_rng_state(checkpoint.rng["torch"])
+            self.generator.set_state(checkpoint.rng["generator"])
         if "cuda" in checkpoint.rng and self.device.type == "cuda":
             states = list(checkpoint.rng["cuda"])
             if len(states) == torch.cuda.device_count():

@@ -1,0 +1,120 @@
+"""Import a PyTorch model or an ONNX file as a spec (with its weights, if asked).
+
+dlspec import MODULE:CALLABLE --input TYPE [--input TYPE ...] [--set NAME=VALUE ...] --out FILE
+dlspec import MODEL.onnx --out FILE
+builds the model (a class or factory, called with the --set values as keyword arguments),
+traces it on example inputs of the given per-sample types (batch excluded; symbolic sizes as
+names: long[T], or long[T=128] with the length to trace at), maps every module and operation
+to dlspec's layer kinds, recovers blocks from repeated module classes, and writes a spec whose
+`expect` lines record the counts torch reported. The spec is checked before it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from dlspec.commands.common import add_input_argument, add_set_argument
+
+EPILOG = """\
+--weights CHECKPOINT also writes the model's weights as a dlspec checkpoint (state_dict names
+mapped to the spec's layers), for `dlspec export --weights`, `dlspec build --resume` (copy it
+to DIR/checkpoint.pt) and the API; it is written only when the spec's module, holding them,
+reproduces the original's outputs (|y - r| <= 1e-5 * (|r| + max|r|)).
+
+exit codes: 0 written, 1 the model cannot be imported (every unmapped piece is listed, with
+its module path and operation; nothing is written), 2 usage (bad target, --input or --out)."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "target", help="MODULE:CALLABLE (an nn.Module class or factory) or FILE.onnx"
+    )
+    add_input_argument(parser)
+    add_set_argument(parser, "a keyword argument of the constructor")
+    parser.add_argument("--out", type=Path, required=True, help="the spec to write (.dl)")
+    parser.add_argument("--weights", type=Path, metavar="CHECKPOINT", help="also write the weights")
+
+
+def settings(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    from dlspec.analysis.infer import parse_override
+
+    return {key: parse_override(value) for key, value in pairs}
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"dlspec import: {message}", file=sys.stderr)
+    return code
+
+
+def capture(args: argparse.Namespace, target: str) -> Any:
+    """The import of ``target``, or the exit code after printing why there is none."""
+    from dlspec.importers.ir import ImportFailed
+    from dlspec.importers.pipeline import import_model
+
+    try:
+        return import_model(target, args.inputs, settings(args.overrides))
+    except ValueError as exc:
+        return fail(str(exc), 2)
+    except ImportFailed as exc:
+        print(f"dlspec import: {exc.message}", file=sys.stderr)
+        for piece in exc.unmapped:
+            print(f"  {piece}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    for path, what in ((args.out, "--out"), (args.weights, "--weights")):
+        if path is not None and (path.is_dir() or not path.parent.is_dir()):
+            return fail(f"{what} {path}: name a file in an existing directory", 2)
+    result = capture(args, args.target)
+    if isinstance(result, int):
+        return result
+
+    from dlspec.api import SpecError, load_text
+    from dlspec.files import write_atomic
+
+    try:
+        spec = load_text(result.text, str(args.out))
+    except SpecError as exc:  # the importer wrote what dlspec does not accept: show it all
+        return fail(f"the imported spec does not check:\n{exc}\n{result.text}")
+    imported = result.imported
+    report = spec.report
+    print(
+        f"imported {imported.name} from {imported.source}: {len(spec.graph.leaves())} layers, "
+        f"{report.trainable_params:,} parameters and {report.buffers:,} buffer "
+        "elements, as torch counts them"
+    )
+    if args.weights is not None:
+        from dlspec.importers.ir import ImportFailed
+        from dlspec.importers.pipeline import RTOL, imported_weights
+        from dlspec.train.checkpoint import Checkpoint, save_checkpoint, spec_hash
+
+        try:
+            state, error = imported_weights(result, spec)
+        except ImportFailed as exc:
+            return fail(exc.message)
+        if error > RTOL:
+            return fail(
+                f"the imported model's outputs differ from the original's ({error:.1e} > {RTOL:g})"
+            )
+        print(f"weights: outputs match the original's (max relative error {error:.1e}, ", end="")
+        print(f"tolerance {RTOL:g})")
+        checkpoint = Checkpoint(
+            spec_hash(spec.source_text, spec.graph.arguments),
+            epoch=0,
+            model=state,
+            optimizer={},
+            history=[],
+            rng={},
+            info={"imported_from": imported.source},
+        )
+        save_checkpoint(args.weights, checkpoint)
+    write_atomic(args.out, result.text.encode("utf-8"))
+    written = [str(args.out)] + ([str(args.weights)] if args.weights is not None else [])
+    print(f"wrote {', '.join(written)}")
+    return 0

@@ -1,0 +1,750 @@
+"""Capture a PyTorch model with torch.fx and map what it does to dlspec layers.
+
+Each module is traced on its own (:class:`_Tracer` keeps every submodule call as one node), so
+the module hierarchy survives: a submodule whose class is a layer kind becomes a statement, any
+other submodule a :class:`~dlspec.importers.ir.Body` of its own (a future block), and an
+``nn.Sequential`` is unrolled into its parent. Every node is run on example inputs, and a
+statement is only accepted when the module dlspec would generate for it, holding the
+original's weights, computes what the original computed (:func:`kinds.verify`). What cannot
+be mapped is collected, never the first problem only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import keyword
+import operator
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from dlspec.analysis.names import RESERVED
+from dlspec.importers import kinds
+from dlspec.importers.ir import Body, Imported, ImportFailed, LayerCall, Statement, Unmapped
+from dlspec.layers import REGISTRY, Layer
+from dlspec.layers.base import sample_dim
+
+DEFAULT_DIM = 16  # the example length of a symbolic dimension without a value
+EXAMPLE_BATCH = 2
+HEAD_RESHAPES = ("transpose", "view", "reshape", "contiguous")  # methods around attention heads
+NOT_NAMES = frozenset({"self", "torch", "nn", "F", "input"})  # names a statement may not take
+
+_INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
+_DIM = re.compile(r"^(?:(\d+)|([A-Za-z_]\w*)(?:\s*=\s*(\d+))?)$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A per-sample input type from the command line: ``float[3, 224, 224]``, ``long[T]``."""
+
+    dtype: str
+    dims: tuple[int | str, ...]
+
+
+def parse_input(text: str, symbols: dict[str, int]) -> InputSpec:
+    """Parse ``DTYPE[d, ...]``, where a dimension is a number, a symbol (``T``) or a symbol
+    with its example value (``T=128``); symbols are added to ``symbols``. Raises ValueError."""
+    match = _INPUT.match(text)
+    if match is None:
+        raise ValueError(f"--input {text!r}: expected a type such as float[3, 224, 224] or long[T]")
+    dtype = "long" if match.group(1) in ("long", "int") else "float"
+    dims: list[int | str] = []
+    for part in filter(None, (p.strip() for p in match.group(2).split(","))):
+        dim = _DIM.match(part)
+        if dim is None or (dim.group(1) is not None and int(dim.group(1)) < 1):
+            raise ValueError(
+                f"--input {text!r}: {part!r} is not a dimension (a number >= 1, a name such "
+                "as T, or T=128)"
+            )
+        if dim.group(1) is not None:
+            dims.append(int(dim.group(1)))
+            continue
+        name, value = dim.group(2), dim.group(3)
+        if name in RESERVED or keyword.iskeyword(name):
+            raise ValueError(f"--input {text!r}: {name!r} cannot name a dimension")
+        if value is not None:
+            symbols[name] = int(value)
+        symbols.setdefault(name, DEFAULT_DIM)
+        dims.append(name)
+    if not dims and match.group(2).strip():
+        raise ValueError(f"--input {text!r}: no dimensions")
+    return InputSpec(dtype, tuple(dims))
+
+
+def load_model(target: str, settings: dict[str, Any]) -> nn.Module:
+    """Build the model ``MODULE:CALLABLE`` names (a class or a factory), called with
+    ``settings`` as keyword arguments. A target that names nothing raises ValueError; a
+    constructor that raises, or returns something else than a module, raises ImportFailed."""
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"{target!r}: expected MODULE:CALLABLE, e.g. torchvision.models:resnet18")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: modules beside the user
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{target!r}: cannot import {module_name!r} ({exc})") from None
+    except Exception as exc:
+        raise ImportFailed(f"importing {module_name!r} raised {_where(exc)}") from None
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"{target!r}: {module_name!r} has no attribute {attribute!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"{target!r}: {attribute!r} is not a class or function")
+    try:
+        model = found(**settings)
+    except Exception as exc:
+        raise ImportFailed(f"{target}({_settings(settings)}) raised {_where(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise ImportFailed(f"{target} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in settings.items())
+
+
+def _where(exc: BaseException) -> str:
+    """``ValueError: bad size (at models.py:12)``: an exception and the line that raised it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {str(exc).strip() or '(no message)'}{at}"
+
+
+def capture(
+    model: nn.Module,
+    inputs: list[InputSpec],
+    symbols: dict[str, int],
+    source: str,
+) -> Imported:
+    """Trace ``model`` on example inputs of the given types and map it; raises ImportFailed
+    listing every piece that has no dlspec equivalent. Dimensions of an output shape that
+    follow a symbolic input dimension are written as its name (found by a second run with
+    other lengths)."""
+    model.eval()
+    first = _Capture(model).root(inputs, symbols)
+    if symbols:
+        # shorter, not longer: a length may be at its maximum (a positional table's)
+        other = {
+            s: v - i - 1 if v > i + 1 else v + i + 1 for i, (s, v) in enumerate(symbols.items())
+        }
+        second = _Capture(model).root(inputs, other)
+        _symbolic_shapes(first.body, second.body, symbols, other)
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    first.params, first.buffers, first.source = params, buffers, source
+    return first
+
+
+def _symbolic_shapes(a: Body, b: Body, values: dict[str, int], others: dict[str, int]) -> None:
+    """Where the two runs' shapes differ, name the symbol (or drop the shape)."""
+    names: dict[tuple[int | str, int | str], str] = {(values[s], others[s]): s for s in values}
+    for x, y in zip(a.statements, b.statements, strict=True):
+        if x.shape is not None and y.shape is not None:
+            dims: list[int | str] = []
+            for d1, d2 in zip(x.shape, y.shape, strict=True):
+                if d1 == d2:
+                    dims.append(d1)
+                elif (d1, d2) in names:
+                    dims.append(names[(d1, d2)])
+                else:
+                    x.shape = None
+                    break
+            else:
+                x.shape = tuple(dims)
+        if isinstance(x.op, Body) and isinstance(y.op, Body):
+            _symbolic_shapes(x.op, y.op, values, others)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a traced forward and keeps a copy of every node's value (a later in-place
+    operation, such as ``nn.ReLU(inplace=True)``, must not change what a node computed)."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.values[n] = _copy(result)
+        return result
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    return value
+
+
+class _Tracer(fx.Tracer):
+    """Keeps every submodule call as one ``call_module`` node: one level at a time."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def example(spec: InputSpec, symbols: dict[str, int]) -> torch.Tensor:
+    """A batch of example inputs of the type (the same one every time: seeded)."""
+    shape = [EXAMPLE_BATCH, *(symbols[d] if isinstance(d, str) else d for d in spec.dims)]
+    generator = torch.Generator().manual_seed(0)
+    if spec.dtype == "long":
+        return torch.randint(0, 2, shape, generator=generator)  # valid for any vocabulary
+    return torch.randn(shape, generator=generator)
+
+
+def _tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, (tuple, list)) and any(_tensor(v) for v in value)
+
+
+def _describe(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target}"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    if node.op == "get_attr":
+        return f"attribute {node.target}"
+    target = node.target
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    module = {"torch._C._nn": "torch.nn.functional", "_operator": "operator"}.get(module, module)
+    return f"{module}.{name}" if module else name
+
+
+def _source(node: fx.Node) -> str:
+    """``[1]``, ``[:, -1]``, ``.flatten(1)``: an indexing or method node as Python writes it."""
+    if node.op == "call_method":
+        return f".{node.target}({', '.join(map(_index, node.args[1:]))})"
+    index = node.args[1]
+    return f"[{', '.join(map(_index, index)) if isinstance(index, tuple) else _index(index)}]"
+
+
+def _index(value: Any) -> str:
+    if isinstance(value, slice):
+        start = "" if value.start is None else str(value.start)
+        stop = "" if value.stop is None else str(value.stop)
+        return f"{start}:{stop}"
+    return repr(value)
+
+
+def _nodes(value: Any) -> list[fx.Node]:
+    if isinstance(value, fx.Node):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [n for v in value for n in _nodes(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _nodes(v)]
+    return []
+
+
+class _Capture:
+    """One capture of a model: the pieces that did not map, and which parameters have been
+    counted (each once, as ``model.parameters()`` counts them)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.unmapped: list[Unmapped] = []
+        self.seen: set[int] = set()  # parameter ids counted already
+        self.owners: dict[int, tuple[int, str]] = {}  # parameter id -> (body id, statement)
+        self.called: set[int] = set()  # modules mapped already
+
+    def root(self, inputs: list[InputSpec], symbols: dict[str, int]) -> Imported:
+        examples = [example(spec, symbols) for spec in inputs]
+        name = _class_name(type(self.model).__name__)
+        body = self.body(self.model, "", examples, root=True)
+        if body is None or self.unmapped:
+            count = len(self.unmapped)
+            raise ImportFailed(
+                f"{count} piece{'s' * (count != 1)} of {name} cannot be mapped to dlspec",
+                self.unmapped,
+            )
+        specs = [(n, spec.dtype, spec.dims) for n, spec in zip(body.inputs, inputs, strict=False)]
+        return Imported(name, specs, dict(symbols), body, 0, 0, "")
+
+    def body(
+        self, module: nn.Module, path: str, inputs: list[Any], root: bool = False
+    ) -> Body | None:
+        """Trace ``module`` (at ``path``) and map its forward, run on ``inputs``."""
+        cls = type(module).__name__
+        try:
+            graph = _Tracer().trace(module)
+            traced = fx.GraphModule(module, graph)
+            graph.eliminate_dead_code()  # e.g. the unused half of `_, (h, c) = self.lstm(x)`
+            interpreter = _Recorder(traced)
+            with torch.no_grad():
+                interpreter.run(*_copy(inputs))
+        except Exception as exc:  # torch.fx raises many kinds, all of which mean "not traceable"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.unmapped.append(
+                Unmapped(path, f"{cls}.forward", f"cannot be traced with torch.fx: {reason}")
+            )
+            return None
+        return _Scope(self, module, path, graph, interpreter.values, root).run()
+
+
+def _class_name(name: str) -> str:
+    name = re.sub(r"\W", "_", name)
+    return name if name[:1].isalpha() else f"Model{name}"
+
+
+class _Scope:
+    """Maps one traced forward to a Body."""
+
+    def __init__(
+        self,
+        capture: _Capture,
+        module: nn.Module,
+        path: str,
+        graph: fx.Graph,
+        env: dict[fx.Node, Any],
+        root: bool,
+    ) -> None:
+        self.capture = capture
+        self.module = module
+        self.path = path
+        self.graph = graph
+        self.env = env
+        self.root = root
+        self.body = Body(type(module).__name__, path)
+        self.names: dict[fx.Node, str] = {}
+        self.taken: set[str] = set()
+        self.previous: fx.Node | None = None
+        self.covered: set[fx.Node] = set()
+        self.data: set[fx.Node] = set()  # nodes statements read as their inputs
+        self.live: set[fx.Node] = set()  # nodes computed from the inputs (not from constants)
+        self.failed: dict[fx.Node, str] = {}
+
+    def _origin(self, target: str) -> str:
+        return f"{self.path}.{target}" if self.path else target
+
+    def _name(self, base: str) -> str:
+        name = re.sub(r"\W", "_", base).strip("_") or "layer"
+        if name[0].isdigit():
+            name = f"layer{name}"
+        if name in RESERVED or name in NOT_NAMES or keyword.iskeyword(name):
+            name += "_"
+        unique, i = name, 2
+        while unique in self.taken:
+            unique, i = f"{name}_{i}", i + 1
+        self.taken.add(unique)
+        return unique
+
+    def run(self) -> Body | None:
+        placeholders = [
+            n for n in self.graph.nodes if n.op == "placeholder" and _tensor(self.env.get(n))
+        ]
+        for node in placeholders:
+            # a block of one input reads it as `input`; one of several names them
+            single = not self.root and len(placeholders) == 1
+            name = "input" if single else self._name(str(node.target))
+            self.names[node] = name
+            self.taken.add(name)
+            self.body.inputs.append(name)
+        # a statement without `<-` reads the model's last input, or a block's first
+        self.previous = placeholders[-1 if self.root else 0] if placeholders else None
+        output: fx.Node | None = None
+        for node in self.graph.nodes:
+            # sizes do not count: `torch.arange(x.size(1))` is computed from constants
+            if node.op == "placeholder" or any(
+                n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes
+            ):
+                self.live.add(node)
+        for node in self.graph.nodes:
+            if node.op == "output":
+                output = node
+            elif node.op == "placeholder" or node in self.covered:
+                continue
+            elif node.op == "get_attr":
+                if _tensor(self.env.get(node)):
+                    self.failed[node] = "reads a parameter or buffer directly, outside a layer"
+            elif _tensor(self.env.get(node)):
+                self._statement(node)
+        self._report()
+        assert output is not None
+        self._outputs(output.args[0])
+        self._prune()
+        return self.body
+
+    def _prune(self) -> None:
+        """Drop statements nothing reads (the head reshapes around an attention that SDPA
+        stands for): a statement is read by name, by the next one (no sources), or as an
+        output; the last statement is the block's output."""
+        statements = self.body.statements
+        keep = set(self.body.outputs) | ({statements[-1].name} if statements else set())
+        for i in reversed(range(len(statements))):
+            st = statements[i]
+            if st.name not in keep:
+                continue
+            keep.update(st.sources)
+            if not st.sources and i > 0:
+                keep.add(statements[i - 1].name)
+        self.body.statements = [st for st in statements if st.name in keep]
+
+    def _report(self) -> None:
+        """Every failed node that something other than a layer's options reads."""
+        auxiliary: set[fx.Node] = set()
+        for node in reversed(self.graph.nodes):
+            if node in self.covered or node.op in ("placeholder", "output") or node in self.data:
+                continue
+            users = list(node.users)
+            if users and all(u in auxiliary or (u in self.covered) for u in users):
+                auxiliary.add(node)
+        for node, reason in self.failed.items():
+            if node not in auxiliary and reason:
+                self.capture.unmapped.append(Unmapped(self.path, _describe(node), reason))
+
+    def _outputs(self, value: Any) -> None:
+        nodes = _nodes(value)
+        if self.root:
+            if len(nodes) == 1 and nodes[0] is self.previous and self.body.statements:
+                self.body.outputs = []
+            else:
+                self.body.outputs = [self.names.get(n, n.name) for n in nodes]
+            return
+        if len(nodes) != 1 or not isinstance(value, fx.Node):
+            self.capture.unmapped.append(
+                Unmapped(
+                    self.path,
+                    f"{self.body.cls}.forward",
+                    "returns several values; a block returns one tensor",
+                )
+            )
+        elif nodes[0] is not self.previous or not self.body.statements:
+            st = Statement(
+                self._name("out"), LayerCall("Identity"), [self.names.get(nodes[0], "input")]
+            )
+            self.body.statements.append(st)
+
+    def _statement(self, node: fx.Node) -> None:
+        """Map one node (and the getitem/method chain it may head) to statements."""
+        if node not in self.live:
+            self.failed[node] = "computes from constants only, not from the model's inputs"
+            self.names[node] = node.name
+            return
+        result = self._module(node) if node.op == "call_module" else self._function(node)
+        if isinstance(result, str):
+            self.failed[node] = result
+            self.names[node] = node.name
+            return
+        statements, end, data = result
+        first = statements[0]
+        if not first.sources:
+            first.sources = [] if data == [self.previous] else [self.names[d] for d in data]
+        self.body.statements += statements
+        self.data.update(data)
+        self.names[end] = statements[-1].name
+        self.previous = end
+
+    def _chain(self, node: fx.Node) -> list[fx.Node]:
+        """``node`` and the indexing or method calls that only it feeds, in order."""
+        chain = [node]
+        while len(chain[-1].users) == 1:
+            user = next(iter(chain[-1].users))
+            if user.op == "call_method" or (
+                user.op == "call_function" and user.target is operator.getitem
+            ):
+                tensors = [n for n in _nodes((user.args, user.kwargs)) if _tensor(self.env.get(n))]
+                if tensors == [chain[-1]]:
+                    chain.append(user)
+                    continue
+            break
+        return chain
+
+    def _match(
+        self,
+        node: fx.Node,
+        layers: list[Layer],
+        original: nn.Module | None,
+        data: list[fx.Node],
+        same_config: bool = True,
+    ) -> tuple[Layer, fx.Node] | str:
+        """The candidate (and the end of the chain it covers) that reproduces the original."""
+        chain = self._chain(node)
+        inputs = [self.env[d] for d in data]
+        reason = "no layer kind matches"
+        best: tuple[Layer, int] | None = None
+        for layer in layers:
+            lo, hi = layer.arity
+            if not lo <= len(inputs) <= hi:
+                reason = f"{layer.kind} takes {lo} to {hi} inputs, not {len(inputs)}"
+                continue
+            out, why = kinds.verify(layer, original, inputs, same_config)
+            if out is None:
+                reason = f"as {layer.label()}: {why}"
+                continue
+            for i in reversed(range(len(chain))):
+                if kinds.same(out, self.env[chain[i]]):
+                    # equal outputs (an LSTM's h[-1] is its output's last step): keep the one
+                    # written as the original is, so the spec says what the model says
+                    written = chain[1 : i + 1]
+                    if (
+                        best is None
+                        or i > best[1]
+                        or (
+                            i == best[1]
+                            and not self._as_written(best[0], written, inputs)
+                            and self._as_written(layer, written, inputs)
+                        )
+                    ):
+                        best = (layer, i)
+                    break
+            else:
+                reason = f"as {layer.label()} it would compute something else"
+                continue
+            if best[1] == len(chain) - 1 and self._as_written(best[0], chain[1:], inputs):
+                break  # the whole chain, as written: no later candidate does better
+        if best is None:
+            return reason
+        self.covered.update(chain[: best[1] + 1])
+        return best[0], chain[best[1]]
+
+    def _as_written(self, layer: Layer, chain: list[fx.Node], inputs: list[Any]) -> bool:
+        """Whether the layer's generated forward indexes its result as ``chain`` does."""
+        return kinds.forward_expression(layer, inputs).endswith("".join(map(_source, chain)))
+
+    def _data(self, node: fx.Node) -> list[fx.Node]:
+        """The tensors a call reads as inputs (positional arguments, in order, once each)."""
+        found: list[fx.Node] = []
+        for n in _nodes(node.args):
+            if _tensor(self.env.get(n)) and n not in found:
+                found.append(n)
+        return found
+
+    def _module(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        target = str(node.target)
+        sub = self.module.get_submodule(target)
+        origin = self._origin(target)
+        data = self._data(node)
+        kind = kinds.kind_of(sub)
+        if kind is None:
+            return self._block(node, sub, origin, data)
+        if id(sub) in self.capture.called and any(True for _ in sub.parameters()):
+            return "called twice: a dlspec layer owns its weights (a Linear may share one: tie=)"
+        known = kinds.module_arguments(kind, sub)
+        shared = [name for name, p in sub.named_parameters() if id(p) in self.capture.seen]
+        if shared:
+            owner = self.capture.owners.get(id(sub.get_parameter(shared[0])))
+            if (
+                shared == ["weight"]
+                and "tie" in kind.references
+                and owner
+                and owner[0] == id(self.body)
+            ):
+                known["tie"] = owner[1]
+            else:
+                return (
+                    f"shares {', '.join(shared)} with an earlier layer; dlspec shares only a "
+                    "Linear's weight (tie=)"
+                )
+        layers, problem = kinds.candidates(kind, known)
+        if not layers:
+            return f"{kind.kind} refuses its arguments: {problem}"
+        made = self._layer_statement(node, layers, sub, data)
+        if isinstance(made, str):
+            return made
+        st, end = made
+        self.capture.called.add(id(sub))
+        st.origin, st.state = origin, list(sub.state_dict())
+        for p in sub.parameters():
+            self.capture.owners.setdefault(id(p), (id(self.body), st.name))
+        return [st], end, data
+
+    def _layer_statement(
+        self,
+        node: fx.Node,
+        layers: list[Layer],
+        original: nn.Module | None,
+        data: list[fx.Node],
+        name: str | None = None,
+        same_config: bool = True,
+    ) -> tuple[Statement, fx.Node] | str:
+        """The statement of the candidate that reproduces ``node`` (and the node it ends at),
+        named ``name`` (default: the node's name)."""
+        matched = self._match(node, layers, original, data, same_config)
+        if isinstance(matched, str):
+            return matched
+        layer, end = matched
+        st = Statement(self._name(name or node.name), LayerCall(layer.kind, kinds.arguments(layer)))
+        self._count(st, original, end)
+        return st, end
+
+    def _count(self, st: Statement, module: nn.Module | None, end: fx.Node) -> None:
+        if module is not None:
+            fresh = {
+                id(p): p.numel() for p in module.parameters() if id(p) not in self.capture.seen
+            }
+            st.params = sum(fresh.values())
+            self.capture.seen.update(fresh)
+            st.buffers = sum(b.numel() for b in module.buffers())
+        value = self.env[end]
+        if isinstance(value, torch.Tensor):
+            st.shape = tuple(value.shape[1:])
+
+    def _block(
+        self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
+    ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and _tensor(self.env.get(a))]
+        if node.kwargs or len(tensors) != len(data) or not data:
+            return (
+                f"a {type(sub).__name__} called with keyword arguments, the same tensor twice or "
+                "no tensor; a block takes its tensors once each, by position"
+            )
+        fresh = sum(p.numel() for p in sub.parameters() if id(p) not in self.capture.seen)
+        inputs = [_copy(self.env[a]) if isinstance(a, fx.Node) else a for a in node.args]
+        body = self.capture.body(sub, origin, inputs)
+        if body is None:
+            return ""  # its own pieces are reported
+        if isinstance(sub, nn.Sequential):
+            return self._unroll(node, body, data)
+        st = Statement(self._name(node.name), body, origin=origin)
+        self._count(st, None, node)
+        st.params = fresh
+        st.buffers = sum(b.numel() for b in sub.buffers())
+        return [st], node, data
+
+    def _split_part(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
+        """``x.split(n, dim)[i]`` (as ``q, k, v = qkv.split(C, dim=2)``) -> ``Slice``."""
+        base = node.args[0] if node.target is operator.getitem else None
+        if not isinstance(base, fx.Node) or base.target not in ("split", torch.split):
+            return None
+        args = [self.env.get(a, a) if isinstance(a, fx.Node) else a for a in base.args[1:]]
+        source = base.args[0]
+        size = args[0] if args else base.kwargs.get("split_size_or_sections")
+        dim = args[1] if len(args) > 1 else base.kwargs.get("dim", 0)
+        index = node.args[1]
+        if not (isinstance(source, fx.Node) and isinstance(size, int) and isinstance(index, int)):
+            return None
+        if not isinstance(dim, int) or dim == 0:
+            return None
+        axis = sample_dim(dim)
+        layer = REGISTRY["Slice"].model_validate(
+            {"dim": axis, "start": index * size, "end": (index + 1) * size}
+        )
+        made = self._layer_statement(node, [layer], None, [source], f"{base.name}_{index}")
+        return None if isinstance(made, str) else ([made[0]], made[1], [source])
+
+    def _attention(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
+        """``F.scaled_dot_product_attention`` over heads split off ``(B, T, h*hd)`` tensors
+        (``q.view(B, T, h, hd).transpose(1, 2)``) -> ``SDPA`` over those tensors; the head
+        reshapes on both sides are the ones SDPA's module makes."""
+        if node.target is not F.scaled_dot_product_attention or node.kwargs.get("attn_mask"):
+            return None
+        heads = []
+        flat = []
+        for head in node.args[:3]:
+            if not isinstance(head, fx.Node):
+                return None
+            heads.append(self.env[head].shape[1])
+            arg: Any = head
+            while isinstance(arg, fx.Node) and arg.target in HEAD_RESHAPES:
+                arg = arg.args[0]
+            if not isinstance(arg, fx.Node) or self.env[arg].dim() != 3:
+                return None
+            flat.append(arg)
+        options: dict[str, Any] = {
+            "num_heads": heads[0],
+            "causal": bool(node.kwargs.get("is_causal")),
+        }
+        if heads[1] != heads[0]:
+            options["num_kv_heads"] = heads[1]
+        if node.kwargs.get("dropout_p"):
+            options["dropout"] = node.kwargs["dropout_p"]
+        sdpa = REGISTRY["SDPA"].model_validate(options)
+        made = self._layer_statement(node, [sdpa], None, flat, "sdpa")
+        return None if isinstance(made, str) else ([made[0]], made[1], flat)
+
+    def _positional(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
+        """``x + self.wpe(torch.arange(T))``: a module computed from positions alone, added to
+        the input -> a positional kind (one whose module the torch module's table fits), named
+        after that module."""
+        if node.target not in (operator.add, torch.add) or len(node.args) != 2:
+            return None
+        live = [a for a in node.args if isinstance(a, fx.Node) and a in self.live]
+        table = [a for a in node.args if isinstance(a, fx.Node) and a not in self.live]
+        if len(live) != 1 or len(table) != 1 or table[0].op != "call_module":
+            return None
+        module = self.module.get_submodule(str(table[0].target))
+        layers = []
+        for kind in REGISTRY.values():
+            hook = getattr(kind, "torch_arguments", None)
+            if hook is None or kind.arity != (1, 1) or kind.family != "embedding":
+                continue
+            try:
+                layers.append(kind.model_validate(hook(module)))
+            except Exception:  # the hook does not fit this module: not a candidate
+                continue
+        # the kind's module is not the torch module (an Embedding): compare what they hold
+        made = self._layer_statement(node, layers, module, live, table[0].name, same_config=False)
+        if isinstance(made, str):
+            return None
+        st, end = made
+        st.origin, st.state = self._origin(str(table[0].target)), list(module.state_dict())
+        return [st], end, live
+
+    def _unroll(
+        self, node: fx.Node, body: Body, data: list[fx.Node]
+    ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        """An nn.Sequential's statements, in this scope, named ``<sequential>_<child>``."""
+        renamed = {"input": self.names[data[0]]}
+        out = []
+        for st in body.statements:
+            child = st.origin.rpartition(".")[2] if st.origin else st.name
+            renamed[st.name] = self._name(f"{node.name}_{child}")
+            st.name = renamed[st.name]
+            st.sources = [renamed[s] for s in st.sources]
+            out.append(st)
+        if not out:
+            return "an empty nn.Sequential"
+        return out, node, data
+
+    def _function(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        special = self._split_part(node) or self._attention(node) or self._positional(node)
+        if special is not None:
+            return special
+        data = self._data(node)
+        fn: Any = node.target
+        if node.op == "call_method":
+            fn = getattr(torch, str(node.target), node.target)
+        args = [self.env.get(a, a) if isinstance(a, fx.Node) else a for a in node.args]
+        kwargs = {
+            k: self.env.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()
+        }
+        layers: list[Layer] = []
+        if fn in kinds.EQUIVALENT_MODULES:
+            try:
+                module = kinds.EQUIVALENT_MODULES[fn](*args, **kwargs)
+            except Exception as exc:  # the call's arguments do not fit the module: say why
+                return f"no layer equivalent ({str(exc).splitlines()[0]})"
+            kind = kinds.kind_of(module)
+            assert kind is not None
+            layers, problem = kinds.candidates(kind, kinds.module_arguments(kind, module))
+            if not layers:
+                return f"{kind.kind} refuses its arguments: {problem}"
+        else:
+            key = node.target if node.target in kinds.DIRECT else fn
+            direct = kinds.DIRECT.get(key)
+            if direct is None:
+                return "no dlspec layer kind computes it"
+            problem = "it works on the batch dimension, which dlspec keeps implicit"
+            for kind_name, kind_args in direct(args, kwargs, self.env[node]):
+                try:
+                    layers.append(REGISTRY[kind_name].model_validate(kind_args))
+                except Exception as exc:  # pydantic's ValidationError: an argument it refuses
+                    problem = str(exc).splitlines()[0]
+            if not layers:
+                return f"no layer equivalent ({problem})"
+        made = self._layer_statement(node, layers, None, data)
+        if isinstance(made, str):
+            return made
+        return [made[0]], made[1], data
