@@ -466,9 +466,10 @@ def _attempt(
     return proto, data, session
 
 
-def _brief(text: str, width: int = 90) -> str:
-    """A failure's first sentence, cut to ``width`` characters (the whole is in the result)."""
-    first = text.split(". ")[0]
+def _brief(failure: str, width: int = 90) -> str:
+    """``"<exporter>: <what failed>"`` without the library's own words after it (the whole
+    is in :attr:`ExportResult.fallback`), cut to ``width`` characters."""
+    first = ": ".join(failure.split(": ")[:2]).split(". ")[0]
     return first if len(first) <= width else first[: width - 3].rstrip() + "..."
 
 

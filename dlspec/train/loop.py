@@ -458,9 +458,11 @@ class Trainer:
         token_limit: int | None = None,
         info: Mapping[str, Any] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        progress_lines: bool = False,
     ) -> None:
         self.config = config
         self.on_epoch = on_epoch
+        self.progress_lines = progress_lines  # no bar: a line on stderr every PROGRESS_SECONDS
         self.splits = splits
         self.device = device
         self.checkpoint_path = checkpoint_path
@@ -599,11 +601,13 @@ class Trainer:
                 bar.update()
                 if self.progress and step % refresh == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-                elif not self.progress and time.monotonic() >= next_line:  # logs, CI, pipes
+                elif self.progress_lines and time.monotonic() >= next_line:  # logs, CI
                     next_line += PROGRESS_SECONDS
-                    self.log(
+                    print(
                         f"epoch {self.epoch + 1}/{self.config.epochs}: {step}/{len(batches)} "
-                        f"batches, loss {loss_sum.item() / seen:.4f}"
+                        f"batches, loss {loss_sum.item() / seen:.4f}",
+                        file=sys.stderr,
+                        flush=True,
                     )
         loss_sum, correct = self._total(loss_sum, correct)
         accuracy = correct.item() / y_all.numel() if self.objective.classifies else None
@@ -810,6 +814,7 @@ def train_model(
         checkpoint_path=checkpoint_path,
         spec_hash=spec_hash,
         progress=not options.quiet and sys.stderr.isatty(),
+        progress_lines=not options.quiet and not sys.stderr.isatty(),
         log=_quiet if options.quiet else log,
         token_limit=token_limit,
         info=info,
