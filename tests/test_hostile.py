@@ -127,9 +127,9 @@ def test_max_layers_sets_the_budget(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda b: b[: len(b) // 2], "cannot read the .npz file"),
-        (lambda b: b[:200] + b"\0" * 64 + b[264:], "cannot read the .npz file"),
-        (lambda b: b"not a zip file", "cannot read the .npz file"),
+        (lambda b: b[: len(b) // 2], "cannot read .npz file"),
+        (lambda b: b[:200] + b"\0" * 64 + b[264:], "cannot read .npz file"),
+        (lambda b: b"not a zip file", "cannot read .npz file"),
     ],
     ids=["truncated", "corrupt", "not-npz"],
 )
@@ -167,7 +167,7 @@ def test_invalid_arrays_are_refused_with_the_reason(
     ("field", "value", "message"),
     [
         ("epoch", "abc", "epoch is 'abc'"),
-        ("epoch", 7, "history holds 1 epochs"),
+        ("epoch", -1, "epoch is -1, not a whole number >= 0"),
         ("history", "x", "history is a str"),
         ("model", {"0.weight": "w"}, "is not a tensor"),
     ],
@@ -241,6 +241,22 @@ def test_diverging_training_keeps_the_last_finite_checkpoint(
     assert "training diverged" in err and "keeps epoch 1, the last finite one" in err
     hashed = spec_hash(SMALL, load(spec).graph.arguments)
     assert load_checkpoint(out / "checkpoint.pt", hashed).epoch == 1  # validated: finite
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_test_loss_that_is_not_finite_fails_the_run(
+    small: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Weights can stay finite yet so large that outputs overflow (SGD at lr 1e30 on a few
+    batches): the test loss then says the run diverged."""
+    spec, data = small
+    monkeypatch.setattr(Trainer, "test", lambda self: {"loss": float("nan"), "accuracy": 0.0})
+    out = tmp_path / "out"
+    assert cli("build", spec, "--out", out, "--data", data, *FAST) == 1
+    assert "training diverged: the test loss is nan" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
 
 

@@ -101,8 +101,6 @@ def _invalid(payload: dict[str, Any]) -> str | None:
             return f"{key} is a {type(payload[key]).__name__}, not a {kind.__name__}"
     if not all(isinstance(e, dict) for e in payload["history"]):
         return "history holds entries that are not records of epochs"
-    if len(payload["history"]) != epoch:
-        return f"epoch is {epoch} but the history holds {len(payload['history'])} epochs"
     for name, value in [*payload["model"].items(), *payload["rng"].items()]:
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             return f"{name!r} is not a tensor"

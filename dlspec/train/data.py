@@ -652,7 +652,7 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     except Exception as exc:  # zipfile, zlib, numpy's format checks: anything from bad bytes
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise DataError(
-            f"cannot read the .npz file ({reason}); is it truncated, corrupt, or not an .npz?",
+            f"cannot read .npz file ({reason}); is it truncated, corrupt, or not an .npz?",
             path,
         ) from None
 
@@ -885,6 +885,8 @@ def load_source(
         if path.suffix.lower() == ".npz" and "test" in _npz_parts(path):
             return load_arrays(path, "train"), load_arrays(path, "test")
         return load_arrays(path), None
+    if not path.is_dir():
+        raise DataError("not a regular file or a directory (a pipe, socket or device?)", path)
     if _idx_directory(path) is not None:
         return load_idx_dir(path)
     train_dir = path / "train"

@@ -835,6 +835,13 @@ def train_model(
         return TrainResult(epoch=trainer.epoch, interrupted=True)
     if not trainer.main:
         return TrainResult(epoch=trainer.epoch)
+    test = trainer.test()
+    if not math.isfinite(test["loss"]):  # weights huge but finite: outputs overflow
+        raise TrainError(
+            f"training diverged: the test loss is {test['loss']} (NaN or infinite) after "
+            f"{trainer.epoch} epoch(s); lower the learning rate (--lr), normalise the data, "
+            "or use another optimiser"
+        )
     metrics: dict[str, Any] = {
         **(info or {}),
         SPEC_HASH: spec_hash,
@@ -845,7 +852,7 @@ def train_model(
         "channels_last": trainer.channels_last,
         DATA: data,
         "epochs": trainer.history,
-        "test": trainer.test(),
+        "test": test,
     }
     write_json(options.out / METRICS_JSON, metrics)
     if options.plots:
