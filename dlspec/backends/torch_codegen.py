@@ -701,6 +701,8 @@ class _Generator:
                 raise _Split
         if len(per_use) != len(ctx.envs):
             raise _Split
+        if new[0].isdigit():  # from a repetition's copy, named 0, 1...
+            new = f"copy{new}"
         while new in ctx.envs[0] or new in ctx.extra:
             new += "_"
         ctx.extra[new] = [per_use[u] for u in range(len(ctx.envs))]
