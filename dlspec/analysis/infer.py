@@ -272,8 +272,11 @@ class Analyzer:
                 )
         for param in definition.params:
             name = param.name.name
-            try:
+            try:  # a bad name is reported, but its value still serves the body's checks
                 check_name(param.name, "parameter")
+            except DiagnosticError as err:
+                self.error(err.diagnostic)
+            try:
                 if param.type.name not in PARAM_TYPES:
                     raise fail(
                         "E204",
@@ -343,7 +346,7 @@ class Analyzer:
     def _model(self, definition: ast.Definition) -> ModelGraph | None:
         env = self._model_params(definition)
         if any(p.name.name not in env for p in definition.params):
-            return None  # its uses would each repeat the parameter's diagnostic as E208
+            return None  # a parameter without a value: its uses would each repeat that as E208
         scope = Scope(path="", env=env)
         if definition.inputs:
             self.error(

@@ -729,7 +729,7 @@ class Trainer:
         groups = checkpoint.optimizer.get("param_groups", [])
         saved = {key for group in groups if isinstance(group, dict) for key in group}
         current = {key for group in self.optimizer.state_dict()["param_groups"] for key in group}
-        if saved != current:
+        if checkpoint.optimizer and saved != current:  # imported weights carry no optimiser
             raise TrainError(
                 f"{self.checkpoint_path}: the checkpoint was trained with another optimiser "
                 f"than {self.config.optimizer.name}; resume with the same optimizer setting, "
