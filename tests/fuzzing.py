@@ -210,21 +210,23 @@ def _sequence(r: random.Random, x: Tensor) -> str | None:
     layers = r.randint(1, 2)
     bidirectional = r.choice(["true", "false"])
     recurrent = f"hidden_size={hidden}, num_layers={layers}, bidirectional={bidirectional}"
-    return r.choice(
-        [
-            f'RNN({recurrent}, nonlinearity="relu", returns="{returns}")',
-            f'GRU({recurrent}, returns="{returns}")',
-            f'LSTM({recurrent}, returns="{returns}")',
-            f'LSTM({hidden + 1}, proj_size={hidden}, returns="{returns}")',
-            f"MultiheadAttention(num_heads={heads}, causal={r.choice(['true', 'false'])})",
+    options = [
+        f'RNN({recurrent}, nonlinearity="relu", returns="{returns}")',
+        f'GRU({recurrent}, returns="{returns}")',
+        f'LSTM({recurrent}, returns="{returns}")',
+        f'LSTM({hidden + 1}, proj_size={hidden}, returns="{returns}")',
+        f"MultiheadAttention(num_heads={heads}, causal={r.choice(['true', 'false'])})",
+        f"SinusoidalPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
+        f"LearnedPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
+    ]
+    if width >= 4:  # their LayerNorms normalise over the width: see _norm
+        options += [
             f"TransformerEncoderLayer(nhead={heads}, dim_feedforward=8, dropout=0.0, "
             f"norm_first={r.choice(['true', 'false'])})",
             f"TransformerEncoder(nhead={heads}, num_layers={layers}, dim_feedforward=8, "
             f'dropout=0.0, activation="gelu", final_norm={r.choice(["true", "false"])})',
-            f"SinusoidalPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
-            f"LearnedPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
         ]
-    )
+    return r.choice(options)
 
 
 def _embedding(r: random.Random, x: Tensor) -> str | None:
@@ -307,7 +309,12 @@ def _two_input(draft: Draft) -> list[str] | None:
     """Decoder layers and the Transformer over two [*, d] float tensors of the same width."""
     r = draft.rng
     seqs = [t for t in draft.tensors if t.dtype == "float" and len(t.shape) == 2]
-    pairs = [(a, b) for a in seqs for b in seqs if a.shape[1] == b.shape[1]]
+    pairs = [
+        (a, b)
+        for a in seqs
+        for b in seqs
+        if a.shape[1] == b.shape[1] and (concrete(a.shape[1]) or 0) >= 4
+    ]
     if not pairs:
         return None
     a, b = r.choice(pairs)

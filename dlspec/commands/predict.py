@@ -168,7 +168,7 @@ def _batches(
     inputs = session.inputs
     for path in paths:
         if not path.is_file():
-            raise InputError(f"{path}: no such file")
+            raise InputError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
         suffix = path.suffix.lower()
         if suffix == ".npz":
             arrays = _read_npz(path, inputs)
