@@ -363,3 +363,17 @@ def test_hostile_text_never_becomes_code(tmp_path: Path) -> None:
     assert imported == ["torch"]
     exec(compile(code, "model.py", "exec"), {})
     assert not marker.exists()
+
+
+def test_a_model_torch_cannot_run_at_the_verification_batch_is_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Batch statistics over one value per channel: torch refuses batch 1 (found by fuzzing)."""
+    spec = tmp_path / "bn.dl"
+    spec.write_text(
+        "model B {\n    input x: float[3, 1, 1]\n    BatchNorm2d(track_running_stats=false)\n}\n"
+    )
+    assert cli("export", spec, "--out", tmp_path / "bn.onnx") == 1
+    err = capsys.readouterr().err
+    assert "torch cannot run the model at batch 1" in err and "Traceback" not in err
+    assert not (tmp_path / "bn.onnx").exists()

@@ -590,8 +590,14 @@ def verify_session(
         for lengths in sequence_lengths(graph):
             for _ in range(draws):
                 inputs = sample_inputs(graph, batch, lengths, generator)
-                with torch.inference_mode():
-                    expected = model(*inputs.values())
+                try:
+                    with torch.inference_mode():
+                        expected = model(*inputs.values())
+                except (RuntimeError, ValueError) as exc:  # e.g. batch statistics of one value
+                    raise ExportError(
+                        f"torch cannot run the model at batch {batch} to verify the export: "
+                        f"{str(exc).splitlines()[0]}"
+                    ) from None
                 if isinstance(expected, torch.Tensor):
                     expected = (expected,)
                 outputs = session.run({k: v.numpy() for k, v in inputs.items()})
