@@ -7,6 +7,9 @@ defaults, ranges), plus the rules the rest of dlspec needs:
   and MACs per sample, from the input types. Static: it never touches tensor code.
 * :meth:`Layer.torch` - the torch module the layer becomes and how ``forward`` calls it.
 * :meth:`Layer.label` - the short text diagrams and tables show.
+* :meth:`Layer.saves` - the tensors autograd keeps for the backward pass in training mode,
+  described so that a tensor two layers share (ReLU's output, the next conv's input) is
+  counted once.
 
 Adding a layer kind is one class decorated with :func:`register` (and its oracle test); the
 grammar, the analyzer and the backends find it through :data:`REGISTRY` and never branch on a
@@ -26,7 +29,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim
+from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
 Family = Literal[
     "convolution",
@@ -43,6 +46,10 @@ Family = Literal[
 ]
 
 DType = Literal["float", "long"]
+# Element types of saved tensors: "float" takes the activations' precision (4 bytes in fp32,
+# 2 under bf16/fp16 autocast); the others have a fixed size.
+SavedDType = Literal["float", "float32", "long", "bool", "byte"]
+FIXED_BYTES: dict[str, int] = {"float32": 4, "long": 8, "bool": 1, "byte": 1}
 
 
 class TensorType(NamedTuple):
@@ -109,6 +116,35 @@ class TorchCall:
     helper: str | None = None
 
 
+@dataclass(frozen=True)
+class Saved:
+    """One tensor a layer keeps for its backward pass (training mode).
+
+    ``tensor`` says which: ``"input0"``, ``"input1"``... (the layer's inputs, shared with
+    whoever produced them), ``"output"`` (shared with whoever consumes it) or any other name
+    for a tensor internal to the layer (two entries with the same name are one tensor).
+    ``elements`` is per sample unless ``batched`` is false (e.g. BatchNorm's per-channel
+    statistics); ``dtype`` gives the element size (:data:`FIXED_BYTES`, or the activations'
+    precision for ``"float"``)."""
+
+    tensor: str
+    elements: Dim
+    dtype: SavedDType = "float"
+    batched: bool = True
+
+
+def saved_input(inputs: Sequence[TensorType], index: int = 0) -> Saved:
+    """The layer keeps input ``index`` itself (a convolution or Linear for its weight's
+    gradient)."""
+    x = inputs[index]
+    return Saved(f"input{index}", product(x.shape), "long" if x.dtype == "long" else "float")
+
+
+def saved_output(output: TensorType) -> Saved:
+    """The layer keeps its own output (ReLU, Sigmoid, Tanh, Softmax)."""
+    return Saved("output", product(output.shape))
+
+
 class Layer(BaseModel):
     """Base class of every layer kind. Fields are the layer's arguments, as written in a spec."""
 
@@ -127,6 +163,18 @@ class Layer(BaseModel):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         raise NotImplementedError
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The tensors torch's autograd keeps for this layer's backward pass in training mode
+        (parameters excluded: they are counted as weights). The default, the first input, is
+        what most layers with weights keep; kinds that keep something else override it. Each
+        kind's rule is checked against ``torch.autograd.graph.saved_tensors_hooks``."""
+        return [saved_input(inputs)]
+
+    def aliases_input(self) -> bool:
+        """True when the output is a view of the first input (Flatten, Reshape, Identity):
+        the two are one tensor in memory."""
+        return False
 
     def label(self) -> str:
         """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""

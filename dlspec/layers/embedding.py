@@ -15,6 +15,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
@@ -103,6 +104,9 @@ class _PositionalEncoding(Layer):
     def _limits(self, x: TensorType) -> list[tuple[Dim, int, str]]:
         """A symbolic length can only be checked against max_len at the spec's bindings."""
         return [(x.shape[0], self.max_len, f"{self.kind} holds {self.max_len:,} positions")]
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # an addition: its gradient needs no tensor
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width = concrete(inputs[0].shape[1], f"{self.kind}'s width")

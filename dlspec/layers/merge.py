@@ -7,7 +7,15 @@ and copies are not multiply-accumulates (as for a residual connection).
 
 from __future__ import annotations
 
-from dlspec.layers.base import Inferred, Layer, LayerError, TensorType, TorchCall, register
+from dlspec.layers.base import (
+    Inferred,
+    Layer,
+    LayerError,
+    Saved,
+    TensorType,
+    TorchCall,
+    register,
+)
 from dlspec.layers.symbolic import Dim
 
 MAX_INPUTS = 16
@@ -25,6 +33,9 @@ class _Merge(Layer):
 
     family = "merge"
     arity = (2, MAX_INPUTS)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # sums and copies need no tensor for their gradient
 
 
 @register

@@ -12,6 +12,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     TensorType,
     TorchCall,
     expect_float,
@@ -82,6 +83,12 @@ class Flatten(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.Flatten", kwargs=self.model_dump(exclude_defaults=True))
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def aliases_input(self) -> bool:
+        return True
+
     def label(self) -> str:
         args = self.model_dump(exclude_defaults=True)
         return "Flatten" if not args else f"Flatten({self.start_dim}, {self.end_dim})"
@@ -151,6 +158,12 @@ class Reshape(Layer):
         sizes = ", ".join(map(str, self.shape))
         return TorchCall(None, forward=f"{{x}}.reshape({{x}}.shape[0], {sizes})")
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def aliases_input(self) -> bool:
+        return True
+
     def label(self) -> str:
         return f"Reshape({', '.join(map(str, self.shape))})"
 
@@ -167,6 +180,12 @@ class Identity(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.Identity")
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def aliases_input(self) -> bool:
+        return True
 
 
 _INTERPOLATING = ("linear", "bilinear", "bicubic")
@@ -257,6 +276,9 @@ class Upsample(Layer):
             sizes.append(new)
         return Inferred(TensorType((x.shape[0], *sizes)))
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # the gradient of a resize needs only the sizes
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.Upsample", kwargs=self.model_dump(exclude_defaults=True))
 
@@ -292,6 +314,13 @@ class Dropout(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(f"nn.{self.kind}", (self.p,))  # p always written: it reads clearer
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The scaled keep-mask, in the activations' dtype (nothing when ``p`` is 0)."""
+        return [Saved("mask", self._mask(inputs[0]))] if self.p else []
+
+    def _mask(self, x: TensorType) -> Dim:
+        return product(x.shape)
+
     def label(self) -> str:
         return f"{self.kind}({self.p:g})"
 
@@ -306,3 +335,6 @@ class Dropout2d(Dropout):
     def infer(self, inputs: list[TensorType]) -> Inferred:
         expect_rank(inputs[0], (3,), "[C, H, W]", self.kind)
         return super().infer(inputs)
+
+    def _mask(self, x: TensorType) -> Dim:
+        return x.shape[0]  # one per channel

@@ -1,0 +1,77 @@
+"""Activation memory against torch: every layer kind's :meth:`Layer.saves` rule, and every
+spec's total, equal the bytes autograd really keeps for backward (``saved_oracle``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from saved_oracle import saved_bytes
+from test_layers_oracle import EXAMPLES as LAYER_EXAMPLES
+from test_layers_oracle import build, forward, make
+from test_sequence_layers import BINDINGS
+from test_sequence_layers import EXAMPLES as SEQUENCE_EXAMPLES
+
+from dlspec.analysis.memory import BATCH, saved_bytes as rule_bytes
+from dlspec.layers import REGISTRY, TensorType
+from dlspec.layers.base import Saved
+from dlspec.layers.symbolic import Dim, evaluate
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:LSTM with projections is not supported:UserWarning",
+    "ignore:enable_nested_tensor is True:UserWarning",
+)
+
+BATCHES = (2, 5)
+# (kind, args, per-sample input shapes, dtype, bindings) for every example of both files
+CASES: list[tuple[str, dict[str, Any], tuple[tuple[Dim, ...], ...], str, dict[str, int]]] = [
+    (e.kind, e.args, (e.shape, *e.more), e.dtype, e.bindings) for e in LAYER_EXAMPLES
+] + [
+    (e.kind, e.args, e.inputs, e.dtype, bindings)
+    for e in SEQUENCE_EXAMPLES
+    for bindings in BINDINGS
+]
+
+
+def rule(saved: list[Saved], batch: int, bindings: dict[str, int]) -> int:
+    """Bytes of a layer's saved tensors by its rule (one tensor per name)."""
+    unique = {s.tensor: s for s in saved}
+    return sum(evaluate(rule_bytes(s), {**bindings, "B": batch}) for s in unique.values())
+
+
+def case_id(case: tuple[Any, ...]) -> str:
+    kind, args, shapes, _, bindings = case
+    text = ",".join(f"{k}={v}" for k, v in args.items())
+    dims = "+".join("x".join(map(str, s)) for s in shapes)
+    at = ",".join(f"{k}={v}" for k, v in bindings.items())
+    return f"{kind}({text})@{dims}@{at}".replace(" ", "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_layer_saves_what_torch_saves(case: tuple[Any, ...], batch: int) -> None:
+    kind, args, shapes, dtype, bindings = case
+    layer = make(kind, args)
+    types = [TensorType(shape, dtype) for shape in shapes]  # type: ignore[arg-type]
+    output = layer.infer(types).output
+    call = layer.torch(types)
+    torch.manual_seed(0)
+    module = build(call)
+    sizes = [tuple(evaluate(d, bindings) for d in shape) for shape in shapes]
+    if dtype == "long":
+        xs = [torch.randint(0, 7, (batch, *size)) for size in sizes]
+    else:
+        xs = [torch.randn(batch, *size, requires_grad=True) for size in sizes]
+    measured = saved_bytes(module, lambda: forward(call, module, xs))
+    expected = rule(layer.saves(types, output), batch, bindings)
+    assert expected == pytest.approx(measured, rel=0.1), (expected, measured)
+
+
+def test_every_kind_has_a_saved_tensor_case() -> None:
+    assert set(REGISTRY) <= {case[0] for case in CASES}
+
+
+def test_saved_bytes_is_a_formula_in_the_batch() -> None:
+    assert rule_bytes(Saved("x", 10)) == 40 * BATCH
+    assert rule_bytes(Saved("x", 10, "long", batched=False)) == 80
