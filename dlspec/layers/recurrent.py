@@ -32,10 +32,12 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
     check_given,
+    concrete,
     expect_float,
     expect_rank,
     register,
@@ -123,6 +125,30 @@ class _Recurrent(Layer):
             f"nn.{self.kind}", (inputs[0].shape[1], self.hidden_size), kwargs, forward=forward
         )
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """torch runs the layers one after another, each direction on its own; per layer and
+        direction it keeps what :meth:`_cell` says, and each layer's input as
+        :meth:`_layer_inputs` says."""
+        steps = inputs[0].shape[0]
+        n_in = concrete(inputs[0].shape[1], "input_size")
+        dirs = 2 if self.bidirectional else 1
+        saved = []
+        for layer in range(self.num_layers):
+            width = n_in if layer == 0 else self._width() * dirs
+            copies = self._layer_inputs(layer, dirs)
+            saved += [Saved(f"input_l{layer}_{i}", steps * width) for i in range(copies)]
+            saved += [Saved(f"cell_l{layer}_{d}", self._cell(steps, width)) for d in range(dirs)]
+        return saved
+
+    def _layer_inputs(self, layer: int, dirs: int) -> int:
+        """Copies of a layer's input sequence kept: each direction transposes the first
+        layer's input to time-major order; deeper layers read the previous one's output."""
+        return dirs if layer == 0 else 1
+
+    def _cell(self, steps: Dim, width: int) -> Dim:
+        """Elements kept per layer and direction for ``steps`` steps of input ``width``."""
+        raise NotImplementedError
+
     def label(self) -> str:
         parts = [str(self.hidden_size)]
         if self.num_layers != 1:
@@ -145,6 +171,9 @@ class RNN(_Recurrent):
     state = "[1]"
 
     nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+    def _cell(self, steps: Dim, width: int) -> Dim:
+        return (steps + 1) * self.hidden_size  # every step's output, and the initial state
 
 
 @register
@@ -172,6 +201,23 @@ class LSTM(_Recurrent):
             )
         return super().infer(inputs)
 
+    def _cell(self, steps: Dim, width: int) -> Dim:
+        """With ``proj_size`` torch's own per-step kernel keeps the previous state, the 4
+        gates and 3 more vectors of ``hidden_size`` per step. Without, CPU torch runs oneDNN:
+        the output sequence, the initial and final h and c, and oneDNN's workspace, whose
+        size (bytes) is fitted as ``T * (36*hidden + 25*max(width, hidden)) + 55*hidden``
+        (its layout is oneDNN's own, padded to pages: small layers keep more)."""
+        h = self.hidden_size
+        if self.proj_size:
+            return steps * (self.proj_size + 7 * h)
+        workspace = (steps * (36 * h + 25 * max(width, h)) + 55 * h) // 4
+        return steps * h + 4 * h + workspace
+
+    def _layer_inputs(self, layer: int, dirs: int) -> int:
+        if self.proj_size:
+            return super()._layer_inputs(layer, dirs)
+        return 1 if layer == 0 else dirs  # oneDNN: one time-major copy, then one per direction
+
 
 @register
 class GRU(_Recurrent):
@@ -182,3 +228,7 @@ class GRU(_Recurrent):
     kind = "GRU"
     gates = 3
     state = "[1]"
+
+    def _cell(self, steps: Dim, width: int) -> Dim:
+        # per step: the previous state, the recurrent projection (3H) and 3 gate vectors
+        return steps * 7 * self.hidden_size
