@@ -16,7 +16,7 @@ matrix products keep are added to the activations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from dlspec.analysis.graph import ModelGraph, Node
@@ -42,11 +42,13 @@ def saved_bytes(saved: Saved, precision: Precision = "fp32") -> Dim:
 
 @dataclass
 class Step:
-    """One layer applied, in execution order: the ids of the tensors it reads and writes."""
+    """One layer applied, in execution order: the ids of the tensors it reads and writes,
+    and the outermost block call it runs in (the unit activation checkpointing recomputes)."""
 
     node: Node
     inputs: list[int]
     output: int
+    block: Node | None = None
 
 
 @dataclass
@@ -55,11 +57,12 @@ class Dataflow:
 
     steps: list[Step] = field(default_factory=list)
     inputs: dict[str, int] = field(default_factory=dict)
-    count: int = 0
+    storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
 
-    def new(self) -> int:
-        self.count += 1
-        return self.count
+    def new(self, elements: Dim) -> int:
+        tensor = len(self.storage) + 1
+        self.storage[tensor] = elements
+        return tensor
 
 
 def dataflow(graph: ModelGraph) -> Dataflow:
@@ -67,44 +70,50 @@ def dataflow(graph: ModelGraph) -> Dataflow:
     flow = Dataflow()
     tensors = {}
     for inp in graph.inputs:
-        tensors[inp.name] = flow.inputs[inp.name] = flow.new()
+        tensors[inp.name] = flow.inputs[inp.name] = flow.new(product(inp.type.shape))
     current = flow.inputs[graph.inputs[-1].name] if graph.inputs else 0
-    _body(flow, graph.nodes, tensors, current)
+    _body(flow, graph.nodes, tensors, current, None)
     return flow
 
 
-def _body(flow: Dataflow, nodes: list[Node], tensors: dict[str, int], current: int) -> int:
+def _body(
+    flow: Dataflow, nodes: list[Node], tensors: dict[str, int], current: int, block: Node | None
+) -> int:
     for node in nodes:
         inputs = [tensors[s] for s in node.sources] if node.sources else [current]
-        current = tensors[node.name] = _apply(flow, node, inputs)
+        current = tensors[node.name] = _apply(flow, node, inputs, block)
     return current
 
 
-def _apply(flow: Dataflow, node: Node, inputs: list[int]) -> int:
+def _apply(flow: Dataflow, node: Node, inputs: list[int], block: Node | None) -> int:
     if node.container == "layer":
-        assert node.layer is not None
-        output = inputs[0] if node.layer.aliases_input() else flow.new()
-        flow.steps.append(Step(node, inputs, output))
+        layer = node.layer
+        assert layer is not None
+        storage = layer.output_storage(node.inputs, node.output)
+        output = inputs[0] if layer.aliases_input() else flow.new(storage)
+        flow.steps.append(Step(node, inputs, output, block))
         return output
     x = inputs[0]
     if node.container == "block":
-        return _body(flow, node.children, {"input": x}, x)
+        return _body(flow, node.children, {"input": x}, x, block or node)
     if node.container == "repeat":
         for child in node.children:
-            x = _apply(flow, child, [x])
+            x = _apply(flow, child, [x], block)
         return x
-    _body(flow, node.children, {"input": x}, x)  # residual: body + shortcut, then their sum
-    _body(flow, node.shortcut or [], {"input": x}, x)
-    return flow.new()
+    # residual: body and shortcut, then their sum
+    _body(flow, node.children, {"input": x}, x, block)
+    _body(flow, node.shortcut or [], {"input": x}, x, block)
+    return flow.new(product(node.output.shape))
 
 
 @dataclass(frozen=True)
 class LayerMemory:
     """Bytes a layer adds to the saved activations (tensors shared with an earlier layer are
-    counted there), as a formula in ``B``."""
+    counted there), as a formula in ``B``; ``block`` is the outermost block it runs in."""
 
     path: str
     saved: Dim
+    block: Node | None = None
 
 
 def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerMemory]:
@@ -120,9 +129,33 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
             key = _identity(saved.tensor, step, index)
             if key not in seen:
                 seen.add(key)
+                if len(key) == 1:  # a tensor between layers: its whole storage stays
+                    saved = replace(saved, elements=flow.storage[key[0]])
                 total = total + saved_bytes(saved, precision)
-        rows.append(LayerMemory(step.node.path, total))
+        rows.append(LayerMemory(step.node.path, total, step.block))
     return rows
+
+
+def checkpointed(rows: list[LayerMemory], bindings: dict[str, int], precision: Precision) -> Dim:
+    """Saved activations with activation checkpointing per block call: a block keeps only
+    its input, and its backward recomputes (and briefly keeps) its own saved tensors, one
+    block at a time. Layers outside blocks keep theirs as usual."""
+    kept: Dim = 0
+    blocks: dict[str, tuple[Node, Dim]] = {}
+    for row in rows:
+        if row.block is None:
+            kept = kept + row.saved
+        else:
+            node, inner = blocks.get(row.block.path, (row.block, 0))
+            blocks[row.block.path] = (node, inner + row.saved)
+    size = float_bytes(precision)
+    for node, _ in blocks.values():
+        kept = kept + product(node.inputs[0].shape) * size * BATCH
+    probe = {**bindings, "B": 1}
+    largest = max(
+        (inner for _, inner in blocks.values()), key=lambda d: evaluate(d, probe), default=0
+    )
+    return kept + largest
 
 
 def _identity(tensor: str, step: Step, index: int) -> tuple[int, ...] | tuple[int, str]:
@@ -156,3 +189,46 @@ def transient(graph: ModelGraph, precision: Precision = "fp32") -> Dim:
         if value > best_value:
             best, best_value = elements * size * BATCH, value
     return best
+
+
+@dataclass(frozen=True)
+class Training:
+    """The memory of one training step, each part a formula in ``B`` (and symbolic dims)."""
+
+    weights: Dim  # fp32 master weights and buffers
+    gradients: Dim
+    optimizer: Dim
+    activations: Dim  # saved for backward (plus autocast's half-precision weight copies)
+    transient: Dim  # the largest gradient buffers of the backward pass
+
+    @property
+    def total(self) -> Dim:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.transient
+
+
+def training(
+    graph: ModelGraph,
+    precision: Precision = "fp32",
+    optimizer: str = "adam",
+    checkpointing: bool = False,
+) -> Training:
+    """Peak memory of a training step: see the module docstring."""
+    trainable = graph.trainable_params
+    rows = activations(graph, precision)
+    saved = checkpointed(rows, graph.bindings, precision) if checkpointing else total(rows)
+    if precision != "fp32":
+        # autocast keeps a half-precision copy of every weight a matrix product reads
+        saved = saved + 2 * sum(leaf.params for leaf in graph.leaves() if leaf.macs)
+    return Training(
+        weights=4 * (trainable + graph.buffer_count),
+        gradients=4 * trainable,
+        optimizer=4 * OPTIMIZER_STATES[optimizer] * trainable,
+        activations=saved,
+        transient=transient(graph, precision),
+    )
+
+
+def train_flops(graph: ModelGraph, checkpointing: bool = False) -> Dim:
+    """FLOPs of one training step per sample: 2 per MAC forward, twice that backward (the
+    gradients of the inputs and of the weights), and with checkpointing a second forward."""
+    return (8 if checkpointing else 6) * graph.total_macs

@@ -1,12 +1,13 @@
 """The check report: a documented, stable JSON schema (``schema_version`` 1) and its totals.
 
-Memory estimates (fp32, 4 bytes per element):
+Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has the rules):
 
 * parameters: (trainable + non-trainable elements) x 4;
-* activations: every layer output plus the inputs, kept for the backward pass, and as much
-  again for their gradients: 2 x 4 x elements x batch;
+* activations: the bytes autograd keeps for the backward pass at ``--batch``, each tensor
+  once, per layer and as a formula in the batch ``B`` and the symbolic dimensions;
 * training with Adam: weights, gradients and two moment estimates (16 bytes per trainable
-  parameter, 4 per buffer element) plus the activations.
+  parameter, 4 per buffer element), the activations and the backward pass's largest
+  transient gradients.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from dlspec.analysis import memory
 from dlspec.analysis.graph import ModelGraph, Node
 from dlspec.diagnostics import Diagnostic
 from dlspec.layers.base import TensorType
-from dlspec.layers.symbolic import Dim, Poly, evaluate, product
+from dlspec.layers.symbolic import Dim, Poly, evaluate
 
 BYTES = 4
 
@@ -45,6 +47,7 @@ class LayerRow(BaseModel):
     buffers: int  # non-trainable elements
     macs: int  # per sample, at the spec's bindings
     macs_formula: str | None  # when MACs depend on symbolic dimensions
+    activations_bytes: int  # saved for backward at the report's batch (shared tensors once)
     line: int
     column: int
 
@@ -54,7 +57,8 @@ class Memory(BaseModel):
 
     batch: int
     parameters_bytes: int
-    activations_bytes: int
+    activations_bytes: int  # saved for backward, training mode, fp32
+    activations_formula: str  # the same in the batch B and the symbolic dimensions
     training_adam_bytes: int
 
 
@@ -96,7 +100,7 @@ def _tensor(name: str, t: TensorType, bindings: dict[str, int]) -> TensorInfo:
 
 
 def _rows(
-    nodes: list[Node], depth: int, bindings: dict[str, int], parent: str = ""
+    nodes: list[Node], depth: int, bindings: dict[str, int], saved: dict[str, int]
 ) -> list[LayerRow]:
     rows = []
     for node in nodes:
@@ -113,11 +117,12 @@ def _rows(
                 buffers=node.buffer_count,
                 macs=evaluate(macs, bindings),
                 macs_formula=str(macs) if isinstance(macs, Poly) else None,
+                activations_bytes=sum(saved.get(leaf.path, 0) for leaf in node.leaves()),
                 line=node.span.line,
                 column=node.span.column,
             )
         )
-        rows.extend(_rows([*node.children, *(node.shortcut or [])], depth + 1, bindings, node.path))
+        rows.extend(_rows([*node.children, *(node.shortcut or [])], depth + 1, bindings, saved))
     return rows
 
 
@@ -127,11 +132,11 @@ def build_report(
     if graph is None:
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
+    at = {**b, "B": batch}
     trainable, frozen, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
-    elements = sum(evaluate(product(i.type.shape), b) for i in graph.inputs) + sum(
-        evaluate(product(leaf.output.shape), b) for leaf in graph.leaves()
-    )
-    activations = 2 * BYTES * elements * batch
+    per_layer = memory.activations(graph)
+    saved = {row.path: evaluate(row.saved, at) for row in per_layer}
+    activations = memory.total(per_layer)
     return Report(
         file=path,
         model=graph.name,
@@ -139,7 +144,7 @@ def build_report(
         symbols=dict(b),
         inputs=[_tensor(i.name, i.type, b) for i in graph.inputs],
         outputs=[_tensor(o, t, b) for o, t in zip(graph.outputs, graph.output_types, strict=False)],
-        layers=_rows(graph.nodes, 0, b),
+        layers=_rows(graph.nodes, 0, b, saved),
         total_params=trainable + frozen,
         trainable_params=trainable,
         non_trainable_params=frozen,
@@ -148,8 +153,9 @@ def build_report(
         memory=Memory(
             batch=batch,
             parameters_bytes=BYTES * (trainable + frozen),
-            activations_bytes=activations,
-            training_adam_bytes=4 * BYTES * trainable + BYTES * frozen + activations,
+            activations_bytes=evaluate(activations, at),
+            activations_formula=str(activations),
+            training_adam_bytes=evaluate(memory.training(graph).total, at),
         ),
         diagnostics=diagnostics,
     )

@@ -171,6 +171,12 @@ class Layer(BaseModel):
         kind's rule is checked against ``torch.autograd.graph.saved_tensors_hooks``."""
         return [saved_input(inputs)]
 
+    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """Elements per sample of the storage the output lives in: the output's own, unless
+        it is a view of a larger tensor (a recurrent layer's last step views the whole
+        sequence), which then stays alive as long as a later layer keeps the output."""
+        return product(output.shape)
+
     def aliases_input(self) -> bool:
         """True when the output is a view of the first input (Flatten, Reshape, Identity):
         the two are one tensor in memory."""

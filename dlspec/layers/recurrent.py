@@ -42,7 +42,7 @@ from dlspec.layers.base import (
     expect_rank,
     register,
 )
-from dlspec.layers.symbolic import Dim
+from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
 Returns = Literal["sequence", "last", "hidden"]
@@ -139,6 +139,15 @@ class _Recurrent(Layer):
             saved += [Saved(f"input_l{layer}_{i}", steps * width) for i in range(copies)]
             saved += [Saved(f"cell_l{layer}_{d}", self._cell(steps, width)) for d in range(dirs)]
         return saved
+
+    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """``returns="last"`` views the last step of the output sequence; ``"hidden"`` of a
+        one-directional layer views ``h_n``, the final state of every layer."""
+        if self.returns == "last":
+            return inputs[0].shape[0] * product(output.shape)
+        if self.returns == "hidden" and not self.bidirectional:
+            return self.num_layers * product(output.shape)
+        return product(output.shape)
 
     def _layer_inputs(self, layer: int, dirs: int) -> int:
         """Copies of a layer's input sequence kept: each direction transposes the first
