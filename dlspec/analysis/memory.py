@@ -232,3 +232,80 @@ def train_flops(graph: ModelGraph, checkpointing: bool = False) -> Dim:
     """FLOPs of one training step per sample: 2 per MAC forward, twice that backward (the
     gradients of the inputs and of the weights), and with checkpointing a second forward."""
     return (8 if checkpointing else 6) * graph.total_macs
+
+
+UNITS = {
+    "": 1,
+    "B": 1,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+}
+
+
+def parse_bytes(text: str) -> int:
+    """``24GiB`` -> 25,769,803,776; ``80GB`` -> 80,000,000,000; ``1.5 TiB``; plain bytes.
+    Raises ValueError on anything else (or on a size below 1 byte)."""
+    stripped = text.strip().replace("_", "")
+    digits = stripped.rstrip("KMGTiBkmgtIb ")
+    unit = stripped[len(digits) :].strip().upper()
+    if unit not in UNITS:
+        raise ValueError(
+            f"unknown unit {stripped[len(digits) :].strip()!r} (use KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+        )
+    try:
+        value = float(digits) * UNITS[unit]
+    except ValueError:
+        raise ValueError(f"expected a size such as 24GiB, got {text!r}") from None
+    if not value >= 1 or value == float("inf"):
+        raise ValueError(f"expected a size of at least 1 byte, got {text!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The answer of ``dlspec plan``: the largest batch that fits a memory budget (and the
+    breakdown there), or by how much batch 1 misses it."""
+
+    budget: int
+    memory: Training  # formulas in B
+    bindings: dict[str, int]
+    max_batch: int  # 0: batch 1 does not fit
+    batch: int  # where the breakdown is evaluated: the largest batch, or the one asked for
+    flops: Dim  # per sample per step
+
+    def at(self, part: Dim, batch: int | None = None) -> int:
+        return evaluate(part, {**self.bindings, "B": self.batch if batch is None else batch})
+
+    @property
+    def per_sample(self) -> int:
+        return self.at(self.memory.total, 1) - self.at(self.memory.total, 0)
+
+    @property
+    def fixed(self) -> int:
+        return self.at(self.memory.total, 0)
+
+
+def plan(
+    graph: ModelGraph,
+    budget: int,
+    precision: Precision = "fp32",
+    optimizer: str = "adam",
+    checkpointing: bool = False,
+    batch: int | None = None,
+) -> Plan:
+    """Memory grows linearly with the batch: the largest batch is
+    ``(budget - fixed) // per_sample``, where ``fixed`` is the memory at batch 0 (weights,
+    gradients, optimizer state)."""
+    memory = training(graph, precision, optimizer, checkpointing)
+    probe = Plan(budget, memory, dict(graph.bindings), 0, 1, 0)
+    max_batch = max(0, (budget - probe.fixed) // probe.per_sample) if probe.per_sample else 0
+    chosen = batch or max(max_batch, 1)
+    return Plan(
+        budget, memory, dict(graph.bindings), max_batch, chosen, train_flops(graph, checkpointing)
+    )

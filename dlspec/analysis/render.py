@@ -27,25 +27,30 @@ def _shape(shape: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _row(row: LayerRow, parent: str) -> list[str]:
+def _row(row: LayerRow, parent: str, activations: bool) -> list[str]:
     name = "  " * row.depth + row.name.removeprefix(parent + ".")
     macs = n(row.macs) if row.macs_formula is None else f"{n(row.macs)}*"
-    return [name, row.label, _shape(row.output_shape), n(row.params), macs]
+    cells = [name, row.label, _shape(row.output_shape), n(row.params), macs]
+    return [*cells, human_bytes(row.activations_bytes)] if activations else cells
 
 
-def render_table(report: Report) -> str:
-    """The per-layer table and the totals; empty when the spec did not analyze."""
+def render_table(report: Report, activations: bool = False) -> str:
+    """The per-layer table and the totals; empty when the spec did not analyze. With
+    ``activations``, a column of the bytes each layer saves for backward at the batch."""
     if report.model is None or report.memory is None:
         return ""
     header = ["layer", "kind", "output (per sample)", "params", "MACs"]
     body = [[i.name, f"input {i.dtype}", _shape(i.shape), "0", "0"] for i in report.inputs]
+    if activations:
+        header.append(f"saved (batch {report.memory.batch})")
+        body = [[*row, ""] for row in body]
     parents: list[str] = []
     for r in report.layers:
         del parents[r.depth :]
-        body.append(_row(r, parents[-1] if parents else ""))
+        body.append(_row(r, parents[-1] if parents else "", activations))
         parents.append(r.name)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    right = (False, False, False, True, True)
+    right = (False, False, False, True, True, True)[: len(header)]
 
     def fmt(cells: list[str]) -> str:
         parts = [
@@ -71,7 +76,7 @@ def render_table(report: Report) -> str:
         ("parameter memory", f"{human_bytes(mem.parameters_bytes)} (fp32)"),
         (
             "activation memory",
-            f"{human_bytes(mem.activations_bytes)} (forward + backward, batch {mem.batch})",
+            f"{human_bytes(mem.activations_bytes)} (saved for backward, batch {mem.batch})",
         ),
         ("training (Adam)", f"{human_bytes(mem.training_adam_bytes)} (batch {mem.batch})"),
     ]

@@ -15,6 +15,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--batch", type=positive_int, default=1, help="batch size for the memory estimates"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--activations",
+        action="store_true",
+        help="add a column: the bytes each layer saves for the backward pass at --batch",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(checked.report.model_dump_json(indent=2))
     else:
-        table = render_table(checked.report)
+        table = render_table(checked.report, activations=args.activations)
         if table:
             print(table, flush=True)
         print_diagnostics(checked)

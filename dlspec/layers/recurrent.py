@@ -24,6 +24,7 @@ gates' nonlinearities and the element-wise products of the cell update are not c
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -137,7 +138,10 @@ class _Recurrent(Layer):
             width = n_in if layer == 0 else self._width() * dirs
             copies = self._layer_inputs(layer, dirs)
             saved += [Saved(f"input_l{layer}_{i}", steps * width) for i in range(copies)]
-            saved += [Saved(f"cell_l{layer}_{d}", self._cell(steps, width)) for d in range(dirs)]
+            for d in range(dirs):
+                saved += [
+                    replace(s, tensor=f"{s.tensor}_l{layer}_{d}") for s in self._cell(steps, width)
+                ]
         return saved
 
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
@@ -154,8 +158,8 @@ class _Recurrent(Layer):
         layer's input to time-major order; deeper layers read the previous one's output."""
         return dirs if layer == 0 else 1
 
-    def _cell(self, steps: Dim, width: int) -> Dim:
-        """Elements kept per layer and direction for ``steps`` steps of input ``width``."""
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
+        """What one layer and direction keeps for ``steps`` steps of input ``width``."""
         raise NotImplementedError
 
     def label(self) -> str:
@@ -181,8 +185,8 @@ class RNN(_Recurrent):
 
     nonlinearity: Literal["tanh", "relu"] = "tanh"
 
-    def _cell(self, steps: Dim, width: int) -> Dim:
-        return (steps + 1) * self.hidden_size  # every step's output, and the initial state
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
+        return [Saved("states", (steps + 1) * self.hidden_size)]  # every output, and h_0
 
 
 @register
@@ -210,7 +214,7 @@ class LSTM(_Recurrent):
             )
         return super().infer(inputs)
 
-    def _cell(self, steps: Dim, width: int) -> Dim:
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
         """With ``proj_size`` torch's own per-step kernel keeps the previous state, the 4
         gates and 3 more vectors of ``hidden_size`` per step. Without, CPU torch runs oneDNN:
         the output sequence, the initial and final h and c, and oneDNN's workspace, whose
@@ -218,9 +222,9 @@ class LSTM(_Recurrent):
         (its layout is oneDNN's own, padded to pages: small layers keep more)."""
         h = self.hidden_size
         if self.proj_size:
-            return steps * (self.proj_size + 7 * h)
-        workspace = (steps * (36 * h + 25 * max(width, h)) + 55 * h) // 4
-        return steps * h + 4 * h + workspace
+            return [Saved("steps", steps * (self.proj_size + 7 * h))]
+        workspace = steps * (36 * h + 25 * max(width, h)) + 55 * h
+        return [Saved("states", steps * h + 4 * h), Saved("workspace", workspace, "byte")]
 
     def _layer_inputs(self, layer: int, dirs: int) -> int:
         if self.proj_size:
@@ -238,6 +242,6 @@ class GRU(_Recurrent):
     gates = 3
     state = "[1]"
 
-    def _cell(self, steps: Dim, width: int) -> Dim:
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
         # per step: the previous state, the recurrent projection (3H) and 3 gate vectors
-        return steps * 7 * self.hidden_size
+        return [Saved("steps", steps * 7 * self.hidden_size)]
