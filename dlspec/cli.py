@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": "dlspec.commands.predict",
     "bench": "dlspec.commands.bench",
     "sample": "dlspec.commands.sample",
+    "plan": "dlspec.commands.plan",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2

@@ -105,6 +105,8 @@ class ModelGraph:
     output_types: list[TensorType]
     train: ast.TrainSection | None
     span: Span
+    # bounds on symbolic dimensions that layers set, (dimension, maximum, what it is)
+    limits: list[tuple[Dim, int, str]] = field(default_factory=list)
 
     def all_nodes(self) -> list[Node]:
         out: list[Node] = []

@@ -126,6 +126,7 @@ class Analyzer:
         self.train: ast.TrainSection | None = None
         self.outputs: list[ast.Ident] | None = None
         self.incomplete = False  # a statement failed: the graph would have holes
+        self.limits: list[tuple[Dim, int, str]] = []  # bounds on symbolic dims, all layers
 
     # driver ---------------------------------------------------------------------------------
 
@@ -407,6 +408,7 @@ class Analyzer:
             output_types=[t for o in outputs if (t := scope.tensors.get(o)) is not None],
             train=self.train,
             span=definition.span,
+            limits=self.limits,
         )
         self._check_totals(graph)
         return graph
@@ -609,6 +611,7 @@ class Analyzer:
         except LayerError as err:
             span = spans.get(err.arg or "", op.span)
             raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
+        self.limits += inferred.limits
         for dim, limit, what in inferred.limits:
             value = eval_dim(dim, self.bindings)
             if value > limit:

@@ -255,9 +255,7 @@ def parse_bytes(text: str) -> int:
     digits = stripped.rstrip("KMGTiBkmgtIb ")
     unit = stripped[len(digits) :].strip().upper()
     if unit not in UNITS:
-        raise ValueError(
-            f"unknown unit {stripped[len(digits) :].strip()!r} (use KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-        )
+        raise ValueError(f"unknown unit in {text!r}: use KiB, MiB, GiB, TiB, KB, MB, GB or TB")
     try:
         value = float(digits) * UNITS[unit]
     except ValueError:
@@ -309,3 +307,24 @@ def plan(
     return Plan(
         budget, memory, dict(graph.bindings), max_batch, chosen, train_flops(graph, checkpointing)
     )
+
+
+def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) -> tuple[int, str]:
+    """The largest value of a symbolic dimension that fits the budget at the plan's batch
+    (the other dimensions at their bindings) and obeys every layer's limit on it (0 when
+    even 1 does not fit), and what stops it there: "memory" or the limit's description."""
+
+    def stop(value: int) -> str | None:
+        at = {**answer.bindings, symbol: value, "B": answer.batch}
+        for dim, limit, what in limits:
+            if evaluate(dim, at) > limit:
+                return what
+        return "memory" if evaluate(answer.memory.total, at) > answer.budget else None
+
+    low, high = 0, 1
+    while stop(high) is None and high < 2**40:
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if stop(middle) is None else (low, middle)
+    return low, stop(high) or "memory"
