@@ -190,7 +190,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(
     assert "interrupted after 1 finished epoch(s)" in err and "--resume" in err
     assert not (out / "metrics.json").exists()
     spec_text = Path(MLP).read_text()
-    saved = load_checkpoint(out / "checkpoint.pt", spec_hash(spec_text, load(MLP).graph.params))
+    saved = load_checkpoint(out / "checkpoint.pt", spec_hash(spec_text, load(MLP).graph.arguments))
     assert (saved.epoch, saved.partial) == (1, True)
     monkeypatch.setattr(Trainer, "_step", original)
     assert build(MLP, "--out", str(out), "--quiet", "--no-plots", "--epochs", "2", "--resume") == 0

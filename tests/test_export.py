@@ -91,12 +91,12 @@ def test_dynamic_batch_and_sequence_axes(name: str) -> None:
     graph = spec.graph
     session = Session(result.data, device="cpu")
     assert [i.name for i in session.inputs] == [i.name for i in graph.inputs]
-    assert [o.name for o in session.outputs] == graph.outputs
+    assert [o.name for o in session.outputs] == [o.name for o in graph.outputs]
     assert all(info.shape[0] == "batch" for info in session.inputs)
     lengths = {symbol: 5 for symbol in graph.symbols}  # neither length the export saw
     inputs = onnx_export.sample_inputs(graph, 3, lengths, torch.Generator().manual_seed(2))
     outputs = session.run({k: v.numpy() for k, v in inputs.items()})
-    for out, expected in zip(outputs, graph.output_types, strict=True):
+    for out, expected in zip(outputs, [o.type for o in graph.outputs], strict=True):
         assert out.shape == (3, *(evaluate(d, lengths) for d in expected.shape))
 
 
@@ -160,7 +160,7 @@ def test_export_predict_png_and_npz(tmp_path: Path, capsys: pytest.CaptureFixtur
     state = spec.to_torch().state_dict()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    digest = spec_hash(spec.source_text, spec.graph.params)
+    digest = spec_hash(spec.source_text, spec.graph.arguments)
     save_checkpoint(run_dir / "checkpoint.pt", Checkpoint(digest, 3, state, {}, [], {}))
     classes = [f"class{i}" for i in range(10)]
     metrics = {
@@ -279,7 +279,7 @@ def test_missing_and_foreign_weights(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 1 and "no.pt: no such file" in err
     other = dlspec.load(ROOT / "specs" / "cnn.dl")
     foreign = tmp_path / "cnn.pt"
-    digest = spec_hash(other.source_text, other.graph.params)
+    digest = spec_hash(other.source_text, other.graph.arguments)
     save_checkpoint(foreign, Checkpoint(digest, 1, other.to_torch().state_dict(), {}, [], {}))
     code, _, err = run(capsys, "export", "specs/mlp.dl", "--weights", str(foreign), "-o", str(out))
     assert code == 1 and "made from a different spec" in err and "--resume" not in err

@@ -535,7 +535,7 @@ def test_tied_weights_are_counted_once() -> None:
     checked = check_text(TIED)
     assert checked.ok, checked.report.diagnostics
     assert checked.graph is not None
-    head = checked.graph.nodes[-1]
+    head = checked.graph.steps[-1]
     assert head.tied == {"weight": "tok_emb.weight"}
     assert head.params == 50  # the bias only
     assert checked.report.trainable_params == 50 * 32 + 50
@@ -588,7 +588,7 @@ def test_spec_agrees_with_its_generated_torch_model(name: str) -> None:
     ]
     with torch.no_grad():
         y = model(*inputs)
-    [output] = graph.output_types
+    [output] = [o.type for o in graph.outputs]
     assert tuple(y.shape) == (BATCH, *concrete(output.shape, graph.bindings))
 
 

@@ -15,8 +15,8 @@ from dlspec.analysis.train_config import (
     OptimizerConfig,
     TrainConfig,
     TrainConfigError,
-    check_train,
-    train_config,
+    read_train,
+    with_overrides,
 )
 from dlspec.syntax import ast
 from dlspec.syntax.parser import parse
@@ -34,6 +34,13 @@ from dlspec.train.loop import Objective, Splits, Trainer, TrainError, load_split
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def config_of(section: ast.TrainSection, env: dict[str, int] | None = None) -> TrainConfig:
+    """The config of a valid train section."""
+    config, problems = read_train(section, env or {})
+    assert not problems, problems
+    return config
+
+
 def section(body: str) -> ast.TrainSection:
     """The train section of a one-layer model whose train section is ``body``."""
     spec, diagnostics = parse(
@@ -49,7 +56,7 @@ def section(body: str) -> ast.TrainSection:
 
 
 def test_defaults_without_a_train_section() -> None:
-    config = train_config(None)
+    config = TrainConfig()
     assert config == TrainConfig()
     assert (config.data, config.task, config.epochs, config.batch_size) == (
         "digits",
@@ -65,7 +72,7 @@ def test_defaults_without_a_train_section() -> None:
 
 
 def test_the_seed_scripts_settings() -> None:
-    config = train_config(
+    config = config_of(
         section(
             'data = "digits" epochs = 5 batch_size = 2 * 32 '
             "optimizer = Adam(lr=1e-3, weight_decay=1e-4) "
@@ -80,27 +87,26 @@ def test_the_seed_scripts_settings() -> None:
 
 
 def test_optimizer_defaults_and_arguments() -> None:
-    sgd = train_config(section("optimizer = SGD")).optimizer
+    sgd = config_of(section("optimizer = SGD")).optimizer
     assert sgd.torch_kwargs() == {
         "lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 0.0,
         "nesterov": False,
     }
-    rms = train_config(section("optimizer = RMSprop(0.002, momentum=0.5)")).optimizer
+    rms = config_of(section("optimizer = RMSprop(0.002, momentum=0.5)")).optimizer
     assert (rms.lr, rms.momentum) == (0.002, 0.5)
-    assert train_config(section('optimizer = "AdamW"')).optimizer.weight_decay == 0.01
+    assert config_of(section('optimizer = "AdamW"')).optimizer.weight_decay == 0.01
 
 
 def test_model_parameters_in_settings() -> None:
-    assert train_config(section("epochs = n // 2"), {"n": 8}).epochs == 4
+    assert config_of(section("epochs = n // 2"), {"n": 8}).epochs == 4
 
 
 def test_command_line_overrides() -> None:
     spec = section("epochs = 5 optimizer = SGD(0.1) task = classify")
-    config = train_config(
-        spec,
-        {},
+    config = with_overrides(
+        config_of(spec),
         [
             ("epochs", "2"),
             ("optimizer.lr", "0.5"),
@@ -108,6 +114,7 @@ def test_command_line_overrides() -> None:
             ("loss", "mse"),
             ("augment", "[RandomRotation(5)]"),
         ],
+        {},
     )
     assert config.epochs == 2 and config.data == "/tmp/my data.npz"
     assert (config.optimizer.name, config.optimizer.lr, config.optimizer.momentum) == (
@@ -116,8 +123,8 @@ def test_command_line_overrides() -> None:
         0.9,
     )
     assert config.task == "regression" and config.rotation == 5
-    assert train_config(None, {}, [("optimizer.lr", "3e-4")]).optimizer.lr == 3e-4
-    assert train_config(None, {}, [("task", "binary")]).task == "binary"
+    assert with_overrides(TrainConfig(), [("optimizer.lr", "3e-4")], {}).optimizer.lr == 3e-4
+    assert with_overrides(TrainConfig(), [("task", "binary")], {}).task == "binary"
 
 
 @pytest.mark.parametrize(
@@ -133,7 +140,7 @@ def test_command_line_overrides() -> None:
 )
 def test_bad_overrides_name_the_option(override: tuple[str, str], message: str) -> None:
     with pytest.raises(TrainConfigError, match=r"^--train ") as info:
-        train_config(None, {}, [override])
+        with_overrides(TrainConfig(), [override], {})
     assert message in str(info.value)
 
 
@@ -169,7 +176,7 @@ def test_bad_train_sections_are_e214_at_the_setting(
 
 
 def test_every_problem_of_a_section_is_reported() -> None:
-    diagnostics = check_train(section("epoch = 3 optimizer = Adamw seed = -1"), {})
+    _, diagnostics = read_train(section("epoch = 3 optimizer = Adamw seed = -1"), {})
     assert [d.message.split(" ")[0] for d in diagnostics] == ["unknown", "unknown", "seed"]
 
 
@@ -262,7 +269,7 @@ def test_atomic_file_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
 
 
 def digits_splits(**settings: str) -> tuple[TrainConfig, Splits]:
-    config = train_config(None, {}, list(settings.items()))
+    config = with_overrides(TrainConfig(), list(settings.items()), {})
     return config, load_splits(config)
 
 

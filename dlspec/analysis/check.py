@@ -12,7 +12,6 @@ from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.infer import Analyzer
 from dlspec.analysis.lints import lint
 from dlspec.analysis.report import Report, build_report
-from dlspec.analysis.train_config import check_train
 from dlspec.syntax.parser import parse
 from dlspec.syntax.source import Source, read_source
 
@@ -67,7 +66,6 @@ def _check(
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
-        diagnostics = diagnostics + check_train(analyzer.train, graph.params if graph else {})
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
     return Checked(path, source, graph if report.ok else None, report)

@@ -1,68 +1,140 @@
-"""The analyzed model: a tree of nodes with resolved layers, types, parameters and MACs.
+"""The IR: one resolved dataflow graph, which every backend reads.
 
-This is what every backend consumes. Node paths follow the generated torch module's
-``named_modules()`` naming (``stage.0.conv``), so per-layer figures can be checked against torch.
+A :class:`ModelGraph` holds the model's :class:`Graph`: named input tensors, an ordered list of
+:class:`Step` values and the output tensors. Every step names the tensors it reads (resolved:
+never "the previous output") and the tensors it writes, with their types; so an edge is data,
+not something a consumer works out again. A step is a layer, or holds sub-graphs with their own
+named inputs and outputs:
+
+* ``block``: a use of a block definition; ``body`` is the block's graph for this use, ``block``
+  the definition and the arguments of this use;
+* ``repeat``: ``body`` holds the copies ``0``, ``1``, ... each reading the one before;
+* ``residual``: ``body`` is the main branch, ``shortcut`` the projection (None: identity);
+  the step's output is their sum.
+
+Step paths follow the generated torch module's ``named_modules()`` (``stage.0.conv``), so
+per-layer figures can be checked against torch. ``dlspec check --format ir`` prints the graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dlspec.analysis.train_config import TrainConfig
 from dlspec.diagnostics import Span
 from dlspec.layers.base import Layer, Shape, TensorType, numel
-from dlspec.layers.symbolic import Dim
+from dlspec.layers.symbolic import Dim, fmt_dim
 from dlspec.syntax import ast
 
-Container = Literal["layer", "block", "repeat", "residual"]
+StepKind = Literal["layer", "block", "repeat", "residual"]
 
 
-@dataclass
-class Node:
-    """One statement of a spec, analyzed. Leaves (``container == "layer"``) hold a layer;
-    blocks, repetitions and residuals hold children."""
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named tensor of a graph; ``type`` is its per-sample type (symbolic where it is)."""
+
+    name: str
+    type: TensorType
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type}"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockUse:
+    """A use of a block definition: the definition (its signature is ``definition.params``)
+    and the values of its parameters for this use, defaults applied."""
+
+    definition: ast.Definition
+    arguments: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.definition.name.name
+
+
+@dataclass(eq=False)
+class Graph:
+    """A body of steps: the model's, a block use's, a repetition's or a residual branch's.
+    Tensor names are local to the graph: ``inputs`` are its own, each step's outputs are
+    defined once, and ``outputs`` are what the graph returns."""
+
+    inputs: list[Tensor]
+    steps: list[Step]
+    outputs: list[Tensor]
+
+    def readers(self) -> dict[str, list[Step]]:
+        """Each tensor of the graph and the steps reading it, in order (outputs not counted)."""
+        out: dict[str, list[Step]] = {t.name: [] for t in self.inputs}
+        for step in self.steps:
+            for t in step.outputs:
+                out[t.name] = []
+        for step in self.steps:
+            for t in step.inputs:
+                out[t.name].append(step)
+        return out
+
+    def edges(self) -> Iterator[tuple[str, Step]]:
+        """(tensor name, step reading it) for every input of every step, in order."""
+        for step in self.steps:
+            for t in step.inputs:
+                yield t.name, step
+
+
+@dataclass(eq=False)
+class Step:
+    """One statement of a spec, analyzed: it reads ``inputs`` (tensors of the enclosing graph)
+    and writes ``outputs``. Layers hold ``layer`` and their parameter shapes; blocks,
+    repetitions and residuals hold sub-graphs."""
 
     name: str  # attribute name in its scope
     path: str  # dotted path from the model root
     span: Span
-    container: Container
-    inputs: list[TensorType]
-    output: TensorType
-    sources: list[str] = field(default_factory=list)  # tensors consumed; [] = previous output
+    kind: StepKind
+    inputs: list[Tensor]
+    outputs: list[Tensor]
     layer: Layer | None = None
-    block: str | None = None  # block name, for blocks
-    children: list[Node] = field(default_factory=list)
-    shortcut: list[Node] | None = None  # residual projection (None: identity)
+    body: Graph | None = None  # block, repeat, residual main branch
+    shortcut: Graph | None = None  # residual projection (None: identity)
+    block: BlockUse | None = None
     weights: dict[str, Shape] = field(default_factory=dict)
     buffers: dict[str, Shape] = field(default_factory=dict)
-    macs: Dim = 0
-    tied: dict[str, str] = field(default_factory=dict)
+    macs: Dim = 0  # this layer's own, per sample
+    tied: dict[str, str] = field(default_factory=dict)  # weight -> path of the shared one
+
+    @property
+    def output(self) -> Tensor:
+        """The step's first (usually only) output."""
+        return self.outputs[0]
+
+    @property
+    def children(self) -> list[Step]:
+        """The steps of the main body (a repetition's copies, a block's statements)."""
+        return self.body.steps if self.body is not None else []
 
     @property
     def label(self) -> str:
         if self.layer is not None:
             return self.layer.label()
-        if self.container == "block":
-            return f"{self.block}"
-        if self.container == "repeat":
-            first = self.children[0]
-            return f"{first.label} x {len(self.children)}"
+        if self.block is not None:
+            return self.block.name
+        if self.kind == "repeat":
+            return f"{self.children[0].label} x {len(self.children)}"
         return "residual" if self.shortcut is None else "residual (projection)"
 
-    def subtree(self) -> list[Node]:
-        """This node's descendants (self excluded), in pre-order."""
-        out: list[Node] = []
-        for child in [*self.children, *(self.shortcut or [])]:
-            out.append(child)
-            out.extend(child.subtree())
+    def subtree(self) -> list[Step]:
+        """This step's descendants (self excluded), in pre-order."""
+        out: list[Step] = []
+        for graph in (self.body, self.shortcut):
+            for child in graph.steps if graph is not None else []:
+                out.append(child)
+                out.extend(child.subtree())
         return out
 
-    def leaves(self) -> list[Node]:
-        return (
-            [self]
-            if self.container == "layer"
-            else [n for n in self.subtree() if n.container == "layer"]
-        )
+    def leaves(self) -> list[Step]:
+        return [self] if self.kind == "layer" else [s for s in self.subtree() if s.kind == "layer"]
 
     @property
     def params(self) -> int:
@@ -87,49 +159,128 @@ class Node:
 
 
 @dataclass
-class InputNode:
-    name: str
-    type: TensorType
-    span: Span
-
-
-@dataclass
 class ModelGraph:
+    """The analyzed model: its graph, the values of its parameters and symbolic dimensions,
+    and its training settings."""
+
     name: str
-    params: dict[str, Any]  # model parameters after defaults and --set overrides
+    arguments: dict[str, Any]  # model parameter values after defaults and --set overrides
     bindings: dict[str, int]  # values of symbolic dimensions
     symbols: list[str]
-    inputs: list[InputNode]
-    nodes: list[Node]
-    outputs: list[str]  # tensor names
-    output_types: list[TensorType]
-    train: ast.TrainSection | None
+    graph: Graph
+    train: TrainConfig  # the train section, validated (defaults where it is silent)
     span: Span
     # bounds on symbolic dimensions that layers set, (dimension, maximum, what it is)
     limits: list[tuple[Dim, int, str]] = field(default_factory=list)
 
-    def all_nodes(self) -> list[Node]:
-        out: list[Node] = []
-        for node in self.nodes:
-            out.append(node)
-            out.extend(node.subtree())
+    @property
+    def inputs(self) -> list[Tensor]:
+        return self.graph.inputs
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.graph.steps
+
+    @property
+    def outputs(self) -> list[Tensor]:
+        return self.graph.outputs
+
+    def all_steps(self) -> list[Step]:
+        out: list[Step] = []
+        for step in self.steps:
+            out.append(step)
+            out.extend(step.subtree())
         return out
 
-    def leaves(self) -> list[Node]:
-        return [n for n in self.all_nodes() if n.container == "layer"]
+    def leaves(self) -> list[Step]:
+        return [s for s in self.all_steps() if s.kind == "layer"]
 
     @property
     def trainable_params(self) -> int:
-        return sum(node.params for node in self.nodes)
+        return sum(step.params for step in self.steps)
 
     @property
     def buffer_count(self) -> int:
-        return sum(node.buffer_count for node in self.nodes)
+        return sum(step.buffer_count for step in self.steps)
 
     @property
     def total_macs(self) -> Dim:
         """MACs per sample, a formula when they depend on symbolic dimensions."""
         total: Dim = 0
-        for node in self.nodes:
-            total = total + node.total_macs
+        for step in self.steps:
+            total = total + step.total_macs
         return total
+
+
+def dataflow(model: ModelGraph) -> set[tuple[str, str]]:
+    """The model's edges between layers, with blocks, repetitions and residuals flattened:
+    (producer, consumer) where each is a layer's path, ``input/NAME``, ``output/NAME`` or a
+    residual's sum ``add/PATH``."""
+    edges: set[tuple[str, str]] = set()
+
+    def flatten(graph: Graph, sources: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Adds the graph's edges; ``sources`` maps its inputs to their producers. Returns
+        the producers of each of its outputs."""
+        where = dict(sources)
+        for step in graph.steps:
+            feeds = [p for t in step.inputs for p in where[t.name]]
+            if step.kind == "layer":
+                edges.update((p, step.path) for p in feeds)
+                ends = [step.path]
+            else:
+                assert step.body is not None
+                inner = {t.name: feeds for t in step.body.inputs}
+                ends = [p for t in step.body.outputs for p in flatten(step.body, inner)[t.name]]
+                if step.kind == "residual":
+                    side = feeds
+                    if step.shortcut is not None:
+                        inner = {t.name: feeds for t in step.shortcut.inputs}
+                        result = flatten(step.shortcut, inner)
+                        side = [p for t in step.shortcut.outputs for p in result[t.name]]
+                    add = f"add/{step.path}"
+                    edges.update((p, add) for p in [*ends, *side])
+                    ends = [add]
+            for t in step.outputs:
+                where[t.name] = ends
+        return {t.name: where[t.name] for t in graph.outputs}
+
+    result = flatten(model.graph, {t.name: [f"input/{t.name}"] for t in model.inputs})
+    for t in model.outputs:
+        edges.update((p, f"output/{t.name}") for p in result[t.name])
+    return edges
+
+
+def describe(model: ModelGraph) -> str:
+    """The graph as text, one step a line (``dlspec check --format ir``)."""
+    lines = [f"model {model.name}" + _values(model.arguments)]
+    lines += _graph_lines(model.graph, 1)
+    return "\n".join(lines)
+
+
+def _values(values: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")" if values else ""
+
+
+def _tensors(tensors: list[Tensor]) -> str:
+    return ", ".join(
+        f"{t.name}: {t.type.dtype}[{', '.join(fmt_dim(d) for d in t.type.shape)}]" for t in tensors
+    )
+
+
+def _graph_lines(graph: Graph, depth: int) -> list[str]:
+    pad = "  " * depth
+    lines = [f"{pad}inputs  {_tensors(graph.inputs)}"]
+    for step in graph.steps:
+        what = step.label if step.block is None else step.block.name + _values(step.block.arguments)
+        reads = ", ".join(t.name for t in step.inputs)
+        counts = f"  params={step.params}" if step.params else ""
+        lines.append(
+            f"{pad}{_tensors(step.outputs)} = {step.kind} {what} <- {reads}{counts}"
+            f"  @{step.span.line}:{step.span.column}"
+        )
+        for title, sub in (("body", step.body), ("shortcut", step.shortcut)):
+            if sub is not None:
+                lines.append(f"{pad}  {title}:")
+                lines += _graph_lines(sub, depth + 2)
+    lines.append(f"{pad}outputs {', '.join(t.name for t in graph.outputs)}")
+    return lines

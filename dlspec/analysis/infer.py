@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
-from dlspec.analysis.graph import InputNode, ModelGraph, Node
+from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.names import RESERVED
+from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
 from dlspec.layers.base import Shape, numel
@@ -92,8 +93,9 @@ class Scope:
 
     path: str
     env: dict[str, Any]
+    inputs: list[Tensor] = field(default_factory=list)
     tensors: dict[str, TensorType | None] = field(default_factory=dict)
-    nodes: dict[str, Node] = field(default_factory=dict)
+    nodes: dict[str, Step] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     current: str | None = None  # the tensor a statement without `<-` consumes
@@ -109,6 +111,18 @@ class Scope:
 
     def child_path(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
+
+    @classmethod
+    def of(cls, path: str, env: dict[str, Any], x: TensorType) -> Scope:
+        """The scope of a body reading one tensor, ``input``."""
+        return cls(path, env, [Tensor("input", x)], {"input": x}, current="input")
+
+    def graph(self, steps: list[Step]) -> Graph:
+        """The body as a graph returning its last tensor."""
+        assert self.current is not None
+        output = self.tensors[self.current]
+        assert output is not None
+        return Graph(list(self.inputs), steps, [Tensor(self.current, output)])
 
 
 class Analyzer:
@@ -383,9 +397,8 @@ class Analyzer:
     def _model(self, definition: ast.Definition) -> ModelGraph | None:
         env = self._model_params(definition)
         scope = Scope(path="", env=env)
-        inputs: list[InputNode] = []
-        nodes = self._body(definition.body, scope, inputs=inputs, top=True)
-        if not inputs:
+        steps = self._body(definition.body, scope, top=True)
+        if not scope.inputs:
             self.error(
                 Diagnostic.at(
                     "E408",
@@ -395,18 +408,25 @@ class Analyzer:
                 )
             )
         outputs = self._outputs(scope)
-        if self.incomplete or any(d.code[:2] in ("E0", "E1", "E2", "E4") for d in self.diagnostics):
+        arguments = {k: v for k, v in env.items() if not isinstance(v, Poly)}
+        train, problems = read_train(self.train, arguments)
+        failed = self.incomplete or any(
+            d.code[:2] in ("E0", "E1", "E2", "E4") for d in self.diagnostics
+        )
+        self.diagnostics.extend(problems)
+        if failed:
             return None
         graph = ModelGraph(
             name=definition.name.name,
-            params={k: v for k, v in env.items() if not isinstance(v, Poly)},
+            arguments=arguments,
             bindings=dict(self.bindings),
             symbols=[k for k, v in env.items() if isinstance(v, Poly)],
-            inputs=inputs,
-            nodes=nodes,
-            outputs=outputs,
-            output_types=[t for o in outputs if (t := scope.tensors.get(o)) is not None],
-            train=self.train,
+            graph=Graph(
+                scope.inputs,
+                steps,
+                [Tensor(o, t) for o in outputs if (t := scope.tensors.get(o)) is not None],
+            ),
+            train=train,
             span=definition.span,
             limits=self.limits,
         )
@@ -434,14 +454,13 @@ class Analyzer:
         self,
         statements: Sequence[ast.Statement],
         scope: Scope,
-        inputs: list[InputNode] | None = None,
         top: bool = False,
-    ) -> list[Node]:
+    ) -> list[Step]:
         for stmt in statements:
             if isinstance(stmt, ast.LayerStmt) and stmt.name is not None:
                 scope.names.add(stmt.name.name)
-        nodes: list[Node] = []
-        last: Node | None = None
+        nodes: list[Step] = []
+        last: Step | None = None
         last_ok = True
         for stmt in statements:
             try:
@@ -453,8 +472,8 @@ class Analyzer:
                         nodes.append(last)
                 elif isinstance(stmt, ast.ExpectStmt):
                     self._expect(stmt, last if last_ok else None, top, scope.env)
-                elif isinstance(stmt, ast.InputDecl) and top and inputs is not None:
-                    inputs.append(self._input(stmt, scope))
+                elif isinstance(stmt, ast.InputDecl) and top:
+                    self._input(stmt, scope)
                 elif isinstance(stmt, ast.OutputDecl) and top:
                     self.outputs = stmt.names
                 elif isinstance(stmt, ast.TrainSection) and top:
@@ -471,7 +490,7 @@ class Analyzer:
                 self.incomplete = True
         return nodes
 
-    def _input(self, decl: ast.InputDecl, scope: Scope) -> InputNode:
+    def _input(self, decl: ast.InputDecl, scope: Scope) -> None:
         check_name(decl.name, "input")
         if decl.name.name in scope.tensors:
             raise fail("E206", f"{decl.name.name} is already defined", decl.name.span)
@@ -496,12 +515,10 @@ class Analyzer:
         scope.tensors[decl.name.name] = type_
         scope.names.add(decl.name.name)
         scope.current = decl.name.name
-        return InputNode(decl.name.name, type_, decl.span)
+        scope.inputs.append(Tensor(decl.name.name, type_))
 
-    def _sources(
-        self, stmt: ast.LayerStmt, scope: Scope
-    ) -> tuple[list[str], list[TensorType] | None]:
-        """The tensors a statement consumes; None for the types when one of them is unknown."""
+    def _sources(self, stmt: ast.LayerStmt, scope: Scope) -> list[Tensor] | None:
+        """The tensors a statement reads; None when one of them is unknown."""
         if stmt.sources:
             names = []
             for ident in stmt.sources:
@@ -521,12 +538,10 @@ class Analyzer:
                 "this layer has no input: declare one with `input name: float[...]`",
                 stmt.span,
             )
-        types = [scope.tensors[name] for name in names]
-        if any(t is None for t in types):
-            return names, None
-        return names, [t for t in types if t is not None]
+        tensors = [Tensor(name, t) for name in names if (t := scope.tensors[name]) is not None]
+        return tensors if len(tensors) == len(names) else None
 
-    def _statement(self, stmt: ast.LayerStmt, scope: Scope) -> Node | None:
+    def _statement(self, stmt: ast.LayerStmt, scope: Scope) -> Step | None:
         if stmt.name is not None:
             check_name(stmt.name, "layer")
             if stmt.name.name in scope.tensors:
@@ -536,18 +551,16 @@ class Analyzer:
         base = stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
         name = stmt.name.name if stmt.name is not None else scope.generated_name(base)
         scope.tensors[name] = None  # until analyzed; later statements see it as unknown
-        sources, types = self._sources(stmt, scope)
+        inputs = self._sources(stmt, scope)
         scope.current = name
-        explicit = bool(stmt.sources)
         if stmt.repeat is not None:
             count = expect_int(stmt.repeat, scope.env, "a repeat count")
-            node = self._repeat(stmt, count, name, scope, types)
+            node = self._repeat(stmt, count, name, scope, inputs)
         else:
-            node = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, types)
+            node = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
         if node is None:
             return None
-        node.sources = sources if explicit else []
-        scope.tensors[name] = node.output
+        scope.tensors[name] = node.output.type
         scope.nodes[name] = node
         return node
 
@@ -557,25 +570,31 @@ class Analyzer:
         count: int,
         name: str,
         scope: Scope,
-        types: list[TensorType] | None,
-    ) -> Node | None:
+        inputs: list[Tensor] | None,
+    ) -> Step | None:
+        """``count`` copies of the operation, each reading the one before (the first: the
+        repetition's inputs, which its body calls ``input`` when there is one)."""
         path = scope.child_path(name)
-        children: list[Node] = []
+        children: list[Step] = []
+        if inputs is None:  # still check the operation's names and arguments
+            return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
+        body_inputs = [Tensor("input", inputs[0].type)] if len(inputs) == 1 else list(inputs)
+        reads = body_inputs
         for i in range(count):
-            child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, types)
+            child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
             children.append(child)
-            types = [child.output]
-        assert types is not None
-        return Node(
+            reads = [child.output]
+        last = reads[0]
+        return Step(
             name=name,
             path=path,
             span=stmt.span,
-            container="repeat",
-            inputs=children[0].inputs,
-            output=types[0],
-            children=children,
+            kind="repeat",
+            inputs=inputs,
+            outputs=[Tensor(name, last.type)],
+            body=Graph(body_inputs, children, [last]),
         )
 
     def _operation(
@@ -585,13 +604,14 @@ class Analyzer:
         name: str,
         path: str,
         scope: Scope,
-        types: list[TensorType] | None,
-    ) -> Node | None:
+        inputs: list[Tensor] | None,
+    ) -> Step | None:
+        """The step applying ``op`` to ``inputs``; its output tensor is called ``name``."""
         if isinstance(op, ast.Residual):
-            return self._residual(op, name, path, scope, types)
+            return self._residual(op, name, path, scope, inputs)
         kind = op.name.name
         if kind in self.blocks:
-            return self._block(op, name, path, scope, types)
+            return self._block(op, name, path, scope, inputs)
         if kind not in REGISTRY:
             raise fail(
                 "E201",
@@ -600,8 +620,9 @@ class Analyzer:
                 did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
         layer, spans = self._layer(op, scope.env)
-        if types is None:
+        if inputs is None:
             return None
+        types = [t.type for t in inputs]
         lo, hi = layer.arity
         if not lo <= len(types) <= hi:
             expected = str(lo) if lo == hi else f"{lo} to {hi}"
@@ -629,13 +650,13 @@ class Analyzer:
                         f"{name}: output dimension {dim} is {value} at {_at(self.bindings)}",
                         op.span,
                     )
-        node = Node(
+        node = Step(
             name=name,
             path=path,
             span=stmt.span if stmt.op is op else op.span,
-            container="layer",
-            inputs=types,
-            output=inferred.output,
+            kind="layer",
+            inputs=inputs,
+            outputs=[Tensor(name, inferred.output)],
             layer=layer,
             weights=inferred.weights,
             buffers=inferred.buffers,
@@ -675,18 +696,20 @@ class Analyzer:
         return resolved
 
     def _block(
-        self, call: ast.Call, name: str, path: str, scope: Scope, types: list[TensorType] | None
-    ) -> Node | None:
+        self, call: ast.Call, name: str, path: str, scope: Scope, inputs: list[Tensor] | None
+    ) -> Step | None:
         definition = self.blocks[call.name.name]
         if call.name.name in self.expanding:
             chain = " -> ".join([*self.expanding, call.name.name])
             raise fail("E209", f"block {call.name.name} uses itself: {chain}", call.name.span)
         env = self._bind_args(definition.params, call.args, scope.env, call)
-        if types is None:
+        if inputs is None:
             return None
-        if len(types) != 1:
-            raise fail("E407", f"block {call.name.name} takes 1 input, got {len(types)}", call.span)
-        inner = Scope(path=path, env=env, tensors={"input": types[0]}, current="input")
+        if len(inputs) != 1:
+            raise fail(
+                "E407", f"block {call.name.name} takes 1 input, got {len(inputs)}", call.span
+            )
+        inner = Scope.of(path, env, inputs[0].type)
         self.expanding.append(call.name.name)
         errors = len(self.diagnostics)
         try:
@@ -695,38 +718,35 @@ class Analyzer:
             self.expanding.pop()
         if self._failed_since(errors):
             return None
-        output = inner.tensors[inner.current] if inner.current else types[0]
-        assert output is not None
-        return Node(
+        body = inner.graph(children)
+        return Step(
             name=name,
             path=path,
             span=call.span,
-            container="block",
-            inputs=types,
-            output=output,
-            block=call.name.name,
-            children=children,
+            kind="block",
+            inputs=inputs,
+            outputs=[Tensor(name, body.outputs[0].type)],
+            body=body,
+            block=BlockUse(definition, dict(env)),
         )
 
     def _residual(
-        self, op: ast.Residual, name: str, path: str, scope: Scope, types: list[TensorType] | None
-    ) -> Node | None:
-        if types is None:
+        self, op: ast.Residual, name: str, path: str, scope: Scope, inputs: list[Tensor] | None
+    ) -> Step | None:
+        if inputs is None:
             return None
-        if len(types) != 1:
-            raise fail("E407", f"residual takes 1 input, got {len(types)}", op.span)
-        x = types[0]
+        if len(inputs) != 1:
+            raise fail("E407", f"residual takes 1 input, got {len(inputs)}", op.span)
+        x = inputs[0].type
         errors = len(self.diagnostics)
-        main = Scope(path=path, env=scope.env, tensors={"input": x}, current="input")
+        main = Scope.of(path, scope.env, x)
         children = self._body(op.body, main)
         shortcut = None
         out_short = x
         if op.shortcut is not None:
-            side = Scope(
-                path=f"{path}.shortcut", env=scope.env, tensors={"input": x}, current="input"
-            )
-            shortcut = self._body(op.shortcut, side)
-            out_short = side.tensors.get(side.current or "input") or x
+            side = Scope.of(f"{path}.shortcut", scope.env, x)
+            shortcut = side.graph(self._body(op.shortcut, side))
+            out_short = shortcut.outputs[0].type
         if self._failed_since(errors):
             return None
         if shortcut is not None and "shortcut" in main.tensors:
@@ -735,8 +755,8 @@ class Analyzer:
                 f"{name}: a statement of the body is named `shortcut`, the projection's name",
                 op.span,
             )
-        out_main = main.tensors[main.current or "input"]
-        assert out_main is not None
+        body = main.graph(children)
+        out_main = body.outputs[0].type
         if tuple(out_main.shape) != tuple(out_short.shape):
             what = "shortcut" if shortcut is not None else "input (identity shortcut)"
             notes = [f"body output {out_main}, {what} {out_short}"]
@@ -750,14 +770,14 @@ class Analyzer:
                 op.span,
                 notes,
             )
-        return Node(
+        return Step(
             name=name,
             path=path,
             span=op.span,
-            container="residual",
-            inputs=[x],
-            output=out_main,
-            children=children,
+            kind="residual",
+            inputs=inputs,
+            outputs=[Tensor(name, out_main)],
+            body=body,
             shortcut=shortcut,
         )
 
@@ -767,7 +787,7 @@ class Analyzer:
     # expectations ---------------------------------------------------------------------------
 
     def _expect(
-        self, stmt: ast.ExpectStmt, last: Node | None, top: bool, env: dict[str, Any]
+        self, stmt: ast.ExpectStmt, last: Step | None, top: bool, env: dict[str, Any]
     ) -> None:
         if stmt.total:
             if not top:
@@ -801,7 +821,7 @@ class Analyzer:
             except DiagnosticError as err:
                 self.error(err.diagnostic)
 
-    def _check_layer(self, check: ast.Check, node: Node, env: dict[str, Any]) -> None:
+    def _check_layer(self, check: ast.Check, node: Step, env: dict[str, Any]) -> None:
         quantity = check.quantity.name
         if quantity == "shape":
             want = evaluate(check.value, env)
@@ -809,7 +829,7 @@ class Analyzer:
                 raise fail(
                     "E305", "a shape is written as a list, e.g. [64, 24, 24]", check.value.span
                 )
-            got = list(node.output.shape)
+            got = list(node.output.type.shape)
             equal = want == got
             if check.op not in ("==", "!="):
                 raise fail("E305", "shapes compare with == or !=", check.span)
@@ -817,7 +837,7 @@ class Analyzer:
                 raise fail(
                     "E302",
                     f"{node.name} expected shape {check.op} {_fmt_shape(want)}, "
-                    f"but its output is {node.output}",
+                    f"but its output is {node.output.type}",
                     check.span,
                     _shape_notes(node),
                 )
@@ -911,7 +931,7 @@ def _fails(actual: int, op: str, want: Any, expr: ast.Expr) -> bool:
     ]
 
 
-def _param_notes(node: Node) -> list[str]:
+def _param_notes(node: Step) -> list[str]:
     """The arithmetic behind a parameter count: each tensor's shape and size."""
     parts = []
     for leaf in node.leaves():
@@ -928,20 +948,20 @@ def _param_notes(node: Node) -> list[str]:
     return [" + ".join(parts) + (f" = {n(node.params)}" if len(parts) > 1 else "")]
 
 
-def _macs_notes(node: Node, bindings: dict[str, int]) -> list[str]:
+def _macs_notes(node: Step, bindings: dict[str, int]) -> list[str]:
     total = node.total_macs
     if isinstance(total, Poly):
         return [f"MACs = {total} at " + ", ".join(f"{k}={v}" for k, v in bindings.items())]
     return [f"{node.label}: {n(total)} multiply-accumulates per sample (one per bias add)"]
 
 
-def _shape_notes(node: Node) -> list[str]:
-    ins = ", ".join(str(t) for t in node.inputs)
-    return [f"{node.label} maps {ins} to {node.output}"]
+def _shape_notes(node: Step) -> list[str]:
+    ins = ", ".join(str(t.type) for t in node.inputs)
+    return [f"{node.label} maps {ins} to {node.output.type}"]
 
 
 def _largest(graph: ModelGraph, quantity: str) -> list[str]:
-    def size(leaf: Node) -> int:
+    def size(leaf: Step) -> int:
         if quantity == "macs":
             return eval_dim(leaf.macs, graph.bindings)
         return leaf.params + (leaf.buffer_count if quantity == "params" else 0)

@@ -2,76 +2,85 @@
 
 from __future__ import annotations
 
-from dlspec.analysis.graph import ModelGraph, Node
+from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.diagnostics import Diagnostic, n
 from dlspec.layers.base import numel
-from dlspec.syntax import ast
 
 # Families through which a linear map stays linear (W502 looks through them).
 TRANSPARENT = ("regularization", "reshape")
 HUGE_PARAMS = 1_000_000_000
 
 
-def _task(graph: ModelGraph) -> str:
-    for setting in graph.train.settings if graph.train else []:
-        if setting.name.name in ("task", "loss"):
-            value = setting.value
-            if isinstance(value, ast.Str):
-                return value.value
-            if isinstance(value, (ast.Ref, ast.CallExpr)):  # task = binary, loss = MSELoss()
-                return value.name if isinstance(value, ast.Ref) else value.name.name
-    return "classify"
-
-
-def _sequences(nodes: list[Node]) -> list[list[Node]]:
-    """Every straight-line body of the model: the top level, block bodies, residual branches."""
-    out = [nodes]
-    for node in nodes:
-        if node.container in ("block", "residual"):
-            out.extend(_sequences(node.children))
-        if node.shortcut:
-            out.extend(_sequences(node.shortcut))
-        if node.container == "repeat":
-            out.extend(_sequences(node.children[:1]))
+def _graphs(graph: Graph) -> list[Graph]:
+    """Every graph of the model: the top level, block bodies, residual branches, and the first
+    two copies of a repetition (what holds between them holds between all)."""
+    out = [graph]
+    for step in graph.steps:
+        for sub in (step.body, step.shortcut):
+            if sub is not None:
+                steps = sub.steps[:2] if step.kind == "repeat" else sub.steps
+                out.extend(_graphs(Graph(sub.inputs, steps, [])))
     return out
+
+
+def _linear_source(
+    step: Step, producers: dict[str, Step], readers: dict[str, list[Step]]
+) -> Step | None:
+    """The dense layer whose output reaches ``step`` through nothing but reshapes and dropout,
+    each tensor on the way read by nothing else; None when there is none."""
+    while len(step.inputs) == 1:
+        tensor = step.inputs[0].name
+        source = producers.get(tensor)
+        if source is None or len(readers[tensor]) != 1 or source.layer is None:
+            return None
+        if source.layer.family == "dense":
+            return source
+        if source.layer.family not in TRANSPARENT:
+            return None
+        step = source
+    return None
 
 
 def lint(graph: ModelGraph) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
-    last = graph.nodes[-1] if graph.nodes else None
-    if (
-        last is not None
-        and last.layer is not None
-        and last.layer.probabilities
-        and _task(graph) in ("classify", "cross_entropy", "CrossEntropyLoss", "language_model")
-    ):
-        diags.append(
-            Diagnostic.at(
-                "W501",
-                f"{last.name}: {last.layer.kind} right before the output; the cross-entropy loss "
-                "applies log-softmax itself, so training would normalise twice",
-                last.span,
-                ["end the model with the logits (remove this layer); apply softmax at inference"],
+    producers = {t.name: s for s in graph.steps for t in s.outputs}
+    for output in graph.outputs:
+        last = producers.get(output.name)
+        if (
+            last is not None
+            and last.layer is not None
+            and last.layer.probabilities
+            and graph.train.task in ("classify", "language_model")
+        ):
+            diags.append(
+                Diagnostic.at(
+                    "W501",
+                    f"{last.name}: {last.layer.kind} right before the output; the cross-entropy "
+                    "loss applies log-softmax itself, so training would normalise twice",
+                    last.span,
+                    [
+                        "end the model with the logits (remove this layer); "
+                        "apply softmax at inference"
+                    ],
+                )
             )
-        )
-    for body in _sequences(graph.nodes):
-        dense: Node | None = None
-        for node in body:
-            family = node.layer.family if node.layer is not None else None
-            if family == "dense" and dense is not None:
+    for body in _graphs(graph.graph):
+        made = {t.name: s for s in body.steps for t in s.outputs}
+        readers = body.readers()
+        for step in body.steps:
+            if step.layer is None or step.layer.family != "dense":
+                continue
+            dense = _linear_source(step, made, readers)
+            if dense is not None:
                 diags.append(
                     Diagnostic.at(
                         "W502",
-                        f"{dense.name} and {node.name} are linear layers with no nonlinearity "
+                        f"{dense.name} and {step.name} are linear layers with no nonlinearity "
                         "between them: together they are one linear map with more parameters",
-                        node.span,
+                        step.span,
                         ["add an activation (e.g. ReLU) between them, or merge them"],
                     )
                 )
-            if family == "dense":
-                dense = node
-            elif family not in TRANSPARENT:
-                dense = None
     leaves = graph.leaves()
     total = sum(leaf.params for leaf in leaves)
     with_params = [leaf for leaf in leaves if leaf.params]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from dlspec.analysis.graph import ModelGraph, Node
+from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.layers.base import FIXED_BYTES, Saved
 from dlspec.layers.symbolic import Dim, Poly, evaluate, product
 
@@ -41,22 +41,22 @@ def saved_bytes(saved: Saved, precision: Precision = "fp32") -> Dim:
 
 
 @dataclass
-class Step:
-    """One layer applied, in execution order: the ids of the tensors it reads and writes,
-    and the outermost block call it runs in (the unit activation checkpointing recomputes)."""
+class Applied:
+    """A layer applied, in execution order: the ids of the tensors it reads and writes, and
+    the outermost block use it runs in (the unit activation checkpointing recomputes)."""
 
-    node: Node
+    step: Step
     inputs: list[int]
     output: int
-    block: Node | None = None
+    block: Step | None = None
 
 
 @dataclass
 class Dataflow:
-    """The model's layers in execution order, with tensor identities (views share one id)."""
+    """The model's layers in execution order, with tensor identities: the IR's edges, with
+    blocks, repetitions and residuals flattened, and a view sharing the id of what it views."""
 
-    steps: list[Step] = field(default_factory=list)
-    inputs: dict[str, int] = field(default_factory=dict)
+    applied: list[Applied] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
 
     def new(self, elements: Dim) -> int:
@@ -65,45 +65,40 @@ class Dataflow:
         return tensor
 
 
-def dataflow(graph: ModelGraph) -> Dataflow:
-    """Walk the graph's scopes (blocks, repetitions, residual branches) into steps."""
+def dataflow(model: ModelGraph) -> Dataflow:
+    """Follow the IR's edges through every sub-graph."""
     flow = Dataflow()
-    tensors = {}
-    for inp in graph.inputs:
-        tensors[inp.name] = flow.inputs[inp.name] = flow.new(product(inp.type.shape))
-    current = flow.inputs[graph.inputs[-1].name] if graph.inputs else 0
-    _body(flow, graph.nodes, tensors, current, None)
+    ids = [flow.new(product(t.type.shape)) for t in model.inputs]
+    _graph(flow, model.graph, ids, None)
     return flow
 
 
-def _body(
-    flow: Dataflow, nodes: list[Node], tensors: dict[str, int], current: int, block: Node | None
-) -> int:
-    for node in nodes:
-        inputs = [tensors[s] for s in node.sources] if node.sources else [current]
-        current = tensors[node.name] = _apply(flow, node, inputs, block)
-    return current
+def _graph(flow: Dataflow, graph: Graph, inputs: list[int], block: Step | None) -> list[int]:
+    """Apply a graph to tensors ``inputs`` (one per graph input); returns its outputs' ids."""
+    where = {t.name: inputs[min(i, len(inputs) - 1)] for i, t in enumerate(graph.inputs)}
+    for step in graph.steps:
+        ids = [where[t.name] for t in step.inputs]
+        for tensor, out in zip(step.outputs, _step(flow, step, ids, block), strict=False):
+            where[tensor.name] = out
+    return [where[t.name] for t in graph.outputs]
 
 
-def _apply(flow: Dataflow, node: Node, inputs: list[int], block: Node | None) -> int:
-    if node.container == "layer":
-        layer = node.layer
-        assert layer is not None
-        storage = layer.output_storage(node.inputs, node.output)
-        output = inputs[0] if layer.aliases_input() else flow.new(storage)
-        flow.steps.append(Step(node, inputs, output, block))
-        return output
-    x = inputs[0]
-    if node.container == "block":
-        return _body(flow, node.children, {"input": x}, x, block or node)
-    if node.container == "repeat":
-        for child in node.children:
-            x = _apply(flow, child, [x], block)
-        return x
-    # residual: body and shortcut, then their sum
-    _body(flow, node.children, {"input": x}, x, block)
-    _body(flow, node.shortcut or [], {"input": x}, x, block)
-    return flow.new(product(node.output.shape))
+def _step(flow: Dataflow, step: Step, inputs: list[int], block: Step | None) -> list[int]:
+    if step.layer is not None:
+        types = [t.type for t in step.inputs]
+        storage = step.layer.output_storage(types, step.output.type)
+        output = inputs[0] if step.layer.aliases_input() else flow.new(storage)
+        flow.applied.append(Applied(step, inputs, output, block))
+        return [output]
+    assert step.body is not None
+    if step.kind == "block":
+        block = block or step
+    outputs = _graph(flow, step.body, inputs, block)
+    if step.kind != "residual":
+        return outputs
+    if step.shortcut is not None:
+        _graph(flow, step.shortcut, inputs, block)
+    return [flow.new(product(step.output.type.shape))]  # the sum of the two branches
 
 
 @dataclass(frozen=True)
@@ -113,7 +108,7 @@ class LayerMemory:
 
     path: str
     saved: Dim
-    block: Node | None = None
+    block: Step | None = None
 
 
 def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerMemory]:
@@ -122,17 +117,18 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
     flow = dataflow(graph)
     seen: set[tuple[int, ...] | tuple[int, str]] = set()
     rows = []
-    for index, step in enumerate(flow.steps):
-        assert step.node.layer is not None
+    for index, applied in enumerate(flow.applied):
+        step = applied.step
+        assert step.layer is not None
         total: Dim = 0
-        for saved in step.node.layer.saves(step.node.inputs, step.node.output):
-            key = _identity(saved.tensor, step, index)
+        for saved in step.layer.saves([t.type for t in step.inputs], step.output.type):
+            key = _identity(saved.tensor, applied, index)
             if key not in seen:
                 seen.add(key)
                 if len(key) == 1:  # a tensor between layers: its whole storage stays
                     saved = replace(saved, elements=flow.storage[key[0]])
                 total = total + saved_bytes(saved, precision)
-        rows.append(LayerMemory(step.node.path, total, step.block))
+        rows.append(LayerMemory(step.path, total, applied.block))
     return rows
 
 
@@ -141,16 +137,16 @@ def checkpointed(rows: list[LayerMemory], bindings: dict[str, int], precision: P
     its input, and its backward recomputes (and briefly keeps) its own saved tensors, one
     block at a time. Layers outside blocks keep theirs as usual."""
     kept: Dim = 0
-    blocks: dict[str, tuple[Node, Dim]] = {}
+    blocks: dict[str, tuple[Step, Dim]] = {}
     for row in rows:
         if row.block is None:
             kept = kept + row.saved
         else:
-            node, inner = blocks.get(row.block.path, (row.block, 0))
-            blocks[row.block.path] = (node, inner + row.saved)
+            step, inner = blocks.get(row.block.path, (row.block, 0))
+            blocks[row.block.path] = (step, inner + row.saved)
     size = float_bytes(precision)
-    for node, _ in blocks.values():
-        kept = kept + product(node.inputs[0].shape) * size * BATCH
+    for step, _ in blocks.values():
+        kept = kept + product(step.inputs[0].type.shape) * size * BATCH
     probe = {**bindings, "B": 1}
     largest = max(
         (inner for _, inner in blocks.values()), key=lambda d: evaluate(d, probe), default=0
@@ -158,11 +154,11 @@ def checkpointed(rows: list[LayerMemory], bindings: dict[str, int], precision: P
     return kept + largest
 
 
-def _identity(tensor: str, step: Step, index: int) -> tuple[int, ...] | tuple[int, str]:
+def _identity(tensor: str, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:
     if tensor == "output":
-        return (step.output,)
+        return (applied.output,)
     if tensor.startswith("input") and tensor[5:].isdigit():
-        return (step.inputs[int(tensor[5:])],)
+        return (applied.inputs[int(tensor[5:])],)
     return (index, tensor)
 
 
@@ -180,11 +176,11 @@ def transient(graph: ModelGraph, precision: Precision = "fp32") -> Dim:
     best: Dim = 0
     best_value = -1
     probe = {**graph.bindings, "B": 1}
-    for node in graph.leaves():
-        elements: Dim = product(node.output.shape)
-        for x in node.inputs:
-            if x.dtype == "float":
-                elements = elements + product(x.shape)
+    for leaf in graph.leaves():
+        elements: Dim = product(leaf.output.type.shape)
+        for x in leaf.inputs:
+            if x.type.dtype == "float":
+                elements = elements + product(x.type.shape)
         value = evaluate(elements, probe)
         if value > best_value:
             best, best_value = elements * size * BATCH, value

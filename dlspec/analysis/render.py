@@ -27,10 +27,14 @@ def _shape(shape: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _row(row: LayerRow, parent: str, activations: bool) -> list[str]:
+def _row(row: LayerRow, parent: str, previous: str, activations: bool) -> list[str]:
+    """A table row; the kind says ``<- a, b`` when the layer reads other tensors than the
+    one written just before it in its scope (``previous``); with ``activations``, the bytes
+    it saves for backward."""
     name = "  " * row.depth + row.name.removeprefix(parent + ".")
     macs = n(row.macs) if row.macs_formula is None else f"{n(row.macs)}*"
-    cells = [name, row.label, _shape(row.output_shape), n(row.params), macs]
+    kind = row.label if row.inputs == [previous] else f"{row.label} <- {', '.join(row.inputs)}"
+    cells = [name, kind, _shape(row.output_shape), n(row.params), macs]
     return [*cells, human_bytes(row.activations_bytes)] if activations else cells
 
 
@@ -45,9 +49,13 @@ def render_table(report: Report, activations: bool = False) -> str:
         header.append(f"saved (batch {report.memory.batch})")
         body = [[*row, ""] for row in body]
     parents: list[str] = []
+    last = {"": report.inputs[-1].name if report.inputs else ""}  # scope path -> last tensor
     for r in report.layers:
         del parents[r.depth :]
-        body.append(_row(r, parents[-1] if parents else "", activations))
+        scope, _, own = r.name.rpartition(".")
+        previous = last.get(scope, "input")
+        body.append(_row(r, parents[-1] if parents else "", previous, activations))
+        last[scope] = own
         parents.append(r.name)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     right = (False, False, False, True, True, True)[: len(header)]

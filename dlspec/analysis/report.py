@@ -17,9 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from dlspec.analysis import memory
-from dlspec.analysis.graph import ModelGraph, Node
+from dlspec.analysis.graph import ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
-from dlspec.layers.base import TensorType
 from dlspec.layers.symbolic import Dim, Poly, evaluate
 
 BYTES = 4
@@ -40,6 +39,7 @@ class LayerRow(BaseModel):
     name: str  # dotted path, as in the generated module's named_modules()
     kind: str  # layer kind; "block", "repeat" or "residual" for containers
     label: str
+    inputs: list[str]  # the tensors it reads, named in its scope ("input": its scope's input)
     depth: int
     container: bool
     output_shape: list[int | str]
@@ -90,9 +90,10 @@ def shape_json(shape: tuple[Dim, ...]) -> list[int | str]:
     return [d if isinstance(d, int) else str(d) for d in shape]
 
 
-def _tensor(name: str, t: TensorType, bindings: dict[str, int]) -> TensorInfo:
+def _tensor(tensor: Tensor, bindings: dict[str, int]) -> TensorInfo:
+    t = tensor.type
     return TensorInfo(
-        name=name,
+        name=tensor.name,
         dtype=t.dtype,
         shape=shape_json(t.shape),
         shape_value=[evaluate(d, bindings) for d in t.shape],
@@ -100,7 +101,7 @@ def _tensor(name: str, t: TensorType, bindings: dict[str, int]) -> TensorInfo:
 
 
 def _rows(
-    nodes: list[Node], depth: int, bindings: dict[str, int], saved: dict[str, int]
+    nodes: list[Step], depth: int, bindings: dict[str, int], saved: dict[str, int]
 ) -> list[LayerRow]:
     rows = []
     for node in nodes:
@@ -108,11 +109,12 @@ def _rows(
         rows.append(
             LayerRow(
                 name=node.path,
-                kind=node.layer.kind if node.layer is not None else node.container,
+                kind=node.layer.kind if node.layer is not None else node.kind,
                 label=node.label,
+                inputs=[t.name for t in node.inputs],
                 depth=depth,
-                container=node.container != "layer",
-                output_shape=shape_json(node.output.shape),
+                container=node.kind != "layer",
+                output_shape=shape_json(node.output.type.shape),
                 params=node.params,
                 buffers=node.buffer_count,
                 macs=evaluate(macs, bindings),
@@ -122,7 +124,8 @@ def _rows(
                 column=node.span.column,
             )
         )
-        rows.extend(_rows([*node.children, *(node.shortcut or [])], depth + 1, bindings, saved))
+        shortcut = node.shortcut.steps if node.shortcut is not None else []
+        rows.extend(_rows([*node.children, *shortcut], depth + 1, bindings, saved))
     return rows
 
 
@@ -140,11 +143,11 @@ def build_report(
     return Report(
         file=path,
         model=graph.name,
-        parameters=graph.params,
+        parameters=graph.arguments,
         symbols=dict(b),
-        inputs=[_tensor(i.name, i.type, b) for i in graph.inputs],
-        outputs=[_tensor(o, t, b) for o, t in zip(graph.outputs, graph.output_types, strict=False)],
-        layers=_rows(graph.nodes, 0, b, saved),
+        inputs=[_tensor(i, b) for i in graph.inputs],
+        outputs=[_tensor(o, b) for o in graph.outputs],
+        layers=_rows(graph.steps, 0, b, saved),
         total_params=trainable + frozen,
         trainable_params=trainable,
         non_trainable_params=frozen,

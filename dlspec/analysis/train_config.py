@@ -12,8 +12,9 @@ setting, with a did-you-mean) without importing a tensor library::
     }
 
 Every setting has a default (see :class:`TrainConfig`), so the section may be partial or
-absent. ``dlspec build`` overrides settings from its command line through
-:func:`train_config` (``--train epochs=3``, ``--train optimizer.lr=0.01``).
+absent. The analyzer reads the section once (:func:`read_train`) into the ``TrainConfig`` the
+model graph carries; ``dlspec build`` applies its command line to that config with
+:func:`with_overrides` (``--train epochs=3``, ``--train optimizer.lr=0.01``).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ __all__ = [
     "OptimizerConfig",
     "TrainConfig",
     "TrainConfigError",
-    "check_train",
-    "train_config",
+    "read_train",
+    "with_overrides",
 ]
 
 Task = Literal["classify", "binary", "regression", "language_model"]
@@ -130,6 +131,7 @@ class TrainConfigError(ValueError):
 # one setting -> TrainConfig fields
 
 Fields = dict[str, Any]
+_NOWHERE = Span(0, 0, 0, 0)  # a command-line override has no place in the spec
 Reader = Callable[[ast.Setting, Mapping[str, Any]], Fields]  # a setting -> its fields
 
 
@@ -205,17 +207,21 @@ def _checked(field: str, value: Any, label: str, span: Span) -> Any:
 
 def _optimizer(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
     name, args = _call(setting.value, "optimizer", OPTIMIZERS)
+    return {"optimizer": _optimizer_with(name, _OPTIMIZER_DEFAULTS.get(name, {}), args, env)}
+
+
+def _optimizer_with(
+    name: str, base: Mapping[str, Any], args: Sequence[ast.Arg], env: Mapping[str, Any]
+) -> OptimizerConfig:
+    """Optimizer ``name`` with the settings ``base``, then ``args``."""
     given, spans = _arguments(name, args, OPTIMIZERS[name], env)
     try:
-        optimizer = OptimizerConfig.model_validate(
-            {"name": name, **_OPTIMIZER_DEFAULTS.get(name, {}), **given}
-        )
+        return OptimizerConfig.model_validate({**base, "name": name, **given})
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0])
-        where = spans.get(key, setting.value.span)
+        where = spans.get(key, _NOWHERE)
         raise fail("E214", f"{name}: {key} = {_message(error)}", where) from None
-    return {"optimizer": optimizer}
 
 
 def _augment(setting: ast.Setting, env: Mapping[str, Any]) -> Fields:
@@ -309,19 +315,27 @@ SETTINGS: dict[str, Reader] = {
 # a list of settings -> TrainConfig
 
 
-def _read(
-    settings: Sequence[ast.Setting], env: Mapping[str, Any]
-) -> tuple[TrainConfig, list[tuple[ast.Setting, Diagnostic]]]:
-    """The config the valid settings describe, and each invalid setting with its E214."""
-    failures: list[tuple[ast.Setting, Diagnostic]] = []
+def _reader(setting: ast.Setting) -> Reader:
+    key = setting.name.name
+    if key not in SETTINGS:
+        notes = did_you_mean(key, SETTINGS) or [f"train settings: {', '.join(SETTINGS)}"]
+        raise fail("E214", f"unknown train setting {key!r}", setting.name.span, notes)
+    return SETTINGS[key]
+
+
+def read_train(
+    section: ast.TrainSection | None, env: Mapping[str, Any]
+) -> tuple[TrainConfig, list[Diagnostic]]:
+    """The config a spec's train section describes (defaults where it is silent or absent)
+    and an E214 for each invalid setting; ``env`` holds the model's parameters, which
+    settings may use in expressions."""
+    failures: list[Diagnostic] = []
     fields: Fields = {}
-    seen: dict[str, ast.Setting] = {}
-    for setting in settings:
+    seen: set[str] = set()
+    for setting in section.settings if section is not None else []:
         key = setting.name.name
         try:
-            if key not in SETTINGS:
-                notes = did_you_mean(key, SETTINGS) or [f"train settings: {', '.join(SETTINGS)}"]
-                raise fail("E214", f"unknown train setting {key!r}", setting.name.span, notes)
+            read = _reader(setting)
             if key in seen:
                 raise fail("E214", f"{key} is set twice in the train section", setting.name.span)
             same = {"task": "loss", "loss": "task"}.get(key)
@@ -332,24 +346,17 @@ def _read(
                     setting.name.span,
                     ['loss = "cross_entropy" is task = "classify", and so on'],
                 )
-            seen[key] = setting
-            fields.update(SETTINGS[key](setting, env))
+            seen.add(key)
+            fields.update(read(setting, env))
         except DiagnosticError as err:
-            failures.append((setting, err.diagnostic))
+            failures.append(err.diagnostic)
     # every field was validated on its own above, and no constraint spans two fields
     return TrainConfig.model_validate(fields), failures
-
-
-def check_train(section: ast.TrainSection | None, env: Mapping[str, Any]) -> list[Diagnostic]:
-    """The E214 diagnostics of a spec's train section (none when it is absent or valid);
-    ``env`` holds the model's parameters, which settings may use in expressions."""
-    return [] if section is None else [d for _, d in _read(section.settings, env)[1]]
 
 
 # ---------------------------------------------------------------------------------------------
 # command-line overrides
 
-_NOWHERE = Span(0, 0, 0, 0)
 _VERBATIM = ("data",)  # settings whose command-line text is taken as it is (paths)
 
 
@@ -368,64 +375,37 @@ def _override_value(key: str, text: str) -> ast.Expr:
     return section.settings[0].value
 
 
-def _with_argument(optimizer: ast.Expr | None, key: str, value: ast.Expr) -> ast.CallExpr:
-    """The optimizer value with argument ``key`` set to ``value`` (positional ones named)."""
-    if optimizer is None:
-        name, args = ast.Ident(span=_NOWHERE, name="Adam"), []
-    elif isinstance(optimizer, ast.CallExpr):
-        name, args = optimizer.name, list(optimizer.args)
-    elif isinstance(optimizer, ast.Ref | ast.Str):
-        text = optimizer.name if isinstance(optimizer, ast.Ref) else optimizer.value
-        name, args = ast.Ident(span=optimizer.span, name=text), []
-    else:
-        raise TrainConfigError(f"cannot set optimizer.{key}: the optimizer is not a call")
-    order = OPTIMIZERS.get(name.name, ())
-    named = [
-        ast.Arg(span=a.span, name=ast.Ident(span=a.span, name=order[i]), value=a.value)
-        if a.name is None and i < len(order)
-        else a
-        for i, a in enumerate(args)
-    ]
-    kept = [a for a in named if a.name is None or a.name.name != key]
-    new = ast.Arg(span=_NOWHERE, name=ast.Ident(span=_NOWHERE, name=key), value=value)
-    return ast.CallExpr(span=_NOWHERE, name=name, args=[*kept, new])
+def _override(config: TrainConfig, key: str, text: str, env: Mapping[str, Any]) -> TrainConfig:
+    head, dot, argument = key.partition(".")
+    value = _override_value(argument if dot else key, text)
+    name = ast.Ident(span=_NOWHERE, name=argument if dot else key)
+    if not dot:
+        setting = ast.Setting(span=_NOWHERE, name=name, value=value)
+        return config.model_copy(update=_reader(setting)(setting, env))
+    if head != "optimizer":
+        raise fail(
+            "E214",
+            "only the optimizer's arguments can be set one by one (optimizer.lr=...)",
+            _NOWHERE,
+        )
+    current = config.optimizer
+    arg = ast.Arg(span=_NOWHERE, name=name, value=value)
+    optimizer = _optimizer_with(current.name, current.model_dump(), [arg], env)
+    return config.model_copy(update={"optimizer": optimizer})
 
 
-def train_config(
-    section: ast.TrainSection | None,
-    env: Mapping[str, Any] | None = None,
-    overrides: Sequence[tuple[str, str]] = (),
+def with_overrides(
+    config: TrainConfig, overrides: Sequence[tuple[str, str]], env: Mapping[str, Any]
 ) -> TrainConfig:
-    """The train section's config with command-line ``overrides`` applied in order: pairs
-    ``(setting, text)`` such as ``("epochs", "3")`` or ``("optimizer.lr", "0.01")``.
-
-    Raises :class:`TrainConfigError` naming the first bad setting, override or not (a spec
-    that passed :func:`check_train` has none of its own)."""
-    env = env or {}
-    settings: dict[str, ast.Setting] = {}
-    for setting in section.settings if section else []:
-        settings.setdefault(setting.name.name, setting)
-    given: dict[int, str] = {}  # id of an override's setting -> how the user wrote it
+    """``config`` with command-line ``overrides`` applied in order: pairs ``(setting,
+    text)`` such as ``("epochs", "3")`` or ``("optimizer.lr", "0.01")`` (``env``: the model's
+    parameters). Raises :class:`TrainConfigError` naming the first bad override."""
     for key, text in overrides:
-        head, dot, argument = key.partition(".")
-        if dot and head != "optimizer":
+        try:
+            config = _override(config, key, text, env)
+        except DiagnosticError as err:
+            notes = "".join(f"; {note}" for note in err.diagnostic.notes)
             raise TrainConfigError(
-                f"--train {key}={text}: only the optimizer's arguments can be set one by one "
-                "(optimizer.lr=...)"
-            )
-        value = _override_value(argument if dot else key, text)
-        if dot:
-            current = settings.get("optimizer")
-            value = _with_argument(current.value if current else None, argument, value)
-        if head in ("task", "loss"):  # the later one wins
-            settings.pop("loss" if head == "task" else "task", None)
-        setting = ast.Setting(span=_NOWHERE, name=ast.Ident(span=_NOWHERE, name=head), value=value)
-        settings[head] = setting
-        given[id(setting)] = f"--train {key}={text}"
-    config, failures = _read(list(settings.values()), env)
-    if failures:
-        setting, diagnostic = failures[0]
-        where = given.get(id(setting), f"train setting {setting.name.name}")
-        notes = "".join(f"; {note}" for note in diagnostic.notes)
-        raise TrainConfigError(f"{where}: {diagnostic.message}{notes}")
+                f"--train {key}={text}: {err.diagnostic.message}{notes}"
+            ) from None
     return config

@@ -32,7 +32,7 @@ from typing import Literal, get_args
 
 import graphviz
 
-from dlspec.analysis.graph import ModelGraph, Node
+from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.analysis.render import short
 from dlspec.diagnostics import n
 from dlspec.layers.base import Family, TensorType
@@ -125,9 +125,9 @@ class _Box:
     params: int = 0
     macs: int | None = None  # shown at high detail
 
-    def fold(self, node: Node, bindings: dict[str, int]) -> None:
+    def fold(self, node: Step, bindings: dict[str, int]) -> None:
         self.parts.append(node.label)
-        self.output = node.output
+        self.output = node.output.type
         self.params += node.params
         if self.macs is not None:
             self.macs += evaluate(node.total_macs, bindings)
@@ -178,13 +178,12 @@ class _Builder:
             box = _Box(f"input/{inp.name}", inp.name, [f"input {inp.type.dtype}"], None, inp.type)
             items.append(box)
             env[inp.name] = _End(box.id, inp.type)
-        current = self.graph.inputs[-1].name
-        self._scope(self.graph.nodes, env, current, items, keep=set(self.graph.outputs))
+        env = self._scope(self.graph.graph, env, items)
         single = len(self.graph.outputs) == 1
-        for name in self.graph.outputs:
-            end = env[name]
-            title = "output" if single else f"output {name}"
-            box = _Box(f"output/{name}", "", [title], None, end.type)
+        for output in self.graph.outputs:
+            end = env[output.name]
+            title = "output" if single else f"output {output.name}"
+            box = _Box(f"output/{output.name}", "", [title], None, end.type)
             items.append(box)
             self._edge(end, box.id)
         return items
@@ -193,38 +192,45 @@ class _Builder:
         self.edges.append(_Edge(end.box, head, str(end.type), shortcut=shortcut))
 
     def _scope(
-        self,
-        nodes: list[Node],
-        env: dict[str, _End],
-        current: str,
-        items: list[_Item],
-        keep: set[str],
-    ) -> _End:
-        """Draw one body's statements into ``items``; ``env`` maps the tensor names visible in
-        the body to where they are drawn. Returns where the body's last tensor is drawn.
-        A tensor named later (``<- name``) or in ``keep`` never has a layer folded onto it,
-        since its edge must show the value before that layer."""
-        named = keep | {source for node in nodes for source in node.sources}
+        self, graph: Graph, inputs: dict[str, _End], items: list[_Item], fold: bool = True
+    ) -> dict[str, _End]:
+        """Draw one graph's steps into ``items``; ``inputs`` says where its input tensors are
+        drawn. Returns where each of its tensors is drawn. A layer of a folded family folds
+        into the box drawing its one input when nothing else reads that tensor (its edge would
+        have to show the value before the layer)."""
+        env = dict(inputs)
+        readers = graph.readers()
+        kept = {t.name for t in graph.outputs}
         target: _Box | None = None  # the box the next activation may fold into
-        for node in nodes:
+        for step in graph.steps:
+            source = step.inputs[0].name if len(step.inputs) == 1 else None
             if (
-                target is not None
+                fold
+                and target is not None
                 and self.options.detail == "low"
-                and node.layer is not None
-                and node.layer.family in FOLDED
-                and not node.sources
-                and current not in named
+                and step.layer is not None
+                and step.layer.family in FOLDED
+                and source is not None
+                and env[source].box == target.id
+                and source not in kept
+                and [r is step for r in readers[source]] == [True]
             ):
-                target.fold(node, self.graph.bindings)
-                env[node.name] = _End(target.id, node.output)
+                target.fold(step, self.graph.bindings)
+                env[step.output.name] = _End(target.id, step.output.type)
             else:
-                ends = [env[source] for source in node.sources or [current]]
-                drawn, target = self._draw(node, ends, items)
-                env[node.name] = _End(drawn.box, node.output)
-            current = node.name
-        return env[current]
+                ends = [env[t.name] for t in step.inputs]
+                drawn, target = self._draw(step, ends, items)
+                env[step.output.name] = drawn
+        return env
 
-    def _draw(self, node: Node, ends: list[_End], items: list[_Item]) -> tuple[_End, _Box | None]:
+    def _body(self, graph: Graph, ends: list[_End], items: list[_Item], fold: bool = True) -> _End:
+        """Draw a sub-graph fed by ``ends``; returns where its output is drawn."""
+        env = self._scope(
+            graph, dict(zip([t.name for t in graph.inputs], ends, strict=True)), items, fold
+        )
+        return env[graph.outputs[0].name]
+
+    def _draw(self, node: Step, ends: list[_End], items: list[_Item]) -> tuple[_End, _Box | None]:
         """Draw one statement fed by ``ends``; returns where its output is drawn and the box a
         following activation may fold into (None after a block or a repetition)."""
         if node.layer is not None:
@@ -232,64 +238,67 @@ class _Builder:
             items.append(box)
             for end in ends:
                 self._edge(end, box.id)
-            return _End(box.id, node.output), box
-        if node.container == "residual":
-            return self._residual(node, ends[0], items)
-        if node.container == "block":
+            return _End(box.id, node.output.type), box
+        assert node.body is not None
+        if node.kind == "residual":
+            return self._residual(node, ends, items)
+        if node.kind == "block":
             cluster = _Cluster(f"cluster/{node.path}", self._title(node))
-            end = self._scope(node.children, {"input": ends[0]}, "input", cluster.items, set())
+            end = self._body(node.body, ends, cluster.items)
             _place(cluster, items)
-            return _End(end.box, node.output), None
-        return self._repeat(node, ends[0], items), None
+            return _End(end.box, node.output.type), None
+        return self._repeat(node, ends, items), None
 
-    def _repeat(self, node: Node, start: _End, items: list[_Item]) -> _End:
+    def _repeat(self, node: Step, ends: list[_End], items: list[_Item]) -> _End:
+        assert node.body is not None
         first = node.children[0]
         if not self.options.expand and first.layer is not None:
             box = self._layer_box(node, first.layer.family)
             items.append(box)
-            self._edge(start, box.id)
-            return _End(box.id, node.output)
+            for end in ends:
+                self._edge(end, box.id)
+            return _End(box.id, node.output.type)
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
-        end = start
         if self.options.expand:
-            for child in node.children:
-                end, _ = self._draw(child, [end], cluster.items)
-        elif first.container == "block":  # the cluster stands for the block: no second frame
-            end = self._scope(first.children, {"input": start}, "input", cluster.items, set())
+            end = self._body(node.body, ends, cluster.items, fold=False)
+        elif first.body is not None and first.kind == "block":
+            # the cluster stands for the block: no second frame
+            end = self._body(first.body, ends, cluster.items)
         else:
-            end, _ = self._draw(first, [start], cluster.items)
+            end, _ = self._draw(first, ends, cluster.items)
         _place(cluster, items)
-        return _End(end.box, node.output)
+        return _End(end.box, node.output.type)
 
-    def _residual(self, node: Node, start: _End, items: list[_Item]) -> tuple[_End, _Box]:
+    def _residual(self, node: Step, ends: list[_End], items: list[_Item]) -> tuple[_End, _Box]:
+        assert node.body is not None
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
         items.append(cluster)
-        body = self._scope(node.children, {"input": start}, "input", cluster.items, set())
-        side = start
+        body = self._body(node.body, ends, cluster.items)
+        side = ends[0]
         if node.shortcut:
             branch = _Cluster(f"cluster/{node.path}.shortcut", "shortcut")
-            side = self._scope(node.shortcut, {"input": start}, "input", branch.items, set())
+            side = self._body(node.shortcut, ends, branch.items)
             cluster.branch = branch
             cluster.items.append(branch)
-        add = _Box(f"add/{node.path}", "", ["add"], "merge", node.output)
+        add = _Box(f"add/{node.path}", "", ["add"], "merge", node.output.type)
         if self.options.detail == "high":
             add.macs = 0
         cluster.items.append(add)
         self._edge(body, add.id)
         self._edge(side, add.id, shortcut=True)
-        return _End(add.id, node.output), add
+        return _End(add.id, node.output.type), add
 
-    def _layer_box(self, node: Node, family: Family) -> _Box:
+    def _layer_box(self, node: Step, family: Family) -> _Box:
         """The box of a layer, or of a repetition of one layer drawn once."""
         macs = None
         if self.options.detail == "high":
             macs = evaluate(node.total_macs, self.graph.bindings)
-        return _Box(node.path, node.name, [node.label], family, node.output, node.params, macs)
+        return _Box(node.path, node.name, [node.label], family, node.output.type, node.params, macs)
 
     @staticmethod
-    def _title(node: Node) -> str:
+    def _title(node: Step) -> str:
         """A cluster's title: name, what it is (a repetition's count in bold), parameters."""
-        if node.container == "repeat":
+        if node.kind == "repeat":
             what = f"{_esc(node.children[0].label)}  <B>x {len(node.children)}</B>"
         else:
             what = _esc(node.label)
@@ -406,7 +415,7 @@ def _box_label(box: _Box) -> str:
 def _title(graph: ModelGraph) -> str:
     """The model's name and arguments over its totals."""
     params, buffers = graph.trainable_params, graph.buffer_count
-    args = ", ".join(f"{k}={v}" for k, v in graph.params.items())
+    args = ", ".join(f"{k}={v}" for k, v in graph.arguments.items())
     name = f"{graph.name}({args})" if args else graph.name
     totals = f"{n(params)} params ({short(params)})"
     if buffers:

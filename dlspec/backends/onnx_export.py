@@ -180,7 +180,7 @@ def index_limit(graph: ModelGraph) -> int:
     any long input; 1 (only id 0) when no such layer states a bound."""
     limits = []
     for leaf in graph.leaves():
-        if leaf.layer is not None and any(t.dtype == "long" for t in leaf.inputs):
+        if leaf.layer is not None and any(t.type.dtype == "long" for t in leaf.inputs):
             limit = leaf.layer.index_limit()
             if limit is not None:
                 limits.append(limit)
@@ -292,7 +292,7 @@ def _axis_name(dim: Dim) -> str | None:
 def _dynamic_axes(graph: ModelGraph) -> dict[str, dict[int, str]]:
     """TorchScript's ``dynamic_axes``: batch, and each symbolic dimension under its formula."""
     tensors = [(i.name, i.type.shape) for i in graph.inputs]
-    tensors += [(name, t.shape) for name, t in zip(graph.outputs, graph.output_types, strict=True)]
+    tensors += [(o.name, o.type.shape) for o in graph.outputs]
     axes = {}
     for name, shape in tensors:
         named = {axis + 1: _axis_name(d) for axis, d in enumerate(shape)}
@@ -345,7 +345,7 @@ def _export_torchscript(
             args,
             buffer,  # type: ignore[arg-type]  # file objects work, the stubs say paths
             input_names=[i.name for i in graph.inputs],
-            output_names=list(graph.outputs),
+            output_names=[o.name for o in graph.outputs],
             opset_version=opset,
             dynamic_axes=_dynamic_axes(graph),
             dynamo=False,
@@ -364,7 +364,7 @@ def _export_dynamo(
         model,
         args,
         input_names=[i.name for i in graph.inputs],
-        output_names=list(graph.outputs),
+        output_names=[o.name for o in graph.outputs],
         opset_version=opset,
         dynamic_shapes=_dynamic_shapes(graph),
         dynamo=True,
@@ -401,11 +401,11 @@ def _probe(session: Session, graph: ModelGraph) -> None:
         outputs = session.run({name: x.numpy() for name, x in inputs.items()})
     except Exception as exc:  # ONNX Runtime's own exception types
         raise _Rejected(f"ONNX Runtime cannot run it at {where}: {_first_line(exc)}") from None
-    for name, out, expected_type in zip(graph.outputs, outputs, graph.output_types, strict=True):
-        expected = (PROBE_BATCH, *(evaluate(d, lengths) for d in expected_type.shape))
+    for output, out in zip(graph.outputs, outputs, strict=True):
+        expected = (PROBE_BATCH, *(evaluate(d, lengths) for d in output.type.shape))
         if tuple(out.shape) != expected:
             raise _Rejected(
-                f"at {where} its output {name} has shape {tuple(out.shape)}, not {expected}"
+                f"at {where} its output {output.name} has shape {tuple(out.shape)}, not {expected}"
             )
 
 
@@ -481,7 +481,7 @@ def export_onnx(
     entries to the model's metadata. Nothing is written: :attr:`ExportResult.data` holds the
     model. Raises :class:`ExportError` with a message for the user."""
     elements = sum(math.prod(s) for n in graph.leaves() for s in n.weights.values())
-    elements += sum(n.buffer_count for n in graph.nodes)
+    elements += graph.buffer_count
     if elements * (2 if fp16 else 4) > _PROTOBUF_LIMIT:
         raise ExportError(
             f"{graph.name} holds {elements:,} numbers, more than fit in one ONNX file (2 GiB); "

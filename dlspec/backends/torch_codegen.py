@@ -24,12 +24,11 @@ import itertools
 import keyword
 import math
 import textwrap
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dlspec import __version__
-from dlspec.analysis.graph import InputNode, ModelGraph, Node
+from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.layers.base import TensorType
 from dlspec.layers.symbolic import fmt_dim
 
@@ -224,9 +223,11 @@ class _Body:
 class _Generator:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
-        self.calls = {id(n): n.layer.torch(n.inputs) for n in graph.leaves() if n.layer}
+        self.calls = {
+            id(n): n.layer.torch([t.type for t in n.inputs]) for n in graph.leaves() if n.layer
+        }
         helpers = {c.cls for c in self.calls.values() if c.helper is not None and c.cls}
-        blocks = {n.block for n in graph.all_nodes() if n.block is not None}
+        blocks = {s.block.name for s in graph.all_steps() if s.block is not None}
         self.reserved = {graph.name, *blocks, *helpers}  # class names the spec chose
         for name in self.reserved:
             if name in BUILTINS:
@@ -240,7 +241,7 @@ class _Generator:
         model = _class_source(self.graph.name, self._model_body())
         values = ", ".join(
             f"{k}={v!r}" if isinstance(v, str) else f"{k}={literal(v)}"
-            for k, v in self.graph.params.items()
+            for k, v in self.graph.arguments.items()
         )
         where = f" from {source}" if source is not None else ""
         settings = f" ({values})" if values else ""
@@ -264,10 +265,7 @@ class _Generator:
 
     def _model_body(self) -> _Body:
         graph = self.graph
-        events: list[Node | InputNode] = [*graph.inputs, *graph.nodes]
-        events.sort(key=lambda e: tuple(e.span))  # inputs may be declared between statements
-        params = {i.name: i.name for i in graph.inputs}
-        body = self._scope(events, params, graph.outputs, graph.name)
+        body = self._scope(graph.graph, {i.name: i.name for i in graph.inputs}, graph.name)
         for leaf in graph.leaves():
             for weight, target in leaf.tied.items():  # shared tensors: assign the first one
                 body.init += _statement(
@@ -275,58 +273,52 @@ class _Generator:
                 )
         return body
 
-    def _inner_body(self, nodes: list[Node], owner: str) -> _Body:
-        """A block's or a shortcut's body: one input, the last statement's output."""
-        last = nodes[-1].name if nodes else "input"
-        return self._scope(nodes, {"input": _argument_name(nodes)}, [last], owner)
+    def _inner_body(self, graph: Graph, owner: str) -> _Body:
+        """A block's or a shortcut's body: one input, its output."""
+        return self._scope(graph, {"input": _argument_name(graph)}, owner)
 
-    def _residual_class(self, node: Node, owner: str) -> str:
-        argument = _argument_name(node.children)
-        body = self._scope(node.children, {"input": argument}, [], owner, read_later={"input"})
+    def _residual_class(self, step: Step, owner: str) -> str:
+        assert step.body is not None
+        argument = _argument_name(step.body)
+        body = self._scope(step.body, {"input": argument}, owner, returns=False)
         other = argument
-        if node.shortcut is not None:
-            shortcut = self._class(f"{owner}Shortcut", self._inner_body(node.shortcut, owner))
+        if step.shortcut is not None:
+            shortcut = self._class(f"{owner}Shortcut", self._inner_body(step.shortcut, owner))
             body.init.append(f"{INDENT * 2}self.shortcut = {shortcut}()")
             other = f"self.shortcut({argument})"
-        main = body.variables[node.children[-1].name] if node.children else argument
+        main = body.variables[step.body.outputs[0].name]
         body.forward += _statement("return ", f"{main} + {other}", 2)
         return self._class(f"{owner}Residual", body)
 
     def _scope(
-        self,
-        events: Sequence[Node | InputNode],
-        params: dict[str, str],
-        results: list[str],
-        owner: str,
-        read_later: frozenset[str] | set[str] = frozenset(),
+        self, graph: Graph, params: dict[str, str], owner: str, returns: bool = True
     ) -> _Body:
-        """The class body for one scope: ``params`` maps its input tensors to their variables,
-        ``results`` are the tensors ``forward`` returns and ``read_later`` those its caller
-        reads after the last statement (a residual's input)."""
-        variables = _variables(events, params, results, read_later)
+        """The class body for one graph: ``params`` maps its input tensors to their variables;
+        ``forward`` returns the graph's outputs unless ``returns`` is false (a residual's
+        body, whose caller adds its input: it stays readable after the last step)."""
+        results = [t.name for t in graph.outputs] if returns else []
+        variables = _variables(graph, params, results, set() if returns else set(params))
         init: list[str] = []
         forward: list[str] = []
-        current = next(iter(params), "")
-        for event in events:
-            if isinstance(event, Node):
-                inputs = [variables[s] for s in (event.sources or [current])]
-                built = self._constructor(event, owner)
-                if built is not None:
-                    init += lay_out(built, 2, f"self.{event.name} = ")
-                forward += self._forward(event, inputs, variables[event.name], built)
-            current = event.name
+        for step in graph.steps:
+            inputs = [variables[t.name] for t in step.inputs]
+            built = self._constructor(step, owner)
+            if built is not None:
+                init += lay_out(built, 2, f"self.{step.name} = ")
+            forward += self._forward(step, inputs, variables[step.output.name], built)
         if results:
             forward += _returns([variables[r] for r in results], 2)
         return _Body(init, list(params.values()), forward, len(results), variables)
 
-    def _constructor(self, node: Node, owner: str) -> Call | None:
+    def _constructor(self, node: Step, owner: str) -> Call | None:
         """How ``__init__`` builds the node's module; None for a layer that has none."""
-        if node.container == "block":
-            assert node.block is not None
-            return Call(self._class(node.block, self._inner_body(node.children, node.block), True))
-        if node.container == "residual":
+        if node.block is not None:
+            assert node.body is not None
+            name = node.block.name
+            return Call(self._class(name, self._inner_body(node.body, name), True))
+        if node.kind == "residual":
             return Call(self._residual_class(node, owner))
-        if node.container == "repeat":
+        if node.kind == "repeat":
             parts = [self._constructor(child, owner) for child in node.children]
             if any(p is None for p in parts):
                 return None
@@ -342,10 +334,10 @@ class _Generator:
         args += [(_identifier(k, "argument"), literal(v)) for k, v in call.kwargs.items()]
         return Call(call.cls, tuple(args))
 
-    def _forward(self, node: Node, inputs: list[str], target: str, built: Call | None) -> list[str]:
+    def _forward(self, node: Step, inputs: list[str], target: str, built: Call | None) -> list[str]:
         """``forward`` statements computing ``node`` into the variable ``target``."""
         module = f"self.{node.name}"
-        if node.container != "repeat" or (
+        if node.kind != "repeat" or (
             built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
         ):
             return _statement(
@@ -358,11 +350,11 @@ class _Generator:
             inputs = [target]
         return lines
 
-    def _plain(self, node: Node) -> bool:
+    def _plain(self, node: Step) -> bool:
         """Whether the node's module is called as ``module(x)`` (as nn.Sequential calls it)."""
         return node.layer is None or self.calls[id(node)].forward == PLAIN_CALL
 
-    def _expression(self, node: Node, module: str, inputs: list[str]) -> str:
+    def _expression(self, node: Step, module: str, inputs: list[str]) -> str:
         if node.layer is None:  # a block, residual or repetition: a module of one input
             return f"{module}({inputs[0]})"
         numbered = {f"x{i}": v for i, v in enumerate(inputs)}
@@ -387,44 +379,43 @@ def _class_source(name: str, body: _Body) -> str:
     return "\n".join(lines)
 
 
-def _change(node: Node) -> str | None:
+def _change(node: Step) -> str | None:
     """A statement's shape comment: its output's shape, when that differs from its input's."""
-    return _shape(node.output) if node.inputs and node.output != node.inputs[0] else None
+    output = node.output.type
+    return _shape(output) if node.inputs and output != node.inputs[0].type else None
 
 
-def _argument_name(nodes: list[Node]) -> str:
+def _argument_name(graph: Graph) -> str:
     """The variable of a block's or residual's input: ``x`` unless a statement is named so."""
-    named = {n.name for n in nodes}
+    named = {s.name for s in graph.steps}
     spare = (f"x_in{i}" for i in itertools.count(2))
     return next(n for n in itertools.chain(ARGUMENT_NAMES, spare) if n not in named)
 
 
 def _variables(
-    events: Sequence[Node | InputNode],
-    params: dict[str, str],
-    results: list[str],
-    read_later: frozenset[str] | set[str],
+    graph: Graph, params: dict[str, str], results: list[str], read_later: set[str]
 ) -> dict[str, str]:
-    """The variable of each tensor of a scope. A tensor the spec reads by name (``<- a, b``,
-    ``output a, b``) keeps its name; every other one is read by the next statement only, so
-    they all flow through one variable, which may reuse the name of an input that nothing
-    reads after the first statement."""
-    kept = set(read_later)
-    current = next(iter(params), None)
-    for event in events:
-        if isinstance(event, Node):
-            kept.update(event.sources)
-        current = event.name
-    if results != [current]:
-        kept.update(results)
-    first = next((i for i, e in enumerate(events) if isinstance(e, Node)), len(events))
-    late = {e.name for e in events[first:] if isinstance(e, InputNode)}
-    reusable = {v for t, v in params.items() if t not in kept and t not in late}
-    taken = {params.get(t, t) for t in kept} | (set(params.values()) - reusable)
+    """The variable of each tensor of a graph. A tensor read only by the next step, as its
+    one input, flows through one variable (``x = self.fc1(x)``); every other tensor keeps its
+    name. The flow variable may reuse the name of an input that only the first step reads."""
+    readers = graph.readers()
+    steps = graph.steps
+    last = [steps[-1].output.name] if steps else []
+
+    def flows(name: str, after: int) -> bool:
+        """Whether the tensor written by step ``after`` (-1: a graph input) flows."""
+        if name in read_later or (name in results and results != last):
+            return False
+        following = steps[after + 1] if after + 1 < len(steps) else None
+        return all(r is following and len(r.inputs) == 1 for r in readers[name])
+
+    outputs = [(t.name, i) for i, s in enumerate(steps) for t in s.outputs]
+    flowing = {name for name, i in outputs if flows(name, i)}
+    taken = {name for name, _ in outputs if name not in flowing}
+    taken |= {v for t, v in params.items() if not flows(t, -1)}
     flow = next(
         name
         for name in itertools.chain(FLOW_NAMES, (f"x{'_' * i}" for i in itertools.count(1)))
         if name not in taken
     )
-    variables = {e.name: flow for e in events if isinstance(e, Node)}
-    return variables | {t: t for t in kept} | params
+    return {name: flow if name in flowing else name for name, _ in outputs} | params

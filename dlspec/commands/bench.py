@@ -222,7 +222,7 @@ def _rebuilt(session: Session) -> tuple[nn.Module | None, str | None]:
         spec = load(path, model=session.metadata.get(META_MODEL), **params)
     except (SpecError, ValueError, TypeError):
         return None, f"torch eager skipped: {path} no longer builds this model"
-    if spec_hash(spec.source_text, spec.graph.params) != session.metadata.get(META_HASH):
+    if spec_hash(spec.source_text, spec.graph.arguments) != session.metadata.get(META_HASH):
         return None, f"torch eager skipped: {path} has changed since the export"
     torch.manual_seed(0)
     model = spec.to_torch().eval()

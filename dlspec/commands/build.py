@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, train_config
+from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
 from dlspec.api import Spec
 from dlspec.commands.common import (
     add_spec_arguments,
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         return code or 1
     graph = checked.graph
     try:
-        config = train_config(graph.train, graph.params, _overrides(args))
+        config = with_overrides(graph.train, _overrides(args), graph.arguments)
     except TrainConfigError as exc:
         return _fail(str(exc), 2)
     spec = Spec(checked.path, checked.source.text, graph, checked.report)
@@ -181,12 +181,12 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     )
 
     graph = spec.graph
-    if len(graph.inputs) != 1 or len(graph.output_types) != 1:
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         return _fail(
-            f"{graph.name} has {len(graph.inputs)} input(s) and {len(graph.output_types)} "
+            f"{graph.name} has {len(graph.inputs)} input(s) and {len(graph.outputs)} "
             "output(s); training supports models with one of each"
         )
-    input_type, output_type = graph.inputs[0].type, graph.output_types[0]
+    input_type, output_type = graph.inputs[0].type, graph.outputs[0].type
     # symbolic dimensions at their values (T: the training context, --set T=...)
     input_shape = [evaluate(d, graph.bindings) for d in input_type.shape]
     output_shape = [evaluate(d, graph.bindings) for d in output_type.shape]
@@ -202,7 +202,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     info = {
         "spec": spec.path,
         "model": graph.name,
-        "params": graph.params,
+        "params": graph.arguments,
         "bindings": graph.bindings,
         "spec_text": spec.source_text,
     }
@@ -218,7 +218,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             config,
             input_shape=input_shape,
             output_shape=output_shape,
-            spec_hash=spec_hash(spec.source_text, graph.params),
+            spec_hash=spec_hash(spec.source_text, graph.arguments),
             options=options,
             info=info,
             token_limit=token_limit,

@@ -148,7 +148,6 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
     """Class names and normalisation for `dlspec predict`: from the metrics.json that
     `dlspec build` wrote beside the checkpoint (when it is of this spec), else the spec's own
     train section."""
-    from dlspec.analysis.train_config import TrainConfigError, train_config
     from dlspec.backends.onnx_export import META_CLASSES, META_NORMALIZE
 
     metrics: dict[str, Any] = {}
@@ -161,10 +160,7 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
             metrics = loaded
     config = metrics.get("config") or {}
     if not config:
-        try:
-            config = train_config(spec.graph.train, spec.graph.params).model_dump(mode="json")
-        except TrainConfigError:
-            config = {}
+        config = spec.graph.train.model_dump(mode="json")
     out = {}
     classes = (metrics.get("data") or {}).get("classes")
     if classes:
@@ -194,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from dlspec.files import write_atomic
     from dlspec.train.checkpoint import spec_hash
 
-    digest = spec_hash(spec.source_text, spec.graph.params)
+    digest = spec_hash(spec.source_text, spec.graph.arguments)
     torch.manual_seed(args.seed)
     model = spec.to_torch()
     weights = f"random (seed {args.seed})"
@@ -206,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {
         META_HASH: digest,
         META_SPEC: spec.path,
-        META_PARAMS: json.dumps(spec.graph.params, sort_keys=True, default=str),
+        META_PARAMS: json.dumps(spec.graph.arguments, sort_keys=True, default=str),
         META_WEIGHTS: weights,
         **_training_metadata(spec, args.weights, digest),
     }

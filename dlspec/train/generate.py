@@ -154,10 +154,10 @@ def load_language_model(
         )
     except (SpecError, TypeError) as exc:
         raise RunError(f"{path}: the spec saved in the checkpoint does not load: {exc}") from None
-    if spec_hash(spec.source_text, spec.graph.params) != checkpoint.spec_hash:
+    if spec_hash(spec.source_text, spec.graph.arguments) != checkpoint.spec_hash:
         raise RunError(f"{path}: the checkpoint's weights do not belong to its saved spec")
     graph = spec.graph
-    inputs, outputs = graph.inputs, graph.output_types
+    inputs, outputs = graph.inputs, [o.type for o in graph.outputs]
     if (
         len(inputs) != 1
         or len(outputs) != 1

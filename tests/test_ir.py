@@ -1,0 +1,215 @@
+"""The resolved dataflow graph: every view of a model (generated code, diagram, ONNX graph,
+lints, table) shows the edges the IR holds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torch.fx
+from conftest import ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dlspec
+from dlspec.analysis.check import check_text
+from dlspec.analysis.graph import ModelGraph, dataflow, describe
+from dlspec.analysis.render import render_table
+from dlspec.backends.graphviz_draw import DrawOptions, to_dot
+from dlspec.backends.onnx_export import export_onnx
+from dlspec.backends.torch_codegen import generate
+from dlspec.cli import main
+
+LATE_INPUT = (ROOT / "docs" / "examples" / "late_input.dl").read_text()
+
+Edges = set[tuple[str, str]]
+
+
+def analyzed(text: str) -> ModelGraph:
+    checked = check_text(text)
+    assert checked.ok and checked.graph is not None, checked.report.diagnostics
+    return checked.graph
+
+
+def test_late_input_in_the_ir() -> None:
+    graph = analyzed(LATE_INPUT)
+    reads = {step.name: [t.name for t in step.inputs] for step in graph.steps}
+    assert reads == {"x": ["a"], "y": ["b"]}
+    assert dataflow(graph) == {
+        ("input/a", "x"),
+        ("input/b", "y"),
+        ("x", "output/x"),
+        ("y", "output/y"),
+    }
+    assert "x: float[4] = layer Linear(4) <- a" in describe(graph)
+
+
+def test_late_input_in_the_generated_code() -> None:
+    code = generate(analyzed(LATE_INPUT))
+    assert "x = self.x(a)" in code and "y = self.y(b)" in code
+    traced = fx_edges(dlspec.load_text(LATE_INPUT).to_torch(), ["x", "y"])
+    assert traced == dataflow(analyzed(LATE_INPUT))
+
+
+def test_late_input_in_the_diagram() -> None:
+    edges = dot_edges(to_dot(analyzed(LATE_INPUT)))
+    assert ("input/a", "x") in edges and ("input/b", "y") in edges
+    assert ("input/b", "x") not in edges and ("x", "y") not in edges
+
+
+def test_late_input_in_the_onnx_graph() -> None:
+    spec = dlspec.load_text(LATE_INPUT)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    proto = onnx.load_from_string(result.data)
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    for output, source in (("x", "a"), ("y", "b")):
+        node = producers[output]
+        assert source in node.input, (output, node)
+
+
+def test_late_input_lints_and_table() -> None:
+    checked = check_text(LATE_INPUT)
+    assert not [d for d in checked.report.diagnostics if d.code == "W502"]
+    table = render_table(checked.report)
+    assert re.search(r"^x\s+Linear\(4\) <- a\s", table, re.M)
+    assert re.search(r"^y\s+Linear\(2\) <- b\s", table, re.M)
+    rows = {row.name: row.inputs for row in checked.report.layers}
+    assert rows == {"x": ["a"], "y": ["b"]}
+
+
+def test_linear_layers_in_a_row_still_warn() -> None:
+    text = "model M {\n input a: float[3]\n x = Linear(4)\n Dropout(0.1)\n y = Linear(2)\n}\n"
+    codes = [d.code for d in check_text(text).report.diagnostics]
+    assert codes == ["W502"]
+
+
+def test_check_format_ir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    spec = tmp_path / "m.dl"
+    spec.write_text(LATE_INPUT)
+    assert main(["check", str(spec), "--format", "ir"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:3] == [
+        "model M",
+        "  inputs  a: float[3], b: float[5]",
+        "  x: float[4] = layer Linear(4) <- a  params=16  @3:5",
+    ]
+
+
+# three views of one graph --------------------------------------------------------------------
+
+
+def contract(edges: Iterable[tuple[str, str]], keep: Callable[[str], bool]) -> Edges:
+    """The edges between kept nodes, through any chain of nodes that are not kept."""
+    successors: dict[str, set[str]] = {}
+    for tail, head in edges:
+        successors.setdefault(tail, set()).add(head)
+    out: Edges = set()
+    for start in [n for n in successors if keep(n)]:
+        stack, seen = list(successors[start]), set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if keep(node):
+                out.add((start, node))
+            else:
+                stack.extend(successors.get(node, ()))
+    return out
+
+
+def dot_edges(dot: str) -> Edges:
+    pattern = re.compile(r'^\s*("?)([^"\s]+)\1 -> ("?)([^"\s]+)\3 \[(.*)\]$')
+    edges = set()
+    for line in dot.splitlines():
+        match = pattern.match(line)
+        if match and "invis" not in match.group(5):
+            edges.add((match.group(2), match.group(4)))
+    return edges
+
+
+def fx_edges(model: torch.nn.Module, outputs: list[str]) -> Edges:
+    """The traced forward's dataflow: inputs, module calls and outputs, by the IR's names."""
+    traced = torch.fx.symbolic_trace(model)
+    names: dict[torch.fx.Node, str] = {}
+    edges: Edges = set()
+    for node in traced.graph.nodes:
+        if node.op == "placeholder":
+            names[node] = f"input/{node.target}"
+        elif node.op == "call_module":
+            names[node] = str(node.target)
+        elif node.op == "output":
+            results = node.args[0] if isinstance(node.args[0], tuple) else (node.args[0],)
+            for result, name in zip(results, outputs, strict=True):
+                edges.add((names[result], f"output/{name}"))
+            continue
+        else:
+            names[node] = f"op/{node.name}"
+        edges.update((names[arg], names[node]) for arg in node.all_input_nodes)
+    modules = {name for name, _ in model.named_modules()}
+    return contract(edges, lambda n: n in modules or n.startswith(("input/", "output/")))
+
+
+WIDTH = 4
+STATEMENTS = st.sampled_from(["linear", "relu", "add", "residual", "repeat", "block"])
+
+
+@st.composite
+def random_specs(draw: st.DrawFn) -> str:
+    """A model over float[4] tensors: several inputs, some declared late, named skips,
+    merges, residuals, repetitions and block uses."""
+    kinds = draw(st.lists(STATEMENTS, min_size=1, max_size=8))
+    inputs = draw(st.integers(1, 3))
+    places = sorted(
+        draw(st.lists(st.integers(0, len(kinds)), min_size=inputs - 1, max_size=inputs - 1))
+    )
+    lines = [f"    input in0: float[{WIDTH}]"]
+    tensors = ["in0"]
+    named: list[str] = []
+    for i, kind in enumerate(kinds):
+        for j, place in enumerate(places):
+            if place == i:
+                lines.append(f"    input in{j + 1}: float[{WIDTH}]")
+                tensors.append(f"in{j + 1}")
+        skip = ""
+        if draw(st.booleans()):
+            skip = f" <- {draw(st.sampled_from(tensors))}"
+        op = {
+            "linear": f"Linear({WIDTH})",
+            "relu": "ReLU",
+            "residual": "residual { Linear(4) ReLU }",
+            "repeat": f"Linear({WIDTH}) * {draw(st.integers(1, 3))}",
+            "block": "Mix()",
+        }.get(kind)
+        if kind == "add":
+            a, b = draw(st.lists(st.sampled_from(tensors), min_size=2, max_size=2))
+            op, skip = "Add", f" <- {a}, {b}"
+        name = f"t{i}"
+        lines.append(f"    {name} = {op}{skip}")
+        tensors.append(name)
+        named.append(name)
+    outputs = draw(st.lists(st.sampled_from(named), min_size=1, max_size=3, unique=True))
+    lines.append(f"    output {', '.join(outputs)}")
+    block = "block Mix {\n    Linear(4)\n    ReLU\n    Linear(4)\n}\n"
+    return block + "model Random {\n" + "\n".join(lines) + "\n}\n"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_specs())
+def test_diagram_generated_forward_and_ir_are_one_graph(text: str) -> None:
+    spec = dlspec.load_text(text)
+    model = spec.to_torch()
+    traced = fx_edges(model, [t.name for t in spec.graph.outputs])
+    modules = {name for name, _ in model.named_modules()}
+
+    def keep(node: str) -> bool:
+        return node in modules or node.startswith(("input/", "output/"))
+
+    ir = contract(dataflow(spec.graph), keep)
+    dot = contract(dot_edges(to_dot(spec.graph, DrawOptions(detail="high", expand=True))), keep)
+    assert ir == traced, text
+    assert dot == ir, text
