@@ -1,0 +1,120 @@
+"""``dlspec plan``: the largest batch that fits a budget, the breakdown, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT
+
+import dlspec
+from dlspec.analysis import memory
+from dlspec.cli import main
+from dlspec.layers.symbolic import evaluate
+
+GIB = 2**30
+
+
+def plan_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(["plan", *args, "--format", "json"]) == 0
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return result
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--precision", "bf16", "--optimizer", "adamw"],
+        ["--optimizer", "sgd", "--checkpointing"],
+    ],
+)
+@pytest.mark.parametrize("spec", ["tiny_gpt.dl", "vgg_block.dl", "lstm_lm.dl"])
+def test_largest_batch_fits_and_one_more_does_not(
+    spec: str, options: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(ROOT / "specs" / spec)
+    result = plan_json(capsys, path, "--memory", "2GiB", *options)
+    largest = result["max_batch"]
+    assert largest > 1
+    assert result["batch"] == largest and result["fits"]
+    assert sum(v for k, v in result["bytes"].items() if k != "total") == result["bytes"]["total"]
+    assert result["bytes"]["total"] <= 2 * GIB
+    over = plan_json(capsys, path, "--memory", "2GiB", *options, "--batch", str(largest + 1))
+    assert not over["fits"] and over["bytes"]["total"] > 2 * GIB
+
+
+def test_parts_follow_the_optimizer_and_precision(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = dlspec.load(ROOT / "specs" / "mlp.dl")
+    params = spec.report.trainable_params
+    for optimizer, states in [("sgd", 0), ("sgd-momentum", 1), ("adamw", 2), ("rmsprop", 1)]:
+        result = plan_json(
+            capsys, "specs/mlp.dl", "--memory", "1GiB", "--optimizer", optimizer, "--batch", "8"
+        )
+        assert result["bytes"]["weights"] == result["bytes"]["gradients"] == 4 * params
+        assert result["bytes"]["optimizer"] == 4 * states * params
+    full = plan_json(capsys, "specs/mlp.dl", "--memory", "1GiB", "--batch", "8")
+    half = plan_json(
+        capsys, "specs/mlp.dl", "--memory", "1GiB", "--batch", "8", "--precision", "bf16"
+    )
+    # half-precision activations, plus the bf16 copies of the weights the products keep
+    assert half["bytes"]["activations"] == full["bytes"]["activations"] // 2 + 2 * params
+    assert (
+        half["train_flops_per_step"]
+        == full["train_flops_per_step"]
+        == 6 * 8 * (spec.report.total_macs)
+    )
+
+
+def test_checkpointing_keeps_block_inputs_and_one_block() -> None:
+    spec = dlspec.load(ROOT / "specs" / "vgg_block.dl")
+    rows = memory.activations(spec.graph)
+    plain = evaluate(memory.total(rows), {"B": 1})
+    kept = evaluate(memory.checkpointed(rows, {}, "fp32"), {"B": 1})
+    inside = [r for r in rows if r.block is not None]
+    assert inside and kept < plain
+    outside = sum(evaluate(r.saved, {"B": 1}) for r in rows if r.block is None)
+    assert kept > outside
+
+
+def test_longest_sequence_is_bound_by_memory_or_a_layer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    small = plan_json(capsys, "specs/tiny_gpt.dl", "--memory", "20MiB", "--batch", "4")
+    assert 1 < small["max_lengths"]["T"] < 64
+    spec = dlspec.load(ROOT / "specs" / "tiny_gpt.dl", T=small["max_lengths"]["T"])
+    assert spec.report.ok
+    assert main(["plan", "specs/tiny_gpt.dl", "--memory", "24GiB", "--batch", "4"]) == 0
+    assert "longest T at batch 4: 64, bound by LearnedPositionalEncoding holds 64" in (
+        capsys.readouterr().out
+    )
+
+
+def test_budget_too_small_for_batch_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "specs/cnn.dl", "--memory", "100MiB"]) == 1
+    err = capsys.readouterr().err
+    assert "batch 1 does not fit in 100.00 MiB: it needs 148.49 MiB, 48.49 MiB more" in err
+
+
+@pytest.mark.parametrize("size", ["24XB", "-3GiB", "GiB", "0", "lots"])
+def test_bad_sizes_are_usage_errors(size: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "specs/cnn.dl", "--memory", size])
+    assert exit_.value.code == 2
+    assert "--memory" in capsys.readouterr().err
+
+
+def test_sizes() -> None:
+    assert memory.parse_bytes("24GiB") == 24 * GIB
+    assert memory.parse_bytes("80GB") == 80 * 10**9
+    assert memory.parse_bytes("1.5 TiB") == 3 * 2**39
+    assert memory.parse_bytes("4096") == 4096
+
+
+def test_spec_errors_are_diagnostics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.dl"
+    bad.write_text("model M { input x: float[4]\n Linear(0) }\n")
+    assert main(["plan", str(bad), "--memory", "1GiB"]) == 1
+    assert "error[" in capsys.readouterr().err
