@@ -16,6 +16,7 @@ matrix products keep are added to the activations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -25,8 +26,15 @@ from dlspec.layers.symbolic import Dim, Poly, evaluate, product
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
-# moment tensors per trainable parameter
-OPTIMIZER_STATES = {"sgd": 0, "sgd-momentum": 1, "adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1}
+# per trainable parameter: (state tensors, temporaries of torch's foreach step), measured
+OPTIMIZERS = {
+    "sgd": (0, 0),
+    "sgd-momentum": (1, 0),
+    "adam": (2, 2),
+    "adamw": (2, 2),
+    "rmsprop": (1, 1),
+    "adagrad": (1, 1),
+}
 BATCH = Poly.symbol("B")
 
 
@@ -187,19 +195,38 @@ def transient(graph: ModelGraph, precision: Precision = "fp32") -> Dim:
     return best
 
 
+# the formulas of a Training, by name
+FORMULAS = ("weights", "gradients", "optimizer", "activations", "backward", "step")
+
+
 @dataclass(frozen=True)
 class Training:
     """The memory of one training step, each part a formula in ``B`` (and symbolic dims)."""
 
     weights: Dim  # fp32 master weights and buffers
     gradients: Dim
-    optimizer: Dim
+    optimizer: Dim  # the optimizer's state
     activations: Dim  # saved for backward (plus autocast's half-precision weight copies)
-    transient: Dim  # the largest gradient buffers of the backward pass
+    backward: Dim  # the largest gradient buffers of the backward pass
+    step: Dim  # the optimizer step's temporaries (after the activations are freed)
 
-    @property
-    def total(self) -> Dim:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.transient
+    def bytes(self, at: dict[str, int]) -> dict[str, int]:
+        """Each part and the total at ``at`` (``B`` and the symbolic dims). The step's
+        temporaries come after the backward pass has freed the activations, so the peak
+        transient is the larger of the backward buffers and what the step needs beyond the
+        activations' room."""
+        parts = {
+            name: evaluate(value, at)
+            for name, value in (
+                ("weights", self.weights),
+                ("gradients", self.gradients),
+                ("optimizer", self.optimizer),
+                ("activations", self.activations),
+            )
+        }
+        step = evaluate(self.step, at) - parts["activations"]
+        parts["transient"] = max(evaluate(self.backward, at), step)
+        return parts | {"total": sum(parts.values())}
 
 
 def training(
@@ -215,12 +242,14 @@ def training(
     if precision != "fp32":
         # autocast keeps a half-precision copy of every weight a matrix product reads
         saved = saved + 2 * sum(leaf.params for leaf in graph.leaves() if leaf.macs)
+    states, temporaries = OPTIMIZERS[optimizer]
     return Training(
         weights=4 * (trainable + graph.buffer_count),
         gradients=4 * trainable,
-        optimizer=4 * OPTIMIZER_STATES[optimizer] * trainable,
+        optimizer=4 * states * trainable,
         activations=saved,
-        transient=transient(graph, precision),
+        backward=transient(graph, precision),
+        step=4 * temporaries * trainable,
     )
 
 
@@ -273,16 +302,24 @@ class Plan:
     batch: int  # where the breakdown is evaluated: the largest batch, or the one asked for
     flops: Dim  # per sample per step
 
-    def at(self, part: Dim, batch: int | None = None) -> int:
-        return evaluate(part, {**self.bindings, "B": self.batch if batch is None else batch})
+    def bytes(self, batch: int | None = None, **symbols: int) -> dict[str, int]:
+        """The parts and total at ``batch`` (default: the plan's) and the bindings."""
+        at = {**self.bindings, **symbols, "B": self.batch if batch is None else batch}
+        return self.memory.bytes(at)
 
-    @property
-    def per_sample(self) -> int:
-        return self.at(self.memory.total, 1) - self.at(self.memory.total, 0)
+    def total(self, batch: int | None = None, **symbols: int) -> int:
+        return self.bytes(batch, **symbols)["total"]
 
-    @property
-    def fixed(self) -> int:
-        return self.at(self.memory.total, 0)
+
+def _largest(fits: Callable[[int], bool]) -> int:
+    """The largest n >= 1 with ``fits(n)`` for a monotone ``fits`` (0 if none, capped)."""
+    low, high = 0, 1
+    while fits(high) and high < 2**40:
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def plan(
@@ -293,16 +330,13 @@ def plan(
     checkpointing: bool = False,
     batch: int | None = None,
 ) -> Plan:
-    """Memory grows linearly with the batch: the largest batch is
-    ``(budget - fixed) // per_sample``, where ``fixed`` is the memory at batch 0 (weights,
-    gradients, optimizer state)."""
+    """Memory grows with the batch (linearly, up to the optimizer step's fixed share): the
+    largest batch is found by bisection on the formulas."""
     memory = training(graph, precision, optimizer, checkpointing)
-    probe = Plan(budget, memory, dict(graph.bindings), 0, 1, 0)
-    max_batch = max(0, (budget - probe.fixed) // probe.per_sample) if probe.per_sample else 0
-    chosen = batch or max(max_batch, 1)
-    return Plan(
-        budget, memory, dict(graph.bindings), max_batch, chosen, train_flops(graph, checkpointing)
-    )
+    flops = train_flops(graph, checkpointing)
+    probe = Plan(budget, memory, dict(graph.bindings), 0, 1, flops)
+    largest = _largest(lambda b: probe.total(b) <= budget)
+    return replace(probe, max_batch=largest, batch=batch or max(largest, 1))
 
 
 def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) -> tuple[int, str]:
@@ -311,16 +345,11 @@ def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) ->
     even 1 does not fit), and what stops it there: "memory" or the limit's description."""
 
     def stop(value: int) -> str | None:
-        at = {**answer.bindings, symbol: value, "B": answer.batch}
+        at = {**answer.bindings, symbol: value}
         for dim, limit, what in limits:
             if evaluate(dim, at) > limit:
                 return what
-        return "memory" if evaluate(answer.memory.total, at) > answer.budget else None
+        return "memory" if answer.total(**{symbol: value}) > answer.budget else None
 
-    low, high = 0, 1
-    while stop(high) is None and high < 2**40:
-        low, high = high, 2 * high
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if stop(middle) is None else (low, middle)
-    return low, stop(high) or "memory"
+    largest = _largest(lambda value: stop(value) is None)
+    return largest, stop(largest + 1) or "memory"

@@ -6,8 +6,8 @@ Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has t
 * activations: the bytes autograd keeps for the backward pass at ``--batch``, each tensor
   once, per layer and as a formula in the batch ``B`` and the symbolic dimensions;
 * training with Adam: weights, gradients and two moment estimates (16 bytes per trainable
-  parameter, 4 per buffer element), the activations and the backward pass's largest
-  transient gradients.
+  parameter, 4 per buffer element), the activations, and the larger of the backward pass's
+  transient gradients and the optimizer step's temporaries (the peak of a training step).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def build_report(
             parameters_bytes=BYTES * (trainable + frozen),
             activations_bytes=evaluate(activations, at),
             activations_formula=str(activations),
-            training_adam_bytes=evaluate(memory.training(graph).total, at),
+            training_adam_bytes=memory.training(graph).bytes(at)["total"],
         ),
         diagnostics=diagnostics,
     )

@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the device memory to fit, e.g. 24GiB, 80GB, 512MiB",
     )
     parser.add_argument("--precision", choices=memory.PRECISIONS, default="fp32")
-    parser.add_argument("--optimizer", choices=tuple(memory.OPTIMIZER_STATES), default="adam")
+    parser.add_argument("--optimizer", choices=tuple(memory.OPTIMIZERS), default="adam")
     parser.add_argument(
         "--checkpointing",
         action="store_true",
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(answer, args, graph.name, lengths))
     if answer.max_batch == 0:
-        need = answer.at(answer.memory.total, 1)
+        need = answer.total(1)
         print(
             f"{args.spec}: error: batch 1 does not fit in {human_bytes(args.memory)}: it needs "
             f"{human_bytes(need)}, {human_bytes(need - args.memory)} more",
@@ -76,20 +76,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 Lengths = dict[str, tuple[int, str]]  # symbol -> (largest value, what bounds it)
-PARTS = ("weights", "gradients", "optimizer", "activations", "transient")
 LABELS = {
     "weights": "weights (fp32, with buffers)",
     "gradients": "gradients",
     "optimizer": "optimizer state ({optimizer})",
     "activations": "activations ({precision})",
-    "transient": "peak transient (backward)",
+    "transient": "peak transient",
 }
 
 
 def _json(
     answer: memory.Plan, args: argparse.Namespace, model: str, lengths: Lengths
 ) -> dict[str, Any]:
-    parts = {part: getattr(answer.memory, part) for part in PARTS}
+    parts = {name: getattr(answer.memory, name) for name in memory.FORMULAS}
+    at_batch = answer.bytes()
     return {
         "file": args.spec,
         "model": model,
@@ -100,11 +100,9 @@ def _json(
         "checkpointing": args.checkpointing,
         "max_batch": answer.max_batch,
         "batch": answer.batch,
-        "fits": answer.at(answer.memory.total) <= answer.budget,
-        "bytes": {part: answer.at(value) for part, value in parts.items()}
-        | {"total": answer.at(answer.memory.total)},
-        "formulas": {part: str(value) for part, value in parts.items()}
-        | {"total": str(answer.memory.total)},
+        "fits": at_batch["total"] <= answer.budget,
+        "bytes": at_batch,
+        "formulas": {name: str(value) for name, value in parts.items()},
         "train_flops_per_step": evaluate(answer.flops, answer.bindings) * answer.batch,
         "max_lengths": {name: value for name, (value, _) in lengths.items()},
     }
@@ -122,20 +120,15 @@ def _table(answer: memory.Plan, args: argparse.Namespace, model: str, lengths: L
     ]
     if answer.max_batch:
         lines.append(f"largest batch that fits: {n(answer.max_batch)}")
-    lines.append(
-        f"memory = {human_bytes(answer.fixed)} + {human_bytes(answer.per_sample)} per sample"
-    )
-    lines.append("")
-    total = answer.at(answer.memory.total)
-    rows = [
-        (LABELS[part].format(**vars(args)), answer.at(getattr(answer.memory, part)))
-        for part in PARTS
-    ]
-    rows.append(("total", total))
+    per_sample = answer.total(answer.batch + 1) - answer.total(answer.batch)
+    lines += [f"memory per sample: {human_bytes(per_sample)}", ""]
+    parts = answer.bytes()
+    rows = [(label.format(**vars(args)), parts[name]) for name, label in LABELS.items()]
+    rows.append(("total", parts["total"]))
     width = max(len(label) for label, _ in rows)
     lines.append(f"at batch {n(answer.batch)}")
     lines += [f"  {label.ljust(width)}  {human_bytes(value):>12}" for label, value in rows]
-    share = 100 * total / answer.budget
+    share = 100 * parts["total"] / answer.budget
     lines.append(f"  {'of the budget'.ljust(width)}  {share:>11.1f}%")
     flops = evaluate(answer.flops, answer.bindings) * answer.batch
     passes = "forward, backward and recomputation" if args.checkpointing else "forward + backward"
