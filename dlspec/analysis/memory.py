@@ -21,19 +21,24 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from dlspec.analysis.graph import Graph, ModelGraph, Step
-from dlspec.layers.base import FIXED_BYTES, Saved
+from dlspec.layers.base import FIXED_BYTES, Saved, numel
 from dlspec.layers.symbolic import Dim, Poly, evaluate, product
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
-# per trainable parameter: (state tensors, temporaries of torch's foreach step), measured
-OPTIMIZERS = {
-    "sgd": (0, 0),
-    "sgd-momentum": (1, 0),
-    "adam": (2, 2),
-    "adamw": (2, 2),
-    "rmsprop": (1, 1),
-    "adagrad": (1, 1),
+Device = Literal["cuda", "cpu"]
+DEVICES: tuple[Device, ...] = ("cuda", "cpu")
+# Per optimizer: state tensors per trainable parameter, and the temporaries of its step: on
+# CUDA torch's foreach step makes them for all parameters at once (Adam: the square roots of
+# the second moments), on CPU its per-tensor step for one parameter tensor at a time (Adam:
+# the square root and its quotient) - the CPU figures are measured (bench/train_memory.py)
+OPTIMIZERS = {  # name: (states, temporaries per parameter with foreach, per tensor on CPU)
+    "sgd": (0, 0, 0),
+    "sgd-momentum": (1, 0, 0),
+    "adam": (2, 1, 2),
+    "adamw": (2, 1, 2),
+    "rmsprop": (1, 1, 1),
+    "adagrad": (1, 1, 1),
 }
 BATCH = Poly.symbol("B")
 
@@ -234,6 +239,7 @@ def training(
     precision: Precision = "fp32",
     optimizer: str = "adam",
     checkpointing: bool = False,
+    device: Device = "cuda",
 ) -> Training:
     """Peak memory of a training step: see the module docstring."""
     trainable = graph.trainable_params
@@ -242,14 +248,21 @@ def training(
     if precision != "fp32":
         # autocast keeps a half-precision copy of every weight a matrix product reads
         saved = saved + 2 * sum(leaf.params for leaf in graph.leaves() if leaf.macs)
-    states, temporaries = OPTIMIZERS[optimizer]
+    states, foreach, per_tensor = OPTIMIZERS[optimizer]
+    if device == "cuda":
+        step = 4 * foreach * trainable
+    else:
+        largest = max(
+            (numel(s) for leaf in graph.leaves() for s in leaf.weights.values()), default=0
+        )
+        step = 4 * per_tensor * largest
     return Training(
         weights=4 * (trainable + graph.buffer_count),
         gradients=4 * trainable,
         optimizer=4 * states * trainable,
         activations=saved,
         backward=transient(graph, precision),
-        step=4 * temporaries * trainable,
+        step=step,
     )
 
 
@@ -329,10 +342,11 @@ def plan(
     optimizer: str = "adam",
     checkpointing: bool = False,
     batch: int | None = None,
+    device: Device = "cuda",
 ) -> Plan:
     """Memory grows with the batch (linearly, up to the optimizer step's fixed share): the
     largest batch is found by bisection on the formulas."""
-    memory = training(graph, precision, optimizer, checkpointing)
+    memory = training(graph, precision, optimizer, checkpointing, device)
     flops = train_flops(graph, checkpointing)
     probe = Plan(budget, memory, dict(graph.bindings), 0, 1, flops)
     largest = _largest(lambda b: probe.total(b) <= budget)

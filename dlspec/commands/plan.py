@@ -39,6 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=memory.PRECISIONS, default="fp32")
     parser.add_argument("--optimizer", choices=tuple(memory.OPTIMIZERS), default="adam")
     parser.add_argument(
+        "--device",
+        choices=memory.DEVICES,
+        default="cuda",
+        help="where it trains: the optimizer's step differs (default: cuda)",
+    )
+    parser.add_argument(
         "--checkpointing",
         action="store_true",
         help="activation checkpointing per block call (recompute blocks in backward)",
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         print_diagnostics(checked, warnings=False)
         return exit_code(checked)
     options = (args.precision, args.optimizer, args.checkpointing)
-    answer = memory.plan(graph, args.memory, *options, batch=args.batch)
+    answer = memory.plan(graph, args.memory, *options, batch=args.batch, device=args.device)
     lengths = {name: memory.max_length(answer, name, graph.limits) for name in graph.symbols}
     if args.format == "json":
         print(json.dumps(_json(answer, args, graph.name, lengths), indent=2))
@@ -97,6 +103,7 @@ def _json(
         "budget_bytes": answer.budget,
         "precision": args.precision,
         "optimizer": args.optimizer,
+        "device": args.device,
         "checkpointing": args.checkpointing,
         "max_batch": answer.max_batch,
         "batch": answer.batch,
@@ -110,7 +117,7 @@ def _json(
 
 def _table(answer: memory.Plan, args: argparse.Namespace, model: str, lengths: Lengths) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in answer.bindings.items())
-    options = f"{args.precision}, {args.optimizer}" + (
+    options = f"{args.device}, {args.precision}, {args.optimizer}" + (
         ", checkpointing" if args.checkpointing else ""
     )
     lines = [
