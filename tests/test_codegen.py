@@ -149,8 +149,10 @@ def test_generated_module_agrees_with_the_report(case: str) -> None:
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     assert [list(y.shape) for y in outputs] == [[BATCH, *o.shape_value] for o in report.outputs]
 
-    assert sum(p.numel() for p in model.parameters()) == report.trainable_params
-    assert sum(b.numel() for b in model.buffers()) == report.non_trainable_params
+    assert (
+        sum(p.numel() for p in model.parameters()) == report.total_params == report.trainable_params
+    )
+    assert sum(b.numel() for b in model.buffers()) == report.buffers
     leaves = graph.leaves()
     weights = {f"{n.path}.{w}" for n in leaves for w in n.weights if w not in n.tied}
     assert set(dict(model.named_parameters())) == weights
@@ -168,7 +170,7 @@ def test_leaf_params_sum_to_the_total(case: str) -> None:
     report = _case(case).report
     leaves = [row for row in report.layers if not row.container]
     assert sum(row.params for row in leaves) == report.trainable_params
-    assert sum(row.buffers for row in leaves) == report.non_trainable_params
+    assert sum(row.buffers for row in leaves) == report.buffers
 
 
 def test_torchinfo_counts_my_net_like_the_report() -> None:

@@ -77,7 +77,7 @@ def test_export_verifies_and_counts_parameters(name: str) -> None:
     assert counted.missing == ()
     # buffers the graph uses (BatchNorm's running statistics, position tables), never its
     # step counters
-    assert counted.buffers <= spec.report.non_trainable_params
+    assert counted.buffers <= spec.report.buffers
     meta = metadata(result)
     assert meta[onnx_export.META_VERSION] == dlspec.__version__
     assert meta[onnx_export.META_PARAMETERS] == str(spec.report.trainable_params)
@@ -361,3 +361,69 @@ def test_cuda_missing_falls_back_to_cpu_with_a_notice(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1 and "cannot use CUDA" in done.stderr
+
+
+# every layer kind exports: tiny specs that together use each kind --------------------------
+
+KIND_SPECS = {
+    "activations": """model Acts {
+        input x: float[3, 4, 4]
+        ReLU6  Hardtanh(-2, 2)  Hardswish  Hardsigmoid  Mish  ELU(0.5)  Softplus(2)
+        PReLU(3)  PReLU
+    }""",
+    "vision": """model Vision {
+        input image: float[3, 8, 8]
+        patches = Conv2d(16, kernel=4, stride=4)     # [16, 2, 2]
+        LayerNorm2d  StochasticDepth(0.1)
+        Flatten(1)  tokens = Transpose(0, 1)         # [4, 16]
+        cls = Parameter(1, 16) <- tokens
+        joined = Concat(0) <- cls, tokens            # [5, 16]
+        pos = Parameter(5, 16) <- joined
+        h = Add <- joined, pos
+        gate = Mean(0, keepdim=true)  Sigmoid
+        y = Mul <- h, sigmoid1
+        Permute(1, 0)  Sum(-1)  Softmax(0)
+    }""",
+    "llama": """model TinyLlama(T: dim = 6) {
+        input tokens: long[T]
+        x = Embedding(50, 16)
+        n = RMSNorm
+        q = Linear(16, bias=false) <- n
+        q_rot = RoPE(4) <- q
+        k = Linear(8, bias=false) <- n
+        k_rot = RoPE(2) <- k
+        v = Linear(8, bias=false) <- n
+        a = SDPA(4, 2, causal=true) <- q_rot, k_rot, v
+        o = Linear(16, bias=false)
+        h = Add <- x, o
+        g = Linear(24, bias=false)  SiLU
+        u = Linear(24, bias=false) <- h
+        m = Mul <- silu1, u
+        Linear(50)
+    }""",
+}
+NEW_KINDS = {
+    "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
+    "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
+    "StochasticDepth", "SDPA", "RoPE",
+}  # fmt: skip
+
+
+def test_kind_specs_use_every_new_kind() -> None:
+    used = {
+        leaf.layer.kind
+        for text in KIND_SPECS.values()
+        for leaf in dlspec.load_text(text).graph.leaves()
+        if leaf.layer is not None
+    }
+    assert not NEW_KINDS - used, "kinds no spec here uses"
+
+
+@pytest.mark.parametrize("name", KIND_SPECS)
+def test_layer_kinds_export_and_verify(name: str) -> None:
+    spec = dlspec.load_text(KIND_SPECS[name])
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    assert result.comparisons and all(c.passed for c in result.comparisons)
+    assert result.initializers.parameters == spec.report.total_params
+    onnx.checker.check_model(onnx.load_from_string(result.data), full_check=True)

@@ -87,6 +87,18 @@ EXAMPLES = [
     ex("LeakyReLU", {"negative_slope": 0.2}, (3, 4), 0),
     ex("GELU", {"approximate": "tanh"}, (6,), 0),
     ex("GELU", {}, (6,), 0),
+    ex("ReLU6", {}, (3, 4), 0),
+    ex("Hardswish", {}, (3, 4), 0),
+    ex("Hardsigmoid", {}, (5,), 0),
+    ex("Mish", {}, (T, 4), 0, bindings={"T": 3}),
+    ex("Hardtanh", {"min_val": -2.0, "max_val": 0.5}, (3, 4), 0),
+    ex("Hardtanh", {}, (6,), 0),
+    ex("ELU", {"alpha": 0.5}, (3, 4), 0),
+    ex("Softplus", {"beta": 2.0, "threshold": 10.0}, (6,), 0),
+    ex("Softplus", {}, (2, 3), 0),
+    # PReLU: its slopes once per sample (torchinfo)
+    ex("PReLU", {}, (3, 4, 4), 1),
+    ex("PReLU", {"num_parameters": 3, "init": 0.1}, (3, 4, 4), 3),
     ex("Softmax", {}, (3, 4), 0),
     ex("Softmax", {"dim": 0}, (3, 4), 0),
     ex("LogSoftmax", {"dim": -2}, (3, 4), 0),
@@ -103,8 +115,9 @@ EXAMPLES = [
     ex("AdaptiveAvgPool2d", {"output_size": 1}, (8, 5, 5), 0),
     ex("AdaptiveAvgPool2d", {"output_size": (None, 3)}, (2, 4, 7), 0),
     ex("AdaptiveAvgPool2d", {"output_size": (7, 7)}, (2, 5, 5), 0),
-    # normalization: 2 MACs per element with scale and shift
-    ex("BatchNorm2d", {}, (8, 4, 4), 2 * 8 * 4 * 4),
+    # normalization: image norms count weight and bias once per sample (torchinfo: 2 x C);
+    # LayerNorm/RMSNorm count them at every position of a sequence
+    ex("BatchNorm2d", {}, (8, 4, 4), 2 * 8),
     ex("BatchNorm2d", {"num_features": 8, "affine": False, "track_running_stats": False,
                        "momentum": None, "eps": 1e-3}, (8, 3, 3), 0),
     ex("BatchNorm1d", {}, (6,), 2 * 6),
@@ -112,19 +125,36 @@ EXAMPLES = [
     ex("LayerNorm", {}, (T, 16), 2 * 4 * 16, bindings={"T": 4}),
     ex("LayerNorm", {"normalized_shape": (4, 5), "bias": False}, (3, 4, 5), 1 * 3 * 4 * 5),
     ex("LayerNorm", {"normalized_shape": 8, "elementwise_affine": False}, (8,), 0),
-    ex("GroupNorm", {"num_groups": 2}, (6, 4, 4), 2 * 6 * 4 * 4),
+    ex("GroupNorm", {"num_groups": 2}, (6, 4, 4), 2 * 6),
+    ex("LayerNorm2d", {}, (6, 3, 5), 2 * 6),
+    ex("LayerNorm2d", {"num_channels": 4, "eps": 1e-6}, (4, 2, 2), 2 * 4),
     ex("GroupNorm", {"num_groups": 3, "num_channels": 6, "affine": False, "eps": 1e-3},
        (6, 5), 0),
     # reshaping and regularization: no parameters, no MACs
     ex("Flatten", {}, (3, 4, 5), 0),
+    ex("Flatten", {"start_dim": 1}, (3, 4, 5), 0),
+    ex("Flatten", {"start_dim": 0, "end_dim": 1}, (3, 4, 5), 0),
     ex("Flatten", {"start_dim": 2}, (3, 4, 5), 0),
-    ex("Flatten", {"start_dim": 1, "end_dim": 2}, (3, 4, 5), 0),
     ex("Flatten", {"start_dim": -2}, (3, 4, 5), 0),
     ex("Flatten", {}, (T, 4), 0, bindings={"T": 3}),
     ex("Flatten", {}, (7,), 0, dtype="long"),
     ex("Reshape", {"shape": (4, 3, 5)}, (60,), 0),
     ex("Reshape", {"shape": (-1, 5)}, (3, 4, 5), 0),
     ex("Reshape", {"shape": (2, -1)}, (T, 6), 0, bindings={"T": 3}),
+    ex("Permute", {"dims": (1, 2, 0)}, (3, 4, 5), 0),
+    ex("Permute", {"dims": (-1, 0)}, (T, 4), 0, bindings={"T": 3}),
+    ex("Transpose", {"dim0": 0, "dim1": 1}, (T, 4), 0, bindings={"T": 3}),
+    ex("Transpose", {"dim0": -1, "dim1": 0}, (2, 3, 4), 0),
+    ex("Mean", {"dim": 0}, (T, 4), 0, bindings={"T": 3}),
+    ex("Mean", {"dim": (1, 2), "keepdim": True}, (3, 4, 5), 0),
+    ex("Mean", {}, (3, 4), 0),
+    ex("Sum", {"dim": -1}, (3, 4), 0),
+    ex("Sum", {"dim": (0, -1)}, (3, 4, 5), 0, dtype="long"),
+    ex("Select", {"dim": 0, "index": 0}, (T, 4), 0, bindings={"T": 3}),
+    ex("Select", {"dim": -1, "index": -2}, (3, 4, 5), 0),
+    ex("Slice", {"dim": 0, "start": 1}, (T, 4), 0, bindings={"T": 3}),
+    ex("Slice", {"dim": 1, "start": -3, "end": -1}, (3, 5), 0),
+    ex("Slice", {"dim": 2, "start": 1, "end": 9, "step": 2}, (3, 2, 6), 0),
     ex("Identity", {}, (3, 4), 0),
     ex("Identity", {}, (5,), 0, dtype="long"),
     ex("Upsample", {"scale_factor": 2}, (3, 4, 5), 0),
@@ -136,6 +166,23 @@ EXAMPLES = [
     ex("Dropout", {}, (5,), 0),
     ex("Dropout", {"p": 0.0}, (T, 4), 0, bindings={"T": 3}),
     ex("Dropout2d", {"p": 0.3}, (3, 4, 4), 0),
+    ex("StochasticDepth", {"p": 0.2}, (3, 4, 4), 0),
+    ex("StochasticDepth", {"p": 0.5, "mode": "batch"}, (T, 4), 0, bindings={"T": 3}),
+    # element-wise product with static broadcasting: no weights, MACs 0
+    ex("Mul", {}, (3, 4, 5), 0, more=((3, 1, 1),)),
+    ex("Mul", {}, (T, 4), 0, more=((T, 4), (1, 4)), bindings={"T": 3}),
+    # learned tensors: the input only gives the batch size
+    ex("Parameter", {"shape": (1, 8)}, (5, 8), 0),
+    ex("Parameter", {"shape": (4,)}, (T,), 0, dtype="long", bindings={"T": 3}),
+    # SDPA: T x S x heads x (hd + hd_v)
+    ex("SDPA", {"num_heads": 2}, (T, 8), 5 * 5 * 2 * (4 + 4), more=((T, 8), (T, 8)),
+       bindings={"T": 5}),
+    ex("SDPA", {"num_heads": 4, "num_kv_heads": 2, "causal": True}, (T, 8),
+       5 * 5 * 4 * (2 + 3), more=((T, 4), (T, 6)), bindings={"T": 5}),
+    ex("SDPA", {"num_heads": 2, "dropout": 0.1}, (3, 8), 3 * 7 * 2 * (4 + 4),
+       more=((7, 8), (7, 8))),
+    ex("RoPE", {"num_heads": 2}, (T, 8), 0, bindings={"T": 5}),
+    ex("RoPE", {"num_heads": 1, "base": 500.0}, (3, 6), 0),
 ]
 # fmt: on
 
@@ -210,6 +257,33 @@ def test_layer_agrees_with_torch(example: Example) -> None:
     assert evaluate(inferred.macs, example.bindings) == example.macs
     assert layer.label().startswith(example.kind)
     assert REGISTRY[example.kind].__doc__
+
+
+def _counts_as_torchinfo(example: Example) -> bool:
+    """Kinds whose MACs are torchinfo's; the per-step kinds are, on inputs without steps."""
+    note = REGISTRY[example.kind].torchinfo_macs
+    return note == "same" or (note.startswith("T x") and len(example.shape) == 1)
+
+
+@pytest.mark.parametrize(
+    "example", [e for e in EXAMPLES if _counts_as_torchinfo(e)], ids=lambda e: e.id
+)
+def test_macs_are_torchinfos(example: Example) -> None:
+    """MACs per sample equal torchinfo's total_mult_adds for a batch, divided by the batch."""
+    torchinfo = pytest.importorskip("torchinfo")
+    layer = make(example.kind, example.args)
+    shapes = [example.shape, *example.more]
+    call = layer.torch([TensorType(shape, example.dtype) for shape in shapes])  # type: ignore[arg-type]
+    module = build(call)
+    if module is None:  # written inline in forward: nothing for torchinfo to see
+        assert example.macs == 0
+        return
+    xs = [
+        random_input(tuple(evaluate(d, example.bindings) for d in shape), example.dtype)
+        for shape in shapes
+    ]
+    summary = torchinfo.summary(module, input_data=xs, verbose=0, mode="eval")
+    assert summary.total_mult_adds == BATCH * example.macs
 
 
 def test_my_net_conv1() -> None:
@@ -377,8 +451,7 @@ LAYER_ERRORS = [
     ("LayerNorm", {"normalized_shape": (2, 4, 8)}, (4, 8), "E404", "at least 3"),
     ("GroupNorm", {"num_groups": 4}, (6, 3, 3), "E204", "6 % 4 = 2"),
     ("GroupNorm", {"num_groups": 2, "num_channels": 8}, (6, 3, 3), "E401", "num_channels=8"),
-    ("Flatten", {"start_dim": 0}, (3, 4), "E204", "batch"),
-    ("Flatten", {"start_dim": 2, "end_dim": 1}, (3, 4), "E204", "comes after"),
+    ("Flatten", {"start_dim": 1, "end_dim": 0}, (3, 4), "E204", "comes after"),
     ("Flatten", {"start_dim": 4}, (3, 4), "E204", "out of range"),
     ("Flatten", {}, (), "E404", "at least one dimension"),
     ("Reshape", {"shape": (64, 7, 7)}, (8, 20, 20), "E401",
@@ -395,8 +468,82 @@ LAYER_ERRORS = [
     ("Upsample", {"scale_factor": 0.1}, (3, 4, 4), "E402", "floor(4 * 0.1) = 0"),
     ("Upsample", {"scale_factor": 1.5}, (3, T), "E405", "symbolic"),
     ("Dropout2d", {}, (3, 4), "E404", "[C, H, W]"),
+    ("Softmax", {"dim": -3}, (3, 4), "E204", "dims count per sample"),
+    ("Concat", {"dim": 3}, (3, 4, 5), "E204", "run from -3 to 2"),
+    ("Flatten", {"start_dim": 3}, (3, 4, 5), "E204", "start_dim=3 is out of range for [3, 4, 5]"),
+    ("Mean", {"dim": (0, -2)}, (3, 4), "E204", "twice"),
+    ("Mean", {"dim": 0}, (3, 4), "E404", "long"),
+    ("Permute", {"dims": (0, 0, 1)}, (3, 4, 5), "E204", "exactly once"),
+    ("Permute", {"dims": (0, 1)}, (3, 4, 5), "E204", "each of the 3 dimensions"),
+    ("Transpose", {"dim0": 0, "dim1": 2}, (3, 4), "E204", "dim1=2 is out of range"),
+    ("Select", {"dim": 0, "index": 3}, (3, 4), "E204", "outside dimension 0 of [3, 4]"),
+    ("Select", {"dim": 0, "index": -1}, (T, 4), "E405", "symbolic"),
+    ("Slice", {"dim": 1, "start": 4}, (3, 4), "E402", "keeps nothing"),
+    ("Slice", {"dim": 0, "start": 1, "step": 2}, (T, 4), "E405", "symbolic"),
+    ("Hardtanh", {"min_val": 1.0, "max_val": 1.0}, (3,), "E204", "below max_val"),
+    ("PReLU", {"num_parameters": 4}, (3, 5), "E401", "has 3 channels"),
+    ("LayerNorm2d", {}, (3, 4), "E404", "[C, H, W]"),
+    ("LayerNorm2d", {"num_channels": 5}, (3, 4, 4), "E401", "num_channels=5"),
+    ("RoPE", {"num_heads": 2}, (3, 6), "E204", "6 / 2 = 3 is odd"),
+    ("RoPE", {"num_heads": 4}, (3, 6), "E204", "6 % 4 = 2"),
+    ("RoPE", {"num_heads": 1}, (6,), "E404", "[T, d]"),
 ]
 # fmt: on
+
+
+# (kind, args, per-sample inputs, code, text): layers of several inputs
+MULTI_ERRORS = [
+    ("Mul", {}, [(3, 4, 5), (4, 5)], "E401", "one rank (write the 1s"),
+    ("Mul", {}, [(3, 4, 5), (3, 2, 1)], "E401", "dim 1 has sizes 4, 2"),
+    ("SDPA", {"num_heads": 4, "num_kv_heads": 3}, [(5, 8)] * 3, "E204", "4 % 3 = 1"),
+    ("SDPA", {"num_heads": 3}, [(5, 8)] * 3, "E204", "8 % 3 = 2"),
+    ("SDPA", {"num_heads": 2, "num_kv_heads": 1}, [(5, 8)] * 3, "E401", "1 heads of"),
+    ("SDPA", {"num_heads": 2}, [(5, 8), (5, 8), (6, 8)], "E401", "differ in length"),
+    ("SDPA", {"num_heads": 2, "causal": True}, [(5, 8), (6, 8), (6, 8)], "E204", "as long"),
+]
+
+
+@pytest.mark.parametrize(("kind", "args", "shapes", "code", "text"), MULTI_ERRORS)
+def test_bad_inputs_are_a_layer_error(
+    kind: str, args: dict[str, Any], shapes: list[tuple[int, ...]], code: str, text: str
+) -> None:
+    with pytest.raises(LayerError) as err:
+        make(kind, args).infer([TensorType(shape) for shape in shapes])
+    assert err.value.code == code
+    assert text in " ".join([err.value.message, *err.value.notes])
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def test_rope_and_grouped_query_sdpa_agree_with_the_reference_formulas() -> None:
+    """Hugging Face Llama's RoPE (cos/sin tables, rotate_half) and attention with key/value
+    heads repeated, written out here independently of the generated helpers."""
+    torch.manual_seed(0)
+    heads, kv, hd, steps = 4, 2, 6, 5
+    q, k, v = (torch.randn(BATCH, steps, n * hd) for n in (heads, kv, kv))
+    rope = build(make("RoPE", {"num_heads": heads}).torch([TensorType((steps, heads * hd))]))
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+    freqs = torch.outer(torch.arange(steps).float(), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
+    qh = q.view(BATCH, steps, heads, hd).transpose(1, 2)  # (B, h, T, hd)
+    expected = qh * emb.cos() + _rotate_half(qh) * emb.sin()
+    with torch.no_grad():
+        got = rope(q).view(BATCH, steps, heads, hd).transpose(1, 2)  # type: ignore[misc]
+    torch.testing.assert_close(got, expected)
+
+    types = [TensorType((steps, n * hd)) for n in (heads, kv, kv)]
+    sdpa = make("SDPA", {"num_heads": heads, "num_kv_heads": kv, "causal": True})
+    call = sdpa.torch(types)
+    with torch.no_grad():
+        out = forward(call, build(call), [q, k, v])
+    kh, vh = (t.view(BATCH, steps, kv, hd).transpose(1, 2).repeat_interleave(2, 1) for t in (k, v))
+    scores = qh @ kh.transpose(-1, -2) / hd**0.5
+    scores = scores.masked_fill(torch.ones(steps, steps).triu(1).bool(), float("-inf"))
+    reference = (scores.softmax(-1) @ vh).transpose(1, 2).reshape(BATCH, steps, heads * hd)
+    torch.testing.assert_close(out, reference)
 
 
 @pytest.mark.parametrize(("kind", "args", "shape", "code", "text"), LAYER_ERRORS)

@@ -31,6 +31,7 @@ LAYER_QUANTITIES = ("params", "buffers", "macs", "shape")
 TOTAL_NOUNS = {
     "params": "parameters",
     "trainable_params": "trainable parameters",
+    "buffers": "buffer elements",
     "macs": "MACs per sample",
 }
 TOTAL_QUANTITIES = tuple(TOTAL_NOUNS)
@@ -868,10 +869,10 @@ class Analyzer:
             quantity = check.quantity.name
             if quantity == "macs":
                 actual = eval_dim(graph.total_macs, graph.bindings)
-            else:
+            elif quantity == "buffers":
+                actual = graph.buffer_count
+            else:  # params as torch counts them: buffers are not parameters
                 actual = graph.trainable_params
-                if quantity == "params":
-                    actual += graph.buffer_count
             try:
                 want = evaluate(check.value, env)
                 failed = _fails(actual, check.op, want, check.value)
@@ -964,7 +965,7 @@ def _largest(graph: ModelGraph, quantity: str) -> list[str]:
     def size(leaf: Step) -> int:
         if quantity == "macs":
             return eval_dim(leaf.macs, graph.bindings)
-        return leaf.params + (leaf.buffer_count if quantity == "params" else 0)
+        return leaf.buffer_count if quantity == "buffers" else leaf.params
 
     leaves = sorted(graph.leaves(), key=size, reverse=True)[:3]
     return ["largest layers: " + ", ".join(f"{leaf.path} {n(size(leaf))}" for leaf in leaves)]

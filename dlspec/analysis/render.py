@@ -79,7 +79,7 @@ def render_table(report: Report, activations: bool = False) -> str:
     totals = [
         ("total params", f"{n(report.total_params)} ({short(report.total_params)})"),
         ("  trainable", n(report.trainable_params)),
-        ("  non-trainable", n(report.non_trainable_params)),
+        ("buffers", n(report.buffers)),
         ("MACs per sample", macs),
         ("parameter memory", f"{human_bytes(mem.parameters_bytes)} (fp32)"),
         (

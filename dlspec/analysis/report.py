@@ -2,7 +2,7 @@
 
 Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has the rules):
 
-* parameters: (trainable + non-trainable elements) x 4;
+* parameters: (parameter + buffer elements) x 4;
 * activations: the bytes autograd keeps for the backward pass at ``--batch``, each tensor
   once, per layer and as a formula in the batch ``B`` and the symbolic dimensions;
 * training with Adam: weights, gradients and two moment estimates (16 bytes per trainable
@@ -44,7 +44,7 @@ class LayerRow(BaseModel):
     container: bool
     output_shape: list[int | str]
     params: int  # trainable
-    buffers: int  # non-trainable elements
+    buffers: int  # buffer elements (not parameters)
     macs: int  # per sample, at the spec's bindings
     macs_formula: str | None  # when MACs depend on symbolic dimensions
     activations_bytes: int  # saved for backward at the report's batch (shared tensors once)
@@ -73,9 +73,10 @@ class Report(BaseModel):
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
     layers: list[LayerRow] = []
-    total_params: int = 0  # trainable + non-trainable
+    total_params: int = 0  # torch's sum(p.numel() for p in model.parameters())
     trainable_params: int = 0
-    non_trainable_params: int = 0
+    non_trainable_params: int = 0  # frozen parameters (requires_grad=False): none yet
+    buffers: int = 0  # buffer elements (BatchNorm running statistics...): not parameters
     total_macs: int = 0
     total_macs_formula: str | None = None
     memory: Memory | None = None
@@ -136,7 +137,7 @@ def build_report(
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
     at = {**b, "B": batch}
-    trainable, frozen, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
+    trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
     per_layer = memory.activations(graph)
     saved = {row.path: evaluate(row.saved, at) for row in per_layer}
     activations = memory.total(per_layer)
@@ -148,14 +149,15 @@ def build_report(
         inputs=[_tensor(i, b) for i in graph.inputs],
         outputs=[_tensor(o, b) for o in graph.outputs],
         layers=_rows(graph.steps, 0, b, saved),
-        total_params=trainable + frozen,
+        total_params=trainable,
         trainable_params=trainable,
-        non_trainable_params=frozen,
+        non_trainable_params=0,
+        buffers=buffers,
         total_macs=evaluate(macs, b),
         total_macs_formula=str(macs) if isinstance(macs, Poly) else None,
         memory=Memory(
             batch=batch,
-            parameters_bytes=BYTES * (trainable + frozen),
+            parameters_bytes=BYTES * (trainable + buffers),
             activations_bytes=evaluate(activations, at),
             activations_formula=str(activations),
             training_adam_bytes=memory.training(graph).bytes(at)["total"],

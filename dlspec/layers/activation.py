@@ -1,4 +1,5 @@
-"""Element-wise nonlinearities and (log-)softmax: no parameters, no MACs."""
+"""Element-wise nonlinearities and (log-)softmax: no MACs, and no parameters except PReLU's
+learned slopes (counted once per sample, as torchinfo does)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from dlspec.layers.base import (
     Saved,
     TensorType,
     TorchCall,
+    axis,
+    expect_float,
     register,
     saved_input,
     saved_output,
+    torch_dim,
 )
 
 
@@ -57,6 +61,10 @@ ReLU = _simple("ReLU", "max(0, x).", "output")
 Sigmoid = _simple("Sigmoid", "1 / (1 + exp(-x)).", "output")
 Tanh = _simple("Tanh", "Hyperbolic tangent.", "output")
 SiLU = _simple("SiLU", "x * sigmoid(x) (swish).", "input")
+ReLU6 = _simple("ReLU6", "min(max(0, x), 6) (MobileNet).", "input")
+Hardswish = _simple("Hardswish", "x * ReLU6(x + 3) / 6 (MobileNetV3).", "input")
+Hardsigmoid = _simple("Hardsigmoid", "ReLU6(x + 3) / 6 (MobileNetV3's gates).", "input")
+Mish = _simple("Mish", "x * tanh(softplus(x)).", "input")
 
 
 @register
@@ -79,6 +87,75 @@ class GELU(_Elementwise):
     approximate: Literal["none", "tanh"] = "none"
 
 
+@register
+class Hardtanh(_Elementwise):
+    """x clamped to ``[min_val, max_val]``."""
+
+    kind = "Hardtanh"
+    torch_name = "Hardtanh"
+    positional = ("min_val", "max_val")
+    min_val: float = -1.0
+    max_val: float = 1.0
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        if self.min_val >= self.max_val:
+            raise LayerError(
+                "E204",
+                f"min_val={self.min_val:g} must be below max_val={self.max_val:g}",
+                arg="min_val",
+            )
+        return Inferred(inputs[0])
+
+
+@register
+class ELU(_Elementwise):
+    """x for x > 0, else ``alpha * (exp(x) - 1)``."""
+
+    kind = "ELU"
+    torch_name = "ELU"
+    positional = ("alpha",)
+    alpha: float = 1.0
+
+
+@register
+class Softplus(_Elementwise):
+    """``log(1 + exp(beta * x)) / beta``; linear above ``threshold`` for stability."""
+
+    kind = "Softplus"
+    torch_name = "Softplus"
+    positional = ("beta", "threshold")
+    beta: Annotated[float, Field(gt=0)] = 1.0
+    threshold: float = 20.0
+
+
+@register
+class PReLU(_Elementwise):
+    """max(0, x) + a * min(0, x) with a learned slope ``a``: one shared by every channel
+    (``num_parameters=1``, the default) or one per channel (``num_parameters`` = the input's
+    first dimension, its channels). Layout ``weight (num_parameters,)``, initialised to
+    ``init``. MACs: ``num_parameters`` per sample (torchinfo's count)."""
+
+    kind = "PReLU"
+    torch_name = "PReLU"
+    positional = ("num_parameters",)
+    num_parameters: Annotated[int, Field(ge=1)] = 1
+    init: float = 0.25
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_float(x, self.kind)
+        n = self.num_parameters
+        if n > 1 and (not x.shape or x.shape[0] != n):
+            channels = f"{x.shape[0]} channels" if x.shape else "no channels"
+            raise LayerError(
+                "E401",
+                f"PReLU was given num_parameters={n}, but its input {x} has {channels}; "
+                "use 1 (one shared slope) or the channel count",
+                arg="num_parameters",
+            )
+        return Inferred(x, weights={"weight": (n,)}, macs=n)
+
+
 class _SoftmaxLike(_Elementwise):
     """Normalises over ``dim`` (default: the last dimension, which torch's implicit choice
     would not always pick). ``dim`` counts per-sample dimensions; 0 is the first after batch."""
@@ -86,23 +163,14 @@ class _SoftmaxLike(_Elementwise):
     probabilities = True
     keeps = "output"
     positional = ("dim",)
-    dim: Annotated[int, Field(ge=-8, le=8)] = -1
-
-    def _torch_dim(self) -> int:
-        return self.dim if self.dim < 0 else self.dim + 1
+    dim: int = -1
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
-        rank = len(inputs[0].shape)
-        if not -rank <= self.dim < rank:
-            raise LayerError(
-                "E204",
-                f"dim={self.dim} is out of range for input {inputs[0]} (rank {rank})",
-                arg="dim",
-            )
+        axis(self.dim, inputs[0])
         return Inferred(inputs[0])
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall(f"nn.{self.torch_name}", kwargs={"dim": self._torch_dim()})
+        return TorchCall(f"nn.{self.torch_name}", kwargs={"dim": torch_dim(self.dim)})
 
 
 @register

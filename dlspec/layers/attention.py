@@ -1,7 +1,8 @@
 """Attention and the Transformer's building blocks, over batch-first sequences ``[T, d]``.
 
 Kinds: MultiheadAttention; TransformerEncoderLayer and TransformerDecoderLayer; the stacks
-TransformerEncoder and TransformerDecoder; the encoder-decoder Transformer.
+TransformerEncoder and TransformerDecoder; the encoder-decoder Transformer; and the parts to
+write attention by hand: SDPA (with grouped-query heads) and RoPE.
 Parameters carry torch's nested names (``layers.0.self_attn.in_proj_weight``), so a stack is
 one layer kind whose figures can be checked against the torch module tensor by tensor.
 
@@ -37,10 +38,11 @@ from dlspec.layers.base import (
     expect_float,
     expect_rank,
     register,
+    saved_input,
 )
 from dlspec.layers.dense import Linear
 from dlspec.layers.norm import LayerNorm
-from dlspec.layers.symbolic import Dim
+from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -48,6 +50,11 @@ Eps = Annotated[float, Field(gt=0)]
 
 # A causal mask for the sequence ``{x}`` in generated code: (T, T), -inf above the diagonal.
 CAUSAL_MASK = "torch.nn.Transformer.generate_square_subsequent_mask({x}.size(1), device={x}.device)"
+
+ATTENTION_MACS = (
+    "projections once per step, plus the T x S products Q K^T and weights x V "
+    "(torchinfo misses those and counts the projections once per sample)"
+)
 
 # A sub-module's tensors (torch's names, shapes) and MACs.
 Part = tuple[dict[str, Shape], Dim]
@@ -128,6 +135,16 @@ def _check_heads(width: int, heads: int, arg: str) -> None:
         )
 
 
+def _check_causal(causal: bool, query: TensorType, key: TensorType) -> None:
+    if causal and query.shape[0] != key.shape[0]:
+        raise LayerError(
+            "E204",
+            f"causal attention needs keys as long as the queries; got queries {query} and "
+            f"keys {key}",
+            arg="causal",
+        )
+
+
 @register
 class MultiheadAttention(Layer):
     """Multi-head attention. One input ``[T, E]`` is self-attention; two are
@@ -143,6 +160,7 @@ class MultiheadAttention(Layer):
 
     kind = "MultiheadAttention"
     family = "attention"
+    torchinfo_macs = ATTENTION_MACS
     positional = ("embed_dim", "num_heads")
     arity = (1, 3)
 
@@ -167,13 +185,7 @@ class MultiheadAttention(Layer):
             _sequence(x, self.kind)
         if key.shape[0] != value.shape[0]:
             raise LayerError("E401", f"keys {key} and values {value} differ in length")
-        if self.causal and query.shape[0] != key.shape[0]:
-            raise LayerError(
-                "E204",
-                f"causal attention needs keys as long as the queries; got queries {query} and "
-                f"keys {key}",
-                arg="causal",
-            )
+        _check_causal(self.causal, query, key)
         width = check_given(self.embed_dim, query.shape[1], "embed_dim", self.kind, "features")
         _check_heads(width, self.num_heads, "num_heads")
         kdim = check_given(self.kdim, key.shape[1], "kdim", self.kind, "the keys' width")
@@ -232,6 +244,7 @@ class _TransformerBase(Layer):
     batch-first). ``d_model`` is taken from the input (checked when written)."""
 
     family = "attention"
+    torchinfo_macs = ATTENTION_MACS
     # with ``causal``: which input the mask is for, and the forward keywords of the mask and
     # of its hint
     masked: ClassVar[tuple[int, str, str]] = (0, "src_mask", "is_causal")
@@ -607,3 +620,191 @@ class Transformer(_TransformerBase):
     def label(self) -> str:
         width = [str(self.d_model)] if self.d_model else []
         return self._label(*width, f"layers={self.num_encoder_layers}+{self.num_decoder_layers}")
+
+
+# Attention written from its parts (nanoGPT, Llama): project with Linear layers, then SDPA.
+
+_SDPA = '''class ScaledDotProductAttention(nn.Module):
+    """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
+    values, split into heads; kv < h key/value heads are shared by h // kv query heads each
+    (grouped-query attention)."""
+
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.causal, self.dropout = causal, dropout
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch, steps = q.shape[0], q.shape[1]
+        q = q.reshape(batch, steps, self.num_heads, -1).transpose(1, 2)  # (B, h, T, hd)
+        k = k.reshape(batch, k.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
+        v = v.reshape(batch, v.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
+        if self.num_kv_heads != self.num_heads:
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, h, S, hd)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        y = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+        )  # (B, h, T, hd)
+        return y.transpose(1, 2).reshape(batch, steps, -1)  # (B, T, h*hd)
+'''
+
+
+@register
+class SDPA(Layer):
+    """Scaled dot-product attention over projected inputs, as nanoGPT and Llama write it:
+    ``a = SDPA(heads) <- q, k, v`` with queries ``[T, h*hd]`` and keys and values
+    ``[S, kv*hd]``, split into ``num_heads`` (h) query heads and ``num_kv_heads`` (kv, default
+    h) key/value heads; with kv < h each key/value head serves h / kv query heads
+    (grouped-query attention). ``softmax(q k^T / sqrt(hd)) v`` per head, ``causal`` masking
+    later steps -> ``[T, h*hd_v]``. No parameters (the projections are Linear layers).
+    MACs: T x S x h x hd for ``q k^T`` plus T x S x h x hd_v for the weighted sum of the
+    values; torchinfo counts 0 (no weights)."""
+
+    kind = "SDPA"
+    family = "attention"
+    torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
+    positional = ("num_heads", "num_kv_heads")
+    arity = (3, 3)
+
+    num_heads: Pos
+    num_kv_heads: Pos | None = None
+    causal: bool = False
+    dropout: Probability = 0.0
+
+    def _heads(self, inputs: list[TensorType]) -> tuple[int, int, int]:
+        """``(kv heads, head width, value head width)`` after checking q, k and v."""
+        query, key, value = inputs
+        for x in inputs:
+            _sequence(x, self.kind)
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise LayerError(
+                "E204",
+                f"num_heads={self.num_heads} query heads do not share num_kv_heads={kv} "
+                "key/value heads evenly",
+                [f"{self.num_heads} % {kv} = {self.num_heads % kv}"],
+                arg="num_kv_heads",
+            )
+        width = concrete(query.shape[1], "SDPA's query width")
+        _check_heads(width, self.num_heads, "num_heads")
+        head = width // self.num_heads
+        if key.shape[1] != kv * head:
+            raise LayerError(
+                "E401",
+                f"keys {key} should have {kv} heads of the queries' width {head} = {kv * head} "
+                f"features (queries {query}, num_heads={self.num_heads})",
+            )
+        if key.shape[0] != value.shape[0]:
+            raise LayerError("E401", f"keys {key} and values {value} differ in length")
+        value_width = concrete(value.shape[1], "SDPA's value width")
+        _check_heads(value_width, kv, "num_kv_heads")
+        _check_causal(self.causal, query, key)
+        return kv, head, value_width // kv
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        _, head, value_head = self._heads(inputs)
+        t, s = inputs[0].shape[0], inputs[1].shape[0]
+        macs = t * s * self.num_heads * (head + value_head)
+        return Inferred(TensorType((t, self.num_heads * value_head)), macs=macs)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kv, _, _ = self._heads(inputs)
+        kwargs: dict[str, Any] = {"causal": self.causal} if self.causal else {}
+        if self.dropout:
+            kwargs["dropout"] = self.dropout
+        args = (self.num_heads, kv)
+        forward = "{module}({x0}, {x1}, {x2})"
+        return TorchCall("ScaledDotProductAttention", args, kwargs, forward, helper=_SDPA)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """Without dropout and with as many key/value heads as query heads, CPU torch runs
+        flash attention: it keeps q, k and v (views of the inputs), its output and a
+        log-sum-exp per head and query. Otherwise it runs the plain math: scaled q, the keys
+        and values (copied to contiguous heads, or repeated for grouped-query attention),
+        the probabilities (h x T x S) and, with dropout, its mask and the dropped
+        probabilities."""
+        kv, head, value_head = self._heads(inputs)
+        t, s = inputs[0].shape[0], inputs[1].shape[0]
+        if not self.dropout and kv == self.num_heads:
+            inputs_kept = [saved_input(inputs, i) for i in range(3)]
+            lse = Saved("logsumexp", self.num_heads * t, "float32")
+            return [*inputs_kept, Saved("output", product(output.shape)), lse]
+        h = self.num_heads
+        probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
+        return [
+            Saved("q_scaled", t * h * head),
+            Saved("k", s * h * head),
+            Saved("v", s * h * value_head),
+            *(Saved(what, h * t * s) for what in probabilities),
+        ]
+
+    def label(self) -> str:
+        kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""
+        causal = ", causal" if self.causal else ""
+        return f"SDPA(heads={self.num_heads}{kv}{causal})"
+
+
+_ROPE = '''class RotaryEmbedding(nn.Module):
+    """Rotates each head's features of a (B, T, h*hd) query or key by its position (RoPE, in
+    Llama's "rotate half" form: feature i pairs with feature i + hd/2)."""
+
+    def __init__(self, num_heads: int, base: float = 10000.0) -> None:
+        super().__init__()
+        self.num_heads, self.base = num_heads, base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps = x.shape[0], x.shape[1]
+        x = x.reshape(batch, steps, self.num_heads, -1)  # (B, T, h, hd)
+        half = x.shape[-1] // 2
+        exponent = torch.arange(half, device=x.device, dtype=torch.float32) / half
+        position = torch.arange(steps, device=x.device, dtype=torch.float32)
+        angle = position[:, None] * self.base**-exponent  # (T, hd/2)
+        cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]  # (T, 1, hd/2)
+        x1, x2 = x[..., :half], x[..., half:]
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return rotated.reshape(batch, steps, -1)  # (B, T, h*hd)
+'''
+
+
+@register
+class RoPE(Layer):
+    """Rotary position embedding (Llama, GPT-NeoX): rotates each of ``num_heads`` heads of a
+    query or key sequence ``[T, h*hd]`` by angles ``t / base^(2i/hd)`` of its step t; apply it
+    to q and k before SDPA. Shape unchanged; the head width must be even. No parameters or
+    buffers (the angles are computed from T); MACs 0 (no weights, as torchinfo)."""
+
+    kind = "RoPE"
+    family = "embedding"
+    positional = ("num_heads",)
+
+    num_heads: Pos
+    base: Annotated[float, Field(gt=1)] = 10000.0
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        _sequence(x, self.kind)
+        width = concrete(x.shape[1], "RoPE's width")
+        _check_heads(width, self.num_heads, "num_heads")
+        if (width // self.num_heads) % 2:
+            raise LayerError(
+                "E204",
+                f"RoPE rotates pairs of features, but the head width {width} / "
+                f"{self.num_heads} = {width // self.num_heads} is odd",
+                arg="num_heads",
+            )
+        return Inferred(x)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = {} if self.base == 10000.0 else {"base": self.base}
+        return TorchCall("RotaryEmbedding", (self.num_heads,), kwargs, helper=_ROPE)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The cosines and sines of the angles, (T, hd/2) each, shared by the batch."""
+        x = inputs[0]
+        half = concrete(x.shape[1], "RoPE's width") // self.num_heads // 2
+        return [Saved(n, x.shape[0] * half, "float32", batched=False) for n in ("cos", "sin")]
+
+    def label(self) -> str:
+        return f"RoPE(heads={self.num_heads})"

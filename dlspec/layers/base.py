@@ -16,8 +16,12 @@ grammar, the analyzer and the backends find it through :data:`REGISTRY` and neve
 layer's name.
 
 Conventions: shapes are per sample (the batch dimension is implicit) and sequence tensors are
-batch-first, so a sequence of T vectors of width D has shape ``(T, D)``. MACs count one
-multiply-accumulate per weight use and one per bias add, as torchinfo does.
+batch-first, so a sequence of T vectors of width D has shape ``(T, D)``. Every ``dim`` argument
+counts per-sample dimensions, as shapes are printed: 0 is the first dimension after the batch
+and -1 the last (:func:`axis`). MACs follow torchinfo's ``total_mult_adds``: a convolution
+counts each weight once per output position, any other layer with parameters each of them once
+per sample; dlspec differs where a layer applies its weights at every step of a sequence
+(``[T, D]``), which it counts T times, and for attention's products (README, layer reference).
 """
 
 from __future__ import annotations
@@ -157,6 +161,9 @@ class Layer(BaseModel):
     arity: ClassVar[tuple[int, int]] = (1, 1)  # (min, max) number of input tensors
     probabilities: ClassVar[bool] = False  # output is a (log-)probability distribution
     references: ClassVar[tuple[str, ...]] = ()  # arguments naming statements (tie=tok_emb)
+    # how the MAC count compares with torchinfo's total_mult_adds (the layer reference shows
+    # it; the oracle tests check "same" against torchinfo)
+    torchinfo_macs: ClassVar[str] = "same"
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         raise NotImplementedError
@@ -192,6 +199,18 @@ class Layer(BaseModel):
         return None
 
 
+class View(Layer):
+    """A layer whose output is a view of its input (Flatten, Reshape, Permute, Select...):
+    one tensor in memory, and nothing kept for the backward pass (the gradient only needs
+    the shapes)."""
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def aliases_input(self) -> bool:
+        return True
+
+
 REGISTRY: dict[str, type[Layer]] = {}
 
 
@@ -221,6 +240,27 @@ def expect_rank(x: TensorType, ranks: Sequence[int], layout: str, kind: str) -> 
             "E404",
             f"{kind} expects input of shape {layout} per sample, got {x} (rank {len(x.shape)})",
         )
+
+
+def axis(dim: int, x: TensorType, arg: str = "dim") -> int:
+    """The per-sample dimension ``dim`` names in ``x`` (negative counts from the end), as an
+    index from 0. Out of range is E204 with the shape and the valid range."""
+    rank = len(x.shape)
+    if not -rank <= dim < rank:
+        valid = f"from {-rank} to {rank - 1}" if rank else "none: it is a scalar per sample"
+        raise LayerError(
+            "E204",
+            f"{arg}={dim} is out of range for {x}: its dimensions run {valid} "
+            "(dims count per sample; the batch is not one of them)",
+            arg=arg,
+        )
+    return dim % rank
+
+
+def torch_dim(dim: int) -> int:
+    """A per-sample ``dim`` as torch counts it, the batch being 0: negative dims are the same
+    in both conventions (and read better in generated code), the others shift by one."""
+    return dim if dim < 0 else dim + 1
 
 
 def expect_float(x: TensorType, kind: str) -> None:

@@ -188,6 +188,10 @@ class ConvTranspose2d(_ConvNd):
 
     kind = "ConvTranspose2d"
     spatial = 2
+    torchinfo_macs = (
+        "each input element times its weights (torchinfo: every weight at every output "
+        "position, stride^2 times more)"
+    )
 
     padding: NonNeg | tuple[NonNeg, ...] = 0
     output_padding: NonNeg | tuple[NonNeg, ...] = 0

@@ -31,6 +31,7 @@ class Linear(Layer):
     family = "dense"
     positional = ("out_features",)
     references = ("tie",)
+    torchinfo_macs = "T x for a sequence [T, D], once per step (torchinfo: once per sample)"
 
     out_features: Annotated[int, Field(ge=1)]
     bias: bool = True

@@ -1,4 +1,4 @@
-"""Token embeddings and positional encodings.
+"""Token embeddings, positional encodings and learned tensors (Parameter).
 
 ``Embedding`` turns token ids into vectors; the positional encodings add a position-dependent
 vector to each step of a ``[T, D]`` sequence. None of them multiplies, so all have 0 MACs (a
@@ -38,6 +38,7 @@ class Embedding(Layer):
 
     kind = "Embedding"
     family = "embedding"
+    torchinfo_macs = "0, a lookup (torchinfo: the table's elements per sample)"
     positional = ("num_embeddings", "embedding_dim")
 
     num_embeddings: Pos
@@ -166,8 +167,51 @@ class LearnedPositionalEncoding(_PositionalEncoding):
     ``T <= max_len``. Layout ``weight (max_len, D)``, initialised from N(0, 0.02^2). MACs 0."""
 
     kind = "LearnedPositionalEncoding"
+    torchinfo_macs = "0, an addition (torchinfo: the table's elements per sample)"
     helper = _LEARNED
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
         return Inferred(x, weights={"weight": self._table(x)}, limits=self._limits(x))
+
+
+_PARAMETER = '''class LearnedTensor(nn.Module):
+    """A trained tensor, the same for every sample (a class token, a position table)."""
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(*shape) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight.expand(x.shape[0], *self.weight.shape)  # (B, *shape)
+'''
+
+
+@register
+class Parameter(Layer):
+    """A learned tensor of per-sample shape ``shape`` (``Parameter(1, 768)``: a class token),
+    repeated for every sample of the batch; its input only gives the batch size
+    (``cls = Parameter(1, 768) <- patches``). Layout ``weight shape``, initialised from
+    N(0, 0.02^2). MACs 0 (nothing is multiplied; torchinfo counts its elements once)."""
+
+    kind = "Parameter"
+    family = "embedding"
+    torchinfo_macs = "0, nothing multiplied (torchinfo: its elements per sample)"
+    variadic = "shape"
+
+    shape: tuple[Pos, ...] = Field(min_length=1)
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        return Inferred(TensorType(self.shape), weights={"weight": self.shape})
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall("LearnedTensor", self.shape, helper=_PARAMETER)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        return 0  # the output is the parameter itself, repeated: no activation memory
+
+    def label(self) -> str:
+        return f"Parameter({', '.join(map(str, self.shape))})"

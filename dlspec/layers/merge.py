@@ -1,8 +1,9 @@
-"""Layers that join several tensors into one: Add and Concat.
+"""Layers that join several tensors into one: Add, Mul and Concat.
 
 They take their inputs from ``<-`` (``both = Add <- a, b``), have no parameters and no torch
-module (the generated ``forward`` writes the operation inline), and count 0 MACs: additions
-and copies are not multiply-accumulates (as for a residual connection).
+module (the generated ``forward`` writes the operation inline), and count 0 MACs: additions,
+element-wise products and copies are not multiply-accumulates with a weight (torchinfo counts
+none of them either).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from dlspec.layers.base import (
     Saved,
     TensorType,
     TorchCall,
+    axis,
     register,
+    saved_input,
+    torch_dim,
 )
-from dlspec.layers.symbolic import Dim
+from dlspec.layers.symbolic import Dim, product
 
 MAX_INPUTS = 16
 
@@ -58,6 +62,53 @@ class Add(_Merge):
         return TorchCall(None, forward=" + ".join(f"{{x{i}}}" for i in range(len(inputs))))
 
 
+def _broadcast(inputs: list[TensorType], kind: str) -> tuple[Dim, ...]:
+    """The shape tensors of one rank broadcast to: per dimension, the sizes must be equal or 1
+    (a 1 stretches). Ranks must match, since every tensor also has the batch dimension in
+    front: torch would align a shorter shape with the batch."""
+    listed = " * ".join(str(x) for x in inputs)
+    if len({len(x.shape) for x in inputs}) > 1:
+        raise LayerError(
+            "E401",
+            f"{kind} needs inputs of one rank (write the 1s: [C, 1, 1]), got {listed}",
+        )
+    shape: list[Dim] = []
+    for i, sizes in enumerate(zip(*(x.shape for x in inputs), strict=True)):
+        wide = {d for d in sizes if d != 1}
+        if len(wide) > 1:
+            raise LayerError(
+                "E401",
+                f"{kind} cannot broadcast {listed}: dim {i} has sizes "
+                + ", ".join(str(d) for d in sizes)
+                + " (each must be the same or 1)",
+            )
+        shape.append(wide.pop() if wide else 1)
+    return tuple(shape)
+
+
+@register
+class Mul(_Merge):
+    """Element-wise product of 2 or more tensors (gates, squeeze-and-excitation, SwiGLU).
+    Shapes broadcast statically: they have one rank and, per dimension, equal sizes or 1
+    (``[C, H, W] * [C, 1, 1]`` -> ``[C, H, W]``). No parameters, MACs 0 (no weights; torchinfo
+    counts none)."""
+
+    kind = "Mul"
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        _same_dtype(inputs, self.kind)
+        return Inferred(TensorType(_broadcast(inputs, self.kind), inputs[0].dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward=" * ".join(f"{{x{i}}}" for i in range(len(inputs))))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """Every input (each factor's gradient is the product of the others), and the
+        running products of the first k factors for k = 2 .. n - 1."""
+        running = [Saved(f"product{k}", product(output.shape)) for k in range(2, len(inputs))]
+        return [*(saved_input(inputs, i) for i in range(len(inputs))), *running]
+
+
 @register
 class Concat(_Merge):
     """Joins 2 or more tensors along per-sample dimension ``dim`` (default: the last; 0 is the
@@ -69,22 +120,13 @@ class Concat(_Merge):
 
     dim: int = -1
 
-    def _axis(self, rank: int) -> int:
-        if not -rank <= self.dim < rank:
-            raise LayerError(
-                "E204",
-                f"dim={self.dim} is out of range for inputs of rank {rank}",
-                arg="dim",
-            )
-        return self.dim % rank
-
     def infer(self, inputs: list[TensorType]) -> Inferred:
         _same_dtype(inputs, self.kind)
         first = inputs[0]
-        axis = self._axis(len(first.shape))
-        rest = first.shape[:axis] + first.shape[axis + 1 :]
+        at = axis(self.dim, first)
+        rest = first.shape[:at] + first.shape[at + 1 :]
         for x in inputs[1:]:
-            if len(x.shape) != len(first.shape) or x.shape[:axis] + x.shape[axis + 1 :] != rest:
+            if len(x.shape) != len(first.shape) or x.shape[:at] + x.shape[at + 1 :] != rest:
                 raise LayerError(
                     "E401",
                     f"Concat along dim={self.dim} needs inputs that agree in every other "
@@ -92,13 +134,12 @@ class Concat(_Merge):
                 )
         size: Dim = 0
         for x in inputs:
-            size = size + x.shape[axis]
-        shape = (*first.shape[:axis], size, *first.shape[axis + 1 :])
+            size = size + x.shape[at]
+        shape = (*first.shape[:at], size, *first.shape[at + 1 :])
         return Inferred(TensorType(shape, first.dtype))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        axis = self._axis(len(inputs[0].shape)) + 1  # torch counts the batch
-        return TorchCall(None, forward=f"torch.cat([{{inputs}}], dim={axis})")
+        return TorchCall(None, forward=f"torch.cat([{{inputs}}], dim={torch_dim(self.dim)})")
 
     def label(self) -> str:
         return f"Concat(dim={self.dim})"

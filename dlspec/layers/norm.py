@@ -1,8 +1,9 @@
-"""Normalization: BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm, GroupNorm.
+"""Normalization: BatchNorm1d, BatchNorm2d, LayerNorm, LayerNorm2d, RMSNorm, GroupNorm.
 
-MACs count the learned affine transform only: one multiply and one add (2) per element when
-``affine`` (LayerNorm without ``bias``: 1), 0 otherwise. Computing the statistics is not
-counted, as in torchinfo.
+MACs count the learned affine parameters as torchinfo does, once per sample: 2 x C for a
+BatchNorm or GroupNorm over C channels, whatever the map's size. LayerNorm and RMSNorm over
+the last dimension of a sequence ``[T, D]`` count their weights at each of the T steps, as
+Linear does (torchinfo: once). Computing the statistics is not counted (torchinfo neither).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class _BatchNorm(Layer):
     """Shared rule of BatchNorm1d/2d: per-channel statistics over the batch and the spatial
     axes; shape unchanged. ``weight``/``bias`` ``(C,)`` when ``affine``; buffers
     ``running_mean``/``running_var`` ``(C,)`` and ``num_batches_tracked`` ``()`` when
-    ``track_running_stats``. MACs 2 per element when ``affine``, else 0."""
+    ``track_running_stats``. MACs 2 x C per sample when ``affine`` (torchinfo), else 0."""
 
     family = "normalization"
     positional = ("num_features",)
@@ -58,8 +59,7 @@ class _BatchNorm(Layer):
         buffers: dict[str, Shape] = {}
         if self.track_running_stats:
             buffers = {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
-        macs: Dim = 2 * product(x.shape) if self.affine else 0
-        return Inferred(x, weights, buffers, macs=macs)
+        return Inferred(x, weights, buffers, macs=len(weights) * c)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = self.model_dump(exclude_defaults=True, exclude={"num_features"})
@@ -87,7 +87,7 @@ class BatchNorm1d(_BatchNorm):
 @register
 class BatchNorm2d(_BatchNorm):
     """Batch normalization of ``[C, H, W]``: per-channel ``weight``/``bias`` ``(C,)`` and running
-    statistics; shape unchanged; MACs 2 x C x H x W when ``affine``."""
+    statistics; shape unchanged; MACs 2 x C when ``affine``."""
 
     kind = "BatchNorm2d"
     ranks = (3,)
@@ -101,6 +101,7 @@ class _TrailingNorm(Layer):
 
     family = "normalization"
     positional = ("normalized_shape",)
+    torchinfo_macs = "T x for a sequence [T, D], once per step (torchinfo: once per sample)"
 
     normalized_shape: Pos | tuple[Pos, ...] | None = None
     elementwise_affine: bool = True
@@ -147,8 +148,10 @@ class _TrailingNorm(Layer):
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
         expect_float(x, self.kind)
-        weights = self._weights(self._shape(x)) if self.elementwise_affine else {}
-        return Inferred(x, weights, macs=len(weights) * product(x.shape))
+        shape = self._shape(x)
+        weights = self._weights(shape) if self.elementwise_affine else {}
+        steps = product(x.shape[: len(x.shape) - len(shape)])  # positions the weights apply at
+        return Inferred(x, weights, macs=len(weights) * product(shape) * steps)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         shape = self._shape(inputs[0])
@@ -211,8 +214,8 @@ class RMSNorm(_TrailingNorm):
 class GroupNorm(Layer):
     """Normalizes ``[C, *]`` over groups of ``C / num_groups`` channels (and all other axes);
     shape unchanged. ``num_channels`` is inferred (checked when written) and must be divisible
-    by ``num_groups``. ``weight``/``bias`` ``(C,)`` when ``affine``; MACs 2 per element when
-    ``affine``, else 0."""
+    by ``num_groups``. ``weight``/``bias`` ``(C,)`` when ``affine``; MACs 2 x C per sample when
+    ``affine`` (torchinfo), else 0."""
 
     kind = "GroupNorm"
     family = "normalization"
@@ -236,8 +239,7 @@ class GroupNorm(Layer):
                 arg="num_groups",
             )
         weights: dict[str, Shape] = {"weight": (c,), "bias": (c,)} if self.affine else {}
-        macs: Dim = 2 * product(x.shape) if self.affine else 0
-        return Inferred(x, weights, macs=macs)
+        return Inferred(x, weights, macs=len(weights) * c)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = self.model_dump(exclude_defaults=True, exclude={"num_groups", "num_channels"})
@@ -250,3 +252,47 @@ class GroupNorm(Layer):
 
     def label(self) -> str:
         return f"GroupNorm({self.num_groups})"
+
+
+_LAYER_NORM_2D = '''class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map, at every position (ConvNeXt)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        return super().forward(x).permute(0, 3, 1, 2)  # (B, C, H, W)
+'''
+
+
+@register
+class LayerNorm2d(Layer):
+    """Layer normalization over the channels of an image map ``[C, H, W]``, at each position
+    (torchvision's ``LayerNorm2d``, ConvNeXt's downsampling): ``weight``/``bias`` ``(C,)``;
+    shape unchanged. MACs 2 x C per sample, as torchinfo counts it."""
+
+    kind = "LayerNorm2d"
+    family = "normalization"
+    positional = ("num_channels",)
+
+    num_channels: Pos | None = None
+    eps: Eps = 1e-5
+
+    def _channels(self, x: TensorType) -> int:
+        expect_rank(x, (3,), "[C, H, W]", self.kind)
+        expect_float(x, self.kind)
+        return check_given(self.num_channels, x.shape[0], "num_channels", self.kind, "channels")
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        c = self._channels(inputs[0])
+        return Inferred(inputs[0], {"weight": (c,), "bias": (c,)}, macs=2 * c)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        kwargs = self.model_dump(exclude_defaults=True, exclude={"num_channels"})
+        return TorchCall(self.kind, (self._channels(inputs[0]),), kwargs, helper=_LAYER_NORM_2D)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input, and a mean and an inverse deviation per position (fp32)."""
+        positions = product(inputs[0].shape[1:])
+        return [saved_input(inputs), *(Saved(n, positions, "float32") for n in ("mean", "rstd"))]
+
+    def label(self) -> str:
+        return self.kind

@@ -8,8 +8,12 @@ from dlspec.layers import REGISTRY
 
 
 def reference_markdown() -> str:
-    """One table row per layer kind: its arguments (positional ones first) and defaults."""
-    lines = ["| kind | family | arguments (default) | what it does |", "|---|---|---|---|"]
+    """One table row per layer kind: its arguments (positional ones first) and defaults, what
+    it does, and how its MAC count compares with torchinfo's."""
+    lines = [
+        "| kind | family | arguments (default) | what it does | MACs vs torchinfo |",
+        "|---|---|---|---|---|",
+    ]
     for kind in sorted(REGISTRY, key=lambda k: (REGISTRY[k].family, k)):
         cls = REGISTRY[kind]
         order = {name: i for i, name in enumerate(cls.positional)}
@@ -24,7 +28,8 @@ def reference_markdown() -> str:
                 args.append(f"{name}{alias}={field.default!r}")
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         doc = " ".join(doc.split()).replace("|", "\\|")
-        lines.append(f"| `{kind}` | {cls.family} | {', '.join(args) or '-'} | {doc} |")
+        row = [f"`{kind}`", cls.family, ", ".join(args) or "-", doc, cls.torchinfo_macs]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,12 @@
-"""Layers that move elements around without parameters: Flatten, Reshape, Identity, Upsample,
-and the regularizers Dropout and Dropout2d. None of them has MACs."""
+"""Layers that move elements around without parameters: Flatten, Permute, Transpose, Mean,
+Sum, Reshape, Identity, Upsample, and the regularizers Dropout, Dropout2d and StochasticDepth.
+None of them has MACs. Every ``dim`` counts per-sample dimensions (0 is the first after the
+batch; negative dims count from the end)."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,9 +17,12 @@ from dlspec.layers.base import (
     Saved,
     TensorType,
     TorchCall,
+    View,
+    axis,
     expect_float,
     expect_rank,
     register,
+    torch_dim,
 )
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
@@ -31,71 +36,276 @@ def _dims(shape: tuple[Dim, ...]) -> str:
 
 
 @register
-class Flatten(Layer):
-    """Merges dimensions ``start_dim..end_dim`` (inclusive) into one. Dimensions count as in
-    torch, where 0 is the batch: the default ``Flatten()`` (1, -1) turns ``[C, H, W]`` into
-    ``[C*H*W]``, and ``Flatten(2)`` turns ``[C, H, W]`` into ``[C, H*W]``. Flattening the
-    batch (``start_dim=0``) is refused: dlspec shapes are per sample. MACs 0."""
+class Flatten(View):
+    """Merges per-sample dimensions ``start_dim..end_dim`` (inclusive) into one. Dims count per
+    sample, as every ``dim`` in dlspec (0 is the first after the batch; negative from the
+    end): the default ``Flatten()`` (0, -1) turns ``[C, H, W]`` into ``[C*H*W]``, and
+    ``Flatten(1)`` turns ``[C, H, W]`` into ``[C, H*W]`` (torch's ``flatten(2)``). MACs 0."""
 
     kind = "Flatten"
     family = "reshape"
     positional = ("start_dim", "end_dim")
 
-    start_dim: int = 1
+    start_dim: int = 0
     end_dim: int = -1
 
-    def infer(self, inputs: list[TensorType]) -> Inferred:
-        x = inputs[0]
+    def _range(self, x: TensorType) -> tuple[int, int]:
         if not x.shape:
             raise LayerError("E404", f"Flatten needs at least one dimension per sample, got {x}")
-        full = len(x.shape) + 1  # torch's rank, batch included
-        dims = []
-        for name in ("start_dim", "end_dim"):
-            value = getattr(self, name)
-            dim = value + full if value < 0 else value
-            if not 0 <= dim < full:
-                raise LayerError(
-                    "E204",
-                    f"{name}={value} is out of range for input {x}: with the batch, dimensions "
-                    f"run from {-full} to {full - 1}",
-                    arg=name,
-                )
-            dims.append(dim)
-        start, end = dims
-        if start == 0:
-            raise LayerError(
-                "E204",
-                "start_dim=0 would flatten the batch into the samples; dimension 0 is the batch "
-                "and dlspec shapes are per sample",
-                arg="start_dim",
-            )
+        start, end = axis(self.start_dim, x, "start_dim"), axis(self.end_dim, x, "end_dim")
         if start > end:
             raise LayerError(
                 "E204",
-                f"start_dim={self.start_dim} comes after end_dim={self.end_dim} "
-                f"(dimensions {start} and {end} with the batch as 0)",
+                f"start_dim={self.start_dim} comes after end_dim={self.end_dim} in {x} "
+                f"(dimensions {start} and {end})",
                 arg="start_dim",
             )
-        a, b = start - 1, end  # per-sample slice [a, b)
-        shape = (*x.shape[:a], product(x.shape[a:b]), *x.shape[b:])
+        return start, end
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        start, end = self._range(x)
+        shape = (*x.shape[:start], product(x.shape[start : end + 1]), *x.shape[end + 1 :])
         return Inferred(TensorType(shape, x.dtype))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall("nn.Flatten", kwargs=self.model_dump(exclude_defaults=True))
-
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return []
-
-    def aliases_input(self) -> bool:
-        return True
+        start, end = torch_dim(self.start_dim), torch_dim(self.end_dim)
+        return TorchCall("nn.Flatten", () if (start, end) == (1, -1) else (start, end))
 
     def label(self) -> str:
         args = self.model_dump(exclude_defaults=True)
         return "Flatten" if not args else f"Flatten({self.start_dim}, {self.end_dim})"
 
 
+class _Rearrange(View):
+    """Shared traits of Permute and Transpose: no module, no parameters, MACs 0."""
+
+    family = "reshape"
+
+    def _order(self, x: TensorType) -> list[int]:
+        raise NotImplementedError
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        return Inferred(TensorType(tuple(x.shape[i] for i in self._order(x)), x.dtype))
+
+
 @register
-class Reshape(Layer):
+class Permute(_Rearrange):
+    """Reorders the per-sample dimensions: ``Permute(1, 2, 0)`` turns ``[C, H, W]`` into
+    ``[H, W, C]`` (``dims`` name every dimension once; negative ones count from the end).
+    ``forward`` calls ``x.permute(0, ...)`` with the batch kept first. MACs 0."""
+
+    kind = "Permute"
+    variadic = "dims"
+
+    dims: tuple[int, ...] = Field(min_length=1)
+
+    def _order(self, x: TensorType) -> list[int]:
+        order = [axis(d, x, "dims") for d in self.dims]
+        if sorted(order) != list(range(len(x.shape))):
+            raise LayerError(
+                "E204",
+                f"Permute{self.dims} must name each of the {len(x.shape)} dimensions of {x} "
+                "exactly once",
+                arg="dims",
+            )
+        return order
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        order = ", ".join(str(i + 1) for i in self._order(inputs[0]))
+        return TorchCall(None, forward=f"{{x}}.permute(0, {order})")
+
+    def label(self) -> str:
+        return f"Permute({', '.join(map(str, self.dims))})"
+
+
+@register
+class Transpose(_Rearrange):
+    """Swaps two per-sample dimensions: ``Transpose(0, 1)`` turns ``[T, D]`` into ``[D, T]``.
+    MACs 0."""
+
+    kind = "Transpose"
+    positional = ("dim0", "dim1")
+
+    dim0: int
+    dim1: int
+
+    def _order(self, x: TensorType) -> list[int]:
+        a, b = axis(self.dim0, x, "dim0"), axis(self.dim1, x, "dim1")
+        order = list(range(len(x.shape)))
+        order[a], order[b] = b, a
+        return order
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        a, b = torch_dim(self.dim0), torch_dim(self.dim1)
+        return TorchCall(None, forward=f"{{x}}.transpose({a}, {b})")
+
+    def label(self) -> str:
+        return f"Transpose({self.dim0}, {self.dim1})"
+
+
+def _index(value: int, size: Dim, what: str, arg: str) -> int:
+    """``value`` (negative from the end) as an index into a dimension of ``size``; a negative
+    index needs a concrete size."""
+    if value >= 0:
+        return value
+    if isinstance(size, Poly):
+        raise LayerError(
+            "E405", f"{arg}={value} counts from the end of the symbolic {what} {size}", arg=arg
+        )
+    return value + size
+
+
+@register
+class Select(View):
+    """Picks position ``index`` (negative: from the end) along per-sample dimension ``dim``,
+    which disappears: ``Select(0, 0)`` turns a sequence ``[T, D]`` into its first step ``[D]``
+    (a ViT's class token; torch's ``x[:, 0]``). MACs 0."""
+
+    kind = "Select"
+    family = "reshape"
+    positional = ("dim", "index")
+
+    dim: int
+    index: int
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        at = axis(self.dim, x)
+        size = x.shape[at]
+        index = _index(self.index, size, f"dimension {self.dim} of {x}", "index")
+        if index < 0 or (isinstance(size, int) and index >= size):
+            raise LayerError(
+                "E204",
+                f"index={self.index} is outside dimension {self.dim} of {x}, of size {size}",
+                arg="index",
+            )
+        return Inferred(TensorType(x.shape[:at] + x.shape[at + 1 :], x.dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward=f"{{x}}.select({torch_dim(self.dim)}, {self.index})")
+
+    def label(self) -> str:
+        return f"Select({self.dim}, {self.index})"
+
+
+@register
+class Slice(View):
+    """Keeps positions ``start``, ``start + step``, ... before ``end`` (default: to the end;
+    negative values count from the end) along per-sample dimension ``dim``:
+    ``Slice(0, 1)`` drops the first step of ``[T, D]`` (torch's ``x[:, 1:]``). MACs 0."""
+
+    kind = "Slice"
+    family = "reshape"
+    positional = ("dim", "start", "end", "step")
+
+    dim: int
+    start: int = 0
+    end: int | None = None
+    step: Annotated[int, Field(ge=1)] = 1
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        at = axis(self.dim, x)
+        size = x.shape[at]
+        what = f"dimension {self.dim} of {x}"
+        start = _index(self.start, size, what, "start")
+        end: Dim = size if self.end is None else _index(self.end, size, what, "end")
+        if isinstance(size, int) and isinstance(end, int):
+            start, end = max(0, min(start, size)), max(0, min(end, size))
+        try:
+            kept = (end - start + self.step - 1) // self.step
+        except SymbolicError as exc:
+            raise LayerError("E405", f"Slice of the symbolic {what}: {exc}", arg="step") from exc
+        if isinstance(kept, int) and kept <= 0:
+            raise LayerError(
+                "E402",
+                f"Slice({self.dim}, {self.start}, {self.end}) keeps nothing of {what}, "
+                f"of size {size}",
+                arg="start",
+            )
+        return Inferred(TensorType((*x.shape[:at], kept, *x.shape[at + 1 :]), x.dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        lead = ":, " * (axis(self.dim, inputs[0]) + 1)  # the batch and the dims before
+        end = "" if self.end is None else str(self.end)
+        step = "" if self.step == 1 else f":{self.step}"
+        start = str(self.start) if self.start else ""
+        return TorchCall(None, forward=f"{{x}}[{lead}{start}:{end}{step}]")
+
+    def label(self) -> str:
+        end = "" if self.end is None else str(self.end)
+        step = "" if self.step == 1 else f":{self.step}"
+        return f"Slice({self.dim}, {self.start}:{end}{step})"
+
+
+class _Reduce(Layer):
+    """Shared rule of Mean and Sum over per-sample ``dim`` (one or several; default: all),
+    dropping the reduced dimensions unless ``keepdim``. No module; MACs 0 (torchinfo counts
+    no reductions)."""
+
+    family = "reshape"
+    positional = ("dim",)
+    method: ClassVar[str]
+
+    dim: int | tuple[int, ...] | None = None
+    keepdim: bool = False
+
+    def _axes(self, x: TensorType) -> list[int]:
+        if self.dim is None:
+            return list(range(len(x.shape)))
+        dims = (self.dim,) if isinstance(self.dim, int) else self.dim
+        axes = [axis(d, x) for d in dims]
+        if len(set(axes)) != len(axes):
+            raise LayerError("E204", f"dim={self.dim} names a dimension twice", arg="dim")
+        return axes
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        if self.method == "mean":  # torch averages floats only
+            expect_float(x, self.kind)
+        axes = self._axes(x)
+        shape = tuple(
+            1 if i in axes else d for i, d in enumerate(x.shape) if self.keepdim or i not in axes
+        )
+        return Inferred(TensorType(shape, x.dtype))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # a sum's or a mean's gradient needs only the shape
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        dims = tuple(torch_dim(d) for d in self._axes(inputs[0]))
+        dim = dims[0] if len(dims) == 1 else dims
+        keep = ", keepdim=True" if self.keepdim else ""
+        return TorchCall(None, forward=f"{{x}}.{self.method}(dim={dim}{keep})")
+
+    def label(self) -> str:
+        dims = "" if self.dim is None else f"dim={self.dim}"
+        keep = ", keepdim" if self.keepdim else ""
+        return f"{self.kind}({dims}{keep})" if dims or keep else self.kind
+
+
+@register
+class Mean(_Reduce):
+    """Average over per-sample ``dim`` (an int, a list, or all by default): ``Mean(0)`` turns
+    ``[T, D]`` into ``[D]``; ``Mean((1, 2), keepdim=true)`` turns ``[C, H, W]`` into
+    ``[C, 1, 1]``. MACs 0."""
+
+    kind = "Mean"
+    method = "mean"
+
+
+@register
+class Sum(_Reduce):
+    """Sum over per-sample ``dim``, by the rule of Mean. MACs 0."""
+
+    kind = "Sum"
+    method = "sum"
+
+
+@register
+class Reshape(View):
     """Reshapes each sample to ``shape`` (written variadically: ``Reshape(64, 7, 7)``); one
     entry may be -1, "whatever is left". The element count must stay the same. No torch
     module: ``forward`` calls ``x.reshape(x.shape[0], *shape)``. MACs 0."""
@@ -158,18 +368,12 @@ class Reshape(Layer):
         sizes = ", ".join(map(str, self.shape))
         return TorchCall(None, forward=f"{{x}}.reshape({{x}}.shape[0], {sizes})")
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return []
-
-    def aliases_input(self) -> bool:
-        return True
-
     def label(self) -> str:
         return f"Reshape({', '.join(map(str, self.shape))})"
 
 
 @register
-class Identity(Layer):
+class Identity(View):
     """Passes its input through unchanged (``nn.Identity``). MACs 0."""
 
     kind = "Identity"
@@ -180,12 +384,6 @@ class Identity(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.Identity")
-
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return []
-
-    def aliases_input(self) -> bool:
-        return True
 
 
 _INTERPOLATING = ("linear", "bilinear", "bicubic")
@@ -338,3 +536,51 @@ class Dropout2d(Dropout):
 
     def _mask(self, x: TensorType) -> Dim:
         return x.shape[0]  # one per channel
+
+
+_STOCHASTIC_DEPTH = '''class StochasticDepth(nn.Module):
+    """Drops the whole input (per sample, or for the whole batch) with probability p while
+    training, scaling what is kept by 1/(1-p): torchvision.ops.StochasticDepth."""
+
+    def __init__(self, p: float, mode: str = "row") -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        shape = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        keep = x.new_empty(shape).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p) if self.p < 1.0 else x * keep
+'''
+
+
+@register
+class StochasticDepth(Layer):
+    """Stochastic depth (torchvision's ``StochasticDepth``): while training, zeroes a
+    residual branch with probability ``p``, per sample (``mode='row'``) or for the whole batch
+    (``'batch'``), scaling the rest by ``1/(1-p)``; the identity in evaluation. Shape
+    unchanged; no parameters; MACs 0."""
+
+    kind = "StochasticDepth"
+    family = "regularization"
+    positional = ("p", "mode")
+
+    p: Probability
+    mode: Literal["row", "batch"] = "row"
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        expect_float(inputs[0], self.kind)
+        return Inferred(inputs[0])
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(self.kind, (self.p, self.mode), helper=_STOCHASTIC_DEPTH)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The keep-mask: one value per sample (``"row"``) or one for the batch."""
+        if not self.p:
+            return []
+        return [Saved("mask", 1, batched=self.mode == "row")]
+
+    def label(self) -> str:
+        return f"StochasticDepth({self.p:g}, {self.mode})"
