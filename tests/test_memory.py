@@ -17,7 +17,7 @@ from test_sequence_layers import BINDINGS
 from test_sequence_layers import EXAMPLES as SEQUENCE_EXAMPLES
 
 import dlspec
-from dlspec.analysis.memory import BATCH, activations, total
+from dlspec.analysis.memory import BATCH, activations, checkpoint_parts, checkpoint_unit, total
 from dlspec.analysis.memory import saved_bytes as rule_bytes
 from dlspec.layers import REGISTRY, TensorType
 from dlspec.layers.base import Saved
@@ -158,3 +158,36 @@ def test_spec_activations_match_torch(path: str, batch: int, settings: dict[str,
     if batch == 1:
         assert spec.report.memory is not None
         assert spec.report.memory.activations_bytes == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "settings"),
+    [
+        ("specs/vgg_block.dl", {}),
+        ("specs/resnet_block.dl", {}),
+        ("specs/zoo/llama2_7b.dl", SMALL_LLAMA),
+    ],
+)
+def test_checkpointing_keeps_block_inputs(path: str, settings: dict[str, Any]) -> None:
+    """With ``model.checkpointing``, the forward pass keeps the saved tensors of the layers
+    outside blocks and each block's input (torch's checkpoint saves it; the hooks see it)."""
+    text = re.sub(r"(?m)^\s*expect total params.*$", "", (ROOT / path).read_text())
+    spec = dlspec.load_text(text, path, **settings)
+    torch.manual_seed(0)
+    model = spec.to_torch()
+    batch = 3
+    inputs = [
+        torch.randint(0, 4, (batch, *i.shape_value))
+        if i.dtype == "long"
+        else torch.randn(batch, *i.shape_value, requires_grad=True)
+        for i in spec.report.inputs
+    ]
+    plain = saved_bytes(model, lambda: model(*inputs))
+    model.checkpointing = True
+    kept = saved_bytes(model, lambda: model(*inputs))
+    rows = activations(spec.graph)
+    at = {**spec.graph.bindings, "B": batch}
+    expected, recomputed = checkpoint_parts(rows, spec.graph.bindings, "fp32")
+    assert kept < plain
+    assert evaluate(expected, at) == pytest.approx(kept, rel=0.1)
+    assert 0 < evaluate(recomputed, at) < plain

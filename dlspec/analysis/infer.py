@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
-from dlspec.analysis.names import RESERVED
+from dlspec.analysis.names import GENERATED, RESERVED
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
@@ -43,7 +43,7 @@ def check_name(ident: ast.Ident, what: str) -> None:
     name = ident.name
     if keyword.iskeyword(name) or name in ("self", "torch", "nn", "F"):
         raise fail("E207", f"{what} name {name!r} is a Python keyword or reserved", ident.span)
-    if name.startswith("__") or name in RESERVED:
+    if name.startswith("__") or name in RESERVED or name in GENERATED:
         raise fail(
             "E207",
             f"{what} name {name!r} would shadow an nn.Module attribute or special name",

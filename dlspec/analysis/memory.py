@@ -71,6 +71,7 @@ class Dataflow:
 
     applied: list[Applied] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
+    unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
 
     def new(self, elements: Dim) -> int:
         tensor = len(self.storage) + 1
@@ -78,25 +79,40 @@ class Dataflow:
         return tensor
 
 
+def checkpoint_unit(step: Step) -> bool:
+    """Whether activation checkpointing recomputes this step of the model as a unit (or each
+    of its copies): a use of a block, or a repetition of one, with one input and one output.
+    The generated code and the memory arithmetic both follow this rule."""
+    target = step.children[0] if step.kind == "repeat" else step
+    one = len(step.inputs) == 1 and len(step.outputs) == 1
+    return one and target.kind == "block" and len(target.outputs) == 1
+
+
 def dataflow(model: ModelGraph) -> Dataflow:
     """Follow the IR's edges through every sub-graph."""
     flow = Dataflow()
     ids = [flow.new(product(t.type.shape)) for t in model.inputs]
-    _graph(flow, model.graph, ids, None)
+    _graph(flow, model.graph, ids, None, top=True)
     return flow
 
 
-def _graph(flow: Dataflow, graph: Graph, inputs: list[int], block: Step | None) -> list[int]:
-    """Apply a graph to tensors ``inputs`` (one per graph input); returns its outputs' ids."""
+def _graph(
+    flow: Dataflow, graph: Graph, inputs: list[int], block: Step | None, top: bool = False
+) -> list[int]:
+    """Apply a graph to tensors ``inputs`` (one per graph input); returns its outputs' ids.
+    ``top``: the model's own graph, whose block uses are checkpointing units."""
     where = {t.name: inputs[min(i, len(inputs) - 1)] for i, t in enumerate(graph.inputs)}
     for step in graph.steps:
         ids = [where[t.name] for t in step.inputs]
-        for tensor, out in zip(step.outputs, _step(flow, step, ids, block), strict=False):
+        unit = top and checkpoint_unit(step)
+        for tensor, out in zip(step.outputs, _step(flow, step, ids, block, unit), strict=False):
             where[tensor.name] = out
     return [where[t.name] for t in graph.outputs]
 
 
-def _step(flow: Dataflow, step: Step, inputs: list[int], block: Step | None) -> list[int]:
+def _step(
+    flow: Dataflow, step: Step, inputs: list[int], block: Step | None, unit: bool = False
+) -> list[int]:
     if step.layer is not None:
         types = [t.type for t in step.inputs]
         storage = step.layer.output_storage(types, step.output.type)
@@ -104,8 +120,13 @@ def _step(flow: Dataflow, step: Step, inputs: list[int], block: Step | None) -> 
         flow.applied.append(Applied(step, inputs, output, block))
         return [output]
     assert step.body is not None
-    if step.kind == "block":
-        block = block or step
+    if unit and step.kind == "repeat":
+        for child in step.children:
+            inputs = _step(flow, child, inputs, child, unit=True)
+        return inputs
+    if unit:
+        block = step
+        flow.unit_inputs[step.path] = inputs[0]
     outputs = _graph(flow, step.body, inputs, block)
     if step.kind != "residual":
         return outputs
@@ -122,11 +143,15 @@ class LayerMemory:
     path: str
     saved: Dim
     block: Step | None = None
+    shared: frozenset[int] = frozenset()  # ids of the tensors between layers it counted
+    block_input: int | None = None  # the id of its block's input
 
 
 def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerMemory]:
     """Per layer, in execution order, the bytes of the tensors it saves for backward that
-    no earlier layer saved; their sum is the model's saved activations."""
+    no earlier layer saved; their sum is the model's saved activations. Under bf16/fp16
+    autocast, a layer with MACs also keeps the half-precision copy of its weights that its
+    products read."""
     flow = dataflow(graph)
     seen: set[tuple[int, ...] | tuple[int, str]] = set()
     rows = []
@@ -134,37 +159,60 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
         step = applied.step
         assert step.layer is not None
         total: Dim = 0
+        keys = []
         for saved in step.layer.saves([t.type for t in step.inputs], step.output.type):
             key = _identity(saved.tensor, applied, index)
             if key not in seen:
                 seen.add(key)
+                keys.append(key)
                 if len(key) == 1:  # a tensor between layers: its whole storage stays
                     saved = replace(saved, elements=flow.storage[key[0]])
                 total = total + saved_bytes(saved, precision)
-        rows.append(LayerMemory(step.path, total, applied.block))
+        if precision != "fp32" and step.macs:
+            total = total + 2 * step.params  # autocast's half-precision copy of the weights
+        shared = frozenset(k[0] for k in keys if len(k) == 1)
+        block_input = flow.unit_inputs[applied.block.path] if applied.block else None
+        rows.append(LayerMemory(step.path, total, applied.block, shared, block_input))
     return rows
 
 
 def checkpointed(rows: list[LayerMemory], bindings: dict[str, int], precision: Precision) -> Dim:
-    """Saved activations with activation checkpointing per block call: a block keeps only
-    its input, and its backward recomputes (and briefly keeps) its own saved tensors, one
-    block at a time. Layers outside blocks keep theirs as usual."""
+    """Saved activations with activation checkpointing per block use of the model (each
+    copy of a repeated block apart; :func:`checkpoint_unit`): a block keeps only its input,
+    and its backward recomputes (and briefly keeps) its own saved tensors, one block at a
+    time. Other layers keep theirs as usual."""
+    kept, recomputed = checkpoint_parts(rows, bindings, precision)
+    return kept + recomputed
+
+
+def checkpoint_parts(
+    rows: list[LayerMemory], bindings: dict[str, int], precision: Precision
+) -> tuple[Dim, Dim]:
+    """With checkpointing: what the forward pass keeps (the other layers' saved tensors and
+    each block's input), and the largest block's saved tensors, kept again while its
+    backward runs."""
     kept: Dim = 0
     blocks: dict[str, tuple[Step, Dim]] = {}
+    outside: set[int] = set()  # tensors layers outside the blocks keep anyway
+    inputs: dict[int, Step] = {}  # the blocks' inputs, once each
     for row in rows:
         if row.block is None:
             kept = kept + row.saved
+            outside |= row.shared
         else:
             step, inner = blocks.get(row.block.path, (row.block, 0))
             blocks[row.block.path] = (step, inner + row.saved)
+            assert row.block_input is not None
+            inputs[row.block_input] = row.block
     size = float_bytes(precision)
-    for step, _ in blocks.values():
-        kept = kept + product(step.inputs[0].type.shape) * size * BATCH
+    for tensor, step in inputs.items():
+        if tensor not in outside:
+            kept = kept + product(step.inputs[0].type.shape) * size * BATCH
     probe = {**bindings, "B": 1}
     largest = max(
         (inner for _, inner in blocks.values()), key=lambda d: evaluate(d, probe), default=0
     )
-    return kept + largest
+    return kept, largest
 
 
 def _identity(tensor: str, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:
@@ -245,9 +293,6 @@ def training(
     trainable = graph.trainable_params
     rows = activations(graph, precision)
     saved = checkpointed(rows, graph.bindings, precision) if checkpointing else total(rows)
-    if precision != "fp32":
-        # autocast keeps a half-precision copy of every weight a matrix product reads
-        saved = saved + 2 * sum(leaf.params for leaf in graph.leaves() if leaf.macs)
     states, foreach, per_tensor = OPTIMIZERS[optimizer]
     if device == "cuda":
         step = 4 * foreach * trainable

@@ -94,3 +94,6 @@ RESERVED = frozenset(
         "zero_grad",
     ]
 )
+
+# Attributes the generated model class itself defines (activation checkpointing).
+GENERATED = frozenset(["checkpointing", "run_block"])

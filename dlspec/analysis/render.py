@@ -17,7 +17,7 @@ def human_bytes(count: int) -> str:
 
 def short(count: int) -> str:
     """96,663,050 -> 96.66M (as torchinfo prints totals)."""
-    for scale, suffix in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
+    for scale, suffix in ((10**15, "P"), (10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
         if abs(count) >= scale:
             return f"{count / scale:.2f}{suffix}"
     return str(count)

@@ -9,7 +9,11 @@ The generated file imports only torch and reads like hand-written code:
   ``named_parameters()`` yields exactly the analyzer's paths (``layer1.0.residual1.conv2d1``);
 * a ``forward`` in spec order: unnamed tensors flow through one variable (``x = self.fc1(x)``),
   tensors the spec refers to by name keep their names, and a comment gives the shape wherever
-  it changes (``# (B, 64, 24, 24)``; symbolic dimensions print as their names).
+  it changes (``# (B, 64, 24, 24)``; symbolic dimensions print as their names);
+* when the model uses blocks, ``self.checkpointing`` (False; ``dlspec build --checkpointing``
+  sets it) makes ``run_block`` run each of the model's own block uses (and each copy of a
+  repeated block) under ``torch.utils.checkpoint`` while training: only the block's input is
+  kept, and the block runs again in the backward pass.
 
 Everything layer-specific comes from :meth:`Layer.torch`; the generator never looks at a
 layer's kind. Names in the output are the analyzer's validated identifiers and every value
@@ -29,6 +33,7 @@ from typing import Any
 
 from dlspec import __version__
 from dlspec.analysis.graph import Graph, ModelGraph, Step
+from dlspec.analysis.memory import checkpoint_unit
 from dlspec.layers.base import TensorType
 from dlspec.layers.symbolic import fmt_dim
 
@@ -218,6 +223,7 @@ class _Body:
     forward: list[str]
     results: int
     variables: dict[str, str]
+    methods: str = ""  # further methods, after forward
 
 
 class _Generator:
@@ -265,7 +271,13 @@ class _Generator:
 
     def _model_body(self) -> _Body:
         graph = self.graph
+        self.checkpointed = {id(s) for s in graph.steps if checkpoint_unit(s)}
         body = self._scope(graph.graph, {i.name: i.name for i in graph.inputs}, graph.name)
+        if self.checkpointed:
+            body.init.append(
+                f"{INDENT * 2}self.checkpointing = False  # True: recompute blocks in backward"
+            )
+            body.methods = RUN_BLOCK
         for leaf in graph.leaves():
             for weight, target in leaf.tied.items():  # shared tensors: assign the first one
                 body.init += _statement(
@@ -337,6 +349,16 @@ class _Generator:
     def _forward(self, node: Step, inputs: list[str], target: str, built: Call | None) -> list[str]:
         """``forward`` statements computing ``node`` into the variable ``target``."""
         module = f"self.{node.name}"
+        if id(node) in getattr(self, "checkpointed", ()):
+            if node.kind == "block":
+                expr = f"self.run_block({module}, {inputs[0]})"
+                return _statement(f"{target} = ", expr, 2, _change(node))
+            loop = "block" if target != "block" else "block_"
+            return [
+                f"{INDENT * 2}{target} = {inputs[0]}" if target != inputs[0] else "",
+                f"{INDENT * 2}for {loop} in {module}:",
+                f"{INDENT * 3}{target} = self.run_block({loop}, {target})",
+            ][0 if target != inputs[0] else 1 :]
         if node.kind != "repeat" or (
             built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
         ):
@@ -376,7 +398,17 @@ def _class_source(name: str, body: _Body) -> str:
         *lay_out(Call("forward", params), 1, "def ", f" -> {returns}:"),
         *body.forward,
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + body.methods
+
+
+RUN_BLOCK = '''
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One block; with checkpointing (while training) only its input is kept, and the
+        block runs again in the backward pass."""
+        if self.checkpointing and self.training:
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)'''
 
 
 def _change(node: Step) -> str | None:
