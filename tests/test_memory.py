@@ -17,7 +17,7 @@ from test_sequence_layers import BINDINGS
 from test_sequence_layers import EXAMPLES as SEQUENCE_EXAMPLES
 
 import dlspec
-from dlspec.analysis.memory import BATCH, activations, checkpoint_parts, checkpoint_unit, total
+from dlspec.analysis.memory import BATCH, activations, checkpoint_parts, total
 from dlspec.analysis.memory import saved_bytes as rule_bytes
 from dlspec.layers import REGISTRY, TensorType
 from dlspec.layers.base import Saved
