@@ -71,6 +71,8 @@ def measure(path: Path, args: argparse.Namespace) -> tuple[int, int]:
     spec = dlspec.load(path)
     device = torch.device(args.device)
     model = spec.to_torch().to(device).train()
+    if args.checkpointing and hasattr(model, "checkpointing"):
+        setattr(model, "checkpointing", True)  # noqa: B010 (not a declared attribute)
     optimizer = OPTIMIZERS[args.optimizer](model.parameters())
     inputs = [
         torch.randint(0, 4, (args.batch, *i.shape_value), device=device)
@@ -89,7 +91,7 @@ def measure(path: Path, args: argparse.Namespace) -> tuple[int, int]:
 
     step()
     measured = cuda_peak(step) if device.type == "cuda" else cpu_peak(step)
-    options = (args.precision, args.optimizer, False, args.batch, device.type)
+    options = (args.precision, args.optimizer, args.checkpointing, args.batch, device.type)
     answer = memory.plan(spec.graph, 2**62, *options)  # type: ignore[arg-type]
     return answer.total(), measured
 
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=memory.PRECISIONS, default="fp32")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
+    parser.add_argument("--checkpointing", action="store_true", help="model.checkpointing")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     paths = args.specs or [p for p in sorted((ROOT / "specs").glob("*.dl")) if p.name not in SKIP]

@@ -191,3 +191,26 @@ def test_checkpointing_keeps_block_inputs(path: str, settings: dict[str, Any]) -
     assert kept < plain
     assert evaluate(expected, at) == pytest.approx(kept, rel=0.1)
     assert 0 < evaluate(recomputed, at) < plain
+
+
+def test_checkpointing_gives_the_same_gradients() -> None:
+    spec = dlspec.load(ROOT / "specs" / "resnet_block.dl")
+    torch.manual_seed(0)
+    model = spec.to_torch()
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for checkpointing in (False, True):
+        model.checkpointing = checkpointing
+        model.zero_grad()
+        model(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
+
+
+def test_build_turns_checkpointing_on() -> None:
+    from dlspec.commands.build import _model
+
+    spec = dlspec.load(ROOT / "specs" / "vgg_block.dl")
+    assert _model(spec, True).checkpointing is True
+    assert _model(spec, False).checkpointing is False
+    assert not hasattr(_model(dlspec.load(ROOT / "specs" / "mlp.dl"), True), "checkpointing")

@@ -121,6 +121,8 @@ class TrainConfig(_Frozen):
     # native bf16; fp32 elsewhere
     precision: Precision = "auto"
     download: bool = False  # fetch "mnist" / "fashion-mnist" when they are missing
+    # activation checkpointing: recompute each of the model's block uses in backward
+    checkpointing: bool = False
 
 
 class TrainConfigError(ValueError):
@@ -308,6 +310,7 @@ SETTINGS: dict[str, Reader] = {
     "normalize": _normalize,
     "precision": _named("precision", "precision", _PRECISIONS),
     "download": _plain,
+    "checkpointing": _plain,
 }
 
 

@@ -12,7 +12,7 @@ import functools
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
 from dlspec.api import Spec
@@ -24,6 +24,9 @@ from dlspec.commands.common import (
     whole_number,
 )
 from dlspec.train import launch
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EPILOG = f"""\
 train settings (the spec's `train {{ ... }}` section, or --train KEY=VALUE):
@@ -75,6 +78,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=_number, metavar="RATE", help="the optimiser's learning rate")
     group.add_argument("--seed", type=_seed, metavar="N", help="seed for repeatable runs")
     group.add_argument(
+        "--checkpointing",
+        action="store_true",
+        default=None,
+        help="activation checkpointing: recompute each block in backward (less memory)",
+    )
+    group.add_argument(
         "--train",
         dest="train_overrides",
         metavar="KEY=VALUE",
@@ -104,6 +113,7 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "optimizer.lr": args.lr,
+        "checkpointing": "true" if args.checkpointing else None,
     }
     pairs = [(key, value) for key, value in options.items() if value is not None]
     return pairs + list(args.train_overrides)
@@ -155,6 +165,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out / MODEL_PY}")
         return 0
     return _train(spec, config, args)
+
+
+def _model(spec: Spec, checkpointing: bool) -> nn.Module:
+    """A fresh generated model, with activation checkpointing on when asked (a model that
+    uses no blocks has nothing to checkpoint: the setting does nothing there)."""
+    model = spec.to_torch()
+    if checkpointing and hasattr(model, "checkpointing"):
+        setattr(model, "checkpointing", True)  # noqa: B010 (not a declared attribute)
+    return model
 
 
 def _write_model(path: Path, code: str) -> None:
@@ -214,7 +233,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
         train = functools.partial(train_distributed, worker)
     try:
         result = train(
-            spec.to_torch,
+            functools.partial(_model, spec, config.checkpointing),
             config,
             input_shape=input_shape,
             output_shape=output_shape,
