@@ -13,7 +13,7 @@ dlspec's estimate is ``dlspec plan``'s total (weights, gradients, optimizer stat
 activations, peak transient). Goal: estimate / measured within 15 %.
 
 Run: .venv/bin/python bench/train_memory.py [--batch 8] [--device cpu|cuda]
-     [--precision fp32|bf16] [--optimizer adam] [SPEC ...]
+     [--precision fp32|bf16] [--optimizer adam] [--checkpointing] [SPEC ...]
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     paths = args.specs or [p for p in sorted((ROOT / "specs").glob("*.dl")) if p.name not in SKIP]
     print(
-        f"training step peak, batch {args.batch}, {args.device}, {args.precision}, {args.optimizer}"
+        f"training step peak, batch {args.batch}, {args.device}, {args.precision}, "
+        f"{args.optimizer}{', checkpointing' if args.checkpointing else ''}"
     )
     print(f"{'spec':24} {'estimate MiB':>13} {'measured MiB':>13} {'est/meas':>9}")
     ratios = []
