@@ -121,3 +121,44 @@ def test_spec_errors_are_diagnostics(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text("model M { input x: float[4]\n Linear(0) }\n")
     assert main(["plan", str(bad), "--memory", "1GiB"]) == 1
     assert "error[" in capsys.readouterr().err
+
+
+def _check(tmp_path: Path, expectation: str) -> list[str]:
+    spec = tmp_path / "m.dl"
+    spec.write_text(
+        "model M {\n    input x: float[3, 16, 16]\n    Conv2d(8, kernel=3, padding=1)\n"
+        f"    ReLU\n    Flatten\n    Linear(10)\n    expect total {expectation}\n}}\n"
+    )
+    from dlspec.analysis.check import check_file
+
+    return [f"{d.code} {d.message}" for d in check_file(spec).report.diagnostics]
+
+
+def test_expect_train_memory_is_the_plan_figure(tmp_path: Path) -> None:
+    spec = tmp_path / "m.dl"
+    _check(tmp_path, "params < 1M")
+    graph = dlspec.load(spec).graph
+    at_32 = memory.train_bytes(graph, memory.Options(batch=32))["total"]
+    half = memory.Options(batch=4, precision="bf16", optimizer="sgd", checkpointing=True)
+    at_4 = memory.train_bytes(graph, half)["total"]
+    assert _check(tmp_path, f"train_memory(batch=32) <= {at_32}") == []
+    [error] = _check(tmp_path, f"train_memory(batch=32) < {at_32}")
+    assert error.startswith("E304 training needs ") and f"({at_32:,} bytes)" in error
+    written = 'train_memory(batch=4, precision="bf16", optimizer="sgd", checkpointing=true)'
+    assert _check(tmp_path, f"{written} == {at_4}") == []
+    assert _check(tmp_path, "train_memory(batch=32) < 1GiB, train_memory < 8MiB") == []
+
+
+@pytest.mark.parametrize(
+    ("expectation", "message"),
+    [
+        ("train_memory(batch=0) < 1GiB", "batch must be a whole number >= 1"),
+        ("train_memory(32) < 1GiB", "by name"),
+        ('train_memory(precision="bf17") < 1GiB', 'precision must be one of "fp32"'),
+        ("train_memory(size=3) < 1GiB", "no argument 'size'"),
+        ("params(batch=2) < 5", "params takes no arguments"),
+    ],
+)
+def test_bad_train_memory_arguments(tmp_path: Path, expectation: str, message: str) -> None:
+    [error] = _check(tmp_path, expectation)
+    assert error.startswith("E305") and message in error

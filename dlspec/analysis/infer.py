@@ -13,9 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dlspec.analysis import memory
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.names import GENERATED, RESERVED
+from dlspec.analysis.render import human_bytes
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
@@ -33,6 +35,7 @@ TOTAL_NOUNS = {
     "trainable_params": "trainable parameters",
     "buffers": "buffer elements",
     "macs": "MACs per sample",
+    "train_memory": "bytes to train",
 }
 TOTAL_QUANTITIES = tuple(TOTAL_NOUNS)
 
@@ -801,7 +804,12 @@ class Analyzer:
                         check.quantity.span,
                         [f"quantities: {', '.join(TOTAL_QUANTITIES)}"],
                     )
-            self.total_checks.extend((check, env) for check in stmt.checks)
+            for check in stmt.checks:
+                if check.args and check.quantity.name != "train_memory":
+                    message = f"{check.quantity.name} takes no arguments"
+                    self.error(Diagnostic.at("E305", message, check.args[0].span))
+                else:
+                    self.total_checks.append((check, env))
             return
         for check in stmt.checks:
             if check.quantity.name not in LAYER_QUANTITIES:
@@ -867,7 +875,18 @@ class Analyzer:
     def _check_totals(self, graph: ModelGraph) -> None:
         for check, env in self.total_checks:
             quantity = check.quantity.name
-            if quantity == "macs":
+            notes: list[str] = []
+            if quantity == "train_memory":
+                try:
+                    chosen = _train_options(check, env)
+                except DiagnosticError as err:
+                    self.error(err.diagnostic)
+                    continue
+                parts = memory.train_bytes(graph, chosen)
+                actual = parts.pop("total")
+                listed = " + ".join(f"{name} {human_bytes(b)}" for name, b in parts.items())
+                notes = [f"training at {chosen.describe()}: {listed}"]
+            elif quantity == "macs":
                 actual = eval_dim(graph.total_macs, graph.bindings)
             elif quantity == "buffers":
                 actual = graph.buffer_count
@@ -879,7 +898,17 @@ class Analyzer:
             except DiagnosticError as err:
                 self.error(err.diagnostic)
                 continue
-            if failed:
+            if failed and quantity == "train_memory":
+                self.error(
+                    Diagnostic.at(
+                        "E304",
+                        f"training needs {human_bytes(actual)} ({n(actual)} bytes), which breaks "
+                        f"`expect total train_memory {check.op} {human_bytes(want)}`",
+                        check.span,
+                        notes,
+                    )
+                )
+            elif failed:
                 self.error(
                     Diagnostic.at(
                         "E304",
@@ -889,6 +918,20 @@ class Analyzer:
                         _largest(graph, quantity),
                     )
                 )
+
+
+def _train_options(check: ast.Check, env: dict[str, Any]) -> memory.Options:
+    """``train_memory(batch=32, precision="bf16")``'s arguments, keyword only."""
+    values: dict[str, Any] = {}
+    for arg in check.args:
+        if arg.name is None:
+            raise fail("E305", "write train_memory's arguments by name, e.g. batch=32", arg.span)
+        values[arg.name.name] = evaluate(arg.value, env)
+        try:
+            memory.options({arg.name.name: values[arg.name.name]})
+        except ValueError as exc:
+            raise fail("E305", f"train_memory: {exc}", arg.span) from None
+    return memory.options(values)
 
 
 def _at(bindings: dict[str, int]) -> str:

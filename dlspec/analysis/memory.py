@@ -16,6 +16,7 @@ matrix products keep are added to the activations.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -23,6 +24,7 @@ from typing import Literal
 from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.layers.base import FIXED_BYTES, Saved, numel
 from dlspec.layers.symbolic import Dim, Poly, evaluate, product
+from dlspec.syntax.parser import parse_number
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
@@ -317,33 +319,19 @@ def train_flops(graph: ModelGraph, checkpointing: bool = False) -> Dim:
     return (8 if checkpointing else 6) * graph.total_macs
 
 
-UNITS = {
-    "": 1,
-    "B": 1,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-}
-
-
 def parse_bytes(text: str) -> int:
-    """``24GiB`` -> 25,769,803,776; ``80GB`` -> 80,000,000,000; ``1.5 TiB``; plain bytes.
-    Raises ValueError on anything else (or on a size below 1 byte)."""
-    stripped = text.strip().replace("_", "")
-    digits = stripped.rstrip("KMGTiBkmgtIb ")
-    unit = stripped[len(digits) :].strip().upper()
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit in {text!r}: use KiB, MiB, GiB, TiB, KB, MB, GB or TB")
-    try:
-        value = float(digits) * UNITS[unit]
-    except ValueError:
-        raise ValueError(f"expected a size such as 24GiB, got {text!r}") from None
-    if not value >= 1 or value == float("inf"):
+    """A size as specs write one: ``24GiB`` (powers of 1024: KiB, MiB, GiB, TiB), ``80GB``
+    (powers of 1000: KB, MB, GB, TB), ``1.5TiB``, or plain bytes. Raises ValueError for
+    anything else, or for less than 1 byte."""
+    written = text.strip().replace(" ", "")
+    match = re.fullmatch(r"(\d[\d_]*(\.\d+)?)([KMGT]i?B)?", written)
+    if match is None:
+        raise ValueError(
+            f"expected a size such as 24GiB or 80GB (KiB, MiB, GiB, TiB or KB, MB, GB, TB), "
+            f"got {text!r}"
+        )
+    value = parse_number(written)
+    if value < 1:
         raise ValueError(f"expected a size of at least 1 byte, got {text!r}")
     return int(value)
 
@@ -412,3 +400,50 @@ def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) ->
 
     largest = _largest(lambda value: stop(value) is None)
     return largest, stop(largest + 1) or "memory"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a model is trained, for its memory: ``expect total train_memory(...)``'s arguments
+    and ``dlspec plan``'s options."""
+
+    batch: int = 1
+    precision: Precision = "fp32"
+    optimizer: str = "adam"
+    checkpointing: bool = False
+    device: Device = "cuda"
+
+    def describe(self) -> str:
+        parts = [f"batch {self.batch:,}", self.device, self.precision, self.optimizer]
+        return ", ".join(parts + ["checkpointing"] * self.checkpointing)
+
+
+CHOICES: dict[str, tuple[object, ...]] = {
+    "precision": PRECISIONS,
+    "optimizer": tuple(OPTIMIZERS),
+    "device": DEVICES,
+    "checkpointing": (True, False),
+}
+
+
+def options(values: dict[str, object]) -> Options:
+    """Options from written values; ValueError (naming the argument) for a bad one."""
+    for name, value in values.items():
+        if name == "batch":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"batch must be a whole number >= 1, got {value!r}")
+        elif name in CHOICES:
+            if value not in CHOICES[name] or isinstance(value, bool) != (name == "checkpointing"):
+                listed = ", ".join(repr(c).replace("'", '"') for c in CHOICES[name])
+                raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+        else:
+            raise ValueError(f"no argument {name!r}; arguments: batch, {', '.join(CHOICES)}")
+    return Options(**values)  # type: ignore[arg-type]
+
+
+def train_bytes(graph: ModelGraph, chosen: Options) -> dict[str, int]:
+    """The parts and total of a training step's peak for these options."""
+    memory = training(
+        graph, chosen.precision, chosen.optimizer, chosen.checkpointing, chosen.device
+    )
+    return memory.bytes({**graph.bindings, "B": chosen.batch})
