@@ -128,6 +128,8 @@ class _ToAst(Transformer[Token, ast.Spec]):
     def arguments(self, meta: Meta, items: list[Any]) -> list[ast.Arg]:
         return [a for a in items if a is not None]
 
+    check_args = arguments
+
     def arg(self, meta: Meta, items: list[Any]) -> ast.Arg:
         return ast.Arg(span=_span(meta), name=None, value=items[0])
 
