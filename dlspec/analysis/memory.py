@@ -356,6 +356,14 @@ class Plan:
     def total(self, batch: int | None = None, **symbols: int) -> int:
         return self.bytes(batch, **symbols)["total"]
 
+    @property
+    def per_sample(self) -> int:
+        """What one more sample adds: its activations and backward gradients."""
+        grows = self.memory.activations + self.memory.backward
+        return evaluate(grows, {**self.bindings, "B": 1}) - evaluate(
+            grows, {**self.bindings, "B": 0}
+        )
+
 
 def _largest(fits: Callable[[int], bool]) -> int:
     """The largest n >= 1 with ``fits(n)`` for a monotone ``fits`` (0 if none, capped)."""

@@ -127,9 +127,7 @@ def _table(answer: memory.Plan, args: argparse.Namespace, model: str, lengths: L
     ]
     if answer.max_batch:
         lines.append(f"largest batch that fits: {n(answer.max_batch)}")
-    one, two = answer.bytes(1), answer.bytes(2)
-    per_sample = sum(two[k] - one[k] for k in ("activations", "transient"))
-    lines += [f"activations per sample: {human_bytes(per_sample)}", ""]
+    lines += [f"activations per sample: {human_bytes(answer.per_sample)}", ""]
     parts = answer.bytes()
     rows = [(label.format(**vars(args)), parts[name]) for name, label in LABELS.items()]
     rows.append(("total", parts["total"]))
