@@ -214,3 +214,16 @@ def test_build_turns_checkpointing_on() -> None:
     assert _model(spec, True).checkpointing is True
     assert _model(spec, False).checkpointing is False
     assert not hasattr(_model(dlspec.load(ROOT / "specs" / "mlp.dl"), True), "checkpointing")
+
+
+def test_diagram_and_table_show_each_layers_share() -> None:
+    from dlspec.analysis.render import human_bytes, render_table
+    from dlspec.backends.graphviz_draw import DrawOptions, to_dot
+
+    spec = dlspec.load(ROOT / "specs" / "cnn.dl", num_classes=10)
+    rows = {r.path: evaluate(r.saved, {"B": 32}) for r in activations(spec.graph)}
+    dot = to_dot(spec.graph, DrawOptions(detail="high", activations=32))
+    assert f"{human_bytes(rows['relu2'])} saved" in dot  # 18.00 MiB: ReLU keeps its output
+    assert "saved" not in to_dot(spec.graph, DrawOptions(detail="high"))
+    table = render_table(dlspec.load(ROOT / "specs" / "cnn.dl").report, activations=True)
+    assert "saved (batch 1)" in table.splitlines()[2]
