@@ -232,56 +232,63 @@ def total(rows: list[LayerMemory]) -> Dim:
     return out
 
 
-def transient(graph: ModelGraph, precision: Precision = "fp32") -> Dim:
-    """The largest gradient buffers alive together in the backward pass: one layer's output
-    gradient and its input gradients (float tensors only), at the largest such layer."""
-    size = float_bytes(precision)
-    best: Dim = 0
-    best_value = -1
-    probe = {**graph.bindings, "B": 1}
-    for leaf in graph.leaves():
-        elements: Dim = product(leaf.output.type.shape)
-        for x in leaf.inputs:
-            if x.type.dtype == "float":
-                elements = elements + product(x.type.shape)
-        value = evaluate(elements, probe)
-        if value > best_value:
-            best, best_value = elements * size * BATCH, value
-    return best
+def gradient_buffers(step: Step, precision: Precision) -> Dim:
+    """The gradients alive while a layer's backward runs: its output's and its float
+    inputs'."""
+    elements: Dim = product(step.output.type.shape)
+    for x in step.inputs:
+        if x.type.dtype == "float":
+            elements = elements + product(x.type.shape)
+    return elements * float_bytes(precision) * BATCH
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A moment of a training step and what is alive then (formulas in ``B``)."""
+
+    where: str  # "the optimizer step", or the layer whose backward runs
+    activations: Dim  # saved tensors not yet freed
+    gradients: Dim  # parameter gradients made so far
+    transient: Dim  # gradient buffers of the layer, or the optimizer's temporaries
 
 
 # the formulas of a Training, by name
-FORMULAS = ("weights", "gradients", "optimizer", "activations", "backward", "step")
+FORMULAS = ("weights", "gradients", "optimizer", "activations", "step")
 
 
 @dataclass(frozen=True)
 class Training:
-    """The memory of one training step, each part a formula in ``B`` (and symbolic dims)."""
+    """The memory of one training step, each part a formula in ``B`` (and symbolic dims),
+    and the moments one of which is its peak."""
 
     weights: Dim  # fp32 master weights and buffers
-    gradients: Dim
+    gradients: Dim  # all of them
     optimizer: Dim  # the optimizer's state
     activations: Dim  # saved for backward (plus autocast's half-precision weight copies)
-    backward: Dim  # the largest gradient buffers of the backward pass
     step: Dim  # the optimizer step's temporaries (after the activations are freed)
+    moments: tuple[Moment, ...] = ()
+
+    def peak(self, at: dict[str, int]) -> tuple[str, dict[str, int]]:
+        """Where the step peaks at ``at`` (``B`` and the symbolic dims), and what is alive
+        then: weights, gradients, optimizer state, activations, transient and their total."""
+        fixed = evaluate(self.weights, at), evaluate(self.optimizer, at)
+        best: tuple[str, dict[str, int]] | None = None
+        for moment in self.moments:
+            parts = {
+                "weights": fixed[0],
+                "gradients": evaluate(moment.gradients, at),
+                "optimizer": fixed[1],
+                "activations": evaluate(moment.activations, at),
+                "transient": evaluate(moment.transient, at),
+            }
+            parts["total"] = sum(parts.values())
+            if best is None or parts["total"] > best[1]["total"]:
+                best = (moment.where, parts)
+        assert best is not None
+        return best
 
     def bytes(self, at: dict[str, int]) -> dict[str, int]:
-        """Each part and the total at ``at`` (``B`` and the symbolic dims). The step's
-        temporaries come after the backward pass has freed the activations, so the peak
-        transient is the larger of the backward buffers and what the step needs beyond the
-        activations' room."""
-        parts = {
-            name: evaluate(value, at)
-            for name, value in (
-                ("weights", self.weights),
-                ("gradients", self.gradients),
-                ("optimizer", self.optimizer),
-                ("activations", self.activations),
-            )
-        }
-        step = evaluate(self.step, at) - parts["activations"]
-        parts["transient"] = max(evaluate(self.backward, at), step)
-        return parts | {"total": sum(parts.values())}
+        return self.peak(at)[1]
 
 
 def training(
@@ -291,25 +298,43 @@ def training(
     checkpointing: bool = False,
     device: Device = "cuda",
 ) -> Training:
-    """Peak memory of a training step: see the module docstring."""
+    """Peak memory of a training step: see the module docstring. Without checkpointing the
+    backward pass is followed layer by layer (last first): the activations of the layers
+    before it are still kept, the gradients of the parameters after it are made. With
+    checkpointing, everything kept is counted at once (an upper bound)."""
     trainable = graph.trainable_params
     rows = activations(graph, precision)
-    saved = checkpointed(rows, graph.bindings, precision) if checkpointing else total(rows)
     states, foreach, per_tensor = OPTIMIZERS[optimizer]
     if device == "cuda":
-        step = 4 * foreach * trainable
+        step: Dim = 4 * foreach * trainable
     else:
         largest = max(
             (numel(s) for leaf in graph.leaves() for s in leaf.weights.values()), default=0
         )
         step = 4 * per_tensor * largest
+    moments = [Moment("the optimizer step", 0, 4 * trainable, step)]
+    if checkpointing:
+        saved = checkpointed(rows, graph.bindings, precision)
+        probe = {**graph.bindings, "B": 1}
+        buffers = [gradient_buffers(leaf, precision) for leaf in graph.leaves()]
+        largest_buffers = max(buffers, key=lambda d: evaluate(d, probe), default=0)
+        moments.append(Moment("the backward pass", saved, 4 * trainable, largest_buffers))
+    else:
+        saved = total(rows)
+        kept, made = saved, 0
+        leaves = {leaf.path: leaf for leaf in graph.leaves()}
+        for row in reversed(rows):
+            leaf = leaves[row.path]
+            made += 4 * leaf.params
+            moments.append(Moment(row.path, kept, made, gradient_buffers(leaf, precision)))
+            kept = kept - row.saved
     return Training(
         weights=4 * (trainable + graph.buffer_count),
         gradients=4 * trainable,
         optimizer=4 * states * trainable,
         activations=saved,
-        backward=transient(graph, precision),
         step=step,
+        moments=tuple(moments),
     )
 
 
@@ -358,11 +383,15 @@ class Plan:
 
     @property
     def per_sample(self) -> int:
-        """What one more sample adds: its activations and backward gradients."""
-        grows = self.memory.activations + self.memory.backward
-        return evaluate(grows, {**self.bindings, "B": 1}) - evaluate(
-            grows, {**self.bindings, "B": 0}
-        )
+        """The activations one sample keeps for the backward pass."""
+        saved = self.memory.activations
+        at = self.bindings
+        return evaluate(saved, {**at, "B": 1}) - evaluate(saved, {**at, "B": 0})
+
+    def peak(self, batch: int | None = None) -> str:
+        """Where the step peaks at ``batch`` (default: the plan's)."""
+        at = {**self.bindings, "B": self.batch if batch is None else batch}
+        return self.memory.peak(at)[0]
 
 
 def _largest(fits: Callable[[int], bool]) -> int:

@@ -87,7 +87,7 @@ LABELS = {
     "gradients": "gradients",
     "optimizer": "optimizer state ({optimizer})",
     "activations": "activations ({precision})",
-    "transient": "peak transient",
+    "transient": "transient",
 }
 
 
@@ -108,6 +108,7 @@ def _json(
         "max_batch": answer.max_batch,
         "batch": answer.batch,
         "fits": at_batch["total"] <= answer.budget,
+        "peak": answer.peak(),
         "bytes": at_batch,
         "formulas": {name: str(value) for name, value in parts.items()},
         "train_flops_per_step": evaluate(answer.flops, answer.bindings) * answer.batch,
@@ -132,7 +133,9 @@ def _table(answer: memory.Plan, args: argparse.Namespace, model: str, lengths: L
     rows = [(label.format(**vars(args)), parts[name]) for name, label in LABELS.items()]
     rows.append(("total", parts["total"]))
     width = max(len(label) for label, _ in rows)
-    lines.append(f"at batch {n(answer.batch)}")
+    where = answer.peak()
+    moment = where if where.startswith("the ") else f"the backward pass of {where}"
+    lines.append(f"at batch {n(answer.batch)}, at its peak: {moment}")
     lines += [f"  {label.ljust(width)}  {human_bytes(value):>12}" for label, value in rows]
     share = 100 * parts["total"] / answer.budget
     lines.append(f"  {'of the budget'.ljust(width)}  {share:>11.1f}%")
