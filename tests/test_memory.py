@@ -18,6 +18,7 @@ from test_layers_oracle import EXAMPLES as LAYER_EXAMPLES
 from test_layers_oracle import build, forward, make
 from test_sequence_layers import BINDINGS
 from test_sequence_layers import EXAMPLES as SEQUENCE_EXAMPLES
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import dlspec
 from dlspec.analysis.memory import BATCH, activations, checkpoint_parts, total
@@ -116,13 +117,40 @@ def test_saved_bytes_is_a_formula_in_the_batch() -> None:
 
 SMALL_LLAMA = {"vocab": 256, "d": 64, "layers": 2, "heads": 4, "kv_heads": 4, "ff": 172}
 SMALL_VIT = {"image_size": 64, "d": 96, "layers": 2, "heads": 4, "mlp_dim": 192}
-# the zoo's models at their real sizes are too big for a test: the same specs, smaller (and
-# without their claim of the full size's parameter count)
+# the zoo's models at their real sizes are too big to run in a test: the same specs, smaller
+# (and without their claim of the full size's parameter count); the CNNs whole, on 64 x 64
+# images. At full size they are measured without data (test_zoo_at_full_size)
 ZOO = {
     "llama2_7b.dl": [SMALL_LLAMA | {"T": 32}, SMALL_LLAMA | {"T": 16, "kv_heads": 2}],
-    "resnet18.dl": [{"size": 64}],
     "vit_b_16.dl": [SMALL_VIT, SMALL_VIT | {"dropout": 0.1}],
+    **{
+        name: [{"size": 64}]
+        for name in [
+            "resnet18.dl",
+            "densenet121.dl",
+            "efficientnet_b0.dl",
+            "mobilenet_v3_large.dl",
+            "convnext_tiny.dl",
+            "unet.dl",
+        ]
+    },
 }
+
+
+def resized(path: str, settings: dict[str, Any]) -> dlspec.Spec:
+    """The spec at ``path`` with ``settings``, without its claim of its full parameter count."""
+    text = re.sub(r"(?m)^\s*expect total params.*$", "", (ROOT / path).read_text())
+    return dlspec.load_text(text, path, **settings)
+
+
+def batch_inputs(spec: dlspec.Spec, batch: int) -> list[torch.Tensor]:
+    """Random inputs for ``spec`` at ``batch`` (token ids, or floats that need a gradient)."""
+    return [
+        torch.randint(0, 4, (batch, *i.shape_value))
+        if i.dtype == "long"
+        else torch.randn(batch, *i.shape_value, requires_grad=True)
+        for i in spec.report.inputs
+    ]
 
 
 def _spec_cases() -> list[tuple[str, int, dict[str, Any]]]:
@@ -142,25 +170,64 @@ def _spec_cases() -> list[tuple[str, int, dict[str, Any]]]:
     return cases
 
 
-@pytest.mark.parametrize(("path", "batch", "settings"), _spec_cases())
-def test_spec_activations_match_torch(path: str, batch: int, settings: dict[str, Any]) -> None:
-    text = re.sub(r"(?m)^\s*expect total params.*$", "", (ROOT / path).read_text())
-    spec = dlspec.load_text(text, path, **settings)
+def measure(spec: dlspec.Spec, batch: int) -> int:
+    """The bytes autograd saves in a forward pass of a fresh instance of ``spec``'s model."""
     torch.manual_seed(0)
     model = spec.to_torch()
-    inputs = [
-        torch.randint(0, 4, (batch, *i.shape_value))
-        if i.dtype == "long"
-        else torch.randn(batch, *i.shape_value, requires_grad=True)
-        for i in spec.report.inputs
-    ]
-    measured = saved_bytes(model, lambda: model(*inputs))
-    rows = activations(spec.graph)
-    expected = evaluate(total(rows), {**spec.graph.bindings, "B": batch})
-    assert expected == pytest.approx(measured, rel=0.1)
+    inputs = batch_inputs(spec, batch)
+    return saved_bytes(model, lambda: model(*inputs))
+
+
+def estimate(spec: dlspec.Spec, batch: int) -> int:
+    return evaluate(total(activations(spec.graph)), {**spec.graph.bindings, "B": batch})
+
+
+@pytest.mark.parametrize(("path", "batch", "settings"), _spec_cases())
+def test_spec_activations_match_torch(path: str, batch: int, settings: dict[str, Any]) -> None:
+    spec = resized(path, settings)
+    expected = estimate(spec, batch)
+    assert expected == pytest.approx(measure(spec, batch), rel=0.1)
     if batch == 1:
         assert spec.report.memory is not None
         assert spec.report.memory.activations_bytes == expected
+
+
+def _zoo_full_size() -> list[tuple[str, int, dict[str, int]]]:
+    """Every zoo spec at its real size, at two batch sizes (Llama also at half its length)."""
+    paths = sorted(p.relative_to(ROOT) for p in (ROOT / "specs" / "zoo").glob("*.dl"))
+    lengths = {"specs/zoo/llama2_7b.dl": [{}, {"T": 2048}]}
+    return [
+        (str(path), batch, values)
+        for path in paths
+        for values in lengths.get(str(path), [{}])
+        for batch in SPEC_BATCHES
+    ]
+
+
+@pytest.mark.parametrize(("path", "batch", "settings"), _zoo_full_size())
+def test_zoo_at_full_size(path: str, batch: int, settings: dict[str, int]) -> None:
+    """Llama-2-7B at T=4096, ViT-B/16 and the CNNs on 224 x 224 images, measured by the same
+    hooks on fake tensors: CPU torch's kernels, shapes, no data."""
+    spec = dlspec.load(ROOT / path, **settings)
+    with FakeTensorMode():
+        measured = measure(spec, batch)
+    assert estimate(spec, batch) == pytest.approx(measured, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("path", "settings"),
+    [
+        ("specs/zoo/llama2_7b.dl", SMALL_LLAMA | {"T": 16}),
+        ("specs/zoo/efficientnet_b0.dl", {"size": 32}),
+    ],
+)
+def test_fake_tensors_save_what_real_ones_save(path: str, settings: dict[str, Any]) -> None:
+    """The full-size measurement's premise, on the small Llama (attention's CPU kernel
+    included) and a CNN: fake tensors show the hooks the same storages as real ones."""
+    spec = resized(path, settings)
+    real = measure(spec, 2)
+    with FakeTensorMode():
+        assert measure(spec, 2) == real
 
 
 @pytest.mark.parametrize(
@@ -174,17 +241,11 @@ def test_spec_activations_match_torch(path: str, batch: int, settings: dict[str,
 def test_checkpointing_keeps_block_inputs(path: str, settings: dict[str, Any]) -> None:
     """With ``model.checkpointing``, the forward pass keeps the saved tensors of the layers
     outside blocks and each block's input (torch's checkpoint saves it; the hooks see it)."""
-    text = re.sub(r"(?m)^\s*expect total params.*$", "", (ROOT / path).read_text())
-    spec = dlspec.load_text(text, path, **settings)
+    spec = resized(path, settings)
     torch.manual_seed(0)
     model = spec.to_torch()
     batch = 3
-    inputs = [
-        torch.randint(0, 4, (batch, *i.shape_value))
-        if i.dtype == "long"
-        else torch.randn(batch, *i.shape_value, requires_grad=True)
-        for i in spec.report.inputs
-    ]
+    inputs = batch_inputs(spec, batch)
     plain = saved_bytes(model, lambda: model(*inputs))
     model.checkpointing = True
     kept = saved_bytes(model, lambda: model(*inputs))

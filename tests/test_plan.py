@@ -171,3 +171,19 @@ def test_expect_train_memory_is_the_plan_figure(tmp_path: Path) -> None:
 def test_bad_train_memory_arguments(tmp_path: Path, expectation: str, message: str) -> None:
     [error] = _check(tmp_path, expectation)
     assert error.startswith("E305") and message in error
+
+
+def test_the_readme_questions(capsys: pytest.CaptureFixture[str]) -> None:
+    """tiny_gpt on 24 GiB, and Llama-2-7B on 80 GiB with bf16 autocast and checkpointing:
+    with AdamW not at any batch (by how much), with SGD at a batch one more of does not fit
+    (bench/plan_speed.py times both: well under a second)."""
+    tiny = plan_json(capsys, "specs/tiny_gpt.dl", "--memory", "24GiB")
+    assert tiny["fits"] and tiny["bytes"]["total"] <= 24 * GIB
+    llama = ["specs/zoo/llama2_7b.dl", "--memory", "80GiB", "--precision", "bf16"]
+    llama.append("--checkpointing")
+    assert main(["plan", *llama, "--optimizer", "adamw"]) == 1
+    assert "batch 1 does not fit in 80.00 GiB: it needs 125.51 GiB" in capsys.readouterr().err
+    fits = plan_json(capsys, *llama, "--optimizer", "sgd")
+    assert fits["fits"] and fits["bytes"]["total"] <= 80 * GIB
+    over = plan_json(capsys, *llama, "--optimizer", "sgd", "--batch", str(fits["max_batch"] + 1))
+    assert not over["fits"] and over["bytes"]["total"] > 80 * GIB

@@ -11,6 +11,7 @@ the ONNX export for the small ones.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -25,31 +26,64 @@ from dlspec.backends.onnx_export import export_onnx
 
 ZOO = ROOT / "specs" / "zoo"
 
+
+def _double_conv(c_in: int, c_out: int) -> int:
+    """Two bias-free 3x3 convolutions, each with a BatchNorm's weight and bias."""
+    return c_in * c_out * 9 + 2 * c_out + c_out * c_out * 9 + 2 * c_out
+
+
+def _unet() -> int:
+    """The U-Net counted by hand: encoder, transposed-convolution decoder, 1x1 output."""
+    widths = [64, 128, 256, 512, 1024]
+    encoder = _double_conv(3, 64) + sum(_double_conv(a, b) for a, b in itertools.pairwise(widths))
+    decoder = sum(
+        (a * b * 2 * 2 + b) + _double_conv(a, b)  # up: ConvTranspose2d(a -> b, 2), then 2b -> b
+        for a, b in itertools.pairwise(widths[::-1])
+    )
+    return encoder + decoder + 64 * 2 + 2
+
+
 # published counts: torchvision's model docs, Hugging Face's model cards / the papers
 PUBLISHED = {
     "resnet18": 11_689_512,
+    "densenet121": 7_978_856,
+    "efficientnet_b0": 5_288_548,
+    "mobilenet_v3_large": 5_483_032,
+    "convnext_tiny": 28_589_128,
     "vit_b_16": 86_567_656,
     "llama2_7b": 6_738_415_616,
+    "unet": _unet(),  # no single published figure: counted by hand above
 }
 # smaller settings for a forward pass (and export) where the published size is too big
 SMALL: dict[str, dict[str, Any]] = {
     "resnet18": {"size": 64, "num_classes": 10},
+    "densenet121": {"size": 32, "num_classes": 10},
+    "efficientnet_b0": {"size": 32, "num_classes": 10},
+    "mobilenet_v3_large": {"size": 32, "num_classes": 10},
+    "convnext_tiny": {"size": 32, "num_classes": 10},
+    "unet": {"size": 32},
     "vit_b_16": {"image_size": 32, "d": 48, "layers": 2, "heads": 4, "mlp_dim": 96},
     "llama2_7b": {"vocab": 100, "d": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ff": 96, "T": 8},
 }
-TORCHINFO = ["resnet18"]  # every layer counted by torchinfo's own rule
-EXPORT = ["resnet18", "vit_b_16"]  # the small-settings Llama's kinds export in test_export
+# every layer counted by torchinfo's own rule (ConvNeXt's and ViT's Linear layers act on every
+# position of a map or sequence, which dlspec counts and torchinfo does not)
+TORCHINFO = ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_large"]
+EXPORT = ["resnet18", "vit_b_16"]  # the other zoo kinds export in test_export's kind specs
 
 
 def test_every_zoo_spec_is_covered() -> None:
     assert {p.stem for p in ZOO.glob("*.dl")} == set(PUBLISHED) == set(SMALL)
 
 
-def _small(name: str) -> dlspec.Spec:
-    """The spec at SMALL's settings, without the published-count expectation."""
+def _resized(name: str, **settings: Any) -> dlspec.Spec:
+    """The spec at other settings, without its published-count expectation."""
     text = (ZOO / f"{name}.dl").read_text()
     text = re.sub(r"\n\s*expect total params == [\d_]+", "", text)
-    return dlspec.load_text(text, f"{name}.dl", **SMALL[name])
+    return dlspec.load_text(text, f"{name}.dl", **settings)
+
+
+def _small(name: str) -> dlspec.Spec:
+    return _resized(name, **SMALL[name])
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
@@ -72,6 +106,8 @@ def test_generated_module_on_the_meta_device(name: str) -> None:
 
 @pytest.mark.parametrize("name", SMALL)
 def test_forward_pass_agrees_with_the_report(name: str) -> None:
+    """A forward pass at the small settings; for the CNNs, torchinfo's mult-adds on the same
+    module (its rule does not depend on the size)."""
     spec = _small(name)
     model = spec.to_torch().eval()
     inputs = [
@@ -80,20 +116,34 @@ def test_forward_pass_agrees_with_the_report(name: str) -> None:
         else torch.randn(2, *i.shape_value)
         for i in spec.report.inputs
     ]
+    expected = spec.report.outputs[0].shape_value
+    assert sum(p.numel() for p in model.parameters()) == spec.report.total_params
+    if name in TORCHINFO:  # torchinfo's own forward pass, at batch 1
+        torchinfo = pytest.importorskip("torchinfo")
+        summary = torchinfo.summary(model, input_data=[x[:1] for x in inputs], verbose=0)
+        assert summary.total_mult_adds == spec.report.total_macs
+        assert summary.summary_list[0].output_size == [1, *expected]
+        return
     with torch.no_grad():
         out = model(*inputs)
-    assert list(out.shape) == [2, *spec.report.outputs[0].shape_value]
-    assert sum(p.numel() for p in model.parameters()) == spec.report.total_params
+    assert list(out.shape) == [2, *expected]
 
 
-@pytest.mark.parametrize("name", TORCHINFO)
-def test_macs_are_torchinfos(name: str) -> None:
-    torchinfo = pytest.importorskip("torchinfo")
-    spec = dlspec.load(ZOO / f"{name}.dl")
-    shape = spec.report.inputs[0].shape_value
-    summary = torchinfo.summary(spec.to_torch(), input_size=(1, *shape), verbose=0)
-    assert summary.total_mult_adds == spec.report.total_macs
-    assert summary.total_params == PUBLISHED[name]
+def test_llama2_70b_is_the_same_spec_with_grouped_query_attention() -> None:
+    """Llama-2-70B: 8 key/value heads for 64 query heads; Hugging Face's 68,976,648,192."""
+    sizes = {"d": 8192, "layers": 80, "heads": 64, "kv_heads": 8, "ff": 28672}
+    spec = _resized("llama2_7b", **sizes)
+    assert spec.report.total_params == 68_976_648_192
+    k_proj = next(s for s in spec.graph.leaves() if s.path.endswith("self_attn.k_proj"))
+    assert k_proj.weights["weight"] == (1024, 8192)  # 8 heads of 128
+    with torch.device("meta"):
+        model = spec.to_torch()
+    assert sum(p.numel() for p in model.parameters()) == 68_976_648_192
+
+
+def test_resnet18_macs_at_full_size_are_torchinfos() -> None:
+    """1,814,083,944: torchinfo's figure for torchvision's resnet18 at 224 x 224."""
+    assert check_file(ZOO / "resnet18.dl").report.total_macs == 1_814_083_944
 
 
 @pytest.mark.parametrize("name", SMALL)

@@ -1,4 +1,6 @@
-"""Evaluating the integer/float expressions of a spec (``4 * d``, ``64*24*24``, ``T``)."""
+"""Evaluating the expressions of a spec (``4 * d``, ``64*24*24``, ``T``, ``input.shape[0]``,
+``stride == 1 and c_in == c_out``). Tensors of the scope are in the environment as their
+:class:`TensorType`, readable through ``.shape[i]`` only."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dlspec.diagnostics import fail
+from dlspec.layers.base import TensorType
 from dlspec.layers.symbolic import Poly, SymbolicError
 from dlspec.syntax import ast
 
@@ -18,6 +21,15 @@ CONSTANTS: dict[str, Any] = {
     "False": False,
     "none": None,
     "None": None,
+}
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -50,6 +62,12 @@ def evaluate(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
         return expr.value
     if isinstance(expr, ast.Ref):
         if expr.name in env:
+            if isinstance(env[expr.name], TensorType):
+                raise fail(
+                    "E212",
+                    f"{expr.name} is a tensor; read its sizes as {expr.name}.shape[i]",
+                    expr.span,
+                )
             return env[expr.name]
         if expr.name in CONSTANTS:
             return CONSTANTS[expr.name]
@@ -68,7 +86,66 @@ def evaluate(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
         return -value
     if isinstance(expr, ast.BinOp):
         return _binop(expr, evaluate(expr.left, env), evaluate(expr.right, env))
+    if isinstance(expr, ast.Compare):
+        return _compare(expr, evaluate(expr.left, env), evaluate(expr.right, env))
+    if isinstance(expr, ast.BoolOp):
+        return _boolean(expr, env)
+    if isinstance(expr, ast.ShapeRef):
+        return _shape_ref(expr, env)
     raise fail("E212", f"a call ({expr.name.name}(...)) is not a value here", expr.span)
+
+
+def _compare(expr: ast.Compare, left: Any, right: Any) -> bool:
+    if expr.op not in ("==", "!=") and not (_is_number(left) and _is_number(right)):
+        raise fail("E212", f"cannot compare {left!r} {expr.op} {right!r}", expr.span)
+    try:
+        return _COMPARE[expr.op](left, right)
+    except SymbolicError as exc:
+        raise fail("E212", f"{left} {expr.op} {right}: {exc}", expr.span) from exc
+
+
+def truth(expr: ast.Expr, env: Mapping[str, Any]) -> bool:
+    """The value of a condition, which must be true or false (not a number: write ``!= 0``)."""
+    value = evaluate(expr, env)
+    if not isinstance(value, bool):
+        raise fail("E212", f"a condition must be true or false, got {value!r}", expr.span)
+    return value
+
+
+def _boolean(expr: ast.BoolOp, env: Mapping[str, Any]) -> bool:
+    left = truth(expr.left, env)
+    if expr.op == "not":
+        return not left
+    assert expr.right is not None
+    if expr.op == "and":
+        return left and truth(expr.right, env)
+    return left or truth(expr.right, env)
+
+
+def _shape_ref(expr: ast.ShapeRef, env: Mapping[str, Any]) -> Any:
+    """``x.shape[i]``: dimension i (per sample; negative from the end) of the tensor x."""
+    name = expr.tensor.name
+    tensor = env.get(name)
+    if not isinstance(tensor, TensorType):
+        tensors = [k for k, v in env.items() if isinstance(v, TensorType)]
+        raise fail(
+            "E208",
+            f"no tensor named {name!r} here",
+            expr.tensor.span,
+            did_you_mean(name, tensors) or ["tensors here: " + (", ".join(tensors) or "none")],
+        )
+    if expr.attr.name != "shape":
+        raise fail("E212", f"a tensor has .shape, not .{expr.attr.name}", expr.attr.span)
+    index = evaluate(expr.index, env)
+    rank = len(tensor.shape)
+    if not isinstance(index, int) or isinstance(index, bool) or not -rank <= index < rank:
+        raise fail(
+            "E204",
+            f"{name}.shape[{index}] is out of range: {name} is {tensor}, with dimensions "
+            f"{-rank} to {rank - 1} (per sample)",
+            expr.index.span,
+        )
+    return tensor.shape[index]
 
 
 def _binop(expr: ast.BinOp, left: Any, right: Any) -> Any:

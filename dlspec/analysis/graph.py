@@ -121,7 +121,8 @@ class Step:
         if self.block is not None:
             return self.block.name
         if self.kind == "repeat":
-            return f"{self.children[0].label} x {len(self.children)}"
+            first = self.children[0].label if self.children else "repeated"
+            return f"{first} x {len(self.children)}"
         return "residual" if self.shortcut is None else "residual (projection)"
 
     def subtree(self) -> list[Step]:

@@ -7,14 +7,14 @@ on (later statements whose input is unknown are still checked for names and argu
 from __future__ import annotations
 
 import keyword
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from dlspec.analysis import memory
-from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int
+from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int, truth
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.names import GENERATED, RESERVED
 from dlspec.analysis.render import human_bytes
@@ -91,6 +91,32 @@ def parse_override(text: str) -> Any:
         return text
 
 
+class Values(Mapping[str, Any]):
+    """What expressions in a scope can name: its parameters, then its tensors (as their types,
+    for ``x.shape[i]``). A view, not a copy: a scope may hold thousands of tensors."""
+
+    def __init__(self, env: dict[str, Any], tensors: dict[str, TensorType | None]) -> None:
+        self.env, self.tensors = env, tensors
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.env:
+            return self.env[key]
+        value = self.tensors[key]
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.env or self.tensors.get(key) is not None  # type: ignore[call-overload]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.env
+        yield from (k for k, v in self.tensors.items() if v is not None and k not in self.env)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class Scope:
     """Tensors visible to the statements of one body (a model, a block, a residual branch)."""
@@ -103,6 +129,10 @@ class Scope:
     names: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     current: str | None = None  # the tensor a statement without `<-` consumes
+
+    def values(self) -> Values:
+        """The names expressions here can read."""
+        return Values(self.env, self.tensors)
 
     def generated_name(self, base: str) -> str:
         base = base.lower()
@@ -119,7 +149,14 @@ class Scope:
     @classmethod
     def of(cls, path: str, env: dict[str, Any], x: TensorType) -> Scope:
         """The scope of a body reading one tensor, ``input``."""
-        return cls(path, env, [Tensor("input", x)], {"input": x}, current="input")
+        return cls.reading(path, env, [Tensor("input", x)])
+
+    @classmethod
+    def reading(cls, path: str, env: dict[str, Any], inputs: list[Tensor]) -> Scope:
+        """The scope of a body reading ``inputs``; a statement without ``<-`` reads the
+        first."""
+        tensors: dict[str, TensorType | None] = {t.name: t.type for t in inputs}
+        return cls(path, env, list(inputs), tensors, names=set(tensors), current=inputs[0].name)
 
     def graph(self, steps: list[Step]) -> Graph:
         """The body as a graph returning its last tensor."""
@@ -140,7 +177,7 @@ class Analyzer:
         self.models: dict[str, ast.Definition] = {}
         self.expanding: list[str] = []  # blocks being expanded, for recursion errors
         self.bindings: dict[str, int] = {}
-        self.total_checks: list[tuple[ast.Check, dict[str, Any]]] = []
+        self.total_checks: list[tuple[ast.Check, Mapping[str, Any]]] = []
         self.train: ast.TrainSection | None = None
         self.outputs: list[ast.Ident] | None = None
         self.incomplete = False  # a statement failed: the graph would have holes
@@ -174,10 +211,23 @@ class Analyzer:
                 )
             else:
                 table[name.name] = definition
+            self._check_inputs(definition)
         chosen = self._choose(model)
         if chosen is None:
             return None
         return self._model(chosen)
+
+    def _check_inputs(self, definition: ast.Definition) -> None:
+        """A block's named inputs are identifiers, each named once."""
+        seen: set[str] = set()
+        for ident in definition.inputs:
+            try:
+                check_name(ident, "input")
+                if ident.name in seen:
+                    raise fail("E206", f"input {ident.name} is named twice", ident.span)
+            except DiagnosticError as err:
+                self.error(err.diagnostic)
+            seen.add(ident.name)
 
     def _choose(self, model: str | None) -> ast.Definition | None:
         if model is not None:
@@ -262,7 +312,7 @@ class Analyzer:
         return env
 
     def _bind_args(
-        self, params: list[ast.Param], args: list[ast.Arg], env: dict[str, Any], where: ast.Call
+        self, params: list[ast.Param], args: list[ast.Arg], env: Mapping[str, Any], where: ast.Call
     ) -> dict[str, Any]:
         """Arguments of a block call matched to its declared parameters."""
         bound: dict[str, Any] = {}
@@ -310,7 +360,7 @@ class Analyzer:
 
     # layers ---------------------------------------------------------------------------------
 
-    def _layer(self, call: ast.Call, env: dict[str, Any]) -> tuple[Layer, dict[str, Span]]:
+    def _layer(self, call: ast.Call, env: Mapping[str, Any]) -> tuple[Layer, dict[str, Span]]:
         """The validated layer, and where each of its arguments was written."""
         cls = REGISTRY[call.name.name]
         data: dict[str, Any] = {}
@@ -401,6 +451,15 @@ class Analyzer:
     def _model(self, definition: ast.Definition) -> ModelGraph | None:
         env = self._model_params(definition)
         scope = Scope(path="", env=env)
+        if definition.inputs:
+            self.error(
+                Diagnostic.at(
+                    "E408",
+                    f"model {definition.name.name} declares its inputs with `input`, not `<-`",
+                    definition.inputs[0].span,
+                    ["`<- a, b` names the inputs of a block"],
+                )
+            )
         steps = self._body(definition.body, scope, top=True)
         if not scope.inputs:
             self.error(
@@ -460,22 +519,25 @@ class Analyzer:
         scope: Scope,
         top: bool = False,
     ) -> list[Step]:
-        for stmt in statements:
-            if isinstance(stmt, ast.LayerStmt) and stmt.name is not None:
-                scope.names.add(stmt.name.name)
+        scope.names |= _statement_names(statements)
         nodes: list[Step] = []
         last: Step | None = None
         last_ok = True
-        for stmt in statements:
+        work = list(reversed(statements))  # a stack: a chosen `if` branch goes on top
+        while work:
+            stmt = work.pop()
             try:
-                if isinstance(stmt, ast.LayerStmt):
+                if isinstance(stmt, ast.IfStmt):
+                    chosen = stmt.body if truth(stmt.condition, scope.values()) else stmt.orelse
+                    work.extend(reversed(chosen))
+                elif isinstance(stmt, ast.LayerStmt):
                     last_ok = False
                     last = self._statement(stmt, scope)
                     last_ok = last is not None
                     if last is not None:
                         nodes.append(last)
                 elif isinstance(stmt, ast.ExpectStmt):
-                    self._expect(stmt, last if last_ok else None, top, scope.env)
+                    self._expect(stmt, last if last_ok else None, top, scope.values())
                 elif isinstance(stmt, ast.InputDecl) and top:
                     self._input(stmt, scope)
                 elif isinstance(stmt, ast.OutputDecl) and top:
@@ -507,7 +569,7 @@ class Analyzer:
             )
         dims: list[Dim] = []
         for expr in decl.dims:
-            value = evaluate(expr, scope.env)
+            value = evaluate(expr, scope.values())
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if not isinstance(value, (int, Poly)) or isinstance(value, bool):
@@ -558,7 +620,7 @@ class Analyzer:
         inputs = self._sources(stmt, scope)
         scope.current = name
         if stmt.repeat is not None:
-            count = expect_int(stmt.repeat, scope.env, "a repeat count")
+            count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
             node = self._repeat(stmt, count, name, scope, inputs)
         else:
             node = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
@@ -584,12 +646,14 @@ class Analyzer:
             return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
         body_inputs = [Tensor("input", inputs[0].type)] if len(inputs) == 1 else list(inputs)
         reads = body_inputs
+        if count == 0 and self._operation(stmt, stmt.op, "0", f"{path}.0", scope, reads) is None:
+            return None  # no copy, but its arguments and inputs are still checked
         for i in range(count):
             child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
             children.append(child)
-            reads = [child.output]
+            reads = [child.output, *reads[1:]]  # the first input threads; the others stay
         last = reads[0]
         return Step(
             name=name,
@@ -623,7 +687,7 @@ class Analyzer:
                 op.name.span,
                 did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
-        layer, spans = self._layer(op, scope.env)
+        layer, spans = self._layer(op, scope.values())
         if inputs is None:
             return None
         types = [t.type for t in inputs]
@@ -706,20 +770,30 @@ class Analyzer:
         if call.name.name in self.expanding:
             chain = " -> ".join([*self.expanding, call.name.name])
             raise fail("E209", f"block {call.name.name} uses itself: {chain}", call.name.span)
-        env = self._bind_args(definition.params, call.args, scope.env, call)
+        env = self._bind_args(definition.params, call.args, scope.values(), call)
         if inputs is None:
             return None
-        if len(inputs) != 1:
+        names = [i.name for i in definition.inputs] or ["input"]
+        if len(inputs) != len(names):
+            given = ", ".join(t.name for t in inputs)
             raise fail(
-                "E407", f"block {call.name.name} takes 1 input, got {len(inputs)}", call.span
+                "E407",
+                f"block {call.name.name} takes {_count(len(names), 'input')}, got "
+                f"{len(inputs)} ({given})",
+                call.span,
+                [f"its signature: {_signature(definition)}"],
             )
-        inner = Scope.of(path, env, inputs[0].type)
+        reads = [Tensor(n, t.type) for n, t in zip(names, inputs, strict=True)]
+        inner = Scope.reading(path, env, reads)
         self.expanding.append(call.name.name)
         errors = len(self.diagnostics)
         try:
             children = self._body(definition.body, inner)
         finally:
             self.expanding.pop()
+        where = f"in {call.name.name}, used at line {call.span.line}:{call.span.column}"
+        for diagnostic in self.diagnostics[errors:]:  # point at the call as well as the body
+            diagnostic.notes.append(where)
         if self._failed_since(errors):
             return None
         body = inner.graph(children)
@@ -791,7 +865,7 @@ class Analyzer:
     # expectations ---------------------------------------------------------------------------
 
     def _expect(
-        self, stmt: ast.ExpectStmt, last: Step | None, top: bool, env: dict[str, Any]
+        self, stmt: ast.ExpectStmt, last: Step | None, top: bool, env: Mapping[str, Any]
     ) -> None:
         if stmt.total:
             if not top:
@@ -830,7 +904,7 @@ class Analyzer:
             except DiagnosticError as err:
                 self.error(err.diagnostic)
 
-    def _check_layer(self, check: ast.Check, node: Step, env: dict[str, Any]) -> None:
+    def _check_layer(self, check: ast.Check, node: Step, env: Mapping[str, Any]) -> None:
         quantity = check.quantity.name
         if quantity == "shape":
             want = evaluate(check.value, env)
@@ -920,7 +994,7 @@ class Analyzer:
                 )
 
 
-def _train_options(check: ast.Check, env: dict[str, Any]) -> memory.Options:
+def _train_options(check: ast.Check, env: Mapping[str, Any]) -> memory.Options:
     """``train_memory(batch=32, precision="bf16")``'s arguments, keyword only."""
     values: dict[str, Any] = {}
     for arg in check.args:
@@ -932,6 +1006,31 @@ def _train_options(check: ast.Check, env: dict[str, Any]) -> memory.Options:
         except ValueError as exc:
             raise fail("E305", f"train_memory: {exc}", arg.span) from None
     return memory.options(values)
+
+
+def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
+    """The names statements give their tensors, in either branch of an `if`."""
+    names: set[str] = set()
+    for stmt in statements:
+        if isinstance(stmt, ast.LayerStmt) and stmt.name is not None:
+            names.add(stmt.name.name)
+        elif isinstance(stmt, ast.IfStmt):
+            names |= _statement_names(stmt.body) | _statement_names(stmt.orelse)
+    return names
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _signature(definition: ast.Definition) -> str:
+    """``Dec(d: int, heads: int = 8) <- tgt, memory``, as written."""
+    params = ", ".join(
+        f"{p.name.name}: {p.type.name}" + (" = ..." if p.default is not None else "")
+        for p in definition.params
+    )
+    inputs = ", ".join(i.name for i in definition.inputs) or "input"
+    return f"{definition.name.name}({params}) <- {inputs}"
 
 
 def _at(bindings: dict[str, int]) -> str:

@@ -85,6 +85,8 @@ def checkpoint_unit(step: Step) -> bool:
     """Whether activation checkpointing recomputes this step of the model as a unit (or each
     of its copies): a use of a block, or a repetition of one, with one input and one output.
     The generated code and the memory arithmetic both follow this rule."""
+    if step.kind == "repeat" and not step.children:
+        return False
     target = step.children[0] if step.kind == "repeat" else step
     one = len(step.inputs) == 1 and len(step.outputs) == 1
     return one and target.kind == "block" and len(target.outputs) == 1

@@ -262,6 +262,8 @@ class _Builder:
 
     def _repeat(self, node: Step, ends: list[_End], items: list[_Item]) -> _End:
         assert node.body is not None
+        if not node.children:  # repeated 0 times: nothing to draw, its first input flows on
+            return _End(ends[0].box, node.output.type)
         first = node.children[0]
         if not self.options.expand and first.layer is not None:
             box = self._layer_box(node, first.layer.family)

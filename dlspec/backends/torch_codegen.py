@@ -286,8 +286,11 @@ class _Generator:
         return body
 
     def _inner_body(self, graph: Graph, owner: str) -> _Body:
-        """A block's or a shortcut's body: one input, its output."""
-        return self._scope(graph, {"input": _argument_name(graph)}, owner)
+        """A block's or a shortcut's body: its inputs (one, ``input``, or the block's named
+        ones), its output."""
+        if [t.name for t in graph.inputs] == ["input"]:
+            return self._scope(graph, {"input": _argument_name(graph)}, owner)
+        return self._scope(graph, {t.name: t.name for t in graph.inputs}, owner)
 
     def _residual_class(self, step: Step, owner: str) -> str:
         assert step.body is not None
@@ -365,11 +368,13 @@ class _Generator:
             return _statement(
                 f"{target} = ", self._expression(node, module, inputs), 2, _change(node)
             )
+        if not node.children:  # repeated 0 times: the first input
+            return _statement(f"{target} = ", inputs[0], 2)
         lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
         for i, child in enumerate(node.children):
             expr = self._expression(child, f"{module}[{i}]", inputs)
             lines += _statement(f"{target} = ", expr, 2, _change(child))
-            inputs = [target]
+            inputs = [target, *inputs[1:]]  # the first input threads; the others stay
         return lines
 
     def _plain(self, node: Step) -> bool:
@@ -377,8 +382,8 @@ class _Generator:
         return node.layer is None or self.calls[id(node)].forward == PLAIN_CALL
 
     def _expression(self, node: Step, module: str, inputs: list[str]) -> str:
-        if node.layer is None:  # a block, residual or repetition: a module of one input
-            return f"{module}({inputs[0]})"
+        if node.layer is None:  # a block, residual or repetition: a module of its inputs
+            return f"{module}({', '.join(inputs)})"
         numbered = {f"x{i}": v for i, v in enumerate(inputs)}
         template = self.calls[id(node)].forward
         return template.format(module=module, x=inputs[0], inputs=", ".join(inputs), **numbered)

@@ -289,7 +289,7 @@ class _Reduce(Layer):
 @register
 class Mean(_Reduce):
     """Average over per-sample ``dim`` (an int, a list, or all by default): ``Mean(0)`` turns
-    ``[T, D]`` into ``[D]``; ``Mean((1, 2), keepdim=true)`` turns ``[C, H, W]`` into
+    ``[T, D]`` into ``[D]``; ``Mean([1, 2], keepdim=true)`` turns ``[C, H, W]`` into
     ``[C, 1, 1]``. MACs 0."""
 
     kind = "Mean"

@@ -56,6 +56,29 @@ class Neg(Node):
 
 
 @dataclass(frozen=True, slots=True)
+class Compare(Node):
+    op: str  # ==, !=, <, <=, >, >=
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class BoolOp(Node):
+    op: str  # and, or, not (``right`` is None for not)
+    left: Expr
+    right: Expr | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRef(Node):
+    """``input.shape[0]``: a dimension of a tensor of the scope (``attr`` must be shape)."""
+
+    tensor: Ident
+    attr: Ident
+    index: Expr
+
+
+@dataclass(frozen=True, slots=True)
 class ListExpr(Node):
     items: list[Expr]
 
@@ -68,7 +91,7 @@ class CallExpr(Node):
     args: list[Arg]
 
 
-Expr = Num | Ref | Str | BinOp | Neg | ListExpr | CallExpr
+Expr = Num | Ref | Str | BinOp | Neg | Compare | BoolOp | ShapeRef | ListExpr | CallExpr
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +166,16 @@ class TrainSection(Node):
     settings: list[Setting]
 
 
-Statement = InputDecl | OutputDecl | LayerStmt | ExpectStmt | TrainSection
+@dataclass(frozen=True, slots=True)
+class IfStmt(Node):
+    """``if cond { ... } else { ... }``, chosen when the spec is analyzed."""
+
+    condition: Expr
+    body: list[Statement]
+    orelse: list[Statement]
+
+
+Statement = InputDecl | OutputDecl | LayerStmt | ExpectStmt | TrainSection | IfStmt
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +191,7 @@ class Definition(Node):
     name: Ident
     params: list[Param]
     body: list[Statement]
+    inputs: list[Ident]  # a block's named inputs (`<- tgt, memory`); [] = one, `input`
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,13 +77,14 @@ class _ToAst(Transformer[Token, ast.Spec]):
         return ast.Spec(definitions=items)
 
     def definition(self, meta: Meta, items: list[Any]) -> ast.Definition:
-        keyword, name, params, *body = items
+        keyword, name, params, inputs, *body = items
         return ast.Definition(
             span=_span(meta),
             keyword=str(keyword),
             name=_ident(name),
             params=params or [],
             body=body,
+            inputs=inputs or [],
         )
 
     def params(self, meta: Meta, items: list[Any]) -> list[ast.Param]:
@@ -158,6 +159,32 @@ class _ToAst(Transformer[Token, ast.Spec]):
 
     def setting(self, meta: Meta, items: list[Any]) -> ast.Setting:
         return ast.Setting(span=_span(meta), name=_ident(items[0]), value=items[1])
+
+    def if_stmt(self, meta: Meta, items: list[Any]) -> ast.IfStmt:
+        condition, *body, orelse = items
+        return ast.IfStmt(span=_span(meta), condition=condition, body=body, orelse=orelse or [])
+
+    def else_branch(self, meta: Meta, items: list[Any]) -> list[Any]:
+        return items
+
+    def else_if(self, meta: Meta, items: list[Any]) -> list[Any]:
+        return items  # [the nested if_stmt]
+
+    def compare(self, meta: Meta, items: list[Any]) -> ast.Compare:
+        return ast.Compare(span=_span(meta), op=str(items[1]), left=items[0], right=items[2])
+
+    def or_op(self, meta: Meta, items: list[Any]) -> ast.BoolOp:
+        return ast.BoolOp(span=_span(meta), op="or", left=items[0], right=items[1])
+
+    def and_op(self, meta: Meta, items: list[Any]) -> ast.BoolOp:
+        return ast.BoolOp(span=_span(meta), op="and", left=items[0], right=items[1])
+
+    def not_op(self, meta: Meta, items: list[Any]) -> ast.BoolOp:
+        return ast.BoolOp(span=_span(meta), op="not", left=items[0], right=None)
+
+    def shape_ref(self, meta: Meta, items: list[Any]) -> ast.ShapeRef:
+        tensor, attr, index = items
+        return ast.ShapeRef(span=_span(meta), tensor=_ident(tensor), attr=_ident(attr), index=index)
 
     # values
     def string(self, meta: Meta, items: list[Token]) -> ast.Str:
