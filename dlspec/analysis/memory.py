@@ -7,11 +7,13 @@ output is the next convolution's input) is counted once, at the first layer that
 and a view (Flatten, Reshape, Identity) is the tensor it views. Parameters are not
 activations; they are counted as weights.
 
-The training peak adds the weights (fp32 master copies, buffers included), their gradients,
-the optimizer's state, and the largest transient of the backward pass: the gradients of one
-layer's output and inputs, alive together while that layer's backward runs. Under bf16/fp16
-autocast, floating activations take 2 bytes and the half-precision weight copies that
-matrix products keep are added to the activations.
+The training peak is the largest moment of a step: while a layer's backward runs, the
+weights (fp32 master copies, buffers included), the optimizer's state, the activations of the
+layers before it, the gradients of the parameters after it and its own output and input
+gradients are alive; at the optimizer step, all gradients and the step's temporaries. Under
+bf16/fp16 autocast, floating activations take 2 bytes and the half-precision weight copies
+that matrix products keep are added to the activations. Not counted: the loss's tensors,
+the CUDA context, the allocator's caching.
 """
 
 from __future__ import annotations
