@@ -235,12 +235,16 @@ def total(rows: list[LayerMemory]) -> Dim:
 
 
 def gradient_buffers(step: Step, precision: Precision) -> Dim:
-    """The gradients alive while a layer's backward runs: its output's and its float
-    inputs'."""
+    """The gradients alive while a layer's backward runs: its output's, its float inputs',
+    and those its kind makes inside (:meth:`Layer.backward_buffers`)."""
+    types = [t.type for t in step.inputs]
     elements: Dim = product(step.output.type.shape)
-    for x in step.inputs:
-        if x.type.dtype == "float":
-            elements = elements + product(x.type.shape)
+    if step.layer is not None:  # a view's gradient is as large as what it views
+        elements = step.layer.output_storage(types, step.output.type)
+        elements = elements + step.layer.backward_buffers(types, step.output.type)
+    for x in types:
+        if x.dtype == "float":
+            elements = elements + product(x.shape)
     return elements * float_bytes(precision) * BATCH
 
 
