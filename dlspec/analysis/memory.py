@@ -7,11 +7,13 @@ output is the next convolution's input) is counted once, at the first layer that
 and a view (Flatten, Reshape, Identity) is the tensor it views. Parameters are not
 activations; they are counted as weights.
 
-The training peak adds the weights (fp32 master copies, buffers included), their gradients,
-the optimizer's state, and the largest transient of the backward pass: the gradients of one
-layer's output and inputs, alive together while that layer's backward runs. Under bf16/fp16
-autocast, floating activations take 2 bytes and the half-precision weight copies that
-matrix products keep are added to the activations.
+The training peak is the largest moment of a step: while a layer's backward runs, the
+weights (fp32 master copies, buffers included), the optimizer's state, the activations of the
+layers before it, the gradients of the parameters after it and its own output and input
+gradients are alive; at the optimizer step, all gradients and the step's temporaries. Under
+bf16/fp16 autocast, floating activations take 2 bytes and the half-precision weight copies
+that matrix products keep are added to the activations. Not counted: the loss's tensors,
+the CUDA context, the allocator's caching.
 """
 
 from __future__ import annotations
@@ -235,12 +237,16 @@ def total(rows: list[LayerMemory]) -> Dim:
 
 
 def gradient_buffers(step: Step, precision: Precision) -> Dim:
-    """The gradients alive while a layer's backward runs: its output's and its float
-    inputs'."""
+    """The gradients alive while a layer's backward runs: its output's, its float inputs',
+    and those its kind makes inside (:meth:`Layer.backward_buffers`)."""
+    types = [t.type for t in step.inputs]
     elements: Dim = product(step.output.type.shape)
-    for x in step.inputs:
-        if x.type.dtype == "float":
-            elements = elements + product(x.type.shape)
+    if step.layer is not None:  # a view's gradient is as large as what it views
+        elements = step.layer.output_storage(types, step.output.type)
+        elements = elements + step.layer.backward_buffers(types, step.output.type)
+    for x in types:
+        if x.dtype == "float":
+            elements = elements + product(x.shape)
     return elements * float_bytes(precision) * BATCH
 
 

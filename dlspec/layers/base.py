@@ -178,6 +178,11 @@ class Layer(BaseModel):
         kind's rule is checked against ``torch.autograd.graph.saved_tensors_hooks``."""
         return [saved_input(inputs)]
 
+    def backward_buffers(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """Elements per sample of the gradient buffers the layer's backward pass makes beyond
+        its output's and inputs' gradients (0 for most kinds)."""
+        return 0
+
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
         """Elements per sample of the storage the output lives in: the output's own, unless
         it is a view of a larger tensor (a recurrent layer's last step views the whole

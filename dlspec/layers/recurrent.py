@@ -144,6 +144,12 @@ class _Recurrent(Layer):
                 ]
         return saved
 
+    def backward_buffers(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """The gradient of every step's gates, both directions of a layer at once (the
+        layers run their backward one after another)."""
+        dirs = 2 if self.bidirectional else 1
+        return dirs * inputs[0].shape[0] * self.gates * self.hidden_size
+
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
         """``returns="last"`` views the last step of the output sequence; ``"hidden"`` of a
         one-directional layer views ``h_n``, the final state of every layer."""
