@@ -4,9 +4,12 @@ Prints, side by side:
 1. `dlspec check specs/cnn.dl` as a whole process vs a whole process that builds the same
    hand-written MY_NET in torch and prints torchinfo's summary (goal: at least 15x faster);
 2. check time for generated specs of 100, 1,000 and 10,000 layers (goal: linear; 10,000 under
-   1 s), in-process (parse + analyze + lint + report) and as a whole process.
+   1 s), in-process (parse + analyze + lint + report) and as a whole process;
+3. with ``--against OTHER_DLSPEC`` (another checkout's ``dlspec`` program, e.g. the one before a
+   change): ``dlspec check specs/cnn.dl`` by both, run alternately in this one process, and the
+   ratio (goal: no slower).
 
-Run: .venv/bin/python bench/check_speed.py [--repeat N]
+Run: .venv/bin/python bench/check_speed.py [--repeat N] [--against PATH]
 """
 
 from __future__ import annotations
@@ -34,14 +37,28 @@ summary(MyNet(), input_size=(1, 3, 48, 48))
 
 def wall(cmd: list[str], repeat: int) -> float:
     """Median wall time of a whole process."""
-    times = []
+    return statistics.median(_once(cmd) for _ in range(repeat))
+
+
+def _once(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - start
+
+
+def against(other: str, repeat: int) -> None:
+    """This checkout's ``dlspec check specs/cnn.dl`` and another's, alternately."""
+    mine = [sys.executable, "-m", "dlspec", "check", "specs/cnn.dl"]
+    theirs = [other, "check", "specs/cnn.dl"]
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(
-            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
-        )
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times[0].append(_once(mine))
+        times[1].append(_once(theirs))
+    ours, base = statistics.median(times[0]), statistics.median(times[1])
+    print(f"\nwhole process, dlspec check specs/cnn.dl, {repeat} alternating runs each")
+    print(f"  this checkout               {ours * 1000:8.0f} ms")
+    print(f"  {other:<27} {base * 1000:8.0f} ms")
+    print(f"  ratio                       {base / ours:8.2f} (> 1: this checkout is faster)")
 
 
 def layered_spec(layers: int) -> str:
@@ -58,6 +75,7 @@ def layered_spec(layers: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--against", metavar="DLSPEC", help="another checkout's dlspec program")
     args = parser.parse_args()
     py = sys.executable
     dl = wall([py, "-m", "dlspec", "check", "specs/cnn.dl"], args.repeat)
@@ -85,6 +103,8 @@ def main() -> None:
             inproc = statistics.median(runs)
             ms_in, ms_proc, us_layer = inproc * 1000, proc * 1000, inproc / layers * 1e6
             print(f"  {layers:>6,} layers {ms_in:8.0f} ms {ms_proc:8.0f} ms {us_layer:6.1f} us")
+    if args.against:
+        against(args.against, 4 * args.repeat)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ def test_no_train_writes_only_the_model(tmp_path: Path) -> None:
     out = tmp_path / "deep" / "out"
     assert build(MLP, "--out", str(out), "--no-train", "--set", "hidden=32") == 0
     assert [p.name for p in out.iterdir()] == ["model.py"]
-    assert "Linear(64, 32)" in (out / "model.py").read_text()
+    code = (out / "model.py").read_text()
+    assert "Linear(64, hidden)" in code and "hidden: int = 32" in code
 
 
 def test_same_seed_same_metrics(tiny_cnn: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import ast
 import math
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -215,7 +216,7 @@ def test_generated_code_reads_like_hand_written_code() -> None:
     assert "x = self.tok_emb(tokens)  # (B, T, 128)" in gpt
 
 
-def test_block_classes_get_a_suffix_only_when_their_bodies_differ() -> None:
+def test_one_class_per_block_definition_with_its_parameters() -> None:
     spec = dlspec.load_text(
         """
 block Pair(width: int) { Linear(width) ReLU }
@@ -230,10 +231,76 @@ model M {
 """
     )
     code = spec.code
-    assert "self.a = Pair()" in code and "self.b = Pair()" in code
-    assert "self.c = Pair3()" in code  # Pair2 is the spec's own block
-    assert "self.d = Pair2()" in code
-    assert code.count("class Pair") == 3
+    assert "def __init__(self, in_features: int, width: int) -> None:" in code
+    assert "self.linear1 = nn.Linear(in_features, width)" in code
+    assert "self.a = Pair(8, 8)" in code and "self.c = Pair(8, 4)" in code
+    assert "self.d = Pair2()" in code  # the spec's own block of that name
+    assert code.count("class Pair") == 2
+
+
+def test_uses_a_class_body_cannot_serve_get_their_own_class() -> None:
+    spec = dlspec.load_text(
+        """
+block Shape(n: int) { Reshape(n, 4 // n) }
+model M {
+    input x: float[4]
+    a = Shape(2)
+    b = Shape(4)
+}
+"""
+    )
+    code = spec.code
+    assert "class Shape(nn.Module):" in code and "class Shape2(nn.Module):" in code
+    assert "self.a = Shape(2)" in code and "self.b = Shape2(4)" in code
+
+
+def test_repetitions_are_loops_and_model_parameters_constructor_arguments() -> None:
+    code = dlspec.load(ROOT / "specs" / "vgg_block.dl").code
+    assert "def __init__(self, num_classes: int = 10, width: int = 32) -> None:" in code
+    assert "*[ConvBNReLU(channels, channels) for _ in range(depth - 1)]" in code
+    assert code.count("class ConvBNReLU") == 1 and code.count("class Stage") == 1
+    module = types.ModuleType("generated")
+    exec(compile(code, "<vgg>", "exec"), module.__dict__)
+    wide = module.VGGLike(num_classes=7, width=8)
+    reference = dlspec.load(ROOT / "specs" / "vgg_block.dl", num_classes=7, width=8).to_torch()
+    shapes = {k: v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in wide.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.stem)
+def test_model_constructor_arguments_build_what_set_analyzes(path: Path) -> None:
+    """``Model(name=value)`` from the default spec's code builds the module whose shapes the
+    analyzer gives for ``--set name=value``: the arguments are wired, not coincidences."""
+    spec = dlspec.load(path)
+    module = types.ModuleType("generated")
+    exec(compile(spec.code, str(path), "exec"), module.__dict__)
+    model_class = module.__dict__[spec.graph.name]
+    for name, value in spec.graph.arguments.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        try:
+            other = dlspec.load(path, **{name: 2 * value})
+        except dlspec.SpecError:
+            continue  # a value this spec refuses (e.g. heads no longer divide the width)
+        with torch.device("meta"):
+            built = model_class(**{name: 2 * value})
+        shapes = {k: tuple(v.shape) for k, v in built.state_dict().items()}
+        expected = {
+            f"{leaf.path}.{w}": tuple(shape)
+            for leaf in other.graph.leaves()
+            for w, shape in [*leaf.weights.items(), *leaf.buffers.items()]
+        }
+        assert {k: v for k, v in shapes.items() if k in expected} == expected, name
+
+
+@pytest.mark.parametrize("name", ["resnet_block", "vgg_block", "tiny_gpt"])
+def test_checkpoints_of_earlier_versions_still_load(name: str) -> None:
+    """The state_dict names and shapes the generated module had before block classes took
+    constructor arguments (recorded in tests/golden/state_dict): its checkpoints load."""
+    recorded = (GOLDEN.parent / "state_dict" / f"{name}.txt").read_text().splitlines()
+    with torch.device("meta"):
+        model = dlspec.load(ROOT / "specs" / f"{name}.dl").to_torch()
+    assert [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()] == recorded
 
 
 def test_generation_is_deterministic() -> None:

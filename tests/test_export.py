@@ -35,7 +35,7 @@ from dlspec.backends import onnx_export
 from dlspec.backends.onnx_export import ExportResult, export_onnx
 from dlspec.backends.runtime import Session
 from dlspec.cli import main
-from dlspec.layers.symbolic import evaluate
+from dlspec.layers.symbolic import value_at
 from dlspec.train.checkpoint import Checkpoint, save_checkpoint, spec_hash
 
 # smaller --set values where the spec's own make the export slow; the exporter where
@@ -97,7 +97,7 @@ def test_dynamic_batch_and_sequence_axes(name: str) -> None:
     inputs = onnx_export.sample_inputs(graph, 3, lengths, torch.Generator().manual_seed(2))
     outputs = session.run({k: v.numpy() for k, v in inputs.items()})
     for out, expected in zip(outputs, [o.type for o in graph.outputs], strict=True):
-        assert out.shape == (3, *(evaluate(d, lengths) for d in expected.shape))
+        assert out.shape == (3, *(value_at(d, lengths) for d in expected.shape))
 
 
 def test_tied_weights_are_stored_once() -> None:

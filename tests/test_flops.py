@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dlspec
 from dlspec.layers import Layer, TensorType
 from dlspec.layers.base import numel
-from dlspec.layers.symbolic import Dim, evaluate
+from dlspec.layers.symbolic import Dim, value_at
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LSTM with projections is not supported:UserWarning",
@@ -65,14 +65,14 @@ def test_flop_counter_sees_twice_the_matmul_macs(case: tuple[Any, ...]) -> None:
     call = layer.torch(types)
     with torch.device("meta"):
         module = build(call)
-        sizes = [tuple(evaluate(d, bindings) for d in shape) for shape in shapes]
+        sizes = [tuple(value_at(d, bindings) for d in shape) for shape in shapes]
         if dtype == "long":
             xs = [torch.zeros(BATCH, *size, dtype=torch.long) for size in sizes]
         else:
             xs = [torch.randn(BATCH, *size) for size in sizes]
     with FlopCounterMode(display=False) as counter:
         forward(call, module, xs)
-    expected = 2 * BATCH * evaluate(matmul_macs(layer, types), bindings)
+    expected = 2 * BATCH * value_at(matmul_macs(layer, types), bindings)
     assert counter.get_total_flops() == expected
 
 
@@ -94,7 +94,7 @@ def test_flop_counter_agrees_with_every_layer_of_a_spec(path: Path) -> None:
     total = 0
     for leaf in graph.leaves():
         assert leaf.layer is not None
-        macs = evaluate(matmul_macs(leaf.layer, [t.type for t in leaf.inputs]), graph.bindings)
+        macs = value_at(matmul_macs(leaf.layer, [t.type for t in leaf.inputs]), graph.bindings)
         total += macs
         assert counts.get(f"{graph.name}.{leaf.path}", 0) == 2 * BATCH * macs, leaf.path
     assert counter.get_total_flops() == 2 * BATCH * total

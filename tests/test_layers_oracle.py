@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType, TorchCall
-from dlspec.layers.symbolic import Dim, Poly, evaluate
+from dlspec.layers.symbolic import Dim, Poly, value_at
 
 T = Poly.symbol("T")
 BATCH = 2
@@ -240,21 +240,21 @@ def test_layer_agrees_with_torch(example: Example) -> None:
 
     xs = [
         random_input(
-            tuple(evaluate(d, example.bindings) for d in shape), example.dtype, example.high
+            tuple(value_at(d, example.bindings) for d in shape), example.dtype, example.high
         )
         for shape in shapes
     ]
     with torch.no_grad():
         y = forward(call, module, xs)
 
-    expected = tuple(evaluate(d, example.bindings) for d in inferred.output.shape)
+    expected = tuple(value_at(d, example.bindings) for d in inferred.output.shape)
     assert tuple(y.shape) == (BATCH, *expected)
     assert y.dtype == (torch.int64 if inferred.output.dtype == "long" else torch.float32)
     params = {} if module is None else dict(module.named_parameters())
     buffers = {} if module is None else dict(module.named_buffers())
     assert {k: tuple(p.shape) for k, p in params.items()} == inferred.weights
     assert {k: tuple(b.shape) for k, b in buffers.items()} == inferred.buffers
-    assert evaluate(inferred.macs, example.bindings) == example.macs
+    assert value_at(inferred.macs, example.bindings) == example.macs
     assert layer.label().startswith(example.kind)
     assert REGISTRY[example.kind].__doc__
 
@@ -279,7 +279,7 @@ def test_macs_are_torchinfos(example: Example) -> None:
         assert example.macs == 0
         return
     xs = [
-        random_input(tuple(evaluate(d, example.bindings) for d in shape), example.dtype)
+        random_input(tuple(value_at(d, example.bindings) for d in shape), example.dtype)
         for shape in shapes
     ]
     summary = torchinfo.summary(module, input_data=xs, verbose=0, mode="eval")

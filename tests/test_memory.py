@@ -25,7 +25,7 @@ from dlspec.analysis.memory import BATCH, activations, checkpoint_parts, total
 from dlspec.analysis.memory import saved_bytes as rule_bytes
 from dlspec.layers import REGISTRY, TensorType
 from dlspec.layers.base import Saved
-from dlspec.layers.symbolic import Dim, Poly, evaluate
+from dlspec.layers.symbolic import Dim, Poly, value_at
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LSTM with projections is not supported:UserWarning",
@@ -69,7 +69,7 @@ CASES += [
 def rule(saved: list[Saved], batch: int, bindings: dict[str, int]) -> int:
     """Bytes of a layer's saved tensors by its rule (one tensor per name)."""
     unique = {s.tensor: s for s in saved}
-    return sum(evaluate(rule_bytes(s), {**bindings, "B": batch}) for s in unique.values())
+    return sum(value_at(rule_bytes(s), {**bindings, "B": batch}) for s in unique.values())
 
 
 def case_id(case: tuple[Any, ...]) -> str:
@@ -90,7 +90,7 @@ def test_layer_saves_what_torch_saves(case: tuple[Any, ...], batch: int) -> None
     call = layer.torch(types)
     torch.manual_seed(0)
     module = build(call)
-    sizes = [tuple(evaluate(d, bindings) for d in shape) for shape in shapes]
+    sizes = [tuple(value_at(d, bindings) for d in shape) for shape in shapes]
     if dtype == "long":
         xs = [torch.randint(0, 7, (batch, *size)) for size in sizes]
     else:
@@ -179,7 +179,7 @@ def measure(spec: dlspec.Spec, batch: int) -> int:
 
 
 def estimate(spec: dlspec.Spec, batch: int) -> int:
-    return evaluate(total(activations(spec.graph)), {**spec.graph.bindings, "B": batch})
+    return value_at(total(activations(spec.graph)), {**spec.graph.bindings, "B": batch})
 
 
 @pytest.mark.parametrize(("path", "batch", "settings"), _spec_cases())
@@ -253,8 +253,8 @@ def test_checkpointing_keeps_block_inputs(path: str, settings: dict[str, Any]) -
     at = {**spec.graph.bindings, "B": batch}
     expected, recomputed = checkpoint_parts(rows, spec.graph.bindings, "fp32")
     assert kept < plain
-    assert evaluate(expected, at) == pytest.approx(kept, rel=0.1)
-    assert 0 < evaluate(recomputed, at) < plain
+    assert value_at(expected, at) == pytest.approx(kept, rel=0.1)
+    assert 0 < value_at(recomputed, at) < plain
 
 
 def test_checkpointing_gives_the_same_gradients() -> None:
@@ -285,7 +285,7 @@ def test_diagram_and_table_show_each_layers_share() -> None:
     from dlspec.backends.graphviz_draw import DrawOptions, to_dot
 
     spec = dlspec.load(ROOT / "specs" / "cnn.dl", num_classes=10)
-    rows = {r.path: evaluate(r.saved, {"B": 32}) for r in activations(spec.graph)}
+    rows = {r.path: value_at(r.saved, {"B": 32}) for r in activations(spec.graph)}
     dot = to_dot(spec.graph, DrawOptions(detail="high", activations=32))
     assert f"{human_bytes(rows['relu2'])} saved" in dot  # 18.00 MiB: ReLU keeps its output
     assert "saved" not in to_dot(spec.graph, DrawOptions(detail="high"))
@@ -339,7 +339,7 @@ def _saved_matches_torch(text: str) -> None:
     model = spec.to_torch()
     inputs = [torch.randn(2, *i.shape_value, requires_grad=True) for i in spec.report.inputs]
     measured = saved_bytes(model, lambda: model(*inputs))
-    assert evaluate(total(activations(spec.graph)), {"B": 2}) == measured, text
+    assert value_at(total(activations(spec.graph)), {"B": 2}) == measured, text
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

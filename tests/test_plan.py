@@ -12,7 +12,7 @@ from conftest import ROOT
 import dlspec
 from dlspec.analysis import memory
 from dlspec.cli import main
-from dlspec.layers.symbolic import evaluate
+from dlspec.layers.symbolic import value_at
 
 GIB = 2**30
 
@@ -59,7 +59,7 @@ def test_parts_follow_the_optimizer_and_precision(capsys: pytest.CaptureFixture[
     full = memory.training(spec.graph).activations
     half = memory.training(spec.graph, "bf16").activations
     # half-precision activations, plus the bf16 copies of the weights the products keep
-    assert evaluate(half, {"B": 8}) == evaluate(full, {"B": 8}) // 2 + 2 * params
+    assert value_at(half, {"B": 8}) == value_at(full, {"B": 8}) // 2 + 2 * params
     result = plan_json(capsys, "specs/mlp.dl", "--memory", "1GiB", "--batch", "8")
     assert result["train_flops_per_step"] == 6 * 8 * spec.report.total_macs
 
@@ -71,7 +71,7 @@ def test_the_peak_is_the_largest_moment() -> None:
     step = memory.training(spec.graph)
     where, parts = step.peak({"B": 64})
     assert where.startswith("stage")  # activations dominate: the backward pass
-    saved = evaluate(step.activations, {"B": 64})
+    saved = value_at(step.activations, {"B": 64})
     assert parts["activations"] <= saved
     assert parts["total"] <= 4 * spec.report.trainable_params * 4 + saved + parts["transient"]
     assert step.peak({"B": 1})[0] == "the optimizer step"  # Adam's temporaries dominate
@@ -80,11 +80,11 @@ def test_the_peak_is_the_largest_moment() -> None:
 def test_checkpointing_keeps_block_inputs_and_one_block() -> None:
     spec = dlspec.load(ROOT / "specs" / "vgg_block.dl")
     rows = memory.activations(spec.graph)
-    plain = evaluate(memory.total(rows), {"B": 1})
-    kept = evaluate(memory.checkpointed(rows, {}, "fp32"), {"B": 1})
+    plain = value_at(memory.total(rows), {"B": 1})
+    kept = value_at(memory.checkpointed(rows, {}, "fp32"), {"B": 1})
     inside = [r for r in rows if r.block is not None]
     assert inside and kept < plain
-    outside = sum(evaluate(r.saved, {"B": 1}) for r in rows if r.block is None)
+    outside = sum(value_at(r.saved, {"B": 1}) for r in rows if r.block is None)
     assert kept > outside
 
 

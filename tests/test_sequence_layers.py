@@ -25,7 +25,7 @@ from pydantic import ValidationError
 import dlspec
 from dlspec.analysis.check import check_text
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType, TorchCall
-from dlspec.layers.symbolic import Dim, Poly, evaluate
+from dlspec.layers.symbolic import Dim, Poly, value_at
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LSTM with projections is not supported:UserWarning",  # torch picks another kernel
@@ -215,7 +215,7 @@ def random_input(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
 
 
 def concrete(shape: tuple[Dim, ...], bindings: dict[str, int]) -> tuple[int, ...]:
-    return tuple(evaluate(d, bindings) for d in shape)
+    return tuple(value_at(d, bindings) for d in shape)
 
 
 def test_every_sequence_kind_has_an_example() -> None:
@@ -238,7 +238,7 @@ def test_layer_agrees_with_torch(example: Example) -> None:
             y = forward(call, module, xs)
         assert tuple(y.shape) == (BATCH, *concrete(inferred.output.shape, bindings))
         assert y.dtype == (torch.int64 if inferred.output.dtype == "long" else torch.float32)
-        assert evaluate(inferred.macs, bindings) == evaluate(example.macs, bindings)
+        assert value_at(inferred.macs, bindings) == value_at(example.macs, bindings)
     params = {} if module is None else dict(module.named_parameters())
     buffers = {} if module is None else dict(module.named_buffers())
     assert {k: tuple(p.shape) for k, p in params.items()} == inferred.weights
@@ -273,8 +273,8 @@ def test_attention_macs_grow_with_t_squared() -> None:
     """Self-attention E=16, 4 heads, with biases, counted by hand at T=10 and T=20."""
     inferred = make("MultiheadAttention", {"num_heads": 4}).infer([TensorType((T, 16))])
     # Q, K, V and output projections: 4 x T x 16 x (16 + 1); Q K^T and weights x V: 2 x T x T x 16
-    assert evaluate(inferred.macs, {"T": 10}) == 10_880 + 3_200 == 14_080
-    assert evaluate(inferred.macs, {"T": 20}) == 21_760 + 12_800 == 34_560
+    assert value_at(inferred.macs, {"T": 10}) == 10_880 + 3_200 == 14_080
+    assert value_at(inferred.macs, {"T": 20}) == 21_760 + 12_800 == 34_560
     assert isinstance(inferred.macs, Poly) and inferred.macs.degree("T") == 2
 
 
@@ -284,8 +284,8 @@ def test_recurrent_mac_rule_by_hand() -> None:
     layer0 = 1024 * (128 + 256) + 2 * 1024  # 4 gates x 256 = 1024 rows; two bias vectors
     layer1 = 1024 * (256 + 256) + 2 * 1024
     assert layer0 + layer1 == 921_600 == sum(math.prod(s) for s in inferred.weights.values())
-    assert evaluate(inferred.macs, {"T": 1}) == 921_600
-    assert evaluate(inferred.macs, {"T": 128}) == 117_964_800
+    assert value_at(inferred.macs, {"T": 1}) == 921_600
+    assert value_at(inferred.macs, {"T": 128}) == 117_964_800
 
 
 # what the templates compute -------------------------------------------------------------------

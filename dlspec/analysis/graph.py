@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from dlspec.analysis.train_config import TrainConfig
 from dlspec.diagnostics import Span
@@ -31,8 +31,7 @@ from dlspec.syntax import ast
 StepKind = Literal["layer", "block", "repeat", "residual"]
 
 
-@dataclass(frozen=True, slots=True)
-class Tensor:
+class Tensor(NamedTuple):
     """A named tensor of a graph; ``type`` is its per-sample type (symbolic where it is)."""
 
     name: str
@@ -103,6 +102,7 @@ class Step:
     buffers: dict[str, Shape] = field(default_factory=dict)
     macs: Dim = 0  # this layer's own, per sample
     tied: dict[str, str] = field(default_factory=dict)  # weight -> path of the shared one
+    statement: ast.LayerStmt | None = None  # as written: its arguments' expressions
 
     @property
     def output(self) -> Tensor:
@@ -128,6 +128,8 @@ class Step:
     def subtree(self) -> list[Step]:
         """This step's descendants (self excluded), in pre-order."""
         out: list[Step] = []
+        if self.body is None:  # a layer
+            return out
         for graph in (self.body, self.shortcut):
             for child in graph.steps if graph is not None else []:
                 out.append(child)

@@ -11,24 +11,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from dlspec.analysis import memory
+from dlspec.analysis.binding import ArgumentErrors, bind_layer, match_arguments
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int, truth
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
-from dlspec.analysis.names import GENERATED, RESERVED
+from dlspec.analysis.names import CODE_NAMES, GENERATED, RESERVED
 from dlspec.analysis.render import human_bytes
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
-from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
+from dlspec.layers import REGISTRY, LayerError, TensorType
 from dlspec.layers.base import Shape, numel
-from dlspec.layers.symbolic import Dim, Poly, fmt_dim
-from dlspec.layers.symbolic import evaluate as eval_dim
+from dlspec.layers.symbolic import Dim, Poly, fmt_dim, value_at
 from dlspec.syntax import ast
 
 PARAM_TYPES = ("int", "float", "bool", "str", "dim")
 DTYPES = {"float": "float", "long": "long", "int": "long"}
-CLASSES = ("torch", "nn", "super", "tuple")  # names generated model code relies on
 LAYER_QUANTITIES = ("params", "buffers", "macs", "shape")
 TOTAL_NOUNS = {
     "params": "parameters",
@@ -44,7 +41,7 @@ def check_name(ident: ast.Ident, what: str) -> None:
     """Names become Python identifiers in generated code: refuse keywords, dunders, and the
     attributes every ``nn.Module`` already has."""
     name = ident.name
-    if keyword.iskeyword(name) or name in ("self", "torch", "nn", "F"):
+    if keyword.iskeyword(name) or name in CODE_NAMES:
         raise fail("E207", f"{what} name {name!r} is a Python keyword or reserved", ident.span)
     if name.startswith("__") or name in RESERVED or name in GENERATED:
         raise fail(
@@ -169,7 +166,7 @@ class Scope:
 class Analyzer:
     """Turns a parsed spec into a model graph; ``diagnostics`` collects every problem."""
 
-    def __init__(self, spec: ast.Spec, overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, spec: ast.Document, overrides: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.overrides = dict(overrides or {})
         self.diagnostics: list[Diagnostic] = []
@@ -200,7 +197,11 @@ class Analyzer:
                         "E206", f"block {name.name} has the name of a layer kind", name.span
                     )
                 )
-            elif keyword.iskeyword(name.name) or name.name.startswith("__") or name.name in CLASSES:
+            elif (
+                keyword.iskeyword(name.name)
+                or name.name.startswith("__")
+                or name.name in CODE_NAMES
+            ):
                 self.error(
                     Diagnostic.at(
                         "E207",
@@ -315,37 +316,13 @@ class Analyzer:
         self, params: list[ast.Param], args: list[ast.Arg], env: Mapping[str, Any], where: ast.Call
     ) -> dict[str, Any]:
         """Arguments of a block call matched to its declared parameters."""
-        bound: dict[str, Any] = {}
         names = [p.name.name for p in params]
-        positional = [a for a in args if a.name is None]
-        if len(positional) > len(params):
-            raise fail(
-                "E205",
-                f"{where.name.name} takes {len(params)} arguments, got {len(positional)}",
-                positional[len(params)].span,
-            )
-        for param, arg in zip(params, positional, strict=False):
-            bound[param.name.name] = (arg, evaluate(arg.value, env))
-        for arg in args:
-            if arg.name is None:
-                continue
-            key = arg.name.name
-            if key not in names:
-                raise fail(
-                    "E202",
-                    f"{where.name.name} has no parameter {key!r}",
-                    arg.name.span,
-                    did_you_mean(key, names) or [f"parameters: {', '.join(names)}"],
-                )
-            if key in bound:
-                raise fail("E213", f"argument {key!r} given twice", arg.span)
-            bound[key] = (arg, evaluate(arg.value, env))
+        matched = match_arguments(where.name.name, args, names, names)
         values: dict[str, Any] = {}
         for param in params:
             key = param.name.name
-            if key in bound:
-                arg, value = bound[key]
-                span = arg.span
+            if key in matched:
+                value, span = evaluate(matched[key].value, env), matched[key].span
             elif param.default is not None:
                 value, span = evaluate(param.default, values), param.default.span
             else:
@@ -357,94 +334,6 @@ class Analyzer:
             except ValueError as exc:
                 raise fail("E204", f"{key}: {exc}", span) from exc
         return values
-
-    # layers ---------------------------------------------------------------------------------
-
-    def _layer(self, call: ast.Call, env: Mapping[str, Any]) -> tuple[Layer, dict[str, Span]]:
-        """The validated layer, and where each of its arguments was written."""
-        cls = REGISTRY[call.name.name]
-        data: dict[str, Any] = {}
-        spans: dict[str, Span] = {}
-        positional = [a for a in call.args if a.name is None]
-        if cls.variadic is not None:
-            if positional:
-                data[cls.variadic] = [evaluate(a.value, env) for a in positional]
-                spans[cls.variadic] = positional[0].span
-        else:
-            if len(positional) > len(cls.positional):
-                extra = positional[len(cls.positional)]
-                raise fail(
-                    "E205",
-                    f"{cls.kind} takes at most {len(cls.positional)} positional arguments "
-                    f"({', '.join(cls.positional) or 'none'}), got {len(positional)}",
-                    extra.span,
-                )
-            for field_name, arg in zip(cls.positional, positional, strict=False):
-                data[field_name] = evaluate(arg.value, env)
-                spans[field_name] = arg.span
-        fields = cls.model_fields
-        aliases = {
-            str(f.validation_alias): name for name, f in fields.items() if f.validation_alias
-        }
-        for arg in call.args:
-            if arg.name is None:
-                continue
-            key = arg.name.name
-            canonical = aliases.get(key, key)
-            if canonical in data:
-                raise fail("E213", f"argument {key!r} given twice", arg.span)
-            if canonical not in fields:
-                raise fail(
-                    "E202",
-                    f"{cls.kind} has no argument {key!r}",
-                    arg.name.span,
-                    did_you_mean(key, [*fields, *aliases])
-                    or [f"arguments: {', '.join(fields) or 'none'}"],
-                )
-            if canonical in cls.references and isinstance(arg.value, ast.Ref):
-                data[canonical] = arg.value.name  # a statement's name, not an expression
-            else:
-                data[canonical] = evaluate(arg.value, env)
-            spans[canonical] = arg.span
-        try:
-            return cls.model_validate(data), spans
-        except ValidationError as exc:
-            raise self._validation_diagnostics(cls, exc, spans, call) from None
-
-    def _validation_diagnostics(
-        self, cls: type[Layer], exc: ValidationError, spans: dict[str, Span], call: ast.Call
-    ) -> DiagnosticError:
-        aliases = {
-            str(f.validation_alias): name
-            for name, f in cls.model_fields.items()
-            if f.validation_alias
-        }
-        diags = []
-        for err in exc.errors():
-            field_name = aliases.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else ""
-            if err["type"] == "missing":
-                positional = field_name in cls.positional
-                hint = (
-                    f" (positional argument {cls.positional.index(field_name) + 1})"
-                    if positional
-                    else ""
-                )
-                diags.append(
-                    Diagnostic.at(
-                        "E203", f"{cls.kind} needs argument {field_name!r}{hint}", call.span
-                    )
-                )
-            else:
-                value = err.get("input")
-                diags.append(
-                    Diagnostic.at(
-                        "E204",
-                        f"{cls.kind} argument {field_name}={value!r}: {err['msg'].lower()}",
-                        spans.get(field_name, call.span),
-                    )
-                )
-        self.diagnostics.extend(diags[:-1])
-        return DiagnosticError(diags[-1])
 
     # statements -----------------------------------------------------------------------------
 
@@ -626,6 +515,7 @@ class Analyzer:
             node = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
         if node is None:
             return None
+        node.statement = stmt
         scope.tensors[name] = node.output.type
         scope.nodes[name] = node
         return node
@@ -652,6 +542,7 @@ class Analyzer:
             child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
+            child.statement = stmt
             children.append(child)
             reads = [child.output, *reads[1:]]  # the first input threads; the others stay
         last = reads[0]
@@ -687,7 +578,11 @@ class Analyzer:
                 op.name.span,
                 did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
-        layer, spans = self._layer(op, scope.values())
+        try:
+            layer, spans = bind_layer(op, scope.values())
+        except ArgumentErrors as err:
+            self.diagnostics.extend(err.diagnostics[:-1])
+            raise
         if inputs is None:
             return None
         types = [t.type for t in inputs]
@@ -702,7 +597,7 @@ class Analyzer:
             raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
         self.limits += inferred.limits
         for dim, limit, what in inferred.limits:
-            value = eval_dim(dim, self.bindings)
+            value = value_at(dim, self.bindings)
             if value > limit:
                 raise fail(
                     "E409",
@@ -711,7 +606,7 @@ class Analyzer:
                 )
         for dim in inferred.output.shape:
             if isinstance(dim, Poly):
-                value = eval_dim(dim, self.bindings)
+                value = value_at(dim, self.bindings)
                 if value < 1:
                     raise fail(
                         "E402",
@@ -932,7 +827,7 @@ class Analyzer:
         elif quantity == "buffers":
             actual, notes, noun = node.buffer_count, [], "buffer elements"
         else:
-            actual = eval_dim(node.total_macs, self.bindings)
+            actual = value_at(node.total_macs, self.bindings)
             notes = _macs_notes(node, self.bindings)
             noun = "MACs"
         want = evaluate(check.value, env)
@@ -961,7 +856,7 @@ class Analyzer:
                 listed = " + ".join(f"{name} {human_bytes(b)}" for name, b in parts.items())
                 notes = [f"training at {chosen.describe()}: {listed}"]
             elif quantity == "macs":
-                actual = eval_dim(graph.total_macs, graph.bindings)
+                actual = value_at(graph.total_macs, graph.bindings)
             elif quantity == "buffers":
                 actual = graph.buffer_count
             else:  # params as torch counts them: buffers are not parameters
@@ -1106,7 +1001,7 @@ def _shape_notes(node: Step) -> list[str]:
 def _largest(graph: ModelGraph, quantity: str) -> list[str]:
     def size(leaf: Step) -> int:
         if quantity == "macs":
-            return eval_dim(leaf.macs, graph.bindings)
+            return value_at(leaf.macs, graph.bindings)
         return leaf.buffer_count if quantity == "buffers" else leaf.params
 
     leaves = sorted(graph.leaves(), key=size, reverse=True)[:3]

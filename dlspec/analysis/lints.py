@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.diagnostics import Diagnostic, n
 from dlspec.layers.base import numel
@@ -23,15 +25,13 @@ def _graphs(graph: Graph) -> list[Graph]:
     return out
 
 
-def _linear_source(
-    step: Step, producers: dict[str, Step], readers: dict[str, list[Step]]
-) -> Step | None:
+def _linear_source(step: Step, producers: dict[str, Step], reads: Counter[str]) -> Step | None:
     """The dense layer whose output reaches ``step`` through nothing but reshapes and dropout,
     each tensor on the way read by nothing else; None when there is none."""
     while len(step.inputs) == 1:
         tensor = step.inputs[0].name
         source = producers.get(tensor)
-        if source is None or len(readers[tensor]) != 1 or source.layer is None:
+        if source is None or reads[tensor] != 1 or source.layer is None:
             return None
         if source.layer.family == "dense":
             return source
@@ -43,9 +43,8 @@ def _linear_source(
 
 def lint(graph: ModelGraph) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
-    producers = {t.name: s for s in graph.steps for t in s.outputs}
-    for output in graph.outputs:
-        last = producers.get(output.name)
+    outputs = {t.name for t in graph.outputs}
+    for last in [s for s in graph.steps if any(t.name in outputs for t in s.outputs)]:
         if (
             last is not None
             and last.layer is not None
@@ -65,12 +64,13 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
                 )
             )
     for body in _graphs(graph.graph):
+        linear = [s for s in body.steps if s.layer is not None and s.layer.family == "dense"]
+        if len(linear) < 2:  # W502 is about two of them
+            continue
         made = {t.name: s for s in body.steps for t in s.outputs}
-        readers = body.readers()
-        for step in body.steps:
-            if step.layer is None or step.layer.family != "dense":
-                continue
-            dense = _linear_source(step, made, readers)
+        reads = Counter(t.name for s in body.steps for t in s.inputs)
+        for step in linear:
+            dense = _linear_source(step, made, reads)
             if dense is not None:
                 diags.append(
                     Diagnostic.at(
@@ -82,18 +82,19 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
                     )
                 )
     leaves = graph.leaves()
-    total = sum(leaf.params for leaf in leaves)
-    with_params = [leaf for leaf in leaves if leaf.params]
+    counts = [(leaf.params, leaf) for leaf in leaves]
+    total = sum(count for count, _ in counts)
+    with_params = [(count, leaf) for count, leaf in counts if count]
     if len(with_params) >= 3 and total:
-        big = max(with_params, key=lambda leaf: leaf.params)
+        most, big = max(with_params, key=lambda pair: pair[0])
         # the primer's tip is about a dense layer after a big feature map; an LM's embedding
         # or recurrent core holding most parameters is normal
-        if big.params > total / 2 and big.layer is not None and big.layer.family == "dense":
+        if most > total / 2 and big.layer is not None and big.layer.family == "dense":
             diags.append(
                 Diagnostic.at(
                     "W504",
-                    f"{big.path} holds {big.params / total:.1%} of the parameters "
-                    f"({n(big.params)} of {n(total)})",
+                    f"{big.path} holds {most / total:.1%} of the parameters "
+                    f"({n(most)} of {n(total)})",
                     big.span,
                     [
                         "a large dense layer after a big feature map is the usual cause; pool "

@@ -25,7 +25,7 @@ from typing import Literal
 
 from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.layers.base import FIXED_BYTES, Saved, numel
-from dlspec.layers.symbolic import Dim, Poly, evaluate, product
+from dlspec.layers.symbolic import Dim, Poly, product, value_at
 from dlspec.syntax.parser import parse_number
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -216,7 +216,7 @@ def checkpoint_parts(
             kept = kept + product(step.inputs[0].type.shape) * size * BATCH
     probe = {**bindings, "B": 1}
     largest = max(
-        (inner for _, inner in blocks.values()), key=lambda d: evaluate(d, probe), default=0
+        (inner for _, inner in blocks.values()), key=lambda d: value_at(d, probe), default=0
     )
     return kept, largest
 
@@ -279,15 +279,15 @@ class Training:
     def peak(self, at: dict[str, int]) -> tuple[str, dict[str, int]]:
         """Where the step peaks at ``at`` (``B`` and the symbolic dims), and what is alive
         then: weights, gradients, optimizer state, activations, transient and their total."""
-        fixed = evaluate(self.weights, at), evaluate(self.optimizer, at)
+        fixed = value_at(self.weights, at), value_at(self.optimizer, at)
         best: tuple[str, dict[str, int]] | None = None
         for moment in self.moments:
             parts = {
                 "weights": fixed[0],
-                "gradients": evaluate(moment.gradients, at),
+                "gradients": value_at(moment.gradients, at),
                 "optimizer": fixed[1],
-                "activations": evaluate(moment.activations, at),
-                "transient": evaluate(moment.transient, at),
+                "activations": value_at(moment.activations, at),
+                "transient": value_at(moment.transient, at),
             }
             parts["total"] = sum(parts.values())
             if best is None or parts["total"] > best[1]["total"]:
@@ -325,7 +325,7 @@ def training(
         saved = checkpointed(rows, graph.bindings, precision)
         probe = {**graph.bindings, "B": 1}
         buffers = [gradient_buffers(leaf, precision) for leaf in graph.leaves()]
-        largest_buffers = max(buffers, key=lambda d: evaluate(d, probe), default=0)
+        largest_buffers = max(buffers, key=lambda d: value_at(d, probe), default=0)
         moments.append(Moment("the backward pass", saved, 4 * trainable, largest_buffers))
     else:
         saved = total(rows)
@@ -394,7 +394,7 @@ class Plan:
         """The activations one sample keeps for the backward pass."""
         saved = self.memory.activations
         at = self.bindings
-        return evaluate(saved, {**at, "B": 1}) - evaluate(saved, {**at, "B": 0})
+        return value_at(saved, {**at, "B": 1}) - value_at(saved, {**at, "B": 0})
 
     def peak(self, batch: int | None = None) -> str:
         """Where the step peaks at ``batch`` (default: the plan's)."""
@@ -439,7 +439,7 @@ def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) ->
     def stop(value: int) -> str | None:
         at = {**answer.bindings, symbol: value}
         for dim, limit, what in limits:
-            if evaluate(dim, at) > limit:
+            if value_at(dim, at) > limit:
                 return what
         return "memory" if answer.total(**{symbol: value}) > answer.budget else None
 

@@ -1,8 +1,14 @@
-"""Names a spec may not give a layer: every attribute an ``nn.Module`` already has.
+"""Names a spec may not use, because the generated module uses them.
 
-Generated code assigns each layer to ``self.<name>``; a layer called ``forward`` or ``to``
-would silently break the module. (A test checks this list against torch's ``nn.Module``.)
+:data:`CODE_NAMES` are the names the generated code itself refers to: no model, block,
+parameter, input or layer may take them (a parameter becomes a constructor argument, and one
+called ``range`` would hide the builtin a repetition's loop calls). :data:`RESERVED` are the
+attributes every ``nn.Module`` already has: generated code assigns each layer to
+``self.<name>``, so a layer called ``forward`` or ``to`` would silently break the module. (A
+test checks that list against torch's ``nn.Module``.)
 """
+
+CODE_NAMES = frozenset({"F", "nn", "range", "self", "super", "torch", "tuple"})
 
 RESERVED = frozenset(
     [

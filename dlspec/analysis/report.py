@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from dlspec.analysis import memory
 from dlspec.analysis.graph import ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
-from dlspec.layers.symbolic import Dim, Poly, evaluate
+from dlspec.layers.symbolic import Dim, Poly, value_at
 
 BYTES = 4
 
@@ -97,7 +97,7 @@ def _tensor(tensor: Tensor, bindings: dict[str, int]) -> TensorInfo:
         name=tensor.name,
         dtype=t.dtype,
         shape=shape_json(t.shape),
-        shape_value=[evaluate(d, bindings) for d in t.shape],
+        shape_value=[value_at(d, bindings) for d in t.shape],
     )
 
 
@@ -118,7 +118,7 @@ def _rows(
                 output_shape=shape_json(node.output.type.shape),
                 params=node.params,
                 buffers=node.buffer_count,
-                macs=evaluate(macs, bindings),
+                macs=value_at(macs, bindings),
                 macs_formula=str(macs) if isinstance(macs, Poly) else None,
                 activations_bytes=sum(saved.get(leaf.path, 0) for leaf in node.leaves()),
                 line=node.span.line,
@@ -139,7 +139,7 @@ def build_report(
     at = {**b, "B": batch}
     trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
     per_layer = memory.activations(graph)
-    saved = {row.path: evaluate(row.saved, at) for row in per_layer}
+    saved = {row.path: value_at(row.saved, at) for row in per_layer}
     activations = memory.total(per_layer)
     return Report(
         file=path,
@@ -153,12 +153,12 @@ def build_report(
         trainable_params=trainable,
         non_trainable_params=0,
         buffers=buffers,
-        total_macs=evaluate(macs, b),
+        total_macs=value_at(macs, b),
         total_macs_formula=str(macs) if isinstance(macs, Poly) else None,
         memory=Memory(
             batch=batch,
             parameters_bytes=BYTES * (trainable + buffers),
-            activations_bytes=evaluate(activations, at),
+            activations_bytes=value_at(activations, at),
             activations_formula=str(activations),
             training_adam_bytes=memory.training(graph).bytes(at)["total"],
         ),

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dlspec.analysis.binding import match_arguments
 from dlspec.analysis.evaluate import did_you_mean, evaluate
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
 from dlspec.syntax import ast
@@ -168,29 +169,14 @@ def _call(
 def _arguments(
     name: str, args: Sequence[ast.Arg], names: Sequence[str], env: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Span]]:
-    """Argument values by name (positional ones fill ``names`` in order), and their spans."""
-    values: dict[str, Any] = {}
-    spans: dict[str, Span] = {}
-    for index, arg in enumerate(args):
-        if arg.name is None:
-            if index >= len(names):
-                raise fail(
-                    "E214",
-                    f"{name} takes at most {len(names)} positional argument(s)",
-                    arg.span,
-                    [f"its arguments: {', '.join(names)}"],
-                )
-            key = names[index]
-        else:
-            key = arg.name.name
-            if key not in names:
-                notes = did_you_mean(key, names) or [f"its arguments: {', '.join(names)}"]
-                raise fail("E214", f"{name} has no argument {key!r}", arg.name.span, notes)
-        if key in values:
-            raise fail("E214", f"{name}: argument {key!r} given twice", arg.span)
-        values[key] = _value(arg.value, env)
-        spans[key] = arg.span
-    return values, spans
+    """Argument values by name (positional ones fill ``names`` in order), and their spans;
+    a problem binding them is a train-section error (E214)."""
+    try:
+        matched = match_arguments(name, args, names, names)
+    except DiagnosticError as err:  # E202, E205, E213 are train-section errors here
+        raise DiagnosticError(err.diagnostic.model_copy(update={"code": "E214"})) from None
+    values = {key: _value(arg.value, env) for key, arg in matched.items()}
+    return values, {key: arg.span for key, arg in matched.items()}
 
 
 def _message(error: Any) -> str:

@@ -37,7 +37,7 @@ from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.analysis.render import human_bytes, short
 from dlspec.diagnostics import n
 from dlspec.layers.base import Family, TensorType
-from dlspec.layers.symbolic import evaluate
+from dlspec.layers.symbolic import value_at
 
 # Mostly Paul Tol's "light" scheme (designed to stay distinct under colour-vision deficiencies
 # and to carry black text), plus a lilac for attention, pale greys for the families that usually
@@ -134,7 +134,7 @@ class _Box:
         self.output = node.output.type
         self.params += node.params
         if self.macs is not None:
-            self.macs += evaluate(node.total_macs, bindings)
+            self.macs += value_at(node.total_macs, bindings)
         if self.saved is not None and saved is not None:
             self.saved += saved
 
@@ -179,7 +179,7 @@ class _Builder:
         if options.activations is not None:
             at = {**graph.bindings, "B": options.activations}
             rows = memory.activations(graph)
-            self.saved = {row.path: evaluate(row.saved, at) for row in rows}
+            self.saved = {row.path: value_at(row.saved, at) for row in rows}
         self.edges: list[_Edge] = []
 
     def build(self) -> list[_Item]:
@@ -305,7 +305,7 @@ class _Builder:
         """The box of a layer, or of a repetition of one layer drawn once."""
         macs = None
         if self.options.detail == "high":
-            macs = evaluate(node.total_macs, self.graph.bindings)
+            macs = value_at(node.total_macs, self.graph.bindings)
         box = _Box(node.path, node.name, [node.label], family, node.output.type, node.params, macs)
         box.saved = self._saved(node)
         return box
@@ -443,7 +443,7 @@ def _title(graph: ModelGraph) -> str:
     totals = f"{n(params)} params ({short(params)})"
     if buffers:
         totals += f" + {n(buffers)} buffer elements"
-    totals += f"  ·  {short(evaluate(graph.total_macs, graph.bindings))} MACs per sample"
+    totals += f"  ·  {short(value_at(graph.total_macs, graph.bindings))} MACs per sample"
     if graph.bindings:
         totals += " at " + ", ".join(f"{k}={v}" for k, v in graph.bindings.items())
     return f'<<FONT POINT-SIZE="16"><B>{_esc(name)}</B></FONT><BR/>{_esc(totals)}<BR/> >'

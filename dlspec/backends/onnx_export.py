@@ -52,7 +52,7 @@ import numpy as np
 from dlspec import __version__
 from dlspec.analysis.graph import ModelGraph
 from dlspec.backends.runtime import Device, RuntimeSetupError, Session
-from dlspec.layers.symbolic import Dim, Poly, evaluate
+from dlspec.layers.symbolic import Dim, Poly, value_at
 
 if TYPE_CHECKING:
     import onnx
@@ -209,7 +209,7 @@ def sample_inputs(
     limit = index_limit(graph)
     inputs = {}
     for node in graph.inputs:
-        shape = (batch, *(evaluate(d, lengths) for d in node.type.shape))
+        shape = (batch, *(value_at(d, lengths) for d in node.type.shape))
         if node.type.dtype == "long":
             inputs[node.name] = torch.randint(0, limit, shape, generator=generator)
         else:
@@ -402,7 +402,7 @@ def _probe(session: Session, graph: ModelGraph) -> None:
     except Exception as exc:  # ONNX Runtime's own exception types
         raise _Rejected(f"ONNX Runtime cannot run it at {where}: {_first_line(exc)}") from None
     for output, out in zip(graph.outputs, outputs, strict=True):
-        expected = (PROBE_BATCH, *(evaluate(d, lengths) for d in output.type.shape))
+        expected = (PROBE_BATCH, *(value_at(d, lengths) for d in output.type.shape))
         if tuple(out.shape) != expected:
             raise _Rejected(
                 f"at {where} its output {output.name} has shape {tuple(out.shape)}, not {expected}"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import onnxruntime as ort
     import torch
 
-__all__ = ["CPU", "CUDA", "Device", "RuntimeSetupError", "Session", "TensorInfo"]
+__all__ = ["CPU", "CUDA", "Device", "RuntimeSetupError", "Session", "SessionTensor"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -47,7 +47,7 @@ class RuntimeSetupError(Exception):
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class SessionTensor:
     """A model input or output: its name, numpy dtype and shape (a dimension is a number, or
     the name of a dynamic axis such as ``"batch"`` or ``"T"``, or None when unnamed)."""
 
@@ -203,8 +203,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _info(arg: Any) -> TensorInfo:
+def _info(arg: Any) -> SessionTensor:
     dtype = _NUMPY_TYPES.get(arg.type)
     if dtype is None:
         raise RuntimeSetupError(f"{arg.name}: element type {arg.type} is not supported")
-    return TensorInfo(arg.name, dtype, tuple(arg.shape))
+    return SessionTensor(arg.name, dtype, tuple(arg.shape))

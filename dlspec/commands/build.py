@@ -24,6 +24,14 @@ from dlspec.commands.common import (
     whole_number,
 )
 from dlspec.train import launch
+from dlspec.train.run_dir import (
+    CHECKPOINT,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    METRICS_JSON,
+    MODEL_PY,
+    run_info,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,8 +44,6 @@ train settings (the spec's `train {{ ... }}` section, or --train KEY=VALUE):
 exit codes: 0 done, 1 the spec has errors or the data / checkpoint cannot be used,
 2 usage (bad option or train setting), 130 interrupted (Ctrl-C; the checkpoint is saved and
 --resume continues from it)."""
-
-MODEL_PY = "model.py"
 
 
 def _number(text: str) -> str:
@@ -186,18 +192,10 @@ def _write_model(path: Path, code: str) -> None:
 def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     """Train the built model; map every failure the user can fix to a message."""
     from dlspec.backends.onnx_export import index_limit
-    from dlspec.layers.symbolic import evaluate
+    from dlspec.layers.symbolic import value_at
     from dlspec.train.checkpoint import CheckpointError, spec_hash
     from dlspec.train.data import DataError
-    from dlspec.train.loop import (
-        CHECKPOINT,
-        CONFUSION_PNG,
-        CURVES_PNG,
-        METRICS_JSON,
-        RunOptions,
-        TrainError,
-        train_model,
-    )
+    from dlspec.train.loop import RunOptions, TrainError, train_model
 
     graph = spec.graph
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
@@ -207,8 +205,8 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
         )
     input_type, output_type = graph.inputs[0].type, graph.outputs[0].type
     # symbolic dimensions at their values (T: the training context, --set T=...)
-    input_shape = [evaluate(d, graph.bindings) for d in input_type.shape]
-    output_shape = [evaluate(d, graph.bindings) for d in output_type.shape]
+    input_shape = [value_at(d, graph.bindings) for d in input_type.shape]
+    output_shape = [value_at(d, graph.bindings) for d in output_type.shape]
     token_limit = index_limit(graph) if input_type.dtype == "long" else None
     out: Path = args.out
     options = RunOptions(
@@ -218,13 +216,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         resume=args.resume,
     )
-    info = {
-        "spec": spec.path,
-        "model": graph.name,
-        "params": graph.arguments,
-        "bindings": graph.bindings,
-        "spec_text": spec.source_text,
-    }
+    info = run_info(spec.path, graph.name, graph.arguments, graph.bindings, spec.source_text)
     train = train_model
     worker = launch.current_worker()
     if worker is not None:  # one process of a torchrun job

@@ -28,6 +28,7 @@ from dlspec.backends.onnx_export import (
     RTOL,
 )
 from dlspec.commands.common import add_spec_arguments, load_spec
+from dlspec.train.run_dir import CLASSES, CONFIG, DATA, METRICS_JSON, SPEC_HASH
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,8 +48,6 @@ metrics.json beside --weights, and the spec's train section), for `dlspec predic
 
 exit codes: 0 written, 1 the spec has errors, the weights do not fit, or the export or its
 verification failed (nothing is written then), 2 usage (bad option, unwritable --out)."""
-
-METRICS_JSON = "metrics.json"  # what `dlspec build` writes beside its checkpoint
 
 
 def _opset(text: str) -> int:
@@ -156,13 +155,13 @@ def _training_metadata(spec: Spec, weights: Path | None, spec_hash: str) -> dict
             loaded = json.loads((weights.parent / METRICS_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             loaded = {}
-        if isinstance(loaded, dict) and loaded.get("spec_hash") == spec_hash:
+        if isinstance(loaded, dict) and loaded.get(SPEC_HASH) == spec_hash:
             metrics = loaded
-    config = metrics.get("config") or {}
+    config = metrics.get(CONFIG) or {}
     if not config:
         config = spec.graph.train.model_dump(mode="json")
     out = {}
-    classes = (metrics.get("data") or {}).get("classes")
+    classes = (metrics.get(DATA) or {}).get(CLASSES)
     if classes:
         out[META_CLASSES] = json.dumps([str(c) for c in classes])
     if config.get("mean") is not None or config.get("std") is not None:

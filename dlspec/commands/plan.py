@@ -17,7 +17,7 @@ from dlspec.commands.common import (
     print_diagnostics,
 )
 from dlspec.diagnostics import n
-from dlspec.layers.symbolic import evaluate
+from dlspec.layers.symbolic import value_at
 
 
 def memory_size(text: str) -> int:
@@ -111,7 +111,7 @@ def _json(
         "peak": answer.peak(),
         "bytes": at_batch,
         "formulas": {name: str(value) for name, value in parts.items()},
-        "train_flops_per_step": evaluate(answer.flops, answer.bindings) * answer.batch,
+        "train_flops_per_step": value_at(answer.flops, answer.bindings) * answer.batch,
         "max_lengths": {name: value for name, (value, _) in lengths.items()},
     }
 
@@ -139,7 +139,7 @@ def _table(answer: memory.Plan, args: argparse.Namespace, model: str, lengths: L
     lines += [f"  {label.ljust(width)}  {human_bytes(value):>12}" for label, value in rows]
     share = 100 * parts["total"] / answer.budget
     lines.append(f"  {'of the budget'.ljust(width)}  {share:>11.1f}%")
-    flops = evaluate(answer.flops, answer.bindings) * answer.batch
+    flops = value_at(answer.flops, answer.bindings) * answer.batch
     passes = "forward, backward and recomputation" if args.checkpointing else "forward + backward"
     lines.append("")
     lines.append(f"training FLOPs per step: {short(flops)} ({passes}, batch {n(answer.batch)})")

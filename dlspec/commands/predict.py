@@ -24,7 +24,7 @@ from dlspec.commands.common import positive_int
 if TYPE_CHECKING:
     import torch
 
-    from dlspec.backends.runtime import Session, TensorInfo
+    from dlspec.backends.runtime import Session, SessionTensor
 
 EPILOG = """\
 exit codes: 0 done, 1 an unreadable model or input, or an input that does not fit the model,
@@ -50,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _sample_shape(info: TensorInfo) -> tuple[int | str | None, ...]:
+def _sample_shape(info: SessionTensor) -> tuple[int | str | None, ...]:
     return info.shape[1:]
 
 
@@ -74,7 +74,7 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
     return torch.from_numpy(array / np.float32(255))
 
 
-def _read_npz(path: Path, inputs: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, inputs: Sequence[SessionTensor]) -> dict[str, np.ndarray]:
     """The arrays of an .npz file for each model input (by name; a one-input model also takes
     the only array, or ``x``)."""
     try:
@@ -107,7 +107,7 @@ def _check_shape(name: str, shape: Sequence[int], sample: Sequence[object]) -> N
 
 
 def _fit(
-    name: str, x: np.ndarray, info: TensorInfo, normalize: tuple[Stats, Stats] | None
+    name: str, x: np.ndarray, info: SessionTensor, normalize: tuple[Stats, Stats] | None
 ) -> np.ndarray:
     """One model input's batch: token ids checked against the input's shape; floats fitted to
     it (resized, channels adapted, flattened: ``fit_to_input``) and normalised as in

@@ -50,7 +50,7 @@ class Poly:
     def symbols(self) -> set[str]:
         return {s for m in self.terms for s, _ in m}
 
-    def evaluate(self, bindings: Mapping[str, int]) -> int:
+    def value_at(self, bindings: Mapping[str, int]) -> int:
         total = 0
         for mono, coeff in self.terms.items():
             value = coeff
@@ -156,9 +156,9 @@ def as_poly(value: Dim) -> Poly:
     return value if isinstance(value, Poly) else Poly({(): value})
 
 
-def evaluate(value: Dim, bindings: Mapping[str, int]) -> int:
+def value_at(value: Dim, bindings: Mapping[str, int]) -> int:
     """The concrete value of a dimension or formula at the given symbol bindings."""
-    return value if isinstance(value, int) else value.evaluate(bindings)
+    return value if isinstance(value, int) else value.value_at(bindings)
 
 
 def is_symbolic(value: Dim) -> bool:

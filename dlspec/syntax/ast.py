@@ -195,5 +195,7 @@ class Definition(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class Spec:
+class Document:
+    """A whole spec file: its model and block definitions."""
+
     definitions: list[Definition]

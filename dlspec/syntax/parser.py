@@ -70,11 +70,11 @@ def parse_number(text: str) -> int | float:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer[Token, ast.Spec]):
+class _ToAst(Transformer[Token, ast.Document]):
     """Parse tree -> typed syntax tree. Explicit methods, one per rule."""
 
-    def start(self, meta: Meta, items: list[ast.Definition]) -> ast.Spec:
-        return ast.Spec(definitions=items)
+    def start(self, meta: Meta, items: list[ast.Definition]) -> ast.Document:
+        return ast.Document(definitions=items)
 
     def definition(self, meta: Meta, items: list[Any]) -> ast.Definition:
         keyword, name, params, inputs, *body = items
@@ -285,7 +285,7 @@ def _syntax_diagnostic(parser: Lark, err: UnexpectedInput, text: str) -> Diagnos
     )
 
 
-def parse(text: str) -> tuple[ast.Spec | None, list[Diagnostic]]:
+def parse(text: str) -> tuple[ast.Document | None, list[Diagnostic]]:
     """Parse spec text into its syntax tree, or report the first syntax error.
 
     Only the first syntax error is reported: after one, the nesting and positions of what

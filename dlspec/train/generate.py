@@ -126,9 +126,17 @@ def load_language_model(
     checkpoint (the spec's text, parameter values and vocabulary are saved in it, so the
     spec file need not exist any more). Raises :class:`RunError` with a message."""
     from dlspec.api import SpecError, load_text
-    from dlspec.layers.symbolic import evaluate
+    from dlspec.layers.symbolic import value_at
     from dlspec.train.checkpoint import CheckpointError, load_checkpoint, spec_hash
-    from dlspec.train.loop import CHECKPOINT
+    from dlspec.train.run_dir import (
+        BINDINGS,
+        CHECKPOINT,
+        CLASSES,
+        MODEL,
+        PARAMS,
+        SPEC,
+        SPEC_TEXT,
+    )
 
     directory = Path(run_dir)
     path = directory / CHECKPOINT
@@ -142,15 +150,15 @@ def load_language_model(
     except CheckpointError as exc:
         raise RunError(str(exc).rpartition("; ")[0] or str(exc)) from None
     info = checkpoint.info
-    if not isinstance(info.get("spec_text"), str) or not info.get("classes"):
+    if not isinstance(info.get(SPEC_TEXT), str) or not info.get(CLASSES):
         raise RunError(
             f"{path}: the checkpoint does not hold its spec and vocabulary (it was written by "
             "an older dlspec); build the model again"
         )
-    overrides = {**info.get("params", {}), **info.get("bindings", {})}
+    overrides = {**info.get(PARAMS, {}), **info.get(BINDINGS, {})}
     try:
         spec = load_text(
-            info["spec_text"], str(info.get("spec", "<spec>")), model=info.get("model"), **overrides
+            info[SPEC_TEXT], str(info.get(SPEC, "<spec>")), model=info.get(MODEL), **overrides
         )
     except (SpecError, TypeError) as exc:
         raise RunError(f"{path}: the spec saved in the checkpoint does not load: {exc}") from None
@@ -180,8 +188,8 @@ def load_language_model(
     model.to(device).eval()
     return LanguageModelRun(
         model=model,
-        vocab=[str(c) for c in info["classes"]],
-        context=evaluate(inputs[0].type.shape[0], graph.bindings),
+        vocab=[str(c) for c in info[CLASSES]],
+        context=value_at(inputs[0].type.shape[0], graph.bindings),
         name=graph.name,
         spec=spec.path,
         epochs=checkpoint.epoch,

@@ -39,14 +39,21 @@ from dlspec.train.metrics import (
     regression_metrics,
     write_json,
 )
+from dlspec.train.run_dir import (
+    CHECKPOINT,
+    CLASSES,
+    CONFIG,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    DATA,
+    METRICS_JSON,
+    MODEL,
+    SPEC_HASH,
+)
 from dlspec.train.text import TokenIds, check_vocabulary, perplexity, random_windows, text_splits
 from dlspec.train.transforms import Augment
 
 __all__ = [
-    "CHECKPOINT",
-    "CONFUSION_PNG",
-    "CURVES_PNG",
-    "METRICS_JSON",
     "OBJECTIVES",
     "LanguageModel",
     "Objective",
@@ -64,12 +71,6 @@ __all__ = [
     "select_device",
     "train_model",
 ]
-
-#: File names a run writes in its output directory.
-CHECKPOINT = "checkpoint.pt"
-METRICS_JSON = "metrics.json"
-CURVES_PNG = "learning_curves.png"
-CONFUSION_PNG = "confusion_matrix.png"
 
 
 class TrainError(Exception):
@@ -663,7 +664,7 @@ class Trainer:
                 history=self.history,
                 rng=self._rng(),
                 partial=partial,
-                info={**self.info, "classes": self.class_names},
+                info={**self.info, CLASSES: self.class_names},
             ),
         )
 
@@ -696,7 +697,7 @@ def _data_summary(splits: Splits, input_shape: Sequence[int]) -> dict[str, Any]:
     return {
         "sizes": {k: len(v) for k, v in parts.items() if v is not None},
         "names": {k: v.name for k, v in parts.items() if v is not None},
-        "classes": splits.classes,
+        CLASSES: splits.classes,
         "sample_shape": list(splits.train.sample_shape),
         "model_input": list(input_shape),
     }
@@ -766,19 +767,19 @@ def train_model(
         return TrainResult(epoch=trainer.epoch)
     metrics: dict[str, Any] = {
         **(info or {}),
-        "spec_hash": spec_hash,
-        "config": config.model_dump(mode="json")
+        SPEC_HASH: spec_hash,
+        CONFIG: config.model_dump(mode="json")
         | {"optimizer": {"name": config.optimizer.name, **config.optimizer.torch_kwargs()}},
         "device": str(device),
         "precision": trainer.precision,
         "channels_last": trainer.channels_last,
-        "data": data,
+        DATA: data,
         "epochs": trainer.history,
         "test": trainer.test(),
     }
     write_json(options.out / METRICS_JSON, metrics)
     if options.plots:
-        title = str((info or {}).get("model", ""))
+        title = str((info or {}).get(MODEL, ""))
         plot_learning_curves(trainer.history, options.out / CURVES_PNG, title)
         if "confusion_matrix" in metrics["test"]:
             matrix = metrics["test"]["confusion_matrix"]

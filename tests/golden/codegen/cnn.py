@@ -5,7 +5,7 @@ from torch import nn
 
 
 class MyNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
         self.relu1 = nn.ReLU()
@@ -20,7 +20,7 @@ class MyNet(nn.Module):
         self.fc1 = nn.Linear(18432, 512)
         self.relu4 = nn.ReLU()
         self.dropout2 = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(512, 10)
+        self.fc2 = nn.Linear(512, num_classes)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.conv1(image)  # (B, 32, 48, 48)

@@ -5,12 +5,12 @@ from torch import nn
 
 
 class GRUClassifier(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, vocab: int = 5000, num_classes: int = 4) -> None:
         super().__init__()
-        self.embed = nn.Embedding(5000, 64, padding_idx=0)
+        self.embed = nn.Embedding(vocab, 64, padding_idx=0)
         self.gru = nn.GRU(64, 128, bidirectional=True, batch_first=True)
         self.dropout1 = nn.Dropout(0.3)
-        self.head = nn.Linear(256, 4)
+        self.head = nn.Linear(256, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)  # (B, T, 64)

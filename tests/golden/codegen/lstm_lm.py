@@ -5,12 +5,12 @@ from torch import nn
 
 
 class CharLSTM(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, vocab: int = 65) -> None:
         super().__init__()
-        self.embed = nn.Embedding(65, 128)
+        self.embed = nn.Embedding(vocab, 128)
         self.lstm = nn.LSTM(128, 256, num_layers=2, dropout=0.2, batch_first=True)
         self.dropout1 = nn.Dropout(0.2)
-        self.head = nn.Linear(256, 65)
+        self.head = nn.Linear(256, vocab)
 
     def forward(self, chars: torch.Tensor) -> torch.Tensor:
         x = self.embed(chars)  # (B, T, 128)

@@ -5,14 +5,14 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 128, num_classes: int = 10, p: float = 0.2) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(64, 128)
+        self.fc1 = nn.Linear(64, hidden)
         self.relu1 = nn.ReLU()
-        self.dropout1 = nn.Dropout(0.2)
-        self.fc2 = nn.Linear(128, 64)
+        self.dropout1 = nn.Dropout(p)
+        self.fc2 = nn.Linear(hidden, hidden // 2)
         self.relu2 = nn.ReLU()
-        self.out = nn.Linear(64, 10)
+        self.out = nn.Linear(hidden // 2, num_classes)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.fc1(pixels)  # (B, 128)

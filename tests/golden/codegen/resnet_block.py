@@ -5,13 +5,13 @@ from torch import nn
 
 
 class BasicResidual(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
-        self.conv2d1 = nn.Conv2d(16, 16, kernel_size=3, padding=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(16)
+        self.conv2d1 = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1, bias=False)
+        self.batchnorm2d1 = nn.BatchNorm2d(channels)
         self.relu1 = nn.ReLU()
-        self.conv2d2 = nn.Conv2d(16, 16, kernel_size=3, padding=1, bias=False)
-        self.batchnorm2d2 = nn.BatchNorm2d(16)
+        self.conv2d2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.batchnorm2d2 = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2d1(x)
@@ -23,9 +23,9 @@ class BasicResidual(nn.Module):
 
 
 class Basic(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
-        self.residual1 = BasicResidual()
+        self.residual1 = BasicResidual(in_channels, channels)
         self.relu1 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,10 +35,10 @@ class Basic(nn.Module):
 
 
 class DownShortcut(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
-        self.conv2d1 = nn.Conv2d(16, 32, kernel_size=1, stride=2, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(32)
+        self.conv2d1 = nn.Conv2d(in_channels, channels, kernel_size=1, stride=2, bias=False)
+        self.batchnorm2d1 = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv2d1(x)  # (B, 32, 16, 16)
@@ -47,14 +47,16 @@ class DownShortcut(nn.Module):
 
 
 class DownResidual(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
-        self.conv2d1 = nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(32)
+        self.conv2d1 = nn.Conv2d(
+            in_channels, channels, kernel_size=3, stride=2, padding=1, bias=False
+        )
+        self.batchnorm2d1 = nn.BatchNorm2d(channels)
         self.relu1 = nn.ReLU()
-        self.conv2d2 = nn.Conv2d(32, 32, kernel_size=3, padding=1, bias=False)
-        self.batchnorm2d2 = nn.BatchNorm2d(32)
-        self.shortcut = DownShortcut()
+        self.conv2d2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.batchnorm2d2 = nn.BatchNorm2d(channels)
+        self.shortcut = DownShortcut(in_channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2d1(x)  # (B, 32, 16, 16)
@@ -66,9 +68,9 @@ class DownResidual(nn.Module):
 
 
 class Down(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
-        self.residual1 = DownResidual()
+        self.residual1 = DownResidual(in_channels, channels)
         self.relu1 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,48 +79,18 @@ class Down(nn.Module):
         return x
 
 
-class BasicResidual2(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv2d1 = nn.Conv2d(32, 32, kernel_size=3, padding=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(32)
-        self.relu1 = nn.ReLU()
-        self.conv2d2 = nn.Conv2d(32, 32, kernel_size=3, padding=1, bias=False)
-        self.batchnorm2d2 = nn.BatchNorm2d(32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2d1(x)
-        out = self.batchnorm2d1(out)
-        out = self.relu1(out)
-        out = self.conv2d2(out)
-        out = self.batchnorm2d2(out)
-        return out + x
-
-
-class Basic2(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.residual1 = BasicResidual2()
-        self.relu1 = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.residual1(x)
-        x = self.relu1(x)
-        return x
-
-
 class TinyResNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 16, kernel_size=3, padding=1, bias=False)
         self.stem_bn = nn.BatchNorm2d(16)
         self.relu1 = nn.ReLU()
-        self.layer1 = nn.Sequential(Basic(), Basic())
-        self.layer2 = Down()
-        self.layer3 = Basic2()
+        self.layer1 = nn.Sequential(*[Basic(16, 16) for _ in range(2)])
+        self.layer2 = Down(16, 32)
+        self.layer3 = Basic(32, 32)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten1 = nn.Flatten()
-        self.fc = nn.Linear(32, 10)
+        self.fc = nn.Linear(32, num_classes)
         self.checkpointing = False  # True: recompute blocks in backward
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,10 @@ from torch import nn
 
 
 class SequenceRNN(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, features: int = 8, hidden: int = 64, num_classes: int = 5) -> None:
         super().__init__()
-        self.rnn = nn.RNN(8, 64, batch_first=True)
-        self.head = nn.Linear(64, 5)
+        self.rnn = nn.RNN(features, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, readings: torch.Tensor) -> torch.Tensor:
         x = self.rnn(readings)[0][:, -1]  # (B, 64)

@@ -48,15 +48,23 @@ class TransformerEncoderStack(nn.TransformerEncoder):
 
 
 class TinyGPT(nn.Module):
-    def __init__(self) -> None:
+    def __init__(
+        self, vocab: int = 65, d: int = 128, n_layer: int = 4, n_head: int = 4, block_size: int = 64
+    ) -> None:
         super().__init__()
-        self.tok_emb = nn.Embedding(65, 128)
-        self.pos_emb = LearnedPositionalEncoding(64, 128)
+        self.tok_emb = nn.Embedding(vocab, d)
+        self.pos_emb = LearnedPositionalEncoding(block_size, d)
         self.dropout1 = nn.Dropout(0.1)
         self.blocks = TransformerEncoderStack(
-            4, 128, 4, dim_feedforward=512, activation="gelu", norm_first=True, final_norm=True
+            n_layer,
+            d,
+            n_head,
+            dim_feedforward=4 * d,
+            activation="gelu",
+            norm_first=True,
+            final_norm=True,
         )
-        self.head = nn.Linear(128, 65, bias=False)
+        self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.tok_emb.weight
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

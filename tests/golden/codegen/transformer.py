@@ -22,16 +22,16 @@ class SinusoidalPositionalEncoding(nn.Module):
 
 
 class TransformerBase(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, src_vocab: int = 37000, tgt_vocab: int = 37000, max_len: int = 256) -> None:
         super().__init__()
-        self.src_emb = nn.Embedding(37000, 512)
-        self.src_pos = SinusoidalPositionalEncoding(256, 512)
+        self.src_emb = nn.Embedding(src_vocab, 512)
+        self.src_pos = SinusoidalPositionalEncoding(max_len, 512)
         self.src_x = nn.Dropout(0.1)
-        self.tgt_emb = nn.Embedding(37000, 512)
-        self.tgt_pos = SinusoidalPositionalEncoding(256, 512)
+        self.tgt_emb = nn.Embedding(tgt_vocab, 512)
+        self.tgt_pos = SinusoidalPositionalEncoding(max_len, 512)
         self.tgt_x = nn.Dropout(0.1)
         self.core = nn.Transformer(512, 8, 6, 6, batch_first=True)
-        self.out = nn.Linear(512, 37000)
+        self.out = nn.Linear(512, tgt_vocab)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         x = self.src_emb(src)  # (B, S, 512)

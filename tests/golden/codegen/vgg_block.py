@@ -5,24 +5,12 @@ from torch import nn
 
 
 class ConvBNReLU(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int, channels: int, kernel: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 32, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(32)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)  # (B, 32, 32, 32)
-        x = self.bn(x)
-        x = self.act(x)
-        return x
-
-
-class ConvBNReLU2(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(32, 32, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(32)
+        self.conv = nn.Conv2d(
+            in_channels, channels, kernel_size=kernel, padding=kernel // 2, bias=False
+        )
+        self.bn = nn.BatchNorm2d(channels)
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,106 +21,29 @@ class ConvBNReLU2(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int, channels: int, depth: int = 2) -> None:
         super().__init__()
-        self.convs = nn.Sequential(ConvBNReLU(), ConvBNReLU2())
+        self.convs = nn.Sequential(
+            ConvBNReLU(in_channels, channels),
+            *[ConvBNReLU(channels, channels) for _ in range(depth - 1)],
+        )
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(x)  # (B, 32, 32, 32)
-        x = self.pool(x)  # (B, 32, 16, 16)
-        return x
-
-
-class ConvBNReLU3(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(64)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)  # (B, 64, 16, 16)
-        x = self.bn(x)
-        x = self.act(x)
-        return x
-
-
-class ConvBNReLU4(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(64, 64, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(64)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        x = self.bn(x)
-        x = self.act(x)
-        return x
-
-
-class Stage2(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = nn.Sequential(ConvBNReLU3(), ConvBNReLU4())
-        self.pool = nn.MaxPool2d(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(x)  # (B, 64, 16, 16)
-        x = self.pool(x)  # (B, 64, 8, 8)
-        return x
-
-
-class ConvBNReLU5(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(64, 128, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(128)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)  # (B, 128, 8, 8)
-        x = self.bn(x)
-        x = self.act(x)
-        return x
-
-
-class ConvBNReLU6(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(128, 128, kernel_size=3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(128)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        x = self.bn(x)
-        x = self.act(x)
-        return x
-
-
-class Stage3(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = nn.Sequential(ConvBNReLU5(), ConvBNReLU6(), ConvBNReLU6())
-        self.pool = nn.MaxPool2d(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(x)  # (B, 128, 8, 8)
-        x = self.pool(x)  # (B, 128, 4, 4)
+        x = self.convs(x)
+        x = self.pool(x)
         return x
 
 
 class VGGLike(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
-        self.stage1 = Stage()
-        self.stage2 = Stage2()
-        self.stage3 = Stage3()
+        self.stage1 = Stage(3, width)
+        self.stage2 = Stage(width, 2 * width)
+        self.stage3 = Stage(2 * width, 4 * width, depth=3)
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.flatten1 = nn.Flatten()
-        self.head = nn.Linear(128, 10)
+        self.head = nn.Linear(4 * width, num_classes)
         self.checkpointing = False  # True: recompute blocks in backward
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""Binding a call's arguments to what it calls (a layer kind's fields, validated against its
+pydantic schema; a block's parameters; a train setting's), with each argument's span."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from dlspec.analysis.evaluate import did_you_mean, evaluate
+from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
+from dlspec.layers import REGISTRY, Layer
+from dlspec.syntax import ast
+
+
+class ArgumentErrors(DiagnosticError):
+    """Several problems with one call's arguments; ``diagnostic`` is the last of them."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        super().__init__(diagnostics[-1])
+        self.diagnostics = diagnostics
+
+
+def match_arguments(
+    callee: str,
+    args: Sequence[ast.Arg],
+    names: Sequence[str],
+    positional: Sequence[str],
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, ast.Arg]:
+    """Each argument of a call under the parameter it gives: positional ones fill
+    ``positional`` in order, keyword ones name one of ``names`` (or an alias of one).
+    Raises E205 (too many positional arguments), E202 (no such parameter) or E213 (a
+    parameter given twice). The one place a call's arguments meet its parameters: layer
+    kinds, blocks and the train section's optimizers and augmentations all bind here."""
+    aliases = aliases or {}
+    given = [a for a in args if a.name is None]
+    if len(given) > len(positional):
+        raise fail(
+            "E205",
+            f"{callee} takes at most {len(positional)} positional arguments "
+            f"({', '.join(positional) or 'none'}), got {len(given)}",
+            given[len(positional)].span,
+        )
+    matched = dict(zip(positional, given, strict=False))
+    for arg in args:
+        if arg.name is None:
+            continue
+        key = arg.name.name
+        canonical = aliases.get(key, key)
+        if canonical in matched:
+            raise fail("E213", f"argument {key!r} given twice", arg.span)
+        if canonical not in names:
+            raise fail(
+                "E202",
+                f"{callee} has no argument {key!r}",
+                arg.name.span,
+                did_you_mean(key, [*names, *aliases])
+                or [f"arguments: {', '.join(names) or 'none'}"],
+            )
+        matched[canonical] = arg
+    return matched
+
+
+def bind_layer(call: ast.Call, env: Mapping[str, Any]) -> tuple[Layer, dict[str, Span]]:
+    """The layer a call of a layer kind describes, validated against the kind's schema,
+    and where each of its arguments was written. Raises :class:`DiagnosticError` (or
+    :class:`ArgumentErrors` when pydantic finds several problems)."""
+    cls = REGISTRY[call.name.name]
+    fields = cls.model_fields
+    aliases = {str(f.validation_alias): name for name, f in fields.items() if f.validation_alias}
+    data: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    args = list(call.args)
+    if cls.variadic is not None:  # every positional argument is one item of a tuple
+        items = [a for a in args if a.name is None]
+        args = [a for a in args if a.name is not None]
+        if items:
+            data[cls.variadic] = [evaluate(a.value, env) for a in items]
+            spans[cls.variadic] = items[0].span
+    positional = () if cls.variadic is not None else cls.positional
+    for name, arg in match_arguments(cls.kind, args, list(fields), positional, aliases).items():
+        if name in cls.references and isinstance(arg.value, ast.Ref):
+            data[name] = arg.value.name  # a statement's name, not an expression
+        else:
+            data[name] = evaluate(arg.value, env)
+        spans[name] = arg.span
+    try:
+        return cls.model_validate(data), spans
+    except ValidationError as exc:
+        raise _validation_errors(cls, exc, spans, call) from None
+
+
+def _validation_errors(
+    cls: type[Layer], exc: ValidationError, spans: dict[str, Span], call: ast.Call
+) -> ArgumentErrors:
+    aliases = {
+        str(f.validation_alias): name for name, f in cls.model_fields.items() if f.validation_alias
+    }
+    diags = []
+    for err in exc.errors():
+        field_name = aliases.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else ""
+        if err["type"] == "missing":
+            positional = field_name in cls.positional
+            hint = (
+                f" (positional argument {cls.positional.index(field_name) + 1})"
+                if positional
+                else ""
+            )
+            diags.append(
+                Diagnostic.at("E203", f"{cls.kind} needs argument {field_name!r}{hint}", call.span)
+            )
+        else:
+            value = err.get("input")
+            diags.append(
+                Diagnostic.at(
+                    "E204",
+                    f"{cls.kind} argument {field_name}={value!r}: {err['msg'].lower()}",
+                    spans.get(field_name, call.span),
+                )
+            )
+    return ArgumentErrors(diags)
