@@ -26,6 +26,7 @@ COMMANDS = {
     "fmt": "dlspec.commands.fmt",
     "lsp": "dlspec.commands.lsp",
     "import": "dlspec.commands.import_",
+    "plan": "dlspec.commands.plan",
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2

@@ -173,6 +173,8 @@ class ModelGraph:
     graph: Graph
     train: TrainConfig  # the train section, validated (defaults where it is silent)
     span: Span
+    # bounds on symbolic dimensions that layers set, (dimension, maximum, what it is)
+    limits: list[tuple[Dim, int, str]] = field(default_factory=list)
 
     @property
     def inputs(self) -> list[Tensor]:

@@ -11,11 +11,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlspec.analysis import memory
 from dlspec.analysis.binding import ArgumentErrors, bind_layer, match_arguments
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int, truth
 from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.limits import LayerBudget
-from dlspec.analysis.names import CODE_NAMES, RESERVED
+from dlspec.analysis.names import CODE_NAMES, GENERATED, RESERVED
+from dlspec.analysis.render import human_bytes
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, LayerError, TensorType
@@ -31,6 +33,7 @@ TOTAL_NOUNS = {
     "trainable_params": "trainable parameters",
     "buffers": "buffer elements",
     "macs": "MACs per sample",
+    "train_memory": "bytes to train",
 }
 TOTAL_QUANTITIES = tuple(TOTAL_NOUNS)
 
@@ -41,7 +44,7 @@ def check_name(ident: ast.Ident, what: str) -> None:
     name = ident.name
     if keyword.iskeyword(name) or name in CODE_NAMES:
         raise fail("E207", f"{what} name {name!r} is a Python keyword or reserved", ident.span)
-    if name.startswith("__") or name in RESERVED:
+    if name.startswith("__") or name in RESERVED or name in GENERATED:
         raise fail(
             "E207",
             f"{what} name {name!r} would shadow an nn.Module attribute or special name",
@@ -182,6 +185,7 @@ class Analyzer:
         self.train: ast.TrainSection | None = None
         self.outputs: list[ast.Ident] | None = None
         self.incomplete = False  # a statement failed: the graph would have holes
+        self.limits: list[tuple[Dim, int, str]] = []  # bounds on symbolic dims, all layers
 
     # driver ---------------------------------------------------------------------------------
 
@@ -388,6 +392,7 @@ class Analyzer:
             ),
             train=train,
             span=definition.span,
+            limits=self.limits,
         )
         self._check_totals(graph)
         return graph
@@ -608,6 +613,7 @@ class Analyzer:
         except LayerError as err:
             span = spans.get(err.arg or "", op.span)
             raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
+        self.limits += inferred.limits
         for dim, limit, what in inferred.limits:
             value = value_at(dim, self.bindings)
             if value > limit:
@@ -785,7 +791,12 @@ class Analyzer:
                         check.quantity.span,
                         [f"quantities: {', '.join(TOTAL_QUANTITIES)}"],
                     )
-            self.total_checks.extend((check, env) for check in stmt.checks)
+            for check in stmt.checks:
+                if check.args and check.quantity.name != "train_memory":
+                    message = f"{check.quantity.name} takes no arguments"
+                    self.error(Diagnostic.at("E305", message, check.args[0].span))
+                else:
+                    self.total_checks.append((check, env))
             return
         for check in stmt.checks:
             if check.quantity.name not in LAYER_QUANTITIES:
@@ -851,7 +862,18 @@ class Analyzer:
     def _check_totals(self, graph: ModelGraph) -> None:
         for check, env in self.total_checks:
             quantity = check.quantity.name
-            if quantity == "macs":
+            notes: list[str] = []
+            if quantity == "train_memory":
+                try:
+                    chosen = _train_options(check, env)
+                except DiagnosticError as err:
+                    self.error(err.diagnostic)
+                    continue
+                parts = memory.train_bytes(graph, chosen)
+                actual = parts.pop("total")
+                listed = " + ".join(f"{name} {human_bytes(b)}" for name, b in parts.items())
+                notes = [f"training at {chosen.describe()}: {listed}"]
+            elif quantity == "macs":
                 actual = value_at(graph.total_macs, graph.bindings)
             elif quantity == "buffers":
                 actual = graph.buffer_count
@@ -863,7 +885,17 @@ class Analyzer:
             except DiagnosticError as err:
                 self.error(err.diagnostic)
                 continue
-            if failed:
+            if failed and quantity == "train_memory":
+                self.error(
+                    Diagnostic.at(
+                        "E304",
+                        f"training needs {human_bytes(actual)} ({n(actual)} bytes), which breaks "
+                        f"`expect total train_memory {check.op} {human_bytes(want)}`",
+                        check.span,
+                        notes,
+                    )
+                )
+            elif failed:
                 self.error(
                     Diagnostic.at(
                         "E304",
@@ -873,6 +905,20 @@ class Analyzer:
                         _largest(graph, quantity),
                     )
                 )
+
+
+def _train_options(check: ast.Check, env: Mapping[str, Any]) -> memory.Options:
+    """``train_memory(batch=32, precision="bf16")``'s arguments, keyword only."""
+    values: dict[str, Any] = {}
+    for arg in check.args:
+        if arg.name is None:
+            raise fail("E305", "write train_memory's arguments by name, e.g. batch=32", arg.span)
+        values[arg.name.name] = evaluate(arg.value, env)
+        try:
+            memory.options({arg.name.name: values[arg.name.name]})
+        except ValueError as exc:
+            raise fail("E305", f"train_memory: {exc}", arg.span) from None
+    return memory.options(values)
 
 
 def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:

@@ -100,3 +100,6 @@ RESERVED = frozenset(
         "zero_grad",
     ]
 )
+
+# Attributes the generated model class itself defines (activation checkpointing).
+GENERATED = frozenset(["checkpointing", "run_block"])

@@ -18,7 +18,7 @@ def human_bytes(count: int) -> str:
 
 def short(count: int) -> str:
     """96,663,050 -> 96.66M (as torchinfo prints totals)."""
-    for scale, suffix in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
+    for scale, suffix in ((10**15, "P"), (10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
         if abs(count) >= scale:
             return f"{count / scale:.2f}{suffix}"
     return str(count)
@@ -28,31 +28,38 @@ def _shape(shape: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _row(row: LayerRow, parent: str, previous: str) -> list[str]:
+def _row(row: LayerRow, parent: str, previous: str, activations: bool) -> list[str]:
     """A table row; the kind says ``<- a, b`` when the layer reads other tensors than the
-    one written just before it in its scope (``previous``)."""
+    one written just before it in its scope (``previous``); with ``activations``, the bytes
+    it saves for backward."""
     name = "  " * row.depth + row.name.removeprefix(parent + ".")
     macs = n(row.macs) if row.macs_formula is None else f"{n(row.macs)}*"
     kind = row.label if row.inputs == [previous] else f"{row.label} <- {', '.join(row.inputs)}"
-    return [name, kind, _shape(row.output_shape), n(row.params), macs]
+    cells = [name, kind, _shape(row.output_shape), n(row.params), macs]
+    return [*cells, human_bytes(row.activations_bytes)] if activations else cells
 
 
-def render_table(report: Report) -> str:
-    """The per-layer table and the totals; empty when the spec did not analyze."""
+def render_table(report: Report, activations: bool = False) -> str:
+    """The per-layer table and the totals; empty when the spec did not analyze. With
+    ``activations``, a column of the bytes each layer saves for backward at the batch."""
     if report.model is None or report.memory is None:
         return ""
     header = ["layer", "kind", "output (per sample)", "params", "MACs"]
     body = [[i.name, f"input {i.dtype}", _shape(i.shape), "0", "0"] for i in report.inputs]
+    if activations:
+        header.append(f"saved (batch {report.memory.batch})")
+        body = [[*row, ""] for row in body]
     parents: list[str] = []
     last = {"": report.inputs[-1].name if report.inputs else ""}  # scope path -> last tensor
     for r in report.layers:
         del parents[r.depth :]
         scope, _, own = r.name.rpartition(".")
-        body.append(_row(r, parents[-1] if parents else "", last.get(scope, "input")))
+        previous = last.get(scope, "input")
+        body.append(_row(r, parents[-1] if parents else "", previous, activations))
         last[scope] = own
         parents.append(r.name)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    right = (False, False, False, True, True)
+    right = (False, False, False, True, True, True)[: len(header)]
 
     def fmt(cells: list[str]) -> str:
         parts = [
@@ -79,7 +86,7 @@ def render_table(report: Report) -> str:
         ("parameter memory", f"{human_bytes(mem.parameters_bytes)} (fp32)"),
         (
             "activation memory",
-            f"{human_bytes(mem.activations_bytes)} (forward + backward, batch {mem.batch})",
+            f"{human_bytes(mem.activations_bytes)} (saved for backward, batch {mem.batch})",
         ),
         ("training (Adam)", f"{human_bytes(mem.training_adam_bytes)} (batch {mem.batch})"),
     ]

@@ -1,12 +1,13 @@
 """The check report: a documented, stable JSON schema (``schema_version`` 1) and its totals.
 
-Memory estimates (fp32, 4 bytes per element):
+Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has the rules):
 
 * parameters: (parameter + buffer elements) x 4;
-* activations: every layer output plus the inputs, kept for the backward pass, and as much
-  again for their gradients: 2 x 4 x elements x batch;
+* activations: the bytes autograd keeps for the backward pass at ``--batch``, each tensor
+  once, per layer and as a formula in the batch ``B`` and the symbolic dimensions;
 * training with Adam: weights, gradients and two moment estimates (16 bytes per trainable
-  parameter, 4 per buffer element) plus the activations.
+  parameter, 4 per buffer element), the activations, and the larger of the backward pass's
+  transient gradients and the optimizer step's temporaries (the peak of a training step).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError
 
+from dlspec.analysis import memory
 from dlspec.analysis.graph import ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
-from dlspec.layers.symbolic import Dim, Poly, product, value_at
+from dlspec.layers.symbolic import Dim, Poly, value_at
 
 BYTES = 4
 
@@ -47,6 +49,7 @@ class LayerRow(BaseModel):
     buffers: int  # buffer elements (not parameters)
     macs: int  # per sample, at the spec's bindings
     macs_formula: str | None  # when MACs depend on symbolic dimensions
+    activations_bytes: int  # saved for backward at the report's batch (shared tensors once)
     line: int
     column: int
 
@@ -56,7 +59,8 @@ class Memory(BaseModel):
 
     batch: int
     parameters_bytes: int
-    activations_bytes: int
+    activations_bytes: int  # saved for backward, training mode, fp32
+    activations_formula: str  # the same in the batch B and the symbolic dimensions
     training_adam_bytes: int
 
 
@@ -108,7 +112,7 @@ def _tensor(tensor: Tensor, bindings: dict[str, int]) -> TensorInfo:
 
 
 def _rows(
-    nodes: list[Step], depth: int, bindings: dict[str, int], parent: str = ""
+    nodes: list[Step], depth: int, bindings: dict[str, int], saved: dict[str, int]
 ) -> list[LayerRow]:
     rows = []
     for node in nodes:
@@ -126,12 +130,13 @@ def _rows(
                 buffers=node.buffer_count,
                 macs=value_at(macs, bindings),
                 macs_formula=str(macs) if isinstance(macs, Poly) else None,
+                activations_bytes=sum(saved.get(leaf.path, 0) for leaf in node.leaves()),
                 line=node.span.line,
                 column=node.span.column,
             )
         )
         shortcut = node.shortcut.steps if node.shortcut is not None else []
-        rows.extend(_rows([*node.children, *shortcut], depth + 1, bindings, node.path))
+        rows.extend(_rows([*node.children, *shortcut], depth + 1, bindings, saved))
     return rows
 
 
@@ -141,11 +146,11 @@ def build_report(
     if graph is None:
         return Report(file=path, diagnostics=diagnostics)
     b = graph.bindings
+    at = {**b, "B": batch}
     trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
-    elements = sum(value_at(product(i.type.shape), b) for i in graph.inputs) + sum(
-        value_at(product(leaf.output.type.shape), b) for leaf in graph.leaves()
-    )
-    activations = 2 * BYTES * elements * batch
+    per_layer = memory.activations(graph)
+    saved = {row.path: value_at(row.saved, at) for row in per_layer}
+    activations = memory.total(per_layer)
     return Report(
         file=path,
         model=graph.name,
@@ -153,7 +158,7 @@ def build_report(
         symbols=dict(b),
         inputs=[_tensor(i, b) for i in graph.inputs],
         outputs=[_tensor(o, b) for o in graph.outputs],
-        layers=_rows(graph.steps, 0, b),
+        layers=_rows(graph.steps, 0, b, saved),
         total_params=trainable,
         trainable_params=trainable,
         non_trainable_params=0,
@@ -163,8 +168,9 @@ def build_report(
         memory=Memory(
             batch=batch,
             parameters_bytes=BYTES * (trainable + buffers),
-            activations_bytes=activations,
-            training_adam_bytes=4 * BYTES * trainable + BYTES * buffers + activations,
+            activations_bytes=value_at(activations, at),
+            activations_formula=str(activations),
+            training_adam_bytes=memory.training(graph).bytes(at)["total"],
         ),
         diagnostics=diagnostics,
     )

@@ -137,6 +137,8 @@ class TrainConfig(_Frozen):
     sampler: Sampler = "ddim"
     sample_steps: int = Field(50, ge=1)
     guidance: float = Field(3.0, ge=0)
+    # activation checkpointing: recompute each of the model's block uses in backward
+    checkpointing: bool = False
 
 
 class TrainConfigError(ValueError):
@@ -318,6 +320,7 @@ SETTINGS: dict[str, Reader] = {
     "sampler": _named("sampler", "sampler", {"ddim": "ddim", "ddpm": "ddpm"}),
     "sample_steps": _plain,
     "guidance": _plain,
+    "checkpointing": _plain,
 }
 
 

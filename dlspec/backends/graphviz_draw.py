@@ -33,8 +33,9 @@ from typing import Literal, get_args
 
 import graphviz
 
+from dlspec.analysis import memory
 from dlspec.analysis.graph import Graph, ModelGraph, Step
-from dlspec.analysis.render import short
+from dlspec.analysis.render import human_bytes, short
 from dlspec.diagnostics import n
 from dlspec.layers.base import Family, TensorType
 from dlspec.layers.symbolic import value_at
@@ -75,11 +76,13 @@ LEGEND = "/legend"
 class DrawOptions:
     """How to draw: ``rankdir`` TB (top to bottom) or LR; ``detail`` low folds activations,
     dropout and reshapes into the layer before them, high draws every layer with its MACs;
-    ``expand`` draws every repetition instead of one with ``x N``."""
+    ``expand`` draws every repetition instead of one with ``x N``; ``activations`` (a batch
+    size) adds the bytes each box keeps for the backward pass."""
 
     rankdir: Literal["TB", "LR"] = "TB"
     detail: Literal["low", "high"] = "low"
     expand: bool = False
+    activations: int | None = None  # a batch size: show the bytes each box saves for backward
 
 
 class RenderError(Exception):
@@ -125,13 +128,16 @@ class _Box:
     output: TensorType
     params: int = 0
     macs: int | None = None  # shown at high detail
+    saved: int | None = None  # bytes kept for backward, shown with DrawOptions.activations
 
-    def fold(self, node: Step, bindings: dict[str, int]) -> None:
+    def fold(self, node: Step, bindings: dict[str, int], saved: int | None) -> None:
         self.parts.append(node.label)
         self.output = node.output.type
         self.params += node.params
         if self.macs is not None:
             self.macs += value_at(node.total_macs, bindings)
+        if self.saved is not None and saved is not None:
+            self.saved += saved
 
 
 @dataclass
@@ -170,6 +176,11 @@ class _Builder:
     def __init__(self, graph: ModelGraph, options: DrawOptions) -> None:
         self.graph = graph
         self.options = options
+        self.saved: dict[str, int] = {}
+        if options.activations is not None:
+            at = {**graph.bindings, "B": options.activations}
+            rows = memory.activations(graph)
+            self.saved = {row.path: value_at(row.saved, at) for row in rows}
         self.edges: list[_Edge] = []
 
     def build(self) -> list[_Item]:
@@ -216,7 +227,7 @@ class _Builder:
                 and source not in kept
                 and [r is step for r in readers[source]] == [True]
             ):
-                target.fold(step, self.graph.bindings)
+                target.fold(step, self.graph.bindings, self._saved(step))
                 env[step.output.name] = _End(target.id, step.output.type)
             else:
                 ends = [env[t.name] for t in step.inputs]
@@ -296,7 +307,15 @@ class _Builder:
         macs = None
         if self.options.detail == "high":
             macs = value_at(node.total_macs, self.graph.bindings)
-        return _Box(node.path, node.name, [node.label], family, node.output.type, node.params, macs)
+        box = _Box(node.path, node.name, [node.label], family, node.output.type, node.params, macs)
+        box.saved = self._saved(node)
+        return box
+
+    def _saved(self, node: Step) -> int | None:
+        """Bytes the node's layers keep for backward, when the drawing shows them."""
+        if self.options.activations is None:
+            return None
+        return sum(self.saved.get(leaf.path, 0) for leaf in node.leaves())
 
     @staticmethod
     def _title(node: Step) -> str:
@@ -409,6 +428,8 @@ def _box_label(box: _Box) -> str:
         details.append(f"{n(box.params)} params")
     if box.macs:
         details.append(f"{short(box.macs)} MACs")
+    if box.saved:
+        details.append(f"{human_bytes(box.saved)} saved")
     if details:
         info = _esc("  ·  ".join(details))
         rows.append(f'<FONT POINT-SIZE="9" COLOR="{DETAIL}">{info}</FONT>')

@@ -15,7 +15,11 @@ The generated file imports only torch and reads like hand-written code:
   ``named_parameters()`` yields exactly the analyzer's paths (``layer1.0.residual1.conv2d1``);
 * a ``forward`` in spec order: unnamed tensors flow through one variable (``x = self.fc1(x)``),
   tensors the spec refers to by name keep their names, and a comment gives the shape wherever
-  it changes (``# (B, 64, 24, 24)``; symbolic dimensions print as their names).
+  it changes (``# (B, 64, 24, 24)``; symbolic dimensions print as their names);
+* when the model uses blocks, ``self.checkpointing`` (False; ``dlspec build --checkpointing``
+  sets it) makes ``run_block`` run each of the model's own block uses (and each copy of a
+  repeated block) under ``torch.utils.checkpoint`` while training: only the block's input is
+  kept, and the block runs again in the backward pass.
 
 Everything layer-specific comes from :meth:`Layer.torch`; the generator never looks at a
 layer's kind. Names in the output are the analyzer's validated identifiers and every value
@@ -37,6 +41,7 @@ from dlspec import __version__
 from dlspec.analysis.binding import bind_layer
 from dlspec.analysis.evaluate import CONSTANTS, evaluate
 from dlspec.analysis.graph import Graph, ModelGraph, Step, Tensor
+from dlspec.analysis.memory import checkpoint_unit
 from dlspec.analysis.names import CODE_NAMES
 from dlspec.diagnostics import DiagnosticError
 from dlspec.layers.base import LayerError, TensorType, TorchCall
@@ -323,11 +328,13 @@ class _Body:
     forward: list[str]
     results: int
     variables: dict[str, str]
+    methods: str = ""  # further methods, after forward
 
 
 class _Generator:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
+        self.checkpointed: set[int] = set()  # ids of the model's steps run_block runs
         self.calls = {
             id(n): n.layer.torch([t.type for t in n.inputs]) for n in graph.leaves() if n.layer
         }
@@ -421,7 +428,13 @@ class _Generator:
         graph = self.graph.graph
         ctx = _Context(self.model, [u.env for u in self.model.uses], _pool(graph), graph.inputs)
         inputs = {i.name: i.name for i in self.graph.inputs}
+        self.checkpointed = {id(s) for s in graph.steps if checkpoint_unit(s)}
         body = self._scope(ctx, [self.graph.graph], inputs)
+        if self.checkpointed:
+            body.init.append(
+                f"{INDENT * 2}self.checkpointing = False  # True: recompute blocks in backward"
+            )
+            body.methods = RUN_BLOCK
         for leaf in self.graph.leaves():
             for weight, target in leaf.tied.items():  # shared tensors: assign the first one
                 body.init += _statement(
@@ -716,6 +729,16 @@ class _Generator:
         """``forward`` statements computing the step into the variable ``target``."""
         node = steps[0]
         module = f"self.{node.name}"
+        if id(node) in self.checkpointed:
+            if node.kind == "block":
+                expr = f"self.run_block({module}, {inputs[0]})"
+                return _statement(f"{target} = ", expr, 2, _comment(steps))
+            loop = "block" if target != "block" else "block_"
+            return [
+                f"{INDENT * 2}{target} = {inputs[0]}" if target != inputs[0] else "",
+                f"{INDENT * 2}for {loop} in {module}:",
+                f"{INDENT * 3}{target} = self.run_block({loop}, {target})",
+            ][0 if target != inputs[0] else 1 :]
         if node.kind != "repeat" or (
             built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
         ):
@@ -919,7 +942,17 @@ def _class_source(name: str, params: list[_Param], body: _Body) -> str:
         *lay_out(CallText("forward", tensors), 1, "def ", f" -> {returns}:"),
         *body.forward,
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + body.methods
+
+
+RUN_BLOCK = '''
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One block; with checkpointing (while training) only its input is kept, and the
+        block runs again in the backward pass."""
+        if self.checkpointing and self.training:
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)'''
 
 
 def _change(node: Step) -> str | None:

@@ -12,7 +12,7 @@ import functools
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlspec.analysis.check import Checked
 from dlspec.analysis.report import Report
@@ -39,6 +39,9 @@ from dlspec.train.run_dir import (
     MODEL_PY,
     run_info,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EPILOG = f"""\
 train settings (the spec's `train {{ ... }}` section, or --train KEY=VALUE):
@@ -90,6 +93,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=_number, metavar="RATE", help="the optimiser's learning rate")
     group.add_argument("--seed", type=_seed, metavar="N", help="seed for repeatable runs")
     group.add_argument(
+        "--checkpointing",
+        action="store_true",
+        default=None,
+        help="activation checkpointing: recompute each block in backward (less memory)",
+    )
+    group.add_argument(
         "--train",
         dest="train_overrides",
         metavar="KEY=VALUE",
@@ -117,6 +126,7 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "optimizer.lr": args.lr,
+        "checkpointing": "true" if args.checkpointing else None,
     }
     pairs = [(key, value) for key, value in options.items() if value is not None]
     return pairs + list(args.train_overrides)
@@ -270,6 +280,15 @@ def _unresumable(spec: Spec, out: Path) -> str | None:
     return None
 
 
+def _model(spec: Spec, checkpointing: bool) -> nn.Module:
+    """A fresh generated model, with activation checkpointing on when asked (a model that
+    uses no blocks has nothing to checkpoint: the setting does nothing there)."""
+    model = spec.to_torch()
+    if checkpointing and hasattr(model, "checkpointing"):
+        setattr(model, "checkpointing", True)  # noqa: B010 (not a declared attribute)
+    return model
+
+
 def _write_model(path: Path, code: str) -> None:
     from dlspec.train.checkpoint import atomic_file
 
@@ -329,7 +348,7 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             input_type, output_type = graph.inputs[0].type, graph.outputs[0].type
             # symbolic dimensions at their values (T: the training context, --set T=...)
             result = train(
-                spec.to_torch,
+                functools.partial(_model, spec, config.checkpointing),
                 config,
                 log=output.info,
                 input_shape=[value_at(d, graph.bindings) for d in input_type.shape],

@@ -52,6 +52,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser,
         "for MODULE:CALLABLE in place of a spec (--set then sets the constructor's arguments): ",
     )
+    parser.add_argument(
+        "--activations",
+        action="store_true",
+        help="add a column: the bytes each layer saves for the backward pass at --batch",
+    )
 
 
 def _imported(args: argparse.Namespace, target: str) -> Checked | int:
@@ -94,7 +99,7 @@ def check_all(args: argparse.Namespace) -> int:
             print_diagnostics(checked)
     else:
         for index, checked in enumerate(results):
-            table = "" if args.quiet else render_table(checked.report)
+            table = "" if args.quiet else render_table(checked.report, activations=args.activations)
             if table:
                 print(("\n" if index else "") + table, flush=True)
             print_diagnostics(checked)

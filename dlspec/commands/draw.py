@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dlspec.commands.common import add_spec_arguments, load_spec
+from dlspec.commands.common import add_spec_arguments, load_spec, positive_int
 from dlspec.files import write_atomic
 
 EXTENSIONS = (".svg", ".png", ".pdf", ".dot")
@@ -69,6 +69,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="draw every repetition of `Block * N` instead of one marked x N",
     )
+    parser.add_argument(
+        "--activations",
+        metavar="BATCH",
+        type=positive_int,
+        help="show the bytes each layer keeps for the backward pass at this batch size",
+    )
 
 
 def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = None) -> int:
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     if checked.graph is None:
         return code or 1
     options = graphviz_draw.DrawOptions(
-        rankdir=args.rankdir, detail=args.detail, expand=args.expand
+        rankdir=args.rankdir, detail=args.detail, expand=args.expand, activations=args.activations
     )
     source = graphviz_draw.to_dot(checked.graph, options)
     out: Path = args.out or Path(Path(args.spec).stem + ".svg")

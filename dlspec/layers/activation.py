@@ -11,12 +11,15 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     TensorType,
     TorchCall,
     axis,
     expect_float,
     register,
     sample_dim,
+    saved_input,
+    saved_output,
     torch_dim,
 )
 
@@ -26,6 +29,8 @@ class _Elementwise(Layer):
 
     family = "activation"
     torch_name: ClassVar[str]
+    # what the backward pass reads: the output (ReLU, Sigmoid, Tanh, softmax) or the input
+    keeps: ClassVar[Literal["input", "output"]] = "input"
 
     def _kwargs(self) -> dict[str, object]:
         return self.model_dump(exclude_defaults=True)
@@ -36,28 +41,31 @@ class _Elementwise(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(f"nn.{self.torch_name}", kwargs=self._kwargs())
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return [saved_output(output) if self.keeps == "output" else saved_input(inputs)]
+
     def label(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self._kwargs().items())
         return f"{self.kind}({args})" if args else self.kind
 
 
-def _simple(name: str, doc: str) -> type[Layer]:
+def _simple(name: str, doc: str, keeps: Literal["input", "output"]) -> type[Layer]:
     cls = type(
         name,
         (_Elementwise,),
-        {"__doc__": doc, "kind": name, "torch_name": name, "__module__": __name__},
+        {"__doc__": doc, "kind": name, "torch_name": name, "keeps": keeps, "__module__": __name__},
     )
     return register(cls)
 
 
-ReLU = _simple("ReLU", "max(0, x).")
-Sigmoid = _simple("Sigmoid", "1 / (1 + exp(-x)).")
-Tanh = _simple("Tanh", "Hyperbolic tangent.")
-SiLU = _simple("SiLU", "x * sigmoid(x) (swish).")
-ReLU6 = _simple("ReLU6", "min(max(0, x), 6) (MobileNet).")
-Hardswish = _simple("Hardswish", "x * ReLU6(x + 3) / 6 (MobileNetV3).")
-Hardsigmoid = _simple("Hardsigmoid", "ReLU6(x + 3) / 6 (MobileNetV3's gates).")
-Mish = _simple("Mish", "x * tanh(softplus(x)).")
+ReLU = _simple("ReLU", "max(0, x).", "output")
+Sigmoid = _simple("Sigmoid", "1 / (1 + exp(-x)).", "output")
+Tanh = _simple("Tanh", "Hyperbolic tangent.", "output")
+SiLU = _simple("SiLU", "x * sigmoid(x) (swish).", "input")
+ReLU6 = _simple("ReLU6", "min(max(0, x), 6) (MobileNet).", "input")
+Hardswish = _simple("Hardswish", "x * ReLU6(x + 3) / 6 (MobileNetV3).", "input")
+Hardsigmoid = _simple("Hardsigmoid", "ReLU6(x + 3) / 6 (MobileNetV3's gates).", "input")
+Mish = _simple("Mish", "x * tanh(softplus(x)).", "input")
 
 
 @register
@@ -154,6 +162,7 @@ class _SoftmaxLike(_Elementwise):
     would not always pick). ``dim`` counts per-sample dimensions; 0 is the first after batch."""
 
     probabilities = True
+    keeps = "output"
     positional = ("dim",)
     dim: int = -1
 

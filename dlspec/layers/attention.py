@@ -29,6 +29,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
@@ -37,10 +38,11 @@ from dlspec.layers.base import (
     expect_float,
     expect_rank,
     register,
+    saved_input,
 )
 from dlspec.layers.dense import Linear
 from dlspec.layers.norm import LayerNorm
-from dlspec.layers.symbolic import Dim
+from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -70,6 +72,52 @@ def _nest(parts: Iterable[tuple[str, Part]]) -> Part:
         weights |= {f"{prefix}.{name}": shape for name, shape in part_weights.items()}
         macs = macs + part_macs
     return weights, macs
+
+
+def attention_saved(
+    name: str,
+    query: TensorType,
+    keys: list[TensorType],
+    heads: int,
+    dropout: float,
+) -> list[Saved]:
+    """What ``nn.MultiheadAttention`` (``need_weights=False``, so through
+    ``scaled_dot_product_attention``) keeps, as tensors internal to the layer named
+    ``name.*``. ``keys`` are the other inputs: none for self-attention, the memory, or the
+    keys and the values.
+
+    Each projection reads a time-major copy of its input (self-attention and a memory of
+    width E share one projection, so one copy); the projections kept are Q (T x E) and K, V
+    (S x E each). Without dropout, CPU torch runs flash attention: it keeps its output and a
+    log-sum-exp per head and query (h x T). With dropout it runs the plain math: scaled Q, a
+    contiguous copy of K, V (whose storage is the whole joint projection when there is
+    one), the probabilities, the dropout mask and the dropped probabilities (h x T x S
+    each), and a copy of the output for the output projection."""
+    t, e = query.shape
+    s = keys[-1].shape[0] if keys else t
+    copies: list[Dim] = [t * e]
+    if len(keys) == 1:
+        width = keys[0].shape[1]
+        copies += [s * width] if width == e else [s * width, s * width]
+    copies += [s * x.shape[1] for x in keys[:2] if len(keys) == 2]
+    saved = [Saved(f"{name}.copy{i}", n) for i, n in enumerate(copies)]
+    if dropout:
+        joint = not keys or (len(keys) == 1 and keys[0].shape[1] == e)
+        value: Dim = (3 * t * e if not keys else 2 * s * e) if joint else s * e
+        saved += [
+            Saved(f"{name}.v", value),
+            Saved(f"{name}.k", s * e),
+            Saved(f"{name}.q_scaled", t * e),
+            *(Saved(f"{name}.{what}", heads * t * s) for what in ("probs", "mask", "dropped")),
+            Saved(f"{name}.out", t * e),
+        ]
+    else:
+        saved += [
+            Saved(f"{name}.qkv", t * e + 2 * s * e),
+            Saved(f"{name}.out", t * e),
+            Saved(f"{name}.logsumexp", heads * t),
+        ]
+    return saved
 
 
 def _sequence(x: TensorType, kind: str) -> None:
@@ -183,6 +231,9 @@ class MultiheadAttention(Layer):
         forward = "{module}(" + qkv + ", " + mask + "need_weights=False)[0]"  # (B, T, E)
         return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward)
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return attention_saved("attn", inputs[0], inputs[1:], self.num_heads, self.dropout)
+
     def label(self) -> str:
         causal = ", causal" if self.causal else ""
         return f"MultiheadAttention(heads={self.num_heads}{causal})"
@@ -282,6 +333,76 @@ class _TransformerBase(Layer):
             parts.append(("norm", self._norm(norm)))
         return _nest(parts)
 
+    # saved tensors: each helper takes a prefix naming the sub-module and the name of the
+    # tensor it reads ("input0" for the layer's own input, else an internal name)
+
+    def _norm_saved(self, prefix: str, x: str, rows: Dim, width: int) -> list[Saved]:
+        stats = [Saved(f"{prefix}.{what}", rows, "float32") for what in ("mean", "rstd")]
+        return [Saved(x, rows * width), *stats]
+
+    def _feedforward_saved(self, prefix: str, x: str, rows: Dim, width: int) -> list[Saved]:
+        """linear1 keeps its input; ReLU its output, GELU its input; dropout a mask and the
+        dropped activations, which linear2 keeps (else linear2 keeps the activation's
+        output, which for ReLU is the tensor ReLU keeps)."""
+        hidden = rows * self.dim_feedforward
+        kept = [Saved(x, rows * width), Saved(f"{prefix}.hidden", hidden)]
+        if self.activation == "gelu":
+            kept.append(Saved(f"{prefix}.linear1_out", hidden))
+            if self.dropout:
+                kept.pop(1)  # GELU's output is only read by the dropout
+        if self.dropout:
+            kept += [Saved(f"{prefix}.ff_mask", hidden), Saved(f"{prefix}.ff_dropped", hidden)]
+        return kept
+
+    def _residual_saved(
+        self, prefix: str, x: str, sublayer: list[Saved], rows: Dim, width: int, index: int
+    ) -> tuple[list[Saved], str]:
+        """One residual sub-block ``x + dropout(sublayer(norm(x)))`` (pre-norm) or
+        ``norm(x + dropout(sublayer(x)))`` (post-norm): its saved tensors and the name of
+        the tensor the next sub-block reads."""
+        norm = f"{prefix}.norm{index}"
+        mask = [Saved(f"{prefix}.dropout{index}", rows * width)] if self.dropout else []
+        total = f"{prefix}.sum{index}"
+        if self.norm_first:
+            return [*self._norm_saved(norm, x, rows, width), *sublayer, *mask], total
+        return [*sublayer, *mask, *self._norm_saved(norm, total, rows, width)], f"{norm}.out"
+
+    def _encoder_saved(self, prefix: str, x: str, t: TensorType) -> tuple[list[Saved], str]:
+        rows, width = t.shape[0], concrete(t.shape[1], "d_model")
+        attn = attention_saved(f"{prefix}.self_attn", t, [], self.nhead, self.dropout)
+        first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
+        ff = self._feedforward_saved(prefix, f"{prefix}.ff_in", rows, width)
+        second, out = self._residual_saved(prefix, x1, ff, rows, width, 2)
+        return [*first, *second], out
+
+    def _decoder_saved(
+        self, prefix: str, x: str, t: TensorType, memory: TensorType
+    ) -> tuple[list[Saved], str]:
+        rows, width = t.shape[0], concrete(t.shape[1], "d_model")
+        attn = attention_saved(f"{prefix}.self_attn", t, [], self.nhead, self.dropout)
+        first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
+        cross = attention_saved(f"{prefix}.cross_attn", t, [memory], self.nhead, self.dropout)
+        second, x2 = self._residual_saved(prefix, x1, cross, rows, width, 2)
+        ff = self._feedforward_saved(prefix, f"{prefix}.ff_in", rows, width)
+        third, out = self._residual_saved(prefix, x2, ff, rows, width, 3)
+        return [*first, *second, *third], out
+
+    def _stack_saved(
+        self, prefix: str, count: int, x: str, t: TensorType, memory: TensorType | None, norm: bool
+    ) -> list[Saved]:
+        """``count`` layers one after another, then the optional final LayerNorm."""
+        saved: list[Saved] = []
+        for i in range(count):
+            layer = f"{prefix}layers.{i}"
+            if memory is None:
+                kept, x = self._encoder_saved(layer, x, t)
+            else:
+                kept, x = self._decoder_saved(layer, x, t, memory)
+            saved += kept
+        if norm:
+            saved += self._norm_saved(f"{prefix}norm", x, t.shape[0], concrete(t.shape[1], "d"))
+        return saved
+
     def _layer_kwargs(self) -> dict[str, Any]:
         """The layer options that differ from torch's defaults, as constructor keywords."""
         options = {"dim_feedforward", "dropout", "activation", "layer_norm_eps", "norm_first"}
@@ -328,6 +449,9 @@ class TransformerEncoderLayer(_TransformerBase):
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerEncoderLayer", args, kwargs, self._forward(inputs))
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self._stack_saved("", 1, "input0", inputs[0], None, norm=False)
+
 
 @register
 class TransformerDecoderLayer(_TransformerBase):
@@ -354,6 +478,9 @@ class TransformerDecoderLayer(_TransformerBase):
         kwargs = self._layer_kwargs() | {"batch_first": True}
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerDecoderLayer", args, kwargs, self._forward(inputs))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self._stack_saved("", 1, "input0", inputs[0], inputs[1], norm=False)
 
 
 # torch builds its stacks from a layer instance; these helpers build them from plain
@@ -429,6 +556,12 @@ class _TransformerStack(_TransformerBase):
         args = (self.num_layers, self._width(inputs), self.nhead)
         cls = f"Transformer{self.part}Stack"
         return TorchCall(cls, args, kwargs, self._forward(inputs), helper=self.helper)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        memory = inputs[1] if len(inputs) > 1 else None
+        return self._stack_saved(
+            "", self.num_layers, "input0", inputs[0], memory, norm=self.final_norm
+        )
 
     def label(self) -> str:
         width = [str(self.d_model)] if self.d_model else []
@@ -519,6 +652,12 @@ class Transformer(_TransformerBase):
         kwargs = self._layer_kwargs() | {"batch_first": True}
         args = (self._width(inputs), self.nhead, self.num_encoder_layers, self.num_decoder_layers)
         return TorchCall("nn.Transformer", args, kwargs, self._forward(inputs))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        src, tgt = inputs
+        encoder = self._stack_saved("encoder.", self.num_encoder_layers, "input0", src, None, True)
+        decoder = self._stack_saved("decoder.", self.num_decoder_layers, "input1", tgt, src, True)
+        return [*encoder, *decoder]
 
     def label(self) -> str:
         width = [str(self.d_model)] if self.d_model else []
@@ -622,6 +761,28 @@ class SDPA(Layer):
         forward = "{module}({x0}, {x1}, {x2})"
         return TorchCall("ScaledDotProductAttention", args, kwargs, forward, helper=_SDPA)
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """Without dropout and with as many key/value heads as query heads, CPU torch runs
+        flash attention: it keeps q, k and v (views of the inputs), its output and a
+        log-sum-exp per head and query. Otherwise it runs the plain math: scaled q, the keys
+        and values (copied to contiguous heads, or repeated for grouped-query attention),
+        the probabilities (h x T x S) and, with dropout, its mask and the dropped
+        probabilities."""
+        kv, head, value_head = self._heads(inputs)
+        t, s = inputs[0].shape[0], inputs[1].shape[0]
+        if not self.dropout and kv == self.num_heads:
+            inputs_kept = [saved_input(inputs, i) for i in range(3)]
+            lse = Saved("logsumexp", self.num_heads * t, "float32")
+            return [*inputs_kept, Saved("output", product(output.shape)), lse]
+        h = self.num_heads
+        probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
+        return [
+            Saved("q_scaled", t * h * head),
+            Saved("k", s * h * head),
+            Saved("v", s * h * value_head),
+            *(Saved(what, h * t * s) for what in probabilities),
+        ]
+
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""
         causal = ", causal" if self.causal else ""
@@ -682,6 +843,12 @@ class RoPE(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = {} if self.base == 10000.0 else {"base": self.base}
         return TorchCall("RotaryEmbedding", (self.num_heads,), kwargs, helper=_ROPE)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The cosines and sines of the angles, (T, hd/2) each, shared by the batch."""
+        x = inputs[0]
+        half = concrete(x.shape[1], "RoPE's width") // self.num_heads // 2
+        return [Saved(n, x.shape[0] * half, "float32", batched=False) for n in ("cos", "sin")]
 
     def label(self) -> str:
         return f"RoPE(heads={self.num_heads})"

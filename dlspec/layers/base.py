@@ -11,6 +11,9 @@ defaults, ranges), plus the rules the rest of dlspec needs:
   its ``torch_names``) is read as the kind, its arguments taken from the module's attributes
   of the same names, or by an optional classmethod ``torch_arguments(module) -> dict`` where
   torch keeps them otherwise (a stack's layers, dims counted with the batch).
+* :meth:`Layer.saves` - the tensors autograd keeps for the backward pass in training mode,
+  described so that a tensor two layers share (ReLU's output, the next conv's input) is
+  counted once.
 
 Adding a layer kind is one class decorated with :func:`register` (and its oracle test); the
 grammar, the analyzer and the backends find it through :data:`REGISTRY` and never branch on a
@@ -34,7 +37,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim
+from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
 Family = Literal[
     "convolution",
@@ -51,6 +54,10 @@ Family = Literal[
 ]
 
 DType = Literal["float", "long"]
+# Element types of saved tensors: "float" takes the activations' precision (4 bytes in fp32,
+# 2 under bf16/fp16 autocast); the others have a fixed size.
+SavedDType = Literal["float", "float32", "long", "bool", "byte"]
+FIXED_BYTES: dict[str, int] = {"float32": 4, "long": 8, "bool": 1, "byte": 1}
 
 
 class TensorType(NamedTuple):
@@ -117,6 +124,35 @@ class TorchCall:
     helper: str | None = None
 
 
+@dataclass(frozen=True)
+class Saved:
+    """One tensor a layer keeps for its backward pass (training mode).
+
+    ``tensor`` says which: ``"input0"``, ``"input1"``... (the layer's inputs, shared with
+    whoever produced them), ``"output"`` (shared with whoever consumes it) or any other name
+    for a tensor internal to the layer (two entries with the same name are one tensor).
+    ``elements`` is per sample unless ``batched`` is false (e.g. BatchNorm's per-channel
+    statistics); ``dtype`` gives the element size (:data:`FIXED_BYTES`, or the activations'
+    precision for ``"float"``)."""
+
+    tensor: str
+    elements: Dim
+    dtype: SavedDType = "float"
+    batched: bool = True
+
+
+def saved_input(inputs: Sequence[TensorType], index: int = 0) -> Saved:
+    """The layer keeps input ``index`` itself (a convolution or Linear for its weight's
+    gradient)."""
+    x = inputs[index]
+    return Saved(f"input{index}", product(x.shape), "long" if x.dtype == "long" else "float")
+
+
+def saved_output(output: TensorType) -> Saved:
+    """The layer keeps its own output (ReLU, Sigmoid, Tanh, Softmax)."""
+    return Saved("output", product(output.shape))
+
+
 class Layer(BaseModel):
     """Base class of every layer kind. Fields are the layer's arguments, as written in a spec."""
 
@@ -142,6 +178,29 @@ class Layer(BaseModel):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         raise NotImplementedError
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The tensors torch's autograd keeps for this layer's backward pass in training mode
+        (parameters excluded: they are counted as weights). The default, the first input, is
+        what most layers with weights keep; kinds that keep something else override it. Each
+        kind's rule is checked against ``torch.autograd.graph.saved_tensors_hooks``."""
+        return [saved_input(inputs)]
+
+    def backward_buffers(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """Elements per sample of the gradient buffers the layer's backward pass makes beyond
+        its output's and inputs' gradients (0 for most kinds)."""
+        return 0
+
+    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """Elements per sample of the storage the output lives in: the output's own, unless
+        it is a view of a larger tensor (a recurrent layer's last step views the whole
+        sequence), which then stays alive as long as a later layer keeps the output."""
+        return product(output.shape)
+
+    def aliases_input(self) -> bool:
+        """True when the output is a view of the first input (Flatten, Reshape, Identity):
+        the two are one tensor in memory."""
+        return False
+
     def label(self) -> str:
         """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""
         return self.kind
@@ -156,6 +215,18 @@ class Layer(BaseModel):
         """For a layer that reads integer ids (token ids): the exclusive upper bound of the ids
         it accepts, e.g. an Embedding's ``num_embeddings``. None for every other layer."""
         return None
+
+
+class View(Layer):
+    """A layer whose output is a view of its input (Flatten, Reshape, Permute, Select...):
+    one tensor in memory, and nothing kept for the backward pass (the gradient only needs
+    the shapes)."""
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def aliases_input(self) -> bool:
+        return True
 
 
 REGISTRY: dict[str, type[Layer]] = {}

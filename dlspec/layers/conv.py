@@ -10,6 +10,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
@@ -18,6 +19,7 @@ from dlspec.layers.base import (
     expect_rank,
     pair,
     register,
+    saved_input,
     window_out,
 )
 from dlspec.layers.symbolic import Dim, product
@@ -122,6 +124,17 @@ class _ConvNd(Layer):
             if getattr(self, name, default) != default:
                 kwargs[name] = getattr(self, name)
         return TorchCall(f"nn.{self.kind}", (inputs[0].shape[0], self.out_channels), kwargs)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input; with a padding mode other than zeros, also the padded copy that the
+        convolution itself reads."""
+        saved = [saved_input(inputs)]
+        if self.padding_mode != "zeros":
+            _, _, p, _ = self._geometry()
+            x = inputs[0]
+            padded = [size + 2 * pi for size, pi in zip(x.shape[1:], p, strict=True)]
+            saved.append(Saved("padded", product([x.shape[0], *padded])))
+        return saved
 
     def _label_parts(self) -> list[str]:
         parts = [str(self.out_channels), f"k={_fmt(self.kernel_size)}"]

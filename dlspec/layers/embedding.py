@@ -15,6 +15,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
@@ -110,6 +111,9 @@ class _PositionalEncoding(Layer):
     def _limits(self, x: TensorType) -> list[tuple[Dim, int, str]]:
         """A symbolic length can only be checked against max_len at the spec's bindings."""
         return [(x.shape[0], self.max_len, f"{self.kind} holds {self.max_len:,} positions")]
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # an addition: its gradient needs no tensor
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width = concrete(inputs[0].shape[1], f"{self.kind}'s width")
@@ -214,6 +218,12 @@ class Parameter(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("LearnedTensor", self.shape, helper=_PARAMETER)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        return 0  # the output is the parameter itself, repeated: no activation memory
 
     def label(self) -> str:
         return f"Parameter({', '.join(map(str, self.shape))})"

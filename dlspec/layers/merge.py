@@ -12,13 +12,15 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     TensorType,
     TorchCall,
     axis,
     register,
+    saved_input,
     torch_dim,
 )
-from dlspec.layers.symbolic import Dim
+from dlspec.layers.symbolic import Dim, product
 
 MAX_INPUTS = 16
 
@@ -35,6 +37,9 @@ class _Merge(Layer):
 
     family = "merge"
     arity = (2, MAX_INPUTS)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # sums and copies need no tensor for their gradient
 
 
 @register
@@ -96,6 +101,12 @@ class Mul(_Merge):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(None, forward=" * ".join(f"{{x{i}}}" for i in range(len(inputs))))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """Every input (each factor's gradient is the product of the others), and the
+        running products of the first k factors for k = 2 .. n - 1."""
+        running = [Saved(f"product{k}", product(output.shape)) for k in range(2, len(inputs))]
+        return [*(saved_input(inputs, i) for i in range(len(inputs))), *running]
 
 
 @register

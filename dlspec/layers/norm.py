@@ -16,6 +16,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
@@ -24,8 +25,9 @@ from dlspec.layers.base import (
     expect_float,
     expect_rank,
     register,
+    saved_input,
 )
-from dlspec.layers.symbolic import product
+from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
 Eps = Annotated[float, Field(gt=0)]
@@ -62,6 +64,12 @@ class _BatchNorm(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = self.model_dump(exclude_defaults=True, exclude={"num_features"})
         return TorchCall(f"nn.{self.kind}", (inputs[0].shape[0],), kwargs)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input, and the batch's mean and inverse deviation per channel (fp32)."""
+        c = inputs[0].shape[0]
+        stats = [Saved(name, c, "float32", batched=False) for name in ("mean", "invstd")]
+        return [saved_input(inputs), *stats]
 
     def label(self) -> str:
         return self.kind if self.num_features is None else f"{self.kind}({self.num_features})"
@@ -133,6 +141,10 @@ class _TrailingNorm(Layer):
     def _weights(self, shape: Shape) -> dict[str, Shape]:
         raise NotImplementedError
 
+    def _rows(self, x: TensorType) -> Dim:
+        """How many vectors are normalized per sample (one statistic each)."""
+        return product(x.shape[: len(x.shape) - len(self._shape(x))])
+
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
         expect_float(x, self.kind)
@@ -169,6 +181,11 @@ class LayerNorm(_TrailingNorm):
     def _weights(self, shape: Shape) -> dict[str, Shape]:
         return {"weight": shape, "bias": shape} if self.bias else {"weight": shape}
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input, and a mean and an inverse deviation per normalized vector (fp32)."""
+        rows = self._rows(inputs[0])
+        return [saved_input(inputs), *(Saved(n, rows, "float32") for n in ("mean", "rstd"))]
+
 
 @register
 class RMSNorm(_TrailingNorm):
@@ -183,6 +200,14 @@ class RMSNorm(_TrailingNorm):
 
     def _weights(self, shape: Shape) -> dict[str, Shape]:
         return {"weight": shape}
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input, an inverse RMS per normalized vector, and with a weight the normalized
+        input it scales (torch composes RMSNorm from element-wise operations)."""
+        saved = [saved_input(inputs), Saved("rstd", self._rows(inputs[0]))]
+        if self.elementwise_affine:
+            saved.append(Saved("normalized", product(inputs[0].shape)))
+        return saved
 
 
 @register
@@ -229,6 +254,11 @@ class GroupNorm(Layer):
         kwargs = self.model_dump(exclude_defaults=True, exclude={"num_groups", "num_channels"})
         return TorchCall("nn.GroupNorm", (self.num_groups, inputs[0].shape[0]), kwargs)
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input, and a mean and an inverse deviation per group."""
+        stats = [Saved(name, self.num_groups, "float32") for name in ("mean", "rstd")]
+        return [saved_input(inputs), *stats]
+
     def label(self) -> str:
         return f"GroupNorm({self.num_groups})"
 
@@ -267,6 +297,11 @@ class LayerNorm2d(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = self.model_dump(exclude_defaults=True, exclude={"num_channels"})
         return TorchCall(self.kind, (self._channels(inputs[0]),), kwargs, helper=_LAYER_NORM_2D)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input, and a mean and an inverse deviation per position (fp32)."""
+        positions = product(inputs[0].shape[1:])
+        return [saved_input(inputs), *(Saved(n, positions, "float32") for n in ("mean", "rstd"))]
 
     def label(self) -> str:
         return self.kind

@@ -11,16 +11,18 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     TensorType,
     TorchCall,
     expect_float,
     expect_rank,
     pair,
     register,
+    saved_input,
     window_drops,
     window_out,
 )
-from dlspec.layers.symbolic import Dim, fmt_dim
+from dlspec.layers.symbolic import Dim, fmt_dim, product
 
 Pos = Annotated[int, Field(ge=1)]
 NonNeg = Annotated[int, Field(ge=0)]
@@ -147,6 +149,10 @@ class _MaxPoolNd(_PoolNd):
             )
         return pair(self.dilation, self.spatial)
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input and the argmax of every window (int64, one per output element)."""
+        return [saved_input(inputs), Saved("indices", product(output.shape), "long")]
+
     def label(self) -> str:
         text = super().label()
         return text if self.dilation == 1 else f"{text[:-1]}, d={_fmt(self.dilation)})"
@@ -209,6 +215,11 @@ class AdaptiveAvgPool2d(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.AdaptiveAvgPool2d", (self.output_size,))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """Nothing for a 1 x 1 output (torch takes a mean, whose gradient needs only the
+        shape); the input otherwise."""
+        return [] if output.shape[1:] == (1, 1) else [saved_input(inputs)]
 
     def label(self) -> str:
         if isinstance(self.output_size, int):

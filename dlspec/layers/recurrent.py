@@ -24,6 +24,7 @@ gates' nonlinearities and the element-wise products of the cell update are not c
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -32,15 +33,17 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
     check_given,
+    concrete,
     expect_float,
     expect_rank,
     register,
 )
-from dlspec.layers.symbolic import Dim
+from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
 Returns = Literal["sequence", "last", "hidden"]
@@ -126,6 +129,48 @@ class _Recurrent(Layer):
             f"nn.{self.kind}", (inputs[0].shape[1], self.hidden_size), kwargs, forward=forward
         )
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """torch runs the layers one after another, each direction on its own; per layer and
+        direction it keeps what :meth:`_cell` says, and each layer's input as
+        :meth:`_layer_inputs` says."""
+        steps = inputs[0].shape[0]
+        n_in = concrete(inputs[0].shape[1], "input_size")
+        dirs = 2 if self.bidirectional else 1
+        saved = []
+        for layer in range(self.num_layers):
+            width = n_in if layer == 0 else self._width() * dirs
+            copies = self._layer_inputs(layer, dirs)
+            saved += [Saved(f"input_l{layer}_{i}", steps * width) for i in range(copies)]
+            for d in range(dirs):
+                saved += [
+                    replace(s, tensor=f"{s.tensor}_l{layer}_{d}") for s in self._cell(steps, width)
+                ]
+        return saved
+
+    def backward_buffers(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """The gradient of every step's gates, both directions of a layer at once (the
+        layers run their backward one after another)."""
+        dirs = 2 if self.bidirectional else 1
+        return dirs * inputs[0].shape[0] * self.gates * self.hidden_size
+
+    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        """``returns="last"`` views the last step of the output sequence; ``"hidden"`` of a
+        one-directional layer views ``h_n``, the final state of every layer."""
+        if self.returns == "last":
+            return inputs[0].shape[0] * product(output.shape)
+        if self.returns == "hidden" and not self.bidirectional:
+            return self.num_layers * product(output.shape)
+        return product(output.shape)
+
+    def _layer_inputs(self, layer: int, dirs: int) -> int:
+        """Copies of a layer's input sequence kept: each direction transposes the first
+        layer's input to time-major order; deeper layers read the previous one's output."""
+        return dirs if layer == 0 else 1
+
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
+        """What one layer and direction keeps for ``steps`` steps of input ``width``."""
+        raise NotImplementedError
+
     def label(self) -> str:
         parts = [str(self.hidden_size)]
         if self.num_layers != 1:
@@ -148,6 +193,9 @@ class RNN(_Recurrent):
     state = "[1]"
 
     nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
+        return [Saved("states", (steps + 1) * self.hidden_size)]  # every output, and h_0
 
 
 @register
@@ -175,6 +223,23 @@ class LSTM(_Recurrent):
             )
         return super().infer(inputs)
 
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
+        """With ``proj_size`` torch's own per-step kernel keeps the previous state, the 4
+        gates and 3 more vectors of ``hidden_size`` per step. Without, CPU torch runs oneDNN:
+        the output sequence, the initial and final h and c, and oneDNN's workspace, whose
+        size (bytes) is fitted as ``T * (36*hidden + 25*max(width, hidden)) + 55*hidden``
+        (its layout is oneDNN's own, padded to pages: small layers keep more)."""
+        h = self.hidden_size
+        if self.proj_size:
+            return [Saved("steps", steps * (self.proj_size + 7 * h))]
+        workspace = steps * (36 * h + 25 * max(width, h)) + 55 * h
+        return [Saved("states", steps * h + 4 * h), Saved("workspace", workspace, "byte")]
+
+    def _layer_inputs(self, layer: int, dirs: int) -> int:
+        if self.proj_size:
+            return super()._layer_inputs(layer, dirs)
+        return 1 if layer == 0 else dirs  # oneDNN: one time-major copy, then one per direction
+
 
 @register
 class GRU(_Recurrent):
@@ -185,3 +250,7 @@ class GRU(_Recurrent):
     kind = "GRU"
     gates = 3
     state = "[1]"
+
+    def _cell(self, steps: Dim, width: int) -> list[Saved]:
+        # per step: the previous state, the recurrent projection (3H) and 3 gate vectors
+        return [Saved("steps", steps * 7 * self.hidden_size)]

@@ -14,8 +14,10 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     TensorType,
     TorchCall,
+    View,
     axis,
     expect_float,
     expect_rank,
@@ -35,7 +37,7 @@ def _dims(shape: tuple[Dim, ...]) -> str:
 
 
 @register
-class Flatten(Layer):
+class Flatten(View):
     """Merges per-sample dimensions ``start_dim..end_dim`` (inclusive) into one. Dims count per
     sample, as every ``dim`` in dlspec (0 is the first after the batch; negative from the
     end): the default ``Flatten()`` (0, -1) turns ``[C, H, W]`` into ``[C*H*W]``, and
@@ -81,7 +83,7 @@ class Flatten(Layer):
         return "Flatten" if not args else f"Flatten({self.start_dim}, {self.end_dim})"
 
 
-class _Rearrange(Layer):
+class _Rearrange(View):
     """Shared traits of Permute and Transpose: no module, no parameters, MACs 0."""
 
     family = "reshape"
@@ -162,7 +164,7 @@ def _index(value: int, size: Dim, what: str, arg: str) -> int:
 
 
 @register
-class Select(Layer):
+class Select(View):
     """Picks position ``index`` (negative: from the end) along per-sample dimension ``dim``,
     which disappears: ``Select(0, 0)`` turns a sequence ``[T, D]`` into its first step ``[D]``
     (a ViT's class token; torch's ``x[:, 0]``). MACs 0."""
@@ -195,7 +197,7 @@ class Select(Layer):
 
 
 @register
-class Slice(Layer):
+class Slice(View):
     """Keeps positions ``start``, ``start + step``, ... before ``end`` (default: to the end;
     negative values count from the end) along per-sample dimension ``dim``:
     ``Slice(0, 1)`` drops the first step of ``[T, D]`` (torch's ``x[:, 1:]``). MACs 0."""
@@ -275,6 +277,9 @@ class _Reduce(Layer):
         )
         return Inferred(TensorType(shape, x.dtype))
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # a sum's or a mean's gradient needs only the shape
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         dims = tuple(torch_dim(d) for d in self._axes(inputs[0]))
         dim = dims[0] if len(dims) == 1 else dims
@@ -306,7 +311,7 @@ class Sum(_Reduce):
 
 
 @register
-class Reshape(Layer):
+class Reshape(View):
     """Reshapes each sample to ``shape`` (written variadically: ``Reshape(64, 7, 7)``); one
     entry may be -1, "whatever is left". The element count must stay the same. No torch
     module: ``forward`` calls ``x.reshape(x.shape[0], *shape)``. MACs 0."""
@@ -374,7 +379,7 @@ class Reshape(Layer):
 
 
 @register
-class Identity(Layer):
+class Identity(View):
     """Passes its input through unchanged (``nn.Identity``). MACs 0."""
 
     kind = "Identity"
@@ -475,6 +480,9 @@ class Upsample(Layer):
             sizes.append(new)
         return Inferred(TensorType((x.shape[0], *sizes)))
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # the gradient of a resize needs only the sizes
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.Upsample", kwargs=self.model_dump(exclude_defaults=True))
 
@@ -510,6 +518,13 @@ class Dropout(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(f"nn.{self.kind}", (self.p,))  # p always written: it reads clearer
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The scaled keep-mask, in the activations' dtype (nothing when ``p`` is 0)."""
+        return [Saved("mask", self._mask(inputs[0]))] if self.p else []
+
+    def _mask(self, x: TensorType) -> Dim:
+        return product(x.shape)
+
     def label(self) -> str:
         return f"{self.kind}({self.p:g})"
 
@@ -524,6 +539,9 @@ class Dropout2d(Dropout):
     def infer(self, inputs: list[TensorType]) -> Inferred:
         expect_rank(inputs[0], (3,), "[C, H, W]", self.kind)
         return super().infer(inputs)
+
+    def _mask(self, x: TensorType) -> Dim:
+        return x.shape[0]  # one per channel
 
 
 _STOCHASTIC_DEPTH = '''class StochasticDepth(nn.Module):
@@ -563,6 +581,12 @@ class StochasticDepth(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(self.kind, (self.p, self.mode), helper=_STOCHASTIC_DEPTH)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The keep-mask: one value per sample (``"row"``) or one for the batch."""
+        if not self.p:
+            return []
+        return [Saved("mask", 1, batched=self.mode == "row")]
 
     def label(self) -> str:
         return f"StochasticDepth({self.p:g}, {self.mode})"

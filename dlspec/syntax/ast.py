@@ -9,7 +9,7 @@ has already checked, so validating them again would buy nothing and cost start-u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dlspec.diagnostics import Span
 
@@ -129,9 +129,10 @@ class LayerStmt(Node):
 
 @dataclass(frozen=True, slots=True)
 class Check(Node):
-    quantity: Ident  # params, trainable_params, shape, macs
+    quantity: Ident  # params, trainable_params, shape, macs, train_memory
     op: str  # ==, !=, <, <=, >, >=
     value: Expr
+    args: list[Arg] = field(default_factory=list)  # train_memory(batch=32)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,10 @@ from dlspec.syntax import ast
 from dlspec.syntax.bounds import check_bounds
 
 SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+# sizes in bytes: 8GiB, 80GB
+BYTE_SUFFIXES = {f"{k}iB": 1024 ** (i + 1) for i, k in enumerate("KMGT")} | {
+    f"{k}B": v for k, v in SUFFIXES.items()
+}
 
 # How terminals are named in "expected ..." messages.
 FRIENDLY = {
@@ -51,9 +55,13 @@ def _ident(tok: Token) -> ast.Ident:
 
 
 def parse_number(text: str) -> int | float:
-    """``18_496`` -> 18496, ``1e-3`` -> 0.001, ``10M`` -> 10_000_000 (int when exact)."""
+    """``18_496`` -> 18496, ``1e-3`` -> 0.001, ``10M`` -> 10_000_000, ``8GiB`` -> 8 x 2^30
+    bytes, ``80GB`` -> 80 x 10^9 (int when exact)."""
     scale = 1
-    if text[-1] in SUFFIXES:
+    unit = next((u for u in BYTE_SUFFIXES if text.endswith(u)), None)
+    if unit is not None:
+        text, scale = text[: -len(unit)], BYTE_SUFFIXES[unit]
+    elif text[-1] in SUFFIXES:
         text, scale = text[:-1], SUFFIXES[text[-1]]
     text = text.replace("_", "")
     if all(c.isdigit() for c in text):
@@ -122,6 +130,8 @@ class _ToAst(Transformer[Token, ast.Document]):
     def arguments(self, meta: Meta, items: list[Any]) -> list[ast.Arg]:
         return [a for a in items if a is not None]
 
+    check_args = arguments
+
     def arg(self, meta: Meta, items: list[Any]) -> ast.Arg:
         return ast.Arg(span=_span(meta), name=None, value=items[0])
 
@@ -140,8 +150,10 @@ class _ToAst(Transformer[Token, ast.Document]):
         return ast.ExpectStmt(span=_span(meta), total=total is not None, checks=checks)
 
     def check(self, meta: Meta, items: list[Any]) -> ast.Check:
-        quantity, op, value = items
-        return ast.Check(span=_span(meta), quantity=_ident(quantity), op=str(op), value=value)
+        quantity, args, op, value = items
+        return ast.Check(
+            span=_span(meta), quantity=_ident(quantity), op=str(op), value=value, args=args or []
+        )
 
     def train_section(self, meta: Meta, items: list[ast.Setting]) -> ast.TrainSection:
         return ast.TrainSection(span=_span(meta), settings=items)

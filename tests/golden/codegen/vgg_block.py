@@ -44,12 +44,20 @@ class VGGLike(nn.Module):
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.flatten1 = nn.Flatten()
         self.head = nn.Linear(4 * width, num_classes)
+        self.checkpointing = False  # True: recompute blocks in backward
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.stage1(image)  # (B, 32, 16, 16)
-        x = self.stage2(x)  # (B, 64, 8, 8)
-        x = self.stage3(x)  # (B, 128, 4, 4)
+        x = self.run_block(self.stage1, image)  # (B, 32, 16, 16)
+        x = self.run_block(self.stage2, x)  # (B, 64, 8, 8)
+        x = self.run_block(self.stage3, x)  # (B, 128, 4, 4)
         x = self.gap(x)  # (B, 128, 1, 1)
         x = self.flatten1(x)  # (B, 128)
         x = self.head(x)  # (B, 10)
         return x
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One block; with checkpointing (while training) only its input is kept, and the
+        block runs again in the backward pass."""
+        if self.checkpointing and self.training:
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)

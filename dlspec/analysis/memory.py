@@ -1,0 +1,494 @@
+"""Training memory, statically: what autograd keeps for the backward pass, and the peak of a
+training step.
+
+Activations are the tensors torch's autograd saves for the backward pass in training mode
+(:meth:`dlspec.layers.base.Layer.saves`), each storage once: a tensor two layers keep (ReLU's
+output is the next convolution's input) is counted once, at the first layer that keeps it,
+and a view (Flatten, Reshape, Identity) is the tensor it views. Parameters are not
+activations; they are counted as weights.
+
+The training peak is the largest moment of a step: while a layer's backward runs, the
+weights (fp32 master copies, buffers included), the optimizer's state, the activations of the
+layers before it, the gradients of the parameters after it and its own output and input
+gradients are alive; at the optimizer step, all gradients and the step's temporaries. Under
+bf16/fp16 autocast, floating activations take 2 bytes and the half-precision weight copies
+that matrix products keep are added to the activations. Not counted: the loss's tensors,
+the CUDA context, the allocator's caching.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from dlspec.analysis.graph import Graph, ModelGraph, Step
+from dlspec.layers.base import FIXED_BYTES, Saved, numel
+from dlspec.layers.symbolic import Dim, Poly, product, value_at
+from dlspec.syntax.parser import parse_number
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
+Device = Literal["cuda", "cpu"]
+DEVICES: tuple[Device, ...] = ("cuda", "cpu")
+# Per optimizer: state tensors per trainable parameter, and the temporaries of its step: on
+# CUDA torch's foreach step makes them for all parameters at once (Adam: the square roots of
+# the second moments), on CPU its per-tensor step for one parameter tensor at a time (Adam:
+# the square root and its quotient) - the CPU figures are measured (bench/train_memory.py)
+OPTIMIZERS = {  # name: (states, temporaries per parameter with foreach, per tensor on CPU)
+    "sgd": (0, 0, 0),
+    "sgd-momentum": (1, 0, 0),
+    "adam": (2, 1, 2),
+    "adamw": (2, 1, 2),
+    "rmsprop": (1, 1, 1),
+    "adagrad": (1, 1, 1),
+}
+BATCH = Poly.symbol("B")
+
+
+def float_bytes(precision: Precision) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def saved_bytes(saved: Saved, precision: Precision = "fp32") -> Dim:
+    """Bytes of one saved tensor, a formula in the batch size ``B`` and symbolic dims."""
+    size = FIXED_BYTES.get(saved.dtype) or float_bytes(precision)
+    return saved.elements * size * (BATCH if saved.batched else 1)
+
+
+@dataclass
+class Applied:
+    """A layer applied, in execution order: the ids of the tensors it reads and writes, and
+    the outermost block use it runs in (the unit activation checkpointing recomputes)."""
+
+    step: Step
+    inputs: list[int]
+    output: int
+    block: Step | None = None
+
+
+@dataclass
+class Dataflow:
+    """The model's layers in execution order, with tensor identities: the IR's edges, with
+    blocks, repetitions and residuals flattened, and a view sharing the id of what it views."""
+
+    applied: list[Applied] = field(default_factory=list)
+    storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
+    unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
+
+    def new(self, elements: Dim) -> int:
+        tensor = len(self.storage) + 1
+        self.storage[tensor] = elements
+        return tensor
+
+
+def checkpoint_unit(step: Step) -> bool:
+    """Whether activation checkpointing recomputes this step of the model as a unit (or each
+    of its copies): a use of a block, or a repetition of one, with one input and one output.
+    The generated code and the memory arithmetic both follow this rule."""
+    if step.kind == "repeat" and not step.children:
+        return False
+    target = step.children[0] if step.kind == "repeat" else step
+    one = len(step.inputs) == 1 and len(step.outputs) == 1
+    return one and target.kind == "block" and len(target.outputs) == 1
+
+
+def dataflow(model: ModelGraph) -> Dataflow:
+    """Follow the IR's edges through every sub-graph."""
+    flow = Dataflow()
+    ids = [flow.new(product(t.type.shape)) for t in model.inputs]
+    _graph(flow, model.graph, ids, None, top=True)
+    return flow
+
+
+def _graph(
+    flow: Dataflow, graph: Graph, inputs: list[int], block: Step | None, top: bool = False
+) -> list[int]:
+    """Apply a graph to tensors ``inputs`` (one per graph input); returns its outputs' ids.
+    ``top``: the model's own graph, whose block uses are checkpointing units."""
+    where = {t.name: inputs[min(i, len(inputs) - 1)] for i, t in enumerate(graph.inputs)}
+    for step in graph.steps:
+        ids = [where[t.name] for t in step.inputs]
+        unit = top and checkpoint_unit(step)
+        for tensor, out in zip(step.outputs, _step(flow, step, ids, block, unit), strict=False):
+            where[tensor.name] = out
+    return [where[t.name] for t in graph.outputs]
+
+
+def _step(
+    flow: Dataflow, step: Step, inputs: list[int], block: Step | None, unit: bool = False
+) -> list[int]:
+    if step.layer is not None:
+        types = [t.type for t in step.inputs]
+        storage = step.layer.output_storage(types, step.output.type)
+        output = inputs[0] if step.layer.aliases_input() else flow.new(storage)
+        flow.applied.append(Applied(step, inputs, output, block))
+        return [output]
+    assert step.body is not None
+    if unit and step.kind == "repeat":
+        for child in step.children:
+            inputs = _step(flow, child, inputs, child, unit=True)
+        return inputs
+    if unit:
+        block = step
+        flow.unit_inputs[step.path] = inputs[0]
+    outputs = _graph(flow, step.body, inputs, block)
+    if step.kind != "residual":
+        return outputs
+    if step.shortcut is not None:
+        _graph(flow, step.shortcut, inputs, block)
+    return [flow.new(product(step.output.type.shape))]  # the sum of the two branches
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """Bytes a layer adds to the saved activations (tensors shared with an earlier layer are
+    counted there), as a formula in ``B``; ``block`` is the outermost block it runs in."""
+
+    path: str
+    saved: Dim
+    block: Step | None = None
+    shared: frozenset[int] = frozenset()  # ids of the tensors between layers it counted
+    block_input: int | None = None  # the id of its block's input
+
+
+def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerMemory]:
+    """Per layer, in execution order, the bytes of the tensors it saves for backward that
+    no earlier layer saved; their sum is the model's saved activations. Under bf16/fp16
+    autocast, a layer with MACs also keeps the half-precision copy of its weights that its
+    products read."""
+    flow = dataflow(graph)
+    seen: set[tuple[int, ...] | tuple[int, str]] = set()
+    rows = []
+    for index, applied in enumerate(flow.applied):
+        step = applied.step
+        assert step.layer is not None
+        total: Dim = 0
+        keys = []
+        for saved in step.layer.saves([t.type for t in step.inputs], step.output.type):
+            key = _identity(saved.tensor, applied, index)
+            if key not in seen:
+                seen.add(key)
+                keys.append(key)
+                if len(key) == 1:  # a tensor between layers: its whole storage stays
+                    saved = replace(saved, elements=flow.storage[key[0]])
+                total = total + saved_bytes(saved, precision)
+        if precision != "fp32" and step.macs:
+            total = total + 2 * step.params  # autocast's half-precision copy of the weights
+        shared = frozenset(k[0] for k in keys if len(k) == 1)
+        block_input = flow.unit_inputs[applied.block.path] if applied.block else None
+        rows.append(LayerMemory(step.path, total, applied.block, shared, block_input))
+    return rows
+
+
+def checkpointed(rows: list[LayerMemory], bindings: dict[str, int], precision: Precision) -> Dim:
+    """Saved activations with activation checkpointing per block use of the model (each
+    copy of a repeated block apart; :func:`checkpoint_unit`): a block keeps only its input,
+    and its backward recomputes (and briefly keeps) its own saved tensors, one block at a
+    time. Other layers keep theirs as usual."""
+    kept, recomputed = checkpoint_parts(rows, bindings, precision)
+    return kept + recomputed
+
+
+def checkpoint_parts(
+    rows: list[LayerMemory], bindings: dict[str, int], precision: Precision
+) -> tuple[Dim, Dim]:
+    """With checkpointing: what the forward pass keeps (the other layers' saved tensors and
+    each block's input), and the largest block's saved tensors, kept again while its
+    backward runs."""
+    kept: Dim = 0
+    blocks: dict[str, tuple[Step, Dim]] = {}
+    outside: set[int] = set()  # tensors layers outside the blocks keep anyway
+    inputs: dict[int, Step] = {}  # the blocks' inputs, once each
+    for row in rows:
+        if row.block is None:
+            kept = kept + row.saved
+            outside |= row.shared
+        else:
+            step, inner = blocks.get(row.block.path, (row.block, 0))
+            blocks[row.block.path] = (step, inner + row.saved)
+            assert row.block_input is not None
+            inputs[row.block_input] = row.block
+    size = float_bytes(precision)
+    for tensor, step in inputs.items():
+        if tensor not in outside:
+            kept = kept + product(step.inputs[0].type.shape) * size * BATCH
+    probe = {**bindings, "B": 1}
+    largest = max(
+        (inner for _, inner in blocks.values()), key=lambda d: value_at(d, probe), default=0
+    )
+    return kept, largest
+
+
+def _identity(tensor: str, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:
+    if tensor == "output":
+        return (applied.output,)
+    if tensor.startswith("input") and tensor[5:].isdigit():
+        return (applied.inputs[int(tensor[5:])],)
+    return (index, tensor)
+
+
+def total(rows: list[LayerMemory]) -> Dim:
+    out: Dim = 0
+    for row in rows:
+        out = out + row.saved
+    return out
+
+
+def gradient_buffers(step: Step, precision: Precision) -> Dim:
+    """The gradients alive while a layer's backward runs: its output's, its float inputs',
+    and those its kind makes inside (:meth:`Layer.backward_buffers`)."""
+    types = [t.type for t in step.inputs]
+    elements: Dim = product(step.output.type.shape)
+    if step.layer is not None:  # a view's gradient is as large as what it views
+        elements = step.layer.output_storage(types, step.output.type)
+        elements = elements + step.layer.backward_buffers(types, step.output.type)
+    for x in types:
+        if x.dtype == "float":
+            elements = elements + product(x.shape)
+    return elements * float_bytes(precision) * BATCH
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A moment of a training step and what is alive then (formulas in ``B``)."""
+
+    where: str  # "the optimizer step", or the layer whose backward runs
+    activations: Dim  # saved tensors not yet freed
+    gradients: Dim  # parameter gradients made so far
+    transient: Dim  # gradient buffers of the layer, or the optimizer's temporaries
+
+
+# the formulas of a Training, by name
+FORMULAS = ("weights", "gradients", "optimizer", "activations", "step")
+
+
+@dataclass(frozen=True)
+class Training:
+    """The memory of one training step, each part a formula in ``B`` (and symbolic dims),
+    and the moments one of which is its peak."""
+
+    weights: Dim  # fp32 master weights and buffers
+    gradients: Dim  # all of them
+    optimizer: Dim  # the optimizer's state
+    activations: Dim  # saved for backward (plus autocast's half-precision weight copies)
+    step: Dim  # the optimizer step's temporaries (after the activations are freed)
+    moments: tuple[Moment, ...] = ()
+
+    def peak(self, at: dict[str, int]) -> tuple[str, dict[str, int]]:
+        """Where the step peaks at ``at`` (``B`` and the symbolic dims), and what is alive
+        then: weights, gradients, optimizer state, activations, transient and their total."""
+        fixed = value_at(self.weights, at), value_at(self.optimizer, at)
+        best: tuple[str, dict[str, int]] | None = None
+        for moment in self.moments:
+            parts = {
+                "weights": fixed[0],
+                "gradients": value_at(moment.gradients, at),
+                "optimizer": fixed[1],
+                "activations": value_at(moment.activations, at),
+                "transient": value_at(moment.transient, at),
+            }
+            parts["total"] = sum(parts.values())
+            if best is None or parts["total"] > best[1]["total"]:
+                best = (moment.where, parts)
+        assert best is not None
+        return best
+
+    def bytes(self, at: dict[str, int]) -> dict[str, int]:
+        return self.peak(at)[1]
+
+
+def training(
+    graph: ModelGraph,
+    precision: Precision = "fp32",
+    optimizer: str = "adam",
+    checkpointing: bool = False,
+    device: Device = "cuda",
+) -> Training:
+    """Peak memory of a training step: see the module docstring. Without checkpointing the
+    backward pass is followed layer by layer (last first): the activations of the layers
+    before it are still kept, the gradients of the parameters after it are made. With
+    checkpointing, everything kept is counted at once (an upper bound)."""
+    trainable = graph.trainable_params
+    rows = activations(graph, precision)
+    states, foreach, per_tensor = OPTIMIZERS[optimizer]
+    if device == "cuda":
+        step: Dim = 4 * foreach * trainable
+    else:
+        largest = max(
+            (numel(s) for leaf in graph.leaves() for s in leaf.weights.values()), default=0
+        )
+        step = 4 * per_tensor * largest
+    moments = [Moment("the optimizer step", 0, 4 * trainable, step)]
+    if checkpointing:
+        saved = checkpointed(rows, graph.bindings, precision)
+        probe = {**graph.bindings, "B": 1}
+        buffers = [gradient_buffers(leaf, precision) for leaf in graph.leaves()]
+        largest_buffers = max(buffers, key=lambda d: value_at(d, probe), default=0)
+        moments.append(Moment("the backward pass", saved, 4 * trainable, largest_buffers))
+    else:
+        saved = total(rows)
+        kept, made = saved, 0
+        leaves = {leaf.path: leaf for leaf in graph.leaves()}
+        for row in reversed(rows):
+            leaf = leaves[row.path]
+            made += 4 * leaf.params
+            moments.append(Moment(row.path, kept, made, gradient_buffers(leaf, precision)))
+            kept = kept - row.saved
+    return Training(
+        weights=4 * (trainable + graph.buffer_count),
+        gradients=4 * trainable,
+        optimizer=4 * states * trainable,
+        activations=saved,
+        step=step,
+        moments=tuple(moments),
+    )
+
+
+def train_flops(graph: ModelGraph, checkpointing: bool = False) -> Dim:
+    """FLOPs of one training step per sample: 2 per MAC forward, twice that backward (the
+    gradients of the inputs and of the weights), and with checkpointing a second forward."""
+    return (8 if checkpointing else 6) * graph.total_macs
+
+
+def parse_bytes(text: str) -> int:
+    """A size as specs write one: ``24GiB`` (powers of 1024: KiB, MiB, GiB, TiB), ``80GB``
+    (powers of 1000: KB, MB, GB, TB), ``1.5TiB``, or plain bytes. Raises ValueError for
+    anything else, or for less than 1 byte."""
+    written = text.strip().replace(" ", "")
+    match = re.fullmatch(r"(\d[\d_]*(\.\d+)?)([KMGT]i?B)?", written)
+    if match is None:
+        raise ValueError(
+            f"expected a size such as 24GiB or 80GB (KiB, MiB, GiB, TiB or KB, MB, GB, TB), "
+            f"got {text!r}"
+        )
+    value = parse_number(written)
+    if value < 1:
+        raise ValueError(f"expected a size of at least 1 byte, got {text!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The answer of ``dlspec plan``: the largest batch that fits a memory budget (and the
+    breakdown there), or by how much batch 1 misses it."""
+
+    budget: int
+    memory: Training  # formulas in B
+    bindings: dict[str, int]
+    max_batch: int  # 0: batch 1 does not fit
+    batch: int  # where the breakdown is evaluated: the largest batch, or the one asked for
+    flops: Dim  # per sample per step
+
+    def bytes(self, batch: int | None = None, **symbols: int) -> dict[str, int]:
+        """The parts and total at ``batch`` (default: the plan's) and the bindings."""
+        at = {**self.bindings, **symbols, "B": self.batch if batch is None else batch}
+        return self.memory.bytes(at)
+
+    def total(self, batch: int | None = None, **symbols: int) -> int:
+        return self.bytes(batch, **symbols)["total"]
+
+    @property
+    def per_sample(self) -> int:
+        """The activations one sample keeps for the backward pass."""
+        saved = self.memory.activations
+        at = self.bindings
+        return value_at(saved, {**at, "B": 1}) - value_at(saved, {**at, "B": 0})
+
+    def peak(self, batch: int | None = None) -> str:
+        """Where the step peaks at ``batch`` (default: the plan's)."""
+        at = {**self.bindings, "B": self.batch if batch is None else batch}
+        return self.memory.peak(at)[0]
+
+
+def _largest(fits: Callable[[int], bool]) -> int:
+    """The largest n >= 1 with ``fits(n)`` for a monotone ``fits`` (0 if none, capped)."""
+    low, high = 0, 1
+    while fits(high) and high < 2**40:
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def plan(
+    graph: ModelGraph,
+    budget: int,
+    precision: Precision = "fp32",
+    optimizer: str = "adam",
+    checkpointing: bool = False,
+    batch: int | None = None,
+    device: Device = "cuda",
+) -> Plan:
+    """Memory grows with the batch (linearly, up to the optimizer step's fixed share): the
+    largest batch is found by bisection on the formulas."""
+    memory = training(graph, precision, optimizer, checkpointing, device)
+    flops = train_flops(graph, checkpointing)
+    probe = Plan(budget, memory, dict(graph.bindings), 0, 1, flops)
+    largest = _largest(lambda b: probe.total(b) <= budget)
+    return replace(probe, max_batch=largest, batch=batch or max(largest, 1))
+
+
+def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) -> tuple[int, str]:
+    """The largest value of a symbolic dimension that fits the budget at the plan's batch
+    (the other dimensions at their bindings) and obeys every layer's limit on it (0 when
+    even 1 does not fit), and what stops it there: "memory" or the limit's description."""
+
+    def stop(value: int) -> str | None:
+        at = {**answer.bindings, symbol: value}
+        for dim, limit, what in limits:
+            if value_at(dim, at) > limit:
+                return what
+        return "memory" if answer.total(**{symbol: value}) > answer.budget else None
+
+    largest = _largest(lambda value: stop(value) is None)
+    return largest, stop(largest + 1) or "memory"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a model is trained, for its memory: ``expect total train_memory(...)``'s arguments
+    and ``dlspec plan``'s options."""
+
+    batch: int = 1
+    precision: Precision = "fp32"
+    optimizer: str = "adam"
+    checkpointing: bool = False
+    device: Device = "cuda"
+
+    def describe(self) -> str:
+        parts = [f"batch {self.batch:,}", self.device, self.precision, self.optimizer]
+        return ", ".join(parts + ["checkpointing"] * self.checkpointing)
+
+
+CHOICES: dict[str, tuple[object, ...]] = {
+    "precision": PRECISIONS,
+    "optimizer": tuple(OPTIMIZERS),
+    "device": DEVICES,
+    "checkpointing": (True, False),
+}
+
+
+def options(values: dict[str, object]) -> Options:
+    """Options from written values; ValueError (naming the argument) for a bad one."""
+    for name, value in values.items():
+        if name == "batch":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"batch must be a whole number >= 1, got {value!r}")
+        elif name in CHOICES:
+            if value not in CHOICES[name] or isinstance(value, bool) != (name == "checkpointing"):
+                listed = ", ".join(repr(c).replace("'", '"') for c in CHOICES[name])
+                raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+        else:
+            raise ValueError(f"no argument {name!r}; arguments: batch, {', '.join(CHOICES)}")
+    return Options(**values)  # type: ignore[arg-type]
+
+
+def train_bytes(graph: ModelGraph, chosen: Options) -> dict[str, int]:
+    """The parts and total of a training step's peak for these options."""
+    memory = training(
+        graph, chosen.precision, chosen.optimizer, chosen.checkpointing, chosen.device
+    )
+    return memory.bytes({**graph.bindings, "B": chosen.batch})

@@ -1,0 +1,150 @@
+"""Plan a training run: the largest batch (and sequence length) that fits a memory budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from dlspec.analysis import memory
+from dlspec.analysis.check import check_file
+from dlspec.analysis.render import human_bytes, short
+from dlspec.commands.common import (
+    add_spec_arguments,
+    exit_code,
+    positive_int,
+    print_diagnostics,
+)
+from dlspec.diagnostics import n
+from dlspec.layers.symbolic import value_at
+
+
+def memory_size(text: str) -> int:
+    try:
+        return memory.parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_spec_arguments(parser)
+    parser.add_argument(
+        "--memory",
+        type=memory_size,
+        required=True,
+        metavar="SIZE",
+        help="the device memory to fit, e.g. 24GiB, 80GB, 512MiB",
+    )
+    parser.add_argument("--precision", choices=memory.PRECISIONS, default="fp32")
+    parser.add_argument("--optimizer", choices=tuple(memory.OPTIMIZERS), default="adam")
+    parser.add_argument(
+        "--device",
+        choices=memory.DEVICES,
+        default="cuda",
+        help="where it trains: the optimizer's step differs (default: cuda)",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="activation checkpointing per block call (recompute blocks in backward)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=positive_int,
+        help="plan at this batch: the breakdown there, and the longest symbolic lengths",
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def run(args: argparse.Namespace) -> int:
+    checked = check_file(args.spec, dict(args.overrides), model=args.model)
+    graph = checked.graph
+    if graph is None:
+        print_diagnostics(checked, warnings=False)
+        return exit_code(checked)
+    options = (args.precision, args.optimizer, args.checkpointing)
+    answer = memory.plan(graph, args.memory, *options, batch=args.batch, device=args.device)
+    lengths = {name: memory.max_length(answer, name, graph.limits) for name in graph.symbols}
+    if args.format == "json":
+        print(json.dumps(_json(answer, args, graph.name, lengths), indent=2))
+    else:
+        print(_table(answer, args, graph.name, lengths))
+    if answer.max_batch == 0:
+        need = answer.total(1)
+        print(
+            f"{args.spec}: error: batch 1 does not fit in {human_bytes(args.memory)}: it needs "
+            f"{human_bytes(need)}, {human_bytes(need - args.memory)} more",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+Lengths = dict[str, tuple[int, str]]  # symbol -> (largest value, what bounds it)
+LABELS = {
+    "weights": "weights (fp32, with buffers)",
+    "gradients": "gradients",
+    "optimizer": "optimizer state ({optimizer})",
+    "activations": "activations ({precision})",
+    "transient": "transient",
+}
+
+
+def _json(
+    answer: memory.Plan, args: argparse.Namespace, model: str, lengths: Lengths
+) -> dict[str, Any]:
+    parts = {name: getattr(answer.memory, name) for name in memory.FORMULAS}
+    at_batch = answer.bytes()
+    return {
+        "file": args.spec,
+        "model": model,
+        "symbols": answer.bindings,
+        "budget_bytes": answer.budget,
+        "precision": args.precision,
+        "optimizer": args.optimizer,
+        "device": args.device,
+        "checkpointing": args.checkpointing,
+        "max_batch": answer.max_batch,
+        "batch": answer.batch,
+        "fits": at_batch["total"] <= answer.budget,
+        "peak": answer.peak(),
+        "bytes": at_batch,
+        "formulas": {name: str(value) for name, value in parts.items()},
+        "train_flops_per_step": value_at(answer.flops, answer.bindings) * answer.batch,
+        "max_lengths": {name: value for name, (value, _) in lengths.items()},
+    }
+
+
+def _table(answer: memory.Plan, args: argparse.Namespace, model: str, lengths: Lengths) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in answer.bindings.items())
+    options = f"{args.device}, {args.precision}, {args.optimizer}" + (
+        ", checkpointing" if args.checkpointing else ""
+    )
+    lines = [
+        f"{model}  ({args.spec}{', ' + settings if settings else ''})",
+        f"budget {human_bytes(answer.budget)}, {options}",
+        "",
+    ]
+    if answer.max_batch:
+        lines.append(f"largest batch that fits: {n(answer.max_batch)}")
+    lines += [f"activations per sample: {human_bytes(answer.per_sample)}", ""]
+    parts = answer.bytes()
+    rows = [(label.format(**vars(args)), parts[name]) for name, label in LABELS.items()]
+    rows.append(("total", parts["total"]))
+    width = max(len(label) for label, _ in rows)
+    where = answer.peak()
+    moment = where if where.startswith("the ") else f"the backward pass of {where}"
+    lines.append(f"at batch {n(answer.batch)}, at its peak: {moment}")
+    lines += [f"  {label.ljust(width)}  {human_bytes(value):>12}" for label, value in rows]
+    share = 100 * parts["total"] / answer.budget
+    lines.append(f"  {'of the budget'.ljust(width)}  {share:>11.1f}%")
+    flops = value_at(answer.flops, answer.bindings) * answer.batch
+    passes = "forward, backward and recomputation" if args.checkpointing else "forward + backward"
+    lines.append("")
+    lines.append(f"training FLOPs per step: {short(flops)} ({passes}, batch {n(answer.batch)})")
+    for name, (value, reason) in lengths.items():
+        bound = "the memory budget" if reason == "memory" else reason
+        longest = f"{n(value)}, bound by {bound}" if value else "none fits"
+        lines.append(f"longest {name} at batch {n(answer.batch)}: {longest}")
+    return "\n".join(lines)

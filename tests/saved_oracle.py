@@ -1,0 +1,41 @@
+"""The activation-memory oracle: bytes torch's autograd really keeps for the backward pass.
+
+Runs a forward pass in training mode (fp32, CPU) under
+``torch.autograd.graph.saved_tensors_hooks`` and sums the storages of every saved tensor,
+each storage once (by its storage object, so that it works on tensors without data too),
+parameters and buffers excluded.
+
+Under ``torch._subclasses.fake_tensor.FakeTensorMode`` (tensors with shapes and a CPU device
+but no memory) the same hooks see the same tensors, as CPU torch's kernels choose them (the
+meta device would not do: scaled-dot-product attention picks another kernel there), so the
+full-size zoo models are measured at no cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def saved_bytes(module: torch.nn.Module | None, run: Callable[[], Any]) -> int:
+    """Bytes of the distinct storages autograd saves while ``run()`` executes."""
+    persistent = set()
+    if module is not None:
+        module.train()
+        for tensor in [*module.parameters(), *module.buffers()]:
+            persistent.add(tensor.untyped_storage()._cdata)
+    # held until the end: a storage freed meanwhile (a dead branch's) must not lend its
+    # identity to a later one
+    storages: dict[int, torch.UntypedStorage] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in persistent:
+            storages[storage._cdata] = storage
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(s.nbytes() for s in storages.values())
