@@ -19,8 +19,10 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     TensorType,
     TorchCall,
+    View,
     concrete,
     expect_float,
     expect_rank,
@@ -72,6 +74,12 @@ class TimestepEmbedding(Layer):
             )
         return Inferred(TensorType((self.dim,)))
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        if inputs[0].dtype == "long":  # an integer timestep: nothing needs a gradient
+            return []
+        half = self.dim // 2  # a float input: cos and sin keep the angles, t * f keeps f
+        return [Saved("angle", half), Saved("frequency", half, "float32", batched=False)]
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = self.model_dump(exclude_defaults=True, exclude={"dim"})
         return TorchCall(self.kind, (self.dim,), kwargs, helper=_TIMESTEP)
@@ -104,6 +112,9 @@ class BroadcastAdd(Layer):
             )
         return Inferred(x)
 
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # an addition's gradient needs only the shapes
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         spatial = ", None" * (len(inputs[0].shape) - 1)
         return TorchCall(None, forward="{x0} + {x1}[:, :" + spatial + "]")  # (B, C, H, W)
@@ -115,7 +126,7 @@ def _image(x: TensorType, kind: str) -> None:
 
 
 @register
-class ToTokens(Layer):
+class ToTokens(View):
     """An image's positions as a sequence of channel vectors: ``[C, H, W]`` ->
     ``[H*W, C]``, row by row (what attention layers read). No parameters; MACs 0."""
 
@@ -163,6 +174,11 @@ class ToImage(Layer):
     def infer(self, inputs: list[TensorType]) -> Inferred:
         h, w, c = self._size(inputs[0])
         return Inferred(TensorType((c, h, w)))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        # a copy in a new layout (the transposed input is not contiguous): its gradient needs
+        # only the shapes
+        return []
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         h, w, _ = self._size(inputs[0])
