@@ -501,7 +501,9 @@ class _Formatter:
             return f"{node.children[0]}={self._value(node.children[1])}"
         return self._value(node.children[0])
 
-    def _value(self, node: Node) -> str:
+    def _value(self, node: Node | Token) -> str:
+        if isinstance(node, Token):  # a value a newer grammar leaves as a bare token
+            return str(node)
         if node.data == "string":
             return str(node.children[0])
         if node.data == "list_value":
@@ -511,9 +513,11 @@ class _Formatter:
             return f"{name}(" + ", ".join(self._arg(a) for a in _present(arguments.children)) + ")"
         return self._expr(node)
 
-    def _expr(self, node: Node, context: int = 0) -> str:
+    def _expr(self, node: Node | Token, context: int = 0) -> str:
         """An expression with the parentheses its precedence needs (``context``: the binding
         strength of the surrounding operator)."""
+        if isinstance(node, Token):
+            return str(node)
         kind = node.data
         if kind in ("number", "ref"):
             return str(node.children[0])
