@@ -732,14 +732,12 @@ class Analyzer:
         errors = len(self.diagnostics)
         main = Scope.of(path, scope.env, x)
         children = self._body(op.body, main)
-        shortcut = None
-        out_short = x
-        if op.shortcut is not None:
-            side = Scope.of(f"{path}.shortcut", scope.env, x)
-            shortcut = side.graph(self._body(op.shortcut, side))
-            out_short = shortcut.outputs[0].type
-        if self._failed_since(errors):
+        side = Scope.of(f"{path}.shortcut", scope.env, x)
+        side_children = self._body(op.shortcut, side) if op.shortcut is not None else None
+        if self._failed_since(errors):  # a failed body has no output to build a graph from
             return None
+        shortcut = None if side_children is None else side.graph(side_children)
+        out_short = x if shortcut is None else shortcut.outputs[0].type
         if shortcut is not None and "shortcut" in main.tensors:
             raise fail(
                 "E206",

@@ -10,6 +10,9 @@ parameter list or a list longer than :data:`LINE_LENGTH` is filled line by line,
 continuation aligned after the opening bracket; an ``expect`` that does not fit puts one check
 a line, and a long sum breaks before its ``+`` and ``-``.
 
+A rule without a layout of its own here (a grammar rule newer than this module) is written
+from its tokens with the canonical spacing, so no spec that parses fails to format.
+
 Comments are kept: an own-line comment stays before what follows it, a trailing comment stays
 at the end of its statement's line. A comment inside a statement (between the arguments of a
 call, say) moves to the line before that statement.
@@ -20,6 +23,7 @@ they are placed back by position.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,9 +41,20 @@ INDENT = 4
 Pos = tuple[int, int]  # (line, column), 1-based
 Node = Tree[Any]  # a parse-tree node; its children are nodes, tokens or None
 
-_PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "truediv": 2, "mod": 2}
+# binding strength of each operator, loosest first; `compare` takes its operator from the tree
+_PRECEDENCE = {"or_op": 1, "and_op": 2, "compare": 4, "add": 5, "sub": 5}
+_PRECEDENCE |= {"mul": 6, "floordiv": 6, "truediv": 6, "mod": 6}
 _OPERATOR = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "truediv": "/", "mod": "%"}
-_NESTED = {"definition", "train_section"}  # statements holding a body of their own
+_OPERATOR |= {"or_op": "or", "and_op": "and"}
+_PREFIX = {"not_op": ("not ", 3), "neg": ("-", 7)}  # prefix operators and their strength
+_NESTED = {"definition", "train_section", "if_stmt"}  # statements holding a body of their own
+
+# the tokens of a spec, for rules written from their source text (numbers before names)
+_TOKEN = re.compile(
+    r"\"[^\"\n]*\"|'[^'\n]*'|#[^\n]*"
+    r"|(?:\d[\d_]*(?:\.\d[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?[A-Za-z]*"
+    r"|[A-Za-z_][A-Za-z0-9_]*|<-|==|!=|<=|>=|//|\S"
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,37 @@ def format_text(text: str) -> tuple[str | None, list[Diagnostic]]:
     tree, diagnostics = parse_tree(text)
     if tree is None:
         return None, diagnostics
-    return _Formatter(text).spec(tree), []
+    return format_tree(text, tree), []
+
+
+def format_tree(text: str, tree: Node) -> str:
+    """The canonical layout of ``text``, whose parse tree is ``tree``."""
+    return _Formatter(text).spec(tree)
+
+
+def spaced(text: str) -> str:
+    """The tokens of ``text`` (comments dropped) with the canonical spacing: one space
+    between tokens, none inside brackets, before ``,`` or after a prefix ``-``, and none
+    around ``=`` inside parentheses (keyword arguments)."""
+    out = ""
+    depth = 0
+    prev = ""
+    prefix = False  # `prev` is a prefix minus
+    for tok in (t for t in _TOKEN.findall(text) if not t.startswith("#")):
+        operand = prev[:1].isalnum() or prev[:1] in "_\"')]"
+        tight = (
+            not out
+            or prefix
+            or prev in ("(", "[", ".")
+            or tok in (")", "]", ",", ".")
+            or (tok in ("(", "[") and operand)
+            or ("=" in (tok, prev) and depth > 0)
+        )
+        out += ("" if tight else " ") + tok
+        prefix = tok == "-" and not (operand and prev not in ("and", "or", "not"))
+        depth += {"(": 1, ")": -1}.get(tok, 0)
+        prev = tok
+    return out
 
 
 def _start(node: Node | Token) -> Pos:
@@ -125,6 +170,7 @@ def scan(text: str) -> tuple[list[Comment], list[Brace]]:
 
 class _Formatter:
     def __init__(self, text: str) -> None:
+        self.text = text
         self.comments, self.braces = scan(text)
         self.next_comment = 0
 
@@ -298,7 +344,33 @@ class _Formatter:
             return _Row(["output " + ", ".join(str(t) for t in stmt.children)], False)
         if kind == "expect_stmt":
             return _Row(self._expect(stmt, indent), False)
-        raise AssertionError(f"unknown statement {kind}")
+        if kind == "if_stmt":
+            return _Row([*self._if(stmt, "if ", _start(stmt), indent), " " * indent + "}"], False)
+        return _Row([self._tokens(stmt)], False)
+
+    def _tokens(self, node: Node) -> str:
+        """A rule without a layout of its own, from its source text (see :func:`spaced`)."""
+        return spaced(self.text[node.meta.start_pos : node.meta.end_pos])
+
+    def _if(self, node: Node, head: str, after: Pos, indent: int) -> list[str]:
+        """``if condition {``, its body and its ``else`` branches, without the last ``}``;
+        ``after``: where to look for the body's ``{``."""
+        condition, *body, other = node.children
+        opening, closing = self._body_braces(after)
+        lines, comment = self._body(body, indent + INDENT, opening, (closing.line, closing.column))
+        head += self._expr(condition) + " {" + (f"  {comment}" if comment else "")
+        lines = [head, *lines]
+        if other is None:
+            return lines
+        after = (closing.line, closing.column + 1)
+        head = " " * indent + "} else "
+        if other.data == "else_if":
+            return lines + self._if(other.children[0], head + "if ", after, indent)
+        opening, closing = self._body_braces(after)
+        rest, comment = self._body(
+            list(other.children), indent + INDENT, opening, (closing.line, closing.column)
+        )
+        return [*lines, head + "{" + (f"  {comment}" if comment else ""), *rest]
 
     def _nested(self, head: str, node: Node, statements: list[Node], indent: int) -> list[str]:
         """``head {`` and the indented body of ``node`` (without the closing brace)."""
@@ -309,13 +381,14 @@ class _Formatter:
         return [head + (f"  {comment}" if comment else ""), *body]
 
     def _definition(self, node: Node, indent: int) -> _Row:
-        keyword, name, params, *body = node.children
+        keyword, name, params, sources, *body = node.children
         head = f"{keyword} {name}"
+        tail = " {" if sources is None else " <- " + ", ".join(map(str, sources.children)) + " {"
         if params is not None and _present(params.children):
             items = [self._param(p) for p in _present(params.children)]
-            header = self._fill(head + "(", items, ") {", indent)
+            header = self._fill(head + "(", items, ")" + tail, indent)
         else:
-            header = [head + " {"]
+            header = [head + tail]
         nested = self._nested("", node, body, indent)
         header[-1] += nested[0]  # the comment after `{`, if any
         return _Row([*header, *nested[1:], " " * indent + "}"], False)
@@ -327,7 +400,7 @@ class _Formatter:
     def _layer(self, node: Node, indent: int) -> list[str]:
         name, op, repeat, sources = node.children
         prefix = f"{name} = " if name is not None else ""
-        suffix = f" * {self._expr(repeat.children[0], 3)}" if repeat is not None else ""
+        suffix = f" * {self._expr(repeat.children[0], 7)}" if repeat is not None else ""
         if sources is not None:
             suffix += " <- " + ", ".join(str(t) for t in sources.children)
         if op.data == "call":
@@ -360,12 +433,18 @@ class _Formatter:
         return lines
 
     def _check(self, node: Node) -> str:
-        quantity, op, value = node.children
-        return f"{quantity} {op} {self._value(value)}"
+        *_, value = node.children
+        return f"{self._quantity(node)} {self._value(value)}"
+
+    def _quantity(self, node: Node) -> str:
+        """A check up to its value: ``params ==``, ``train_memory(batch=32) <``."""
+        return " ".join(
+            self._tokens(c) if isinstance(c, Tree) else str(c) for c in node.children[:-1] if c
+        ).replace(" (", "(")
 
     def _check_lines(self, node: Node, column: int, comma: str) -> list[str]:
         """One check; a sum too long for the line breaks before its ``+`` / ``-``."""
-        quantity, op, value = node.children
+        value = node.children[-1]
         text = self._check(node) + comma
         if column + len(text) <= LINE_LENGTH or value.data not in ("add", "sub"):
             return [text]
@@ -373,7 +452,7 @@ class _Formatter:
         while isinstance(value, Tree) and value.data in ("add", "sub"):
             terms.insert(0, (_OPERATOR[value.data], value.children[1]))
             value = value.children[0]
-        start = f"{quantity} {op} "
+        start = self._quantity(node) + " "
         at = column + len(start) - 2  # operands line up; the operator hangs left of them
         lines = [start + self._expr(value, 1)]
         for operator, term in terms:
@@ -422,7 +501,9 @@ class _Formatter:
             return f"{node.children[0]}={self._value(node.children[1])}"
         return self._value(node.children[0])
 
-    def _value(self, node: Node) -> str:
+    def _value(self, node: Node | Token) -> str:
+        if isinstance(node, Token):  # a value a newer grammar leaves as a bare token
+            return str(node)
         if node.data == "string":
             return str(node.children[0])
         if node.data == "list_value":
@@ -432,16 +513,26 @@ class _Formatter:
             return f"{name}(" + ", ".join(self._arg(a) for a in _present(arguments.children)) + ")"
         return self._expr(node)
 
-    def _expr(self, node: Node, context: int = 0) -> str:
+    def _expr(self, node: Node | Token, context: int = 0) -> str:
         """An expression with the parentheses its precedence needs (``context``: the binding
         strength of the surrounding operator)."""
+        if isinstance(node, Token):
+            return str(node)
         kind = node.data
         if kind in ("number", "ref"):
             return str(node.children[0])
-        if kind == "neg":
-            return "-" + self._expr(node.children[0], 3)
-        strength = _PRECEDENCE[kind]
-        left = self._expr(node.children[0], strength)
-        right = self._expr(node.children[1], strength + 1)
-        text = f"{left} {_OPERATOR[kind]} {right}"
+        if kind == "shape_ref":
+            tensor, attribute, index = node.children
+            return f"{tensor}.{attribute}[{self._expr(index)}]"
+        if kind in _PREFIX:
+            operator, strength = _PREFIX[kind]
+            text = operator + self._expr(node.children[0], strength)
+        elif kind in _PRECEDENCE:
+            strength = _PRECEDENCE[kind]
+            *operands, right = node.children
+            operator = str(operands.pop()) if kind == "compare" else _OPERATOR[kind]
+            left = self._expr(operands[0], strength + (kind == "compare"))
+            text = f"{left} {operator} {self._expr(right, strength + 1)}"
+        else:
+            return f"({self._tokens(node)})" if context else self._tokens(node)
         return f"({text})" if strength < context else text
