@@ -82,6 +82,15 @@ def test_blocks_are_recovered_with_their_parameters() -> None:
     assert "stage1 = Stage(32)" in result.text and "stage2 = Stage(64)" in result.text
 
 
+def test_conditioning_kinds_are_recovered() -> None:
+    # `h + t[:, :, None, None]`, `flatten(2).transpose(1, 2)`: one statement each, not pieces
+    _, result, _ = shipped("diffusion")
+    assert "t_freq = TimestepEmbedding(16) <- t" in result.text
+    assert "= BroadcastAdd <- e1_conv1, e1_time" in result.text
+    assert "= ToTokens" in result.text and "= ToImage(4)" in result.text
+    assert "Transpose" not in result.text and "Flatten" not in result.text
+
+
 def test_tied_head_and_transformer_stack() -> None:
     _, result, again = shipped("tiny_gpt")
     assert "head = Linear(65, bias=false, tie=tok_emb)" in result.text

@@ -8,8 +8,9 @@ as a recurrent layer's ``returns`` or an attention's ``causal``, say how ``forwa
 module: every value is a candidate, and :func:`verify` keeps the one that computes what the
 original computed. A functional call (``F.relu(x)``, ``torch.flatten(x, 1)``) maps through the
 module it is the functional form of. Nothing here knows a kind by name except the few
-operations that have no module (``+``, ``torch.cat``, ``view``), listed in
-:data:`DIRECT`.
+operations that have no module (``+``, ``torch.cat``, ``view``) and the kinds whose
+generated forward is such operations (``ToTokens``: ``flatten``, then ``transpose``), listed
+in :data:`DIRECT`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _reshape(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Cand
 
 
 def _add(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
-    return [("Add", {})]
+    return [("Add", {}), ("BroadcastAdd", {})]  # `h + t[:, :, None, None]`: a vector per channel
 
 
 def _cat(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
@@ -76,8 +77,22 @@ def _per_sample(*dims: int) -> list[int] | None:
 
 
 def _transpose(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    """Transpose; for a sequence ``(B, L, C)`` -> ``(B, C, L)``, also ``ToImage(h)`` for each
+    height ``h`` that divides ``L`` (the reshape that follows it tells which one)."""
     dims = _per_sample(_arg(args, kwargs, 1, "dim0", 0), _arg(args, kwargs, 2, "dim1", 0))
-    return [] if dims is None else [("Transpose", {"dim0": dims[0], "dim1": dims[1]})]
+    if dims is None:
+        return []
+    found: Candidates = [("Transpose", {"dim0": dims[0], "dim1": dims[1]})]
+    if out.dim() == 3 and sorted(dims) == [0, 1]:
+        length = out.shape[2]
+        found += [("ToImage", {"height": h}) for h in range(1, length + 1) if length % h == 0]
+    return found
+
+
+def _flatten(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    """``x.flatten(2)`` of an image ``(B, C, H, W)``, as ToTokens begins (the transpose that
+    follows it tells); Flatten itself comes from :data:`EQUIVALENT_MODULES`."""
+    return [("ToTokens", {})] if out.dim() == 3 else []
 
 
 def _permute(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
@@ -144,6 +159,8 @@ DIRECT: dict[Any, Callable[[list[Any], dict[str, Any], torch.Tensor], Candidates
     torch.mean: _reduce("Mean"),
     "sum": _reduce("Sum"),
     torch.sum: _reduce("Sum"),
+    "flatten": _flatten,
+    torch.flatten: _flatten,
     "view": _reshape,
     "reshape": _reshape,
     torch.reshape: _reshape,

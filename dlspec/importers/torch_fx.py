@@ -721,6 +721,8 @@ class _Scope:
             k: self.env.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()
         }
         layers: list[Layer] = []
+        key = node.target if node.target in kinds.DIRECT else fn
+        direct = kinds.DIRECT.get(key)
         if fn in kinds.EQUIVALENT_MODULES:
             try:
                 module = kinds.EQUIVALENT_MODULES[fn](*args, **kwargs)
@@ -731,20 +733,39 @@ class _Scope:
             layers, problem = kinds.candidates(kind, kinds.module_arguments(kind, module))
             if not layers:
                 return f"{kind.kind} refuses its arguments: {problem}"
+        elif direct is None:
+            return "no dlspec layer kind computes it"
         else:
-            key = node.target if node.target in kinds.DIRECT else fn
-            direct = kinds.DIRECT.get(key)
-            if direct is None:
-                return "no dlspec layer kind computes it"
             problem = "it works on the batch dimension, which dlspec keeps implicit"
-            for kind_name, kind_args in direct(args, kwargs, self.env[node]):
-                try:
-                    layers.append(REGISTRY[kind_name].model_validate(kind_args))
-                except Exception as exc:  # pydantic's ValidationError: an argument it refuses
-                    problem = str(exc).splitlines()[0]
-            if not layers:
-                return f"no layer equivalent ({problem})"
+        for kind_name, kind_args in direct(args, kwargs, self.env[node]) if direct else []:
+            try:
+                layers.append(REGISTRY[kind_name].model_validate(kind_args))
+            except Exception as exc:  # pydantic's ValidationError: an argument it refuses
+                problem = str(exc).splitlines()[0]
+        if not layers:
+            return f"no layer equivalent ({problem})"
         made = self._layer_statement(node, layers, None, data)
+        views = self._views(node, data)
+        if isinstance(made, str) and views != data:
+            made = self._layer_statement(node, layers, None, views)
+            if not isinstance(made, str):
+                for view in set(data) - set(views):
+                    self.failed.pop(view, None)  # the layer's own forward indexes its input
+                data = views
         if isinstance(made, str):
             return made
         return [made[0]], made[1], data
+
+    def _views(self, node: fx.Node, data: list[fx.Node]) -> list[fx.Node]:
+        """``data`` with each input that did not map and is an indexing or method call on one
+        tensor, read by ``node`` alone (``t[:, :, None, None]``), replaced by that tensor: what
+        a layer whose generated forward indexes its input reads (verified like any other)."""
+        views = []
+        for d in data:
+            tensors = [n for n in _nodes((d.args, d.kwargs)) if _tensor(self.env.get(n))]
+            view = d in self.failed and list(d.users) == [node] and len(tensors) == 1
+            if view and (d.op == "call_method" or d.target is operator.getitem):
+                views.append(tensors[0])
+            else:
+                views.append(d)
+        return views
