@@ -149,8 +149,8 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
         options += ["BatchNorm1d", "BatchNorm1d(affine=false)"]  # running statistics in eval
     if len(x.shape) == 3 and channels is not None:
         options += ["BatchNorm2d", "Dropout2d(0.2)"]
-        if channels >= 4:
-            options.append("LayerNorm2d")
+        if channels >= 4:  # over the channels at each position; weighted, being rarely possible
+            options += ["LayerNorm2d", "LayerNorm2d(eps=1e-6)", "LayerNorm2d"]
         if positions >= 4:
             options.append("BatchNorm2d(track_running_stats=false)")
     if len(x.shape) >= 2 and channels is not None:
