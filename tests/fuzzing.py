@@ -109,6 +109,15 @@ def _activation(r: random.Random, x: Tensor) -> str | None:
             f"LogSoftmax(dim={dim})",
             f"Dropout({r.choice([0.0, 0.3])})",
             "Identity",
+            "ReLU6",
+            "Hardswish",
+            "Hardsigmoid",
+            "Mish",
+            f"Hardtanh({r.choice([-2.0, -1.0])}, {r.choice([0.5, 1.0])})",
+            f"ELU({r.choice([0.5, 1.0])})",
+            f"Softplus(beta={r.choice([1.0, 2.0])})",
+            f"PReLU({r.choice([1, x.shape[0]]) if concrete(x.shape[0]) else 1})",
+            f'StochasticDepth({r.choice([0.2, 0.5])}, mode="{r.choice(["row", "batch"])}")',
         ]
     )
 
@@ -140,6 +149,8 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
         options += ["BatchNorm1d", "BatchNorm1d(affine=false)"]  # running statistics in eval
     if len(x.shape) == 3 and channels is not None:
         options += ["BatchNorm2d", "Dropout2d(0.2)"]
+        if channels >= 4:  # over the channels at each position; weighted, being rarely possible
+            options += ["LayerNorm2d", "LayerNorm2d(eps=1e-6)", "LayerNorm2d"]
         if positions >= 4:
             options.append("BatchNorm2d(track_running_stats=false)")
     if len(x.shape) >= 2 and channels is not None:
@@ -199,6 +210,39 @@ def _reshape(r: random.Random, x: Tensor) -> str | None:
     return f"Reshape(-1, {width})" if r.random() < 0.5 else f"Reshape({total})"
 
 
+def _rearrange(r: random.Random, x: Tensor) -> str | None:
+    """Permutes, picks, slices and reductions over per-sample dimensions; images to tokens and
+    back."""
+    if x.dtype != "float" or not x.shape:
+        return None
+    rank = len(x.shape)
+    dim = r.randrange(-rank, rank)
+    options = [
+        f"Mean({dim})",
+        f"Sum([{', '.join(map(str, sorted(r.sample(range(rank), r.randint(1, rank)))))}])",
+        f"Mean(keepdim={r.choice(['true', 'false'])})",
+    ]
+    if rank >= 2:
+        order = list(range(rank))
+        r.shuffle(order)
+        options += [
+            f"Permute({', '.join(map(str, order))})",
+            f"Transpose({dim}, {r.randrange(-rank, rank)})",
+        ]
+    size = concrete(x.shape[dim])
+    if size is not None:
+        start = r.randrange(0, size)
+        options += [
+            f"Select({dim}, {r.randrange(-size, size)})",
+            f"Slice({dim}, {start}, {r.randint(start + 1, size)}, {r.randint(1, 2)})",
+        ]
+    if rank == 3:
+        options.append("ToTokens")
+    if rank == 2 and concrete(x.shape[0]) is not None:
+        options.append(f"ToImage({r.choice(divisors(x.shape[0]))})")
+    return r.choice(options)
+
+
 def _sequence(r: random.Random, x: Tensor) -> str | None:
     """Recurrent and attention layers over [T, F]."""
     if x.dtype != "float" or len(x.shape) != 2 or concrete(x.shape[1]) is None:
@@ -219,6 +263,9 @@ def _sequence(r: random.Random, x: Tensor) -> str | None:
         f"SinusoidalPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
         f"LearnedPositionalEncoding({length(x.shape[0]) + r.randint(0, 3)})",
     ]
+    rope = [h for h in divisors(width) if width // h % 2 == 0]
+    if rope:
+        options.append(f"RoPE({r.choice(rope)}, base={r.choice([100.0, 10000.0])})")
     if width >= 4:  # their LayerNorms normalise over the width: see _norm
         options += [
             f"TransformerEncoderLayer(nhead={heads}, dim_feedforward=8, dropout=0.0, "
@@ -230,6 +277,11 @@ def _sequence(r: random.Random, x: Tensor) -> str | None:
 
 
 def _embedding(r: random.Random, x: Tensor) -> str | None:
+    """Token and timestep embeddings; a learned tensor (its input gives only the batch)."""
+    if r.random() < 0.2:
+        return f"Parameter({', '.join(str(r.randint(1, 4)) for _ in range(r.randint(1, 3)))})"
+    if x.dtype == "float" and x.shape == [1]:
+        return f"TimestepEmbedding({r.choice([2, 4, 8])}, max_period={r.choice([100.0, 1e4])})"
     if x.dtype != "long":
         return None
     return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
@@ -242,6 +294,7 @@ PROPOSALS: list[Proposal] = [
     _conv,
     _pool,
     _reshape,
+    _rearrange,
     _sequence,
     _embedding,
 ]
@@ -291,18 +344,39 @@ def _try(draft: Draft, lines: list[str], blocks: list[str] | None = None) -> Any
 
 
 def _merge(draft: Draft) -> list[str] | None:
-    """``Add`` or ``Concat`` over earlier float tensors of matching shapes."""
+    """``Add``, ``Mul``, ``BroadcastAdd`` or ``Concat`` over earlier float tensors of
+    matching (or broadcasting) shapes."""
     r = draft.rng
     floats = [t for t in draft.tensors if t.dtype == "float" and t.shape]
     r.shuffle(floats)
     for a in floats:
         same = [b for b in floats if b is not a and b.shape == a.shape]
         cat = [b for b in floats if b is not a and b.shape[:-1] == a.shape[:-1]]
+        gate = [b for b in floats if _broadcasts(b.shape, a.shape)]
+        vector = [b for b in floats if b.shape == a.shape[:1] and len(a.shape) >= 2]
         if same and r.random() < 0.5:
-            return [f"{draft.name()} = Add <- {a.name}, {r.choice(same).name}"]
+            merge = r.choice(["Add", "Mul"])
+            return [f"{draft.name()} = {merge} <- {a.name}, {r.choice(same).name}"]
+        if gate and r.random() < 0.3:
+            return [f"{draft.name()} = Mul <- {a.name}, {r.choice(gate).name}"]
+        if len(a.shape) >= 2 and r.random() < 0.3:  # a [C] vector, made from a if need be
+            lines = []
+            if vector:
+                v = r.choice(vector).name
+            else:
+                v = draft.name()
+                lines.append(f"{v} = Mean({list(range(1, len(a.shape)))}) <- {a.name}")
+            return [*lines, f"{draft.name()} = BroadcastAdd <- {a.name}, {v}"]
         if cat:
             return [f"{draft.name()} = Concat <- {a.name}, {r.choice(cat).name}"]
     return None
+
+
+def _broadcasts(small: Shape, big: Shape) -> bool:
+    """Whether ``small`` broadcasts to ``big`` without growing it: one rank, sizes equal or 1."""
+    if small == big or len(small) != len(big):
+        return False
+    return all(s in (1, b) for s, b in zip(small, big, strict=True))
 
 
 def _two_input(draft: Draft) -> list[str] | None:
@@ -326,9 +400,31 @@ def _two_input(draft: Draft) -> list[str] | None:
             f"TransformerDecoder({common}, num_layers={r.randint(1, 2)})",
             f"Transformer({common}, num_encoder_layers=1, num_decoder_layers=1)",
             f"MultiheadAttention(num_heads={heads})",
+            "SDPA",
         ]
     )
+    if call == "SDPA":
+        return _sdpa(draft, a, seqs)
     return [f"{draft.name()} = {call} <- {a.name}, {b.name}"]
+
+
+def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
+    """SDPA with queries ``q`` [T, h*hd] and keys and values [S, kv*hd] from ``seqs``, where
+    the key/value head count kv divides h."""
+    r = draft.rng
+    heads = r.choice(divisors(q.shape[1]))
+    head_width = q.shape[1] // heads
+    keys = [
+        t for t in seqs if t.shape[1] % head_width == 0 and heads % (t.shape[1] // head_width) == 0
+    ]
+    if not keys:
+        return None
+    k, v = r.choice(keys), r.choice(keys)
+    if k.shape[1] != v.shape[1] or k.shape[0] != v.shape[0]:
+        v = k
+    kv = k.shape[1] // head_width
+    call = f"SDPA({heads}, num_kv_heads={kv}, causal={r.choice(['true', 'false'])})"
+    return [f"{draft.name()} = {call} <- {q.name}, {k.name}, {v.name}"]
 
 
 def _grouped(draft: Draft, x: Tensor, kind: str) -> tuple[list[str], list[str]] | None:
@@ -383,6 +479,8 @@ def _inputs(draft: Draft) -> list[Tensor]:
     inputs = [Tensor("x", shape, dtype)]
     if r.random() < 0.2:
         inputs.append(Tensor("y", [t, r.choice([2, 4])] if kind != "image" else list(shape)))
+    if r.random() < 0.15:  # a diffusion model's timestep
+        inputs.append(Tensor("s", [1]))
     for i in inputs:
         draft.lines.append(f"input {i.name}: {i.dtype}[{', '.join(map(str, i.shape))}]")
     return inputs
@@ -484,7 +582,8 @@ def _recurrent_macs(module: Any, steps: int) -> int:
 def torch_macs(module: Any, inputs: list[Any], output: Any) -> int | None:
     """MACs per sample of one leaf module, counted from its attributes and the shapes its
     forward pass produced (dlspec's convention: one per weight use and one per bias add);
-    None for kinds this oracle does not count (attention: see test_sequence_layers)."""
+    None for kinds this oracle does not count (attention: see test_sequence_layers; learned
+    tensors)."""
     from torch import nn
 
     batch = output.shape[0] if hasattr(output, "shape") else inputs[0].shape[0]
@@ -501,12 +600,16 @@ def torch_macs(module: Any, inputs: list[Any], output: Any) -> int | None:
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
         return out * (kernel + int(bias))
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
-        return 2 * out if module.weight is not None else 0
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.PReLU)) or (
+        type(module).__name__ == "LayerNorm2d"
+    ):
+        return sum(p.numel() for p in module.parameters())  # per channel, as torchinfo counts
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         return out * ((module.weight is not None) + bias)
     if isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)):
         return _recurrent_macs(module, inputs[0].shape[1])
+    if type(module).__name__ == "ScaledDotProductAttention":
+        return None
     if isinstance(module, nn.Embedding) or not any(True for _ in module.parameters()):
         return 0  # lookups, activations, pooling, reshapes, positional tables
     return None  # attention and the Transformer family

@@ -45,3 +45,17 @@ model Fuzz(T: dim = 5) {
 
 def test_an_output_that_cancels_out_verifies() -> None:
     assert failures(CANCELLING) == []
+
+
+# found by fuzzing: a learned tensor as the output still requires grad in inference mode,
+# which the export's verification could not turn into an array
+LEARNED_OUTPUT = """
+model Fuzz {
+    input x: float[6, 2]
+    t1 = Parameter(2, 3) <- x
+}
+"""
+
+
+def test_a_learned_tensor_as_the_output_verifies() -> None:
+    assert failures(LEARNED_OUTPUT) == []

@@ -602,7 +602,7 @@ def verify_session(
                     expected = (expected,)
                 outputs = session.run({k: v.numpy() for k, v in inputs.items()})
                 results = [
-                    _compare(out, ref.float().numpy(), rtol)
+                    _compare(out, ref.detach().float().numpy(), rtol)
                     for out, ref in zip(outputs, expected, strict=True)
                 ]
                 comparisons.append(
