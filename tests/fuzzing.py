@@ -136,9 +136,11 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
     if x.dtype != "float" or not x.shape:
         return None
     last = concrete(x.shape[-1])
-    options = ["RMSNorm", "RMSNorm(elementwise_affine=false)"] if last is not None else []
-    if last is not None and last >= 4:
+    options = []
+    if last is not None and last >= 4:  # a Mean over a LayerNorm's output is about 0: see above
         options += [
+            "RMSNorm",
+            "RMSNorm(elementwise_affine=false)",
             "LayerNorm",
             f"LayerNorm(elementwise_affine={r.choice(['true', 'false'])})",
             "LayerNorm(bias=false)",
