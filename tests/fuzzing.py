@@ -41,6 +41,7 @@ class Tensor:
     name: str
     shape: Shape
     dtype: str = "float"
+    averaged: bool = False  # a mean or sum: about 0 over a normalisation's output
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Draft:
     tensors: list[Tensor] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     dtypes: dict[str, str] = field(default_factory=dict)  # statement name -> element type
+    averaged: set[str] = field(default_factory=set)  # statements that are Tensor.averaged
     counter: int = 0
 
     def name(self) -> str:
@@ -133,12 +135,14 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
     """Normalisations over at least 4 values (at batch 1): over fewer, the result is
     ill-conditioned (two nearly equal values normalise to +-1), and no tolerance separates
     rounding from a real disagreement."""
-    if x.dtype != "float" or not x.shape:
+    if x.dtype != "float" or not x.shape or x.averaged:  # a mean of normalised values is ~0
         return None
     last = concrete(x.shape[-1])
-    options = ["RMSNorm", "RMSNorm(elementwise_affine=false)"] if last is not None else []
+    options = []
     if last is not None and last >= 4:
         options += [
+            "RMSNorm",
+            "RMSNorm(elementwise_affine=false)",
             "LayerNorm",
             f"LayerNorm(elementwise_affine={r.choice(['true', 'false'])})",
             "LayerNorm(bias=false)",
@@ -309,12 +313,13 @@ def _check(text: str) -> Any:
     return check_text(text, "<fuzz>")
 
 
-def _tensors(report: Any, dtypes: dict[str, str]) -> list[Tensor]:
+def _tensors(report: Any, draft: Draft) -> list[Tensor]:
     """The model-level tensors of a checked spec: its inputs and its top-level statements."""
     out = [Tensor(t.name, list(t.shape), t.dtype) for t in report.inputs]
     for row in report.layers:
         if row.depth == 0:
-            out.append(Tensor(row.name, list(row.output_shape), dtypes.get(row.name, "float")))
+            dtype = draft.dtypes.get(row.name, "float")
+            out.append(Tensor(row.name, list(row.output_shape), dtype, row.name in draft.averaged))
     return out
 
 
@@ -323,6 +328,14 @@ def _dtype(x: Tensor, calls: list[str]) -> str:
     moves = ("Identity", "Flatten", "Reshape")
     long = x.dtype == "long" and all(c.startswith(moves) for c in calls)
     return "long" if long else "float"
+
+
+def _averaged(x: Tensor, calls: list[str]) -> bool:
+    """Whether the result is a mean or sum (possibly cancelling out), directly or moved."""
+    moves = ("Identity", "Flatten", "Reshape", "Permute", "Transpose", "Select", "Slice")
+    if calls[-1].startswith(("Mean", "Sum", "AvgPool2d", "AdaptiveAvgPool2d")):
+        return True
+    return x.averaged and all(c.startswith(moves) for c in calls)
 
 
 def _propose(draft: Draft, x: Tensor) -> str | None:
@@ -442,12 +455,15 @@ def _grouped(draft: Draft, x: Tensor, kind: str) -> tuple[list[str], list[str]] 
         if not checked.ok:
             continue
         body.append(call)
-        current = Tensor("", list(checked.report.layers[-1].output_shape), _dtype(current, [call]))
+        shape = list(checked.report.layers[-1].output_shape)
+        current = Tensor("", shape, _dtype(current, [call]), _averaged(current, [call]))
     if not body:
         return None
     keeps = current.shape == x.shape and current.dtype == x.dtype
     name = draft.name()
     draft.dtypes[name] = current.dtype
+    if current.averaged:
+        draft.averaged.add(name)
     if kind == "residual":
         if x.dtype != "float" or current.dtype != "float":
             return None
@@ -510,6 +526,8 @@ def generate(seed: int, steps: int = 6) -> str:
             if call is not None:
                 name = draft.name()
                 draft.dtypes[name] = _dtype(x, [call])
+                if _averaged(x, [call]):
+                    draft.averaged.add(name)
                 lines = [f"{name} = {call} <- {x.name}"]
         if not lines:
             continue
@@ -518,7 +536,7 @@ def generate(seed: int, steps: int = 6) -> str:
             continue
         draft.blocks += blocks
         draft.lines += lines
-        draft.tensors = _tensors(report, draft.dtypes)
+        draft.tensors = _tensors(report, draft)
     if len(draft.tensors) > len(inputs) + 1 and r.random() < 0.3:
         chosen = r.sample(draft.tensors[len(inputs) :], k=2)
         draft.outputs = [t.name for t in chosen]
