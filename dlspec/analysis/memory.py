@@ -305,13 +305,16 @@ def training(
     optimizer: str = "adam",
     checkpointing: bool = False,
     device: Device = "cuda",
+    rows: list[LayerMemory] | None = None,
 ) -> Training:
     """Peak memory of a training step: see the module docstring. Without checkpointing the
     backward pass is followed layer by layer (last first): the activations of the layers
     before it are still kept, the gradients of the parameters after it are made. With
-    checkpointing, everything kept is counted at once (an upper bound)."""
+    checkpointing, everything kept is counted at once (an upper bound). ``rows``: the
+    graph's :func:`activations` at ``precision``, when the caller has them already."""
     trainable = graph.trainable_params
-    rows = activations(graph, precision)
+    if rows is None:
+        rows = activations(graph, precision)
     states, foreach, per_tensor = OPTIMIZERS[optimizer]
     if device == "cuda":
         step: Dim = 4 * foreach * trainable

@@ -170,7 +170,7 @@ def build_report(
             parameters_bytes=BYTES * (trainable + buffers),
             activations_bytes=value_at(activations, at),
             activations_formula=str(activations),
-            training_adam_bytes=memory.training(graph).bytes(at)["total"],
+            training_adam_bytes=memory.training(graph, rows=per_layer).bytes(at)["total"],
         ),
         diagnostics=diagnostics,
     )
