@@ -427,8 +427,12 @@ def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
     r = draft.rng
     heads = r.choice(divisors(q.shape[1]))
     head_width = q.shape[1] // heads
-    keys = [
-        t for t in seqs if t.shape[1] % head_width == 0 and heads % (t.shape[1] // head_width) == 0
+    keys = [  # widths are whole numbers here (a symbolic one, "T", cannot hold heads)
+        t
+        for t in seqs
+        if isinstance(t.shape[1], int)
+        and t.shape[1] % head_width == 0
+        and heads % (t.shape[1] // head_width) == 0
     ]
     if not keys:
         return None
