@@ -642,7 +642,7 @@ def mac_disagreements(spec: Any, model: Any) -> list[str]:
     import torch
 
     from dlspec.backends.onnx_export import sample_inputs
-    from dlspec.layers.symbolic import value_at as evaluate
+    from dlspec.layers.symbolic import value_at
 
     modules = dict(model.named_modules())
     seen: dict[str, tuple[list[Any], Any]] = {}
@@ -667,7 +667,7 @@ def mac_disagreements(spec: Any, model: Any) -> list[str]:
             continue
         args, output = seen[leaf.path]
         expected = torch_macs(modules[leaf.path], args, output)
-        actual = evaluate(leaf.macs, spec.graph.bindings)
+        actual = value_at(leaf.macs, spec.graph.bindings)
         if expected is not None and expected != actual:
             problems.append(f"{leaf.path} {leaf.label}: MACs {actual:,}, torch count {expected:,}")
     return problems
