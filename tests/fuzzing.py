@@ -11,6 +11,10 @@ accepts it. Each finished spec is then held to three oracles:
   the analysis (:func:`disagreements`), and every leaf's MACs equal a count made from the
   torch module's own attributes and the shapes its forward pass really produced
   (:func:`torch_macs`);
+* autograd: the activation memory the analysis gives (``memory.activations``) equals the
+  bytes autograd saves in a training-mode forward pass at batch 2 and 3 (BatchNorm needs two
+  samples to train)
+  (:func:`memory_disagreements`, the oracle of tests/saved_oracle.py);
 * ONNX Runtime: the TorchScript export (dynamo where TorchScript cannot) verifies against
   torch (``export_onnx``: random inputs at batch 1 and 3, two sequence lengths).
 
@@ -673,6 +677,37 @@ def mac_disagreements(spec: Any, model: Any) -> list[str]:
     return problems
 
 
+def memory_disagreements(spec: Any, batches: tuple[int, ...] = (2, 3)) -> list[str]:
+    """Where the activation memory of the analysis differs from the bytes autograd saves in a
+    training-mode forward pass of a fresh module (fp32): exactly, except within 10% where an
+    LSTM runs, whose oneDNN workspace the analysis counts by a fitted formula."""
+    import torch
+    from saved_oracle import saved_bytes
+
+    from dlspec.analysis.memory import activations, total
+    from dlspec.layers.symbolic import value_at
+
+    fitted = any(type(leaf.layer).__name__ == "LSTM" for leaf in spec.graph.leaves())
+    problems = []
+    for batch in batches:
+        torch.manual_seed(0)
+        model = spec.to_torch()
+        inputs = [
+            torch.randint(0, 2, (batch, *i.shape_value))
+            if i.dtype == "long"
+            else torch.randn(batch, *i.shape_value, requires_grad=True)
+            for i in spec.report.inputs
+        ]
+        measured = saved_bytes(model, lambda m=model, xs=inputs: m(*xs))
+        estimate = value_at(total(activations(spec.graph)), {**spec.graph.bindings, "B": batch})
+        if estimate != measured and not (fitted and abs(estimate - measured) <= 0.1 * measured):
+            problems.append(
+                f"activation memory at batch {batch}: check {estimate:,} B, autograd saves "
+                f"{measured:,} B"
+            )
+    return problems
+
+
 def failures(
     text: str, onnx: bool = True, skipped: list[str] | None = None, dynamo: bool = False
 ) -> list[str]:
@@ -699,6 +734,7 @@ def _failures(text: str, onnx: bool, skipped: list[str] | None, dynamo: bool) ->
         torch.manual_seed(0)
         model = spec.to_torch().eval()
         problems = disagreements(spec, model) + mac_disagreements(spec, model)
+        problems += memory_disagreements(spec)
         if onnx and not problems:
             exporter = "auto" if dynamo else "torchscript"
             export_onnx(model, spec.graph, device="cpu", exporter=exporter)
