@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from fuzzing import PROPOSALS, failures, generate
+from fuzzing import PROPOSALS, failures, generate, onnx_disagreements
 
 from dlspec.analysis.check import check_text
 from dlspec.layers import REGISTRY
@@ -59,3 +59,38 @@ model Fuzz {
 
 def test_a_learned_tensor_as_the_output_verifies() -> None:
     assert failures(LEARNED_OUTPUT) == []
+
+
+# found by fuzzing: a LayerNorm over values an upsampling repeated (and TimestepEmbedding
+# cosines) magnifies fp32 rounding past the tolerance, in torch as in ONNX Runtime; the
+# float64 answer tells rounding from a mistake
+ILL_CONDITIONED = """
+model Fuzz {
+    input x: float[1]
+    t3 = TimestepEmbedding(8, max_period=100.0) <- x
+    t4 = Reshape(-1, 2) <- t3
+    t5 = Upsample(scale_factor=2, mode="linear") <- t4
+    t6 = LayerNorm(elementwise_affine=true) <- t5
+}
+"""
+
+
+def test_rounding_in_an_ill_conditioned_spec_is_not_a_disagreement() -> None:
+    assert failures(ILL_CONDITIONED) == []
+
+
+def test_an_export_that_computes_something_else_is_a_disagreement() -> None:
+    import torch
+
+    import dlspec
+    from dlspec.backends.onnx_export import export_onnx
+
+    spec = dlspec.load_text(ILL_CONDITIONED, "<fuzz>")
+    model = spec.to_torch().eval()
+    result = export_onnx(model, spec.graph, device="cpu", exporter="torchscript", verify=False)
+    with torch.no_grad():
+        model.t6.weight.add_(1e-3)  # torch now computes something ONNX Runtime does not
+    conditioned: list[str] = []
+    problems = onnx_disagreements(result.data, model, spec.graph, conditioned)
+    assert len(problems) == 1 and "ONNX Runtime differs from torch" in problems[0]
+    assert conditioned == []

@@ -65,7 +65,7 @@ class TimestepEmbedding(nn.Module):
         half = self.dim // 2
         steps = torch.arange(half, device=t.device, dtype=torch.float32) / half
         frequency = self.max_period**-steps  # (dim/2,)
-        angle = t.float() * frequency  # (B, dim/2)
+        angle = t * frequency  # (B, dim/2), in fp32 or t's wider type
         return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)  # (B, dim)
 
 
