@@ -126,6 +126,29 @@ def test_exporter_choice() -> None:
     assert notice.endswith("); this may take ~20 s...") and len(notice) < 160
 
 
+RMS_NORM = """
+model R(T: dim = 6) {
+    input x: float[T, 8]
+    a = RMSNorm
+    b = Linear(4)
+    c = RMSNorm(elementwise_affine=false, eps=1e-3)
+}
+"""
+
+
+@pytest.mark.parametrize(("opset", "fp16"), [(17, False), (18, False), (18, True)])
+def test_rms_norm_exports_with_torchscript(opset: int, fp16: bool) -> None:
+    """TorchScript lacks aten::rms_norm below opset 23; dlspec gives it one (torch's default
+    eps, a weight or none), so RMSNorm models export in a second, not dynamo's ~20 s."""
+    spec = dlspec.load_text(RMS_NORM, "<rms>")
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, opset=opset, fp16=fp16, device="cpu")
+    assert result.exporter == "TorchScript" and result.fallback is None
+    assert all(c.passed for c in result.comparisons) and len(result.comparisons) == 8
+    ops = {node.op_type for node in onnx.load_from_string(result.data).graph.node}
+    assert {"ReduceMean", "Sqrt", "Div"} <= ops
+
+
 def test_token_ids_stay_below_the_smallest_vocabulary() -> None:
     spec = dlspec.load(ROOT / "specs" / "transformer.dl", src_vocab=30, tgt_vocab=20)
     assert onnx_export.index_limit(spec.graph) == 20

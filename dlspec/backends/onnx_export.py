@@ -45,7 +45,8 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -334,12 +335,43 @@ def _shared_by_identity(model: nn.Module) -> Iterator[None]:
         model.training = False
 
 
+@cache
+def _register_rms_norm() -> None:
+    """Teach the TorchScript exporter ``aten::rms_norm`` (nn.RMSNorm), which it lacks below
+    ONNX's own RMSNormalization (opset 23): ``x / sqrt(mean(x^2) + eps) * weight`` over the
+    normalised axes, with torch's default eps (the machine epsilon of the input's type)."""
+    import torch
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args("v", "is", "v", "v")
+    def rms_norm(g: Any, x: Any, shape: list[int], weight: Any, eps: Any) -> Any:
+        dtype = torch.float16 if x.type().scalarType() == "Half" else torch.float32
+        epsilon = (
+            torch.finfo(dtype).eps
+            if symbolic_helper._is_none(eps)
+            else symbolic_helper._get_const(eps, "f", "eps")
+        )
+        axes = list(range(-len(shape), 0))
+        square = g.op("Mul", x, x)
+        if g.opset >= 18:  # axes became an input
+            axes_input = g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64))
+            mean = g.op("ReduceMean", square, axes_input, keepdims_i=1)
+        else:
+            mean = g.op("ReduceMean", square, axes_i=axes, keepdims_i=1)
+        shifted = g.op("Add", mean, g.op("Constant", value_t=torch.tensor(epsilon, dtype=dtype)))
+        out = g.op("Div", x, g.op("Sqrt", shifted))
+        return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
+
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm, MIN_OPSET)
+
+
 def _export_torchscript(
     model: nn.Module, graph: ModelGraph, args: tuple[torch.Tensor, ...], opset: int
 ) -> onnx.ModelProto:
     import onnx
     import torch
 
+    _register_rms_norm()
     buffer = io.BytesIO()
     with _shared_by_identity(model):
         torch.onnx.export(
