@@ -147,6 +147,19 @@ def test_resume_continues_from_the_saved_epoch(
     assert without_timing(metrics(straight)) == without_timing(metrics(out))
 
 
+def test_resume_takes_the_learning_rate_given_now(tmp_path: Path) -> None:
+    """The optimiser keeps its state (moments, steps) but takes the settings given now:
+    fine-tuning with a lower --lr lowers it."""
+    out = tmp_path / "out"
+    assert build(MLP, "--out", str(out), *FAST, "--lr", "0.01") == 0
+    assert build(MLP, "--out", str(out), "--quiet", "--no-plots", "--epochs", "2", "--resume",
+                 "--lr", "0.0005") == 0  # fmt: skip
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == [0.0005]
+    assert saved["optimizer"]["state"]  # the moments came through
+    assert metrics(out)["config"]["optimizer"]["lr"] == 0.0005
+
+
 def test_resume_refuses_a_checkpoint_of_another_spec(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -735,10 +735,18 @@ class Trainer:
                 f"than {self.config.optimizer.name}; resume with the same optimizer setting, "
                 "or run without --resume to start afresh"
             )
+        # the settings given now (--lr, the spec's optimizer) win over the checkpoint's; its
+        # state (moments, step counts) is kept
+        settings = [
+            {key: value for key, value in group.items() if key != "params"}
+            for group in self.optimizer.param_groups
+        ]
         try:
             self.model.load_state_dict(checkpoint.model)
             if checkpoint.optimizer:  # empty for imported weights: the optimiser starts afresh
                 self.optimizer.load_state_dict(checkpoint.optimizer)
+                for group, given in zip(self.optimizer.param_groups, settings, strict=True):
+                    group.update(given)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise TrainError(
                 f"{self.checkpoint_path}: the checkpoint does not fit this model or optimiser "
