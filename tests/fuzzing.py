@@ -326,9 +326,9 @@ def _tensors(report: Any, draft: Draft) -> list[Tensor]:
     """The model-level tensors of a checked spec: its inputs and its top-level statements."""
     out = [Tensor(t.name, list(t.shape), t.dtype) for t in report.inputs]
     for row in report.layers:
-        if row.depth == 0:
-            dtype = draft.dtypes.get(row.name, "float")
-            out.append(Tensor(row.name, list(row.output_shape), dtype, row.name in draft.averaged))
+        for t in row.outputs if row.depth == 0 else []:  # several for a Chunk
+            dtype = draft.dtypes.get(t.name, "float")
+            out.append(Tensor(t.name, list(t.shape), dtype, t.name in draft.averaged))
     return out
 
 
@@ -392,6 +392,38 @@ def _merge(draft: Draft) -> list[str] | None:
         if cat:
             return [f"{draft.name()} = Concat <- {a.name}, {r.choice(cat).name}"]
     return None
+
+
+def _chunk(draft: Draft, x: Tensor) -> list[str] | None:
+    """``a, b, c = Chunk(chunks, dim) <- x`` along a whole-number dimension, with a name for
+    each piece torch.chunk gives (fewer than ``chunks`` when the split is uneven), and a layer
+    reading one of them (a model cannot end with several outputs it does not declare)."""
+    r = draft.rng
+    dims = [i for i, d in enumerate(x.shape) if isinstance(d, int) and d >= 2]
+    if not dims:
+        return None
+    dim = r.choice(dims)
+    size, chunks = x.shape[dim], r.randint(2, 4)
+    each = -(-size // chunks)
+    names = [draft.name() for _ in range(-(-size // each))]
+    for name in names:
+        draft.dtypes[name] = x.dtype
+        if x.averaged:
+            draft.averaged.add(name)
+    written = r.choice([dim, dim - len(x.shape)])  # negative dims count from the end
+    k = r.randrange(len(names))
+    piece = [size - each * k if k == len(names) - 1 else each]  # the last one: what is left
+    shape = [*x.shape[:dim], *piece, *x.shape[dim + 1 :]]
+    read = Tensor(names[k], shape, x.dtype, x.averaged)
+    call = _propose(draft, read) or "Identity"
+    after = draft.name()
+    draft.dtypes[after] = _dtype(read, [call])
+    if _averaged(read, [call]):
+        draft.averaged.add(after)
+    return [
+        f"{', '.join(names)} = Chunk({chunks}, dim={written}) <- {x.name}",
+        f"{after} = {call} <- {names[k]}",
+    ]
 
 
 def _broadcasts(small: Shape, big: Shape) -> bool:
@@ -530,6 +562,8 @@ def generate(seed: int, steps: int = 6) -> str:
             lines = _merge(draft)
         elif choice < 0.15:
             lines = _two_input(draft)
+        elif choice < 0.19:
+            lines = _chunk(draft, x)
         elif choice < 0.3:
             grouped = _grouped(draft, x, r.choice(["block", "residual"]))
             blocks, lines = grouped if grouped else ([], None)

@@ -441,11 +441,20 @@ KIND_SPECS = {
         m = Mul <- silu1, u
         Linear(50)
     }""",
+    "chunk": """model Glu {
+        input x: float[5, 8]
+        h = Linear(16)
+        a, b = Chunk(2) <- h
+        g = SiLU <- a
+        m = Mul <- g, b
+        p, q, r = Chunk(3, dim=0) <- m      # 5 in 3 pieces: 2 + 2 + 1
+        output p, r
+    }""",
 }
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
-    "StochasticDepth", "SDPA", "RoPE",
+    "StochasticDepth", "SDPA", "RoPE", "Chunk",
 }  # fmt: skip
 
 

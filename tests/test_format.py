@@ -384,3 +384,19 @@ def test_generated_if_else_blocks_format_idempotently(text: str) -> None:
     assert fmt(formatted) == formatted
     assert meaning(formatted) == meaning(text)
     assert sorted(c.text for c in scan(formatted)[0]) == sorted(c.text for c in scan(text)[0])
+
+
+SEVERAL = """\
+model M {
+    input x: float[4, 12]
+    q, k, v = Chunk(3) <- x   # three outputs
+    s = Add <- q, k
+    output s, v
+}
+"""
+
+
+def test_several_names_layout() -> None:
+    messy = SEVERAL.replace("q, k, v = Chunk(3)", "q,k ,  v=Chunk( 3 )")
+    assert fmt(messy) == SEVERAL
+    assert meaning(messy) == meaning(SEVERAL)

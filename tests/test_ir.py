@@ -155,13 +155,14 @@ def fx_edges(model: torch.nn.Module, outputs: list[str]) -> Edges:
 
 
 WIDTH = 4
-STATEMENTS = st.sampled_from(["linear", "relu", "add", "residual", "repeat", "block"])
+STATEMENTS = st.sampled_from(["linear", "relu", "add", "residual", "repeat", "block", "chunk"])
 
 
 @st.composite
 def random_specs(draw: st.DrawFn) -> str:
     """A model over float[4] tensors: several inputs, some declared late, named skips,
-    merges, residuals, repetitions and block uses."""
+    merges, residuals, repetitions, block uses and splits in two (each half read by a
+    Linear of its own)."""
     kinds = draw(st.lists(STATEMENTS, min_size=1, max_size=8))
     inputs = draw(st.integers(1, 3))
     places = sorted(
@@ -189,6 +190,13 @@ def random_specs(draw: st.DrawFn) -> str:
             a, b = draw(st.lists(st.sampled_from(tensors), min_size=2, max_size=2))
             op, skip = "Add", f" <- {a}, {b}"
         name = f"t{i}"
+        if kind == "chunk":
+            source = skip or f" <- {tensors[-1]}"
+            lines.append(f"    a{i}, b{i} = Chunk(2){source}")
+            lines.append(f"    u{i} = Linear({WIDTH}) <- a{i}")
+            tensors.append(f"u{i}")
+            named.append(f"u{i}")
+            op, skip = f"Linear({WIDTH})", f" <- b{i}"
         lines.append(f"    {name} = {op}{skip}")
         tensors.append(name)
         named.append(name)
@@ -213,3 +221,35 @@ def test_diagram_generated_forward_and_ir_are_one_graph(text: str) -> None:
     dot = contract(dot_edges(to_dot(spec.graph, DrawOptions(detail="high", expand=True))), keep)
     assert ir == traced, text
     assert dot == ir, text
+
+
+# a statement with several outputs ------------------------------------------------------------
+
+SPLIT = """model M {
+    input x: float[6, 12]
+    qkv = Linear(36)
+    q, k, v = Chunk(3) <- qkv
+    s = Add <- q, k
+    out = Mul <- s, v
+}
+"""
+
+
+def test_several_outputs_in_every_view() -> None:
+    graph = analyzed(SPLIT)
+    assert "q: float[6, 12], k: float[6, 12], v: float[6, 12] = layer Chunk(3) <- qkv" in (
+        describe(graph)
+    )
+    code = generate(graph)
+    assert "q, k, v = x.chunk(3, dim=-1)  # 3 x (B, 6, 12)" in code
+    assert "s = q + k" in code
+    dot = to_dot(graph)
+    labels = re.findall(r"chunk1 -> (\w+) \[label=\" (\w) \[6, 12\]\"\]", dot)
+    assert sorted(labels) == [("out", "v"), ("s", "k"), ("s", "q")]
+    checked = check_text(SPLIT)
+    (row,) = [r for r in checked.report.layers if r.kind == "Chunk"]
+    assert [(t.name, t.shape) for t in row.outputs] == [(n, [6, 12]) for n in "qkv"]
+    assert (row.macs, row.params, row.activations_bytes) == (0, 0, 0)
+    table = render_table(checked.report)
+    assert re.search(r"^chunk1\s+Chunk\(3\)\s+q \[6, 12\]", table, re.M)
+    assert re.search(r"^\s+k \[6, 12\]$", table, re.M)

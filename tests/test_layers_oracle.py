@@ -155,6 +155,12 @@ EXAMPLES = [
     ex("Slice", {"dim": 0, "start": 1}, (T, 4), 0, bindings={"T": 3}),
     ex("Slice", {"dim": 1, "start": -3, "end": -1}, (3, 5), 0),
     ex("Slice", {"dim": 2, "start": 1, "end": 9, "step": 2}, (3, 2, 6), 0),
+    # several outputs, as torch.chunk splits (an uneven split may give fewer pieces)
+    ex("Chunk", {"chunks": 3}, (T, 12), 0, bindings={"T": 3}),
+    ex("Chunk", {"chunks": 2, "dim": 0}, (2 * T, 4), 0, bindings={"T": 3}),
+    ex("Chunk", {"chunks": 4, "dim": 1}, (3, 5, 2), 0),  # 2 + 2 + 1: three pieces
+    ex("Chunk", {"chunks": 4}, (6,), 0, dtype="long"),  # 2 + 2 + 2: three pieces
+    ex("Chunk", {"chunks": 1, "dim": -2}, (3, 4), 0),
     ex("Identity", {}, (3, 4), 0),
     ex("Identity", {}, (5,), 0, dtype="long"),
     ex("Upsample", {"scale_factor": 2}, (3, 4, 5), 0),
@@ -255,9 +261,12 @@ def test_layer_agrees_with_torch(example: Example) -> None:
     with torch.no_grad():
         y = forward(call, module, xs)
 
-    expected = tuple(value_at(d, example.bindings) for d in inferred.output.shape)
-    assert tuple(y.shape) == (BATCH, *expected)
-    assert y.dtype == (torch.int64 if inferred.output.dtype == "long" else torch.float32)
+    ys = list(y) if isinstance(y, tuple) else [y]  # a kind with several outputs: a tuple
+    assert len(ys) == len(inferred.outputs)
+    for y, output in zip(ys, inferred.outputs, strict=True):
+        expected = tuple(value_at(d, example.bindings) for d in output.shape)
+        assert tuple(y.shape) == (BATCH, *expected)
+        assert y.dtype == (torch.int64 if output.dtype == "long" else torch.float32)
     params = {} if module is None else dict(module.named_parameters())
     buffers = {} if module is None else dict(module.named_buffers())
     assert {k: tuple(p.shape) for k, p in params.items()} == inferred.weights
@@ -491,6 +500,8 @@ LAYER_ERRORS = [
     ("Select", {"dim": 0, "index": -1}, (T, 4), "E405", "symbolic"),
     ("Slice", {"dim": 1, "start": 4}, (3, 4), "E402", "keeps nothing"),
     ("Slice", {"dim": 0, "start": 1, "step": 2}, (T, 4), "E405", "symbolic"),
+    ("Chunk", {"chunks": 2, "dim": 2}, (3, 4), "E204", "dim=2 is out of range for [3, 4]"),
+    ("Chunk", {"chunks": 2, "dim": 0}, (T, 4), "E405", "symbolic"),
     ("Hardtanh", {"min_val": 1.0, "max_val": 1.0}, (3,), "E204", "below max_val"),
     ("PReLU", {"num_parameters": 4}, (3, 5), "E401", "has 3 channels"),
     ("LayerNorm2d", {}, (3, 4), "E404", "[C, H, W]"),
@@ -711,3 +722,15 @@ def test_dropped_rows_are_the_ones_torch_never_reads(
         assert f"drops {unread} column" in reported[0]
     else:
         assert reported == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 40), chunks=st.integers(1, 12))
+def test_chunk_splits_as_torch_chunk(size: int, chunks: int) -> None:
+    """The pieces, and how many there are, are torch.chunk's, uneven splits included (it
+    may give fewer pieces than asked: 5 in 4 chunks is 2 + 2 + 1)."""
+    inferred = make("Chunk", {"chunks": chunks}).infer([TensorType((3, size))])
+    pieces = torch.zeros(3, size).chunk(chunks, dim=-1)
+    assert [o.shape for o in inferred.outputs] == [tuple(p.shape) for p in pieces]
+    assert inferred.output == inferred.outputs[0]
+    assert inferred.count_note is not None and f"of size {size}" in inferred.count_note

@@ -207,3 +207,18 @@ memory   weights 72.25 KiB, output 576.00 KiB per sample (fp32)
 def test_readme_shows_this_hover() -> None:
     readme = (ROOT / "README.md").read_text()
     assert README_HOVER in readme
+
+
+async def test_hover_and_definition_of_several_outputs(
+    client: LanguageClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "split.dl"
+    path.write_text(
+        "model M {\n    input x: float[6, 12]\n    q, k, v = Chunk(3)\n    s = Add <- q, v\n}\n"
+    )
+    uri = await open_spec(client, path)
+    text = await hover(client, uri, 2)
+    assert text is not None
+    assert "output   q [6, 4]\n         k [6, 4]\n         v [6, 4]" in text
+    assert "output 288 B per sample" in text  # the three of them: 3 x 24 floats
+    assert await definition(client, uri, 3, 18) == 2  # `v` in `<- q, v`

@@ -103,6 +103,7 @@ class Step:
     macs: Dim = 0  # this layer's own, per sample
     tied: dict[str, str] = field(default_factory=dict)  # weight -> path of the shared one
     statement: ast.LayerStmt | None = None  # as written: its arguments' expressions
+    count_note: str | None = None  # how a layer's number of outputs came about (Chunk)
 
     @property
     def output(self) -> Tensor:

@@ -127,6 +127,9 @@ class Scope:
     names: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     current: str | None = None  # the tensor a statement without `<-` consumes
+    # the last statement when it wrote several tensors: a statement without `<-` would not
+    # know which to read
+    several: Step | None = None
 
     def values(self) -> Values:
         """The names expressions here can read."""
@@ -158,6 +161,8 @@ class Scope:
 
     def graph(self, steps: list[Step]) -> Graph:
         """The body as a graph returning its last tensor."""
+        if self.current is None and self.several is not None:
+            raise unnamed_read(self.several, self.several.span, "the body")
         assert self.current is not None
         output = self.tensors[self.current]
         assert output is not None
@@ -399,6 +404,8 @@ class Analyzer:
 
     def _outputs(self, scope: Scope) -> list[str]:
         if self.outputs is None:
+            if scope.current is None and scope.several is not None:
+                self.error(unnamed_read(scope.several, scope.several.span, "the model").diagnostic)
             return [scope.current] if scope.current else []
         names = []
         for ident in self.outputs:
@@ -489,7 +496,7 @@ class Analyzer:
         if stmt.sources:
             names = []
             for ident in stmt.sources:
-                if stmt.name is not None and ident.name == stmt.name.name:
+                if ident.name in {t.name for t in stmt.names}:
                     raise fail("E406", f"{ident.name} reads its own output", ident.span)
                 if ident.name not in scope.tensors:
                     raise fail(
@@ -501,6 +508,8 @@ class Analyzer:
                 names.append(ident.name)
         elif scope.current is not None:
             names = [scope.current]
+        elif scope.several is not None:
+            raise unnamed_read(scope.several, stmt.span)
         else:
             raise fail(
                 "E408",
@@ -511,17 +520,20 @@ class Analyzer:
         return tensors if len(tensors) == len(names) else None
 
     def _statement(self, stmt: ast.LayerStmt, scope: Scope) -> Step | None:
-        if stmt.name is not None:
-            check_name(stmt.name, "layer")
-            if stmt.name.name in scope.tensors:
-                raise fail(
-                    "E206", f"{stmt.name.name} is already defined in this scope", stmt.name.span
-                )
+        seen: set[str] = set()
+        for ident in stmt.names:
+            check_name(ident, "layer")
+            if ident.name in scope.tensors or ident.name in seen:
+                raise fail("E206", f"{ident.name} is already defined in this scope", ident.span)
+            seen.add(ident.name)
         base = stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
-        name = stmt.name.name if stmt.name is not None else scope.generated_name(base)
-        scope.tensors[name] = None  # until analyzed; later statements see it as unknown
+        # the step is named as its tensor; one writing several tensors is named as its kind
+        name = stmt.names[0].name if len(stmt.names) == 1 else scope.generated_name(base)
+        targets = [ident.name for ident in stmt.names] or [name]
+        for target in targets:  # until analyzed; later statements see them as unknown
+            scope.tensors[target] = None
         inputs = self._sources(stmt, scope)
-        scope.current = name
+        scope.current, scope.several = targets[0], None
         if stmt.repeat is not None:
             count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
             node = self._repeat(stmt, count, name, scope, inputs)
@@ -530,7 +542,13 @@ class Analyzer:
         if node is None:
             return None
         node.statement = stmt
-        scope.tensors[name] = node.output.type
+        if len(node.outputs) != len(targets) and (stmt.names or len(node.outputs) > 1):
+            raise _output_count(stmt, node)
+        node.outputs = [Tensor(t, out.type) for t, out in zip(targets, node.outputs, strict=True)]
+        for tensor in node.outputs:
+            scope.tensors[tensor.name] = tensor.type
+        if len(node.outputs) > 1:
+            scope.current, scope.several = None, node
         scope.nodes[name] = node
         return node
 
@@ -558,6 +576,8 @@ class Analyzer:
             if child is None:
                 return None
             child.statement = stmt
+            if len(child.outputs) > 1:
+                raise _repeated_outputs(stmt, child, len(inputs))
             if i == 0:  # the other copies cost as much: refuse them before building them
                 self.budget.require((count - 1) * (self.budget.used - used), stmt.span, name)
             children.append(child)
@@ -612,7 +632,8 @@ class Analyzer:
             inferred = layer.infer(types)
         except LayerError as err:
             span = spans.get(err.arg or "", op.span)
-            raise fail(err.code, f"{name}: {err.message}", span, err.notes) from None
+            who = ", ".join(i.name for i in stmt.names) if len(stmt.names) > 1 else name
+            raise fail(err.code, f"{who}: {err.message}", span, err.notes) from None
         self.limits += inferred.limits
         for dim, limit, what in inferred.limits:
             value = value_at(dim, self.bindings)
@@ -622,7 +643,7 @@ class Analyzer:
                     f"{name}: {fmt_dim(dim)} = {value:,} at {_at(self.bindings)}, but {what}",
                     op.span,
                 )
-        for dim in inferred.output.shape:
+        for dim in (d for t in inferred.outputs for d in t.shape):
             if isinstance(dim, Poly):
                 value = value_at(dim, self.bindings)
                 if value < 1:
@@ -637,12 +658,13 @@ class Analyzer:
             span=stmt.span if stmt.op is op else op.span,
             kind="layer",
             inputs=inputs,
-            outputs=[Tensor(name, inferred.output)],
+            outputs=[Tensor(name, t) for t in inferred.outputs],
             layer=layer,
             weights=inferred.weights,
             buffers=inferred.buffers,
             macs=inferred.macs,
             tied=self._ties(name, inferred.weights, inferred.tied, scope, op.span),
+            count_note=inferred.count_note,
         )
         for code, message in inferred.warnings:
             self.error(Diagnostic.at(code, f"{name}: {message}", stmt.span))
@@ -823,15 +845,15 @@ class Analyzer:
                 raise fail(
                     "E305", "a shape is written as a list, e.g. [64, 24, 24]", check.value.span
                 )
-            got = list(node.output.type.shape)
-            equal = want == got
+            equal = all(want == list(t.type.shape) for t in node.outputs)
             if check.op not in ("==", "!="):
                 raise fail("E305", "shapes compare with == or !=", check.span)
             if equal != (check.op == "=="):
+                got = ", ".join(str(t.type) for t in node.outputs)
                 raise fail(
                     "E302",
                     f"{node.name} expected shape {check.op} {_fmt_shape(want)}, "
-                    f"but its output is {node.output.type}",
+                    f"but its output{'s are' if len(node.outputs) > 1 else ' is'} {got}",
                     check.span,
                     _shape_notes(node),
                 )
@@ -923,11 +945,61 @@ def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
     """The names statements give their tensors, in either branch of an `if`."""
     names: set[str] = set()
     for stmt in statements:
-        if isinstance(stmt, ast.LayerStmt) and stmt.name is not None:
-            names.add(stmt.name.name)
+        if isinstance(stmt, ast.LayerStmt):
+            names |= {ident.name for ident in stmt.names}
         elif isinstance(stmt, ast.IfStmt):
             names |= _statement_names(stmt.body) | _statement_names(stmt.orelse)
     return names
+
+
+def unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticError:
+    """E410: a statement without ``<-`` (or the end of ``body``, which returns its last
+    tensor) would read "the previous output", but ``step`` wrote several."""
+    names = ", ".join(t.name for t in step.outputs)
+    gives = f"{step.label} (line {step.span.line}), which gives {len(step.outputs)} outputs"
+    if body is None:
+        message = f"this statement reads no tensor by name, but follows {gives}: {names}"
+        note = f"say which it reads, e.g. `<- {step.outputs[0].name}`"
+    else:
+        message = f"{body} ends with {gives}: {names}; which does it return?"
+        note = f"declare them: `output {names}` (or some of them)"
+    return fail("E410", message, span, [note])
+
+
+def _repeated_outputs(stmt: ast.LayerStmt, step: Step, inputs: int) -> DiagnosticError:
+    """E412: a repetition of a step with several outputs, which cannot thread them."""
+    notes = [f"its signature: {_signature(step.block.definition)}"] if step.block else []
+    return fail(
+        "E412",
+        f"{step.label} gives {len(step.outputs)} outputs, so it cannot be repeated: "
+        f"each copy reads the one before, through {_count(inputs, 'input')}",
+        stmt.span,
+        notes,
+    )
+
+
+def _output_count(stmt: ast.LayerStmt, step: Step) -> DiagnosticError:
+    """E411: a statement names another number of tensors than its operation gives."""
+    count = len(step.outputs)
+    given = ", ".join(i.name for i in stmt.names)
+    if stmt.names:
+        verb = "are" if len(stmt.names) > 1 else "is"
+        message = (
+            f"{step.label} gives {_count(count, 'output')}, but {len(stmt.names)} {verb} "
+            f"named ({given})"
+        )
+    else:
+        message = f"{step.label} gives {count} outputs; name each of them"
+    notes = [step.count_note] if step.count_note else []
+    if count > 1:
+        example = ", ".join(f"x{i}" for i in range(count))
+        reads = ", ".join(t.name for t in step.inputs)
+        notes.append(f"write e.g. `{example} = {step.label} <- {reads}`")
+    span = stmt.span
+    if stmt.names:  # the names, first to last
+        first, last = stmt.names[0].span, stmt.names[-1].span
+        span = Span(first.line, first.column, last.end_line, last.end_column)
+    return fail("E411", message, span, notes)
 
 
 def _count(number: int, noun: str) -> str:
@@ -1011,7 +1083,7 @@ def _macs_notes(node: Step, bindings: dict[str, int]) -> list[str]:
 
 def _shape_notes(node: Step) -> list[str]:
     ins = ", ".join(str(t.type) for t in node.inputs)
-    return [f"{node.label} maps {ins} to {node.output.type}"]
+    return [f"{node.label} maps {ins} to {', '.join(str(t.type) for t in node.outputs)}"]
 
 
 def _largest(graph: ModelGraph, quantity: str) -> list[str]:

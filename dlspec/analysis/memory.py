@@ -121,10 +121,12 @@ def _step(
 ) -> list[int]:
     if step.layer is not None:
         types = [t.type for t in step.inputs]
-        storage = step.layer.output_storage(types, step.output.type)
-        output = inputs[0] if step.layer.aliases_input() else flow.new(storage)
-        flow.applied.append(Applied(step, inputs, output, block))
-        return [output]
+        if step.layer.aliases_input():  # every output views the input
+            outputs = [inputs[0]] * len(step.outputs)
+        else:
+            outputs = [flow.new(step.layer.output_storage(types, t.type)) for t in step.outputs]
+        flow.applied.append(Applied(step, inputs, outputs[0], block))
+        return outputs
     assert step.body is not None
     if unit and step.kind == "repeat":
         for child in step.children:

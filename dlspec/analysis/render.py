@@ -28,15 +28,20 @@ def _shape(shape: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _row(row: LayerRow, parent: str, previous: str, activations: bool) -> list[str]:
-    """A table row; the kind says ``<- a, b`` when the layer reads other tensors than the
-    one written just before it in its scope (``previous``); with ``activations``, the bytes
-    it saves for backward."""
+def _rows(row: LayerRow, parent: str, previous: str, activations: bool) -> list[list[str]]:
+    """A layer's table row; the kind says ``<- a, b`` when the layer reads other tensors than
+    the one written just before it in its scope (``previous``); with ``activations``, the
+    bytes it saves for backward. A layer writing several tensors shows each, a line each."""
     name = "  " * row.depth + row.name.removeprefix(parent + ".")
     macs = n(row.macs) if row.macs_formula is None else f"{n(row.macs)}*"
     kind = row.label if row.inputs == [previous] else f"{row.label} <- {', '.join(row.inputs)}"
-    cells = [name, kind, _shape(row.output_shape), n(row.params), macs]
-    return [*cells, human_bytes(row.activations_bytes)] if activations else cells
+    if len(row.outputs) == 1:
+        shapes = [_shape(row.output_shape)]
+    else:
+        shapes = [f"{t.name} {_shape(t.shape)}" for t in row.outputs]
+    cells = [name, kind, shapes[0], n(row.params), macs]
+    cells += [human_bytes(row.activations_bytes)] if activations else []
+    return [cells] + [["", "", shape] + [""] * (len(cells) - 3) for shape in shapes[1:]]
 
 
 def render_table(report: Report, activations: bool = False) -> str:
@@ -55,7 +60,7 @@ def render_table(report: Report, activations: bool = False) -> str:
         del parents[r.depth :]
         scope, _, own = r.name.rpartition(".")
         previous = last.get(scope, "input")
-        body.append(_row(r, parents[-1] if parents else "", previous, activations))
+        body += _rows(r, parents[-1] if parents else "", previous, activations)
         last[scope] = own
         parents.append(r.name)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]

@@ -44,7 +44,8 @@ class LayerRow(BaseModel):
     inputs: list[str]  # the tensors it reads, named in its scope ("input": its scope's input)
     depth: int
     container: bool
-    output_shape: list[int | str]
+    output_shape: list[int | str]  # its first output's (most layers have one)
+    outputs: list[TensorInfo]  # every tensor it writes, named in its scope
     params: int  # trainable
     buffers: int  # buffer elements (not parameters)
     macs: int  # per sample, at the spec's bindings
@@ -126,6 +127,7 @@ def _rows(
                 depth=depth,
                 container=node.kind != "layer",
                 output_shape=shape_json(node.output.type.shape),
+                outputs=[_tensor(t, bindings) for t in node.outputs],
                 params=node.params,
                 buffers=node.buffer_count,
                 macs=value_at(macs, bindings),

@@ -168,6 +168,7 @@ class _End:
 
     box: str
     type: TensorType
+    tensor: str | None = None  # named on the edge: one of a box's several outputs
 
 
 class _Builder:
@@ -201,7 +202,8 @@ class _Builder:
         return items
 
     def _edge(self, end: _End, head: str, shortcut: bool = False) -> None:
-        self.edges.append(_Edge(end.box, head, str(end.type), shortcut=shortcut))
+        label = str(end.type) if end.tensor is None else f"{end.tensor} {end.type}"
+        self.edges.append(_Edge(end.box, head, label, shortcut=shortcut))
 
     def _scope(
         self, graph: Graph, inputs: dict[str, _End], items: list[_Item], fold: bool = True
@@ -222,6 +224,7 @@ class _Builder:
                 and self.options.detail == "low"
                 and step.layer is not None
                 and step.layer.family in FOLDED
+                and len(step.outputs) == 1
                 and source is not None
                 and env[source].box == target.id
                 and source not in kept
@@ -232,34 +235,46 @@ class _Builder:
             else:
                 ends = [env[t.name] for t in step.inputs]
                 drawn, target = self._draw(step, ends, items)
-                env[step.output.name] = drawn
+                # each output leaves from the box drawing it, with its own type on the edge
+                env.update(
+                    (t.name, _End(e.box, t.type, e.tensor))
+                    for t, e in zip(step.outputs, drawn, strict=True)
+                )
+                if len(step.outputs) > 1:  # a box of several outputs folds nothing in
+                    target = None
         return env
 
-    def _body(self, graph: Graph, ends: list[_End], items: list[_Item], fold: bool = True) -> _End:
-        """Draw a sub-graph fed by ``ends``; returns where its output is drawn."""
+    def _body(
+        self, graph: Graph, ends: list[_End], items: list[_Item], fold: bool = True
+    ) -> list[_End]:
+        """Draw a sub-graph fed by ``ends``; returns where its outputs are drawn."""
         env = self._scope(
             graph, dict(zip([t.name for t in graph.inputs], ends, strict=True)), items, fold
         )
-        return env[graph.outputs[0].name]
+        return [env[t.name] for t in graph.outputs]
 
-    def _draw(self, node: Step, ends: list[_End], items: list[_Item]) -> tuple[_End, _Box | None]:
-        """Draw one statement fed by ``ends``; returns where its output is drawn and the box a
-        following activation may fold into (None after a block or a repetition)."""
+    def _draw(
+        self, node: Step, ends: list[_End], items: list[_Item]
+    ) -> tuple[list[_End], _Box | None]:
+        """Draw one statement fed by ``ends``; returns where its outputs are drawn and the box
+        a following activation may fold into (None after a block or a repetition)."""
         if node.layer is not None:
             box = self._layer_box(node, node.layer.family)
             items.append(box)
             for end in ends:
                 self._edge(end, box.id)
-            return _End(box.id, node.output.type), box
+            several = len(node.outputs) > 1
+            return [_End(box.id, t.type, t.name if several else None) for t in node.outputs], box
         assert node.body is not None
         if node.kind == "residual":
-            return self._residual(node, ends, items)
+            end, add = self._residual(node, ends, items)
+            return [end], add
         if node.kind == "block":
             cluster = _Cluster(f"cluster/{node.path}", self._title(node))
-            end = self._body(node.body, ends, cluster.items)
+            drawn = self._body(node.body, ends, cluster.items)
             _place(cluster, items)
-            return _End(end.box, node.output.type), None
-        return self._repeat(node, ends, items), None
+            return drawn, None
+        return [self._repeat(node, ends, items)], None
 
     def _repeat(self, node: Step, ends: list[_End], items: list[_Item]) -> _End:
         assert node.body is not None
@@ -274,12 +289,12 @@ class _Builder:
             return _End(box.id, node.output.type)
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
         if self.options.expand:
-            end = self._body(node.body, ends, cluster.items, fold=False)
+            end = self._body(node.body, ends, cluster.items, fold=False)[0]
         elif first.body is not None and first.kind == "block":
             # the cluster stands for the block: no second frame
-            end = self._body(first.body, ends, cluster.items)
+            end = self._body(first.body, ends, cluster.items)[0]
         else:
-            end, _ = self._draw(first, ends, cluster.items)
+            end = self._draw(first, ends, cluster.items)[0][0]
         _place(cluster, items)
         return _End(end.box, node.output.type)
 
@@ -287,11 +302,11 @@ class _Builder:
         assert node.body is not None
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
         items.append(cluster)
-        body = self._body(node.body, ends, cluster.items)
+        body = self._body(node.body, ends, cluster.items)[0]
         side = ends[0]
         if node.shortcut:
             branch = _Cluster(f"cluster/{node.path}.shortcut", "shortcut")
-            side = self._body(node.shortcut, ends, branch.items)
+            side = self._body(node.shortcut, ends, branch.items)[0]
             cluster.branch = branch
             cluster.items.append(branch)
         add = _Box(f"add/{node.path}", "", ["add"], "merge", node.output.type)

@@ -537,7 +537,8 @@ class _Generator:
             built = self._constructor(list(enumerate(steps)), ctx, step.name)
             if built is not None:
                 init += lay_out(built, 2, f"self.{step.name} = ")
-            forward += self._forward(steps, inputs, variables[step.output.name], built)
+            target = ", ".join(variables[t.name] for t in step.outputs)
+            forward += self._forward(steps, inputs, target, built)
         if results:
             forward += _returns([variables[r] for r in results], 2)
         return _Body(init, list(params.values()), forward, len(results), variables)
@@ -956,8 +957,14 @@ RUN_BLOCK = '''
 
 
 def _change(node: Step) -> str | None:
-    """A statement's shape comment: its output's shape, when that differs from its input's."""
+    """A statement's shape comment: its output's shape, when that differs from its input's;
+    each output's, for a statement with several."""
     output = node.output.type
+    if len(node.outputs) > 1:
+        shapes = {_shape(t.type) for t in node.outputs}
+        if len(shapes) == 1:
+            return f"{len(node.outputs)} x {shapes.pop()}"
+        return ", ".join(_shape(t.type) for t in node.outputs)
     return _shape(output) if node.inputs and output != node.inputs[0].type else None
 
 
@@ -981,6 +988,8 @@ def _variables(
     def flows(name: str, after: int) -> bool:
         """Whether the tensor written by step ``after`` (-1: a graph input) flows."""
         if name in read_later or (name in results and results != last):
+            return False
+        if after >= 0 and len(steps[after].outputs) > 1:  # one of several: keeps its name
             return False
         following = steps[after + 1] if after + 1 < len(steps) else None
         return all(r is following and len(r.inputs) == 1 for r in readers[name])

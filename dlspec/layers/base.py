@@ -90,7 +90,7 @@ Shape = tuple[int, ...]
 class Inferred:
     """What a layer does to its inputs, statically."""
 
-    output: TensorType
+    output: TensorType  # the first (usually only) output
     weights: dict[str, Shape] = field(default_factory=dict)  # trainable, torch's names/shapes
     buffers: dict[str, Shape] = field(default_factory=dict)  # non-trainable state
     macs: Dim = 0  # multiply-accumulates per sample
@@ -102,6 +102,15 @@ class Inferred:
     # (dimension, maximum, what it is): bounds on symbolic dimensions (e.g. T <= max_len) that
     # only the analyzer can check, at the spec's bindings; concrete ones are checked in infer
     limits: list[tuple[Dim, int, str]] = field(default_factory=list)
+    # every output of a kind with several (Chunk), ``output`` first; [] means [output]. Their
+    # count may depend on the input, so ``count_note`` says how it came about (shown when a
+    # statement names another number of outputs)
+    outputs: list[TensorType] = field(default_factory=list)
+    count_note: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            self.outputs = [self.output]
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,8 @@ class TorchCall:
     (plain Python values, rendered with ``repr``); ``None`` means the layer needs no
     submodule. ``forward`` is the expression for the layer's output, a template over
     ``{module}`` (``self.<name>``), ``{x}`` (the first input), ``{inputs}`` (all inputs,
-    comma-separated) and ``{x0}``, ``{x1}``...
+    comma-separated) and ``{x0}``, ``{x1}``...; for a kind with several outputs, a tuple of
+    them (``{x}.chunk(3, dim=-1)``).
     """
 
     cls: str | None

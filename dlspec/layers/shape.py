@@ -1,7 +1,7 @@
-"""Layers that move elements around without parameters: Flatten, Permute, Transpose, Mean,
-Sum, Reshape, Identity, Upsample, and the regularizers Dropout, Dropout2d and StochasticDepth.
-None of them has MACs. Every ``dim`` counts per-sample dimensions (0 is the first after the
-batch; negative dims count from the end)."""
+"""Layers that move elements around without parameters: Flatten, Permute, Transpose, Select,
+Slice, Chunk (several outputs), Mean, Sum, Reshape, Identity, Upsample, and the regularizers
+Dropout, Dropout2d and StochasticDepth. None of them has MACs. Every ``dim`` counts per-sample
+dimensions (0 is the first after the batch; negative dims count from the end)."""
 
 from __future__ import annotations
 
@@ -244,6 +244,60 @@ class Slice(View):
         end = "" if self.end is None else str(self.end)
         step = "" if self.step == 1 else f":{self.step}"
         return f"Slice({self.dim}, {self.start}:{end}{step})"
+
+
+@register
+class Chunk(View):
+    """Splits per-sample dimension ``dim`` (default: the last) into ``chunks`` pieces, as
+    ``torch.chunk`` does: each piece has ``ceil(size / chunks)`` positions and the last what
+    is left, so an uneven split may give FEWER pieces than asked (5 in 4 chunks: 2 + 2 + 1,
+    three pieces). It has several outputs, named where it is used: ``q, k, v = Chunk(3) <-
+    qkv`` splits ``[T, 3*D]`` into three ``[T, D]``. The pieces are views of the input; MACs
+    0."""
+
+    kind = "Chunk"
+    family = "reshape"
+    positional = ("chunks", "dim")
+
+    chunks: Pos
+    dim: int = -1
+
+    def _sizes(self, x: TensorType) -> tuple[list[Dim], str]:
+        """The pieces' sizes along ``dim``, and the arithmetic behind their count."""
+        size = x.shape[axis(self.dim, x)]
+        what = f"dim={self.dim} of {x}, of size {fmt_dim(size)}"
+        if isinstance(size, Poly):
+            try:
+                each = size // self.chunks
+            except SymbolicError as exc:
+                raise LayerError(
+                    "E405", f"Chunk({self.chunks}) of the symbolic {what}: {exc}", arg="chunks"
+                ) from exc
+            return [each] * self.chunks, f"{what}: {self.chunks} x {fmt_dim(each)}"
+        each = -(-size // self.chunks)
+        count = -(-size // each)
+        sizes: list[Dim] = [*[each] * (count - 1), size - each * (count - 1)]
+        note = f"{what}: pieces of ceil({size} / {self.chunks}) = {each}"
+        if count != self.chunks or sizes[-1] != each:
+            note += f", ceil({size} / {each}) = {count} of them: " + " + ".join(map(str, sizes))
+        return sizes, note
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        at = axis(self.dim, x)
+        sizes, note = self._sizes(x)
+        outputs = [TensorType((*x.shape[:at], s, *x.shape[at + 1 :]), x.dtype) for s in sizes]
+        return Inferred(outputs[0], outputs=outputs, count_note=note)
+
+    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        return product(inputs[0].shape)  # each piece views the whole input
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward=f"{{x}}.chunk({self.chunks}, dim={torch_dim(self.dim)})")
+
+    def label(self) -> str:
+        dim = "" if self.dim == -1 else f", dim={self.dim}"
+        return f"Chunk({self.chunks}{dim})"
 
 
 class _Reduce(Layer):

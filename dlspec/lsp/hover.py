@@ -46,25 +46,34 @@ def _shape(shape: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def _output(shape: list[int | str], symbols: Mapping[str, int]) -> str:
+    """``[T, 64] = [16, 64] at T=16``: a shape, with its value where it is symbolic."""
+    text = _shape(shape)
+    used = sorted({s for s in symbols if any(s in str(d) for d in shape)})
+    if used:
+        values = [dim_value(d, symbols) for d in shape]
+        text += f" = {_shape(list(values))} at " + ", ".join(f"{s}={symbols[s]}" for s in used)
+    return text
+
+
 def row_text(row: LayerRow, symbols: Mapping[str, int]) -> list[str]:
     """One layer's hover lines: kind, output, params, MACs, memory."""
     layer = REGISTRY.get(row.kind)
     kind = f"{row.kind} ({layer.family})" if layer is not None else row.kind
-    values = [dim_value(d, symbols) for d in row.output_shape]
-    output = _shape(row.output_shape)
-    used = sorted({s for s in symbols if any(s in str(d) for d in row.output_shape)})
-    if used:
-        output += f" = {_shape(list(values))} at " + ", ".join(f"{s}={symbols[s]}" for s in used)
+    outputs = [_output(t.shape, symbols) for t in row.outputs]
+    if len(outputs) > 1:  # several: each named
+        outputs = [f"{t.name} {text}" for t, text in zip(row.outputs, outputs, strict=True)]
     macs = f"{row.macs:,}"
     if row.macs_formula is not None:
         macs += f" = {row.macs_formula}"
     weights = human_bytes(BYTES * (row.params + row.buffers))
-    activation = human_bytes(BYTES * math.prod(values))
+    elements = sum(math.prod(dim_value(d, symbols) for d in t.shape) for t in row.outputs)
+    activation = human_bytes(BYTES * elements)
     buffers = f" (+ {row.buffers:,} in buffers)" if row.buffers else ""
     return [
         f"{row.name}: {row.label}",
         f"kind     {kind}",
-        f"output   {output}",
+        *(f"{'output' if i == 0 else '':9}{text}" for i, text in enumerate(outputs)),
         f"params   {row.params:,}{buffers}",
         f"MACs     {macs}",
         f"memory   weights {weights}, output {activation} per sample (fp32)",

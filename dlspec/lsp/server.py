@@ -125,9 +125,10 @@ def _definition_span(spec: ast.Document, word: str, line: int) -> Span | None:
         if not definition.span.line <= line <= definition.span.end_line:
             continue
         for stmt in _statements(definition.body):
-            name = getattr(stmt, "name", None)
-            if isinstance(name, ast.Ident) and name.name == word:
-                return name.span
+            names = stmt.names if isinstance(stmt, ast.LayerStmt) else [getattr(stmt, "name", None)]
+            for name in names:
+                if isinstance(name, ast.Ident) and name.name == word:
+                    return name.span
     return None
 
 

@@ -121,7 +121,7 @@ class Residual(Node):
 
 @dataclass(frozen=True, slots=True)
 class LayerStmt(Node):
-    name: Ident | None
+    names: list[Ident]  # the tensors it writes (``q, k, v = Chunk(3)``); [] when unnamed
     op: Call | Residual
     repeat: Expr | None  # ``Block(64) * 3``
     sources: list[Ident]  # ``<- a, b``; empty: the previous statement's output

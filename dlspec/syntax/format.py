@@ -398,8 +398,8 @@ class _Formatter:
         return f"{name}: {type_}" + (f" = {self._value(default)}" if default is not None else "")
 
     def _layer(self, node: Node, indent: int) -> list[str]:
-        name, op, repeat, sources = node.children
-        prefix = f"{name} = " if name is not None else ""
+        names, op, repeat, sources = node.children
+        prefix = ", ".join(map(str, names.children)) + " = " if names is not None else ""
         suffix = f" * {self._expr(repeat.children[0], 7)}" if repeat is not None else ""
         if sources is not None:
             suffix += " <- " + ", ".join(str(t) for t in sources.children)
