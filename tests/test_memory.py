@@ -293,6 +293,59 @@ def test_diagram_and_table_show_each_layers_share() -> None:
     assert "saved (batch 1)" in table.splitlines()[2]
 
 
+# where tensors lie in memory ------------------------------------------------------------------
+
+# (model body, bytes saved per sample): views share their storage, and torch copies what it
+# cannot read as it lies; each is checked against autograd at two batch sizes
+LAYOUTS = {
+    "a Linear over a slice copies it, as rows": (
+        "input x: float[5, 6]\nSlice(0, 1, 3)\nLinear(4)",
+        48,
+    ),
+    "and over a transpose": ("input x: float[4, 6]\nTranspose(0, 1)\nLinear(3)", 96),
+    "an element-wise output keeps its input's order": (
+        "input x: float[4, 3, 5]\nToTokens\nReLU\nLinear(2)",
+        480,  # ReLU's output, and the Linear's copy of it as rows
+    ),
+    "a learned tensor repeated per sample, copied as rows": (
+        "input x: float[4]\nParameter(3, 4)\nLinear(5)",
+        48,
+    ),
+    "read as it lies: the parameter itself": ("input x: float[4]\nParameter(6)\nLinear(5)", 0),
+    "viewed, then read as it lies": (
+        "input x: float[4]\nParameter(2, 3)\nFlatten\nLinear(5)",
+        0,
+    ),
+    "GroupNorm copies it dense": (
+        "input x: float[4]\nParameter(2, 3, 4)\nGroupNorm(2, affine=false)",
+        112,  # the copy, a mean and an inverse deviation per group
+    ),
+    "GroupNorm keeps a channels-last view as it is": (
+        "input x: float[4, 3]\nToImage(2)\nGroupNorm(1)",
+        56,  # x itself: ToImage is a view of it
+    ),
+    "a reshape torch cannot view copies": (
+        "input x: float[4, 6]\nt = Transpose(0, 1) <- x\na = LeakyReLU <- x\n"
+        "b = Flatten <- t\nc = LeakyReLU <- b",
+        192,  # x, and the flattened copy of its transpose
+    ),
+    "Dropout(0) is its input": ("input x: float[8]\nd = Dropout(0.0) <- x\nMul <- d, x", 32),
+    "a residual sum takes its branch's channels-last order": (
+        "input x: float[4, 3, 5]\nresidual { LayerNorm2d }\nLinear(2)",
+        600,  # x, 2 statistics per position, the Linear's copy of the sum
+    ),
+}
+
+
+@pytest.mark.parametrize("body", LAYOUTS.values(), ids=list(LAYOUTS))
+def test_views_and_copies_save_what_torch_saves(body: tuple[str, int]) -> None:
+    text, per_sample = body
+    lines = "\n".join(f"    {line}" for line in text.splitlines())
+    spec = dlspec.load_text(f"model Lay {{\n{lines}\n}}\n")
+    for batch in (2, 3):
+        assert estimate(spec, batch) == measure(spec, batch) == per_sample * batch
+
+
 # random models ----------------------------------------------------------------------------------
 
 IMAGE_LAYERS = [
