@@ -80,10 +80,6 @@ class Applied:
     output: int
     block: Step | None = None
 
-    @property
-    def inputs(self) -> list[int]:
-        return [ref.storage for ref in self.reads]
-
 
 @dataclass
 class Dataflow:

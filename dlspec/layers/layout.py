@@ -102,9 +102,21 @@ def _non_overlapping_and_dense(x: Layout) -> bool:
 
 
 def empty_like(x: Layout) -> Layout:
-    """``torch.empty_like(x)``: the same strides where ``x`` is dense, else its suggested
-    memory format."""
-    return replace(x, copied=False) if _non_overlapping_and_dense(x) else suggested(x)
+    """``torch.empty_like(x)``: the same strides where ``x`` is dense, else dense strides in
+    the order of ``x``'s (torch's ``infer_dense_strides``)."""
+    if _non_overlapping_and_dense(x):
+        return replace(x, copied=False)
+    return _ordered([x], x.sizes)
+
+
+def _dense(sizes: Sequence[int], order: Sequence[int]) -> Layout:
+    """``sizes`` laid out densely, the dimensions in ``order`` from the fastest."""
+    strides = [0] * len(sizes)
+    step = 1
+    for d in order:
+        strides[d] = step
+        step *= max(sizes[d], 1)
+    return Layout(tuple(sizes), tuple(strides))
 
 
 def permute(x: Layout, order: Sequence[int]) -> Layout:
@@ -184,7 +196,13 @@ def elementwise(inputs: Sequence[Layout], sizes: Sequence[int]) -> Layout:
         same = len({x.strides for x in inputs}) == 1
         if same and all(_non_overlapping_and_dense(x) for x in inputs):
             return Layout(tuple(sizes), inputs[0].strides)
-    operands = [broadcast(x, sizes) for x in inputs]
+    return _ordered([broadcast(x, sizes) for x in inputs], sizes)
+
+
+def _ordered(operands: Sequence[Layout], sizes: Sequence[int]) -> Layout:
+    """``sizes`` laid out densely with the dimensions ordered by their strides in the first
+    operand that tells two apart (a stride of 0 tells nothing): ``TensorIterator``'s
+    insertion sort, which ``infer_dense_strides`` shares."""
 
     def after(d0: int, d1: int) -> int:
         """1: ``d0`` varies slower than ``d1``; -1 faster; 0 undecided."""
@@ -208,9 +226,4 @@ def elementwise(inputs: Sequence[Layout], sizes: Sequence[int]) -> Layout:
                 d1 = d0
             elif comparison < 0:
                 break
-    strides = [0] * len(sizes)
-    step = 1
-    for d in perm:
-        strides[d] = step
-        step *= max(sizes[d], 1)
-    return Layout(tuple(sizes), tuple(strides))
+    return _dense(sizes, perm)
