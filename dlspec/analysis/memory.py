@@ -91,6 +91,7 @@ class Dataflow:
     applied: list[Applied] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
     unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
+    _laid_out: dict[tuple[Dim, ...], Layout] = field(default_factory=dict)
 
     def new(self, elements: Dim) -> int:
         tensor = len(self.storage) + 1
@@ -99,7 +100,10 @@ class Dataflow:
 
     def laid_out(self, t: TensorType) -> Layout:
         """``t`` with the batch, contiguous, at the bindings."""
-        return contiguous((STAND_IN, *(value_at(d, self.bindings) for d in t.shape)))
+        if t.shape not in self._laid_out:
+            sizes = (STAND_IN, *(value_at(d, self.bindings) for d in t.shape))
+            self._laid_out[t.shape] = contiguous(sizes)
+        return self._laid_out[t.shape]
 
 
 def checkpoint_unit(step: Step) -> bool:
@@ -167,7 +171,7 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref]) -> Ref:
     storage = product(step.output.type.shape)
     if not layout.copied:
         storage = layer.output_storage(types, step.output.type)
-    return Ref(flow.new(storage), replace(layout, copied=False))
+    return Ref(flow.new(storage), replace(layout, copied=False) if layout.copied else layout)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 
 BATCH = 2  # the stand-in batch size
 
@@ -29,6 +30,11 @@ class Layout:
 
 def contiguous(sizes: Sequence[int]) -> Layout:
     """Row-major: the last dimension varies fastest."""
+    return _contiguous(tuple(sizes))
+
+
+@cache
+def _contiguous(sizes: tuple[int, ...]) -> Layout:
     strides = []
     step = 1
     for size in reversed(sizes):
@@ -76,7 +82,7 @@ def suggested(x: Layout) -> Layout:
 
 def _laid_as(x: Layout, dense: Layout) -> bool:
     """``x`` has the strides of ``dense`` (size-1 dimensions' strides do not matter)."""
-    return all(
+    return x.strides == dense.strides or all(
         size == 1 or a == b for size, a, b in zip(x.sizes, x.strides, dense.strides, strict=True)
     )
 
