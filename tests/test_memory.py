@@ -257,6 +257,27 @@ def test_checkpointing_keeps_block_inputs(path: str, settings: dict[str, Any]) -
     assert 0 < value_at(recomputed, at) < plain
 
 
+@pytest.mark.parametrize(
+    ("source", "per_sample"),
+    [("s = Slice(0, 0, 2) <- x", 96), ("s = Parameter(3, 4) <- x", 0)],
+    ids=["a slice keeps all of x", "a learned tensor is no activation"],
+)
+def test_checkpointing_keeps_the_storage_of_a_block_input(source: str, per_sample: int) -> None:
+    """torch's checkpoint keeps a block's input: the whole storage it lies in."""
+    text = (
+        "block B() { Linear(4) ReLU Linear(4) }\n"
+        f"model M {{\n    input x: float[6, 4]\n    {source}\n    a = B() <- s\n}}\n"
+    )
+    spec = dlspec.load_text(text)
+    model = spec.to_torch()
+    model.checkpointing = True
+    kept, _ = checkpoint_parts(activations(spec.graph), spec.graph.bindings, "fp32")
+    for batch in (2, 3):
+        inputs = batch_inputs(spec, batch)
+        measured = saved_bytes(model, lambda xs=inputs: model(*xs))
+        assert value_at(kept, {"B": batch}) == measured == per_sample * batch
+
+
 def test_checkpointing_gives_the_same_gradients() -> None:
     spec = dlspec.load(ROOT / "specs" / "resnet_block.dl")
     torch.manual_seed(0)

@@ -184,6 +184,7 @@ class LayerMemory:
     block: Step | None = None
     shared: frozenset[int] = frozenset()  # ids of the tensors between layers it counted
     block_input: int | None = None  # the id of its block's input
+    block_storage: Dim = 0  # elements per sample of the storage its block's input lies in
 
 
 def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerMemory]:
@@ -211,7 +212,8 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
             total = total + 2 * step.params  # autocast's half-precision copy of the weights
         shared = frozenset(k[0] for k in keys if len(k) == 1)
         block_input = flow.unit_inputs[applied.block.path] if applied.block else None
-        rows.append(LayerMemory(step.path, total, applied.block, shared, block_input))
+        storage = flow.storage[block_input] if block_input is not None else 0
+        rows.append(LayerMemory(step.path, total, applied.block, shared, block_input, storage))
     return rows
 
 
@@ -228,12 +230,12 @@ def checkpoint_parts(
     rows: list[LayerMemory], bindings: dict[str, int], precision: Precision
 ) -> tuple[Dim, Dim]:
     """With checkpointing: what the forward pass keeps (the other layers' saved tensors and
-    each block's input), and the largest block's saved tensors, kept again while its
-    backward runs."""
+    each block's input, the whole storage it lies in), and the largest block's saved
+    tensors, kept again while its backward runs."""
     kept: Dim = 0
     blocks: dict[str, tuple[Step, Dim]] = {}
     outside: set[int] = set()  # tensors layers outside the blocks keep anyway
-    inputs: dict[int, Step] = {}  # the blocks' inputs, once each
+    inputs: dict[int, Dim] = {}  # the blocks' inputs, once each: their storages' elements
     for row in rows:
         if row.block is None:
             kept = kept + row.saved
@@ -242,11 +244,11 @@ def checkpoint_parts(
             step, inner = blocks.get(row.block.path, (row.block, 0))
             blocks[row.block.path] = (step, inner + row.saved)
             assert row.block_input is not None
-            inputs[row.block_input] = row.block
+            inputs[row.block_input] = row.block_storage
     size = float_bytes(precision)
-    for tensor, step in inputs.items():
+    for tensor, elements in inputs.items():
         if tensor not in outside:
-            kept = kept + product(step.inputs[0].type.shape) * size * BATCH
+            kept = kept + elements * size * BATCH
     probe = {**bindings, "B": 1}
     largest = max(
         (inner for _, inner in blocks.values()), key=lambda d: value_at(d, probe), default=0
