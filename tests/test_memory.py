@@ -257,6 +257,27 @@ def test_checkpointing_keeps_block_inputs(path: str, settings: dict[str, Any]) -
     assert 0 < value_at(recomputed, at) < plain
 
 
+@pytest.mark.parametrize(
+    ("source", "per_sample"),
+    [("s = Slice(0, 0, 2) <- x", 96), ("s = Parameter(3, 4) <- x", 0)],
+    ids=["a slice keeps all of x", "a learned tensor is no activation"],
+)
+def test_checkpointing_keeps_the_storage_of_a_block_input(source: str, per_sample: int) -> None:
+    """torch's checkpoint keeps a block's input: the whole storage it lies in."""
+    text = (
+        "block B() { Linear(4) ReLU Linear(4) }\n"
+        f"model M {{\n    input x: float[6, 4]\n    {source}\n    a = B() <- s\n}}\n"
+    )
+    spec = dlspec.load_text(text)
+    model = spec.to_torch()
+    model.checkpointing = True
+    kept, _ = checkpoint_parts(activations(spec.graph), spec.graph.bindings, "fp32")
+    for batch in (2, 3):
+        inputs = batch_inputs(spec, batch)
+        measured = saved_bytes(model, lambda xs=inputs: model(*xs))
+        assert value_at(kept, {"B": batch}) == measured == per_sample * batch
+
+
 def test_checkpointing_gives_the_same_gradients() -> None:
     spec = dlspec.load(ROOT / "specs" / "resnet_block.dl")
     torch.manual_seed(0)
@@ -291,6 +312,59 @@ def test_diagram_and_table_show_each_layers_share() -> None:
     assert "saved" not in to_dot(spec.graph, DrawOptions(detail="high"))
     table = render_table(dlspec.load(ROOT / "specs" / "cnn.dl").report, activations=True)
     assert "saved (batch 1)" in table.splitlines()[2]
+
+
+# where tensors lie in memory ------------------------------------------------------------------
+
+# (model body, bytes saved per sample): views share their storage, and torch copies what it
+# cannot read as it lies; each is checked against autograd at two batch sizes
+LAYOUTS = {
+    "a Linear over a slice copies it, as rows": (
+        "input x: float[5, 6]\nSlice(0, 1, 3)\nLinear(4)",
+        48,
+    ),
+    "and over a transpose": ("input x: float[4, 6]\nTranspose(0, 1)\nLinear(3)", 96),
+    "an element-wise output keeps its input's order": (
+        "input x: float[4, 3, 5]\nToTokens\nReLU\nLinear(2)",
+        480,  # ReLU's output, and the Linear's copy of it as rows
+    ),
+    "a learned tensor repeated per sample, copied as rows": (
+        "input x: float[4]\nParameter(3, 4)\nLinear(5)",
+        48,
+    ),
+    "read as it lies: the parameter itself": ("input x: float[4]\nParameter(6)\nLinear(5)", 0),
+    "viewed, then read as it lies": (
+        "input x: float[4]\nParameter(2, 3)\nFlatten\nLinear(5)",
+        0,
+    ),
+    "GroupNorm copies it dense": (
+        "input x: float[4]\nParameter(2, 3, 4)\nGroupNorm(2, affine=false)",
+        112,  # the copy, a mean and an inverse deviation per group
+    ),
+    "GroupNorm keeps a channels-last view as it is": (
+        "input x: float[4, 3]\nToImage(2)\nGroupNorm(1)",
+        56,  # x itself: ToImage is a view of it
+    ),
+    "a reshape torch cannot view copies": (
+        "input x: float[4, 6]\nt = Transpose(0, 1) <- x\na = LeakyReLU <- x\n"
+        "b = Flatten <- t\nc = LeakyReLU <- b",
+        192,  # x, and the flattened copy of its transpose
+    ),
+    "Dropout(0) is its input": ("input x: float[8]\nd = Dropout(0.0) <- x\nMul <- d, x", 32),
+    "a residual sum takes its branch's channels-last order": (
+        "input x: float[4, 3, 5]\nresidual { LayerNorm2d }\nLinear(2)",
+        600,  # x, 2 statistics per position, the Linear's copy of the sum
+    ),
+}
+
+
+@pytest.mark.parametrize("body", LAYOUTS.values(), ids=list(LAYOUTS))
+def test_views_and_copies_save_what_torch_saves(body: tuple[str, int]) -> None:
+    text, per_sample = body
+    lines = "\n".join(f"    {line}" for line in text.splitlines())
+    spec = dlspec.load_text(f"model Lay {{\n{lines}\n}}\n")
+    for batch in (2, 3):
+        assert estimate(spec, batch) == measure(spec, batch) == per_sample * batch
 
 
 # random models ----------------------------------------------------------------------------------

@@ -4,8 +4,11 @@ training step.
 Activations are the tensors torch's autograd saves for the backward pass in training mode
 (:meth:`dlspec.layers.base.Layer.saves`), each storage once: a tensor two layers keep (ReLU's
 output is the next convolution's input) is counted once, at the first layer that keeps it,
-and a view (Flatten, Reshape, Identity) is the tensor it views. Parameters are not
-activations; they are counted as weights.
+and a view (Flatten, Reshape, Identity) is the tensor it views, its whole storage. Where a
+tensor lies in its storage is followed too (:mod:`dlspec.layers.layout`): a reshape torch
+cannot view copies, and so does a kernel that reads its input as rows (Linear) or dense
+(GroupNorm) where it is a slice, a transpose or a learned tensor repeated per sample.
+Parameters are not activations; they are counted as weights.
 
 The training peak is the largest moment of a step: while a layer's backward runs, the
 weights (fp32 master copies, buffers included), the optimizer's state, the activations of the
@@ -21,10 +24,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from dlspec.analysis.graph import Graph, ModelGraph, Step
-from dlspec.layers.base import FIXED_BYTES, Saved, numel
+from dlspec.layers.base import FIXED_BYTES, Layer, Saved, TensorType, numel
+from dlspec.layers.layout import BATCH as STAND_IN
+from dlspec.layers.layout import Layout, as_rows, contiguous, elementwise, is_dense
 from dlspec.layers.symbolic import Dim, Poly, product, value_at
 from dlspec.syntax.parser import parse_number
 
@@ -57,13 +62,21 @@ def saved_bytes(saved: Saved, precision: Precision = "fp32") -> Dim:
     return saved.elements * size * (BATCH if saved.batched else 1)
 
 
+class Ref(NamedTuple):
+    """A tensor: the id of its storage, and where it lies there."""
+
+    storage: int
+    layout: Layout
+
+
 @dataclass
 class Applied:
-    """A layer applied, in execution order: the ids of the tensors it reads and writes, and
-    the outermost block use it runs in (the unit activation checkpointing recomputes)."""
+    """A layer applied, in execution order: the tensors it reads, the id of the storage of
+    the one it writes, and the outermost block use it runs in (the unit activation
+    checkpointing recomputes)."""
 
     step: Step
-    inputs: list[int]
+    reads: list[Ref]
     output: int
     block: Step | None = None
 
@@ -71,16 +84,26 @@ class Applied:
 @dataclass
 class Dataflow:
     """The model's layers in execution order, with tensor identities: the IR's edges, with
-    blocks, repetitions and residuals flattened, and a view sharing the id of what it views."""
+    blocks, repetitions and residuals flattened, and a view sharing the storage of what it
+    views. Layouts are taken at ``bindings``."""
 
+    bindings: dict[str, int]
     applied: list[Applied] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
     unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
+    _laid_out: dict[tuple[Dim, ...], Layout] = field(default_factory=dict)
 
     def new(self, elements: Dim) -> int:
         tensor = len(self.storage) + 1
         self.storage[tensor] = elements
         return tensor
+
+    def laid_out(self, t: TensorType) -> Layout:
+        """``t`` with the batch, contiguous, at the bindings."""
+        if t.shape not in self._laid_out:
+            sizes = (STAND_IN, *(value_at(d, self.bindings) for d in t.shape))
+            self._laid_out[t.shape] = contiguous(sizes)
+        return self._laid_out[t.shape]
 
 
 def checkpoint_unit(step: Step) -> bool:
@@ -96,15 +119,15 @@ def checkpoint_unit(step: Step) -> bool:
 
 def dataflow(model: ModelGraph) -> Dataflow:
     """Follow the IR's edges through every sub-graph."""
-    flow = Dataflow()
-    ids = [flow.new(product(t.type.shape)) for t in model.inputs]
-    _graph(flow, model.graph, ids, None, top=True)
+    flow = Dataflow(model.bindings)
+    refs = [Ref(flow.new(product(t.type.shape)), flow.laid_out(t.type)) for t in model.inputs]
+    _graph(flow, model.graph, refs, None, top=True)
     return flow
 
 
 def _graph(
-    flow: Dataflow, graph: Graph, inputs: list[int], block: Step | None, top: bool = False
-) -> list[int]:
+    flow: Dataflow, graph: Graph, inputs: list[Ref], block: Step | None, top: bool = False
+) -> list[Ref]:
     """Apply a graph to tensors ``inputs`` (one per graph input); returns its outputs' ids.
     ``top``: the model's own graph, whose block uses are checkpointing units."""
     where = {t.name: inputs[min(i, len(inputs) - 1)] for i, t in enumerate(graph.inputs)}
@@ -117,15 +140,11 @@ def _graph(
 
 
 def _step(
-    flow: Dataflow, step: Step, inputs: list[int], block: Step | None, unit: bool = False
-) -> list[int]:
+    flow: Dataflow, step: Step, inputs: list[Ref], block: Step | None, unit: bool = False
+) -> list[Ref]:
     if step.layer is not None:
-        types = [t.type for t in step.inputs]
-        if step.layer.aliases_input():  # every output views the input
-            outputs = [inputs[0]] * len(step.outputs)
-        else:
-            outputs = [flow.new(step.layer.output_storage(types, t.type)) for t in step.outputs]
-        flow.applied.append(Applied(step, inputs, outputs[0], block))
+        outputs = [_apply(flow, step.layer, step, inputs, t.type) for t in step.outputs]
+        flow.applied.append(Applied(step, inputs, outputs[0].storage, block))
         return outputs
     assert step.body is not None
     if unit and step.kind == "repeat":
@@ -134,13 +153,25 @@ def _step(
         return inputs
     if unit:
         block = step
-        flow.unit_inputs[step.path] = inputs[0]
+        flow.unit_inputs[step.path] = inputs[0].storage
     outputs = _graph(flow, step.body, inputs, block)
     if step.kind != "residual":
         return outputs
-    if step.shortcut is not None:
-        _graph(flow, step.shortcut, inputs, block)
-    return [flow.new(product(step.output.type.shape))]  # the sum of the two branches
+    other = inputs[0] if step.shortcut is None else _graph(flow, step.shortcut, inputs, block)[0]
+    layout = elementwise([outputs[0].layout, other.layout], other.layout.sizes)
+    return [Ref(flow.new(product(step.output.type.shape)), layout)]  # the branches' sum
+
+
+def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: TensorType) -> Ref:
+    """One output of ``layer``: a view of its first input, or a tensor of its own."""
+    types = [t.type for t in step.inputs]
+    layout = layer.layout([ref.layout for ref in inputs], flow.laid_out(output))
+    if layer.aliases_input() and not layout.copied:
+        return Ref(inputs[0].storage, layout)
+    storage = product(output.shape)
+    if not layout.copied:
+        storage = layer.output_storage(types, output)
+    return Ref(flow.new(storage), replace(layout, copied=False) if layout.copied else layout)
 
 
 @dataclass(frozen=True)
@@ -153,6 +184,7 @@ class LayerMemory:
     block: Step | None = None
     shared: frozenset[int] = frozenset()  # ids of the tensors between layers it counted
     block_input: int | None = None  # the id of its block's input
+    block_storage: Dim = 0  # elements per sample of the storage its block's input lies in
 
 
 def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerMemory]:
@@ -169,7 +201,7 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
         total: Dim = 0
         keys = []
         for saved in step.layer.saves([t.type for t in step.inputs], step.output.type):
-            key = _identity(saved.tensor, applied, index)
+            key = _identity(saved, applied, index)
             if key not in seen:
                 seen.add(key)
                 keys.append(key)
@@ -180,7 +212,8 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
             total = total + 2 * step.params  # autocast's half-precision copy of the weights
         shared = frozenset(k[0] for k in keys if len(k) == 1)
         block_input = flow.unit_inputs[applied.block.path] if applied.block else None
-        rows.append(LayerMemory(step.path, total, applied.block, shared, block_input))
+        storage = flow.storage[block_input] if block_input is not None else 0
+        rows.append(LayerMemory(step.path, total, applied.block, shared, block_input, storage))
     return rows
 
 
@@ -197,12 +230,12 @@ def checkpoint_parts(
     rows: list[LayerMemory], bindings: dict[str, int], precision: Precision
 ) -> tuple[Dim, Dim]:
     """With checkpointing: what the forward pass keeps (the other layers' saved tensors and
-    each block's input), and the largest block's saved tensors, kept again while its
-    backward runs."""
+    each block's input, the whole storage it lies in), and the largest block's saved
+    tensors, kept again while its backward runs."""
     kept: Dim = 0
     blocks: dict[str, tuple[Step, Dim]] = {}
     outside: set[int] = set()  # tensors layers outside the blocks keep anyway
-    inputs: dict[int, Step] = {}  # the blocks' inputs, once each
+    inputs: dict[int, Dim] = {}  # the blocks' inputs, once each: their storages' elements
     for row in rows:
         if row.block is None:
             kept = kept + row.saved
@@ -211,11 +244,11 @@ def checkpoint_parts(
             step, inner = blocks.get(row.block.path, (row.block, 0))
             blocks[row.block.path] = (step, inner + row.saved)
             assert row.block_input is not None
-            inputs[row.block_input] = row.block
+            inputs[row.block_input] = row.block_storage
     size = float_bytes(precision)
-    for tensor, step in inputs.items():
+    for tensor, elements in inputs.items():
         if tensor not in outside:
-            kept = kept + product(step.inputs[0].type.shape) * size * BATCH
+            kept = kept + elements * size * BATCH
     probe = {**bindings, "B": 1}
     largest = max(
         (inner for _, inner in blocks.values()), key=lambda d: value_at(d, probe), default=0
@@ -223,11 +256,19 @@ def checkpoint_parts(
     return kept, largest
 
 
-def _identity(tensor: str, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:
+def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:
+    """Which tensor ``saved`` is: a storage between layers, or the layer's own (internal,
+    or the copy it makes of an input it cannot read as it lies)."""
+    tensor = saved.tensor
     if tensor == "output":
         return (applied.output,)
     if tensor.startswith("input") and tensor[5:].isdigit():
-        return (applied.inputs[int(tensor[5:])],)
+        ref = applied.reads[int(tensor[5:])]
+        if saved.reads == "rows" and not as_rows(ref.layout):
+            return (index, tensor)
+        if saved.reads == "dense" and not is_dense(ref.layout):
+            return (index, tensor)
+        return (ref.storage,)
     return (index, tensor)
 
 

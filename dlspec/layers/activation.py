@@ -22,6 +22,7 @@ from dlspec.layers.base import (
     saved_output,
     torch_dim,
 )
+from dlspec.layers.layout import Layout, elementwise
 
 
 class _Elementwise(Layer):
@@ -43,6 +44,10 @@ class _Elementwise(Layer):
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return [saved_output(output) if self.keeps == "output" else saved_input(inputs)]
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """An element-wise kernel's: the input's order."""
+        return elementwise(inputs, output.sizes)
 
     def label(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self._kwargs().items())
@@ -177,6 +182,9 @@ class _SoftmaxLike(_Elementwise):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(f"nn.{self.torch_name}", kwargs={"dim": torch_dim(self.dim)})
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return output  # torch's softmax kernels return a contiguous tensor
 
 
 @register

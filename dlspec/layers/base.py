@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from dlspec.layers.layout import Layout, reshape
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
 Family = Literal[
@@ -57,6 +58,8 @@ DType = Literal["float", "long"]
 # Element types of saved tensors: "float" takes the activations' precision (4 bytes in fp32,
 # 2 under bf16/fp16 autocast); the others have a fixed size.
 SavedDType = Literal["float", "float32", "long", "bool", "byte"]
+# How a kernel reads an input it keeps (Saved.reads)
+Reads = Literal["any", "rows", "dense"]
 FIXED_BYTES: dict[str, int] = {"float32": 4, "long": 8, "bool": 1, "byte": 1}
 
 
@@ -149,13 +152,18 @@ class Saved:
     elements: Dim
     dtype: SavedDType = "float"
     batched: bool = True
+    # how the kernel reads an input it keeps: as it lies ("any"), as a matrix of rows of its
+    # last dimension ("rows": a Linear's product) or dense in its memory format ("dense":
+    # GroupNorm); where torch cannot view the input so, it keeps a copy of its own
+    reads: Reads = "any"
 
 
-def saved_input(inputs: Sequence[TensorType], index: int = 0) -> Saved:
+def saved_input(inputs: Sequence[TensorType], index: int = 0, reads: Reads = "any") -> Saved:
     """The layer keeps input ``index`` itself (a convolution or Linear for its weight's
-    gradient)."""
+    gradient), or the copy ``reads`` makes of it."""
     x = inputs[index]
-    return Saved(f"input{index}", product(x.shape), "long" if x.dtype == "long" else "float")
+    dtype: SavedDType = "long" if x.dtype == "long" else "float"
+    return Saved(f"input{index}", product(x.shape), dtype, reads=reads)
 
 
 def saved_output(output: TensorType) -> Saved:
@@ -208,8 +216,15 @@ class Layer(BaseModel):
 
     def aliases_input(self) -> bool:
         """True when the output is a view of the first input (Flatten, Reshape, Identity):
-        the two are one tensor in memory."""
+        the two are one tensor in memory, unless :meth:`layout` says torch copied."""
         return False
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """How the output lies in memory (:mod:`dlspec.layers.layout`), given its inputs'
+        layouts and ``output``, its sizes laid out contiguously: that, by default (a new
+        tensor, such as a matrix product's); a view's strides, or the order an element-wise
+        kernel keeps, where the kind says so."""
+        return output
 
     def label(self) -> str:
         """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""
@@ -230,13 +245,17 @@ class Layer(BaseModel):
 class View(Layer):
     """A layer whose output is a view of its input (Flatten, Reshape, Permute, Select...):
     one tensor in memory, and nothing kept for the backward pass (the gradient only needs
-    the shapes)."""
+    the shapes). A reshape torch cannot view copies (:func:`layout.reshape`)."""
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []
 
     def aliases_input(self) -> bool:
         return True
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """By default a reshape (Flatten, Reshape, Identity)."""
+        return reshape(inputs[0], output.sizes)
 
 
 REGISTRY: dict[str, type[Layer]] = {}

@@ -28,6 +28,7 @@ from dlspec.layers.base import (
     expect_rank,
     register,
 )
+from dlspec.layers.layout import Layout, elementwise, permute, reshape
 from dlspec.layers.symbolic import Dim
 
 Pos = Annotated[int, Field(ge=1)]
@@ -115,6 +116,12 @@ class BroadcastAdd(Layer):
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []  # an addition's gradient needs only the shapes
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        x, v = inputs
+        spatial = len(x.sizes) - 2
+        stretched = Layout((*v.sizes, *(1,) * spatial), (*v.strides, *(1,) * spatial))
+        return elementwise([x, stretched], output.sizes)
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         spatial = ", None" * (len(inputs[0].shape) - 1)
         return TorchCall(None, forward="{x0} + {x1}[:, :" + spatial + "]")  # (B, C, H, W)
@@ -142,12 +149,16 @@ class ToTokens(View):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(None, forward="{x}.flatten(2).transpose(1, 2)")  # (B, H*W, C)
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        batch, c, h, w = inputs[0].sizes
+        return permute(reshape(inputs[0], (batch, c, h * w)), (0, 2, 1))
+
 
 @register
-class ToImage(Layer):
+class ToImage(View):
     """The inverse of ToTokens: ``[H*W, C]`` -> ``[C, H, W]`` for the given ``height``
-    (``width``: the rest; both checked against the sequence length). No parameters;
-    MACs 0."""
+    (``width``: the rest; both checked against the sequence length): a channels-last view
+    of a contiguous sequence. No parameters; MACs 0."""
 
     kind = "ToImage"
     family = "reshape"
@@ -175,10 +186,8 @@ class ToImage(Layer):
         h, w, c = self._size(inputs[0])
         return Inferred(TensorType((c, h, w)))
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        # a copy in a new layout (the transposed input is not contiguous): its gradient needs
-        # only the shapes
-        return []
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return reshape(permute(inputs[0], (0, 2, 1)), output.sizes)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         h, w, _ = self._size(inputs[0])

@@ -22,6 +22,7 @@ from dlspec.layers.base import (
     saved_input,
     window_out,
 )
+from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -135,6 +136,9 @@ class _ConvNd(Layer):
             padded = [size + 2 * pi for size, pi in zip(x.shape[1:], p, strict=True)]
             saved.append(Saved("padded", product([x.shape[0], *padded])))
         return saved
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
 
     def _label_parts(self) -> list[str]:
         parts = [str(self.out_channels), f"k={_fmt(self.kernel_size)}"]

@@ -10,12 +10,14 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Saved,
     Shape,
     TensorType,
     TorchCall,
     check_given,
     expect_float,
     register,
+    saved_input,
 )
 from dlspec.layers.symbolic import product
 
@@ -57,6 +59,11 @@ class Linear(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = {} if self.bias else {"bias": False}
         return TorchCall("nn.Linear", (inputs[0].shape[-1], self.out_features), kwargs)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The input as the matrix product reads it: rows of its last dimension (a copy
+        where torch cannot view it so, e.g. a slice or a transpose of a sequence)."""
+        return [saved_input(inputs, reads="rows")]
 
     def label(self) -> str:
         tie = f", tie={self.tie}" if self.tie else ""

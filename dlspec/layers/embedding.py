@@ -24,6 +24,7 @@ from dlspec.layers.base import (
     expect_rank,
     register,
 )
+from dlspec.layers.layout import Layout, elementwise
 from dlspec.layers.symbolic import Dim
 
 Pos = Annotated[int, Field(ge=1)]
@@ -114,6 +115,12 @@ class _PositionalEncoding(Layer):
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []  # an addition: its gradient needs no tensor
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """The sum's, of the input and the table's first T rows (the same for every sample)."""
+        _, steps, width = output.sizes
+        table = Layout((1, steps, width), (0, width, 1))
+        return elementwise([inputs[0], table], output.sizes)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width = concrete(inputs[0].shape[1], f"{self.kind}'s width")
@@ -224,6 +231,11 @@ class Parameter(Layer):
 
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
         return 0  # the output is the parameter itself, repeated: no activation memory
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """The parameter's own layout, with a batch stride of 0 (``expand``): a kernel that
+        needs it dense copies all of it, every sample."""
+        return Layout(output.sizes, (0, *output.strides[1:]))
 
     def label(self) -> str:
         return f"Parameter({', '.join(map(str, self.shape))})"

@@ -20,6 +20,7 @@ from dlspec.layers.base import (
     saved_input,
     torch_dim,
 )
+from dlspec.layers.layout import Layout, elementwise, like
 from dlspec.layers.symbolic import Dim, product
 
 MAX_INPUTS = 16
@@ -33,13 +34,17 @@ def _same_dtype(inputs: list[TensorType], kind: str) -> None:
 
 
 class _Merge(Layer):
-    """Shared traits of the merge kinds: 2 to ``MAX_INPUTS`` inputs, no module."""
+    """Shared traits of the merge kinds: 2 to ``MAX_INPUTS`` inputs, no module; the sum and
+    the product lay their output out as element-wise kernels do."""
 
     family = "merge"
     arity = (2, MAX_INPUTS)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []  # sums and copies need no tensor for their gradient
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return elementwise(inputs, output.sizes)
 
 
 @register
@@ -140,6 +145,11 @@ class Concat(_Merge):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(None, forward=f"torch.cat([{{inputs}}], dim={torch_dim(self.dim)})")
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """Channels-last where every input suggests it, else contiguous (torch.cat)."""
+        formats = {like(x, output.sizes) for x in inputs}
+        return formats.pop() if len(formats) == 1 else output
 
     def label(self) -> str:
         return f"Concat(dim={self.dim})"

@@ -27,6 +27,7 @@ from dlspec.layers.base import (
     register,
     saved_input,
 )
+from dlspec.layers.layout import Layout, channels_last, elementwise, like
 from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -42,7 +43,7 @@ class _BatchNorm(Layer):
     family = "normalization"
     positional = ("num_features",)
     ranks: ClassVar[tuple[int, ...]]
-    layout: ClassVar[str]
+    accepts: ClassVar[str]  # the input layouts, as messages name them
 
     num_features: Pos | None = None
     eps: Eps = 1e-5
@@ -52,7 +53,7 @@ class _BatchNorm(Layer):
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
-        expect_rank(x, self.ranks, self.layout, self.kind)
+        expect_rank(x, self.ranks, self.accepts, self.kind)
         expect_float(x, self.kind)
         c = check_given(self.num_features, x.shape[0], "num_features", self.kind, "channels")
         weights: dict[str, Shape] = {"weight": (c,), "bias": (c,)} if self.affine else {}
@@ -71,6 +72,9 @@ class _BatchNorm(Layer):
         stats = [Saved(name, c, "float32", batched=False) for name in ("mean", "invstd")]
         return [saved_input(inputs), *stats]
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
+
     def label(self) -> str:
         return self.kind if self.num_features is None else f"{self.kind}({self.num_features})"
 
@@ -81,7 +85,7 @@ class BatchNorm1d(_BatchNorm):
 
     kind = "BatchNorm1d"
     ranks = (1, 2)
-    layout = "[C] or [C, L]"
+    accepts = "[C] or [C, L]"
 
 
 @register
@@ -91,7 +95,7 @@ class BatchNorm2d(_BatchNorm):
 
     kind = "BatchNorm2d"
     ranks = (3,)
-    layout = "[C, H, W]"
+    accepts = "[C, H, W]"
 
 
 class _TrailingNorm(Layer):
@@ -209,6 +213,9 @@ class RMSNorm(_TrailingNorm):
             saved.append(Saved("normalized", product(inputs[0].shape)))
         return saved
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return elementwise(inputs, output.sizes)
+
 
 @register
 class GroupNorm(Layer):
@@ -255,9 +262,13 @@ class GroupNorm(Layer):
         return TorchCall("nn.GroupNorm", (self.num_groups, inputs[0].shape[0]), kwargs)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        """The input, and a mean and an inverse deviation per group."""
+        """The input, dense (a view with gaps or repeats is copied), and a mean and an
+        inverse deviation per group."""
         stats = [Saved(name, self.num_groups, "float32") for name in ("mean", "rstd")]
-        return [saved_input(inputs), *stats]
+        return [saved_input(inputs, reads="dense"), *stats]
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
 
     def label(self) -> str:
         return f"GroupNorm({self.num_groups})"
@@ -302,6 +313,9 @@ class LayerNorm2d(Layer):
         """The input, and a mean and an inverse deviation per position (fp32)."""
         positions = product(inputs[0].shape[1:])
         return [saved_input(inputs), *(Saved(n, positions, "float32") for n in ("mean", "rstd"))]
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return channels_last(output.sizes)  # LayerNorm's (B, H, W, C) output, permuted
 
     def label(self) -> str:
         return self.kind

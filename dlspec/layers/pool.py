@@ -22,6 +22,7 @@ from dlspec.layers.base import (
     window_drops,
     window_out,
 )
+from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, fmt_dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -126,6 +127,9 @@ class _PoolNd(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(f"nn.{self.kind}", (self.kernel_size,), self._torch_kwargs())
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
+
     def label(self) -> str:
         parts = [_fmt(self.kernel_size)]
         if self.stride is not None:
@@ -215,6 +219,9 @@ class AdaptiveAvgPool2d(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.AdaptiveAvgPool2d", (self.output_size,))
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         """Nothing for a 1 x 1 output (torch takes a mean, whose gradient needs only the

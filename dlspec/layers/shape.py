@@ -25,6 +25,16 @@ from dlspec.layers.base import (
     sample_dim,
     torch_dim,
 )
+from dlspec.layers.layout import (
+    Layout,
+    contiguous,
+    elementwise,
+    empty_like,
+    like,
+    permute,
+    select,
+    slice_of,
+)
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -94,6 +104,11 @@ class _Rearrange(View):
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
         return Inferred(TensorType(tuple(x.shape[i] for i in self._order(x)), x.dtype))
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        rank = len(inputs[0].sizes) - 1
+        order = self._order(TensorType((1,) * rank))
+        return permute(inputs[0], [0, *(i + 1 for i in order)])
 
 
 @register
@@ -192,6 +207,9 @@ class Select(View):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(None, forward=f"{{x}}.select({torch_dim(self.dim)}, {self.index})")
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return select(inputs[0], self.dim % (len(inputs[0].sizes) - 1) + 1)
+
     def label(self) -> str:
         return f"Select({self.dim}, {self.index})"
 
@@ -232,6 +250,10 @@ class Slice(View):
                 arg="start",
             )
         return Inferred(TensorType((*x.shape[:at], kept, *x.shape[at + 1 :]), x.dtype))
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        at = self.dim % (len(inputs[0].sizes) - 1) + 1
+        return slice_of(inputs[0], at, output.sizes[at], self.step)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         lead = ":, " * (axis(self.dim, inputs[0]) + 1)  # the batch and the dims before
@@ -289,8 +311,9 @@ class Chunk(View):
         outputs = [TensorType((*x.shape[:at], s, *x.shape[at + 1 :]), x.dtype) for s in sizes]
         return Inferred(outputs[0], outputs=outputs, count_note=note)
 
-    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
-        return product(inputs[0].shape)  # each piece views the whole input
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        at = self.dim % (len(inputs[0].sizes) - 1) + 1
+        return slice_of(inputs[0], at, output.sizes[at], 1)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(None, forward=f"{{x}}.chunk({self.chunks}, dim={torch_dim(self.dim)})")
@@ -537,6 +560,9 @@ class Upsample(Layer):
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []  # the gradient of a resize needs only the sizes
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
+
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.Upsample", kwargs=self.model_dump(exclude_defaults=True))
 
@@ -573,11 +599,27 @@ class Dropout(Layer):
         return TorchCall(f"nn.{self.kind}", (self.p,))  # p always written: it reads clearer
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        """The scaled keep-mask, in the activations' dtype (nothing when ``p`` is 0)."""
+        """The scaled keep-mask, in the activations' dtype; at ``p`` = 1 the zero torch
+        multiplies by, at 0 nothing (the output is the input)."""
+        if self.p == 1:
+            return [Saved("zero", 1, batched=False)]
         return [Saved("mask", self._mask(inputs[0]))] if self.p else []
+
+    def aliases_input(self) -> bool:
+        return self.p == 0
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """The input's at ``p`` = 0; else the product of the input and the mask's."""
+        x = inputs[0]
+        if self.p == 0:
+            return x
+        return elementwise([x] if self.p == 1 else [x, self._noise(x)], x.sizes)
 
     def _mask(self, x: TensorType) -> Dim:
         return product(x.shape)
+
+    def _noise(self, x: Layout) -> Layout:
+        return empty_like(x)
 
     def label(self) -> str:
         return f"{self.kind}({self.p:g})"
@@ -596,6 +638,9 @@ class Dropout2d(Dropout):
 
     def _mask(self, x: TensorType) -> Dim:
         return x.shape[0]  # one per channel
+
+    def _noise(self, x: Layout) -> Layout:
+        return contiguous((*x.sizes[:2], 1, 1))
 
 
 _STOCHASTIC_DEPTH = '''class StochasticDepth(nn.Module):
@@ -641,6 +686,16 @@ class StochasticDepth(Layer):
         if not self.p:
             return []
         return [Saved("mask", 1, batched=self.mode == "row")]
+
+    def aliases_input(self) -> bool:
+        return self.p == 0  # the helper returns its input
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        x = inputs[0]
+        if self.p == 0:
+            return x
+        keep = (x.sizes[0] if self.mode == "row" else 1, *(1,) * (len(x.sizes) - 1))
+        return elementwise([x, contiguous(keep)], x.sizes)
 
     def label(self) -> str:
         return f"StochasticDepth({self.p:g}, {self.mode})"
