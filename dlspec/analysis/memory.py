@@ -166,7 +166,8 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
         assert step.layer is not None
         total: Dim = 0
         keys = []
-        for saved in step.layer.saves([t.type for t in step.inputs], step.output.type):
+        types = [t.type for t in step.inputs]
+        for saved in step.layer.saves_repeated(types, step.output.type, _repeats(applied)):
             key = _identity(saved.tensor, applied, index)
             if key not in seen:
                 seen.add(key)
@@ -219,6 +220,15 @@ def checkpoint_parts(
         (inner for _, inner in blocks.values()), key=lambda d: value_at(d, probe), default=0
     )
     return kept, largest
+
+
+def _repeats(applied: Applied) -> tuple[int, ...]:
+    """For each input of a layer, the first of its inputs that is the same tensor (the same
+    storage and type: a view of another shape is another tensor)."""
+    inputs = [
+        (tensor, t.type) for tensor, t in zip(applied.inputs, applied.step.inputs, strict=True)
+    ]
+    return tuple(inputs.index(x) for x in inputs)
 
 
 def _identity(tensor: str, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:

@@ -185,6 +185,15 @@ class Layer(BaseModel):
         kind's rule is checked against ``torch.autograd.graph.saved_tensors_hooks``."""
         return [saved_input(inputs)]
 
+    def saves_repeated(
+        self, inputs: list[TensorType], output: TensorType, first: tuple[int, ...]
+    ) -> list[Saved]:
+        """:meth:`saves` when an input may be another one given again: ``first[i]`` is the
+        index of the first input that is the same tensor as input ``i`` (``i`` when no
+        earlier one is). torch's attention takes another path for a repeated tensor; the
+        default keeps what :meth:`saves` says (a tensor kept twice is counted once anyway)."""
+        return self.saves(inputs, output)
+
     def backward_buffers(self, inputs: list[TensorType], output: TensorType) -> Dim:
         """Elements per sample of the gradient buffers the layer's backward pass makes beyond
         its output's and inputs' gradients (0 for most kinds)."""
