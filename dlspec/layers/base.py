@@ -194,6 +194,12 @@ class Layer(BaseModel):
         default keeps what :meth:`saves` says (a tensor kept twice is counted once anyway)."""
         return self.saves(inputs, output)
 
+    def saved_slack(self) -> int:
+        """Bytes by which :meth:`saves` may exceed what torch keeps (0: exact). A kind whose
+        torch kernel pads a tensor in a way no formula in the batch size can follow (oneDNN
+        aligns its workspace to pages) counts the padding at its largest and says so here."""
+        return 0
+
     def backward_buffers(self, inputs: list[TensorType], output: TensorType) -> Dim:
         """Elements per sample of the gradient buffers the layer's backward pass makes beyond
         its output's and inputs' gradients (0 for most kinds)."""

@@ -174,6 +174,8 @@ class _Recurrent(Layer):
             saved += [Saved(f"input_l{layer}_{i}", steps * width) for i in range(copies)]
             if layer == 0 and not copies:
                 saved.append(saved_input(inputs))
+            if layer and self.dropout:  # the dropout's scaled mask
+                saved.append(Saved(f"dropout_l{layer}", steps * width))
             for d in range(dirs):
                 saved += [
                     replace(s, tensor=f"{s.tensor}_l{layer}_{d}") for s in self._cell(steps, width)
@@ -199,7 +201,8 @@ class _Recurrent(Layer):
     def _layer_inputs(self, layer: int, dirs: int, steps: Dim) -> int:
         """Copies of a layer's input sequence kept: each direction transposes the first
         layer's input to time-major order (a view of the input itself when it has one step,
-        no copy); deeper layers read the previous one's output."""
+        no copy); deeper layers read the previous one's output (after the dropout, when
+        there is one, a tensor of its own)."""
         if layer == 0:
             return 0 if steps == 1 else dirs
         return 1
@@ -270,13 +273,18 @@ class LSTM(_Recurrent):
             return [Saved("steps", steps * (self.proj_size + 7 * h))]
         return [Saved("states", steps * h + 4 * h), *onednn_workspace(steps, width, h)]
 
+    def saved_slack(self) -> int:
+        """oneDNN's workspace is counted with a whole page more per part (see
+        :func:`onednn_workspace`)."""
+        return 0 if self.proj_size else self.copies() * WORKSPACE_PARTS * PAGE
+
     def _layer_inputs(self, layer: int, dirs: int, steps: Dim) -> int:
         if self.proj_size:
             return super()._layer_inputs(layer, dirs, steps)
         # oneDNN: both directions read one time-major copy of the input; a deeper layer
         # reads the previous layer's output, a new tensor only when two directions are
-        # concatenated
-        return 1 if layer == 0 else dirs - 1
+        # concatenated (or a dropout follows)
+        return 1 if layer == 0 or self.dropout else dirs - 1
 
 
 @register
