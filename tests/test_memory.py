@@ -414,6 +414,17 @@ GRAPH_CASES = {
         d = TransformerDecoder(nhead=2, dim_feedforward=8, num_layers=2) <- x, m
         t = Transformer(8, 2, 1, 1, 8, norm_first=true) <- m, x
     }""",
+    # batch-first attention returns a view of a time-major tensor: recurrent layers and
+    # attention read it in place, so it is the tensor the convolution keeps as well
+    "attention-output-time-major": """model M {
+        input x: float[3, 4]
+        a = MultiheadAttention(num_heads=2) <- x
+        k = Conv1d(2, kernel=1) <- a
+        g = GRU(3, bidirectional=true) <- a
+        l = LSTM(5, proj_size=2) <- a
+        s = MultiheadAttention(num_heads=2) <- a
+        d = TransformerDecoder(nhead=2, dim_feedforward=8, num_layers=2) <- x, a
+    }""",
     # grouped-query attention runs flash attention too; values of another head width do not
     "sdpa-paths": """model M {
         input q: float[3, 8]

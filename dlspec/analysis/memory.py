@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from dlspec.analysis.graph import Graph, ModelGraph, Step
-from dlspec.layers.base import FIXED_BYTES, Saved, numel
+from dlspec.layers.base import FIXED_BYTES, Given, Saved, TensorType, numel
 from dlspec.layers.symbolic import Dim, Poly, product, value_at
 from dlspec.syntax.parser import parse_number
 
@@ -160,6 +160,7 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
     products read."""
     flow = dataflow(graph)
     seen: set[tuple[int, ...] | tuple[int, str]] = set()
+    time_major: dict[int, TensorType] = {}  # tensors stored time-major, by id: their type
     rows = []
     for index, applied in enumerate(flow.applied):
         step = applied.step
@@ -167,7 +168,10 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
         total: Dim = 0
         keys = []
         types = [t.type for t in step.inputs]
-        for saved in step.layer.saves_repeated(types, step.output.type, _repeats(applied)):
+        given = _given(applied, time_major)
+        if not step.layer.aliases_input() and step.layer.time_major_output(given):
+            time_major[applied.output] = step.output.type
+        for saved in step.layer.saves_given(types, step.output.type, given):
             key = _identity(saved.tensor, applied, index)
             if key not in seen:
                 seen.add(key)
@@ -222,13 +226,15 @@ def checkpoint_parts(
     return kept, largest
 
 
-def _repeats(applied: Applied) -> tuple[int, ...]:
-    """For each input of a layer, the first of its inputs that is the same tensor (the same
-    storage and type: a view of another shape is another tensor)."""
+def _given(applied: Applied, time_major: dict[int, TensorType]) -> Given:
+    """What a layer's inputs are beyond their types: which are one tensor given again (the
+    same storage and type: a view of another shape is another tensor object), and which are
+    stored time-major (the tensor itself, or a view of it of the same type)."""
     inputs = [
         (tensor, t.type) for tensor, t in zip(applied.inputs, applied.step.inputs, strict=True)
     ]
-    return tuple(inputs.index(x) for x in inputs)
+    first = tuple(inputs.index(x) for x in inputs)
+    return Given(first, tuple(time_major.get(tensor) == kind for tensor, kind in inputs))
 
 
 def _identity(tensor: str, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:

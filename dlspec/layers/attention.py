@@ -26,6 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from dlspec.layers.base import (
+    Given,
     Inferred,
     Layer,
     LayerError,
@@ -81,15 +82,17 @@ def attention_saved(
     heads: int,
     dropout: float,
     reads: tuple[str, ...] = ("input0", "input1", "input2"),
+    in_place: frozenset[str] = frozenset(),
 ) -> list[Saved]:
     """What ``nn.MultiheadAttention`` (``need_weights=False``, so through
     ``scaled_dot_product_attention``) keeps, as tensors internal to the layer named
     ``name.*``. ``keys`` are the other inputs: none for self-attention, the memory, or the
-    keys and the values; ``reads`` names the tensors the query and the keys are.
+    keys and the values; ``reads`` names the tensors the query and the keys are, and
+    ``in_place`` those of them stored time-major.
 
     Each projection reads a time-major copy of its input (self-attention and a memory of
-    width E share one projection, so one copy), or the input itself when it has one step
-    (it is time-major already); the projections kept are Q (T x E) and K, V (S x E each).
+    width E share one projection, so one copy), or the input itself when it is time-major
+    already (stored so, or of one step); the projections kept are Q (T x E) and K, V (S x E each).
     Without dropout, CPU torch runs flash attention: it keeps its output and a
     log-sum-exp per head and query (h x T). With dropout it runs the plain math: scaled Q, a
     contiguous copy of K, V (whose storage is the whole joint projection when there is
@@ -103,7 +106,7 @@ def attention_saved(
     else:
         projected += list(zip(reads[1:], keys, strict=False))
     saved = [
-        Saved(read if x.shape[0] == 1 else f"{name}.copy{i}", product(x.shape))
+        Saved(read if x.shape[0] == 1 or read in in_place else f"{name}.copy{i}", product(x.shape))
         for i, (read, x) in enumerate(projected)
     ]
     if dropout:
@@ -237,20 +240,27 @@ class MultiheadAttention(Layer):
         return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return attention_saved("attn", inputs[0], inputs[1:], self.num_heads, self.dropout)
+        return self.saves_given(inputs, output, Given.plain(len(inputs)))
 
-    def saves_repeated(
-        self, inputs: list[TensorType], output: TensorType, first: tuple[int, ...]
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
     ) -> list[Saved]:
         """torch's attention checks ``key is value`` (then the keys are one memory) and
         ``query is key`` as well (then it is self-attention), and keeps what those paths
-        keep."""
-        keys = inputs[1:]
-        if len(keys) == 2 and first[2] == first[1]:
-            keys = keys[:1]
-        if len(keys) == 1 and first[1] == 0:
-            keys = []
-        return attention_saved("attn", inputs[0], keys, self.num_heads, self.dropout)
+        keep; an input stored time-major is projected in place."""
+        reads = ["input0", "input1", "input2"][: len(inputs)]
+        if len(inputs) == 3 and given.first[2] == given.first[1]:
+            reads.pop()
+        if len(reads) == 2 and given.first[1] == 0:
+            reads.pop()
+        keys = inputs[1 : len(reads)]
+        return attention_saved(
+            "attn", inputs[0], keys, self.num_heads, self.dropout, tuple(reads), given.in_place()
+        )
+
+    def time_major_output(self, given: Given) -> bool:
+        """torch computes batch-first attention time-major and returns a transposed view."""
+        return True
 
     def label(self) -> str:
         causal = ", causal" if self.causal else ""
@@ -390,25 +400,43 @@ class _TransformerBase(Layer):
         output."""
         return f"{prefix}.norm{index}.out" if self.norm_first else x
 
-    def _encoder_saved(self, prefix: str, x: str, t: TensorType) -> tuple[list[Saved], str]:
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self.saves_given(inputs, output, Given.plain(len(inputs)))
+
+    def _encoder_saved(
+        self, prefix: str, x: str, t: TensorType, in_place: frozenset[str]
+    ) -> tuple[list[Saved], str]:
+        """One encoder layer reading ``x``; ``in_place``: the tensors stored time-major."""
         rows, width = t.shape[0], concrete(t.shape[1], "d_model")
         reads = (self._reads(prefix, x, 1),)
-        attn = attention_saved(f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads)
+        attn = attention_saved(
+            f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads, in_place
+        )
         first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
         ff = self._feedforward_saved(prefix, f"{prefix}.ff_in", rows, width)
         second, out = self._residual_saved(prefix, x1, ff, rows, width, 2)
         return [*first, *second], out
 
     def _decoder_saved(
-        self, prefix: str, x: str, t: TensorType, memory: TensorType, source: str
+        self,
+        prefix: str,
+        x: str,
+        t: TensorType,
+        memory: TensorType,
+        source: str,
+        in_place: frozenset[str],
     ) -> tuple[list[Saved], str]:
         """One decoder layer reading ``x`` and the memory, the tensor named ``source``."""
         rows, width = t.shape[0], concrete(t.shape[1], "d_model")
         reads = (self._reads(prefix, x, 1),)
-        attn = attention_saved(f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads)
+        attn = attention_saved(
+            f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads, in_place
+        )
         first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
         both = (self._reads(prefix, x1, 2), source)
-        cross = attention_saved(f"{prefix}.cross_attn", t, [memory], self.nhead, self.dropout, both)
+        cross = attention_saved(
+            f"{prefix}.cross_attn", t, [memory], self.nhead, self.dropout, both, in_place
+        )
         second, x2 = self._residual_saved(prefix, x1, cross, rows, width, 2)
         ff = self._feedforward_saved(prefix, f"{prefix}.ff_in", rows, width)
         third, out = self._residual_saved(prefix, x2, ff, rows, width, 3)
@@ -423,16 +451,18 @@ class _TransformerBase(Layer):
         memory: TensorType | None,
         norm: bool,
         source: str = "input1",
+        in_place: frozenset[str] = frozenset(),
     ) -> list[Saved]:
         """``count`` layers one after another (decoder layers when there is a ``memory``,
-        the tensor named ``source``), then the optional final LayerNorm."""
+        the tensor named ``source``), then the optional final LayerNorm; ``in_place``: the
+        tensors stored time-major."""
         saved: list[Saved] = []
         for i in range(count):
             layer = f"{prefix}layers.{i}"
             if memory is None:
-                kept, x = self._encoder_saved(layer, x, t)
+                kept, x = self._encoder_saved(layer, x, t, in_place)
             else:
-                kept, x = self._decoder_saved(layer, x, t, memory, source)
+                kept, x = self._decoder_saved(layer, x, t, memory, source, in_place)
             saved += kept
         if norm:
             saved += self._norm_saved(f"{prefix}norm", x, t.shape[0], concrete(t.shape[1], "d"))
@@ -484,8 +514,12 @@ class TransformerEncoderLayer(_TransformerBase):
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerEncoderLayer", args, kwargs, self._forward(inputs))
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return self._stack_saved("", 1, "input0", inputs[0], None, norm=False)
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        return self._stack_saved(
+            "", 1, "input0", inputs[0], None, norm=False, in_place=given.in_place()
+        )
 
 
 @register
@@ -514,8 +548,12 @@ class TransformerDecoderLayer(_TransformerBase):
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerDecoderLayer", args, kwargs, self._forward(inputs))
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return self._stack_saved("", 1, "input0", inputs[0], inputs[1], norm=False)
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        return self._stack_saved(
+            "", 1, "input0", inputs[0], inputs[1], norm=False, in_place=given.in_place()
+        )
 
 
 # torch builds its stacks from a layer instance; these helpers build them from plain
@@ -592,10 +630,18 @@ class _TransformerStack(_TransformerBase):
         cls = f"Transformer{self.part}Stack"
         return TorchCall(cls, args, kwargs, self._forward(inputs), helper=self.helper)
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
         memory = inputs[1] if len(inputs) > 1 else None
         return self._stack_saved(
-            "", self.num_layers, "input0", inputs[0], memory, norm=self.final_norm
+            "",
+            self.num_layers,
+            "input0",
+            inputs[0],
+            memory,
+            norm=self.final_norm,
+            in_place=given.in_place(),
         )
 
     def label(self) -> str:
@@ -688,11 +734,23 @@ class Transformer(_TransformerBase):
         args = (self._width(inputs), self.nhead, self.num_encoder_layers, self.num_decoder_layers)
         return TorchCall("nn.Transformer", args, kwargs, self._forward(inputs))
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
         src, tgt = inputs
-        encoder = self._stack_saved("encoder.", self.num_encoder_layers, "input0", src, None, True)
+        in_place = given.in_place()
+        encoder = self._stack_saved(
+            "encoder.", self.num_encoder_layers, "input0", src, None, True, in_place=in_place
+        )
         decoder = self._stack_saved(
-            "decoder.", self.num_decoder_layers, "input1", tgt, src, True, "encoder.norm.out"
+            "decoder.",
+            self.num_decoder_layers,
+            "input1",
+            tgt,
+            src,
+            True,
+            "encoder.norm.out",
+            in_place,
         )
         return [*encoder, *decoder]
 

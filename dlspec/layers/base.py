@@ -153,6 +153,26 @@ def saved_output(output: TensorType) -> Saved:
     return Saved("output", product(output.shape))
 
 
+@dataclass(frozen=True)
+class Given:
+    """What the analysis knows of a layer's inputs beyond their types: ``first[i]``, the
+    index of the first input that is the same tensor as input ``i`` (``i`` when no earlier
+    one is); ``time_major[i]``, whether input ``i`` is a batch-first view of a time-major
+    tensor (:meth:`Layer.time_major_output`)."""
+
+    first: tuple[int, ...]
+    time_major: tuple[bool, ...]
+
+    @staticmethod
+    def plain(count: int) -> Given:
+        """``count`` distinct inputs, none stored time-major."""
+        return Given(tuple(range(count)), (False,) * count)
+
+    def in_place(self) -> frozenset[str]:
+        """The inputs stored time-major, by their names in :class:`Saved` (``input0``...)."""
+        return frozenset(f"input{i}" for i, major in enumerate(self.time_major) if major)
+
+
 class Layer(BaseModel):
     """Base class of every layer kind. Fields are the layer's arguments, as written in a spec."""
 
@@ -185,14 +205,19 @@ class Layer(BaseModel):
         kind's rule is checked against ``torch.autograd.graph.saved_tensors_hooks``."""
         return [saved_input(inputs)]
 
-    def saves_repeated(
-        self, inputs: list[TensorType], output: TensorType, first: tuple[int, ...]
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
     ) -> list[Saved]:
-        """:meth:`saves` when an input may be another one given again: ``first[i]`` is the
-        index of the first input that is the same tensor as input ``i`` (``i`` when no
-        earlier one is). torch's attention takes another path for a repeated tensor; the
-        default keeps what :meth:`saves` says (a tensor kept twice is counted once anyway)."""
+        """:meth:`saves`, knowing which inputs are one tensor given again and which are
+        stored time-major (:class:`Given`), where torch's code takes another path for them
+        (attention, recurrent layers); the default keeps what :meth:`saves` says."""
         return self.saves(inputs, output)
+
+    def time_major_output(self, given: Given) -> bool:
+        """Whether the output is a batch-first view of a time-major tensor (what torch's
+        batch-first attention returns), so that a layer transposing it to time-major order
+        needs no copy."""
+        return False
 
     def saved_slack(self) -> int:
         """Bytes by which :meth:`saves` may exceed what torch keeps (0: exact). A kind whose

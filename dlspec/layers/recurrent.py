@@ -30,6 +30,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from dlspec.layers.base import (
+    Given,
     Inferred,
     Layer,
     LayerError,
@@ -161,16 +162,22 @@ class _Recurrent(Layer):
         )
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self.saves_given(inputs, output, Given.plain(1))
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
         """torch runs the layers one after another, each direction on its own; per layer and
         direction it keeps what :meth:`_cell` says, and each layer's input as
         :meth:`_layer_inputs` says (the input itself when it says none for the first)."""
         steps = inputs[0].shape[0]
+        in_order = steps == 1 or given.time_major[0]  # the input is time-major already
         n_in = concrete(inputs[0].shape[1], "input_size")
         dirs = 2 if self.bidirectional else 1
         saved = []
         for layer in range(self.num_layers):
             width = n_in if layer == 0 else self._width() * dirs
-            copies = self._layer_inputs(layer, dirs, steps)
+            copies = self._layer_inputs(layer, dirs, in_order)
             saved += [Saved(f"input_l{layer}_{i}", steps * width) for i in range(copies)]
             if layer == 0 and not copies:
                 saved.append(saved_input(inputs))
@@ -198,13 +205,13 @@ class _Recurrent(Layer):
             return self.copies() * self._width()
         return product(output.shape)
 
-    def _layer_inputs(self, layer: int, dirs: int, steps: Dim) -> int:
-        """Copies of a layer's input sequence kept: each direction transposes the first
-        layer's input to time-major order (a view of the input itself when it has one step,
-        no copy); deeper layers read the previous one's output (after the dropout, when
-        there is one, a tensor of its own)."""
+    def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
+        """Copies of a layer's input sequence kept: each direction copies the first layer's
+        input to time-major order (no copy when it is ``in_order``: time-major already);
+        deeper layers read the previous one's output (after the dropout, when there is one,
+        a tensor of its own)."""
         if layer == 0:
-            return 0 if steps == 1 else dirs
+            return 0 if in_order else dirs
         return 1
 
     def _cell(self, steps: Dim, width: int) -> list[Saved]:
@@ -278,13 +285,15 @@ class LSTM(_Recurrent):
         :func:`onednn_workspace`)."""
         return 0 if self.proj_size else self.copies() * WORKSPACE_PARTS * PAGE
 
-    def _layer_inputs(self, layer: int, dirs: int, steps: Dim) -> int:
+    def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
         if self.proj_size:
-            return super()._layer_inputs(layer, dirs, steps)
+            return super()._layer_inputs(layer, dirs, in_order)
         # oneDNN: both directions read one time-major copy of the input; a deeper layer
         # reads the previous layer's output, a new tensor only when two directions are
         # concatenated (or a dropout follows)
-        return 1 if layer == 0 or self.dropout else dirs - 1
+        if layer == 0:
+            return 0 if in_order else 1
+        return 1 if self.dropout else dirs - 1
 
 
 @register
