@@ -92,8 +92,8 @@ def attention_saved(
 
     Each projection reads a time-major copy of its input (self-attention and a memory of
     width E share one projection, so one copy), or the input itself when it is time-major
-    already (stored so, or of one step); the projections kept are Q (T x E) and K, V (S x E each).
-    Without dropout, CPU torch runs flash attention: it keeps its output and a
+    already (stored so, or of one step); the projections kept are Q (T x E) and K, V (S x E
+    each). Without dropout, CPU torch runs flash attention: it keeps its output and a
     log-sum-exp per head and query (h x T). With dropout it runs the plain math: scaled Q, a
     contiguous copy of K, V (whose storage is the whole joint projection when there is
     one), the probabilities, the dropout mask and the dropped probabilities (h x T x S

@@ -66,11 +66,12 @@ def _leading(floats: int) -> int:
 def onednn_workspace(steps: Dim, width: int, hidden: int) -> list[Saved]:
     """The workspace oneDNN's LSTM keeps for backward, for one layer and direction (torch
     calls it once per each) over ``steps`` steps of input ``width``: the gates (4 x hidden)
-    and the output h of each step, then 7 arrays over steps + 1 positions of 2 layers (its
-    input and output): the states, the c states, and the gradients of the states (2, padded
-    rows of max(width, hidden)) and of the c states. Every part starts on a fresh page
-    (:data:`PAGE`): counted as one page more per part, so the figure is at most
-    ``WORKSPACE_PARTS`` pages above the real one (and exact in the rows)."""
+    and the output h of each step, then 5 arrays over steps + 1 positions of 2 layers (its
+    input and output): the states and the gradients of the layer and recurrent states
+    (rows of max(width, hidden), padded), the c states and their gradients (rows of
+    hidden). Each of these 7 parts starts on a fresh page (:data:`PAGE`): counted as one
+    page more per part, so the figure is above the real one by at most ``WORKSPACE_PARTS``
+    pages, and exact otherwise."""
     rows = _leading(max(width, hidden))
     positions = 2 * (steps + 1)
     floats = steps * (_leading(4 * hidden) + _leading(hidden))
@@ -288,7 +289,8 @@ class LSTM(_Recurrent):
     def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
         if self.proj_size:
             return super()._layer_inputs(layer, dirs, in_order)
-        # oneDNN: both directions read one time-major copy of the input; a deeper layer
+        # oneDNN: both directions read one time-major copy of the input (or the input
+        # itself, when in order); a deeper layer
         # reads the previous layer's output, a new tensor only when two directions are
         # concatenated (or a dropout follows)
         if layer == 0:
