@@ -1,6 +1,7 @@
 """Activation memory against torch: every layer kind's :meth:`Layer.saves` rule, and every
 spec's total, equal the bytes autograd really keeps for backward (``saved_oracle``), exactly
-(within 10 % for the LSTMs CPU torch runs with oneDNN, whose workspace size is fitted)."""
+(for the LSTMs CPU torch runs with oneDNN, up to the page alignment of its workspace, which
+the rule counts at its largest: :meth:`Layer.saved_slack`)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,6 @@ T = Poly.symbol("T")
 Case = tuple[str, dict[str, Any], tuple[tuple[Dim, ...], ...], str, dict[str, int]]
 
 
-def _onednn(kind: str, args: dict[str, Any]) -> bool:
-    """An LSTM that CPU torch runs with oneDNN, whose workspace is padded to whole pages: the
-    fitted rule holds for layers of realistic size (below), not for the tiny examples."""
-    return kind == "LSTM" and not args.get("proj_size")
-
-
 # (kind, args, per-sample input shapes, dtype, bindings): every example of both files
 CASES: list[Case] = [
     (e.kind, e.args, (e.shape, *e.more), e.dtype, e.bindings) for e in LAYER_EXAMPLES
@@ -53,7 +48,6 @@ CASES: list[Case] = [
     (e.kind, e.args, e.inputs, e.dtype, bindings)
     for e in SEQUENCE_EXAMPLES
     for bindings in BINDINGS
-    if not _onednn(e.kind, e.args)
 ]
 CASES += [
     ("LSTM", args, ((T, width),), "float", {"T": steps})
@@ -80,9 +74,9 @@ def case_id(case: tuple[Any, ...]) -> str:
     return f"{kind}({text})@{dims}@{at}".replace(" ", "")
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-@pytest.mark.parametrize("batch", BATCHES)
-def test_layer_saves_what_torch_saves(case: tuple[Any, ...], batch: int) -> None:
+def layer_bytes(case: Case, batch: int) -> tuple[int, int, int]:
+    """A layer's saved bytes at ``batch``: by its rule, as autograd keeps them, and the
+    rule's slack."""
     kind, args, shapes, dtype, bindings = case
     layer = make(kind, args)
     types = [TensorType(shape, dtype) for shape in shapes]  # type: ignore[arg-type]
@@ -97,10 +91,30 @@ def test_layer_saves_what_torch_saves(case: tuple[Any, ...], batch: int) -> None
         xs = [torch.randn(batch, *size, requires_grad=True) for size in sizes]
     measured = saved_bytes(module, lambda: forward(call, module, xs))
     expected = rule(layer.saves(types, output), batch, bindings)
-    if _onednn(kind, args):
-        assert expected == pytest.approx(measured, rel=0.1)
-    else:
-        assert expected == measured
+    return expected, measured, layer.saved_slack()
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_layer_saves_what_torch_saves(case: Case, batch: int) -> None:
+    expected, measured, slack = layer_bytes(case, batch)
+    assert 0 <= expected - measured <= slack
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"hidden_size": 3},
+        {"hidden_size": 20, "num_layers": 2, "bidirectional": True, "returns": "hidden"},
+    ],
+)
+def test_onednn_workspace_is_exact_but_for_its_pages(args: dict[str, Any]) -> None:
+    """At batch 1024 every part of oneDNN's LSTM workspace (4 bytes x its floats per sample
+    x 1024) fills whole pages: the rule is then above torch by exactly its slack, the page
+    per part it adds."""
+    expected, measured, slack = layer_bytes(("LSTM", args, ((2, 5),), "float", {}), 1024)
+    assert slack > 0
+    assert expected - measured == slack
 
 
 def test_every_kind_has_a_saved_tensor_case() -> None:
@@ -428,3 +442,77 @@ def test_random_graphs_save_what_torch_saves(text: str) -> None:
     """Skip connections, merges, residuals, repetitions and blocks: tensors several layers
     keep are counted once."""
     _saved_matches_torch(text)
+
+
+# rules that depend on the graph around a layer -------------------------------------------------
+
+# each found by the differential fuzzer (tests/fuzzing.py); "x, x": one tensor given twice
+GRAPH_CASES = {
+    # oneDNN's workspace at tiny sizes is mostly page padding; a deeper layer reads the
+    # previous one's output in place, after a dropout a tensor of its own
+    "lstm-tiny-layers": """model M(T: dim = 5) {
+        input x: long[T]
+        e = Embedding(5, 8) <- x
+        h = LSTM(5, num_layers=2) <- e
+        b = LSTM(3, num_layers=3, bidirectional=true, dropout=0.2) <- e
+    }""",
+    # a sequence of one step is time-major already: the input itself is kept, once
+    "recurrent-one-step": """model M {
+        input x: float[1, 4]
+        a = Linear(3) <- x
+        g = GRU(3, bidirectional=true) <- x
+        r = RNN(2, num_layers=2) <- x
+    }""",
+    # both directions' final states of width 1 are views of h_n, which BatchNorm then keeps
+    "rnn-hidden-width-1": """model M {
+        input x: float[4, 4]
+        r = RNN(1, num_layers=2, bidirectional=true, returns="hidden") <- x
+        n = BatchNorm1d(affine=false) <- r
+    }""",
+    # torch's attention asks `query is key` and `key is value`
+    "attention-same-tensor": """model M {
+        input x: float[5, 4]
+        input m: float[3, 6]
+        s = MultiheadAttention(num_heads=2) <- x, x
+        t = MultiheadAttention(num_heads=2) <- x, x, x
+        k = MultiheadAttention(num_heads=2) <- x, m, m
+        d = TransformerDecoderLayer(nhead=2, dim_feedforward=8, dropout=0.0) <- x, x
+    }""",
+    # a query or memory of one step is projected in place, and kept by whoever else keeps it
+    "attention-one-step": """model M {
+        input x: float[1, 8]
+        input m: float[1, 8]
+        a = Linear(3) <- x
+        b = Linear(3) <- m
+        s = MultiheadAttention(num_heads=2) <- x
+        d = TransformerDecoder(nhead=2, dim_feedforward=8, num_layers=2) <- x, m
+        t = Transformer(8, 2, 1, 1, 8, norm_first=true) <- m, x
+    }""",
+    # batch-first attention returns a view of a time-major tensor: recurrent layers and
+    # attention read it in place, so it is the tensor the convolution keeps as well
+    "attention-output-time-major": """model M {
+        input x: float[3, 4]
+        a = MultiheadAttention(num_heads=2) <- x
+        k = Conv1d(2, kernel=1) <- a
+        g = GRU(3, bidirectional=true) <- a
+        l = LSTM(5, proj_size=2) <- a
+        s = MultiheadAttention(num_heads=2) <- a
+        d = TransformerDecoder(nhead=2, dim_feedforward=8, num_layers=2) <- x, a
+    }""",
+    # grouped-query attention runs flash attention too; values of another head width do not
+    "sdpa-paths": """model M {
+        input q: float[3, 8]
+        input k: float[4, 4]
+        input v: float[4, 6]
+        g = SDPA(4, num_kv_heads=2) <- q, k, k
+        w = SDPA(2) <- k, k, v
+    }""",
+}
+
+
+@pytest.mark.parametrize("name", GRAPH_CASES)
+@pytest.mark.parametrize("batch", (2, 3))
+def test_graph_rules_match_torch(name: str, batch: int) -> None:
+    spec = dlspec.load_text(GRAPH_CASES[name])
+    slack = sum(leaf.layer.saved_slack() for leaf in spec.graph.leaves())
+    assert 0 <= estimate(spec, batch) - measure(spec, batch) <= slack

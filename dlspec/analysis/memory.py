@@ -27,9 +27,17 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 from dlspec.analysis.graph import Graph, ModelGraph, Step
-from dlspec.layers.base import FIXED_BYTES, Layer, Saved, TensorType, numel
+from dlspec.layers.base import FIXED_BYTES, Given, Layer, Saved, TensorType, numel
 from dlspec.layers.layout import BATCH as STAND_IN
-from dlspec.layers.layout import Layout, as_rows, contiguous, elementwise, is_dense
+from dlspec.layers.layout import (
+    Layout,
+    as_rows,
+    contiguous,
+    elementwise,
+    is_contiguous,
+    is_dense,
+    permute,
+)
 from dlspec.layers.symbolic import Dim, Poly, product, value_at
 from dlspec.syntax.parser import parse_number
 
@@ -200,7 +208,8 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
         assert step.layer is not None
         total: Dim = 0
         keys = []
-        for saved in step.layer.saves([t.type for t in step.inputs], step.output.type):
+        types = [t.type for t in step.inputs]
+        for saved in step.layer.saves_given(types, step.output.type, _given(applied.reads)):
             key = _identity(saved, applied, index)
             if key not in seen:
                 seen.add(key)
@@ -254,6 +263,20 @@ def checkpoint_parts(
         (inner for _, inner in blocks.values()), key=lambda d: value_at(d, probe), default=0
     )
     return kept, largest
+
+
+def _given(reads: list[Ref]) -> Given:
+    """What a layer's inputs are beyond their types: which are one tensor given again (the
+    same storage and layout: a view of another shape is another tensor object), and which
+    lie time-major (transposed to ``(T, B, ...)`` they are contiguous, as attention's output
+    is, or a sequence of one step)."""
+    first = tuple(reads.index(ref) for ref in reads)
+    return Given(first, tuple(_time_major(ref.layout) for ref in reads))
+
+
+def _time_major(x: Layout) -> bool:
+    rank = len(x.sizes)
+    return rank >= 3 and is_contiguous(permute(x, (1, 0, *range(2, rank))))
 
 
 def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:

@@ -26,6 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from dlspec.layers.base import (
+    Given,
     Inferred,
     Layer,
     LayerError,
@@ -41,6 +42,7 @@ from dlspec.layers.base import (
     saved_input,
 )
 from dlspec.layers.dense import Linear
+from dlspec.layers.layout import Layout, contiguous, permute
 from dlspec.layers.norm import LayerNorm
 from dlspec.layers.symbolic import Dim, product
 
@@ -80,27 +82,34 @@ def attention_saved(
     keys: list[TensorType],
     heads: int,
     dropout: float,
+    reads: tuple[str, ...] = ("input0", "input1", "input2"),
+    in_place: frozenset[str] = frozenset(),
 ) -> list[Saved]:
     """What ``nn.MultiheadAttention`` (``need_weights=False``, so through
     ``scaled_dot_product_attention``) keeps, as tensors internal to the layer named
     ``name.*``. ``keys`` are the other inputs: none for self-attention, the memory, or the
-    keys and the values.
+    keys and the values; ``reads`` names the tensors the query and the keys are, and
+    ``in_place`` those of them stored time-major.
 
     Each projection reads a time-major copy of its input (self-attention and a memory of
-    width E share one projection, so one copy); the projections kept are Q (T x E) and K, V
-    (S x E each). Without dropout, CPU torch runs flash attention: it keeps its output and a
+    width E share one projection, so one copy), or the input itself when it is time-major
+    already (stored so, or of one step); the projections kept are Q (T x E) and K, V (S x E
+    each). Without dropout, CPU torch runs flash attention: it keeps its output and a
     log-sum-exp per head and query (h x T). With dropout it runs the plain math: scaled Q, a
     contiguous copy of K, V (whose storage is the whole joint projection when there is
     one), the probabilities, the dropout mask and the dropped probabilities (h x T x S
     each), and a copy of the output for the output projection."""
     t, e = query.shape
     s = keys[-1].shape[0] if keys else t
-    copies: list[Dim] = [t * e]
+    projected = [(reads[0], query)]  # (the tensor read, its type) per projection
     if len(keys) == 1:
-        width = keys[0].shape[1]
-        copies += [s * width] if width == e else [s * width, s * width]
-    copies += [s * x.shape[1] for x in keys[:2] if len(keys) == 2]
-    saved = [Saved(f"{name}.copy{i}", n) for i, n in enumerate(copies)]
+        projected += [(reads[1], keys[0])] * (1 if keys[0].shape[1] == e else 2)
+    else:
+        projected += list(zip(reads[1:], keys, strict=False))
+    saved = [
+        Saved(read if x.shape[0] == 1 or read in in_place else f"{name}.copy{i}", product(x.shape))
+        for i, (read, x) in enumerate(projected)
+    ]
     if dropout:
         joint = not keys or (len(keys) == 1 and keys[0].shape[1] == e)
         value: Dim = (3 * t * e if not keys else 2 * s * e) if joint else s * e
@@ -232,7 +241,28 @@ class MultiheadAttention(Layer):
         return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return attention_saved("attn", inputs[0], inputs[1:], self.num_heads, self.dropout)
+        return self.saves_given(inputs, output, Given.plain(len(inputs)))
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        """torch's attention checks ``key is value`` (then the keys are one memory) and
+        ``query is key`` as well (then it is self-attention), and keeps what those paths
+        keep; an input stored time-major is projected in place."""
+        reads = ["input0", "input1", "input2"][: len(inputs)]
+        if len(inputs) == 3 and given.first[2] == given.first[1]:
+            reads.pop()
+        if len(reads) == 2 and given.first[1] == 0:
+            reads.pop()
+        keys = inputs[1 : len(reads)]
+        return attention_saved(
+            "attn", inputs[0], keys, self.num_heads, self.dropout, tuple(reads), given.in_place()
+        )
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """torch computes batch-first attention time-major and returns a transposed view."""
+        batch, steps, width = output.sizes
+        return permute(contiguous((steps, batch, width)), (1, 0, 2))
 
     def label(self) -> str:
         causal = ", causal" if self.causal else ""
@@ -367,37 +397,74 @@ class _TransformerBase(Layer):
             return [*self._norm_saved(norm, x, rows, width), *sublayer, *mask], total
         return [*sublayer, *mask, *self._norm_saved(norm, total, rows, width)], f"{norm}.out"
 
-    def _encoder_saved(self, prefix: str, x: str, t: TensorType) -> tuple[list[Saved], str]:
+    def _reads(self, prefix: str, x: str, index: int) -> str:
+        """The tensor sub-block ``index`` of a layer reads: ``x`` post-norm, else its norm's
+        output."""
+        return f"{prefix}.norm{index}.out" if self.norm_first else x
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self.saves_given(inputs, output, Given.plain(len(inputs)))
+
+    def _encoder_saved(
+        self, prefix: str, x: str, t: TensorType, in_place: frozenset[str]
+    ) -> tuple[list[Saved], str]:
+        """One encoder layer reading ``x``; ``in_place``: the tensors stored time-major."""
         rows, width = t.shape[0], concrete(t.shape[1], "d_model")
-        attn = attention_saved(f"{prefix}.self_attn", t, [], self.nhead, self.dropout)
+        reads = (self._reads(prefix, x, 1),)
+        attn = attention_saved(
+            f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads, in_place
+        )
         first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
         ff = self._feedforward_saved(prefix, f"{prefix}.ff_in", rows, width)
         second, out = self._residual_saved(prefix, x1, ff, rows, width, 2)
         return [*first, *second], out
 
     def _decoder_saved(
-        self, prefix: str, x: str, t: TensorType, memory: TensorType
+        self,
+        prefix: str,
+        x: str,
+        t: TensorType,
+        memory: TensorType,
+        source: str,
+        in_place: frozenset[str],
     ) -> tuple[list[Saved], str]:
+        """One decoder layer reading ``x`` and the memory, the tensor named ``source``."""
         rows, width = t.shape[0], concrete(t.shape[1], "d_model")
-        attn = attention_saved(f"{prefix}.self_attn", t, [], self.nhead, self.dropout)
+        reads = (self._reads(prefix, x, 1),)
+        attn = attention_saved(
+            f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads, in_place
+        )
         first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
-        cross = attention_saved(f"{prefix}.cross_attn", t, [memory], self.nhead, self.dropout)
+        both = (self._reads(prefix, x1, 2), source)
+        cross = attention_saved(
+            f"{prefix}.cross_attn", t, [memory], self.nhead, self.dropout, both, in_place
+        )
         second, x2 = self._residual_saved(prefix, x1, cross, rows, width, 2)
         ff = self._feedforward_saved(prefix, f"{prefix}.ff_in", rows, width)
         third, out = self._residual_saved(prefix, x2, ff, rows, width, 3)
         return [*first, *second, *third], out
 
     def _stack_saved(
-        self, prefix: str, count: int, x: str, t: TensorType, memory: TensorType | None, norm: bool
+        self,
+        prefix: str,
+        count: int,
+        x: str,
+        t: TensorType,
+        memory: TensorType | None,
+        norm: bool,
+        source: str = "input1",
+        in_place: frozenset[str] = frozenset(),
     ) -> list[Saved]:
-        """``count`` layers one after another, then the optional final LayerNorm."""
+        """``count`` layers one after another (decoder layers when there is a ``memory``,
+        the tensor named ``source``), then the optional final LayerNorm; ``in_place``: the
+        tensors stored time-major."""
         saved: list[Saved] = []
         for i in range(count):
             layer = f"{prefix}layers.{i}"
             if memory is None:
-                kept, x = self._encoder_saved(layer, x, t)
+                kept, x = self._encoder_saved(layer, x, t, in_place)
             else:
-                kept, x = self._decoder_saved(layer, x, t, memory)
+                kept, x = self._decoder_saved(layer, x, t, memory, source, in_place)
             saved += kept
         if norm:
             saved += self._norm_saved(f"{prefix}norm", x, t.shape[0], concrete(t.shape[1], "d"))
@@ -449,8 +516,12 @@ class TransformerEncoderLayer(_TransformerBase):
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerEncoderLayer", args, kwargs, self._forward(inputs))
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return self._stack_saved("", 1, "input0", inputs[0], None, norm=False)
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        return self._stack_saved(
+            "", 1, "input0", inputs[0], None, norm=False, in_place=given.in_place()
+        )
 
 
 @register
@@ -479,8 +550,12 @@ class TransformerDecoderLayer(_TransformerBase):
         args = (self._width(inputs), self.nhead)
         return TorchCall("nn.TransformerDecoderLayer", args, kwargs, self._forward(inputs))
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return self._stack_saved("", 1, "input0", inputs[0], inputs[1], norm=False)
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        return self._stack_saved(
+            "", 1, "input0", inputs[0], inputs[1], norm=False, in_place=given.in_place()
+        )
 
 
 # torch builds its stacks from a layer instance; these helpers build them from plain
@@ -557,10 +632,18 @@ class _TransformerStack(_TransformerBase):
         cls = f"Transformer{self.part}Stack"
         return TorchCall(cls, args, kwargs, self._forward(inputs), helper=self.helper)
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
         memory = inputs[1] if len(inputs) > 1 else None
         return self._stack_saved(
-            "", self.num_layers, "input0", inputs[0], memory, norm=self.final_norm
+            "",
+            self.num_layers,
+            "input0",
+            inputs[0],
+            memory,
+            norm=self.final_norm,
+            in_place=given.in_place(),
         )
 
     def label(self) -> str:
@@ -653,10 +736,24 @@ class Transformer(_TransformerBase):
         args = (self._width(inputs), self.nhead, self.num_encoder_layers, self.num_decoder_layers)
         return TorchCall("nn.Transformer", args, kwargs, self._forward(inputs))
 
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
         src, tgt = inputs
-        encoder = self._stack_saved("encoder.", self.num_encoder_layers, "input0", src, None, True)
-        decoder = self._stack_saved("decoder.", self.num_decoder_layers, "input1", tgt, src, True)
+        in_place = given.in_place()
+        encoder = self._stack_saved(
+            "encoder.", self.num_encoder_layers, "input0", src, None, True, in_place=in_place
+        )
+        decoder = self._stack_saved(
+            "decoder.",
+            self.num_decoder_layers,
+            "input1",
+            tgt,
+            src,
+            True,
+            "encoder.norm.out",
+            in_place,
+        )
         return [*encoder, *decoder]
 
     def label(self) -> str:
@@ -762,19 +859,22 @@ class SDPA(Layer):
         return TorchCall("ScaledDotProductAttention", args, kwargs, forward, helper=_SDPA)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        """Without dropout and with as many key/value heads as query heads, CPU torch runs
-        flash attention: it keeps q, k and v (views of the inputs), its output and a
-        log-sum-exp per head and query. Otherwise it runs the plain math: scaled q, the keys
-        and values (copied to contiguous heads, or repeated for grouped-query attention),
-        the probabilities (h x T x S) and, with dropout, its mask and the dropped
-        probabilities."""
+        """Without dropout, and with values as wide per head as the keys, CPU torch runs
+        flash attention: it keeps q, k and v (views of the inputs, or for grouped-query
+        attention k and v repeated to h heads, one copy each), its output and a log-sum-exp
+        per head and query. Otherwise it runs the plain math: scaled q, the keys and values
+        (copied to contiguous heads, or repeated), the probabilities (h x T x S) and, with
+        dropout, its mask and the dropped probabilities."""
         kv, head, value_head = self._heads(inputs)
         t, s = inputs[0].shape[0], inputs[1].shape[0]
-        if not self.dropout and kv == self.num_heads:
-            inputs_kept = [saved_input(inputs, i) for i in range(3)]
-            lse = Saved("logsumexp", self.num_heads * t, "float32")
-            return [*inputs_kept, Saved("output", product(output.shape)), lse]
         h = self.num_heads
+        if not self.dropout and head == value_head:
+            if kv == h:
+                keys = [saved_input(inputs, 1), saved_input(inputs, 2)]
+            else:
+                keys = [Saved("k", s * h * head), Saved("v", s * h * value_head)]
+            lse = Saved("logsumexp", h * t, "float32")
+            return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse]
         probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
         return [
             Saved("q_scaled", t * h * head),

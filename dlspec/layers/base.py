@@ -171,6 +171,26 @@ def saved_output(output: TensorType) -> Saved:
     return Saved("output", product(output.shape))
 
 
+@dataclass(frozen=True)
+class Given:
+    """What the analysis knows of a layer's inputs beyond their types: ``first[i]``, the
+    index of the first input that is the same tensor as input ``i`` (``i`` when no earlier
+    one is); ``time_major[i]``, whether input ``i`` lies time-major (a batch-first view of a
+    ``(T, B, ...)`` tensor, as attention returns, see :meth:`Layer.layout`)."""
+
+    first: tuple[int, ...]
+    time_major: tuple[bool, ...]
+
+    @staticmethod
+    def plain(count: int) -> Given:
+        """``count`` distinct inputs, none stored time-major."""
+        return Given(tuple(range(count)), (False,) * count)
+
+    def in_place(self) -> frozenset[str]:
+        """The inputs stored time-major, by their names in :class:`Saved` (``input0``...)."""
+        return frozenset(f"input{i}" for i, major in enumerate(self.time_major) if major)
+
+
 class Layer(BaseModel):
     """Base class of every layer kind. Fields are the layer's arguments, as written in a spec."""
 
@@ -202,6 +222,20 @@ class Layer(BaseModel):
         what most layers with weights keep; kinds that keep something else override it. Each
         kind's rule is checked against ``torch.autograd.graph.saved_tensors_hooks``."""
         return [saved_input(inputs)]
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        """:meth:`saves`, knowing which inputs are one tensor given again and which are
+        stored time-major (:class:`Given`), where torch's code takes another path for them
+        (attention, recurrent layers); the default keeps what :meth:`saves` says."""
+        return self.saves(inputs, output)
+
+    def saved_slack(self) -> int:
+        """Bytes by which :meth:`saves` may exceed what torch keeps (0: exact). A kind whose
+        torch kernel pads a tensor in a way no formula in the batch size can follow (oneDNN
+        aligns its workspace to pages) counts the padding at its largest and says so here."""
+        return 0
 
     def backward_buffers(self, inputs: list[TensorType], output: TensorType) -> Dim:
         """Elements per sample of the gradient buffers the layer's backward pass makes beyond

@@ -30,6 +30,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from dlspec.layers.base import (
+    Given,
     Inferred,
     Layer,
     LayerError,
@@ -42,11 +43,43 @@ from dlspec.layers.base import (
     expect_float,
     expect_rank,
     register,
+    saved_input,
 )
 from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
 Returns = Literal["sequence", "last", "hidden"]
+
+
+# oneDNN starts each part of an RNN's workspace on a fresh page of this many bytes
+PAGE = 4096
+WORKSPACE_PARTS = 7  # of an LSTM's (onednn_workspace)
+
+
+def _leading(floats: int) -> int:
+    """oneDNN's leading dimension for rows of ``floats`` floats: rounded up to 64 bytes, and
+    64 bytes more when a multiple of 1 KiB (to avoid 4K aliasing)."""
+    ld = -(-floats // 16) * 16
+    return ld + 16 if ld % 256 == 0 else ld
+
+
+def onednn_workspace(steps: Dim, width: int, hidden: int) -> list[Saved]:
+    """The workspace oneDNN's LSTM keeps for backward, for one layer and direction (torch
+    calls it once per each) over ``steps`` steps of input ``width``: the gates (4 x hidden)
+    and the output h of each step, then 5 arrays over steps + 1 positions of 2 layers (its
+    input and output): the states and the gradients of the layer and recurrent states
+    (rows of max(width, hidden), padded), the c states and their gradients (rows of
+    hidden). Each of these 7 parts starts on a fresh page (:data:`PAGE`): counted as one
+    page more per part, so the figure is above the real one by at most ``WORKSPACE_PARTS``
+    pages, and exact otherwise."""
+    rows = _leading(max(width, hidden))
+    positions = 2 * (steps + 1)
+    floats = steps * (_leading(4 * hidden) + _leading(hidden))
+    floats = floats + positions * (3 * rows + 2 * hidden)
+    return [
+        Saved("workspace", 4 * floats, "byte"),
+        Saved("workspace_pages", WORKSPACE_PARTS * PAGE, "byte", batched=False),
+    ]
 
 
 class _Recurrent(Layer):
@@ -130,17 +163,27 @@ class _Recurrent(Layer):
         )
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self.saves_given(inputs, output, Given.plain(1))
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
         """torch runs the layers one after another, each direction on its own; per layer and
         direction it keeps what :meth:`_cell` says, and each layer's input as
-        :meth:`_layer_inputs` says."""
+        :meth:`_layer_inputs` says (the input itself when it says none for the first)."""
         steps = inputs[0].shape[0]
+        in_order = steps == 1 or given.time_major[0]  # the input is time-major already
         n_in = concrete(inputs[0].shape[1], "input_size")
         dirs = 2 if self.bidirectional else 1
         saved = []
         for layer in range(self.num_layers):
             width = n_in if layer == 0 else self._width() * dirs
-            copies = self._layer_inputs(layer, dirs)
+            copies = self._layer_inputs(layer, dirs, in_order)
             saved += [Saved(f"input_l{layer}_{i}", steps * width) for i in range(copies)]
+            if layer == 0 and not copies:
+                saved.append(saved_input(inputs))
+            if layer and self.dropout:  # the dropout's scaled mask
+                saved.append(Saved(f"dropout_l{layer}", steps * width))
             for d in range(dirs):
                 saved += [
                     replace(s, tensor=f"{s.tensor}_l{layer}_{d}") for s in self._cell(steps, width)
@@ -154,18 +197,23 @@ class _Recurrent(Layer):
         return dirs * inputs[0].shape[0] * self.gates * self.hidden_size
 
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
-        """``returns="last"`` views the last step of the output sequence; ``"hidden"`` of a
-        one-directional layer views ``h_n``, the final state of every layer."""
+        """``returns="last"`` views the last step of the output sequence; ``"hidden"`` views
+        ``h_n``, the final state of every layer and direction, unless the two directions'
+        states must be copied side by side (they are views when H is 1)."""
         if self.returns == "last":
             return inputs[0].shape[0] * product(output.shape)
-        if self.returns == "hidden" and not self.bidirectional:
-            return self.num_layers * product(output.shape)
+        if self.returns == "hidden" and (not self.bidirectional or self._width() == 1):
+            return self.copies() * self._width()
         return product(output.shape)
 
-    def _layer_inputs(self, layer: int, dirs: int) -> int:
-        """Copies of a layer's input sequence kept: each direction transposes the first
-        layer's input to time-major order; deeper layers read the previous one's output."""
-        return dirs if layer == 0 else 1
+    def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
+        """Copies of a layer's input sequence kept: each direction copies the first layer's
+        input to time-major order (no copy when it is ``in_order``: time-major already);
+        deeper layers read the previous one's output (after the dropout, when there is one,
+        a tensor of its own)."""
+        if layer == 0:
+            return 0 if in_order else dirs
+        return 1
 
     def _cell(self, steps: Dim, width: int) -> list[Saved]:
         """What one layer and direction keeps for ``steps`` steps of input ``width``."""
@@ -226,19 +274,28 @@ class LSTM(_Recurrent):
     def _cell(self, steps: Dim, width: int) -> list[Saved]:
         """With ``proj_size`` torch's own per-step kernel keeps the previous state, the 4
         gates and 3 more vectors of ``hidden_size`` per step. Without, CPU torch runs oneDNN:
-        the output sequence, the initial and final h and c, and oneDNN's workspace, whose
-        size (bytes) is fitted as ``T * (36*hidden + 25*max(width, hidden)) + 55*hidden``
-        (its layout is oneDNN's own, padded to pages: small layers keep more)."""
+        the output sequence, the initial and final h and c, and oneDNN's workspace
+        (:func:`onednn_workspace`)."""
         h = self.hidden_size
         if self.proj_size:
             return [Saved("steps", steps * (self.proj_size + 7 * h))]
-        workspace = steps * (36 * h + 25 * max(width, h)) + 55 * h
-        return [Saved("states", steps * h + 4 * h), Saved("workspace", workspace, "byte")]
+        return [Saved("states", steps * h + 4 * h), *onednn_workspace(steps, width, h)]
 
-    def _layer_inputs(self, layer: int, dirs: int) -> int:
+    def saved_slack(self) -> int:
+        """oneDNN's workspace is counted with a whole page more per part (see
+        :func:`onednn_workspace`)."""
+        return 0 if self.proj_size else self.copies() * WORKSPACE_PARTS * PAGE
+
+    def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
         if self.proj_size:
-            return super()._layer_inputs(layer, dirs)
-        return 1 if layer == 0 else dirs  # oneDNN: one time-major copy, then one per direction
+            return super()._layer_inputs(layer, dirs, in_order)
+        # oneDNN: both directions read one time-major copy of the input (or the input
+        # itself, when in order); a deeper layer
+        # reads the previous layer's output, a new tensor only when two directions are
+        # concatenated (or a dropout follows)
+        if layer == 0:
+            return 0 if in_order else 1
+        return 1 if self.dropout else dirs - 1
 
 
 @register
