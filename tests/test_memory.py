@@ -507,6 +507,43 @@ GRAPH_CASES = {
         g = SDPA(4, num_kv_heads=2) <- q, k, k
         w = SDPA(2) <- k, k, v
     }""",
+    # flash attention needs each input's features adjacent (else the plain math runs), and
+    # lays its output out as the queries lie: time-major after attention, which a Linear
+    # then copies and a piece of which attention reads in place
+    "sdpa-layouts": """model M {
+        input x: float[4, 7, 6]
+        input y: float[5, 4]
+        s = Select(2, 5) <- x
+        m = SDPA(7) <- s, s, s
+        a = MultiheadAttention(num_heads=1) <- y
+        f = SDPA(2) <- a, a, a
+        l = Linear(3) <- f
+        p, r = Chunk(2) <- f
+        b = MultiheadAttention(num_heads=1) <- p
+    }""",
+    # recurrent layers return a time-major view too; a slice of features of a time-major
+    # tensor reads as rows in place (keeping the whole) for GRU, RNN, projected LSTMs and
+    # attention, while oneDNN's LSTM copies what is not contiguous time-major
+    "time-major-slices": """model M {
+        input x: float[3, 2]
+        g = GRU(4) <- x
+        n = Linear(2) <- g
+        p, q = Chunk(2) <- g
+        r = RNN(3) <- p
+        l = LSTM(3, proj_size=2) <- p
+        o = LSTM(3) <- q
+        a = MultiheadAttention(num_heads=1) <- q
+    }""",
+    # RMSNorm returns a contiguous tensor (channels-last stays so), whatever order its
+    # input lies in
+    "rms-norm-after-transpose": """model M {
+        input x: float[3, 8, 8]
+        t = Transpose(1, -1) <- x
+        n = RMSNorm <- t
+        c = Conv2d(2, kernel=3, stride=2) <- n
+        f = Flatten <- n
+        l = Linear(5) <- f
+    }""",
 }
 
 

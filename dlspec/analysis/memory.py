@@ -269,14 +269,21 @@ def _given(reads: list[Ref]) -> Given:
     """What a layer's inputs are beyond their types: which are one tensor given again (the
     same storage and layout: a view of another shape is another tensor object), and which
     lie time-major (transposed to ``(T, B, ...)`` they are contiguous, as attention's output
-    is, or a sequence of one step)."""
+    is, or a sequence of one step), and which have their last dimension's elements adjacent."""
     first = tuple(reads.index(ref) for ref in reads)
-    return Given(first, tuple(_time_major(ref.layout) for ref in reads))
+    transposed = [_time_major(ref.layout) for ref in reads]
+    return Given(
+        first,
+        tuple(x is not None and is_contiguous(x) for x in transposed),
+        tuple(x is not None and as_rows(x) for x in transposed),
+        tuple(ref.layout.strides[-1] == 1 for ref in reads),
+    )
 
 
-def _time_major(x: Layout) -> bool:
+def _time_major(x: Layout) -> Layout | None:
+    """A sequence ``(B, T, ...)`` transposed to ``(T, B, ...)``; None for other tensors."""
     rank = len(x.sizes)
-    return rank >= 3 and is_contiguous(permute(x, (1, 0, *range(2, rank))))
+    return permute(x, (1, 0, *range(2, rank))) if rank >= 3 else None
 
 
 def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:

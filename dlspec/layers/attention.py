@@ -42,7 +42,7 @@ from dlspec.layers.base import (
     saved_input,
 )
 from dlspec.layers.dense import Linear
-from dlspec.layers.layout import Layout, contiguous, permute
+from dlspec.layers.layout import Layout, contiguous, empty_like, permute
 from dlspec.layers.norm import LayerNorm
 from dlspec.layers.symbolic import Dim, product
 
@@ -859,16 +859,22 @@ class SDPA(Layer):
         return TorchCall("ScaledDotProductAttention", args, kwargs, forward, helper=_SDPA)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        """Without dropout, and with values as wide per head as the keys, CPU torch runs
-        flash attention: it keeps q, k and v (views of the inputs, or for grouped-query
-        attention k and v repeated to h heads, one copy each), its output and a log-sum-exp
-        per head and query. Otherwise it runs the plain math: scaled q, the keys and values
-        (copied to contiguous heads, or repeated), the probabilities (h x T x S) and, with
-        dropout, its mask and the dropped probabilities."""
+        return self.saves_given(inputs, output, Given.plain(len(inputs)))
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        """Without dropout, with values as wide per head as the keys, and with each input's
+        features adjacent in memory, CPU torch runs flash attention: it keeps q, k and v
+        (views of the inputs, or for grouped-query attention k and v repeated to h heads,
+        one copy each), its output and a log-sum-exp per head and query. Otherwise it runs
+        the plain math: scaled q, the keys and values (copied to contiguous heads, or
+        repeated), the probabilities (h x T x S) and, with dropout, its mask and the dropped
+        probabilities."""
         kv, head, value_head = self._heads(inputs)
         t, s = inputs[0].shape[0], inputs[1].shape[0]
         h = self.num_heads
-        if not self.dropout and head == value_head:
+        if self._flash(head, value_head, given.unit_stride):
             if kv == h:
                 keys = [saved_input(inputs, 1), saved_input(inputs, 2)]
             else:
@@ -882,6 +888,19 @@ class SDPA(Layer):
             Saved("v", s * h * value_head),
             *(Saved(what, h * t * s) for what in probabilities),
         ]
+
+    def _flash(self, head: int, value_head: int, unit_stride: tuple[bool, ...]) -> bool:
+        """Whether CPU torch runs flash attention (else the plain math)."""
+        return not self.dropout and head == value_head and all(unit_stride)
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """Flash attention lays its output out as the queries lie (``empty_like``), and the
+        layer's output views it; the plain math's is contiguous."""
+        query, _, value = inputs
+        head = query.sizes[-1] // self.num_heads
+        value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
+        unit = tuple(x.strides[-1] == 1 for x in inputs)
+        return empty_like(query) if self._flash(head, value_head, unit) else output
 
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""

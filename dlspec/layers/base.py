@@ -176,19 +176,26 @@ class Given:
     """What the analysis knows of a layer's inputs beyond their types: ``first[i]``, the
     index of the first input that is the same tensor as input ``i`` (``i`` when no earlier
     one is); ``time_major[i]``, whether input ``i`` lies time-major (a batch-first view of a
-    ``(T, B, ...)`` tensor, as attention returns, see :meth:`Layer.layout`)."""
+    contiguous ``(T, B, ...)`` tensor, as attention returns, see :meth:`Layer.layout`);
+    ``rows[i]``, whether, transposed to ``(T, B, ...)``, it reads as rows of its last
+    dimension in place (time-major, or a slice of features of such a tensor);
+    ``unit_stride[i]``, whether its last dimension's elements are adjacent in memory (not so
+    in a slice across it, as ``Select`` of a feature makes)."""
 
     first: tuple[int, ...]
     time_major: tuple[bool, ...]
+    rows: tuple[bool, ...]
+    unit_stride: tuple[bool, ...]
 
     @staticmethod
     def plain(count: int) -> Given:
-        """``count`` distinct inputs, none stored time-major."""
-        return Given(tuple(range(count)), (False,) * count)
+        """``count`` distinct contiguous inputs."""
+        return Given(tuple(range(count)), (False,) * count, (False,) * count, (True,) * count)
 
     def in_place(self) -> frozenset[str]:
-        """The inputs stored time-major, by their names in :class:`Saved` (``input0``...)."""
-        return frozenset(f"input{i}" for i, major in enumerate(self.time_major) if major)
+        """The inputs a time-major kernel reads in place, by their names in :class:`Saved`
+        (``input0``...): its transpose to time-major order reads as rows without a copy."""
+        return frozenset(f"input{i}" for i, rows in enumerate(self.rows) if rows)
 
 
 class Layer(BaseModel):

@@ -27,7 +27,7 @@ from dlspec.layers.base import (
     register,
     saved_input,
 )
-from dlspec.layers.layout import Layout, channels_last, elementwise, like
+from dlspec.layers.layout import Layout, channels_last, like, suggested
 from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -214,7 +214,9 @@ class RMSNorm(_TrailingNorm):
         return saved
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return elementwise(inputs, output.sizes)
+        """Contiguous, or channels-last after a channels-last input (its product with the
+        broadcast inverse RMS takes the suggested memory format, measured)."""
+        return suggested(inputs[0])
 
 
 @register

@@ -45,6 +45,7 @@ from dlspec.layers.base import (
     register,
     saved_input,
 )
+from dlspec.layers.layout import Layout, contiguous, permute
 from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -172,7 +173,7 @@ class _Recurrent(Layer):
         direction it keeps what :meth:`_cell` says, and each layer's input as
         :meth:`_layer_inputs` says (the input itself when it says none for the first)."""
         steps = inputs[0].shape[0]
-        in_order = steps == 1 or given.time_major[0]  # the input is time-major already
+        in_order = steps == 1 or self._in_order(given)  # the input is time-major already
         n_in = concrete(inputs[0].shape[1], "input_size")
         dirs = 2 if self.bidirectional else 1
         saved = []
@@ -196,6 +197,14 @@ class _Recurrent(Layer):
         dirs = 2 if self.bidirectional else 1
         return dirs * inputs[0].shape[0] * self.gates * self.hidden_size
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """torch runs batch-first layers time-major: the sequence it returns is a transposed
+        view (the last step and the states are rows of their own)."""
+        if self.returns != "sequence":
+            return output
+        batch, steps, width = output.sizes
+        return permute(contiguous((steps, batch, width)), (1, 0, 2))
+
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
         """``returns="last"`` views the last step of the output sequence; ``"hidden"`` views
         ``h_n``, the final state of every layer and direction, unless the two directions'
@@ -205,6 +214,11 @@ class _Recurrent(Layer):
         if self.returns == "hidden" and (not self.bidirectional or self._width() == 1):
             return self.copies() * self._width()
         return product(output.shape)
+
+    def _in_order(self, given: Given) -> bool:
+        """Whether the first layer reads the input in place: its time-major transpose reads
+        as rows (a view, perhaps of a larger storage, which it then keeps)."""
+        return given.rows[0]
 
     def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
         """Copies of a layer's input sequence kept: each direction copies the first layer's
@@ -285,6 +299,11 @@ class LSTM(_Recurrent):
         """oneDNN's workspace is counted with a whole page more per part (see
         :func:`onednn_workspace`)."""
         return 0 if self.proj_size else self.copies() * WORKSPACE_PARTS * PAGE
+
+    def _in_order(self, given: Given) -> bool:
+        """oneDNN reads only a contiguous time-major input in place (the native path, with
+        projections, reads rows as the other kinds do)."""
+        return given.rows[0] if self.proj_size else given.time_major[0]
 
     def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
         if self.proj_size:
