@@ -504,9 +504,9 @@ class Analyzer:
     def _sources(self, stmt: ast.LayerStmt, scope: Scope) -> list[Tensor] | None:
         """The tensors a statement reads; None when one of them is unknown."""
         if stmt.sources:
-            names = []
+            names, own = [], _names(stmt.names)
             for ident in stmt.sources:
-                if ident.name in {t.name for t in stmt.names}:
+                if ident.name in own:
                     raise fail("E406", f"{ident.name} reads its own output", ident.span)
                 if ident.name not in scope.tensors:
                     raise fail(
@@ -530,16 +530,16 @@ class Analyzer:
         return tensors if len(tensors) == len(names) else None
 
     def _statement(self, stmt: ast.LayerStmt, scope: Scope) -> Step | None:
-        seen: set[str] = set()
-        for ident in stmt.names:
+        for i, ident in enumerate(stmt.names):
             check_name(ident, "layer")
-            if ident.name in scope.tensors or ident.name in seen:
+            if ident.name in scope.tensors or (i and ident.name in _names(stmt.names[:i])):
                 raise fail("E206", f"{ident.name} is already defined in this scope", ident.span)
-            seen.add(ident.name)
-        base = stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
-        # the step is named as its tensor; one writing several tensors is named as its kind
-        name = stmt.names[0].name if len(stmt.names) == 1 else scope.generated_name(base)
-        targets = [ident.name for ident in stmt.names] or [name]
+        if len(stmt.names) == 1:  # the step is named as its tensor
+            name = stmt.names[0].name
+        else:  # unnamed, or writing several tensors: named as its kind
+            base = stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
+            name = scope.generated_name(base)
+        targets = _names(stmt.names) if stmt.names else [name]
         for target in targets:  # until analyzed; later statements see them as unknown
             scope.tensors[target] = None
         inputs = self._sources(stmt, scope)
@@ -552,13 +552,13 @@ class Analyzer:
         if node is None:
             return None
         node.statement = stmt
-        if len(node.outputs) != len(targets) and (stmt.names or len(node.outputs) > 1):
-            raise _output_count(stmt, node)
-        node.outputs = [Tensor(t, out.type) for t, out in zip(targets, node.outputs, strict=True)]
+        if len(node.outputs) > 1 or len(targets) > 1:
+            if len(node.outputs) != len(targets) or not stmt.names:
+                raise _output_count(stmt, node)
+            node.outputs = [Tensor(t, o.type) for t, o in zip(targets, node.outputs, strict=True)]
+            scope.current, scope.several = None, node
         for tensor in node.outputs:
             scope.tensors[tensor.name] = tensor.type
-        if len(node.outputs) > 1:
-            scope.current, scope.several = None, node
         scope.nodes[name] = node
         return node
 
@@ -656,10 +656,10 @@ class Analyzer:
                     f"{name}: {fmt_dim(dim)} = {value:,} at {_at(self.bindings)}, but {what}",
                     op.span,
                 )
-        for dim in (d for t in inferred.outputs for d in t.shape):
-            if isinstance(dim, Poly):
-                value = value_at(dim, self.bindings)
-                if value < 1:
+        outputs = inferred.outputs
+        for output in outputs:
+            for dim in output.shape:
+                if isinstance(dim, Poly) and (value := value_at(dim, self.bindings)) < 1:
                     raise fail(
                         "E402",
                         f"{name}: output dimension {dim} is {value} at {_at(self.bindings)}",
@@ -671,7 +671,7 @@ class Analyzer:
             span=stmt.span if stmt.op is op else op.span,
             kind="layer",
             inputs=inputs,
-            outputs=_named(name, inferred.outputs),
+            outputs=_named(name, outputs),
             layer=layer,
             weights=inferred.weights,
             buffers=inferred.buffers,
@@ -972,7 +972,8 @@ def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
     names: set[str] = set()
     for stmt in statements:
         if isinstance(stmt, ast.LayerStmt):
-            names |= {ident.name for ident in stmt.names}
+            for ident in stmt.names:
+                names.add(ident.name)
         elif isinstance(stmt, ast.IfStmt):
             names |= _statement_names(stmt.body) | _statement_names(stmt.orelse)
     return names
@@ -992,12 +993,16 @@ def unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticE
     return fail("E410", message, span, [note])
 
 
+def _names(idents: list[ast.Ident]) -> list[str]:
+    return [ident.name for ident in idents]
+
+
 def _named(name: str, types: list[TensorType], labels: list[str] | None = None) -> list[Tensor]:
     """A step's output tensors: one is called ``name``; several ``name.0``, ``name.1``... or
     ``name.a``, ``name.b`` after ``labels`` (a statement names them as it writes them)."""
     if len(types) == 1:
         return [Tensor(name, types[0])]
-    labels = labels or [str(i) for i in range(len(types))]
+    labels = labels or list(map(str, range(len(types))))
     return [Tensor(f"{name}.{label}", t) for label, t in zip(labels, types, strict=True)]
 
 

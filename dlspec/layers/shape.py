@@ -287,7 +287,7 @@ class Chunk(View):
         at = axis(self.dim, x)
         sizes, note = self._sizes(x)
         outputs = [TensorType((*x.shape[:at], s, *x.shape[at + 1 :]), x.dtype) for s in sizes]
-        return Inferred(outputs[0], outputs=outputs, count_note=note)
+        return Inferred(outputs[0], several=outputs, count_note=note)
 
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
         return product(inputs[0].shape)  # each piece views the whole input
