@@ -183,7 +183,7 @@ class Scope:
             tensors = [(i.name, self.tensors[i.name]) for i in self.outputs]
             return Graph(list(self.inputs), steps, [Tensor(n, t) for n, t in tensors if t])
         if self.current is None and self.several is not None:
-            raise unnamed_read(self.several, self.several.span, "the body")
+            raise _unnamed_read(self.several, self.several.span, "the body")
         assert self.current is not None
         output = self.tensors[self.current]
         assert output is not None
@@ -425,7 +425,7 @@ class Analyzer:
     def _outputs(self, scope: Scope) -> list[str]:
         if scope.outputs is None:
             if scope.current is None and scope.several is not None:
-                self.error(unnamed_read(scope.several, scope.several.span, "the model").diagnostic)
+                self.error(_unnamed_read(scope.several, scope.several.span, "the model").diagnostic)
             return [scope.current] if scope.current else []
         self.diagnostics += scope.unknown_outputs("model")
         return [ident.name for ident in scope.outputs]
@@ -519,7 +519,7 @@ class Analyzer:
         elif scope.current is not None:
             names = [scope.current]
         elif scope.several is not None:
-            raise unnamed_read(scope.several, stmt.span)
+            raise _unnamed_read(scope.several, stmt.span)
         else:
             raise fail(
                 "E408",
@@ -979,7 +979,7 @@ def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
     return names
 
 
-def unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticError:
+def _unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticError:
     """E410: a statement without ``<-`` (or the end of ``body``, which returns its last
     tensor) would read "the previous output", but ``step`` wrote several."""
     names = ", ".join(t.name for t in step.outputs)
