@@ -49,7 +49,7 @@ CODES: dict[str, str] = {
     "E409": "a dimension exceeds what a layer supports",
     "E410": "a statement reads the previous output, but it gave several",
     "E411": "a statement names another number of outputs than it gives",
-    "E412": "a repeated step gives several outputs",
+    "E412": "a repeated step's outputs cannot be the next copy's inputs",
     "E601": "the model is too large: too many layers after repetition",
     "E602": "the spec nests too deeply",
     "E603": "a number literal is too large",

@@ -450,6 +450,17 @@ KIND_SPECS = {
         p, q, r = Chunk(3, dim=0) <- m      # 5 in 3 pieces: 2 + 2 + 1
         output p, r
     }""",
+    "two_outputs": """block Pair(d: int) <- x, y {
+        x2 = Linear(d) <- y
+        a, b = Chunk(2) <- x
+        y2 = Concat <- b, a
+        output x2, y2
+    }
+    model M {
+        input x: float[4, 8]
+        p, q = Pair(8) * 2 <- x, x
+        output q, p
+    }""",
 }
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",

@@ -155,14 +155,16 @@ def fx_edges(model: torch.nn.Module, outputs: list[str]) -> Edges:
 
 
 WIDTH = 4
-STATEMENTS = st.sampled_from(["linear", "relu", "add", "residual", "repeat", "block", "chunk"])
+STATEMENTS = st.sampled_from(
+    ["linear", "relu", "add", "residual", "repeat", "block", "chunk", "pair"]
+)
 
 
 @st.composite
 def random_specs(draw: st.DrawFn) -> str:
     """A model over float[4] tensors: several inputs, some declared late, named skips,
     merges, residuals, repetitions, block uses and splits in two (each half read by a
-    Linear of its own)."""
+    Linear of its own), and a block of two inputs and two outputs, repeated or not."""
     kinds = draw(st.lists(STATEMENTS, min_size=1, max_size=8))
     inputs = draw(st.integers(1, 3))
     places = sorted(
@@ -177,7 +179,7 @@ def random_specs(draw: st.DrawFn) -> str:
                 lines.append(f"    input in{j + 1}: float[{WIDTH}]")
                 tensors.append(f"in{j + 1}")
         skip = ""
-        if draw(st.booleans()):
+        if draw(st.booleans()) or kinds[i - 1 : i] == ["pair"]:  # after two outputs: say which
             skip = f" <- {draw(st.sampled_from(tensors))}"
         op = {
             "linear": f"Linear({WIDTH})",
@@ -190,6 +192,13 @@ def random_specs(draw: st.DrawFn) -> str:
             a, b = draw(st.lists(st.sampled_from(tensors), min_size=2, max_size=2))
             op, skip = "Add", f" <- {a}, {b}"
         name = f"t{i}"
+        if kind == "pair":
+            a, b = draw(st.lists(st.sampled_from(tensors), min_size=2, max_size=2))
+            repeat = draw(st.sampled_from(["", " * 2", " * 3"]))
+            lines.append(f"    p{i}, {name} = Two(){repeat} <- {a}, {b}")
+            tensors += [f"p{i}", name]
+            named += [f"p{i}", name]
+            continue
         if kind == "chunk":
             source = skip or f" <- {tensors[-1]}"
             lines.append(f"    a{i}, b{i} = Chunk(2){source}")
@@ -203,6 +212,9 @@ def random_specs(draw: st.DrawFn) -> str:
     outputs = draw(st.lists(st.sampled_from(named), min_size=1, max_size=3, unique=True))
     lines.append(f"    output {', '.join(outputs)}")
     block = "block Mix {\n    Linear(4)\n    ReLU\n    Linear(4)\n}\n"
+    block += (
+        "block Two <- x, y {\n    x2 = Linear(4) <- y\n    y2 = Add <- x, y\n    output x2, y2\n}\n"
+    )
     return block + "model Random {\n" + "\n".join(lines) + "\n}\n"
 
 
@@ -253,3 +265,76 @@ def test_several_outputs_in_every_view() -> None:
     table = render_table(checked.report)
     assert re.search(r"^chunk1\s+Chunk\(3\)\s+q \[6, 12\]", table, re.M)
     assert re.search(r"^\s+k \[6, 12\]$", table, re.M)
+
+
+TWO_OUTPUTS = """block Split(d: int) {
+    h = Linear(2 * d)
+    a, b = Chunk(2) <- h
+    g = SiLU <- a
+    output g, b
+}
+block Pair(d: int) <- x, y {
+    x2 = Linear(d) <- y
+    y2 = Add <- x, y
+    output x2, y2
+}
+model M {
+    input x: float[6, 8]
+    g, b = Split(8)
+    m = Mul <- g, b
+    p, q = Pair(8) * 3 <- m, x
+    r, s = Pair(8) * 0 <- p, q
+    output r, s
+}
+"""
+
+
+def test_blocks_of_two_outputs_return_tuples_and_repeat_one_to_one() -> None:
+    """Each copy of a repetition reads the copy before's two outputs, in order; zero copies
+    pass the inputs on."""
+    spec = dlspec.load_text(TWO_OUTPUTS)
+    code = generate(spec.graph)
+    assert "def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:" in code
+    assert "        return g, b\n" in code and "        return x2, y2\n" in code
+    for line in [
+        "g, b = self.split1(x)  # 2 x (B, 6, 8)",
+        "p, q = self.pair1[0](m, x)",
+        "p, q = self.pair1[1](p, q)",
+        "p, q = self.pair1[2](p, q)",
+        "r, s = p, q",
+    ]:
+        assert f"        {line}" in code
+    model = spec.to_torch()
+    x = torch.randn(2, 6, 8)
+    g, b = model.split1(x)
+    p, q = g * b, x
+    for pair in model.pair1:
+        p, q = pair(p, q)
+    r, s = model(x)
+    assert torch.equal(r, p) and torch.equal(s, q)
+    steps = {step.name: step for step in spec.graph.steps}
+    assert [t.name for t in steps["pair1"].outputs] == ["p", "q"]
+    assert [t.name for t in steps["pair1"].body.outputs] == ["2.x2", "2.y2"]
+    assert [t.name for t in steps["pair2"].body.outputs] == ["p", "q"]
+    assert ("input/x", "pair1.0.x2") in dataflow(spec.graph)
+    assert ("pair1.2.y2", "output/s") in dataflow(spec.graph)
+
+
+GATED = ROOT / "docs" / "examples" / "gated.dl"
+
+
+def test_gated_example_agrees_with_torch_and_onnx_runtime() -> None:
+    """The README's example of several outputs: counts, shapes and code against torch, and
+    its export verified by ONNX Runtime."""
+    spec = dlspec.load(GATED)
+    model = spec.to_torch()
+    assert sum(p.numel() for p in model.parameters()) == spec.report.total_params == 24_838
+    logits, value = model(torch.randn(3, 16, 32))
+    assert (tuple(logits.shape), tuple(value.shape)) == ((3, 5), (3, 1))
+    code = generate(spec.graph)
+    assert "gate, up = x.chunk(2, dim=-1)  # 2 x (B, T, 128)" in code
+    assert "logits, value = self.heads1(x)  # (B, 5), (B, 1)" in code
+    result = export_onnx(model, spec.graph, device="cpu")
+    assert result.comparisons and all(c.passed for c in result.comparisons)
+    proto = onnx.load_from_string(result.data)
+    assert [o.name for o in proto.graph.output] == ["logits", "value"]

@@ -230,28 +230,32 @@ def dataflow(model: ModelGraph) -> set[tuple[str, str]]:
             feeds = [p for t in step.inputs for p in where[t.name]]
             if step.kind == "layer":
                 edges.update((p, step.path) for p in feeds)
-                ends = [step.path]
+                ends = [[step.path] for _ in step.outputs]
             else:
                 assert step.body is not None
-                inner = {t.name: feeds for t in step.body.inputs}
-                ends = [p for t in step.body.outputs for p in flatten(step.body, inner)[t.name]]
+                result = flatten(step.body, _fed(step.body, step, where))
+                ends = [result[t.name] for t in step.body.outputs]
                 if step.kind == "residual":
                     side = feeds
                     if step.shortcut is not None:
-                        inner = {t.name: feeds for t in step.shortcut.inputs}
-                        result = flatten(step.shortcut, inner)
+                        result = flatten(step.shortcut, _fed(step.shortcut, step, where))
                         side = [p for t in step.shortcut.outputs for p in result[t.name]]
                     add = f"add/{step.path}"
-                    edges.update((p, add) for p in [*ends, *side])
-                    ends = [add]
-            for t in step.outputs:
-                where[t.name] = ends
+                    edges.update((p, add) for p in [*ends[0], *side])
+                    ends = [[add]]
+            for t, producers in zip(step.outputs, ends, strict=True):
+                where[t.name] = producers
         return {t.name: where[t.name] for t in graph.outputs}
 
     result = flatten(model.graph, {t.name: [f"input/{t.name}"] for t in model.inputs})
     for t in model.outputs:
         edges.update((p, f"output/{t.name}") for p in result[t.name])
     return edges
+
+
+def _fed(body: Graph, step: Step, where: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The producers of a sub-graph's inputs: those of the step's inputs, one to one."""
+    return {t.name: where[s.name] for t, s in zip(body.inputs, step.inputs, strict=True)}
 
 
 def describe(model: ModelGraph) -> str:

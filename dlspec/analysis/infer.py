@@ -130,6 +130,8 @@ class Scope:
     # the last statement when it wrote several tensors: a statement without `<-` would not
     # know which to read
     several: Step | None = None
+    outputs: list[ast.Ident] | None = None  # what its `output` declares (a model or a block)
+    declares: bool = False  # a model's or block's body, which may declare its outputs
 
     def values(self) -> Values:
         """The names expressions here can read."""
@@ -159,10 +161,29 @@ class Scope:
         tensors: dict[str, TensorType | None] = {t.name: t.type for t in inputs}
         return cls(path, env, list(inputs), tensors, names=set(tensors), current=inputs[0].name)
 
+    def unknown_outputs(self, what: str) -> list[Diagnostic]:
+        """E406 for each name the body's `output` declares that is not one of its tensors."""
+        return [
+            Diagnostic.at(
+                "E406",
+                f"output {ident.name!r} is not a tensor of this {what}",
+                ident.span,
+                did_you_mean(ident.name, self.tensors),
+            )
+            for ident in self.outputs or []
+            if ident.name not in self.tensors
+        ]
+
     def graph(self, steps: list[Step]) -> Graph:
-        """The body as a graph returning its last tensor."""
+        """The body as a graph returning the tensors its `output` declares, else its last."""
+        if self.outputs is not None:
+            problems = self.unknown_outputs("block")
+            if problems:
+                raise DiagnosticError(problems[0])
+            tensors = [(i.name, self.tensors[i.name]) for i in self.outputs]
+            return Graph(list(self.inputs), steps, [Tensor(n, t) for n, t in tensors if t])
         if self.current is None and self.several is not None:
-            raise unnamed_read(self.several, self.several.span, "the body")
+            raise _unnamed_read(self.several, self.several.span, "the body")
         assert self.current is not None
         output = self.tensors[self.current]
         assert output is not None
@@ -188,7 +209,6 @@ class Analyzer:
         self.bindings: dict[str, int] = {}
         self.total_checks: list[tuple[ast.Check, Mapping[str, Any]]] = []
         self.train: ast.TrainSection | None = None
-        self.outputs: list[ast.Ident] | None = None
         self.incomplete = False  # a statement failed: the graph would have holes
         self.limits: list[tuple[Dim, int, str]] = []  # bounds on symbolic dims, all layers
 
@@ -356,7 +376,7 @@ class Analyzer:
         env = self._model_params(definition)
         if any(p.name.name not in env for p in definition.params):
             return None  # a parameter without a value: its uses would each repeat that as E208
-        scope = Scope(path="", env=env)
+        scope = Scope(path="", env=env, declares=True)
         if definition.inputs:
             self.error(
                 Diagnostic.at(
@@ -403,23 +423,12 @@ class Analyzer:
         return graph
 
     def _outputs(self, scope: Scope) -> list[str]:
-        if self.outputs is None:
+        if scope.outputs is None:
             if scope.current is None and scope.several is not None:
-                self.error(unnamed_read(scope.several, scope.several.span, "the model").diagnostic)
+                self.error(_unnamed_read(scope.several, scope.several.span, "the model").diagnostic)
             return [scope.current] if scope.current else []
-        names = []
-        for ident in self.outputs:
-            if ident.name not in scope.tensors:
-                self.error(
-                    Diagnostic.at(
-                        "E406",
-                        f"output {ident.name!r} is not a tensor of this model",
-                        ident.span,
-                        did_you_mean(ident.name, scope.tensors),
-                    )
-                )
-            names.append(ident.name)
-        return names
+        self.diagnostics += scope.unknown_outputs("model")
+        return [ident.name for ident in scope.outputs]
 
     def _body(
         self,
@@ -448,14 +457,15 @@ class Analyzer:
                     self._expect(stmt, last if last_ok else None, top, scope.values())
                 elif isinstance(stmt, ast.InputDecl) and top:
                     self._input(stmt, scope)
-                elif isinstance(stmt, ast.OutputDecl) and top:
-                    self.outputs = stmt.names
+                elif isinstance(stmt, ast.OutputDecl) and scope.declares:
+                    scope.outputs = stmt.names
                 elif isinstance(stmt, ast.TrainSection) and top:
                     self.train = stmt
                 else:
                     what = type(stmt).__name__.replace("Decl", "").replace("Section", "").lower()
+                    where = "a model or a block" if what == "output" else "a model"
                     raise fail(
-                        "E408", f"{what} declarations belong in a model, not here", stmt.span
+                        "E408", f"{what} declarations belong in {where}, not here", stmt.span
                     )
             except DiagnosticError as err:
                 self.error(err.diagnostic)
@@ -494,9 +504,9 @@ class Analyzer:
     def _sources(self, stmt: ast.LayerStmt, scope: Scope) -> list[Tensor] | None:
         """The tensors a statement reads; None when one of them is unknown."""
         if stmt.sources:
-            names = []
+            names, own = [], _names(stmt.names)
             for ident in stmt.sources:
-                if ident.name in {t.name for t in stmt.names}:
+                if ident.name in own:
                     raise fail("E406", f"{ident.name} reads its own output", ident.span)
                 if ident.name not in scope.tensors:
                     raise fail(
@@ -509,7 +519,7 @@ class Analyzer:
         elif scope.current is not None:
             names = [scope.current]
         elif scope.several is not None:
-            raise unnamed_read(scope.several, stmt.span)
+            raise _unnamed_read(scope.several, stmt.span)
         else:
             raise fail(
                 "E408",
@@ -520,16 +530,16 @@ class Analyzer:
         return tensors if len(tensors) == len(names) else None
 
     def _statement(self, stmt: ast.LayerStmt, scope: Scope) -> Step | None:
-        seen: set[str] = set()
-        for ident in stmt.names:
+        for i, ident in enumerate(stmt.names):
             check_name(ident, "layer")
-            if ident.name in scope.tensors or ident.name in seen:
+            if ident.name in scope.tensors or (i and ident.name in _names(stmt.names[:i])):
                 raise fail("E206", f"{ident.name} is already defined in this scope", ident.span)
-            seen.add(ident.name)
-        base = stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
-        # the step is named as its tensor; one writing several tensors is named as its kind
-        name = stmt.names[0].name if len(stmt.names) == 1 else scope.generated_name(base)
-        targets = [ident.name for ident in stmt.names] or [name]
+        if len(stmt.names) == 1:  # the step is named as its tensor
+            name = stmt.names[0].name
+        else:  # unnamed, or writing several tensors: named as its kind
+            base = stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
+            name = scope.generated_name(base)
+        targets = _names(stmt.names) if stmt.names else [name]
         for target in targets:  # until analyzed; later statements see them as unknown
             scope.tensors[target] = None
         inputs = self._sources(stmt, scope)
@@ -542,13 +552,13 @@ class Analyzer:
         if node is None:
             return None
         node.statement = stmt
-        if len(node.outputs) != len(targets) and (stmt.names or len(node.outputs) > 1):
-            raise _output_count(stmt, node)
-        node.outputs = [Tensor(t, out.type) for t, out in zip(targets, node.outputs, strict=True)]
+        if len(node.outputs) > 1 or len(targets) > 1:
+            if len(node.outputs) != len(targets) or not stmt.names:
+                raise _output_count(stmt, node)
+            node.outputs = [Tensor(t, o.type) for t, o in zip(targets, node.outputs, strict=True)]
+            scope.current, scope.several = None, node
         for tensor in node.outputs:
             scope.tensors[tensor.name] = tensor.type
-        if len(node.outputs) > 1:
-            scope.current, scope.several = None, node
         scope.nodes[name] = node
         return node
 
@@ -569,28 +579,31 @@ class Analyzer:
         body_inputs = [Tensor("input", inputs[0].type)] if len(inputs) == 1 else list(inputs)
         reads = body_inputs
         used = self.budget.used
-        if count == 0 and self._operation(stmt, stmt.op, "0", f"{path}.0", scope, reads) is None:
-            return None  # no copy, but its arguments and inputs are still checked
+        threads = 1  # how many of the inputs the outputs replace, from the first
+        if count == 0:  # no copy, but its arguments and inputs are still checked
+            probe = self._operation(stmt, stmt.op, "0", f"{path}.0", scope, reads)
+            if probe is None:
+                return None
+            threads = _threads(stmt, probe, len(inputs))
         for i in range(count):
             child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
             child.statement = stmt
-            if len(child.outputs) > 1:
-                raise _repeated_outputs(stmt, child, len(inputs))
+            threads = _threads(stmt, child, len(inputs))
             if i == 0:  # the other copies cost as much: refuse them before building them
                 self.budget.require((count - 1) * (self.budget.used - used), stmt.span, name)
             children.append(child)
-            reads = [child.output, *reads[1:]]  # the first input threads; the others stay
-        last = reads[0]
+            reads = [*child.outputs, *reads[threads:]]  # the others stay
+        last = reads[:threads]
         return Step(
             name=name,
             path=path,
             span=stmt.span,
             kind="repeat",
             inputs=inputs,
-            outputs=[Tensor(name, last.type)],
-            body=Graph(body_inputs, children, [last]),
+            outputs=[Tensor(name, t.type) for t in last],
+            body=Graph(body_inputs, children, last),
         )
 
     def _operation(
@@ -643,10 +656,10 @@ class Analyzer:
                     f"{name}: {fmt_dim(dim)} = {value:,} at {_at(self.bindings)}, but {what}",
                     op.span,
                 )
-        for dim in (d for t in inferred.outputs for d in t.shape):
-            if isinstance(dim, Poly):
-                value = value_at(dim, self.bindings)
-                if value < 1:
+        outputs = inferred.outputs
+        for output in outputs:
+            for dim in output.shape:
+                if isinstance(dim, Poly) and (value := value_at(dim, self.bindings)) < 1:
                     raise fail(
                         "E402",
                         f"{name}: output dimension {dim} is {value} at {_at(self.bindings)}",
@@ -658,7 +671,7 @@ class Analyzer:
             span=stmt.span if stmt.op is op else op.span,
             kind="layer",
             inputs=inputs,
-            outputs=[Tensor(name, t) for t in inferred.outputs],
+            outputs=_named(name, outputs),
             layer=layer,
             weights=inferred.weights,
             buffers=inferred.buffers,
@@ -720,6 +733,7 @@ class Analyzer:
             )
         reads = [Tensor(n, t.type) for n, t in zip(names, inputs, strict=True)]
         inner = Scope.reading(path, env, reads)
+        inner.declares = True
         self.expanding.append(call.name.name)
         errors = len(self.diagnostics)
         try:
@@ -727,18 +741,22 @@ class Analyzer:
         finally:
             self.expanding.pop()
         where = f"in {call.name.name}, used at line {call.span.line}:{call.span.column}"
+        if not self._failed_since(errors):
+            try:
+                body = inner.graph(children)
+            except DiagnosticError as err:
+                self.error(err.diagnostic)
         for diagnostic in self.diagnostics[errors:]:  # point at the call as well as the body
             diagnostic.notes.append(where)
         if self._failed_since(errors):
             return None
-        body = inner.graph(children)
         return Step(
             name=name,
             path=path,
             span=call.span,
             kind="block",
             inputs=inputs,
-            outputs=[Tensor(name, body.outputs[0].type)],
+            outputs=_named(name, [t.type for t in body.outputs], [t.name for t in body.outputs]),
             body=body,
             block=BlockUse(definition, dict(env)),
         )
@@ -839,21 +857,29 @@ class Analyzer:
 
     def _check_layer(self, check: ast.Check, node: Step, env: Mapping[str, Any]) -> None:
         quantity = check.quantity.name
+        # the statement as named: its tensor's name, or its tensors'
+        who = node.name if len(node.outputs) == 1 else ", ".join(t.name for t in node.outputs)
         if quantity == "shape":
             want = evaluate(check.value, env)
             if not isinstance(want, list):
                 raise fail(
                     "E305", "a shape is written as a list, e.g. [64, 24, 24]", check.value.span
                 )
-            equal = all(want == list(t.type.shape) for t in node.outputs)
+            got = [list(t.type.shape) for t in node.outputs]
+            # several outputs: a list of their shapes, or one shape they all have
+            equal = (
+                want == got
+                if len(got) > 1 and want and isinstance(want[0], list)
+                else all(want == shape for shape in got)
+            )
             if check.op not in ("==", "!="):
                 raise fail("E305", "shapes compare with == or !=", check.span)
             if equal != (check.op == "=="):
-                got = ", ".join(str(t.type) for t in node.outputs)
+                shown = ", ".join(str(t.type) for t in node.outputs)
                 raise fail(
                     "E302",
-                    f"{node.name} expected shape {check.op} {_fmt_shape(want)}, "
-                    f"but its output{'s are' if len(node.outputs) > 1 else ' is'} {got}",
+                    f"{who} expected shape {check.op} {_fmt_shape(want)}, "
+                    f"but its output{'s are' if len(node.outputs) > 1 else ' is'} {shown}",
                     check.span,
                     _shape_notes(node),
                 )
@@ -873,7 +899,7 @@ class Analyzer:
             code = {"params": "E301", "buffers": "E301", "macs": "E303"}[quantity]
             raise fail(
                 code,
-                f"{node.name} was expected to have {_claim(check.op, want)} {noun}, "
+                f"{who} was expected to have {_claim(check.op, want)} {noun}, "
                 f"but {node.label} has {n(actual)}",
                 check.span,
                 notes,
@@ -946,13 +972,14 @@ def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
     names: set[str] = set()
     for stmt in statements:
         if isinstance(stmt, ast.LayerStmt):
-            names |= {ident.name for ident in stmt.names}
+            for ident in stmt.names:
+                names.add(ident.name)
         elif isinstance(stmt, ast.IfStmt):
             names |= _statement_names(stmt.body) | _statement_names(stmt.orelse)
     return names
 
 
-def unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticError:
+def _unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticError:
     """E410: a statement without ``<-`` (or the end of ``body``, which returns its last
     tensor) would read "the previous output", but ``step`` wrote several."""
     names = ", ".join(t.name for t in step.outputs)
@@ -966,13 +993,32 @@ def unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticE
     return fail("E410", message, span, [note])
 
 
-def _repeated_outputs(stmt: ast.LayerStmt, step: Step, inputs: int) -> DiagnosticError:
-    """E412: a repetition of a step with several outputs, which cannot thread them."""
+def _names(idents: list[ast.Ident]) -> list[str]:
+    return [ident.name for ident in idents]
+
+
+def _named(name: str, types: list[TensorType], labels: list[str] | None = None) -> list[Tensor]:
+    """A step's output tensors: one is called ``name``; several ``name.0``, ``name.1``... or
+    ``name.a``, ``name.b`` after ``labels`` (a statement names them as it writes them)."""
+    if len(types) == 1:
+        return [Tensor(name, types[0])]
+    labels = labels or list(map(str, range(len(types))))
+    return [Tensor(f"{name}.{label}", t) for label, t in zip(labels, types, strict=True)]
+
+
+def _threads(stmt: ast.LayerStmt, step: Step, inputs: int) -> int:
+    """How many inputs of the next copy a repeated step's outputs give: its one output gives
+    the first (the other inputs stay); several outputs give as many inputs, one to one (E412
+    when they are not as many)."""
+    count = len(step.outputs)
+    if count == 1 or count == inputs:
+        return count
     notes = [f"its signature: {_signature(step.block.definition)}"] if step.block else []
-    return fail(
+    raise fail(
         "E412",
-        f"{step.label} gives {len(step.outputs)} outputs, so it cannot be repeated: "
-        f"each copy reads the one before, through {_count(inputs, 'input')}",
+        f"{step.label} gives {count} outputs but reads {_count(inputs, 'input')}, so its "
+        "copies cannot be chained: each copy's outputs must be the next one's inputs, "
+        "one to one",
         stmt.span,
         notes,
     )
@@ -991,7 +1037,9 @@ def _output_count(stmt: ast.LayerStmt, step: Step) -> DiagnosticError:
     else:
         message = f"{step.label} gives {count} outputs; name each of them"
     notes = [step.count_note] if step.count_note else []
-    if count > 1:
+    if step.block is not None:
+        notes.append(f"its signature: {_signature(step.block.definition)}")
+    elif count > 1:
         example = ", ".join(f"x{i}" for i in range(count))
         reads = ", ".join(t.name for t in step.inputs)
         notes.append(f"write e.g. `{example} = {step.label} <- {reads}`")
@@ -1007,13 +1055,26 @@ def _count(number: int, noun: str) -> str:
 
 
 def _signature(definition: ast.Definition) -> str:
-    """``Dec(d: int, heads: int = 8) <- tgt, memory``, as written."""
+    """``Dec(d: int, heads: int = 8) <- tgt, memory``, as written, and ``-> a, b`` when its
+    body declares its outputs."""
     params = ", ".join(
         f"{p.name.name}: {p.type.name}" + (" = ..." if p.default is not None else "")
         for p in definition.params
     )
     inputs = ", ".join(i.name for i in definition.inputs) or "input"
-    return f"{definition.name.name}({params}) <- {inputs}"
+    outputs = _declared(definition.body)
+    returns = f" -> {', '.join(i.name for i in outputs)}" if outputs else ""
+    return f"{definition.name.name}({params}) <- {inputs}{returns}"
+
+
+def _declared(statements: Sequence[ast.Statement]) -> list[ast.Ident]:
+    """The outputs a body declares (the first `output`, in either branch of an `if`)."""
+    for stmt in statements:
+        if isinstance(stmt, ast.OutputDecl):
+            return stmt.names
+        if isinstance(stmt, ast.IfStmt) and (found := _declared([*stmt.body, *stmt.orelse])):
+            return found
+    return []
 
 
 def _at(bindings: dict[str, int]) -> str:
@@ -1029,8 +1090,18 @@ def _fmt_num(value: Any) -> str:
 
 
 def _fmt_shape(shape: list[Any]) -> str:
+    """``[64, T]``; ``[[5], [1]]`` for the shapes of several outputs."""
     return (
-        "[" + ", ".join(fmt_dim(d) if isinstance(d, (int, Poly)) else repr(d) for d in shape) + "]"
+        "["
+        + ", ".join(
+            fmt_dim(d)
+            if isinstance(d, (int, Poly))
+            else _fmt_shape(d)
+            if isinstance(d, list)
+            else repr(d)
+            for d in shape
+        )
+        + "]"
     )
 
 

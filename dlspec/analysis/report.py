@@ -102,14 +102,16 @@ def shape_json(shape: tuple[Dim, ...]) -> list[int | str]:
     return [d if isinstance(d, int) else str(d) for d in shape]
 
 
-def _tensor(tensor: Tensor, bindings: dict[str, int]) -> TensorInfo:
+def _tensor(tensor: Tensor, bindings: dict[str, int]) -> dict[str, Any]:
+    """A :class:`TensorInfo`'s fields (pydantic builds the model from them, in its fast
+    core, where the report has a row per layer)."""
     t = tensor.type
-    return TensorInfo(
-        name=tensor.name,
-        dtype=t.dtype,
-        shape=shape_json(t.shape),
-        shape_value=[value_at(d, bindings) for d in t.shape],
-    )
+    return {
+        "name": tensor.name,
+        "dtype": t.dtype,
+        "shape": shape_json(t.shape),
+        "shape_value": [value_at(d, bindings) for d in t.shape],
+    }
 
 
 def _rows(
@@ -118,6 +120,7 @@ def _rows(
     rows = []
     for node in nodes:
         macs = node.total_macs
+        outputs = [_tensor(t, bindings) for t in node.outputs]
         rows.append(
             LayerRow(
                 name=node.path,
@@ -126,8 +129,8 @@ def _rows(
                 inputs=[t.name for t in node.inputs],
                 depth=depth,
                 container=node.kind != "layer",
-                output_shape=shape_json(node.output.type.shape),
-                outputs=[_tensor(t, bindings) for t in node.outputs],
+                output_shape=outputs[0]["shape"],
+                outputs=outputs,  # validated into TensorInfo
                 params=node.params,
                 buffers=node.buffer_count,
                 macs=value_at(macs, bindings),
@@ -158,8 +161,8 @@ def build_report(
         model=graph.name,
         parameters=graph.arguments,
         symbols=dict(b),
-        inputs=[_tensor(i, b) for i in graph.inputs],
-        outputs=[_tensor(o, b) for o in graph.outputs],
+        inputs=[TensorInfo(**_tensor(i, b)) for i in graph.inputs],
+        outputs=[TensorInfo(**_tensor(o, b)) for o in graph.outputs],
         layers=_rows(graph.steps, 0, b, saved),
         total_params=trainable,
         trainable_params=trainable,

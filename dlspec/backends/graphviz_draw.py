@@ -274,29 +274,29 @@ class _Builder:
             drawn = self._body(node.body, ends, cluster.items)
             _place(cluster, items)
             return drawn, None
-        return [self._repeat(node, ends, items)], None
+        return self._repeat(node, ends, items), None
 
-    def _repeat(self, node: Step, ends: list[_End], items: list[_Item]) -> _End:
+    def _repeat(self, node: Step, ends: list[_End], items: list[_Item]) -> list[_End]:
         assert node.body is not None
-        if not node.children:  # repeated 0 times: nothing to draw, its first input flows on
-            return _End(ends[0].box, node.output.type)
+        if not node.children:  # repeated 0 times: nothing to draw, its inputs flow on
+            return [_End(e.box, t.type) for e, t in zip(ends, node.outputs, strict=False)]
         first = node.children[0]
         if not self.options.expand and first.layer is not None:
             box = self._layer_box(node, first.layer.family)
             items.append(box)
             for end in ends:
                 self._edge(end, box.id)
-            return _End(box.id, node.output.type)
+            return [_End(box.id, node.output.type)]
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
         if self.options.expand:
-            end = self._body(node.body, ends, cluster.items, fold=False)[0]
+            drawn = self._body(node.body, ends, cluster.items, fold=False)
         elif first.body is not None and first.kind == "block":
             # the cluster stands for the block: no second frame
-            end = self._body(first.body, ends, cluster.items)[0]
+            drawn = self._body(first.body, ends, cluster.items)
         else:
-            end = self._draw(first, ends, cluster.items)[0][0]
+            drawn = self._draw(first, ends, cluster.items)[0]
         _place(cluster, items)
-        return _End(end.box, node.output.type)
+        return [_End(e.box, t.type) for e, t in zip(drawn, node.outputs, strict=True)]
 
     def _residual(self, node: Step, ends: list[_End], items: list[_Item]) -> tuple[_End, _Box]:
         assert node.body is not None

@@ -745,13 +745,14 @@ class _Generator:
         ):
             expr = self._expression(node, module, inputs)
             return _statement(f"{target} = ", expr, 2, _comment(steps))
-        if not node.children:  # repeated 0 times: the first input
-            return _statement(f"{target} = ", inputs[0], 2)
+        threads = len(node.outputs)  # the inputs the outputs replace, from the first
+        if not node.children:  # repeated 0 times: those inputs
+            return _statement(f"{target} = ", ", ".join(inputs[:threads]), 2)
         lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
         for i, child in enumerate(node.children):
             expr = self._expression(child, f"{module}[{i}]", inputs)
             lines += _statement(f"{target} = ", expr, 2, _comment([s.children[i] for s in steps]))
-            inputs = [target, *inputs[1:]]  # the first input threads; the others stay
+            inputs = [*target.split(", "), *inputs[threads:]]  # the others stay
         return lines
 
     def _plain(self, node: Step) -> bool:

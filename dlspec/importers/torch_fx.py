@@ -417,7 +417,7 @@ class _Scope:
                 Unmapped(
                     self.path,
                     f"{self.body.cls}.forward",
-                    "returns several values; a block returns one tensor",
+                    "returns several values; import maps submodules returning one tensor",
                 )
             )
         elif nodes[0] is not self.previous or not self.body.statements:

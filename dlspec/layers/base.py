@@ -105,15 +105,16 @@ class Inferred:
     # (dimension, maximum, what it is): bounds on symbolic dimensions (e.g. T <= max_len) that
     # only the analyzer can check, at the spec's bindings; concrete ones are checked in infer
     limits: list[tuple[Dim, int, str]] = field(default_factory=list)
-    # every output of a kind with several (Chunk), ``output`` first; [] means [output]. Their
+    # every output of a kind with several (Chunk), ``output`` first (:attr:`outputs`). Their
     # count may depend on the input, so ``count_note`` says how it came about (shown when a
     # statement names another number of outputs)
-    outputs: list[TensorType] = field(default_factory=list)
+    several: list[TensorType] | None = None
     count_note: str | None = None
 
-    def __post_init__(self) -> None:
-        if not self.outputs:
-            self.outputs = [self.output]
+    @property
+    def outputs(self) -> list[TensorType]:
+        """Every output: ``several``, or the one ``output``."""
+        return self.several or [self.output]
 
 
 @dataclass(frozen=True)

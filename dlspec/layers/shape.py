@@ -309,7 +309,7 @@ class Chunk(View):
         at = axis(self.dim, x)
         sizes, note = self._sizes(x)
         outputs = [TensorType((*x.shape[:at], s, *x.shape[at + 1 :]), x.dtype) for s in sizes]
-        return Inferred(outputs[0], outputs=outputs, count_note=note)
+        return Inferred(outputs[0], several=outputs, count_note=note)
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         at = self.dim % (len(inputs[0].sizes) - 1) + 1

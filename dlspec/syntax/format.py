@@ -268,7 +268,7 @@ class _Formatter:
     def _header_end(self, stmt: Node) -> Pos:
         """Where the part of ``stmt`` before its body ends (the whole statement when it has
         no body): comments up to there move before the statement."""
-        op = stmt.children[1] if stmt.data == "layer_stmt" else None
+        op = stmt.children[-3] if stmt.data == "layer_stmt" else None
         if stmt.data in _NESTED or (op is not None and op.data == "residual"):
             opening = self._body_braces(_start(stmt))[0]
             return (opening.line, opening.column)
@@ -398,8 +398,9 @@ class _Formatter:
         return f"{name}: {type_}" + (f" = {self._value(default)}" if default is not None else "")
 
     def _layer(self, node: Node, indent: int) -> list[str]:
-        names, op, repeat, sources = node.children
-        prefix = ", ".join(map(str, names.children)) + " = " if names is not None else ""
+        *names, op, repeat, sources = node.children
+        named = [str(t) for t in names if t is not None]
+        prefix = ", ".join(named) + " = " if named else ""
         suffix = f" * {self._expr(repeat.children[0], 7)}" if repeat is not None else ""
         if sources is not None:
             suffix += " <- " + ", ".join(str(t) for t in sources.children)

@@ -108,10 +108,10 @@ class _ToAst(Transformer[Token, ast.Document]):
         return ast.OutputDecl(span=_span(meta), names=[_ident(t) for t in items])
 
     def layer_stmt(self, meta: Meta, items: list[Any]) -> ast.LayerStmt:
-        names, op, repeat, sources = items
+        *names, op, repeat, sources = items
         return ast.LayerStmt(
             span=_span(meta),
-            names=names or [],
+            names=[_ident(t) for t in names if t is not None],
             op=op,
             repeat=repeat,
             sources=sources or [],
@@ -122,8 +122,6 @@ class _ToAst(Transformer[Token, ast.Document]):
 
     def sources(self, meta: Meta, items: list[Token]) -> list[ast.Ident]:
         return [_ident(t) for t in items]
-
-    targets = sources
 
     def call(self, meta: Meta, items: list[Any]) -> ast.Call:
         name, args = items
