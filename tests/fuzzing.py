@@ -2,7 +2,8 @@
 
 A generator writes random specs over every layer kind of the registry and every graph shape
 the language has (stacks, ``<-`` skips and merges, blocks repeated with ``* N``, residuals
-with and without a projection, several inputs and outputs, symbolic sequence lengths). It
+with and without a projection, several inputs and outputs, layers and blocks with several
+outputs, symbolic sequence lengths). It
 grows a spec one statement at a time, proposing for the current tensor only layers whose
 constraints its shape can meet (nnsmith-style), and keeps a proposal when ``dlspec check``
 accepts it. Each finished spec is then held to three oracles:
@@ -415,15 +416,50 @@ def _chunk(draft: Draft, x: Tensor) -> list[str] | None:
     piece = [size - each * k if k == len(names) - 1 else each]  # the last one: what is left
     shape = [*x.shape[:dim], *piece, *x.shape[dim + 1 :]]
     read = Tensor(names[k], shape, x.dtype, x.averaged)
+    return [
+        f"{', '.join(names)} = Chunk({chunks}, dim={written}) <- {x.name}",
+        _reader(draft, read),
+    ]
+
+
+def _reader(draft: Draft, read: Tensor) -> str:
+    """A layer reading one output of a step with several (a model cannot end with outputs
+    it does not declare)."""
     call = _propose(draft, read) or "Identity"
     after = draft.name()
     draft.dtypes[after] = _dtype(read, [call])
     if _averaged(read, [call]):
         draft.averaged.add(after)
-    return [
-        f"{', '.join(names)} = Chunk({chunks}, dim={written}) <- {x.name}",
-        f"{after} = {call} <- {names[k]}",
-    ]
+    return f"{after} = {call} <- {read.name}"
+
+
+def _fork(draft: Draft, x: Tensor) -> tuple[list[str], list[str]] | None:
+    """A block of two branches over its input that returns both (``output a, b``), used as
+    ``t1, t2 = Bt() <- x``, and a layer reading one of them."""
+    r = draft.rng
+    branches = []
+    for _ in range(2):
+        call = _propose(draft, x)
+        if call is None:
+            return None
+        probe = Draft(r, draft.symbolic, list(draft.blocks))
+        probe.lines = [f"input x: {x.dtype}[{', '.join(map(str, x.shape))}]", call]
+        checked = _check(probe.text())
+        if not checked.ok:
+            return None
+        shape = list(checked.report.layers[-1].output_shape)
+        branches.append((call, Tensor("", shape, _dtype(x, [call]), _averaged(x, [call]))))
+    block = f"B{draft.name()}"
+    outs = [draft.name(), draft.name()]
+    for out, (_, t) in zip(outs, branches, strict=True):
+        draft.dtypes[out] = t.dtype
+        if t.averaged:
+            draft.averaged.add(out)
+    body = " ".join(f"{n} = {call} <- input" for n, (call, _) in zip("ab", branches, strict=True))
+    k = r.randrange(2)
+    read = Tensor(outs[k], branches[k][1].shape, branches[k][1].dtype, branches[k][1].averaged)
+    uses = [f"{', '.join(outs)} = {block}() <- {x.name}", _reader(draft, read)]
+    return [f"block {block}() {{ {body} output a, b }}"], uses
 
 
 def _broadcasts(small: Shape, big: Shape) -> bool:
@@ -564,6 +600,9 @@ def generate(seed: int, steps: int = 6) -> str:
             lines = _two_input(draft)
         elif choice < 0.19:
             lines = _chunk(draft, x)
+        elif choice < 0.22:
+            forked = _fork(draft, x)
+            blocks, lines = forked if forked else ([], None)
         elif choice < 0.3:
             grouped = _grouped(draft, x, r.choice(["block", "residual"]))
             blocks, lines = grouped if grouped else ([], None)

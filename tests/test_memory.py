@@ -534,6 +534,17 @@ GRAPH_CASES = {
         o = LSTM(3) <- q
         a = MultiheadAttention(num_heads=1) <- q
     }""",
+    # MaxPool1d pools (B, C, 1, L) in training: tokens transposed from an image are
+    # channels-last there, and the output keeps that order, so a Linear over a slice of it
+    # reads rows of the pool's output in place
+    "max-pool-1d-order": """model M {
+        input x: float[2, 6, 8]
+        t = ToTokens <- x
+        p = MaxPool1d(1, padding=0) <- t
+        s = Select(-2, -17) <- p
+        r = Reshape(-1, 1) <- s
+        l = Linear(3) <- r
+    }""",
     # RMSNorm returns a contiguous tensor (channels-last stays so), whatever order its
     # input lies in
     "rms-norm-after-transpose": """model M {

@@ -170,6 +170,14 @@ class MaxPool1d(_MaxPoolNd):
     kind = "MaxPool1d"
     spatial = 1
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """torch pools ``(B, C, L)`` as ``(B, C, 1, L)`` (with indices, in training): a
+        channels-last view of that (a sequence of tokens transposed) keeps its order."""
+        (b, c, length), (sb, sc, sl) = inputs[0].sizes, inputs[0].strides
+        wide = Layout((b, c, 1, length), (sb, sc, length * sl, sl))
+        out = like(wide, (*output.sizes[:2], 1, output.sizes[2]))
+        return Layout((*out.sizes[:2], out.sizes[3]), (*out.strides[:2], out.strides[3]))
+
 
 @register
 class MaxPool2d(_MaxPoolNd):
