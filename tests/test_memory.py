@@ -534,6 +534,25 @@ GRAPH_CASES = {
         o = LSTM(3) <- q
         a = MultiheadAttention(num_heads=1) <- q
     }""",
+    # the plain math multiplies heads as a batch of matrices: keys and values that view as
+    # one (a single head) are kept in place, others copied
+    "sdpa-math-in-place": """model M {
+        input y: float[4, 7, 6]
+        t = ToTokens <- y
+        n = LayerNorm <- t
+        a = SDPA(1) <- n, n, t
+        b = SDPA(2) <- n, n, t
+    }""",
+    # a view is another tensor object: attention over it and its source is not
+    # self-attention (`query is key` fails), while Identity passes the object itself
+    "attention-view-is-another-object": """model M {
+        input x: float[3, 2]
+        h = Linear(4) <- x
+        v = Transpose(-2, -2) <- h
+        i = Identity <- h
+        a = MultiheadAttention(num_heads=2) <- h, v
+        s = MultiheadAttention(num_heads=2) <- h, i
+    }""",
     # MaxPool1d pools (B, C, 1, L) in training: tokens transposed from an image are
     # channels-last there, and the output keeps that order, so a Linear over a slice of it
     # reads rows of the pool's output in place

@@ -71,10 +71,12 @@ def saved_bytes(saved: Saved, precision: Precision = "fp32") -> Dim:
 
 
 class Ref(NamedTuple):
-    """A tensor: the id of its storage, and where it lies there."""
+    """A tensor: the id of its storage, where it lies there, and the id of the object the
+    generated code holds (a view is another object over the same storage)."""
 
     storage: int
     layout: Layout
+    obj: int
 
 
 @dataclass
@@ -99,12 +101,17 @@ class Dataflow:
     applied: list[Applied] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
     unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
+    objects: int = 0  # tensor objects made so far
     _laid_out: dict[tuple[Dim, ...], Layout] = field(default_factory=dict)
 
     def new(self, elements: Dim) -> int:
         tensor = len(self.storage) + 1
         self.storage[tensor] = elements
         return tensor
+
+    def new_object(self) -> int:
+        self.objects += 1
+        return self.objects
 
     def laid_out(self, t: TensorType) -> Layout:
         """``t`` with the batch, contiguous, at the bindings."""
@@ -128,7 +135,10 @@ def checkpoint_unit(step: Step) -> bool:
 def dataflow(model: ModelGraph) -> Dataflow:
     """Follow the IR's edges through every sub-graph."""
     flow = Dataflow(model.bindings)
-    refs = [Ref(flow.new(product(t.type.shape)), flow.laid_out(t.type)) for t in model.inputs]
+    refs = [
+        Ref(flow.new(product(t.type.shape)), flow.laid_out(t.type), flow.new_object())
+        for t in model.inputs
+    ]
     _graph(flow, model.graph, refs, None, top=True)
     return flow
 
@@ -167,19 +177,23 @@ def _step(
         return outputs
     other = inputs[0] if step.shortcut is None else _graph(flow, step.shortcut, inputs, block)[0]
     layout = elementwise([outputs[0].layout, other.layout], other.layout.sizes)
-    return [Ref(flow.new(product(step.output.type.shape)), layout)]  # the branches' sum
+    sum_ = flow.new(product(step.output.type.shape))
+    return [Ref(sum_, layout, flow.new_object())]  # the branches' sum
 
 
 def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: TensorType) -> Ref:
     """One output of ``layer``: a view of its first input, or a tensor of its own."""
+    if layer.returns_input():
+        return inputs[0]
     types = [t.type for t in step.inputs]
     layout = layer.layout([ref.layout for ref in inputs], flow.laid_out(output))
     if layer.aliases_input() and not layout.copied:
-        return Ref(inputs[0].storage, layout)
+        return Ref(inputs[0].storage, layout, flow.new_object())
     storage = product(output.shape)
     if not layout.copied:
         storage = layer.output_storage(types, output)
-    return Ref(flow.new(storage), replace(layout, copied=False) if layout.copied else layout)
+    layout = replace(layout, copied=False) if layout.copied else layout
+    return Ref(flow.new(storage), layout, flow.new_object())
 
 
 @dataclass(frozen=True)
@@ -266,17 +280,19 @@ def checkpoint_parts(
 
 
 def _given(reads: list[Ref]) -> Given:
-    """What a layer's inputs are beyond their types: which are one tensor given again (the
-    same storage and layout: a view of another shape is another tensor object), and which
+    """What a layer's inputs are beyond their types: which are one tensor object given again
+    (a view is another object, though of the same storage), and which
     lie time-major (transposed to ``(T, B, ...)`` they are contiguous, as attention's output
     is, or a sequence of one step), and which have their last dimension's elements adjacent."""
-    first = tuple(reads.index(ref) for ref in reads)
+    objects = [ref.obj for ref in reads]
+    first = tuple(objects.index(obj) for obj in objects)
     transposed = [_time_major(ref.layout) for ref in reads]
     return Given(
         first,
         tuple(x is not None and is_contiguous(x) for x in transposed),
         tuple(x is not None and as_rows(x) for x in transposed),
         tuple(ref.layout.strides[-1] == 1 for ref in reads),
+        tuple(ref.layout for ref in reads),
     )
 
 

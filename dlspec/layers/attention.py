@@ -42,7 +42,14 @@ from dlspec.layers.base import (
     saved_input,
 )
 from dlspec.layers.dense import Linear
-from dlspec.layers.layout import Layout, contiguous, empty_like, permute
+from dlspec.layers.layout import (
+    Layout,
+    contiguous,
+    empty_like,
+    permute,
+    reshape,
+    view_strides,
+)
 from dlspec.layers.norm import LayerNorm
 from dlspec.layers.symbolic import Dim, product
 
@@ -127,6 +134,17 @@ def attention_saved(
             Saved(f"{name}.logsumexp", heads * t),
         ]
     return saved
+
+
+def _heads_fold(x: Layout | None, heads: int) -> bool:
+    """Whether a ``(B, S, heads*hd)`` input split into heads, ``(B, heads, S, hd)``, views as
+    the ``(B*heads, S, hd)`` batch of matrices the plain math multiplies (else a copy): one
+    head, or an input that lies time-major. None: a contiguous input."""
+    if x is None:
+        return heads == 1
+    batch, steps, width = x.sizes
+    split = permute(reshape(x, (batch, steps, heads, width // heads)), (0, 2, 1, 3))
+    return view_strides(split, (batch * heads, steps, width // heads)) is not None
 
 
 def _sequence(x: TensorType, kind: str) -> None:
@@ -882,10 +900,16 @@ class SDPA(Layer):
             lse = Saved("logsumexp", h * t, "float32")
             return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse]
         probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
+        layouts = given.layouts or (None,) * 3
+        kept = [
+            saved_input(inputs, i)
+            if kv == h and _heads_fold(layouts[i], h)
+            else Saved(name, s * h * width)
+            for i, name, width in ((1, "k", head), (2, "v", value_head))
+        ]
         return [
             Saved("q_scaled", t * h * head),
-            Saved("k", s * h * head),
-            Saved("v", s * h * value_head),
+            *kept,
             *(Saved(what, h * t * s) for what in probabilities),
         ]
 

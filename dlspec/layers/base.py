@@ -181,12 +181,14 @@ class Given:
     ``rows[i]``, whether, transposed to ``(T, B, ...)``, it reads as rows of its last
     dimension in place (time-major, or a slice of features of such a tensor);
     ``unit_stride[i]``, whether its last dimension's elements are adjacent in memory (not so
-    in a slice across it, as ``Select`` of a feature makes)."""
+    in a slice across it, as ``Select`` of a feature makes); ``layouts``, where each lies
+    (empty when unknown: contiguous)."""
 
     first: tuple[int, ...]
     time_major: tuple[bool, ...]
     rows: tuple[bool, ...]
     unit_stride: tuple[bool, ...]
+    layouts: tuple[Layout, ...] = ()
 
     @staticmethod
     def plain(count: int) -> Given:
@@ -259,6 +261,11 @@ class Layer(BaseModel):
     def aliases_input(self) -> bool:
         """True when the output is a view of the first input (Flatten, Reshape, Identity):
         the two are one tensor in memory, unless :meth:`layout` says torch copied."""
+        return False
+
+    def returns_input(self) -> bool:
+        """True when the output is the input tensor itself, the same object (``nn.Identity``,
+        a dropout that drops nothing), which torch's attention tells from a view by ``is``."""
         return False
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:

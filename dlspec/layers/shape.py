@@ -468,6 +468,9 @@ class Identity(View):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall("nn.Identity")
 
+    def returns_input(self) -> bool:
+        return True
+
 
 _INTERPOLATING = ("linear", "bilinear", "bicubic")
 
@@ -608,6 +611,9 @@ class Dropout(Layer):
     def aliases_input(self) -> bool:
         return self.p == 0
 
+    def returns_input(self) -> bool:
+        return self.p == 0
+
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """The input's at ``p`` = 0; else the product of the input and the mask's."""
         x = inputs[0]
@@ -689,6 +695,9 @@ class StochasticDepth(Layer):
 
     def aliases_input(self) -> bool:
         return self.p == 0  # the helper returns its input
+
+    def returns_input(self) -> bool:
+        return self.p == 0
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         x = inputs[0]
