@@ -534,14 +534,16 @@ GRAPH_CASES = {
         o = LSTM(3) <- q
         a = MultiheadAttention(num_heads=1) <- q
     }""",
-    # the plain math multiplies heads as a batch of matrices: keys and values that view as
-    # one (a single head) are kept in place, others copied
+    # the plain math (features not adjacent: ToTokens) scales q and k, and multiplies heads
+    # as a batch of matrices: values that view as one (a single head) are kept in place,
+    # others copied
     "sdpa-math-in-place": """model M {
         input y: float[4, 7, 6]
         t = ToTokens <- y
         n = LayerNorm <- t
         a = SDPA(1) <- n, n, t
         b = SDPA(2) <- n, n, t
+        c = SDPA(1, causal=true) <- t, t, t
     }""",
     # a view is another tensor object: attention over it and its source is not
     # self-attention (`query is key` fails), while Identity passes the object itself

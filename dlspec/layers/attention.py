@@ -886,8 +886,9 @@ class SDPA(Layer):
         features adjacent in memory, CPU torch runs flash attention: it keeps q, k and v
         (views of the inputs, or for grouped-query attention k and v repeated to h heads,
         one copy each), its output and a log-sum-exp per head and query. Otherwise it runs
-        the plain math: scaled q, the keys and values (copied to contiguous heads, or
-        repeated), the probabilities (h x T x S) and, with dropout, its mask and the dropped
+        the plain math: q and k each scaled by the square root of the scale, the values
+        (in place where their heads view as a batch of matrices, else copied or repeated),
+        the probabilities (h x T x S) and, with dropout, its mask and the dropped
         probabilities."""
         kv, head, value_head = self._heads(inputs)
         t, s = inputs[0].shape[0], inputs[1].shape[0]
@@ -901,15 +902,12 @@ class SDPA(Layer):
             return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse]
         probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
         layouts = given.layouts or (None,) * 3
-        kept = [
-            saved_input(inputs, i)
-            if kv == h and _heads_fold(layouts[i], h)
-            else Saved(name, s * h * width)
-            for i, name, width in ((1, "k", head), (2, "v", value_head))
-        ]
+        in_place = kv == h and _heads_fold(layouts[2], h)
+        value = saved_input(inputs, 2) if in_place else Saved("v", s * h * value_head)
         return [
             Saved("q_scaled", t * h * head),
-            *kept,
+            Saved("k_scaled", s * h * head),
+            value,
             *(Saved(what, h * t * s) for what in probabilities),
         ]
 
