@@ -143,12 +143,10 @@ class Step:
     @property
     def params(self) -> int:
         """Trainable parameters (torch's ``sum(p.numel() for p in m.parameters())``)."""
-        return sum(
-            numel(shape)
-            for leaf in self.leaves()
-            for name, shape in leaf.weights.items()
-            if name not in leaf.tied
-        )
+        if self.body is None:  # a layer
+            return sum(numel(s) for name, s in self.weights.items() if name not in self.tied)
+        graphs = (self.body, self.shortcut)
+        return sum(step.params for graph in graphs if graph is not None for step in graph.steps)
 
     @property
     def buffer_count(self) -> int:

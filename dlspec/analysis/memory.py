@@ -223,7 +223,12 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
         total: Dim = 0
         keys = []
         types = [t.type for t in step.inputs]
-        for saved in step.layer.saves_given(types, step.output.type, _given(applied.reads)):
+        layer = step.layer
+        if type(layer).saves_given is Layer.saves_given:  # the kind's rule needs no more
+            kept = layer.saves(types, step.output.type)
+        else:
+            kept = layer.saves_given(types, step.output.type, _given(applied.reads))
+        for saved in kept:
             key = _identity(saved, applied, index)
             if key not in seen:
                 seen.add(key)

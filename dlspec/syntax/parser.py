@@ -74,6 +74,14 @@ def parse_number(text: str) -> int | float:
 class _ToAst(Transformer[Token, ast.Document]):
     """Parse tree -> typed syntax tree. Explicit methods, one per rule."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # lark wraps each rule method anew on every lookup (functools.update_wrapper, a
+        # tenth of a 10,000-layer check); bound once here, lookups find the instance's
+        for name in dir(type(self)):
+            if not name.startswith("_") and name not in vars(Transformer):
+                setattr(self, name, getattr(self, name))
+
     def start(self, meta: Meta, items: list[ast.Definition]) -> ast.Document:
         return ast.Document(definitions=items)
 
