@@ -583,8 +583,21 @@ class Upsample(Layer):
         return f"Upsample({what}, {self.mode})"
 
 
+class _Dropping(Layer):
+    """A kind that zeroes values with probability ``p`` while training; at ``p`` = 0 it
+    returns its input itself (the same tensor object)."""
+
+    p: Probability
+
+    def aliases_input(self) -> bool:
+        return self.p == 0
+
+    def returns_input(self) -> bool:
+        return self.p == 0
+
+
 @register
-class Dropout(Layer):
+class Dropout(_Dropping):
     """Zeroes each element with probability ``p`` while training (scaling the rest by
     ``1/(1-p)``); the identity in evaluation. Shape unchanged; MACs 0."""
 
@@ -607,12 +620,6 @@ class Dropout(Layer):
         if self.p == 1:
             return [Saved("zero", 1, batched=False)]
         return [Saved("mask", self._mask(inputs[0]))] if self.p else []
-
-    def aliases_input(self) -> bool:
-        return self.p == 0
-
-    def returns_input(self) -> bool:
-        return self.p == 0
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """The input's at ``p`` = 0; else the product of the input and the mask's."""
@@ -667,7 +674,7 @@ _STOCHASTIC_DEPTH = '''class StochasticDepth(nn.Module):
 
 
 @register
-class StochasticDepth(Layer):
+class StochasticDepth(_Dropping):
     """Stochastic depth (torchvision's ``StochasticDepth``): while training, zeroes a
     residual branch with probability ``p``, per sample (``mode='row'``) or for the whole batch
     (``'batch'``), scaling the rest by ``1/(1-p)``; the identity in evaluation. Shape
@@ -692,12 +699,6 @@ class StochasticDepth(Layer):
         if not self.p:
             return []
         return [Saved("mask", 1, batched=self.mode == "row")]
-
-    def aliases_input(self) -> bool:
-        return self.p == 0  # the helper returns its input
-
-    def returns_input(self) -> bool:
-        return self.p == 0
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         x = inputs[0]
