@@ -882,12 +882,12 @@ def onnx_disagreements(
     data: bytes, model: Any, graph: Any, conditioned: list[str] | None = None
 ) -> list[str]:
     """Where ONNX Runtime's outputs differ from torch's beyond the export's tolerance, on the
-    inputs ``dlspec export`` verifies with, unless the spec is ill-conditioned in fp32: torch's
-    own fp32 result misses the float64 one by more than the tolerance, or a perturbation of
-    each layer's output by fp32's epsilon moves the float64 result by more (a normalisation
-    over nearly equal values magnifies rounding), and ONNX Runtime's error is of that order
-    (at most :data:`ROUNDING` times it). The two then differ by rounding, not by a mistake,
-    and the spec is appended to ``conditioned``."""
+    inputs ``dlspec export`` verifies with, unless the spec is ill-conditioned in fp32: what
+    rounding does to it (torch's fp32 result against the float64 one, and the float64 result
+    with each layer's output perturbed by fp32's epsilon) is within :data:`ROUNDING` times
+    ONNX Runtime's error, so that rounding alone moves the output by a tenth of the tolerance
+    or more (a normalisation over nearly equal values magnifies it). The two then differ by
+    rounding, not by a mistake, and the spec is appended to ``conditioned``."""
     from dlspec.backends.onnx_export import RTOL, verify_session
     from dlspec.backends.runtime import Session
 
@@ -901,7 +901,7 @@ def onnx_disagreements(
     judged = verify_session(cast(Any, exact), model, graph, rtol=rtol)
     judged += verify_session(cast(Any, shaken), cast(Any, exact), graph, rtol=rtol)
     rounding = max(c.max_abs for c in judged)
-    if not all(c.passed for c in judged) and worst <= ROUNDING * rounding:
+    if worst <= ROUNDING * rounding:
         if conditioned is not None:
             conditioned.append(
                 f"ONNX Runtime {worst:.3g} off torch, rounding moves it {rounding:.3g}"

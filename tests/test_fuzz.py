@@ -114,3 +114,21 @@ def test_an_export_that_computes_something_else_is_a_disagreement() -> None:
     problems = onnx_disagreements(result.data, model, spec.graph, conditioned)
     assert len(problems) == 1 and "ONNX Runtime differs from torch" in problems[0]
     assert conditioned == []
+
+
+# found by fuzzing: a sum of normalised values cancels out; ONNX Runtime's rounding is 1.2
+# times the tolerance, while torch's own rounding stays just under it
+NEAR_THE_TOLERANCE = """
+model Fuzz {
+    input x: float[5, 6]
+    t1 = Upsample(scale_factor=2, mode="linear") <- x
+    t2 = Upsample(scale_factor=2, mode="linear") <- t1
+    t3 = LayerNorm(elementwise_affine=false) <- t2
+    t4 = Flatten <- t3
+    t5 = residual { Sum([0]) } shortcut { Sum([0]) } <- t4
+}
+"""
+
+
+def test_rounding_just_past_the_tolerance_is_not_a_disagreement() -> None:
+    assert failures(NEAR_THE_TOLERANCE) == []
