@@ -469,6 +469,22 @@ NEW_KINDS = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize(("width", "chunks"), [(2, 4), (6, 4), (5, 3), (8, 2)])
+def test_chunk_exports_with_torchscript_even_when_uneven(width: int, chunks: int) -> None:
+    """The generated code splits as torch.chunk does, and an uneven split (fewer pieces than
+    asked, too) exports with TorchScript, not as a sequence ONNX Runtime cannot split."""
+    names = ", ".join(f"p{i}" for i in range(len(torch.zeros(width).chunk(chunks))))
+    text = (
+        f"model C {{ input x: float[5, {width}]  {names} = Chunk({chunks}) <- x  output {names} }}"
+    )
+    spec = dlspec.load_text(text)
+    model = spec.to_torch()
+    x = torch.randn(2, 5, width)
+    assert all(torch.equal(a, b) for a, b in zip(model(x), x.chunk(chunks, -1), strict=True))
+    result = export_onnx(model, spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and all(c.passed for c in result.comparisons)
+
+
 def test_kind_specs_use_every_new_kind() -> None:
     used = {
         leaf.layer.kind
