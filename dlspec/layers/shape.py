@@ -316,14 +316,15 @@ class Chunk(View):
         return slice_of(inputs[0], at, output.sizes[at], 1)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        """``x.chunk(chunks)``; an uneven split as what torch.chunk does, ``x.split`` by the
-        pieces' size, which the ONNX exporters turn into a plain Split (TorchScript exports
-        an uneven chunk as a sequence ONNX Runtime cannot split at other batch sizes)."""
+        """``x.chunk(chunks)``; an uneven split as what torch.chunk does, ``x.split`` into
+        the pieces' sizes, which the ONNX exporters turn into a plain Split (TorchScript
+        exports an uneven chunk as a sequence ONNX Runtime cannot split at other batch
+        sizes, and a split by one size wrongly where it does not know the input's)."""
         sizes, _ = self._sizes(inputs[0])
         dim = torch_dim(self.dim)
         if len(set(sizes)) == 1 and len(sizes) == self.chunks:
             return TorchCall(None, forward=f"{{x}}.chunk({self.chunks}, dim={dim})")
-        return TorchCall(None, forward=f"{{x}}.split({sizes[0]}, dim={dim})")
+        return TorchCall(None, forward=f"{{x}}.split([{', '.join(map(str, sizes))}], dim={dim})")
 
     def label(self) -> str:
         dim = "" if self.dim == -1 else f", dim={self.dim}"
