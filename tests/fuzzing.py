@@ -761,7 +761,7 @@ def memory_disagreements(spec: Any, batches: tuple[int, ...] = (2, 3)) -> list[s
     rule counts a padding at its largest (oneDNN's LSTM workspace, aligned to pages) may be
     above by at most its ``saved_slack``."""
     import torch
-    from saved_oracle import saved_bytes
+    from saved_oracle import batch_inputs, saved_bytes
 
     from dlspec.analysis.memory import activations, total
     from dlspec.layers.symbolic import value_at
@@ -771,12 +771,7 @@ def memory_disagreements(spec: Any, batches: tuple[int, ...] = (2, 3)) -> list[s
     for batch in batches:
         torch.manual_seed(0)
         model = spec.to_torch()
-        inputs = [
-            torch.randint(0, 2, (batch, *i.shape_value))
-            if i.dtype == "long"
-            else torch.randn(batch, *i.shape_value, requires_grad=True)
-            for i in spec.report.inputs
-        ]
+        inputs = batch_inputs(spec, batch)
         measured = saved_bytes(model, lambda m=model, xs=inputs: m(*xs))
         estimate = value_at(total(activations(spec.graph)), {**spec.graph.bindings, "B": batch})
         if not 0 <= estimate - measured <= slack:

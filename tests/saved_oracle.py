@@ -39,3 +39,14 @@ def saved_bytes(module: torch.nn.Module | None, run: Callable[[], Any]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run()
     return sum(s.nbytes() for s in storages.values())
+
+
+def batch_inputs(spec: Any, batch: int) -> list[torch.Tensor]:
+    """Random inputs for ``spec`` (a ``dlspec.Spec``) at ``batch``: token ids, or floats
+    that need a gradient."""
+    return [
+        torch.randint(0, 2, (batch, *i.shape_value))
+        if i.dtype == "long"
+        else torch.randn(batch, *i.shape_value, requires_grad=True)
+        for i in spec.report.inputs
+    ]

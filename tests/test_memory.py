@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, SPECS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from saved_oracle import saved_bytes
+from saved_oracle import batch_inputs, saved_bytes
 from test_ir import random_specs
 from test_layers_oracle import EXAMPLES as LAYER_EXAMPLES
 from test_layers_oracle import build, forward, make
@@ -155,16 +155,6 @@ def resized(path: str, settings: dict[str, Any]) -> dlspec.Spec:
     """The spec at ``path`` with ``settings``, without its claim of its full parameter count."""
     text = re.sub(r"(?m)^\s*expect total params.*$", "", (ROOT / path).read_text())
     return dlspec.load_text(text, path, **settings)
-
-
-def batch_inputs(spec: dlspec.Spec, batch: int) -> list[torch.Tensor]:
-    """Random inputs for ``spec`` at ``batch`` (token ids, or floats that need a gradient)."""
-    return [
-        torch.randint(0, 4, (batch, *i.shape_value))
-        if i.dtype == "long"
-        else torch.randn(batch, *i.shape_value, requires_grad=True)
-        for i in spec.report.inputs
-    ]
 
 
 def _spec_cases() -> list[tuple[str, int, dict[str, Any]]]:

@@ -34,9 +34,7 @@ from dlspec.layers.layout import (
     as_rows,
     contiguous,
     elementwise,
-    is_contiguous,
     is_dense,
-    permute,
 )
 from dlspec.layers.symbolic import Dim, Poly, product, value_at
 from dlspec.syntax.parser import parse_number
@@ -185,14 +183,14 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
     """One output of ``layer``: a view of its first input, or a tensor of its own."""
     if layer.returns_input():
         return inputs[0]
-    types = [t.type for t in step.inputs]
     layout = layer.layout([ref.layout for ref in inputs], flow.laid_out(output))
-    if layer.aliases_input() and not layout.copied:
+    if layout.copied:  # a view torch could not make: a tensor of its own
+        return Ref(
+            flow.new(product(output.shape)), replace(layout, copied=False), flow.new_object()
+        )
+    if layer.aliases_input():
         return Ref(inputs[0].storage, layout, flow.new_object())
-    storage = product(output.shape)
-    if not layout.copied:
-        storage = layer.output_storage(types, output)
-    layout = replace(layout, copied=False) if layout.copied else layout
+    storage = layer.output_storage([t.type for t in step.inputs], output)
     return Ref(flow.new(storage), layout, flow.new_object())
 
 
@@ -223,12 +221,7 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
         total: Dim = 0
         keys = []
         types = [t.type for t in step.inputs]
-        layer = step.layer
-        if type(layer).saves_given is Layer.saves_given:  # the kind's rule needs no more
-            kept = layer.saves(types, step.output.type)
-        else:
-            kept = layer.saves_given(types, step.output.type, _given(applied.reads))
-        for saved in kept:
+        for saved in step.layer.saves_given(types, step.output.type, _given(applied.reads)):
             key = _identity(saved, applied, index)
             if key not in seen:
                 seen.add(key)
@@ -285,26 +278,10 @@ def checkpoint_parts(
 
 
 def _given(reads: list[Ref]) -> Given:
-    """What a layer's inputs are beyond their types: which are one tensor object given again
-    (a view is another object, though of the same storage), and which
-    lie time-major (transposed to ``(T, B, ...)`` they are contiguous, as attention's output
-    is, or a sequence of one step), and which have their last dimension's elements adjacent."""
+    """Which of a layer's inputs are one tensor object given again (a view is another
+    object, though of the same storage), and where each lies."""
     objects = [ref.obj for ref in reads]
-    first = tuple(objects.index(obj) for obj in objects)
-    transposed = [_time_major(ref.layout) for ref in reads]
-    return Given(
-        first,
-        tuple(x is not None and is_contiguous(x) for x in transposed),
-        tuple(x is not None and as_rows(x) for x in transposed),
-        tuple(ref.layout.strides[-1] == 1 for ref in reads),
-        tuple(ref.layout for ref in reads),
-    )
-
-
-def _time_major(x: Layout) -> Layout | None:
-    """A sequence ``(B, T, ...)`` transposed to ``(T, B, ...)``; None for other tensors."""
-    rank = len(x.sizes)
-    return permute(x, (1, 0, *range(2, rank))) if rank >= 3 else None
+    return Given(tuple(objects.index(obj) for obj in objects), tuple(r.layout for r in reads))
 
 
 def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:

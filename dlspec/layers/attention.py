@@ -44,10 +44,10 @@ from dlspec.layers.base import (
 from dlspec.layers.dense import Linear
 from dlspec.layers.layout import (
     Layout,
-    contiguous,
     empty_like,
     permute,
     reshape,
+    time_major,
     view_strides,
 )
 from dlspec.layers.norm import LayerNorm
@@ -145,6 +145,10 @@ def _heads_fold(x: Layout | None, heads: int) -> bool:
     batch, steps, width = x.sizes
     split = permute(reshape(x, (batch, steps, heads, width // heads)), (0, 2, 1, 3))
     return view_strides(split, (batch * heads, steps, width // heads)) is not None
+
+
+def _width(t: TensorType) -> int:
+    return concrete(t.shape[1], "d_model")
 
 
 def _sequence(x: TensorType, kind: str) -> None:
@@ -279,8 +283,7 @@ class MultiheadAttention(Layer):
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """torch computes batch-first attention time-major and returns a transposed view."""
-        batch, steps, width = output.sizes
-        return permute(contiguous((steps, batch, width)), (1, 0, 2))
+        return time_major(output.sizes)
 
     def label(self) -> str:
         causal = ", causal" if self.causal else ""
@@ -423,16 +426,23 @@ class _TransformerBase(Layer):
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return self.saves_given(inputs, output, Given.plain(len(inputs)))
 
-    def _encoder_saved(
+    def _self_attention_saved(
         self, prefix: str, x: str, t: TensorType, in_place: frozenset[str]
     ) -> tuple[list[Saved], str]:
-        """One encoder layer reading ``x``; ``in_place``: the tensors stored time-major."""
-        rows, width = t.shape[0], concrete(t.shape[1], "d_model")
+        """A layer's first sub-block, self-attention over ``x`` with its residual; returns
+        the tensor it hands on."""
         reads = (self._reads(prefix, x, 1),)
         attn = attention_saved(
             f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads, in_place
         )
-        first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
+        return self._residual_saved(prefix, x, attn, t.shape[0], _width(t), 1)
+
+    def _encoder_saved(
+        self, prefix: str, x: str, t: TensorType, in_place: frozenset[str]
+    ) -> tuple[list[Saved], str]:
+        """One encoder layer reading ``x``; ``in_place``: the tensors stored time-major."""
+        rows, width = t.shape[0], _width(t)
+        first, x1 = self._self_attention_saved(prefix, x, t, in_place)
         ff = self._feedforward_saved(prefix, f"{prefix}.ff_in", rows, width)
         second, out = self._residual_saved(prefix, x1, ff, rows, width, 2)
         return [*first, *second], out
@@ -447,12 +457,8 @@ class _TransformerBase(Layer):
         in_place: frozenset[str],
     ) -> tuple[list[Saved], str]:
         """One decoder layer reading ``x`` and the memory, the tensor named ``source``."""
-        rows, width = t.shape[0], concrete(t.shape[1], "d_model")
-        reads = (self._reads(prefix, x, 1),)
-        attn = attention_saved(
-            f"{prefix}.self_attn", t, [], self.nhead, self.dropout, reads, in_place
-        )
-        first, x1 = self._residual_saved(prefix, x, attn, rows, width, 1)
+        rows, width = t.shape[0], _width(t)
+        first, x1 = self._self_attention_saved(prefix, x, t, in_place)
         both = (self._reads(prefix, x1, 2), source)
         cross = attention_saved(
             f"{prefix}.cross_attn", t, [memory], self.nhead, self.dropout, both, in_place
@@ -893,7 +899,7 @@ class SDPA(Layer):
         kv, head, value_head = self._heads(inputs)
         t, s = inputs[0].shape[0], inputs[1].shape[0]
         h = self.num_heads
-        if self._flash(head, value_head, given.unit_stride):
+        if self._flash(head, value_head, all(given.unit_stride(i) for i in range(3))):
             if kv == h:
                 keys = [saved_input(inputs, 1), saved_input(inputs, 2)]
             else:
@@ -911,9 +917,10 @@ class SDPA(Layer):
             *(Saved(what, h * t * s) for what in probabilities),
         ]
 
-    def _flash(self, head: int, value_head: int, unit_stride: tuple[bool, ...]) -> bool:
-        """Whether CPU torch runs flash attention (else the plain math)."""
-        return not self.dropout and head == value_head and all(unit_stride)
+    def _flash(self, head: int, value_head: int, unit_stride: bool) -> bool:
+        """Whether CPU torch runs flash attention (else the plain math): ``unit_stride``,
+        every input's features adjacent in memory."""
+        return not self.dropout and head == value_head and unit_stride
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
@@ -921,7 +928,7 @@ class SDPA(Layer):
         query, _, value = inputs
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
-        unit = tuple(x.strides[-1] == 1 for x in inputs)
+        unit = all(x.strides[-1] == 1 for x in inputs)
         return empty_like(query) if self._flash(head, value_head, unit) else output
 
     def label(self) -> str:

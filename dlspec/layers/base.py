@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from dlspec.layers.layout import Layout, reshape
+from dlspec.layers.layout import Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
 Family = Literal[
@@ -175,30 +175,38 @@ def saved_output(output: TensorType) -> Saved:
 @dataclass(frozen=True)
 class Given:
     """What the analysis knows of a layer's inputs beyond their types: ``first[i]``, the
-    index of the first input that is the same tensor as input ``i`` (``i`` when no earlier
-    one is); ``time_major[i]``, whether input ``i`` lies time-major (a batch-first view of a
-    contiguous ``(T, B, ...)`` tensor, as attention returns, see :meth:`Layer.layout`);
-    ``rows[i]``, whether, transposed to ``(T, B, ...)``, it reads as rows of its last
-    dimension in place (time-major, or a slice of features of such a tensor);
-    ``unit_stride[i]``, whether its last dimension's elements are adjacent in memory (not so
-    in a slice across it, as ``Select`` of a feature makes); ``layouts``, where each lies
-    (empty when unknown: contiguous)."""
+    index of the first input that is the same tensor object as input ``i`` (``i`` when no
+    earlier one is), and ``layouts``, where each lies (empty when unknown: contiguous)."""
 
     first: tuple[int, ...]
-    time_major: tuple[bool, ...]
-    rows: tuple[bool, ...]
-    unit_stride: tuple[bool, ...]
     layouts: tuple[Layout, ...] = ()
 
     @staticmethod
     def plain(count: int) -> Given:
         """``count`` distinct contiguous inputs."""
-        return Given(tuple(range(count)), (False,) * count, (False,) * count, (True,) * count)
+        return Given(tuple(range(count)))
+
+    def time_major(self, i: int) -> bool:
+        """Input ``i`` lies time-major: a batch-first view of a contiguous ``(T, B, ...)``
+        tensor, as attention returns (see :meth:`Layer.layout`)."""
+        x = to_time_major(self.layouts[i]) if self.layouts else None
+        return x is not None and is_contiguous(x)
+
+    def rows(self, i: int) -> bool:
+        """Input ``i``, transposed to ``(T, B, ...)``, reads as rows of its last dimension in
+        place (time-major, or a slice of features of such a tensor)."""
+        x = to_time_major(self.layouts[i]) if self.layouts else None
+        return x is not None and as_rows(x)
+
+    def unit_stride(self, i: int) -> bool:
+        """Input ``i``'s last dimension has its elements adjacent in memory (not so in a
+        slice across it, as ``Select`` of a feature makes)."""
+        return not self.layouts or self.layouts[i].strides[-1] == 1
 
     def in_place(self) -> frozenset[str]:
         """The inputs a time-major kernel reads in place, by their names in :class:`Saved`
         (``input0``...): its transpose to time-major order reads as rows without a copy."""
-        return frozenset(f"input{i}" for i, rows in enumerate(self.rows) if rows)
+        return frozenset(f"input{i}" for i in range(len(self.layouts)) if self.rows(i))
 
 
 class Layer(BaseModel):

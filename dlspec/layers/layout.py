@@ -173,6 +173,18 @@ def reshape(x: Layout, sizes: Sequence[int]) -> Layout:
     return Layout(tuple(sizes), strides, x.copied)
 
 
+def time_major(sizes: Sequence[int]) -> Layout:
+    """A batch-first sequence ``(B, T, ...)`` that torch computed time-major and returns as
+    a transposed view (batch-first attention and recurrent layers)."""
+    return permute(contiguous((sizes[1], sizes[0], *sizes[2:])), (1, 0, *range(2, len(sizes))))
+
+
+def to_time_major(x: Layout) -> Layout | None:
+    """A sequence ``(B, T, ...)`` transposed to ``(T, B, ...)``; None for other tensors."""
+    rank = len(x.sizes)
+    return permute(x, (1, 0, *range(2, rank))) if rank >= 3 else None
+
+
 def as_rows(x: Layout) -> bool:
     """Whether ``x.reshape(-1, x.shape[-1])`` is a view (a matrix product reads a Linear's
     input so; a copy otherwise)."""

@@ -45,7 +45,7 @@ from dlspec.layers.base import (
     register,
     saved_input,
 )
-from dlspec.layers.layout import Layout, contiguous, permute
+from dlspec.layers.layout import Layout, time_major
 from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -200,10 +200,7 @@ class _Recurrent(Layer):
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """torch runs batch-first layers time-major: the sequence it returns is a transposed
         view (the last step and the states are rows of their own)."""
-        if self.returns != "sequence":
-            return output
-        batch, steps, width = output.sizes
-        return permute(contiguous((steps, batch, width)), (1, 0, 2))
+        return time_major(output.sizes) if self.returns == "sequence" else output
 
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
         """``returns="last"`` views the last step of the output sequence; ``"hidden"`` views
@@ -218,7 +215,7 @@ class _Recurrent(Layer):
     def _in_order(self, given: Given) -> bool:
         """Whether the first layer reads the input in place: its time-major transpose reads
         as rows (a view, perhaps of a larger storage, which it then keeps)."""
-        return given.rows[0]
+        return given.rows(0)
 
     def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
         """Copies of a layer's input sequence kept: each direction copies the first layer's
@@ -303,7 +300,7 @@ class LSTM(_Recurrent):
     def _in_order(self, given: Given) -> bool:
         """oneDNN reads only a contiguous time-major input in place (the native path, with
         projections, reads rows as the other kinds do)."""
-        return given.rows[0] if self.proj_size else given.time_major[0]
+        return given.rows(0) if self.proj_size else given.time_major(0)
 
     def _layer_inputs(self, layer: int, dirs: int, in_order: bool) -> int:
         if self.proj_size:
