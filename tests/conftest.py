@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import configuration, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.dl"))
 REGEN = os.environ.get("DLSPEC_REGEN_GOLDEN") == "1"
+
+# property tests keep no example database in the working directory, and Hypothesis's caches
+# go to a temporary directory (tests write only under temporary directories)
+settings.register_profile("dlspec", database=None)
+settings.load_profile("dlspec")
+_HYPOTHESIS_HOME = Path(tempfile.mkdtemp(prefix="dlspec-hypothesis-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configuration.set_hypothesis_home_dir(_HYPOTHESIS_HOME)  # before collection caches
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
 
 
 def assert_golden(path: Path, actual: str) -> None:
