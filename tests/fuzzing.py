@@ -757,9 +757,9 @@ def mac_disagreements(spec: Any, model: Any) -> list[str]:
 
 def memory_disagreements(spec: Any, batches: tuple[int, ...] = (2, 3)) -> list[str]:
     """Where the activation memory of the analysis differs from the bytes autograd saves in a
-    training-mode forward pass of a fresh module (fp32): exactly, except that a layer whose
-    rule counts a padding at its largest (oneDNN's LSTM workspace, aligned to pages) may be
-    above by at most its ``saved_slack``."""
+    training-mode forward pass of a fresh module (fp32), at each of ``batches``: exactly,
+    except that a layer whose rule counts a padding at its largest (oneDNN's LSTM workspace,
+    aligned to pages) may be above by at most its ``saved_slack``."""
     import torch
     from saved_oracle import batch_inputs, saved_bytes
 
@@ -767,13 +767,14 @@ def memory_disagreements(spec: Any, batches: tuple[int, ...] = (2, 3)) -> list[s
     from dlspec.layers.symbolic import value_at
 
     slack = sum(leaf.layer.saved_slack() for leaf in spec.graph.leaves())
+    formula = total(activations(spec.graph))  # in the batch size B
+    torch.manual_seed(0)
+    model = spec.to_torch()
     problems = []
     for batch in batches:
-        torch.manual_seed(0)
-        model = spec.to_torch()
         inputs = batch_inputs(spec, batch)
-        measured = saved_bytes(model, lambda m=model, xs=inputs: m(*xs))
-        estimate = value_at(total(activations(spec.graph)), {**spec.graph.bindings, "B": batch})
+        measured = saved_bytes(model, lambda xs=inputs: model(*xs))
+        estimate = value_at(formula, {**spec.graph.bindings, "B": batch})
         if not 0 <= estimate - measured <= slack:
             allowed = f" (up to {slack:,} B above it allowed)" if slack else ""
             problems.append(
