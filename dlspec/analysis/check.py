@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlspec.analysis.graph import ModelGraph
@@ -26,6 +26,8 @@ class Checked:
     source: Source | None
     graph: ModelGraph | None
     report: Report
+    overrides: dict[str, str] = field(default_factory=dict)  # the --set values
+    model: str | None = None  # the model asked for, when the file defines several
 
     @property
     def ok(self) -> bool:
@@ -78,7 +80,20 @@ def _check(
             diagnostics = diagnostics + lint(graph)
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
-    return Checked(path, source, graph if report.ok else None, report)
+    return Checked(path, source, graph if report.ok else None, report, dict(overrides or {}), model)
+
+
+def program_graph(
+    text: str, overrides: dict[str, str] | None = None, model: str | None = None
+) -> ModelGraph:
+    """The graph of spec text that checks without errors, analyzed as a program: every number
+    derived from a parameter keeps the expression that computed it, which code generation
+    translates (:mod:`dlspec.analysis.provenance`). Raises ValueError on errors."""
+    spec, _ = parse(text)
+    graph = None if spec is None else Analyzer(spec, overrides, program=True).run(model)
+    if graph is None:
+        raise ValueError("the spec has errors: run dlspec check")
+    return graph
 
 
 def _refused(source: Source, diagnostics: list[Diagnostic], batch: int) -> Checked:

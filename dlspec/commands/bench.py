@@ -189,10 +189,10 @@ def _from_spec(args: argparse.Namespace) -> tuple[nn.Module, bytes] | int:
         return code
     import torch
 
-    from dlspec.api import Spec
+    from dlspec.api import spec_of
     from dlspec.backends.onnx_export import ExportError, export_onnx
 
-    spec = Spec(checked.path, checked.source.text, checked.graph, checked.report)
+    spec = spec_of(checked)
     torch.manual_seed(0)
     model = spec.to_torch().eval()
     try:

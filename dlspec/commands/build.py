@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dlspec.analysis.check import Checked
 from dlspec.analysis.report import Report
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
-from dlspec.api import Spec
+from dlspec.api import Spec, spec_of
 from dlspec.commands.common import (
     add_run_arguments,
     add_spec_arguments,
@@ -248,7 +248,7 @@ def _check(args: argparse.Namespace) -> tuple[Spec, TrainConfig] | int:
             return code or 1
         graph = checked.graph
     assert checked.source is not None  # a spec that checked has its text
-    return Spec(checked.path, checked.source.text, graph, checked.report), config
+    return spec_of(checked), config
 
 
 def _build(args: argparse.Namespace, spec: Spec, config: TrainConfig) -> int:

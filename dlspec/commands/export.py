@@ -219,9 +219,9 @@ def run(args: argparse.Namespace) -> int:
         return code or 1
     if code := refuse_memory(checked, args, VERIFY_BATCH):
         return code
-    from dlspec.api import Spec
+    from dlspec.api import spec_of
 
-    spec = Spec(checked.path, source.text, graph, checked.report)
+    spec = spec_of(checked)
     out: Path = args.out or Path(Path(args.spec).stem + ".onnx")
     problem = _writable(out)
     if problem:
