@@ -777,10 +777,10 @@ class Analyzer:
         ranks = [(n, len(t.type.shape)) for n, t in zip(names, inputs, strict=True)]
         sizes: dict[str, Any] = {}
         reads = []
-        for label, given, size_names in zip(
+        for label, tensor, size_names in zip(
             names, inputs, provenance.size_names(ranks, taken), strict=True
         ):
-            reads.append(Tensor(label, _fresh_type(given.type, size_names, sizes, self.program)))
+            reads.append(Tensor(label, _fresh_type(tensor.type, size_names, sizes, self.program)))
         if self.program:
             inner = Scope.reading(path, {k: provenance.fresh(v, k) for k, v in env.items()}, reads)
         else:
