@@ -235,7 +235,7 @@ def test_fmt_command_check_rewrite_and_stdin(
     assert bad.read_text() == MESSY_FORMATTED
     assert main(["fmt", "--check", str(good), str(bad)]) == 0
 
-    monkeypatch.setattr("sys.stdin", io.StringIO(MESSY))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(MESSY.encode())))
     assert main(["fmt", "-"]) == 0
     assert capsys.readouterr().out == MESSY_FORMATTED
 

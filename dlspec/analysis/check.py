@@ -15,7 +15,7 @@ from dlspec.analysis.lints import lint
 from dlspec.analysis.report import Report, build_report
 from dlspec.diagnostics import Diagnostic
 from dlspec.syntax.parser import parse
-from dlspec.syntax.source import Source, read_source
+from dlspec.syntax.source import Source, read_source, read_stdin
 
 
 @dataclass
@@ -93,9 +93,12 @@ def check_file(
     model: str | None = None,
     limits: Limits | None = None,
 ) -> Checked:
-    """:func:`check_text` for the spec file at ``path`` (E001-E004 when it cannot be read)."""
-    source, problem = read_source(path)
+    """:func:`check_text` for the spec file at ``path`` (E001-E004 when it cannot be read);
+    ``-`` is standard input, named ``<stdin>``."""
+    stdin = str(path) == "-"
+    name = "<stdin>" if stdin else str(path)
+    source, problem = read_stdin() if stdin else read_source(path)
     if source is None:
         assert problem is not None
-        return Checked(str(path), None, None, build_report(str(path), None, [problem], batch))
-    return check_text(source.text, str(path), overrides, batch, model, limits)
+        return Checked(name, None, None, build_report(name, None, [problem], batch))
+    return check_text(source.text, name, overrides, batch, model, limits)

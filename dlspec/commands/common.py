@@ -11,7 +11,7 @@ from typing import TextIO
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
-from dlspec.syntax.source import read_source
+from dlspec.syntax.source import read_source, read_stdin
 from dlspec.terminal import printable
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
@@ -193,8 +193,5 @@ def spec_sources(paths: Iterable[str]) -> Iterator[tuple[str, str | None, Diagno
     """Each path with its text, or with the diagnostic that says why it cannot be read;
     ``-`` is standard input."""
     for path in paths:
-        if path == "-":
-            yield path, sys.stdin.read(), None
-            continue
-        source, problem = read_source(path)
+        source, problem = read_stdin() if path == "-" else read_source(path)
         yield path, source.text if source else None, problem

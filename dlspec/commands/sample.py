@@ -147,6 +147,7 @@ def _draw(args: argparse.Namespace) -> int:
     """Images from a diffusion model (run directory or .onnx file) to ``args.out``."""
     import time
 
+    from dlspec.files import OutputError, output_path
     from dlspec.train.diffusion.grid import save_images
     from dlspec.train.diffusion.prompts import PromptError
     from dlspec.train.diffusion.run import load_diffusion
@@ -158,8 +159,10 @@ def _draw(args: argparse.Namespace) -> int:
     if out is None or out.suffix not in (".png", ".npz"):
         given = "" if out is None else f" (got {out})"
         return _usage(f"a diffusion model draws images: give --out FILE.png or FILE.npz{given}")
-    if not out.parent.is_dir():
-        return _usage(f"--out {out}: no directory {out.parent}")
+    try:
+        output_path(out, inputs={"the model": args.run_dir})
+    except OutputError as exc:
+        return _usage(str(exc))
     try:
         device = str(select_device(args.device))
     except TrainError as exc:
