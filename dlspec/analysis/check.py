@@ -14,6 +14,7 @@ from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
 from dlspec.analysis.report import Report, build_report
 from dlspec.diagnostics import Diagnostic
+from dlspec.syntax.bounds import literal_problem
 from dlspec.syntax.parser import parse
 from dlspec.syntax.source import Source, read_source, read_stdin
 
@@ -65,6 +66,8 @@ def _check(
     limits: Limits,
 ) -> Checked:
     path, text = source.path, source.text
+    if problems := _override_problems(overrides or {}):
+        return _refused(source, problems, batch)
     spec, diagnostics = parse(text)
     graph = None
     if spec is not None:
@@ -73,12 +76,35 @@ def _check(
             graph = analyzer.run(model)
         except BudgetExceeded as exc:  # stop expanding: the rest would only cost time
             return _refused(source, [*analyzer.diagnostics, exc.diagnostic], batch)
+        except RecursionError:  # blocks calling blocks, hundreds deep: the stack ran out
+            deep = Diagnostic.at(
+                "E602",
+                "block calls nest too deeply to analyse (hundreds of blocks, each calling the "
+                "next)",
+                None,
+                ["flatten the chain: a block may repeat a layer or call one block many times"],
+            )
+            return _refused(source, [*analyzer.diagnostics, deep], batch)
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
     return Checked(path, source, graph if report.ok else None, report)
+
+
+def _override_problems(overrides: dict[str, str]) -> list[Diagnostic]:
+    """E211 for each ``--set`` number that no spec could write as a literal (thousands of
+    digits, beyond 64 bits, a float overflowing to infinity): bounded as literals are."""
+    problems = []
+    for name, value in overrides.items():
+        try:
+            problem = literal_problem(value.strip())
+        except ValueError:
+            continue  # not a number: the analysis checks it against the parameter's type
+        if problem is not None:
+            problems.append(Diagnostic.at("E211", f"--set {name}={value}: {problem}", None))
+    return problems
 
 
 def _refused(source: Source, diagnostics: list[Diagnostic], batch: int) -> Checked:

@@ -24,9 +24,9 @@ from dlspec.commands.common import (
     load_spec,
     positive_int,
     refuse_memory,
+    seed,
     set_pair,
     use_threads,
-    whole_number,
 )
 from dlspec.commands.output import Output, add_output_arguments
 from dlspec.files import (
@@ -76,8 +76,8 @@ def _count(text: str) -> str:
 
 
 def _seed(text: str) -> str:
-    """A --seed value: a whole number >= 0, kept as text for the config."""
-    return str(whole_number(text))
+    """A --seed value, kept as text for the config."""
+    return str(seed(text))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

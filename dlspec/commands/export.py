@@ -32,6 +32,7 @@ from dlspec.commands.common import (
     add_spec_arguments,
     load_spec,
     refuse_memory,
+    seed,
     use_threads,
 )
 from dlspec.commands.output import Output, add_output_arguments
@@ -97,7 +98,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "torchscript or dynamo",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random weights (without --weights)"
+        "--seed", type=seed, default=0, help="seed of the random weights (without --weights)"
     )
     add_output_arguments(parser, "the export and its verification, one object", "errors")
     add_run_arguments(parser)  # where ONNX Runtime verifies
