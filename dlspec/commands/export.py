@@ -174,11 +174,12 @@ def _checkpoint_overrides(args: argparse.Namespace, params: dict[str, Any]) -> l
     """``--set`` pairs for the model parameters the --weights checkpoint was trained with,
     where they differ from the spec's and the command line sets none (a language model's
     ``vocab``, say, which `dlspec build` took from its data)."""
+    from dlspec.records import RecordError, run_info
     from dlspec.train.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        saved = load_checkpoint(args.weights, None).info.get("params") or {}
-    except CheckpointError:
+        saved = run_info(load_checkpoint(args.weights, None).info, str(args.weights)).params
+    except (CheckpointError, RecordError):
         return []  # _load_weights says what is wrong with it
     given = dict(args.overrides)
     return [
