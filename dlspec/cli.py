@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from dlspec import __version__
@@ -54,29 +54,35 @@ def report_internal_error(argv: Sequence[str], error: BaseException) -> Path | N
     return log
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser(names: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The command line's parser, with the commands ``names`` (their modules imported)."""
     parser = argparse.ArgumentParser(
         prog="dlspec",
         description="Describe, check, train, export and draw neural networks from a spec.",
     )
     parser.add_argument("--version", action="version", version=f"dlspec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
-        argv = [*argv[1:2], "--help"]
-    chosen = [a for a in argv if a in COMMANDS][:1]  # import only the command that runs
-    for name in chosen or COMMANDS:
+    for name in names:
         module = importlib.import_module(COMMANDS[name])
         command = sub.add_parser(
             name, help=module.__doc__.splitlines()[0] if module.__doc__ else ""
         )
         module.configure(command)
         command.set_defaults(run=module.run)
+    if set(names) == set(COMMANDS):  # the full list, for --help
+        sub.add_parser("help", help="show a command's options: dlspec help COMMAND")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
+        argv = [*argv[1:2], "--help"]
+    chosen = [a for a in argv if a in COMMANDS][:1]  # import only the command that runs
+    parser = build_parser(chosen or COMMANDS)
     for stream in (sys.stdout, sys.stderr):  # never fail on undecodable names from argv
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
-    if not chosen:
-        sub.add_parser("help", help="show a command's options: dlspec help COMMAND")
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given, for a command that starts itself again
     try:

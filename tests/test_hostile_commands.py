@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,63 @@ def test_checkpoint_info_of_the_wrong_type_is_a_message(
     save_checkpoint(run / "checkpoint.pt", Checkpoint("0" * 64, 1, {}, {}, [], {}, info=info))
     code, err = cli(capsys, "sample", run)
     assert code == 1 and "the checkpoint's info params: Input should be a valid dictionary" in err
+
+
+# the language server -----------------------------------------------------------------------
+
+
+def test_the_language_server_drops_malformed_frames_and_stays_responsive(tmp_path: Path) -> None:
+    from fuzz_surfaces import RawServer, initialize
+
+    server = RawServer(tmp_path)
+    try:
+        assert initialize(server) is not None
+        body = b'{"jsonrpc": "2.0", "id": 99, "method": "shutdown"}'
+        for header in (b"abc", b"5", b"1000000000000"):
+            server.send_bytes(b"Content-Length: " + header + b"\r\n\r\n" + body)
+        spec = tmp_path / "small.dl"
+        spec.write_text(SPEC)
+        uri = spec.as_uri()
+        hover = {"textDocument": {"uri": uri}, "position": {"line": 2, "character": 4}}
+        assert server.request("textDocument/hover", hover, limit=30) == {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "result": None,  # never opened: not read from disk
+        }
+    finally:
+        assert server.close() == 0
+    dropped = [line for line in server.log if "dropped a message" in line]
+    assert len(dropped) == 3, server.log  # the client is told why, in log messages
+    assert "Content-Length of 'abc'" in dropped[0] and "not JSON" in dropped[1]
+    assert "1,000,000,000,000 bytes; the limit is 8,388,608" in dropped[2]
+    assert b"Traceback" not in server.stderr
+
+
+def test_the_language_server_reads_no_unopened_file_and_bounds_documents(tmp_path: Path) -> None:
+    from fuzz_surfaces import RawServer, initialize
+
+    fifo = tmp_path / "spec.dl"
+    os.mkfifo(fifo)  # reading it would block the server for ever
+    server = RawServer(tmp_path)
+    try:
+        initialize(server)
+        for uri in (fifo.as_uri(), "file:///dev/zero"):
+            server.notify("textDocument/didSave", {"textDocument": {"uri": uri}})
+            hover = {"textDocument": {"uri": uri}, "position": {"line": 0, "character": 0}}
+            reply = server.request("textDocument/hover", hover, limit=30)
+            assert reply is not None and reply["result"] is None
+        big = tmp_path / "big.dl"
+        text = SPEC + "# " + "x" * (2 * 1024 * 1024) + "\n"
+        item = {"uri": big.as_uri(), "languageId": "dlspec", "version": 1, "text": text}
+        server.notify("textDocument/didOpen", {"textDocument": item})
+        deadline = time.monotonic() + 30
+        published = None
+        while published is None and time.monotonic() < deadline:
+            message = server.replies.get(timeout=30)
+            if message.get("method") == "textDocument/publishDiagnostics":
+                published = message["params"]
+        assert published is not None and published["uri"] == big.as_uri()
+        (diagnostic,) = published["diagnostics"]
+        assert diagnostic["code"] == "E004" and "over 1,048,576 characters" in diagnostic["message"]
+    finally:
+        assert server.close() == 0

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -229,7 +230,22 @@ def dropped(ls: LanguageServer, params: Any) -> None:
     )
 
 
+class _FirstLine(logging.Formatter):
+    """pygls's log records on stderr, a line each: the message's first line, no traceback
+    (a request with malformed params is answered with an error reply; the log says which)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = record.getMessage().strip().splitlines() or [""]
+        return f"dlspec lsp: {record.levelname.lower()}: {lines[0]}"
+
+
 def serve() -> None:
     """Speak the protocol on stdin/stdout until the client says exit; malformed or oversized
     messages are dropped (:mod:`dlspec.lsp.framing`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FirstLine())
+    handler.setLevel(logging.WARNING)
+    log = logging.getLogger("pygls")
+    log.addHandler(handler)
+    log.propagate = False
     server.start_io(stdin=FramedInput(sys.stdin.buffer))  # type: ignore[arg-type]
