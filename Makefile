@@ -62,10 +62,15 @@ bench: $(RUNTIME)
 
 # Differential fuzzing: random valid specs, the analysis against torch and ONNX Runtime.
 # FUZZ_COUNT specs from FUZZ_SEED; a disagreement prints its seed and the shrunk spec.
+# Then hostile fuzzing: FUZZ_CLI random invocations of every command and FUZZ_LSP random
+# message sequences to the language server (no crash, hang, traceback or stray write).
 FUZZ_COUNT ?= 10000
+FUZZ_CLI   ?= 2000
+FUZZ_LSP   ?= 2000
 FUZZ_SEED  ?= 0
 fuzz: $(DEV)
 	$(BIN)/python tests/fuzzing.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)
+	$(BIN)/python tests/fuzz_surfaces.py --cli $(FUZZ_CLI) --lsp $(FUZZ_LSP) --seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

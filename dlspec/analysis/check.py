@@ -14,8 +14,9 @@ from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
 from dlspec.analysis.report import Report, build_report
 from dlspec.diagnostics import Diagnostic
+from dlspec.syntax.bounds import literal_problem
 from dlspec.syntax.parser import parse
-from dlspec.syntax.source import Source, read_source
+from dlspec.syntax.source import Source, read_source, read_stdin
 
 
 @dataclass
@@ -67,6 +68,8 @@ def _check(
     limits: Limits,
 ) -> Checked:
     path, text = source.path, source.text
+    if problems := _override_problems(overrides or {}):
+        return _refused(source, problems, batch)
     spec, diagnostics = parse(text)
     graph = None
     if spec is not None:
@@ -75,6 +78,15 @@ def _check(
             graph = analyzer.run(model)
         except BudgetExceeded as exc:  # stop expanding: the rest would only cost time
             return _refused(source, [*analyzer.diagnostics, exc.diagnostic], batch)
+        except RecursionError:  # blocks calling blocks, hundreds deep: the stack ran out
+            deep = Diagnostic.at(
+                "E602",
+                "block calls nest too deeply to analyse (hundreds of blocks, each calling the "
+                "next)",
+                None,
+                ["flatten the chain: a block may repeat a layer or call one block many times"],
+            )
+            return _refused(source, [*analyzer.diagnostics, deep], batch)
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
@@ -96,6 +108,20 @@ def program_graph(
     return graph
 
 
+def _override_problems(overrides: dict[str, str]) -> list[Diagnostic]:
+    """E211 for each ``--set`` number that no spec could write as a literal (thousands of
+    digits, beyond 64 bits, a float overflowing to infinity): bounded as literals are."""
+    problems = []
+    for name, value in overrides.items():
+        try:
+            problem = literal_problem(value.strip())
+        except ValueError:
+            continue  # not a number: the analysis checks it against the parameter's type
+        if problem is not None:
+            problems.append(Diagnostic.at("E211", f"--set {name}={value}: {problem}", None))
+    return problems
+
+
 def _refused(source: Source, diagnostics: list[Diagnostic], batch: int) -> Checked:
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     return Checked(source.path, source, None, build_report(source.path, None, diagnostics, batch))
@@ -108,9 +134,12 @@ def check_file(
     model: str | None = None,
     limits: Limits | None = None,
 ) -> Checked:
-    """:func:`check_text` for the spec file at ``path`` (E001-E004 when it cannot be read)."""
-    source, problem = read_source(path)
+    """:func:`check_text` for the spec file at ``path`` (E001-E004 when it cannot be read);
+    ``-`` is standard input, named ``<stdin>``."""
+    stdin = str(path) == "-"
+    name = "<stdin>" if stdin else str(path)
+    source, problem = read_stdin() if stdin else read_source(path)
     if source is None:
         assert problem is not None
-        return Checked(str(path), None, None, build_report(str(path), None, [problem], batch))
-    return check_text(source.text, str(path), overrides, batch, model, limits)
+        return Checked(name, None, None, build_report(name, None, [problem], batch))
+    return check_text(source.text, name, overrides, batch, model, limits)

@@ -24,12 +24,18 @@ from dlspec.commands.common import (
     load_spec,
     positive_int,
     refuse_memory,
+    seed,
     set_pair,
     use_threads,
-    whole_number,
 )
 from dlspec.commands.output import Output, add_output_arguments
-from dlspec.files import DirectoryLock, LockedError, remove_stale_temporaries
+from dlspec.files import (
+    DirectoryLock,
+    LockedError,
+    OutputError,
+    output_path,
+    remove_stale_temporaries,
+)
 from dlspec.train import launch
 from dlspec.train.run_dir import (
     CHECKPOINT,
@@ -70,8 +76,8 @@ def _count(text: str) -> str:
 
 
 def _seed(text: str) -> str:
-    """A --seed value: a whole number >= 0, kept as text for the config."""
-    return str(whole_number(text))
+    """A --seed value, kept as text for the config."""
+    return str(seed(text))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +215,11 @@ def run(args: argparse.Namespace) -> int:
     if launch.current_worker() is not None:  # one process of a job: the launcher holds the lock
         return _build(args, spec, config)
     out: Path = args.out
+    if out.is_dir():  # the spec, say, is not to be replaced by the model it describes
+        try:
+            output_path(out / MODEL_PY, "--out", {"the spec": args.spec})
+        except OutputError as exc:
+            return _fail(str(exc), 2)
     lock = DirectoryLock(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

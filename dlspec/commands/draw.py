@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dlspec.commands.common import add_spec_arguments, load_spec, positive_int
-from dlspec.files import write_atomic
+from dlspec.files import OutputError, output_path, write_atomic
 
 EXTENSIONS = (".svg", ".png", ".pdf", ".dot")
 EXIT_NO_GRAPHVIZ = 3
@@ -28,7 +28,7 @@ exit codes:
      written beside FILE instead, and the message says how to install Graphviz"""
 
 
-def output_path(text: str) -> Path:
+def out_option(text: str) -> Path:
     """An ``--out`` value: a path whose extension names a format dlspec can write."""
     path = Path(text)
     if path.suffix.lower() not in EXTENSIONS:
@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out",
         "-o",
         metavar="FILE",
-        type=output_path,
+        type=out_option,
         help="the diagram to write: .svg, .png, .pdf or .dot (default: SPEC's name with .svg, "
         "in the current directory)",
     )
@@ -89,6 +89,11 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     )
     source = graphviz_draw.to_dot(checked.graph, options)
     out: Path = args.out or Path(Path(args.spec).stem + ".svg")
+    try:
+        output_path(out, inputs={"the spec": args.spec})
+    except OutputError as exc:
+        print(f"dlspec draw: {exc}", file=sys.stderr)
+        return 2
     fmt = out.suffix.lower().lstrip(".")
     if fmt == "dot":
         return _save(out, source.encode())

@@ -13,18 +13,17 @@ from dlspec.analysis.render import human_bytes, short
 from dlspec.commands.common import (
     add_spec_arguments,
     exit_code,
+    limits_of,
     positive_int,
     print_diagnostics,
+    size_option,
 )
 from dlspec.diagnostics import n
 from dlspec.layers.symbolic import value_at
 
 
 def memory_size(text: str) -> int:
-    try:
-        return memory.parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return size_option(memory.parse_bytes, text)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    checked = check_file(args.spec, dict(args.overrides), model=args.model)
+    checked = check_file(args.spec, dict(args.overrides), model=args.model, limits=limits_of(args))
     graph = checked.graph
     if graph is None:
         print_diagnostics(checked, warnings=False)
@@ -78,6 +77,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.batch is not None and answer.total(args.batch) > args.memory:
+        # with symbolic lengths the plan still answers: how long they may be at this batch
+        shorter = bool(lengths) and all(value for value, _ in lengths.values())
+        print(
+            f"{args.spec}: {'warning' if shorter else 'error'}: batch {n(args.batch)} does not "
+            f"fit in {human_bytes(args.memory)}: it needs {human_bytes(answer.total(args.batch))}"
+            f"; the largest batch that fits is {n(answer.max_batch)}"
+            + (" (shorter lengths fit at this batch: see above)" if shorter else ""),
+            file=sys.stderr,
+        )
+        return 0 if shorter else 1
     return 0
 
 
