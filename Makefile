@@ -6,7 +6,7 @@ CHECKER := $(VENV)/.installed-check
 RUNTIME := $(VENV)/.installed
 DEV     := $(VENV)/.installed-dev
 
-.PHONY: install demo demo-check test lint format docs bench fuzz clean
+.PHONY: install demo demo-check test lint format docs bench bench-smoke fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ docs: $(RUNTIME)
 
 bench: $(RUNTIME)
 	$(BIN)/python bench/check_speed.py
+
+# every script in bench/ at a tiny size, and bench/gpu_check.sh --dry-run (`make test` runs
+# these too, so a bench that breaks fails the tests)
+bench-smoke: $(DEV)
+	$(BIN)/pytest tests/test_bench.py
 
 # Differential fuzzing: random valid specs, the analysis against torch and ONNX Runtime.
 # FUZZ_COUNT specs from FUZZ_SEED; a disagreement prints its seed and the shrunk spec.
