@@ -466,11 +466,10 @@ def _train_in_group(
     with process_group(device) as backend:
         if worker.main and not options.quiet:
             per_process = config.batch_size / worker.world_size
-            how = "sharded (fsdp)" if config.strategy == "fsdp" else "replicated (ddp)"
+            sharded = ", the model sharded (fsdp)" if config.strategy == "fsdp" else ""
             log(
-                f"distributed: {worker.world_size} processes ({backend}), the model {how}; "
-                f"each batch of {config.batch_size} is shared out, {per_process:g} samples per "
-                "process"
+                f"distributed: {worker.world_size} processes ({backend}){sharded}; each batch "
+                f"of {config.batch_size} is shared out, {per_process:g} samples per process"
             )
         return train_model(
             make_model,
