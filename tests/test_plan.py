@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +266,17 @@ def test_expect_train_memory_on_several_gpus(tmp_path: Path) -> None:
     assert "gpus must be a whole number >= 1" in error
     [error] = _check(tmp_path, 'train_memory(strategy="zero3") < 1GiB')
     assert 'strategy must be one of "ddp", "fsdp"' in error
+
+
+def test_the_zero3_bench_runs_in_its_tiny_mode() -> None:
+    """bench/zero3_states.py: plan's model states per GPU beside DeepSpeed's ZeRO-3 formula
+    (18 bytes a parameter over the GPUs, plus the largest layer's 4 bytes a parameter)."""
+    bench = ROOT / "bench" / "zero3_states.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(bench), "--tiny"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["mlp", "2"], ["tiny_gpt", "2"]]
+    assert all(0.5 < float(row[-1]) < 1.5 for row in rows)  # dlspec / ZeRO-3
