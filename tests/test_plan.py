@@ -249,7 +249,7 @@ def test_llama_on_80gib_gpus(capsys: pytest.CaptureFixture[str]) -> None:
     assert "DDP replicates the model on every GPU" in capsys.readouterr().err
     assert main(["plan", *llama, "--gpus", "8"]) == 0
     table = capsys.readouterr().out
-    assert "8 x FSDP" in table and "gathered parameters (root + 2 units)" in table
+    assert "8 x FSDP" in table and "gathered parameters (FSDP units)" in table
     assert "sent per GPU per step: all-gather" in table
 
 

@@ -134,7 +134,7 @@ LABELS = {
     "transient": "transient",
 }
 GATHERED = {
-    "fsdp": "gathered parameters (root + 2 units)",
+    "fsdp": "gathered parameters (FSDP units)",
     "ddp": "DDP gradient buckets",
 }
 SHARDED = {"weights": "weights (fp32 shards, with buffers)", "gradients": "gradient shards"}
