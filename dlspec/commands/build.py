@@ -105,6 +105,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="activation checkpointing: recompute each block in backward (less memory)",
     )
     group.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        help="with --nproc-per-node: ddp replicates the model in every process (default), "
+        "fsdp shards weights, gradients and optimizer state (each block use, then the root)",
+    )
+    group.add_argument(
         "--train",
         dest="train_overrides",
         metavar="KEY=VALUE",
@@ -133,6 +139,7 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
         "seed": args.seed,
         "optimizer.lr": args.lr,
         "checkpointing": "true" if args.checkpointing else None,
+        "strategy": args.strategy,
     }
     pairs = [(key, value) for key, value in options.items() if value is not None]
     return pairs + list(args.train_overrides)
@@ -339,9 +346,11 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     if worker is not None and diffusion:
         return _fail("task diffusion trains in one process; run without --nproc-per-node")
     if worker is not None:  # one process of a torchrun job
+        from dlspec.analysis.memory import shard_units
         from dlspec.train.distributed import train_distributed
 
-        train = functools.partial(train_distributed, worker)
+        units = [unit.path for unit in shard_units(graph)]  # FSDP's, as plan counts them
+        train = functools.partial(train_distributed, worker, units=units)
     try:
         if diffusion:
             from dlspec.train.diffusion.trainer import train_diffusion
