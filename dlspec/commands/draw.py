@@ -1,4 +1,5 @@
-"""Draw a spec's architecture as a diagram (SVG, PNG, PDF or Graphviz DOT source)."""
+"""Draw a spec's architecture as a diagram (SVG, PNG, PDF, DOT source, or an interactive HTML
+page)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from dlspec.commands.common import add_spec_arguments, load_spec, positive_int
 from dlspec.files import write_atomic
 
-EXTENSIONS = (".svg", ".png", ".pdf", ".dot")
+FORMATS = ("svg", "png", "pdf", "dot", "html")
+EXTENSIONS = tuple(f".{fmt}" for fmt in FORMATS)
 EXIT_NO_GRAPHVIZ = 3
 INSTALL_HINT = """\
 install Graphviz, then run this command again:
@@ -48,8 +50,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-o",
         metavar="FILE",
         type=output_path,
-        help="the diagram to write: .svg, .png, .pdf or .dot (default: SPEC's name with .svg, "
-        "in the current directory)",
+        help="the diagram to write: .svg, .png, .pdf, .dot or .html (default: SPEC's name with "
+        "the --format's extension, in the current directory)",
+    )
+    parser.add_argument(
+        "--format",
+        "-f",
+        choices=FORMATS,
+        help="what to write when --out is not given (default svg); html: one self-contained "
+        "page to open in a browser, with blocks to open and close, search, and each layer's "
+        "figures on a click (no Graphviz needed)",
     )
     parser.add_argument(
         "--rankdir",
@@ -81,15 +91,22 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     """Draw the spec; ``find_dot`` locates Graphviz's ``dot`` (tests pass one that fails)."""
     from dlspec.backends import graphviz_draw
 
-    checked, code = load_spec(args)
+    out: Path = args.out or Path(f"{Path(args.spec).stem}.{args.format or 'svg'}")
+    fmt = out.suffix.lower().lstrip(".")
+    if args.format and fmt != args.format:
+        print(f"dlspec draw: --format {args.format} but --out {out} is {fmt}", file=sys.stderr)
+        return 2
+    checked, code = load_spec(args, batch=args.activations or 1)
     if checked.graph is None:
         return code or 1
+    if fmt == "html":
+        from dlspec.backends import html_view
+
+        return _save(out, html_view.to_html(checked).encode())
     options = graphviz_draw.DrawOptions(
         rankdir=args.rankdir, detail=args.detail, expand=args.expand, activations=args.activations
     )
     source = graphviz_draw.to_dot(checked.graph, options)
-    out: Path = args.out or Path(Path(args.spec).stem + ".svg")
-    fmt = out.suffix.lower().lstrip(".")
     if fmt == "dot":
         return _save(out, source.encode())
     if (find_dot or graphviz_draw.find_dot)() is None:
