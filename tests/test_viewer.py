@@ -182,3 +182,14 @@ def test_the_viewer_in_chromium(
         assert page.errors == []
         chromium.close()
     assert (tmp_path / f"{name}-open.png").stat().st_size > 10_000
+
+
+def test_the_page_starts_as_expand_and_open_say(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, out = ROOT / "specs" / "vgg_block.dl", tmp_path / "v.html"
+    assert page_data(draw_html(spec, out, capsys))["open"] == {"all": False, "paths": []}
+    assert main(["draw", str(spec), "-o", str(out), "--open", "stage1.convs.0"]) == 0
+    assert page_data(out.read_text())["open"] == {"all": False, "paths": ["stage1.convs.0"]}
+    assert main(["draw", str(spec), "-o", str(out), "--expand"]) == 0
+    assert page_data(out.read_text())["open"]["all"] is True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -32,10 +33,12 @@ from dlspec.layers.symbolic import Dim, Poly
 ASSETS = resources.files("dlspec.backends") / "viewer"
 
 
-def to_html(checked: Checked) -> str:
-    """The viewer page of a checked spec (which must have analyzed)."""
+def to_html(checked: Checked, expand: bool = False, open_: Sequence[str] = ()) -> str:
+    """The viewer page of a checked spec (which must have analyzed). It starts with every
+    block and repetition open (``expand``), or those at the paths ``open_`` and around them."""
     assert checked.graph is not None and checked.source is not None
     data = view_data(checked.graph, checked.report, checked.source.text)
+    data["open"] = {"all": expand, "paths": list(open_)}
     # inside <script>, "</" could close the element: JSON allows escaping the slash
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
     page = (ASSETS / "viewer.html").read_text(encoding="utf-8")

@@ -77,7 +77,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--expand",
         action="store_true",
-        help="draw every repetition of `Block * N` instead of one marked x N",
+        help="open every block and repetition: each block a frame around its layers, each "
+        "copy of `Block * N` drawn (default: each is one box, as the HTML viewer starts)",
+    )
+    parser.add_argument(
+        "--open",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="open the block or repetition at this path (layers, layers.0.mlp), and those "
+        "holding it; may be repeated",
     )
     parser.add_argument(
         "--activations",
@@ -99,12 +108,26 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     checked, code = load_spec(args, batch=args.activations or 1)
     if checked.graph is None:
         return code or 1
+    closable = {s.path for s in checked.graph.all_steps() if s.kind in ("block", "repeat")}
+    unknown = [path for path in args.open if path not in closable]
+    if unknown:
+        known = ", ".join(sorted(closable)[:8]) + (", ..." if len(closable) > 8 else "")
+        print(
+            f"dlspec draw: --open {unknown[0]}: no block or repetition has this path"
+            + (f" (there are: {known})" if closable else " (the model has none)"),
+            file=sys.stderr,
+        )
+        return 2
     if fmt == "html":
         from dlspec.backends import html_view
 
-        return _save(out, html_view.to_html(checked).encode())
+        return _save(out, html_view.to_html(checked, args.expand, args.open).encode())
     options = graphviz_draw.DrawOptions(
-        rankdir=args.rankdir, detail=args.detail, expand=args.expand, activations=args.activations
+        rankdir=args.rankdir,
+        detail=args.detail,
+        expand=args.expand,
+        open=frozenset(args.open),
+        activations=args.activations,
     )
     source = graphviz_draw.to_dot(checked.graph, options)
     if fmt == "dot":

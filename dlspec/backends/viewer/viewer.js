@@ -23,8 +23,12 @@
   for (const node of data.nodes) if (node.parent !== null) byId.get(node.parent).children.push(node);
   const roots = data.nodes.filter((node) => node.parent === null);
   const isContainer = (node) => node.children.length > 0;
-  // blocks and repetitions start closed, residuals open
+  // blocks and repetitions start closed (unless `dlspec draw --expand` or --open), residuals open
   const expanded = new Set(data.nodes.filter((n) => n.kind === "residual").map((n) => n.id));
+  for (const node of data.nodes) {
+    const opened = data.open.paths.some((path) => path === node.id || path.startsWith(node.id + "."));
+    if (isContainer(node) && (data.open.all || opened)) expanded.add(node.id);
+  }
 
   // ---- text and numbers ------------------------------------------------------------------
   const fmt = (value) => value.toLocaleString("en-US");
