@@ -20,6 +20,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
 from dlspec import __version__
+from dlspec.analysis.check import check_text
 from dlspec.api import SpecError, load_text
 from dlspec.diagnostics import Diagnostic, Span
 from dlspec.lsp.hover import hover_text
@@ -90,10 +91,9 @@ def did_save(ls: LanguageServer, params: types.DidSaveTextDocumentParams) -> Non
 @server.feature(types.TEXT_DOCUMENT_HOVER)
 def hover(ls: LanguageServer, params: types.HoverParams) -> types.Hover | None:
     doc = ls.workspace.get_text_document(params.text_document.uri)
-    try:
-        report = load_text(doc.source, doc.path).report
-    except SpecError:
-        return None  # while the spec has errors, the diagnostics say more than a hover could
+    checked = check_text(doc.source, doc.path)
+    # while the spec has errors, the statements that did analyze keep their figures
+    report = checked.partial or checked.report
     text = hover_text(report, params.position.line + 1)
     if text is None:
         return None
