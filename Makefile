@@ -27,8 +27,11 @@ $(RUNTIME): $(CHECKER)
 		|| echo "note: could not install Graphviz; 'dlspec draw' will write .dot files only"
 	touch $(RUNTIME)
 
+# the viewer's test drives Debian's Chromium with playwright (never `playwright install`)
 $(DEV): $(RUNTIME)
 	$(BIN)/pip install -q -e '.[dev]'
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "note: could not install Chromium; the viewer's browser test will be skipped"
 	touch $(DEV)
 
 install: $(DEV)

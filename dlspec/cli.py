@@ -24,6 +24,7 @@ COMMANDS = {
     "check": "dlspec.commands.check",
     "build": "dlspec.commands.build",
     "draw": "dlspec.commands.draw",
+    "diff": "dlspec.commands.diff",
     "export": "dlspec.commands.export",
     "predict": "dlspec.commands.predict",
     "bench": "dlspec.commands.bench",

@@ -252,6 +252,24 @@ def test_sample_writes_a_grid_and_arrays_repeatably(
         np.testing.assert_array_equal(first["images"], second["images"])
 
 
+def test_several_prompts_draw_a_grid_row_each(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    png, npz = tmp_path / "rows.png", tmp_path / "rows.npz"
+    common = [str(run), "--prompt", "0", "--prompt", "3", "--prompt", "5", "--num", "2"]
+    common += ["--steps", "2", "--seed", "1"]
+    assert main(["sample", *common, "--out", str(npz)]) == 0
+    assert "6 images [1, 8, 8], prompts '0', '3', '5' (a row each)" in capsys.readouterr().out
+    with np.load(npz) as arrays:
+        assert list(arrays["prompts"]) == ["0", "0", "3", "3", "5", "5"]
+        assert arrays["images"].shape == (6, 1, 8, 8)
+    assert main(["sample", *common, "--out", str(png)]) == 0
+    cell = 8 * 8 + 4  # an 8x8 digit enlarged 8 times, and the gap after it
+    assert Image.open(png).size == (2 * cell + 4, 3 * cell + 4)  # 2 columns, 3 rows
+
+
 @pytest.mark.parametrize(
     ("extra", "code", "message"),
     [

@@ -106,9 +106,9 @@ def test_golden_dot(spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     ("name", "options"),
     [
         ("vgg_block", DrawOptions(detail="high", expand=True)),
-        ("resnet_block", DrawOptions(rankdir="LR")),
+        ("resnet_block", DrawOptions(rankdir="LR", expand=True)),
     ],
-    ids=["vgg_block-high-expand", "resnet_block-LR"],
+    ids=["vgg_block-high-expand", "resnet_block-LR-expand"],
 )
 def test_golden_dot_options(name: str, options: DrawOptions) -> None:
     variant = f"{options.detail}-{options.rankdir}{'-expand' * options.expand}"
@@ -160,7 +160,7 @@ def test_high_detail_draws_every_layer_with_macs() -> None:
 
 
 def test_families_have_consistent_colours_and_a_legend() -> None:
-    dot = to_dot(spec_graph("resnet_block"))
+    dot = to_dot(spec_graph("resnet_block"), DrawOptions(expand=True))
     for family in ("convolution", "pooling", "dense", "normalization", "merge"):
         assert f'BGCOLOR="{graphviz_draw.FAMILY_COLOURS[family]}"' in dot
         assert f">{family}</FONT>" in dot
@@ -185,16 +185,29 @@ def test_symbolic_shapes_print_as_formulas() -> None:
 # structure -----------------------------------------------------------------------------------
 
 
-def test_blocks_are_clusters_and_repetitions_drawn_once() -> None:
-    dot = to_dot(spec_graph("vgg_block"))
-    assert 'subgraph "cluster/stage1"' in dot
+def test_blocks_and_repetitions_start_closed_as_in_the_viewer() -> None:
+    graph = spec_graph("vgg_block")
+    dot = to_dot(graph)
+    assert "cluster" not in dot
+    drawn = {"input/image", "stage1", "stage2", "stage3", "gap", "head", "output/head", "/legend"}
+    assert nodes(dot) == drawn
+    assert re.search(
+        r"stage1 \[label=<<B>stage1</B>  Stage<BR/>.*?10,208 params.*peripheries=2", dot
+    )
+    assert 'label=" [32, 16, 16]"' in edge(dot, "stage1", "stage2")
+
+
+def test_open_shows_a_blocks_layers_in_place() -> None:
+    graph = spec_graph("vgg_block")
+    dot = to_dot(graph, DrawOptions(open=frozenset({"stage1"})))
+    assert 'subgraph "cluster/stage1"' in dot and "ConvBNReLU x 2" in dot
+    assert {"stage1.convs", "stage1.pool", "stage2"} <= nodes(dot)
+    # a repetition opens into its copies; a path deep inside opens what holds it
+    dot = to_dot(graph, DrawOptions(open=frozenset({"stage1.convs.1"})))
     assert 'subgraph "cluster/stage1.convs"' in dot
-    assert "ConvBNReLU  <B>x 2</B>" in dot and "ConvBNReLU  <B>x 3</B>" in dot
-    drawn = nodes(dot)
-    assert "stage1.convs.0.conv" in drawn
-    assert "stage1.convs.1.conv" not in drawn
-    assert 'subgraph "cluster/stage1.convs.0"' not in dot  # the repetition's frame is the block
-    assert 'label=" [32, 16, 16]"' in edge(dot, "stage1.pool", "stage2.convs.0.conv")
+    assert "ConvBNReLU  <B>x 2</B>" in dot
+    assert {"stage1.convs.0", "stage1.convs.1.conv", "stage1.pool"} <= nodes(dot)
+    assert 'label=" [32, 32, 32]"' in edge(dot, "stage1.convs.0", "stage1.convs.1.conv")
 
 
 def test_expand_draws_every_repetition() -> None:
@@ -216,7 +229,7 @@ def test_repeated_plain_layer() -> None:
 
 
 def test_residual_edges() -> None:
-    dot = to_dot(spec_graph("resnet_block"))
+    dot = to_dot(spec_graph("resnet_block"), DrawOptions(expand=True))
     # identity shortcut: the block's input straight to the add, dashed
     assert "style=dashed" in edge(dot, "stem_bn", "add/layer1.0.residual1")
     edge(dot, "stem_bn", "layer1.0.residual1.conv2d1")
@@ -224,7 +237,7 @@ def test_residual_edges() -> None:
     assert "add + ReLU" in dot  # the ReLU after the residual folds into its junction
     # projection shortcut: its own cluster, from the input through it to the add
     assert 'subgraph "cluster/layer2.residual1.shortcut"' in dot
-    edge(dot, "add/layer1.0.residual1", "layer2.residual1.shortcut.conv2d1")
+    edge(dot, "add/layer1.1.residual1", "layer2.residual1.shortcut.conv2d1")
     shortcut = edge(dot, "layer2.residual1.shortcut.batchnorm2d1", "add/layer2.residual1")
     assert "style=dashed" in shortcut and "[32, 16, 16]" in shortcut
 
@@ -396,3 +409,16 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     assert "3 Graphviz's `dot` program is not installed" in re.sub(r"\s+", " ", out)
     for option in ("--rankdir", "--detail", "--expand", "--set"):
         assert option in out
+
+
+def test_cli_open_and_its_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "vgg.dot"
+    assert main(["draw", "specs/vgg_block.dl", "-o", str(out), "--open", "stage2.convs"]) == 0
+    dot = out.read_text(encoding="utf-8")
+    assert 'subgraph "cluster/stage2.convs"' in dot and "stage2.convs.1" in nodes(dot)
+    assert "stage1.convs" not in nodes(dot)
+    assert main(["draw", "specs/vgg_block.dl", "-o", str(out), "--open", "stage9"]) == 2
+    err = capsys.readouterr().err
+    assert "--open stage9: no block or repetition has this path (there are: stage1," in err
+    assert main(["draw", "specs/mlp.dl", "-o", str(out), "--open", "fc1"]) == 2
+    assert "(the model has none)" in capsys.readouterr().err

@@ -254,6 +254,12 @@ def test_sample_command(gpt_run: Path, capsys: Any) -> None:
     assert capsys.readouterr().out == greedy and len(greedy) == 15
     lm = load_language_model(gpt_run)
     assert lm.context == 16 and lm.vocab == vocabulary(CORPUS) and lm.name == "TinyGPT"
+    # several prompts: each continued in turn, a blank line between them
+    args = ["-n", "9", "--top-k", "1"]
+    assert main(["sample", str(gpt_run), "--prompt", "the c", "--prompt", "a", *args]) == 0
+    both = capsys.readouterr().out
+    assert main(["sample", str(gpt_run), "--prompt", "a", *args]) == 0
+    assert both == greedy + "\n" + capsys.readouterr().out
 
 
 def test_sample_errors(gpt_run: Path, tmp_path: Path, capsys: Any) -> None:

@@ -222,3 +222,29 @@ async def test_hover_and_definition_of_several_outputs(
     assert "output   q [6, 4]\n         k [6, 4]\n         v [6, 4]" in text
     assert "output 288 B per sample" in text  # the three of them: 3 x 24 floats
     assert await definition(client, uri, 3, 18) == 2  # `v` in `<- q, v`
+
+
+async def test_hover_keeps_the_figures_of_a_document_with_errors(
+    client: LanguageClient, tmp_path: Path
+) -> None:
+    """While typing, a document is never free of errors: the statements that analyze keep
+    their hover (the figures of the spec without the error), the one in error has none."""
+    path = spec_copy(tmp_path, "cnn.dl")
+    lines = path.read_text().splitlines()
+    assert lines[16].lstrip().startswith("fc2 = Linear")
+    lines.insert(17, "    bad = Linear(10, in_features=99)")  # the issue's wrong in_features
+    uri = await open_spec(client, path, "\n".join(lines) + "\n")
+    assert [d.code for d in client.diagnostics[uri]] == ["E401"]
+    assert await hover(client, uri, 5) == README_HOVER  # conv2, before the error
+    assert await hover(client, uri, 17) is None  # the statement in error
+    # beside the error: a branch that does not read what failed keeps its figures, which
+    # are those of the document once the error is fixed
+    two = "model Two {{\n input x: float[8]\n input y: float[8]\n {}\n b = Linear(4) <- y\n}}\n"
+    broken = await open_spec(
+        client, tmp_path / "two.dl", two.format("a = Linear(16, in_features=3) <- x")
+    )
+    assert [d.code for d in client.diagnostics[broken]] == ["E401"]
+    fixed = await open_spec(client, tmp_path / "fixed.dl", two.format("a = Linear(16) <- x"))
+    beside = await hover(client, broken, 4)
+    assert beside is not None and "params   36" in beside
+    assert beside == await hover(client, fixed, 4)

@@ -19,7 +19,10 @@ def test_wheel_carries_grammar_and_checks(tmp_path: Path) -> None:
         check=True,
     )
     wheel = next((tmp_path / "dist").glob("dlspec-*.whl"))
-    assert "dlspec/grammar/dlspec.lark" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dlspec/grammar/dlspec.lark" in names
+    # the HTML viewer's page, style and program (`dlspec draw --format html`)
+    assert {f"dlspec/backends/viewer/viewer.{ext}" for ext in ("html", "css", "js")} <= set(names)
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     # Run from a directory with no source tree around: the installed copy must stand alone.

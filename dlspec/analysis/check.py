@@ -12,7 +12,7 @@ from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.infer import Analyzer
 from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
-from dlspec.analysis.report import Report, build_report
+from dlspec.analysis.report import Report, build_report, layer_rows
 from dlspec.diagnostics import Diagnostic
 from dlspec.syntax.bounds import literal_problem
 from dlspec.syntax.parser import parse
@@ -29,6 +29,9 @@ class Checked:
     report: Report
     overrides: dict[str, str] = field(default_factory=dict)  # the --set values
     model: str | None = None  # the model asked for, when the file defines several
+    # with errors that stopped the analysis: the rows of the statements that did analyze
+    # (before, beside and after the error; no memory figures), for an editor's hover
+    partial: Report | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,7 +74,7 @@ def _check(
     if problems := _override_problems(overrides or {}):
         return _refused(source, problems, batch)
     spec, diagnostics = parse(text)
-    graph = None
+    graph, partial = None, None
     if spec is not None:
         analyzer = Analyzer(spec, overrides, LayerBudget(limits.max_layers))
         try:
@@ -90,9 +93,15 @@ def _check(
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
+        elif analyzer.partial:
+            bindings = dict(analyzer.bindings)
+            layers = layer_rows(analyzer.partial, bindings)
+            partial = Report(file=path, symbols=bindings, layers=layers)
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
-    return Checked(path, source, graph if report.ok else None, report, dict(overrides or {}), model)
+    return Checked(
+        path, source, graph if report.ok else None, report, dict(overrides or {}), model, partial
+    )
 
 
 def program_graph(

@@ -236,41 +236,60 @@ class ModelGraph:
         return total
 
 
-def dataflow(model: ModelGraph) -> set[tuple[str, str]]:
-    """The model's edges between layers, with blocks, repetitions and residuals flattened:
-    (producer, consumer) where each is a layer's path, ``input/NAME``, ``output/NAME`` or a
-    residual's sum ``add/PATH``."""
-    edges: set[tuple[str, str]] = set()
+class Flow(NamedTuple):
+    """An edge between layers with the tensor it carries (its per-sample type)."""
+
+    producer: str
+    consumer: str
+    type: TensorType
+
+
+def flows(model: ModelGraph) -> list[Flow]:
+    """The model's edges between layers, with blocks, repetitions and residuals flattened,
+    in execution order: (producer, consumer, type) where each end is a layer's path,
+    ``input/NAME``, ``output/NAME`` or a residual's sum ``add/PATH``."""
+    edges: dict[Flow, None] = {}  # ordered, each once
+
+    def add(producers: list[str], consumer: str, type_: TensorType) -> None:
+        edges.update((Flow(p, consumer, type_), None) for p in producers)
 
     def flatten(graph: Graph, sources: dict[str, list[str]]) -> dict[str, list[str]]:
         """Adds the graph's edges; ``sources`` maps its inputs to their producers. Returns
         the producers of each of its outputs."""
         where = dict(sources)
         for step in graph.steps:
-            feeds = [p for t in step.inputs for p in where[t.name]]
             if step.kind == "layer":
-                edges.update((p, step.path) for p in feeds)
+                for t in step.inputs:
+                    add(where[t.name], step.path, t.type)
                 ends = [[step.path] for _ in step.outputs]
             else:
                 assert step.body is not None
                 result = flatten(step.body, _fed(step.body, step, where))
                 ends = [result[t.name] for t in step.body.outputs]
                 if step.kind == "residual":
-                    side = feeds
+                    main, side = step.body.outputs[0], step.inputs[0]
+                    side_ends = where[side.name]
                     if step.shortcut is not None:
                         result = flatten(step.shortcut, _fed(step.shortcut, step, where))
-                        side = [p for t in step.shortcut.outputs for p in result[t.name]]
-                    add = f"add/{step.path}"
-                    edges.update((p, add) for p in [*ends[0], *side])
-                    ends = [[add]]
+                        side = step.shortcut.outputs[0]
+                        side_ends = result[side.name]
+                    addition = f"add/{step.path}"
+                    add(ends[0], addition, main.type)
+                    add(side_ends, addition, side.type)
+                    ends = [[addition]]
             for t, producers in zip(step.outputs, ends, strict=True):
                 where[t.name] = producers
         return {t.name: where[t.name] for t in graph.outputs}
 
     result = flatten(model.graph, {t.name: [f"input/{t.name}"] for t in model.inputs})
     for t in model.outputs:
-        edges.update((p, f"output/{t.name}") for p in result[t.name])
-    return edges
+        add(result[t.name], f"output/{t.name}", t.type)
+    return list(edges)
+
+
+def dataflow(model: ModelGraph) -> set[tuple[str, str]]:
+    """The model's edges between layers (:func:`flows` without the tensors' types)."""
+    return {(f.producer, f.consumer) for f in flows(model)}
 
 
 def _fed(body: Graph, step: Step, where: dict[str, list[str]]) -> dict[str, list[str]]:

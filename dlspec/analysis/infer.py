@@ -222,6 +222,7 @@ class Analyzer:
         self.total_checks: list[tuple[ast.Check, Mapping[str, Any]]] = []
         self.train: ast.TrainSection | None = None
         self.incomplete = False  # a statement failed: the graph would have holes
+        self.partial: list[Step] = []  # with errors: the model's statements that did analyze
         self.limits: list[tuple[Dim, int, str]] = []  # bounds on symbolic dims, all layers
 
     # driver ---------------------------------------------------------------------------------
@@ -439,6 +440,7 @@ class Analyzer:
         )
         self.diagnostics.extend(problems)
         if failed:
+            self.partial = steps
             return None
         graph = ModelGraph(
             name=definition.name.name,

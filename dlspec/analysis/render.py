@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dlspec.analysis.report import LayerRow, Report
 from dlspec.diagnostics import n
 from dlspec.terminal import printable
@@ -22,6 +24,18 @@ def short(count: int) -> str:
         if abs(count) >= scale:
             return f"{count / scale:.2f}{suffix}"
     return str(count)
+
+
+def align(rows: list[list[str]], right: Sequence[bool]) -> list[str]:
+    """Rows of cells as lines of columns two spaces apart, each as wide as its widest cell;
+    ``right``: which columns align right (numbers)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
+        for cells in rows
+    ]
 
 
 def _shape(shape: list[int | str]) -> str:
@@ -64,19 +78,11 @@ def render_table(report: Report, activations: bool = False) -> str:
         last[scope] = own
         parents.append(r.name)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    right = (False, False, False, True, True, True)[: len(header)]
-
-    def fmt(cells: list[str]) -> str:
-        parts = [
-            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
     settings = ", ".join(f"{k}={v}" for k, v in {**report.parameters, **report.symbols}.items())
     title = f"{report.model}  ({report.file}{', ' + settings if settings else ''})"
     lines = [printable(title), ""]
-    lines += [fmt(header), fmt(["-" * w for w in widths])]
-    lines += [fmt(r) for r in body]
+    right = (False, False, False, True, True, True)[: len(header)]
+    lines += align([header, ["-" * w for w in widths], *body], right)
     lines.append("")
     mem = report.memory
     macs = f"{n(report.total_macs)} ({short(report.total_macs)})"

@@ -9,9 +9,11 @@ What a diagram shows:
 * at low detail, layers of the activation, regularization and reshape families fold into the
   box before them (``conv1 Conv2d(32, k=3, p=1) + ReLU``); high detail draws every layer and
   adds its MACs;
-* blocks, repetitions and residuals as clusters; a repetition is drawn once with ``x N``
-  unless expanded; a residual ends in an ``add`` junction fed by its body and its (dashed)
-  shortcut; statements that name their inputs (``<- a, b``) get an edge from each tensor;
+* blocks and repetitions closed, as the HTML viewer opens them: one grey box with a double
+  outline each (``DenseLayer x 6``), unless opened (``DrawOptions.open``) or all expanded; an
+  open block is a cluster, an open repetition a cluster of its copies; residuals are clusters
+  ending in an ``add`` junction fed by their body and their (dashed) shortcut; statements that
+  name their inputs (``<- a, b``) get an edge from each tensor;
 * edges labelled with the per-sample tensor shape; input and output boxes; a title with the
   model's totals.
 
@@ -56,6 +58,7 @@ FAMILY_COLOURS: dict[Family, str] = {
     "attention": "#CCAAEE",
     "merge": "#FFFFFF",
 }
+CLOSED = "#E8E8E8"  # a closed block or repetition
 FOLDED: frozenset[Family] = frozenset({"activation", "regularization", "reshape"})
 
 # Per direction: a sequence longer than the first number of boxes wraps into columns (rows with
@@ -76,12 +79,14 @@ LEGEND = "/legend"
 class DrawOptions:
     """How to draw: ``rankdir`` TB (top to bottom) or LR; ``detail`` low folds activations,
     dropout and reshapes into the layer before them, high draws every layer with its MACs;
-    ``expand`` draws every repetition instead of one with ``x N``; ``activations`` (a batch
-    size) adds the bytes each box keeps for the backward pass."""
+    ``expand`` opens every block and repetition, ``open`` the ones at these paths (and
+    those around them); ``activations`` (a batch size) adds the bytes each box keeps for the
+    backward pass."""
 
     rankdir: Literal["TB", "LR"] = "TB"
     detail: Literal["low", "high"] = "low"
     expand: bool = False
+    open: frozenset[str] = frozenset()
     activations: int | None = None  # a batch size: show the bytes each box saves for backward
 
 
@@ -124,11 +129,12 @@ class _Box:
     id: str
     name: str
     parts: list[str]  # labels, joined with " + "
-    family: Family | None  # None: an input or output
+    family: Family | None  # None: an input or output, or a closed block (``closed``)
     output: TensorType
     params: int = 0
     macs: int | None = None  # shown at high detail
     saved: int | None = None  # bytes kept for backward, shown with DrawOptions.activations
+    closed: bool = False  # a block or repetition drawn as one box
 
     def fold(self, node: Step, bindings: dict[str, int], saved: int | None) -> None:
         self.parts.append(node.label)
@@ -183,6 +189,11 @@ class _Builder:
             rows = memory.activations(graph)
             self.saved = {row.path: value_at(row.saved, at) for row in rows}
         self.edges: list[_Edge] = []
+        # the paths opened and those around them
+        self.opened = {p.rsplit(".", i)[0] for p in options.open for i in range(p.count(".") + 1)}
+
+    def is_open(self, node: Step) -> bool:
+        return self.options.expand or node.path in self.opened
 
     def build(self) -> list[_Item]:
         items: list[_Item] = []
@@ -258,13 +269,15 @@ class _Builder:
     ) -> tuple[list[_End], _Box | None]:
         """Draw one statement fed by ``ends``; returns where its outputs are drawn and the box
         a following activation may fold into (None after a block or a repetition)."""
-        if node.layer is not None:
-            box = self._layer_box(node, node.layer.family)
+        closed = node.kind != "residual" and bool(node.children) and not self.is_open(node)
+        if node.layer is not None or closed:
+            box = self._box(node)
             items.append(box)
             for end in ends:
                 self._edge(end, box.id)
             several = len(node.outputs) > 1
-            return [_End(box.id, t.type, t.name if several else None) for t in node.outputs], box
+            drawn = [_End(box.id, t.type, t.name if several else None) for t in node.outputs]
+            return drawn, box if node.layer is not None else None
         assert node.body is not None
         if node.kind == "residual":
             end, add = self._residual(node, ends, items)
@@ -280,21 +293,8 @@ class _Builder:
         assert node.body is not None
         if not node.children:  # repeated 0 times: nothing to draw, its inputs flow on
             return [_End(e.box, t.type) for e, t in zip(ends, node.outputs, strict=False)]
-        first = node.children[0]
-        if not self.options.expand and first.layer is not None:
-            box = self._layer_box(node, first.layer.family)
-            items.append(box)
-            for end in ends:
-                self._edge(end, box.id)
-            return [_End(box.id, node.output.type)]
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
-        if self.options.expand:
-            drawn = self._body(node.body, ends, cluster.items, fold=False)
-        elif first.body is not None and first.kind == "block":
-            # the cluster stands for the block: no second frame
-            drawn = self._body(first.body, ends, cluster.items)
-        else:
-            drawn = self._draw(first, ends, cluster.items)[0]
+        drawn = self._body(node.body, ends, cluster.items, fold=False)
         _place(cluster, items)
         return [_End(e.box, t.type) for e, t in zip(drawn, node.outputs, strict=True)]
 
@@ -317,13 +317,15 @@ class _Builder:
         self._edge(side, add.id, shortcut=True)
         return _End(add.id, node.output.type), add
 
-    def _layer_box(self, node: Step, family: Family) -> _Box:
-        """The box of a layer, or of a repetition of one layer drawn once."""
+    def _box(self, node: Step) -> _Box:
+        """The box of a layer, or of a closed block or repetition."""
         macs = None
         if self.options.detail == "high":
             macs = value_at(node.total_macs, self.graph.bindings)
+        family = node.layer.family if node.layer is not None else None
         box = _Box(node.path, node.name, [node.label], family, node.output.type, node.params, macs)
         box.saved = self._saved(node)
+        box.closed = node.layer is None
         return box
 
     def _saved(self, node: Step) -> int | None:
@@ -434,7 +436,7 @@ def _box_label(box: _Box) -> str:
             line, width = f"{line} + {_esc(part)}", width + 3 + len(part)
     rows.append(line)
     details = []
-    if box.family is None:
+    if box.family is None and not box.closed:
         if box.name:  # an input: its shape with its element type
             rows[-1] += f" {_esc(str(box.output))}"
     else:
@@ -539,7 +541,9 @@ def _emit_items(dot: graphviz.Digraph, items: list[_Item], depth: int) -> None:
     for item in items:
         if isinstance(item, _Box):
             attrs = {"fillcolor": FAMILY_COLOURS[item.family] if item.family else "#FFFFFF"}
-            if item.family is None:  # inputs and outputs: white, with a heavier outline
+            if item.closed:  # a stack of layers: grey, a double outline
+                attrs.update(fillcolor=CLOSED, peripheries="2")
+            elif item.family is None:  # inputs and outputs: white, with a heavier outline
                 attrs["penwidth"] = "1.4"
             elif item.family == "merge":  # joins read as junctions, not as layers
                 attrs["shape"] = "ellipse"

@@ -1,4 +1,5 @@
-"""Draw a spec's architecture as a diagram (SVG, PNG, PDF or Graphviz DOT source)."""
+"""Draw a spec's architecture as a diagram (SVG, PNG, PDF, DOT source, or an interactive HTML
+page)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from dlspec.commands.common import add_spec_arguments, load_spec, positive_int
 from dlspec.files import OutputError, output_path, write_atomic
 
-EXTENSIONS = (".svg", ".png", ".pdf", ".dot")
+FORMATS = ("svg", "png", "pdf", "dot", "html")
+EXTENSIONS = tuple(f".{fmt}" for fmt in FORMATS)
 EXIT_NO_GRAPHVIZ = 3
 INSTALL_HINT = """\
 install Graphviz, then run this command again:
@@ -48,8 +50,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-o",
         metavar="FILE",
         type=out_option,
-        help="the diagram to write: .svg, .png, .pdf or .dot (default: SPEC's name with .svg, "
-        "in the current directory)",
+        help="the diagram to write: .svg, .png, .pdf, .dot or .html (default: SPEC's name with "
+        "the --format's extension, in the current directory)",
+    )
+    parser.add_argument(
+        "--format",
+        "-f",
+        choices=FORMATS,
+        help="what to write when --out is not given (default svg); html: one self-contained "
+        "page to open in a browser, with blocks to open and close, search, and each layer's "
+        "figures on a click (no Graphviz needed)",
     )
     parser.add_argument(
         "--rankdir",
@@ -67,7 +77,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--expand",
         action="store_true",
-        help="draw every repetition of `Block * N` instead of one marked x N",
+        help="open every block and repetition: each block a frame around its layers, each "
+        "copy of `Block * N` drawn (default: each is one box, as the HTML viewer starts)",
+    )
+    parser.add_argument(
+        "--open",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="open the block or repetition at this path (layers, layers.0.mlp), and those "
+        "holding it; may be repeated",
     )
     parser.add_argument(
         "--activations",
@@ -81,20 +100,41 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     """Draw the spec; ``find_dot`` locates Graphviz's ``dot`` (tests pass one that fails)."""
     from dlspec.backends import graphviz_draw
 
-    checked, code = load_spec(args)
-    if checked.graph is None:
-        return code or 1
-    options = graphviz_draw.DrawOptions(
-        rankdir=args.rankdir, detail=args.detail, expand=args.expand, activations=args.activations
-    )
-    source = graphviz_draw.to_dot(checked.graph, options)
-    out: Path = args.out or Path(Path(args.spec).stem + ".svg")
+    out: Path = args.out or Path(f"{Path(args.spec).stem}.{args.format or 'svg'}")
+    fmt = out.suffix.lower().lstrip(".")
+    if args.format and fmt != args.format:
+        print(f"dlspec draw: --format {args.format} but --out {out} is {fmt}", file=sys.stderr)
+        return 2
     try:
         output_path(out, inputs={"the spec": args.spec})
     except OutputError as exc:
         print(f"dlspec draw: {exc}", file=sys.stderr)
         return 2
-    fmt = out.suffix.lower().lstrip(".")
+    checked, code = load_spec(args, batch=args.activations or 1)
+    if checked.graph is None:
+        return code or 1
+    closable = {s.path for s in checked.graph.all_steps() if s.kind in ("block", "repeat")}
+    unknown = [path for path in args.open if path not in closable]
+    if unknown:
+        known = ", ".join(sorted(closable)[:8]) + (", ..." if len(closable) > 8 else "")
+        print(
+            f"dlspec draw: --open {unknown[0]}: no block or repetition has this path"
+            + (f" (there are: {known})" if closable else " (the model has none)"),
+            file=sys.stderr,
+        )
+        return 2
+    if fmt == "html":
+        from dlspec.backends import html_view
+
+        return _save(out, html_view.to_html(checked, args.expand, args.open).encode())
+    options = graphviz_draw.DrawOptions(
+        rankdir=args.rankdir,
+        detail=args.detail,
+        expand=args.expand,
+        open=frozenset(args.open),
+        activations=args.activations,
+    )
+    source = graphviz_draw.to_dot(checked.graph, options)
     if fmt == "dot":
         return _save(out, source.encode())
     if (find_dot or graphviz_draw.find_dot)() is None:

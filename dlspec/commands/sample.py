@@ -1,15 +1,15 @@
 """Write text or draw images with a model that `dlspec build` trained.
 
-dlspec sample RUN_DIR [--prompt TEXT] [--length N] [--temperature T] [--top-k K] [--seed S]
+dlspec sample RUN_DIR [--prompt TEXT]... [--length N] [--temperature T] [--top-k K] [--seed S]
 rebuilds a language model (task language_model) from RUN_DIR/checkpoint.pt (which holds the
-spec and the vocabulary), then prints the prompt and its continuation, drawn one character at
+spec and the vocabulary), then prints each prompt and its continuation, drawn one character at
 a time from the model's predictions over the last T characters (the context length it was
 trained with).
 
-dlspec sample RUN_DIR|MODEL.onnx --out FILE [--prompt TEXT] [--num N] [--steps S]
-[--guidance W] [--sampler ddim|ddpm] [--seed S] [--runtime torch|onnx] draws N images with a
-diffusion model (task diffusion), from its run directory or its `dlspec export`, and writes
-them as a PNG grid or a .npz of arrays.
+dlspec sample RUN_DIR|MODEL.onnx --out FILE [--prompt TEXT]... [--num N] [--steps S]
+[--guidance W] [--sampler ddim|ddpm] [--seed S] [--runtime torch|onnx] draws N images per
+prompt with a diffusion model (task diffusion), from its run directory or its `dlspec export`,
+and writes them as a PNG grid (a row per prompt, when there are several) or a .npz of arrays.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ more repetitive text; 0: always the most likely character) and only the top-k be
 from (--top-k 1 is greedy, --top-k 0 draws from all).
 
 diffusion models: the prompt is a class name of the training data ("7" for the digits;
-without --prompt the images cycle through all of them). DDIM (default) is deterministic given
-the seed's starting noise; DDPM adds fresh noise at every step. --guidance W mixes the
-prompted and unprompted predictions, uncond + W * (cond - uncond): 1 is the prompted one
-alone, larger follows the prompt more closely. --out FILE.png writes a grid, FILE.npz the
-arrays `images` [N, C, H, W] (float32 in [0, 1]) and `prompts`. Steps, guidance and sampler
-default to the run's train settings.
+without --prompt the N images cycle through all of them); each --prompt draws N images, and
+several prompts (--prompt 0 --prompt 3 --prompt 5) make a grid row each. DDIM (default) is
+deterministic given the seed's starting noise; DDPM adds fresh noise at every step.
+--guidance W mixes the prompted and unprompted predictions, uncond + W * (cond - uncond): 1
+is the prompted one alone, larger follows the prompt more closely. --out FILE.png writes a
+grid, FILE.npz the arrays `images` [N, C, H, W] (float32 in [0, 1]) and `prompts`. Steps,
+guidance and sampler default to the run's train settings.
 
 exit codes: 0 done, 1 the run holds no such model or the prompt has characters the model
 does not know, 2 usage (bad option, step count or --out)."""
@@ -82,7 +83,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--prompt",
         "-p",
         metavar="TEXT",
-        help="the text to continue (default: none), or the image to draw (default: every class)",
+        action="append",
+        help="the text to continue (default: none), or the image to draw (default: every "
+        "class); repeat it for several, continued in turn or drawn a grid row each",
     )
     parser.add_argument(
         "--length",
@@ -102,7 +105,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, device="cpu")
     images = parser.add_argument_group("diffusion models")
     images.add_argument("--out", "-o", type=Path, metavar="FILE", help="FILE.png or FILE.npz")
-    images.add_argument("--num", type=_images, default=64, metavar="N", help="images to draw (64)")
+    images.add_argument(
+        "--num",
+        type=_images,
+        default=64,
+        metavar="N",
+        help="images to draw per prompt, or in all without --prompt (64)",
+    )
     images.add_argument("--steps", type=positive_int, metavar="S", help="denoising steps")
     images.add_argument("--guidance", type=_non_negative, metavar="W", help="guidance scale")
     images.add_argument("--sampler", choices=("ddim", "ddpm"), help="ddim or ddpm")
@@ -136,24 +145,28 @@ def run(args: argparse.Namespace) -> int:
         lm = load_language_model(args.run_dir, device)
     except RunError as exc:
         return _fail(str(exc))
+    prompts = args.prompt or [""]
     try:
-        prompt = args.prompt or ""
-        generate(lm.model, lm.vocab, prompt, 0)  # refuses unknown characters up front
-        _write(prompt)
-        generate(
-            lm.model,
-            lm.vocab,
-            prompt,
-            args.length,
-            temperature=args.temperature,
-            top_k=args.top_k or None,
-            seed=args.seed,
-            context=lm.context,
-            on_text=_write,
-        )
+        for prompt in prompts:  # refuses unknown characters up front
+            generate(lm.model, lm.vocab, prompt, 0)
+        for index, prompt in enumerate(prompts):
+            if index:
+                print()  # a blank line between continuations
+            _write(prompt)
+            generate(
+                lm.model,
+                lm.vocab,
+                prompt,
+                args.length,
+                temperature=args.temperature,
+                top_k=args.top_k or None,
+                seed=args.seed,
+                context=lm.context,
+                on_text=_write,
+            )
+            print()
     except UnknownCharacters as exc:
         return _fail(f"--prompt: {exc}")
-    print()
     return 0
 
 
@@ -196,10 +209,11 @@ def _draw(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _usage(f"--steps {steps}: {exc}")
     classes = model.classes
-    prompts = [
-        args.prompt if args.prompt is not None else classes[i % len(classes)]
-        for i in range(args.num)
-    ]
+    asked: list[str] = args.prompt or []
+    if asked:
+        prompts = [p for p in asked for _ in range(args.num)]  # a row of N per prompt
+    else:
+        prompts = [classes[i % len(classes)] for i in range(args.num)]
     started = time.perf_counter()
     try:
         images = model.sample(
@@ -208,13 +222,21 @@ def _draw(args: argparse.Namespace) -> int:
     except (UnknownCharacters, PromptError) as exc:
         return _fail(f"--prompt: {exc}")
     seconds = time.perf_counter() - started
-    columns = len(classes) if args.prompt is None and args.num % len(classes) == 0 else None
+    columns = None  # one prompt: about square
+    if len(asked) > 1:
+        columns = args.num
+    elif not asked and args.num % len(classes) == 0:
+        columns = len(classes)
     try:
         save_images(images, out, prompts, columns)
     except OSError as exc:
         return _usage(f"cannot write {out}: {exc.strerror or exc}")
     guidance = model.settings["guidance"] if args.guidance is None else args.guidance
-    what = f"prompt {args.prompt!r}" if args.prompt is not None else "every class in turn"
+    what = "every class in turn"
+    if len(asked) == 1:
+        what = f"prompt {asked[0]!r}"
+    elif asked:
+        what = "prompts " + ", ".join(repr(p) for p in asked) + " (a row each)"
     print(
         f"wrote {out}: {len(images)} images {list(images.shape[1:])}, {what}, "
         f"{args.sampler or model.settings['sampler']} {steps} steps, guidance {guidance:g}, "

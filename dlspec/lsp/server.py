@@ -24,6 +24,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
 from dlspec import __version__
+from dlspec.analysis.check import check_text
 from dlspec.api import SpecError, load_text
 from dlspec.diagnostics import Diagnostic, Span
 from dlspec.lsp.framing import DROPPED, FramedInput
@@ -117,10 +118,9 @@ def hover(ls: LanguageServer, params: types.HoverParams) -> types.Hover | None:
     doc = opened(ls, params.text_document.uri)
     if doc is None:
         return None
-    try:
-        report = load_text(doc.source, doc.path).report
-    except SpecError:
-        return None  # while the spec has errors, the diagnostics say more than a hover could
+    checked = check_text(doc.source, doc.path)
+    # while the spec has errors, the statements that did analyze keep their figures
+    report = checked.partial or checked.report
     text = hover_text(report, params.position.line + 1)
     if text is None:
         return None
