@@ -188,7 +188,7 @@ def _statement(prefix: str, expr: str, depth: int, comment: str | None = None) -
     trailing = f"  # {comment}" if comment else ""
     if len(line + trailing) <= WIDTH:
         return [line + trailing]
-    above = [f"{pad}# {comment}"] if comment else []
+    above = [f"{pad}# {comment}"] if comment and len(f"{pad}# {comment}") <= WIDTH else []
     if len(line) <= WIDTH:
         return [*above, line]
     split = _split_call(expr)
