@@ -352,3 +352,85 @@ def test_the_language_server_reads_no_unopened_file_and_bounds_documents(tmp_pat
         assert diagnostic["code"] == "E004" and "over 1,048,576 characters" in diagnostic["message"]
     finally:
         assert server.close() == 0
+
+
+# hostile modules for import ----------------------------------------------------------------
+
+HOSTILE_MODULE = """\
+import os
+import sys
+
+import torch
+from torch import nn
+
+
+class Exits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        sys.exit(0)
+
+
+class Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        raise BaseException("not an Exception")
+
+
+class Hangs(nn.Module):
+    def forward(self, x):
+        while True:
+            pass
+
+
+class Huge(nn.Module):
+    def forward(self, x):
+        return torch.ones(1_000_000_000) + x.sum()
+
+
+class Moves(nn.Module):
+    def __init__(self):
+        super().__init__()
+        os.chdir(os.path.dirname(os.getcwd()))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        ("Exits", [], "hostile:Exits called sys.exit(0); nothing was written"),
+        ("Base", [], "hostile:Base raised BaseException('not an Exception')"),
+        ("Hangs", ["--timeout", "5"], "did not finish within 5 s"),
+        ("Huge", ["--max-memory", "1G"], "can't allocate memory"),
+    ],
+)
+def test_hostile_model_code_is_bounded_and_writes_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    options: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "hostile.py").write_text(HOSTILE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.dl"
+    args = ["import", f"hostile:{model}", "--input", "float[4]", "--out", out, *options]
+    code, err = cli(capsys, *args)
+    assert code == 1 and message in err and not out.exists()
+
+
+def test_a_constructor_that_changes_directory_does_not_move_the_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hostile.py").write_text(HOSTILE_MODULE)
+    monkeypatch.chdir(work)
+    code, err = cli(capsys, "import", "hostile:Moves", "--input", "float[4]", "--out", "m.dl")
+    assert code == 0, err
+    assert (work / "m.dl").is_file() and not (tmp_path / "m.dl").exists()
+    assert Path.cwd() == work  # the parent's directory is its own

@@ -161,7 +161,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -
     )
     limits.add_argument(
         "--max-memory",
-        type=_size,
+        type=size_limit,
         metavar="SIZE",
         help="refuse to allocate models that need more memory, e.g. 512G "
         "(default: this machine's memory)",
@@ -185,7 +185,8 @@ def size_option(parse: Callable[[str], int], text: str) -> int:
     return value
 
 
-def _size(text: str) -> int:
+def size_limit(text: str) -> int:
+    """A --max-memory value: 64G, 512M, 1.5T or bytes."""
     return size_option(parse_size, text)
 
 
