@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dlspec.cli import EXIT_INTERNAL, main
+from dlspec.cli import main
+from dlspec.crash import EXIT_INTERNAL
 from dlspec.train.checkpoint import Checkpoint, save_checkpoint
 
 SPEC = """\
@@ -434,3 +436,58 @@ def test_a_constructor_that_changes_directory_does_not_move_the_outputs(
     assert code == 0, err
     assert (work / "m.dl").is_file() and not (tmp_path / "m.dl").exists()
     assert Path.cwd() == work  # the parent's directory is its own
+
+
+# malformed ONNX files ----------------------------------------------------------------------
+
+
+def malformed(path: Path, case: str) -> Path:
+    """An ONNX file with one defect (``case``)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def value(name: str = "x", dims: tuple[Any, ...] = ("N", 4)) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))
+
+    relu = helper.make_node("Relu", ["x"], ["y"], name="act")
+    nodes, inputs, outputs, inits, opset = [relu], [value()], [value("y")], [], 17
+    if case == "dangling":
+        outputs = [value("z")]
+    elif case == "no-outputs":
+        outputs = []
+    elif case == "bias":
+        weight = numpy_helper.from_array(np.ones((3, 4), np.float32), "W")
+        bias = numpy_helper.from_array(np.ones((5,), np.float32), "B")
+        nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="fc", transB=1)]
+        outputs, inits = [value("y", ("N", 3))], [weight, bias]
+    elif case == "negative-dim":
+        inputs, outputs = [value("x", ("N", -4))], [value("y", ("N", -4))]
+    elif case == "string":
+        inits = [helper.make_tensor("S", TensorProto.STRING, [1], [b"a"])]
+    elif case == "opset":
+        opset = 99999
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("dangling", "Graph output 'z' is not an output of any node"),
+        ("no-outputs", "the graph declares no outputs"),
+        ("bias", "ONNX Gemm (fc): RuntimeError: The expanded size of the tensor (3)"),
+        ("negative-dim", "x has a dimension of -4"),
+        ("string", "the initializer S holds strings, not numbers"),
+        ("opset", "opset 99999; this onnx knows opsets 1 to"),
+    ],
+)
+def test_a_malformed_onnx_file_is_a_message_naming_the_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    model = malformed(tmp_path / "m.onnx", case)
+    code, err = cli(capsys, "import", model, "--out", tmp_path / "m.dl")
+    assert code in (1, 2) and message in err and not (tmp_path / "m.dl").exists()

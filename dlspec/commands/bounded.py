@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import NoReturn, TextIO
 
 from dlspec.analysis.render import human_bytes
+from dlspec.crash import internal_error
 
 DONE = b"done"  # what the child writes to the parent when the job finished
 MAX_OUTPUT = 1024 * 1024  # bytes of the child's stdout, and of its stderr, passed on
@@ -158,6 +159,8 @@ def _child(
             "(--max-memory raises the limit); nothing was written",
             file=sys.stderr,
         )
+    except Exception as exc:  # the user's code raised through dlspec's own handling: a bug
+        code = internal_error(sys.argv[1:], exc)
     except BaseException as exc:  # the user's code: SystemExit, BaseException, ...
         detail = f"({str(exc)[:200]!r})" if str(exc) else ""
         happened = f"raised {type(exc).__name__}{detail}"
