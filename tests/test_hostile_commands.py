@@ -491,3 +491,49 @@ def test_a_malformed_onnx_file_is_a_message_naming_the_node(
     model = malformed(tmp_path / "m.onnx", case)
     code, err = cli(capsys, "import", model, "--out", tmp_path / "m.dl")
     assert code in (1, 2) and message in err and not (tmp_path / "m.dl").exists()
+
+
+# full disk, non-finite predictions, --watch with JSON -----------------------------------------
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_an_oserror_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def full(payload: object, file: Path) -> None:
+        Path(file).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64")
+
+    monkeypatch.setattr("torch.save", full)
+    with pytest.raises(OSError, match="is the disk full"):
+        save_checkpoint(path, Checkpoint("0" * 64, 1, {}, {}, [], {}))
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_predict_refuses_outputs_that_are_not_finite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    model = onnx_model(tmp_path / "m.onnx", {"dlspec.classes": '["a", "b", "c", "d"]'})
+    np.savez(tmp_path / "x.npz", x=np.full((2, 4), 1e308))  # float64: inf as float32
+    code, err = cli(capsys, "predict", model, tmp_path / "x.npz")
+    assert code == 1 and "the model's output holds NaN or infinite values" in err
+
+
+def test_watch_with_json_keeps_stdout_json(
+    spec: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlspec.commands import watch
+
+    def once(paths: list[str], run: Any, interval: float, status: Any = None) -> int:
+        return watch.watch(paths, run, interval, rounds=1, status=status)
+
+    monkeypatch.setattr("dlspec.commands.check.watch", once)
+    assert main(["check", str(spec), "--watch", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["total_params"] == 15  # stdout: the JSON alone
+    assert "watching" in captured.err

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from dlspec.backends.runtime import MAX_MODEL_FILE
 from dlspec.importers.ir import ImportFailed, Unmapped
 from dlspec.importers.torch_fx import DEFAULT_DIM, InputSpec, example
 
@@ -226,8 +227,6 @@ OPS: dict[str, Callable[[_Reader, Any], fx.Node]] = {
 ALIASES = ("Identity", "Dropout")  # pass their input on (a Dropout is the identity at inference)
 
 
-MAX_FILE = 2**31  # protobuf's limit on a message: no larger file is an ONNX model
-
 #: ONNX element types a tensor of the graph may hold (no strings)
 _NUMERIC = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 16}
 
@@ -273,7 +272,7 @@ def load_onnx(path: Path, symbols: dict[str, int]) -> tuple[nn.Module, list[Inpu
 
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    if path.stat().st_size > MAX_FILE:
+    if path.stat().st_size > MAX_MODEL_FILE:
         raise ValueError(
             f"{path}: {path.stat().st_size:,} bytes, over the 2 GiB an ONNX file holds"
         )

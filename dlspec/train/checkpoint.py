@@ -65,7 +65,8 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically."""
+    """Write ``checkpoint`` to ``path`` atomically; OSError when it cannot be written (the
+    file at ``path`` is then left as it was)."""
     payload = {
         "format": 1,
         "spec_hash": checkpoint.spec_hash,
@@ -79,7 +80,11 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "state": checkpoint.state,
     }
     with atomic_file(path) as temporary:
-        torch.save(payload, temporary)
+        try:
+            torch.save(payload, temporary)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed"
+            raise OSError(f"{reason} (is the disk full?)") from None
 
 
 def _invalid(payload: dict[str, Any]) -> str | None:
