@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from dlspec.analysis.limits import physical_memory
+from dlspec.analysis.render import human_bytes
 from dlspec.files import atomic_file
 
 __all__ = [
@@ -126,6 +128,12 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
         raise CheckpointError(
             f"{file}: no checkpoint to resume from (a build writes one after every epoch); "
             "run without --resume to start afresh"
+        )
+    size, memory = file.stat().st_size, physical_memory()
+    if size > memory:  # reading it would exhaust the machine before anything is checked
+        raise CheckpointError(
+            f"{file}: {human_bytes(size)}, more than this machine's memory "
+            f"({human_bytes(memory)}); it cannot be loaded here"
         )
     try:
         with warnings.catch_warnings():
