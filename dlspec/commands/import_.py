@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), 2)
     from dlspec.commands.bounded import run_bounded
 
+    _preload(args.target)
     return run_bounded(
         lambda: _import(args, out, weights),
         seconds=args.timeout,
@@ -106,6 +107,16 @@ def run(args: argparse.Namespace) -> int:
         what=args.target,
         name="import",
     )
+
+
+def _preload(target: str) -> None:
+    """Load the libraries the import uses here, before the child's memory limit applies: the
+    limit is on address space, and mapping torch's shared libraries takes hundreds of MB."""
+    import dlspec.importers.pipeline  # noqa: F401 (torch and the tracer)
+
+    if target.lower().endswith(".onnx"):
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
 
 
 def _import(args: argparse.Namespace, out: Path, weights: Path | None) -> int:
