@@ -12,6 +12,7 @@ from typing import TextIO
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
+from dlspec.records import MAX_COUNT
 from dlspec.syntax.source import read_source, read_stdin
 from dlspec.terminal import printable
 
@@ -25,9 +26,6 @@ def set_pair(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-#: The largest count an option takes (a batch, a step count): 2^53, where integers stop
-#: being exact as floats and the memory and FLOP figures computed from them would overflow.
-MAX_COUNT = 2**53
 #: Seeds go to torch's generators, which take a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
 
