@@ -12,6 +12,7 @@ from typing import TextIO
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
+from dlspec.records import MAX_COUNT
 from dlspec.syntax.source import read_source, read_stdin
 from dlspec.terminal import printable
 
@@ -25,9 +26,6 @@ def set_pair(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-#: The largest count an option takes (a batch, a step count): 2^53, where integers stop
-#: being exact as floats and the memory and FLOP figures computed from them would overflow.
-MAX_COUNT = 2**53
 #: Seeds go to torch's generators, which take a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
 
@@ -161,7 +159,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -
     )
     limits.add_argument(
         "--max-memory",
-        type=_size,
+        type=size_limit,
         metavar="SIZE",
         help="refuse to allocate models that need more memory, e.g. 512G "
         "(default: this machine's memory)",
@@ -185,7 +183,8 @@ def size_option(parse: Callable[[str], int], text: str) -> int:
     return value
 
 
-def _size(text: str) -> int:
+def size_limit(text: str) -> int:
+    """A --max-memory value: 64G, 512M, 1.5T or bytes."""
     return size_option(parse_size, text)
 
 

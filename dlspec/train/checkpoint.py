@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from dlspec.analysis.limits import physical_memory
+from dlspec.analysis.render import human_bytes
 from dlspec.files import atomic_file
 
 __all__ = [
@@ -65,7 +67,8 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically."""
+    """Write ``checkpoint`` to ``path`` atomically; OSError when it cannot be written (the
+    file at ``path`` is then left as it was)."""
     payload = {
         "format": 1,
         "spec_hash": checkpoint.spec_hash,
@@ -79,7 +82,11 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "state": checkpoint.state,
     }
     with atomic_file(path) as temporary:
-        torch.save(payload, temporary)
+        try:
+            torch.save(payload, temporary)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed"
+            raise OSError(f"{reason} (is the disk full?)") from None
 
 
 def _invalid(payload: dict[str, Any]) -> str | None:
@@ -121,6 +128,12 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
         raise CheckpointError(
             f"{file}: no checkpoint to resume from (a build writes one after every epoch); "
             "run without --resume to start afresh"
+        )
+    size, memory = file.stat().st_size, physical_memory()
+    if size > memory:  # reading it would exhaust the machine before anything is checked
+        raise CheckpointError(
+            f"{file}: {human_bytes(size)}, more than this machine's memory "
+            f"({human_bytes(memory)}); it cannot be loaded here"
         )
     try:
         with warnings.catch_warnings():
