@@ -67,7 +67,7 @@ dist.init_process_group("gloo", init_method=f"file://{sys.argv[2]}/store", rank=
 spec = dlspec.load(sys.argv[1])
 torch.manual_seed(0)
 model = spec.to_torch()
-shard_model(model, [unit.path for unit in shard_units(spec.graph)], None)
+shard_model(model, [unit.path for unit in shard_units(spec.graph)], None, torch.device("cpu"))
 optimizer = make_optimizer(model, spec.graph.train.optimizer)
 model(torch.randn(4, 64)).square().mean().backward()
 optimizer.step()

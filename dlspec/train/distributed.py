@@ -202,16 +202,21 @@ def weighted_average(
     return work.get_future().then(lambda done: done.value()[0])
 
 
-def shard_model(model: nn.Module, units: Sequence[str], dtype: torch.dtype | None) -> None:
+def shard_model(
+    model: nn.Module, units: Sequence[str], dtype: torch.dtype | None, device: torch.device
+) -> None:
     """FSDP2: ``fully_shard`` the modules at ``units`` (module paths, in order), then the
-    whole model; ``dtype``: the precision the gathered parameters compute in (None: as they
-    are), gradients being reduced in fp32."""
+    whole model, over all the processes of the group, on ``device``'s type (CPU: gloo, CUDA:
+    NCCL); ``dtype``: the precision the gathered parameters compute in (None: as they are),
+    gradients being reduced in fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for path in units:
-        fully_shard(model.get_submodule(path), mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(model.get_submodule(path), mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 def _seed(*numbers: int) -> int:
@@ -278,7 +283,7 @@ class DistributedTrainer(Trainer):
 
     def _shard(self) -> None:
         if self.sharded:
-            shard_model(self.model, self.units, self.autocast)
+            shard_model(self.model, self.units, self.autocast, self.device)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._share_weight.weight = next(self._weights)
@@ -316,12 +321,14 @@ class DistributedTrainer(Trainer):
         self.augment_generator.manual_seed(seed)
         return super().train_epoch()
 
+    def _interrupted(self) -> None:
+        if not self.sharded:  # the others may be gone: a sharded run resumes from its last epoch
+            super()._interrupted()
+
     def save(self, partial: bool = False) -> None:
         if not self.sharded:
             if self.main:
                 super().save(partial)
-            return
-        if partial:  # the others may be gone: resume from the last epoch's shards
             return
         from torch.distributed.checkpoint import state_dict as dsd
 

@@ -666,10 +666,14 @@ class Trainer:
                 if self.on_epoch is not None:
                     self.on_epoch(entry)
         except KeyboardInterrupt:
-            if self._finite_weights():
-                self.save(partial=True)
+            self._interrupted()
             return False
         return True
+
+    def _interrupted(self) -> None:
+        """On Ctrl-C: checkpoint the weights of the moment, if they are finite."""
+        if self._finite_weights():
+            self.save(partial=True)
 
     def _finite_weights(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
