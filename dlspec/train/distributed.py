@@ -40,8 +40,9 @@ process validates and tests (the forward pass needs them all). Checkpoints: afte
 epoch each process writes its own shards with ``torch.distributed.checkpoint`` (into
 ``checkpoint.shards/epoch-N``), then rank 0 writes ``checkpoint.pt`` with the whole
 ``state_dict`` (what ``export`` and ``predict`` read), naming those shards; ``--resume``
-loads them, resharded to any number of processes. A run interrupted mid-epoch resumes from
-its last finished epoch.
+loads them, resharded to any number of processes (on several machines, every process must
+read and write the same ``--out`` folder: a shared file system). A run interrupted mid-epoch
+resumes from its last finished epoch.
 """
 
 # Annotations stay evaluated (no `from __future__ import annotations`): DDP checks that its
