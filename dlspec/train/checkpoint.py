@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from dlspec.analysis.limits import physical_memory
 from dlspec.analysis.render import human_bytes
@@ -30,7 +31,9 @@ __all__ = [
     "CheckpointError",
     "atomic_file",
     "load_checkpoint",
+    "load_shards",
     "save_checkpoint",
+    "save_shards",
     "spec_hash",
 ]
 
@@ -171,3 +174,35 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
         info=dict(payload.get("info", {})),
         state=dict(payload.get("state", {})),
     )
+
+
+def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Write the model's and the optimiser's state to ``folder`` with
+    ``torch.distributed.checkpoint``: in a sharded run, every process its own shards (a
+    collective: all of them call it)."""
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    weights, moments = dsd.get_state_dict(model, optimizer)
+    dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=folder)
+
+
+def load_shards(
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path, alone: bool
+) -> None:
+    """Load what :func:`save_shards` wrote into ``model`` and ``optimizer``, resharded to
+    them: sharded over any number of processes (all of them call it), or whole in one
+    process (``alone``: no collective, though a process group may exist)."""
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(
+            f"{folder}: the shards this checkpoint names are missing (a sharded run's "
+            "optimizer state is there); run without --resume to start afresh"
+        )
+    weights, moments = dsd.get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # alone, without a process group: as meant
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load({"model": weights, "optimizer": moments}, checkpoint_id=folder, no_dist=alone)
+    dsd.set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=moments)
