@@ -315,3 +315,31 @@ def test_a_branch_on_a_model_parameter_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(GenerationError, match="parameter wide"):
         _ = dlspec.load(path).code
+
+
+HEADS = """
+block Heads(heads: int) {
+    h = Reshape(-1, heads, input.shape[1] // heads)
+    Transpose(0, 1)
+    Transpose(0, 1)
+    Flatten(1)
+}
+
+model M(d: int = 16, heads: int = 4, T: dim = 5) {
+    input x: float[T, d]
+    Linear(d)
+    Heads(heads)
+    Linear(3)
+}
+"""
+
+
+def test_sizes_in_forward_are_the_class_arguments(tmp_path: Path) -> None:
+    """A size that forward's code holds (a reshape's) is the expression, kept as an
+    attribute (``self.heads``), not the number of the defaults."""
+    path = tmp_path / "heads.dl"
+    path.write_text(HEADS)
+    spec = dlspec.load(path)
+    assert "x.reshape(x.shape[0], -1, self.heads, self.in_features // self.heads)" in spec.code
+    built = _model_class(spec)(d=12, heads=3)
+    assert list(built(torch.randn(2, 5, 12)).shape) == [2, 5, 3]

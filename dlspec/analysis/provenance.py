@@ -19,7 +19,8 @@ back into the caller's names (:func:`rebase`). Expressions are tuples: ``("n", n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 Tree = tuple[Any, ...]
@@ -144,7 +145,40 @@ class _Arithmetic:
         return self
 
 
-class Sym(_Arithmetic, int):
+# How a number prints while code is generated (:func:`printing`): the forward templates of
+# layer kinds are text, and a size in them must be the expression, not the value
+_PRINTING: list[Callable[[Tree], str]] = []
+
+
+@contextmanager
+def printing(render: Callable[[Tree], str]) -> Iterator[None]:
+    """While active, a :class:`Sym` or :class:`SymFloat` prints (``str``, ``repr``, an
+    f-string) as ``render`` writes its local expression: layer kinds write sizes into the
+    text of generated code with ordinary formatting, and get the expression."""
+    _PRINTING.append(render)
+    try:
+        yield
+    finally:
+        _PRINTING.pop()
+
+
+class _Printing:
+    local: Tree
+
+    def __str__(self) -> str:
+        if _PRINTING:
+            return _PRINTING[-1](self.local)
+        return super().__repr__()
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        if _PRINTING and not spec:
+            return _PRINTING[-1](self.local)
+        return super().__format__(spec)
+
+
+class Sym(_Printing, _Arithmetic, int):
     """An int that remembers how it was computed (``local`` and ``root`` expressions)."""
 
     def __new__(cls, value: int, local: Tree, root: Tree) -> Sym:
@@ -164,7 +198,7 @@ class Sym(_Arithmetic, int):
     __hash__ = int.__hash__
 
 
-class SymFloat(_Arithmetic, float):
+class SymFloat(_Printing, _Arithmetic, float):
     """A float that remembers how it was computed."""
 
     def __new__(cls, value: float, local: Tree, root: Tree) -> SymFloat:

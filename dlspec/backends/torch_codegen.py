@@ -254,6 +254,16 @@ def _dim(size: Any, ctx: _Context) -> str:
     return fmt_dim(size)
 
 
+def _attribute_source(tree: provenance.Tree, names: set[str]) -> str:
+    """An expression as forward's code computes it, from the arguments the constructor kept
+    as attributes (``self.heads``); ``names`` collects them."""
+    tree = provenance.simplify(tree)
+    read = provenance.names(tree)
+    names |= read
+    kept = provenance.substitute(tree, {n: provenance.name(f"self.{n}") for n in read})
+    return provenance.python(kept, literal=literal)
+
+
 def _attribute(path: str) -> str:
     """``layer1.0.conv`` -> ``self.layer1[0].conv``."""
     return "self" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split("."))
@@ -316,6 +326,7 @@ class _Context:
 
     site: _Site
     used: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)  # arguments forward reads: kept as attributes
 
     def source(self, value: Any) -> str:
         """A value as the code computes it: the expression it came from, in the class's
@@ -357,9 +368,14 @@ class _Generator:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
         self.checkpointed: set[int] = set()  # ids of the model's steps run_block runs
-        self.calls = {
-            id(n): n.layer.torch([t.type for t in n.inputs]) for n in graph.leaves() if n.layer
-        }
+        self.calls: dict[int, TorchCall] = {}
+        self.kept: dict[int, set[str]] = {}  # the class's arguments each layer's forward reads
+        for leaf in graph.leaves():
+            if leaf.layer is not None:
+                names: set[str] = set()
+                with provenance.printing(lambda tree, names=names: _attribute_source(tree, names)):
+                    self.calls[id(leaf)] = leaf.layer.torch([t.type for t in leaf.inputs])
+                self.kept[id(leaf)] = names
         helpers = {c.cls for c in self.calls.values() if c.helper is not None and c.cls}
         blocks = {s.block.name for s in graph.all_steps() if s.block is not None}
         self.reserved = {graph.name, *blocks, *helpers}  # class names the spec chose
@@ -552,7 +568,14 @@ class _Generator:
             forward += self._forward(steps, inputs, target, built, ctx)
         if results:
             forward += _returns([variables[r] for r in results], 2)
-        return _Body(init, list(params.values()), forward, len(results), variables)
+        ctx.used |= ctx.kept
+        for name in sorted(ctx.kept):  # what forward reads of the constructor's arguments
+            if any(step.name == name for step in graph.steps):
+                raise GenerationError(
+                    f"{name} names both an argument that forward reads and a statement"
+                )
+        kept = [f"{INDENT * 2}self.{name} = {name}" for name in sorted(ctx.kept)]
+        return _Body(kept + init, list(params.values()), forward, len(results), variables)
 
     def _constructor(self, steps: list[Step], ctx: _Context, name: str) -> CallText | None:
         """How ``__init__`` builds a step, given in each use; None for a layer that has no
@@ -683,7 +706,7 @@ class _Generator:
         if node.kind != "repeat" or (
             built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
         ):
-            expr = self._expression(node, module, inputs)
+            expr = self._expression(node, module, inputs, ctx)
             return _statement(f"{target} = ", expr, 2, comment)
         threads = len(node.outputs)  # the inputs the outputs replace, from the first
         if not node.children:  # repeated 0 times: those inputs
@@ -696,7 +719,7 @@ class _Generator:
                 else [f"{INDENT * 2}{target} = {', '.join(inputs[:threads])}"]
             )
             reads = [*target.split(", "), *inputs[threads:]]
-            expr = self._expression(node.children[0], loop, reads)
+            expr = self._expression(node.children[0], loop, reads, ctx)
             return [
                 *lines,
                 f"{INDENT * 2}for {loop} in {module}:",
@@ -704,7 +727,7 @@ class _Generator:
             ]
         lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
         for i, child in enumerate(node.children):
-            expr = self._expression(child, f"{module}[{i}]", inputs)
+            expr = self._expression(child, f"{module}[{i}]", inputs, ctx)
             copy_comment = _comment([s.children[i] for s in steps], ctx)
             lines += _statement(f"{target} = ", expr, 2, copy_comment)
             inputs = [*target.split(", "), *inputs[threads:]]  # the others stay
@@ -714,10 +737,11 @@ class _Generator:
         """Whether the node's module is called as ``module(x)`` (as nn.Sequential calls it)."""
         return node.layer is None or self.calls[id(node)].forward == PLAIN_CALL
 
-    def _expression(self, node: Step, module: str, inputs: list[str]) -> str:
+    def _expression(self, node: Step, module: str, inputs: list[str], ctx: _Context) -> str:
         if node.layer is None:  # a block, residual or repetition: a module of its inputs
             return f"{module}({', '.join(inputs)})"
         numbered = {f"x{i}": v for i, v in enumerate(inputs)}
+        ctx.kept |= self.kept[id(node)]
         template = self.calls[id(node)].forward
         return template.format(module=module, x=inputs[0], inputs=", ".join(inputs), **numbered)
 
