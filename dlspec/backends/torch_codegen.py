@@ -30,6 +30,7 @@ as ``ruff format`` formats it, at dlspec's line length of 100.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import keyword
 import math
@@ -373,7 +374,7 @@ class _Generator:
         for leaf in graph.leaves():
             if leaf.layer is not None:
                 names: set[str] = set()
-                with provenance.printing(lambda tree, names=names: _attribute_source(tree, names)):
+                with provenance.printing(functools.partial(_attribute_source, names=names)):
                     self.calls[id(leaf)] = leaf.layer.torch([t.type for t in leaf.inputs])
                 self.kept[id(leaf)] = names
         helpers = {c.cls for c in self.calls.values() if c.helper is not None and c.cls}

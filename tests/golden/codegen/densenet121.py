@@ -131,7 +131,7 @@ class DenseNet121(nn.Module):
         x = self.conv0(image)  # (B, 64, (size + 1) // 2, (size + 1) // 2)
         x = self.norm0(x)
         x = self.relu0(x)
-        x = self.pool0(x)  # (B, 64, ((size + 1) // 2 + 1) // 2, ((size + 1) // 2 + 1) // 2)
+        x = self.pool0(x)  # (B, 64, (size - 1) // 4 + 1, (size - 1) // 4 + 1)
         for block in self.denseblock1:
             x = self.run_block(block, x)
         # (B, 3 * growth + 32, ((size + 1) // 2 + 1) // 4, ((size + 1) // 2 + 1) // 4)

@@ -29,7 +29,7 @@ class MBConv(nn.Module):
             in_channels,
             expand * in_channels,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expand * in_channels,
             bias=False,
         )
@@ -71,7 +71,7 @@ class MBConv2(nn.Module):
             expand * in_channels,
             kernel_size=kernel,
             stride=stride,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expand * in_channels,
             bias=False,
         )
@@ -115,7 +115,7 @@ class MBConv3(nn.Module):
             expand * in_channels,
             expand * in_channels,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expand * in_channels,
             bias=False,
         )
@@ -162,7 +162,7 @@ class MBConv4(nn.Module):
             expand * in_channels,
             expand * in_channels,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expand * in_channels,
             bias=False,
         )
@@ -267,15 +267,13 @@ class EfficientNetB0(nn.Module):
         x = self.batchnorm2d1(x)
         x = self.silu1(x)
         x = self.run_block(self.stage1, x)  # (B, 16, (size + 1) // 2, (size + 1) // 2)
-        # (B, 24, ((size + 1) // 2 + 1) // 2, ((size + 1) // 2 + 1) // 2)
-        x = self.run_block(self.stage2, x)
-        # (B, 40, (((size + 1) // 2 + 1) // 2 + 1) // 2, (((size + 1) // 2 + 1) // 2 + 1) // 2)
-        x = self.run_block(self.stage3, x)
-        x = self.run_block(self.stage4, x)
-        x = self.run_block(self.stage5, x)
-        x = self.run_block(self.stage6, x)
-        x = self.run_block(self.stage7, x)
-        x = self.head(x)
+        x = self.run_block(self.stage2, x)  # (B, 24, (size - 1) // 4 + 1, (size - 1) // 4 + 1)
+        x = self.run_block(self.stage3, x)  # (B, 40, (size - 1) // 8 + 1, (size - 1) // 8 + 1)
+        x = self.run_block(self.stage4, x)  # (B, 80, (size - 1) // 16 + 1, (size - 1) // 16 + 1)
+        x = self.run_block(self.stage5, x)  # (B, 112, (size - 1) // 16 + 1, (size - 1) // 16 + 1)
+        x = self.run_block(self.stage6, x)  # (B, 192, (size - 1) // 32 + 1, (size - 1) // 32 + 1)
+        x = self.run_block(self.stage7, x)  # (B, 320, (size - 1) // 32 + 1, (size - 1) // 32 + 1)
+        x = self.head(x)  # (B, 1280, (size - 1) // 32 + 1, (size - 1) // 32 + 1)
         x = self.batchnorm2d2(x)
         x = self.silu2(x)
         x = self.avgpool(x)  # (B, 1280, 1, 1)

@@ -13,7 +13,7 @@ class Bneck(nn.Module):
             in_channels,
             expanded,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -45,7 +45,7 @@ class Bneck2(nn.Module):
             expanded,
             kernel_size=kernel,
             stride=stride,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -78,7 +78,7 @@ class Bneck3(nn.Module):
             expanded,
             expanded,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -113,7 +113,7 @@ class Bneck4(nn.Module):
             expanded,
             kernel_size=kernel,
             stride=stride,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -157,7 +157,7 @@ class Bneck5(nn.Module):
             expanded,
             expanded,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -203,7 +203,7 @@ class Bneck6(nn.Module):
             expanded,
             kernel_size=kernel,
             stride=stride,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -236,7 +236,7 @@ class Bneck7(nn.Module):
             expanded,
             expanded,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -270,7 +270,7 @@ class Bneck8(nn.Module):
             expanded,
             expanded,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -314,7 +314,7 @@ class Bneck9(nn.Module):
             expanded,
             expanded,
             kernel_size=kernel,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -360,7 +360,7 @@ class Bneck10(nn.Module):
             expanded,
             kernel_size=kernel,
             stride=stride,
-            padding=(kernel + 1) // 2 - 1,
+            padding=(kernel - 1) // 2,
             groups=expanded,
             bias=False,
         )
@@ -426,23 +426,21 @@ class MobileNetV3Large(nn.Module):
         x = self.batchnorm2d1(x)
         x = self.hardswish1(x)
         x = self.run_block(self.b1, x)
-        # (B, 24, ((size + 1) // 2 + 1) // 2, ((size + 1) // 2 + 1) // 2)
-        x = self.run_block(self.b2, x)
+        x = self.run_block(self.b2, x)  # (B, 24, (size - 1) // 4 + 1, (size - 1) // 4 + 1)
         x = self.run_block(self.b3, x)
-        # (B, 40, (((size + 1) // 2 + 1) // 2 + 1) // 2, (((size + 1) // 2 + 1) // 2 + 1) // 2)
-        x = self.run_block(self.b4, x)
+        x = self.run_block(self.b4, x)  # (B, 40, (size - 1) // 8 + 1, (size - 1) // 8 + 1)
         for block in self.b5:
             x = self.run_block(block, x)
-        x = self.run_block(self.b7, x)
+        x = self.run_block(self.b7, x)  # (B, 80, (size - 1) // 16 + 1, (size - 1) // 16 + 1)
         x = self.run_block(self.b8, x)
         for block in self.b9:
             x = self.run_block(block, x)
-        x = self.run_block(self.b11, x)
+        x = self.run_block(self.b11, x)  # (B, 112, (size - 1) // 16 + 1, (size - 1) // 16 + 1)
         x = self.run_block(self.b12, x)
-        x = self.run_block(self.b13, x)
+        x = self.run_block(self.b13, x)  # (B, 160, (size - 1) // 32 + 1, (size - 1) // 32 + 1)
         for block in self.b14:
             x = self.run_block(block, x)
-        x = self.last(x)
+        x = self.last(x)  # (B, 960, (size - 1) // 32 + 1, (size - 1) // 32 + 1)
         x = self.batchnorm2d2(x)
         x = self.hardswish2(x)
         x = self.avgpool(x)  # (B, 960, 1, 1)
