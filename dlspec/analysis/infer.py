@@ -22,7 +22,7 @@ from dlspec.analysis.render import human_bytes
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, LayerError, TensorType
-from dlspec.layers.base import Shape, numel
+from dlspec.layers.base import RETIRED, Shape, numel
 from dlspec.layers.symbolic import Dim, Poly, fmt_dim, value_at
 from dlspec.syntax import ast
 
@@ -668,7 +668,9 @@ class Analyzer:
                 "E201",
                 f"unknown layer kind {kind!r}",
                 op.name.span,
-                did_you_mean(kind, [*REGISTRY, *self.blocks]),
+                [RETIRED[kind]]
+                if kind in RETIRED
+                else did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
         try:
             layer, spans, lost = bind_layer(op, scope.values(), scope.named)

@@ -316,6 +316,8 @@ class View(Layer):
 
 
 REGISTRY: dict[str, type[Layer]] = {}
+# kinds that were removed -> what a spec writes instead (E201 says it)
+RETIRED: dict[str, str] = {}
 
 
 def register(cls: type[Layer]) -> type[Layer]:
@@ -324,6 +326,11 @@ def register(cls: type[Layer]) -> type[Layer]:
         raise ValueError(f"layer kind {cls.kind} registered twice")
     REGISTRY[cls.kind] = cls
     return cls
+
+
+def retire(kind: str, advice: str) -> None:
+    """Record that ``kind`` is no longer a layer kind, and what a spec writes instead."""
+    RETIRED[kind] = f"{kind} is no longer a layer kind: {advice}"
 
 
 # helpers shared by shape rules ---------------------------------------------------------------
