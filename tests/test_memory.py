@@ -524,9 +524,9 @@ GRAPH_CASES = {
         o = LSTM(3) <- q
         a = MultiheadAttention(num_heads=1) <- q
     }""",
-    # the plain math (features not adjacent: an image as tokens) scales q and k, and multiplies heads
-    # as a batch of matrices: values that view as one (a single head) are kept in place,
-    # others copied
+    # the plain math (features not adjacent: an image as tokens) scales q and k, and
+    # multiplies heads as a batch of matrices: values that view as one (a single head) are
+    # kept in place, others copied
     "sdpa-math-in-place": """model M {
         input y: float[4, 7, 6]
         f = Flatten(1) <- y
