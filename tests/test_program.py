@@ -9,6 +9,8 @@ small widths and image sizes, never at their defaults.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -343,3 +345,20 @@ def test_sizes_in_forward_are_the_class_arguments(tmp_path: Path) -> None:
     assert "x.reshape(x.shape[0], -1, self.heads, self.in_features // self.heads)" in spec.code
     built = _model_class(spec)(d=12, heads=3)
     assert list(built(torch.randn(2, 5, 12)).shape) == [2, 5, 3]
+
+
+def test_build_refuses_what_code_cannot_express(tmp_path: Path) -> None:
+    path = tmp_path / "branch.dl"
+    path.write_text(
+        "model M(wide: bool = false) {\n    input x: float[4]\n"
+        "    if wide { Linear(8) } else { Linear(2) }\n}\n"
+    )
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "dlspec", "build", str(path), "--out", str(out), "--no-train"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot generate PyTorch code" in result.stderr and "parameter wide" in result.stderr
+    assert not (out / "model.py").exists()
