@@ -1,4 +1,4 @@
-"""Numbers that remember their expressions (dlspec.analysis.provenance): the arithmetic,
+"""Numbers that remember their expressions (dlspec.layers.provenance): the arithmetic,
 the simplification and the Python they print as, against plain evaluation."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlspec.analysis import provenance
-from dlspec.analysis.provenance import Sym, Tree
+from dlspec.layers import provenance
+from dlspec.layers.provenance import Sym, Tree
 
 NAMES = ("a", "b", "c")
 

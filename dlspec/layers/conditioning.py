@@ -77,7 +77,7 @@ class TimestepEmbedding(Layer):
         return [Saved("angle", half), Saved("frequency", half, "float32", batched=False)]
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        kwargs = self.model_dump(exclude_defaults=True, exclude={"dim"})
+        kwargs = self.keywords(exclude={"dim"})
         return TorchCall(self.kind, (self.dim,), kwargs, helper=_TIMESTEP)
 
     def label(self) -> str:

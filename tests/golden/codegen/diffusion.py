@@ -70,9 +70,7 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    def __init__(
-        self, x_channels: int, temb_features: int, channels: int, groups: int, project: bool = False
-    ) -> None:
+    def __init__(self, x_channels: int, temb_features: int, channels: int, groups: int) -> None:
         super().__init__()
         self.channels = channels
         self.norm1 = nn.GroupNorm(groups, x_channels)
@@ -82,49 +80,27 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(groups, channels)
         self.silu2 = nn.SiLU()
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.use_skip = x_channels != channels
+        if self.use_skip:
+            self.skip = nn.Conv2d(x_channels, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        out = self.norm1(x)
-        out = self.silu1(out)
-        conv1 = self.conv1(out)  # (B, channels, x_height, x_width)
-        out = self.time(temb)  # (B, channels)
-        shift = out.reshape(out.shape[0], self.channels, 1, 1)  # (B, channels, 1, 1)
-        out = conv1 + shift
-        out = self.norm2(out)
-        out = self.silu2(out)
-        conv2 = self.conv2(out)
-        out = conv2 + x
-        return out
-
-
-class ResBlock2(nn.Module):
-    def __init__(
-        self, x_channels: int, temb_features: int, channels: int, groups: int, project: bool = False
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.norm1 = nn.GroupNorm(groups, x_channels)
-        self.silu1 = nn.SiLU()
-        self.conv1 = nn.Conv2d(x_channels, channels, kernel_size=3, padding=1)
-        self.time = nn.Linear(temb_features, channels)
-        self.norm2 = nn.GroupNorm(groups, channels)
-        self.silu2 = nn.SiLU()
-        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-        self.skip = nn.Conv2d(x_channels, channels, kernel_size=1)
-
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        out = self.norm1(x)
-        out = self.silu1(out)
-        conv1 = self.conv1(out)  # (B, channels, x_height, x_width)
-        out = self.time(temb)  # (B, channels)
-        shift = out.reshape(out.shape[0], self.channels, 1, 1)  # (B, channels, 1, 1)
-        out = conv1 + shift
-        out = self.norm2(out)
-        out = self.silu2(out)
-        conv2 = self.conv2(out)
-        skip = self.skip(x)  # (B, channels, x_height, x_width)
-        out = conv2 + skip
-        return out
+        norm1 = self.norm1(x)
+        silu1 = self.silu1(norm1)
+        conv1 = self.conv1(silu1)  # (B, channels, x_height, x_width)
+        time = self.time(temb)  # (B, channels)
+        shift = time.reshape(time.shape[0], self.channels, 1, 1)  # (B, channels, 1, 1)
+        shifted = conv1 + shift
+        norm2 = self.norm2(shifted)
+        silu2 = self.silu2(norm2)
+        conv2 = self.conv2(silu2)
+        if self.use_skip:
+            skip = self.skip(x)  # (B, channels, x_height, x_width)
+            add2 = conv2 + skip
+            add1 = add2
+        else:
+            add1 = conv2 + x
+        return add1
 
 
 class Middle(nn.Module):
@@ -184,10 +160,10 @@ class DigitDiffusion(nn.Module):
         self.down = nn.Conv2d(ch, 2 * ch, kernel_size=3, stride=2, padding=1)
         self.e2 = ResBlock(2 * ch, 4 * ch, 2 * ch, groups)
         self.mid = Middle(2 * ch, 4, 4, d_text, heads)
-        self.d2 = ResBlock2(4 * ch, 4 * ch, 2 * ch, groups, project=True)
+        self.d2 = ResBlock(4 * ch, 4 * ch, 2 * ch, groups)
         self.up = nn.Upsample(scale_factor=2.0)
         self.up_conv = nn.Conv2d(2 * ch, ch, kernel_size=3, padding=1)
-        self.d1 = ResBlock2(2 * ch, 4 * ch, ch, groups, project=True)
+        self.d1 = ResBlock(2 * ch, 4 * ch, ch, groups)
         self.out_norm = nn.GroupNorm(groups, ch)
         self.silu2 = nn.SiLU()
         self.noise = nn.Conv2d(ch, 1, kernel_size=3, padding=1)

@@ -25,49 +25,13 @@ class MBConv(nn.Module):
         self, in_channels: int, expand: int, kernel: int, stride: int, out: int, drop: float
     ) -> None:
         super().__init__()
+        self.use_conv2d1 = expand != 1
+        if self.use_conv2d1:
+            self.conv2d1 = nn.Conv2d(in_channels, expand * in_channels, kernel_size=1, bias=False)
+            self.batchnorm2d1 = nn.BatchNorm2d(expand * in_channels, eps=0.001)
+            self.silu1 = nn.SiLU()
         self.dw = nn.Conv2d(
-            in_channels,
-            expand * in_channels,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expand * in_channels,
-            bias=False,
-        )
-        self.batchnorm2d1 = nn.BatchNorm2d(expand * in_channels, eps=0.001)
-        self.act = nn.SiLU()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expand * in_channels, in_channels // 4, kernel_size=1)
-        self.silu1 = nn.SiLU()
-        self.fc2 = nn.Conv2d(in_channels // 4, expand * in_channels, kernel_size=1)
-        self.gate = nn.Sigmoid()
-        self.project = nn.Conv2d(expand * in_channels, out, kernel_size=1, bias=False)
-        self.batchnorm2d2 = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dw(x)
-        x = self.batchnorm2d1(x)
-        act = self.act(x)
-        x = self.adaptiveavgpool2d1(act)  # (B, expand * in_channels, 1, 1)
-        x = self.fc1(x)  # (B, in_channels // 4, 1, 1)
-        x = self.silu1(x)
-        x = self.fc2(x)  # (B, expand * in_channels, 1, 1)
-        gate = self.gate(x)
-        x = act * gate
-        x = self.project(x)
-        x = self.batchnorm2d2(x)
-        return x
-
-
-class MBConv2(nn.Module):
-    def __init__(
-        self, in_channels: int, expand: int, kernel: int, stride: int, out: int, drop: float
-    ) -> None:
-        super().__init__()
-        self.conv2d1 = nn.Conv2d(in_channels, expand * in_channels, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expand * in_channels, eps=0.001)
-        self.silu1 = nn.SiLU()
-        self.dw = nn.Conv2d(
-            expand * in_channels,
+            expand * in_channels if self.use_conv2d1 else in_channels,
             expand * in_channels,
             kernel_size=kernel,
             stride=stride,
@@ -84,114 +48,34 @@ class MBConv2(nn.Module):
         self.gate = nn.Sigmoid()
         self.project = nn.Conv2d(expand * in_channels, out, kernel_size=1, bias=False)
         self.batchnorm2d3 = nn.BatchNorm2d(out, eps=0.001)
+        self.use_dropped = stride == 1 and in_channels == out
+        if self.use_dropped:
+            self.dropped = StochasticDepth(drop, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2d1(x)  # (B, expand * in_channels, in_height, in_width)
-        x = self.batchnorm2d1(x)
-        x = self.silu1(x)
-        x = self.dw(x)
-        x = self.batchnorm2d2(x)
-        act = self.act(x)
-        x = self.adaptiveavgpool2d1(act)  # (B, expand * in_channels, 1, 1)
-        x = self.fc1(x)  # (B, in_channels // 4, 1, 1)
-        x = self.silu2(x)
-        x = self.fc2(x)  # (B, expand * in_channels, 1, 1)
-        gate = self.gate(x)
-        x = act * gate
-        x = self.project(x)
-        x = self.batchnorm2d3(x)
-        return x
-
-
-class MBConv3(nn.Module):
-    def __init__(
-        self, in_channels: int, expand: int, kernel: int, stride: int, out: int, drop: float
-    ) -> None:
-        super().__init__()
-        self.conv2d1 = nn.Conv2d(in_channels, expand * in_channels, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expand * in_channels, eps=0.001)
-        self.silu1 = nn.SiLU()
-        self.dw = nn.Conv2d(
-            expand * in_channels,
-            expand * in_channels,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expand * in_channels,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expand * in_channels, eps=0.001)
-        self.act = nn.SiLU()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expand * in_channels, in_channels // 4, kernel_size=1)
-        self.silu2 = nn.SiLU()
-        self.fc2 = nn.Conv2d(in_channels // 4, expand * in_channels, kernel_size=1)
-        self.gate = nn.Sigmoid()
-        self.project = nn.Conv2d(expand * in_channels, out, kernel_size=1, bias=False)
-        self.batchnorm2d3 = nn.BatchNorm2d(out, eps=0.001)
-        self.dropped = StochasticDepth(drop, "row")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2d1(x)  # (B, expand * in_channels, in_height, in_width)
-        out = self.batchnorm2d1(out)
-        out = self.silu1(out)
-        out = self.dw(out)
-        out = self.batchnorm2d2(out)
-        act = self.act(out)
-        out = self.adaptiveavgpool2d1(act)  # (B, expand * in_channels, 1, 1)
-        out = self.fc1(out)  # (B, in_channels // 4, 1, 1)
-        out = self.silu2(out)
-        out = self.fc2(out)  # (B, expand * in_channels, 1, 1)
-        gate = self.gate(out)
-        out = act * gate
-        out = self.project(out)
-        out = self.batchnorm2d3(out)
-        dropped = self.dropped(out)
-        out = x + dropped
-        return out
-
-
-class MBConv4(nn.Module):
-    def __init__(
-        self, in_channels: int, expand: int, kernel: int, stride: int, out: int, drop: float
-    ) -> None:
-        super().__init__()
-        self.conv2d1 = nn.Conv2d(in_channels, expand * in_channels, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expand * in_channels, eps=0.001)
-        self.silu1 = nn.SiLU()
-        self.dw = nn.Conv2d(
-            expand * in_channels,
-            expand * in_channels,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expand * in_channels,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expand * in_channels, eps=0.001)
-        self.act = nn.SiLU()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expand * in_channels, in_channels // 4, kernel_size=1)
-        self.silu2 = nn.SiLU()
-        self.fc2 = nn.Conv2d(in_channels // 4, expand * in_channels, kernel_size=1)
-        self.gate = nn.Sigmoid()
-        self.project = nn.Conv2d(expand * in_channels, out, kernel_size=1, bias=False)
-        self.batchnorm2d3 = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2d1(x)  # (B, expand * in_channels, in_height, in_width)
-        x = self.batchnorm2d1(x)
-        x = self.silu1(x)
-        x = self.dw(x)
-        x = self.batchnorm2d2(x)
-        act = self.act(x)
-        x = self.adaptiveavgpool2d1(act)  # (B, expand * in_channels, 1, 1)
-        x = self.fc1(x)  # (B, in_channels // 4, 1, 1)
-        x = self.silu2(x)
-        x = self.fc2(x)  # (B, expand * in_channels, 1, 1)
-        gate = self.gate(x)
-        x = act * gate
-        x = self.project(x)
-        x = self.batchnorm2d3(x)
-        return x
+        if self.use_conv2d1:
+            conv2d1 = self.conv2d1(x)  # (B, expand * in_channels, in_height, in_width)
+            batchnorm2d1 = self.batchnorm2d1(conv2d1)
+            silu1 = self.silu1(batchnorm2d1)
+        else:
+            silu1 = x
+        dw = self.dw(silu1)
+        batchnorm2d2 = self.batchnorm2d2(dw)
+        act = self.act(batchnorm2d2)
+        adaptiveavgpool2d1 = self.adaptiveavgpool2d1(act)  # (B, expand * in_channels, 1, 1)
+        fc1 = self.fc1(adaptiveavgpool2d1)  # (B, in_channels // 4, 1, 1)
+        silu2 = self.silu2(fc1)
+        fc2 = self.fc2(silu2)  # (B, expand * in_channels, 1, 1)
+        gate = self.gate(fc2)
+        mul1 = act * gate
+        project = self.project(mul1)
+        batchnorm2d3 = self.batchnorm2d3(project)
+        if self.use_dropped:
+            dropped = self.dropped(batchnorm2d3)
+            add1 = x + dropped
+        else:
+            add1 = batchnorm2d3
+        return add1
 
 
 class Stage(nn.Module):
@@ -200,38 +84,8 @@ class Stage(nn.Module):
     ) -> None:
         super().__init__()
         self.first = MBConv(in_channels, expand, kernel, stride, out, 0.2)
-        self.rest = nn.Sequential()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first(x)
-        x = self.rest(x)
-        return x
-
-
-class Stage2(nn.Module):
-    def __init__(
-        self, in_channels: int, expand: int, kernel: int, stride: int, out: int, layers: int
-    ) -> None:
-        super().__init__()
-        self.first = MBConv2(in_channels, expand, kernel, stride, out, 0.2)
         self.rest = nn.Sequential(
-            *[MBConv3(out, expand, kernel, 1, out, 0.2) for _ in range(layers - 1)]
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first(x)
-        x = self.rest(x)
-        return x
-
-
-class Stage3(nn.Module):
-    def __init__(
-        self, in_channels: int, expand: int, kernel: int, stride: int, out: int, layers: int
-    ) -> None:
-        super().__init__()
-        self.first = MBConv4(in_channels, expand, kernel, stride, out, 0.2)
-        self.rest = nn.Sequential(
-            *[MBConv3(out, expand, kernel, 1, out, 0.2) for _ in range(layers - 1)]
+            *[MBConv(out, expand, kernel, 1, out, 0.2) for _ in range(layers - 1)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,12 +101,12 @@ class EfficientNetB0(nn.Module):
         self.batchnorm2d1 = nn.BatchNorm2d(32, eps=0.001)
         self.silu1 = nn.SiLU()
         self.stage1 = Stage(32, 1, 3, 1, 16, 1)
-        self.stage2 = Stage2(16, 6, 3, 2, 24, 2)
-        self.stage3 = Stage2(24, 6, 5, 2, 40, 2)
-        self.stage4 = Stage2(40, 6, 3, 2, 80, 3)
-        self.stage5 = Stage3(80, 6, 5, 1, 112, 3)
-        self.stage6 = Stage2(112, 6, 5, 2, 192, 4)
-        self.stage7 = Stage3(192, 6, 3, 1, 320, 1)
+        self.stage2 = Stage(16, 6, 3, 2, 24, 2)
+        self.stage3 = Stage(24, 6, 5, 2, 40, 2)
+        self.stage4 = Stage(40, 6, 3, 2, 80, 3)
+        self.stage5 = Stage(80, 6, 5, 1, 112, 3)
+        self.stage6 = Stage(112, 6, 5, 2, 192, 4)
+        self.stage7 = Stage(192, 6, 3, 1, 320, 1)
         self.head = nn.Conv2d(320, 1280, kernel_size=1, bias=False)
         self.batchnorm2d2 = nn.BatchNorm2d(1280, eps=0.001)
         self.silu2 = nn.SiLU()

@@ -9,39 +9,17 @@ class Bneck(nn.Module):
         self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
     ) -> None:
         super().__init__()
+        self.use_expand = expanded != in_channels
+        if self.use_expand:
+            self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
+            self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
+            self.use_hardswish1 = hs
+            if self.use_hardswish1:
+                self.hardswish1 = nn.Hardswish()
+            else:
+                self.relu1 = nn.ReLU()
         self.dw = nn.Conv2d(
-            in_channels,
-            expanded,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.ReLU()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.dw(x)
-        out = self.batchnorm2d1(out)
-        out = self.act(out)
-        out = self.project(out)
-        projected = self.projected(out)
-        out = x + projected
-        return out
-
-
-class Bneck2(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.relu1 = nn.ReLU()
-        self.dw = nn.Conv2d(
-            expanded,
+            expanded if self.use_expand else in_channels,
             expanded,
             kernel_size=kernel,
             stride=stride,
@@ -50,346 +28,52 @@ class Bneck2(nn.Module):
             bias=False,
         )
         self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.ReLU()
+        self.use_act = hs
+        if self.use_act:
+            self.act = nn.Hardswish()
+        else:
+            self.act = nn.ReLU()
+        self.use_fc1 = se > 0
+        if self.use_fc1:
+            self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
+            self.fc1 = nn.Conv2d(expanded, se, kernel_size=1)
+            self.relu2 = nn.ReLU()
+            self.fc2 = nn.Conv2d(se, expanded, kernel_size=1)
+            self.gate = nn.Hardsigmoid()
         self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
         self.projected = nn.BatchNorm2d(out, eps=0.001)
+        self.use_add1 = stride == 1 and in_channels == out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.expand(x)  # (B, expanded, in_height, in_width)
-        x = self.batchnorm2d1(x)
-        x = self.relu1(x)
-        x = self.dw(x)
-        x = self.batchnorm2d2(x)
-        x = self.act(x)
-        x = self.project(x)
-        x = self.projected(x)
-        return x
-
-
-class Bneck3(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.relu1 = nn.ReLU()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.ReLU()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x)  # (B, expanded, in_height, in_width)
-        out = self.batchnorm2d1(out)
-        out = self.relu1(out)
-        out = self.dw(out)
-        out = self.batchnorm2d2(out)
-        out = self.act(out)
-        out = self.project(out)
-        projected = self.projected(out)
-        out = x + projected
-        return out
-
-
-class Bneck4(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.relu1 = nn.ReLU()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            stride=stride,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.ReLU()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expanded, se, kernel_size=1)
-        self.relu2 = nn.ReLU()
-        self.fc2 = nn.Conv2d(se, expanded, kernel_size=1)
-        self.gate = nn.Hardsigmoid()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.expand(x)  # (B, expanded, in_height, in_width)
-        x = self.batchnorm2d1(x)
-        x = self.relu1(x)
-        x = self.dw(x)
-        x = self.batchnorm2d2(x)
-        act = self.act(x)
-        x = self.adaptiveavgpool2d1(act)  # (B, expanded, 1, 1)
-        x = self.fc1(x)  # (B, se, 1, 1)
-        x = self.relu2(x)
-        x = self.fc2(x)  # (B, expanded, 1, 1)
-        gate = self.gate(x)
-        x = act * gate
-        x = self.project(x)
-        x = self.projected(x)
-        return x
-
-
-class Bneck5(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.relu1 = nn.ReLU()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.ReLU()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expanded, se, kernel_size=1)
-        self.relu2 = nn.ReLU()
-        self.fc2 = nn.Conv2d(se, expanded, kernel_size=1)
-        self.gate = nn.Hardsigmoid()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x)  # (B, expanded, in_height, in_width)
-        out = self.batchnorm2d1(out)
-        out = self.relu1(out)
-        out = self.dw(out)
-        out = self.batchnorm2d2(out)
-        act = self.act(out)
-        out = self.adaptiveavgpool2d1(act)  # (B, expanded, 1, 1)
-        out = self.fc1(out)  # (B, se, 1, 1)
-        out = self.relu2(out)
-        out = self.fc2(out)  # (B, expanded, 1, 1)
-        gate = self.gate(out)
-        out = act * gate
-        out = self.project(out)
-        projected = self.projected(out)
-        out = x + projected
-        return out
-
-
-class Bneck6(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.hardswish1 = nn.Hardswish()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            stride=stride,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.Hardswish()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.expand(x)  # (B, expanded, in_height, in_width)
-        x = self.batchnorm2d1(x)
-        x = self.hardswish1(x)
-        x = self.dw(x)
-        x = self.batchnorm2d2(x)
-        x = self.act(x)
-        x = self.project(x)
-        x = self.projected(x)
-        return x
-
-
-class Bneck7(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.hardswish1 = nn.Hardswish()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.Hardswish()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x)  # (B, expanded, in_height, in_width)
-        out = self.batchnorm2d1(out)
-        out = self.hardswish1(out)
-        out = self.dw(out)
-        out = self.batchnorm2d2(out)
-        out = self.act(out)
-        out = self.project(out)
-        projected = self.projected(out)
-        out = x + projected
-        return out
-
-
-class Bneck8(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.hardswish1 = nn.Hardswish()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.Hardswish()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expanded, se, kernel_size=1)
-        self.relu1 = nn.ReLU()
-        self.fc2 = nn.Conv2d(se, expanded, kernel_size=1)
-        self.gate = nn.Hardsigmoid()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.expand(x)  # (B, expanded, in_height, in_width)
-        x = self.batchnorm2d1(x)
-        x = self.hardswish1(x)
-        x = self.dw(x)
-        x = self.batchnorm2d2(x)
-        act = self.act(x)
-        x = self.adaptiveavgpool2d1(act)  # (B, expanded, 1, 1)
-        x = self.fc1(x)  # (B, se, 1, 1)
-        x = self.relu1(x)
-        x = self.fc2(x)  # (B, expanded, 1, 1)
-        gate = self.gate(x)
-        x = act * gate
-        x = self.project(x)
-        x = self.projected(x)
-        return x
-
-
-class Bneck9(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.hardswish1 = nn.Hardswish()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.Hardswish()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expanded, se, kernel_size=1)
-        self.relu1 = nn.ReLU()
-        self.fc2 = nn.Conv2d(se, expanded, kernel_size=1)
-        self.gate = nn.Hardsigmoid()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x)  # (B, expanded, in_height, in_width)
-        out = self.batchnorm2d1(out)
-        out = self.hardswish1(out)
-        out = self.dw(out)
-        out = self.batchnorm2d2(out)
-        act = self.act(out)
-        out = self.adaptiveavgpool2d1(act)  # (B, expanded, 1, 1)
-        out = self.fc1(out)  # (B, se, 1, 1)
-        out = self.relu1(out)
-        out = self.fc2(out)  # (B, expanded, 1, 1)
-        gate = self.gate(out)
-        out = act * gate
-        out = self.project(out)
-        projected = self.projected(out)
-        out = x + projected
-        return out
-
-
-class Bneck10(nn.Module):
-    def __init__(
-        self, in_channels: int, kernel: int, expanded: int, out: int, se: int, hs: bool, stride: int
-    ) -> None:
-        super().__init__()
-        self.expand = nn.Conv2d(in_channels, expanded, kernel_size=1, bias=False)
-        self.batchnorm2d1 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.hardswish1 = nn.Hardswish()
-        self.dw = nn.Conv2d(
-            expanded,
-            expanded,
-            kernel_size=kernel,
-            stride=stride,
-            padding=(kernel - 1) // 2,
-            groups=expanded,
-            bias=False,
-        )
-        self.batchnorm2d2 = nn.BatchNorm2d(expanded, eps=0.001)
-        self.act = nn.Hardswish()
-        self.adaptiveavgpool2d1 = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(expanded, se, kernel_size=1)
-        self.relu1 = nn.ReLU()
-        self.fc2 = nn.Conv2d(se, expanded, kernel_size=1)
-        self.gate = nn.Hardsigmoid()
-        self.project = nn.Conv2d(expanded, out, kernel_size=1, bias=False)
-        self.projected = nn.BatchNorm2d(out, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.expand(x)  # (B, expanded, in_height, in_width)
-        x = self.batchnorm2d1(x)
-        x = self.hardswish1(x)
-        x = self.dw(x)
-        x = self.batchnorm2d2(x)
-        act = self.act(x)
-        x = self.adaptiveavgpool2d1(act)  # (B, expanded, 1, 1)
-        x = self.fc1(x)  # (B, se, 1, 1)
-        x = self.relu1(x)
-        x = self.fc2(x)  # (B, expanded, 1, 1)
-        gate = self.gate(x)
-        x = act * gate
-        x = self.project(x)
-        x = self.projected(x)
-        return x
+        if self.use_expand:
+            expand = self.expand(x)  # (B, expanded, in_height, in_width)
+            batchnorm2d1 = self.batchnorm2d1(expand)
+            if self.use_hardswish1:
+                hardswish1 = self.hardswish1(batchnorm2d1)
+            else:
+                relu1 = self.relu1(batchnorm2d1)
+                hardswish1 = relu1
+        else:
+            hardswish1 = x
+        dw = self.dw(hardswish1)
+        batchnorm2d2 = self.batchnorm2d2(dw)
+        act = self.act(batchnorm2d2)
+        if self.use_fc1:
+            adaptiveavgpool2d1 = self.adaptiveavgpool2d1(act)  # (B, expanded, 1, 1)
+            fc1 = self.fc1(adaptiveavgpool2d1)  # (B, se, 1, 1)
+            relu2 = self.relu2(fc1)
+            fc2 = self.fc2(relu2)  # (B, expanded, 1, 1)
+            gate = self.gate(fc2)
+            mul1 = act * gate
+        else:
+            mul1 = act
+        project = self.project(mul1)
+        projected = self.projected(project)
+        if self.use_add1:
+            add1 = x + projected
+        else:
+            add1 = projected
+        return add1
 
 
 class MobileNetV3Large(nn.Module):
@@ -399,17 +83,17 @@ class MobileNetV3Large(nn.Module):
         self.batchnorm2d1 = nn.BatchNorm2d(16, eps=0.001)
         self.hardswish1 = nn.Hardswish()
         self.b1 = Bneck(16, 3, 16, 16, 0, False, 1)
-        self.b2 = Bneck2(16, 3, 64, 24, 0, False, 2)
-        self.b3 = Bneck3(24, 3, 72, 24, 0, False, 1)
-        self.b4 = Bneck4(24, 5, 72, 40, 24, False, 2)
-        self.b5 = nn.Sequential(*[Bneck5(40, 5, 120, 40, 32, False, 1) for _ in range(2)])
-        self.b7 = Bneck6(40, 3, 240, 80, 0, True, 2)
-        self.b8 = Bneck7(80, 3, 200, 80, 0, True, 1)
-        self.b9 = nn.Sequential(*[Bneck7(80, 3, 184, 80, 0, True, 1) for _ in range(2)])
-        self.b11 = Bneck8(80, 3, 480, 112, 120, True, 1)
-        self.b12 = Bneck9(112, 3, 672, 112, 168, True, 1)
-        self.b13 = Bneck10(112, 5, 672, 160, 168, True, 2)
-        self.b14 = nn.Sequential(*[Bneck9(160, 5, 960, 160, 240, True, 1) for _ in range(2)])
+        self.b2 = Bneck(16, 3, 64, 24, 0, False, 2)
+        self.b3 = Bneck(24, 3, 72, 24, 0, False, 1)
+        self.b4 = Bneck(24, 5, 72, 40, 24, False, 2)
+        self.b5 = nn.Sequential(*[Bneck(40, 5, 120, 40, 32, False, 1) for _ in range(2)])
+        self.b7 = Bneck(40, 3, 240, 80, 0, True, 2)
+        self.b8 = Bneck(80, 3, 200, 80, 0, True, 1)
+        self.b9 = nn.Sequential(*[Bneck(80, 3, 184, 80, 0, True, 1) for _ in range(2)])
+        self.b11 = Bneck(80, 3, 480, 112, 120, True, 1)
+        self.b12 = Bneck(112, 3, 672, 112, 168, True, 1)
+        self.b13 = Bneck(112, 5, 672, 160, 168, True, 2)
+        self.b14 = nn.Sequential(*[Bneck(160, 5, 960, 160, 240, True, 1) for _ in range(2)])
         self.last = nn.Conv2d(160, 960, kernel_size=1, bias=False)
         self.batchnorm2d2 = nn.BatchNorm2d(960, eps=0.001)
         self.hardswish2 = nn.Hardswish()
