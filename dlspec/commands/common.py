@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
@@ -15,6 +15,9 @@ from dlspec.diagnostics import Diagnostic
 from dlspec.records import MAX_COUNT
 from dlspec.syntax.source import read_source, read_stdin
 from dlspec.terminal import printable
+
+if TYPE_CHECKING:
+    from dlspec.api import Spec
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
 
@@ -249,3 +252,18 @@ def spec_sources(paths: Iterable[str]) -> Iterator[tuple[str, str | None, Diagno
     for path in paths:
         source, problem = read_stdin() if path == "-" else read_source(path)
         yield path, source.text if source else None, problem
+
+
+def generated(checked: Checked, command: str) -> Spec | None:
+    """The spec of a file that checked, its PyTorch code generated; None after saying why the
+    code cannot be generated (what it cannot express for every value of an argument)."""
+    from dlspec.api import spec_of
+    from dlspec.backends.torch_codegen import GenerationError
+
+    spec = spec_of(checked)
+    try:
+        _ = spec.code
+    except GenerationError as exc:
+        print(f"dlspec {command}: cannot generate PyTorch code: {exc}", file=sys.stderr)
+        return None
+    return spec
