@@ -13,10 +13,11 @@ Prints, side by side:
    autocast on a CPU with native bf16, such as AVX512-BF16 or AMX); the seed-style loop runs
    once more with the malloc setting dlspec's loop makes on a CPU (keep_freed_memory), to show
    what that alone is worth. Each run is a fresh process;
-3. each dlspec epoch against the same steps taken bare in the same process: the trainer's own
-   step (channels-last, fused Adam, the run's precision) on one fixed, already augmented batch,
-   once per batch of the epoch (the limit a loop can reach; goal: the epoch at most 1.05x),
-   with the time the epoch spent making its batches (indexing and augmentation) beside it.
+3. dlspec's epoch (1,024 samples) against the same steps taken bare, alternately in one process,
+   best of --rounds: the trainer's own step (channels-last, fused Adam, the run's precision) on
+   one fixed, already augmented batch, once per batch of the epoch (the limit a loop can
+   reach; goal: the epoch at most 1.05x), with the time the epoch's batch making (indexing and
+   augmentation) takes alone beside it.
 
 Run: .venv/bin/python bench/train_speed.py [--epochs N] [--steps N] [--repeat N]  (about 3 minutes)
      --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
@@ -49,6 +50,7 @@ from dlspec.train.transforms import color_jitter, random_rotation
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, SAMPLES, BATCH = 48, 6000, 64
 SMOKE_SAMPLES = 2 * BATCH
+OVERHEAD_SAMPLES = 16 * BATCH  # part 3: 16 steps an epoch, repeated
 MEAN, STD = 0.1307, 0.3081
 SEED_SETTINGS = [
     ("epochs", "1"),
@@ -165,70 +167,85 @@ def seed_loop(train: Dataset, test: Dataset, epochs: int, seed: int) -> tuple[fl
     return seconds, (preds == test.y).float().mean().item()
 
 
-def bare_steps(trainer: Trainer, epochs: int) -> tuple[float, float]:
-    """The steps of ``epochs`` epochs taken bare: the trainer's own step (its model, optimiser,
-    memory format and autocast) on one fixed batch made once, at each batch size the epochs
-    used; and, apart, the time the epochs' batch making takes (indexing and augmentation).
-    Returns (steps seconds, batch-making seconds)."""
-    x_all, y_all = trainer.data["train"]
-    sizes = [len(index) for index in trainer._batches(len(x_all))]
-    fixed = trainer._inputs(x_all[: max(sizes)], training=True)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        for size in sizes:
-            trainer._step(fixed[:size], y_all[:size])
-    steps = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(epochs):
-        for index in trainer._batches(len(x_all)):
-            trainer._inputs(x_all[index], training=True)
-    return steps, time.perf_counter() - start
-
-
-def dlspec_loop(train: Dataset, test: Dataset, precision: str, epochs: int) -> dict[str, float]:
-    """dlspec's loop on the generated model, set up as `dlspec build` sets it up (CPU memory
-    kept for reuse): training seconds and test accuracy, then the same steps bare (see
-    :func:`bare_steps`)."""
+def dlspec_trainer(
+    train: Dataset, test: Dataset, precision: str, epochs: int, tmp: Path
+) -> Trainer:
+    """dlspec's trainer of the generated model, set up as `dlspec build` sets it up (CPU
+    memory kept for reuse)."""
     keep_freed_memory()
     settings = [*SEED_SETTINGS, ("epochs", str(epochs)), ("precision", precision)]
     config = with_overrides(read_train(None, {})[0], settings, {})
     torch.manual_seed(config.seed)
+    return Trainer(
+        load(ROOT / "specs" / "cnn.dl").to_torch(),
+        config,
+        Splits(train, None, test),
+        (3, SIZE, SIZE),
+        device=torch.device("cpu"),
+        checkpoint_path=tmp / "checkpoint.pt",
+        spec_hash="bench",
+        progress=sys.stderr.isatty(),
+        log=lambda _: None,
+    )
+
+
+def dlspec_loop(train: Dataset, test: Dataset, precision: str, epochs: int) -> dict[str, float]:
+    """dlspec's loop on the generated model: training seconds and test accuracy."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(
-            load(ROOT / "specs" / "cnn.dl").to_torch(),
-            config,
-            Splits(train, None, test),
-            (3, SIZE, SIZE),
-            device=torch.device("cpu"),
-            checkpoint_path=Path(tmp) / "checkpoint.pt",
-            spec_hash="bench",
-            progress=sys.stderr.isatty(),
-            log=lambda _: None,
-        )
+        trainer = dlspec_trainer(train, test, precision, epochs, Path(tmp))
         start = time.perf_counter()
-        for _ in range(config.epochs):
+        for _ in range(epochs):
             trainer.train_epoch()
             trainer.epoch += 1
         seconds = time.perf_counter() - start
         _, accuracy, _ = trainer.evaluate("test")
-        trainer.model.train()
-        bare, batches = bare_steps(trainer, config.epochs)  # after the test: they train on
-    return {
-        "seconds": seconds,
-        "accuracy": float(accuracy or 0.0),
-        "bare": bare,
-        "batches": batches,
-    }
+    return {"seconds": seconds, "accuracy": float(accuracy or 0.0)}
+
+
+def overhead(train: Dataset, test: Dataset, precision: str, rounds: int) -> dict[str, float]:
+    """Part 3: ``rounds`` times, one epoch of dlspec's loop, then the same steps taken bare
+    (the trainer's own step - its model, optimiser, memory format and autocast - on one fixed
+    batch made once, at each batch size of the epoch), then the epoch's batch making alone
+    (indexing and augmentation); the best wall-clock and CPU time (this process's, all its
+    threads) of each, as load only ever adds time. On a busy machine, read the CPU times."""
+    best = {f"{name}{clock}": float("inf") for name in ("epoch", "bare", "batches")
+            for clock in ("", "_cpu")}  # fmt: skip
+
+    def timed(name: str, work: Callable[[], object]) -> None:
+        start, cpu = time.perf_counter(), time.process_time()
+        work()
+        best[name] = min(best[name], time.perf_counter() - start)
+        best[f"{name}_cpu"] = min(best[f"{name}_cpu"], time.process_time() - cpu)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = dlspec_trainer(train, test, precision, rounds, Path(tmp))
+        x_all, y_all = trainer.data["train"]
+        sizes = [len(index) for index in trainer._batches(len(x_all))]
+        fixed = trainer._inputs(x_all[: max(sizes)], training=True)
+        trainer._step(fixed, y_all[: len(fixed)])  # warm-up, as the epochs before are
+        for _ in range(rounds):
+            timed("epoch", trainer.train_epoch)
+            timed("bare", lambda: [trainer._step(fixed[:n], y_all[:n]) for n in sizes])
+            timed(
+                "batches",
+                lambda: [
+                    trainer._inputs(x_all[index], training=True)
+                    for index in trainer._batches(len(x_all))
+                ],
+            )
+    return {**best, "steps": len(sizes)}
 
 
 def loop_figures(name: str, epochs: int, samples: int) -> dict[str, float]:
-    """Run one loop of part 2 in this process: its seconds, accuracy (and bare steps)."""
+    """Run one loop of part 2 (or ``overhead-PRECISION``: part 3) in this process."""
     train, test = digits_48(samples)
     if name == "seed+malloc":
         keep_freed_memory()
     if name.startswith("seed"):
         seconds, accuracy = seed_loop(train, test, epochs, 0)
         return {"seconds": seconds, "accuracy": accuracy}
+    if name.startswith("overhead-"):
+        return overhead(train, test, name.removeprefix("overhead-"), rounds=epochs)
     return dlspec_loop(train, test, name.removeprefix("dlspec-"), epochs)
 
 
@@ -245,22 +262,22 @@ def in_subprocess(name: str, epochs: int, samples: int) -> dict[str, float]:
 def compare_epochs(
     epochs: int, fp32_only: bool, repeat: int, samples: int, smoke: bool = False
 ) -> None:
-    """Part 2 and 3; ``smoke``: the seed-style loop and dlspec's fp32 loop once each, in this
+    """Part 2; ``smoke``: the seed-style loop and dlspec's fp32 loop once each, in this
     process (the start-up of fresh processes would be most of the time)."""
-    auto = autocast_dtype("auto", torch.device("cpu"), images=True)
-    auto_name = "fp32" if auto is None else str(auto).removeprefix("torch.")
     labels = {
         "seed": "seed-style loop",
         "dlspec-fp32": "dlspec, fp32",
         "seed+malloc": "seed-style + malloc tweak",
-        "dlspec-auto": f"dlspec, auto = {auto_name}",
+        "dlspec-auto": f"dlspec, auto = {auto_name()}",
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in labels}
     schedule = []
     for round_ in range(repeat):  # A B, then B A: background load hits both alike
         schedule += ["seed", "dlspec-fp32"][:: 1 if round_ % 2 == 0 else -1]
     if not smoke:
-        schedule += ["seed+malloc"] + ([] if fp32_only or auto is None else ["dlspec-auto"])
+        schedule += ["seed+malloc"] + (
+            [] if fp32_only or auto_name() == "fp32" else ["dlspec-auto"]
+        )
     run = loop_figures if smoke else in_subprocess
     for name in schedule:
         runs[name].append(run(name, epochs, samples))
@@ -279,20 +296,39 @@ def compare_epochs(
     print("   goal: dlspec's loop at most 0.80x the seed-style loop's time, the same accuracy")
     print(
         "   (malloc tweak: glibc keeps freed memory for reuse, as dlspec's loop asks on a CPU; "
-        f"precision auto on this CPU: {auto_name})"
+        f"precision auto on this CPU: {auto_name()})"
+    )
+
+
+def compare_overhead(rounds: int, samples: int, fp32_only: bool, smoke: bool = False) -> None:
+    """Part 3, for fp32 and (unless ``fp32_only``) the precision "auto" picks, each in a
+    fresh process (``smoke``: fp32 only, in this process)."""
+    precisions = ["fp32"] + ([] if fp32_only or auto_name() == "fp32" else ["auto"])
+    run = loop_figures if smoke else in_subprocess
+    print(
+        f"\n3. dlspec's epoch ({samples:,} samples) against its steps taken bare, in one process "
+        f"(one fixed batch, channels-last, fused Adam, the same precision); best of {rounds}"
     )
     print(
-        "\n3. dlspec's epoch against its steps taken bare in the same process (one fixed batch, "
-        "channels-last, fused Adam, the same precision)"
+        f"   {'':14s} {'clock':5s} {'epoch':>8}   {'bare steps':>10}   {'ratio':>6}   "
+        f"{'making batches':>14}"
     )
-    print(f"   {'':26s} {'epoch':>7}   {'bare steps':>10}   {'ratio':>6}   {'making batches':>14}")
-    for name, figures in best.items():
-        if "bare" in figures:
+    for precision in precisions[:1] if smoke else precisions:
+        f = run(f"overhead-{precision}", rounds, samples)
+        label = precision if precision == "fp32" else f"auto = {auto_name()}"
+        for clock, suffix in (("wall", ""), ("CPU", "_cpu")):
+            epoch, bare, batches = (f[name + suffix] for name in ("epoch", "bare", "batches"))
             print(
-                f"   {labels[name]:26s} {figures['seconds']:7.1f} s {figures['bare']:8.1f} s   "
-                f"{figures['seconds'] / figures['bare']:5.3f}x   {figures['batches']:12.1f} s"
+                f"   {label:14s} {clock:5s} {epoch:6.2f} s {bare:8.2f} s   {epoch / bare:5.3f}x   "
+                f"{batches:12.2f} s   ({f['steps']:.0f} steps)"
             )
     print("   goal: the epoch at most 1.05x its bare steps")
+
+
+def auto_name() -> str:
+    """What precision "auto" means for images on this CPU: fp32 or bfloat16."""
+    auto = autocast_dtype("auto", torch.device("cpu"), images=True)
+    return "fp32" if auto is None else str(auto).removeprefix("torch.")
 
 
 def main() -> None:
@@ -300,8 +336,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs in part 2 (default 1)")
     parser.add_argument("--steps", type=int, default=4, help="steps per round in part 1")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each loop in part 2")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of part 3")
     parser.add_argument(
-        "--fp32-only", action="store_true", help="in part 2, skip dlspec's run with autocast"
+        "--fp32-only", action="store_true", help="in parts 2 and 3, skip dlspec's autocast runs"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--loop", help=argparse.SUPPRESS)  # internal: run one loop of part 2
@@ -314,9 +351,11 @@ def main() -> None:
     if args.smoke:
         compare_steps(1, rounds=1)
         compare_epochs(1, fp32_only=True, repeat=1, samples=SMOKE_SAMPLES, smoke=True)
+        compare_overhead(1, SMOKE_SAMPLES, fp32_only=True, smoke=True)
         return
     compare_steps(args.steps)
     compare_epochs(args.epochs, args.fp32_only, args.repeat, args.samples)
+    compare_overhead(args.rounds, OVERHEAD_SAMPLES, args.fp32_only)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,46 @@ def test_rms_norm_exports_with_torchscript(opset: int, fp16: bool) -> None:
     assert {"ReduceMean", "Sqrt", "Div"} <= ops
 
 
+# sizes TorchScript cannot see: the batch, and every size after a Chunk (a Slice) or over T
+HIDDEN_SIZES = {
+    "batch norm": """
+model B(T: dim = 6) {
+    input x: float[2, T, 9]
+    a = BatchNorm2d(track_running_stats=false) <- x
+    p, q, r = Chunk(3, dim=2) <- a
+    b = BatchNorm2d(affine=false) <- p
+    f = Flatten(start_dim=1) <- q
+    c = BatchNorm1d(affine=false, track_running_stats=false) <- f
+    output b, c
+}
+""",
+    "adaptive pooling": """
+model P(T: dim = 7) {
+    input x: float[3, T, 5]
+    a = AdaptiveAvgPool2d(3) <- x
+    p, q = Chunk(2, dim=2) <- x
+    b = AdaptiveAvgPool2d([2, 1]) <- p
+    c = AdaptiveAvgPool2d([4, 1]) <- q
+    output a, b, c
+}
+""",
+}
+
+
+@pytest.mark.parametrize("name", HIDDEN_SIZES)
+def test_layers_over_sizes_torchscript_cannot_see_export(name: str) -> None:
+    """torch's TorchScript symbolics refuse BatchNorm without a weight or running statistics
+    over an unknown batch or channel size, and adaptive pooling over sizes they cannot see or
+    divide; dlspec's export them, and ONNX Runtime agrees at two batch sizes and two T."""
+    spec = dlspec.load_text(HIDDEN_SIZES[name], "<hidden>")
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and result.fallback is None
+    assert {c.batch for c in result.comparisons} == set(onnx_export.VERIFY_BATCHES)
+    assert len({c.lengths["T"] for c in result.comparisons}) == 2
+    assert all(c.passed for c in result.comparisons)
+
+
 def test_token_ids_stay_below_the_smallest_vocabulary() -> None:
     spec = dlspec.load(ROOT / "specs" / "transformer.dl", src_vocab=30, tgt_vocab=20)
     assert onnx_export.index_limit(spec.graph) == 20

@@ -335,6 +335,24 @@ def _shared_by_identity(model: nn.Module) -> Iterator[None]:
         model.training = False
 
 
+def _reduce_mean(g: Any, x: Any, axes: list[int]) -> Any:
+    """ONNX ReduceMean of ``x`` over ``axes``, keeping them (axes became an input in opset
+    18)."""
+    import torch
+
+    if g.opset >= 18:
+        axes_input = g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64))
+        return g.op("ReduceMean", x, axes_input, keepdims_i=1)
+    return g.op("ReduceMean", x, axes_i=axes, keepdims_i=1)
+
+
+def _float_type(x: Any) -> torch.dtype:
+    """The torch dtype of a TorchScript value: float16 or float32."""
+    import torch
+
+    return torch.float16 if x.type().scalarType() == "Half" else torch.float32
+
+
 @cache
 def _register_rms_norm() -> None:
     """Teach the TorchScript exporter ``aten::rms_norm`` (nn.RMSNorm), which it lacks below
@@ -345,24 +363,149 @@ def _register_rms_norm() -> None:
 
     @symbolic_helper.parse_args("v", "is", "v", "v")
     def rms_norm(g: Any, x: Any, shape: list[int], weight: Any, eps: Any) -> Any:
-        dtype = torch.float16 if x.type().scalarType() == "Half" else torch.float32
+        dtype = _float_type(x)
         epsilon = (
             torch.finfo(dtype).eps
             if symbolic_helper._is_none(eps)
             else symbolic_helper._get_const(eps, "f", "eps")
         )
-        axes = list(range(-len(shape), 0))
-        square = g.op("Mul", x, x)
-        if g.opset >= 18:  # axes became an input
-            axes_input = g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64))
-            mean = g.op("ReduceMean", square, axes_input, keepdims_i=1)
-        else:
-            mean = g.op("ReduceMean", square, axes_i=axes, keepdims_i=1)
+        mean = _reduce_mean(g, g.op("Mul", x, x), list(range(-len(shape), 0)))
         shifted = g.op("Add", mean, g.op("Constant", value_t=torch.tensor(epsilon, dtype=dtype)))
         out = g.op("Div", x, g.op("Sqrt", shifted))
         return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
 
     torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm, MIN_OPSET)
+
+
+@cache
+def _register_batch_norm() -> None:
+    """Teach the TorchScript exporter ``aten::batch_norm`` over inputs whose batch or channel
+    size it does not know (after a reshape to a symbolic length, say). torch's own symbolic
+    builds a missing weight or bias (``affine=False``) as a constant of the channel size, and
+    the batch statistics of a BatchNorm without running statistics
+    (``track_running_stats=False``) through a reshape to the batch and channel sizes, so it
+    refuses such inputs. Here a missing weight or bias takes its shape from the running mean,
+    and batch statistics are means over every axis but the channels' (torch normalises by the
+    biased variance), which needs only the input's rank. Where torch's symbolic can export
+    the layer, it does."""
+    import torch
+    from torch.onnx import symbolic_helper, symbolic_opset9, symbolic_opset14
+
+    def batch_norm(
+        g: Any,
+        x: Any,
+        weight: Any,
+        bias: Any,
+        mean: Any,
+        var: Any,
+        training: Any,
+        momentum: Any,
+        eps: Any,
+        cudnn: Any,
+    ) -> Any:
+        none = symbolic_helper._is_none
+        rank = symbolic_helper._get_tensor_rank(x)
+        batch, channels = (symbolic_helper._get_tensor_dim_size(x, i) for i in (0, 1))
+        no_stats = none(mean) or none(var)
+        no_affine = none(weight) or none(bias)
+        torch_can = (channels is not None or not no_affine) and (
+            not no_stats or (batch is not None and channels is not None)
+        )
+        in_training = not no_stats and symbolic_helper._maybe_get_const(training, "b")
+        if torch_can or rank is None or in_training:
+            torch_own = symbolic_opset14 if g.opset >= 14 else symbolic_opset9
+            return torch_own.batch_norm(
+                g, x, weight, bias, mean, var, training, momentum, eps, cudnn
+            )
+        epsilon = symbolic_helper._get_const(eps, "f", "eps")
+        dtype = _float_type(x)
+        if not no_stats:
+            shape = g.op("Shape", mean)
+            if no_affine:
+                one, zero = (torch.tensor([v], dtype=dtype) for v in (1.0, 0.0))
+                weight = weight if not none(weight) else g.op("ConstantOfShape", shape, value_t=one)
+                bias = bias if not none(bias) else g.op("ConstantOfShape", shape, value_t=zero)
+            return g.op("BatchNormalization", x, weight, bias, mean, var, epsilon_f=epsilon)
+        axes = [0, *range(2, rank)]
+        centred = g.op("Sub", x, _reduce_mean(g, x, axes))
+        variance = _reduce_mean(g, g.op("Mul", centred, centred), axes)
+        shifted = g.op(
+            "Add", variance, g.op("Constant", value_t=torch.tensor(epsilon, dtype=dtype))
+        )
+        out = g.op("Div", centred, g.op("Sqrt", shifted))
+        spread = list(range(1, rank - 1))
+
+        def per_channel(v: Any) -> Any:  # (C,) -> (C, 1, ...): broadcasts over (N, C, ...)
+            return symbolic_helper._unsqueeze_helper(g, v, spread) if spread else v
+
+        if not none(weight):
+            out = g.op("Mul", out, per_channel(weight))
+        if not none(bias):
+            out = g.op("Add", out, per_channel(bias))
+        return out
+
+    _register_everywhere("aten::batch_norm", batch_norm)
+
+
+def _adaptive_mean(g: Any, x: Any, axis: int, out: int) -> Any:
+    """Adaptive average pooling of ``x`` to ``out`` cells along ``axis`` (negative), as torch
+    does it: cell ``i`` averages ``x[floor(i n / out) : ceil((i + 1) n / out)]`` where ``n``
+    is the axis's length, read at run time. Each sum is a difference of two cumulative sums
+    gathered at the cell's bounds."""
+    import torch
+
+    def const(v: int | list[int]) -> Any:
+        return g.op("Constant", value_t=torch.tensor(v, dtype=torch.int64))
+
+    n = g.op("Gather", g.op("Shape", x), const(axis))
+    start = g.op("Div", g.op("Mul", const(list(range(out))), n), const(out))
+    after = g.op("Mul", const(list(range(1, out + 1))), n)
+    end = g.op("Div", g.op("Add", after, const(out - 1)), const(out))
+    upto_end = g.op("CumSum", x, const(axis))  # sum of x[: k + 1]
+    before_start = g.op("CumSum", x, const(axis), exclusive_i=1)  # sum of x[:k]
+    sums = g.op(
+        "Sub",
+        g.op("Gather", upto_end, g.op("Sub", end, const(1)), axis_i=axis),
+        g.op("Gather", before_start, start, axis_i=axis),
+    )
+    count = g.op("Reshape", g.op("Sub", end, start), const([out] + [1] * (-axis - 1)))
+    count = g.op("CastLike", count, x) if g.opset >= 15 else g.op("Cast", count, to_i=1)
+    return g.op("Div", sums, count)
+
+
+@cache
+def _register_adaptive_avg_pool() -> None:
+    """Teach the TorchScript exporter adaptive average pooling where an input size is not a
+    multiple of the output size, or is not known to it: torch's symbolic exports only an
+    AveragePool of a fixed kernel. Where it can, it does; otherwise the pooling is
+    :func:`_adaptive_mean` along each pooled axis."""
+    from torch.onnx import OnnxExporterError, symbolic_helper, symbolic_opset9
+
+    def symbolic(dims: int) -> Callable[[Any, Any, Any], Any]:
+        torch_own = getattr(symbolic_opset9, f"adaptive_avg_pool{dims}d")
+
+        def adaptive_avg_pool(g: Any, x: Any, output_size: Any) -> Any:
+            try:
+                return torch_own(g, x, output_size)
+            except OnnxExporterError:
+                sizes = symbolic_helper._parse_arg(output_size, "is")
+                for k, size in enumerate(sizes):
+                    x = _adaptive_mean(g, x, k - len(sizes), size)
+                return x
+
+        return adaptive_avg_pool
+
+    for dims in (1, 2, 3):
+        _register_everywhere(f"aten::adaptive_avg_pool{dims}d", symbolic(dims))
+
+
+def _register_everywhere(name: str, symbolic: Callable[..., Any]) -> None:
+    """Register ``symbolic`` for operator ``name`` in every opset: a registration holds from
+    its opset up to the next one that torch registers its own symbolic in."""
+    import torch
+
+    for opset in range(MIN_OPSET, MAX_OPSET + 1):
+        torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
 
 
 def _export_torchscript(
@@ -372,6 +515,8 @@ def _export_torchscript(
     import torch
 
     _register_rms_norm()
+    _register_batch_norm()
+    _register_adaptive_avg_pool()
     buffer = io.BytesIO()
     with _shared_by_identity(model):
         torch.onnx.export(
