@@ -179,7 +179,12 @@ def memory(setup: Setup) -> list[Row]:
     how = "profiler timeline" if setup.dry else "torch.cuda.max_memory_allocated"
     batch = 2 if setup.dry else 8
     options = argparse.Namespace(
-        batch=batch, device=setup.device, precision="fp32", optimizer="adam", checkpointing=False
+        batch=batch,
+        device=setup.device,
+        precision="fp32",
+        optimizer="adam",
+        checkpointing=False,
+        fsdp=False,
     )
     rows = []
     for name in ("mlp.dl", "cnn.dl", "tiny_gpt.dl"):

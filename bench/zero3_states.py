@@ -18,7 +18,7 @@ gathers while the backward pass runs (the root unit's and the largest block use'
 bf16, and that unit's fp32 reduce-scatter input). Activations are not model states: neither
 side counts them here (plan does, elsewhere).
 
-Run: .venv/bin/python bench/zero3_states.py [--tiny] [--gpus 8 ...] [SPEC ...]
+Run: .venv/bin/python bench/zero3_states.py [--smoke] [--gpus 8 ...] [SPEC ...]
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("specs", nargs="*", help=f"default: {' '.join(SPECS)}")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--tiny", action="store_true", help="two small specs on 2 GPUs (tests)")
+    parser.add_argument("--smoke", action="store_true", help="two small specs on 2 GPUs (tests)")
     args = parser.parse_args()
-    specs = TINY if args.tiny else args.specs or SPECS
-    gpus = [2] if args.tiny else args.gpus
+    specs = TINY if args.smoke else args.specs or SPECS
+    gpus = [2] if args.smoke else args.gpus
     header = f"{'spec':<16} {'GPUs':>5} {'params':>14} {'dlspec sharded':>15} {'gathered':>11}"
     print(f"{header} {'dlspec':>11} {'ZeRO-3':>11} {'ratio':>6}")
     for name in specs:

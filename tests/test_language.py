@@ -58,7 +58,7 @@ def test_block_of_two_inputs_repeated_threads_the_first() -> None:
         ["1", "memory"],
     ]
     _forward(spec)
-    assert "self.stack[1](stack, memory)" in spec.code
+    assert "for layer in self.stack:\n            stack = layer(stack, memory)" in spec.code
 
 
 @pytest.mark.parametrize(("layers", "count"), [(0, 0), (1, 1)])

@@ -272,13 +272,13 @@ def test_expect_train_memory_on_several_gpus(tmp_path: Path) -> None:
     assert 'strategy must be one of "ddp", "fsdp"' in error
 
 
-def test_the_zero3_bench_runs_in_its_tiny_mode() -> None:
+def test_the_zero3_bench_runs_at_its_smoke_size() -> None:
     """bench/zero3_states.py: plan's model states per GPU beside DeepSpeed's ZeRO-3 formula
     (18 bytes a parameter over the GPUs, plus the largest layer's 4 bytes a parameter)."""
     bench = ROOT / "bench" / "zero3_states.py"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, str(bench), "--tiny"], capture_output=True, text=True, env=env
+        [sys.executable, str(bench), "--smoke"], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()[1:]]

@@ -29,7 +29,7 @@ from dlspec.layers.provenance import Tree
 from dlspec.layers.symbolic import Dim, fmt_dim
 from dlspec.syntax import ast
 
-StepKind = Literal["layer", "block", "repeat", "residual"]
+StepForm = Literal["layer", "block", "repeat", "residual"]
 
 
 class Tensor(NamedTuple):
@@ -106,7 +106,7 @@ class Step:
     name: str  # attribute name in its scope
     path: str  # dotted path from the model root
     span: Span
-    kind: StepKind
+    form: StepForm  # a layer, or a block use, repetition or residual holding sub-graphs
     inputs: list[Tensor]
     outputs: list[Tensor]
     layer: Layer | None = None
@@ -123,6 +123,9 @@ class Step:
     # (``in_channels``): their values at this use, in the enclosing body's names
     sizes: dict[str, Any] = field(default_factory=dict)
     count: int = 1  # a repetition's count, as the spec computes it (its expressions kept)
+    # a repetition of no copy: the copy it would make, analyzed but not part of the model
+    # (what generated code builds when its arguments ask for copies)
+    template: Step | None = None
     unexpressed: list[str] = field(default_factory=list)  # arguments whose expressions were lost
 
     @property
@@ -141,7 +144,7 @@ class Step:
             return self.layer.label()
         if self.block is not None:
             return self.block.name
-        if self.kind == "repeat":
+        if self.form == "repeat":
             first = self.children[0].label if self.children else "repeated"
             return f"{first} x {len(self.children)}"
         return "residual" if self.shortcut is None else "residual (projection)"
@@ -158,7 +161,7 @@ class Step:
         return out
 
     def leaves(self) -> list[Step]:
-        return [self] if self.kind == "layer" else [s for s in self.subtree() if s.kind == "layer"]
+        return [self] if self.form == "layer" else [s for s in self.subtree() if s.form == "layer"]
 
     @property
     def params(self) -> int:
@@ -189,7 +192,7 @@ class ModelGraph:
     arguments: dict[str, Any]  # model parameter values after defaults and --set overrides
     bindings: dict[str, int]  # values of symbolic dimensions
     symbols: list[str]
-    graph: Graph
+    body: Graph
     train: TrainConfig  # the train section, validated (defaults where it is silent)
     span: Span
     # bounds on symbolic dimensions that layers set, (dimension, maximum, what it is)
@@ -199,15 +202,15 @@ class ModelGraph:
 
     @property
     def inputs(self) -> list[Tensor]:
-        return self.graph.inputs
+        return self.body.inputs
 
     @property
     def steps(self) -> list[Step]:
-        return self.graph.steps
+        return self.body.steps
 
     @property
     def outputs(self) -> list[Tensor]:
-        return self.graph.outputs
+        return self.body.outputs
 
     def all_steps(self) -> list[Step]:
         out: list[Step] = []
@@ -217,7 +220,7 @@ class ModelGraph:
         return out
 
     def leaves(self) -> list[Step]:
-        return [s for s in self.all_steps() if s.kind == "layer"]
+        return [s for s in self.all_steps() if s.form == "layer"]
 
     @property
     def trainable_params(self) -> int:
@@ -258,7 +261,7 @@ def flows(model: ModelGraph) -> list[Flow]:
         the producers of each of its outputs."""
         where = dict(sources)
         for step in graph.steps:
-            if step.kind == "layer":
+            if step.form == "layer":
                 for t in step.inputs:
                     add(where[t.name], step.path, t.type)
                 ends = [[step.path] for _ in step.outputs]
@@ -266,7 +269,7 @@ def flows(model: ModelGraph) -> list[Flow]:
                 assert step.body is not None
                 result = flatten(step.body, _fed(step.body, step, where))
                 ends = [result[t.name] for t in step.body.outputs]
-                if step.kind == "residual":
+                if step.form == "residual":
                     main, side = step.body.outputs[0], step.inputs[0]
                     side_ends = where[side.name]
                     if step.shortcut is not None:
@@ -281,7 +284,7 @@ def flows(model: ModelGraph) -> list[Flow]:
                 where[t.name] = producers
         return {t.name: where[t.name] for t in graph.outputs}
 
-    result = flatten(model.graph, {t.name: [f"input/{t.name}"] for t in model.inputs})
+    result = flatten(model.body, {t.name: [f"input/{t.name}"] for t in model.inputs})
     for t in model.outputs:
         add(result[t.name], f"output/{t.name}", t.type)
     return list(edges)
@@ -300,7 +303,7 @@ def _fed(body: Graph, step: Step, where: dict[str, list[str]]) -> dict[str, list
 def describe(model: ModelGraph) -> str:
     """The graph as text, one step a line (``dlspec check --format ir``)."""
     lines = [f"model {model.name}" + _values(model.arguments)]
-    lines += _graph_lines(model.graph, 1)
+    lines += _graph_lines(model.body, 1)
     return "\n".join(lines)
 
 
@@ -322,7 +325,7 @@ def _graph_lines(graph: Graph, depth: int) -> list[str]:
         reads = ", ".join(t.name for t in step.inputs)
         counts = f"  params={step.params}" if step.params else ""
         lines.append(
-            f"{pad}{_tensors(step.outputs)} = {step.kind} {what} <- {reads}{counts}"
+            f"{pad}{_tensors(step.outputs)} = {step.form} {what} <- {reads}{counts}"
             f"  @{step.span.line}:{step.span.column}"
         )
         for title, sub in (("body", step.body), ("shortcut", step.shortcut)):

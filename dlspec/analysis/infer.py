@@ -124,7 +124,7 @@ class Scope:
     env: dict[str, Any]
     inputs: list[Tensor] = field(default_factory=list)
     tensors: dict[str, TensorType | None] = field(default_factory=dict)
-    nodes: dict[str, Step] = field(default_factory=dict)
+    steps: dict[str, Step] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     current: str | None = None  # the tensor a statement without `<-` consumes
@@ -447,7 +447,7 @@ class Analyzer:
             arguments=arguments,
             bindings=dict(self.bindings),
             symbols=[k for k, v in env.items() if isinstance(v, Poly)],
-            graph=Graph(
+            body=Graph(
                 scope.inputs,
                 steps,
                 [Tensor(o, t) for o in outputs if (t := scope.tensors.get(o)) is not None],
@@ -476,7 +476,7 @@ class Analyzer:
         top: bool = False,
     ) -> list[Step]:
         scope.names |= _statement_names(statements)
-        nodes: list[Step] = []
+        steps: list[Step] = []
         last: Step | None = None
         last_ok = True
         # a stack: a chosen `if` branch goes on top, then the names the other one reserves
@@ -503,7 +503,7 @@ class Analyzer:
                     last = self._statement(stmt, scope)
                     last_ok = last is not None
                     if last is not None:
-                        nodes.append(last)
+                        steps.append(last)
                 elif isinstance(stmt, ast.ExpectStmt):
                     self._expect(stmt, last if last_ok else None, top, scope.values())
                 elif isinstance(stmt, ast.InputDecl) and top:
@@ -523,7 +523,7 @@ class Analyzer:
                 self.incomplete |= not isinstance(stmt, ast.ExpectStmt)
             if isinstance(stmt, ast.LayerStmt) and last is None:
                 self.incomplete = True
-        return nodes
+        return steps
 
     def _input(self, decl: ast.InputDecl, scope: Scope) -> None:
         check_name(decl.name, "input")
@@ -597,21 +597,21 @@ class Analyzer:
         scope.current, scope.several = targets[0], None
         if stmt.repeat is not None:
             count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
-            node = self._repeat(stmt, count, name, scope, inputs)
+            step = self._repeat(stmt, count, name, scope, inputs)
         else:
-            node = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
-        if node is None:
+            step = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
+        if step is None:
             return None
-        node.statement = stmt
-        if len(node.outputs) > 1 or len(targets) > 1:
-            if len(node.outputs) != len(targets) or not stmt.names:
-                raise _output_count(stmt, node)
-            node.outputs = [Tensor(t, o.type) for t, o in zip(targets, node.outputs, strict=True)]
-            scope.current, scope.several = None, node
-        for tensor in node.outputs:
+        step.statement = stmt
+        if len(step.outputs) > 1 or len(targets) > 1:
+            if len(step.outputs) != len(targets) or not stmt.names:
+                raise _output_count(stmt, step)
+            step.outputs = [Tensor(t, o.type) for t, o in zip(targets, step.outputs, strict=True)]
+            scope.current, scope.several = None, step
+        for tensor in step.outputs:
             scope.tensors[tensor.name] = tensor.type
-        scope.nodes[name] = node
-        return node
+        scope.steps[name] = step
+        return step
 
     def _repeat(
         self,
@@ -631,6 +631,7 @@ class Analyzer:
         reads = body_inputs
         used = self.budget.used
         threads = 1  # how many of the inputs the outputs replace, from the first
+        probe = None
         if count == 0:  # no copy, but its arguments and inputs are still checked
             probe = self._operation(stmt, stmt.op, "0", f"{path}.0", scope, reads)
             if probe is None:
@@ -651,11 +652,12 @@ class Analyzer:
             name=name,
             path=path,
             span=stmt.span,
-            kind="repeat",
+            form="repeat",
             inputs=inputs,
             outputs=[Tensor(name, t.type) for t in last],
             body=Graph(body_inputs, children, last),
             count=count,
+            template=probe,
         )
 
     def _operation(
@@ -719,11 +721,11 @@ class Analyzer:
                         f"{name}: output dimension {dim} is {value} at {_at(self.bindings)}",
                         op.span,
                     )
-        node = Step(
+        step = Step(
             name=name,
             path=path,
             span=stmt.span if stmt.op is op else op.span,
-            kind="layer",
+            form="layer",
             inputs=inputs,
             outputs=_named(name, outputs),
             layer=layer,
@@ -736,7 +738,7 @@ class Analyzer:
         )
         for code, message in inferred.warnings:
             self.error(Diagnostic.at(code, f"{name}: {message}", stmt.span))
-        return node
+        return step
 
     def _ties(
         self, name: str, weights: dict[str, Shape], tied: dict[str, str], scope: Scope, span: Span
@@ -745,13 +747,13 @@ class Analyzer:
         resolved = {}
         for wname, ref in tied.items():
             target_name, _, target_weight = ref.rpartition(".")
-            target = scope.nodes.get(target_name)
+            target = scope.steps.get(target_name)
             if target is None or target.layer is None:
                 raise fail(
                     "E406",
                     f"{name}: cannot share {target_name!r}: no layer of that name before it",
                     span,
-                    did_you_mean(target_name, scope.nodes),
+                    did_you_mean(target_name, scope.steps),
                 )
             if target_weight not in target.weights:
                 raise fail("E204", f"{name}: {target_name} has no {target_weight!r} to share", span)
@@ -822,7 +824,7 @@ class Analyzer:
             name=name,
             path=path,
             span=call.span,
-            kind="block",
+            form="block",
             inputs=inputs,
             outputs=_named(
                 name,
@@ -878,7 +880,7 @@ class Analyzer:
             name=name,
             path=path,
             span=op.span,
-            kind="residual",
+            form="residual",
             inputs=inputs,
             outputs=[Tensor(name, _rebase_type(out_main, _mapping(sizes)))],
             body=body,
@@ -931,17 +933,17 @@ class Analyzer:
             except DiagnosticError as err:
                 self.error(err.diagnostic)
 
-    def _check_layer(self, check: ast.Check, node: Step, env: Mapping[str, Any]) -> None:
+    def _check_layer(self, check: ast.Check, step: Step, env: Mapping[str, Any]) -> None:
         quantity = check.quantity.name
         # the statement as named: its tensor's name, or its tensors'
-        who = node.name if len(node.outputs) == 1 else ", ".join(t.name for t in node.outputs)
+        who = step.name if len(step.outputs) == 1 else ", ".join(t.name for t in step.outputs)
         if quantity == "shape":
             want = evaluate(check.value, env)
             if not isinstance(want, list):
                 raise fail(
                     "E305", "a shape is written as a list, e.g. [64, 24, 24]", check.value.span
                 )
-            got = [list(t.type.shape) for t in node.outputs]
+            got = [list(t.type.shape) for t in step.outputs]
             # several outputs: a list of their shapes, or one shape they all have
             equal = (
                 want == got
@@ -951,24 +953,24 @@ class Analyzer:
             if check.op not in ("==", "!="):
                 raise fail("E305", "shapes compare with == or !=", check.span)
             if equal != (check.op == "=="):
-                shown = ", ".join(str(t.type) for t in node.outputs)
+                shown = ", ".join(str(t.type) for t in step.outputs)
                 raise fail(
                     "E302",
                     f"{who} expected shape {check.op} {_fmt_shape(want)}, "
-                    f"but its output{'s are' if len(node.outputs) > 1 else ' is'} {shown}",
+                    f"but its output{'s are' if len(step.outputs) > 1 else ' is'} {shown}",
                     check.span,
-                    _shape_notes(node),
+                    _shape_notes(step),
                 )
             return
         if quantity == "params":
-            actual: int = node.params
-            notes = _param_notes(node)
+            actual: int = step.params
+            notes = _param_notes(step)
             noun = "parameters"
         elif quantity == "buffers":
-            actual, notes, noun = node.buffer_count, [], "buffer elements"
+            actual, notes, noun = step.buffer_count, [], "buffer elements"
         else:
-            actual = value_at(node.total_macs, self.bindings)
-            notes = _macs_notes(node, self.bindings)
+            actual = value_at(step.total_macs, self.bindings)
+            notes = _macs_notes(step, self.bindings)
             noun = "MACs"
         want = evaluate(check.value, env)
         if _fails(actual, check.op, want, check.value):
@@ -976,7 +978,7 @@ class Analyzer:
             raise fail(
                 code,
                 f"{who} was expected to have {_claim(check.op, want)} {noun}, "
-                f"but {node.label} has {n(actual)}",
+                f"but {step.label} has {n(actual)}",
                 check.span,
                 notes,
             )
@@ -1204,33 +1206,33 @@ def _fails(actual: int, op: str, want: Any, expr: ast.Expr) -> bool:
     ]
 
 
-def _param_notes(node: Step) -> list[str]:
+def _param_notes(step: Step) -> list[str]:
     """The arithmetic behind a parameter count: each tensor's shape and size."""
     parts = []
-    for leaf in node.leaves():
+    for leaf in step.leaves():
         for wname, shape in leaf.weights.items():
             if wname in leaf.tied:
                 continue
-            prefix = f"{leaf.path}." if leaf is not node else ""
+            prefix = f"{leaf.path}." if leaf is not step else ""
             dims = " x ".join(n(d) for d in shape) or "1"
             parts.append(f"{prefix}{wname} [{dims}] = {n(numel(shape))}")
     if not parts:
-        return [f"{node.label} has no parameters"]
+        return [f"{step.label} has no parameters"]
     if len(parts) > 6:
-        return [f"{len(parts)} tensors in {len(node.leaves())} layers; total {n(node.params)}"]
-    return [" + ".join(parts) + (f" = {n(node.params)}" if len(parts) > 1 else "")]
+        return [f"{len(parts)} tensors in {len(step.leaves())} layers; total {n(step.params)}"]
+    return [" + ".join(parts) + (f" = {n(step.params)}" if len(parts) > 1 else "")]
 
 
-def _macs_notes(node: Step, bindings: dict[str, int]) -> list[str]:
-    total = node.total_macs
+def _macs_notes(step: Step, bindings: dict[str, int]) -> list[str]:
+    total = step.total_macs
     if isinstance(total, Poly):
         return [f"MACs = {total} at " + ", ".join(f"{k}={v}" for k, v in bindings.items())]
-    return [f"{node.label}: {n(total)} multiply-accumulates per sample (one per bias add)"]
+    return [f"{step.label}: {n(total)} multiply-accumulates per sample (one per bias add)"]
 
 
-def _shape_notes(node: Step) -> list[str]:
-    ins = ", ".join(str(t.type) for t in node.inputs)
-    return [f"{node.label} maps {ins} to {', '.join(str(t.type) for t in node.outputs)}"]
+def _shape_notes(step: Step) -> list[str]:
+    ins = ", ".join(str(t.type) for t in step.inputs)
+    return [f"{step.label} maps {ins} to {', '.join(str(t.type) for t in step.outputs)}"]
 
 
 def _largest(graph: ModelGraph, quantity: str) -> list[str]:

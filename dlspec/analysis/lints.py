@@ -20,7 +20,7 @@ def _graphs(graph: Graph) -> list[Graph]:
     for step in graph.steps:
         for sub in (step.body, step.shortcut):
             if sub is not None:
-                steps = sub.steps[:2] if step.kind == "repeat" else sub.steps
+                steps = sub.steps[:2] if step.form == "repeat" else sub.steps
                 out.extend(_graphs(Graph(sub.inputs, steps, [])))
     return out
 
@@ -63,7 +63,7 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
                     ],
                 )
             )
-    for body in _graphs(graph.graph):
+    for body in _graphs(graph.body):
         linear = [s for s in body.steps if s.layer is not None and s.layer.family == "dense"]
         if len(linear) < 2:  # W502 is about two of them
             continue

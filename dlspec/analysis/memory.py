@@ -129,11 +129,11 @@ def checkpoint_unit(step: Step) -> bool:
     """Whether activation checkpointing recomputes this step of the model as a unit (or each
     of its copies): a use of a block, or a repetition of one, with one input and one output.
     The generated code and the memory arithmetic both follow this rule."""
-    if step.kind == "repeat" and not step.children:
+    if step.form == "repeat" and not step.children:
         return False
-    target = step.children[0] if step.kind == "repeat" else step
+    target = step.children[0] if step.form == "repeat" else step
     one = len(step.inputs) == 1 and len(step.outputs) == 1
-    return one and target.kind == "block" and len(target.outputs) == 1
+    return one and target.form == "block" and len(target.outputs) == 1
 
 
 def dataflow(model: ModelGraph) -> Dataflow:
@@ -143,7 +143,7 @@ def dataflow(model: ModelGraph) -> Dataflow:
         Ref(flow.new(product(t.type.shape)), flow.laid_out(t.type), flow.new_object())
         for t in model.inputs
     ]
-    _graph(flow, model.graph, refs, None, top=True)
+    _graph(flow, model.body, refs, None, top=True)
     return flow
 
 
@@ -169,7 +169,7 @@ def _step(
         flow.applied.append(Applied(step, inputs, outputs[0].storage, block))
         return outputs
     assert step.body is not None
-    if unit and step.kind == "repeat":
+    if unit and step.form == "repeat":
         for child in step.children:
             inputs = _step(flow, child, inputs, child, unit=True)
         return inputs
@@ -177,7 +177,7 @@ def _step(
         block = step
         flow.unit_inputs[step.path] = inputs[0].storage
     outputs = _graph(flow, step.body, inputs, block)
-    if step.kind != "residual":
+    if step.form != "residual":
         return outputs
     other = inputs[0] if step.shortcut is None else _graph(flow, step.shortcut, inputs, block)[0]
     layout = elementwise([outputs[0].layout, other.layout], other.layout.sizes)
@@ -436,9 +436,9 @@ def shard_units(graph: ModelGraph) -> list[Step]:
     modules (their :attr:`Step.path` is their module's path)."""
     units: list[Step] = []
     for step in graph.steps:
-        if step.kind == "block":
+        if step.form == "block":
             units.append(step)
-        elif step.kind == "repeat" and all(child.kind == "block" for child in step.children):
+        elif step.form == "repeat" and all(child.form == "block" for child in step.children):
             units.extend(step.children)
     return units
 

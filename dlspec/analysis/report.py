@@ -115,33 +115,33 @@ def _tensor(tensor: Tensor, bindings: dict[str, int]) -> dict[str, Any]:
 
 
 def _rows(
-    nodes: list[Step], depth: int, bindings: dict[str, int], saved: dict[str, int]
+    steps: list[Step], depth: int, bindings: dict[str, int], saved: dict[str, int]
 ) -> list[LayerRow]:
     rows = []
-    for node in nodes:
-        macs = node.total_macs
-        outputs = [_tensor(t, bindings) for t in node.outputs]
+    for step in steps:
+        macs = step.total_macs
+        outputs = [_tensor(t, bindings) for t in step.outputs]
         rows.append(
             LayerRow(
-                name=node.path,
-                kind=node.layer.kind if node.layer is not None else node.kind,
-                label=node.label,
-                inputs=[t.name for t in node.inputs],
+                name=step.path,
+                kind=step.layer.kind if step.layer is not None else step.form,
+                label=step.label,
+                inputs=[t.name for t in step.inputs],
                 depth=depth,
-                container=node.kind != "layer",
+                container=step.form != "layer",
                 output_shape=outputs[0]["shape"],
                 outputs=outputs,  # validated into TensorInfo
-                params=node.params,
-                buffers=node.buffer_count,
+                params=step.params,
+                buffers=step.buffer_count,
                 macs=value_at(macs, bindings),
                 macs_formula=str(macs) if isinstance(macs, Poly) else None,
-                activations_bytes=sum(saved.get(leaf.path, 0) for leaf in node.leaves()),
-                line=node.span.line,
-                column=node.span.column,
+                activations_bytes=sum(saved.get(leaf.path, 0) for leaf in step.leaves()),
+                line=step.span.line,
+                column=step.span.column,
             )
         )
-        shortcut = node.shortcut.steps if node.shortcut is not None else []
-        rows.extend(_rows([*node.children, *shortcut], depth + 1, bindings, saved))
+        shortcut = step.shortcut.steps if step.shortcut is not None else []
+        rows.extend(_rows([*step.children, *shortcut], depth + 1, bindings, saved))
     return rows
 
 

@@ -202,7 +202,7 @@ class _Builder:
             box = _Box(f"input/{inp.name}", inp.name, [f"input {inp.type.dtype}"], None, inp.type)
             items.append(box)
             env[inp.name] = _End(box.id, inp.type)
-        env = self._scope(self.graph.graph, env, items)
+        env = self._scope(self.graph.body, env, items)
         single = len(self.graph.outputs) == 1
         for output in self.graph.outputs:
             end = env[output.name]
@@ -269,7 +269,7 @@ class _Builder:
     ) -> tuple[list[_End], _Box | None]:
         """Draw one statement fed by ``ends``; returns where its outputs are drawn and the box
         a following activation may fold into (None after a block or a repetition)."""
-        closed = node.kind != "residual" and bool(node.children) and not self.is_open(node)
+        closed = node.form != "residual" and bool(node.children) and not self.is_open(node)
         if node.layer is not None or closed:
             box = self._box(node)
             items.append(box)
@@ -279,10 +279,10 @@ class _Builder:
             drawn = [_End(box.id, t.type, t.name if several else None) for t in node.outputs]
             return drawn, box if node.layer is not None else None
         assert node.body is not None
-        if node.kind == "residual":
+        if node.form == "residual":
             end, add = self._residual(node, ends, items)
             return [end], add
-        if node.kind == "block":
+        if node.form == "block":
             cluster = _Cluster(f"cluster/{node.path}", self._title(node))
             drawn = self._body(node.body, ends, cluster.items)
             _place(cluster, items)
@@ -337,7 +337,7 @@ class _Builder:
     @staticmethod
     def _title(node: Step) -> str:
         """A cluster's title: name, what it is (a repetition's count in bold), parameters."""
-        if node.kind == "repeat":
+        if node.form == "repeat":
             what = f"{_esc(node.children[0].label)}  <B>x {len(node.children)}</B>"
         else:
             what = _esc(node.label)

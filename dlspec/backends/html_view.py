@@ -79,7 +79,7 @@ def view_data(graph: ModelGraph, report: Report, text: str) -> dict[str, Any]:
                 "id": step.path,
                 "parent": parent,
                 "name": step.name,
-                "kind": step.kind,
+                "kind": step.form,
                 "label": step.label,
                 "family": step.layer.family if step.layer is not None else None,
                 "shape": str(step.output.type),
@@ -92,7 +92,7 @@ def view_data(graph: ModelGraph, report: Report, text: str) -> dict[str, Any]:
             visit(child, step.path)
         for child in step.shortcut.steps if step.shortcut is not None else []:
             visit(child, step.path, "shortcut")
-        if step.kind == "residual":
+        if step.form == "residual":
             nodes.append(
                 {
                     "id": f"add/{step.path}",

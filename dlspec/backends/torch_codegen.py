@@ -209,15 +209,15 @@ def _split_call(expr: str) -> tuple[CallText, str] | None:
     return (call, suffix) if isinstance(call, CallText) else None
 
 
-def _call(expr: str, node: ast.expr) -> str | CallText:
-    """The source of ``node`` in ``expr``, as a CallText (with nested calls) where it is one."""
-    text = ast.get_source_segment(expr, node) or ""
-    if not isinstance(node, ast.Call) or any(k.arg is None for k in node.keywords):
+def _call(expr: str, step: ast.expr) -> str | CallText:
+    """The source of ``step`` in ``expr``, as a CallText (with nested calls) where it is one."""
+    text = ast.get_source_segment(expr, step) or ""
+    if not isinstance(step, ast.Call) or any(k.arg is None for k in step.keywords):
         return text
-    parts: list[tuple[int, Argument]] = [(a.col_offset, (None, _call(expr, a))) for a in node.args]
-    parts += [(k.col_offset, (k.arg, _call(expr, k.value))) for k in node.keywords]
+    parts: list[tuple[int, Argument]] = [(a.col_offset, (None, _call(expr, a))) for a in step.args]
+    parts += [(k.col_offset, (k.arg, _call(expr, k.value))) for k in step.keywords]
     args = tuple(arg for _, arg in sorted(parts, key=lambda p: p[0]))
-    return CallText(ast.get_source_segment(expr, node.func) or "", args)
+    return CallText(ast.get_source_segment(expr, step.func) or "", args)
 
 
 def _returns(values: list[str], depth: int) -> list[str]:
@@ -385,7 +385,7 @@ class _Generator:
         self.checkpointed: set[int] = set()  # ids of the model's steps run_block runs
         self.calls: dict[int, TorchCall] = {}
         self.kept: dict[int, set[str]] = {}  # the class's arguments each layer's forward reads
-        for leaf in graph.leaves():
+        for leaf in _leaves(graph):
             if leaf.layer is not None:
                 names: set[str] = set()
                 with provenance.printing(functools.partial(_attribute_source, names=names)):
@@ -412,8 +412,8 @@ class _Generator:
             if isinstance(v, (bool, int, float, str))
         ]
         self.model = _Site(("model", graph.name), graph.name, True, declared)
-        self.model.uses.append(_Use(None, graph.graph))
-        self._collect(graph.graph, graph.name, declared)
+        self.model.uses.append(_Use(None, graph.body))
+        self._collect(graph.body, graph.name, declared)
 
     def module(self, source: str | None) -> str:
         model = self._build_model()
@@ -433,10 +433,10 @@ class _Generator:
         """Record every block use, residual and shortcut below ``graph``, whose definition
         has the parameters ``declared``."""
         for step in graph.steps:
-            for each in step.children if step.kind == "repeat" else [step]:
+            for each in _copies(step) if step.form == "repeat" else [step]:
                 if each.block is not None and each.body is not None:
                     self._collect_block(each, each.body)
-                elif each.kind == "residual" and each.body is not None:
+                elif each.form == "residual" and each.body is not None:
                     for key, sub in zip(_keys(each), (each.body, each.shortcut), strict=False):
                         assert sub is not None
                         self._site(key, owner + key[0], False, declared, each)
@@ -465,12 +465,12 @@ class _Generator:
     # classes ---------------------------------------------------------------------------------
 
     def _build_model(self) -> str:
-        graph = self.graph.graph
+        graph = self.graph.body
         _refuse_choices(graph)
         ctx = _Context(self.model)
         inputs = {i.name: i.name for i in self.graph.inputs}
         self.checkpointed = {id(s) for s in graph.steps if checkpoint_unit(s)}
-        body = self._scope(ctx, [self.graph.graph], inputs)
+        body = self._scope(ctx, [self.graph.body], inputs)
         if self.checkpointed:
             body.init.append(
                 f"{INDENT * 2}self.checkpointing = False  # True: recompute blocks in backward"
@@ -560,14 +560,14 @@ class _Generator:
         )
 
     def _step_signature(self, step: Step) -> tuple[Any, ...]:
-        if step.kind == "repeat":
+        if step.form == "repeat":
             if _counted(step):  # however many copies a use has, one loop builds them
                 return ("repeat", step.span)
             children = frozenset(map(self._step_signature, step.children))
             plain = all(map(self._plain, step.children))
             return ("repeat", children, plain or len(step.children))
-        if step.kind in ("block", "residual"):
-            return (step.kind, *(self._instance(key, step) for key in _keys(step)))
+        if step.form in ("block", "residual"):
+            return (step.form, *(self._instance(key, step) for key in _keys(step)))
         call = self.calls[id(step)]
         return ("layer", call.cls, call.forward, call.helper, len(call.args), tuple(call.kwargs))
 
@@ -723,9 +723,9 @@ class _Generator:
         """How ``__init__`` builds a step, given in each use; None for a layer that has no
         module."""
         step = steps[0]
-        if step.kind == "repeat":
+        if step.form == "repeat":
             return self._repeat_call(steps, ctx, name)
-        if step.kind in ("block", "residual"):
+        if step.form in ("block", "residual"):
             return self._nested_call(_keys(step)[0], steps, ctx)
         return self._layer_call(steps, ctx, name)
 
@@ -772,16 +772,14 @@ class _Generator:
         count = ctx.same([s.count for s in steps])
         counted = _counted(steps[0])
         built = [s for s in steps if s.children]
-        if not built:  # repeated 0 times (the model's arguments cannot change that): empty
-            if any(provenance.names(provenance.root_of(s.count)) for s in steps):
-                raise GenerationError(
-                    f"{name}: generated code cannot build the copies of a repetition that "
-                    "the spec repeats 0 times at these arguments"
-                )
+        if not built and not counted:  # repeated 0 times, whatever the arguments
             return CallText("nn.Sequential", ())
         if len(built) < len(steps) and not counted:
             raise _Split
-        first = self._constructor([s.children[0] for s in built], ctx, name)
+        copies = [s.children[0] for s in built] or [s.template for s in steps if s.template]
+        if not copies:
+            raise GenerationError(f"{name}: the copies of this repetition could not be analyzed")
+        first = self._constructor(copies, ctx, name)
         if first is None:
             return None
         later = [c for s in built for c in s.children[1:]]
@@ -801,7 +799,7 @@ class _Generator:
         if others is None:
             if not counted:  # one copy
                 return CallText("nn.Sequential", ((None, first),))
-            if not _keeps_types(built[0]):
+            if not _keeps_types(built[0] if built else steps[0], copies[0]):
                 raise GenerationError(
                     f"{name}: its copies after the first would read other sizes than the "
                     "first, and no use repeats it twice to show how they are built"
@@ -834,11 +832,11 @@ class _Generator:
     ) -> list[str]:
         """``forward`` statements computing the step into the variable ``target``, indented
         ``depth`` levels."""
-        node = steps[0]
-        module = f"self.{node.name}"
+        step = steps[0]
+        module = f"self.{step.name}"
         comment = _comment(steps, ctx)
-        if id(node) in self.checkpointed:
-            if node.kind == "block":
+        if id(step) in self.checkpointed:
+            if step.form == "block":
                 expr = f"self.run_block({module}, {inputs[0]})"
                 return _statement(f"{target} = ", expr, depth, comment)
             loop = "block" if target != "block" else "block_"
@@ -847,15 +845,15 @@ class _Generator:
                 f"{INDENT * depth}for {loop} in {module}:",
                 f"{INDENT * (depth + 1)}{target} = self.run_block({loop}, {target})",
             ][0 if target != inputs[0] else 1 :]
-        if node.kind != "repeat" or (
-            built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
+        if step.form != "repeat" or (
+            built is not None and len(inputs) == 1 and all(map(self._plain, step.children))
         ):
-            expr = self._expression(node, module, inputs, ctx)
+            expr = self._expression(step, module, inputs, ctx)
             return _statement(f"{target} = ", expr, depth, comment)
-        threads = len(node.outputs)  # the inputs the outputs replace, from the first
-        if not node.children:  # repeated 0 times: those inputs
+        threads = len(step.outputs)  # the inputs the outputs replace, from the first
+        if not step.children and not _counted(step):  # repeated 0 times: those inputs
             return _statement(f"{target} = ", ", ".join(inputs[:threads]), depth)
-        if _counted(node):  # a loop over the copies, however many the arguments make
+        if _counted(step):  # a loop over the copies, however many the arguments make
             loop = next(n for n in ("layer", "block", "copy", "each") if n not in inputs)
             lines = (
                 []
@@ -863,30 +861,30 @@ class _Generator:
                 else [f"{INDENT * depth}{target} = {', '.join(inputs[:threads])}"]
             )
             reads = [*target.split(", "), *inputs[threads:]]
-            expr = self._expression(node.children[0], loop, reads, ctx)
+            expr = self._expression(_copies(step)[0], loop, reads, ctx)
             return [
                 *lines,
                 f"{INDENT * depth}for {loop} in {module}:",
                 *_statement(f"{target} = ", expr, depth + 1),
             ]
         lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
-        for i, child in enumerate(node.children):
+        for i, child in enumerate(step.children):
             expr = self._expression(child, f"{module}[{i}]", inputs, ctx)
             copy_comment = _comment([s.children[i] for s in steps], ctx)
             lines += _statement(f"{target} = ", expr, depth, copy_comment)
             inputs = [*target.split(", "), *inputs[threads:]]  # the others stay
         return lines
 
-    def _plain(self, node: Step) -> bool:
-        """Whether the node's module is called as ``module(x)`` (as nn.Sequential calls it)."""
-        return node.layer is None or self.calls[id(node)].forward == PLAIN_CALL
+    def _plain(self, step: Step) -> bool:
+        """Whether the step's module is called as ``module(x)`` (as nn.Sequential calls it)."""
+        return step.layer is None or self.calls[id(step)].forward == PLAIN_CALL
 
-    def _expression(self, node: Step, module: str, inputs: list[str], ctx: _Context) -> str:
-        if node.layer is None:  # a block, residual or repetition: a module of its inputs
+    def _expression(self, step: Step, module: str, inputs: list[str], ctx: _Context) -> str:
+        if step.layer is None:  # a block, residual or repetition: a module of its inputs
             return f"{module}({', '.join(inputs)})"
         numbered = {f"x{i}": v for i, v in enumerate(inputs)}
-        ctx.kept |= self.kept[id(node)]
-        template = self.calls[id(node)].forward
+        ctx.kept |= self.kept[id(step)]
+        template = self.calls[id(step)].forward
         return template.format(module=module, x=inputs[0], inputs=", ".join(inputs), **numbered)
 
 
@@ -922,10 +920,29 @@ class _Expression:
     tree: provenance.Tree
 
 
-def _keeps_types(step: Step) -> bool:
+def _copies(step: Step) -> list[Step]:
+    """A repetition's copies, or the copy it would make where it makes none."""
+    return step.children or ([step.template] if step.template is not None else [])
+
+
+def _leaves(graph: ModelGraph) -> list[Step]:
+    """The model's layers, with those of the copies repetitions of no copy would make."""
+    out: list[Step] = []
+    work = list(graph.steps)
+    while work:
+        step = work.pop()
+        if step.form == "layer":
+            out.append(step)
+        work += [s for g in (step.body, step.shortcut) if g is not None for s in g.steps]
+        if step.form == "repeat" and not step.children and step.template is not None:
+            work.append(step.template)
+    return out
+
+
+def _keeps_types(step: Step, copy: Step) -> bool:
     """A repetition whose copy gives the types it reads: the copies after it are alike."""
     assert step.body is not None
-    outputs = [t.type for t in step.children[0].outputs]
+    outputs = [t.type for t in copy.outputs]
     return outputs == [t.type for t in step.body.inputs][: len(outputs)]
 
 
@@ -1142,16 +1159,16 @@ RUN_BLOCK = '''
         return block(x)'''
 
 
-def _change(node: Step, ctx: _Context) -> str | None:
+def _change(step: Step, ctx: _Context) -> str | None:
     """A statement's shape comment: its output's shape, when that differs from its input's;
     each output's, for a statement with several."""
-    output = node.output.type
-    if len(node.outputs) > 1:
-        shapes = {_shape(t.type, ctx) for t in node.outputs}
+    output = step.output.type
+    if len(step.outputs) > 1:
+        shapes = {_shape(t.type, ctx) for t in step.outputs}
         if len(shapes) == 1:
-            return f"{len(node.outputs)} x {shapes.pop()}"
-        return ", ".join(_shape(t.type, ctx) for t in node.outputs)
-    changed = node.inputs and _shape(output, ctx) != _shape(node.inputs[0].type, ctx)
+            return f"{len(step.outputs)} x {shapes.pop()}"
+        return ", ".join(_shape(t.type, ctx) for t in step.outputs)
+    changed = step.inputs and _shape(output, ctx) != _shape(step.inputs[0].type, ctx)
     return _shape(output, ctx) if changed else None
 
 

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     checked, code = load_spec(args, batch=args.activations or 1)
     if checked.graph is None:
         return code or 1
-    closable = {s.path for s in checked.graph.all_steps() if s.kind in ("block", "repeat")}
+    closable = {s.path for s in checked.graph.all_steps() if s.form in ("block", "repeat")}
     unknown = [path for path in args.open if path not in closable]
     if unknown:
         known = ", ".join(sorted(closable)[:8]) + (", ..." if len(closable) > 8 else "")

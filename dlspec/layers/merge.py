@@ -67,7 +67,7 @@ def _broadcast(inputs: list[TensorType], kind: str) -> tuple[Dim, ...]:
     """The shape tensors of one rank broadcast to: per dimension, the sizes must be equal or 1
     (a 1 stretches). Ranks must match, since every tensor also has the batch dimension in
     front: torch would align a shorter shape with the batch."""
-    listed = " * ".join(str(x) for x in inputs)
+    listed = {"Add": " + ", "Mul": " * "}[kind].join(str(x) for x in inputs)
     if len({len(x.shape) for x in inputs}) > 1:
         raise LayerError(
             "E401",

@@ -215,6 +215,10 @@ def shard_model(
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    # FSDP shards contiguous parameters only: a channels-last model's convolution weights go
+    # back to the standard layout (its batches stay channels-last)
+    for param in model.parameters():
+        param.data = param.data.contiguous()
     for path in units:
         fully_shard(model.get_submodule(path), mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
