@@ -12,7 +12,7 @@ from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.infer import Analyzer
 from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
-from dlspec.analysis.report import Report, build_report, layer_rows
+from dlspec.analysis.report import Report, build_report
 from dlspec.diagnostics import Diagnostic
 from dlspec.syntax.parser import parse
 from dlspec.syntax.source import Source, read_source
@@ -26,9 +26,10 @@ class Checked:
     source: Source | None
     graph: ModelGraph | None
     report: Report
-    # with errors that stopped the analysis: the rows of the statements that did analyze
-    # (before, beside and after the error; no memory figures), for an editor's hover
-    partial: Report | None = None
+    # with errors that stopped the analysis: the model as far as it did analyze (what comes
+    # before the error and beside it), and its report, for an editor's hover and the viewer
+    partial: ModelGraph | None = None
+    partial_report: Report | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,13 +80,13 @@ def _check(
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
-        elif analyzer.partial:
-            bindings = dict(analyzer.bindings)
-            layers = layer_rows(analyzer.partial, bindings)
-            partial = Report(file=path, symbols=bindings, layers=layers)
+        elif analyzer.partial is not None and analyzer.partial.steps:
+            partial = analyzer.partial
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
-    return Checked(path, source, graph if report.ok else None, report, partial)
+    if partial is not None:
+        return Checked(path, source, None, report, partial, build_report(path, partial, [], batch))
+    return Checked(path, source, graph if report.ok else None, report)
 
 
 def _refused(source: Source, diagnostics: list[Diagnostic], batch: int) -> Checked:

@@ -93,7 +93,7 @@ def hover(ls: LanguageServer, params: types.HoverParams) -> types.Hover | None:
     doc = ls.workspace.get_text_document(params.text_document.uri)
     checked = check_text(doc.source, doc.path)
     # while the spec has errors, the statements that did analyze keep their figures
-    report = checked.partial or checked.report
+    report = checked.partial_report or checked.report
     text = hover_text(report, params.position.line + 1)
     if text is None:
         return None

@@ -638,6 +638,14 @@
       `training with Adam ${bytes(m.training_adam)}`,
     ];
     title.append(html("span", totals.join("  ·  "), { class: "totals" }));
+    if (data.errors.length) {
+      const errors = document.getElementById("errors");
+      const count = data.errors.length === 1 ? "1 error" : `${data.errors.length} errors`;
+      errors.querySelector("summary").textContent =
+        `${count}: drawn as far as the spec analyzes (the statements before the error and beside it); totals of what is drawn`;
+      errors.querySelector("pre").textContent = data.errors.join("\n");
+      errors.hidden = false;
+    }
   }
   document.getElementById("colour").addEventListener("change", (event) => {
     colourBy = event.target.value;
