@@ -179,6 +179,12 @@ def test_the_viewer_in_chromium(
         # a frame's title closes it again
         page.click(f'.frame[data-id="{block}"] .title')
         assert shown(page) == top
+        # a search finds what closed blocks hold, marks them, and Enter opens them
+        page.fill("#search", "")
+        page.fill("#search", leaf)
+        assert page.locator(f'.node.contains[data-id="{block}"]').count() == 1
+        page.press("#search", "Enter")
+        assert page.locator(f'.node.match[data-id="{layer}"]').count() == 1
         assert page.errors == []
         chromium.close()
     assert (tmp_path / f"{name}-open.png").stat().st_size > 10_000

@@ -543,7 +543,8 @@
     if (query) {
       for (const node of data.nodes) {
         const kind = node.row ? node.row.kind : node.kind;
-        if ([node.id, node.name, node.label, kind].some((text) => text.toLowerCase().includes(query))) {
+        const texts = [node.name, node.label, kind, ...(query.includes(".") ? [node.id] : [])];
+        if (texts.some((text) => text.toLowerCase().includes(query))) {
           matches.add(node.id);
         }
       }
