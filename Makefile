@@ -6,7 +6,7 @@ CHECKER := $(VENV)/.installed-check
 RUNTIME := $(VENV)/.installed
 DEV     := $(VENV)/.installed-dev
 
-.PHONY: install demo demo-check test lint format docs bench fuzz clean
+.PHONY: install demo demo-check test lint format docs bench bench-smoke fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,12 +63,22 @@ docs: $(RUNTIME)
 bench: $(RUNTIME)
 	$(BIN)/python bench/check_speed.py
 
+# every script in bench/ at a tiny size, and bench/gpu_check.sh --dry-run (`make test` runs
+# these too, so a bench that breaks fails the tests)
+bench-smoke: $(DEV)
+	$(BIN)/pytest tests/test_bench.py
+
 # Differential fuzzing: random valid specs, the analysis against torch and ONNX Runtime.
 # FUZZ_COUNT specs from FUZZ_SEED; a disagreement prints its seed and the shrunk spec.
+# Then hostile fuzzing: FUZZ_CLI random invocations of every command and FUZZ_LSP random
+# message sequences to the language server (no crash, hang, traceback or stray write).
 FUZZ_COUNT ?= 10000
+FUZZ_CLI   ?= 2000
+FUZZ_LSP   ?= 2000
 FUZZ_SEED  ?= 0
 fuzz: $(DEV)
 	$(BIN)/python tests/fuzzing.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)
+	$(BIN)/python tests/fuzz_surfaces.py --cli $(FUZZ_CLI) --lsp $(FUZZ_LSP) --seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

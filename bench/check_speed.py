@@ -1,8 +1,10 @@
 """`dlspec check` speed: whole-process time against torchinfo on the same model, and scaling.
 
 Prints, side by side:
-1. `dlspec check specs/cnn.dl` as a whole process vs a whole process that builds the same
-   hand-written MY_NET in torch and prints torchinfo's summary (goal: at least 15x faster);
+1. `dlspec check specs/cnn.dl` as a whole process vs a whole process that only imports lark and
+   pydantic, check's import floor (goal: at most 1.5x), and vs a whole process that builds the
+   same hand-written MY_NET in torch and prints torchinfo's summary (goal: at least 15x faster);
+   the three run alternately, so that a busy machine slows each alike;
 2. check time for generated specs of 100, 1,000 and 10,000 layers (goal: linear; 10,000 under
    1 s), in-process (parse + analyze + lint + report) and as a whole process;
 3. with ``--against OTHER_DLSPEC`` (another checkout's ``dlspec`` program, e.g. the one before a
@@ -10,6 +12,7 @@ Prints, side by side:
    ratio (goal: no slower).
 
 Run: .venv/bin/python bench/check_speed.py [--repeat N] [--against PATH]
+     --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ summary(MyNet(), input_size=(1, 3, 48, 48))
 def wall(cmd: list[str], repeat: int) -> float:
     """Median wall time of a whole process."""
     return statistics.median(_once(cmd) for _ in range(repeat))
+
+
+def alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, float]:
+    """Median wall time of each whole process, the commands run in turn ``repeat`` times."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, command in commands.items():
+            times[name].append(_once(command))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _once(cmd: list[str]) -> float:
@@ -76,20 +88,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--against", metavar="DLSPEC", help="another checkout's dlspec program")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeat = 1
     py = sys.executable
-    dl = wall([py, "-m", "dlspec", "check", "specs/cnn.dl"], args.repeat)
-    ti = wall([py, "-c", TORCHINFO], max(1, args.repeat // 2))
-    print("whole process, MY_NET summary")
+    times = alternating(
+        {
+            "check": [py, "-m", "dlspec", "check", "specs/cnn.dl"],
+            "floor": [py, "-c", "import lark, pydantic"],
+            "torchinfo": [py, "-c", TORCHINFO],
+        },
+        args.repeat,
+    )
+    dl, floor, ti = times["check"], times["floor"], times["torchinfo"]
+    print(f"whole process, MY_NET summary, median of {args.repeat} alternating runs")
     print(f"  dlspec check specs/cnn.dl   {dl * 1000:8.0f} ms")
+    print(f"  import lark, pydantic       {floor * 1000:8.0f} ms")
     print(f"  torch + torchinfo.summary   {ti * 1000:8.0f} ms")
-    print(f"  ratio                       {ti / dl:8.1f}x faster (goal >= 15x)")
+    print(f"  check / import floor        {dl / floor:8.2f}x (goal <= 1.5x)")
+    print(f"  torchinfo / check           {ti / dl:8.1f}x faster (goal >= 15x)")
 
     from dlspec.analysis.check import check_text
 
     print("\nscaling with spec size  in-process   whole process  per layer")
     with tempfile.TemporaryDirectory() as tmp:
-        for layers in (100, 1_000, 10_000):
+        for layers in (100,) if args.smoke else (100, 1_000, 10_000):
             text = layered_spec(layers)
             runs = []
             for _ in range(args.repeat):

@@ -11,6 +11,7 @@ step runs the denoiser on twice the batch), and prints images/s for:
 
 The images must agree (max abs difference printed). Run:
 .venv/bin/python bench/diffusion_speed.py [--run RUN_DIR] [--device cuda] [--batches 64 512]
+     --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.batches, args.steps, args.repeat = [2], 2, 1
 
     schedule = NoiseSchedule("cosine", 1000)  # the spec's
     if args.run is not None:

@@ -14,6 +14,7 @@ the all-reduce count; no validation: val_split=0), over the epochs after the fir
 the ratios 2 processes : 1 process.
 
 Run: .venv/bin/python bench/distributed_speed.py [--epochs N] [--repeat N]  (about 3 minutes)
+     --smoke: the MLP only, 2 epochs, once: only to show that the script runs (make bench-smoke)
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (>= 2)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per setting; the best counts")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args()
+    specs = dict(list(SPECS.items())[:1]) if args.smoke else SPECS
+    if args.smoke:
+        args.epochs, args.repeat = 2, 1
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is a warm-up)")
     n = cores()
@@ -65,7 +70,7 @@ def main() -> None:
     print(f"{n} CPU cores; samples/s, best of {args.repeat} runs of {args.epochs} epochs\n")
     print(f"{'model':<24}{'1 proc x ' + str(n) + ' thr':>16}{'1 proc x 1 thr':>16}", end="")
     print(f"{'2 proc x ' + str(max(1, n // 2)) + ' thr':>16}{'2p : 1p':>10}{'2p : 1p1t':>11}")
-    for name, spec in SPECS.items():
+    for name, spec in specs.items():
         best = dict.fromkeys(settings, 0.0)
         precision = ""
         for _ in range(args.repeat):  # interleaved, so that a busy spell hits every setting

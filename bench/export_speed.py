@@ -9,6 +9,8 @@ files at batch 1 and 64, measured in this one process, alternating, best of thre
 busy machine does not favour either). Goal: the whole command under 5 s.
 
 Run: .venv/bin/python bench/export_speed.py [--threads 2]
+     --smoke: TorchScript only, one latency round of few runs: only to show that the script
+     runs (make bench-smoke)
 """
 
 from __future__ import annotations
@@ -71,17 +73,19 @@ def command_seconds(exporter: str, out: Path) -> float:
     return seconds
 
 
-def onnx_latencies(files: dict[str, Path], threads: int) -> dict[str, list[float]]:
-    """ms per call at batch 1 and 64 for each file: best of three alternating rounds."""
+def onnx_latencies(
+    files: dict[str, Path], threads: int, rounds: int = 3, iterations: int = 30
+) -> dict[str, list[float]]:
+    """ms per call at batch 1 and 64 for each file: best of ``rounds`` alternating rounds."""
     from dlspec.backends.runtime import Session
     from dlspec.commands.bench import measure
 
     best: dict[str, list[float]] = {name: [float("inf")] * 2 for name in files}
-    for _ in range(3):
+    for _ in range(rounds):
         for name, path in files.items():
             # one live session at a time: an idle one's spinning threads would slow the other
             session = Session(path, device="cpu", threads=threads)
-            rows = measure(None, session, "cpu", (1, 64), warmup=5, iterations=30)
+            rows = measure(None, session, "cpu", (1, 64), warmup=5, iterations=iterations)
             del session
             best[name] = [
                 min(b, r.onnx_seconds * 1e3) for b, r in zip(best[name], rows, strict=True)
@@ -92,11 +96,16 @@ def onnx_latencies(files: dict[str, Path], threads: int) -> dict[str, list[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args()
+    rounds, iterations = (1, 2) if args.smoke else (3, 30)
+    exporters = EXPORTERS[:1] if args.smoke else EXPORTERS
+    if args.smoke:
+        args.threads = 1
     figures: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {exporter: Path(tmp) / f"{exporter}.onnx" for exporter in EXPORTERS}
-        for exporter in EXPORTERS:
+        files = {exporter: Path(tmp) / f"{exporter}.onnx" for exporter in exporters}
+        for exporter in exporters:
             whole = command_seconds(exporter, files[exporter])
             done = subprocess.run(
                 [sys.executable, "-c", PROBE, exporter, str(args.threads)],
@@ -106,7 +115,7 @@ def main() -> None:
                 check=True,
             )
             figures[exporter] = {"command": whole, **json.loads(done.stdout.splitlines()[-1])}
-        for exporter, latency in onnx_latencies(files, args.threads).items():
+        for exporter, latency in onnx_latencies(files, args.threads, rounds, iterations).items():
             figures[exporter]["ort_ms"] = latency
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("`dlspec export` command (s)", lambda f: f"{f['command']:.2f}"),
@@ -121,12 +130,20 @@ def main() -> None:
         ("ORT latency batch 64 (ms)", lambda f: f"{f['ort_ms'][1]:.2f}"),
     ]
     print(f"MY_NET, CPU, {args.threads} threads")
-    print(f"{'':<30}{'TorchScript':>14}{'dynamo':>14}{'ratio':>9}")
+    names = {"torchscript": "TorchScript", "dynamo": "dynamo"}
+    both = len(exporters) == 2
+    print(
+        f"{'':<30}"
+        + "".join(f"{names[e]:>14}" for e in exporters)
+        + (f"{'ratio':>9}" if both else "")
+    )
     for label, cell in rows:
-        ts, dy = cell(figures["torchscript"]), cell(figures["dynamo"])
-        ratio = f"{float(dy) / float(ts):.2f}x" if float(ts) else "-"
-        print(f"{label:<30}{ts:>14}{dy:>14}{ratio:>9}")
-    for exporter in EXPORTERS:
+        cells = [cell(figures[exporter]) for exporter in exporters]
+        ratio = ""
+        if both:
+            ratio = f"{float(cells[1]) / float(cells[0]):.2f}x" if float(cells[0]) else "-"
+        print(f"{label:<30}" + "".join(f"{c:>14}" for c in cells) + f"{ratio:>9}")
+    for exporter in exporters:
         print(f"{exporter} ops: {', '.join(figures[exporter]['ops'])}")
         for line in figures[exporter]["warnings"]:
             print(f"  {exporter} said: {line[:110]}")

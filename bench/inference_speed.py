@@ -5,6 +5,7 @@ with the same number of threads (median of --iterations runs after warm-up runs)
 latency, throughput and ONNX Runtime's speed-up. Goal: at least 1.5x at batch 1.
 
 Run: .venv/bin/python bench/inference_speed.py [--threads 2] [--iterations 50]
+     --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
 Timings need an otherwise idle machine: on a shared one, torch's thread pool suffers most.
 """
 
@@ -29,7 +30,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args()
+    batches = (1, 2) if args.smoke else (1, 64)
+    if args.smoke:
+        args.iterations, args.warmup, args.threads = 2, 1, 1
 
     torch.set_num_threads(args.threads)
     spec = dlspec.load(ROOT / "specs" / "cnn.dl")
@@ -37,7 +42,7 @@ def main() -> None:
     model = spec.to_torch().eval()
     result = export_onnx(model, spec.graph, verify=False, device="cpu")
     session = Session(result.data, device="cpu", threads=args.threads)
-    rows = measure(model, session, "cpu", (1, 64), warmup=args.warmup, iterations=args.iterations)
+    rows = measure(model, session, "cpu", batches, warmup=args.warmup, iterations=args.iterations)
     print(
         f"MY_NET, exported with {result.exporter}; CPU, {args.threads} threads for both; "
         f"median of {args.iterations} runs"

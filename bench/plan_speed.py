@@ -7,6 +7,7 @@ time (user + system, from the operating system's account of the child) are shown
 machine the CPU time is the one to read.
 
 Run: .venv/bin/python bench/plan_speed.py [--repeat N]
+     --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DLSPEC = str(Path(sys.executable).parent / "dlspec")
+DLSPEC = [sys.executable, "-m", "dlspec"]
 COMMANDS = {
     "check cnn (start-up)": ["check", "specs/cnn.dl"],
     "plan tiny_gpt 24GiB": ["plan", "specs/tiny_gpt.dl", "--memory", "24GiB"],
@@ -41,7 +42,7 @@ def median_times(command: list[str], repeat: int) -> tuple[float, float]:
     walls, cpus = [], []
     for _ in range(repeat):
         start, cpu = time.perf_counter(), cpu_seconds()
-        subprocess.run([DLSPEC, *command], capture_output=True, cwd=ROOT, check=False)
+        subprocess.run([*DLSPEC, *command], capture_output=True, cwd=ROOT, check=False)
         walls.append(time.perf_counter() - start)
         cpus.append(cpu_seconds() - cpu)
     return statistics.median(walls), statistics.median(cpus)
@@ -50,7 +51,9 @@ def median_times(command: list[str], repeat: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
-    repeat = parser.parse_args().repeat
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
+    args = parser.parse_args()
+    repeat = 1 if args.smoke else args.repeat
     times = {name: median_times(command, repeat) for name, command in COMMANDS.items()}
     baseline = times["check cnn (start-up)"][1]
     print(f"{'command':24} {'wall':>8} {'CPU':>8} {'CPU / start-up':>15}")

@@ -14,6 +14,7 @@ activations, peak transient). Goal: estimate / measured within 15 %.
 
 Run: .venv/bin/python bench/train_memory.py [--batch 8] [--device cpu|cuda]
      [--precision fp32|bf16] [--optimizer adam] [--checkpointing] [SPEC ...]
+     --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ def main() -> None:
     parser.add_argument("--precision", choices=memory.PRECISIONS, default="fp32")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
     parser.add_argument("--checkpointing", action="store_true", help="model.checkpointing")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.specs, args.batch = args.specs or [ROOT / "specs" / "mlp.dl"], 2
     warnings.filterwarnings("ignore")
     paths = args.specs or [p for p in sorted((ROOT / "specs").glob("*.dl")) if p.name not in SKIP]
     print(

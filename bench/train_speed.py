@@ -12,9 +12,14 @@ Prints, side by side:
    dlspec's loop runs in fp32 like the seed, and with precision "auto" (its default: bf16
    autocast on a CPU with native bf16, such as AVX512-BF16 or AMX); the seed-style loop runs
    once more with the malloc setting dlspec's loop makes on a CPU (keep_freed_memory), to show
-   what that alone is worth. Each run is a fresh process.
+   what that alone is worth. Each run is a fresh process;
+3. each dlspec epoch against the same steps taken bare in the same process: the trainer's own
+   step (channels-last, fused Adam, the run's precision) on one fixed, already augmented batch,
+   once per batch of the epoch (the limit a loop can reach; goal: the epoch at most 1.05x),
+   with the time the epoch spent making its batches (indexing and augmentation) beside it.
 
 Run: .venv/bin/python bench/train_speed.py [--epochs N] [--steps N] [--repeat N]  (about 3 minutes)
+     --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dlspec.analysis.train_config import train_config
+from dlspec.analysis.train_config import read_train, with_overrides
 from dlspec.api import load
 from dlspec.train.data import Dataset, load_digits
 from dlspec.train.loop import Splits, Trainer, autocast_dtype, keep_freed_memory
@@ -43,6 +48,7 @@ from dlspec.train.transforms import color_jitter, random_rotation
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, SAMPLES, BATCH = 48, 6000, 64
+SMOKE_SAMPLES = 2 * BATCH
 MEAN, STD = 0.1307, 0.3081
 SEED_SETTINGS = [
     ("epochs", "1"),
@@ -54,15 +60,15 @@ SEED_SETTINGS = [
 ]
 
 
-def digits_48() -> tuple[Dataset, Dataset]:
-    """6,000 training images (the 1,437 training digits repeated) and the 359 test digits,
-    all resized once to 48x48 grayscale in [0, 1]."""
+def digits_48(samples: int) -> tuple[Dataset, Dataset]:
+    """``samples`` training images (the 1,437 training digits repeated) and the 359 test
+    digits, all resized once to 48x48 grayscale in [0, 1]."""
     train, test = load_digits()
 
     def resize(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
 
-    index = torch.arange(SAMPLES) % len(train)
+    index = torch.arange(samples) % len(train)
     big = Dataset(resize(train.x)[index], train.y[index], train.classes, "digits48/train")
     return big, Dataset(resize(test.x), test.y, test.classes, "digits48/test")
 
@@ -159,13 +165,33 @@ def seed_loop(train: Dataset, test: Dataset, epochs: int, seed: int) -> tuple[fl
     return seconds, (preds == test.y).float().mean().item()
 
 
-def dlspec_loop(train: Dataset, test: Dataset, precision: str, epochs: int) -> tuple[float, float]:
+def bare_steps(trainer: Trainer, epochs: int) -> tuple[float, float]:
+    """The steps of ``epochs`` epochs taken bare: the trainer's own step (its model, optimiser,
+    memory format and autocast) on one fixed batch made once, at each batch size the epochs
+    used; and, apart, the time the epochs' batch making takes (indexing and augmentation).
+    Returns (steps seconds, batch-making seconds)."""
+    x_all, y_all = trainer.data["train"]
+    sizes = [len(index) for index in trainer._batches(len(x_all))]
+    fixed = trainer._inputs(x_all[: max(sizes)], training=True)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for size in sizes:
+            trainer._step(fixed[:size], y_all[:size])
+    steps = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for index in trainer._batches(len(x_all)):
+            trainer._inputs(x_all[index], training=True)
+    return steps, time.perf_counter() - start
+
+
+def dlspec_loop(train: Dataset, test: Dataset, precision: str, epochs: int) -> dict[str, float]:
     """dlspec's loop on the generated model, set up as `dlspec build` sets it up (CPU memory
-    kept for reuse); returns (training seconds, test accuracy)."""
+    kept for reuse): training seconds and test accuracy, then the same steps bare (see
+    :func:`bare_steps`)."""
     keep_freed_memory()
-    config = train_config(
-        None, {}, [*SEED_SETTINGS, ("epochs", str(epochs)), ("precision", precision)]
-    )
+    settings = [*SEED_SETTINGS, ("epochs", str(epochs)), ("precision", precision)]
+    config = with_overrides(read_train(None, {})[0], settings, {})
     torch.manual_seed(config.seed)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
@@ -185,31 +211,42 @@ def dlspec_loop(train: Dataset, test: Dataset, precision: str, epochs: int) -> t
             trainer.epoch += 1
         seconds = time.perf_counter() - start
         _, accuracy, _ = trainer.evaluate("test")
-    return seconds, float(accuracy or 0.0)
+        trainer.model.train()
+        bare, batches = bare_steps(trainer, config.epochs)  # after the test: they train on
+    return {
+        "seconds": seconds,
+        "accuracy": float(accuracy or 0.0),
+        "bare": bare,
+        "batches": batches,
+    }
 
 
-def run_loop(name: str, epochs: int) -> None:
-    """Run one loop of part 2 in this process and print its (seconds, accuracy) as JSON."""
-    train, test = digits_48()
+def loop_figures(name: str, epochs: int, samples: int) -> dict[str, float]:
+    """Run one loop of part 2 in this process: its seconds, accuracy (and bare steps)."""
+    train, test = digits_48(samples)
     if name == "seed+malloc":
         keep_freed_memory()
     if name.startswith("seed"):
         seconds, accuracy = seed_loop(train, test, epochs, 0)
-    else:
-        seconds, accuracy = dlspec_loop(train, test, name.removeprefix("dlspec-"), epochs)
-    print(json.dumps({"seconds": seconds, "accuracy": accuracy}))
+        return {"seconds": seconds, "accuracy": accuracy}
+    return dlspec_loop(train, test, name.removeprefix("dlspec-"), epochs)
 
 
-def in_subprocess(name: str, epochs: int) -> tuple[float, float]:
+def in_subprocess(name: str, epochs: int, samples: int) -> dict[str, float]:
     """One loop in a fresh process: the malloc setting is process-wide and must not leak into
     the other loops' runs."""
     command = [sys.executable, __file__, "--loop", name, "--epochs", str(epochs)]
+    command += ["--samples", str(samples)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return float(result["seconds"]), float(result["accuracy"])
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
-def compare_epochs(epochs: int, fp32_only: bool, repeat: int) -> None:
+def compare_epochs(
+    epochs: int, fp32_only: bool, repeat: int, samples: int, smoke: bool = False
+) -> None:
+    """Part 2 and 3; ``smoke``: the seed-style loop and dlspec's fp32 loop once each, in this
+    process (the start-up of fresh processes would be most of the time)."""
     auto = autocast_dtype("auto", torch.device("cpu"), images=True)
     auto_name = "fp32" if auto is None else str(auto).removeprefix("torch.")
     labels = {
@@ -218,33 +255,44 @@ def compare_epochs(epochs: int, fp32_only: bool, repeat: int) -> None:
         "seed+malloc": "seed-style + malloc tweak",
         "dlspec-auto": f"dlspec, auto = {auto_name}",
     }
-    times: dict[str, list[float]] = {name: [] for name in labels}
-    accuracy: dict[str, float] = {}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in labels}
     schedule = []
     for round_ in range(repeat):  # A B, then B A: background load hits both alike
         schedule += ["seed", "dlspec-fp32"][:: 1 if round_ % 2 == 0 else -1]
-    schedule += ["seed+malloc"] + ([] if fp32_only or auto is None else ["dlspec-auto"])
+    if not smoke:
+        schedule += ["seed+malloc"] + ([] if fp32_only or auto is None else ["dlspec-auto"])
+    run = loop_figures if smoke else in_subprocess
     for name in schedule:
-        seconds, accuracy[name] = in_subprocess(name, epochs)
-        times[name].append(seconds)
-    base = min(times["seed"])
+        runs[name].append(run(name, epochs, samples))
+    best = {name: min(r, key=lambda f: f["seconds"]) for name, r in runs.items() if r}
+    base = best["seed"]["seconds"]
     print(
-        f"\n2. {epochs} epoch(s) on {SAMPLES:,} digits at 48x48 with the seed's augmentation, "
+        f"\n2. {epochs} epoch(s) on {samples:,} digits at 48x48 with the seed's augmentation, "
         f"batch {BATCH}, MY_NET, Adam; test accuracy on 359 digits; best of {repeat} for the "
         "first two"
     )
-    for name, label in labels.items():
-        if times[name]:
-            best = min(times[name])
-            print(
-                f"   {label:26s} {best:7.1f} s   {best / base:5.2f}x   "
-                f"test accuracy {100 * accuracy[name]:6.2f}%"
-            )
+    for name, figures in best.items():
+        print(
+            f"   {labels[name]:26s} {figures['seconds']:7.1f} s   "
+            f"{figures['seconds'] / base:5.2f}x   test accuracy {100 * figures['accuracy']:6.2f}%"
+        )
     print("   goal: dlspec's loop at most 0.80x the seed-style loop's time, the same accuracy")
     print(
         "   (malloc tweak: glibc keeps freed memory for reuse, as dlspec's loop asks on a CPU; "
         f"precision auto on this CPU: {auto_name})"
     )
+    print(
+        "\n3. dlspec's epoch against its steps taken bare in the same process (one fixed batch, "
+        "channels-last, fused Adam, the same precision)"
+    )
+    print(f"   {'':26s} {'epoch':>7}   {'bare steps':>10}   {'ratio':>6}   {'making batches':>14}")
+    for name, figures in best.items():
+        if "bare" in figures:
+            print(
+                f"   {labels[name]:26s} {figures['seconds']:7.1f} s {figures['bare']:8.1f} s   "
+                f"{figures['seconds'] / figures['bare']:5.3f}x   {figures['batches']:12.1f} s"
+            )
+    print("   goal: the epoch at most 1.05x its bare steps")
 
 
 def main() -> None:
@@ -255,14 +303,20 @@ def main() -> None:
     parser.add_argument(
         "--fp32-only", action="store_true", help="in part 2, skip dlspec's run with autocast"
     )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--loop", help=argparse.SUPPRESS)  # internal: run one loop of part 2
+    parser.add_argument("--samples", type=int, default=SAMPLES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop:
-        run_loop(args.loop, args.epochs)
+        print(json.dumps(loop_figures(args.loop, args.epochs, args.samples)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n")
+    if args.smoke:
+        compare_steps(1, rounds=1)
+        compare_epochs(1, fp32_only=True, repeat=1, samples=SMOKE_SAMPLES, smoke=True)
+        return
     compare_steps(args.steps)
-    compare_epochs(args.epochs, args.fp32_only, args.repeat)
+    compare_epochs(args.epochs, args.fp32_only, args.repeat, args.samples)
 
 
 if __name__ == "__main__":

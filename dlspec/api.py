@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import linecache
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dlspec.analysis.check import Checked, check_file, check_text
+from dlspec.analysis.check import Checked, check_file, check_text, program_graph
 from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.report import Report
 from dlspec.diagnostics import Diagnostic
@@ -51,13 +51,17 @@ class Spec:
     source_text: str
     graph: ModelGraph
     report: Report
+    overrides: dict[str, str] = field(default_factory=dict)  # the --set values it was given
+    model: str | None = None
 
     @cached_property
     def code(self) -> str:
-        """The generated ``model.py``: standalone, importing only torch."""
+        """The generated ``model.py``: standalone, importing only torch. Raises
+        :class:`~dlspec.backends.torch_codegen.GenerationError` for what generated code
+        cannot express for every value of the class's arguments."""
         from dlspec.backends.torch_codegen import generate
 
-        return generate(self.graph, self.path)
+        return generate(program_graph(self.source_text, self.overrides, self.model), self.path)
 
     def to_torch(self) -> nn.Module:
         """A new instance of the generated model class (fresh random weights on every call).
@@ -84,20 +88,22 @@ def load(path: str | Path, /, *, model: str | None = None, **overrides: object) 
     ``load("specs/cnn.dl", num_classes=43)``. ``model`` picks a model when the file defines
     several (so a model parameter called ``model`` cannot be overridden here).
     """
-    return _spec(check_file(path, _override_texts(overrides), model=model))
+    return spec_of(check_file(path, _override_texts(overrides), model=model))
 
 
 def load_text(
     text: str, path: str = "<spec>", /, *, model: str | None = None, **overrides: object
 ) -> Spec:
     """:func:`load` for spec text in memory; ``path`` names it in diagnostics and code."""
-    return _spec(check_text(text, path, _override_texts(overrides), model=model))
+    return spec_of(check_text(text, path, _override_texts(overrides), model=model))
 
 
-def _spec(checked: Checked) -> Spec:
+def spec_of(checked: Checked) -> Spec:
+    """The :class:`Spec` of a checked file; raises :class:`SpecError` when it has errors."""
     if not checked.ok or checked.graph is None or checked.source is None:
         raise SpecError(checked)
-    return Spec(checked.path, checked.source.text, checked.graph, checked.report)
+    text, graph = checked.source.text, checked.graph
+    return Spec(checked.path, text, graph, checked.report, checked.overrides, checked.model)
 
 
 def _override_texts(overrides: dict[str, object]) -> dict[str, str]:

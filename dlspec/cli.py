@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+import traceback
+from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from dlspec import __version__
 
@@ -31,31 +36,54 @@ COMMANDS = {
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in dlspec, not a mistake of the user's
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def report_internal_error(argv: Sequence[str], error: BaseException) -> Path | None:
+    """Write the traceback of an unexpected exception to a log file under the temporary
+    directory and return its path (None when even that fails)."""
+    text = "".join(traceback.format_exception(error))
+    header = f"dlspec {__version__}, python {sys.version.split()[0]}\nargv: {list(argv)!r}\n\n"
+    try:
+        folder = Path(tempfile.gettempdir()) / "dlspec-crash"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log = folder / f"{stamp}-{os.getpid()}.log"
+        log.write_text(header + text, encoding="utf-8", errors="backslashreplace")
+    except OSError:
+        return None
+    return log
+
+
+def build_parser(names: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The command line's parser, with the commands ``names`` (their modules imported)."""
     parser = argparse.ArgumentParser(
         prog="dlspec",
         description="Describe, check, train, export and draw neural networks from a spec.",
     )
     parser.add_argument("--version", action="version", version=f"dlspec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
-        argv = [*argv[1:2], "--help"]
-    chosen = [a for a in argv if a in COMMANDS][:1]  # import only the command that runs
-    for name in chosen or COMMANDS:
+    for name in names:
         module = importlib.import_module(COMMANDS[name])
         command = sub.add_parser(
             name, help=module.__doc__.splitlines()[0] if module.__doc__ else ""
         )
         module.configure(command)
         command.set_defaults(run=module.run)
+    if set(names) == set(COMMANDS):  # the full list, for --help
+        sub.add_parser("help", help="show a command's options: dlspec help COMMAND")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
+        argv = [*argv[1:2], "--help"]
+    chosen = [a for a in argv if a in COMMANDS][:1]  # import only the command that runs
+    parser = build_parser(chosen or COMMANDS)
     for stream in (sys.stdout, sys.stderr):  # never fail on undecodable names from argv
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
-    if not chosen:
-        sub.add_parser("help", help="show a command's options: dlspec help COMMAND")
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given, for a command that starts itself again
     try:
@@ -65,3 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as error:  # a bug: say so, and keep the traceback in a log file
+        log = report_internal_error(argv, error)
+        where = f"; details are in {log}" if log else ""
+        print(
+            f"dlspec: internal error, please report ({type(error).__name__}: "
+            f"{str(error)[:200]}){where}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

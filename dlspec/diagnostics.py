@@ -62,6 +62,13 @@ CODES: dict[str, str] = {
 }
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of a spec as the parser numbers them: split at ``\n`` only. (``splitlines``
+    also splits at form feeds, U+2028 and other separators, which the grammar reads as
+    whitespace or as text inside a comment or string: lines would be miscounted.)"""
+    return text.split("\n")
+
+
 class Span(NamedTuple):
     """A 1-based source range; ``end_column`` is exclusive."""
 
@@ -97,7 +104,7 @@ class Diagnostic(BaseModel):
         """Compiler-style text: ``path:line:col: error[E301]: ...``, the line, a caret."""
         loc = f"{path}:{self.line}:{self.column}" if self.line else path
         out = [f"{loc}: {self.severity}[{self.code}]: {self.message}"]
-        lines = source.splitlines() if source else []
+        lines = source_lines(source) if source else []
         if self.line and self.column and 0 < self.line <= len(lines):
             text = lines[self.line - 1].expandtabs(1)
             width = 1

@@ -7,20 +7,70 @@ import fcntl
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path that a command must not write: the message says why and what to do."""
+
+
+def output_path(
+    path: str | os.PathLike[str],
+    option: str = "--out",
+    inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+) -> Path:
+    """Check an output file before any work starts; return it as given (a symbolic link is
+    checked as the file it names: :func:`atomic_file` writes the target, the link stays).
+    Refused with :class:`OutputError`: a directory, a device, pipe or socket (a regular file
+    would replace it), a file or directory that cannot be written, a missing directory, and a
+    path that is the same file as one of ``inputs`` (what the command reads, or another of its
+    outputs: description -> path)."""
+    given = Path(path)
+    target = Path(os.path.realpath(given))
+    try:
+        info = target.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise OutputError(f"{option} {given}: {exc.strerror or exc}") from None
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            raise OutputError(f"{option} {given} is a directory; name the file to write")
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputError(
+                f"{option} {given} is not a regular file (a device, pipe or socket); "
+                "name a file to write"
+            )
+        if not os.access(target, os.W_OK):
+            raise OutputError(f"{option} {given}: the file is not writable")
+    if not target.parent.is_dir():
+        raise OutputError(f"{option} {given}: no directory {given.parent}")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {given}: the directory {given.parent} is not writable")
+    for what, other in (inputs or {}).items():
+        if other is not None and Path(os.path.realpath(other)) == target:
+            raise OutputError(
+                f"{option} {given} is also {what} of this command; write to another file"
+            )
+    return given
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without an exception, the
     temporary file replaces ``path`` in one step, so readers see the old file or the new one,
-    never half of one. On an exception (Ctrl-C included) the temporary file is removed."""
-    target = Path(path)
+    never half of one. On an exception (Ctrl-C included) the temporary file is removed.
+    As editors do, a symbolic link is followed (its target is replaced, the link stays) and
+    a file that exists keeps its permissions."""
+    target = Path(os.path.realpath(path))
     # a fresh name, not a mkstemp file: the writer creates it with the usual permissions
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
         yield temporary
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(temporary, stat.S_IMODE(target.stat().st_mode))
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

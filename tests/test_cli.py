@@ -59,14 +59,14 @@ def test_check_several_specs_and_stdin(
 ) -> None:
     broken = tmp_path / "broken.dl"
     broken.write_text(MLP.replace("Linear(hidden)", "Linear(hidden, bogus=1)"))
-    monkeypatch.setattr("sys.stdin", io.StringIO(MLP))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(MLP.encode())))
     code, out, err = run_cli(capsys, "check", str(ROOT / "specs/rnn.dl"), "-", str(broken))
     assert code == 1  # the worst of the three
     assert out.startswith("SequenceRNN  (")
     assert "\nMLP  (<stdin>, hidden=128" in out
     assert f"{broken}:4:26: error[E202]" in err
 
-    monkeypatch.setattr("sys.stdin", io.StringIO(MLP))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(MLP.encode())))
     code, out, _ = run_cli(capsys, "check", "-", str(broken), "--format", "json")
     reports = json.loads(out)
     assert [r["file"] for r in reports] == ["<stdin>", str(broken)]

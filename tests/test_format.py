@@ -11,12 +11,12 @@ import pytest
 from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lark import Lark
+from lark import Lark, Tree
 
 from dlspec.analysis.check import check_text
 from dlspec.cli import main
 from dlspec.syntax.format import LINE_LENGTH, format_text, format_tree, scan, spaced
-from dlspec.syntax.parser import _parser, grammar_text
+from dlspec.syntax.parser import _parser, grammar_text, parse_tree
 
 SPECS = sorted((ROOT / "specs").rglob("*.dl"))  # the shipped specs and the model zoo
 SPEC_TEXTS = [p.read_text(encoding="utf-8") for p in SPECS]
@@ -218,6 +218,64 @@ def test_fmt_is_idempotent_and_keeps_the_meaning(edits: list[tuple[int, int, str
     assert sorted(c.text for c in scan(formatted)[0]) == sorted(c.text for c in scan(text)[0])
 
 
+# whitespace the grammar skips (form feed, tab, carriage return) and line separators that only
+# comments and strings may hold (str.splitlines splits at them, the parser does not)
+SEPARATORS = ["\x0c", "\t", "\r", "\u2028", "\u2029", "\x85", "\x0b", "\x1c", "\x1d", "\x1e"]
+
+
+@st.composite
+def unusual_text(draw: st.DrawFn) -> str:
+    """MESSY with separators inserted: bare (whitespace, or a syntax error), inside new
+    comments, inside new strings, and inside its own comments."""
+    text = SOURCE
+    for _ in range(draw(st.integers(1, 6))):
+        sep = draw(st.sampled_from(SEPARATORS))
+        what = draw(st.sampled_from(["bare", "comment", "string"]))
+        piece = {"bare": sep, "comment": f"  # a{sep}b\n", "string": f"'s{sep}t'"}[what]
+        if what == "string":  # a string where one may stand: a model parameter's default
+            text = text.replace("b: int = 2", f"b: int = 2, s: str = {piece}", 1)
+            continue
+        pos = draw(st.integers(0, len(text)))
+        text = text[:pos] + piece + text[pos:]
+    return text
+
+
+def bare_calls(tree: Any) -> Any:
+    """``tree`` with empty argument lists dropped, as fmt drops them."""
+    if not isinstance(tree, Tree):
+        return tree
+    children = [bare_calls(c) for c in tree.children]
+    children = [
+        None if isinstance(c, Tree) and c.data == "arguments" and not any(c.children) else c
+        for c in children
+    ]
+    return Tree(tree.data, children)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(unusual_text())
+def test_fmt_keeps_meaning_and_comments_across_unusual_whitespace(text: str) -> None:
+    tree, _ = parse_tree(text)
+    formatted, diagnostics = format_text(text)
+    if tree is None:
+        assert formatted is None and diagnostics[0].code.startswith("E1")
+        return
+    assert formatted is not None
+    # the same parse tree, tokens and structure (fmt writes `ReLU()` as `ReLU`)
+    assert bare_calls(parse_tree(formatted)[0]) == bare_calls(tree)
+    assert sorted(c.text for c in scan(formatted)[0]) == sorted(c.text for c in scan(text)[0])
+    assert fmt(formatted) == formatted
+
+
+def test_fmt_refuses_stdin_that_is_not_utf8(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"model M {\xff}\n")))
+    assert main(["fmt", "-"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "error[E003]: standard input is not UTF-8 text" in captured.err
+
+
 def test_fmt_command_check_rewrite_and_stdin(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,7 +293,7 @@ def test_fmt_command_check_rewrite_and_stdin(
     assert bad.read_text() == MESSY_FORMATTED
     assert main(["fmt", "--check", str(good), str(bad)]) == 0
 
-    monkeypatch.setattr("sys.stdin", io.StringIO(MESSY))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(MESSY.encode())))
     assert main(["fmt", "-"]) == 0
     assert capsys.readouterr().out == MESSY_FORMATTED
 

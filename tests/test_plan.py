@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +15,15 @@ from conftest import ROOT
 
 import dlspec
 from dlspec.analysis import memory
+from dlspec.analysis.render import human_bytes
 from dlspec.cli import main
 from dlspec.layers.symbolic import value_at
 
 GIB = 2**30
 
 
-def plan_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
-    assert main(["plan", *args, "--format", "json"]) == 0
+def plan_json(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> dict[str, Any]:
+    assert main(["plan", *args, "--format", "json"]) == code
     result: dict[str, Any] = json.loads(capsys.readouterr().out)
     return result
 
@@ -42,7 +47,11 @@ def test_largest_batch_fits_and_one_more_does_not(
     assert result["batch"] == largest and result["fits"]
     assert sum(v for k, v in result["bytes"].items() if k != "total") == result["bytes"]["total"]
     assert result["bytes"]["total"] <= 2 * GIB
-    over = plan_json(capsys, path, "--memory", "2GiB", *options, "--batch", str(largest + 1))
+    # exit 1 unless the plan still answers how long symbolic lengths may be at that batch
+    code = 0 if result["max_lengths"] else 1
+    over = plan_json(
+        capsys, path, "--memory", "2GiB", *options, "--batch", str(largest + 1), code=code
+    )
     assert not over["fits"] and over["bytes"]["total"] > 2 * GIB
 
 
@@ -132,14 +141,19 @@ def test_spec_errors_are_diagnostics(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "error[" in capsys.readouterr().err
 
 
-def _check(tmp_path: Path, expectation: str) -> list[str]:
+def _spec(tmp_path: Path, expectation: str) -> Path:
     spec = tmp_path / "m.dl"
     spec.write_text(
         "model M {\n    input x: float[3, 16, 16]\n    Conv2d(8, kernel=3, padding=1)\n"
         f"    ReLU\n    Flatten\n    Linear(10)\n    expect total {expectation}\n}}\n"
     )
+    return spec
+
+
+def _check(tmp_path: Path, expectation: str) -> list[str]:
     from dlspec.analysis.check import check_file
 
+    spec = _spec(tmp_path, expectation)
     return [f"{d.code} {d.message}" for d in check_file(spec).report.diagnostics]
 
 
@@ -187,3 +201,86 @@ def test_the_readme_questions(capsys: pytest.CaptureFixture[str]) -> None:
     assert fits["fits"] and fits["bytes"]["total"] <= 80 * GIB
     over = plan_json(capsys, *llama, "--optimizer", "sgd", "--batch", str(fits["max_batch"] + 1))
     assert not over["fits"] and over["bytes"]["total"] > 80 * GIB
+
+
+# ---------------------------------------------------------------------------------------------
+# several GPUs: --gpus N --strategy fsdp|ddp (the bytes FSDP really holds: tests/test_fsdp.py)
+
+
+def test_fsdp_shards_the_model_states_and_ddp_replicates_them() -> None:
+    graph = dlspec.load(ROOT / "specs" / "mlp.dl").graph  # Linear(10): 10 rows in 4 shards of 3
+    alone = memory.training(graph, "fp32", "adam")
+    params = graph.trainable_params
+    at = {**graph.bindings, "B": 8}
+    sharded_one = memory.training(graph, "fp32", "adam", parallel=memory.Parallel(1, "fsdp"))
+    assert (sharded_one.weights, sharded_one.optimizer) == (alone.weights, alone.optimizer)
+    four = memory.training(graph, "fp32", "adam", parallel=memory.Parallel(4, "fsdp"))
+    shards = sum(
+        -(-shape[0] // 4) * math.prod(shape[1:])
+        for leaf in graph.leaves()
+        for shape in leaf.weights.values()
+    )
+    assert shards > params / 4  # padded: every rank's shard is the first rank's size
+    assert (four.weights, four.gradients, four.optimizer) == (4 * shards, 4 * shards, 8 * shards)
+    parts = four.bytes(at)
+    assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+    # the backward pass gathers the whole (padded) model in the root unit, fp32; the optimizer
+    # step, nothing
+    assert parts["gathered"] == 4 * 4 * shards
+    assert [(m.where, m.gathered) for m in four.moments[:1]] == [("the optimizer step", 0)]
+    assert four.communication == {"all-gather": 4 * 3 * shards, "reduce-scatter": 4 * 3 * shards}
+    ddp = memory.training(graph, "fp32", "adam", parallel=memory.Parallel(8, "ddp"))
+    assert (ddp.weights, ddp.optimizer) == (alone.weights, alone.optimizer)
+    assert ddp.bytes(at)["gathered"] == 4 * params  # the reducer's buckets
+    assert ddp.communication == {"all-reduce": 2 * 7 * 4 * params // 8}
+
+
+def test_llama_on_80gib_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    """Llama-2-7B with AdamW does not fit one 80 GiB GPU; sharded, it fits on the fewest
+    GPUs plan names, and not on one fewer; replicated, on none."""
+    llama = ["specs/zoo/llama2_7b.dl", "--memory", "80GiB", "--precision", "bf16"]
+    llama += ["--checkpointing", "--optimizer", "adamw"]
+    fewest = plan_json(capsys, *llama, "--strategy", "fsdp")
+    gpus, batch = fewest["gpus"], fewest["max_batch"]
+    assert gpus > 1 and batch >= 1 and fewest["fits"] and fewest["strategy"] == "fsdp"
+    assert fewest["bytes"]["total"] <= 80 * GIB
+    assert main(["plan", *llama, "--gpus", str(gpus - 1), "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["max_batch"] == 0
+    eight = plan_json(capsys, *llama, "--gpus", "8")
+    assert eight["max_batch"] > batch
+    assert eight["communication_bytes_per_step"]["all-gather"] > 0
+    assert main(["plan", *llama, "--strategy", "ddp"]) == 1
+    assert "DDP replicates the model on every GPU" in capsys.readouterr().err
+    assert main(["plan", *llama, "--gpus", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "8 x FSDP" in table and "gathered parameters (FSDP units)" in table
+    assert "sent per GPU per step: all-gather" in table
+
+
+def test_expect_train_memory_on_several_gpus(tmp_path: Path) -> None:
+    graph = dlspec.load(_spec(tmp_path, "params < 1M")).graph
+    chosen = memory.Options(batch=32, gpus=8, strategy="fsdp")
+    at_32 = memory.train_bytes(graph, chosen)["total"]
+    assert at_32 < memory.train_bytes(graph, memory.Options(batch=32))["total"]
+    assert _check(tmp_path, f'train_memory(batch=32, gpus=8, strategy="fsdp") == {at_32}') == []
+    [error] = _check(tmp_path, 'train_memory(batch=32, gpus=8, strategy="fsdp") < 1KiB')
+    assert error.startswith(f"E304 training needs {human_bytes(at_32)}")
+    assert chosen.describe() == "batch 32 per GPU, cuda, fp32, adam, 8 x FSDP"
+    [error] = _check(tmp_path, "train_memory(gpus=0) < 1GiB")
+    assert "gpus must be a whole number >= 1" in error
+    [error] = _check(tmp_path, 'train_memory(strategy="zero3") < 1GiB')
+    assert 'strategy must be one of "ddp", "fsdp"' in error
+
+
+def test_the_zero3_bench_runs_in_its_tiny_mode() -> None:
+    """bench/zero3_states.py: plan's model states per GPU beside DeepSpeed's ZeRO-3 formula
+    (18 bytes a parameter over the GPUs, plus the largest layer's 4 bytes a parameter)."""
+    bench = ROOT / "bench" / "zero3_states.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(bench), "--tiny"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["mlp", "2"], ["tiny_gpt", "2"]]
+    assert all(0.5 < float(row[-1]) < 1.5 for row in rows)  # dlspec / ZeRO-3

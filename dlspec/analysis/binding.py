@@ -8,7 +8,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dlspec.analysis.evaluate import did_you_mean, evaluate
+from dlspec.analysis import provenance
+from dlspec.analysis.evaluate import did_you_mean, evaluate, trees
+from dlspec.analysis.provenance import Tree
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
 from dlspec.layers import REGISTRY, Layer
 from dlspec.syntax import ast
@@ -63,10 +65,16 @@ def match_arguments(
     return matched
 
 
-def bind_layer(call: ast.Call, env: Mapping[str, Any]) -> tuple[Layer, dict[str, Span]]:
+def bind_layer(
+    call: ast.Call, env: Mapping[str, Any], named: Mapping[str, tuple[Tree, Tree]] | None = None
+) -> tuple[Layer, dict[str, Span], list[str]]:
     """The layer a call of a layer kind describes, validated against the kind's schema,
-    and where each of its arguments was written. Raises :class:`DiagnosticError` (or
-    :class:`ArgumentErrors` when pydantic finds several problems)."""
+    where each of its arguments was written, and the arguments whose expressions
+    (:mod:`provenance`) the validated values lost (a validator that rewrote a value). The
+    layer's fields keep the expressions of the values they were given. Raises
+    :class:`DiagnosticError` (or :class:`ArgumentErrors` when pydantic finds several
+    problems). ``named`` gives the expressions of parameters whose values cannot carry them
+    (bools, strings): an argument that reads one is lost too."""
     cls = REGISTRY[call.name.name]
     fields = cls.model_fields
     aliases = {str(f.validation_alias): name for name, f in fields.items() if f.validation_alias}
@@ -80,16 +88,52 @@ def bind_layer(call: ast.Call, env: Mapping[str, Any]) -> tuple[Layer, dict[str,
             data[cls.variadic] = [evaluate(a.value, env) for a in items]
             spans[cls.variadic] = items[0].span
     positional = () if cls.variadic is not None else cls.positional
-    for name, arg in match_arguments(cls.kind, args, list(fields), positional, aliases).items():
+    matched = match_arguments(cls.kind, args, list(fields), positional, aliases)
+    for name, arg in matched.items():
         if name in cls.references and isinstance(arg.value, ast.Ref):
             data[name] = arg.value.name  # a statement's name, not an expression
         else:
             data[name] = evaluate(arg.value, env)
         spans[name] = arg.span
     try:
-        return cls.model_validate(data), spans
+        layer = cls.model_validate(data)
     except ValidationError as exc:
         raise _validation_errors(cls, exc, spans, call) from None
+    kept: dict[str, Any] = {}
+    lost = [
+        key
+        for key, arg in matched.items()
+        if isinstance(data[key], bool | str)
+        and key not in cls.references
+        and named
+        and provenance.names(trees(arg.value, env, named)[0])
+    ]
+    for key, raw in data.items():
+        if provenance.carries(raw):
+            value = _carry(raw, getattr(layer, key))
+            if value is None:
+                lost.append(key)
+            else:
+                kept[key] = value
+    return (layer.model_copy(update=kept) if kept else layer), spans, lost
+
+
+def _carry(raw: Any, valid: Any) -> Any:
+    """``valid`` (a validated field) with the expressions of ``raw`` (what the spec gave):
+    equal values take them, a number spread into a tuple (``kernel=k`` -> ``(k, k)``) gives
+    them to each item; None where the validator made something else of them."""
+    if isinstance(valid, tuple | list) and not isinstance(raw, tuple | list):
+        raw = [raw] * len(valid)
+    if isinstance(valid, tuple | list) and isinstance(raw, tuple | list):
+        if len(raw) != len(valid):
+            return None
+        items = [_carry(r, v) for r, v in zip(raw, valid, strict=True)]
+        return None if any(i is None for i in items) else type(valid)(items)
+    if type(valid) is type(provenance.plain(raw)) and valid == raw:
+        return raw
+    if isinstance(valid, float) and isinstance(raw, int) and valid == raw:
+        return provenance.as_float(raw)
+    return valid if not provenance.carries(raw) else None
 
 
 def _validation_errors(

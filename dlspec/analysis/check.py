@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlspec.analysis.graph import ModelGraph
@@ -14,8 +14,9 @@ from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
 from dlspec.analysis.report import Report, build_report
 from dlspec.diagnostics import Diagnostic
+from dlspec.syntax.bounds import literal_problem
 from dlspec.syntax.parser import parse
-from dlspec.syntax.source import Source, read_source
+from dlspec.syntax.source import Source, read_source, read_stdin
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Checked:
     source: Source | None
     graph: ModelGraph | None
     report: Report
+    overrides: dict[str, str] = field(default_factory=dict)  # the --set values
+    model: str | None = None  # the model asked for, when the file defines several
     # with errors that stopped the analysis: the model as far as it did analyze (what comes
     # before the error and beside it), and its report, for an editor's hover and the viewer
     partial: ModelGraph | None = None
@@ -69,6 +72,8 @@ def _check(
     limits: Limits,
 ) -> Checked:
     path, text = source.path, source.text
+    if problems := _override_problems(overrides or {}):
+        return _refused(source, problems, batch)
     spec, diagnostics = parse(text)
     graph, partial = None, None
     if spec is not None:
@@ -77,6 +82,15 @@ def _check(
             graph = analyzer.run(model)
         except BudgetExceeded as exc:  # stop expanding: the rest would only cost time
             return _refused(source, [*analyzer.diagnostics, exc.diagnostic], batch)
+        except RecursionError:  # blocks calling blocks, hundreds deep: the stack ran out
+            deep = Diagnostic.at(
+                "E602",
+                "block calls nest too deeply to analyse (hundreds of blocks, each calling the "
+                "next)",
+                None,
+                ["flatten the chain: a block may repeat a layer or call one block many times"],
+            )
+            return _refused(source, [*analyzer.diagnostics, deep], batch)
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
@@ -84,9 +98,44 @@ def _check(
             partial = analyzer.partial
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
-    if partial is not None:
-        return Checked(path, source, None, report, partial, build_report(path, partial, [], batch))
-    return Checked(path, source, graph if report.ok else None, report)
+    partial_report = None if partial is None else build_report(path, partial, [], batch)
+    return Checked(
+        path,
+        source,
+        graph if report.ok else None,
+        report,
+        dict(overrides or {}),
+        model,
+        partial,
+        partial_report,
+    )
+
+
+def program_graph(
+    text: str, overrides: dict[str, str] | None = None, model: str | None = None
+) -> ModelGraph:
+    """The graph of spec text that checks without errors, analyzed as a program: every number
+    derived from a parameter keeps the expression that computed it, which code generation
+    translates (:mod:`dlspec.analysis.provenance`). Raises ValueError on errors."""
+    spec, _ = parse(text)
+    graph = None if spec is None else Analyzer(spec, overrides, program=True).run(model)
+    if graph is None:
+        raise ValueError("the spec has errors: run dlspec check")
+    return graph
+
+
+def _override_problems(overrides: dict[str, str]) -> list[Diagnostic]:
+    """E211 for each ``--set`` number that no spec could write as a literal (thousands of
+    digits, beyond 64 bits, a float overflowing to infinity): bounded as literals are."""
+    problems = []
+    for name, value in overrides.items():
+        try:
+            problem = literal_problem(value.strip())
+        except ValueError:
+            continue  # not a number: the analysis checks it against the parameter's type
+        if problem is not None:
+            problems.append(Diagnostic.at("E211", f"--set {name}={value}: {problem}", None))
+    return problems
 
 
 def _refused(source: Source, diagnostics: list[Diagnostic], batch: int) -> Checked:
@@ -101,9 +150,12 @@ def check_file(
     model: str | None = None,
     limits: Limits | None = None,
 ) -> Checked:
-    """:func:`check_text` for the spec file at ``path`` (E001-E004 when it cannot be read)."""
-    source, problem = read_source(path)
+    """:func:`check_text` for the spec file at ``path`` (E001-E004 when it cannot be read);
+    ``-`` is standard input, named ``<stdin>``."""
+    stdin = str(path) == "-"
+    name = "<stdin>" if stdin else str(path)
+    source, problem = read_stdin() if stdin else read_source(path)
     if source is None:
         assert problem is not None
-        return Checked(str(path), None, None, build_report(str(path), None, [problem], batch))
-    return check_text(source.text, str(path), overrides, batch, model, limits)
+        return Checked(name, None, None, build_report(name, None, [problem], batch))
+    return check_text(source.text, name, overrides, batch, model, limits)

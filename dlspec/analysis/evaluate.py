@@ -9,6 +9,8 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from dlspec.analysis import provenance
+from dlspec.analysis.provenance import Tree
 from dlspec.diagnostics import fail
 from dlspec.layers.base import TensorType
 from dlspec.layers.symbolic import Poly, SymbolicError
@@ -168,3 +170,25 @@ def expect_int(expr: ast.Expr, env: Mapping[str, Any], what: str, minimum: int =
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise fail("E204", f"{what} must be a whole number >= {minimum}, got {value!r}", expr.span)
     return value
+
+
+def trees(
+    expr: ast.Expr, env: Mapping[str, Any], named: Mapping[str, tuple[Tree, Tree]]
+) -> tuple[Tree, Tree]:
+    """The local and root expressions (:mod:`provenance`) of a spec expression that
+    :func:`evaluate` accepts: what a condition tests, in the names of the class and of the
+    model. ``named`` gives them for parameters whose values cannot carry them (bools,
+    strings)."""
+    if isinstance(expr, ast.Ref) and expr.name in named:
+        return named[expr.name]
+    if isinstance(expr, ast.BinOp | ast.Compare | ast.BoolOp) and expr.right is not None:
+        left, right = trees(expr.left, env, named), trees(expr.right, env, named)
+        return tuple(  # type: ignore[return-value]
+            provenance.combine(expr.op, a, b) for a, b in zip(left, right, strict=True)
+        )
+    if isinstance(expr, ast.Neg | ast.BoolOp):
+        head = "neg" if isinstance(expr, ast.Neg) else "not"
+        operand = trees(expr.operand if isinstance(expr, ast.Neg) else expr.left, env, named)
+        return (head, operand[0]), (head, operand[1])
+    value = evaluate(expr, env)
+    return provenance.local_of(value), provenance.root_of(value)

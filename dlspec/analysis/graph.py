@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from dlspec.analysis.provenance import Tree
 from dlspec.analysis.train_config import TrainConfig
 from dlspec.diagnostics import Span
 from dlspec.layers.base import Layer, Shape, TensorType, numel
@@ -47,11 +48,24 @@ class BlockUse:
     and the values of its parameters for this use, defaults applied."""
 
     definition: ast.Definition
-    arguments: dict[str, Any]
+    arguments: dict[str, Any]  # in the caller's names (:mod:`dlspec.analysis.provenance`)
+    local: dict[str, Tree] = field(default_factory=dict)  # the bools' and strings' expressions
 
     @property
     def name(self) -> str:
         return self.definition.name.name
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What an `if` of the body chose (``taken``: its first branch), with its condition's
+    expressions (:mod:`dlspec.analysis.provenance`): ``local`` over the names of the class
+    the body becomes, ``root`` over the model's parameters."""
+
+    statement: ast.IfStmt
+    taken: bool
+    local: Tree
+    root: Tree
 
 
 @dataclass(eq=False)
@@ -63,6 +77,7 @@ class Graph:
     inputs: list[Tensor]
     steps: list[Step]
     outputs: list[Tensor]
+    choices: list[Choice] = field(default_factory=list)  # its `if` statements, as decided
 
     def readers(self) -> dict[str, list[Step]]:
         """Each tensor of the graph and the steps reading it, in order (outputs not counted)."""
@@ -104,6 +119,11 @@ class Step:
     tied: dict[str, str] = field(default_factory=dict)  # weight -> path of the shared one
     statement: ast.LayerStmt | None = None  # as written: its arguments' expressions
     count_note: str | None = None  # how a layer's number of outputs came about (Chunk)
+    # a block's or residual's body reads its inputs' sizes under names of its own
+    # (``in_channels``): their values at this use, in the enclosing body's names
+    sizes: dict[str, Any] = field(default_factory=dict)
+    count: int = 1  # a repetition's count, as the spec computes it (its expressions kept)
+    unexpressed: list[str] = field(default_factory=list)  # arguments whose expressions were lost
 
     @property
     def output(self) -> Tensor:
@@ -174,6 +194,8 @@ class ModelGraph:
     span: Span
     # bounds on symbolic dimensions that layers set, (dimension, maximum, what it is)
     limits: list[tuple[Dim, int, str]] = field(default_factory=list)
+    # analyzed as a program: numbers carry their expressions (dlspec.analysis.provenance)
+    program: bool = False
 
     @property
     def inputs(self) -> list[Tensor]:

@@ -11,12 +11,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlspec.analysis import memory
+from dlspec.analysis import memory, provenance
 from dlspec.analysis.binding import ArgumentErrors, bind_layer, match_arguments
-from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int, truth
-from dlspec.analysis.graph import BlockUse, Graph, ModelGraph, Step, Tensor
+from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int, trees, truth
+from dlspec.analysis.graph import BlockUse, Choice, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.limits import LayerBudget
 from dlspec.analysis.names import CODE_NAMES, GENERATED, RESERVED
+from dlspec.analysis.provenance import Tree
 from dlspec.analysis.render import human_bytes
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
@@ -66,7 +67,7 @@ def convert_param(value: Any, type_name: str) -> Any:
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
+        return provenance.as_float(value)
     if type_name == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
@@ -132,6 +133,10 @@ class Scope:
     several: Step | None = None
     outputs: list[ast.Ident] | None = None  # what its `output` declares (a model or a block)
     declares: bool = False  # a model's or block's body, which may declare its outputs
+    # the expressions (local, root) of parameters whose values cannot carry them (bools,
+    # strings: :mod:`provenance`), and the conditions the body's `if` statements chose by
+    named: dict[str, tuple[Tree, Tree]] = field(default_factory=dict)
+    choices: list[Choice] = field(default_factory=list)
 
     def values(self) -> Values:
         """The names expressions here can read."""
@@ -150,9 +155,13 @@ class Scope:
         return f"{self.path}.{name}" if self.path else name
 
     @classmethod
-    def of(cls, path: str, env: dict[str, Any], x: TensorType) -> Scope:
+    def of(
+        cls, path: str, env: dict[str, Any], x: TensorType, named: dict[str, tuple[Tree, Tree]]
+    ) -> Scope:
         """The scope of a body reading one tensor, ``input``."""
-        return cls.reading(path, env, [Tensor("input", x)])
+        scope = cls.reading(path, env, [Tensor("input", x)])
+        scope.named = named
+        return scope
 
     @classmethod
     def reading(cls, path: str, env: dict[str, Any], inputs: list[Tensor]) -> Scope:
@@ -181,13 +190,14 @@ class Scope:
             if problems:
                 raise DiagnosticError(problems[0])
             tensors = [(i.name, self.tensors[i.name]) for i in self.outputs]
-            return Graph(list(self.inputs), steps, [Tensor(n, t) for n, t in tensors if t])
+            outputs = [Tensor(n, t) for n, t in tensors if t]
+            return Graph(list(self.inputs), steps, outputs, self.choices)
         if self.current is None and self.several is not None:
             raise _unnamed_read(self.several, self.several.span, "the body")
         assert self.current is not None
         output = self.tensors[self.current]
         assert output is not None
-        return Graph(list(self.inputs), steps, [Tensor(self.current, output)])
+        return Graph(list(self.inputs), steps, [Tensor(self.current, output)], self.choices)
 
 
 class Analyzer:
@@ -198,8 +208,10 @@ class Analyzer:
         spec: ast.Document,
         overrides: dict[str, str] | None = None,
         budget: LayerBudget | None = None,
+        program: bool = False,
     ) -> None:
         self.spec = spec
+        self.program = program  # keep where numbers came from (:mod:`provenance`), for codegen
         self.budget = budget or LayerBudget()
         self.overrides = dict(overrides or {})
         self.diagnostics: list[Diagnostic] = []
@@ -347,20 +359,28 @@ class Analyzer:
                 self.bindings[name] = value
                 env[name] = Poly.symbol(name)
             else:
-                env[name] = value
+                env[name] = provenance.parameter(value, name) if self.program else value
         return env
 
     def _bind_args(
-        self, params: list[ast.Param], args: list[ast.Arg], env: Mapping[str, Any], where: ast.Call
-    ) -> dict[str, Any]:
-        """Arguments of a block call matched to its declared parameters."""
+        self, params: list[ast.Param], args: list[ast.Arg], scope: Scope, where: ast.Call
+    ) -> tuple[dict[str, Any], dict[str, tuple[Tree, Tree]], dict[str, Tree]]:
+        """Arguments of a block call matched to its declared parameters; for those whose
+        values cannot carry their expressions (bools, strings), the callee's (local, root)
+        expressions and the caller's local one."""
         names = [p.name.name for p in params]
         matched = match_arguments(where.name.name, args, names, names)
+        env = scope.values()
         values: dict[str, Any] = {}
+        named: dict[str, tuple[Tree, Tree]] = {}
+        local: dict[str, Tree] = {}
         for param in params:
             key = param.name.name
             if key in matched:
                 value, span = evaluate(matched[key].value, env), matched[key].span
+                if isinstance(value, bool | str) and self.program:
+                    local[key], root = trees(matched[key].value, env, scope.named)
+                    named[key] = (provenance.name(key), root)
             elif param.default is not None:
                 value, span = evaluate(param.default, values), param.default.span
             else:
@@ -371,7 +391,17 @@ class Analyzer:
                 )
             except ValueError as exc:
                 raise fail("E204", f"{key}: {exc}", span) from exc
-        return values
+            if isinstance(values[key], bool | str) and self.program:
+                named.setdefault(key, (provenance.name(key), provenance.const(values[key])))
+        return values, named, local
+
+    def _choice(self, stmt: ast.IfStmt, taken: bool, scope: Scope) -> Choice:
+        """What an `if` chose, with its condition's expressions (:mod:`provenance`)."""
+        try:
+            local, root = trees(stmt.condition, scope.values(), scope.named)
+        except DiagnosticError:  # a part `and`/`or` never evaluated: judged by what it chose
+            local = root = provenance.const(taken)
+        return Choice(stmt, taken, local, root)
 
     # statements -----------------------------------------------------------------------------
 
@@ -379,7 +409,12 @@ class Analyzer:
         env = self._model_params(definition)
         if any(p.name.name not in env for p in definition.params):
             return None  # a parameter without a value: its uses would each repeat that as E208
-        scope = Scope(path="", env=env, declares=True)
+        named = {
+            k: (provenance.name(k), provenance.name(k))
+            for k, v in env.items()
+            if self.program and not provenance.carries(v) and not isinstance(v, Poly)
+        }
+        scope = Scope(path="", env=env, declares=True, named=named)
         if definition.inputs:
             self.error(
                 Diagnostic.at(
@@ -400,7 +435,7 @@ class Analyzer:
                 )
             )
         outputs = self._outputs(scope)
-        arguments = {k: v for k, v in env.items() if not isinstance(v, Poly)}
+        arguments = {k: provenance.plain(v) for k, v in env.items() if not isinstance(v, Poly)}
         train, problems = read_train(self.train, arguments)
         failed = self.incomplete or any(
             d.code[:2] in ("E0", "E1", "E2", "E4") for d in self.diagnostics
@@ -415,10 +450,12 @@ class Analyzer:
                 scope.inputs,
                 steps,
                 [Tensor(o, t) for o in outputs if (t := scope.tensors.get(o)) is not None],
+                scope.choices,
             ),
             train=train,
             span=definition.span,
             limits=self.limits,
+            program=self.program,
         )
         if failed:
             self.partial = graph
@@ -449,8 +486,10 @@ class Analyzer:
             stmt = work.pop()
             try:
                 if isinstance(stmt, ast.IfStmt):
-                    chosen = stmt.body if truth(stmt.condition, scope.values()) else stmt.orelse
-                    work.extend(reversed(chosen))
+                    taken = truth(stmt.condition, scope.values())
+                    if self.program:
+                        scope.choices.append(self._choice(stmt, taken, scope))
+                    work.extend(reversed(stmt.body if taken else stmt.orelse))
                 elif isinstance(stmt, ast.LayerStmt):
                     last_ok = False
                     last = self._statement(stmt, scope)
@@ -608,6 +647,7 @@ class Analyzer:
             inputs=inputs,
             outputs=[Tensor(name, t.type) for t in last],
             body=Graph(body_inputs, children, last),
+            count=count,
         )
 
     def _operation(
@@ -633,7 +673,7 @@ class Analyzer:
                 did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
         try:
-            layer, spans = bind_layer(op, scope.values())
+            layer, spans, lost = bind_layer(op, scope.values(), scope.named)
         except ArgumentErrors as err:
             self.diagnostics.extend(err.diagnostics[:-1])
             raise
@@ -682,6 +722,7 @@ class Analyzer:
             macs=inferred.macs,
             tied=self._ties(name, inferred.weights, inferred.tied, scope, op.span),
             count_note=inferred.count_note,
+            unexpressed=lost,
         )
         for code, message in inferred.warnings:
             self.error(Diagnostic.at(code, f"{name}: {message}", stmt.span))
@@ -722,7 +763,7 @@ class Analyzer:
         if call.name.name in self.expanding:
             chain = " -> ".join([*self.expanding, call.name.name])
             raise fail("E209", f"block {call.name.name} uses itself: {chain}", call.name.span)
-        env = self._bind_args(definition.params, call.args, scope.values(), call)
+        env, named, local = self._bind_args(definition.params, call.args, scope, call)
         if inputs is None:
             return None
         names = [i.name for i in definition.inputs] or ["input"]
@@ -735,9 +776,21 @@ class Analyzer:
                 call.span,
                 [f"its signature: {_signature(definition)}"],
             )
-        reads = [Tensor(n, t.type) for n, t in zip(names, inputs, strict=True)]
-        inner = Scope.reading(path, env, reads)
+        # the body sees its parameters and its inputs' sizes under names of its own
+        taken = {p.name.name for p in definition.params}
+        ranks = [(n, len(t.type.shape)) for n, t in zip(names, inputs, strict=True)]
+        sizes: dict[str, Any] = {}
+        reads = []
+        for label, tensor, size_names in zip(
+            names, inputs, provenance.size_names(ranks, taken), strict=True
+        ):
+            reads.append(Tensor(label, _fresh_type(tensor.type, size_names, sizes, self.program)))
+        if self.program:
+            inner = Scope.reading(path, {k: provenance.fresh(v, k) for k, v in env.items()}, reads)
+        else:
+            inner = Scope.reading(path, dict(env), reads)
         inner.declares = True
+        inner.named = named
         self.expanding.append(call.name.name)
         errors = len(self.diagnostics)
         try:
@@ -754,15 +807,21 @@ class Analyzer:
             diagnostic.notes.append(where)
         if self._failed_since(errors):
             return None
+        outside = _mapping(env | sizes)
         return Step(
             name=name,
             path=path,
             span=call.span,
             kind="block",
             inputs=inputs,
-            outputs=_named(name, [t.type for t in body.outputs], [t.name for t in body.outputs]),
+            outputs=_named(
+                name,
+                [_rebase_type(t.type, outside) for t in body.outputs],
+                [t.name for t in body.outputs],
+            ),
             body=body,
-            block=BlockUse(definition, dict(env)),
+            block=BlockUse(definition, dict(env), local),
+            sizes=sizes,
         )
 
     def _residual(
@@ -772,11 +831,13 @@ class Analyzer:
             return None
         if len(inputs) != 1:
             raise fail("E407", f"residual takes 1 input, got {len(inputs)}", op.span)
-        x = inputs[0].type
+        sizes: dict[str, Any] = {}
+        size_names = provenance.size_names([("input", len(inputs[0].type.shape))], set(scope.env))
+        x = _fresh_type(inputs[0].type, size_names[0], sizes, self.program)
         errors = len(self.diagnostics)
-        main = Scope.of(path, scope.env, x)
+        main = Scope.of(path, scope.env, x, scope.named)
         children = self._body(op.body, main)
-        side = Scope.of(f"{path}.shortcut", scope.env, x)
+        side = Scope.of(f"{path}.shortcut", scope.env, x, scope.named)
         side_children = self._body(op.shortcut, side) if op.shortcut is not None else None
         if self._failed_since(errors):  # a failed body has no output to build a graph from
             return None
@@ -809,9 +870,10 @@ class Analyzer:
             span=op.span,
             kind="residual",
             inputs=inputs,
-            outputs=[Tensor(name, out_main)],
+            outputs=[Tensor(name, _rebase_type(out_main, _mapping(sizes)))],
             body=body,
             shortcut=shortcut,
+            sizes=sizes,
         )
 
     def _failed_since(self, mark: int) -> bool:
@@ -1169,3 +1231,29 @@ def _largest(graph: ModelGraph, quantity: str) -> list[str]:
 
     leaves = sorted(graph.leaves(), key=size, reverse=True)[:3]
     return ["largest layers: " + ", ".join(f"{leaf.path} {n(size(leaf))}" for leaf in leaves)]
+
+
+def _fresh_type(
+    x: TensorType, names: list[str], sizes: dict[str, Any], program: bool
+) -> TensorType:
+    """``x`` with each fixed size under its name in ``names`` (:mod:`provenance`); ``sizes``
+    collects each name's value outside (symbolic dimensions stay as they are). Outside a
+    program's analysis, ``x`` itself."""
+    if not program:
+        return x
+    shape: list[Dim] = []
+    for dim, size_name in zip(x.shape, names, strict=True):
+        if isinstance(dim, int):
+            sizes[size_name] = dim
+            dim = provenance.fresh(dim, size_name)
+        shape.append(dim)
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _mapping(values: Mapping[str, Any]) -> dict[str, Tree]:
+    """Each local name of a body as the caller's expression."""
+    return {k: provenance.local_of(v) for k, v in values.items()}
+
+
+def _rebase_type(x: TensorType, mapping: Mapping[str, Tree]) -> TensorType:
+    return TensorType(tuple(provenance.rebase(d, mapping) for d in x.shape), x.dtype)

@@ -207,11 +207,14 @@ class LayerMemory:
     block_storage: Dim = 0  # elements per sample of the storage its block's input lies in
 
 
-def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerMemory]:
+def activations(
+    graph: ModelGraph, precision: Precision = "fp32", weight_copies: bool = True
+) -> list[LayerMemory]:
     """Per layer, in execution order, the bytes of the tensors it saves for backward that
     no earlier layer saved; their sum is the model's saved activations. Under bf16/fp16
     autocast, a layer with MACs also keeps the half-precision copy of its weights that its
-    products read."""
+    products read (``weight_copies``; not under FSDP, whose gathered weights are already
+    half-precision and are gathered again for the backward pass)."""
     flow = dataflow(graph)
     seen: set[tuple[int, ...] | tuple[int, str]] = set()
     rows = []
@@ -229,7 +232,7 @@ def activations(graph: ModelGraph, precision: Precision = "fp32") -> list[LayerM
                 if len(key) == 1:  # a tensor between layers: its whole storage stays
                     saved = replace(saved, elements=flow.storage[key[0]])
                 total = total + saved_bytes(saved, precision)
-        if precision != "fp32" and step.macs:
+        if precision != "fp32" and step.macs and weight_copies:
             total = total + 2 * step.params  # autocast's half-precision copy of the weights
         shared = frozenset(k[0] for k in keys if len(k) == 1)
         block_input = flow.unit_inputs[applied.block.path] if applied.block else None
@@ -329,6 +332,7 @@ class Moment:
     activations: Dim  # saved tensors not yet freed
     gradients: Dim  # parameter gradients made so far
     transient: Dim  # gradient buffers of the layer, or the optimizer's temporaries
+    gathered: Dim = 0  # several GPUs: FSDP's gathered parameters, DDP's gradient buckets
 
 
 # the formulas of a Training, by name
@@ -346,10 +350,15 @@ class Training:
     activations: Dim  # saved for backward (plus autocast's half-precision weight copies)
     step: Dim  # the optimizer step's temporaries (after the activations are freed)
     moments: tuple[Moment, ...] = ()
+    # several GPUs: how (weights, gradients and optimizer state are then one GPU's), and the
+    # bytes one GPU sends per step, by collective
+    parallel: Parallel | None = None
+    communication: dict[str, int] = field(default_factory=dict)
 
     def peak(self, at: dict[str, int]) -> tuple[str, dict[str, int]]:
         """Where the step peaks at ``at`` (``B`` and the symbolic dims), and what is alive
-        then: weights, gradients, optimizer state, activations, transient and their total."""
+        then: weights, gradients, optimizer state, (on several GPUs) the gathered
+        parameters or gradient buckets, activations, transient and their total."""
         fixed = value_at(self.weights, at), value_at(self.optimizer, at)
         best: tuple[str, dict[str, int]] | None = None
         for moment in self.moments:
@@ -357,6 +366,7 @@ class Training:
                 "weights": fixed[0],
                 "gradients": value_at(moment.gradients, at),
                 "optimizer": fixed[1],
+                **({"gathered": value_at(moment.gathered, at)} if self.parallel else {}),
                 "activations": value_at(moment.activations, at),
                 "transient": value_at(moment.transient, at),
             }
@@ -370,6 +380,77 @@ class Training:
         return self.peak(at)[1]
 
 
+Strategy = Literal["ddp", "fsdp"]
+STRATEGIES: tuple[Strategy, ...] = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Training on ``gpus`` devices (one process each): ``ddp`` replicates the model, its
+    gradients and the optimizer's state on every one; ``fsdp`` (torch's ``fully_shard``,
+    FSDP2) shards them, each block use of the model (:func:`shard_units`) and then the root
+    being a unit whose parameters are gathered while it runs."""
+
+    gpus: int
+    strategy: Strategy
+
+    @property
+    def ranks(self) -> int:
+        """Into how many shards the parameters are cut."""
+        return self.gpus if self.strategy == "fsdp" else 1
+
+    def describe(self) -> str:
+        return f"{self.gpus} x {self.strategy.upper()}"
+
+
+def shard_elements(shape: tuple[int, ...], ranks: int) -> int:
+    """Elements of one rank's shard of a parameter of ``shape``: FSDP cuts dimension 0 into
+    ``ranks`` chunks of ceil(rows / ranks) rows (torch.chunk's cut), and pads every rank's
+    storage to that size (a last rank with fewer rows holds padding)."""
+    if not shape:
+        return 1
+    return -(-shape[0] // ranks) * numel(shape[1:])
+
+
+def sharded_params(step: Step, ranks: int) -> int:
+    """One rank's elements of the trainable parameters of ``step`` (a layer or a sub-graph)
+    sharded over ``ranks``: :attr:`Step.params` when ``ranks`` is 1."""
+    return sum(
+        shard_elements(tuple(shape), ranks)
+        for leaf in step.leaves()
+        for name, shape in leaf.weights.items()
+        if name not in leaf.tied
+    )
+
+
+def shard_units(graph: ModelGraph) -> list[Step]:
+    """FSDP's units below the root: each block use in the model's graph, each copy of a
+    repeated block apart (``fully_shard`` is applied to each, then to the whole model, whose
+    remaining parameters form the root unit). ``dlspec build --strategy fsdp`` shards these
+    modules (their :attr:`Step.path` is their module's path)."""
+    units: list[Step] = []
+    for step in graph.steps:
+        if step.kind == "block":
+            units.append(step)
+        elif step.kind == "repeat" and all(child.kind == "block" for child in step.children):
+            units.extend(step.children)
+    return units
+
+
+def _gathered(graph: ModelGraph, ranks: int, precision: Precision) -> tuple[Dim, int, int]:
+    """FSDP's buffers while the backward pass runs, and the elements of all parameters and
+    of the units' parameters, each as the ranks' padded shards together: the root's
+    parameters (gathered for the whole step), the largest unit's twice (the one running
+    and the next, prefetched) in the parameters' precision, and the largest unit's
+    gradients in fp32 (the reduce-scatter's input)."""
+    units = [ranks * sharded_params(unit, ranks) for unit in shard_units(graph)]
+    everything = sum(ranks * sharded_params(step, ranks) for step in graph.steps)
+    largest = max(units, default=0)
+    root = everything - sum(units)
+    buffers = float_bytes(precision) * (root + 2 * largest) + 4 * largest
+    return buffers, everything, sum(units)
+
+
 def training(
     graph: ModelGraph,
     precision: Precision = "fp32",
@@ -377,38 +458,66 @@ def training(
     checkpointing: bool = False,
     device: Device = "cuda",
     rows: list[LayerMemory] | None = None,
+    parallel: Parallel | None = None,
 ) -> Training:
     """Peak memory of a training step: see the module docstring. Without checkpointing the
     backward pass is followed layer by layer (last first): the activations of the layers
     before it are still kept, the gradients of the parameters after it are made. With
     checkpointing, everything kept is counted at once (an upper bound). ``rows``: the
-    graph's :func:`activations` at ``precision``, when the caller has them already."""
-    trainable = graph.trainable_params
+    graph's :func:`activations` at ``precision`` (without weight copies under FSDP), when
+    the caller has them already.
+
+    ``parallel``: the memory of one of several GPUs, each with its share of the batch
+    (``B`` is then the batch per GPU). Under DDP, the reducer's buckets hold a second copy
+    of the gradients. Under FSDP each GPU holds its shards (:func:`shard_elements`) of the
+    fp32 weights, their gradients and the optimizer's state; the parameters FSDP gathers
+    (:func:`_gathered`) are alive in the backward pass, not at the optimizer step."""
+    sharded = parallel is not None and parallel.strategy == "fsdp"
+    ranks = parallel.ranks if parallel else 1
+    trainable = sum(sharded_params(step, ranks) for step in graph.steps)
     if rows is None:
-        rows = activations(graph, precision)
+        rows = activations(graph, precision, weight_copies=not sharded)
     states, foreach, per_tensor = OPTIMIZERS[optimizer]
     if device == "cuda":
         step: Dim = 4 * foreach * trainable
     else:
         largest = max(
-            (numel(s) for leaf in graph.leaves() for s in leaf.weights.values()), default=0
+            (shard_elements(s, ranks) for leaf in graph.leaves() for s in leaf.weights.values()),
+            default=0,
         )
         step = 4 * per_tensor * largest
-    moments = [Moment("the optimizer step", 0, 4 * trainable, step)]
+    gathered: Dim = 0
+    communication: dict[str, int] = {}
+    if sharded:
+        gathered, everything, in_units = _gathered(graph, ranks, precision)
+        # ring collectives: a GPU sends (ranks - 1) shards of what is gathered or reduced;
+        # the units are gathered again for the backward pass, the root stays gathered
+        shard = (everything + in_units) // ranks
+        communication = {
+            "all-gather": float_bytes(precision) * (ranks - 1) * shard,
+            "reduce-scatter": 4 * (ranks - 1) * (everything // ranks),
+        }
+    elif parallel is not None:
+        gathered = 4 * trainable
+        communication = {"all-reduce": 2 * (parallel.gpus - 1) * 4 * trainable // parallel.gpus}
+    buckets = 0 if sharded else gathered
+    moments = [Moment("the optimizer step", 0, 4 * trainable, step, buckets)]
     if checkpointing:
         saved = checkpointed(rows, graph.bindings, precision)
         probe = {**graph.bindings, "B": 1}
         buffers = [gradient_buffers(leaf, precision) for leaf in graph.leaves()]
         largest_buffers = max(buffers, key=lambda d: value_at(d, probe), default=0)
-        moments.append(Moment("the backward pass", saved, 4 * trainable, largest_buffers))
+        moments.append(Moment("the backward pass", saved, 4 * trainable, largest_buffers, gathered))
     else:
         saved = total(rows)
         kept, made = saved, 0
         leaves = {leaf.path: leaf for leaf in graph.leaves()}
         for row in reversed(rows):
             leaf = leaves[row.path]
-            made += 4 * leaf.params
-            moments.append(Moment(row.path, kept, made, gradient_buffers(leaf, precision)))
+            made += 4 * sharded_params(leaf, ranks)
+            moments.append(
+                Moment(row.path, kept, made, gradient_buffers(leaf, precision), gathered)
+            )
             kept = kept - row.saved
     return Training(
         weights=4 * (trainable + graph.buffer_count),
@@ -417,6 +526,8 @@ def training(
         activations=saved,
         step=step,
         moments=tuple(moments),
+        parallel=parallel,
+        communication=communication,
     )
 
 
@@ -495,14 +606,45 @@ def plan(
     checkpointing: bool = False,
     batch: int | None = None,
     device: Device = "cuda",
+    parallel: Parallel | None = None,
 ) -> Plan:
     """Memory grows with the batch (linearly, up to the optimizer step's fixed share): the
-    largest batch is found by bisection on the formulas."""
-    memory = training(graph, precision, optimizer, checkpointing, device)
+    largest batch is found by bisection on the formulas. ``parallel``: one of several GPUs,
+    ``batch`` and the largest batch per GPU."""
+    memory = training(graph, precision, optimizer, checkpointing, device, parallel=parallel)
     flops = train_flops(graph, checkpointing)
     probe = Plan(budget, memory, dict(graph.bindings), 0, 1, flops)
     largest = _largest(lambda b: probe.total(b) <= budget)
     return replace(probe, max_batch=largest, batch=batch or max(largest, 1))
+
+
+def fewest_gpus(
+    graph: ModelGraph,
+    budget: int,
+    strategy: Strategy,
+    precision: Precision = "fp32",
+    optimizer: str = "adam",
+    checkpointing: bool = False,
+    device: Device = "cuda",
+) -> int:
+    """The fewest GPUs on which batch 1 per GPU fits ``budget`` with ``strategy`` (FSDP's
+    share shrinks with more GPUs; DDP's does not), or 0 when none up to 2**16 do."""
+    rows = activations(graph, precision, weight_copies=strategy != "fsdp")
+    options = (precision, optimizer, checkpointing, device, rows)
+
+    def fits(gpus: int) -> bool:
+        memory = training(graph, *options, parallel=Parallel(gpus, strategy))
+        return memory.bytes({**graph.bindings, "B": 1})["total"] <= budget
+
+    if fits(1):
+        return 1
+    if strategy == "ddp" or not fits(2**16):
+        return 0
+    low, high = 1, 2**16  # fits(high), not fits(low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
 
 
 def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) -> tuple[int, str]:
@@ -531,10 +673,22 @@ class Options:
     optimizer: str = "adam"
     checkpointing: bool = False
     device: Device = "cuda"
+    gpus: int = 1  # with strategy: the memory of one of them, at batch per GPU
+    strategy: Strategy | None = None
 
     def describe(self) -> str:
         parts = [f"batch {self.batch:,}", self.device, self.precision, self.optimizer]
+        if self.parallel is not None:
+            parts[0] += " per GPU"
+            parts.append(self.parallel.describe())
         return ", ".join(parts + ["checkpointing"] * self.checkpointing)
+
+    @property
+    def parallel(self) -> Parallel | None:
+        """Several GPUs: with a strategy (FSDP unless said, for gpus > 1), else None."""
+        if self.strategy is None and self.gpus == 1:
+            return None
+        return Parallel(self.gpus, self.strategy or "fsdp")
 
 
 CHOICES: dict[str, tuple[object, ...]] = {
@@ -542,27 +696,34 @@ CHOICES: dict[str, tuple[object, ...]] = {
     "optimizer": tuple(OPTIMIZERS),
     "device": DEVICES,
     "checkpointing": (True, False),
+    "strategy": STRATEGIES,
 }
 
 
 def options(values: dict[str, object]) -> Options:
     """Options from written values; ValueError (naming the argument) for a bad one."""
     for name, value in values.items():
-        if name == "batch":
+        if name in ("batch", "gpus"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"batch must be a whole number >= 1, got {value!r}")
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         elif name in CHOICES:
             if value not in CHOICES[name] or isinstance(value, bool) != (name == "checkpointing"):
                 listed = ", ".join(repr(c).replace("'", '"') for c in CHOICES[name])
                 raise ValueError(f"{name} must be one of {listed}, got {value!r}")
         else:
-            raise ValueError(f"no argument {name!r}; arguments: batch, {', '.join(CHOICES)}")
+            listed = ", ".join(CHOICES)
+            raise ValueError(f"no argument {name!r}; arguments: batch, gpus, {listed}")
     return Options(**values)  # type: ignore[arg-type]
 
 
 def train_bytes(graph: ModelGraph, chosen: Options) -> dict[str, int]:
     """The parts and total of a training step's peak for these options."""
     memory = training(
-        graph, chosen.precision, chosen.optimizer, chosen.checkpointing, chosen.device
+        graph,
+        chosen.precision,
+        chosen.optimizer,
+        chosen.checkpointing,
+        chosen.device,
+        parallel=chosen.parallel,
     )
     return memory.bytes({**graph.bindings, "B": chosen.batch})

@@ -139,6 +139,9 @@ class TrainConfig(_Frozen):
     guidance: float = Field(3.0, ge=0)
     # activation checkpointing: recompute each of the model's block uses in backward
     checkpointing: bool = False
+    # several processes (dlspec build --nproc-per-node): ddp replicates the model in each,
+    # fsdp shards it (torch's fully_shard per block use, then the root)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 class TrainConfigError(ValueError):
@@ -321,6 +324,7 @@ SETTINGS: dict[str, Reader] = {
     "sample_steps": _plain,
     "guidance": _plain,
     "checkpointing": _plain,
+    "strategy": _named("strategy", "strategy", {"ddp": "ddp", "fsdp": "fsdp"}),
 }
 
 

@@ -38,14 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlspec import __version__
-from dlspec.analysis.binding import bind_layer
+from dlspec.analysis import provenance
 from dlspec.analysis.evaluate import CONSTANTS, evaluate
-from dlspec.analysis.graph import Graph, ModelGraph, Step, Tensor
+from dlspec.analysis.graph import Graph, ModelGraph, Step
 from dlspec.analysis.memory import checkpoint_unit
 from dlspec.analysis.names import CODE_NAMES
+from dlspec.analysis.provenance import Sym, SymFloat
 from dlspec.diagnostics import DiagnosticError
-from dlspec.layers.base import LayerError, TensorType, TorchCall
-from dlspec.layers.symbolic import Poly, fmt_dim
+from dlspec.layers.base import TensorType, TorchCall
+from dlspec.layers.symbolic import fmt_dim
 from dlspec.syntax import ast as spec
 
 WIDTH = 100  # the line length of ruff format, as dlspec's own code is formatted
@@ -59,7 +60,11 @@ def generate(graph: ModelGraph, source: str | None = None) -> str:
     """The source of a standalone ``model.py`` whose ``class <graph.name>(nn.Module)`` is the
     model, built with the numbers the analyzer resolved. ``source`` (the spec's path) is named
     in the module docstring with the model's parameter values. Deterministic, byte for byte.
-    Raises ``ValueError`` for a name Python cannot use (the analyzer refuses those first)."""
+    Raises ``ValueError`` for a name Python cannot use (the analyzer refuses those first), and
+    :class:`GenerationError` for what the code cannot express for every argument value.
+    ``graph`` must be analyzed as a program (:func:`dlspec.analysis.check.program_graph`)."""
+    if not graph.program:
+        raise ValueError("generate() needs a graph analyzed as a program (program_graph)")
     return _Generator(graph).module(source)
 
 
@@ -122,13 +127,15 @@ class CallText:
 
 @dataclass(frozen=True)
 class Loop:
-    """``*[call for _ in range(count)]``: ``count`` modules built alike, in a Sequential."""
+    """``*[call for _ in range(count)]``: ``count`` modules built alike, in a Sequential
+    (``index`` names the copy where the call reads it)."""
 
     call: CallText
     count: str
+    index: str = "_"
 
     def flat(self) -> str:
-        return f"*[{self.call.flat()} for _ in range({self.count})]"
+        return f"*[{self.call.flat()} for {self.index} in range({self.count})]"
 
 
 Argument = tuple[str | None, str | CallText | Loop]  # (keyword or None, source, a call or a loop)
@@ -169,7 +176,7 @@ def _lay_out_loop(loop: Loop, depth: int, suffix: str) -> list[str]:
     pad = INDENT * depth
     if len(pad + loop.flat() + suffix) <= WIDTH:
         return [pad + loop.flat() + suffix]
-    each = f"{pad}{INDENT}for _ in range({loop.count})"
+    each = f"{pad}{INDENT}for {loop.index} in range({loop.count})"
     return [f"{pad}*[", *lay_out(loop.call, depth + 1), each, f"{pad}]{suffix}"]
 
 
@@ -181,7 +188,7 @@ def _statement(prefix: str, expr: str, depth: int, comment: str | None = None) -
     trailing = f"  # {comment}" if comment else ""
     if len(line + trailing) <= WIDTH:
         return [line + trailing]
-    above = [f"{pad}# {comment}"] if comment else []
+    above = [f"{pad}# {comment}"] if comment and len(f"{pad}# {comment}") <= WIDTH else []
     if len(line) <= WIDTH:
         return [*above, line]
     split = _split_call(expr)
@@ -232,10 +239,19 @@ def _docstring(text: str) -> str:
     return "\n".join(lines) + '"""'
 
 
-def _shape(t: TensorType) -> str:
-    """``(B, 64, 24, 24)``: a tensor's shape with its batch dimension."""
-    dims = ["B", *(fmt_dim(d) for d in t.shape)]
+def _shape(t: TensorType, ctx: _Context) -> str:
+    """``(B, C, H // 2, W // 2)``: a tensor's shape with its batch dimension, each size as the
+    class computes it."""
+    dims = ["B", *(_dim(d, ctx) for d in t.shape)]
     return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def _dim(size: Any, ctx: _Context) -> str:
+    """A size in a shape comment: its expression in the class's names, else the number or
+    symbolic dimension."""
+    if isinstance(size, Sym):
+        return provenance.python(provenance.simplify(size.local), literal=literal)
+    return fmt_dim(size)
 
 
 def _attribute(path: str) -> str:
@@ -245,9 +261,12 @@ def _attribute(path: str) -> str:
 
 # the generator ------------------------------------------------------------------------------
 
-SENTINEL = 7919  # an input size no spec uses: the constructor arguments it changes are inferred
 Slot = int | str  # a constructor argument: its position or its keyword
-Candidate = str | spec.Expr  # a name in scope or one of the spec's expressions
+
+
+class GenerationError(ValueError):
+    """What generated code cannot express for every value of the class's arguments: it is
+    refused, never written wrong."""
 
 
 class _Split(Exception):
@@ -270,52 +289,55 @@ class _Param:
 
 @dataclass
 class _Use:
-    """One use of a class: the step that uses it (None for the model), the graph it builds
-    and the value of each name its constructor may refer to."""
+    """One use of a class: the step that uses it (None for the model) and the graph it
+    builds."""
 
     step: Step | None
     graph: Graph
-    env: dict[str, Any]
 
 
 @dataclass
 class _Site:
     """What one generated class stands for: the model, a block definition, a residual (or its
-    shortcut) as written in the spec; its uses, and what its constructor may refer to:
-    ``declared`` parameters (in order, with their annotations and defaults) and ``sizes``,
-    the input sizes (``in_channels``) by dimension."""
+    shortcut) as written in the spec; its uses, its ``declared`` parameters (in order, with
+    their annotations and defaults) and the names of its inputs' sizes (``in_channels``)."""
 
     key: tuple[str, str]
     base: str
     own: bool
     declared: list[_Param]
-    sizes: dict[int, str]
+    sizes: list[str] = field(default_factory=list)
     uses: list[_Use] = field(default_factory=list)
 
 
 @dataclass
 class _Context:
-    """The uses a class body is generated for: each one's names (``envs``), the spec's
-    expressions in the body (``pool``), the names the body refers to (``used``) and the
-    arguments no expression gives (``extra``: their value for each use)."""
+    """The class being generated: its site and the names its code reads (``used``)."""
 
     site: _Site
-    envs: list[dict[str, Any]]
-    pool: list[spec.Expr]
-    graph_inputs: list[Tensor]
     used: set[str] = field(default_factory=set)
-    extra: dict[str, list[Any]] = field(default_factory=dict)
 
-    def upstream(self, step: Step) -> list[Candidate]:
-        """What may give a size that flows into ``step`` from before it: the names in scope
-        and the spec's expressions in the body. (A model's input sizes are the spec's own
-        numbers: only a name of the same value stands for them.)"""
-        names: list[Candidate] = [p.name for p in self.site.declared]
-        names += list(self.site.sizes.values())
-        inputs = {t.name for t in self.graph_inputs}
-        if self.site.key[0] == "model" and any(t.name in inputs for t in step.inputs):
-            return names
-        return [*names, *self.pool]
+    def source(self, value: Any) -> str:
+        """A value as the code computes it: the expression it came from, in the class's
+        names (recorded in ``used``), or the literal."""
+        if isinstance(value, Sym | SymFloat | _Expression):
+            tree = value.tree if isinstance(value, _Expression) else value.local
+            self.used |= provenance.names(tree)
+            return provenance.python(provenance.simplify(tree), literal=literal)
+        if isinstance(value, tuple):
+            items = [self.source(v) for v in value]
+            return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+        if isinstance(value, list):
+            return f"[{', '.join(self.source(v) for v in value)}]"
+        return literal(value)
+
+    def same(self, values: list[Any]) -> str:
+        """The source of a value that every use of the class computes alike; a use that
+        computes it otherwise gets a class of its own."""
+        texts = {self.source(v) for v in values}
+        if len(texts) > 1:
+            raise _Split
+        return texts.pop()
 
 
 @dataclass
@@ -351,17 +373,15 @@ class _Generator:
         self.helpers: list[str] = []
         self.sites: dict[tuple[str, str], _Site] = {}
         self.built: set[tuple[str, str]] = set()
-        # (site key, id(step)) -> the class a step builds, and its constructor's values
-        self.instances: dict[tuple[tuple[str, str], int], tuple[str, dict[str, Any]]] = {}
+        self.instances: dict[tuple[tuple[str, str], int], str] = {}  # (site, id(step)) -> class
         declared = [
             _Param(k, type(v).__name__, v, True)
             for k, v in graph.arguments.items()
             if isinstance(v, (bool, int, float, str))
         ]
-        self.model = _Site(("model", graph.name), graph.name, True, declared, {})
-        env = graph.arguments | {name: Poly.symbol(name) for name in graph.symbols}
-        self.model.uses.append(_Use(None, graph.graph, env))
-        self._collect(graph.graph, env, graph.name, declared)
+        self.model = _Site(("model", graph.name), graph.name, True, declared)
+        self.model.uses.append(_Use(None, graph.graph))
+        self._collect(graph.graph, graph.name, declared)
 
     def module(self, source: str | None) -> str:
         model = self._build_model()
@@ -377,11 +397,9 @@ class _Generator:
 
     # the uses of each class ---------------------------------------------------------------
 
-    def _collect(
-        self, graph: Graph, env: dict[str, Any], owner: str, declared: list[_Param]
-    ) -> None:
+    def _collect(self, graph: Graph, owner: str, declared: list[_Param]) -> None:
         """Record every block use, residual and shortcut below ``graph``, whose definition
-        has the parameters ``declared`` with the values ``env``."""
+        has the parameters ``declared``."""
         for step in graph.steps:
             for each in step.children if step.kind == "repeat" else [step]:
                 if each.block is not None and each.body is not None:
@@ -389,9 +407,9 @@ class _Generator:
                 elif each.kind == "residual" and each.body is not None:
                     for key, sub in zip(_keys(each), (each.body, each.shortcut), strict=False):
                         assert sub is not None
-                        site = self._site(key, owner + key[0], False, declared, sub)
-                        site.uses.append(_Use(each, sub, env | _sizes(sub, site.sizes)))
-                        self._collect(sub, env, owner, declared)
+                        self._site(key, owner + key[0], False, declared, each)
+                        self.sites[key].uses.append(_Use(each, sub))
+                        self._collect(sub, owner, declared)
 
     def _collect_block(self, step: Step, body: Graph) -> None:
         assert step.block is not None
@@ -401,32 +419,23 @@ class _Generator:
             annotation = "int" if param.type.name == "dim" else param.type.name
             default = _constant(param.default)
             declared.append(_Param(param.name.name, annotation, default, default is not None))
-        site = self._site(("block", step.block.name), step.block.name, True, declared, body)
-        arguments = dict(step.block.arguments)
-        site.uses.append(_Use(step, body, arguments | _sizes(body, site.sizes)))
-        self._collect(body, arguments, step.block.name, declared)
+        key = ("block", step.block.name)
+        self._site(key, step.block.name, True, declared, step)
+        self.sites[key].uses.append(_Use(step, body))
+        self._collect(body, step.block.name, declared)
 
     def _site(
-        self, key: tuple[str, str], base: str, own: bool, declared: list[_Param], body: Graph
-    ) -> _Site:
-        if key not in self.sites:
-            taken = {p.name for p in declared}
-            sizes = {}
-            if len(body.inputs) == 1:
-                shape = body.inputs[0].type.shape
-                for dim in range(len(shape)):
-                    name = _size_name(dim, len(shape))
-                    while name in taken:
-                        name += "_"
-                    sizes[dim] = name
-            self.sites[key] = _Site(key, base, own, declared, sizes)
-        return self.sites[key]
+        self, key: tuple[str, str], base: str, own: bool, declared: list[_Param], step: Step
+    ) -> None:
+        site = self.sites.setdefault(key, _Site(key, base, own, declared))
+        site.sizes += [name for name in step.sizes if name not in site.sizes]
 
     # classes ---------------------------------------------------------------------------------
 
     def _build_model(self) -> str:
         graph = self.graph.graph
-        ctx = _Context(self.model, [u.env for u in self.model.uses], _pool(graph), graph.inputs)
+        _refuse_choices(graph)
+        ctx = _Context(self.model)
         inputs = {i.name: i.name for i in self.graph.inputs}
         self.checkpointed = {id(s) for s in graph.steps if checkpoint_unit(s)}
         body = self._scope(ctx, [self.graph.graph], inputs)
@@ -442,8 +451,8 @@ class _Generator:
                 )
         return _class_source(self.graph.name, self.model.declared, body)
 
-    def _instance(self, key: tuple[str, str], step: Step) -> tuple[str, dict[str, Any]]:
-        """The class ``step`` builds for the site ``key`` and its constructor's values."""
+    def _instance(self, key: tuple[str, str], step: Step) -> str:
+        """The class ``step`` builds for the site ``key``."""
         if key not in self.built:
             self.built.add(key)
             site = self.sites[key]
@@ -460,15 +469,17 @@ class _Generator:
 
     def _emit(self, site: _Site, uses: list[_Use]) -> None:
         """Generate the class serving ``uses`` of ``site``."""
-        ctx = _Context(site, [u.env for u in uses], _pool(uses[0].graph), uses[0].graph.inputs)
+        ctx = _Context(site)
         graphs = [u.graph for u in uses]
+        for graph in graphs:
+            _refuse_choices(graph)
         argument = _argument_name(graphs[0])
         if site.key[0] == "Residual":
             body = self._scope(ctx, graphs, {"input": argument}, returns=False)
             other = argument
             steps = [u.step for u in uses if u.step is not None]
             if steps[0].shortcut is not None:
-                call = self._nested_call(("Shortcut", site.key[1]), list(enumerate(steps)), ctx)
+                call = self._nested_call(("Shortcut", site.key[1]), steps, ctx)
                 body.init += lay_out(call, 2, "self.shortcut = ")
                 other = f"self.shortcut({argument})"
             main = body.variables[graphs[0].outputs[0].name]
@@ -480,11 +491,9 @@ class _Generator:
         params = _signature_of(site, ctx)
         name = self._class(site.base, _class_source("_", params, body), site.own)
         self.signatures[name] = params
-        for i, use in enumerate(uses):
+        for use in uses:
             assert use.step is not None
-            values = {p.name: ctx.envs[i].get(p.name) for p in params}
-            values |= {k: v[i] for k, v in ctx.extra.items()}
-            self.instances[(site.key, id(use.step))] = (name, values)
+            self.instances[(site.key, id(use.step))] = name
 
     def _class(self, base: str, source: str, own: bool) -> str:
         """The name of the class with this source, defined on first use: ``base``, or
@@ -509,11 +518,13 @@ class _Generator:
 
     def _step_signature(self, step: Step) -> tuple[Any, ...]:
         if step.kind == "repeat":
+            if _counted(step):  # however many copies a use has, one loop builds them
+                return ("repeat", step.span)
             children = frozenset(map(self._step_signature, step.children))
             plain = all(map(self._plain, step.children))
             return ("repeat", children, plain or len(step.children))
         if step.kind in ("block", "residual"):
-            return (step.kind, *(self._instance(key, step)[0] for key in _keys(step)))
+            return (step.kind, *(self._instance(key, step) for key in _keys(step)))
         call = self.calls[id(step)]
         return ("layer", call.cls, call.forward, call.helper, len(call.args), tuple(call.kwargs))
 
@@ -534,206 +545,135 @@ class _Generator:
         for i, step in enumerate(graph.steps):
             steps = [g.steps[i] for g in graphs]
             inputs = [variables[t.name] for t in step.inputs]
-            built = self._constructor(list(enumerate(steps)), ctx, step.name)
+            built = self._constructor(steps, ctx, step.name)
             if built is not None:
                 init += lay_out(built, 2, f"self.{step.name} = ")
             target = ", ".join(variables[t.name] for t in step.outputs)
-            forward += self._forward(steps, inputs, target, built)
+            forward += self._forward(steps, inputs, target, built, ctx)
         if results:
             forward += _returns([variables[r] for r in results], 2)
         return _Body(init, list(params.values()), forward, len(results), variables)
 
-    def _constructor(
-        self, pairs: list[tuple[int, Step]], ctx: _Context, name: str
-    ) -> CallText | None:
-        """How ``__init__`` builds a step, given as (use, step) pairs; None for a layer that
-        has no module."""
-        step = pairs[0][1]
+    def _constructor(self, steps: list[Step], ctx: _Context, name: str) -> CallText | None:
+        """How ``__init__`` builds a step, given in each use; None for a layer that has no
+        module."""
+        step = steps[0]
         if step.kind == "repeat":
-            return self._repeat_call(pairs, ctx, name)
+            return self._repeat_call(steps, ctx, name)
         if step.kind in ("block", "residual"):
-            return self._nested_call(_keys(step)[0], pairs, ctx)
-        return self._layer_call(pairs, ctx, name)
+            return self._nested_call(_keys(step)[0], steps, ctx)
+        return self._layer_call(steps, ctx, name)
 
-    def _layer_call(
-        self, pairs: list[tuple[int, Step]], ctx: _Context, name: str
-    ) -> CallText | None:
-        calls = [(u, self.calls[id(s)]) for u, s in pairs]
-        first = calls[0][1]
+    def _layer_call(self, steps: list[Step], ctx: _Context, name: str) -> CallText | None:
+        calls = [self.calls[id(s)] for s in steps]
+        first = calls[0]
         if first.cls is None:
             return None
         for part in first.cls.split("."):
             _identifier(part, "module class")
+        if steps[0].unexpressed:
+            raise GenerationError(
+                f"{name}: generated code cannot compute {', '.join(steps[0].unexpressed)} "
+                "from the arguments of its class (a true/false or text parameter, or a value "
+                "the layer kind rewrites): write the value in the spec"
+            )
         if first.helper is not None and first.helper.rstrip() not in self.helpers:
             self.helpers.append(first.helper.rstrip())
-        step = pairs[0][1]
-        derived = self._derived(step)
-        depends, unknown = self._dependencies(step, ctx.envs[pairs[0][0]])
         args: list[Argument] = []
         for slot in _slots(first):
-            values = [(u, _slots(c)[slot]) for u, c in calls]
-            candidates: list[Candidate] = []
-            if slot in derived:  # an input size: from the input, or from upstream
-                if step.inputs[0].name == "input" and derived[slot] in ctx.site.sizes:
-                    candidates.append(ctx.site.sizes[derived[slot]])
-                candidates += ctx.upstream(step)
-            else:  # from the statement's own arguments
-                allowed = depends.get(slot, set()) | unknown
-                candidates += [e for e in _spec_arguments(step, slot) if _names(e) <= allowed]
-            text = self._resolve(ctx, values, candidates, f"{name}_{slot}")
+            text = ctx.same([_slots(c)[slot] for c in calls])
             key = None if isinstance(slot, int) else _identifier(slot, "argument")
             args.append((key, text))
         return CallText(first.cls, tuple(args))
 
-    def _dependencies(
-        self, step: Step, env: dict[str, Any]
-    ) -> tuple[dict[Slot, set[str]], set[str]]:
-        """Which names of its statement's expressions each constructor argument of a layer
-        changes with (found by binding the call again with each one doubled), and the names
-        that could not be told apart that way."""
-        stmt = step.statement
-        if step.layer is None or stmt is None or not isinstance(stmt.op, spec.Call):
-            return {}, set()
-        base = _slots(self.calls[id(step)])
-        types = [t.type for t in step.inputs]
-        depends: dict[Slot, set[str]] = {slot: set() for slot in base}
-        unknown: set[str] = set()
-        names = set().union(*(_names(a.value) for a in stmt.op.args)) & set(env)
-        for name in sorted(names):
-            value = env[name]
-            try:
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise ValueError(name)
-                layer, _ = bind_layer(stmt.op, env | {name: value * 2})
-                probe = _slots(layer.torch(types))
-            except (DiagnosticError, LayerError, ValueError, TypeError):
-                unknown.add(name)
-                continue
-            for slot, v in base.items():
-                if probe.get(slot) != v:
-                    depends[slot].add(name)
-        return depends, unknown
-
-    def _derived(self, step: Step) -> dict[Slot, int]:
-        """The constructor arguments of a layer that come from its first input's size:
-        slot -> dimension."""
-        if step.layer is None or not step.inputs:
-            return {}
-        types = [t.type for t in step.inputs]
-        base = _slots(self.calls[id(step)])
-        derived: dict[Slot, int] = {}
-        for dim, size in enumerate(types[0].shape):
-            if not isinstance(size, int):
-                continue
-            shape = list(types[0].shape)
-            shape[dim] = SENTINEL
-            try:
-                probe = _slots(step.layer.torch([TensorType(tuple(shape), types[0].dtype)]))
-            except (LayerError, ValueError, TypeError):
-                continue
-            derived.update((slot, dim) for slot, v in base.items() if probe.get(slot) != v)
-        return derived
-
-    def _nested_call(
-        self, key: tuple[str, str], pairs: list[tuple[int, Step]], ctx: _Context
-    ) -> CallText:
+    def _nested_call(self, key: tuple[str, str], steps: list[Step], ctx: _Context) -> CallText:
         """The constructor call of a block's, residual's or shortcut's class."""
-        instances = [(u, self._instance(key, s)) for u, s in pairs]
-        names = {name for _, (name, _) in instances}
+        names = {self._instance(key, s) for s in steps}
         if len(names) > 1:
             raise _Split
         name = names.pop()
-        step = pairs[0][1]
         args: list[Argument] = []
         for param in self.signatures[name]:
-            values = [(u, vals[param.name]) for u, (_, vals) in instances]
-            preferred: list[Candidate] = [param.name] if key[0] != "block" else []
-            preferred += _block_argument(step, param.name)
-            preferred += ctx.upstream(step)
-            text = self._resolve(ctx, values, preferred, f"{step.name}_{param.name}")
-            if param.has_default and all(_same(v, param.default) for _, v in values):
+            text = ctx.same([_argument(s, param.name) for s in steps])
+            if param.has_default and text == literal(param.default):
                 continue
             args.append((param.name if param.has_default else None, text))
         return CallText(name, tuple(args))
 
-    def _repeat_call(
-        self, pairs: list[tuple[int, Step]], ctx: _Context, name: str
-    ) -> CallText | None:
-        """``nn.Sequential`` of the copies: a loop where they are built alike."""
-        if any(not s.children for _, s in pairs):  # repeated 0 times: an empty Sequential
-            if any(s.children for _, s in pairs):
-                raise _Split
+    def _repeat_call(self, steps: list[Step], ctx: _Context, name: str) -> CallText | None:
+        """``nn.Sequential`` of the copies: a loop where they are built alike (``i == 0``
+        telling the first apart where only it differs), as many times as the spec's count
+        says; the copies one by one where the count is fixed and they differ."""
+        count = ctx.same([s.count for s in steps])
+        counted = _counted(steps[0])
+        built = [s for s in steps if s.children]
+        if not built:  # repeated 0 times (the model's arguments cannot change that): empty
+            if any(provenance.names(provenance.root_of(s.count)) for s in steps):
+                raise GenerationError(
+                    f"{name}: generated code cannot build the copies of a repetition that "
+                    "the spec repeats 0 times at these arguments"
+                )
             return CallText("nn.Sequential", ())
-        first = self._constructor([(u, s.children[0]) for u, s in pairs], ctx, name)
+        if len(built) < len(steps) and not counted:
+            raise _Split
+        first = self._constructor([s.children[0] for s in built], ctx, name)
         if first is None:
             return None
-        step = pairs[0][1]
-        counts = [(u, len(s.children)) for u, s in pairs]
-        repeat = step.statement.repeat if step.statement is not None else None
-        own: list[Candidate] = [repeat] if repeat else []
-        count = self._resolve(ctx, counts, [*own, *ctx.upstream(step)], f"{name}_count")
-        rest = [(u, c) for u, s in pairs for c in s.children[1:]]
+        later = [c for s in built for c in s.children[1:]]
         try:
-            others = self._constructor(rest, ctx, name) if rest else first
+            others = self._constructor(later, ctx, name) if later else None
         except _Split:
-            others = None
-        if others is not None and others.flat() == first.flat():
+            if counted:
+                raise GenerationError(
+                    f"{name}: the copies of this repetition differ in more than their first, "
+                    "so no loop over its count builds them"
+                ) from None
+            parts = [
+                self._constructor([s.children[i] for s in built], ctx, name)
+                for i in range(len(built[0].children))
+            ]
+            return CallText("nn.Sequential", tuple((None, p) for p in parts if p is not None))
+        if others is None:
+            if not counted:  # one copy
+                return CallText("nn.Sequential", ((None, first),))
+            if not _keeps_types(built[0]):
+                raise GenerationError(
+                    f"{name}: its copies after the first would read other sizes than the "
+                    "first, and no use repeats it twice to show how they are built"
+                )
+            others = first
+        if others.flat() == first.flat():
             return CallText("nn.Sequential", ((None, Loop(first, count)),))
-        if others is not None:
+        if not counted:
             return CallText(
                 "nn.Sequential", ((None, first), (None, Loop(others, _minus_one(count))))
             )
-        if len({n for _, n in counts}) > 1:
-            raise _Split
-        parts = [
-            self._constructor([(u, s.children[i]) for u, s in pairs], ctx, name)
-            for i in range(counts[0][1])
-        ]
-        return CallText("nn.Sequential", tuple((None, p) for p in parts if p is not None))
-
-    def _resolve(
-        self, ctx: _Context, values: list[tuple[int, Any]], candidates: list[Candidate], new: str
-    ) -> str:
-        """Source for a constructor argument whose value in use ``u`` is ``v`` for each
-        ``(u, v)``: the first of the ``candidates`` giving every value; else the value itself
-        when it is one; else a new constructor parameter (named ``new``)."""
-        for candidate in candidates:
-            names = _names(candidate)
-            if not names or not names <= set(ctx.envs[0]):
-                continue
-            if all(_same(_value(candidate, ctx.envs[u]), v) for u, v in values):
-                text = _python(candidate)
-                if text is not None:
-                    ctx.used |= names
-                    return text
-        first = values[0][1]
-        if all(_same(v, first) for _, v in values):
-            return literal(first)
-        per_use: dict[int, Any] = {}
-        for u, v in values:
-            if per_use.setdefault(u, v) != v:
-                raise _Split
-        if len(per_use) != len(ctx.envs):
-            raise _Split
-        if new[0].isdigit():  # from a repetition's copy, named 0, 1...
-            new = f"copy{new}"
-        while new in ctx.envs[0] or new in ctx.extra:
-            new += "_"
-        ctx.extra[new] = [per_use[u] for u in range(len(ctx.envs))]
-        return _identifier(new, "argument")
+        merged = _first_or_others(first, others)
+        if merged is None:
+            raise GenerationError(
+                f"{name}: its first copy is another class than the others, so no loop over "
+                "its count builds them"
+            )
+        return CallText("nn.Sequential", ((None, Loop(merged, count, "i")),))
 
     # forward ----------------------------------------------------------------------------------
 
     def _forward(
-        self, steps: list[Step], inputs: list[str], target: str, built: CallText | None
+        self,
+        steps: list[Step],
+        inputs: list[str],
+        target: str,
+        built: CallText | None,
+        ctx: _Context,
     ) -> list[str]:
         """``forward`` statements computing the step into the variable ``target``."""
         node = steps[0]
         module = f"self.{node.name}"
+        comment = _comment(steps, ctx)
         if id(node) in self.checkpointed:
             if node.kind == "block":
                 expr = f"self.run_block({module}, {inputs[0]})"
-                return _statement(f"{target} = ", expr, 2, _comment(steps))
+                return _statement(f"{target} = ", expr, 2, comment)
             loop = "block" if target != "block" else "block_"
             return [
                 f"{INDENT * 2}{target} = {inputs[0]}" if target != inputs[0] else "",
@@ -744,14 +684,29 @@ class _Generator:
             built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
         ):
             expr = self._expression(node, module, inputs)
-            return _statement(f"{target} = ", expr, 2, _comment(steps))
+            return _statement(f"{target} = ", expr, 2, comment)
         threads = len(node.outputs)  # the inputs the outputs replace, from the first
         if not node.children:  # repeated 0 times: those inputs
             return _statement(f"{target} = ", ", ".join(inputs[:threads]), 2)
+        if _counted(node):  # a loop over the copies, however many the arguments make
+            loop = next(n for n in ("layer", "block", "copy", "each") if n not in inputs)
+            lines = (
+                []
+                if target == ", ".join(inputs[:threads])
+                else [f"{INDENT * 2}{target} = {', '.join(inputs[:threads])}"]
+            )
+            reads = [*target.split(", "), *inputs[threads:]]
+            expr = self._expression(node.children[0], loop, reads)
+            return [
+                *lines,
+                f"{INDENT * 2}for {loop} in {module}:",
+                *_statement(f"{target} = ", expr, 3),
+            ]
         lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
         for i, child in enumerate(node.children):
             expr = self._expression(child, f"{module}[{i}]", inputs)
-            lines += _statement(f"{target} = ", expr, 2, _comment([s.children[i] for s in steps]))
+            copy_comment = _comment([s.children[i] for s in steps], ctx)
+            lines += _statement(f"{target} = ", expr, 2, copy_comment)
             inputs = [*target.split(", "), *inputs[threads:]]  # the others stay
         return lines
 
@@ -767,10 +722,7 @@ class _Generator:
         return template.format(module=module, x=inputs[0], inputs=", ".join(inputs), **numbered)
 
 
-# constructor arguments as expressions -----------------------------------------------------
-
-_MISSING = object()
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "/": 2, "%": 2}
+# what a class's code reads ------------------------------------------------------------------
 
 
 def _keys(step: Step) -> list[tuple[str, str]]:
@@ -781,30 +733,71 @@ def _keys(step: Step) -> list[tuple[str, str]]:
     return [("Residual", span)] + ([("Shortcut", span)] if step.shortcut is not None else [])
 
 
-def _size_name(dim: int, rank: int) -> str:
-    """The constructor parameter for an input's size along ``dim``: ``in_channels`` for the
-    channels of an image-like tensor, ``in_features`` for the last dimension of the others."""
-    if rank >= 3 and dim == 0:
-        return "in_channels"
-    if rank <= 2 and dim == rank - 1:
-        return "in_features"
-    return f"in_dim{dim}"
+def _argument(step: Step, param: str) -> Any:
+    """The value a block's, residual's or shortcut's class is given for ``param`` by
+    ``step``, in the caller's names: an input's size, a block's argument, or (a residual's
+    class) the caller's own parameter of that name."""
+    if param in step.sizes:
+        return step.sizes[param]
+    if step.block is not None:
+        value = step.block.arguments[param]
+        if param in step.block.local:  # a true/false or text argument: its expression
+            return _Expression(step.block.local[param])
+        return value
+    return _Expression(provenance.name(param))
 
 
-def _sizes(graph: Graph, names: dict[int, str]) -> dict[str, Any]:
-    """The value of each input size parameter in a use of a graph."""
-    if len(graph.inputs) != 1:
-        return {}
-    shape = graph.inputs[0].type.shape
-    return {names[d]: size for d, size in enumerate(shape) if d in names}
+@dataclass(frozen=True)
+class _Expression:
+    """A value known only by its expression (a bool's or a string's)."""
+
+    tree: provenance.Tree
+
+
+def _keeps_types(step: Step) -> bool:
+    """A repetition whose copy gives the types it reads: the copies after it are alike."""
+    assert step.body is not None
+    outputs = [t.type for t in step.children[0].outputs]
+    return outputs == [t.type for t in step.body.inputs][: len(outputs)]
+
+
+def _first_or_others(first: CallText, others: CallText) -> CallText | None:
+    """One call building copy ``i`` of a repetition whose first copy takes other arguments
+    (``Block(c_in if i == 0 else c, c)``); None when they call different classes."""
+    if first.func != others.func or [k for k, _ in first.args] != [k for k, _ in others.args]:
+        return None
+    args: list[Argument] = []
+    for (key, a), (_, b) in zip(first.args, others.args, strict=True):
+        if not isinstance(a, str) or not isinstance(b, str):
+            return None
+        args.append((key, a if a == b else f"{a} if i == 0 else {b}"))
+    return CallText(first.func, tuple(args))
+
+
+def _counted(step: Step) -> bool:
+    """A repetition whose count the class's arguments give."""
+    return isinstance(step.count, Sym) and bool(provenance.names(step.count.local))
+
+
+def _refuse_choices(graph: Graph) -> None:
+    """An `if` whose choice changes with the model's arguments cannot be a class per branch."""
+    for choice in graph.choices:
+        depends = provenance.names(choice.root)
+        if depends:
+            line = choice.statement.span.line
+            raise GenerationError(
+                f"the `if` at line {line} chooses by the model's parameter"
+                f"{'s' if len(depends) > 1 else ''} {', '.join(sorted(depends))}: generated "
+                "code cannot branch on it yet; build with --set to fix its value"
+            )
 
 
 def _constant(expr: spec.Expr | None) -> Any:
     """A default value written as a constant (``3``, ``true``); None otherwise."""
-    if expr is None or _names(expr):
+    if expr is None:
         return None
     try:
-        value = evaluate(expr, {})
+        value = evaluate(expr, CONSTANTS)
     except DiagnosticError:
         return None
     return value if isinstance(value, (bool, int, float, str)) else None
@@ -816,116 +809,24 @@ def _slots(call: TorchCall) -> dict[Slot, Any]:
     return slots
 
 
-def _spec_arguments(step: Step, slot: Slot) -> list[Candidate]:
-    """The expressions of the spec's call most likely to give a constructor argument: for a
-    keyword, the argument of that name (``kernel`` for ``kernel_size``) first."""
-    stmt = step.statement
-    if stmt is None or not isinstance(stmt.op, spec.Call):
-        return []
-    named = [a for a in stmt.op.args if a.name is not None]
-    positional = [a for a in stmt.op.args if a.name is None]
-    close = []
-    if isinstance(slot, str):
-        close = [a for a in named if a.name is not None and a.name.name in slot]
-    return [a.value for a in [*close, *positional, *named]]
-
-
-def _block_argument(step: Step, param: str) -> list[Candidate]:
-    """The expression a block call gives for its parameter ``param``."""
-    stmt = step.statement
-    if step.block is None or stmt is None or not isinstance(stmt.op, spec.Call):
-        return []
-    order = [p.name.name for p in step.block.definition.params]
-    positional = [a for a in stmt.op.args if a.name is None]
-    for i, arg in enumerate(positional):
-        if i < len(order) and order[i] == param:
-            return [arg.value]
-    return [a.value for a in stmt.op.args if a.name is not None and a.name.name == param]
-
-
-def _names(candidate: Candidate) -> set[str]:
-    """The names an expression refers to (constants such as ``true`` aside)."""
-    if isinstance(candidate, str):
-        return {candidate}
-    if isinstance(candidate, spec.Ref):
-        return set() if candidate.name in CONSTANTS else {candidate.name}
-    if isinstance(candidate, spec.BinOp):
-        return _names(candidate.left) | _names(candidate.right)
-    if isinstance(candidate, spec.Neg):
-        return _names(candidate.operand)
-    return set()
-
-
-def _value(candidate: Candidate, env: dict[str, Any]) -> Any:
-    if isinstance(candidate, str):
-        return env.get(candidate, _MISSING)
-    try:
-        return evaluate(candidate, env)
-    except DiagnosticError:
-        return _MISSING
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal values of one type (``True`` is not ``1``)."""
-    return type(a) is type(b) and a == b
-
-
-def _python(candidate: Candidate, context: int = 0) -> str | None:
-    """A spec expression as Python source (the expression language is a subset of Python's
-    arithmetic); None for what is not one."""
-    if isinstance(candidate, str):
-        return candidate
-    if isinstance(candidate, spec.Num | spec.Str):
-        return literal(candidate.value)
-    if isinstance(candidate, spec.Ref):
-        return repr(CONSTANTS[candidate.name]) if candidate.name in CONSTANTS else candidate.name
-    if isinstance(candidate, spec.Neg):
-        operand = _python(candidate.operand, 3)
-        return None if operand is None else f"-{operand}"
-    if isinstance(candidate, spec.BinOp):
-        precedence = _PRECEDENCE[candidate.op]
-        left = _python(candidate.left, precedence)
-        right = _python(candidate.right, precedence + 1)
-        if left is None or right is None:
-            return None
-        text = f"{left} {candidate.op} {right}"
-        return f"({text})" if precedence < context else text
-    return None
-
-
-def _pool(graph: Graph) -> list[spec.Expr]:
-    """The spec's expressions in a body: its calls' arguments and repetition counts."""
-    pool: list[spec.Expr] = []
-    for step in graph.steps:
-        stmt = step.statement
-        if stmt is None:
-            continue
-        if isinstance(stmt.op, spec.Call):
-            pool += [a.value for a in stmt.op.args]
-        if stmt.repeat is not None:
-            pool.append(stmt.repeat)
-    return pool
-
-
 def _minus_one(count: str) -> str:
     return str(int(count) - 1) if count.isdigit() else f"{count} - 1"
 
 
 def _signature_of(site: _Site, ctx: _Context) -> list[_Param]:
-    """A class's constructor parameters: the input sizes it uses, the arguments no
-    expression gives, then the declared parameters (all of a block's or the model's; those
-    used by a residual or shortcut). A parameter before one without a default has none."""
-    sizes = [_Param(name, "int") for name in site.sizes.values() if name in ctx.used]
-    extra = [_Param(k, type(v[0]).__name__) for k, v in ctx.extra.items()]
+    """A class's constructor parameters: the input sizes it uses, then the declared
+    parameters (all of a block's or the model's; those used by a residual or shortcut). A
+    parameter before one without a default has none."""
+    sizes = [_Param(name, "int") for name in site.sizes if name in ctx.used]
     declared = [p for p in site.declared if site.key[0] in ("block", "model") or p.name in ctx.used]
-    params = [*sizes, *extra, *declared]
+    params = [*sizes, *declared]
     required = max((i for i, p in enumerate(params) if not p.has_default), default=-1)
     return [_Param(p.name, p.annotation) if i < required else p for i, p in enumerate(params)]
 
 
-def _comment(steps: list[Step]) -> str | None:
-    """The shape comment of a step, when every use of the class has the same."""
-    comments = {_change(step) for step in steps}
+def _comment(steps: list[Step], ctx: _Context) -> str | None:
+    """The shape comment of a step, in the class's names, when every use has the same."""
+    comments = {_change(step, ctx) for step in steps}
     return comments.pop() if len(comments) == 1 else None
 
 
@@ -957,16 +858,17 @@ RUN_BLOCK = '''
         return block(x)'''
 
 
-def _change(node: Step) -> str | None:
+def _change(node: Step, ctx: _Context) -> str | None:
     """A statement's shape comment: its output's shape, when that differs from its input's;
     each output's, for a statement with several."""
     output = node.output.type
     if len(node.outputs) > 1:
-        shapes = {_shape(t.type) for t in node.outputs}
+        shapes = {_shape(t.type, ctx) for t in node.outputs}
         if len(shapes) == 1:
             return f"{len(node.outputs)} x {shapes.pop()}"
-        return ", ".join(_shape(t.type) for t in node.outputs)
-    return _shape(output) if node.inputs and output != node.inputs[0].type else None
+        return ", ".join(_shape(t.type, ctx) for t in node.outputs)
+    changed = node.inputs and _shape(output, ctx) != _shape(node.inputs[0].type, ctx)
+    return _shape(output, ctx) if changed else None
 
 
 def _argument_name(graph: Graph) -> str:

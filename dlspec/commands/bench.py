@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import statistics
 import sys
 import time
@@ -94,16 +93,20 @@ def median_seconds(
 def random_feeds(session: Session, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for an exported model, from its inputs and dlspec metadata (the lengths
     of its symbolic dimensions and the token-id bound)."""
-    from dlspec.backends.onnx_export import META_BINDINGS, META_INDEX_LIMIT
+    from dlspec.records import RecordError, export_metadata
 
-    bindings = json.loads(session.metadata.get(META_BINDINGS, "{}"))
-    limit = int(session.metadata.get(META_INDEX_LIMIT, "1"))
+    try:
+        metadata = export_metadata(session.metadata, "the model")
+    except RecordError as exc:
+        raise BenchError(str(exc)) from None
+    bindings: dict[str, int] = metadata.bindings
+    limit = metadata.index_limit
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in session.inputs:
         shape = [batch]
         for d in info.shape[1:]:
-            length = d if isinstance(d, int) else bindings.get(d)
+            length = d if isinstance(d, int) else bindings.get(d or "")
             if not isinstance(length, int):
                 raise BenchError(
                     f"input {info.name} has a dynamic axis {d!r} of unknown length (models "
@@ -189,10 +192,10 @@ def _from_spec(args: argparse.Namespace) -> tuple[nn.Module, bytes] | int:
         return code
     import torch
 
-    from dlspec.api import Spec
+    from dlspec.api import spec_of
     from dlspec.backends.onnx_export import ExportError, export_onnx
 
-    spec = Spec(checked.path, checked.source.text, checked.graph, checked.report)
+    spec = spec_of(checked)
     torch.manual_seed(0)
     model = spec.to_torch().eval()
     try:
@@ -211,28 +214,25 @@ def _rebuilt(session: Session) -> tuple[nn.Module | None, str | None]:
     import torch
 
     from dlspec.api import SpecError, load
-    from dlspec.backends.onnx_export import (
-        META_HASH,
-        META_MODEL,
-        META_PARAMS,
-        META_PRECISION,
-        META_SPEC,
-    )
+    from dlspec.records import RecordError, export_metadata
     from dlspec.train.checkpoint import spec_hash
 
-    path = session.metadata.get(META_SPEC)
+    try:
+        metadata = export_metadata(session.metadata, "the model")
+    except RecordError as exc:
+        return None, f"torch eager skipped: {exc}"
+    path = metadata.spec
     if path is None or not Path(path).is_file():
         return None, "torch eager skipped: the model's spec is not at hand (bench the spec)"
     try:
-        params = json.loads(session.metadata.get(META_PARAMS, "{}"))
-        spec = load(path, model=session.metadata.get(META_MODEL), **params)
+        spec = load(path, model=metadata.model, **metadata.params)
     except (SpecError, ValueError, TypeError):
         return None, f"torch eager skipped: {path} no longer builds this model"
-    if spec_hash(spec.source_text, spec.graph.arguments) != session.metadata.get(META_HASH):
+    if spec_hash(spec.source_text, spec.graph.arguments) != metadata.spec_hash:
         return None, f"torch eager skipped: {path} has changed since the export"
     torch.manual_seed(0)
     model = spec.to_torch().eval()
-    if session.metadata.get(META_PRECISION) == "fp16":
+    if metadata.precision == "fp16":
         model = model.half()
     return model, None
 

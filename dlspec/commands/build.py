@@ -17,19 +17,25 @@ from typing import TYPE_CHECKING, Any
 from dlspec.analysis.check import Checked
 from dlspec.analysis.report import Report
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
-from dlspec.api import Spec
+from dlspec.api import Spec, spec_of
 from dlspec.commands.common import (
     add_run_arguments,
     add_spec_arguments,
     load_spec,
     positive_int,
     refuse_memory,
+    seed,
     set_pair,
     use_threads,
-    whole_number,
 )
 from dlspec.commands.output import Output, add_output_arguments
-from dlspec.files import DirectoryLock, LockedError, remove_stale_temporaries
+from dlspec.files import (
+    DirectoryLock,
+    LockedError,
+    OutputError,
+    output_path,
+    remove_stale_temporaries,
+)
 from dlspec.train import launch
 from dlspec.train.run_dir import (
     CHECKPOINT,
@@ -70,8 +76,8 @@ def _count(text: str) -> str:
 
 
 def _seed(text: str) -> str:
-    """A --seed value: a whole number >= 0, kept as text for the config."""
-    return str(whole_number(text))
+    """A --seed value, kept as text for the config."""
+    return str(seed(text))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +103,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="activation checkpointing: recompute each block in backward (less memory)",
+    )
+    group.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        help="with --nproc-per-node: ddp replicates the model in every process (default), "
+        "fsdp shards weights, gradients and optimizer state (each block use, then the root)",
     )
     group.add_argument(
         "--train",
@@ -127,6 +139,7 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
         "seed": args.seed,
         "optimizer.lr": args.lr,
         "checkpointing": "true" if args.checkpointing else None,
+        "strategy": args.strategy,
     }
     pairs = [(key, value) for key, value in options.items() if value is not None]
     return pairs + list(args.train_overrides)
@@ -209,6 +222,11 @@ def run(args: argparse.Namespace) -> int:
     if launch.current_worker() is not None:  # one process of a job: the launcher holds the lock
         return _build(args, spec, config)
     out: Path = args.out
+    if out.is_dir():  # the spec, say, is not to be replaced by the model it describes
+        try:
+            output_path(out / MODEL_PY, "--out", {"the spec": args.spec})
+        except OutputError as exc:
+            return _fail(str(exc), 2)
     lock = DirectoryLock(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +266,7 @@ def _check(args: argparse.Namespace) -> tuple[Spec, TrainConfig] | int:
             return code or 1
         graph = checked.graph
     assert checked.source is not None  # a spec that checked has its text
-    return Spec(checked.path, checked.source.text, graph, checked.report), config
+    return spec_of(checked), config
 
 
 def _build(args: argparse.Namespace, spec: Spec, config: TrainConfig) -> int:
@@ -328,9 +346,11 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
     if worker is not None and diffusion:
         return _fail("task diffusion trains in one process; run without --nproc-per-node")
     if worker is not None:  # one process of a torchrun job
+        from dlspec.analysis.memory import shard_units
         from dlspec.train.distributed import train_distributed
 
-        train = functools.partial(train_distributed, worker)
+        units = [unit.path for unit in shard_units(graph)]  # FSDP's, as plan counts them
+        train = functools.partial(train_distributed, worker, units=units)
     try:
         if diffusion:
             from dlspec.train.diffusion.trainer import train_diffusion

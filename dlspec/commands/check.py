@@ -73,8 +73,6 @@ def _check(path: str, args: argparse.Namespace) -> Checked | int:
     overrides, batch, model = dict(args.overrides), args.batch, args.model
     if ":" in path and not Path(path).exists():
         return _imported(args, path)
-    if path == "-":
-        return check_text(sys.stdin.read(), "<stdin>", overrides, batch, model, limits_of(args))
     return check_file(path, overrides, batch, model, limits_of(args))
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
-from dlspec.syntax.source import read_source
+from dlspec.syntax.source import read_source, read_stdin
 from dlspec.terminal import printable
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
@@ -24,24 +25,64 @@ def set_pair(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def whole_number(text: str) -> int:
-    """A count or seed that may be 0: a whole number >= 0."""
-    try:
-        value = int(text)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+#: The largest count an option takes (a batch, a step count): 2^53, where integers stop
+#: being exact as floats and the memory and FLOP figures computed from them would overflow.
+MAX_COUNT = 2**53
+#: Seeds go to torch's generators, which take a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def bounded_int(text: str, low: int, high: int, what: str = "a whole number") -> int:
+    """``text`` as an integer in [low, high], or ArgumentTypeError saying what was expected
+    (thousands of digits are refused before converting them)."""
+    digits = text.strip().lstrip("+-")
+    if len(digits) > len(str(high)) + 1 or not digits.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected {what} from {low:,} to {high:,}, got {text[:60]!r}"
+        )
+    value = int(text)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {what} from {low:,} to {high:,}, got {value:,}")
     return value
 
 
+def whole_number(text: str) -> int:
+    """A count that may be 0: a whole number >= 0 (and at most MAX_COUNT)."""
+    return bounded_int(text, 0, MAX_COUNT)
+
+
 def positive_int(text: str) -> int:
+    """A count: a whole number >= 1 (and at most MAX_COUNT)."""
+    return bounded_int(text, 1, MAX_COUNT)
+
+
+def seed(text: str) -> int:
+    """A --seed value: a whole number that torch's generators take."""
+    return bounded_int(text, 0, MAX_SEED, "a seed")
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
     try:
-        value = int(text)
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads(text: str) -> int:
+    """A --threads value: from 1 to the cores this machine gives the process (more threads
+    than cores only wait on each other)."""
+    return bounded_int(text, 1, cores(), "a thread count")
+
+
+def finite_number(text: str, low: float, high: float, what: str = "a number") -> float:
+    """``text`` as a float in [low, high] (no inf or nan), or ArgumentTypeError."""
+    try:
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text[:60]!r}") from None
+    if not low <= value <= high:  # nan fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected {what} from {low:g} to {high:g}, got {text}")
     return value
 
 
@@ -63,9 +104,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, device: str = "auto") -> 
     )
     group.add_argument(
         "--threads",
-        type=positive_int,
+        type=threads,
         metavar="N",
-        help="CPU threads for torch and ONNX Runtime (default: one per core)",
+        help="CPU threads for torch and ONNX Runtime, at most one per core (default: one per core)",
     )
 
 
@@ -127,11 +168,25 @@ def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -
     )
 
 
-def _size(text: str) -> int:
+#: The largest memory size an option takes (1 EiB): larger sizes only overflow the figures.
+MAX_SIZE = 2**60
+
+
+def size_option(parse: Callable[[str], int], text: str) -> int:
+    """A memory size read by ``parse`` (ValueError for bad text), at most MAX_SIZE."""
+    if len(text) > 60:
+        raise argparse.ArgumentTypeError(f"expected a size such as 64G, got {text[:60]!r}...")
     try:
-        return parse_size(text)
-    except ValueError as exc:
+        value = parse(text)
+    except (ValueError, OverflowError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if value > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"expected a size of at most 1 EiB, got {text}")
+    return value
+
+
+def _size(text: str) -> int:
+    return size_option(parse_size, text)
 
 
 def limits_of(args: argparse.Namespace) -> Limits:
@@ -193,8 +248,5 @@ def spec_sources(paths: Iterable[str]) -> Iterator[tuple[str, str | None, Diagno
     """Each path with its text, or with the diagnostic that says why it cannot be read;
     ``-`` is standard input."""
     for path in paths:
-        if path == "-":
-            yield path, sys.stdin.read(), None
-            continue
-        source, problem = read_source(path)
+        source, problem = read_stdin() if path == "-" else read_source(path)
         yield path, source.text if source else None, problem

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dlspec.commands.common import add_spec_arguments, load_spec, positive_int
-from dlspec.files import write_atomic
+from dlspec.files import OutputError, output_path, write_atomic
 
 FORMATS = ("svg", "png", "pdf", "dot", "html")
 EXTENSIONS = tuple(f".{fmt}" for fmt in FORMATS)
@@ -30,7 +30,7 @@ exit codes:
      written beside FILE instead, and the message says how to install Graphviz"""
 
 
-def output_path(text: str) -> Path:
+def out_option(text: str) -> Path:
     """An ``--out`` value: a path whose extension names a format dlspec can write."""
     path = Path(text)
     if path.suffix.lower() not in EXTENSIONS:
@@ -49,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out",
         "-o",
         metavar="FILE",
-        type=output_path,
+        type=out_option,
         help="the diagram to write: .svg, .png, .pdf, .dot or .html (default: SPEC's name with "
         "the --format's extension, in the current directory)",
     )
@@ -104,6 +104,11 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     fmt = out.suffix.lower().lstrip(".")
     if args.format and fmt != args.format:
         print(f"dlspec draw: --format {args.format} but --out {out} is {fmt}", file=sys.stderr)
+        return 2
+    try:
+        output_path(out, inputs={"the spec": args.spec})
+    except OutputError as exc:
+        print(f"dlspec draw: {exc}", file=sys.stderr)
         return 2
     checked, code = load_spec(args, batch=args.activations or 1)
     # with errors, the viewer shows the model as far as it analyzed; a diagram shows nothing

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +32,11 @@ from dlspec.commands.common import (
     add_spec_arguments,
     load_spec,
     refuse_memory,
+    seed,
     use_threads,
 )
 from dlspec.commands.output import Output, add_output_arguments
+from dlspec.files import OutputError, output_path, write_atomic
 from dlspec.train.run_dir import CLASSES, CONFIG, DATA, METRICS_JSON, SPEC_HASH
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "torchscript or dynamo",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random weights (without --weights)"
+        "--seed", type=seed, default=0, help="seed of the random weights (without --weights)"
     )
     add_output_arguments(parser, "the export and its verification, one object", "errors")
     add_run_arguments(parser)  # where ONNX Runtime verifies
@@ -106,20 +107,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _fail(message: str, code: int = 1) -> int:
     print(f"dlspec export: {message}", file=sys.stderr)
     return code
-
-
-def _writable(out: Path) -> str | None:
-    """Why ``out`` cannot be written, or None."""
-    if out.is_dir():
-        return f"--out {out} is a directory; name the .onnx file to write"
-    parent = out.parent
-    if not parent.is_dir():
-        return f"--out {out}: no directory {parent}"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"--out {out}: the directory {parent} is not writable"
-    if out.exists() and not os.access(out, os.W_OK):
-        return f"--out {out}: the file is not writable"
-    return None
 
 
 def _checkpoint_advice(message: str) -> str:
@@ -187,11 +174,12 @@ def _checkpoint_overrides(args: argparse.Namespace, params: dict[str, Any]) -> l
     """``--set`` pairs for the model parameters the --weights checkpoint was trained with,
     where they differ from the spec's and the command line sets none (a language model's
     ``vocab``, say, which `dlspec build` took from its data)."""
+    from dlspec.records import RecordError, run_info
     from dlspec.train.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        saved = load_checkpoint(args.weights, None).info.get("params") or {}
-    except CheckpointError:
+        saved = run_info(load_checkpoint(args.weights, None).info, str(args.weights)).params
+    except (CheckpointError, RecordError):
         return []  # _load_weights says what is wrong with it
     given = dict(args.overrides)
     return [
@@ -219,18 +207,20 @@ def run(args: argparse.Namespace) -> int:
         return code or 1
     if code := refuse_memory(checked, args, VERIFY_BATCH):
         return code
-    from dlspec.api import Spec
+    from dlspec.api import spec_of
 
-    spec = Spec(checked.path, source.text, graph, checked.report)
-    out: Path = args.out or Path(Path(args.spec).stem + ".onnx")
-    problem = _writable(out)
-    if problem:
-        return _fail(problem, 2)
+    spec = spec_of(checked)
+    try:
+        out = output_path(
+            args.out or Path(Path(args.spec).stem + ".onnx"),
+            inputs={"the spec": args.spec, "--weights": args.weights},
+        )
+    except OutputError as exc:
+        return _fail(str(exc), 2)
 
     import torch
 
     from dlspec.backends.onnx_export import ExportError, export_onnx
-    from dlspec.files import write_atomic
     from dlspec.train.checkpoint import spec_hash
 
     use_threads(args.threads)

@@ -68,9 +68,19 @@ def capture(args: argparse.Namespace, target: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    for path, what in ((args.out, "--out"), (args.weights, "--weights")):
-        if path is not None and (path.is_dir() or not path.parent.is_dir()):
-            return fail(f"{what} {path}: name a file in an existing directory", 2)
+    from dlspec.files import OutputError, output_path
+
+    source = args.target.rpartition(":")[0] if ":" in args.target else args.target
+    try:  # absolute: user code that changes directory does not move the outputs
+        out = output_path(args.out, "--out", {"the model": source}).absolute()
+        weights = (
+            args.weights
+            and output_path(
+                args.weights, "--weights", {"the model": source, "--out": out}
+            ).absolute()
+        )
+    except OutputError as exc:
+        return fail(str(exc), 2)
     result = capture(args, args.target)
     if isinstance(result, int):
         return result
@@ -113,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
             rng={},
             info={"imported_from": imported.source},
         )
-        save_checkpoint(args.weights, checkpoint)
-    write_atomic(args.out, result.text.encode("utf-8"))
+        save_checkpoint(weights, checkpoint)
+    write_atomic(out, result.text.encode("utf-8"))
     written = [str(args.out)] + ([str(args.weights)] if args.weights is not None else [])
     print(f"wrote {', '.join(written)}")
     return 0

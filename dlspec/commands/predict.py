@@ -11,7 +11,6 @@ classes, by the softmax of the model's first output (a sequence output: its last
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from dlspec.commands.common import add_run_arguments, positive_int
 from dlspec.commands.output import Output, add_output_arguments
+from dlspec.records import Normalize, RecordError, export_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -147,16 +147,15 @@ def _fit(
     return fitted.numpy()
 
 
-def _normalization(text: str | None) -> tuple[Stats, Stats] | None:
-    """The metadata's ``{"mean": ..., "std": ...}`` (numbers or lists), or None."""
-    if text is None:
+def _normalization(normalize: Normalize | None) -> tuple[Stats, Stats] | None:
+    """The metadata's mean and std (numbers or lists), or None."""
+    if normalize is None:
         return None
-    values = json.loads(text)
 
     def stats(value: float | list[float]) -> Stats:
-        return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
+        return tuple(value) if isinstance(value, list) else value
 
-    return stats(values["mean"]), stats(values["std"])
+    return stats(normalize.mean), stats(normalize.std)
 
 
 def _batches(
@@ -230,7 +229,6 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlspec.backends.onnx_export import META_CLASSES, META_NORMALIZE
     from dlspec.backends.runtime import RuntimeSetupError, Session
 
     if not args.model.is_file():
@@ -245,11 +243,12 @@ def run(args: argparse.Namespace) -> int:
     if session.notice:
         out.note(session.notice)
     try:
-        classes = [str(c) for c in json.loads(session.metadata.get(META_CLASSES, "[]"))]
-        normalize = _normalization(session.metadata.get(META_NORMALIZE))
-    except (ValueError, KeyError, TypeError):
-        print(f"dlspec predict: {args.model}: unreadable dlspec metadata", file=sys.stderr)
+        metadata = export_metadata(session.metadata, str(args.model))
+    except RecordError as exc:
+        print(f"dlspec predict: {exc}", file=sys.stderr)
         return 1
+    classes = metadata.classes or []
+    normalize = _normalization(metadata.normalize)
     try:
         for labels, feeds in _batches(args.inputs, session, normalize):
             for start in range(0, len(labels), CHUNK):

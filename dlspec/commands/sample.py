@@ -18,7 +18,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from dlspec.commands.common import add_run_arguments, positive_int, use_threads, whole_number
+from dlspec.commands.common import (
+    add_run_arguments,
+    bounded_int,
+    finite_number,
+    positive_int,
+    seed,
+    use_threads,
+    whole_number,
+)
 from dlspec.terminal import printable
 
 EPILOG = """\
@@ -40,13 +48,26 @@ does not know, 2 usage (bad option, step count or --out)."""
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-        if not value >= 0 or value == float("inf"):
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    return finite_number(text, 0.0, 1e6, "a number")
+
+
+def _temperature(text: str) -> float:
+    """0 (always the likeliest) or a divisor of the scores from 0.01 to 100: below 0.01 the
+    divided scores overflow."""
+    value = finite_number(text, 0.0, 100.0, "a temperature")
+    if 0 < value < 0.01:
+        raise argparse.ArgumentTypeError(
+            f"expected 0 or a temperature from 0.01 to 100, got {text}"
+        )
     return value
+
+
+#: The most images one command draws (64 a grid; each is a full denoising run).
+MAX_IMAGES = 10_000
+
+
+def _images(text: str) -> int:
+    return bounded_int(text, 1, MAX_IMAGES, "a number of images")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -75,18 +96,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="characters to write (300)",
     )
     parser.add_argument(
-        "--temperature", "-t", type=_non_negative, default=0.8, metavar="T", help="default 0.8"
+        "--temperature", "-t", type=_temperature, default=0.8, metavar="T", help="default 0.8"
     )
     parser.add_argument(
         "--top-k", "-k", type=whole_number, default=20, metavar="K", help="default 20; 0: all"
     )
-    parser.add_argument("--seed", type=whole_number, metavar="S", help="seed for a repeatable text")
+    parser.add_argument("--seed", type=seed, metavar="S", help="seed for a repeatable text")
     add_run_arguments(parser, device="cpu")
     images = parser.add_argument_group("diffusion models")
     images.add_argument("--out", "-o", type=Path, metavar="FILE", help="FILE.png or FILE.npz")
     images.add_argument(
         "--num",
-        type=positive_int,
+        type=_images,
         default=64,
         metavar="N",
         help="images to draw per prompt, or in all without --prompt (64)",
@@ -158,6 +179,7 @@ def _draw(args: argparse.Namespace) -> int:
     """Images from a diffusion model (run directory or .onnx file) to ``args.out``."""
     import time
 
+    from dlspec.files import OutputError, output_path
     from dlspec.train.diffusion.grid import save_images
     from dlspec.train.diffusion.prompts import PromptError
     from dlspec.train.diffusion.run import load_diffusion
@@ -169,8 +191,10 @@ def _draw(args: argparse.Namespace) -> int:
     if out is None or out.suffix not in (".png", ".npz"):
         given = "" if out is None else f" (got {out})"
         return _usage(f"a diffusion model draws images: give --out FILE.png or FILE.npz{given}")
-    if not out.parent.is_dir():
-        return _usage(f"--out {out}: no directory {out.parent}")
+    try:
+        output_path(out, inputs={"the model": args.run_dir})
+    except OutputError as exc:
+        return _usage(str(exc))
     try:
         device = str(select_device(args.device))
     except TrainError as exc:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 
+from dlspec.commands.common import finite_number
+
 CLEAR = "\033[2J\033[H"  # clear the terminal, cursor to the top left
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return value
+    """A --interval value: from 10 ms to an hour."""
+    return finite_number(text, 0.01, 3600.0, "a number of seconds")
 
 
 def _stamps(paths: Sequence[str]) -> list[tuple[int, int] | None]:

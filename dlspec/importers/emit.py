@@ -157,7 +157,9 @@ class _Writer:
 
     def text(self) -> str:
         model = self.model
-        lines = [f"# Imported by dlspec from {model.source}.", ""]
+        # one comment line whatever the file's name holds (a newline would end the comment)
+        source = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in model.source)
+        lines = [f"# Imported by dlspec from {source}.", ""]
         for block, body in self.blocks:
             params = ", ".join(f"{p}: {t}" for p, t in block.params)
             head = f"block {block.name}({params})" if params else f"block {block.name}"

@@ -36,6 +36,7 @@ from dlspec.layers.layout import (
     slice_of,
 )
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
+from dlspec.syntax.bounds import MAX_LITERAL
 
 Pos = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -557,6 +558,14 @@ class Upsample(Layer):
                     )
                 sizes.append(size * int(scale))
                 continue
+            if size * scale > MAX_LITERAL:
+                raise LayerError(
+                    "E409",
+                    f"Upsample would grow {size} beyond {MAX_LITERAL:,} (2^63 - 1), "
+                    "the largest size torch holds",
+                    notes=[f"{size} * {scale:g} = {size * scale:g}"],
+                    arg="scale_factor",
+                )
             new = math.floor(size * scale)
             if new < 1:
                 raise LayerError(

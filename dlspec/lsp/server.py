@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -23,11 +27,13 @@ from dlspec import __version__
 from dlspec.analysis.check import check_text
 from dlspec.api import SpecError, load_text
 from dlspec.diagnostics import Diagnostic, Span
+from dlspec.lsp.framing import DROPPED, FramedInput
 from dlspec.lsp.hover import hover_text
 from dlspec.lsp.schema import argument_items, block_parameters, kind_items
 from dlspec.syntax import ast
 from dlspec.syntax.format import format_text
 from dlspec.syntax.parser import parse
+from dlspec.syntax.source import MAX_BYTES
 
 server = LanguageServer("dlspec", __version__)
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -58,6 +64,16 @@ def lsp_diagnostic(diag: Diagnostic) -> types.Diagnostic:
     )
 
 
+def opened(ls: LanguageServer, uri: str) -> TextDocument | None:
+    """The document at ``uri`` if the client opened it and it is within a spec's size limit,
+    else None: the server reads nothing from disk (pygls would read a never-opened URI, be it
+    a FIFO or /dev/zero) and analyses no document larger than `dlspec check` would."""
+    doc = ls.workspace.text_documents.get(unquote(uri))
+    if doc is None or len(doc.source) > MAX_BYTES:  # characters: at most 4 bytes each
+        return None
+    return doc
+
+
 def _report_diagnostics(doc: TextDocument) -> list[Diagnostic]:
     try:
         return load_text(doc.source, doc.path).report.diagnostics
@@ -66,7 +82,16 @@ def _report_diagnostics(doc: TextDocument) -> list[Diagnostic]:
 
 
 def _publish(ls: LanguageServer, uri: str) -> None:
-    doc = ls.workspace.get_text_document(uri)
+    doc = opened(ls, uri)
+    if doc is None:
+        if unquote(uri) in ls.workspace.text_documents:  # open, but too large to analyse
+            too_large = Diagnostic.at(
+                "E004", f"the document is over {MAX_BYTES:,} characters, the limit for a spec", None
+            )
+            ls.text_document_publish_diagnostics(
+                types.PublishDiagnosticsParams(uri=uri, diagnostics=[lsp_diagnostic(too_large)])
+            )
+        return
     diagnostics = [lsp_diagnostic(d) for d in _report_diagnostics(doc)]
     ls.text_document_publish_diagnostics(
         types.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=doc.version)
@@ -90,7 +115,9 @@ def did_save(ls: LanguageServer, params: types.DidSaveTextDocumentParams) -> Non
 
 @server.feature(types.TEXT_DOCUMENT_HOVER)
 def hover(ls: LanguageServer, params: types.HoverParams) -> types.Hover | None:
-    doc = ls.workspace.get_text_document(params.text_document.uri)
+    doc = opened(ls, params.text_document.uri)
+    if doc is None:
+        return None
     checked = check_text(doc.source, doc.path)
     # while the spec has errors, the statements that did analyze keep their figures
     report = checked.partial_report or checked.report
@@ -134,7 +161,9 @@ def _definition_span(spec: ast.Document, word: str, line: int) -> Span | None:
 
 @server.feature(types.TEXT_DOCUMENT_DEFINITION)
 def definition(ls: LanguageServer, params: types.DefinitionParams) -> types.Location | None:
-    doc = ls.workspace.get_text_document(params.text_document.uri)
+    doc = opened(ls, params.text_document.uri)
+    if doc is None:
+        return None
     word = _word_at(doc, params.position)
     spec = parse(doc.source)[0]
     if word is None or spec is None:
@@ -163,8 +192,10 @@ def _open_call(text: str) -> str | None:
 @server.feature(
     types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=["(", ",", " "])
 )
-def completion(ls: LanguageServer, params: types.CompletionParams) -> types.CompletionList:
-    doc = ls.workspace.get_text_document(params.text_document.uri)
+def completion(ls: LanguageServer, params: types.CompletionParams) -> types.CompletionList | None:
+    doc = opened(ls, params.text_document.uri)
+    if doc is None:
+        return None
     before = doc.source[: doc.offset_at_position(params.position)]
     call = _open_call(before)
     blocks = block_parameters(doc.source)
@@ -177,7 +208,9 @@ def formatting(
     ls: LanguageServer, params: types.DocumentFormattingParams
 ) -> list[types.TextEdit] | None:
     """The whole document in the layout of ``dlspec fmt`` (nothing while it does not parse)."""
-    doc = ls.workspace.get_text_document(params.text_document.uri)
+    doc = opened(ls, params.text_document.uri)
+    if doc is None:
+        return None
     formatted = format_text(doc.source)[0]
     if formatted is None or formatted == doc.source:
         return None
@@ -186,6 +219,33 @@ def formatting(
     return [types.TextEdit(range=whole, new_text=formatted)]
 
 
+@server.feature(DROPPED)
+def dropped(ls: LanguageServer, params: Any) -> None:
+    """A malformed message that :class:`FramedInput` dropped: tell the client why."""
+    reason = getattr(params, "reason", None) or "malformed"
+    ls.window_log_message(
+        types.LogMessageParams(
+            type=types.MessageType.Warning, message=f"dlspec: dropped a message: {reason}"
+        )
+    )
+
+
+class _FirstLine(logging.Formatter):
+    """pygls's log records on stderr, a line each: the message's first line, no traceback
+    (a request with malformed params is answered with an error reply; the log says which)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = record.getMessage().strip().splitlines() or [""]
+        return f"dlspec lsp: {record.levelname.lower()}: {lines[0]}"
+
+
 def serve() -> None:
-    """Speak the protocol on stdin/stdout until the client says exit."""
-    server.start_io()
+    """Speak the protocol on stdin/stdout until the client says exit; malformed or oversized
+    messages are dropped (:mod:`dlspec.lsp.framing`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FirstLine())
+    handler.setLevel(logging.WARNING)
+    log = logging.getLogger("pygls")
+    log.addHandler(handler)
+    log.propagate = False
+    server.start_io(stdin=FramedInput(sys.stdin.buffer))  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from lark import Token, Tree
 
-from dlspec.diagnostics import Diagnostic
+from dlspec.diagnostics import Diagnostic, source_lines
 from dlspec.syntax.parser import parse_tree
 
 LINE_LENGTH = 100
@@ -152,7 +152,7 @@ def scan(text: str) -> tuple[list[Comment], list[Brace]]:
     """The comments and braces of ``text``: every ``#`` and brace outside a string (strings
     end on their line, so one pass over each line finds them)."""
     comments, braces = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(source_lines(text), start=1):
         quote = ""
         for index, char in enumerate(line):
             if quote:

@@ -15,7 +15,7 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.tree import Meta
 
-from dlspec.diagnostics import Diagnostic, Span
+from dlspec.diagnostics import Diagnostic, Span, source_lines
 from dlspec.syntax import ast
 from dlspec.syntax.bounds import check_bounds
 
@@ -266,7 +266,7 @@ def _parser() -> Lark:
 
 
 def _end_span(text: str) -> Span:
-    lines = text.rstrip().splitlines() or [""]
+    lines = source_lines(text.rstrip())
     return Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
 
 

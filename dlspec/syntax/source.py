@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dlspec.diagnostics import Diagnostic
 
@@ -42,6 +44,23 @@ def read_source(path: str | Path) -> tuple[Source | None, Diagnostic | None]:
         return None, Diagnostic.at("E001", f"no such file: {p}", None)
     except OSError as exc:
         return None, Diagnostic.at("E001", f"cannot read {p}: {exc.strerror or exc}", None)
+    return decode_source(str(path), data)
+
+
+def read_stdin(stream: BinaryIO | None = None) -> tuple[Source | None, Diagnostic | None]:
+    """Standard input as a spec, as :func:`read_source` reads a file: at most MAX_BYTES are
+    read (a larger input is E004, found without reading the rest)."""
+    data = (stream or sys.stdin.buffer).read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        return None, Diagnostic.at(
+            "E004", f"standard input is over {MAX_BYTES:,} bytes, the limit for a spec", None
+        )
+    return decode_source("-", data)
+
+
+def decode_source(path: str, data: bytes) -> tuple[Source | None, Diagnostic | None]:
+    """The text of a spec read from ``path``, or why it is not one (binary, not UTF-8, empty)."""
+    p = "standard input" if path == "-" else path
     if b"\0" in data:
         return None, Diagnostic.at("E003", f"{p} is a binary file, not a spec", None)
     try:
@@ -52,4 +71,4 @@ def read_source(path: str | Path) -> tuple[Source | None, Diagnostic | None]:
         )
     if not text.strip():
         return None, Diagnostic.at("E002", f"{p} is empty: it defines no model", None)
-    return Source(str(path), text.removeprefix("\ufeff")), None
+    return Source(path, text.removeprefix("\ufeff")), None

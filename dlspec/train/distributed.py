@@ -29,16 +29,31 @@ see :mod:`dlspec.train.launch`), training with :class:`DistributedTrainer`:
   machines need no copy, and a checkpoint resumes with any number of processes.
 * Failures: a process that dies makes torchrun's agent stop the others within a second; one
   that hangs makes the others' collectives time out after :func:`collective_timeout`.
+
+With ``strategy = "fsdp"`` the model is not replicated but sharded (:func:`shard_model`,
+torch's FSDP2 ``fully_shard``): each block use of the spec is a unit, then the root; every
+process holds 1/N of every parameter, gradient and optimiser state (as ``dlspec plan --gpus N
+--strategy fsdp`` counts them). The batch is shared out as above, each process's loss
+weighted by its share, and FSDP's reduce-scatter averages the gradients. Under bf16/fp16
+the gathered parameters are in that precision and gradients are reduced in fp32. Every
+process validates and tests (the forward pass needs them all). Checkpoints: after every
+epoch each process writes its own shards with ``torch.distributed.checkpoint`` (into
+``checkpoint.shards/epoch-N``), then rank 0 writes ``checkpoint.pt`` with the whole
+``state_dict`` (what ``export`` and ``predict`` read), naming those shards; ``--resume``
+loads them, resharded to any number of processes. A run interrupted mid-epoch resumes from
+its last finished epoch.
 """
 
 # Annotations stay evaluated (no `from __future__ import annotations`): DDP checks that its
 # communication hook's annotations are the real GradBucket and Future types.
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -50,7 +65,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 from dlspec.analysis.train_config import TrainConfig
-from dlspec.train.checkpoint import Checkpoint
+from dlspec.train.checkpoint import Checkpoint, save_checkpoint
 from dlspec.train.launch import Worker
 from dlspec.train.loop import (
     RunOptions,
@@ -64,10 +79,12 @@ from dlspec.train.loop import (
 
 __all__ = [
     "FAULT_VARIABLE",
+    "SHARDS",
     "TIMEOUT_VARIABLE",
     "DistributedTrainer",
     "collective_timeout",
     "process_group",
+    "shard_model",
     "shares",
     "train_distributed",
     "weighted_average",
@@ -185,6 +202,23 @@ def weighted_average(
     return work.get_future().then(lambda done: done.value()[0])
 
 
+#: The folder beside ``checkpoint.pt`` that holds a sharded run's checkpoints, one folder per
+#: epoch; the checkpoint's ``state[SHARDS]`` names the one that goes with it.
+SHARDS = "checkpoint.shards"
+
+
+def shard_model(model: nn.Module, units: Sequence[str], dtype: torch.dtype | None) -> None:
+    """FSDP2: ``fully_shard`` the modules at ``units`` (module paths, in order), then the
+    whole model; ``dtype``: the precision the gathered parameters compute in (None: as they
+    are), gradients being reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for path in units:
+        fully_shard(model.get_submodule(path), mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
 def _seed(*numbers: int) -> int:
     """A seed for a generator, derived from ``numbers`` (the same in every process)."""
     digest = hashlib.sha256("/".join(map(str, numbers)).encode()).digest()
@@ -201,9 +235,12 @@ class DistributedTrainer(Trainer):
         config: TrainConfig,
         splits: Splits,
         input_shape: Sequence[int],
+        units: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         self.rank, self.processes = dist.get_rank(), dist.get_world_size()
+        self.sharded = config.strategy == "fsdp"
+        self.units = list(units)  # FSDP's units below the root (module paths)
         if min(config.batch_size, len(splits.train)) < self.processes:
             raise TrainError(
                 f"{self.processes} processes need a batch_size and a training set of at least "
@@ -212,10 +249,11 @@ class DistributedTrainer(Trainer):
             )
         super().__init__(model, config, splits, input_shape, **kwargs)
         self.augment_generator = torch.Generator()  # one per process; self.generator shuffles
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self._share_weight = _ShareWeight(self.processes)
-        self.network.register_comm_hook(self._share_weight, weighted_average)
+        if not self.sharded:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.network.register_comm_hook(self._share_weight, weighted_average)
         self._weights: Iterator[float] = iter(())
         self._checkpoint: Checkpoint | None = None  # rank 0's, to hand to the others
         self._fault = self._read_fault()
@@ -243,11 +281,34 @@ class DistributedTrainer(Trainer):
         self._weights = iter([weight for _, weight in parts])
         return [part for part, _ in parts]
 
+    def _shard(self) -> None:
+        if self.sharded:
+            shard_model(self.model, self.units, self.autocast)
+
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._share_weight.weight = next(self._weights)
         if self._fault is not None:
             self._inject_fault()
         return super()._step(x, y)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        if self.sharded:  # what weighted_average does to DDP's gradients
+            loss = loss * self._share_weight.weight
+        super()._update(loss)
+
+    def _finite_weights(self) -> bool:
+        if not self.sharded:
+            return super()._finite_weights()
+        from torch.distributed.tensor import DTensor
+
+        local = [p.to_local() if isinstance(p, DTensor) else p for p in self.model.parameters()]
+        finite = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in local)))
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def test(self) -> dict[str, Any]:
+        # a sharded model's forward pass needs every process; a replica's, rank 0 alone
+        return super().test() if self.sharded or self.main else {}
 
     def _total(self, *sums: torch.Tensor) -> tuple[torch.Tensor, ...]:
         stacked = torch.stack(sums)
@@ -261,24 +322,88 @@ class DistributedTrainer(Trainer):
         return super().train_epoch()
 
     def save(self, partial: bool = False) -> None:
+        if not self.sharded:
+            if self.main:
+                super().save(partial)
+            return
+        if partial:  # the others may be gone: resume from the last epoch's shards
+            return
+        from torch.distributed import checkpoint as dcp
+        from torch.distributed.checkpoint import state_dict as dsd
+
+        folder = self.checkpoint_path.parent / SHARDS / f"epoch-{self.epoch}"
+        if self.main and folder.exists():  # a killed run's, half-written
+            shutil.rmtree(folder)
+        dist.barrier()
+        model, optimizer = dsd.get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=folder)
+        whole = dsd.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = dsd.get_model_state_dict(self.model, options=whole)  # rank 0's
         if self.main:
-            super().save(partial)
+            snapshot = self._snapshot(partial)
+            snapshot.model, snapshot.optimizer = weights, {}
+            snapshot.state[SHARDS] = folder.name
+            save_checkpoint(self.checkpoint_path, snapshot)
+            for old in folder.parent.iterdir():  # the shards no checkpoint names any more
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def _load_state(self, checkpoint: Checkpoint) -> None:
+        if not self.sharded:
+            super()._load_state(checkpoint)
+            return
+        from torch.distributed import checkpoint as dcp
+        from torch.distributed.checkpoint import state_dict as dsd
+
+        folder = checkpoint.state.get(SHARDS)
+        if not isinstance(folder, str):  # a replicated run's checkpoint, in every process
+            whole = dsd.StateDictOptions(full_state_dict=True)
+            dsd.set_model_state_dict(self.model, checkpoint.model, options=whole)
+            if checkpoint.optimizer:
+                optimizer = _by_name(self.model, checkpoint.optimizer)
+                dsd.set_optimizer_state_dict(self.model, self.optimizer, optimizer, options=whole)
+            return
+        model, optimizer = dsd.get_state_dict(self.model, self.optimizer)
+        # loaded in place, each process its own shards (resharded to this number of them)
+        folder_path = self.checkpoint_path.parent / SHARDS / folder
+        dcp.load({"model": model, "optimizer": optimizer}, checkpoint_id=folder_path)
+        dsd.set_state_dict(
+            self.model, self.optimizer, model_state_dict=model, optim_state_dict=optimizer
+        )
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        super().restore(checkpoint)
+        if not self.sharded:  # a sharded run loads its shards in every process (fit)
+            super().restore(checkpoint)
         self._checkpoint = checkpoint
 
     def fit(self) -> bool:
         """Take rank 0's state (the checkpoint it resumed from, if any), then train."""
-        handed = [self._checkpoint]
+        checkpoint = self._checkpoint
+        if self.sharded and checkpoint is not None and checkpoint.state.get(SHARDS):
+            checkpoint = dataclasses.replace(checkpoint, model={})  # in the shards
+        handed = [checkpoint]
         dist.broadcast_object_list(handed, src=0)
-        if not self.main and handed[0] is not None:
+        if (self.sharded or not self.main) and handed[0] is not None:
             super().restore(handed[0])
         self._checkpoint = None
         try:
             return super().fit()
         finally:
             self.network = self.model  # training is over: let DDP go (see _leave_group)
+
+
+def _by_name(model: nn.Module, state: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain optimiser ``state_dict`` (parameters numbered in the order
+    :func:`~dlspec.train.loop.make_optimizer` takes them) with the parameters named instead,
+    as ``torch.distributed.checkpoint.state_dict`` reads it."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    return {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
 
 
 def train_distributed(
@@ -289,6 +414,7 @@ def train_distributed(
     options: RunOptions,
     info: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    units: Sequence[str] = (),
     **settings: Any,
 ) -> TrainResult:
     """:func:`~dlspec.train.loop.train_model` (the same arguments; ``settings`` go to it as
@@ -299,7 +425,8 @@ def train_distributed(
     An exception is written to torchrun's error file, for the launcher's report, except a
     collective that failed because another process did, which becomes a :class:`TrainError`."""
     try:
-        return _train_in_group(worker, make_model, config, options, info, log, settings)
+        trainer = functools.partial(DistributedTrainer, units=units)
+        return _train_in_group(worker, make_model, config, options, info, log, trainer, settings)
     except Exception as exc:
         if _lost_contact(exc):  # a consequence: the process at fault reports the cause
             raise TrainError(
@@ -332,15 +459,17 @@ def _train_in_group(
     options: RunOptions,
     info: Mapping[str, Any] | None,
     log: Callable[[str], None],
+    trainer: Callable[..., Trainer],
     settings: Mapping[str, Any],
 ) -> TrainResult:
     device = worker_device(worker, options.device)
     with process_group(device) as backend:
         if worker.main and not options.quiet:
             per_process = config.batch_size / worker.world_size
+            sharded = ", the model sharded (fsdp)" if config.strategy == "fsdp" else ""
             log(
-                f"distributed: {worker.world_size} processes ({backend}); each batch of "
-                f"{config.batch_size} is shared out, {per_process:g} samples per process"
+                f"distributed: {worker.world_size} processes ({backend}){sharded}; each batch "
+                f"of {config.batch_size} is shared out, {per_process:g} samples per process"
             )
         return train_model(
             make_model,
@@ -353,6 +482,6 @@ def _train_in_group(
             ),
             info={**(info or {}), "processes": worker.world_size, "backend": backend},
             log=log,
-            trainer_class=DistributedTrainer,
+            trainer_class=trainer,
             **settings,
         )

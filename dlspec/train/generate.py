@@ -147,16 +147,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Spec, Checkpoint]:
     the spec is rebuilt from the checkpoint (its text and parameter values are saved in it, so
     the spec file need not exist any more). Raises :class:`RunError` with a message."""
     from dlspec.api import SpecError, load_text
+    from dlspec.records import RecordError, run_info
     from dlspec.train.checkpoint import CheckpointError, load_checkpoint, spec_hash
-    from dlspec.train.run_dir import (
-        BINDINGS,
-        CHECKPOINT,
-        CLASSES,
-        MODEL,
-        PARAMS,
-        SPEC,
-        SPEC_TEXT,
-    )
+    from dlspec.train.run_dir import CHECKPOINT
 
     directory = Path(run_dir)
     path = directory / CHECKPOINT
@@ -169,17 +162,18 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[Spec, Checkpoint]:
         checkpoint = load_checkpoint(path, None)
     except CheckpointError as exc:
         raise RunError(str(exc).rpartition("; ")[0] or str(exc)) from None
-    info = checkpoint.info
-    if not isinstance(info.get(SPEC_TEXT), str) or not info.get(CLASSES):
+    try:
+        info = run_info(checkpoint.info, str(path))
+    except RecordError as exc:
+        raise RunError(str(exc)) from None
+    if info.spec_text is None or info.classes is None:
         raise RunError(
             f"{path}: the checkpoint does not hold its spec and vocabulary (it was written by "
             "an older dlspec); build the model again"
         )
-    overrides = {**info.get(PARAMS, {}), **info.get(BINDINGS, {})}
+    overrides = {**info.params, **info.bindings}
     try:
-        spec = load_text(
-            info[SPEC_TEXT], str(info.get(SPEC, "<spec>")), model=info.get(MODEL), **overrides
-        )
+        spec = load_text(info.spec_text, info.spec, model=info.model, **overrides)
     except (SpecError, TypeError) as exc:
         raise RunError(f"{path}: the spec saved in the checkpoint does not load: {exc}") from None
     if spec_hash(spec.source_text, spec.graph.arguments) != checkpoint.spec_hash:

@@ -214,10 +214,11 @@ def _failure_text(rank: int, world: int, exitcode: int, message: Any) -> str:
 
 def _cause_first(item: tuple[int, Any]) -> tuple[bool, bool, int, int]:
     """Sort key of torchrun's failures ``(rank, ProcessFailure)``, the cause first: a process
-    that recorded its error, then one the agent did not stop (SIGTERM, SIGKILL), the earliest;
+    that recorded its error, then one the agent did not stop (it stops them with SIGTERM; a
+    SIGKILL came from elsewhere: kill -9, the kernel's out-of-memory killer), the earliest;
     the others failed because it did."""
     rank, failure = item
-    stopped = failure.exitcode in (-signal.SIGTERM, -signal.SIGKILL)
+    stopped = failure.exitcode == -signal.SIGTERM
     return (_recorded_error(failure.message) is None, stopped, failure.timestamp, rank)
 
 

@@ -492,6 +492,7 @@ class Trainer:
         if self.channels_last:  # torch's stubs lack Module.to's memory_format
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.autocast = autocast_dtype(config.precision, device, self.channels_last)
+        self._shard()
         self.optimizer = make_optimizer(self.model, config.optimizer)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -516,6 +517,11 @@ class Trainer:
             self.augment.eval(probe)
         except DataError as err:
             raise DataError(err.message, err.path or config.data) from None
+
+    def _shard(self) -> None:
+        """Shard the model before the optimiser takes its parameters: nothing in one
+        process (a distributed run with strategy fsdp shards it, see
+        :mod:`dlspec.train.distributed`)."""
 
     # one batch ----------------------------------------------------------------------------
 
@@ -726,32 +732,7 @@ class Trainer:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint`` (made from the same spec)."""
-        groups = checkpoint.optimizer.get("param_groups", [])
-        saved = {key for group in groups if isinstance(group, dict) for key in group}
-        current = {key for group in self.optimizer.state_dict()["param_groups"] for key in group}
-        if checkpoint.optimizer and saved != current:  # imported weights carry no optimiser
-            raise TrainError(
-                f"{self.checkpoint_path}: the checkpoint was trained with another optimiser "
-                f"than {self.config.optimizer.name}; resume with the same optimizer setting, "
-                "or run without --resume to start afresh"
-            )
-        # the settings given now (--lr, the spec's optimizer) win over the checkpoint's; its
-        # state (moments, step counts) is kept
-        settings = [
-            {key: value for key, value in group.items() if key != "params"}
-            for group in self.optimizer.param_groups
-        ]
-        try:
-            self.model.load_state_dict(checkpoint.model)
-            if checkpoint.optimizer:  # empty for imported weights: the optimiser starts afresh
-                self.optimizer.load_state_dict(checkpoint.optimizer)
-                for group, given in zip(self.optimizer.param_groups, settings, strict=True):
-                    group.update(given)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise TrainError(
-                f"{self.checkpoint_path}: the checkpoint does not fit this model or optimiser "
-                f"({str(exc).splitlines()[0]}); run without --resume to start afresh"
-            ) from None
+        self._load_weights(checkpoint)
         self.epoch = checkpoint.epoch
         self.history = list(checkpoint.history)
         if "torch" in checkpoint.rng:  # imported weights carry no random state
@@ -761,6 +742,39 @@ class Trainer:
             states = list(checkpoint.rng["cuda"])
             if len(states) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(states)
+
+    def _load_weights(self, checkpoint: Checkpoint) -> None:
+        """The model's and the optimiser's state from ``checkpoint``; the optimiser's settings
+        given now (--lr, the spec's optimizer) win over the checkpoint's."""
+        groups = checkpoint.optimizer.get("param_groups", [])
+        saved = {key for group in groups if isinstance(group, dict) for key in group}
+        current = {key for group in self.optimizer.state_dict()["param_groups"] for key in group}
+        if checkpoint.optimizer and saved != current:  # imported weights carry no optimiser
+            raise TrainError(
+                f"{self.checkpoint_path}: the checkpoint was trained with another optimiser "
+                f"than {self.config.optimizer.name}; resume with the same optimizer setting, "
+                "or run without --resume to start afresh"
+            )
+        # the state (moments, step counts) is kept
+        settings = [
+            {key: value for key, value in group.items() if key != "params"}
+            for group in self.optimizer.param_groups
+        ]
+        try:
+            self._load_state(checkpoint)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainError(
+                f"{self.checkpoint_path}: the checkpoint does not fit this model or optimiser "
+                f"({str(exc).splitlines()[0]}); run without --resume to start afresh"
+            ) from None
+        for group, given in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(given)
+
+    def _load_state(self, checkpoint: Checkpoint) -> None:
+        """Load the model's and the optimiser's state (in a sharded run, from its shards)."""
+        self.model.load_state_dict(checkpoint.model)
+        if checkpoint.optimizer:  # empty for imported weights: the optimiser starts afresh
+            self.optimizer.load_state_dict(checkpoint.optimizer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -789,7 +803,7 @@ def train_model(
     info: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
     token_limit: int | None = None,
-    trainer_class: type[Trainer] = Trainer,
+    trainer_class: Callable[..., Trainer] = Trainer,
 ) -> TrainResult:
     """Train a fresh model from ``make_model()`` (called after seeding torch with
     ``config.seed``) on ``config.data``, then test it. ``input_shape`` / ``output_shape`` are
@@ -841,9 +855,9 @@ def train_model(
         log(f"resuming from {checkpoint_path}: {checkpoint.epoch} epoch(s) done ({state})")
     if not trainer.fit():
         return TrainResult(epoch=trainer.epoch, interrupted=True)
+    test = trainer.test()  # in a sharded run, every process takes part in the forward pass
     if not trainer.main:
         return TrainResult(epoch=trainer.epoch)
-    test = trainer.test()
     if not math.isfinite(test["loss"]):  # weights huge but finite: outputs overflow
         raise TrainError(
             f"training diverged: the test loss is {test['loss']} (NaN or infinite) after "

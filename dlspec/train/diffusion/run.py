@@ -9,7 +9,6 @@ runtimes' rounding.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from dlspec.records import RecordError, export_metadata, run_info
 from dlspec.train.diffusion.prompts import DiffusionInputs, PromptCodec, PromptError
 from dlspec.train.diffusion.schedule import SETTINGS, Denoiser, NoiseSchedule, sample
 from dlspec.train.generate import RunError, load_run, trained_model
@@ -123,18 +123,18 @@ def load_diffusion(
         return _from_onnx_file(Path(source))
     from dlspec.train.diffusion.trainer import diffusion_inputs
     from dlspec.train.loop import TrainError
-    from dlspec.train.run_dir import CHECKPOINT, CLASSES
+    from dlspec.train.run_dir import CHECKPOINT
 
     spec, checkpoint = load_run(source)
-    info = checkpoint.info
     path = Path(source) / CHECKPOINT
-    if info.get("task") != "diffusion":
+    info = run_info(checkpoint.info, str(path))  # valid: load_run read it
+    if info.task != "diffusion" or info.diffusion is None or info.classes is None:
         raise RunError(f"{path}: {spec.graph.name} was not trained with task diffusion")
     try:
         inputs = diffusion_inputs(spec.graph)
     except TrainError as exc:
         raise RunError(f"{path}: {exc}") from None
-    settings = info["diffusion"]
+    settings = info.diffusion.model_dump()
     model = trained_model(spec, checkpoint, "cpu" if runtime == "onnx" else device)
     if runtime == "onnx":
         from dlspec.backends.onnx_export import ExportError, export_onnx
@@ -147,8 +147,7 @@ def load_diffusion(
         where, label = torch.device("cpu"), "ONNX Runtime (CPU)"
     else:
         denoise, where, label = torch_denoiser(model, inputs), torch.device(device), "torch"
-    classes = [str(c) for c in info[CLASSES]]
-    return _model(denoise, settings, classes, inputs, label, where, str(path))
+    return _model(denoise, settings, info.classes, inputs, label, where, str(path))
 
 
 def _model(
@@ -178,25 +177,23 @@ def _model(
 
 
 def _from_onnx_file(path: Path) -> DiffusionModel:
-    from dlspec.backends.onnx_export import META_CLASSES
-
     if not path.is_file():
         raise RunError(f"{path}: no such file")
     session = _session(str(path))
-    metadata = session.metadata
-    if META_DIFFUSION not in metadata or META_CLASSES not in metadata:
+    try:
+        metadata = export_metadata(session.metadata, str(path))
+    except RecordError as exc:
+        raise RunError(str(exc)) from None
+    if metadata.diffusion is None or metadata.classes is None:
         raise RunError(
             f"{path}: the model's metadata has no diffusion settings; export it with "
             "`dlspec export SPEC --weights RUN/checkpoint.pt` from a diffusion run"
         )
-    try:
-        settings = json.loads(metadata[META_DIFFUSION])
-        classes = [str(c) for c in json.loads(metadata[META_CLASSES])]
-        inputs = DiffusionInputs(
-            tuple(settings["order"]), tuple(settings["image"]), int(settings["prompt_length"])
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"{path}: unreadable diffusion metadata ({exc})") from None
+    settings = metadata.diffusion.model_dump()
+    classes = metadata.classes
+    inputs = DiffusionInputs(
+        tuple(settings["order"]), tuple(settings["image"]), settings["prompt_length"]
+    )
     denoise = _onnx_denoiser(session, inputs)
     cpu = torch.device("cpu")
     return _model(denoise, settings, classes, inputs, "ONNX Runtime (CPU)", cpu, str(path))

@@ -36,5 +36,5 @@ class MyNet(nn.Module):
         x = self.fc1(x)  # (B, 512)
         x = self.relu4(x)
         x = self.dropout2(x)
-        x = self.fc2(x)  # (B, 10)
+        x = self.fc2(x)  # (B, num_classes)
         return x

@@ -16,5 +16,5 @@ class GRUClassifier(nn.Module):
         x = self.embed(tokens)  # (B, T, 64)
         x = self.gru(x)[1][-2:].transpose(0, 1).flatten(1)  # (B, 256)
         x = self.dropout1(x)
-        x = self.head(x)  # (B, 4)
+        x = self.head(x)  # (B, num_classes)
         return x

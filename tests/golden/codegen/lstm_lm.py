@@ -16,5 +16,5 @@ class CharLSTM(nn.Module):
         x = self.embed(chars)  # (B, T, 128)
         x = self.lstm(x)[0]  # (B, T, 256)
         x = self.dropout1(x)
-        x = self.head(x)  # (B, T, 65)
+        x = self.head(x)  # (B, T, vocab)
         return x

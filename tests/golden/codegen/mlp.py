@@ -15,10 +15,10 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden // 2, num_classes)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(pixels)  # (B, 128)
+        x = self.fc1(pixels)  # (B, hidden)
         x = self.relu1(x)
         x = self.dropout1(x)
-        x = self.fc2(x)  # (B, 64)
+        x = self.fc2(x)  # (B, hidden // 2)
         x = self.relu2(x)
-        x = self.out(x)  # (B, 10)
+        x = self.out(x)  # (B, num_classes)
         return x

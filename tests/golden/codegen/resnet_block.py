@@ -14,7 +14,7 @@ class BasicResidual(nn.Module):
         self.batchnorm2d2 = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2d1(x)
+        out = self.conv2d1(x)  # (B, channels, in_height, in_width)
         out = self.batchnorm2d1(out)
         out = self.relu1(out)
         out = self.conv2d2(out)
@@ -29,7 +29,7 @@ class Basic(nn.Module):
         self.relu1 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.residual1(x)
+        x = self.residual1(x)  # (B, channels, in_height, in_width)
         x = self.relu1(x)
         return x
 
@@ -41,7 +41,7 @@ class DownShortcut(nn.Module):
         self.batchnorm2d1 = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2d1(x)  # (B, 32, 16, 16)
+        x = self.conv2d1(x)  # (B, channels, (in_height + 1) // 2, (in_width + 1) // 2)
         x = self.batchnorm2d1(x)
         return x
 
@@ -59,7 +59,7 @@ class DownResidual(nn.Module):
         self.shortcut = DownShortcut(in_channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2d1(x)  # (B, 32, 16, 16)
+        out = self.conv2d1(x)  # (B, channels, (in_height + 1) // 2, (in_width + 1) // 2)
         out = self.batchnorm2d1(out)
         out = self.relu1(out)
         out = self.conv2d2(out)
@@ -74,7 +74,7 @@ class Down(nn.Module):
         self.relu1 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.residual1(x)  # (B, 32, 16, 16)
+        x = self.residual1(x)  # (B, channels, (in_height + 1) // 2, (in_width + 1) // 2)
         x = self.relu1(x)
         return x
 
@@ -103,7 +103,7 @@ class TinyResNet(nn.Module):
         x = self.run_block(self.layer3, x)
         x = self.pool(x)  # (B, 32, 1, 1)
         x = self.flatten1(x)  # (B, 32)
-        x = self.fc(x)  # (B, 10)
+        x = self.fc(x)  # (B, num_classes)
         return x
 
     def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,6 @@ class SequenceRNN(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, readings: torch.Tensor) -> torch.Tensor:
-        x = self.rnn(readings)[0][:, -1]  # (B, 64)
-        x = self.head(x)  # (B, 5)
+        x = self.rnn(readings)[0][:, -1]  # (B, hidden)
+        x = self.head(x)  # (B, num_classes)
         return x

@@ -68,7 +68,7 @@ class TinyGPT(nn.Module):
         self.head.weight = self.tok_emb.weight
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.tok_emb(tokens)  # (B, T, 128)
+        x = self.tok_emb(tokens)  # (B, T, d)
         x = self.pos_emb(x)
         x = self.dropout1(x)
         x = self.blocks(
@@ -76,5 +76,5 @@ class TinyGPT(nn.Module):
             mask=torch.nn.Transformer.generate_square_subsequent_mask(x.size(1), device=x.device),
             is_causal=True,
         )
-        x = self.head(x)  # (B, T, 65)
+        x = self.head(x)  # (B, T, vocab)
         return x

@@ -49,5 +49,5 @@ class TransformerBase(nn.Module):
             ),
             tgt_is_causal=True,
         )
-        x = self.out(x)  # (B, T, 37000)
+        x = self.out(x)  # (B, T, tgt_vocab)
         return x

@@ -24,14 +24,13 @@ class Stage(nn.Module):
     def __init__(self, in_channels: int, channels: int, depth: int = 2) -> None:
         super().__init__()
         self.convs = nn.Sequential(
-            ConvBNReLU(in_channels, channels),
-            *[ConvBNReLU(channels, channels) for _ in range(depth - 1)],
+            *[ConvBNReLU(in_channels if i == 0 else channels, channels) for i in range(depth)]
         )
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(x)
-        x = self.pool(x)
+        x = self.convs(x)  # (B, channels, in_height, in_width)
+        x = self.pool(x)  # (B, channels, in_height // 2, in_width // 2)
         return x
 
 
@@ -47,12 +46,12 @@ class VGGLike(nn.Module):
         self.checkpointing = False  # True: recompute blocks in backward
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.run_block(self.stage1, image)  # (B, 32, 16, 16)
-        x = self.run_block(self.stage2, x)  # (B, 64, 8, 8)
-        x = self.run_block(self.stage3, x)  # (B, 128, 4, 4)
-        x = self.gap(x)  # (B, 128, 1, 1)
-        x = self.flatten1(x)  # (B, 128)
-        x = self.head(x)  # (B, 10)
+        x = self.run_block(self.stage1, image)  # (B, width, 16, 16)
+        x = self.run_block(self.stage2, x)  # (B, 2 * width, 8, 8)
+        x = self.run_block(self.stage3, x)  # (B, 4 * width, 4, 4)
+        x = self.gap(x)  # (B, 4 * width, 1, 1)
+        x = self.flatten1(x)  # (B, 4 * width)
+        x = self.head(x)  # (B, num_classes)
         return x
 
     def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,354 @@
+"""Hostile input to every command (issue 26): outputs that would destroy inputs, options and
+metadata out of range, unbounded stdin, text that loses meaning, numbers that overflow. Each
+case is a message and exit code 1 or 2 (never exit 70, the internal error that an escaping
+exception becomes), and no file but the named outputs changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dlspec.cli import EXIT_INTERNAL, main
+from dlspec.train.checkpoint import Checkpoint, save_checkpoint
+
+SPEC = """\
+model Small {
+    input x: float[4]
+    Linear(3)
+}
+"""
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> tuple[int, str]:
+    """Exit code and stderr of a command; a hostile case never reaches the internal error."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code != EXIT_INTERNAL and "internal error" not in err, err
+    return code, err
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    path = tmp_path / "small.dl"
+    path.write_text(SPEC)
+    return path
+
+
+# the top level ---------------------------------------------------------------------------
+
+
+def test_an_unexpected_exception_is_an_internal_error_with_a_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+
+    def broken(*_: object) -> object:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("dlspec.commands.check.check_all", broken)
+    assert main(["check", "x.dl"]) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "internal error, please report (ZeroDivisionError: a bug)" in err
+    assert "Traceback" not in err
+    (log,) = (tmp_path / "dlspec-crash").glob("*.log")
+    assert str(log) in err and "ZeroDivisionError: a bug" in log.read_text()
+    assert "argv: ['check', 'x.dl']" in log.read_text()
+
+
+# output paths ------------------------------------------------------------------------------
+
+
+def test_export_refuses_to_write_over_its_spec(
+    spec: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = cli(capsys, "export", spec, "--out", spec)
+    assert code == 2 and f"--out {spec} is also the spec of this command" in err
+    assert spec.read_text() == SPEC
+
+
+def test_an_output_through_a_link_to_the_input_is_refused(
+    spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "link.svg"
+    link.symlink_to(spec)
+    code, err = cli(capsys, "draw", spec, "--out", link)
+    assert code == 2 and "is also the spec of this command" in err
+    assert spec.read_text() == SPEC
+
+
+def test_a_fifo_as_an_output_is_refused_without_blocking(
+    spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "out.onnx"
+    os.mkfifo(fifo)
+    code, err = cli(capsys, "export", spec, "--out", fifo)
+    assert code == 2 and "is not a regular file (a device, pipe or socket)" in err
+    assert fifo.is_fifo()
+
+
+def test_import_refuses_one_file_for_two_outputs_and_the_model_as_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read")
+    code, err = cli(capsys, "import", model, "--out", model)
+    assert code == 2 and "is also the model of this command" in err
+    same = tmp_path / "same.bin"
+    code, err = cli(capsys, "import", model, "--out", same, "--weights", same)
+    assert code == 2 and f"--weights {same} is also --out of this command" in err
+    assert model.read_bytes() == b"not read" and not same.exists()
+
+
+def test_fmt_writes_through_a_link_and_keeps_the_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "real.dl"
+    target.write_text(SPEC.replace("    Linear(3)", "  Linear( 3 )"))
+    target.chmod(0o600)
+    link = tmp_path / "link.dl"
+    link.symlink_to(target)
+    assert cli(capsys, "fmt", link)[0] == 0
+    assert link.is_symlink() and target.read_text() == SPEC
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+# bounded inputs ----------------------------------------------------------------------------
+
+
+def test_stdin_over_the_spec_limit_is_refused_unread(tmp_path: Path) -> None:
+    huge = b"#" * (18 * 1024 * 1024)
+    result = subprocess.run(
+        [sys.executable, "-m", "dlspec", "check", "-"],
+        input=huge,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert b"error[E004]: standard input is over 1,048,576 bytes" in result.stderr
+
+
+# options -----------------------------------------------------------------------------------
+
+DIGITS = "9" * 400
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "{spec}", "--batch", DIGITS], "argument --batch: expected a whole number"),
+        (["plan", "{spec}", "--memory", DIGITS], "argument --memory: expected a size"),
+        (["plan", "{spec}", "--memory", "1GiB", "--batch", DIGITS], "argument --batch"),
+        (["check", "{spec}", "--max-memory", DIGITS], "argument --max-memory"),
+        (["check", "{spec}", "--watch", "--interval", "inf"], "a number of seconds from 0.01"),
+        (["check", "{spec}", "--watch", "--interval", "nan"], "a number of seconds from 0.01"),
+        (["export", "{spec}", "--seed", str(2**64)], "expected a seed from 0 to"),
+        (["sample", "run", "--seed", str(2**64)], "expected a seed from 0 to"),
+        (["sample", "run", "--temperature", "1e-320"], "0 or a temperature from 0.01 to 100"),
+        (["sample", "run", "--num", "1000000000"], "a number of images from 1 to 10,000"),
+        (["predict", "m.onnx", "x.npz", "--threads", "10000"], "a thread count from 1 to"),
+    ],
+    ids=lambda v: "-".join(v[:3])[:40] if isinstance(v, list) else "",
+)
+def test_options_out_of_range_are_usage_errors(
+    spec: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, err = cli(capsys, *(a.format(spec=spec) for a in args))
+    assert code == 2 and message in err
+
+
+def test_plan_honours_max_layers_and_a_batch_that_does_not_fit_is_an_error(
+    spec: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = cli(capsys, "plan", spec, "--memory", "1GiB", "--max-layers", "0")
+    assert code == 2  # a layer budget of 0 is not a count
+    code, err = cli(capsys, "plan", spec, "--memory", "1MiB", "--max-layers", "1")
+    assert code == 0
+    code, err = cli(capsys, "plan", spec, "--memory", "1MiB", "--batch", "100000")
+    assert code == 1 and "error: batch 100,000 does not fit in 1.00 MiB" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        (SPEC, ["--set", "n=" + DIGITS], "a number literal of 400 digits is too large"),
+        (
+            "model Up {\n    input x: float[3, 8, 8]\n    Upsample(scale_factor=1e300)\n}\n",
+            [],
+            "error[E409]: upsample1: Upsample would grow 8 beyond",
+        ),
+        (
+            "\n".join(f"block B{i}(c: int) {{\n    B{i + 1}(c)\n}}" for i in range(300))
+            + "\nblock B300(c: int) {\n    Linear(c)\n}\n"
+            + "model M {\n    input x: float[4]\n    B0(4)\n}\n",
+            [],
+            "error[E602]: block calls nest too deeply",
+        ),
+    ],
+    ids=["set-400-digits", "upsample-1e300", "300-nested-blocks"],
+)
+def test_numbers_and_nesting_beyond_the_analysis_are_diagnostics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, args: list[str], message: str
+) -> None:
+    path = tmp_path / "spec.dl"
+    path.write_text(text)
+    code, err = cli(capsys, "check", path, "-q", *args)
+    assert code in (1, 2) and message in err
+
+
+# metadata and checkpoints ----------------------------------------------------------------
+
+
+def onnx_model(path: Path, metadata: dict[str, str]) -> Path:
+    """A one-node ONNX model (Identity on float[N, 4]) carrying ``metadata``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, metadata)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("command", "metadata", "message"),
+    [
+        ("predict", {"dlspec.classes": "[]"}, "dlspec.classes: List should have at least 1"),
+        ("predict", {"dlspec.normalize": '{"mean": 0, "std": 0}'}, "std must be > 0"),
+        ("bench", {"dlspec.index_limit": "abc"}, "dlspec.index_limit: Input should be a valid"),
+        (
+            "sample",
+            {"dlspec.classes": '["a"]', "dlspec.diffusion": '{"timesteps": 2e9}'},
+            "dlspec.diffusion.order: Field required",
+        ),
+    ],
+    ids=["classes-empty", "std-zero", "index-limit-text", "timesteps-2e9"],
+)
+def test_onnx_metadata_of_the_wrong_type_is_a_message(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    metadata: dict[str, str],
+    message: str,
+) -> None:
+    import numpy as np
+
+    model = onnx_model(tmp_path / "m.onnx", metadata)
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 4), np.float32))
+    args = {
+        "predict": [model, tmp_path / "x.npz"],
+        "bench": [model, "--iterations", "1", "--warmup", "1", "--batch", "1"],
+        "sample": [model, "--out", tmp_path / "s.png"],
+    }[command]
+    code, err = cli(capsys, command, *args)
+    assert code in (1, 2) and message in err and "Traceback" not in err
+
+
+def test_diffusion_metadata_asking_for_two_billion_timesteps_is_refused() -> None:
+    from dlspec.records import RecordError, export_metadata
+
+    settings = {
+        "order": ["image", "timestep", "prompt"],
+        "image": [1, 8, 8],
+        "prompt_length": 4,
+        "token_limit": 10,
+        "schedule": "linear",
+        "timesteps": 2_000_000_000,
+        "prediction": "epsilon",
+        "sampler": "ddim",
+        "sample_steps": 10,
+        "guidance": 1.0,
+    }
+    metadata = {"dlspec.diffusion": json.dumps(settings)}
+    with pytest.raises(RecordError, match="timesteps: Input should be less than or equal"):
+        export_metadata(metadata, "m.onnx")
+    settings |= {"timesteps": 100, "schedule": "quadratic"}
+    with pytest.raises(RecordError, match="schedule: Input should be 'linear' or 'cosine'"):
+        export_metadata({"dlspec.diffusion": json.dumps(settings)}, "m.onnx")
+
+
+def test_checkpoint_info_of_the_wrong_type_is_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    info = {"spec_text": SPEC, "classes": ["a", "b"], "params": [1, 2]}
+    save_checkpoint(run / "checkpoint.pt", Checkpoint("0" * 64, 1, {}, {}, [], {}, info=info))
+    code, err = cli(capsys, "sample", run)
+    assert code == 1 and "the checkpoint's info params: Input should be a valid dictionary" in err
+
+
+# the language server -----------------------------------------------------------------------
+
+
+def test_the_language_server_drops_malformed_frames_and_stays_responsive(tmp_path: Path) -> None:
+    from fuzz_surfaces import RawServer, initialize
+
+    server = RawServer(tmp_path)
+    try:
+        assert initialize(server) is not None
+        body = b'{"jsonrpc": "2.0", "id": 99, "method": "shutdown"}'
+        for header in (b"abc", b"5", b"1000000000000"):
+            server.send_bytes(b"Content-Length: " + header + b"\r\n\r\n" + body)
+        spec = tmp_path / "small.dl"
+        spec.write_text(SPEC)
+        uri = spec.as_uri()
+        hover = {"textDocument": {"uri": uri}, "position": {"line": 2, "character": 4}}
+        assert server.request("textDocument/hover", hover, limit=30) == {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "result": None,  # never opened: not read from disk
+        }
+    finally:
+        assert server.close() == 0
+    dropped = [line for line in server.log if "dropped a message" in line]
+    assert len(dropped) == 3, server.log  # the client is told why, in log messages
+    assert "Content-Length of 'abc'" in dropped[0] and "not JSON" in dropped[1]
+    assert "1,000,000,000,000 bytes; the limit is 8,388,608" in dropped[2]
+    assert b"Traceback" not in server.stderr
+
+
+def test_the_language_server_reads_no_unopened_file_and_bounds_documents(tmp_path: Path) -> None:
+    from fuzz_surfaces import RawServer, initialize
+
+    fifo = tmp_path / "spec.dl"
+    os.mkfifo(fifo)  # reading it would block the server for ever
+    server = RawServer(tmp_path)
+    try:
+        initialize(server)
+        for uri in (fifo.as_uri(), "file:///dev/zero"):
+            server.notify("textDocument/didSave", {"textDocument": {"uri": uri}})
+            hover = {"textDocument": {"uri": uri}, "position": {"line": 0, "character": 0}}
+            reply = server.request("textDocument/hover", hover, limit=30)
+            assert reply is not None and reply["result"] is None
+        big = tmp_path / "big.dl"
+        text = SPEC + "# " + "x" * (2 * 1024 * 1024) + "\n"
+        item = {"uri": big.as_uri(), "languageId": "dlspec", "version": 1, "text": text}
+        server.notify("textDocument/didOpen", {"textDocument": item})
+        deadline = time.monotonic() + 30
+        published = None
+        while published is None and time.monotonic() < deadline:
+            message = server.replies.get(timeout=30)
+            if message.get("method") == "textDocument/publishDiagnostics":
+                published = message["params"]
+        assert published is not None and published["uri"] == big.as_uri()
+        (diagnostic,) = published["diagnostics"]
+        assert diagnostic["code"] == "E004" and "over 1,048,576 characters" in diagnostic["message"]
+    finally:
+        assert server.close() == 0
