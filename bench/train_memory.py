@@ -12,14 +12,20 @@ optimizer's step. Measured:
 dlspec's estimate is ``dlspec plan``'s total (weights, gradients, optimizer state, saved
 activations, peak transient). Goal: estimate / measured within 15 %.
 
+``--fsdp``: the model sharded as ``dlspec build --strategy fsdp`` shards it (each block use,
+then the root), in a process group of one (gloo on a CPU, NCCL on CUDA: FSDP's code path at
+world size 1), against ``dlspec plan --gpus 1 --strategy fsdp``.
+
 Run: .venv/bin/python bench/train_memory.py [--batch 8] [--device cpu|cuda]
-     [--precision fp32|bf16] [--optimizer adam] [--checkpointing] [SPEC ...]
+     [--precision fp32|bf16] [--optimizer adam] [--checkpointing] [--fsdp] [SPEC ...]
      --smoke: tiny sizes, only to show that the script runs (make bench-smoke)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +34,7 @@ import torch
 
 import dlspec
 from dlspec.analysis import memory
+from dlspec.train.distributed import shard_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = {"seed_prose.dl"}  # wrong on purpose: it does not check
@@ -60,6 +67,13 @@ def cpu_peak(step: Callable[[], None]) -> int:
     return peak
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def cuda_peak(step: Callable[[], None]) -> int:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -74,6 +88,10 @@ def measure(path: Path, args: argparse.Namespace) -> tuple[int, int]:
     model = spec.to_torch().to(device).train()
     if args.checkpointing and hasattr(model, "checkpointing"):
         setattr(model, "checkpointing", True)  # noqa: B010 (not a declared attribute)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
+    if args.fsdp:
+        units = [unit.path for unit in memory.shard_units(spec.graph)]
+        shard_model(model, units, dtype if args.precision != "fp32" else None, device)
     optimizer = OPTIMIZERS[args.optimizer](model.parameters())
     inputs = [
         torch.randint(0, 4, (args.batch, *i.shape_value), device=device)
@@ -81,7 +99,6 @@ def measure(path: Path, args: argparse.Namespace) -> tuple[int, int]:
         else torch.randn(args.batch, *i.shape_value, device=device)
         for i in spec.report.inputs
     ]
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
 
     def step() -> None:
         optimizer.zero_grad()
@@ -93,7 +110,8 @@ def measure(path: Path, args: argparse.Namespace) -> tuple[int, int]:
     step()
     measured = cuda_peak(step) if device.type == "cuda" else cpu_peak(step)
     options = (args.precision, args.optimizer, args.checkpointing, args.batch, device.type)
-    answer = memory.plan(spec.graph, 2**62, *options)  # type: ignore[arg-type]
+    parallel = memory.Parallel(1, "fsdp") if args.fsdp else None
+    answer = memory.plan(spec.graph, 2**62, *options, parallel=parallel)  # type: ignore[arg-type]
     return answer.total(), measured
 
 
@@ -106,14 +124,21 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
     parser.add_argument("--checkpointing", action="store_true", help="model.checkpointing")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
+    parser.add_argument("--fsdp", action="store_true", help="sharded, in a group of one")
     args = parser.parse_args()
     if args.smoke:
         args.specs, args.batch = args.specs or [ROOT / "specs" / "mlp.dl"], 2
     warnings.filterwarnings("ignore")
+    if args.fsdp:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend, rank=0, world_size=1)
     paths = args.specs or [p for p in sorted((ROOT / "specs").glob("*.dl")) if p.name not in SKIP]
     print(
         f"training step peak, batch {args.batch}, {args.device}, {args.precision}, "
         f"{args.optimizer}{', checkpointing' if args.checkpointing else ''}"
+        f"{', FSDP in a group of 1' if args.fsdp else ''}"
     )
     print(f"{'spec':24} {'estimate MiB':>13} {'measured MiB':>13} {'est/meas':>9}")
     ratios = []

@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
-import os
 import sys
-import tempfile
-import time
-import traceback
 from collections.abc import Collection, Sequence
-from pathlib import Path
 
 from dlspec import __version__
+from dlspec.crash import internal_error
 
 COMMANDS = {
     "check": "dlspec.commands.check",
@@ -36,23 +32,6 @@ COMMANDS = {
 }
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
-EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in dlspec, not a mistake of the user's
-
-
-def report_internal_error(argv: Sequence[str], error: BaseException) -> Path | None:
-    """Write the traceback of an unexpected exception to a log file under the temporary
-    directory and return its path (None when even that fails)."""
-    text = "".join(traceback.format_exception(error))
-    header = f"dlspec {__version__}, python {sys.version.split()[0]}\nargv: {list(argv)!r}\n\n"
-    try:
-        folder = Path(tempfile.gettempdir()) / "dlspec-crash"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        log = folder / f"{stamp}-{os.getpid()}.log"
-        log.write_text(header + text, encoding="utf-8", errors="backslashreplace")
-    except OSError:
-        return None
-    return log
 
 
 def build_parser(names: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
@@ -94,11 +73,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as error:  # a bug: say so, and keep the traceback in a log file
-        log = report_internal_error(argv, error)
-        where = f"; details are in {log}" if log else ""
-        print(
-            f"dlspec: internal error, please report ({type(error).__name__}: "
-            f"{str(error)[:200]}){where}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+        return internal_error(argv, error)

@@ -23,7 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-#: The largest size, count or length a record may hold (as options may: 2^53).
+#: The largest count, size or length a record or an option may give: 2^53, where integers
+#: stop being exact as floats and the memory and FLOP figures computed from them overflow.
 MAX_COUNT = 2**53
 #: Steps of a noise schedule, as the train section allows.
 MAX_TIMESTEPS = 100_000

@@ -250,10 +250,6 @@ def _rearrange(r: random.Random, x: Tensor) -> str | None:
             f"Select({dim}, {r.randrange(-size, size)})",
             f"Slice({dim}, {start}, {r.randint(start + 1, size)}, {r.randint(1, 2)})",
         ]
-    if rank == 3:
-        options.append("ToTokens")
-    if rank == 2 and concrete(x.shape[0]) is not None:
-        options.append(f"ToImage({r.choice(divisors(x.shape[0]))})")
     return r.choice(options)
 
 
@@ -367,8 +363,8 @@ def _try(draft: Draft, lines: list[str], blocks: list[str] | None = None) -> Any
 
 
 def _merge(draft: Draft) -> list[str] | None:
-    """``Add``, ``Mul``, ``BroadcastAdd`` or ``Concat`` over earlier float tensors of
-    matching (or broadcasting) shapes."""
+    """``Add``, ``Mul`` or ``Concat`` over earlier float tensors of matching (or broadcasting)
+    shapes; a ``[C]`` vector added at every position of a ``[C, *]`` map, reshaped first."""
     r = draft.rng
     floats = [t for t in draft.tensors if t.dtype == "float" and t.shape]
     r.shuffle(floats)
@@ -381,7 +377,8 @@ def _merge(draft: Draft) -> list[str] | None:
             merge = r.choice(["Add", "Mul"])
             return [f"{draft.name()} = {merge} <- {a.name}, {r.choice(same).name}"]
         if gate and r.random() < 0.3:
-            return [f"{draft.name()} = Mul <- {a.name}, {r.choice(gate).name}"]
+            merge = r.choice(["Add", "Mul"])
+            return [f"{draft.name()} = {merge} <- {a.name}, {r.choice(gate).name}"]
         if len(a.shape) >= 2 and r.random() < 0.3:  # a [C] vector, made from a if need be
             lines = []
             if vector:
@@ -389,7 +386,13 @@ def _merge(draft: Draft) -> list[str] | None:
             else:
                 v = draft.name()
                 lines.append(f"{v} = Mean({list(range(1, len(a.shape)))}) <- {a.name}")
-            return [*lines, f"{draft.name()} = BroadcastAdd <- {a.name}, {v}"]
+            column = ", ".join(["-1", *["1"] * (len(a.shape) - 1)])
+            shift = draft.name()
+            return [
+                *lines,
+                f"{shift} = Reshape({column}) <- {v}",
+                f"{draft.name()} = Add <- {a.name}, {shift}",
+            ]
         if cat:
             return [f"{draft.name()} = Concat <- {a.name}, {r.choice(cat).name}"]
     return None

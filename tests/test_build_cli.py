@@ -320,7 +320,7 @@ def test_bad_option_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as info:
         build(MLP, "--out", str(tmp_path), "--epochs", "0")
     assert info.value.code == 2
-    assert "expected a number >= 1" in capsys.readouterr().err
+    assert "expected a whole number from 1 to" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

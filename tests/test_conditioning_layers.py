@@ -1,6 +1,7 @@
 """The conditioning kinds of diffusion U-Nets (dlspec/layers/conditioning.py): their values
-against formulas written out here, the errors of BroadcastAdd's two inputs, and ONNX export
-of a spec that uses them all (shapes and parameters are in test_layers_oracle.py)."""
+against formulas written out here, a time embedding added per channel and an image read as a
+sequence (what the retired BroadcastAdd, ToTokens and ToImage did), and ONNX export of a spec
+that uses them all (shapes and parameters are in test_layers_oracle.py)."""
 
 from __future__ import annotations
 
@@ -36,33 +37,50 @@ def test_timestep_embedding_is_cosines_then_sines() -> None:
         np.testing.assert_allclose(out[row], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_tokens_are_positions_row_by_row_and_to_image_inverts() -> None:
+def test_tokens_are_positions_row_by_row_and_back() -> None:
+    """An image's positions as a sequence for attention, written with Flatten and Transpose
+    (ToTokens' and ToImage's work), and back with Transpose and Reshape."""
     x = torch.randn(2, 4, 3, 5)
-    tokens = _run("ToTokens", {}, x)
+    tokens = _run("Transpose", {"dim0": 0, "dim1": 1}, _run("Flatten", {"start_dim": 1}, x))
     assert torch.equal(tokens[1, 2 * 5 + 4], x[1, :, 2, 4])  # row 2, column 4
-    assert torch.equal(_run("ToImage", {"height": 3}, tokens), x)
+    columns = _run("Transpose", {"dim0": 0, "dim1": 1}, tokens)
+    assert torch.equal(_run("Reshape", {"shape": (4, 3, 5)}, columns), x)
 
 
-def test_broadcast_add_adds_the_vector_at_every_position() -> None:
+def test_add_adds_a_reshaped_vector_at_every_position() -> None:
     x, v = torch.randn(2, 4, 3, 5), torch.randn(2, 4)
-    out = _run("BroadcastAdd", {}, x, v)
+    out = _run("Add", {}, x, _run("Reshape", {"shape": (4, 1, 1)}, v))
     assert torch.equal(out[1, 2, 1, 3], x[1, 2, 1, 3] + v[1, 2])
 
 
 @pytest.mark.parametrize(
     ("shapes", "text"),
     [
-        (((4, 3, 5), (3,)), "needs a vector [4], got [3]"),
-        (((4,), (4,)), "[C, *]"),
-        (((4, 3, 5), (4, 1)), "got [4, 1]"),
+        (((4, 3, 5), (3, 1, 1)), "dim 0 has sizes 4, 3"),
+        (((4, 3, 5), (4,)), "one rank"),
     ],
 )
-def test_broadcast_add_refuses_what_does_not_broadcast(
+def test_add_refuses_what_does_not_broadcast(
     shapes: tuple[tuple[int, ...], ...], text: str
 ) -> None:
     with pytest.raises(LayerError) as err:
-        REGISTRY["BroadcastAdd"]().infer([TensorType(s) for s in shapes])
+        REGISTRY["Add"]().infer([TensorType(s) for s in shapes])
     assert text in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "advice"),
+    [
+        ("BroadcastAdd", "Reshape(C, 1, 1)"),
+        ("ToTokens", "Flatten(1)` then `Transpose(0, 1)"),
+        ("ToImage(4)", "Reshape(C, H, W)"),
+    ],
+)
+def test_retired_kinds_say_what_to_write(kind: str, advice: str) -> None:
+    with pytest.raises(dlspec.SpecError) as err:
+        dlspec.load_text(f"model M {{\n    input x: float[4, 2, 2]\n    {kind}\n}}\n")
+    [diagnostic] = err.value.diagnostics
+    assert diagnostic.code == "E201" and any(advice in note for note in diagnostic.notes)
 
 
 SPEC = """
@@ -71,10 +89,13 @@ model Conditioned {
     input t: float[1]
     e = TimestepEmbedding(8) <- t
     v = Linear(4)
-    h = BroadcastAdd <- x, v
-    tokens = ToTokens                     expect shape == [15, 4]
+    shift = Reshape(4, 1, 1)
+    h = Add <- x, shift
+    Flatten(1)
+    tokens = Transpose(0, 1)              expect shape == [15, 4]
     attn = MultiheadAttention(num_heads=2)
-    image = ToImage(3)                    expect shape == [4, 3, 5]
+    Transpose(0, 1)
+    image = Reshape(4, 3, 5)              expect shape == [4, 3, 5]
 }
 """
 

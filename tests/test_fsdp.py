@@ -67,7 +67,7 @@ dist.init_process_group("gloo", init_method=f"file://{sys.argv[2]}/store", rank=
 spec = dlspec.load(sys.argv[1])
 torch.manual_seed(0)
 model = spec.to_torch()
-shard_model(model, [unit.path for unit in shard_units(spec.graph)], None)
+shard_model(model, [unit.path for unit in shard_units(spec.graph)], None, torch.device("cpu"))
 optimizer = make_optimizer(model, spec.graph.train.optimizer)
 model(torch.randn(4, 64)).square().mean().backward()
 optimizer.step()
@@ -221,10 +221,15 @@ def test_a_rank_killed_mid_run_resumes_with_the_same_or_another_number_of_proces
     assert launcher.returncode == 1
     assert "process 1 of 2 was killed by signal SIGKILL" in err
     assert not (out / "metrics.json").exists()  # killed before the end
-    other = tmp_path / "in-one"
+    other, alone = tmp_path / "in-one", tmp_path / "alone"
     shutil.copytree(out, other)
+    shutil.copytree(out, alone)
 
     _run(_build(spec, out, 2, "--resume"))
     assert _metrics(out) == _metrics(two_sharded)  # as if never killed
     _run(_build(spec, other, 1, "--resume"))  # resharded from 2 processes to 1
     _same_losses(other, one_process)
+    # and in one plain process: the weights from checkpoint.pt, Adam's moments from the shards
+    resume = ["build", str(spec), "--out", str(alone), "--resume", "--device", "cpu"]
+    assert main([*resume, "--no-plots", "-q"]) == 0
+    _same_losses(alone, one_process)

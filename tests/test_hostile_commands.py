@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dlspec.cli import EXIT_INTERNAL, main
+from dlspec.cli import main
+from dlspec.crash import EXIT_INTERNAL
 from dlspec.train.checkpoint import Checkpoint, save_checkpoint
 
 SPEC = """\
@@ -352,3 +354,186 @@ def test_the_language_server_reads_no_unopened_file_and_bounds_documents(tmp_pat
         assert diagnostic["code"] == "E004" and "over 1,048,576 characters" in diagnostic["message"]
     finally:
         assert server.close() == 0
+
+
+# hostile modules for import ----------------------------------------------------------------
+
+HOSTILE_MODULE = """\
+import os
+import sys
+
+import torch
+from torch import nn
+
+
+class Exits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        sys.exit(0)
+
+
+class Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        raise BaseException("not an Exception")
+
+
+class Hangs(nn.Module):
+    def forward(self, x):
+        while True:
+            pass
+
+
+class Huge(nn.Module):
+    def forward(self, x):
+        return torch.ones(1_000_000_000) + x.sum()
+
+
+class Moves(nn.Module):
+    def __init__(self):
+        super().__init__()
+        os.chdir(os.path.dirname(os.getcwd()))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        ("Exits", [], "hostile:Exits called sys.exit(0); nothing was written"),
+        ("Base", [], "hostile:Base raised BaseException('not an Exception')"),
+        ("Hangs", ["--timeout", "5"], "did not finish within 5 s"),
+        ("Huge", ["--max-memory", "1G"], "can't allocate memory"),
+    ],
+)
+def test_hostile_model_code_is_bounded_and_writes_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    options: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "hostile.py").write_text(HOSTILE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.dl"
+    args = ["import", f"hostile:{model}", "--input", "float[4]", "--out", out, *options]
+    code, err = cli(capsys, *args)
+    assert code == 1 and message in err and not out.exists()
+
+
+def test_a_constructor_that_changes_directory_does_not_move_the_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hostile.py").write_text(HOSTILE_MODULE)
+    monkeypatch.chdir(work)
+    code, err = cli(capsys, "import", "hostile:Moves", "--input", "float[4]", "--out", "m.dl")
+    assert code == 0, err
+    assert (work / "m.dl").is_file() and not (tmp_path / "m.dl").exists()
+    assert Path.cwd() == work  # the parent's directory is its own
+
+
+# malformed ONNX files ----------------------------------------------------------------------
+
+
+def malformed(path: Path, case: str) -> Path:
+    """An ONNX file with one defect (``case``)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def value(name: str = "x", dims: tuple[Any, ...] = ("N", 4)) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))
+
+    relu = helper.make_node("Relu", ["x"], ["y"], name="act")
+    nodes, inputs, outputs, inits, opset = [relu], [value()], [value("y")], [], 17
+    if case == "dangling":
+        outputs = [value("z")]
+    elif case == "no-outputs":
+        outputs = []
+    elif case == "bias":
+        weight = numpy_helper.from_array(np.ones((3, 4), np.float32), "W")
+        bias = numpy_helper.from_array(np.ones((5,), np.float32), "B")
+        nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="fc", transB=1)]
+        outputs, inits = [value("y", ("N", 3))], [weight, bias]
+    elif case == "negative-dim":
+        inputs, outputs = [value("x", ("N", -4))], [value("y", ("N", -4))]
+    elif case == "string":
+        inits = [helper.make_tensor("S", TensorProto.STRING, [1], [b"a"])]
+    elif case == "opset":
+        opset = 99999
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("dangling", "Graph output 'z' is not an output of any node"),
+        ("no-outputs", "the graph declares no outputs"),
+        ("bias", "ONNX Gemm (fc): RuntimeError: The expanded size of the tensor (3)"),
+        ("negative-dim", "x has a dimension of -4"),
+        ("string", "the initializer S holds strings, not numbers"),
+        ("opset", "opset 99999; this onnx knows opsets 1 to"),
+    ],
+)
+def test_a_malformed_onnx_file_is_a_message_naming_the_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    model = malformed(tmp_path / "m.onnx", case)
+    code, err = cli(capsys, "import", model, "--out", tmp_path / "m.dl")
+    assert code in (1, 2) and message in err and not (tmp_path / "m.dl").exists()
+
+
+# full disk, non-finite predictions, --watch with JSON -----------------------------------------
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_an_oserror_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def full(payload: object, file: Path) -> None:
+        Path(file).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64")
+
+    monkeypatch.setattr("torch.save", full)
+    with pytest.raises(OSError, match="is the disk full"):
+        save_checkpoint(path, Checkpoint("0" * 64, 1, {}, {}, [], {}))
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_predict_refuses_outputs_that_are_not_finite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    model = onnx_model(tmp_path / "m.onnx", {"dlspec.classes": '["a", "b", "c", "d"]'})
+    np.savez(tmp_path / "x.npz", x=np.full((2, 4), 1e308))  # float64: inf as float32
+    code, err = cli(capsys, "predict", model, tmp_path / "x.npz")
+    assert code == 1 and "the model's output holds NaN or infinite values" in err
+
+
+def test_watch_with_json_keeps_stdout_json(
+    spec: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlspec.commands import watch
+
+    def once(paths: list[str], run: Any, interval: float, status: Any = None) -> int:
+        return watch.watch(paths, run, interval, rounds=1, status=status)
+
+    monkeypatch.setattr("dlspec.commands.check.watch", once)
+    assert main(["check", str(spec), "--watch", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["total_params"] == 15  # stdout: the JSON alone
+    assert "watching" in captured.err

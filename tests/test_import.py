@@ -83,12 +83,12 @@ def test_blocks_are_recovered_with_their_parameters() -> None:
 
 
 def test_conditioning_kinds_are_recovered() -> None:
-    # `h + t[:, :, None, None]`, `flatten(2).transpose(1, 2)`: one statement each, not pieces
+    # a time embedding added per channel, an image read as a sequence and back
     _, result, _ = shipped("diffusion")
     assert "t_freq = TimestepEmbedding(16) <- t" in result.text
-    assert "= BroadcastAdd <- e1_conv1, e1_time" in result.text
-    assert "= ToTokens" in result.text and "= ToImage(4)" in result.text
-    assert "Transpose" not in result.text and "Flatten" not in result.text
+    assert "reshape = Reshape(16, 1, 1)\n    add = Add <- conv1, reshape" in result.text
+    assert "flatten1 = Flatten(1)\n    transpose = Transpose(0, 1)" in result.text
+    assert "reshape = Reshape(32, 4, 4)" in result.text
 
 
 def test_tied_head_and_transformer_stack() -> None:

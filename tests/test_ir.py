@@ -333,7 +333,7 @@ def test_gated_example_agrees_with_torch_and_onnx_runtime() -> None:
     assert (tuple(logits.shape), tuple(value.shape)) == ((3, 5), (3, 1))
     code = spec.code
     assert "gate, up = x.chunk(2, dim=-1)" in code
-    assert "logits, value = self.heads1(x)  # (B, 5), (B, 1)" in code
+    assert "logits, value = self.heads1(x)  # (B, classes), (B, 1)" in code
     result = export_onnx(model, spec.graph, device="cpu")
     assert result.comparisons and all(c.passed for c in result.comparisons)
     proto = onnx.load_from_string(result.data)

@@ -192,11 +192,8 @@ EXAMPLES = [
     # conditioning (diffusion U-Nets): no parameters, MACs 0
     ex("TimestepEmbedding", {"dim": 8}, (1,), 0),
     ex("TimestepEmbedding", {"dim": 6, "max_period": 100.0}, (1,), 0),
-    ex("BroadcastAdd", {}, (4, 3, 5), 0, more=((4,),)),
-    ex("BroadcastAdd", {}, (4, 7), 0, more=((4,),)),
-    ex("ToTokens", {}, (4, 3, 5), 0),
-    ex("ToImage", {"height": 3}, (15, 4), 0),
-    ex("ToImage", {"height": 5, "width": 3}, (15, 4), 0),
+    ex("Add", {}, (4, 3, 5), 0, more=((4, 1, 1),)),
+    ex("Add", {}, (4, 7), 0, more=((1, 7),)),
 ]
 # fmt: on
 
@@ -418,7 +415,6 @@ BAD_ARGS = [
     ("GELU", {"approximate": "fast"}),
     ("TimestepEmbedding", {"dim": 7}),
     ("TimestepEmbedding", {"dim": 8, "max_period": 1}),
-    ("ToImage", {"height": 0}),
 ]
 
 
@@ -511,9 +507,6 @@ LAYER_ERRORS = [
     ("RoPE", {"num_heads": 1}, (6,), "E404", "[T, d]"),
     ("TimestepEmbedding", {"dim": 8}, (2,), "E404", "one number per sample, shape [1]"),
     ("TimestepEmbedding", {"dim": 8}, (1,), "E404", "long"),
-    ("ToTokens", {}, (4, 9), "E404", "[C, H, W]"),
-    ("ToImage", {"height": 4}, (15, 8), "E401", "4 x 3 = 12 != 15"),
-    ("ToImage", {"height": 3}, (3, 5, 5), "E404", "[H*W, C]"),
 ]
 # fmt: on
 
@@ -604,8 +597,6 @@ def test_labels() -> None:
         ("Upsample", {"size": (7, 9), "mode": "bilinear"}, "Upsample(size=7x9, bilinear)"),
         ("Dropout", {"p": 0.25}, "Dropout(0.25)"),
         ("TimestepEmbedding", {"dim": 32}, "TimestepEmbedding(32)"),
-        ("ToImage", {"height": 4}, "ToImage(4)"),
-        ("ToImage", {"height": 4, "width": 2}, "ToImage(4, 2)"),
     ]
     # fmt: on
     for kind, args, label in cases:

@@ -329,7 +329,7 @@ LAYOUTS = {
     ),
     "and over a transpose": ("input x: float[4, 6]\nTranspose(0, 1)\nLinear(3)", 96),
     "an element-wise output keeps its input's order": (
-        "input x: float[4, 3, 5]\nToTokens\nReLU\nLinear(2)",
+        "input x: float[4, 3, 5]\nFlatten(1)\nTranspose(0, 1)\nReLU\nLinear(2)",
         480,  # ReLU's output, and the Linear's copy of it as rows
     ),
     "a learned tensor repeated per sample, copied as rows": (
@@ -346,8 +346,8 @@ LAYOUTS = {
         112,  # the copy, a mean and an inverse deviation per group
     ),
     "GroupNorm keeps a channels-last view as it is": (
-        "input x: float[4, 3]\nToImage(2)\nGroupNorm(1)",
-        56,  # x itself: ToImage is a view of it
+        "input x: float[4, 3]\nTranspose(0, 1)\nReshape(3, 2, 2)\nGroupNorm(1)",
+        56,  # x itself: the reshaped transpose is a view of it
     ),
     "a reshape torch cannot view copies": (
         "input x: float[4, 6]\nt = Transpose(0, 1) <- x\na = LeakyReLU <- x\n"
@@ -524,12 +524,13 @@ GRAPH_CASES = {
         o = LSTM(3) <- q
         a = MultiheadAttention(num_heads=1) <- q
     }""",
-    # the plain math (features not adjacent: ToTokens) scales q and k, and multiplies heads
-    # as a batch of matrices: values that view as one (a single head) are kept in place,
-    # others copied
+    # the plain math (features not adjacent: an image as tokens) scales q and k, and
+    # multiplies heads as a batch of matrices: values that view as one (a single head) are
+    # kept in place, others copied
     "sdpa-math-in-place": """model M {
         input y: float[4, 7, 6]
-        t = ToTokens <- y
+        f = Flatten(1) <- y
+        t = Transpose(0, 1) <- f
         n = LayerNorm <- t
         a = SDPA(1) <- n, n, t
         b = SDPA(2) <- n, n, t
@@ -550,7 +551,8 @@ GRAPH_CASES = {
     # reads rows of the pool's output in place
     "max-pool-1d-order": """model M {
         input x: float[2, 6, 8]
-        t = ToTokens <- x
+        f = Flatten(1) <- x
+        t = Transpose(0, 1) <- f
         p = MaxPool1d(1, padding=0) <- t
         s = Select(-2, -17) <- p
         r = Reshape(-1, 1) <- s

@@ -9,6 +9,8 @@ small widths and image sizes, never at their defaults.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -315,3 +317,48 @@ def test_a_branch_on_a_model_parameter_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(GenerationError, match="parameter wide"):
         _ = dlspec.load(path).code
+
+
+HEADS = """
+block Heads(heads: int) {
+    h = Reshape(-1, heads, input.shape[1] // heads)
+    Transpose(0, 1)
+    Transpose(0, 1)
+    Flatten(1)
+}
+
+model M(d: int = 16, heads: int = 4, T: dim = 5) {
+    input x: float[T, d]
+    Linear(d)
+    Heads(heads)
+    Linear(3)
+}
+"""
+
+
+def test_sizes_in_forward_are_the_class_arguments(tmp_path: Path) -> None:
+    """A size that forward's code holds (a reshape's) is the expression, kept as an
+    attribute (``self.heads``), not the number of the defaults."""
+    path = tmp_path / "heads.dl"
+    path.write_text(HEADS)
+    spec = dlspec.load(path)
+    assert "x.reshape(x.shape[0], -1, self.heads, self.in_features // self.heads)" in spec.code
+    built = _model_class(spec)(d=12, heads=3)
+    assert list(built(torch.randn(2, 5, 12)).shape) == [2, 5, 3]
+
+
+def test_build_refuses_what_code_cannot_express(tmp_path: Path) -> None:
+    path = tmp_path / "branch.dl"
+    path.write_text(
+        "model M(wide: bool = false) {\n    input x: float[4]\n"
+        "    if wide { Linear(8) } else { Linear(2) }\n}\n"
+    )
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "dlspec", "build", str(path), "--out", str(out), "--no-train"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot generate PyTorch code" in result.stderr and "parameter wide" in result.stderr
+    assert not (out / "model.py").exists()

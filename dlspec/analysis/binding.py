@@ -8,11 +8,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dlspec.analysis import provenance
 from dlspec.analysis.evaluate import did_you_mean, evaluate, trees
-from dlspec.analysis.provenance import Tree
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
-from dlspec.layers import REGISTRY, Layer
+from dlspec.layers import REGISTRY, Layer, provenance
+from dlspec.layers.provenance import Tree
 from dlspec.syntax import ast
 
 

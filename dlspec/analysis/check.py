@@ -116,7 +116,7 @@ def program_graph(
 ) -> ModelGraph:
     """The graph of spec text that checks without errors, analyzed as a program: every number
     derived from a parameter keeps the expression that computed it, which code generation
-    translates (:mod:`dlspec.analysis.provenance`). Raises ValueError on errors."""
+    translates (:mod:`dlspec.layers.provenance`). Raises ValueError on errors."""
     spec, _ = parse(text)
     graph = None if spec is None else Analyzer(spec, overrides, program=True).run(model)
     if graph is None:

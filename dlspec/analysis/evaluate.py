@@ -9,10 +9,10 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dlspec.analysis import provenance
-from dlspec.analysis.provenance import Tree
 from dlspec.diagnostics import fail
+from dlspec.layers import provenance
 from dlspec.layers.base import TensorType
+from dlspec.layers.provenance import Tree
 from dlspec.layers.symbolic import Poly, SymbolicError
 from dlspec.syntax import ast
 

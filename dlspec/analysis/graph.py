@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from dlspec.analysis.provenance import Tree
 from dlspec.analysis.train_config import TrainConfig
 from dlspec.diagnostics import Span
 from dlspec.layers.base import Layer, Shape, TensorType, numel
+from dlspec.layers.provenance import Tree
 from dlspec.layers.symbolic import Dim, fmt_dim
 from dlspec.syntax import ast
 
@@ -48,7 +48,7 @@ class BlockUse:
     and the values of its parameters for this use, defaults applied."""
 
     definition: ast.Definition
-    arguments: dict[str, Any]  # in the caller's names (:mod:`dlspec.analysis.provenance`)
+    arguments: dict[str, Any]  # in the caller's names (:mod:`dlspec.layers.provenance`)
     local: dict[str, Tree] = field(default_factory=dict)  # the bools' and strings' expressions
 
     @property
@@ -59,7 +59,7 @@ class BlockUse:
 @dataclass(frozen=True, slots=True)
 class Choice:
     """What an `if` of the body chose (``taken``: its first branch), with its condition's
-    expressions (:mod:`dlspec.analysis.provenance`): ``local`` over the names of the class
+    expressions (:mod:`dlspec.layers.provenance`): ``local`` over the names of the class
     the body becomes, ``root`` over the model's parameters."""
 
     statement: ast.IfStmt
@@ -194,7 +194,7 @@ class ModelGraph:
     span: Span
     # bounds on symbolic dimensions that layers set, (dimension, maximum, what it is)
     limits: list[tuple[Dim, int, str]] = field(default_factory=list)
-    # analyzed as a program: numbers carry their expressions (dlspec.analysis.provenance)
+    # analyzed as a program: numbers carry their expressions (dlspec.layers.provenance)
     program: bool = False
 
     @property

@@ -11,18 +11,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlspec.analysis import memory, provenance
+from dlspec.analysis import memory
 from dlspec.analysis.binding import ArgumentErrors, bind_layer, match_arguments
 from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int, trees, truth
 from dlspec.analysis.graph import BlockUse, Choice, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.limits import LayerBudget
 from dlspec.analysis.names import CODE_NAMES, GENERATED, RESERVED
-from dlspec.analysis.provenance import Tree
 from dlspec.analysis.render import human_bytes
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
-from dlspec.layers import REGISTRY, LayerError, TensorType
-from dlspec.layers.base import Shape, numel
+from dlspec.layers import REGISTRY, LayerError, TensorType, provenance
+from dlspec.layers.base import RETIRED, Shape, numel
+from dlspec.layers.provenance import Tree
 from dlspec.layers.symbolic import Dim, Poly, fmt_dim, value_at
 from dlspec.syntax import ast
 
@@ -481,15 +481,25 @@ class Analyzer:
         nodes: list[Step] = []
         last: Step | None = None
         last_ok = True
-        work = list(reversed(statements))  # a stack: a chosen `if` branch goes on top
+        # a stack: a chosen `if` branch goes on top, then the names the other one reserves
+        work: list[ast.Statement | _Reserve] = list(reversed(statements))
         while work:
             stmt = work.pop()
+            if isinstance(stmt, _Reserve):
+                stmt.apply(scope)
+                continue
             try:
                 if isinstance(stmt, ast.IfStmt):
                     taken = truth(stmt.condition, scope.values())
                     if self.program:
                         scope.choices.append(self._choice(stmt, taken, scope))
-                    work.extend(reversed(stmt.body if taken else stmt.orelse))
+                    # a statement's generated name does not depend on the branch taken: the
+                    # first branch's names come first, then the second's, whichever runs
+                    if taken:
+                        work += [_Reserve(stmt.orelse), *reversed(stmt.body)]
+                    else:
+                        _Reserve(stmt.body).apply(scope)
+                        work.extend(reversed(stmt.orelse))
                 elif isinstance(stmt, ast.LayerStmt):
                     last_ok = False
                     last = self._statement(stmt, scope)
@@ -670,7 +680,9 @@ class Analyzer:
                 "E201",
                 f"unknown layer kind {kind!r}",
                 op.name.span,
-                did_you_mean(kind, [*REGISTRY, *self.blocks]),
+                [RETIRED[kind]]
+                if kind in RETIRED
+                else did_you_mean(kind, [*REGISTRY, *self.blocks]),
             )
         try:
             layer, spans, lost = bind_layer(op, scope.values(), scope.named)
@@ -1257,3 +1269,20 @@ def _mapping(values: Mapping[str, Any]) -> dict[str, Tree]:
 
 def _rebase_type(x: TensorType, mapping: Mapping[str, Tree]) -> TensorType:
     return TensorType(tuple(provenance.rebase(d, mapping) for d in x.shape), x.dtype)
+
+
+@dataclass(frozen=True)
+class _Reserve:
+    """The generated names an `if` branch that did not run would have taken (``conv2d2``),
+    reserved so that the statements after it are named alike whichever branch ran."""
+
+    statements: Sequence[ast.Statement]
+
+    def apply(self, scope: Scope) -> None:
+        for stmt in self.statements:
+            if isinstance(stmt, ast.IfStmt):
+                _Reserve([*stmt.body, *stmt.orelse]).apply(scope)
+            elif isinstance(stmt, ast.LayerStmt) and len(stmt.names) != 1:
+                scope.generated_name(
+                    stmt.op.name.name if isinstance(stmt.op, ast.Call) else "residual"
+                )

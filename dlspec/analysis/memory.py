@@ -17,6 +17,12 @@ gradients are alive; at the optimizer step, all gradients and the step's tempora
 bf16/fp16 autocast, floating activations take 2 bytes and the half-precision weight copies
 that matrix products keep are added to the activations. Not counted: the loss's tensors,
 the CUDA context, the allocator's caching.
+
+On several GPUs (:class:`Parallel`) the figures are one GPU's, at its share of the batch:
+under DDP the whole model's states and a second copy of the gradients (the reducer's
+buckets); under FSDP its shards of the weights, gradients and optimizer state, exactly as
+``fully_shard`` pads them (tests/test_fsdp.py measures them), and the parameters it gathers
+while the backward pass runs, whole units at a time.
 """
 
 from __future__ import annotations

@@ -77,6 +77,9 @@ def gpu_present() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+MAX_MODEL_FILE = 2**31  # protobuf's limit: a larger file is no ONNX model (read unbounded)
+
+
 class Session:
     """An ONNX Runtime inference session on the best usable provider.
 
@@ -107,6 +110,14 @@ class Session:
         if threads is not None:
             options.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(Path(model))
+        if isinstance(source, str):
+            size = 0
+            with contextlib.suppress(OSError):  # a missing file: ONNX Runtime says so
+                size = os.path.getsize(source)
+            if size > MAX_MODEL_FILE:
+                raise RuntimeSetupError(
+                    f"{source} is {size:,} bytes, more than the 2 GiB an ONNX file can hold"
+                )
         half = _holds_fp16(source) if fp16 is None else fp16
         # ONNX Runtime 1.31's NCHWc layout pass crashes the process on fp16 LSTMs on the CPU
         # provider; it only speeds up fp32 convolutions, so fp16 models do without it

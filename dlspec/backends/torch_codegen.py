@@ -30,6 +30,7 @@ as ``ruff format`` formats it, at dlspec's line length of 100.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import keyword
 import math
@@ -38,14 +39,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlspec import __version__
-from dlspec.analysis import provenance
 from dlspec.analysis.evaluate import CONSTANTS, evaluate
-from dlspec.analysis.graph import Graph, ModelGraph, Step
+from dlspec.analysis.graph import Choice, Graph, ModelGraph, Step
 from dlspec.analysis.memory import checkpoint_unit
 from dlspec.analysis.names import CODE_NAMES
-from dlspec.analysis.provenance import Sym, SymFloat
 from dlspec.diagnostics import DiagnosticError
+from dlspec.layers import provenance
 from dlspec.layers.base import TensorType, TorchCall
+from dlspec.layers.provenance import Sym, SymFloat
 from dlspec.layers.symbolic import fmt_dim
 from dlspec.syntax import ast as spec
 
@@ -254,6 +255,16 @@ def _dim(size: Any, ctx: _Context) -> str:
     return fmt_dim(size)
 
 
+def _attribute_source(tree: provenance.Tree, names: set[str]) -> str:
+    """An expression as forward's code computes it, from the arguments the constructor kept
+    as attributes (``self.heads``); ``names`` collects them."""
+    tree = provenance.simplify(tree)
+    read = provenance.names(tree)
+    names |= read
+    kept = provenance.substitute(tree, {n: provenance.name(f"self.{n}") for n in read})
+    return provenance.python(kept, literal=literal)
+
+
 def _attribute(path: str) -> str:
     """``layer1.0.conv`` -> ``self.layer1[0].conv``."""
     return "self" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split("."))
@@ -316,6 +327,11 @@ class _Context:
 
     site: _Site
     used: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)  # arguments forward reads: kept as attributes
+    # in a class with `if`s: the uses whose steps are being written, and the flags written so
+    # far with their value in each use (id of its walk -> value)
+    members: list[_Walk] = field(default_factory=list)
+    flags: list[tuple[str, dict[int, bool]]] = field(default_factory=list)
 
     def source(self, value: Any) -> str:
         """A value as the code computes it: the expression it came from, in the class's
@@ -332,12 +348,22 @@ class _Context:
         return literal(value)
 
     def same(self, values: list[Any]) -> str:
-        """The source of a value that every use of the class computes alike; a use that
+        """The source of a value that every use of the class computes alike, or that an `if`
+        of the class decides (``expanded if self.use_expand else in_channels``); a use that
         computes it otherwise gets a class of its own."""
-        texts = {self.source(v) for v in values}
-        if len(texts) > 1:
-            raise _Split
-        return texts.pop()
+        texts = [self.source(v) for v in values]
+        if len(set(texts)) == 1:
+            return texts[0]
+        if len(texts) == len(self.members):
+            for flag, value_in in reversed(self.flags):
+                sides: dict[bool, set[str]] = {True: set(), False: set()}
+                for walk, text in zip(self.members, texts, strict=True):
+                    if id(walk) in value_in:
+                        sides[value_in[id(walk)]].add(text)
+                decided = all(id(w) in value_in for w in self.members)
+                if decided and all(len(side) == 1 for side in sides.values()):
+                    return f"{sides[True].pop()} if {flag} else {sides[False].pop()}"
+        raise _Split
 
 
 @dataclass
@@ -357,9 +383,14 @@ class _Generator:
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
         self.checkpointed: set[int] = set()  # ids of the model's steps run_block runs
-        self.calls = {
-            id(n): n.layer.torch([t.type for t in n.inputs]) for n in graph.leaves() if n.layer
-        }
+        self.calls: dict[int, TorchCall] = {}
+        self.kept: dict[int, set[str]] = {}  # the class's arguments each layer's forward reads
+        for leaf in graph.leaves():
+            if leaf.layer is not None:
+                names: set[str] = set()
+                with provenance.printing(functools.partial(_attribute_source, names=names)):
+                    self.calls[id(leaf)] = leaf.layer.torch([t.type for t in leaf.inputs])
+                self.kept[id(leaf)] = names
         helpers = {c.cls for c in self.calls.values() if c.helper is not None and c.cls}
         blocks = {s.block.name for s in graph.all_steps() if s.block is not None}
         self.reserved = {graph.name, *blocks, *helpers}  # class names the spec chose
@@ -373,6 +404,7 @@ class _Generator:
         self.helpers: list[str] = []
         self.sites: dict[tuple[str, str], _Site] = {}
         self.built: set[tuple[str, str]] = set()
+        self.branching: set[tuple[str, str]] = set()  # sites whose code has `if` statements
         self.instances: dict[tuple[tuple[str, str], int], str] = {}  # (site, id(step)) -> class
         declared = [
             _Param(k, type(v).__name__, v, True)
@@ -456,9 +488,11 @@ class _Generator:
         if key not in self.built:
             self.built.add(key)
             site = self.sites[key]
+            if _needs_branches(site.uses):
+                self.branching.add(key)
             groups: dict[Any, list[_Use]] = {}
             for use in site.uses:
-                groups.setdefault(self._signature(use), []).append(use)
+                groups.setdefault(self._signature(use, key in self.branching), []).append(use)
             for group in groups.values():
                 try:
                     self._emit(site, group)
@@ -471,11 +505,16 @@ class _Generator:
         """Generate the class serving ``uses`` of ``site``."""
         ctx = _Context(site)
         graphs = [u.graph for u in uses]
-        for graph in graphs:
-            _refuse_choices(graph)
         argument = _argument_name(graphs[0])
-        if site.key[0] == "Residual":
-            body = self._scope(ctx, graphs, {"input": argument}, returns=False)
+        residual = site.key[0] == "Residual"
+        params = {t.name: t.name for t in graphs[0].inputs}  # named inputs keep their names
+        if [t.name for t in graphs[0].inputs] == ["input"]:
+            params = {"input": argument}
+        if site.key in self.branching:  # `if`s that the class's arguments decide
+            body = self._branching(ctx, uses, params, returns=not residual)
+        else:
+            body = self._scope(ctx, graphs, params, returns=not residual)
+        if residual:
             other = argument
             steps = [u.step for u in uses if u.step is not None]
             if steps[0].shortcut is not None:
@@ -484,13 +523,9 @@ class _Generator:
                 other = f"self.shortcut({argument})"
             main = body.variables[graphs[0].outputs[0].name]
             body.forward += _statement("return ", f"{main} + {other}", 2)
-        elif [t.name for t in graphs[0].inputs] == ["input"]:
-            body = self._scope(ctx, graphs, {"input": argument})
-        else:  # a block of named inputs: forward's arguments are their names
-            body = self._scope(ctx, graphs, {t.name: t.name for t in graphs[0].inputs})
-        params = _signature_of(site, ctx)
-        name = self._class(site.base, _class_source("_", params, body), site.own)
-        self.signatures[name] = params
+        signature = _signature_of(site, ctx)
+        name = self._class(site.base, _class_source("_", signature, body), site.own)
+        self.signatures[name] = signature
         for use in uses:
             assert use.step is not None
             self.instances[(site.key, id(use.step))] = name
@@ -509,12 +544,20 @@ class _Generator:
             self.classes.append(source.replace("class _(", f"class {self.names[key]}(", 1))
         return self.names[key]
 
-    def _signature(self, use: _Use) -> tuple[Any, ...]:
+    def _signature(self, use: _Use, branching: bool) -> tuple[Any, ...]:
         """What uses sharing a class body must agree on: the classes and module kinds of its
-        steps, and the call templates of their forward."""
+        steps, and the call templates of their forward (``branching``: but for the steps of
+        `if` branches the code will have)."""
         shortcut = use.step.shortcut if use.step is not None else None
         graphs = [use.graph] + ([shortcut] if shortcut is not None else [])
-        return tuple(self._step_signature(step) for graph in graphs for step in graph.steps)
+        dynamic = _dynamic(use.graph) if branching else []
+        inside = {id(s) for c in dynamic for s in _statements_in([c.statement])}
+        return tuple(
+            self._step_signature(step)
+            for graph in graphs
+            for step in graph.steps
+            if id(step.statement) not in inside
+        )
 
     def _step_signature(self, step: Step) -> tuple[Any, ...]:
         if step.kind == "repeat":
@@ -552,7 +595,129 @@ class _Generator:
             forward += self._forward(steps, inputs, target, built, ctx)
         if results:
             forward += _returns([variables[r] for r in results], 2)
-        return _Body(init, list(params.values()), forward, len(results), variables)
+        return _body(ctx, init, params, forward, len(results), variables)
+
+    def _branching(
+        self, ctx: _Context, uses: list[_Use], params: dict[str, str], returns: bool
+    ) -> _Body:
+        """The class body for uses whose `if` statements the class's arguments decide: the
+        code has the `if` (its condition kept as an attribute by ``__init__``), each branch
+        built from the uses that took it. Every tensor's variable is its name."""
+        step = uses[0].step
+        assert step is not None
+        walks = [_Walk.of(u.graph, params) for u in uses]
+        init, forward = self._lines(ctx, _body_statements(ctx.site, step), walks, 2)
+        graph = uses[0].graph
+        declared = any(isinstance(s, spec.OutputDecl) for s in _body_statements(ctx.site, step))
+        results = _agree(
+            [
+                [w.variables[t.name] for t in u.graph.outputs] if declared else [w.current]
+                for w, u in zip(walks, uses, strict=True)
+            ]
+        )
+        if returns:
+            forward += _returns(results, 2)
+        variables = walks[0].variables | {graph.outputs[0].name: results[0]}
+        return _body(ctx, init, params, forward, len(results) if returns else 0, variables)
+
+    def _lines(
+        self, ctx: _Context, statements: list[spec.Statement], walks: list[_Walk], depth: int
+    ) -> tuple[list[str], list[str]]:
+        """``__init__``'s and ``forward``'s lines for ``statements``, as the uses ``walks``
+        analyzed them (each use its own walk), at ``depth`` indents."""
+        init: list[str] = []
+        forward: list[str] = []
+        for stmt in statements:
+            ctx.members = walks
+            if isinstance(stmt, spec.LayerStmt):
+                steps = [w.steps.get(id(stmt)) for w in walks]
+                found = [s for s in steps if s is not None]
+                if len(found) < len(steps) or len({s.name for s in found}) > 1:
+                    raise _Split
+                step = found[0]
+                inputs = _agree(  # a statement without `<-` reads the current tensor
+                    [
+                        [w.variables[t.name] for t in s.inputs] if stmt.sources else [w.current]
+                        for w, s in zip(walks, found, strict=True)
+                    ]
+                )
+                built = self._constructor(found, ctx, step.name)
+                if built is not None:
+                    init += lay_out(built, depth, f"self.{step.name} = ")
+                target = ", ".join(t.name for t in step.outputs)
+                forward += self._forward(found, inputs, target, built, ctx, depth)
+                for w, s in zip(walks, found, strict=True):
+                    w.variables.update((t.name, t.name) for t in s.outputs)
+                    w.current = s.outputs[0].name
+            elif isinstance(stmt, spec.IfStmt):
+                more = self._if(ctx, stmt, walks, depth)
+                init += more[0]
+                forward += more[1]
+        return init, forward
+
+    def _if(
+        self, ctx: _Context, stmt: spec.IfStmt, walks: list[_Walk], depth: int
+    ) -> tuple[list[str], list[str]]:
+        """An `if` of the spec: inline where it is decided alike in every use of the class,
+        else an `if` in the code, on a flag ``__init__`` keeps (``self.use_skip``)."""
+        choices = [w.choices.get(id(stmt)) for w in walks]
+        decided = [c for c in choices if c is not None]
+        if len(decided) < len(choices):
+            raise _Split
+        outcomes = {c.taken for c in decided}
+        fixed = not any(provenance.names(c.root) for c in decided)
+        if not provenance.names(decided[0].local) or (len(outcomes) == 1 and fixed):
+            # decided alike in every use, whatever the model's arguments: the branch inline
+            chosen = stmt.body if decided[0].taken else stmt.orelse
+            return self._lines(ctx, chosen, walks, depth)
+        condition = ctx.same([_Expression(c.local) for c in decided])
+        branches = []
+        for taken, statements in ((True, stmt.body), (False, stmt.orelse)):
+            members = [w for w, c in zip(walks, decided, strict=True) if c.taken == taken]
+            if not members and _statements_in(statements):
+                which = "first" if taken else "second"
+                raise GenerationError(
+                    f"{ctx.site.base}: no use takes the {which} branch of the `if` at line "
+                    f"{stmt.span.line}, so its code cannot be derived"
+                )
+            lines = self._lines(ctx, statements, members, depth + 1) if members else ([], [])
+            branches.append((members, *lines))
+        # the tensor each branch leaves current is one variable after the `if`: the
+        # variable of the first branch that computes something
+        merged = next(
+            (_agree([w.current for w in members]) for members, _, lines in branches if lines),
+            None,
+        )
+        # the flag is named after the branch's first statement the spec names (`use_skip`),
+        # the first branch's first statement else; the `if` tests it
+        named = _first_name(stmt.body, walks, True)
+        reverse = False
+        if named is None and (other := _first_name(stmt.orelse, walks, True)) is not None:
+            named, reverse = other, True
+            branches.reverse()
+            condition = ctx.same([_Expression(_negation(c.local)) for c in decided])
+        flag = f"use_{named or _first_name(stmt.body, walks) or _first_name(stmt.orelse, walks)}"
+        ctx.flags.append(
+            (
+                f"self.{flag}",
+                {id(w): c.taken != reverse for w, c in zip(walks, decided, strict=True)},
+            )
+        )
+        parts: list[tuple[list[str], list[str]]] = []
+        for members, branch_init, branch_forward in branches:
+            if merged is not None and members:
+                leaves = _agree([w.current for w in members])
+                if leaves != merged:
+                    assign = f"{INDENT * (depth + 1)}{merged} = {leaves}"
+                    branch_forward = [*branch_forward, assign]
+                for w in members:
+                    w.current = merged
+            parts.append((branch_init, branch_forward))
+        init = [f"{INDENT * depth}self.{flag} = {condition}"]
+        init += _if_block(f"self.{flag}", parts[0][0], parts[1][0], depth)
+        if parts[0][1] == parts[1][1]:  # both branches compute alike (`act = self.act(x)`)
+            return init, [line.removeprefix(INDENT) for line in parts[0][1]]
+        return init, _if_block(f"self.{flag}", parts[0][1], parts[1][1], depth)
 
     def _constructor(self, steps: list[Step], ctx: _Context, name: str) -> CallText | None:
         """How ``__init__`` builds a step, given in each use; None for a layer that has no
@@ -665,48 +830,50 @@ class _Generator:
         target: str,
         built: CallText | None,
         ctx: _Context,
+        depth: int = 2,
     ) -> list[str]:
-        """``forward`` statements computing the step into the variable ``target``."""
+        """``forward`` statements computing the step into the variable ``target``, indented
+        ``depth`` levels."""
         node = steps[0]
         module = f"self.{node.name}"
         comment = _comment(steps, ctx)
         if id(node) in self.checkpointed:
             if node.kind == "block":
                 expr = f"self.run_block({module}, {inputs[0]})"
-                return _statement(f"{target} = ", expr, 2, comment)
+                return _statement(f"{target} = ", expr, depth, comment)
             loop = "block" if target != "block" else "block_"
             return [
-                f"{INDENT * 2}{target} = {inputs[0]}" if target != inputs[0] else "",
-                f"{INDENT * 2}for {loop} in {module}:",
-                f"{INDENT * 3}{target} = self.run_block({loop}, {target})",
+                f"{INDENT * depth}{target} = {inputs[0]}" if target != inputs[0] else "",
+                f"{INDENT * depth}for {loop} in {module}:",
+                f"{INDENT * (depth + 1)}{target} = self.run_block({loop}, {target})",
             ][0 if target != inputs[0] else 1 :]
         if node.kind != "repeat" or (
             built is not None and len(inputs) == 1 and all(map(self._plain, node.children))
         ):
-            expr = self._expression(node, module, inputs)
-            return _statement(f"{target} = ", expr, 2, comment)
+            expr = self._expression(node, module, inputs, ctx)
+            return _statement(f"{target} = ", expr, depth, comment)
         threads = len(node.outputs)  # the inputs the outputs replace, from the first
         if not node.children:  # repeated 0 times: those inputs
-            return _statement(f"{target} = ", ", ".join(inputs[:threads]), 2)
+            return _statement(f"{target} = ", ", ".join(inputs[:threads]), depth)
         if _counted(node):  # a loop over the copies, however many the arguments make
             loop = next(n for n in ("layer", "block", "copy", "each") if n not in inputs)
             lines = (
                 []
                 if target == ", ".join(inputs[:threads])
-                else [f"{INDENT * 2}{target} = {', '.join(inputs[:threads])}"]
+                else [f"{INDENT * depth}{target} = {', '.join(inputs[:threads])}"]
             )
             reads = [*target.split(", "), *inputs[threads:]]
-            expr = self._expression(node.children[0], loop, reads)
+            expr = self._expression(node.children[0], loop, reads, ctx)
             return [
                 *lines,
-                f"{INDENT * 2}for {loop} in {module}:",
-                *_statement(f"{target} = ", expr, 3),
+                f"{INDENT * depth}for {loop} in {module}:",
+                *_statement(f"{target} = ", expr, depth + 1),
             ]
         lines = []  # unrolled: self.stack[0](a, b), then self.stack[1](x)...
         for i, child in enumerate(node.children):
-            expr = self._expression(child, f"{module}[{i}]", inputs)
+            expr = self._expression(child, f"{module}[{i}]", inputs, ctx)
             copy_comment = _comment([s.children[i] for s in steps], ctx)
-            lines += _statement(f"{target} = ", expr, 2, copy_comment)
+            lines += _statement(f"{target} = ", expr, depth, copy_comment)
             inputs = [*target.split(", "), *inputs[threads:]]  # the others stay
         return lines
 
@@ -714,10 +881,11 @@ class _Generator:
         """Whether the node's module is called as ``module(x)`` (as nn.Sequential calls it)."""
         return node.layer is None or self.calls[id(node)].forward == PLAIN_CALL
 
-    def _expression(self, node: Step, module: str, inputs: list[str]) -> str:
+    def _expression(self, node: Step, module: str, inputs: list[str], ctx: _Context) -> str:
         if node.layer is None:  # a block, residual or repetition: a module of its inputs
             return f"{module}({', '.join(inputs)})"
         numbered = {f"x{i}": v for i, v in enumerate(inputs)}
+        ctx.kept |= self.kept[id(node)]
         template = self.calls[id(node)].forward
         return template.format(module=module, x=inputs[0], inputs=", ".join(inputs), **numbered)
 
@@ -777,6 +945,122 @@ def _first_or_others(first: CallText, others: CallText) -> CallText | None:
 def _counted(step: Step) -> bool:
     """A repetition whose count the class's arguments give."""
     return isinstance(step.count, Sym) and bool(provenance.names(step.count.local))
+
+
+@dataclass
+class _Walk:
+    """One use's analysis, read statement by statement: its steps and `if` choices by the
+    statement they come from, the variable of each tensor, and the current tensor."""
+
+    steps: dict[int, Step]
+    choices: dict[int, Choice]
+    variables: dict[str, str]
+    current: str  # the variable holding what a statement without `<-` reads
+
+    @classmethod
+    def of(cls, graph: Graph, params: dict[str, str]) -> _Walk:
+        steps = {id(s.statement): s for s in graph.steps if s.statement is not None}
+        choices = {id(c.statement): c for c in graph.choices}
+        return cls(steps, choices, dict(params), params[graph.inputs[0].name])
+
+
+def _needs_branches(uses: list[_Use]) -> bool:
+    """Whether the code of a class needs an `if`: one that the model's arguments decide, or
+    that its uses decide both ways."""
+    outcomes: dict[int, set[bool]] = {}
+    for use in uses:
+        for choice in _dynamic(use.graph):
+            if provenance.names(choice.root):
+                return True
+            outcomes.setdefault(id(choice.statement), set()).add(choice.taken)
+    return any(len(taken) > 1 for taken in outcomes.values())
+
+
+def _dynamic(graph: Graph) -> list[Choice]:
+    """The `if` statements of a body whose condition reads the class's arguments."""
+    return [c for c in graph.choices if provenance.names(c.local)]
+
+
+def _statements_in(statements: list[spec.Statement]) -> list[spec.LayerStmt]:
+    """The layer statements among ``statements``, in `if` branches too."""
+    out: list[spec.LayerStmt] = []
+    for stmt in statements:
+        if isinstance(stmt, spec.LayerStmt):
+            out.append(stmt)
+        elif isinstance(stmt, spec.IfStmt):
+            out += _statements_in(stmt.body) + _statements_in(stmt.orelse)
+    return out
+
+
+def _first_name(
+    statements: list[spec.Statement], walks: list[_Walk], named: bool = False
+) -> str | None:
+    """The name of the first step a use made of ``statements`` (``named``: of a statement
+    that names its output)."""
+    for stmt in _statements_in(statements):
+        if named and not stmt.names:
+            continue
+        for w in walks:
+            if id(stmt) in w.steps:
+                return w.steps[id(stmt)].name
+    return None
+
+
+def _body_statements(site: _Site, step: Step) -> list[spec.Statement]:
+    """The statements a class is generated from: its block's body, or a residual's branch."""
+    if step.block is not None:
+        return step.block.definition.body
+    assert step.statement is not None and isinstance(step.statement.op, spec.Residual)
+    if site.key[0] == "Shortcut":
+        return step.statement.op.shortcut or []
+    return step.statement.op.body
+
+
+_OPPOSITE = {"==": "!=", "!=": "==", "<": ">=", ">=": "<", ">": "<=", "<=": ">"}
+
+
+def _negation(tree: provenance.Tree) -> provenance.Tree:
+    """``not tree``, a comparison turned around (``a == b`` -> ``a != b``)."""
+    if tree[0] in _OPPOSITE:
+        return (_OPPOSITE[tree[0]], tree[1], tree[2])
+    if tree[0] == "not":
+        return tree[1]
+    return ("not", tree)
+
+
+def _agree(values: list[Any]) -> Any:
+    """The value every use gives; a use that gives another gets a class of its own."""
+    if any(v != values[0] for v in values):
+        raise _Split
+    return values[0]
+
+
+def _if_block(condition: str, then: list[str], otherwise: list[str], depth: int) -> list[str]:
+    pad = INDENT * depth
+    if then:
+        rest = [f"{pad}else:", *otherwise] if otherwise else []
+        return [f"{pad}if {condition}:", *then, *rest]
+    return [f"{pad}if not {condition}:", *otherwise] if otherwise else []
+
+
+def _body(
+    ctx: _Context,
+    init: list[str],
+    params: dict[str, str],
+    forward: list[str],
+    results: int,
+    variables: dict[str, str],
+) -> _Body:
+    """A class body, ``__init__`` first keeping the arguments forward reads (``self.heads``)."""
+    ctx.used |= ctx.kept
+    assigned = {line.strip().split(" = ")[0] for line in init}
+    for name in sorted(ctx.kept):
+        if f"self.{name}" in assigned:
+            raise GenerationError(
+                f"{name} names both an argument that forward reads and a statement"
+            )
+    kept = [f"{INDENT * 2}self.{name} = {name}" for name in sorted(ctx.kept)]
+    return _Body(kept + init, list(params.values()), forward, results, variables)
 
 
 def _refuse_choices(graph: Graph) -> None:

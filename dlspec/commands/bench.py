@@ -26,6 +26,7 @@ import numpy as np
 from dlspec.commands.common import (
     add_run_arguments,
     add_spec_arguments,
+    generated,
     load_spec,
     positive_int,
     refuse_memory,
@@ -192,10 +193,11 @@ def _from_spec(args: argparse.Namespace) -> tuple[nn.Module, bytes] | int:
         return code
     import torch
 
-    from dlspec.api import spec_of
     from dlspec.backends.onnx_export import ExportError, export_onnx
 
-    spec = spec_of(checked)
+    spec = generated(checked, "bench")
+    if spec is None:
+        return 1
     torch.manual_seed(0)
     model = spec.to_torch().eval()
     try:

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from dlspec.analysis.check import Checked
 from dlspec.analysis.report import Report
 from dlspec.analysis.train_config import SETTINGS, TrainConfig, TrainConfigError, with_overrides
-from dlspec.api import Spec, spec_of
+from dlspec.api import Spec
 from dlspec.commands.common import (
     add_run_arguments,
     add_spec_arguments,
+    generated,
     load_spec,
     positive_int,
     refuse_memory,
@@ -266,7 +267,8 @@ def _check(args: argparse.Namespace) -> tuple[Spec, TrainConfig] | int:
             return code or 1
         graph = checked.graph
     assert checked.source is not None  # a spec that checked has its text
-    return spec_of(checked), config
+    spec = generated(checked, "build")
+    return (spec, config) if spec is not None else 1
 
 
 def _build(args: argparse.Namespace, spec: Spec, config: TrainConfig) -> int:

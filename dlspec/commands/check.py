@@ -110,4 +110,5 @@ def run(args: argparse.Namespace) -> int:
     if "-" in args.specs:
         print("dlspec check: --watch needs spec files, not - (stdin)", file=sys.stderr)
         return 2
-    return watch(args.specs, lambda: check_all(args), args.interval)
+    status = sys.stderr if args.format == "json" else sys.stdout  # stdout: JSON only
+    return watch(args.specs, lambda: check_all(args), args.interval, status=status)

@@ -7,13 +7,17 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
+from dlspec.records import MAX_COUNT
 from dlspec.syntax.source import read_source, read_stdin
 from dlspec.terminal import printable
+
+if TYPE_CHECKING:
+    from dlspec.api import Spec
 
 USAGE_CODES = {"E001", "E211"}  # problems with the command line rather than the spec
 
@@ -25,9 +29,6 @@ def set_pair(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-#: The largest count an option takes (a batch, a step count): 2^53, where integers stop
-#: being exact as floats and the memory and FLOP figures computed from them would overflow.
-MAX_COUNT = 2**53
 #: Seeds go to torch's generators, which take a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
 
@@ -161,7 +162,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -
     )
     limits.add_argument(
         "--max-memory",
-        type=_size,
+        type=size_limit,
         metavar="SIZE",
         help="refuse to allocate models that need more memory, e.g. 512G "
         "(default: this machine's memory)",
@@ -185,7 +186,8 @@ def size_option(parse: Callable[[str], int], text: str) -> int:
     return value
 
 
-def _size(text: str) -> int:
+def size_limit(text: str) -> int:
+    """A --max-memory value: 64G, 512M, 1.5T or bytes."""
     return size_option(parse_size, text)
 
 
@@ -250,3 +252,18 @@ def spec_sources(paths: Iterable[str]) -> Iterator[tuple[str, str | None, Diagno
     for path in paths:
         source, problem = read_stdin() if path == "-" else read_source(path)
         yield path, source.text if source else None, problem
+
+
+def generated(checked: Checked, command: str) -> Spec | None:
+    """The spec of a file that checked, its PyTorch code generated; None after saying why the
+    code cannot be generated (what it cannot express for every value of an argument)."""
+    from dlspec.api import spec_of
+    from dlspec.backends.torch_codegen import GenerationError
+
+    spec = spec_of(checked)
+    try:
+        _ = spec.code
+    except GenerationError as exc:
+        print(f"dlspec {command}: cannot generate PyTorch code: {exc}", file=sys.stderr)
+        return None
+    return spec

@@ -30,6 +30,7 @@ from dlspec.backends.onnx_export import (
 from dlspec.commands.common import (
     add_run_arguments,
     add_spec_arguments,
+    generated,
     load_spec,
     refuse_memory,
     seed,
@@ -207,9 +208,10 @@ def run(args: argparse.Namespace) -> int:
         return code or 1
     if code := refuse_memory(checked, args, VERIFY_BATCH):
         return code
-    from dlspec.api import spec_of
 
-    spec = spec_of(checked)
+    spec = generated(checked, "export")
+    if spec is None:
+        return 1
     try:
         out = output_path(
             args.out or Path(Path(args.spec).stem + ".onnx"),

@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dlspec.commands.common import add_input_argument, add_set_argument
+from dlspec.commands.common import add_input_argument, add_set_argument, finite_number, size_limit
+
+TIMEOUT = 600  # seconds an import may take: tracing a large model takes a minute or two
+MAX_MEMORY = 4 * 2**30  # bytes the model's code may allocate, beyond dlspec's own
 
 EPILOG = """\
 --weights CHECKPOINT also writes the model's weights as a dlspec checkpoint (state_dict names
@@ -38,6 +41,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser, "a keyword argument of the constructor")
     parser.add_argument("--out", type=Path, required=True, help="the spec to write (.dl)")
     parser.add_argument("--weights", type=Path, metavar="CHECKPOINT", help="also write the weights")
+    limits = parser.add_argument_group("limits (the model's code runs in a child process)")
+    limits.add_argument(
+        "--timeout",
+        type=lambda text: finite_number(text, 1, 86_400, "a number of seconds"),
+        default=TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop the import after this long (default {TIMEOUT})",
+    )
+    limits.add_argument(
+        "--max-memory",
+        type=size_limit,
+        default=MAX_MEMORY,
+        metavar="SIZE",
+        help="memory the model's code may allocate, e.g. 16G (default 4G)",
+    )
 
 
 def settings(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -73,14 +91,37 @@ def run(args: argparse.Namespace) -> int:
     source = args.target.rpartition(":")[0] if ":" in args.target else args.target
     try:  # absolute: user code that changes directory does not move the outputs
         out = output_path(args.out, "--out", {"the model": source}).absolute()
-        weights = (
-            args.weights
-            and output_path(
-                args.weights, "--weights", {"the model": source, "--out": out}
-            ).absolute()
-        )
+        weights = None
+        if args.weights is not None:
+            given = {"the model": source, "--out": out}
+            weights = output_path(args.weights, "--weights", given).absolute()
     except OutputError as exc:
         return fail(str(exc), 2)
+    from dlspec.commands.bounded import run_bounded
+
+    _preload(args.target)
+    return run_bounded(
+        lambda: _import(args, out, weights),
+        seconds=args.timeout,
+        memory=args.max_memory,
+        what=args.target,
+        name="import",
+    )
+
+
+def _preload(target: str) -> None:
+    """Load the libraries the import uses here, before the child's memory limit applies: the
+    limit is on address space, and mapping torch's shared libraries takes hundreds of MB."""
+    import dlspec.importers.pipeline  # noqa: F401 (torch and the tracer)
+
+    if target.lower().endswith(".onnx"):
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+
+def _import(args: argparse.Namespace, out: Path, weights: Path | None) -> int:
+    """Import the model, check the spec, write it (and the weights) to ``out`` (``weights``):
+    the job of the bounded child process."""
     result = capture(args, args.target)
     if isinstance(result, int):
         return result
@@ -99,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         f"{report.trainable_params:,} parameters and {report.buffers:,} buffer "
         "elements, as torch counts them"
     )
-    if args.weights is not None:
+    if weights is not None:
         from dlspec.importers.ir import ImportFailed
         from dlspec.importers.pipeline import RTOL, imported_weights
         from dlspec.train.checkpoint import Checkpoint, save_checkpoint, spec_hash

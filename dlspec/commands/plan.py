@@ -122,10 +122,10 @@ def _fits_nowhere(args: argparse.Namespace, graph: ModelGraph, strategy: memory.
     gpus = 1 if strategy == "ddp" else 2**16
     one = memory.training(graph, *options, parallel=memory.Parallel(gpus, strategy))
     need = one.bytes({**graph.bindings, "B": 1})["total"]
-    why = (
-        "DDP replicates the model on every GPU; --strategy fsdp shards it" * (strategy == "ddp")
-        or f"even on {n(gpus)} GPUs"
-    )
+    if strategy == "ddp":
+        why = "DDP replicates the model on every GPU; --strategy fsdp shards it"
+    else:
+        why = f"even on {n(gpus)} GPUs"
     print(
         f"{args.spec}: error: batch 1 per GPU does not fit in {human_bytes(args.memory)} on "
         f"any number of GPUs with {strategy}: one GPU needs {human_bytes(need)} ({why})",
@@ -139,7 +139,6 @@ LABELS = {
     "weights": "weights (fp32, with buffers)",
     "gradients": "gradients",
     "optimizer": "optimizer state ({optimizer})",
-    "gathered": "",  # several GPUs: GATHERED
     "activations": "activations ({precision})",
     "transient": "transient",
 }
@@ -148,6 +147,14 @@ GATHERED = {
     "ddp": "DDP gradient buckets",
 }
 SHARDED = {"weights": "weights (fp32 shards, with buffers)", "gradients": "gradient shards"}
+
+
+def _labels(parallel: memory.Parallel | None) -> dict[str, str]:
+    """The table's names of the parts: on several GPUs, one GPU's."""
+    if parallel is None:
+        return LABELS
+    labels = {**LABELS, "gathered": GATHERED[parallel.strategy]}
+    return labels | SHARDED if parallel.strategy == "fsdp" else labels
 
 
 def _json(
@@ -209,11 +216,7 @@ def _table(answer: memory.Plan, args: argparse.Namespace, model: str, lengths: L
         lines.append(f"largest batch{per_gpu} that fits: {n(answer.max_batch)}")
     lines += [f"activations per sample: {human_bytes(answer.per_sample)}", ""]
     parts = answer.bytes()
-    labels = dict(LABELS)
-    if parallel:
-        labels["gathered"] = GATHERED[parallel.strategy]
-        if parallel.strategy == "fsdp":
-            labels |= SHARDED
+    labels = _labels(parallel)
     rows = [(labels[name].format(**vars(args)), parts[name]) for name in parts if name != "total"]
     rows.append(("total", parts["total"]))
     width = max(len(label) for label, _ in rows)

@@ -135,7 +135,8 @@ def _fit(
     if not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{name}: expected numbers, got {x.dtype}")
     scale = np.float32(1 / 255) if x.dtype == np.uint8 else np.float32(1)
-    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) * scale)
+    with np.errstate(over="ignore"):  # float64 beyond float32: inf, refused after the run
+        batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) * scale)
     fixed = [d for d in sample if isinstance(d, int)]
     mean, std = normalize if normalize else (None, None)
     augment = Augment(tuple(fixed) if len(fixed) == len(sample) else None, mean=mean, std=std)
@@ -258,6 +259,11 @@ def run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # ONNX Runtime's own types: e.g. ids out of range
                     message = str(exc).strip().splitlines()[0]
                     raise InputError(f"{labels[start]}: ONNX Runtime failed: {message}") from None
+                if not np.isfinite(output).all():  # softmax of NaN would print NaN percentages
+                    raise InputError(
+                        f"{labels[start]}: the model's output holds NaN or infinite values "
+                        "(inputs far outside what the model was trained on?)"
+                    )
                 for record in _predictions(
                     labels[start : start + CHUNK], output, classes, args.top
                 ):

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from dlspec.commands.common import finite_number
 
@@ -33,10 +34,12 @@ def watch(
     run: Callable[[], int],
     interval: float,
     rounds: int | None = None,
+    status: TextIO | None = None,
 ) -> int:
     """Call ``run`` now and after every change to ``paths`` (polled every ``interval``
     seconds), clearing the screen first when stdout is a terminal, until Ctrl-C (or
-    ``rounds`` runs). Returns the last run's exit code."""
+    ``rounds`` runs). Returns the last run's exit code. The line that says it is watching
+    goes to ``status`` (stdout by default; stderr where stdout carries only JSON)."""
     seen = None
     code, done = 0, 0
     try:
@@ -49,7 +52,10 @@ def watch(
                 code = run()
                 done += 1
                 stamp = time.strftime("%H:%M:%S")
-                print(f"[{stamp}] watching {', '.join(paths)} for changes (Ctrl-C stops)")
+                print(
+                    f"[{stamp}] watching {', '.join(paths)} for changes (Ctrl-C stops)",
+                    file=status or sys.stdout,
+                )
                 sys.stdout.flush()
                 sys.stderr.flush()
             else:

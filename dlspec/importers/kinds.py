@@ -8,9 +8,8 @@ as a recurrent layer's ``returns`` or an attention's ``causal``, say how ``forwa
 module: every value is a candidate, and :func:`verify` keeps the one that computes what the
 original computed. A functional call (``F.relu(x)``, ``torch.flatten(x, 1)``) maps through the
 module it is the functional form of. Nothing here knows a kind by name except the few
-operations that have no module (``+``, ``torch.cat``, ``view``) and the kinds whose
-generated forward is such operations (``ToTokens``: ``flatten``, then ``transpose``), listed
-in :data:`DIRECT`.
+operations that have no module (``+``, ``torch.cat``, ``view``, ``transpose``, indexing),
+listed in :data:`DIRECT`.
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ def _reshape(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Cand
 
 
 def _add(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
-    return [("Add", {}), ("BroadcastAdd", {})]  # `h + t[:, :, None, None]`: a vector per channel
+    return [("Add", {})]  # broadcasting as torch does: `h + t[:, :, None, None]`
 
 
 def _cat(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
@@ -77,22 +76,18 @@ def _per_sample(*dims: int) -> list[int] | None:
 
 
 def _transpose(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
-    """Transpose; for a sequence ``(B, L, C)`` -> ``(B, C, L)``, also ``ToImage(h)`` for each
-    height ``h`` that divides ``L`` (the reshape that follows it tells which one)."""
     dims = _per_sample(_arg(args, kwargs, 1, "dim0", 0), _arg(args, kwargs, 2, "dim1", 0))
-    if dims is None:
-        return []
-    found: Candidates = [("Transpose", {"dim0": dims[0], "dim1": dims[1]})]
-    if out.dim() == 3 and sorted(dims) == [0, 1]:
-        length = out.shape[2]
-        found += [("ToImage", {"height": h}) for h in range(1, length + 1) if length % h == 0]
-    return found
+    return [] if dims is None else [("Transpose", {"dim0": dims[0], "dim1": dims[1]})]
 
 
 def _flatten(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
-    """``x.flatten(2)`` of an image ``(B, C, H, W)``, as ToTokens begins (the transpose that
-    follows it tells); Flatten itself comes from :data:`EQUIVALENT_MODULES`."""
-    return [("ToTokens", {})] if out.dim() == 3 else []
+    """``x.flatten(2)``: Flatten over per-sample dims (``torch.flatten`` comes through
+    :data:`EQUIVALENT_MODULES` too)."""
+    dims = _per_sample(_arg(args, kwargs, 1, "start_dim", 0))
+    end = _arg(args, kwargs, 2, "end_dim", -1)
+    if dims is None or end == 0:
+        return []
+    return [("Flatten", {"start_dim": dims[0], "end_dim": end if end < 0 else sample_dim(end)})]
 
 
 def _permute(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
@@ -112,6 +107,8 @@ def _index(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candid
     full slices (the batch's among them)."""
     index = args[1] if isinstance(args[1], tuple) else (args[1],)
     full = slice(None)
+    if None in index and all(part in (None, full) for part in index):  # t[:, :, None, None]
+        return [("Reshape", {"shape": tuple(out.shape[1:])})]
     rest = [i for i, part in enumerate(index) if part != full]
     if len(rest) != 1 or rest[0] == 0:
         return []

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from dlspec.backends.runtime import MAX_MODEL_FILE
 from dlspec.importers.ir import ImportFailed, Unmapped
 from dlspec.importers.torch_fx import DEFAULT_DIM, InputSpec, example
 
@@ -226,6 +227,42 @@ OPS: dict[str, Callable[[_Reader, Any], fx.Node]] = {
 ALIASES = ("Identity", "Dropout")  # pass their input on (a Dropout is the identity at inference)
 
 
+#: ONNX element types a tensor of the graph may hold (no strings)
+_NUMERIC = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 16}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _malformed(model: Any) -> str | None:
+    """What makes ``model`` no ONNX model a runtime could run (naming the node, input or
+    initializer), or None: onnx's checker, and what it lets through."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError: the checker's own types
+        return _first_line(exc)
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= newest:
+            return f"opset {opset.version}; this onnx knows opsets 1 to {newest}"
+    graph = model.graph
+    if not graph.output:
+        return "the graph declares no outputs"
+    for value in (*graph.input, *graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 1:
+                return f"{value.name or '(unnamed)'} has a dimension of {dim.dim_value}"
+    for tensor in graph.initializer:
+        if tensor.data_type not in _NUMERIC:
+            kind = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+            return f"the initializer {tensor.name} holds {kind}s, not numbers"
+    return None
+
+
 def load_onnx(path: Path, symbols: dict[str, int]) -> tuple[nn.Module, list[InputSpec], str]:
     """The torch module an ONNX file computes, its inputs' per-sample types and a description.
     Raises ValueError for a file that cannot be read, ImportFailed listing every node without
@@ -235,10 +272,16 @@ def load_onnx(path: Path, symbols: dict[str, int]) -> tuple[nn.Module, list[Inpu
 
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    if path.stat().st_size > MAX_MODEL_FILE:
+        raise ValueError(
+            f"{path}: {path.stat().st_size:,} bytes, over the 2 GiB an ONNX file holds"
+        )
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises its own DecodeError, among others
         raise ValueError(f"{path}: not an ONNX file ({str(exc).splitlines()[0][:80]})") from None
+    if problem := _malformed(model):
+        raise ValueError(f"{path}: not a valid ONNX model: {problem}")
     graph = model.graph
     reader = _Reader()
     reader.consts = {
@@ -283,6 +326,9 @@ def load_onnx(path: Path, symbols: dict[str, int]) -> tuple[nn.Module, list[Inpu
                 raise _Unsupported("no dlspec layer kind computes it")
         except (_Unsupported, KeyError) as exc:
             unmapped.append(Unmapped(where, f"ONNX {node.op_type} ({node.name})", str(exc)))
+        except Exception as exc:  # torch refuses what the node holds (a bias of another size)
+            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            unmapped.append(Unmapped(where, f"ONNX {node.op_type} ({node.name})", reason))
     if unmapped:
         count = len(unmapped)
         raise ImportFailed(
@@ -303,12 +349,21 @@ def _compare(
     import onnxruntime as ort
 
     inputs = [example(spec, symbols) for spec in specs]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
-    expected = session.run(None, feeds)
+    try:  # ONNX Runtime raises its own Fail, InvalidArgument, ... types
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {  # int32 ids are read as long by torch
+            i.name: x.numpy().astype(np.int32) if i.type == "tensor(int32)" else x.numpy()
+            for i, x in zip(session.get_inputs(), inputs, strict=True)
+        }
+        expected = session.run(None, feeds)
+    except Exception as exc:
+        raise ImportFailed(f"{path}: ONNX Runtime cannot run it: {_first_line(exc)}") from None
     module.eval()
-    with torch.no_grad():
-        got = module(*inputs)
+    try:
+        with torch.no_grad():
+            got = module(*inputs)
+    except Exception as exc:
+        raise ImportFailed(f"{path}: read as torch, it cannot run: {_first_line(exc)}") from None
     got_list = [got] if isinstance(got, torch.Tensor) else list(got)
     for y, r in zip(got_list, expected, strict=True):
         error = float(np.abs(y.numpy() - r).max() / (np.abs(r).max() + 1e-12))

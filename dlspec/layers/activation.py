@@ -34,7 +34,7 @@ class _Elementwise(Layer):
     keeps: ClassVar[Literal["input", "output"]] = "input"
 
     def _kwargs(self) -> dict[str, object]:
-        return self.model_dump(exclude_defaults=True)
+        return self.keywords()
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         return Inferred(inputs[0])

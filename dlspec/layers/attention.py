@@ -252,9 +252,7 @@ class MultiheadAttention(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width, kdim, vdim = self._sizes(inputs)
-        kwargs: dict[str, Any] = self.model_dump(
-            exclude_defaults=True, exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"}
-        )
+        kwargs = self.keywords(exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"})
         kwargs |= {name: size for name, size in (("kdim", kdim), ("vdim", vdim)) if size != width}
         kwargs["batch_first"] = True
         qkv = {1: "{x0}, {x0}, {x0}", 2: "{x0}, {x1}, {x1}", 3: "{x0}, {x1}, {x2}"}[len(inputs)]
@@ -497,7 +495,7 @@ class _TransformerBase(Layer):
     def _layer_kwargs(self) -> dict[str, Any]:
         """The layer options that differ from torch's defaults, as constructor keywords."""
         options = {"dim_feedforward", "dropout", "activation", "layer_norm_eps", "norm_first"}
-        return self.model_dump(exclude_defaults=True, include=options | {"bias"})
+        return self.keywords(include=options | {"bias"})
 
     def _forward(self, inputs: list[TensorType]) -> str:
         args = ", ".join(f"{{x{i}}}" for i in range(len(inputs)))

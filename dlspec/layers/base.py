@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from dlspec.layers.layout import Layout, as_rows, is_contiguous, reshape, to_time_major
+from dlspec.layers.provenance import carries
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
 Family = Literal[
@@ -287,6 +288,27 @@ class Layer(BaseModel):
         """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""
         return self.kind
 
+    def given(self, name: str, default: Any) -> bool:
+        """Whether the torch module's constructor is given argument ``name``: its value is not
+        ``default``, or a parameter gives it (so it is the default at these arguments only,
+        and generated code passes the parameter)."""
+        value = getattr(self, name, default)
+        return carries(value) or value != default
+
+    def keywords(
+        self, include: set[str] | None = None, exclude: set[str] | frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The fields the torch module's constructor is given (:meth:`given`, against each
+        field's default), in field order: ``model_dump(exclude_defaults=True)``, keeping the
+        expressions of values a parameter gives."""
+        return {
+            name: getattr(self, name)
+            for name, info in type(self).model_fields.items()
+            if (include is None or name in include)
+            and name not in exclude
+            and self.given(name, info.default)
+        }
+
     def copies(self) -> int:
         """How many layers this one stands for in the expanded model: 1, or the size of a
         stack it builds (``num_layers``). The analyzer charges it to the layer budget before
@@ -316,6 +338,8 @@ class View(Layer):
 
 
 REGISTRY: dict[str, type[Layer]] = {}
+# kinds that were removed -> what a spec writes instead (E201 says it)
+RETIRED: dict[str, str] = {}
 
 
 def register(cls: type[Layer]) -> type[Layer]:
@@ -324,6 +348,11 @@ def register(cls: type[Layer]) -> type[Layer]:
         raise ValueError(f"layer kind {cls.kind} registered twice")
     REGISTRY[cls.kind] = cls
     return cls
+
+
+def retire(kind: str, advice: str) -> None:
+    """Record that ``kind`` is no longer a layer kind, and what a spec writes instead."""
+    RETIRED[kind] = f"{kind} is no longer a layer kind: {advice}"
 
 
 # helpers shared by shape rules ---------------------------------------------------------------

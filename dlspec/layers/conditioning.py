@@ -1,12 +1,11 @@
 """Layers that condition an image network on other inputs, as a diffusion U-Net does.
 
 * TimestepEmbedding: a number per sample (a diffusion timestep) -> its sinusoidal features.
-* BroadcastAdd: adds a ``[C]`` vector (a projected time embedding) to every position of a
-  ``[C, H, W]`` feature map.
-* ToTokens and ToImage: ``[C, H, W]`` <-> ``[H*W, C]``, so that attention layers (which read
-  sequences) can attend over an image's positions, or from them to a text's tokens.
 
-None of them has parameters or MACs (torchinfo counts none for such modules).
+A projected time embedding joins a ``[C, H, W]`` map as ``Reshape(C, 1, 1)`` and ``Add``
+(which broadcasts), and an image's positions become a sequence for attention as
+``Flatten(1)`` and ``Transpose(0, 1)``: kinds of their own (BroadcastAdd, ToTokens, ToImage)
+did not earn their place: a spec that names one is told what to write instead.
 """
 
 from __future__ import annotations
@@ -22,14 +21,10 @@ from dlspec.layers.base import (
     Saved,
     TensorType,
     TorchCall,
-    View,
-    concrete,
     expect_float,
-    expect_rank,
     register,
+    retire,
 )
-from dlspec.layers.layout import Layout, elementwise, permute, reshape
-from dlspec.layers.symbolic import Dim
 
 Pos = Annotated[int, Field(ge=1)]
 Even = Annotated[int, Field(ge=2, multiple_of=2)]
@@ -82,118 +77,17 @@ class TimestepEmbedding(Layer):
         return [Saved("angle", half), Saved("frequency", half, "float32", batched=False)]
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        kwargs = self.model_dump(exclude_defaults=True, exclude={"dim"})
+        kwargs = self.keywords(exclude={"dim"})
         return TorchCall(self.kind, (self.dim,), kwargs, helper=_TIMESTEP)
 
     def label(self) -> str:
         return f"TimestepEmbedding({self.dim})"
 
 
-@register
-class BroadcastAdd(Layer):
-    """Adds a vector ``[C]`` (the second input) to every position of a feature map
-    ``[C, *]`` (the first), e.g. a time embedding projected to a block's channels:
-    ``BroadcastAdd <- h, t``. Output: the first input's shape. No parameters; MACs 0
-    (additions, as for ``Add``)."""
-
-    kind = "BroadcastAdd"
-    family = "merge"
-    arity = (2, 2)
-
-    def infer(self, inputs: list[TensorType]) -> Inferred:
-        x, v = inputs
-        expect_rank(x, range(2, 9), "[C, *] (channels first)", self.kind)
-        for t in (x, v):
-            expect_float(t, self.kind)
-        if v.shape != x.shape[:1]:
-            raise LayerError(
-                "E401",
-                f"BroadcastAdd adds a vector [C] to a map [C, *]: the map {x} needs a vector "
-                f"[{x.shape[0]}], got {v}",
-            )
-        return Inferred(x)
-
-    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        return []  # an addition's gradient needs only the shapes
-
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        x, v = inputs
-        spatial = len(x.sizes) - 2
-        stretched = Layout((*v.sizes, *(1,) * spatial), (*v.strides, *(1,) * spatial))
-        return elementwise([x, stretched], output.sizes)
-
-    def torch(self, inputs: list[TensorType]) -> TorchCall:
-        spatial = ", None" * (len(inputs[0].shape) - 1)
-        return TorchCall(None, forward="{x0} + {x1}[:, :" + spatial + "]")  # (B, C, H, W)
-
-
-def _image(x: TensorType, kind: str) -> None:
-    expect_rank(x, (3,), "[C, H, W]", kind)
-    expect_float(x, kind)
-
-
-@register
-class ToTokens(View):
-    """An image's positions as a sequence of channel vectors: ``[C, H, W]`` ->
-    ``[H*W, C]``, row by row (what attention layers read). No parameters; MACs 0."""
-
-    kind = "ToTokens"
-    family = "reshape"
-
-    def infer(self, inputs: list[TensorType]) -> Inferred:
-        x = inputs[0]
-        _image(x, self.kind)
-        c, h, w = x.shape
-        return Inferred(TensorType((h * w, c)))
-
-    def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall(None, forward="{x}.flatten(2).transpose(1, 2)")  # (B, H*W, C)
-
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        batch, c, h, w = inputs[0].sizes
-        return permute(reshape(inputs[0], (batch, c, h * w)), (0, 2, 1))
-
-
-@register
-class ToImage(View):
-    """The inverse of ToTokens: ``[H*W, C]`` -> ``[C, H, W]`` for the given ``height``
-    (``width``: the rest; both checked against the sequence length): a channels-last view
-    of a contiguous sequence. No parameters; MACs 0."""
-
-    kind = "ToImage"
-    family = "reshape"
-    positional = ("height", "width")
-
-    height: Pos
-    width: Pos | None = None
-
-    def _size(self, x: TensorType) -> tuple[int, int, Dim]:
-        expect_rank(x, (2,), "[H*W, C] (a sequence of positions)", self.kind)
-        expect_float(x, self.kind)
-        length = concrete(x.shape[0], f"{self.kind}'s sequence length")
-        width = self.width if self.width is not None else length // self.height
-        if self.height * width != length:
-            raise LayerError(
-                "E401",
-                f"ToImage({self.height}, {width}) needs {self.height * width} positions, "
-                f"got a sequence {x}",
-                notes=[f"{self.height} x {width} = {self.height * width} != {length}"],
-                arg="height",
-            )
-        return self.height, width, x.shape[1]
-
-    def infer(self, inputs: list[TensorType]) -> Inferred:
-        h, w, c = self._size(inputs[0])
-        return Inferred(TensorType((c, h, w)))
-
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return reshape(permute(inputs[0], (0, 2, 1)), output.sizes)
-
-    def torch(self, inputs: list[TensorType]) -> TorchCall:
-        h, w, _ = self._size(inputs[0])
-        return TorchCall(
-            None, forward=f"{{x}}.transpose(1, 2).reshape({{x}}.shape[0], -1, {h}, {w})"
-        )
-
-    def label(self) -> str:
-        return f"ToImage({self.height}{'' if self.width is None else f', {self.width}'})"
+retire(
+    "BroadcastAdd",
+    "reshape the vector to [C, 1, 1] and add: `shift = Reshape(C, 1, 1) <- t`, then "
+    "`Add <- h, shift` (Add broadcasts)",
+)
+retire("ToTokens", "write `Flatten(1)` then `Transpose(0, 1)` ([C, H, W] -> [H*W, C])")
+retire("ToImage", "write `Transpose(0, 1)` then `Reshape(C, H, W)` ([H*W, C] -> [C, H, W])")

@@ -122,7 +122,7 @@ class _ConvNd(Layer):
             "padding_mode": "zeros",
         }
         for name, default in defaults.items():
-            if getattr(self, name, default) != default:
+            if self.given(name, default):
                 kwargs[name] = getattr(self, name)
         return TorchCall(f"nn.{self.kind}", (inputs[0].shape[0], self.out_channels), kwargs)
 

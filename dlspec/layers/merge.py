@@ -49,19 +49,15 @@ class _Merge(Layer):
 
 @register
 class Add(_Merge):
-    """Element-wise sum of 2 or more tensors of the same shape (no broadcasting); the output
-    has that shape. No parameters, MACs 0."""
+    """Element-wise sum of 2 or more tensors. Shapes broadcast statically, as ``Mul``'s do:
+    one rank and, per dimension, equal sizes or 1 (a time embedding reshaped to
+    ``[C, 1, 1]`` added to a map ``[C, H, W]``). No parameters, MACs 0."""
 
     kind = "Add"
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         _same_dtype(inputs, self.kind)
-        if len({x.shape for x in inputs}) > 1:
-            raise LayerError(
-                "E401",
-                "Add needs inputs of one shape, got " + " + ".join(str(x) for x in inputs),
-            )
-        return Inferred(inputs[0])
+        return Inferred(TensorType(_broadcast(inputs, self.kind), inputs[0].dtype))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(None, forward=" + ".join(f"{{x{i}}}" for i in range(len(inputs))))

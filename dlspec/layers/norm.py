@@ -63,7 +63,7 @@ class _BatchNorm(Layer):
         return Inferred(x, weights, buffers, macs=len(weights) * c)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        kwargs = self.model_dump(exclude_defaults=True, exclude={"num_features"})
+        kwargs = self.keywords(exclude={"num_features"})
         return TorchCall(f"nn.{self.kind}", (inputs[0].shape[0],), kwargs)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
@@ -159,7 +159,7 @@ class _TrailingNorm(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         shape = self._shape(inputs[0])
-        kwargs = self.model_dump(exclude_defaults=True, exclude={"normalized_shape"})
+        kwargs = self.keywords(exclude={"normalized_shape"})
         return TorchCall(f"nn.{self.kind}", (shape[0] if len(shape) == 1 else list(shape),), kwargs)
 
     def label(self) -> str:
@@ -260,7 +260,7 @@ class GroupNorm(Layer):
         return Inferred(x, weights, macs=len(weights) * c)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        kwargs = self.model_dump(exclude_defaults=True, exclude={"num_groups", "num_channels"})
+        kwargs = self.keywords(exclude={"num_groups", "num_channels"})
         return TorchCall("nn.GroupNorm", (self.num_groups, inputs[0].shape[0]), kwargs)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
@@ -308,7 +308,7 @@ class LayerNorm2d(Layer):
         return Inferred(inputs[0], {"weight": (c,), "bias": (c,)}, macs=2 * c)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        kwargs = self.model_dump(exclude_defaults=True, exclude={"num_channels"})
+        kwargs = self.keywords(exclude={"num_channels"})
         return TorchCall(self.kind, (self._channels(inputs[0]),), kwargs, helper=_LAYER_NORM_2D)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:

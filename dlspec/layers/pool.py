@@ -120,7 +120,7 @@ class _PoolNd(Layer):
         return f"{self.label()} drops {counts}: {explained}"
 
     def _torch_kwargs(self) -> dict[str, object]:
-        kwargs = self.model_dump(exclude_defaults=True)
+        kwargs = self.keywords()
         kwargs.pop("kernel_size", None)
         return kwargs
 

@@ -147,9 +147,7 @@ class _Recurrent(Layer):
         return Inferred(TensorType(shape), weights, macs=steps * per_step)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        kwargs = self.model_dump(
-            exclude_defaults=True, exclude={"hidden_size", "input_size", "returns"}
-        )
+        kwargs = self.keywords(exclude={"hidden_size", "input_size", "returns"})
         kwargs["batch_first"] = True
         if self.returns == "sequence":
             forward = "{module}({x})[0]"  # (B, T, H*dirs)

@@ -90,7 +90,7 @@ class Flatten(View):
         return TorchCall("nn.Flatten", () if (start, end) == (1, -1) else (start, end))
 
     def label(self) -> str:
-        args = self.model_dump(exclude_defaults=True)
+        args = self.keywords()
         return "Flatten" if not args else f"Flatten({self.start_dim}, {self.end_dim})"
 
 
@@ -584,7 +584,7 @@ class Upsample(Layer):
         return like(inputs[0], output.sizes)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall("nn.Upsample", kwargs=self.model_dump(exclude_defaults=True))
+        return TorchCall("nn.Upsample", kwargs=self.keywords())
 
     def label(self) -> str:
         if self.size is not None:

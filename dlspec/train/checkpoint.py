@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from dlspec.analysis.limits import physical_memory
+from dlspec.analysis.render import human_bytes
 from dlspec.files import atomic_file
 
 __all__ = [
@@ -28,7 +31,9 @@ __all__ = [
     "CheckpointError",
     "atomic_file",
     "load_checkpoint",
+    "load_shards",
     "save_checkpoint",
+    "save_shards",
     "spec_hash",
 ]
 
@@ -65,7 +70,8 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically."""
+    """Write ``checkpoint`` to ``path`` atomically; OSError when it cannot be written (the
+    file at ``path`` is then left as it was)."""
     payload = {
         "format": 1,
         "spec_hash": checkpoint.spec_hash,
@@ -79,7 +85,11 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "state": checkpoint.state,
     }
     with atomic_file(path) as temporary:
-        torch.save(payload, temporary)
+        try:
+            torch.save(payload, temporary)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed"
+            raise OSError(f"{reason} (is the disk full?)") from None
 
 
 def _invalid(payload: dict[str, Any]) -> str | None:
@@ -122,6 +132,12 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
             f"{file}: no checkpoint to resume from (a build writes one after every epoch); "
             "run without --resume to start afresh"
         )
+    size, memory = file.stat().st_size, physical_memory()
+    if size > memory:  # reading it would exhaust the machine before anything is checked
+        raise CheckpointError(
+            f"{file}: {human_bytes(size)}, more than this machine's memory "
+            f"({human_bytes(memory)}); it cannot be loaded here"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the unpickler's notes on foreign pickles
@@ -158,3 +174,35 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
         info=dict(payload.get("info", {})),
         state=dict(payload.get("state", {})),
     )
+
+
+def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Write the model's and the optimiser's state to ``folder`` with
+    ``torch.distributed.checkpoint``: in a sharded run, every process its own shards (a
+    collective: all of them call it)."""
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    weights, moments = dsd.get_state_dict(model, optimizer)
+    dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=folder)
+
+
+def load_shards(
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path, alone: bool
+) -> None:
+    """Load what :func:`save_shards` wrote into ``model`` and ``optimizer``, resharded to
+    them: sharded over any number of processes (all of them call it), or whole in one
+    process (``alone``: no collective, though a process group may exist)."""
+    from torch.distributed import checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(
+            f"{folder}: the shards this checkpoint names are missing (a sharded run's "
+            "optimizer state is there); run without --resume to start afresh"
+        )
+    weights, moments = dsd.get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # alone, without a process group: as meant
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load({"model": weights, "optimizer": moments}, checkpoint_id=folder, no_dist=alone)
+    dsd.set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=moments)

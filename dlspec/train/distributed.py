@@ -40,8 +40,9 @@ process validates and tests (the forward pass needs them all). Checkpoints: afte
 epoch each process writes its own shards with ``torch.distributed.checkpoint`` (into
 ``checkpoint.shards/epoch-N``), then rank 0 writes ``checkpoint.pt`` with the whole
 ``state_dict`` (what ``export`` and ``predict`` read), naming those shards; ``--resume``
-loads them, resharded to any number of processes. A run interrupted mid-epoch resumes from
-its last finished epoch.
+loads them, resharded to any number of processes (on several machines, every process must
+read and write the same ``--out`` folder: a shared file system). A run interrupted mid-epoch
+resumes from its last finished epoch.
 """
 
 # Annotations stay evaluated (no `from __future__ import annotations`): DDP checks that its
@@ -65,7 +66,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 from dlspec.analysis.train_config import TrainConfig
-from dlspec.train.checkpoint import Checkpoint, save_checkpoint
+from dlspec.train.checkpoint import Checkpoint, load_shards, save_checkpoint, save_shards
 from dlspec.train.launch import Worker
 from dlspec.train.loop import (
     RunOptions,
@@ -76,10 +77,10 @@ from dlspec.train.loop import (
     select_device,
     train_model,
 )
+from dlspec.train.run_dir import SHARDS
 
 __all__ = [
     "FAULT_VARIABLE",
-    "SHARDS",
     "TIMEOUT_VARIABLE",
     "DistributedTrainer",
     "collective_timeout",
@@ -202,21 +203,21 @@ def weighted_average(
     return work.get_future().then(lambda done: done.value()[0])
 
 
-#: The folder beside ``checkpoint.pt`` that holds a sharded run's checkpoints, one folder per
-#: epoch; the checkpoint's ``state[SHARDS]`` names the one that goes with it.
-SHARDS = "checkpoint.shards"
-
-
-def shard_model(model: nn.Module, units: Sequence[str], dtype: torch.dtype | None) -> None:
+def shard_model(
+    model: nn.Module, units: Sequence[str], dtype: torch.dtype | None, device: torch.device
+) -> None:
     """FSDP2: ``fully_shard`` the modules at ``units`` (module paths, in order), then the
-    whole model; ``dtype``: the precision the gathered parameters compute in (None: as they
-    are), gradients being reduced in fp32."""
+    whole model, over all the processes of the group, on ``device``'s type (CPU: gloo, CUDA:
+    NCCL); ``dtype``: the precision the gathered parameters compute in (None: as they are),
+    gradients being reduced in fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for path in units:
-        fully_shard(model.get_submodule(path), mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(model.get_submodule(path), mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 def _seed(*numbers: int) -> int:
@@ -283,7 +284,7 @@ class DistributedTrainer(Trainer):
 
     def _shard(self) -> None:
         if self.sharded:
-            shard_model(self.model, self.units, self.autocast)
+            shard_model(self.model, self.units, self.autocast, self.device)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._share_weight.weight = next(self._weights)
@@ -321,22 +322,22 @@ class DistributedTrainer(Trainer):
         self.augment_generator.manual_seed(seed)
         return super().train_epoch()
 
+    def _interrupted(self) -> None:
+        if not self.sharded:  # the others may be gone: a sharded run resumes from its last epoch
+            super()._interrupted()
+
     def save(self, partial: bool = False) -> None:
         if not self.sharded:
             if self.main:
                 super().save(partial)
             return
-        if partial:  # the others may be gone: resume from the last epoch's shards
-            return
-        from torch.distributed import checkpoint as dcp
         from torch.distributed.checkpoint import state_dict as dsd
 
         folder = self.checkpoint_path.parent / SHARDS / f"epoch-{self.epoch}"
         if self.main and folder.exists():  # a killed run's, half-written
             shutil.rmtree(folder)
         dist.barrier()
-        model, optimizer = dsd.get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=folder)
+        save_shards(self.model, self.optimizer, folder)
         whole = dsd.StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = dsd.get_model_state_dict(self.model, options=whole)  # rank 0's
         if self.main:
@@ -349,32 +350,30 @@ class DistributedTrainer(Trainer):
                     shutil.rmtree(old, ignore_errors=True)
 
     def _load_state(self, checkpoint: Checkpoint) -> None:
-        if not self.sharded:
+        shards = checkpoint.state.get(SHARDS)
+        if not self.sharded:  # rank 0 alone (others: from what it hands them, see restore)
             super()._load_state(checkpoint)
-            return
-        from torch.distributed import checkpoint as dcp
-        from torch.distributed.checkpoint import state_dict as dsd
+        elif isinstance(shards, str):  # each process its shards, resharded to this many
+            folder = self.checkpoint_path.parent / SHARDS / shards
+            load_shards(self.model, self.optimizer, folder, alone=False)
+        else:  # a replicated run's checkpoint, whole in every process
+            from torch.distributed.checkpoint import state_dict as dsd
 
-        folder = checkpoint.state.get(SHARDS)
-        if not isinstance(folder, str):  # a replicated run's checkpoint, in every process
             whole = dsd.StateDictOptions(full_state_dict=True)
             dsd.set_model_state_dict(self.model, checkpoint.model, options=whole)
             if checkpoint.optimizer:
                 optimizer = _by_name(self.model, checkpoint.optimizer)
                 dsd.set_optimizer_state_dict(self.model, self.optimizer, optimizer, options=whole)
-            return
-        model, optimizer = dsd.get_state_dict(self.model, self.optimizer)
-        # loaded in place, each process its own shards (resharded to this number of them)
-        folder_path = self.checkpoint_path.parent / SHARDS / folder
-        dcp.load({"model": model, "optimizer": optimizer}, checkpoint_id=folder_path)
-        dsd.set_state_dict(
-            self.model, self.optimizer, model_state_dict=model, optim_state_dict=optimizer
-        )
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        if not self.sharded:  # a sharded run loads its shards in every process (fit)
-            super().restore(checkpoint)
-        self._checkpoint = checkpoint
+        if self.sharded:  # every process loads its shards (fit)
+            self._checkpoint = checkpoint
+            return
+        super().restore(checkpoint)
+        # the others get the state rank 0 loaded, the optimiser's from shards included
+        state = {k: v for k, v in checkpoint.state.items() if k != SHARDS}
+        optimizer = self.optimizer.state_dict()
+        self._checkpoint = dataclasses.replace(checkpoint, optimizer=optimizer, state=state)
 
     def fit(self) -> bool:
         """Take rank 0's state (the checkpoint it resumed from, if any), then train."""

@@ -32,7 +32,7 @@ from torch import nn
 
 from dlspec.analysis.train_config import OptimizerConfig, TrainConfig
 from dlspec.terminal import printable
-from dlspec.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from dlspec.train.checkpoint import Checkpoint, load_checkpoint, load_shards, save_checkpoint
 from dlspec.train.data import DataError, Dataset, load_source, split
 from dlspec.train.metrics import (
     classification_metrics,
@@ -51,6 +51,7 @@ from dlspec.train.run_dir import (
     DATA,
     METRICS_JSON,
     MODEL,
+    SHARDS,
     SPEC_HASH,
 )
 from dlspec.train.text import TokenIds, check_vocabulary, perplexity, random_windows, text_splits
@@ -665,10 +666,14 @@ class Trainer:
                 if self.on_epoch is not None:
                     self.on_epoch(entry)
         except KeyboardInterrupt:
-            if self._finite_weights():
-                self.save(partial=True)
+            self._interrupted()
             return False
         return True
+
+    def _interrupted(self) -> None:
+        """On Ctrl-C: checkpoint the weights of the moment, if they are finite."""
+        if self._finite_weights():
+            self.save(partial=True)
 
     def _finite_weights(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -771,7 +776,13 @@ class Trainer:
             group.update(given)
 
     def _load_state(self, checkpoint: Checkpoint) -> None:
-        """Load the model's and the optimiser's state (in a sharded run, from its shards)."""
+        """Load the model's and the optimiser's state: from the checkpoint, or from the
+        shards it names (a sharded run's: its optimiser state is there)."""
+        shards = checkpoint.state.get(SHARDS)
+        if isinstance(shards, str):
+            folder = self.checkpoint_path.parent / SHARDS / shards
+            load_shards(self.model, self.optimizer, folder, alone=True)
+            return
         self.model.load_state_dict(checkpoint.model)
         if checkpoint.optimizer:  # empty for imported weights: the optimiser starts afresh
             self.optimizer.load_state_dict(checkpoint.optimizer)

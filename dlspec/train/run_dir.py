@@ -11,6 +11,9 @@ from typing import Any
 
 MODEL_PY = "model.py"
 CHECKPOINT = "checkpoint.pt"
+# a sharded run's checkpoints beside it, one folder per epoch (torch.distributed.checkpoint);
+# a checkpoint's state[SHARDS] names the folder that goes with it
+SHARDS = "checkpoint.shards"
 METRICS_JSON = "metrics.json"
 CURVES_PNG = "learning_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"

@@ -69,6 +69,71 @@ class TimestepEmbedding(nn.Module):
         return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)  # (B, dim)
 
 
+class ResBlock(nn.Module):
+    def __init__(self, x_channels: int, temb_features: int, channels: int, groups: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.norm1 = nn.GroupNorm(groups, x_channels)
+        self.silu1 = nn.SiLU()
+        self.conv1 = nn.Conv2d(x_channels, channels, kernel_size=3, padding=1)
+        self.time = nn.Linear(temb_features, channels)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.silu2 = nn.SiLU()
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.use_skip = x_channels != channels
+        if self.use_skip:
+            self.skip = nn.Conv2d(x_channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        norm1 = self.norm1(x)
+        silu1 = self.silu1(norm1)
+        conv1 = self.conv1(silu1)  # (B, channels, x_height, x_width)
+        time = self.time(temb)  # (B, channels)
+        shift = time.reshape(time.shape[0], self.channels, 1, 1)  # (B, channels, 1, 1)
+        shifted = conv1 + shift
+        norm2 = self.norm2(shifted)
+        silu2 = self.silu2(norm2)
+        conv2 = self.conv2(silu2)
+        if self.use_skip:
+            skip = self.skip(x)  # (B, channels, x_height, x_width)
+            add2 = conv2 + skip
+            add1 = add2
+        else:
+            add1 = conv2 + x
+        return add1
+
+
+class Middle(nn.Module):
+    def __init__(
+        self, x_channels: int, x_height: int, x_width: int, text_features: int, heads: int
+    ) -> None:
+        super().__init__()
+        self.x_channels = x_channels
+        self.x_height = x_height
+        self.x_width = x_width
+        self.flatten1 = nn.Flatten(2, -1)
+        self.norm1 = nn.LayerNorm(x_channels)
+        self.attn = nn.MultiheadAttention(x_channels, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(x_channels)
+        self.cross = nn.MultiheadAttention(
+            x_channels, heads, kdim=text_features, vdim=text_features, batch_first=True
+        )
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        x = self.flatten1(x)  # (B, x_channels, x_height * x_width)
+        pixels = x.transpose(1, 2)  # (B, x_height * x_width, x_channels)
+        x = self.norm1(pixels)
+        attn = self.attn(x, x, x, need_weights=False)[0]
+        res1 = attn + pixels
+        norm2 = self.norm2(res1)
+        cross = self.cross(norm2, text, text, need_weights=False)[0]
+        x = cross + res1
+        x = x.transpose(1, 2)  # (B, x_channels, x_height * x_width)
+        # (B, x_channels, x_height, x_width)
+        x = x.reshape(x.shape[0], self.x_channels, self.x_height, self.x_width)
+        return x
+
+
 class DigitDiffusion(nn.Module):
     def __init__(
         self,
@@ -91,47 +156,16 @@ class DigitDiffusion(nn.Module):
         self.t_fc2 = nn.Linear(4 * ch, 4 * ch)
         self.temb = nn.SiLU()
         self.stem = nn.Conv2d(1, ch, kernel_size=3, padding=1)
-        self.e1_norm1 = nn.GroupNorm(groups, ch)
-        self.silu2 = nn.SiLU()
-        self.e1_conv1 = nn.Conv2d(ch, ch, kernel_size=3, padding=1)
-        self.e1_time = nn.Linear(4 * ch, ch)
-        self.e1_norm2 = nn.GroupNorm(groups, ch)
-        self.silu3 = nn.SiLU()
-        self.e1_conv2 = nn.Conv2d(ch, ch, kernel_size=3, padding=1)
+        self.e1 = ResBlock(ch, 4 * ch, ch, groups)
         self.down = nn.Conv2d(ch, 2 * ch, kernel_size=3, stride=2, padding=1)
-        self.e2_norm1 = nn.GroupNorm(groups, 2 * ch)
-        self.silu4 = nn.SiLU()
-        self.e2_conv1 = nn.Conv2d(2 * ch, 2 * ch, kernel_size=3, padding=1)
-        self.e2_time = nn.Linear(4 * ch, 2 * ch)
-        self.e2_norm2 = nn.GroupNorm(groups, 2 * ch)
-        self.silu5 = nn.SiLU()
-        self.e2_conv2 = nn.Conv2d(2 * ch, 2 * ch, kernel_size=3, padding=1)
-        self.m_norm1 = nn.LayerNorm(2 * ch)
-        self.m_self = nn.MultiheadAttention(2 * ch, heads, batch_first=True)
-        self.m_norm2 = nn.LayerNorm(2 * ch)
-        self.m_cross = nn.MultiheadAttention(
-            2 * ch, heads, kdim=d_text, vdim=d_text, batch_first=True
-        )
-        self.d2_norm1 = nn.GroupNorm(groups, 4 * ch)
-        self.silu6 = nn.SiLU()
-        self.d2_conv1 = nn.Conv2d(4 * ch, 2 * ch, kernel_size=3, padding=1)
-        self.d2_time = nn.Linear(4 * ch, 2 * ch)
-        self.d2_norm2 = nn.GroupNorm(groups, 2 * ch)
-        self.silu7 = nn.SiLU()
-        self.d2_conv2 = nn.Conv2d(2 * ch, 2 * ch, kernel_size=3, padding=1)
-        self.d2_skip = nn.Conv2d(4 * ch, 2 * ch, kernel_size=1)
+        self.e2 = ResBlock(2 * ch, 4 * ch, 2 * ch, groups)
+        self.mid = Middle(2 * ch, 4, 4, d_text, heads)
+        self.d2 = ResBlock(4 * ch, 4 * ch, 2 * ch, groups)
         self.up = nn.Upsample(scale_factor=2.0)
         self.up_conv = nn.Conv2d(2 * ch, ch, kernel_size=3, padding=1)
-        self.d1_norm1 = nn.GroupNorm(groups, 2 * ch)
-        self.silu8 = nn.SiLU()
-        self.d1_conv1 = nn.Conv2d(2 * ch, ch, kernel_size=3, padding=1)
-        self.d1_time = nn.Linear(4 * ch, ch)
-        self.d1_norm2 = nn.GroupNorm(groups, ch)
-        self.silu9 = nn.SiLU()
-        self.d1_conv2 = nn.Conv2d(ch, ch, kernel_size=3, padding=1)
-        self.d1_skip = nn.Conv2d(2 * ch, ch, kernel_size=1)
+        self.d1 = ResBlock(2 * ch, 4 * ch, ch, groups)
         self.out_norm = nn.GroupNorm(groups, ch)
-        self.silu10 = nn.SiLU()
+        self.silu2 = nn.SiLU()
         self.noise = nn.Conv2d(ch, 1, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -144,58 +178,17 @@ class DigitDiffusion(nn.Module):
         out = self.t_fc2(out)
         temb = self.temb(out)
         stem = self.stem(x)  # (B, ch, 8, 8)
-        out = self.e1_norm1(stem)
-        out = self.silu2(out)
-        e1_conv1 = self.e1_conv1(out)
-        e1_time = self.e1_time(temb)  # (B, ch)
-        out = e1_conv1 + e1_time[:, :, None, None]
-        out = self.e1_norm2(out)
-        out = self.silu3(out)
-        e1_conv2 = self.e1_conv2(out)
-        e1 = e1_conv2 + stem
+        e1 = self.e1(stem, temb)
         down = self.down(e1)  # (B, 2 * ch, 4, 4)
-        out = self.e2_norm1(down)
-        out = self.silu4(out)
-        e2_conv1 = self.e2_conv1(out)
-        e2_time = self.e2_time(temb)  # (B, 2 * ch)
-        out = e2_conv1 + e2_time[:, :, None, None]
-        out = self.e2_norm2(out)
-        out = self.silu5(out)
-        e2_conv2 = self.e2_conv2(out)
-        e2 = e2_conv2 + down
-        pixels = e2.flatten(2).transpose(1, 2)  # (B, 16, 2 * ch)
-        out = self.m_norm1(pixels)
-        m_self = self.m_self(out, out, out, need_weights=False)[0]
-        m_res1 = m_self + pixels
-        m_norm2 = self.m_norm2(m_res1)
-        m_cross = self.m_cross(m_norm2, text, text, need_weights=False)[0]
-        out = m_cross + m_res1
-        mid = out.transpose(1, 2).reshape(out.shape[0], -1, 4, 4)  # (B, 2 * ch, 4, 4)
+        e2 = self.e2(down, temb)
+        mid = self.mid(e2, text)
         d2_in = torch.cat([mid, e2], dim=1)  # (B, 4 * ch, 4, 4)
-        out = self.d2_norm1(d2_in)
-        out = self.silu6(out)
-        d2_conv1 = self.d2_conv1(out)  # (B, 2 * ch, 4, 4)
-        d2_time = self.d2_time(temb)  # (B, 2 * ch)
-        out = d2_conv1 + d2_time[:, :, None, None]
-        out = self.d2_norm2(out)
-        out = self.silu7(out)
-        d2_conv2 = self.d2_conv2(out)
-        d2_skip = self.d2_skip(d2_in)  # (B, 2 * ch, 4, 4)
-        out = d2_conv2 + d2_skip
+        out = self.d2(d2_in, temb)  # (B, 2 * ch, 4, 4)
         out = self.up(out)  # (B, 2 * ch, 8, 8)
         up_conv = self.up_conv(out)  # (B, ch, 8, 8)
         d1_in = torch.cat([up_conv, e1], dim=1)  # (B, 2 * ch, 8, 8)
-        out = self.d1_norm1(d1_in)
-        out = self.silu8(out)
-        d1_conv1 = self.d1_conv1(out)  # (B, ch, 8, 8)
-        d1_time = self.d1_time(temb)  # (B, ch)
-        out = d1_conv1 + d1_time[:, :, None, None]
-        out = self.d1_norm2(out)
-        out = self.silu9(out)
-        d1_conv2 = self.d1_conv2(out)
-        d1_skip = self.d1_skip(d1_in)  # (B, ch, 8, 8)
-        out = d1_conv2 + d1_skip
+        out = self.d1(d1_in, temb)  # (B, ch, 8, 8)
         out = self.out_norm(out)
-        out = self.silu10(out)
+        out = self.silu2(out)
         out = self.noise(out)  # (B, 1, 8, 8)
         return out

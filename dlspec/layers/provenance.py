@@ -19,7 +19,8 @@ back into the caller's names (:func:`rebase`). Expressions are tuples: ``("n", n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 Tree = tuple[Any, ...]
@@ -144,7 +145,40 @@ class _Arithmetic:
         return self
 
 
-class Sym(_Arithmetic, int):
+# How a number prints while code is generated (:func:`printing`): the forward templates of
+# layer kinds are text, and a size in them must be the expression, not the value
+_PRINTING: list[Callable[[Tree], str]] = []
+
+
+@contextmanager
+def printing(render: Callable[[Tree], str]) -> Iterator[None]:
+    """While active, a :class:`Sym` or :class:`SymFloat` prints (``str``, ``repr``, an
+    f-string) as ``render`` writes its local expression: layer kinds write sizes into the
+    text of generated code with ordinary formatting, and get the expression."""
+    _PRINTING.append(render)
+    try:
+        yield
+    finally:
+        _PRINTING.pop()
+
+
+class _Printing:
+    local: Tree
+
+    def __str__(self) -> str:
+        if _PRINTING:
+            return _PRINTING[-1](self.local)
+        return super().__repr__()
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        if _PRINTING and not spec:
+            return _PRINTING[-1](self.local)
+        return super().__format__(spec)
+
+
+class Sym(_Printing, _Arithmetic, int):
     """An int that remembers how it was computed (``local`` and ``root`` expressions)."""
 
     def __new__(cls, value: int, local: Tree, root: Tree) -> Sym:
@@ -164,7 +198,7 @@ class Sym(_Arithmetic, int):
     __hash__ = int.__hash__
 
 
-class SymFloat(_Arithmetic, float):
+class SymFloat(_Printing, _Arithmetic, float):
     """A float that remembers how it was computed."""
 
     def __new__(cls, value: float, local: Tree, root: Tree) -> SymFloat:
@@ -310,20 +344,25 @@ def simplify(tree: Tree) -> Tree:
     if head in ("n", "c"):
         return tree
     if head in ("+", "-", "*", "//", "neg"):
-        poly = _as_poly(tree)
-        if poly is not None:
-            return _from_poly(poly[0], poly[1])
+        # floor division's exact part taken rounded down (``(h + 1) // 2``) or toward zero
+        # (``(k - 1) // 2``): whichever writes shorter
+        forms = []
+        for toward_zero in (False, True):
+            poly = _as_poly(tree, {}, toward_zero)
+            if poly is not None:
+                forms.append(_from_poly(poly[0], poly[1]))
+        if forms:
+            return min(forms, key=lambda form: len(python(form)))
     if head in ("neg", "not"):
         return (head, simplify(tree[1]))
     return (head, simplify(tree[1]), simplify(tree[2]))
 
 
-def _as_poly(tree: Tree, atoms: dict[str, Tree] | None = None) -> tuple[Any, dict] | None:
+def _as_poly(tree: Tree, atoms: dict[str, Tree], toward_zero: bool) -> tuple[Any, dict] | None:
     """``tree`` as a polynomial over names and opaque floor divisions (returned with the
     atoms' trees); None where it has other operators (``/``, ``%``, ``**``)."""
     from dlspec.layers.symbolic import Poly
 
-    atoms = {} if atoms is None else atoms
     head = tree[0]
     if head == "n":
         return Poly.symbol(tree[1]), atoms
@@ -331,11 +370,12 @@ def _as_poly(tree: Tree, atoms: dict[str, Tree] | None = None) -> tuple[Any, dic
         value = tree[1]
         return (value, atoms) if isinstance(value, int) and not isinstance(value, bool) else None
     if head == "neg":
-        inner = _as_poly(tree[1], atoms)
+        inner = _as_poly(tree[1], atoms, toward_zero)
         return None if inner is None else (-inner[0], atoms)
     if head not in ("+", "-", "*", "//"):
         return None
-    left, right = _as_poly(tree[1], atoms), _as_poly(tree[2], atoms)
+    left = _as_poly(tree[1], atoms, toward_zero)
+    right = _as_poly(tree[2], atoms, toward_zero)
     if left is None or right is None:
         return None
     a, b = left[0], right[0]
@@ -349,7 +389,11 @@ def _as_poly(tree: Tree, atoms: dict[str, Tree] | None = None) -> tuple[Any, dic
         return None
     if isinstance(a, int):
         return a // b, atoms
-    exact = {m: c - c % b for m, c in a.terms.items()}  # the part b divides exactly
+    # the part b divides exactly: its coefficients rounded down, or toward 0
+    exact = {
+        m: b * (abs(c) // b) * (1 if c > 0 else -1) if toward_zero else c - c % b
+        for m, c in a.terms.items()
+    }
     rest = a - Poly.make(exact)
     whole = Poly.make({m: c // b for m, c in exact.items()})
     if isinstance(rest, int):
