@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
 from conftest import ROOT
 
-# a line that opens a conflict, starts diff3's base or closes it (the divider "=======" is
-# also Markdown's heading underline; a conflict always has the others)
-OPEN, BASE, CLOSE, MIDDLE = ("<" * 7, "|" * 7, ">" * 7, "=" * 7)
-MARKER = re.compile(rf"^({re.escape(OPEN)}|{re.escape(BASE)}|{re.escape(CLOSE)})( |$)", re.M)
+from dlspec.docs import conflict_markers as markers
+
+OPEN, CLOSE, MIDDLE = "<" * 7, ">" * 7, "=" * 7
 
 
 def tracked_files() -> list[Path]:
@@ -24,11 +22,6 @@ def tracked_files() -> list[Path]:
     except (OSError, subprocess.CalledProcessError):
         skip = {".git", ".venv", "build", "runs", "__pycache__"}
         return [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.parts)]
-
-
-def markers(text: str) -> list[int]:
-    """The 1-based lines of conflict markers in ``text``."""
-    return [text.count("\n", 0, m.start()) + 1 for m in MARKER.finditer(text)]
 
 
 def test_no_conflict_markers_in_the_tree() -> None:
