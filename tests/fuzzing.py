@@ -715,7 +715,7 @@ def torch_macs(module: Any, inputs: list[Any], output: Any) -> int | None:
         return out * ((module.weight is not None) + bias)
     if isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)):
         return _recurrent_macs(module, inputs[0].shape[1])
-    if type(module).__name__ == "ScaledDotProductAttention":
+    if type(module).__name__ == "SDPA":
         return None
     if isinstance(module, nn.Embedding) or not any(True for _ in module.parameters()):
         return 0  # lookups, activations, pooling, reshapes, positional tables

@@ -785,7 +785,7 @@ class Transformer(_TransformerBase):
 
 # Attention written from its parts (nanoGPT, Llama): project with Linear layers, then SDPA.
 
-_SDPA = '''class ScaledDotProductAttention(nn.Module):
+_SDPA = '''class SDPA(nn.Module):
     """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
     values, split into heads; kv < h key/value heads are shared by h // kv query heads each
     (grouped-query attention)."""
@@ -824,7 +824,7 @@ class SDPA(Layer):
     values; torchinfo counts 0 (no weights)."""
 
     kind = "SDPA"
-    torch_names = ("ScaledDotProductAttention",)
+    torch_names = ("ScaledDotProductAttention",)  # the class generated code had before
     family = "attention"
     torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
     positional = ("num_heads", "num_kv_heads")
@@ -878,7 +878,7 @@ class SDPA(Layer):
             kwargs["dropout"] = self.dropout
         args = (self.num_heads, kv)
         forward = "{module}({x0}, {x1}, {x2})"
-        return TorchCall("ScaledDotProductAttention", args, kwargs, forward, helper=_SDPA)
+        return TorchCall("SDPA", args, kwargs, forward, helper=_SDPA)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return self.saves_given(inputs, output, Given.plain(len(inputs)))
@@ -935,7 +935,7 @@ class SDPA(Layer):
         return f"SDPA(heads={self.num_heads}{kv}{causal})"
 
 
-_ROPE = '''class RotaryEmbedding(nn.Module):
+_ROPE = '''class RoPE(nn.Module):
     """Rotates each head's features of a (B, T, h*hd) query or key by its position (RoPE, in
     Llama's "rotate half" form: feature i pairs with feature i + hd/2)."""
 
@@ -965,7 +965,7 @@ class RoPE(Layer):
     buffers (the angles are computed from T); MACs 0 (no weights, as torchinfo)."""
 
     kind = "RoPE"
-    torch_names = ("RotaryEmbedding",)
+    torch_names = ("RotaryEmbedding",)  # the class generated code had before
     family = "embedding"
     positional = ("num_heads",)
 
@@ -988,7 +988,7 @@ class RoPE(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = {} if self.base == 10000.0 else {"base": self.base}
-        return TorchCall("RotaryEmbedding", (self.num_heads,), kwargs, helper=_ROPE)
+        return TorchCall("RoPE", (self.num_heads,), kwargs, helper=_ROPE)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         """The cosines and sines of the angles, (T, hd/2) each, shared by the batch."""

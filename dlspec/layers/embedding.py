@@ -188,7 +188,7 @@ class LearnedPositionalEncoding(_PositionalEncoding):
         return Inferred(x, weights={"weight": self._table(x)}, limits=self._limits(x))
 
 
-_PARAMETER = '''class LearnedTensor(nn.Module):
+_PARAMETER = '''class Parameter(nn.Module):
     """A trained tensor, the same for every sample (a class token, a position table)."""
 
     def __init__(self, *shape: int) -> None:
@@ -208,7 +208,7 @@ class Parameter(Layer):
     N(0, 0.02^2). MACs 0 (nothing is multiplied; torchinfo counts its elements once)."""
 
     kind = "Parameter"
-    torch_names = ("LearnedTensor",)
+    torch_names = ("LearnedTensor",)  # the class generated code had before
     family = "embedding"
     torchinfo_macs = "0, nothing multiplied (torchinfo: its elements per sample)"
     variadic = "shape"
@@ -224,7 +224,7 @@ class Parameter(Layer):
         return Inferred(TensorType(self.shape), weights={"weight": self.shape})
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall("LearnedTensor", self.shape, helper=_PARAMETER)
+        return TorchCall("Parameter", self.shape, helper=_PARAMETER)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []

@@ -13,7 +13,7 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x).permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
-class LearnedTensor(nn.Module):
+class Parameter(nn.Module):
     """A trained tensor, the same for every sample (a class token, a position table)."""
 
     def __init__(self, *shape: int) -> None:
@@ -48,7 +48,7 @@ class CNBlock(nn.Module):
         self.pw1 = nn.Linear(in_channels, 4 * in_channels)
         self.gelu1 = nn.GELU()
         self.pw2 = nn.Linear(4 * in_channels, in_channels)
-        self.layer_scale = LearnedTensor(in_channels, 1, 1)
+        self.layer_scale = Parameter(in_channels, 1, 1)
         self.dropped = StochasticDepth(drop, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 
-class RotaryEmbedding(nn.Module):
+class RoPE(nn.Module):
     """Rotates each head's features of a (B, T, h*hd) query or key by its position (RoPE, in
     Llama's "rotate half" form: feature i pairs with feature i + hd/2)."""
 
@@ -26,7 +26,7 @@ class RotaryEmbedding(nn.Module):
         return rotated.reshape(batch, steps, -1)  # (B, T, h*hd)
 
 
-class ScaledDotProductAttention(nn.Module):
+class SDPA(nn.Module):
     """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
     values, split into heads; kv < h key/value heads are shared by h // kv query heads each
     (grouped-query attention)."""
@@ -58,9 +58,9 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(in_features, d, bias=False)
         self.k_proj = nn.Linear(in_features, d // heads * kv_heads, bias=False)
         self.v_proj = nn.Linear(in_features, d // heads * kv_heads, bias=False)
-        self.q_rot = RotaryEmbedding(heads)
-        self.k_rot = RotaryEmbedding(kv_heads)
-        self.attn = ScaledDotProductAttention(heads, kv_heads, causal=True)
+        self.q_rot = RoPE(heads)
+        self.k_rot = RoPE(kv_heads)
+        self.attn = SDPA(heads, kv_heads, causal=True)
         self.o_proj = nn.Linear(heads * (d // heads * kv_heads // kv_heads), d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

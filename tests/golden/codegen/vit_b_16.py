@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 
-class LearnedTensor(nn.Module):
+class Parameter(nn.Module):
     """A trained tensor, the same for every sample (a class token, a position table)."""
 
     def __init__(self, *shape: int) -> None:
@@ -77,8 +77,8 @@ class ViT_B_16(nn.Module):
         super().__init__()
         self.conv_proj = nn.Conv2d(3, d, kernel_size=patch, stride=patch)
         self.flatten1 = nn.Flatten(2, -1)
-        self.class_token = LearnedTensor(1, d)
-        self.pos_embedding = LearnedTensor(image_size // patch * (image_size // patch) + 1, d)
+        self.class_token = Parameter(1, d)
+        self.pos_embedding = Parameter(image_size // patch * (image_size // patch) + 1, d)
         self.dropout1 = nn.Dropout(dropout)
         self.encoder = nn.Sequential(
             *[EncoderBlock(d, d, heads, mlp_dim, dropout) for _ in range(layers)]
