@@ -57,8 +57,10 @@ format: $(DEV)
 	$(BIN)/ruff format dlspec tests bench
 	$(BIN)/ruff check --fix dlspec tests bench
 
-docs: $(RUNTIME)
-	$(BIN)/python -m dlspec.docs README.md
+# the manual's generated tables, then the site (strict: broken links and conflict markers fail)
+docs: $(DEV)
+	$(BIN)/python -m dlspec.docs README.md docs/*.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(RUNTIME)
 	$(BIN)/python bench/check_speed.py

@@ -10,7 +10,7 @@ from dlspec.terminal import printable
 
 Severity = Literal["error", "warning"]
 
-#: Every diagnostic code dlspec emits, with a one-line title (documented in the README).
+#: Every diagnostic code dlspec emits, with a one-line title (in the manual: docs/diagnostics.md).
 CODES: dict[str, str] = {
     "E001": "spec file not found or unreadable",
     "E002": "spec file is empty",

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dlspec.analysis.check import check_file, check_text
 from dlspec.cli import main
 from dlspec.diagnostics import CODES
+from dlspec.docs import manual_pages
 
 ERRORS = sorted((ROOT / "tests" / "errors").glob("*.dl"))
 GOLDEN = ROOT / "tests" / "golden" / "check"
@@ -102,9 +103,9 @@ def test_error_cases(spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_every_code_is_documented_and_used_codes_exist() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    manual = "".join(page.read_text(encoding="utf-8") for page in manual_pages(ROOT))
     for code in CODES:
-        assert code in readme, f"{code} is not documented in the README"
+        assert code in manual, f"{code} is not documented in the manual"
     for expected in (ROOT / "tests" / "errors").glob("*.expected"):
         for token in expected.read_text().split("["):
             code = token[:4]

@@ -204,9 +204,8 @@ memory   weights 72.25 KiB, output 576.00 KiB per sample (fp32)
 ```"""
 
 
-def test_readme_shows_this_hover() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert README_HOVER in readme
+def test_the_manual_shows_this_hover() -> None:
+    assert README_HOVER in (ROOT / "docs" / "editing.md").read_text()
 
 
 async def test_hover_and_definition_of_several_outputs(

@@ -179,6 +179,12 @@ def test_the_viewer_in_chromium(
         # a frame's title closes it again
         page.click(f'.frame[data-id="{block}"] .title')
         assert shown(page) == top
+        # a search finds what closed blocks hold, marks them, and Enter opens them
+        page.fill("#search", "")
+        page.fill("#search", leaf)
+        assert page.locator(f'.node.contains[data-id="{block}"]').count() == 1
+        page.press("#search", "Enter")
+        assert page.locator(f'.node.match[data-id="{layer}"]').count() == 1
         assert page.errors == []
         chromium.close()
     assert (tmp_path / f"{name}-open.png").stat().st_size > 10_000
@@ -193,3 +199,35 @@ def test_the_page_starts_as_expand_and_open_say(
     assert page_data(out.read_text())["open"] == {"all": False, "paths": ["stage1.convs.0"]}
     assert main(["draw", str(spec), "-o", str(out), "--expand"]) == 0
     assert page_data(out.read_text())["open"]["all"] is True
+
+
+def test_a_spec_with_errors_is_drawn_as_far_as_it_analyzes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The viewer keeps the figures of the statements before the error (those of the spec
+    once fixed), says the error, and exits 1; the static formats draw nothing."""
+    text = (ROOT / "specs" / "cnn.dl").read_text()
+    broken = tmp_path / "broken.dl"
+    broken.write_text(text.replace("conv3 = Conv2d(128, kernel=3", "conv3 = Conv2d(128, kernel=99"))
+    page = tmp_path / "broken.html"
+    assert main(["draw", str(broken), "--format", "html", "-o", str(page)]) == 1
+    captured = capsys.readouterr()
+    assert "error[E402]" in captured.err and captured.out == f"wrote {page}\n"
+    data = page_data(page.read_text())
+    assert len(data["errors"]) == 1 and "error[E402]: conv3" in data["errors"][0]
+    fixed = {r["name"]: r for r in check_json(ROOT / "specs" / "cnn.dl", capsys)["layers"]}
+    shown = {n["id"]: n["row"] for n in data["nodes"] if "row" in n}
+    assert list(shown) == ["conv1", "relu1", "conv2", "relu2", "pool1"]
+    for path, row in shown.items():
+        assert (row["params"], row["macs"]) == (fixed[path]["params"], fixed[path]["macs"])
+    assert main(["draw", str(broken), "-o", str(tmp_path / "broken.dot")]) == 1
+    assert not (tmp_path / "broken.dot").exists()
+    with browser() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        viewer = open_viewer(chromium, page)
+        assert viewer.is_visible("#errors") and "1 error" in viewer.text_content("#errors summary")
+        assert shown.keys() <= set(
+            viewer.eval_on_selector_all(".node", "n => n.map(e => e.dataset.id)")
+        )
+        assert viewer.errors == []
+        chromium.close()

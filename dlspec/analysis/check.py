@@ -12,7 +12,7 @@ from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.infer import Analyzer
 from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
-from dlspec.analysis.report import Report, build_report, layer_rows
+from dlspec.analysis.report import Report, build_report
 from dlspec.diagnostics import Diagnostic
 from dlspec.syntax.bounds import literal_problem
 from dlspec.syntax.parser import parse
@@ -29,9 +29,10 @@ class Checked:
     report: Report
     overrides: dict[str, str] = field(default_factory=dict)  # the --set values
     model: str | None = None  # the model asked for, when the file defines several
-    # with errors that stopped the analysis: the rows of the statements that did analyze
-    # (before, beside and after the error; no memory figures), for an editor's hover
-    partial: Report | None = None
+    # with errors that stopped the analysis: the model as far as it did analyze (what comes
+    # before the error and beside it), and its report, for an editor's hover and the viewer
+    partial: ModelGraph | None = None
+    partial_report: Report | None = None
 
     @property
     def ok(self) -> bool:
@@ -93,14 +94,20 @@ def _check(
         diagnostics = analyzer.diagnostics
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
-        elif analyzer.partial:
-            bindings = dict(analyzer.bindings)
-            layers = layer_rows(analyzer.partial, bindings)
-            partial = Report(file=path, symbols=bindings, layers=layers)
+        elif analyzer.partial is not None and analyzer.partial.steps:
+            partial = analyzer.partial
     diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0))
     report = build_report(path, graph, diagnostics, batch)
+    partial_report = None if partial is None else build_report(path, partial, [], batch)
     return Checked(
-        path, source, graph if report.ok else None, report, dict(overrides or {}), model, partial
+        path,
+        source,
+        graph if report.ok else None,
+        report,
+        dict(overrides or {}),
+        model,
+        partial,
+        partial_report,
     )
 
 

@@ -222,7 +222,9 @@ class Analyzer:
         self.total_checks: list[tuple[ast.Check, Mapping[str, Any]]] = []
         self.train: ast.TrainSection | None = None
         self.incomplete = False  # a statement failed: the graph would have holes
-        self.partial: list[Step] = []  # with errors: the model's statements that did analyze
+        # with errors: the model as far as its statements did analyze (no holes: a statement
+        # reading what failed fails too), for an editor's hover and the viewer
+        self.partial: ModelGraph | None = None
         self.limits: list[tuple[Dim, int, str]] = []  # bounds on symbolic dims, all layers
 
     # driver ---------------------------------------------------------------------------------
@@ -439,9 +441,6 @@ class Analyzer:
             d.code[:2] in ("E0", "E1", "E2", "E4") for d in self.diagnostics
         )
         self.diagnostics.extend(problems)
-        if failed:
-            self.partial = steps
-            return None
         graph = ModelGraph(
             name=definition.name.name,
             arguments=arguments,
@@ -458,6 +457,9 @@ class Analyzer:
             limits=self.limits,
             program=self.program,
         )
+        if failed:
+            self.partial = graph
+            return None
         self._check_totals(graph)
         return graph
 

@@ -145,12 +145,6 @@ def _rows(
     return rows
 
 
-def layer_rows(steps: list[Step], bindings: dict[str, int]) -> list[LayerRow]:
-    """The rows of ``steps`` and what they hold, without memory figures (their
-    ``activations_bytes`` are 0): for a model that did not analyze whole."""
-    return _rows(steps, 0, bindings, {})
-
-
 def build_report(
     path: str, graph: ModelGraph | None, diagnostics: list[Diagnostic], batch: int
 ) -> Report:

@@ -34,16 +34,24 @@ ASSETS = resources.files("dlspec.backends") / "viewer"
 
 
 def to_html(checked: Checked, expand: bool = False, open_: Sequence[str] = ()) -> str:
-    """The viewer page of a checked spec (which must have analyzed). It starts with every
-    block and repetition open (``expand``), or those at the paths ``open_`` and around them."""
-    assert checked.graph is not None and checked.source is not None
-    data = view_data(checked.graph, checked.report, checked.source.text)
+    """The viewer page of a checked spec: the model, or with errors as far as it analyzed
+    (the errors then head the page). It starts with every block and repetition open
+    (``expand``), or those at the paths ``open_`` and around them."""
+    assert checked.source is not None
+    text = checked.source.text
+    if checked.graph is not None:
+        data = view_data(checked.graph, checked.report, text)
+    else:
+        assert checked.partial is not None and checked.partial_report is not None
+        data = view_data(checked.partial, checked.partial_report, text)
+    errors = [d for d in checked.report.diagnostics if d.severity == "error"]
+    data["errors"] = [d.render(checked.path, text) for d in errors]
     data["open"] = {"all": expand, "paths": list(open_)}
     # inside <script>, "</" could close the element: JSON allows escaping the slash
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
     page = (ASSETS / "viewer.html").read_text(encoding="utf-8")
     return (
-        page.replace("/*TITLE*/", html.escape(checked.graph.name))
+        page.replace("/*TITLE*/", html.escape(data["model"]["name"]))
         .replace("/*STYLE*/", (ASSETS / "viewer.css").read_text(encoding="utf-8"))
         .replace("/*SCRIPT*/", (ASSETS / "viewer.js").read_text(encoding="utf-8"))
         .replace("/*DATA*/", payload)  # last: nothing is replaced inside the data

@@ -111,9 +111,11 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
         print(f"dlspec draw: {exc}", file=sys.stderr)
         return 2
     checked, code = load_spec(args, batch=args.activations or 1)
-    if checked.graph is None:
+    # with errors, the viewer shows the model as far as it analyzed; a diagram shows nothing
+    graph = checked.graph or (checked.partial if fmt == "html" else None)
+    if graph is None:
         return code or 1
-    closable = {s.path for s in checked.graph.all_steps() if s.form in ("block", "repeat")}
+    closable = {s.path for s in graph.all_steps() if s.form in ("block", "repeat")}
     unknown = [path for path in args.open if path not in closable]
     if unknown:
         known = ", ".join(sorted(closable)[:8]) + (", ..." if len(closable) > 8 else "")
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     if fmt == "html":
         from dlspec.backends import html_view
 
-        return _save(out, html_view.to_html(checked, args.expand, args.open).encode())
+        return _save(out, html_view.to_html(checked, args.expand, args.open).encode()) or code
     options = graphviz_draw.DrawOptions(
         rankdir=args.rankdir,
         detail=args.detail,
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
         open=frozenset(args.open),
         activations=args.activations,
     )
-    source = graphviz_draw.to_dot(checked.graph, options)
+    source = graphviz_draw.to_dot(graph, options)
     if fmt == "dot":
         return _save(out, source.encode())
     if (find_dot or graphviz_draw.find_dot)() is None:

@@ -25,7 +25,7 @@ counts per-sample dimensions, as shapes are printed: 0 is the first dimension af
 and -1 the last (:func:`axis`). MACs follow torchinfo's ``total_mult_adds``: a convolution
 counts each weight once per output position, any other layer with parameters each of them once
 per sample; dlspec differs where a layer applies its weights at every step of a sequence
-(``[T, D]``), which it counts T times, and for attention's products (README, layer reference).
+(``[T, D]``), which it counts T times, and for attention's products (the manual's layer reference).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's layer reference, generated from the registry (``make docs`` rewrites it)."""
+"""The manual's layer reference (docs/layers.md), from the registry (``make docs`` rewrites it)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def hover(ls: LanguageServer, params: types.HoverParams) -> types.Hover | None:
         return None
     checked = check_text(doc.source, doc.path)
     # while the spec has errors, the statements that did analyze keep their figures
-    report = checked.partial or checked.report
+    report = checked.partial_report or checked.report
     text = hover_text(report, params.position.line + 1)
     if text is None:
         return None

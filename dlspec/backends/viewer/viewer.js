@@ -543,7 +543,8 @@
     if (query) {
       for (const node of data.nodes) {
         const kind = node.row ? node.row.kind : node.kind;
-        if ([node.id, node.name, node.label, kind].some((text) => text.toLowerCase().includes(query))) {
+        const texts = [node.name, node.label, kind, ...(query.includes(".") ? [node.id] : [])];
+        if (texts.some((text) => text.toLowerCase().includes(query))) {
           matches.add(node.id);
         }
       }
@@ -638,6 +639,14 @@
       `training with Adam ${bytes(m.training_adam)}`,
     ];
     title.append(html("span", totals.join("  ·  "), { class: "totals" }));
+    if (data.errors.length) {
+      const errors = document.getElementById("errors");
+      const count = data.errors.length === 1 ? "1 error" : `${data.errors.length} errors`;
+      errors.querySelector("summary").textContent =
+        `${count}: drawn as far as the spec analyzes (the statements before the error and beside it); totals of what is drawn`;
+      errors.querySelector("pre").textContent = data.errors.join("\n");
+      errors.hidden = false;
+    }
   }
   document.getElementById("colour").addEventListener("change", (event) => {
     colourBy = event.target.value;
