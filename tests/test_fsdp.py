@@ -152,6 +152,16 @@ def test_two_sharded_processes_train_like_one(
     assert [p.name for p in (two_sharded / "checkpoint.shards").iterdir()] == ["epoch-2"]
 
 
+def test_accumulated_parts_in_sharded_processes_train_like_one(
+    spec: Path, one_process: Path, tmp_path: Path
+) -> None:
+    """Gradient accumulation under FSDP: each rank's share of a batch runs as two parts, the
+    gradients reduce-scattered once, after the last."""
+    out = tmp_path / "accumulated"
+    _run(_build(spec, out, 2, "--train", "accumulate=2"))
+    _same_losses(out, one_process)
+
+
 def test_each_process_holds_its_shard_as_plan_counts_it(spec: Path, tmp_path: Path) -> None:
     script = tmp_path / "measure.py"
     script.write_text(MEASURE)

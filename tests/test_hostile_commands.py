@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import dlspec
 from dlspec.cli import main
 from dlspec.crash import EXIT_INTERNAL
 from dlspec.train.checkpoint import Checkpoint, save_checkpoint
@@ -537,3 +538,26 @@ def test_watch_with_json_keeps_stdout_json(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["total_params"] == 15  # stdout: the JSON alone
     assert "watching" in captured.err
+
+
+def test_a_train_memory_argument_given_twice_is_refused() -> None:
+    spec = (
+        "model M {\n    input x: float[4]\n    Linear(2)\n"
+        "    expect total train_memory(batch=2, batch=3) < 1GiB\n}\n"
+    )
+    with pytest.raises(dlspec.SpecError) as err:
+        dlspec.load_text(spec)
+    assert [d.code for d in err.value.diagnostics] == ["E213"]
+    assert "'batch' given twice" in err.value.diagnostics[0].message
+
+
+def test_a_model_named_like_a_layer_kind_is_refused() -> None:
+    """Generated code defines a class per helper kind (SinusoidalPositionalEncoding): a model
+    of that name would hide it."""
+    spec = (
+        "model SinusoidalPositionalEncoding(T: dim = 4) {\n    input x: long[T]\n"
+        "    Embedding(10, 8)\n    SinusoidalPositionalEncoding(8)\n}\n"
+    )
+    with pytest.raises(dlspec.SpecError) as err:
+        dlspec.load_text(spec)
+    assert "E206" in [d.code for d in err.value.diagnostics]

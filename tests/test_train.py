@@ -376,3 +376,50 @@ def test_ctrl_c_saves_a_checkpoint_mid_epoch(
     saved = load_checkpoint(tmp_path / "checkpoint.pt", "tiny")
     assert (saved.epoch, saved.partial, len(saved.history)) == (1, True, 1)
     assert torch.equal(saved.model["fc.weight"], run.model.state_dict()["fc.weight"])
+
+
+class PlainNet(nn.Module):
+    """TinyNet without dropout: what a batch computes does not depend on how it is split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_accumulated_parts_take_the_batchs_step(tmp_path: Path, parts: int) -> None:
+    """``accumulate = N``: each batch runs as N parts and one optimizer step, the step the
+    whole batch takes (a last batch smaller than N parts too)."""
+    runs = []
+    for accumulate in (1, parts):
+        config, splits = digits_splits(
+            epochs="1",
+            batch_size="50",
+            optimizer="SGD(lr=0.1)",
+            precision="fp32",
+            accumulate=str(accumulate),
+        )
+        assert config.accumulate == accumulate
+        torch.manual_seed(0)
+        model = PlainNet()
+        run = Trainer(
+            model,
+            config,
+            splits,
+            (1, 8, 8),
+            device=torch.device("cpu"),
+            checkpoint_path=tmp_path / f"{accumulate}.pt",
+            spec_hash="plain",
+            progress=False,
+            log=lambda _: None,
+        )
+        assert run.fit()
+        runs.append((model, history(run)))
+    (one, first), (split, second) = runs
+    for a, b in zip(one.parameters(), split.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert first[0]["train_loss"] == pytest.approx(second[0]["train_loss"], rel=1e-4)

@@ -238,10 +238,12 @@ class Analyzer:
             name = definition.name
             if name.name in self.models or name.name in self.blocks:
                 self.error(Diagnostic.at("E206", f"{name.name} is defined twice", name.span))
-            elif definition.keyword == "block" and name.name in REGISTRY:
+            elif name.name in REGISTRY:  # a kind's class in generated code has its name
                 self.error(
                     Diagnostic.at(
-                        "E206", f"block {name.name} has the name of a layer kind", name.span
+                        "E206",
+                        f"{definition.keyword} {name.name} has the name of a layer kind",
+                        name.span,
                     )
                 )
             elif (
@@ -1039,6 +1041,8 @@ def _train_options(check: ast.Check, env: Mapping[str, Any]) -> memory.Options:
     for arg in check.args:
         if arg.name is None:
             raise fail("E305", "write train_memory's arguments by name, e.g. batch=32", arg.span)
+        if arg.name.name in values:  # as a layer's argument given twice is
+            raise fail("E213", f"argument {arg.name.name!r} given twice", arg.span)
         values[arg.name.name] = evaluate(arg.value, env)
         try:
             memory.options({arg.name.name: values[arg.name.name]})

@@ -142,6 +142,9 @@ class TrainConfig(_Frozen):
     # several processes (dlspec build --nproc-per-node): ddp replicates the model in each,
     # fsdp shards it (torch's fully_shard per block use, then the root)
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # gradient accumulation: each batch runs as this many parts, their gradients summed before
+    # one optimizer step (the same step, with a part's activation memory)
+    accumulate: int = Field(1, ge=1)
 
 
 class TrainConfigError(ValueError):
@@ -325,6 +328,7 @@ SETTINGS: dict[str, Reader] = {
     "guidance": _plain,
     "checkpointing": _plain,
     "strategy": _named("strategy", "strategy", {"ddp": "ddp", "fsdp": "fsdp"}),
+    "accumulate": _plain,
 }
 
 

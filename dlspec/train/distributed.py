@@ -296,10 +296,21 @@ class DistributedTrainer(Trainer):
             self._inject_fault()
         return super()._step(x, y)
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         if self.sharded:  # what weighted_average does to DDP's gradients
             loss = loss * self._share_weight.weight
-        super()._update(loss)
+        super()._backward(loss)
+
+    @contextlib.contextmanager
+    def _accumulating(self, more: bool) -> Iterator[None]:
+        if self.sharded:  # FSDP reduce-scatters the summed gradients after the last part
+            self.model.set_requires_gradient_sync(not more)  # type: ignore[operator]
+            yield
+        elif more and isinstance(self.network, nn.parallel.DistributedDataParallel):
+            with self.network.no_sync():
+                yield
+        else:
+            yield
 
     def _finite_weights(self) -> bool:
         if not self.sharded:

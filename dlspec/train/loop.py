@@ -14,6 +14,7 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import inspect
@@ -543,18 +544,44 @@ class Trainer:
         return out
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step on a batch: returns the (detached) output and mean loss."""
-        out = self._forward(x)
-        loss = self.objective.loss(out, y)
-        self._update(loss)
-        return out.detach(), loss.detach()
-
-    def _update(self, loss: torch.Tensor) -> None:
-        """Backpropagate ``loss`` and take an optimiser step."""
+        """One optimisation step on a batch: returns the (detached) output and mean loss. With
+        ``accumulate`` > 1 the batch runs in as many parts, each part's loss weighted by its
+        share of the batch, and their gradients summed before the one step."""
+        count = self.config.accumulate
+        parts = [
+            (x_part, y_part)
+            for x_part, y_part in zip(x.tensor_split(count), y.tensor_split(count), strict=True)
+            if len(y_part)  # a last batch smaller than the parts
+        ]
         self.optimizer.zero_grad(set_to_none=True)
+        outs, total = [], torch.zeros((), device=x.device)
+        for i, (x_part, y_part) in enumerate(parts):
+            with self._accumulating(i < len(parts) - 1):
+                out, loss = self._loss(x_part, y_part)
+                loss = loss * (len(y_part) / len(y))
+                self._backward(loss)
+            outs.append(out.detach())
+            total = total + loss.detach()
+        self._apply()
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)), total
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and mean loss of (a part of) a batch, in the autograd graph."""
+        out = self._forward(x)
+        return out, self.objective.loss(out, y)
+
+    def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
+
+    def _apply(self) -> None:
+        """The optimiser's step with the gradients summed since the last."""
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def _accumulating(self, more: bool) -> contextlib.AbstractContextManager[None]:
+        """Around a part's backward pass: ``more`` parts follow before the step (a
+        distributed run then keeps its gradients local)."""
+        return contextlib.nullcontext()
 
     # epochs --------------------------------------------------------------------------------
 

@@ -187,14 +187,16 @@ class DiffusionTrainer(Trainer):
         times = t.to(device=self.device, dtype=torch.float32).unsqueeze(1)
         return self.inputs.arrange(noisy, times, prompts), self.schedule.target(x0, noise, t)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, target = self._noised(x, y, self.augment_generator, self.config.cond_drop)
         out = self._forward(*inputs)
-        loss = F.mse_loss(out.float(), target)
-        self._update(loss)
+        return out, F.mse_loss(out.float(), target)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result = super()._step(x, y)
         if self.ema is not None:
             self.ema.update(self.model)
-        return out.detach(), loss.detach()
+        return result
 
     def train_epoch(self) -> tuple[float, float | None]:
         result = super().train_epoch()
