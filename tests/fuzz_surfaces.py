@@ -101,7 +101,7 @@ class Run:
 # the workspace ---------------------------------------------------------------------------
 
 
-def onnx_model(path: Path, metadata: dict[str, str]) -> None:
+def onnx_model(path: Path, metadata: dict[str, str]) -> Path:
     """A one-node ONNX model (Identity on float[N, 4]) with ``metadata``."""
     import onnx
     from onnx import TensorProto, helper
@@ -113,6 +113,7 @@ def onnx_model(path: Path, metadata: dict[str, str]) -> None:
     model.ir_version = 8
     helper.set_model_props(model, metadata)
     onnx.save(model, path)
+    return path
 
 
 def make_workspace(directory: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fuzz_surfaces import onnx_model
 
 import dlspec
 from dlspec.cli import main
@@ -212,21 +213,6 @@ def test_numbers_and_nesting_beyond_the_analysis_are_diagnostics(
 
 
 # metadata and checkpoints ----------------------------------------------------------------
-
-
-def onnx_model(path: Path, metadata: dict[str, str]) -> Path:
-    """A one-node ONNX model (Identity on float[N, 4]) carrying ``metadata``."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, metadata)
-    onnx.save(model, path)
-    return path
 
 
 @pytest.mark.parametrize(
