@@ -412,6 +412,29 @@ def test_hostile_model_code_is_bounded_and_writes_nothing(
     assert code == 1 and message in err and not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        ("Exits", [], "hostile:Exits called sys.exit(0)"),
+        ("Hangs", ["--timeout", "3"], "did not finish within 3 s"),
+        ("Huge", ["--max-memory", "1G"], "can't allocate memory"),
+    ],
+)
+def test_check_runs_model_code_bounded_as_import_does(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    options: list[str],
+    message: str,
+) -> None:
+    """``dlspec check MODULE:CALLABLE`` imports in the same bounded child as ``import``."""
+    (tmp_path / "hostile.py").write_text(HOSTILE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(capsys, "check", f"hostile:{model}", "--input", "float[4]", *options)
+    assert code == 1 and message in err
+
+
 def test_a_constructor_that_changes_directory_does_not_move_the_outputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

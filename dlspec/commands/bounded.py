@@ -146,6 +146,10 @@ def _child(
         os.setsid()  # a process group of its own, killed whole at the limit
         sys.stdout = open(pipes["out"], "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         sys.stderr = open(pipes["err"], "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        # the parent's OpenMP thread pool did not survive the fork: a parallel region would
+        # wait for its threads forever, so the child's torch computes on one thread
+        if (torch := sys.modules.get("torch")) is not None:
+            torch.set_num_threads(1)
         mapped = _address_space()
         if mapped is not None:
             limit = mapped + memory

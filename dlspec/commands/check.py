@@ -18,6 +18,7 @@ from dlspec.commands.common import (
     positive_int,
     print_diagnostics,
 )
+from dlspec.commands.import_ import add_limits
 from dlspec.commands.watch import positive_seconds, watch
 
 
@@ -52,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser,
         "for MODULE:CALLABLE in place of a spec (--set then sets the constructor's arguments): ",
     )
+    add_limits(parser, memory=False)  # check's --max-memory bounds the model's code too
     parser.add_argument(
         "--activations",
         action="store_true",
@@ -60,13 +62,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _imported(args: argparse.Namespace, target: str) -> Checked | int:
-    """Import ``MODULE:CALLABLE`` in memory (as `dlspec import` does) and check the spec."""
+    """Import ``MODULE:CALLABLE`` (as `dlspec import` does: the user's code in a bounded
+    child process, which writes the spec to a temporary file) and check the spec."""
+    import tempfile
+
     from dlspec.commands import import_
 
-    result = import_.capture(args, target)
-    if isinstance(result, int):
-        return result
-    return check_text(result.text, target, batch=args.batch)
+    with tempfile.TemporaryDirectory(prefix="dlspec-check-") as folder:
+        path = Path(folder) / "imported.dl"
+        job = argparse.Namespace(**{**vars(args), "target": target})
+        code = import_.bounded(job, lambda: import_.spec_text(job, path), "check")
+        if code != 0:
+            return code
+        text = path.read_text(encoding="utf-8")
+    return check_text(text, target, batch=args.batch)
 
 
 def _check(path: str, args: argparse.Namespace) -> Checked | int:

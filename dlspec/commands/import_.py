@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +42,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser, "a keyword argument of the constructor")
     parser.add_argument("--out", type=Path, required=True, help="the spec to write (.dl)")
     parser.add_argument("--weights", type=Path, metavar="CHECKPOINT", help="also write the weights")
+    add_limits(parser)
+
+
+def add_limits(parser: argparse.ArgumentParser, memory: bool = True) -> None:
+    """``--timeout`` (and ``--max-memory`` where the command has none): the bounds of the
+    child process that runs the user's model code (:func:`bounded`)."""
     limits = parser.add_argument_group("limits (the model's code runs in a child process)")
     limits.add_argument(
         "--timeout",
         type=lambda text: finite_number(text, 1, 86_400, "a number of seconds"),
         default=TIMEOUT,
         metavar="SECONDS",
-        help=f"stop the import after this long (default {TIMEOUT})",
+        help=f"stop running the model's code after this long (default {TIMEOUT})",
     )
-    limits.add_argument(
-        "--max-memory",
-        type=size_limit,
-        default=MAX_MEMORY,
-        metavar="SIZE",
-        help="memory the model's code may allocate, e.g. 16G (default 4G)",
-    )
+    if memory:
+        limits.add_argument(
+            "--max-memory",
+            type=size_limit,
+            default=MAX_MEMORY,
+            metavar="SIZE",
+            help="memory the model's code may allocate, e.g. 16G (default 4G)",
+        )
 
 
 def settings(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -97,16 +105,27 @@ def run(args: argparse.Namespace) -> int:
             weights = output_path(args.weights, "--weights", given).absolute()
     except OutputError as exc:
         return fail(str(exc), 2)
+    return bounded(args, lambda: _import(args, out, weights), "import")
+
+
+def bounded(args: argparse.Namespace, job: Callable[[], int], name: str) -> int:
+    """``job`` (which runs the user's code for ``args.target``) in a child process bounded by
+    ``--timeout`` and ``--max-memory``; its exit code."""
     from dlspec.commands.bounded import run_bounded
 
     _preload(args.target)
-    return run_bounded(
-        lambda: _import(args, out, weights),
-        seconds=args.timeout,
-        memory=args.max_memory,
-        what=args.target,
-        name="import",
-    )
+    memory = args.max_memory or MAX_MEMORY  # check's --max-memory has no default
+    return run_bounded(job, seconds=args.timeout, memory=memory, what=args.target, name=name)
+
+
+def spec_text(args: argparse.Namespace, path: Path) -> int:
+    """Import ``args.target`` and write the spec's text to ``path`` (the job of the child
+    process that ``dlspec check MODULE:CALLABLE`` runs)."""
+    result = capture(args, args.target)
+    if isinstance(result, int):
+        return result
+    path.write_text(result.text, encoding="utf-8")
+    return 0
 
 
 def _preload(target: str) -> None:
