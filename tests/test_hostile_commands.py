@@ -387,6 +387,14 @@ class Moves(nn.Module):
 """
 
 
+@pytest.fixture
+def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory holding the module ``hostile`` (HOSTILE_MODULE), made the current one."""
+    (tmp_path / "hostile.py").write_text(HOSTILE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.mark.parametrize(
     ("model", "options", "message"),
     [
@@ -397,16 +405,13 @@ class Moves(nn.Module):
     ],
 )
 def test_hostile_model_code_is_bounded_and_writes_nothing(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    hostile: Path,
     capsys: pytest.CaptureFixture[str],
     model: str,
     options: list[str],
     message: str,
 ) -> None:
-    (tmp_path / "hostile.py").write_text(HOSTILE_MODULE)
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out.dl"
+    out = hostile / "out.dl"
     args = ["import", f"hostile:{model}", "--input", "float[4]", "--out", out, *options]
     code, err = cli(capsys, *args)
     assert code == 1 and message in err and not out.exists()
@@ -421,16 +426,13 @@ def test_hostile_model_code_is_bounded_and_writes_nothing(
     ],
 )
 def test_check_runs_model_code_bounded_as_import_does(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    hostile: Path,
     capsys: pytest.CaptureFixture[str],
     model: str,
     options: list[str],
     message: str,
 ) -> None:
     """``dlspec check MODULE:CALLABLE`` imports in the same bounded child as ``import``."""
-    (tmp_path / "hostile.py").write_text(HOSTILE_MODULE)
-    monkeypatch.chdir(tmp_path)
     code, err = cli(capsys, "check", f"hostile:{model}", "--input", "float[4]", *options)
     assert code == 1 and message in err
 
