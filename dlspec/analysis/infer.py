@@ -240,6 +240,8 @@ class Analyzer:
         # reading what failed fails too), for an editor's hover and the viewer
         self.partial: ModelGraph | None = None
         self.limits: list[tuple[Dim, int, str]] = []  # bounds on symbolic dims, all layers
+        # the values each `let` took, by its line (a block's once per use), for hover
+        self.bound: dict[int, list[str]] = {}
 
     # driver ---------------------------------------------------------------------------------
 
@@ -561,6 +563,10 @@ class Analyzer:
             scope.named[ident.name] = trees(stmt.value, env, scope.named)
         scope.env[ident.name] = value
         scope.lets.add(ident.name)
+        shown = self.bound.setdefault(stmt.span.line, [])
+        text = f"{ident.name} = {_fmt_value(value)}"
+        if text not in shown:
+            shown.append(text)
 
     def _input(self, decl: ast.InputDecl, scope: Scope) -> None:
         check_name(decl.name, "input")
@@ -1253,6 +1259,17 @@ def _claim(op: str, value: Any) -> str:
 
 def _fmt_num(value: Any) -> str:
     return n(value) if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _fmt_value(value: Any) -> str:
+    """A let's value as hover shows it: ``16``, ``T + 1``, ``0.5``, ``true``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return _fmt_shape(value)
+    if isinstance(value, str):
+        return repr(value)
+    return _fmt_num(provenance.plain(value)) if isinstance(value, int) else str(value)
 
 
 def _fmt_shape(shape: list[Any]) -> str:
