@@ -5,7 +5,9 @@ dimensions (0 is the first after the batch; negative dims count from the end).""
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -216,6 +218,17 @@ class Select(View):
         return f"Select({self.dim}, {self.index})"
 
 
+def _slice(parts: list[str]) -> str:
+    """``start:end:step`` as ruff formats it: a bound other than a name or a number (with its
+    sign) makes each colon spaced where a bound stands beside it (``: -self.dilation``)."""
+    if all(re.fullmatch(r"-?(\d+|[A-Za-z_]\w*)", p) for p in parts if p):
+        return ":".join(parts)
+    text = parts[0]
+    for before, after in itertools.pairwise(parts):
+        text += (" " if before else "") + ":" + (" " if after else "") + after
+    return text
+
+
 @register
 class Slice(View):
     """Keeps positions ``start``, ``start + step``, ... before ``end`` (default: to the end;
@@ -307,9 +320,9 @@ class Slice(View):
         size = inputs[0].shape[at]
         symbolic_end = isinstance(self.end, Poly) and self.end == size
         end = "" if self.end is None or symbolic_end else self._written(self.end, size)
-        step = "" if self.step == 1 else f":{self.step}"
         start = self._written(self.start, size) if self.start else ""
-        return TorchCall(None, forward=f"{{x}}[{lead}{start}:{end}{step}]")
+        parts = [start, end] + ([] if self.step == 1 else [str(self.step)])
+        return TorchCall(None, forward=f"{{x}}[{lead}{_slice(parts)}]")
 
     def label(self) -> str:
         end = "" if self.end is None else str(self.end)
