@@ -79,8 +79,9 @@ def evaluate(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
             return env[expr.name]
         if expr.name in CONSTANTS:
             return CONSTANTS[expr.name]
-        loop = getattr(env, "indexes", {}).get(expr.name)
-        if loop is not None:
+        indexes = getattr(env, "indexes", {})
+        loop = indexes.get(expr.name)
+        if loop is not None and expr.name not in env:
             raise fail(
                 "E208",
                 f"{expr.name} is the index of the repetition at line {loop.line}; it exists "
@@ -88,11 +89,14 @@ def evaluate(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
                 expr.span,
                 [f"`{expr.name}` counts the copies of `... for {expr.name} in range(n)`"],
             )
+        live = getattr(env, "looping", [])  # the indexes of repetitions being analyzed
         raise fail(
             "E208",
             f"unknown name {expr.name!r}",
             expr.span,
-            did_you_mean(expr.name, env) or ["names here are the parameters in scope"],
+            did_you_mean(expr.name, env)
+            or ([f"the loop index here is {live[-1]}"] if live else [])
+            or ["names here are the parameters in scope"],
         )
     if isinstance(expr, ast.ListExpr):
         return [evaluate(item, env) for item in expr.items]

@@ -100,11 +100,12 @@ class Values(Mapping[str, Any]):
         env: dict[str, Any],
         tensors: dict[str, TensorType | None],
         indexes: Mapping[str, Span] | None = None,
+        looping: Sequence[str] = (),
     ) -> None:
         self.env, self.tensors = env, tensors
         # the loop indexes of the body's repetitions (where each is declared): read outside
-        # its statement, one is named as what it is
-        self.indexes = indexes or {}
+        # its statement, one is named as what it is; and those of the copies being analyzed
+        self.indexes, self.looping = indexes or {}, looping
 
     def __getitem__(self, key: str) -> Any:
         if key in self.env:
@@ -149,11 +150,12 @@ class Scope:
     # the loop indexes its repetitions declare (``for i in range(n)``), and the names its
     # `let` statements bound (each a value of ``env``)
     indexes: dict[str, Span] = field(default_factory=dict)
+    looping: list[str] = field(default_factory=list)
     lets: set[str] = field(default_factory=set)
 
     def values(self) -> Values:
         """The names expressions here can read."""
-        return Values(self.env, self.tensors, self.indexes)
+        return Values(self.env, self.tensors, self.indexes, self.looping)
 
     def generated_name(self, base: str) -> str:
         base = base.lower()
@@ -554,9 +556,11 @@ class Analyzer:
         (bools, strings) keep them in ``scope.named`` for generated code."""
         ident = stmt.name
         check_name(ident, "let")
-        if ident.name in scope.env or ident.name in scope.names or ident.name in CONSTANTS:
-            what = "a let" if ident.name in scope.lets else "a name"
+        if ident.name in scope.env or ident.name in CONSTANTS:
+            what = "a let" if ident.name in scope.lets else "a parameter or constant"
             raise fail("E206", f"{ident.name} is already {what} in this scope", ident.span)
+        if ident.name in scope.names:
+            raise fail("E206", f"{ident.name} names a tensor of this scope", ident.span)
         env = scope.values()
         value = evaluate(stmt.value, env)
         if self.program and isinstance(value, bool | str):
@@ -735,10 +739,12 @@ class Analyzer:
             return
         name = stmt.repeat.index.name
         scope.env[name] = provenance.parameter(copy, name) if self.program else copy
+        scope.looping.append(name)
         try:
             yield
         finally:
             del scope.env[name]
+            scope.looping.pop()
 
     def _operation(
         self,
@@ -928,8 +934,9 @@ class Analyzer:
         x = _fresh_type(inputs[0].type, size_names[0], sizes, self.program)
         errors = len(self.diagnostics)
         main = Scope.of(path, scope.env, x, scope.named)
-        children = self._body(op.body, main)
         side = Scope.of(f"{path}.shortcut", scope.env, x, scope.named)
+        main.looping = side.looping = scope.looping  # the copy of a repetition, if it is one
+        children = self._body(op.body, main)
         side_children = self._body(op.shortcut, side) if op.shortcut is not None else None
         if self._failed_since(errors):  # a failed body has no output to build a graph from
             return None
