@@ -186,8 +186,8 @@ class _Builder:
         self.saved: dict[str, int] = {}
         if options.activations is not None:
             at = {**graph.bindings, "B": options.activations}
-            rows = memory.activations(graph)
-            self.saved = {row.path: value_at(row.saved, at) for row in rows}
+            rows = memory.saved_by_path(memory.activations(graph))
+            self.saved = {path: value_at(saved, at) for path, saved in rows.items()}
         self.edges: list[_Edge] = []
         # the paths opened and those around them
         self.opened = {p.rsplit(".", i)[0] for p in options.open for i in range(p.count(".") + 1)}
