@@ -371,6 +371,9 @@ def test_a_hundred_thousand_alike_copies_check_as_one() -> None:
     # the IR holds the one copy the analysis built, standing for all of them
     (blocks,) = [s for s in checked.graph.steps if s.name == "blocks"]
     assert [(run.step.path, run.times) for run in blocks.runs()] == [("blocks.0", 100_000)]
+    assert "block Block(d=8) <- input  params=72  @9:14  (x 100000: copies 0-99999 alike)" in (
+        describe(checked.graph)
+    )
     # figures multiply: activations grow by one copy's bytes per copy
     small = [check_text(DEEP, overrides={"layers": str(n)}).report for n in (2, 3)]
     assert report.memory and small[0].memory and small[1].memory
