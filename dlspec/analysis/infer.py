@@ -650,7 +650,7 @@ class Analyzer:
         if loop is not None:
             count = expect_int(loop.count, scope.values(), "range's count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
-        elif stmt.repeat is not None:
+        elif stmt.repeat is not None and not isinstance(stmt.repeat, ast.Loop):
             count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
         else:
