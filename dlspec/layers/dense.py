@@ -119,7 +119,7 @@ class Einsum(Layer):
     nothing is contracted (an element-wise or outer product, as ``Mul``)."""
 
     kind = "Einsum"
-    family = "dense"
+    family = "merge"  # a product of two tensors, as Mul: no weights, not a linear layer
     positional = ("equation",)
     arity = (2, 2)
     torchinfo_macs = "the contraction's products, as FlopCounterMode counts them (torchinfo: 0)"
