@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
 
 from dlspec.layers.layout import Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.provenance import carries
@@ -208,6 +208,16 @@ class Given:
         """The inputs a time-major kernel reads in place, by their names in :class:`Saved`
         (``input0``...): its transpose to time-major order reads as rows without a copy."""
         return frozenset(f"input{i}" for i in range(len(self.layouts)) if self.rows(i))
+
+
+def _symbolic_size(value: Any) -> Poly:
+    if not isinstance(value, Poly):
+        raise ValueError(f"expected a whole number or a symbolic size, got {value!r}")
+    return value
+
+
+#: An argument that may be a symbolic size (``end=input.shape[0]`` where the length is ``T``)
+SymbolicSize = Annotated[Poly, PlainValidator(_symbolic_size), PlainSerializer(str)]
 
 
 class Layer(BaseModel):
