@@ -318,13 +318,18 @@ def _conv_more(r: random.Random, x: Tensor) -> str:
     """A transposed 1-D convolution of ``[C, L]``; a 3-D convolution, plain or transposed,
     of ``[C, D, H, W]``."""
     kernel, stride, padding, out, extra = _window(r, x)
-    transposed = f"{out}, kernel={kernel}, stride={stride}, padding={min(padding, kernel - 1)}"
     if len(x.shape) == 2:
-        return f"ConvTranspose1d({transposed}{extra})"
+        pad = min(padding, kernel - 1)
+        return f"ConvTranspose1d({out}, kernel={kernel}, stride={stride}, padding={pad}{extra})"
+    # single-threaded (as the fuzzer runs), torch computes an unstrided transposed 3-D
+    # convolution whose kernel is 1 x 1 in height and width in a buffer as large as its input,
+    # which its output keeps; dlspec follows the multi-threaded kernel (docs/memory.md)
+    stride = max(stride, 2) if kernel == 1 else stride
+    pad = min(padding, kernel - 1)
     return r.choice(
         [
             f"Conv3d({out}, kernel={kernel}, stride={stride}, padding={padding}{extra})",
-            f"ConvTranspose3d({transposed}{extra})",
+            f"ConvTranspose3d({out}, kernel={kernel}, stride={stride}, padding={pad}{extra})",
         ]
     )
 

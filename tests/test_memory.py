@@ -356,6 +356,22 @@ LAYOUTS = {
         192,  # x, and the flattened copy of its transpose
     ),
     "Dropout(0) is its input": ("input x: float[8]\nd = Dropout(0.0) <- x\nMul <- d, x", 32),
+    "Einsum reads a transpose in place where its product can": (
+        'input x: float[4, 6]\nt = Transpose(0, 1) <- x\nEinsum("dt,ds->ts") <- t, t',
+        96,  # x itself, as both operands
+    ),
+    "and copies operands it cannot view as matrices": (
+        'input x: float[3, 2, 4]\ny = ReLU <- x\nEinsum("thd,shd->hts") <- y, y',
+        288,  # ReLU's output, and the (h, t, d) copy of it per operand
+    ),
+    "its permuted output is copied by the Linear after it": (
+        'input x: float[3, 2, 4]\ne = Einsum("thd,shd->ths") <- x, x\nLinear(2)',
+        264,  # two copies of x, and the Linear's copy of the output as rows
+    ),
+    "a subscript one operand alone has is summed first": (
+        'input x: float[3, 4]\ny = ReLU <- x\nEinsum("td,se->tsd") <- y, y',
+        60,  # y, and its sum over e: an element-wise product keeps both
+    ),
     "a residual sum takes its branch's channels-last order": (
         "input x: float[4, 3, 5]\nresidual { LayerNorm2d }\nLinear(2)",
         600,  # x, 2 statistics per position, the Linear's copy of the sum
