@@ -501,11 +501,32 @@ KIND_SPECS = {
         p, q = Pair(8) * 2 <- x, x
         output q, p
     }""",
+    "math": """model Math {
+        input x: float[3, 6]
+        input m: float[3, 6]
+        h = Linear(6)
+        mu = Linear(6) <- x
+        logvar = Clamp(-4, 4) <- h
+        scaled = Mul(0.5)
+        std = Exp
+        z = Reparameterize <- mu, logvar
+        shifted = Sub(1) <- z
+        a = Abs <- std
+        b = Add(2)
+        d = Div <- shifted, b
+        Neg  Pow(2)  Sqrt  Add(1)  Log
+        third = Div(3) <- std
+        w = Where <- m, log1, third
+        Pad(left=2, top=1)  Pad(left=1, right=1, mode="reflect")
+        Pad([1, 0], mode="replicate")  Pad(right=2, mode="circular")
+        Roll([1, -2], dims=[0, 1])
+    }""",
 }
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
-    "StochasticDepth", "SDPA", "RoPE", "Chunk",
+    "StochasticDepth", "SDPA", "RoPE", "Chunk", "Sub", "Div", "Where", "Exp", "Log", "Sqrt",
+    "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll", "Reparameterize",
 }  # fmt: skip
 
 

@@ -178,6 +178,11 @@ class MaxPool1d(_MaxPoolNd):
         out = like(wide, (*output.sizes[:2], 1, output.sizes[2]))
         return Layout((*out.sizes[:2], out.sizes[3]), (*out.strides[:2], out.strides[3]))
 
+    def layout_given(self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]) -> Layout:
+        """Without a gradient to follow (over data) torch's CPU kernel pools without
+        indices, into a contiguous tensor."""
+        return self.layout(inputs, output) if any(grads) else output
+
 
 @register
 class MaxPool2d(_MaxPoolNd):
