@@ -327,14 +327,15 @@ def _pad(r: random.Random, x: Tensor) -> str | None:
     rank = len(x.shape)
     if r.random() < 0.3:
         dims = sorted(r.sample(range(rank), r.randint(1, min(2, rank))))
-        shifts = [r.randint(-3, 3) for _ in dims]
+        # along a symbolic length the export rolls right up to the length: at half of it too
+        shifts = [r.randint(-3, 3) if concrete(x.shape[d]) else r.choice([-1, 1]) for d in dims]
         if len(dims) == 1:
             return f"Roll({shifts[0]}, dims={r.choice([dims[0], dims[0] - rank])})"
         return f"Roll({shifts}, dims={dims})"
     mode = r.choice(["constant", "constant", "reflect", "replicate", "circular"])
     count = r.randint(1, min(3, rank))
-    if mode != "constant":
-        count = rank - 1 if rank > 1 and r.random() < 0.7 else rank
+    if mode != "constant":  # every dimension after the channels
+        count = rank - 1
         if not 1 <= count <= 3:
             return None
     sizes = [x.shape[rank - 1 - i] for i in range(count)]
@@ -396,6 +397,8 @@ PROPOSALS: list[Proposal] = [
     _rearrange,
     _sequence,
     _embedding,
+    _arithmetic,
+    _pad,
 ]
 
 
@@ -698,7 +701,7 @@ def generate(seed: int, steps: int = 6) -> str:
         elif choice < 0.3:
             grouped = _grouped(draft, x, r.choice(["block", "residual"]))
             blocks, lines = grouped if grouped else ([], None)
-        elif choice < 0.34:
+        elif choice < 0.38:
             lines = _math(draft, x)
         else:
             call = _propose(draft, x)

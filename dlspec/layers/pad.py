@@ -46,10 +46,9 @@ class Pad(Layer):
     (the one before) and ``front``/``back``, or by ``padding``, torch's tuple, the last
     dimension first (``(left, right, top, bottom, ...)``). ``mode``: ``"constant"`` (with
     ``value``, default 0), ``"reflect"``, ``"replicate"`` or ``"circular"``, as
-    ``torch.nn.functional.pad``; the last three pad every dimension after the channels
-    (``[C, H, W]``: 2; zeros where no side is named) or exactly as many as the input has, up
-    to 3, and reflect and circular need a size larger than (reflect) or at least (circular)
-    the padding on each side.
+    ``torch.nn.functional.pad``; the last three pad every dimension after the channels,
+    1 to 3 (``[C, H, W]``: 2, with zeros where no side is named), and reflect and circular
+    need a size larger than (reflect) or at least (circular) the padding on each side.
     No parameters, MACs 0; reflect and replicate keep their input for backward."""
 
     kind = "Pad"
@@ -105,11 +104,11 @@ class Pad(Layer):
         pads = self.pads_for(x)
         dims = len(pads) // 2
         rank = len(x.shape)
-        if self.mode != "constant" and rank not in (dims, dims + 1):
+        if self.mode != "constant" and rank != dims + 1:
             raise LayerError(
                 "E404",
                 f"Pad(mode={self.mode!r}) of {dims} dimension(s) needs an input of rank "
-                f"{dims + 1} (channels first) or {dims} per sample, got {x}",
+                f"{dims + 1} per sample (channels first), got {x}",
             )
         if rank < dims:
             raise LayerError("E404", f"Pad pads {dims} dimensions, but its input is {x}")
@@ -159,8 +158,10 @@ class Pad(Layer):
 class Roll(Layer):
     """Shifts elements cyclically by ``shifts`` along per-sample dimensions ``dims`` (one of
     each, or tuples of one length), as ``torch.roll``: what leaves one end comes back at
-    the other. Swin's shifted windows: ``Roll((-3, -3), dims=(0, 1))`` on ``[H, W, C]``.
-    No parameters, MACs 0; keeps nothing for backward (the gradient rolls back)."""
+    the other. Swin's shifted windows: ``Roll([-3, -3], dims=[0, 1])`` on ``[H, W, C]``.
+    No parameters, MACs 0; keeps nothing for backward (the gradient rolls back). Along a
+    symbolic length the ONNX export (slices and a concatenation) is right where the length
+    exceeds the shift; ``dlspec export`` verifies it at half the length."""
 
     kind = "Roll"
     family = "reshape"
@@ -188,8 +189,13 @@ class Roll(Layer):
         return Inferred(x)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
+        """``torch.roll``, each shift along a dimension of a fixed size taken modulo it (the
+        same roll, and the one an ONNX export's slices make)."""
+        x = inputs[0]
         pairs = self._pairs()
-        shifts = tuple(s for s, _ in pairs)
+        shifts = tuple(
+            s % size if isinstance(size := x.shape[axis(d, x)], int) else s for s, d in pairs
+        )
         dims = tuple(torch_dim(d) for _, d in pairs)
         if len(pairs) == 1:
             return TorchCall(None, forward=f"torch.roll({{x}}, {shifts[0]}, dims={dims[0]})")
