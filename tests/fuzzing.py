@@ -355,6 +355,11 @@ def _pad(r: random.Random, x: Tensor) -> str | None:
 SIDE_NAMES = ("left", "right", "top", "bottom", "front", "back")
 
 
+def _math_or_pad(r: random.Random, x: Tensor) -> str | None:
+    """One proposal for both (as often as any other family)."""
+    return (_arithmetic if r.random() < 0.5 else _pad)(r, x)
+
+
 def _math(draft: Draft, x: Tensor) -> list[str] | None:
     """Element-wise math whose values stay finite: Exp of a clamped tensor, Log and Sqrt of
     magnitudes, Sub, a division by a magnitude plus one, Where on a mask with zeros, and a
@@ -397,8 +402,7 @@ PROPOSALS: list[Proposal] = [
     _rearrange,
     _sequence,
     _embedding,
-    _arithmetic,
-    _pad,
+    _math_or_pad,
 ]
 
 
