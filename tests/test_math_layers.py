@@ -129,3 +129,25 @@ def test_export_says_it_exports_the_mean(
     notice = "note: z (Reparameterize) exports its evaluation: the mean mu, without sampling"
     assert notice in capsys.readouterr().err.splitlines()
     assert out.exists()
+
+
+def test_numbers_and_sides_given_by_parameters_are_expressions_in_code() -> None:
+    """A block's parameters reach the generated class: ``Mul(s)`` is ``x * self.s`` and
+    ``Pad(left=k - 1)`` ``nn.ConstantPad1d((k - 1, 0), ...)``; built with other arguments it
+    computes what ``check --set`` analyses."""
+    from test_program import _model_class
+
+    text = (
+        "block Scale(s: float, k: int, lo: float) {\n  Mul(s)\n  Pad(left=k - 1)\n"
+        "  Clamp(min=lo)\n  Pow(s)\n  Roll(k, dims=-1)\n}\n"
+        "model M(s: float = 0.5, k: int = 3, lo: float = 0.1) {\n  input x: float[2, 8]\n"
+        "  Scale(s, k, lo)\n}\n"
+    )
+    code = dlspec.load_text(text).code
+    assert "x * self.s" in code and "nn.ConstantPad1d((k - 1, 0), 0.0)" in code
+    other = {"s": 2.0, "k": 5, "lo": 0.3}
+    built = _model_class(dlspec.load_text(text))(**other).eval()
+    reference = dlspec.load_text(text, **{k: str(v) for k, v in other.items()}).to_torch().eval()
+    x = torch.randn(2, 2, 8)
+    assert torch.equal(built(x), reference(x))
+    assert reference(x).shape == (2, 2, 12)

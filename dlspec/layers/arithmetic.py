@@ -83,7 +83,7 @@ class Pow(_Unary):
     exponent: float
 
     def forward(self) -> str:
-        return f"torch.pow({{x}}, {float(self.exponent)!r})"
+        return f"torch.pow({{x}}, {self.exponent})"
 
     def label(self) -> str:
         return f"Pow({self.exponent:g})"
@@ -111,7 +111,7 @@ class Clamp(_Unary):
 
     def _bounds(self) -> list[str]:
         return [
-            f"{name}={float(value)!r}"
+            f"{name}={value}"
             for name, value in (("min", self.min), ("max", self.max))
             if value is not None
         ]

@@ -82,7 +82,7 @@ class _Arithmetic(_Merge):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         terms = [f"{{x{i}}}" for i in range(len(inputs))]
         if self.value is not None:
-            terms.append(repr(float(self.value)))
+            terms.append(f"{self.value}")  # an expression of a block's parameters, if one
         return TorchCall(None, forward=self.symbol.join(terms))
 
     def label(self) -> str:
