@@ -593,6 +593,15 @@ GRAPH_CASES = {
         p = Pad(left=1, mode="reflect") <- n
         q = Pad(left=1, mode="replicate") <- h
     }""",
+    # a contraction keeps each operand for the other's gradient only
+    "einsum-with-data": """model M {
+        input x: float[6, 8]
+        input y: float[5, 8]
+        q = Linear(8) <- x
+        s = Einsum("td,sd->ts") <- q, y
+        t = Einsum("td,sd->ts") <- y, q
+        u = Einsum("td,sd->ts") <- x, y
+    }""",
 }
 
 
