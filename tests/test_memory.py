@@ -577,8 +577,8 @@ GRAPH_CASES = {
     # the other factor is not kept for it (issue 22: a VAE's noise passed in as an input);
     # nor is a condition's, and what data alone makes keeps nothing
     "data-operands": """model M {
-        input x: float[8]
-        input noise: float[8]
+        input x: float[2, 8]
+        input noise: float[2, 8]
         h = Linear(8) <- x
         s = Mul <- h, noise
         t = Mul <- noise, h, h
