@@ -161,6 +161,13 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "size": st.sampled_from([16, 32]),
         }
     ),
+    "zoo/vae.dl": st.fixed_dictionaries(
+        {
+            "in_channels": st.integers(1, 4),
+            "latent": st.integers(1, 24),
+            "size": st.sampled_from([32, 64]),
+        }
+    ),
     "zoo/vit_b_16.dl": _vit(),
     "zoo/wavenet.dl": st.fixed_dictionaries(
         {

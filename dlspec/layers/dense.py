@@ -280,13 +280,16 @@ class Einsum(Layer):
     ) -> list[Saved]:
         """The two tensors the product reads (both, as a batched matrix product or an
         element-wise one keeps them): a view of the input, or a tensor of its own where
-        torch summed out a subscript only it has or could not view it as a matrix."""
+        torch summed out a subscript only it has or could not view it as a matrix. Each is
+        kept for the other's gradient: not where the other is data (needs none)."""
         sizes = self._sizes(inputs)
         layouts = self._layouts(inputs, given)
         plan = self._plan(self._unit(layouts))
         _, views, _ = self._run(plan, layouts)
         saved = []
         for k, letters in enumerate(self._subscripts()[:2]):
+            if not given.needs_grad(1 - k):
+                continue
             if views[k]:
                 saved.append(saved_input(inputs, k))
             else:
