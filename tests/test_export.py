@@ -501,11 +501,66 @@ KIND_SPECS = {
         p, q = Pair(8) * 2 <- x, x
         output q, p
     }""",
+    "math": """model Math {
+        input x: float[3, 6]
+        input m: float[3, 6]
+        h = Linear(6)
+        mu = Linear(6) <- x
+        logvar = Clamp(-4, 4) <- h
+        scaled = Mul(0.5)
+        std = Exp
+        z = Reparameterize <- mu, logvar
+        shifted = Sub(1) <- z
+        a = Abs <- std
+        b = Add(2)
+        d = Div <- shifted, b
+        Neg  Pow(2)  Sqrt  Add(1)  Log
+        third = Div(3) <- std
+        w = Where <- m, log1, third
+        Pad(left=2, top=1)  Pad(left=1, right=1, mode="reflect")
+        Pad([1, 0], mode="replicate")  Pad(right=2, mode="circular")
+        Roll([1, -2], dims=[0, 1])
+    }""",
+    "volumes": """model Volumes {
+        input x: float[2, 4, 6, 6]
+        Conv3d(4, kernel=3, padding=1)  InstanceNorm3d(affine=true)
+        MaxPool3d(2)                              # [4, 2, 3, 3]
+        ConvTranspose3d(2, kernel=2, stride=2)    # [2, 4, 6, 6]
+        AvgPool3d(2)  AdaptiveAvgPool3d([1, 2, 2])
+    }""",
+    "signals": """model Signals {
+        input x: float[3, 16]
+        ConvTranspose1d(4, kernel=4, stride=2, padding=1)   # [4, 32]
+        InstanceNorm1d(track_running_stats=true)  AvgPool1d(2)
+        m = AdaptiveMaxPool1d(4)                  # [4, 4]
+        AdaptiveAvgPool1d(1) <- m
+    }""",
+    "pixels": """model Pixels {
+        input x: float[8, 4, 4]
+        PixelShuffle(2)                           # [2, 8, 8]
+        InstanceNorm2d(affine=true)
+        PixelUnshuffle(4)                         # [32, 2, 2]
+    }""",
+    "einsum": """model Mixer {
+        input x: float[6, 8]
+        q = Linear(8) <- x
+        k = Linear(8) <- x
+        v = Linear(8) <- x
+        s = Einsum("td,sd->ts") <- q, k           # [6, 6]
+        a = Softmax <- s
+        o = Einsum("ts,sd->td") <- a, v           # [6, 8]
+        h = Reshape(6, 2, 4) <- o
+        Einsum("thd,shd->hts") <- h, h            # [2, 6, 6]
+    }""",
 }
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
-    "StochasticDepth", "SDPA", "RoPE", "Chunk",
+    "StochasticDepth", "SDPA", "RoPE", "Chunk", "Sub", "Div", "Where", "Exp", "Log", "Sqrt",
+    "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll", "Reparameterize",
+    "Conv3d", "ConvTranspose1d", "ConvTranspose3d", "MaxPool3d", "AvgPool1d", "AvgPool3d",
+    "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AdaptiveAvgPool3d", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d", "PixelShuffle", "PixelUnshuffle", "Einsum",
 }  # fmt: skip
 
 
