@@ -31,6 +31,7 @@ from PIL import Image
 
 import dlspec
 from dlspec.analysis.check import check_file
+from dlspec.analysis.lints import unread
 from dlspec.backends import onnx_export
 from dlspec.backends.onnx_export import ExportResult, export_onnx
 from dlspec.backends.runtime import Session
@@ -543,3 +544,30 @@ def test_layer_kinds_export_and_verify(name: str) -> None:
     assert result.comparisons and all(c.passed for c in result.comparisons)
     assert result.initializers.parameters == spec.report.total_params
     onnx.checker.check_model(onnx.load_from_string(result.data), full_check=True)
+
+
+def test_unread_statements_are_kept_by_torch_and_dropped_by_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """W506's statements: the torch module holds their parameters (check's count is torch's)
+    and they get no gradient; the exporter drops exactly those, and export says so."""
+    path = ROOT / "tests" / "errors" / "unread.dl"
+    spec = dlspec.load(path)
+    entries = unread(spec.graph)
+    torch.manual_seed(0)
+    model = spec.to_torch()
+    assert sum(p.numel() for p in model.parameters()) == spec.report.trainable_params
+    model(torch.randn(2, 16, 32)).sum().backward()
+    owner = {name: name.rpartition(".")[0] for name, _ in model.named_parameters()}
+    untrained = {name for name, p in model.named_parameters() if p.grad is None}
+    paths = {path for entry in entries for path in entry.paths}
+    assert {owner[name] for name in untrained} == paths & set(owner.values()) != set()
+    dropped = sum(entry.params for entry in entries)
+    assert dropped == sum(p.numel() for name, p in model.named_parameters() if name in untrained)
+    code, out, _ = run(capsys, "export", str(path), "--out", str(tmp_path / "u.onnx"))
+    assert code == 0
+    kept = spec.report.trainable_params - dropped
+    assert (
+        f"{kept:,} parameters, but check counts {spec.report.trainable_params:,}: the exporter "
+        f"dropped the {dropped:,} of layer3.res, probe and r.spare, whose output nothing reads"
+    ) in out
