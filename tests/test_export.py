@@ -571,3 +571,30 @@ def test_unread_statements_are_kept_by_torch_and_dropped_by_export(
         f"{kept:,} parameters, but check counts {spec.report.trainable_params:,}: the exporter "
         f"dropped the {dropped:,} of layer3.res, probe and r.spare, whose output nothing reads"
     ) in out
+
+
+PROJECTED_LSTM = """
+model L(T: dim = 7) {
+    input x: float[T, 5]
+    s = LSTM(6, proj_size=4, num_layers=2, bidirectional=true, dropout=0.3) <- x
+    h = LSTM(6, proj_size=3, num_layers=3, bias=false, returns="hidden") <- s
+    l = LSTM(6, proj_size=2, bidirectional=true, returns="last") <- s
+    output s, h, l
+}
+"""
+
+
+def test_lstm_with_projections_exports_with_torchscript() -> None:
+    """torch's TorchScript symbolic refuses LSTMs with projections; dlspec's runs ONNX's LSTM
+    over the unprojected state with the recurrence W_hh W_hr, projecting outputs and final
+    states: stacked, bidirectional, without biases, every `returns`, at two batch sizes and
+    two T; the file holds the module's parameters (W_hh and W_hr, not their product)."""
+    spec = dlspec.load_text(PROJECTED_LSTM, "<lstm>")
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and result.fallback is None
+    assert all(c.passed for c in result.comparisons) and len(result.comparisons) == 8
+    assert result.initializers.parameters == spec.report.trainable_params
+    assert result.initializers.missing == ()
+    ops = [node.op_type for node in onnx.load_from_string(result.data).graph.node]
+    assert ops.count("LSTM") == 6
