@@ -113,18 +113,26 @@ def test_tied_weights_are_stored_once() -> None:
     assert result.initializers.parameters == spec.report.trainable_params == 809_856
 
 
-def test_exporter_choice() -> None:
-    """TorchScript where it works; dynamo where the trace bakes in the sequence length."""
-    assert exported("cnn")[1].exporter == "TorchScript"
-    assert exported("lstm_lm")[1].exporter == "TorchScript"
-    _, gpt = exported("tiny_gpt")
-    assert gpt.exporter == "dynamo"
-    assert gpt.fallback is not None and gpt.fallback.startswith("TorchScript: ")
-    # the long step is announced before it starts, in one line; a quick export is silent
-    assert NOTICES["cnn"] == []
-    (notice,) = NOTICES["tiny_gpt"]
-    assert notice.startswith("exporting TinyGPT with the dynamo exporter (TorchScript: ")
-    assert notice.endswith("); this may take ~20 s...") and len(notice) < 160
+def test_exporter_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TorchScript where it exports, attention at any T included; dynamo where it fails,
+    announced before it starts, in one line (a quick export is silent)."""
+    for name in ("cnn", "lstm_lm", "tiny_gpt"):
+        assert exported(name)[1].exporter == "TorchScript" and exported(name)[1].fallback is None
+        assert NOTICES[name] == []
+
+    def refused(*_: object) -> None:
+        raise RuntimeError("ONNX export of operator X is not supported. Please report it")
+
+    monkeypatch.setattr(onnx_export, "_export_torchscript", refused)
+    spec = dlspec.load(ROOT / "specs" / "mlp.dl")
+    notices: list[str] = []
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu", notify=notices.append)
+    assert result.exporter == "dynamo" and all(c.passed for c in result.comparisons)
+    assert result.fallback is not None and result.fallback.startswith("TorchScript: ")
+    assert notices == [
+        "exporting MLP with the dynamo exporter (TorchScript: ONNX export of operator X is not "
+        "supported); this may take ~20 s..."
+    ]
 
 
 RMS_NORM = """
@@ -163,6 +171,17 @@ model B(T: dim = 6) {
     output b, c
 }
 """,
+    "attention": """
+model A(T: dim = 7) {
+    input x: float[T, 6]
+    input m: float[T, 4]
+    s = MultiheadAttention(num_heads=3) <- x
+    c = MultiheadAttention(num_heads=2, causal=true) <- s, m
+    e = TransformerEncoderLayer(nhead=2, dim_feedforward=8, dropout=0.0, causal=true) <- c
+    r = RNN(5, returns="hidden") <- e
+    output e, r
+}
+""",
     "adaptive pooling": """
 model P(T: dim = 7) {
     input x: float[3, T, 5]
@@ -180,7 +199,9 @@ model P(T: dim = 7) {
 def test_layers_over_sizes_torchscript_cannot_see_export(name: str) -> None:
     """torch's TorchScript symbolics refuse BatchNorm without a weight or running statistics
     over an unknown batch or channel size, and adaptive pooling over sizes they cannot see or
-    divide; dlspec's export them, and ONNX Runtime agrees at two batch sizes and two T."""
+    divide, and its trace of nn.MultiheadAttention fixes T (and, through sizes read after it,
+    an RNN's initial state the batch); dlspec's export them, and ONNX Runtime agrees at two
+    batch sizes and two T."""
     spec = dlspec.load_text(HIDDEN_SIZES[name], "<hidden>")
     torch.manual_seed(0)
     result = export_onnx(spec.to_torch(), spec.graph, device="cpu")

@@ -20,10 +20,13 @@ exports in a fifth of the time (0.5 s against 2.5 s in a fresh process; the whol
 ``dlspec export`` command takes 2.1 s against 5.4 s) and says less (2 lines against 5, all
 captured here); the graphs are the same size and run equally fast in ONNX Runtime. The tracer
 also turns RNN / LSTM / GRU into ONNX's own recurrent operators with a dynamic sequence
-length, where torch.export fixes the length of ``nn.RNN``. But the tracer bakes the sequence
-length into ``nn.MultiheadAttention``'s reshapes. So ``exporter="auto"`` uses TorchScript and
-falls back to dynamo when TorchScript fails: an export error, a model the checker or ONNX
-Runtime refuses, or the run at other sizes failing (the attention specs). The TorchScript path
+length, where torch.export fixes the length of ``nn.RNN``. Where torch's own code would have
+the tracer bake a size in (``nn.MultiheadAttention``'s reshapes) or its symbolics refuse a
+layer (BatchNorm and adaptive pooling over sizes they cannot see, LSTMs with projections),
+the functions below give the tracer code or symbolics that keep it exact and dynamic. So
+``exporter="auto"`` uses TorchScript and falls back to dynamo when TorchScript still fails:
+an export error, a model the checker or ONNX Runtime refuses, or the run at other sizes
+failing. The TorchScript path
 keeps weights as the module holds them: no BatchNorm folding and no constant folding (ONNX
 Runtime does both when it loads the model), and initializers shared by identity only, not
 merged because their values are equal (fresh LayerNorm weights all are). The dynamo path runs
@@ -45,7 +48,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -333,6 +336,98 @@ def _shared_by_identity(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.training = False
+
+
+@contextlib.contextmanager
+def _traceable_attention(model: nn.Module) -> Iterator[None]:
+    """Every ``nn.MultiheadAttention`` of ``model`` computes its output, while the TorchScript
+    tracer records it, without the reshapes torch's own forward writes with the product of the
+    batch and the sequence length (``reshape(tgt_len * bsz, E)``): a product of two traced
+    sizes is a Python int, which the trace keeps as a constant, so the file would run at the
+    exported length only. Here the heads are split and merged by reshapes that read the batch
+    from the tensor and leave the length to -1, and the scores are
+    ``scaled_dot_product_attention``'s, as in torch's forward without attention weights. The
+    cases that forward handles otherwise (attention weights, a key padding mask, bias_k/v,
+    zero attention, unbatched inputs, dropout in training) keep torch's own forward."""
+    from torch import nn
+
+    modules = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    for module in modules:
+        module.forward = partial(_attention, module)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
+def _attention(
+    m: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``nn.MultiheadAttention.forward`` as :func:`_traceable_attention` traces it."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch_own = (
+        need_weights
+        or key_padding_mask is not None
+        or m.bias_k is not None
+        or m.add_zero_attn
+        or query.dim() != 3
+        or (m.training and m.dropout > 0)
+    )
+    if torch_own:
+        return nn.MultiheadAttention.forward(
+            m,
+            query,
+            key,
+            value,
+            key_padding_mask,
+            need_weights,
+            attn_mask,
+            average_attn_weights,
+            is_causal,
+        )
+    if not m.batch_first:  # (T, B, E) -> (B, T, E)
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    if m._qkv_same_embed_dim:
+        w_q, w_k, w_v = m.in_proj_weight.chunk(3)
+    else:
+        w_q, w_k, w_v = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+    b_q, b_k, b_v = (None,) * 3 if m.in_proj_bias is None else m.in_proj_bias.chunk(3)
+
+    def heads(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        # (B, L, E) -> (B, heads, L, E / heads): the batch read from the tensor, the length
+        # left to the reshape (``unflatten`` would write the sizes the trace saw)
+        y = F.linear(x, w, b)
+        return y.reshape(y.size(0), -1, m.num_heads, m.head_dim).transpose(1, 2)
+
+    mask = None
+    if not is_causal:  # torch's forward drops a causal hint's mask and lets SDPA make it
+        mask = F._canonical_mask(
+            mask=attn_mask,
+            mask_name="attn_mask",
+            other_type=None,
+            other_name="",
+            target_type=query.dtype,
+            check_other=False,
+        )
+        if mask is not None and mask.dim() == 3:  # (B * heads, T, S) -> (B, heads, T, S)
+            mask = mask.reshape(-1, m.num_heads, mask.size(1), mask.size(2))
+    out = F.scaled_dot_product_attention(
+        heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v), mask, 0.0, is_causal
+    )
+    out = out.transpose(1, 2)  # (B, T, heads, E / heads) -> (B, T, E)
+    out = F.linear(out.reshape(out.size(0), -1, m.embed_dim), m.out_proj.weight, m.out_proj.bias)
+    return (out if m.batch_first else out.transpose(0, 1)), None
 
 
 def _reduce_mean(g: Any, x: Any, axes: list[int]) -> Any:
@@ -652,7 +747,7 @@ def _export_torchscript(
     _register_adaptive_avg_pool()
     _register_projected_lstm()
     buffer = io.BytesIO()
-    with _shared_by_identity(model):
+    with _shared_by_identity(model), _traceable_attention(model):
         torch.onnx.export(
             model,
             args,

@@ -296,13 +296,19 @@ def _record(result: ExportResult, spec: Spec, weights: str, out: Path) -> dict[s
 def _dropped(result: ExportResult, graph: ModelGraph, expected: int) -> str:
     """Why the file holds fewer parameters than check counts, when the statements that nothing
     reads (W506, which torch keeps and the exporter drops) explain it; else nothing."""
-    missing = {name.rpartition(".")[0] for name in result.initializers.missing}
-    paths = [path for entry in unread(graph) for path in entry.paths if path in missing]
-    if not missing or set(paths) != missing:
+    paths = [path for entry in unread(graph) for path in entry.paths]
+    dropped: dict[str, None] = {}  # in spec order, each once
+    for name in result.initializers.missing:
+        owners = [path for path in paths if name.startswith(path + ".")]
+        if not owners:
+            return ""
+        dropped[min(owners, key=len)] = None  # the outermost statement holding it
+    if not dropped:
         return ""
+    named = sorted(dropped, key=paths.index)
     return (
         f": the exporter dropped the {expected - result.initializers.parameters:,} of "
-        f"{_listed(paths)}, whose output nothing reads (W506: torch keeps them, untrained)"
+        f"{_listed(named)}, whose output nothing reads (W506: torch keeps them, untrained)"
     )
 
 
