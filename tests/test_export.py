@@ -10,7 +10,7 @@
   a failed verification) gives a message and an exit code, and leaves no file behind.
 
 The transformer spec is exported at small vocabularies and lengths (its core is the base
-model's 44M parameters either way), with dynamo directly.
+model's 44M parameters either way).
 """
 
 from __future__ import annotations
@@ -39,12 +39,10 @@ from dlspec.cli import main
 from dlspec.layers.symbolic import value_at
 from dlspec.train.checkpoint import Checkpoint, save_checkpoint, spec_hash
 
-# smaller --set values where the spec's own make the export slow; the exporter where
-# TorchScript is known to fail (test_exporter_choice covers the fallback)
+# smaller --set values where the spec's own make the export slow
 OVERRIDES: dict[str, dict[str, object]] = {
     "transformer": {"src_vocab": 50, "tgt_vocab": 50, "max_len": 16, "S": 8, "T": 8},
 }
-EXPORTER: dict[str, onnx_export.Exporter] = {"transformer": "dynamo"}
 GOOD = [path.stem for path in SPECS if check_file(path).ok]
 NOTICES: dict[str, list[str]] = {}  # what export_onnx announced before a long step, per spec
 
@@ -54,11 +52,8 @@ def exported(name: str) -> tuple[dlspec.Spec, ExportResult]:
     """A spec (random weights, seed 0) exported and verified on CPU, once per test run."""
     spec = dlspec.load(ROOT / "specs" / f"{name}.dl", **OVERRIDES.get(name, {}))
     torch.manual_seed(0)
-    exporter = EXPORTER.get(name, "auto")
     notify = NOTICES.setdefault(name, []).append
-    result = export_onnx(
-        spec.to_torch(), spec.graph, exporter=exporter, device="cpu", notify=notify
-    )
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu", notify=notify)
     return spec, result
 
 
