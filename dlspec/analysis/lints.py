@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dlspec.analysis.graph import Graph, ModelGraph, Step
+from dlspec.analysis.graph import Copies, Graph, ModelGraph, Step
 from dlspec.diagnostics import Diagnostic, n
 from dlspec.layers.base import numel
 
@@ -20,9 +20,11 @@ def _graphs(graph: Graph) -> list[Graph]:
     out = [graph]
     for step in graph.steps:
         for sub in (step.body, step.shortcut):
-            if sub is not None:
-                steps = sub.steps[:2] if step.form == "repeat" else sub.steps
-                out.extend(_graphs(Graph(sub.inputs, steps, [])))
+            if isinstance(sub, Copies):
+                first = [sub.copy(i) for i in range(min(2, sub.count))]
+                out.extend(_graphs(Graph(sub.inputs, first, [])))
+            elif sub is not None:
+                out.extend(_graphs(sub))
     return out
 
 
@@ -78,10 +80,16 @@ def _needed(step: Step, wanted: set[str], dead: dict[int, list[Step]]) -> list[s
 
 def _flow(graph: Graph, wanted: set[str], dead: dict[int, list[Step]]) -> set[str]:
     """The tensors of ``graph`` that reach its outputs named in ``wanted``; its steps that
-    reach none go to ``dead[id(graph)]``, and so on in its live steps' sub-graphs."""
+    reach none go to ``dead[id(graph)]``, and so on in its live steps' sub-graphs. A
+    repetition's copies are read as analyzed (:meth:`Graph.runs`, never built one by one):
+    the last analyzed copy stands for the alike ones after it, which may read any of its
+    outputs, so all of them count as wanted (a last copy's unread output goes unseen)."""
     live = set(wanted)
     dead[id(graph)] = []
-    for step in reversed(graph.steps):
+    runs = graph.runs()
+    if runs and runs[-1].times > 1:
+        live.update(t.name for t in runs[-1].step.outputs)
+    for step in reversed([run.step for run in runs]):
         outputs = {t.name for t in step.outputs} & live
         if outputs:
             live.update(_needed(step, outputs, dead))
@@ -97,10 +105,13 @@ def unread(model: ModelGraph) -> list[Unread]:
     _flow(model.body, {t.name for t in model.outputs}, dead)
     found: dict[tuple[int, int], Unread] = {}
 
-    def visit(graph: Graph, scope: str, use: Step | None) -> None:
+    def visit(graph: Graph, scope: str, use: Step | None, times: int) -> None:
+        """Note the sinks of ``graph`` (which runs ``times`` times) and look inside its live
+        steps."""
         gone = dead[id(graph)]
         made = {t.name: s for s in gone for t in s.outputs}
-        read = {t.name for s in graph.steps for t in s.inputs}
+        runs = graph.runs()
+        read = {t.name for run in runs for t in run.step.inputs}
         returned = {t.name for t in graph.outputs}
         for sink in (s for s in gone if not any(t.name in read for t in s.outputs)):
             chain, todo = [sink], [t.name for t in sink.inputs]
@@ -115,27 +126,28 @@ def unread(model: ModelGraph) -> list[Unread]:
                 Unread(sink, scope, output, sorted(chain[1:], key=_order)),
             )
             entry.paths.extend(s.path for s in chain)
-            entry.params += sum(s.params for s in chain)
-            entry.uses += 1
+            entry.params += times * sum(s.params for s in chain)
+            entry.uses += times
             if output and use is not None:
                 entry.unread_at += [
                     f"{t.name} (line {use.span.line})"
                     for b, t in zip(graph.outputs, use.outputs, strict=True)
                     if b.name in {o.name for o in sink.outputs}
                 ]
-        for step in graph.steps:
+        for run in runs:
+            step, each = run.step, times * run.times
             if step in gone:
                 continue
             if step.form == "residual":
                 for sub in (step.body, step.shortcut):
                     if sub is not None:
-                        visit(sub, f"residual {step.name}", None)
+                        visit(sub, f"residual {step.name}", None, each)
             elif step.body is not None and step.block is not None:
-                visit(step.body, f"block {step.block.name}", step)
+                visit(step.body, f"block {step.block.name}", step, each)
             elif step.body is not None:  # a repetition's copies
-                visit(step.body, scope, use)
+                visit(step.body, scope, use, each)
 
-    visit(model.body, f"model {model.name}", None)
+    visit(model.body, f"model {model.name}", None, 1)
     return sorted(found.values(), key=lambda u: _order(u.step))
 
 
@@ -154,9 +166,11 @@ def _unread_diagnostic(entry: Unread) -> Diagnostic:
     notes = []
     if entry.params:
         held = _listed([s.name for s in [step, *entry.feeders] if s.params])
-        count = n(entry.params) + (f" in {entry.uses} uses" if entry.uses > 1 else "")
+        count = f"{n(entry.params)} parameters"
+        if entry.uses > 1:
+            count += f" ({n(entry.params // entry.uses)} in each of {entry.uses} uses)"
         notes.append(
-            f"the {count} parameters of {held} stay in the torch module (check counts them) but "
+            f"the {count} of {held} stay in the torch module (check counts them) but "
             "get no gradient and never train; ONNX export drops them"
         )
     notes.append("read it, name it in `output`, or remove it")
@@ -209,11 +223,10 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
                         ["add an activation (e.g. ReLU) between them, or merge them"],
                     )
                 )
-    leaves = graph.leaves()
-    counts = [(leaf.params, leaf) for leaf in leaves]
-    total = sum(count for count, _ in counts)
-    with_params = [(count, leaf) for count, leaf in counts if count]
-    if len(with_params) >= 3 and total:
+    leaves = list(graph.counted_leaves())  # a repetition's alike copies once, with a count
+    total = sum(leaf.params * times for leaf, times in leaves)
+    with_params = [(leaf.params, leaf) for leaf, _ in leaves if leaf.params]
+    if sum(times for leaf, times in leaves if leaf.params) >= 3 and total:
         most, big = max(with_params, key=lambda pair: pair[0])
         # the primer's tip is about a dense layer after a big feature map; an LM's embedding
         # or recurrent core holding most parameters is normal
@@ -230,7 +243,7 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
                     ],
                 )
             )
-    for leaf in leaves:
+    for leaf, _ in leaves:
         count = sum(numel(s) for s in leaf.weights.values())
         if count >= HUGE_PARAMS:
             diags.append(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,10 +297,11 @@ def _record(result: ExportResult, spec: Spec, weights: str, out: Path) -> dict[s
 def _dropped(result: ExportResult, graph: ModelGraph, expected: int) -> str:
     """Why the file holds fewer parameters than check counts, when the statements that nothing
     reads (W506, which torch keeps and the exporter drops) explain it; else nothing."""
-    paths = [path for entry in unread(graph) for path in entry.paths]
+    # a repetition's alike copies are analyzed once: any copy's path stands for all of them
+    paths = [copy_pattern(path) for entry in unread(graph) for path in entry.paths]
     dropped: dict[str, None] = {}  # in spec order, each once
     for name in result.initializers.missing:
-        owners = [path for path in paths if name.startswith(path + ".")]
+        owners = [path for path in paths if copy_pattern(name).startswith(path + ".")]
         if not owners:
             return ""
         dropped[min(owners, key=len)] = None  # the outermost statement holding it
@@ -310,6 +312,11 @@ def _dropped(result: ExportResult, graph: ModelGraph, expected: int) -> str:
         f": the exporter dropped the {expected - result.initializers.parameters:,} of "
         f"{_listed(named)}, whose output nothing reads (W506: torch keeps them, untrained)"
     )
+
+
+def copy_pattern(path: str) -> str:
+    """``path`` with every copy index written ``*`` (``deep.2.spare`` -> ``deep.*.spare``)."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", path)
 
 
 def _listed(names: list[str]) -> str:
