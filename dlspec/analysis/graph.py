@@ -263,7 +263,13 @@ class Step:
             runs = self.body.runs()
             first = runs[0].step.label if runs else "repeated"
             return f"{first} x {sum(run.times for run in runs)}"
-        return "residual" if self.shortcut is None else "residual (projection)"
+        return "residual (projection)" if self.projects else "residual"
+
+    @property
+    def projects(self) -> bool:
+        """Whether a residual's shortcut computes anything: False for an identity shortcut,
+        written as none or as a ``shortcut { if ... }`` whose chosen branch is empty."""
+        return self.shortcut is not None and bool(self.shortcut.steps)
 
     def subtree(self) -> list[Step]:
         """This step's descendants (self excluded), in pre-order."""

@@ -304,7 +304,7 @@ class _Builder:
         items.append(cluster)
         body = self._body(node.body, ends, cluster.items)[0]
         side = ends[0]
-        if node.shortcut:
+        if node.shortcut is not None and node.projects:
             branch = _Cluster(f"cluster/{node.path}.shortcut", "shortcut")
             side = self._body(node.shortcut, ends, branch.items)[0]
             cluster.branch = branch
