@@ -554,8 +554,7 @@ class Analyzer:
         """``let name = value``: the value, computed here, under its name for the statements
         after it (and the bodies inside them). Values that cannot carry their expressions
         (bools, strings) keep them in ``scope.named`` for generated code."""
-        ident = stmt.name
-        check_name(ident, "let")
+        ident = stmt.name  # never a name in generated code, which writes its expression
         if ident.name in scope.env or ident.name in CONSTANTS:
             what = "a let" if ident.name in scope.lets else "a parameter or constant"
             raise fail("E206", f"{ident.name} is already {what} in this scope", ident.span)
@@ -634,7 +633,11 @@ class Analyzer:
                 raise fail("E206", f"{ident.name} is already defined in this scope", ident.span)
             if ident.name in scope.lets:
                 raise fail("E206", f"{ident.name} is already a let in this scope", ident.span)
-        loop = stmt.repeat if isinstance(stmt.repeat, ast.Loop) else None
+        loop, count_expr = (
+            (stmt.repeat, stmt.repeat.count)
+            if isinstance(stmt.repeat, ast.Loop)
+            else (None, stmt.repeat)
+        )
         if loop is not None:
             self._check_index(loop, scope)
         if len(stmt.names) == 1:  # the step is named as its tensor
@@ -650,8 +653,8 @@ class Analyzer:
         if loop is not None:
             count = expect_int(loop.count, scope.values(), "range's count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
-        elif stmt.repeat is not None:
-            count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
+        elif count_expr is not None:
+            count = expect_int(count_expr, scope.values(), "a repeat count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
         else:
             step = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
