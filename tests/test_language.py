@@ -234,3 +234,19 @@ model M(T: dim = 9) {
         assert spec.report.outputs[0].shape_value == [3, length - 2]
         _forward(spec)
     assert [d.code for d in check_text(text, overrides={"T": "1"}).report.diagnostics] == ["E402"]
+
+
+def test_a_size_from_the_index_reaches_the_next_copy() -> None:
+    """Copy i reads what copy i - 1 computed from its own index: in generated code, the
+    width ``w + i`` of one copy is ``w + i - 1`` in the next, and ``w + n - 1`` after."""
+    from test_program import _model_class
+
+    text = "model M(w: int = 3, n: int = 3) {\n    input x: float[5]\n"
+    text += "    Linear(w + i) for i in range(n)\n    Linear(2)\n}\n"
+    defaults = dlspec.load_text(text)
+    assert "nn.Linear(5 if i == 0 else i + w - 1, i + w) for i in range(n)" in defaults.code
+    assert "nn.Linear(n + w - 1, 2)" in defaults.code
+    for arguments in ({"w": 2, "n": 4}, {"w": 5, "n": 1}):
+        built = _model_class(defaults)(**arguments)
+        at = dlspec.load_text(text, **arguments)
+        assert sum(p.numel() for p in built.parameters()) == at.report.total_params

@@ -7,7 +7,7 @@ on (later statements whose input is unknown are still checked for names and argu
 from __future__ import annotations
 
 import keyword
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -683,6 +683,7 @@ class Analyzer:
         repetition's inputs, which its body calls ``input`` when there is one)."""
         path = scope.child_path(name)
         children: list[Step] = []
+        one = provenance.const(1)
         if inputs is None:  # still check the operation's names and arguments
             with self._index(stmt, 0, scope):
                 return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
@@ -707,7 +708,9 @@ class Analyzer:
             if i == 0:  # the other copies cost as much: refuse them before building them
                 self.budget.require((count - 1) * (self.budget.used - used), stmt.span, name)
             children.append(child)
-            reads = [*child.outputs, *reads[threads:]]  # the others stay
+            # the others stay; the next copy's index is one more than this one's
+            handed = _shift(child.outputs, stmt, lambda i: provenance.combine("-", i, one))
+            reads = [*handed, *reads[threads:]]
         last = reads[:threads]
         return Step(
             name=name,
@@ -715,7 +718,11 @@ class Analyzer:
             span=stmt.span,
             form="repeat",
             inputs=inputs,
-            outputs=[Tensor(name, t.type) for t in last],
+            # after the loop, the index of the next copy (handed ``i - 1``) is the count
+            outputs=[
+                Tensor(name, t.type)
+                for t in _shift(last, stmt, lambda _: provenance.local_of(count))
+            ],
             body=Graph(body_inputs, children, last),
             count=count,
             template=probe,
@@ -1147,6 +1154,19 @@ def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
         elif isinstance(stmt, ast.IfStmt):
             names |= _statement_names(stmt.body) | _statement_names(stmt.orelse)
     return names
+
+
+def _shift(
+    tensors: list[Tensor], stmt: ast.LayerStmt, index: Callable[[Tree], Tree]
+) -> list[Tensor]:
+    """``tensors`` a copy of an indexed repetition gives, with its index ``i`` written as
+    ``index(i)``: a size the copy computed from its index (``w + i``) is ``w + (i - 1)``
+    read by the next copy (:mod:`provenance`)."""
+    if not isinstance(stmt.repeat, ast.Loop):
+        return tensors
+    name = stmt.repeat.index.name
+    mapping = {name: index(provenance.name(name))}
+    return [Tensor(t.name, _rebase_type(t.type, mapping)) for t in tensors]
 
 
 def _loop_indexes(statements: Sequence[ast.Statement]) -> dict[str, Span]:
