@@ -804,8 +804,9 @@ class _Generator:
             ]
             return CallText("nn.Sequential", tuple((None, p) for p in parts if p is not None))
         if others is None:
-            if not counted:  # one copy
-                return CallText("nn.Sequential", ((None, first),))
+            if not _counted(steps[0]):  # one copy (a loop over an index of one value)
+                one = first if index is None else Loop(first, count, index)
+                return CallText("nn.Sequential", ((None, one),))
             if not _keeps_types(built[0] if built else steps[0], copies[0]):
                 raise GenerationError(
                     f"{name}: its copies after the first would read other sizes than the "

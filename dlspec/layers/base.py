@@ -367,6 +367,11 @@ def retire(kind: str, advice: str) -> None:
 
 # helpers shared by shape rules ---------------------------------------------------------------
 
+# the spatial axes of a convolution's or a pool's input, by their number, as messages name them
+AXES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+# the per-sample layout of such an input, as messages name it
+LAYOUTS = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}
+
 
 def numel(shape: Sequence[int]) -> int:
     return math.prod(shape)

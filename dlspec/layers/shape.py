@@ -1,5 +1,6 @@
 """Layers that move elements around without parameters: Flatten, Permute, Transpose, Select,
-Slice, Chunk (several outputs), Mean, Sum, Reshape, Identity, Upsample, and the regularizers
+Slice, Chunk (several outputs), Mean, Sum, Reshape, Identity, Upsample, PixelShuffle,
+PixelUnshuffle, and the regularizers
 Dropout, Dropout2d and StochasticDepth. None of them has MACs. Every ``dim`` counts per-sample
 dimensions (0 is the first after the batch; negative dims count from the end)."""
 
@@ -659,6 +660,92 @@ class Upsample(Layer):
             )
             what = "x" + "x".join(f"{s:g}" for s in scales)
         return f"Upsample({what}, {self.mode})"
+
+
+class _PixelShuffling(Layer):
+    """Shared rule of PixelShuffle and PixelUnshuffle over the last three per-sample
+    dimensions ``[*, C, H, W]``: ``r x r`` blocks of pixels move between the channels and
+    the map. No parameters, MACs 0, nothing kept for the backward pass."""
+
+    family = "reshape"
+    up: ClassVar[bool]  # channels into pixels (PixelShuffle), or back
+
+    def _factor(self) -> int:
+        raise NotImplementedError
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_rank(x, range(3, 9), "[*, C, H, W]", self.kind)
+        r = self._factor()
+        *lead, c, h, w = x.shape
+        if self.up:
+            out = (*lead, _divided(c, r * r, "channels", x, self.kind), h * r, w * r)
+        else:
+            h2, w2 = (
+                _divided(d, r, what, x, self.kind) for d, what in ((h, "height"), (w, "width"))
+            )
+            out = (*lead, c * r * r, h2, w2)
+        return Inferred(TensorType(out, x.dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(f"nn.{self.kind}", (self._factor(),))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # the gradient moves the elements back
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
+
+    def label(self) -> str:
+        return f"{self.kind}({self._factor()})"
+
+
+def _divided(size: Dim, by: int, what: str, x: TensorType, kind: str) -> Dim:
+    """``size / by``, which must be whole (E401 with the remainder; E405 where a symbolic
+    size has no exact quotient)."""
+    try:
+        quotient, left = size // by, size % by
+    except SymbolicError as exc:
+        raise LayerError("E405", f"{kind} of {x}: {what} {size} / {by}: {exc}") from exc
+    if left:
+        raise LayerError(
+            "E401",
+            f"{kind} needs {what} divisible by {by}, but {x} has {fmt_dim(size)}",
+            notes=[f"{fmt_dim(size)} % {by} = {left}"],
+        )
+    return quotient
+
+
+@register
+class PixelShuffle(_PixelShuffling):
+    """Moves channels into pixels (sub-pixel convolution, ESPCN; super-resolution heads):
+    ``[*, C*r^2, H, W]`` -> ``[*, C, H*r, W*r]`` with ``r = upscale_factor``. No parameters,
+    MACs 0."""
+
+    kind = "PixelShuffle"
+    positional = ("upscale_factor",)
+    up = True
+
+    upscale_factor: Pos
+
+    def _factor(self) -> int:
+        return self.upscale_factor
+
+
+@register
+class PixelUnshuffle(_PixelShuffling):
+    """Moves ``r x r`` blocks of pixels into channels (space-to-depth):
+    ``[*, C, H*r, W*r]`` -> ``[*, C*r^2, H, W]`` with ``r = downscale_factor``. No
+    parameters, MACs 0."""
+
+    kind = "PixelUnshuffle"
+    positional = ("downscale_factor",)
+    up = False
+
+    downscale_factor: Pos
+
+    def _factor(self) -> int:
+        return self.downscale_factor
 
 
 class _Dropping(Layer):
