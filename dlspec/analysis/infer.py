@@ -743,7 +743,7 @@ class Analyzer:
     @contextmanager
     def _index(self, stmt: ast.LayerStmt, copy: int, scope: Scope) -> Iterator[None]:
         """While one copy of ``stmt`` is analyzed: its loop index (``for i in range(n)``) has
-        the copy's number, named ``i`` in generated code (:mod:`provenance`)."""
+        the copy's number, named as written in generated code (:mod:`provenance`)."""
         if not isinstance(stmt.repeat, ast.Loop):
             yield
             return
