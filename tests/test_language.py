@@ -250,3 +250,37 @@ def test_a_size_from_the_index_reaches_the_next_copy() -> None:
         built = _model_class(defaults)(**arguments)
         at = dlspec.load_text(text, **arguments)
         assert sum(p.numel() for p in built.parameters()) == at.report.total_params
+
+
+BRANCHES = """
+block B(wide: bool) {
+    if wide { let k = 2 * input.shape[0] } else { let k = input.shape[0] }
+    Linear(k)
+    Linear(input.shape[0])
+}
+
+model M(d: int = 4) {
+    input x: float[d]
+    B(true)
+    B(false)
+    let big = d > 3
+    B(big)
+}
+"""
+
+
+def test_lets_in_branches_and_a_condition_as_a_let() -> None:
+    """A let each branch binds is the size the class's flag chooses (named after it), and a
+    condition's let is its expression where a block's argument reads it."""
+    from test_program import _model_class
+
+    defaults = dlspec.load_text(BRANCHES)
+    assert "nn.Linear(in_features, 2 * in_features if self.use_k else in_features)" in (
+        defaults.code
+    )
+    assert "self.b3 = B(d, d > 3)" in defaults.code
+    for d in (2, 7):
+        built = _model_class(defaults)(d=d)
+        assert sum(p.numel() for p in built.parameters()) == (
+            dlspec.load_text(BRANCHES, d=d).report.total_params
+        )

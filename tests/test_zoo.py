@@ -82,7 +82,8 @@ SMALL: dict[str, dict[str, Any]] = {
 # every layer counted by torchinfo's own rule (ConvNeXt's and ViT's Linear layers act on every
 # position of a map or sequence, which dlspec counts and torchinfo does not)
 TORCHINFO = ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_large", "wavenet"]
-EXPORT = ["resnet18", "vit_b_16", "wavenet"]  # the other zoo kinds export in test_export's kind specs
+# the other zoo kinds export in test_export's kind specs
+EXPORT = ["resnet18", "vit_b_16", "wavenet"]
 
 
 def test_every_zoo_spec_is_covered() -> None:
