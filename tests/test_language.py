@@ -284,3 +284,14 @@ def test_lets_in_branches_and_a_condition_as_a_let() -> None:
         assert sum(p.numel() for p in built.parameters()) == (
             dlspec.load_text(BRANCHES, d=d).report.total_params
         )
+
+
+def test_a_long_indexed_repetition_builds() -> None:
+    """Regression: each copy's sizes were expressions of the one before, nested 250 deep
+    (Python's recursion limit) in generated code's analysis; handed on simplified, they
+    stay the input's."""
+    text = "model M(n: int = 250) {\n    input x: float[2, 8]\n"
+    text += "    Conv1d(2, kernel=3, dilation=i % 4 + 1, padding=i % 4 + 1) for i in range(n)\n}\n"
+    code = dlspec.load_text(text).code
+    assert "nn.Conv1d(2, 2, kernel_size=3, padding=i % 4 + 1, dilation=i % 4 + 1)" in code
+    assert "for i in range(n)" in code

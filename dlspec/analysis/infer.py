@@ -1176,12 +1176,22 @@ def _shift(
 ) -> list[Tensor]:
     """``tensors`` a copy of an indexed repetition gives, with its index ``i`` written as
     ``index(i)``: a size the copy computed from its index (``w + i``) is ``w + (i - 1)``
-    read by the next copy (:mod:`provenance`)."""
+    read by the next copy (:mod:`provenance`). Simplified: a thousand copies, each adding
+    to the expression of what it reads, would otherwise nest it a thousand deep."""
     if not isinstance(stmt.repeat, ast.Loop):
         return tensors
     name = stmt.repeat.index.name
     mapping = {name: index(provenance.name(name))}
-    return [Tensor(t.name, _rebase_type(t.type, mapping)) for t in tensors]
+    return [
+        Tensor(
+            t.name,
+            TensorType(
+                tuple(provenance.simplified(provenance.rebase(d, mapping)) for d in t.type.shape),
+                t.type.dtype,
+            ),
+        )
+        for t in tensors
+    ]
 
 
 def _loop_indexes(statements: Sequence[ast.Statement]) -> dict[str, Span]:
