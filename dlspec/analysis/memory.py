@@ -76,12 +76,16 @@ def saved_bytes(saved: Saved, precision: Precision = "fp32") -> Dim:
 
 
 class Ref(NamedTuple):
-    """A tensor: the id of its storage, where it lies there, and the id of the object the
-    generated code holds (a view is another object over the same storage)."""
+    """A tensor: the id of its storage, where it lies there, the id of the object the
+    generated code holds (a view is another object over the same storage), and whether it
+    requires a gradient: a model input is data and does not, nor does what is computed from
+    such tensors alone; a layer's output does as soon as the layer has weights or reads a
+    tensor that does."""
 
     storage: int
     layout: Layout
     obj: int
+    grad: bool = False
 
 
 @dataclass
@@ -143,7 +147,7 @@ class Dataflow:
         total: Dim = 0
         keys = []
         types = [t.type for t in step.inputs]
-        for saved in step.layer.saves_given(types, step.output.type, _given(applied.reads)):
+        for saved in _saves(step, types, applied.reads):
             key = _identity(saved, applied, index)
             if key not in self.seen:
                 self.seen.add(key)
@@ -162,10 +166,12 @@ class Dataflow:
 
     def state(self, refs: list[Ref]) -> tuple[object, ...]:
         """What a copy of a repetition reading ``refs`` can tell of them: where each lies,
-        whether it is counted already, and which are one object given twice."""
+        whether it is counted already, which are one object given twice, and which require
+        a gradient."""
         objects = [ref.obj for ref in refs]
         return tuple(
-            (ref.layout, (ref.storage,) in self.seen, objects.index(ref.obj)) for ref in refs
+            (ref.layout, (ref.storage,) in self.seen, objects.index(ref.obj), ref.grad)
+            for ref in refs
         )
 
 
@@ -181,12 +187,22 @@ def checkpoint_unit(step: Step) -> bool:
 
 
 def dataflow(
-    model: ModelGraph, precision: Precision = "fp32", weight_copies: bool = True
+    model: ModelGraph,
+    precision: Precision = "fp32",
+    weight_copies: bool = True,
+    inputs_grad: bool = False,
 ) -> Dataflow:
-    """Follow the IR's edges through every sub-graph, counting each layer's saved tensors."""
+    """Follow the IR's edges through every sub-graph, counting each layer's saved tensors.
+    The model's inputs are data, which requires no gradient, unless ``inputs_grad`` (float
+    inputs then do, as where the gradient of the input itself is wanted)."""
     flow = Dataflow(model.bindings, precision, weight_copies)
     refs = [
-        Ref(flow.new(product(t.type.shape)), flow.laid_out(t.type), flow.new_object())
+        Ref(
+            flow.new(product(t.type.shape)),
+            flow.laid_out(t.type),
+            flow.new_object(),
+            inputs_grad and t.type.dtype == "float",
+        )
         for t in model.inputs
     ]
     _graph(flow, model.body, refs, None, top=True)
@@ -226,7 +242,8 @@ def _step(
     other = inputs[0] if step.shortcut is None else _graph(flow, step.shortcut, inputs, block)[0]
     layout = elementwise([outputs[0].layout, other.layout], other.layout.sizes)
     sum_ = flow.new(product(step.output.type.shape))
-    return [Ref(sum_, layout, flow.new_object())]  # the branches' sum
+    grad = outputs[0].grad or other.grad
+    return [Ref(sum_, layout, flow.new_object(), grad)]  # the branches' sum
 
 
 def _copies(
@@ -279,15 +296,20 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
     """One output of ``layer``: a view of its first input, or a tensor of its own."""
     if layer.returns_input():
         return inputs[0]
-    layout = layer.layout([ref.layout for ref in inputs], flow.laid_out(output))
+    grads = tuple(r.grad for r in inputs)
+    grad = output.dtype == "float" and (bool(step.weights) or layer.output_grad(grads))
+    layout = layer.layout_given([ref.layout for ref in inputs], flow.laid_out(output), grads)
     if layout.copied:  # a view torch could not make: a tensor of its own
         return Ref(
-            flow.new(product(output.shape)), replace(layout, copied=False), flow.new_object()
+            flow.new(product(output.shape)),
+            replace(layout, copied=False),
+            flow.new_object(),
+            grad,
         )
     if layer.aliases_input():
-        return Ref(inputs[0].storage, layout, flow.new_object())
+        return Ref(inputs[0].storage, layout, flow.new_object(), grad)
     storage = layer.output_storage([t.type for t in step.inputs], output)
-    return Ref(flow.new(storage), layout, flow.new_object())
+    return Ref(flow.new(storage), layout, flow.new_object(), grad)
 
 
 @dataclass(frozen=True)
@@ -326,15 +348,19 @@ class LayerMemory:
 
 
 def activations(
-    graph: ModelGraph, precision: Precision = "fp32", weight_copies: bool = True
+    graph: ModelGraph,
+    precision: Precision = "fp32",
+    weight_copies: bool = True,
+    inputs_grad: bool = False,
 ) -> list[LayerMemory]:
     """Per layer, in execution order, the bytes of the tensors it saves for backward that
     no earlier layer saved; the sum of each row's bytes times the layers it stands for
     (:func:`total`) is the model's saved activations. Under bf16/fp16 autocast, a layer
     with MACs also keeps the half-precision copy of its weights that its products read
     (``weight_copies``; not under FSDP, whose gathered weights are already half-precision
-    and are gathered again for the backward pass)."""
-    return dataflow(graph, precision, weight_copies).rows
+    and are gathered again for the backward pass). The model's inputs are data, needing no
+    gradient (a layer of no weights over them keeps nothing), unless ``inputs_grad``."""
+    return dataflow(graph, precision, weight_copies, inputs_grad).rows
 
 
 def saved_by_path(rows: list[LayerMemory]) -> dict[str, Dim]:
@@ -389,11 +415,24 @@ def checkpoint_parts(
     return kept, largest
 
 
+def _saves(step: Step, types: list[TensorType], reads: list[Ref]) -> list[Saved]:
+    """What the layer of ``step`` keeps: nothing where autograd records no node for it (no
+    weights, and no input it differentiates requires a gradient), else its kind's rule."""
+    assert step.layer is not None
+    if not step.weights and not step.layer.output_grad(tuple(ref.grad for ref in reads)):
+        return []
+    return step.layer.saves_given(types, step.output.type, _given(reads))
+
+
 def _given(reads: list[Ref]) -> Given:
     """Which of a layer's inputs are one tensor object given again (a view is another
-    object, though of the same storage), and where each lies."""
+    object, though of the same storage), where each lies, and which require a gradient."""
     objects = [ref.obj for ref in reads]
-    return Given(tuple(objects.index(obj) for obj in objects), tuple(r.layout for r in reads))
+    return Given(
+        tuple(objects.index(obj) for obj in objects),
+        tuple(r.layout for r in reads),
+        tuple(r.grad for r in reads),
+    )
 
 
 def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:
