@@ -1,7 +1,8 @@
 """Differential fuzzing: random valid specs, the analyzer against torch and ONNX Runtime.
 
 A generator writes random specs over every layer kind of the registry and every graph shape
-the language has (stacks, ``<-`` skips and merges, blocks repeated with ``* N``, residuals
+the language has (stacks, ``<-`` skips and merges, blocks repeated with ``* N``, indexed
+repetitions whose copies differ (``for i in range(k)``, with lets and powers), residuals
 with and without a projection, several inputs and outputs, layers and blocks with several
 outputs, symbolic sequence lengths). It
 grows a spec one statement at a time, proposing for the current tensor only layers whose
@@ -736,6 +737,36 @@ def _grouped(draft: Draft, x: Tensor, kind: str) -> tuple[list[str], list[str]] 
     return [definition], [f"{name} = {block}(){repeat} <- {x.name}"]
 
 
+def _indexed(draft: Draft, x: Tensor) -> list[str] | None:
+    """An indexed repetition (``for i in range(k)``) whose copies differ by their index:
+    dilations that keep a feature map's size (``2 ** i``), in a residual or not, or widths
+    that grow copy by copy (each copy reads what the one before made); the width sometimes
+    a ``let`` reading the input's shape."""
+    r = draft.rng
+    if x.dtype != "float":
+        return None
+    name = draft.name()
+    draft.dtypes[name] = "float"
+    loop = f"for i in range({r.randint(1, 3)})"
+    if len(x.shape) in (2, 3) and isinstance(x.shape[0], int):
+        lines = []
+        width: str | int = x.shape[0]
+        if r.random() < 0.5:
+            width = draft.name()  # never a tensor's name
+            lines.append(f"let {width} = {x.name}.shape[0]")
+        dilation = r.choice(["i + 1", "2 ** i"])
+        conv = "Conv1d" if len(x.shape) == 2 else "Conv2d"
+        op = f"{conv}({width}, kernel=3, dilation={dilation}, padding={dilation})"
+        if r.random() < 0.5:
+            op = f"residual {{ {op} }}"
+        return [*lines, f"{name} = {op} {loop} <- {x.name}"]
+    if len(x.shape) == 1:
+        base = r.randint(1, 4)
+        width = r.choice([f"{base} + i", f"{base} * 2 ** i", f"2 ** (i + {base % 3})"])
+        return [f"{name} = Linear({width}) {loop} <- {x.name}"]
+    return None
+
+
 def _einsum(draft: Draft) -> list[str] | None:
     """``Einsum`` of two earlier float tensors of rank 1 to 3: the second's dimensions take
     letters of the first's of the same size (shared: contracted or kept) or fresh ones, and
@@ -809,6 +840,8 @@ def generate(seed: int, steps: int = 6) -> str:
             blocks, lines = grouped if grouped else ([], None)
         elif choice < 0.38:
             lines = _math(draft, x)
+        elif choice < 0.41:
+            lines = _indexed(draft, x)
         else:
             call = _propose(draft, x)
             lines = None

@@ -193,6 +193,7 @@ def test_any_layout_of_a_spec_formats_to_the_canonical_one(text: str, data: st.D
 
 SOURCE = MESSY
 FRAGMENTS = ["(", ")", "{", "}", "=", "*", ",", "<-", "expect", "# c\n", "\n", "'x'", "-1"]
+FRAGMENTS += ["**", "let v = ", " for i in range(2)"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

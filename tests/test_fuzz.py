@@ -19,6 +19,8 @@ def test_the_generator_covers_every_layer_kind() -> None:
     missing = sorted(kind for kind in REGISTRY if not re.search(rf"\b{kind}\b", written))
     assert not missing, f"the fuzzer never writes {missing}; add them to its PROPOSALS"
     assert len(PROPOSALS) >= 8
+    statements = [r"\bfor i in range\(", r"\blet \w+ = ", r" \*\* ", r"residual \{ .* for i"]
+    assert all(re.search(pattern, written) for pattern in statements)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

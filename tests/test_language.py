@@ -124,3 +124,174 @@ def test_errors_in_a_body_point_at_the_call() -> None:
     first = checked.report.diagnostics[0]
     assert first.message.startswith("input.shape[3] is out of range: input is [16, 8, 8]")
     assert first.notes == ["in MBConv, used at line 20:12"]  # same = MBConv(16, 1, 1)
+
+
+# indexed repetitions, lets and powers ---------------------------------------------------
+
+POWERS = [
+    "-2 ** 2",
+    "2 ** 3 ** 2",
+    "2 ** -1",
+    "(-2) ** 2",
+    "2 * 3 ** 2",
+    "-2 ** -2 * 3",
+    "9 ** 0.5",
+]
+
+
+@pytest.mark.parametrize("text", POWERS)
+def test_power_binds_as_in_python(text: str) -> None:
+    """``**`` binds tighter than a minus on its left and looser than one on its right, and
+    groups from the right: the value is Python's, and ``fmt`` writes it back unchanged."""
+    from dlspec.syntax.format import format_text
+
+    spec = f"model M(v: float = {text}) {{\n    input x: float[2]\n    Linear(2)\n}}\n"
+    assert dlspec.load_text(spec).graph.arguments["v"] == eval(text)
+    assert format_text(spec)[0] == spec
+
+
+DILATED = """
+block Dilated(c: int, dilation: int) {
+    Conv1d(c, kernel=3, dilation=dilation, padding=dilation)
+    Tanh
+}
+
+model Stack(c: int = 4, n: int = 3, T: dim = 12) {
+    input x: float[2, T]
+    let width = 2 * c
+    h = Conv1d(width, kernel=1)
+    Dilated(width, dilation=2 ** i) for i in range(n)
+    residual { Conv1d(width, kernel=3, padding=i + 1, dilation=i + 1) } for i in range(2)
+    Conv1d(1, kernel=1)
+}
+"""
+
+
+def test_each_copy_of_an_indexed_repetition_has_its_index() -> None:
+    spec = dlspec.load_text(DILATED)
+    copies = spec.graph.steps[1].children
+    dilations = [c.children[0].layer.dilation for c in copies]  # type: ignore[union-attr]
+    assert dilations == [1, 2, 4]
+    assert spec.graph.steps[0].weights["weight"] == (8, 2, 1)  # let width = 2 * c
+    assert "*[Dilated(2 * c, 2 * c, 2 ** i) for i in range(n)]" in spec.code
+    assert "*[StackResidual(2 * c, c, i) for i in range(2)]" in spec.code
+    _forward(spec)
+
+
+@pytest.mark.parametrize("arguments", [{"c": 3, "n": 0}, {"c": 2, "n": 5, "T": 7}])
+def test_the_generated_loop_is_a_function_of_its_count(arguments: dict[str, int]) -> None:
+    """The class generated at the defaults, built at other arguments, is what check --set
+    describes there (parameters, and outputs with the same weights)."""
+    from test_program import _model_class
+
+    defaults = dlspec.load_text(DILATED)
+    at = dlspec.load_text(DILATED, **arguments)
+    built = _model_class(defaults)(**{k: v for k, v in arguments.items() if k != "T"})
+    assert sum(p.numel() for p in built.parameters()) == at.report.total_params
+    reference = at.to_torch()
+    reference.load_state_dict(built.state_dict())
+    x = torch.randn(2, 2, arguments.get("T", 12))
+    torch.testing.assert_close(built(x), reference(x))
+
+
+def test_a_let_is_local_to_its_body() -> None:
+    """A let in a block takes a value per use; one in a residual's body is not seen after
+    it (E208)."""
+    text = """
+block Half {
+    let half = input.shape[0] // 2
+    Linear(half)
+}
+model M {
+    input x: float[12]
+    Half
+    Half
+    residual { let k = 3  Linear(k)  Linear(input.shape[0]) }
+    Linear(k)
+}
+"""
+    checked = check_text(text)
+    assert [d.code for d in checked.report.diagnostics] == ["E208"]
+    assert checked.bound[3] == ["half = 6", "half = 3"]
+    assert checked.partial is not None
+    assert [s.output.type.shape for s in checked.partial.steps] == [(6,), (3,), (3,)]
+
+
+def test_slice_on_a_symbolic_length() -> None:
+    """Negative bounds and sizes count from the end of a symbolic length, in check and in
+    the generated code, at every length."""
+    text = """
+model M(T: dim = 9) {
+    input x: float[3, T]
+    Conv1d(3, kernel=3, padding=2)
+    Slice(1, end=-2)
+    Slice(1, 1, x.shape[1] - 1)
+}
+"""
+    assert "x[:, :, 1:-1]" in dlspec.load_text(text).code
+    for length in (3, 9):
+        spec = dlspec.load_text(text, T=length)
+        assert spec.report.outputs[0].shape_value == [3, length - 2]
+        _forward(spec)
+    assert [d.code for d in check_text(text, overrides={"T": "1"}).report.diagnostics] == ["E402"]
+
+
+def test_a_size_from_the_index_reaches_the_next_copy() -> None:
+    """Copy i reads what copy i - 1 computed from its own index: in generated code, the
+    width ``w + i`` of one copy is ``w + i - 1`` in the next, and ``w + n - 1`` after."""
+    from test_program import _model_class
+
+    text = "model M(w: int = 3, n: int = 3) {\n    input x: float[5]\n"
+    text += "    Linear(w + i) for i in range(n)\n    Linear(2)\n}\n"
+    defaults = dlspec.load_text(text)
+    assert "nn.Linear(5 if i == 0 else i + w - 1, i + w) for i in range(n)" in defaults.code
+    assert "nn.Linear(n + w - 1, 2)" in defaults.code
+    for arguments in ({"w": 2, "n": 4}, {"w": 5, "n": 1}):
+        built = _model_class(defaults)(**arguments)
+        at = dlspec.load_text(text, **arguments)
+        assert sum(p.numel() for p in built.parameters()) == at.report.total_params
+
+
+BRANCHES = """
+block B(wide: bool) {
+    if wide { let k = 2 * input.shape[0] } else { let k = input.shape[0] }
+    Linear(k)
+    Linear(input.shape[0])
+}
+
+model M(d: int = 4) {
+    input x: float[d]
+    B(true)
+    B(false)
+    let big = d > 3
+    B(big)
+}
+"""
+
+
+def test_lets_in_branches_and_a_condition_as_a_let() -> None:
+    """A let each branch binds is the size the class's flag chooses (named after it), and a
+    condition's let is its expression where a block's argument reads it."""
+    from test_program import _model_class
+
+    defaults = dlspec.load_text(BRANCHES)
+    assert "nn.Linear(in_features, 2 * in_features if self.use_k else in_features)" in (
+        defaults.code
+    )
+    assert "self.b3 = B(d, d > 3)" in defaults.code
+    for d in (2, 7):
+        built = _model_class(defaults)(d=d)
+        assert sum(p.numel() for p in built.parameters()) == (
+            dlspec.load_text(BRANCHES, d=d).report.total_params
+        )
+
+
+def test_a_long_indexed_repetition_builds() -> None:
+    """Regression: each copy's sizes were expressions of the one before, nested 250 deep
+    (Python's recursion limit) in generated code's analysis; handed on simplified, they
+    stay the input's."""
+    text = "model M(n: int = 250) {\n    input x: float[2, 8]\n"
+    text += "    Conv1d(2, kernel=3, dilation=i % 4 + 1, padding=i % 4 + 1) for i in range(n)\n}\n"
+    code = dlspec.load_text(text).code
+    assert "nn.Conv1d(2, 2, kernel_size=3, padding=i % 4 + 1, dilation=i % 4 + 1)" in code
+    assert "for i in range(n)" in code

@@ -186,6 +186,9 @@ EXAMPLES = [
     ex("Slice", {"dim": 0, "start": 1}, (T, 4), 0, bindings={"T": 3}),
     ex("Slice", {"dim": 1, "start": -3, "end": -1}, (3, 5), 0),
     ex("Slice", {"dim": 2, "start": 1, "end": 9, "step": 2}, (3, 2, 6), 0),
+    # on a symbolic length, from its end: torch's x[:, 1:-1], x[:, :, -2:]
+    ex("Slice", {"dim": 0, "start": 1, "end": -1}, (T, 4), 0, bindings={"T": 4}),
+    ex("Slice", {"dim": -1, "start": -2}, (3, T), 0, bindings={"T": 5}),
     # several outputs, as torch.chunk splits (an uneven split may give fewer pieces)
     ex("Chunk", {"chunks": 3}, (T, 12), 0, bindings={"T": 3}),
     ex("Chunk", {"chunks": 2, "dim": 0}, (2 * T, 4), 0, bindings={"T": 3}),

@@ -247,3 +247,22 @@ async def test_hover_keeps_the_figures_of_a_document_with_errors(
     beside = await hover(client, broken, 4)
     assert beside is not None and "params   36" in beside
     assert beside == await hover(client, fixed, 4)
+
+
+async def test_lets_and_loop_indexes(client: LanguageClient, tmp_path: Path) -> None:
+    """Hover shows what a let computes; definition finds a let and a loop index; completion
+    inside a call offers them."""
+    path = tmp_path / "wave.dl"
+    path.write_text((ROOT / "specs" / "zoo" / "wavenet.dl").read_text())
+    lines = path.read_text().splitlines()
+    let = next(i for i, line in enumerate(lines) if line.strip().startswith("let n ="))
+    loop = next(i for i, line in enumerate(lines) if " for i in range(" in line)
+    uri = await open_spec(client, path)
+    assert await hover(client, uri, let) == "```text\nn = 40\n```"
+    column = lines[loop].index("range(n") + len("range(")
+    assert await definition(client, uri, loop, column) == let  # n -> let n
+    column = lines[loop].index("2 ** ((i") + len("2 ** ((")
+    assert await definition(client, uri, loop, column) == loop  # i -> for i
+    edited = [*lines[: loop + 1], "    Conv1d(4, kernel="]
+    uri = await open_spec(client, path, "\n".join(edited))
+    assert {"n", "i"} <= set(await complete(client, uri, loop + 1, len(edited[-1])))

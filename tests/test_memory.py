@@ -138,7 +138,7 @@ ZOO = {
     "llama2_7b.dl": [SMALL_LLAMA | {"T": 32}, SMALL_LLAMA | {"T": 16, "kv_heads": 2}],
     "vit_b_16.dl": [SMALL_VIT, SMALL_VIT | {"dropout": 0.1}],
     "vae.dl": [{"latent": 16}],  # 64 x 64: at batch 1 its 2 x 2 bottleneck trains BatchNorm
-    "wavenet.dl": [{"T": 256}],  # all 40 layers, on 256 samples
+    "wavenet.dl": [{"T": 64, "layers": 3, "stacks": 2}],  # full widths, 6 layers
     **{
         name: [{"size": 64}]
         for name in [

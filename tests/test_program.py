@@ -175,9 +175,9 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "res": st.integers(1, 6),
             "gate": st.integers(1, 6),
             "skip": st.integers(1, 8),
-            "layers": st.integers(2, 5),
+            "layers": st.integers(2, 4),
             "stacks": st.integers(1, 2),
-            "T": st.integers(1, 40),
+            "T": st.integers(1, 24),
         }
     ),
 }

@@ -7,7 +7,7 @@ on (later statements whose input is unknown are still checked for names and argu
 from __future__ import annotations
 
 import keyword
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -554,8 +554,7 @@ class Analyzer:
         """``let name = value``: the value, computed here, under its name for the statements
         after it (and the bodies inside them). Values that cannot carry their expressions
         (bools, strings) keep them in ``scope.named`` for generated code."""
-        ident = stmt.name
-        check_name(ident, "let")
+        ident = stmt.name  # never a name in generated code, which writes its expression
         if ident.name in scope.env or ident.name in CONSTANTS:
             what = "a let" if ident.name in scope.lets else "a parameter or constant"
             raise fail("E206", f"{ident.name} is already {what} in this scope", ident.span)
@@ -634,7 +633,11 @@ class Analyzer:
                 raise fail("E206", f"{ident.name} is already defined in this scope", ident.span)
             if ident.name in scope.lets:
                 raise fail("E206", f"{ident.name} is already a let in this scope", ident.span)
-        loop = stmt.repeat if isinstance(stmt.repeat, ast.Loop) else None
+        loop, count_expr = (
+            (stmt.repeat, stmt.repeat.count)
+            if isinstance(stmt.repeat, ast.Loop)
+            else (None, stmt.repeat)
+        )
         if loop is not None:
             self._check_index(loop, scope)
         if len(stmt.names) == 1:  # the step is named as its tensor
@@ -650,8 +653,8 @@ class Analyzer:
         if loop is not None:
             count = expect_int(loop.count, scope.values(), "range's count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
-        elif stmt.repeat is not None and not isinstance(stmt.repeat, ast.Loop):
-            count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
+        elif count_expr is not None:
+            count = expect_int(count_expr, scope.values(), "a repeat count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
         else:
             step = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
@@ -689,6 +692,7 @@ class Analyzer:
         differed (E601 at once for ``Grow * 1000000000``). An indexed repetition
         (``for i in range(n)``) is analyzed copy by copy: its copies differ by their index."""
         path = scope.child_path(name)
+        one = provenance.const(1)
         if inputs is None:  # still check the operation's names and arguments
             with self._index(stmt, 0, scope):
                 return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
@@ -712,7 +716,9 @@ class Analyzer:
             child.statement = stmt
             threads = _threads(stmt, child, len(inputs))
             copies.append(child)
-            following = [*child.outputs, *reads[threads:]]  # the others stay
+            # the others stay; the next copy's index is one more than this one's
+            handed = _shift(child.outputs, stmt, lambda i: provenance.combine("-", i, one))
+            following = [*handed, *reads[threads:]]
             # an indexed repetition's copies differ by their index, whatever they read
             if not isinstance(stmt.repeat, ast.Loop) and _alike(reads, following, self.program):
                 break
@@ -724,13 +730,14 @@ class Analyzer:
             if copies
             else Graph(body_inputs, [], body_inputs[:threads])
         )
+        last = provenance.combine("-", provenance.local_of(count), one)  # the last copy's index
         return Step(
             name=name,
             path=path,
             span=stmt.span,
             form="repeat",
             inputs=inputs,
-            outputs=[Tensor(name, t.type) for t in body.outputs],
+            outputs=[Tensor(name, t.type) for t in _shift(body.outputs, stmt, lambda _: last)],
             body=body,
             count=count,
             template=probe,
@@ -751,7 +758,7 @@ class Analyzer:
     @contextmanager
     def _index(self, stmt: ast.LayerStmt, copy: int, scope: Scope) -> Iterator[None]:
         """While one copy of ``stmt`` is analyzed: its loop index (``for i in range(n)``) has
-        the copy's number, named ``i`` in generated code (:mod:`provenance`)."""
+        the copy's number, named as written in generated code (:mod:`provenance`)."""
         if not isinstance(stmt.repeat, ast.Loop):
             yield
             return
@@ -1162,6 +1169,29 @@ def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
         elif isinstance(stmt, ast.IfStmt):
             names |= _statement_names(stmt.body) | _statement_names(stmt.orelse)
     return names
+
+
+def _shift(
+    tensors: list[Tensor], stmt: ast.LayerStmt, index: Callable[[Tree], Tree]
+) -> list[Tensor]:
+    """``tensors`` a copy of an indexed repetition gives, with its index ``i`` written as
+    ``index(i)``: a size the copy computed from its index (``w + i``) is ``w + (i - 1)``
+    read by the next copy (:mod:`provenance`). Simplified: a thousand copies, each adding
+    to the expression of what it reads, would otherwise nest it a thousand deep."""
+    if not isinstance(stmt.repeat, ast.Loop):
+        return tensors
+    name = stmt.repeat.index.name
+    mapping = {name: index(provenance.name(name))}
+    return [
+        Tensor(
+            t.name,
+            TensorType(
+                tuple(provenance.simplified(provenance.rebase(d, mapping)) for d in t.type.shape),
+                t.type.dtype,
+            ),
+        )
+        for t in tensors
+    ]
 
 
 def _loop_indexes(statements: Sequence[ast.Statement]) -> dict[str, Span]:

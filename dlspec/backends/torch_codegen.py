@@ -699,7 +699,9 @@ class _Generator:
             named, reverse = other, True
             branches.reverse()
             condition = ctx.same([_Expression(_negation(c.local)) for c in decided])
-        flag = f"use_{named or _first_name(stmt.body, walks) or _first_name(stmt.orelse, walks)}"
+        first = named or _first_name(stmt.body, walks) or _first_name(stmt.orelse, walks)
+        first = first or _first_let([*stmt.body, *stmt.orelse]) or "branch"  # lets only
+        flag = f"use_{first}"
         ctx.flags.append(
             (
                 f"self.{flag}",
@@ -804,8 +806,9 @@ class _Generator:
             ]
             return CallText("nn.Sequential", tuple((None, p) for p in parts if p is not None))
         if others is None:
-            if not counted:  # one copy
-                return CallText("nn.Sequential", ((None, first),))
+            if not _counted(steps[0]):  # one copy (a loop over an index of one value)
+                one = first if index is None else Loop(first, count, index)
+                return CallText("nn.Sequential", ((None, one),))
             if not _keeps_types(built[0] if built else steps[0], copies[0]):
                 raise GenerationError(
                     f"{name}: its copies after the first would read other sizes than the "
@@ -1038,6 +1041,17 @@ def _first_name(
         for w in walks:
             if id(stmt) in w.steps:
                 return w.steps[id(stmt)].name
+    return None
+
+
+def _first_let(statements: list[spec.Statement]) -> str | None:
+    """The name the first `let` among ``statements`` binds (in `if` branches too), for an
+    `if` whose branches only bind names."""
+    for stmt in statements:
+        if isinstance(stmt, spec.LetStmt):
+            return stmt.name.name
+        if isinstance(stmt, spec.IfStmt) and (found := _first_let([*stmt.body, *stmt.orelse])):
+            return found
     return None
 
 

@@ -259,6 +259,16 @@ def rebase(value: Any, mapping: Mapping[str, Tree]) -> Any:
     return value
 
 
+def simplified(value: Any) -> Any:
+    """``value`` with its expressions simplified (:func:`simplify`): what a loop hands from
+    copy to copy, whose expressions would otherwise grow with every copy."""
+    if isinstance(value, Sym):
+        return Sym(int(value), simplify(value.local), simplify(value.root))
+    if isinstance(value, SymFloat):
+        return SymFloat(float(value), simplify(value.local), simplify(value.root))
+    return value
+
+
 def names(tree: Tree) -> set[str]:
     """The names an expression reads."""
     head = tree[0]
@@ -360,11 +370,17 @@ def simplify(tree: Tree) -> Tree:
 
 
 def _as_poly(tree: Tree, atoms: dict[str, Tree], toward_zero: bool) -> tuple[Any, dict] | None:
-    """``tree`` as a polynomial over names and opaque floor divisions (returned with the
-    atoms' trees); None where it has other operators (``/``, ``%``, ``**``)."""
+    """``tree`` as a polynomial over names and opaque parts (floor divisions; ``%``, ``**``
+    and ``/``, equal ones one atom), returned with the atoms' trees; None where it is not a
+    number (a comparison, a float constant)."""
     from dlspec.layers.symbolic import Poly
 
     head = tree[0]
+    if head in ("%", "**", "/"):  # opaque, simplified inside: ``w + 2 ** i - 2 ** i`` is w
+        part = (head, simplify(tree[1]), simplify(tree[2]))
+        key = next((k for k, v in atoms.items() if v == part), f"\0{len(atoms)}")
+        atoms[key] = part
+        return Poly.symbol(key), atoms
     if head == "n":
         return Poly.symbol(tree[1]), atoms
     if head == "c":

@@ -8,17 +8,15 @@ from torch import nn
 class Gate(nn.Module):
     def __init__(self, in_length: int, gate: int, dilation: int) -> None:
         super().__init__()
-        self.dilation = dilation
         self.gate = gate
-        self.conv1d1 = nn.Conv1d(
-            in_length, 2 * gate, kernel_size=2, padding=dilation, dilation=dilation
-        )
+        self.pad1 = nn.ConstantPad1d((dilation, 0), 0.0)
+        self.conv1d1 = nn.Conv1d(in_length, 2 * gate, kernel_size=2, dilation=dilation)
         self.t = nn.Tanh()
         self.s = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1d1(x)
-        x = x[:, :, : -self.dilation]  # (B, 2 * gate, T)
+        x = self.pad1(x)
+        x = self.conv1d1(x)  # (B, 2 * gate, T)
         # (B, gate, T), (B, 2 * gate - gate * (-(-(2 * gate) // gate) - 1), T)
         f, g = x.chunk(2, dim=1)
         t = self.t(f)
