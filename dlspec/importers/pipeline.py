@@ -97,8 +97,8 @@ def capture(
         raise failures[0]
     fx_failed, export_failed = failures
     raise ImportFailed(
-        f"{export_failed.message} (torch.export); {fx_failed.message} (torch.fx)",
-        [*export_failed.unmapped, *fx_failed.unmapped],
+        f"{type(model).__name__} cannot be imported (tried torch.fx, then torch.export)",
+        [*fx_failed.unmapped, *export_failed.unmapped],
     )
 
 

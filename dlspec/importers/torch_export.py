@@ -14,7 +14,10 @@ position ids, rotary cosines) is a constant of its graph, not an input.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import operator
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from dlspec.importers.ir import Imported, ImportFailed
+from dlspec.importers.ir import Imported, ImportFailed, Unmapped
 from dlspec.importers.torch_fx import (
     InputSpec,
     _Capture,
@@ -189,15 +192,23 @@ def capture(
         {i + 1: dims[d] for i, d in enumerate(spec.dims) if isinstance(d, str)} or None
         for spec in inputs
     )
+    # torch.export logs, and prints to stderr, the graphs it gives up on: the reason is enough
+    logging.disable(logging.CRITICAL)
     try:
-        program = torch.export.export(picked, tuple(examples), dynamic_shapes=(shapes,), strict=False)
-        _tidy(program.graph_module.graph)
-        program.graph_module.recompile()
-        modules = torch.export.unflatten(program)
+        with contextlib.redirect_stderr(io.StringIO()):
+            program = torch.export.export(
+                picked, tuple(examples), dynamic_shapes=(shapes,), strict=False
+            )
+            _tidy(program.graph_module.graph)
+            program.graph_module.recompile()
+            modules = torch.export.unflatten(program)
     except Exception as exc:  # torch.export raises many kinds: each means "cannot export"
         name = _class_name(type(model).__name__)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImportFailed(f"torch.export cannot read {name}: {reason}") from None
+        piece = Unmapped("", f"{name}.forward", f"cannot be exported: {reason}", "torch.export")
+        raise ImportFailed(f"torch.export cannot read {name}", [piece]) from None
+    finally:
+        logging.disable(logging.NOTSET)
     for sub in modules.modules():
         if isinstance(getattr(sub, "graph", None), fx.Graph):
             _rename(sub.graph)

@@ -216,6 +216,8 @@ def _tensor(value: Any) -> bool:
 def _describe(node: fx.Node) -> str:
     if "aten" in node.meta:  # an ATen operation, renamed for the tables (torch.export)
         return str(node.meta["aten"])
+    if isinstance(node.target, torch._ops.OpOverload):
+        return str(node.target)  # aten.gather.default
     if node.op == "call_module":
         return f"module {node.target}"
     if node.op == "call_method":
@@ -1013,7 +1015,7 @@ class _Scope:
             st.name = renamed[st.name]
             st.sources = [renamed.get(s, s) for s in st.sources]  # failed pieces keep theirs
         for key, (owner, name) in list(self.capture.owners.items()):
-            if owner == id(body):
+            if owner == id(body) and name in renamed:
                 self.capture.owners[key] = (id(self.body), renamed[name])
         if not body.statements:
             return f"{body.cls} computes nothing from its input"
