@@ -137,6 +137,7 @@ SMALL_VIT = {"image_size": 64, "d": 96, "layers": 2, "heads": 4, "mlp_dim": 192}
 ZOO = {
     "llama2_7b.dl": [SMALL_LLAMA | {"T": 32}, SMALL_LLAMA | {"T": 16, "kv_heads": 2}],
     "vit_b_16.dl": [SMALL_VIT, SMALL_VIT | {"dropout": 0.1}],
+    "wavenet.dl": [{"T": 256}],  # all 40 layers, on 256 samples
     **{
         name: [{"size": 64}]
         for name in [

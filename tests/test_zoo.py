@@ -43,6 +43,18 @@ def _unet() -> int:
     return encoder + decoder + 64 * 2 + 2
 
 
+def _wavenet(
+    classes: int = 256, res: int = 32, gate: int = 32, skip: int = 256, layers: int = 40
+) -> int:
+    """The WaveNet counted by hand: a 1x1 convolution in, ``layers`` gated causal
+    convolutions (kernel 2, to twice the gate width), each with a 1x1 skip convolution and
+    all but the last with a 1x1 residual one, then the head's two 1x1 convolutions."""
+    gated = res * 2 * gate * 2 + 2 * gate
+    residual, skipped = gate * res + res, gate * skip + skip
+    head = skip * skip + skip + skip * classes + classes
+    return classes * res + res + layers * (gated + skipped) + (layers - 1) * residual + head
+
+
 # published counts: torchvision's model docs, Hugging Face's model cards / the papers
 PUBLISHED = {
     "resnet18": 11_689_512,
@@ -53,6 +65,7 @@ PUBLISHED = {
     "vit_b_16": 86_567_656,
     "llama2_7b": 6_738_415_616,
     "unet": _unet(),  # no single published figure: counted by hand above
+    "wavenet": _wavenet(),  # the same
 }
 # smaller settings for a forward pass (and export) where the published size is too big
 SMALL: dict[str, dict[str, Any]] = {
@@ -64,10 +77,11 @@ SMALL: dict[str, dict[str, Any]] = {
     "unet": {"size": 32},
     "vit_b_16": {"image_size": 32, "d": 48, "layers": 2, "heads": 4, "mlp_dim": 96},
     "llama2_7b": {"vocab": 100, "d": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ff": 96, "T": 8},
+    "wavenet": {"classes": 16, "res": 8, "gate": 8, "skip": 16, "layers": 4, "stacks": 2, "T": 64},
 }
 # every layer counted by torchinfo's own rule (ConvNeXt's and ViT's Linear layers act on every
 # position of a map or sequence, which dlspec counts and torchinfo does not)
-TORCHINFO = ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_large"]
+TORCHINFO = ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_large", "wavenet"]
 EXPORT = ["resnet18", "vit_b_16"]  # the other zoo kinds export in test_export's kind specs
 
 
