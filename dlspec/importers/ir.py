@@ -41,8 +41,9 @@ class Statement:
     ``origin`` is the module path the statement came from (``layer1.0.conv1``; empty for a
     function such as ``torch.flatten``) and ``state`` its own state_dict keys, so that
     trained weights can follow it (``transposed``: those the original holds transposed, as
-    GPT-2's ``Conv1D`` holds a Linear's weight). ``params``, ``buffers`` and ``shape`` are what torch
-    reported for it (per sample; dimensions that vary with a symbolic input are names)."""
+    GPT-2's ``Conv1D`` holds a Linear's weight; ``state_from``: those it names otherwise).
+    ``params``, ``buffers`` and ``shape`` are what torch reported for it (per sample;
+    dimensions that vary with a symbolic input are names)."""
 
     name: str
     op: LayerCall | Body

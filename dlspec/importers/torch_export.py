@@ -163,9 +163,7 @@ class _Exported(_Capture):
 
     def constants(self, path: str) -> list[float]:
         _, graph = self.graph(self.model.get_submodule(path), path)
-        return [
-            a for n in graph.nodes for a in (*n.args, *n.kwargs.values()) if type(a) is float
-        ]
+        return [a for n in graph.nodes for a in (*n.args, *n.kwargs.values()) if type(a) is float]
 
 
 def capture(

@@ -439,8 +439,11 @@ class _Scope:
             return False
         value = self.env.get(node)
         named = dict(self.module.named_parameters())
-        return isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[0] == 1 and (
-            str(node.target) in named
+        return (
+            isinstance(value, torch.Tensor)
+            and value.dim() > 1
+            and value.shape[0] == 1
+            and (str(node.target) in named)
         )
 
     def _parameter(self, node: fx.Node, batch: fx.Node) -> None:
@@ -699,6 +702,9 @@ class _Scope:
             st, end = made
             self.capture.called.add(id(sub))
             st.origin, st.state, st.transposed = origin, list(sub.state_dict()), transposed
+            # counted from the module itself: a stand-in's tensors are copies
+            st.params = sum(p.numel() for p in sub.parameters())
+            st.buffers = sum(b.numel() for b in sub.buffers())
             self.capture.seen.update(id(p) for p in sub.parameters())
             for p in sub.parameters():
                 self.capture.owners.setdefault(id(p), (id(self.body), st.name))
@@ -841,7 +847,7 @@ class _Scope:
         possibly repeated for grouped-query heads, and a mask made from sizes alone, which
         must allow everything or be causal -> ``RoPE`` on the flat tensors and ``SDPA``."""
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
-        call = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+        call: dict[str, Any] = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
         mask = call.get("attn_mask")
         causal = bool(call.get("is_causal"))
         query = self.env[call["query"]]
@@ -891,19 +897,17 @@ class _Scope:
         found = []
         while node.op == "call_method" and node.target in HEAD_SPLITS:
             found.append(node)
-            node = node.args[0]
+            node = _first(node)
         return found
 
-    def _heads_source(
-        self, node: fx.Node
-    ) -> tuple[fx.Node, fx.Node | None, list[fx.Node]] | str:
+    def _heads_source(self, node: fx.Node) -> tuple[fx.Node, fx.Node | None, list[fx.Node]] | str:
         """The ``(B, T, features)`` tensor whose heads ``node`` is: that tensor, the node that
         rotates the heads (None when none does) and the nodes of the rotation."""
         rotation = None
         visited: list[fx.Node] = []
         while True:
             while node.op == "call_method" and node.target in HEAD_SPLITS:
-                node = node.args[0]
+                node = _first(node)
             value = self.env.get(node)
             if not isinstance(value, torch.Tensor) or node not in self.live:
                 return "not computed from the inputs"
@@ -1112,5 +1116,12 @@ def _rope_bases(tables: list[torch.Tensor], width: int) -> list[float]:
             continue
         angle = float(torch.acos(table.reshape(-1, *table.shape[-2:])[0, 1, 1].clamp(-1, 1)))
         if 0 < angle < 1:
-            bases.append(float(f"{angle ** -half:.4g}"))
+            bases.append(float(f"{angle**-half:.4g}"))
     return list(dict.fromkeys([*bases, 10000.0]))
+
+
+def _first(node: fx.Node) -> fx.Node:
+    """The tensor a method is called on."""
+    source = node.args[0]
+    assert isinstance(source, fx.Node)
+    return source

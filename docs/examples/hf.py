@@ -18,7 +18,7 @@ def _built(cls: type[nn.Module], config: transformers.PretrainedConfig) -> nn.Mo
     return cls(config).eval()
 
 
-def gpt2(layers: int = 2, hidden: int = 32) -> nn.Module:
+def gpt2(layers: int = 2, hidden: int = 64) -> nn.Module:
     """GPT-2 with its language-model head (the head's weight is the token embedding's)."""
     config = transformers.GPT2Config(
         n_layer=layers, n_embd=hidden, n_head=4, vocab_size=100, n_positions=64
@@ -26,7 +26,7 @@ def gpt2(layers: int = 2, hidden: int = 32) -> nn.Module:
     return _built(transformers.GPT2LMHeadModel, config)
 
 
-def llama(layers: int = 2, hidden: int = 32) -> nn.Module:
+def llama(layers: int = 2, hidden: int = 64) -> nn.Module:
     """Llama with grouped-query heads (4 query heads share 2 key/value heads), RoPE,
     RMSNorm and a SwiGLU feed-forward."""
     config = transformers.LlamaConfig(
@@ -41,12 +41,12 @@ def llama(layers: int = 2, hidden: int = 32) -> nn.Module:
     return _built(transformers.LlamaForCausalLM, config)
 
 
-def vit(layers: int = 2, hidden: int = 32) -> nn.Module:
+def vit(layers: int = 2, hidden: int = 64) -> nn.Module:
     """A ViT encoder over 32 x 32 images in 8 x 8 patches, without the pooler."""
     config = transformers.ViTConfig(
         num_hidden_layers=layers,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=4 * hidden,
         num_attention_heads=4,
         image_size=32,
         patch_size=8,
