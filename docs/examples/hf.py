@@ -21,7 +21,13 @@ def _built(cls: type[nn.Module], config: transformers.PretrainedConfig) -> nn.Mo
 def gpt2(layers: int = 2, hidden: int = 64) -> nn.Module:
     """GPT-2 with its language-model head (the head's weight is the token embedding's)."""
     config = transformers.GPT2Config(
-        n_layer=layers, n_embd=hidden, n_head=4, vocab_size=100, n_positions=64
+        n_layer=layers,
+        n_embd=hidden,
+        n_head=4,
+        vocab_size=100,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     return _built(transformers.GPT2LMHeadModel, config)
 
