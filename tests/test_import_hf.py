@@ -5,6 +5,7 @@ spec each becomes (a golden file per model)."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,29 @@ def test_check_prints_the_report_with_symbolic_lengths(capsys: pytest.CaptureFix
     assert "lm_head                       Linear(100)" in out and "[T, 100]" in out
     assert "total params       86,848" in out
     assert "MACs per sample    1,352,704 (1.35M) at T=16; = 256*T^2 + 80448*T" in out
+
+
+def test_what_neither_tracer_maps_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "branching.py").write_text(
+        "import torch\n"
+        "from torch import nn\n\n\n"
+        "class Branching(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(8, 8)\n\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[-1] == 8:  # Python control flow: torch.fx cannot trace it\n"
+        "            return torch.erf(self.fc(x))\n"
+        "        return x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "branching.dl"
+    code = main(["import", "branching:Branching", "--input", "float[8]", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Branching cannot be imported (tried torch.fx, then torch.export)" in err
+    assert "torch.fx: (model): Branching.forward: cannot be traced with torch.fx" in err
+    # torch.export reads it: the one operation without a kind, with its module path
+    assert "torch.export: (model): aten.erf.default: no dlspec layer kind computes it" in err
+    assert not out.exists()
