@@ -501,6 +501,26 @@ KIND_SPECS = {
         p, q = Pair(8) * 2 <- x, x
         output q, p
     }""",
+    "math": """model Math {
+        input x: float[3, 6]
+        input m: float[3, 6]
+        h = Linear(6)
+        mu = Linear(6) <- x
+        logvar = Clamp(-4, 4) <- h
+        scaled = Mul(0.5)
+        std = Exp
+        z = Reparameterize <- mu, logvar
+        shifted = Sub(1) <- z
+        a = Abs <- std
+        b = Add(2)
+        d = Div <- shifted, b
+        Neg  Pow(2)  Sqrt  Add(1)  Log
+        third = Div(3) <- std
+        w = Where <- m, log1, third
+        Pad(left=2, top=1)  Pad(left=1, right=1, mode="reflect")
+        Pad([1, 0], mode="replicate")  Pad(right=2, mode="circular")
+        Roll([1, -2], dims=[0, 1])
+    }""",
     "volumes": """model Volumes {
         input x: float[2, 4, 6, 6]
         Conv3d(4, kernel=3, padding=1)  InstanceNorm3d(affine=true)
@@ -536,7 +556,8 @@ KIND_SPECS = {
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
-    "StochasticDepth", "SDPA", "RoPE", "Chunk",
+    "StochasticDepth", "SDPA", "RoPE", "Chunk", "Sub", "Div", "Where", "Exp", "Log", "Sqrt",
+    "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll", "Reparameterize",
     "Conv3d", "ConvTranspose1d", "ConvTranspose3d", "MaxPool3d", "AvgPool1d", "AvgPool3d",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AdaptiveAvgPool3d", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "PixelShuffle", "PixelUnshuffle", "Einsum",

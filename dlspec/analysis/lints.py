@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dlspec.analysis.graph import Graph, ModelGraph, Step
+from dlspec.analysis.graph import Copies, Graph, ModelGraph, Step
 from dlspec.diagnostics import Diagnostic, n
 from dlspec.layers.base import numel
 
@@ -19,9 +19,11 @@ def _graphs(graph: Graph) -> list[Graph]:
     out = [graph]
     for step in graph.steps:
         for sub in (step.body, step.shortcut):
-            if sub is not None:
-                steps = sub.steps[:2] if step.form == "repeat" else sub.steps
-                out.extend(_graphs(Graph(sub.inputs, steps, [])))
+            if isinstance(sub, Copies):
+                first = [sub.copy(i) for i in range(min(2, sub.count))]
+                out.extend(_graphs(Graph(sub.inputs, first, [])))
+            elif sub is not None:
+                out.extend(_graphs(sub))
     return out
 
 
@@ -81,11 +83,10 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
                         ["add an activation (e.g. ReLU) between them, or merge them"],
                     )
                 )
-    leaves = graph.leaves()
-    counts = [(leaf.params, leaf) for leaf in leaves]
-    total = sum(count for count, _ in counts)
-    with_params = [(count, leaf) for count, leaf in counts if count]
-    if len(with_params) >= 3 and total:
+    leaves = list(graph.counted_leaves())  # a repetition's alike copies once, with a count
+    total = sum(leaf.params * times for leaf, times in leaves)
+    with_params = [(leaf.params, leaf) for leaf, _ in leaves if leaf.params]
+    if sum(times for leaf, times in leaves if leaf.params) >= 3 and total:
         most, big = max(with_params, key=lambda pair: pair[0])
         # the primer's tip is about a dense layer after a big feature map; an LM's embedding
         # or recurrent core holding most parameters is normal
@@ -102,7 +103,7 @@ def lint(graph: ModelGraph) -> list[Diagnostic]:
                     ],
                 )
             )
-    for leaf in leaves:
+    for leaf, _ in leaves:
         count = sum(numel(s) for s in leaf.weights.values())
         if count >= HUGE_PARAMS:
             diags.append(

@@ -259,6 +259,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except ExportError as exc:
         return _fail(str(exc))
+    for leaf in spec.graph.leaves():
+        if leaf.layer is not None and (notice := leaf.layer.export_notice()):
+            output.note(f"note: {leaf.path} ({leaf.layer.label()}) {notice}")
     for line in _report(result, spec.graph.name, spec.report.trainable_params, weights):
         (output.note if line.startswith("note:") else output.result)(line)
     try:
