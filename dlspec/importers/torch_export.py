@@ -157,9 +157,7 @@ class _Exported(_Capture):
 
     def graph(self, module: nn.Module, path: str) -> tuple[nn.Module, fx.Graph]:
         unflattened = self.modules.get_submodule(f"model.{path}" if path else "model")
-        graph = unflattened.graph
-        assert isinstance(graph, fx.Graph)
-        return unflattened, graph
+        return unflattened, _graph(unflattened)
 
     def constants(self, path: str) -> list[float]:
         _, graph = self.graph(self.model.get_submodule(path), path)
@@ -208,9 +206,10 @@ def capture(
     finally:
         logging.disable(logging.NOTSET)
     for sub in modules.modules():
-        if isinstance(getattr(sub, "graph", None), fx.Graph):
-            _rename(sub.graph)
-    _name_inputs(model, modules.get_submodule("model").graph, len(inputs))
+        graph = getattr(sub, "graph", None)
+        if isinstance(graph, fx.Graph):
+            _rename(graph)
+    _name_inputs(model, _graph(modules.get_submodule("model")), len(inputs))
     first = _run(model, modules, inputs, symbols)
     if symbols:
         other = other_values(symbols)
@@ -244,11 +243,16 @@ def _arguments(modules: nn.Module, examples: list[torch.Tensor]) -> list[Any]:
             passed.extend(args)
             return super().call_module(target, args, kwargs)
 
-    graph = modules.graph
-    assert isinstance(graph, fx.Graph)
     with torch.no_grad():
-        _Until(modules, graph=graph).run(*examples)
+        _Until(modules, graph=_graph(modules)).run(*examples)
     return passed
+
+
+def _graph(module: nn.Module) -> fx.Graph:
+    """The graph of a module of the unflattened program."""
+    graph = getattr(module, "graph", None)
+    assert isinstance(graph, fx.Graph)
+    return graph
 
 
 def _name_inputs(model: nn.Module, graph: fx.Graph, count: int) -> None:
@@ -304,8 +308,9 @@ def _rename(graph: fx.Graph) -> None:
 
 def _as_index(node: fx.Node) -> None:
     """``aten.slice(x, dim, start, end, step)`` -> ``x[:, ..., start:end:step]``."""
-    defaults = (None, 0, None, None, 1)
-    source, dim, start, end, step = (*node.args, *defaults[len(node.args) :])
+    defaults: list[Any] = [None, 0, None, None, 1]
+    given: list[Any] = [*node.args, *defaults[len(node.args) :]]
+    source, dim, start, end, step = given
     rank = node.meta["val"].dim()
     dim = dim % rank
     end = None if end is None or (isinstance(end, int) and end >= INT64_MAX) else end
