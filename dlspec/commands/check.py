@@ -18,7 +18,7 @@ from dlspec.commands.common import (
     positive_int,
     print_diagnostics,
 )
-from dlspec.commands.import_ import add_limits
+from dlspec.commands.import_ import add_limits, add_output_argument
 from dlspec.commands.watch import positive_seconds, watch
 
 
@@ -53,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser,
         "for MODULE:CALLABLE in place of a spec (--set then sets the constructor's arguments): ",
     )
+    add_output_argument(parser)
     add_limits(parser, memory=False)  # check's --max-memory bounds the model's code too
     parser.add_argument(
         "--activations",

@@ -40,9 +40,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_input_argument(parser)
     add_set_argument(parser, "a keyword argument of the constructor")
+    add_output_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="the spec to write (.dl)")
     parser.add_argument("--weights", type=Path, metavar="CHECKPOINT", help="also write the weights")
     add_limits(parser)
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    """``--output PATH``: which result of a model that returns several to import."""
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help="for a model that returns several results (a Hugging Face ModelOutput, a tuple): "
+        "the one to import, by name or index, e.g. logits, last_hidden_state, 0 (default: "
+        "the first)",
+    )
 
 
 def add_limits(parser: argparse.ArgumentParser, memory: bool = True) -> None:
@@ -70,7 +82,7 @@ def capture(args: argparse.Namespace, target: str) -> Any:
     from dlspec.importers.pipeline import import_model
 
     try:
-        return import_model(target, args.inputs, settings(args.overrides))
+        return import_model(target, args.inputs, settings(args.overrides), args.output)
     except ValueError as exc:
         return fail(str(exc), 2)
     except ImportFailed as exc:

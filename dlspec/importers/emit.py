@@ -12,6 +12,7 @@ from __future__ import annotations
 import keyword
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,25 +227,38 @@ def write_spec(model: Imported) -> str:
     return _Writer(model).text()
 
 
+def _layers(model: Imported) -> Iterator[tuple[str, Statement]]:
+    """Every layer statement, with its path in the module dlspec generates."""
+
+    def walk(body: Body, prefix: str) -> Iterator[tuple[str, Statement]]:
+        for st in body.statements:
+            path = f"{prefix}{st.name}"
+            if isinstance(st.op, LayerCall):
+                yield path, st
+            elif st.copies:
+                for i, copy in enumerate(st.copies):
+                    yield from walk(copy, f"{path}.{i}.")
+            else:
+                yield from walk(st.op, f"{path}.")
+
+    return walk(model.body, "")
+
+
 def state_names(model: Imported) -> dict[str, str]:
     """Each state_dict name of the model dlspec generates from the written spec -> the name
     of the same tensor in the original module."""
     mapping: dict[str, str] = {}
-
-    def walk(body: Body, prefix: str) -> None:
-        for st in body.statements:
-            path = f"{prefix}{st.name}"
-            if isinstance(st.op, LayerCall):
-                for key in st.state:
-                    mapping[f"{path}.{key}"] = f"{st.origin}.{key}" if st.origin else key
-            elif st.copies:
-                for i, copy in enumerate(st.copies):
-                    walk(copy, f"{path}.{i}.")
-            else:
-                walk(st.op, f"{path}.")
-
-    walk(model.body, "")
+    for path, st in _layers(model):
+        for key in st.state:
+            theirs = f"{st.origin}.{key}" if st.origin else key
+            mapping[f"{path}.{key}"] = st.state_from.get(key, theirs)
     return mapping
+
+
+def transposed_names(model: Imported) -> set[str]:
+    """The state_dict names (of the module dlspec generates) whose tensors the original
+    holds transposed."""
+    return {f"{path}.{key}" for path, st in _layers(model) for key in st.transposed}
 
 
 # helpers ------------------------------------------------------------------------------------

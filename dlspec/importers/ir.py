@@ -40,8 +40,10 @@ class Statement:
 
     ``origin`` is the module path the statement came from (``layer1.0.conv1``; empty for a
     function such as ``torch.flatten``) and ``state`` its own state_dict keys, so that
-    trained weights can follow it. ``params``, ``buffers`` and ``shape`` are what torch
-    reported for it (per sample; dimensions that vary with a symbolic input are names)."""
+    trained weights can follow it (``transposed``: those the original holds transposed, as
+    GPT-2's ``Conv1D`` holds a Linear's weight; ``state_from``: those it names otherwise).
+    ``params``, ``buffers`` and ``shape`` are what torch reported for it (per sample;
+    dimensions that vary with a symbolic input are names)."""
 
     name: str
     op: LayerCall | Body
@@ -49,6 +51,8 @@ class Statement:
     origin: str = ""
     state: list[str] = field(default_factory=list)
     copies: list[Body] = field(default_factory=list)
+    transposed: list[str] = field(default_factory=list)  # state keys the original holds as W^T
+    state_from: dict[str, str] = field(default_factory=dict)  # key -> the original's full name
     params: int = 0
     buffers: int = 0
     shape: tuple[int | str, ...] | None = None
@@ -66,18 +70,22 @@ class Imported:
     params: int
     buffers: int
     source: str  # where it came from, for the header comment
+    tracer: str = "torch.fx"  # how it was read: torch.fx or torch.export
 
 
 @dataclass(frozen=True)
 class Unmapped:
-    """A piece of the model that has no dlspec equivalent: where (module path) and what."""
+    """A piece of the model that has no dlspec equivalent: where (module path) and what;
+    ``tracer`` says which way of reading the model met it (torch.fx or torch.export)."""
 
     path: str
     op: str
     reason: str
+    tracer: str = ""
 
     def __str__(self) -> str:
-        return f"{self.path or '(model)'}: {self.op}: {self.reason}"
+        where = f"{self.tracer}: " if self.tracer else ""
+        return f"{where}{self.path or '(model)'}: {self.op}: {self.reason}"
 
 
 class ImportFailed(Exception):

@@ -357,3 +357,44 @@ def same(a: Any, b: Any) -> bool:
     if not a.is_floating_point():
         return bool(torch.equal(a, b))
     return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+
+
+EPS_LIMIT = 1e-2  # a float constant below this in a normalization's graph may be its eps
+
+
+def stand_ins(module: nn.Module, constants: list[float]) -> list[tuple[nn.Module, list[str]]]:
+    """Torch modules that may compute what ``module`` (of no registered kind, and without
+    children) computes, judged by the tensors it holds, each holding them (and the names of
+    those it holds transposed): without tensors an activation; with a vector ``weight`` (and
+    ``bias``) a normalization, its eps among the ``constants`` of its forward; with a matrix
+    ``weight`` a Linear, as ``nn.Linear`` lays it out or transposed (GPT-2's ``Conv1D``).
+    :func:`verify` then keeps the one that computes what the module computed."""
+    state = module.state_dict()
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    made: list[tuple[nn.Module, list[str]]] = []
+    if not shapes:
+        return [
+            (m, [])
+            for m in (nn.GELU(), nn.GELU("tanh"), nn.SiLU(), nn.ReLU(), nn.Tanh(), nn.Sigmoid())
+        ]
+    weight = shapes.get("weight", ())
+    bias = "bias" in shapes
+    if set(shapes) - {"weight", "bias"}:
+        return []
+    if len(weight) == 1:
+        epsilons = [c for c in constants if 0 < c < EPS_LIMIT] or [1e-5]
+        for eps in dict.fromkeys(epsilons):
+            made.append((nn.LayerNorm(weight[0], eps=eps, bias=bias), []))
+            if not bias:
+                made.append((nn.RMSNorm(weight[0], eps=eps), []))
+    elif len(weight) == 2:
+        out, into = weight
+        if not bias or shapes["bias"] == (out,):
+            made.append((nn.Linear(into, out, bias=bias), []))
+        if not bias or shapes["bias"] == (into,):
+            made.append((nn.Linear(out, into, bias=bias), ["weight"]))
+    for stand_in, transposed in made:
+        stand_in.load_state_dict(
+            {k: v.t() if k in transposed else v for k, v in state.items()}, strict=True
+        )
+    return made

@@ -32,8 +32,10 @@ from dlspec.layers import REGISTRY, Layer
 from dlspec.layers.base import sample_dim
 
 DEFAULT_DIM = 16  # the example length of a symbolic dimension without a value
+PROBE = 3.0  # the spread of the values a stand-in is also checked on
 EXAMPLE_BATCH = 2
 HEAD_RESHAPES = ("transpose", "view", "reshape", "contiguous")  # methods around attention heads
+HEAD_SPLITS = (*HEAD_RESHAPES, "unsqueeze", "expand")  # ... and grouped-query repeats
 NOT_NAMES = frozenset({"self", "torch", "nn", "F", "input"})  # names a statement may not take
 
 _INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
@@ -132,16 +134,19 @@ def capture(
     model.eval()
     first = _Capture(model).root(inputs, symbols)
     if symbols:
-        # shorter, not longer: a length may be at its maximum (a positional table's)
-        other = {
-            s: v - i - 1 if v > i + 1 else v + i + 1 for i, (s, v) in enumerate(symbols.items())
-        }
+        other = other_values(symbols)
         second = _Capture(model).root(inputs, other)
         _symbolic_shapes(first.body, second.body, symbols, other)
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
     first.params, first.buffers, first.source = params, buffers, source
     return first
+
+
+def other_values(symbols: dict[str, int]) -> dict[str, int]:
+    """Other lengths for the symbols, to tell the dimensions that follow them: shorter, not
+    longer (a length may be at its maximum, a positional table's)."""
+    return {s: v - i - 1 if v > i + 1 else v + i + 1 for i, (s, v) in enumerate(symbols.items())}
 
 
 def _symbolic_shapes(a: Body, b: Body, values: dict[str, int], others: dict[str, int]) -> None:
@@ -168,8 +173,8 @@ class _Recorder(fx.Interpreter):
     """Runs a traced forward and keeps a copy of every node's value (a later in-place
     operation, such as ``nn.ReLU(inplace=True)``, must not change what a node computed)."""
 
-    def __init__(self, module: fx.GraphModule) -> None:
-        super().__init__(module)
+    def __init__(self, module: nn.Module, graph: fx.Graph) -> None:
+        super().__init__(module, graph=graph)
         self.values: dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -209,6 +214,10 @@ def _tensor(value: Any) -> bool:
 
 
 def _describe(node: fx.Node) -> str:
+    if "aten" in node.meta:  # an ATen operation, renamed for the tables (torch.export)
+        return str(node.meta["aten"])
+    if isinstance(node.target, torch._ops.OpOverload):
+        return str(node.target)  # aten.gather.default
     if node.op == "call_module":
         return f"module {node.target}"
     if node.op == "call_method":
@@ -250,7 +259,12 @@ def _nodes(value: Any) -> list[fx.Node]:
 
 class _Capture:
     """One capture of a model: the pieces that did not map, and which parameters have been
-    counted (each once, as ``model.parameters()`` counts them)."""
+    counted (each once, as ``model.parameters()`` counts them). Each module's forward is
+    traced on its own with torch.fx (:meth:`graph`); the torch.export capture
+    (:mod:`dlspec.importers.torch_export`) reads them from one exported program instead."""
+
+    tracer = "torch.fx"
+    exported = False  # graphs of ATen operations (torch.export), not of torch functions
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -259,38 +273,61 @@ class _Capture:
         self.owners: dict[int, tuple[int, str]] = {}  # parameter id -> (body id, statement)
         self.called: set[int] = set()  # modules mapped already
 
-    def root(self, inputs: list[InputSpec], symbols: dict[str, int]) -> Imported:
+    def root(
+        self,
+        inputs: list[InputSpec],
+        symbols: dict[str, int],
+        arguments: list[Any] | None = None,
+        live: list[bool] | None = None,
+    ) -> Imported:
+        """Map the model run on examples of ``inputs`` (or on ``arguments``, of which
+        ``live`` are the inputs)."""
         examples = [example(spec, symbols) for spec in inputs]
         name = _class_name(type(self.model).__name__)
-        body = self.body(self.model, "", examples, root=True)
+        body = self.body(self.model, "", arguments or examples, root=True, live=live)
         if body is None or self.unmapped:
             count = len(self.unmapped)
             raise ImportFailed(
                 f"{count} piece{'s' * (count != 1)} of {name} cannot be mapped to dlspec",
-                self.unmapped,
+                [Unmapped(u.path, u.op, u.reason, self.tracer) for u in self.unmapped],
             )
         specs = [(n, spec.dtype, spec.dims) for n, spec in zip(body.inputs, inputs, strict=False)]
         return Imported(name, specs, dict(symbols), body, 0, 0, "")
 
+    def graph(self, module: nn.Module, path: str) -> tuple[nn.Module, fx.Graph]:
+        """The module that runs ``module``'s forward graph, and that graph."""
+        graph = _Tracer().trace(module)
+        traced = fx.GraphModule(module, graph)
+        graph.eliminate_dead_code()  # e.g. the unused half of `_, (h, c) = self.lstm(x)`
+        return traced, graph
+
+    def constants(self, path: str) -> list[float]:
+        """The float constants the forward of the module at ``path`` computes with."""
+        return []
+
     def body(
-        self, module: nn.Module, path: str, inputs: list[Any], root: bool = False
+        self,
+        module: nn.Module,
+        path: str,
+        inputs: list[Any],
+        root: bool = False,
+        live: list[bool] | None = None,
     ) -> Body | None:
-        """Trace ``module`` (at ``path``) and map its forward, run on ``inputs``."""
+        """Trace ``module`` (at ``path``) and map its forward, run on ``inputs`` (``live``:
+        which of them are computed from the model's inputs; default all)."""
         cls = type(module).__name__
         try:
-            graph = _Tracer().trace(module)
-            traced = fx.GraphModule(module, graph)
-            graph.eliminate_dead_code()  # e.g. the unused half of `_, (h, c) = self.lstm(x)`
-            interpreter = _Recorder(traced)
+            runner, graph = self.graph(module, path)
+            interpreter = _Recorder(runner, graph)
             with torch.no_grad():
                 interpreter.run(*_copy(inputs))
         except Exception as exc:  # torch.fx raises many kinds, all of which mean "not traceable"
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.unmapped.append(
-                Unmapped(path, f"{cls}.forward", f"cannot be traced with torch.fx: {reason}")
+                Unmapped(path, f"{cls}.forward", f"cannot be traced with {self.tracer}: {reason}")
             )
             return None
-        return _Scope(self, module, path, graph, interpreter.values, root).run()
+        return _Scope(self, module, path, graph, interpreter.values, root, live).run()
 
 
 def _class_name(name: str) -> str:
@@ -309,8 +346,12 @@ class _Scope:
         graph: fx.Graph,
         env: dict[fx.Node, Any],
         root: bool,
+        live: list[bool] | None = None,
     ) -> None:
         self.capture = capture
+        given = [n for n in graph.nodes if n.op == "placeholder"]
+        # the placeholders that the model's inputs reach (not a mask made from sizes alone)
+        self.given = {n for i, n in enumerate(given) if live is None or live[i]}
         self.module = module
         self.path = path
         self.graph = graph
@@ -322,6 +363,7 @@ class _Scope:
         self.previous: fx.Node | None = None
         self.covered: set[fx.Node] = set()
         self.data: set[fx.Node] = set()  # nodes statements read as their inputs
+        self.reads: dict[str, list[fx.Node]] = {}  # statement -> the nodes it reads
         self.live: set[fx.Node] = set()  # nodes computed from the inputs (not from constants)
         self.failed: dict[fx.Node, str] = {}
 
@@ -342,7 +384,9 @@ class _Scope:
 
     def run(self) -> Body | None:
         placeholders = [
-            n for n in self.graph.nodes if n.op == "placeholder" and _tensor(self.env.get(n))
+            n
+            for n in self.graph.nodes
+            if n.op == "placeholder" and _tensor(self.env.get(n)) and n in self.given
         ]
         for node in placeholders:
             # a block of one input reads it as `input`; one of several names them
@@ -356,8 +400,10 @@ class _Scope:
         output: fx.Node | None = None
         for node in self.graph.nodes:
             # sizes do not count: `torch.arange(x.size(1))` is computed from constants
-            if node.op == "placeholder" or any(
-                n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes
+            if (
+                node in placeholders
+                or self._learned(node)
+                or any(n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes)
             ):
                 self.live.add(node)
         for node in self.graph.nodes:
@@ -365,16 +411,74 @@ class _Scope:
                 output = node
             elif node.op == "placeholder" or node in self.covered:
                 continue
+            elif node.op == "get_attr" and self._learned(node) and placeholders:
+                continue  # written where it is first read
             elif node.op == "get_attr":
                 if _tensor(self.env.get(node)):
                     self.failed[node] = "reads a parameter or buffer directly, outside a layer"
             elif _tensor(self.env.get(node)):
-                self._statement(node)
-        self._report()
+                for read in node.all_input_nodes:
+                    if self._learned(read) and read not in self.names and placeholders:
+                        self._parameter(read, placeholders[0])
+                if self._batch_expand(node):
+                    self.names[node] = self.names[node.args[0]]
+                else:
+                    self._statement(node)
         assert output is not None
         self._outputs(output.args[0])
         self._prune()
+        kept = {st.name for st in self.body.statements}
+        self.data = {n for name, nodes in self.reads.items() if name in kept for n in nodes}
+        self._report()
         return self.body
+
+    def _learned(self, node: fx.Node) -> bool:
+        """Whether ``node`` reads a parameter of this module shaped ``(1, ...)``, one for the
+        whole batch (a ViT's class token or position table), in an exported graph."""
+        if not self.capture.exported or node.op != "get_attr":
+            return False
+        value = self.env.get(node)
+        named = dict(self.module.named_parameters())
+        return (
+            isinstance(value, torch.Tensor)
+            and value.dim() > 1
+            and value.shape[0] == 1
+            and (str(node.target) in named)
+        )
+
+    def _parameter(self, node: fx.Node, batch: fx.Node) -> None:
+        """A parameter read in forward (``self.cls_token``) -> ``Parameter``, repeated for
+        every sample of ``batch``'s (a ViT's class token and position table)."""
+        value = self.env[node]
+        target = str(node.target)
+        st = Statement(
+            self._name(target),
+            LayerCall("Parameter", {"shape": tuple(value.shape[1:])}),
+            [self.names[batch]],
+            origin=self._origin(target),
+            state=["weight"],
+            params=value.numel(),
+            shape=tuple(value.shape[1:]),
+        )
+        st.state_from = {"weight": self._origin(target)}
+        self.capture.seen.add(id(self.module.get_parameter(target)))
+        self.body.statements.append(st)
+        self.reads[st.name] = [batch]
+        self.names[node] = st.name
+        self.previous = node
+
+    def _batch_expand(self, node: fx.Node) -> bool:
+        """``cls_token.expand(B, -1, -1)``: the same per-sample shape, repeated over the batch,
+        as a ``Parameter`` is already."""
+        source = node.args[0] if node.args else None
+        return (
+            self.capture.exported
+            and node.op == "call_method"
+            and node.target == "expand"
+            and isinstance(source, fx.Node)
+            and source in self.names
+            and tuple(self.env[node].shape[1:]) == tuple(self.env[source].shape[1:])
+        )
 
     def _prune(self) -> None:
         """Drop statements nothing reads (the head reshapes around an attention that SDPA
@@ -401,7 +505,7 @@ class _Scope:
             if users and all(u in auxiliary or (u in self.covered) for u in users):
                 auxiliary.add(node)
         for node, reason in self.failed.items():
-            if node not in auxiliary and reason:
+            if node not in auxiliary and node not in self.covered and reason:
                 self.capture.unmapped.append(Unmapped(self.path, _describe(node), reason))
 
     def _outputs(self, value: Any) -> None:
@@ -443,6 +547,9 @@ class _Scope:
             first.sources = [] if data == [self.previous] else [self.names[d] for d in data]
         self.body.statements += statements
         self.data.update(data)
+        self.reads[first.name] = data
+        if self.capture.exported:
+            self.covered.add(node)  # what it reads from sizes alone is its own business
         self.names[end] = statements[-1].name
         self.previous = end
 
@@ -517,6 +624,8 @@ class _Scope:
         """The tensors a call reads as inputs (positional arguments, in order, once each)."""
         found: list[fx.Node] = []
         for n in _nodes(node.args):
+            if self.capture.exported and n not in self.live:
+                continue  # a mask or a table made from sizes: the layer's own business
             if _tensor(self.env.get(n)) and n not in found:
                 found.append(n)
         return found
@@ -527,6 +636,10 @@ class _Scope:
         origin = self._origin(target)
         data = self._data(node)
         kind = kinds.kind_of(sub)
+        if kind is None and self.capture.exported and not any(True for _ in sub.children()):
+            stood = self._stand_in(node, sub, origin, data)
+            if stood is not None:
+                return stood
         if kind is None:
             return self._block(node, sub, origin, data)
         if id(sub) in self.capture.called and any(True for _ in sub.parameters()):
@@ -560,6 +673,44 @@ class _Scope:
             self.capture.owners.setdefault(id(p), (id(self.body), st.name))
         return [st], end, data
 
+    def _stand_in(
+        self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
+    ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
+        """A module of no registered kind and no children (a Hugging Face ``Conv1D``,
+        ``NewGELUActivation`` or ``LlamaRMSNorm``) as the torch module that computes what it
+        computes, holding its tensors (:func:`kinds.stand_ins`), when one does."""
+        if any(id(p) in self.capture.seen for p in sub.parameters()):
+            return None
+        constants = self.capture.constants(origin)
+        # a wider input than the example's tells apart what its values may not (GELU's exact
+        # and tanh forms agree to 1e-7 near 0)
+        probe = [
+            torch.randn(self.env[d].shape, generator=torch.Generator().manual_seed(0)) * PROBE
+            for d in data
+        ]
+        with torch.no_grad():
+            expected = sub(*probe)
+        for module, transposed in kinds.stand_ins(sub, constants):
+            kind = kinds.kind_of(module)
+            with torch.no_grad():
+                if kind is None or not kinds.same(module(*probe), expected):
+                    continue
+            layers, _ = kinds.candidates(kind, kinds.module_arguments(kind, module))
+            made = self._layer_statement(node, layers, module, data)
+            if isinstance(made, str):
+                continue
+            st, end = made
+            self.capture.called.add(id(sub))
+            st.origin, st.state, st.transposed = origin, list(sub.state_dict()), transposed
+            # counted from the module itself: a stand-in's tensors are copies
+            st.params = sum(p.numel() for p in sub.parameters())
+            st.buffers = sum(b.numel() for b in sub.buffers())
+            self.capture.seen.update(id(p) for p in sub.parameters())
+            for p in sub.parameters():
+                self.capture.owners.setdefault(id(p), (id(self.body), st.name))
+            return [st], end, data
+        return None
+
     def _layer_statement(
         self,
         node: fx.Node,
@@ -575,9 +726,21 @@ class _Scope:
         if isinstance(matched, str):
             return matched
         layer, end = matched
-        st = Statement(self._name(name or node.name), LayerCall(layer.kind, kinds.arguments(layer)))
+        st = Statement(
+            self._name(name or self._node_name(node)), LayerCall(layer.kind, kinds.arguments(layer))
+        )
         self._count(st, original, end)
         return st, end
+
+    def _node_name(self, node: fx.Node) -> str:
+        """The name a statement made from ``node`` takes: an exported graph numbers its
+        operations across the model (``mul_19`` in one copy of a block is ``mul_28`` in the
+        next), so there a function's statement is named by its operation."""
+        if not self.capture.exported:
+            return node.name
+        if node.op == "call_module":  # a module called twice is `dropout`, then `dropout@1`
+            return re.sub(r"@\d+$", "", str(node.target))
+        return re.sub(r"_\d+$", "", node.name)
 
     def _count(self, st: Statement, module: nn.Module | None, end: fx.Node) -> None:
         if module is not None:
@@ -594,7 +757,13 @@ class _Scope:
     def _block(
         self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
     ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
-        tensors = [a for a in node.args if isinstance(a, fx.Node) and _tensor(self.env.get(a))]
+        tensors = [
+            a
+            for a in node.args
+            if isinstance(a, fx.Node)
+            and _tensor(self.env.get(a))
+            and (a in self.live or not self.capture.exported)
+        ]
         if node.kwargs or len(tensors) != len(data) or not data:
             return (
                 f"a {type(sub).__name__} called with keyword arguments, the same tensor twice or "
@@ -602,12 +771,15 @@ class _Scope:
             )
         fresh = sum(p.numel() for p in sub.parameters() if id(p) not in self.capture.seen)
         inputs = [_copy(self.env[a]) if isinstance(a, fx.Node) else a for a in node.args]
-        body = self.capture.body(sub, origin, inputs)
+        live = [isinstance(a, fx.Node) and a in self.live for a in node.args]
+        body = self.capture.body(sub, origin, inputs, live=live)
         if body is None:
             return ""  # its own pieces are reported
         if isinstance(sub, nn.Sequential):
             return self._unroll(node, body, data)
-        st = Statement(self._name(node.name), body, origin=origin)
+        if self.root and self.capture.exported and len(data) == 1 and "." not in str(node.target):
+            return self._inline(node, body, data)
+        st = Statement(self._name(self._node_name(node)), body, origin=origin)
         self._count(st, None, node)
         st.params = fresh
         st.buffers = sum(b.numel() for b in sub.buffers())
@@ -631,7 +803,9 @@ class _Scope:
         layer = REGISTRY["Slice"].model_validate(
             {"dim": axis, "start": index * size, "end": (index + 1) * size}
         )
-        made = self._layer_statement(node, [layer], None, [source], f"{base.name}_{index}")
+        made = self._layer_statement(
+            node, [layer], None, [source], f"{self._node_name(base)}_{index}"
+        )
         return None if isinstance(made, str) else ([made[0]], made[1], [source])
 
     def _attention(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
@@ -663,6 +837,131 @@ class _Scope:
         sdpa = REGISTRY["SDPA"].model_validate(options)
         made = self._layer_statement(node, [sdpa], None, flat, "sdpa")
         return None if isinstance(made, str) else ([made[0]], made[1], flat)
+
+    def _heads_attention(
+        self, node: fx.Node
+    ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        """Attention as torch.export records it: ``scaled_dot_product_attention`` over heads
+        split off ``(B, T, h*hd)`` tensors, the queries and keys possibly rotated by their
+        positions (RoPE, with cos and sin made from sizes alone), the keys and values
+        possibly repeated for grouped-query heads, and a mask made from sizes alone, which
+        must allow everything or be causal -> ``RoPE`` on the flat tensors and ``SDPA``."""
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+        call: dict[str, Any] = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+        mask = call.get("attn_mask")
+        causal = bool(call.get("is_causal"))
+        query = self.env[call["query"]]
+        if isinstance(mask, fx.Node):
+            if mask in self.live:
+                return "an attention mask computed from the inputs (dlspec masks causally only)"
+            allowed = _allowed(self.env[mask], query.shape[-2], self.env[call["key"]].shape[-2])
+            if allowed is None:
+                return "an attention mask that is neither causal nor empty"
+            causal = causal or allowed == "causal"
+        flats: list[fx.Node] = []
+        statements: list[Statement] = []
+        width = query.shape[-1]
+        for role in ("query", "key", "value"):
+            found = self._heads_source(call[role])
+            if isinstance(found, str):
+                return f"its {role}: {found}"
+            flat, rotation, visited = found
+            if rotation is None:
+                flats.append(flat)
+                continue
+            rope = self._rope(flat, rotation, visited, width)
+            if isinstance(rope, str):
+                return f"its {role}: {rope}"
+            statements.append(rope[0])
+            flats.append(rope[1])
+            self.covered.update(visited)
+        heads = query.shape[1]
+        kv = self.env[flats[1]].shape[-1] // width
+        options: dict[str, Any] = {"num_heads": heads} | ({"causal": True} if causal else {})
+        if kv != heads:
+            options["num_kv_heads"] = kv
+        if call.get("dropout_p"):
+            options["dropout"] = call["dropout_p"]
+        sdpa = REGISTRY["SDPA"].model_validate(options)
+        made = self._layer_statement(node, [sdpa], None, flats, "sdpa")
+        if isinstance(made, str):
+            return made
+        st, end = made
+        st.sources = [self.names[f] for f in flats]
+        for role in ("query", "key", "value"):
+            self.covered.update(self._heads_source_nodes(call[role]))
+        return [*statements, st], end, flats
+
+    def _heads_source_nodes(self, node: fx.Node) -> list[fx.Node]:
+        """The head reshapes from ``node`` back to the tensor they split."""
+        found = []
+        while node.op == "call_method" and node.target in HEAD_SPLITS:
+            found.append(node)
+            node = _first(node)
+        return found
+
+    def _heads_source(self, node: fx.Node) -> tuple[fx.Node, fx.Node | None, list[fx.Node]] | str:
+        """The ``(B, T, features)`` tensor whose heads ``node`` is: that tensor, the node that
+        rotates the heads (None when none does) and the nodes of the rotation."""
+        rotation = None
+        visited: list[fx.Node] = []
+        while True:
+            while node.op == "call_method" and node.target in HEAD_SPLITS:
+                node = _first(node)
+            value = self.env.get(node)
+            if not isinstance(value, torch.Tensor) or node not in self.live:
+                return "not computed from the inputs"
+            if value.dim() == 3:
+                return node, rotation, visited
+            if rotation is not None or value.dim() != 4:
+                return f"heads of shape {list(value.shape)}"
+            # a rotation: the one head-split tensor its live ancestors reach
+            rotation = node
+            sources: set[fx.Node] = set()
+            stack = [node]
+            while stack:
+                n = stack.pop()
+                if n in visited:
+                    continue
+                visited.append(n)
+                if n.op == "call_method" and n.target in HEAD_SPLITS:
+                    sources.add(n)
+                    continue
+                stack += [a for a in n.all_input_nodes if a in self.live]
+            if len(sources) != 1:
+                return "heads computed from several tensors"
+            node = sources.pop()
+
+    def _rope(
+        self, flat: fx.Node, rotation: fx.Node, visited: list[fx.Node], width: int
+    ) -> tuple[Statement, fx.Node] | str:
+        """``RoPE`` on ``flat`` standing for the rotation of its heads; its base is read off
+        the cosines the rotation multiplies by (made from sizes alone)."""
+        rotated = self.env[rotation]
+        heads = rotated.shape[1]
+        # the rotation's result, as RoPE writes it: (B, T, h*hd)
+        merged = fx.Node(self.graph, f"{rotation.name}_heads", "call_function", _merge, (), {})
+        self.env[merged] = rotated.transpose(1, 2).reshape(rotated.shape[0], rotated.shape[2], -1)
+        tables = [
+            self.env[a]
+            for n in visited
+            for a in n.all_input_nodes
+            if a not in self.live and isinstance(self.env.get(a), torch.Tensor)
+        ]
+        rope = REGISTRY["RoPE"]
+        default = rope.model_fields["base"].default
+        layers = [
+            rope.model_validate({"num_heads": heads} | ({"base": b} if b != default else {}))
+            for b in _rope_bases(tables, width)
+        ]
+        name = f"{self.names.get(flat, flat.name)}_rope"
+        made = self._layer_statement(merged, layers, None, [flat], name)
+        if isinstance(made, str):
+            return made
+        st, _ = made
+        st.sources = [self.names.get(flat, flat.name)]
+        self.names[merged] = st.name
+        return st, merged
 
     def _positional(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
         """``x + self.wpe(torch.arange(T))``: a module computed from positions alone, added to
@@ -708,7 +1007,27 @@ class _Scope:
             return "an empty nn.Sequential"
         return out, node, data
 
+    def _inline(
+        self, node: fx.Node, body: Body, data: list[fx.Node]
+    ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        """The statements of a module the model's own forward calls once (a Hugging Face
+        head's base model), written in the model's body under their own names: a layer of
+        the head may then share a weight with one of them (``tie=``)."""
+        renamed = {"input": self.names[data[0]]}
+        for st in body.statements:
+            renamed[st.name] = self._name(st.name)
+            st.name = renamed[st.name]
+            st.sources = [renamed.get(s, s) for s in st.sources]  # failed pieces keep theirs
+        for key, (owner, name) in list(self.capture.owners.items()):
+            if owner == id(body) and name in renamed:
+                self.capture.owners[key] = (id(self.body), renamed[name])
+        if not body.statements:
+            return f"{body.cls} computes nothing from its input"
+        return body.statements, node, data
+
     def _function(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        if self.capture.exported and node.target is F.scaled_dot_product_attention:
+            return self._heads_attention(node)
         special = self._split_part(node) or self._attention(node) or self._positional(node)
         if special is not None:
             return special
@@ -769,3 +1088,40 @@ class _Scope:
             else:
                 views.append(d)
         return views
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """(B, h, T, hd) -> (B, T, h*hd): rotated heads as ``RoPE`` writes them."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def _allowed(mask: torch.Tensor, t: int, s: int) -> str | None:
+    """What an attention mask made from sizes alone allows: ``"all"``, ``"causal"`` (each
+    query step the keys up to it) or None (anything else)."""
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    allowed = allowed.expand(*allowed.shape[:-2], t, s).reshape(-1, t, s)
+    if bool(allowed.all()):
+        return "all"
+    causal = torch.ones(t, s, dtype=torch.bool).tril(s - t)
+    return "causal" if bool((allowed == causal).all()) else None
+
+
+def _rope_bases(tables: list[torch.Tensor], width: int) -> list[float]:
+    """Candidate bases of a rotation, from the tables it multiplies by: in a cosine table
+    ``cos(t / base^(i / half))`` at step 1 and pair 1 the angle is ``base^(-1 / half)``."""
+    half = width // 2
+    bases = []
+    for table in tables:
+        if table.shape[-1] != width or table.dim() < 2 or table.shape[-2] < 2 or half < 2:
+            continue
+        angle = float(torch.acos(table.reshape(-1, *table.shape[-2:])[0, 1, 1].clamp(-1, 1)))
+        if 0 < angle < 1:
+            bases.append(float(f"{angle**-half:.4g}"))
+    return list(dict.fromkeys([*bases, 10000.0]))
+
+
+def _first(node: fx.Node) -> fx.Node:
+    """The tensor a method is called on."""
+    source = node.args[0]
+    assert isinstance(source, fx.Node)
+    return source

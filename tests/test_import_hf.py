@@ -1,0 +1,130 @@
+"""`dlspec import` of Hugging Face transformers models (through torch.export), built from
+small configs in docs/examples/hf.py: counts, MACs and outputs against the originals, and the
+spec each becomes (a golden file per model)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, assert_golden
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import dlspec
+from dlspec.cli import main
+from dlspec.importers.pipeline import Result, import_model, imported_weights
+
+pytest.importorskip("transformers")
+
+FACTORIES = "docs.examples.hf"
+INPUTS = {"gpt2": "long[T]", "llama": "long[T]", "vit": "float[3, 32, 32]"}
+MAC_TOLERANCE = 0.02  # a Linear's bias and a norm's scale are MACs to dlspec, not to torch
+OUTPUT_TOLERANCE = 1e-5  # the imported weights reproduce the original's outputs (max |y - r|)
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the factories import as docs.examples.hf
+
+
+@functools.cache
+def imported(name: str) -> tuple[Result, dlspec.Spec]:
+    """The model imported, and its spec checked (once per model for the tests that read it)."""
+    result = import_model(f"{FACTORIES}:{name}", [INPUTS[name]])
+    return result, dlspec.load_text(result.text, f"{name}.dl")
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_hugging_face_model_imports_as_torch_counts_it(name: str) -> None:
+    result, spec = imported(name)
+    model = result.original
+    report = spec.report
+    assert report.trainable_params == sum(p.numel() for p in model.parameters())
+    state = model.state_dict()
+    assert report.buffers == sum(b.numel() for n, b in model.named_buffers() if n in state)
+    # MACs: torch's FLOP counter on the original at the spec's lengths, batch 1, attention
+    # computed by plain matrix products (the counter does not see CPU's fused kernel)
+    example = [x[:1] for x in result.examples]
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*example)
+    macs = counter.get_total_flops() / 2
+    assert abs(report.total_macs - macs) <= MAC_TOLERANCE * macs, (report.total_macs, macs)
+    # the spec's module, holding the imported weights, computes the original's result
+    state_dict, _ = imported_weights(result, spec)
+    rebuilt = spec.to_torch().eval()
+    rebuilt.load_state_dict(state_dict)
+    with torch.no_grad():
+        ours = rebuilt(*result.examples)
+        theirs = model(*result.examples)[0]
+    assert (ours - theirs).abs().max() <= OUTPUT_TOLERANCE
+    assert_golden(ROOT / "tests" / "golden" / "import" / f"{name}.dl", result.text)
+
+
+def test_the_spec_reads_as_a_person_writes_it() -> None:
+    gpt2 = imported("gpt2")[0].text
+    for line in (
+        "h = GPT2Block * 2",
+        'act = GELU("tanh")',  # GPT-2's gelu_new, written out in its forward
+        "c_attn = Linear(192)",  # its Conv1D, a Linear with the weight transposed
+        "sdpa = SDPA(4, causal=true) <- split_0, split_1, split_2",
+        "lm_head = Linear(100, bias=false, tie=wte)",
+        "wpe = LearnedPositionalEncoding(64)",
+    ):
+        assert line in gpt2
+    llama = imported("llama")[0].text
+    for line in (
+        "layers = LlamaDecoderLayer * 2",
+        "input_layernorm = RMSNorm(eps=1e-06)",
+        "q_proj_rope = RoPE(4) <- q_proj",
+        "sdpa = SDPA(4, num_kv_heads=2, causal=true) <- q_proj_rope, k_proj_rope, v_proj",
+        "mul = Mul <- act_fn, up_proj",
+    ):
+        assert line in llama
+    vit = imported("vit")[0].text
+    assert "cls_token = Parameter(1, 64) <- pixel_values" in vit
+    assert "layers = ViTLayer * 2" in vit
+
+
+def test_output_picks_a_result(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", f"{FACTORIES}:vit", "--input", "float[3, 32, 32]", "--output", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output nope: no 'nope'; the model returns last_hidden_state" in err
+    assert "Traceback" not in err
+
+
+def test_check_prints_the_report_with_symbolic_lengths(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", f"{FACTORIES}:llama", "--input", "long[T]", "--output", "logits"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "lm_head                       Linear(100)" in out and "[T, 100]" in out
+    assert "total params       86,848" in out
+    assert "MACs per sample    1,352,704 (1.35M) at T=16; = 256*T^2 + 80448*T" in out
+
+
+def test_what_neither_tracer_maps_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "branching.py").write_text(
+        "import torch\n"
+        "from torch import nn\n\n\n"
+        "class Branching(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(8, 8)\n\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[-1] == 8:  # Python control flow: torch.fx cannot trace it\n"
+        "            return torch.erf(self.fc(x))\n"
+        "        return x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "branching.dl"
+    code = main(["import", "branching:Branching", "--input", "float[8]", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Branching cannot be imported (tried torch.fx, then torch.export)" in err
+    assert "torch.fx: (model): Branching.forward: cannot be traced with torch.fx" in err
+    # torch.export reads it: the one operation without a kind, with its module path
+    assert "torch.export: (model): aten.erf.default: no dlspec layer kind computes it" in err
+    assert not out.exists()
