@@ -294,6 +294,8 @@ def _embedding(r: random.Random, x: Tensor) -> str | None:
         return f"TimestepEmbedding({r.choice([2, 4, 8])}, max_period={r.choice([100.0, 1e4])})"
     if x.dtype != "long":
         return None
+    if r.random() < 0.2:  # the keep-mask of ids (long, like them), which SDPA reads
+        return f"PaddingMask({r.randint(0, 3)})"
     return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
 
 
@@ -331,7 +333,7 @@ def _tensors(report: Any, draft: Draft) -> list[Tensor]:
 
 def _dtype(x: Tensor, calls: list[str]) -> str:
     """Token ids stay ids through layers that only move them (Identity, Flatten, Reshape)."""
-    moves = ("Identity", "Flatten", "Reshape")
+    moves = ("Identity", "Flatten", "Reshape", "PaddingMask")
     long = x.dtype == "long" and all(c.startswith(moves) for c in calls)
     return "long" if long else "float"
 
@@ -520,6 +522,11 @@ def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
     if k.shape[1] != v.shape[1] or k.shape[0] != v.shape[0]:
         v = k
     kv = k.shape[1] // head_width
+    # a keep-mask over the keys: ids (PaddingMask's, or any) as long as the keys
+    masks = [t for t in draft.tensors if t.dtype == "long" and t.shape == k.shape[:1]]
+    if masks and r.random() < 0.5:
+        mask = r.choice(masks).name
+        return [f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {mask}"]
     call = f"SDPA({heads}, num_kv_heads={kv}, causal={r.choice(['true', 'false'])})"
     return [f"{draft.name()} = {call} <- {q.name}, {k.name}, {v.name}"]
 

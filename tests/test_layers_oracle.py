@@ -187,6 +187,8 @@ EXAMPLES = [
        5 * 5 * 4 * (2 + 3), more=((T, 4), (T, 6)), bindings={"T": 5}),
     ex("SDPA", {"num_heads": 2, "dropout": 0.1}, (3, 8), 3 * 7 * 2 * (4 + 4),
        more=((7, 8), (7, 8))),
+    ex("PaddingMask", {"pad_id": 0}, (T,), 0, dtype="long", bindings={"T": 5}),
+    ex("PaddingMask", {"pad_id": 3}, (2, 4), 0, dtype="long"),
     ex("RoPE", {"num_heads": 2}, (T, 8), 0, bindings={"T": 5}),
     ex("RoPE", {"num_heads": 1, "base": 500.0}, (3, 6), 0),
     # conditioning (diffusion U-Nets): no parameters, MACs 0

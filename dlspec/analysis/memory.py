@@ -189,14 +189,15 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
     """One output of ``layer``: a view of its first input, or a tensor of its own."""
     if layer.returns_input():
         return inputs[0]
-    layout = layer.layout([ref.layout for ref in inputs], flow.laid_out(output))
+    types = [t.type for t in step.inputs]
+    layout = layer.layout_typed([ref.layout for ref in inputs], flow.laid_out(output), types)
     if layout.copied:  # a view torch could not make: a tensor of its own
         return Ref(
             flow.new(product(output.shape)), replace(layout, copied=False), flow.new_object()
         )
     if layer.aliases_input():
         return Ref(inputs[0].storage, layout, flow.new_object())
-    storage = layer.output_storage([t.type for t in step.inputs], output)
+    storage = layer.output_storage(types, output)
     return Ref(flow.new(storage), layout, flow.new_object())
 
 

@@ -176,6 +176,26 @@ def _check_causal(causal: bool, query: TensorType, key: TensorType) -> None:
         )
 
 
+def check_mask(mask: TensorType, scores: tuple[Dim, Dim, Dim], kind: str) -> None:
+    """Refuse a mask whose per-sample shape does not broadcast over the scores
+    ``[h, T, S]``: aligned on the right, each of its sizes is the score's or 1."""
+    h, t, s = scores
+    wanted = f"[{h}, {t}, {s}]"
+    if not 1 <= len(mask.shape) <= 3:
+        raise LayerError(
+            "E404",
+            f"{kind}'s mask {mask} has rank {len(mask.shape)}: it must broadcast over the "
+            f"scores {wanted} per sample ([S], [T, S] or [h, T, S], sizes 1 allowed)",
+        )
+    for size, score, name in zip(mask.shape[::-1], scores[::-1], ("S", "T", "h"), strict=False):
+        if size not in (1, score):
+            raise LayerError(
+                "E401",
+                f"{kind}'s mask {mask} does not broadcast over the scores {wanted} "
+                f"(heads, queries, keys): its size {size} along {name} should be {score} or 1",
+            )
+
+
 @register
 class MultiheadAttention(Layer):
     """Multi-head attention. One input ``[T, E]`` is self-attention; two are
@@ -788,7 +808,9 @@ class Transformer(_TransformerBase):
 _SDPA = '''class SDPA(nn.Module):
     """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
     values, split into heads; kv < h key/value heads are shared by h // kv query heads each
-    (grouped-query attention)."""
+    (grouped-query attention). An optional mask broadcasts over (h, T, S) per sample: float,
+    a bias added to the scores (ALiBi, relative positions); integer, 1 where a key is
+    attended and 0 where it is padding (BERT's attention_mask)."""
 
     def __init__(
         self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
@@ -797,7 +819,9 @@ _SDPA = '''class SDPA(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.causal, self.dropout = causal, dropout
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch, steps = q.shape[0], q.shape[1]
         q = q.reshape(batch, steps, self.num_heads, -1).transpose(1, 2)  # (B, h, T, hd)
         k = k.reshape(batch, k.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
@@ -805,8 +829,13 @@ _SDPA = '''class SDPA(nn.Module):
         if self.num_kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, h, S, hd)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        if mask is not None:
+            if not mask.is_floating_point():  # padding gets the most negative score
+                mask = (1.0 - mask.to(q.dtype)) * torch.finfo(q.dtype).min
+            mask = mask.reshape(batch, *[1] * (4 - mask.dim()), *mask.shape[1:])  # (B, h, T, S)
+        dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=self.causal
         )  # (B, h, T, hd)
         return y.transpose(1, 2).reshape(batch, steps, -1)  # (B, T, h*hd)
 '''
@@ -818,17 +847,25 @@ class SDPA(Layer):
     ``a = SDPA(heads) <- q, k, v`` with queries ``[T, h*hd]`` and keys and values
     ``[S, kv*hd]``, split into ``num_heads`` (h) query heads and ``num_kv_heads`` (kv, default
     h) key/value heads; with kv < h each key/value head serves h / kv query heads
-    (grouped-query attention). ``softmax(q k^T / sqrt(hd)) v`` per head, ``causal`` masking
-    later steps -> ``[T, h*hd_v]``. No parameters (the projections are Linear layers).
-    MACs: T x S x h x hd for ``q k^T`` plus T x S x h x hd_v for the weighted sum of the
-    values; torchinfo counts 0 (no weights)."""
+    (grouped-query attention). ``softmax(q k^T / sqrt(hd) + mask) v`` per head, ``causal``
+    masking later steps -> ``[T, h*hd_v]``.
+
+    A fourth input is a mask, ``SDPA(heads) <- q, k, v, mask``, whose per-sample shape
+    broadcasts (aligned on the right, each size equal or 1) over the scores ``[h, T, S]``:
+    ``[S]`` for a key-padding mask, ``[T, S]``, ``[h, T, S]`` or ``[h, 1, S]``. A long mask
+    says which keys are attended (1) and which are padding (0), as BERT's ``attention_mask``:
+    padding gets the most negative score (``(1 - mask) * finfo.min``, BERT's extended
+    attention mask, so a fully padded row stays finite); a float mask is a bias added to the
+    scores (ALiBi, a relative position bias). No parameters (the projections are Linear
+    layers). MACs: T x S x h x hd for ``q k^T`` plus T x S x h x hd_v for the weighted sum of
+    the values (the mask's addition counts 0); torchinfo counts 0 (no weights)."""
 
     kind = "SDPA"
     torch_names = ("ScaledDotProductAttention",)  # the class generated code had before
     family = "attention"
     torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
     positional = ("num_heads", "num_kv_heads")
-    arity = (3, 3)
+    arity = (3, 4)
 
     num_heads: Pos
     num_kv_heads: Pos | None = None
@@ -836,9 +873,10 @@ class SDPA(Layer):
     dropout: Probability = 0.0
 
     def _heads(self, inputs: list[TensorType]) -> tuple[int, int, int]:
-        """``(kv heads, head width, value head width)`` after checking q, k and v."""
-        query, key, value = inputs
-        for x in inputs:
+        """``(kv heads, head width, value head width)`` after checking q, k, v (and the
+        mask)."""
+        query, key, value = inputs[:3]
+        for x in inputs[:3]:
             _sequence(x, self.kind)
         kv = self.num_kv_heads or self.num_heads
         if self.num_heads % kv:
@@ -862,6 +900,15 @@ class SDPA(Layer):
             raise LayerError("E401", f"keys {key} and values {value} differ in length")
         value_width = concrete(value.shape[1], "SDPA's value width")
         _check_heads(value_width, kv, "num_kv_heads")
+        if len(inputs) == 4:
+            check_mask(inputs[3], (self.num_heads, query.shape[0], key.shape[0]), self.kind)
+            if self.causal:
+                raise LayerError(
+                    "E204",
+                    "SDPA takes causal=true or a mask, not both (torch refuses both): add the "
+                    "causal part into the mask",
+                    arg="causal",
+                )
         _check_causal(self.causal, query, key)
         return kv, head, value_width // kv
 
@@ -877,7 +924,7 @@ class SDPA(Layer):
         if self.dropout:
             kwargs["dropout"] = self.dropout
         args = (self.num_heads, kv)
-        forward = "{module}({x0}, {x1}, {x2})"
+        forward = "{module}({inputs})"
         return TorchCall("SDPA", args, kwargs, forward, helper=_SDPA)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
@@ -897,13 +944,16 @@ class SDPA(Layer):
         kv, head, value_head = self._heads(inputs)
         t, s = inputs[0].shape[0], inputs[1].shape[0]
         h = self.num_heads
-        if self._flash(head, value_head, all(given.unit_stride(i) for i in range(3))):
+        unit_stride = all(given.unit_stride(i) for i in range(3))
+        if self._flash(head, value_head, unit_stride, inputs[3:]):
             if kv == h:
                 keys = [saved_input(inputs, 1), saved_input(inputs, 2)]
             else:
                 keys = [Saved("k", s * h * head), Saved("v", s * h * value_head)]
             lse = Saved("logsumexp", h * t, "float32")
-            return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse]
+            # a long mask's scores, made by the layer: flash attention keeps them
+            mask = [Saved("mask", product(x.shape)) for x in inputs[3:]]
+            return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse, *mask]
         probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
         layouts = given.layouts or (None,) * 3
         in_place = kv == h and _heads_fold(layouts[2], h)
@@ -915,24 +965,62 @@ class SDPA(Layer):
             *(Saved(what, h * t * s) for what in probabilities),
         ]
 
-    def _flash(self, head: int, value_head: int, unit_stride: bool) -> bool:
+    def _flash(self, head: int, value_head: int, unit_stride: bool, mask: list[TensorType]) -> bool:
         """Whether CPU torch runs flash attention (else the plain math): ``unit_stride``,
-        every input's features adjacent in memory."""
-        return not self.dropout and head == value_head and unit_stride
+        every input's features adjacent in memory; a float mask (a bias, which needs its
+        gradient) takes the plain math, a long one (scores made from it, none) does not."""
+        needs_grad = any(x.dtype == "float" for x in mask)
+        return not self.dropout and head == value_head and unit_stride and not needs_grad
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """Without a mask: :meth:`layout_typed`."""
+        return self.layout_typed(inputs, output, [])
+
+    def layout_typed(self, inputs: list[Layout], output: Layout, types: list[TensorType]) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
         layer's output views it; the plain math's is contiguous."""
-        query, _, value = inputs
+        query, _, value = inputs[:3]
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
-        unit = all(x.strides[-1] == 1 for x in inputs)
-        return empty_like(query) if self._flash(head, value_head, unit) else output
+        unit = all(x.strides[-1] == 1 for x in inputs[:3])
+        flash = self._flash(head, value_head, unit, types[3:])
+        return empty_like(query) if flash else output
 
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""
         causal = ", causal" if self.causal else ""
         return f"SDPA(heads={self.num_heads}{kv}{causal})"
+
+
+@register
+class PaddingMask(Layer):
+    """The keep-mask of a sequence of token ids ``[T]`` (long): 1 where the token is not
+    ``pad_id``, 0 where it is padding -> ``[T]`` (long), the mask SDPA's fourth input reads
+    (``mask = PaddingMask(0) <- tokens``), as BERT's ``attention_mask``. No parameters,
+    MACs 0, nothing kept for backward (no gradient flows through ids)."""
+
+    kind = "PaddingMask"
+    family = "attention"
+    positional = ("pad_id",)
+
+    pad_id: int = 0
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        if x.dtype != "long":
+            raise LayerError(
+                "E404", f"PaddingMask reads token ids and expects a long tensor, got float {x}"
+            )
+        return Inferred(x)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward=f"({{x}} != {self.pad_id!r}).long()")
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def label(self) -> str:
+        return f"PaddingMask({self.pad_id})"
 
 
 _ROPE = '''class RoPE(nn.Module):

@@ -284,6 +284,11 @@ class Layer(BaseModel):
         kernel keeps, where the kind says so."""
         return output
 
+    def layout_typed(self, inputs: list[Layout], output: Layout, types: list[TensorType]) -> Layout:
+        """:meth:`layout`, knowing the inputs' types too, for a kind whose kernel depends on
+        an input's element type (attention's mask); the default is :meth:`layout`."""
+        return self.layout(inputs, output)
+
     def label(self) -> str:
         """Kind with its key arguments, e.g. ``Conv2d(32, k=3, p=1)``."""
         return self.kind
