@@ -81,6 +81,23 @@ def _vit(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def _bert(draw: st.DrawFn) -> dict[str, Any]:
+    d, heads = _heads(draw, [2, 4], [1, 2])
+    max_len = draw(st.integers(2, 10))
+    return {
+        "vocab": draw(st.integers(2, 30)),
+        "d": d,
+        "layers": draw(st.integers(1, 3)),
+        "heads": heads,
+        "ff": draw(st.integers(4, 20)),
+        "max_len": max_len,
+        "type_vocab": draw(st.integers(2, 3)),
+        "eps": draw(st.sampled_from([1e-12, 1e-5])),
+        "T": draw(st.integers(1, max_len)),
+    }
+
+
+@st.composite
 def _diffusion(draw: st.DrawFn) -> dict[str, Any]:
     groups = draw(st.sampled_from([1, 2, 4]))
     d_text, heads = _heads(draw, [4, 6], [1, 2])
@@ -133,6 +150,7 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "tiny_gpt.dl": _tiny_gpt(),
     "transformer.dl": _transformer(),
     "vgg_block.dl": st.fixed_dictionaries({"num_classes": _classes(), "width": st.integers(1, 12)}),
+    "zoo/bert_base.dl": _bert(),
     "zoo/convnext_tiny.dl": st.fixed_dictionaries(
         {"num_classes": _classes(), "size": st.sampled_from([32, 64]), "drop": st.floats(0, 0.5)}
     ),

@@ -809,8 +809,8 @@ _SDPA = '''class SDPA(nn.Module):
     """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
     values, split into heads; kv < h key/value heads are shared by h // kv query heads each
     (grouped-query attention). An optional mask broadcasts over (h, T, S) per sample: float,
-    a bias added to the scores (ALiBi, relative positions); integer, 1 where a key is
-    attended and 0 where it is padding (BERT's attention_mask)."""
+    a bias added to the scores (ALiBi, relative positions); integer, 0 where a key is
+    padding, not attended (BERT's attention_mask)."""
 
     def __init__(
         self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
@@ -830,8 +830,8 @@ _SDPA = '''class SDPA(nn.Module):
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, h, S, hd)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
         if mask is not None:
-            if not mask.is_floating_point():  # padding gets the most negative score
-                mask = (1.0 - mask.to(q.dtype)) * torch.finfo(q.dtype).min
+            if not mask.is_floating_point():  # 0 is padding: the most negative score
+                mask = (mask == 0).to(q.dtype) * torch.finfo(q.dtype).min
             mask = mask.reshape(batch, *[1] * (4 - mask.dim()), *mask.shape[1:])  # (B, h, T, S)
         dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
@@ -853,10 +853,10 @@ class SDPA(Layer):
     A fourth input is a mask, ``SDPA(heads) <- q, k, v, mask``, whose per-sample shape
     broadcasts (aligned on the right, each size equal or 1) over the scores ``[h, T, S]``:
     ``[S]`` for a key-padding mask, ``[T, S]``, ``[h, T, S]`` or ``[h, 1, S]``. A long mask
-    says which keys are attended (1) and which are padding (0), as BERT's ``attention_mask``:
-    padding gets the most negative score (``(1 - mask) * finfo.min``, BERT's extended
-    attention mask, so a fully padded row stays finite); a float mask is a bias added to the
-    scores (ALiBi, a relative position bias). No parameters (the projections are Linear
+    says which keys are padding (0) and which are attended (any other value; 1 in BERT's
+    ``attention_mask``): padding gets the most negative score (``finfo.min``, as BERT's
+    extended attention mask, so a row of padding only stays finite); a float mask is a bias
+    added to the scores (ALiBi, a relative position bias). No parameters (the projections are Linear
     layers). MACs: T x S x h x hd for ``q k^T`` plus T x S x h x hd_v for the weighted sum of
     the values (the mask's addition counts 0); torchinfo counts 0 (no weights)."""
 

@@ -29,7 +29,9 @@ class RoPE(nn.Module):
 class SDPA(nn.Module):
     """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
     values, split into heads; kv < h key/value heads are shared by h // kv query heads each
-    (grouped-query attention)."""
+    (grouped-query attention). An optional mask broadcasts over (h, T, S) per sample: float,
+    a bias added to the scores (ALiBi, relative positions); integer, 0 where a key is
+    padding, not attended (BERT's attention_mask)."""
 
     def __init__(
         self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
@@ -38,7 +40,9 @@ class SDPA(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.causal, self.dropout = causal, dropout
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch, steps = q.shape[0], q.shape[1]
         q = q.reshape(batch, steps, self.num_heads, -1).transpose(1, 2)  # (B, h, T, hd)
         k = k.reshape(batch, k.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
@@ -46,8 +50,13 @@ class SDPA(nn.Module):
         if self.num_kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, h, S, hd)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        if mask is not None:
+            if not mask.is_floating_point():  # 0 is padding: the most negative score
+                mask = (mask == 0).to(q.dtype) * torch.finfo(q.dtype).min
+            mask = mask.reshape(batch, *[1] * (4 - mask.dim()), *mask.shape[1:])  # (B, h, T, S)
+        dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=self.causal
         )  # (B, h, T, hd)
         return y.transpose(1, 2).reshape(batch, steps, -1)  # (B, T, h*hd)
 
