@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 from saved_oracle import saved_bytes
 from test_layers_oracle import build, forward, make
 from test_memory import rule
@@ -116,3 +117,16 @@ def test_a_mask_that_does_not_broadcast_is_refused(
         make("SDPA", {"num_heads": HEADS, **args}).infer(_types(shape, "long"))
     assert err.value.code == code
     assert text in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("bias", "text"),
+    [
+        (["q", "q"], "names a projection twice"),
+        (["q", "key"], "'q', 'k', 'v' or 'out'"),
+    ],
+)
+def test_a_bias_must_name_projections_once(bias: list[str], text: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        make("MultiheadAttention", {"num_heads": 2, "bias": bias})
+    assert text in str(err.value)

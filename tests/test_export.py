@@ -490,6 +490,15 @@ KIND_SPECS = {
         p, q, r = Chunk(3, dim=0) <- m      # 5 in 3 pieces: 2 + 2 + 1
         output p, r
     }""",
+    "masks": """model Masks {
+        input tokens: long[5]
+        mask = PaddingMask(0)
+        x = Embedding(20, 8) <- tokens
+        a = SDPA(2) <- x, x, x, mask                  # padding: BERT's extended mask
+        bias = Parameter(2, 5, 5) <- a                # [h, T, S], added to the scores
+        b = SDPA(2) <- a, a, a, bias
+        MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
+    }""",
     "two_outputs": """block Pair(d: int) <- x, y {
         x2 = Linear(d) <- y
         a, b = Chunk(2) <- x
@@ -505,7 +514,7 @@ KIND_SPECS = {
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
-    "StochasticDepth", "SDPA", "RoPE", "Chunk",
+    "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask",
 }  # fmt: skip
 
 

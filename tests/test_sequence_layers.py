@@ -131,6 +131,11 @@ EXAMPLES = [
        macs=attention_macs(T, S, 8, 5, 5, True)),
     ex("MultiheadAttention", {"num_heads": 2, "bias": False}, (T, 8), (S, 5), (S, 6),
        macs=2 * T * 8 * 8 + S * 8 * 5 + S * 8 * 6 + 2 * T * S * 8),
+    # a bias on some projections only (Whisper): four Linear layers, each b = 1 where named
+    ex("MultiheadAttention", {"num_heads": 2, "bias": ("q", "v", "out")}, (T, 8),
+       macs=3 * T * 8 * 9 + T * 8 * 8 + 2 * T * T * 8),
+    ex("MultiheadAttention", {"num_heads": 2, "bias": ("k",), "dropout": 0.1}, (T, 8), (S, 5),
+       (S, 6), macs=2 * T * 8 * 8 + S * 8 * 6 + S * 8 * 6 + 2 * T * S * 8),
     # Transformer layers and stacks: the sum of their parts
     ex("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16}, (T, 8),
        macs=encoder_layer_macs(T, 8, 16, True)),

@@ -21,9 +21,10 @@ keys as long as the queries).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dlspec.layers.base import (
     Given,
@@ -196,6 +197,45 @@ def check_mask(mask: TensorType, scores: tuple[Dim, Dim, Dim], kind: str) -> Non
             )
 
 
+_PROJECTED = '''class MultiheadAttention(nn.Module):
+    """Multi-head attention with a bias on some projections only (Whisper's k_proj has
+    none): separate q/k/v/out projections, each with a bias where `bias` names it."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        bias: tuple[str, ...],
+        kdim: int | None = None,
+        vdim: int | None = None,
+        dropout: float = 0.0,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.dropout, self.causal = num_heads, dropout, causal
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias="q" in bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias="k" in bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias="v" in bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias="out" in bias)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> torch.Tensor:
+        batch, steps = query.shape[0], query.shape[1]
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)  # (B, T|S, E)
+        q, k, v = (x.reshape(batch, x.shape[1], self.num_heads, -1) for x in (q, k, v))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, T|S, hd)
+        dropout = self.dropout if self.training else 0.0
+        y = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=self.causal
+        )  # (B, h, T, hd)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, steps, -1))  # (B, T, E)
+'''
+
+PROJECTIONS = ("q", "k", "v", "out")
+Projection = Literal["q", "k", "v", "out"]
+
+
 @register
 class MultiheadAttention(Layer):
     """Multi-head attention. One input ``[T, E]`` is self-attention; two are
@@ -205,9 +245,13 @@ class MultiheadAttention(Layer):
     Layout: ``in_proj_weight (3E, E)`` when ``kdim == vdim == E``, else ``q_proj_weight (E, E)``,
     ``k_proj_weight (E, kdim)``, ``v_proj_weight (E, vdim)``; ``in_proj_bias (3E,)`` with
     ``bias``; then ``out_proj.weight (E, E)`` and, with ``bias``, ``out_proj.bias (E,)``.
-    MACs = T*E*(E + b) + S*E*(kdim + b) + S*E*(vdim + b) [projections of Q, K, V]
-    + T*S*E [Q K^T] + T*S*E [weights x V] + T*E*(E + b) [output projection], with b = 1 when
-    ``bias``; self-attention has S = T, so it grows with T^2."""
+    ``bias`` may instead name the projections that have one, ``bias=["q", "v", "out"]``
+    (Whisper's attention, whose ``k_proj`` has none): the layer then has four projections
+    ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (``weight``, and ``bias`` where named),
+    as Hugging Face writes them, since torch's module holds one bias for all three inputs.
+    MACs = T*E*(E + bq) + S*E*(kdim + bk) + S*E*(vdim + bv) [projections of Q, K, V]
+    + T*S*E [Q K^T] + T*S*E [weights x V] + T*E*(E + bo) [output projection], with a b 1
+    where that projection has a bias; self-attention has S = T, so it grows with T^2."""
 
     kind = "MultiheadAttention"
     family = "attention"
@@ -218,10 +262,24 @@ class MultiheadAttention(Layer):
     embed_dim: Pos | None = None
     num_heads: Pos
     dropout: Probability = 0.0
-    bias: bool = True
+    bias: bool | tuple[Projection, ...] = True
     kdim: Pos | None = None
     vdim: Pos | None = None
     causal: bool = False
+
+    @field_validator("bias")
+    @classmethod
+    def _once_each(cls, bias: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+        if not isinstance(bias, bool) and len(set(bias)) < len(bias):
+            raise ValueError(f"names a projection twice: {list(bias)}")
+        return bias
+
+    def _biased(self, projection: str) -> bool:
+        return self.bias if isinstance(self.bias, bool) else projection in self.bias
+
+    def _split(self) -> bool:
+        """Whether the projections are four Linear layers (some, not all, with a bias)."""
+        return len({self._biased(p) for p in PROJECTIONS}) > 1
 
     def _sizes(self, inputs: list[TensorType]) -> tuple[int, int, int]:
         """``(E, kdim, vdim)`` after checking the query, key and value."""
@@ -245,37 +303,50 @@ class MultiheadAttention(Layer):
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         width, kdim, vdim = self._sizes(inputs)
-        b = 1 if self.bias else 0
+        b = {p: 1 if self._biased(p) else 0 for p in PROJECTIONS}
         weights: dict[str, Shape] = {}
-        if kdim == vdim == width:
-            weights["in_proj_weight"] = (3 * width, width)
+        if self._split():
+            for p, fan_in in zip(PROJECTIONS, (width, kdim, vdim, width), strict=True):
+                weights[f"{p}_proj.weight"] = (width, fan_in)
+                if b[p]:
+                    weights[f"{p}_proj.bias"] = (width,)
         else:
-            weights |= {
-                "q_proj_weight": (width, width),
-                "k_proj_weight": (width, kdim),
-                "v_proj_weight": (width, vdim),
-            }
-        if self.bias:
-            weights["in_proj_bias"] = (3 * width,)
-        weights["out_proj.weight"] = (width, width)
-        if self.bias:
-            weights["out_proj.bias"] = (width,)
+            if kdim == vdim == width:
+                weights["in_proj_weight"] = (3 * width, width)
+            else:
+                weights |= {
+                    "q_proj_weight": (width, width),
+                    "k_proj_weight": (width, kdim),
+                    "v_proj_weight": (width, vdim),
+                }
+            if self.bias:
+                weights["in_proj_bias"] = (3 * width,)
+            weights["out_proj.weight"] = (width, width)
+            if self.bias:
+                weights["out_proj.bias"] = (width,)
         t: Dim = inputs[0].shape[0]  # queries
         s: Dim = inputs[-1].shape[0]  # keys and values
         macs = (
-            2 * t * width * (width + b)  # query and output projections
-            + s * width * (kdim + b)  # key projection
-            + s * width * (vdim + b)  # value projection
+            t * width * (width + b["q"])  # query projection
+            + s * width * (kdim + b["k"])  # key projection
+            + s * width * (vdim + b["v"])  # value projection
+            + t * width * (width + b["out"])  # output projection
             + 2 * t * s * width  # Q K^T and the weighted sum of the values
         )
         return Inferred(TensorType((t, width)), weights, macs=macs)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width, kdim, vdim = self._sizes(inputs)
-        kwargs = self.keywords(exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"})
-        kwargs |= {name: size for name, size in (("kdim", kdim), ("vdim", vdim)) if size != width}
-        kwargs["batch_first"] = True
+        sizes = {name: size for name, size in (("kdim", kdim), ("vdim", vdim)) if size != width}
         qkv = {1: "{x0}, {x0}, {x0}", 2: "{x0}, {x1}, {x1}", 3: "{x0}, {x1}, {x2}"}[len(inputs)]
+        if self._split():
+            kwargs = sizes | self.keywords(include={"dropout", "causal"})
+            args = (width, self.num_heads, self.bias)
+            forward = "{module}(" + qkv + ")"  # (B, T, E)
+            return TorchCall("MultiheadAttention", args, kwargs, forward, helper=_PROJECTED)
+        kwargs = self.keywords(exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"})
+        kwargs |= sizes
+        kwargs["batch_first"] = True
         mask = f"attn_mask={CAUSAL_MASK.format(x='{x0}')}, is_causal=True, " if self.causal else ""
         forward = "{module}(" + qkv + ", " + mask + "need_weights=False)[0]"  # (B, T, E)
         return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward)
@@ -288,7 +359,10 @@ class MultiheadAttention(Layer):
     ) -> list[Saved]:
         """torch's attention checks ``key is value`` (then the keys are one memory) and
         ``query is key`` as well (then it is self-attention), and keeps what those paths
-        keep; an input stored time-major is projected in place."""
+        keep; an input stored time-major is projected in place. With a bias on some
+        projections only: what its Linear layers and SDPA keep (:meth:`_split_saved`)."""
+        if self._split():
+            return self._split_saved(inputs, given)
         reads = ["input0", "input1", "input2"][: len(inputs)]
         if len(inputs) == 3 and given.first[2] == given.first[1]:
             reads.pop()
@@ -299,13 +373,33 @@ class MultiheadAttention(Layer):
             "attn", inputs[0], keys, self.num_heads, self.dropout, tuple(reads), given.in_place()
         )
 
+    def _split_saved(self, inputs: list[TensorType], given: Given) -> list[Saved]:
+        """Each projection keeps the input it reads, as a Linear layer (a copy where the
+        input does not read as rows); SDPA over the projections keeps what it keeps over
+        three inputs (:meth:`SDPA.saves_given`), and the output projection its input: the
+        attention's output, a view of what flash attention keeps, or a copy of the plain
+        math's."""
+        width = self._sizes(inputs)[0]
+        reads = [min(i, len(inputs) - 1) for i in range(3)]  # the input each projection reads
+        kept = [saved_input(inputs, i, "rows") for i in reads]
+        t, s = inputs[0].shape[0], inputs[-1].shape[0]
+        projected = [TensorType((t, width)), TensorType((s, width)), TensorType((s, width))]
+        context = TensorType((t, width))
+        sdpa = SDPA(num_heads=self.num_heads, dropout=self.dropout)
+        names = {"input0": "q", "input1": "k", "input2": "v", "output": "context"}
+        inner = sdpa.saves_given(projected, context, Given.plain(3))
+        kept += [replace(x, tensor=names.get(x.tensor, f"sdpa.{x.tensor}")) for x in inner]
+        return [*kept, Saved("context", product(context.shape))]
+
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        """torch computes batch-first attention time-major and returns a transposed view."""
-        return time_major(output.sizes)
+        """torch computes batch-first attention time-major and returns a transposed view;
+        split projections end with a Linear layer's contiguous output."""
+        return output if self._split() else time_major(output.sizes)
 
     def label(self) -> str:
         causal = ", causal" if self.causal else ""
-        return f"MultiheadAttention(heads={self.num_heads}{causal})"
+        bias = "" if isinstance(self.bias, bool) else f", bias={'+'.join(self.bias)}"
+        return f"MultiheadAttention(heads={self.num_heads}{bias}{causal})"
 
 
 class _TransformerBase(Layer):
