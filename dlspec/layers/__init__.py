@@ -17,6 +17,7 @@ from dlspec.layers import (  # noqa: F401  (imported to register their layer kin
     pool,
     recurrent,
     shape,
+    window,
 )
 from dlspec.layers.base import REGISTRY, Inferred, Layer, LayerError, TensorType, TorchCall
 

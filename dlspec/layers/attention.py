@@ -20,6 +20,7 @@ keys as long as the queries).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
@@ -138,14 +139,16 @@ def attention_saved(
 
 
 def _heads_fold(x: Layout | None, heads: int) -> bool:
-    """Whether a ``(B, S, heads*hd)`` input split into heads, ``(B, heads, S, hd)``, views as
-    the ``(B*heads, S, hd)`` batch of matrices the plain math multiplies (else a copy): one
-    head, or an input that lies time-major. None: a contiguous input."""
+    """Whether a ``(B, ..., S, heads*hd)`` input split into heads, ``(B, ..., heads, S, hd)``,
+    views as the ``(B*...*heads, S, hd)`` batch of matrices the plain math multiplies (else a
+    copy): one head, or an input that lies time-major. None: a contiguous input."""
     if x is None:
         return heads == 1
-    batch, steps, width = x.sizes
-    split = permute(reshape(x, (batch, steps, heads, width // heads)), (0, 2, 1, 3))
-    return view_strides(split, (batch * heads, steps, width // heads)) is not None
+    *lead, steps, width = x.sizes
+    rank = len(lead)
+    split = reshape(x, (*lead, steps, heads, width // heads))
+    split = permute(split, (*range(rank), rank + 1, rank, rank + 2))
+    return view_strides(split, (math.prod(lead) * heads, steps, width // heads)) is not None
 
 
 def _width(t: TensorType) -> int:
@@ -177,23 +180,24 @@ def _check_causal(causal: bool, query: TensorType, key: TensorType) -> None:
         )
 
 
-def check_mask(mask: TensorType, scores: tuple[Dim, Dim, Dim], kind: str) -> None:
+def check_mask(mask: TensorType, scores: tuple[Dim, ...], kind: str) -> None:
     """Refuse a mask whose per-sample shape does not broadcast over the scores
-    ``[h, T, S]``: aligned on the right, each of its sizes is the score's or 1."""
-    h, t, s = scores
-    wanted = f"[{h}, {t}, {s}]"
-    if not 1 <= len(mask.shape) <= 3:
+    ``[..., h, T, S]``: aligned on the right, each of its sizes is the score's or 1."""
+    wanted = "[" + ", ".join(str(d) for d in scores) + "]"
+    if not 1 <= len(mask.shape) <= len(scores):
         raise LayerError(
             "E404",
             f"{kind}'s mask {mask} has rank {len(mask.shape)}: it must broadcast over the "
             f"scores {wanted} per sample ([S], [T, S] or [h, T, S], sizes 1 allowed)",
         )
-    for size, score, name in zip(mask.shape[::-1], scores[::-1], ("S", "T", "h"), strict=False):
+    names = ("S", "T", "h", *(f"window dim {i}" for i in range(len(scores) - 3, 0, -1)))
+    for size, score, name in zip(mask.shape[::-1], scores[::-1], names, strict=False):
         if size not in (1, score):
             raise LayerError(
                 "E401",
                 f"{kind}'s mask {mask} does not broadcast over the scores {wanted} "
-                f"(heads, queries, keys): its size {size} along {name} should be {score} or 1",
+                f"(..., heads, queries, keys): its size {size} along {name} should be "
+                f"{score} or 1",
             )
 
 
@@ -900,11 +904,12 @@ class Transformer(_TransformerBase):
 # Attention written from its parts (nanoGPT, Llama): project with Linear layers, then SDPA.
 
 _SDPA = '''class SDPA(nn.Module):
-    """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
-    values, split into heads; kv < h key/value heads are shared by h // kv query heads each
-    (grouped-query attention). An optional mask broadcasts over (h, T, S) per sample: float,
-    a bias added to the scores (ALiBi, relative positions); integer, 0 where a key is
-    padding, not attended (BERT's attention_mask)."""
+    """Attention over already projected (B, ..., T, h*hd) queries and (B, ..., S, kv*hd) keys
+    and values, split into heads (leading dims, such as windows, are attended apart);
+    kv < h key/value heads are shared by h // kv query heads each (grouped-query attention).
+    Masks broadcast over the scores (..., h, T, S) per sample and add up: float, a bias
+    added to the scores (ALiBi, relative positions); integer, 0 where a key is padding, not
+    attended (BERT's attention_mask)."""
 
     def __init__(
         self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
@@ -914,24 +919,27 @@ _SDPA = '''class SDPA(nn.Module):
         self.causal, self.dropout = causal, dropout
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *masks: torch.Tensor
     ) -> torch.Tensor:
-        batch, steps = q.shape[0], q.shape[1]
-        q = q.reshape(batch, steps, self.num_heads, -1).transpose(1, 2)  # (B, h, T, hd)
-        k = k.reshape(batch, k.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
-        v = v.reshape(batch, v.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
+        lead, steps = q.shape[:-2], q.shape[-2]  # the batch (and windows), T
+        q = q.reshape(*lead, steps, self.num_heads, -1).transpose(-2, -3)  # (B, h, T, hd)
+        k = k.reshape(*k.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
+        v = v.reshape(*v.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
         if self.num_kv_heads != self.num_heads:
-            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, h, S, hd)
-            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
-        if mask is not None:
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)  # (B, h, S, hd)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)
+        bias = None
+        for mask in masks:
             if not mask.is_floating_point():  # 0 is padding: the most negative score
                 mask = (mask == 0).to(q.dtype) * torch.finfo(q.dtype).min
-            mask = mask.reshape(batch, *[1] * (4 - mask.dim()), *mask.shape[1:])  # (B, h, T, S)
+            ones = [1] * (q.dim() - mask.dim())
+            mask = mask.reshape(mask.shape[0], *ones, *mask.shape[1:])  # (B, h, T, S)
+            bias = mask if bias is None else bias + mask
         dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=self.causal
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal
         )  # (B, h, T, hd)
-        return y.transpose(1, 2).reshape(batch, steps, -1)  # (B, T, h*hd)
+        return y.transpose(-2, -3).reshape(*lead, steps, -1)  # (B, T, h*hd)
 '''
 
 
@@ -941,25 +949,28 @@ class SDPA(Layer):
     ``a = SDPA(heads) <- q, k, v`` with queries ``[T, h*hd]`` and keys and values
     ``[S, kv*hd]``, split into ``num_heads`` (h) query heads and ``num_kv_heads`` (kv, default
     h) key/value heads; with kv < h each key/value head serves h / kv query heads
-    (grouped-query attention). ``softmax(q k^T / sqrt(hd) + mask) v`` per head, ``causal``
-    masking later steps -> ``[T, h*hd_v]``.
+    (grouped-query attention). ``softmax(q k^T / sqrt(hd) + masks) v`` per head, ``causal``
+    masking later steps -> ``[T, h*hd_v]``. Dimensions before the last two (the windows
+    ``WindowPartition`` makes, ``[nH, nW, N, C]``) are attended apart, as torch's attention
+    does with its batch dimensions; q, k and v share them.
 
-    A fourth input is a mask, ``SDPA(heads) <- q, k, v, mask``, whose per-sample shape
-    broadcasts (aligned on the right, each size equal or 1) over the scores ``[h, T, S]``:
-    ``[S]`` for a key-padding mask, ``[T, S]``, ``[h, T, S]`` or ``[h, 1, S]``. A long mask
-    says which keys are padding (0) and which are attended (any other value; 1 in BERT's
-    ``attention_mask``): padding gets the most negative score (``finfo.min``, as BERT's
-    extended attention mask, so a row of padding only stays finite); a float mask is a bias
-    added to the scores (ALiBi, a relative position bias). No parameters (the projections are Linear
-    layers). MACs: T x S x h x hd for ``q k^T`` plus T x S x h x hd_v for the weighted sum of
-    the values (the mask's addition counts 0); torchinfo counts 0 (no weights)."""
+    Inputs after the values are masks, ``SDPA(heads) <- q, k, v, mask``, whose per-sample
+    shapes broadcast (aligned on the right, each size equal or 1) over the scores
+    ``[..., h, T, S]``: ``[S]`` for a key-padding mask, ``[T, S]``, ``[h, T, S]``, ``[h, 1, S]``.
+    A long mask says which keys are padding (0) and which are attended (any other value; 1
+    in BERT's ``attention_mask``): padding gets the most negative score (``finfo.min``, as
+    BERT's extended attention mask, so a row of padding only stays finite); a float mask is
+    a bias added to the scores (ALiBi, a relative position bias, Swin's shifted-window mask).
+    Two masks add up. No parameters (the projections are Linear layers). MACs: T x S x h x hd
+    for ``q k^T`` plus T x S x h x hd_v for the weighted sum of the values, per window (the
+    masks' additions count 0); torchinfo counts 0 (no weights)."""
 
     kind = "SDPA"
     torch_names = ("ScaledDotProductAttention",)  # the class generated code had before
     family = "attention"
     torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
     positional = ("num_heads", "num_kv_heads")
-    arity = (3, 4)
+    arity = (3, 5)
 
     num_heads: Pos
     num_kv_heads: Pos | None = None
@@ -968,10 +979,19 @@ class SDPA(Layer):
 
     def _heads(self, inputs: list[TensorType]) -> tuple[int, int, int]:
         """``(kv heads, head width, value head width)`` after checking q, k, v (and the
-        mask)."""
+        masks)."""
         query, key, value = inputs[:3]
         for x in inputs[:3]:
-            _sequence(x, self.kind)
+            expect_rank(x, range(2, 8), "[..., T, d] (batch-first sequences)", self.kind)
+            expect_float(x, self.kind)
+        lead = query.shape[:-2]
+        for x in (key, value):
+            if x.shape[:-2] != lead:
+                raise LayerError(
+                    "E401",
+                    f"queries {query} and keys/values {x} differ in their leading dimensions "
+                    "(windows are attended apart: q, k and v must have the same)",
+                )
         kv = self.num_kv_heads or self.num_heads
         if self.num_heads % kv:
             raise LayerError(
@@ -981,36 +1001,46 @@ class SDPA(Layer):
                 [f"{self.num_heads} % {kv} = {self.num_heads % kv}"],
                 arg="num_kv_heads",
             )
-        width = concrete(query.shape[1], "SDPA's query width")
+        width = concrete(query.shape[-1], "SDPA's query width")
         _check_heads(width, self.num_heads, "num_heads")
         head = width // self.num_heads
-        if key.shape[1] != kv * head:
+        if key.shape[-1] != kv * head:
             raise LayerError(
                 "E401",
                 f"keys {key} should have {kv} heads of the queries' width {head} = {kv * head} "
                 f"features (queries {query}, num_heads={self.num_heads})",
             )
-        if key.shape[0] != value.shape[0]:
+        if key.shape[-2] != value.shape[-2]:
             raise LayerError("E401", f"keys {key} and values {value} differ in length")
-        value_width = concrete(value.shape[1], "SDPA's value width")
+        value_width = concrete(value.shape[-1], "SDPA's value width")
         _check_heads(value_width, kv, "num_kv_heads")
-        if len(inputs) == 4:
-            check_mask(inputs[3], (self.num_heads, query.shape[0], key.shape[0]), self.kind)
-            if self.causal:
-                raise LayerError(
-                    "E204",
-                    "SDPA takes causal=true or a mask, not both (torch refuses both): add the "
-                    "causal part into the mask",
-                    arg="causal",
-                )
-        _check_causal(self.causal, query, key)
+        scores = (*lead, self.num_heads, query.shape[-2], key.shape[-2])
+        for mask in inputs[3:]:
+            check_mask(mask, scores, self.kind)
+        if self.causal and len(inputs) > 3:
+            raise LayerError(
+                "E204",
+                "SDPA takes causal=true or a mask, not both (torch refuses both): add the "
+                "causal part into the mask",
+                arg="causal",
+            )
+        if self.causal and query.shape[-2] != key.shape[-2]:
+            raise LayerError(
+                "E204",
+                f"causal attention needs keys as long as the queries; got queries {query} and "
+                f"keys {key}",
+                arg="causal",
+            )
         return kv, head, value_width // kv
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
-        _, head, value_head = self._heads(inputs)
-        t, s = inputs[0].shape[0], inputs[1].shape[0]
-        macs = t * s * self.num_heads * (head + value_head)
-        return Inferred(TensorType((t, self.num_heads * value_head)), macs=macs)
+        kv, head, value_head = self._heads(inputs)
+        query = inputs[0]
+        t, s = query.shape[-2], inputs[1].shape[-2]
+        macs = product(query.shape[:-2]) * t * s * self.num_heads * (head + value_head)
+        # as wide as the values, for h heads of theirs
+        width = inputs[2].shape[-1] if kv == self.num_heads else self.num_heads * value_head
+        return Inferred(TensorType((*query.shape[:-1], width)), macs=macs)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kv, _, _ = self._heads(inputs)
@@ -1027,48 +1057,51 @@ class SDPA(Layer):
     def saves_given(
         self, inputs: list[TensorType], output: TensorType, given: Given
     ) -> list[Saved]:
-        """Without dropout, with values as wide per head as the keys, and with each input's
-        features adjacent in memory, CPU torch runs flash attention: it keeps q, k and v
+        """Without dropout, with values as wide per head as the keys, with each input's
+        features adjacent in memory, without windows and without a float mask (a bias,
+        which needs its gradient), CPU torch runs flash attention: it keeps q, k and v
         (views of the inputs, or for grouped-query attention k and v repeated to h heads,
-        one copy each), its output and a log-sum-exp per head and query. Otherwise it runs
-        the plain math: q and k each scaled by the square root of the scale, the values
-        (in place where their heads view as a batch of matrices, else copied or repeated),
-        the probabilities (h x T x S) and, with dropout, its mask and the dropped
-        probabilities."""
+        one copy each), its output, a log-sum-exp per head and query, and the scores made
+        from long masks. Otherwise it runs the plain math: q and k each scaled by the
+        square root of the scale, the values (in place where their heads view as a batch of
+        matrices, else copied or repeated), the probabilities (h x T x S) and, with dropout,
+        its mask and the dropped probabilities."""
         kv, head, value_head = self._heads(inputs)
-        t, s = inputs[0].shape[0], inputs[1].shape[0]
+        query = inputs[0]
+        windows = product(query.shape[:-2])
+        t, s = query.shape[-2], inputs[1].shape[-2]
         h = self.num_heads
         unit_stride = all(given.unit_stride(i) for i in range(3))
-        if self._flash(head, value_head, unit_stride, inputs[3:]):
+        if self._flash(head, value_head, unit_stride, inputs):
             if kv == h:
                 keys = [saved_input(inputs, 1), saved_input(inputs, 2)]
             else:
                 keys = [Saved("k", s * h * head), Saved("v", s * h * value_head)]
             lse = Saved("logsumexp", h * t, "float32")
-            # a long mask's scores, made by the layer: flash attention keeps them
-            mask = [Saved("mask", product(x.shape)) for x in inputs[3:]]
-            return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse, *mask]
+            # the scores made from the long masks: flash attention keeps them
+            masks = [Saved("mask", product(_broadcast_masks(inputs[3:])))] if inputs[3:] else []
+            return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse, *masks]
         probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
         layouts = given.layouts or (None,) * 3
         in_place = kv == h and _heads_fold(layouts[2], h)
-        value = saved_input(inputs, 2) if in_place else Saved("v", s * h * value_head)
+        value = saved_input(inputs, 2) if in_place else Saved("v", windows * s * h * value_head)
         return [
-            Saved("q_scaled", t * h * head),
-            Saved("k_scaled", s * h * head),
+            Saved("q_scaled", windows * t * h * head),
+            Saved("k_scaled", windows * s * h * head),
             value,
-            *(Saved(what, h * t * s) for what in probabilities),
+            *(Saved(what, windows * h * t * s) for what in probabilities),
         ]
 
-    def _flash(self, head: int, value_head: int, unit_stride: bool, mask: list[TensorType]) -> bool:
+    def _flash(
+        self, head: int, value_head: int, unit_stride: bool, inputs: list[TensorType]
+    ) -> bool:
         """Whether CPU torch runs flash attention (else the plain math): ``unit_stride``,
-        every input's features adjacent in memory; a float mask (a bias, which needs its
-        gradient) takes the plain math, a long one (scores made from it, none) does not."""
-        needs_grad = any(x.dtype == "float" for x in mask)
-        return not self.dropout and head == value_head and unit_stride and not needs_grad
-
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        """Without a mask: :meth:`layout_typed`."""
-        return self.layout_typed(inputs, output, [])
+        every input's features adjacent in memory; ``inputs``, their types: flash attention
+        takes (B, h, T, hd) tensors only (no windows), and a float mask (a bias, which needs
+        its gradient) takes the plain math, a long one (scores made from it, none) does
+        not."""
+        plain = len(inputs[0].shape) == 2 and all(x.dtype == "long" for x in inputs[3:])
+        return not self.dropout and head == value_head and unit_stride and plain
 
     def layout_typed(self, inputs: list[Layout], output: Layout, types: list[TensorType]) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
@@ -1077,13 +1110,20 @@ class SDPA(Layer):
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
         unit = all(x.strides[-1] == 1 for x in inputs[:3])
-        flash = self._flash(head, value_head, unit, types[3:])
+        flash = self._flash(head, value_head, unit, types)
         return empty_like(query) if flash else output
 
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""
         causal = ", causal" if self.causal else ""
         return f"SDPA(heads={self.num_heads}{kv}{causal})"
+
+
+def _broadcast_masks(masks: list[TensorType]) -> tuple[Dim, ...]:
+    """The per-sample shape masks that broadcast together add up to."""
+    rank = max(len(x.shape) for x in masks)
+    padded = [(1,) * (rank - len(x.shape)) + tuple(x.shape) for x in masks]
+    return tuple(next((d for d in sizes if d != 1), 1) for sizes in zip(*padded, strict=True))
 
 
 @register
