@@ -500,7 +500,43 @@ def _two_input(draft: Draft) -> list[str] | None:
     )
     if call == "SDPA":
         return _sdpa(draft, a, seqs)
+    if call.startswith("MultiheadAttention") and r.random() < 0.3:  # Whisper's: k_proj bare
+        call = f'MultiheadAttention(num_heads={heads}, bias=["q", "v", "out"])'
     return [f"{draft.name()} = {call} <- {a.name}, {b.name}"]
+
+
+def _windows(draft: Draft) -> list[str] | None:
+    """Swin's window attention over a rank-3 float tensor read as a map [H, W, C]: windows
+    that tile it, shifted or not, a relative position bias (and the shifted windows' mask),
+    SDPA within the windows, the map put back together."""
+    r = draft.rng
+    maps = [
+        t
+        for t in draft.tensors
+        if t.dtype == "float" and len(t.shape) == 3 and all(isinstance(d, int) for d in t.shape)
+    ]
+    if not maps:
+        return None
+    x = r.choice(maps)
+    height, width, channels = x.shape
+    sizes = [w for w in (1, 2, 3) if height % w == 0 and width % w == 0]
+    w = r.choice(sizes)
+    shift = r.randint(0, w - 1)
+    heads = r.choice(divisors(channels)[:2])
+    names = [draft.name() for _ in range(4)]
+    bias, win, attended, merged = names
+    masks = [bias]
+    lines = [f"{bias} = RelativePositionBias({w}, {heads}) <- {x.name}"]
+    if shift:
+        mask = draft.name()
+        lines.append(f"{mask} = ShiftedWindowMask({w}, {shift}) <- {x.name}")
+        masks.append(mask)
+    return [
+        *lines,
+        f"{win} = WindowPartition({w}, {shift}) <- {x.name}",
+        f"{attended} = SDPA({heads}) <- {win}, {win}, {win}, {', '.join(masks)}",
+        f"{merged} = WindowMerge({w}, {shift}) <- {attended}, {x.name}",
+    ]
 
 
 def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
@@ -607,7 +643,7 @@ def generate(seed: int, steps: int = 6) -> str:
         if choice < 0.1:
             lines = _merge(draft)
         elif choice < 0.15:
-            lines = _two_input(draft)
+            lines = _two_input(draft) or _windows(draft)
         elif choice < 0.19:
             lines = _chunk(draft, x)
         elif choice < 0.22:

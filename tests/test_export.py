@@ -499,6 +499,16 @@ KIND_SPECS = {
         b = SDPA(2) <- a, a, a, bias
         MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
     }""",
+    "windows": """model Windows {                    # Swin's shifted-window attention
+        input x: float[4, 4, 8]
+        bias = RelativePositionBias(2, 2) <- x       # [2, 4, 4]
+        mask = ShiftedWindowMask(2, 1) <- x          # [2, 2, 1, 4, 4]
+        windows = WindowPartition(2, 1) <- x         # [2, 2, 4, 8]
+        qkv = Linear(24)
+        q, k, v = Chunk(3) <- qkv
+        a = SDPA(2) <- q, k, v, bias, mask
+        WindowMerge(2, 1) <- a, x
+    }""",
     "two_outputs": """block Pair(d: int) <- x, y {
         x2 = Linear(d) <- y
         a, b = Chunk(2) <- x
@@ -514,7 +524,8 @@ KIND_SPECS = {
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
-    "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask",
+    "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
+    "RelativePositionBias", "ShiftedWindowMask",
 }  # fmt: skip
 
 

@@ -189,6 +189,16 @@ EXAMPLES = [
        more=((7, 8), (7, 8))),
     ex("PaddingMask", {"pad_id": 0}, (T,), 0, dtype="long", bindings={"T": 5}),
     ex("PaddingMask", {"pad_id": 3}, (2, 4), 0, dtype="long"),
+    # SDPA within windows [H/w, W/w, w*w, C]: per window, as above
+    ex("SDPA", {"num_heads": 2}, (2, 3, 4, 8), 2 * 3 * 4 * 4 * 2 * (4 + 4),
+       more=((2, 3, 4, 8), (2, 3, 4, 8))),
+    # windows (Swin): no parameters, MACs 0; the bias a lookup (0), the mask made (0)
+    ex("WindowPartition", {"window": 2}, (4, 6, 3), 0),
+    ex("WindowPartition", {"window": 2, "shift": 1}, (4, 4, 3), 0),
+    ex("WindowMerge", {"window": 2}, (2, 3, 4, 3), 0),
+    ex("WindowMerge", {"window": 3, "shift": 1}, (1, 2, 9, 3), 0),
+    ex("RelativePositionBias", {"window": 3, "num_heads": 2}, (6, 6, 4), 0),
+    ex("ShiftedWindowMask", {"window": 2, "shift": 1}, (4, 6, 3), 0),
     ex("RoPE", {"num_heads": 2}, (T, 8), 0, bindings={"T": 5}),
     ex("RoPE", {"num_heads": 1, "base": 500.0}, (3, 6), 0),
     # conditioning (diffusion U-Nets): no parameters, MACs 0

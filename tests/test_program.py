@@ -98,6 +98,23 @@ def _bert(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def _swin(draw: st.DrawFn) -> dict[str, Any]:
+    """Maps that windows tile at every stage: size / patch = 8 x window x m."""
+    window = 2  # (a window of 1 has no shift: no use would take the shifted branch)
+    patch = draw(st.sampled_from([1, 2]))
+    heads = draw(st.sampled_from([1, 2]))
+    return {
+        "size": patch * 8 * window * draw(st.integers(1, 2)),
+        "patch": patch,
+        "d": heads * draw(st.sampled_from([1, 2])),
+        "heads": heads,
+        "window": window,
+        "drop": draw(st.sampled_from([0.0, 0.2])),
+        "num_classes": draw(_classes()),
+    }
+
+
+@st.composite
 def _diffusion(draw: st.DrawFn) -> dict[str, Any]:
     groups = draw(st.sampled_from([1, 2, 4]))
     d_text, heads = _heads(draw, [4, 6], [1, 2])
@@ -172,6 +189,7 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "zoo/resnet18.dl": st.fixed_dictionaries(
         {"num_classes": _classes(), "size": st.sampled_from([32, 64])}
     ),
+    "zoo/swin_t.dl": _swin(),
     "zoo/unet.dl": st.fixed_dictionaries(
         {
             "in_channels": st.integers(1, 4),

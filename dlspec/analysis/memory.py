@@ -104,6 +104,7 @@ class Dataflow:
     bindings: dict[str, int]
     applied: list[Applied] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
+    unbatched: set[int] = field(default_factory=set)  # tensors one for the whole batch
     unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
     objects: int = 0  # tensor objects made so far
     _laid_out: dict[tuple[Dim, ...], Layout] = field(default_factory=dict)
@@ -197,8 +198,10 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
         )
     if layer.aliases_input():
         return Ref(inputs[0].storage, layout, flow.new_object())
-    storage = layer.output_storage(types, output)
-    return Ref(flow.new(storage), layout, flow.new_object())
+    storage = flow.new(layer.output_storage(types, output))
+    if not layer.output_batched():
+        flow.unbatched.add(storage)
+    return Ref(storage, layout, flow.new_object())
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,8 @@ def activations(
                 seen.add(key)
                 keys.append(key)
                 if len(key) == 1:  # a tensor between layers: its whole storage stays
-                    saved = replace(saved, elements=flow.storage[key[0]])
+                    batched = key[0] not in flow.unbatched
+                    saved = replace(saved, elements=flow.storage[key[0]], batched=batched)
                 total = total + saved_bytes(saved, precision)
         if precision != "fp32" and step.macs and weight_copies:
             total = total + 2 * step.params  # autocast's half-precision copy of the weights

@@ -921,10 +921,10 @@ _SDPA = '''class SDPA(nn.Module):
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *masks: torch.Tensor
     ) -> torch.Tensor:
-        lead, steps = q.shape[:-2], q.shape[-2]  # the batch (and windows), T
-        q = q.reshape(*lead, steps, self.num_heads, -1).transpose(-2, -3)  # (B, h, T, hd)
-        k = k.reshape(*k.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
-        v = v.reshape(*v.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
+        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows)
+        q = q.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
+        k = k.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
+        v = v.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
         if self.num_kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)  # (B, h, S, hd)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)
@@ -932,14 +932,14 @@ _SDPA = '''class SDPA(nn.Module):
         for mask in masks:
             if not mask.is_floating_point():  # 0 is padding: the most negative score
                 mask = (mask == 0).to(q.dtype) * torch.finfo(q.dtype).min
-            ones = [1] * (q.dim() - mask.dim())
-            mask = mask.reshape(mask.shape[0], *ones, *mask.shape[1:])  # (B, h, T, S)
+            while mask.dim() < q.dim():
+                mask = mask.unsqueeze(1)  # (B, h, T, S), dims of size 1 broadcast
             bias = mask if bias is None else bias + mask
         dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal
         )  # (B, h, T, hd)
-        return y.transpose(-2, -3).reshape(*lead, steps, -1)  # (B, T, h*hd)
+        return y.transpose(-2, -3).flatten(-2)  # (B, T, h*hd)
 '''
 
 

@@ -211,15 +211,15 @@ def _arguments(windows: _Windows) -> tuple[int, ...]:
 
 class _Constant(Layer):
     """A tensor the same for every sample, made from the layer's own state (its input gives
-    only the batch size): no activation memory (expanded over the batch, as ``Parameter``)."""
+    only the batch size): one tensor for the whole batch, expanded over it."""
 
     family = "attention"
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []  # a lookup's gradient needs only its index, a buffer
 
-    def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
-        return 0  # one tensor for the whole batch
+    def output_batched(self) -> bool:
+        return False
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         return Layout(output.sizes, (0, *output.strides[1:]))
