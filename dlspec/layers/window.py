@@ -231,7 +231,7 @@ _RELATIVE = '''class RelativePositionBias(nn.Module):
 
     def __init__(self, window: int, num_heads: int) -> None:
         super().__init__()
-        self.window = window
+        self.window, self.num_heads = window, num_heads
         self.relative_position_bias_table = nn.Parameter(
             torch.randn((2 * window - 1) ** 2, num_heads) * 0.02
         )
