@@ -23,9 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-#: The largest count, size or length a record or an option may give: 2^53, where integers
-#: stop being exact as floats and the memory and FLOP figures computed from them overflow.
-MAX_COUNT = 2**53
+from dlspec.syntax.bounds import MAX_COUNT
+
 #: Steps of a noise schedule, as the train section allows.
 MAX_TIMESTEPS = 100_000
 #: Values in one generated image (a 4096 x 4096 RGB image is 50 million).

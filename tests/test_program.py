@@ -198,6 +198,17 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         }
     ),
     "zoo/vit_b_16.dl": _vit(),
+    "zoo/wavenet.dl": st.fixed_dictionaries(
+        {
+            "classes": st.integers(2, 12),
+            "res": st.integers(1, 6),
+            "gate": st.integers(1, 6),
+            "skip": st.integers(1, 8),
+            "layers": st.integers(2, 5),
+            "stacks": st.integers(1, 2),
+            "T": st.integers(1, 40),
+        }
+    ),
 }
 
 

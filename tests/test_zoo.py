@@ -43,6 +43,18 @@ def _unet() -> int:
     return encoder + decoder + 64 * 2 + 2
 
 
+def _wavenet(
+    classes: int = 256, res: int = 32, gate: int = 32, skip: int = 256, layers: int = 40
+) -> int:
+    """The WaveNet counted by hand: a 1x1 convolution in, ``layers`` gated causal
+    convolutions (kernel 2, to twice the gate width), each with a 1x1 skip convolution and
+    all but the last with a 1x1 residual one, then the head's two 1x1 convolutions."""
+    gated = res * 2 * gate * 2 + 2 * gate
+    residual, skipped = gate * res + res, gate * skip + skip
+    head = skip * skip + skip + skip * classes + classes
+    return classes * res + res + layers * (gated + skipped) + (layers - 1) * residual + head
+
+
 # published counts: torchvision's model docs, Hugging Face's model cards / the papers
 PUBLISHED = {
     "resnet18": 11_689_512,
@@ -55,6 +67,7 @@ PUBLISHED = {
     "bert_base": 109_482_240,  # Hugging Face's BertModel (with the pooler)
     "swin_t": 28_288_354,
     "unet": _unet(),  # no single published figure: counted by hand above
+    "wavenet": _wavenet(),  # the same
 }
 # smaller settings for a forward pass (and export) where the published size is too big
 SMALL: dict[str, dict[str, Any]] = {
@@ -69,10 +82,11 @@ SMALL: dict[str, dict[str, Any]] = {
     "bert_base": {"vocab": 100, "d": 32, "layers": 2, "heads": 4, "ff": 64, "max_len": 16, "T": 10},
     # maps of 16, 8, 4, 2 in windows of 2 (the first three stages' shifted)
     "swin_t": {"size": 32, "patch": 2, "d": 12, "heads": 2, "window": 2, "num_classes": 10},
+    "wavenet": {"classes": 16, "res": 8, "gate": 8, "skip": 16, "layers": 4, "stacks": 2, "T": 64},
 }
 # every layer counted by torchinfo's own rule (ConvNeXt's and ViT's Linear layers act on every
 # position of a map or sequence, which dlspec counts and torchinfo does not)
-TORCHINFO = ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_large"]
+TORCHINFO = ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_large", "wavenet"]
 # the other zoo kinds export in test_export's kind specs
 EXPORT = ["resnet18", "vit_b_16", "bert_base"]
 

@@ -12,6 +12,7 @@ from dlspec.analysis.evaluate import did_you_mean, evaluate, trees
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
 from dlspec.layers import REGISTRY, Layer, provenance
 from dlspec.layers.provenance import Tree
+from dlspec.layers.symbolic import Poly
 from dlspec.syntax import ast
 
 
@@ -154,8 +155,17 @@ def _validation_errors(
             diags.append(
                 Diagnostic.at("E203", f"{cls.kind} needs argument {field_name!r}{hint}", call.span)
             )
+        elif isinstance(value := err.get("input"), Poly):
+            diags.append(
+                Diagnostic.at(
+                    "E405",
+                    f"{cls.kind} argument {field_name}={value} is a symbolic size, but "
+                    f"{field_name} takes a fixed number",
+                    spans.get(field_name, call.span),
+                    ["a symbolic dimension's value is known only when the model runs"],
+                )
+            )
         else:
-            value = err.get("input")
             diags.append(
                 Diagnostic.at(
                     "E204",

@@ -33,6 +33,7 @@ class Checked:
     # before the error and beside it), and its report, for an editor's hover and the viewer
     partial: ModelGraph | None = None
     partial_report: Report | None = None
+    bound: dict[int, list[str]] = field(default_factory=dict)  # each `let`'s values, by line
 
     @property
     def ok(self) -> bool:
@@ -76,6 +77,7 @@ def _check(
         return _refused(source, problems, batch)
     spec, diagnostics = parse(text)
     graph, partial = None, None
+    bound: dict[int, list[str]] = {}
     if spec is not None:
         analyzer = Analyzer(spec, overrides, LayerBudget(limits.max_layers))
         try:
@@ -92,6 +94,7 @@ def _check(
             )
             return _refused(source, [*analyzer.diagnostics, deep], batch)
         diagnostics = analyzer.diagnostics
+        bound = analyzer.bound
         if graph is not None:
             diagnostics = diagnostics + lint(graph)
         elif analyzer.partial is not None and analyzer.partial.steps:
@@ -108,6 +111,7 @@ def _check(
         model,
         partial,
         partial_report,
+        bound,
     )
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -41,7 +42,12 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {
     "//": operator.floordiv,
     "/": operator.truediv,
     "%": operator.mod,
+    "**": operator.pow,
 }
+# ``**`` refuses results beyond this many bits (a 64-bit size and some headroom for a
+# product of sizes) before computing them, and symbolic powers beyond this exponent
+MAX_POWER_BITS = 128
+MAX_EXPONENT = 64
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> list[str]:
@@ -73,11 +79,24 @@ def evaluate(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
             return env[expr.name]
         if expr.name in CONSTANTS:
             return CONSTANTS[expr.name]
+        indexes = getattr(env, "indexes", {})
+        loop = indexes.get(expr.name)
+        if loop is not None and expr.name not in env:
+            raise fail(
+                "E208",
+                f"{expr.name} is the index of the repetition at line {loop.line}; it exists "
+                "only in that statement",
+                expr.span,
+                [f"`{expr.name}` counts the copies of `... for {expr.name} in range(n)`"],
+            )
+        live = getattr(env, "looping", [])  # the indexes of repetitions being analyzed
         raise fail(
             "E208",
             f"unknown name {expr.name!r}",
             expr.span,
-            did_you_mean(expr.name, env) or ["names here are the parameters in scope"],
+            did_you_mean(expr.name, env)
+            or ([f"the loop index here is {live[-1]}"] if live else [])
+            or ["names here are the parameters in scope"],
         )
     if isinstance(expr, ast.ListExpr):
         return [evaluate(item, env) for item in expr.items]
@@ -153,6 +172,8 @@ def _shape_ref(expr: ast.ShapeRef, env: Mapping[str, Any]) -> Any:
 def _binop(expr: ast.BinOp, left: Any, right: Any) -> Any:
     if not (_is_number(left) and _is_number(right)):
         raise fail("E212", f"cannot compute {left!r} {expr.op} {right!r}", expr.span)
+    if expr.op == "**":
+        _check_power(expr, left, right)
     if expr.op in ("//", "/", "%") and isinstance(right, (int, float)) and right == 0:
         raise fail("E212", "division by zero", expr.span)
     if expr.op == "/" and (isinstance(left, Poly) or isinstance(right, Poly)):
@@ -161,6 +182,35 @@ def _binop(expr: ast.BinOp, left: Any, right: Any) -> Any:
         return _OPS[expr.op](left, right)
     except (SymbolicError, TypeError) as exc:
         raise fail("E212", f"cannot compute {left} {expr.op} {right}: {exc}", expr.span) from exc
+
+
+def _check_power(expr: ast.BinOp, base: Any, exponent: Any) -> None:
+    """Refuse a power that has no real value (``(-8) ** 0.5``), divides by zero, or would be
+    too large to hold (``2 ** 10_000``: more bits than a 64-bit size, computed by estimate
+    before Python spends time on it); a symbolic base takes a whole exponent >= 0."""
+    if isinstance(exponent, Poly):
+        raise fail("E212", f"the exponent {exponent} of ** must be a fixed number", expr.span)
+    if isinstance(base, Poly):
+        if not isinstance(exponent, int) or exponent < 0:
+            raise fail(
+                "E212", f"{base} ** {exponent}: a symbolic base takes a whole exponent >= 0",
+                expr.span,
+            )
+        if exponent > MAX_EXPONENT:
+            raise fail("E212", f"{base} ** {exponent}: the exponent is too large", expr.span)
+        return
+    if base == 0 and exponent < 0:
+        raise fail("E212", "division by zero (0 to a negative power)", expr.span)
+    if base < 0 and isinstance(exponent, float) and not exponent.is_integer():
+        raise fail("E212", f"({base}) ** {exponent} has no real value", expr.span)
+    magnitude = abs(float(base))
+    if magnitude > 0 and float(exponent) * math.log2(magnitude) > MAX_POWER_BITS:
+        raise fail(
+            "E212",
+            f"{base} ** {exponent} is larger than 2^{MAX_POWER_BITS}, the largest value a "
+            "spec computes with",
+            expr.span,
+        )
 
 
 def expect_int(expr: ast.Expr, env: Mapping[str, Any], what: str, minimum: int = 1) -> int:

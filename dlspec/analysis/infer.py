@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import keyword
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from dlspec.analysis import memory
 from dlspec.analysis.binding import ArgumentErrors, bind_layer, match_arguments
-from dlspec.analysis.evaluate import did_you_mean, evaluate, expect_int, trees, truth
+from dlspec.analysis.evaluate import CONSTANTS, did_you_mean, evaluate, expect_int, trees, truth
 from dlspec.analysis.graph import BlockUse, Choice, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.limits import LayerBudget
 from dlspec.analysis.names import CODE_NAMES, GENERATED, RESERVED
@@ -94,8 +95,17 @@ class Values(Mapping[str, Any]):
     """What expressions in a scope can name: its parameters, then its tensors (as their types,
     for ``x.shape[i]``). A view, not a copy: a scope may hold thousands of tensors."""
 
-    def __init__(self, env: dict[str, Any], tensors: dict[str, TensorType | None]) -> None:
+    def __init__(
+        self,
+        env: dict[str, Any],
+        tensors: dict[str, TensorType | None],
+        indexes: Mapping[str, Span] | None = None,
+        looping: Sequence[str] = (),
+    ) -> None:
         self.env, self.tensors = env, tensors
+        # the loop indexes of the body's repetitions (where each is declared): read outside
+        # its statement, one is named as what it is; and those of the copies being analyzed
+        self.indexes, self.looping = indexes or {}, looping
 
     def __getitem__(self, key: str) -> Any:
         if key in self.env:
@@ -137,10 +147,15 @@ class Scope:
     # strings: :mod:`provenance`), and the conditions the body's `if` statements chose by
     named: dict[str, tuple[Tree, Tree]] = field(default_factory=dict)
     choices: list[Choice] = field(default_factory=list)
+    # the loop indexes its repetitions declare (``for i in range(n)``), and the names its
+    # `let` statements bound (each a value of ``env``)
+    indexes: dict[str, Span] = field(default_factory=dict)
+    looping: list[str] = field(default_factory=list)
+    lets: set[str] = field(default_factory=set)
 
     def values(self) -> Values:
         """The names expressions here can read."""
-        return Values(self.env, self.tensors)
+        return Values(self.env, self.tensors, self.indexes, self.looping)
 
     def generated_name(self, base: str) -> str:
         base = base.lower()
@@ -158,9 +173,10 @@ class Scope:
     def of(
         cls, path: str, env: dict[str, Any], x: TensorType, named: dict[str, tuple[Tree, Tree]]
     ) -> Scope:
-        """The scope of a body reading one tensor, ``input``."""
-        scope = cls.reading(path, env, [Tensor("input", x)])
-        scope.named = named
+        """The scope of a body reading one tensor, ``input`` (its `let` names its own: the
+        parameters are copied)."""
+        scope = cls.reading(path, dict(env), [Tensor("input", x)])
+        scope.named = dict(named)
         return scope
 
     @classmethod
@@ -226,6 +242,8 @@ class Analyzer:
         # reading what failed fails too), for an editor's hover and the viewer
         self.partial: ModelGraph | None = None
         self.limits: list[tuple[Dim, int, str]] = []  # bounds on symbolic dims, all layers
+        # the values each `let` took, by its line (a block's once per use), for hover
+        self.bound: dict[int, list[str]] = {}
 
     # driver ---------------------------------------------------------------------------------
 
@@ -416,7 +434,7 @@ class Analyzer:
             for k, v in env.items()
             if self.program and not provenance.carries(v) and not isinstance(v, Poly)
         }
-        scope = Scope(path="", env=env, declares=True, named=named)
+        scope = Scope(path="", env=dict(env), declares=True, named=named)  # lets: its own
         if definition.inputs:
             self.error(
                 Diagnostic.at(
@@ -480,6 +498,7 @@ class Analyzer:
         top: bool = False,
     ) -> list[Step]:
         scope.names |= _statement_names(statements)
+        scope.indexes |= _loop_indexes(statements)
         steps: list[Step] = []
         last: Step | None = None
         last_ok = True
@@ -510,6 +529,8 @@ class Analyzer:
                         steps.append(last)
                 elif isinstance(stmt, ast.ExpectStmt):
                     self._expect(stmt, last if last_ok else None, top, scope.values())
+                elif isinstance(stmt, ast.LetStmt):
+                    self._let(stmt, scope)
                 elif isinstance(stmt, ast.InputDecl) and top:
                     self._input(stmt, scope)
                 elif isinstance(stmt, ast.OutputDecl) and scope.declares:
@@ -528,6 +549,28 @@ class Analyzer:
             if isinstance(stmt, ast.LayerStmt) and last is None:
                 self.incomplete = True
         return steps
+
+    def _let(self, stmt: ast.LetStmt, scope: Scope) -> None:
+        """``let name = value``: the value, computed here, under its name for the statements
+        after it (and the bodies inside them). Values that cannot carry their expressions
+        (bools, strings) keep them in ``scope.named`` for generated code."""
+        ident = stmt.name
+        check_name(ident, "let")
+        if ident.name in scope.env or ident.name in CONSTANTS:
+            what = "a let" if ident.name in scope.lets else "a parameter or constant"
+            raise fail("E206", f"{ident.name} is already {what} in this scope", ident.span)
+        if ident.name in scope.names:
+            raise fail("E206", f"{ident.name} names a tensor of this scope", ident.span)
+        env = scope.values()
+        value = evaluate(stmt.value, env)
+        if self.program and isinstance(value, bool | str):
+            scope.named[ident.name] = trees(stmt.value, env, scope.named)
+        scope.env[ident.name] = value
+        scope.lets.add(ident.name)
+        shown = self.bound.setdefault(stmt.span.line, [])
+        text = f"{ident.name} = {_fmt_value(value)}"
+        if text not in shown:
+            shown.append(text)
 
     def _input(self, decl: ast.InputDecl, scope: Scope) -> None:
         check_name(decl.name, "input")
@@ -589,6 +632,11 @@ class Analyzer:
             check_name(ident, "layer")
             if ident.name in scope.tensors or (i and ident.name in _names(stmt.names[:i])):
                 raise fail("E206", f"{ident.name} is already defined in this scope", ident.span)
+            if ident.name in scope.lets:
+                raise fail("E206", f"{ident.name} is already a let in this scope", ident.span)
+        loop = stmt.repeat if isinstance(stmt.repeat, ast.Loop) else None
+        if loop is not None:
+            self._check_index(loop, scope)
         if len(stmt.names) == 1:  # the step is named as its tensor
             name = stmt.names[0].name
         else:  # unnamed, or writing several tensors: named as its kind
@@ -599,7 +647,10 @@ class Analyzer:
             scope.tensors[target] = None
         inputs = self._sources(stmt, scope)
         scope.current, scope.several = targets[0], None
-        if stmt.repeat is not None:
+        if loop is not None:
+            count = expect_int(loop.count, scope.values(), "range's count", minimum=0)
+            step = self._repeat(stmt, count, name, scope, inputs)
+        elif stmt.repeat is not None:
             count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
         else:
@@ -630,19 +681,22 @@ class Analyzer:
         path = scope.child_path(name)
         children: list[Step] = []
         if inputs is None:  # still check the operation's names and arguments
-            return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
+            with self._index(stmt, 0, scope):
+                return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
         body_inputs = [Tensor("input", inputs[0].type)] if len(inputs) == 1 else list(inputs)
         reads = body_inputs
         used = self.budget.used
         threads = 1  # how many of the inputs the outputs replace, from the first
         probe = None
         if count == 0:  # no copy, but its arguments and inputs are still checked
-            probe = self._operation(stmt, stmt.op, "0", f"{path}.0", scope, reads)
+            with self._index(stmt, 0, scope):
+                probe = self._operation(stmt, stmt.op, "0", f"{path}.0", scope, reads)
             if probe is None:
                 return None
             threads = _threads(stmt, probe, len(inputs))
         for i in range(count):
-            child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
+            with self._index(stmt, i, scope):
+                child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
             child.statement = stmt
@@ -663,6 +717,34 @@ class Analyzer:
             count=count,
             template=probe,
         )
+
+    def _check_index(self, loop: ast.Loop, scope: Scope) -> None:
+        """A loop index is a new name: not a parameter, a let, a tensor or a constant."""
+        ident = loop.index
+        check_name(ident, "loop index")
+        if ident.name in scope.env or ident.name in scope.names or ident.name in CONSTANTS:
+            raise fail(
+                "E206",
+                f"loop index {ident.name} would hide the name {ident.name} of this scope",
+                ident.span,
+                ["choose another name for the index"],
+            )
+
+    @contextmanager
+    def _index(self, stmt: ast.LayerStmt, copy: int, scope: Scope) -> Iterator[None]:
+        """While one copy of ``stmt`` is analyzed: its loop index (``for i in range(n)``) has
+        the copy's number, named ``i`` in generated code (:mod:`provenance`)."""
+        if not isinstance(stmt.repeat, ast.Loop):
+            yield
+            return
+        name = stmt.repeat.index.name
+        scope.env[name] = provenance.parameter(copy, name) if self.program else copy
+        scope.looping.append(name)
+        try:
+            yield
+        finally:
+            del scope.env[name]
+            scope.looping.pop()
 
     def _operation(
         self,
@@ -852,8 +934,9 @@ class Analyzer:
         x = _fresh_type(inputs[0].type, size_names[0], sizes, self.program)
         errors = len(self.diagnostics)
         main = Scope.of(path, scope.env, x, scope.named)
-        children = self._body(op.body, main)
         side = Scope.of(f"{path}.shortcut", scope.env, x, scope.named)
+        main.looping = side.looping = scope.looping  # the copy of a repetition, if it is one
+        children = self._body(op.body, main)
         side_children = self._body(op.shortcut, side) if op.shortcut is not None else None
         if self._failed_since(errors):  # a failed body has no output to build a graph from
             return None
@@ -1063,6 +1146,18 @@ def _statement_names(statements: Sequence[ast.Statement]) -> set[str]:
     return names
 
 
+def _loop_indexes(statements: Sequence[ast.Statement]) -> dict[str, Span]:
+    """The loop indexes of the repetitions among statements (in either branch of an `if`),
+    with where each is declared."""
+    found: dict[str, Span] = {}
+    for stmt in statements:
+        if isinstance(stmt, ast.LayerStmt) and isinstance(stmt.repeat, ast.Loop):
+            found.setdefault(stmt.repeat.index.name, stmt.repeat.index.span)
+        elif isinstance(stmt, ast.IfStmt):
+            found |= _loop_indexes(stmt.body) | _loop_indexes(stmt.orelse)
+    return found
+
+
 def _unnamed_read(step: Step, span: Span, body: str | None = None) -> DiagnosticError:
     """E410: a statement without ``<-`` (or the end of ``body``, which returns its last
     tensor) would read "the previous output", but ``step`` wrote several."""
@@ -1171,6 +1266,17 @@ def _claim(op: str, value: Any) -> str:
 
 def _fmt_num(value: Any) -> str:
     return n(value) if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _fmt_value(value: Any) -> str:
+    """A let's value as hover shows it: ``16``, ``T + 1``, ``0.5``, ``true``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return _fmt_shape(value)
+    if isinstance(value, str):
+        return repr(value)
+    return _fmt_num(provenance.plain(value)) if isinstance(value, int) else str(value)
 
 
 def _fmt_shape(shape: list[Any]) -> str:

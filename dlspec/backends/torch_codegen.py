@@ -433,15 +433,18 @@ class _Generator:
         """Record every block use, residual and shortcut below ``graph``, whose definition
         has the parameters ``declared``."""
         for step in graph.steps:
+            index = _loop_index(step)
+            # a residual in an indexed loop reads the index as one of its class's arguments
+            inner = declared if index is None else [*declared, _Param(index, "int")]
             for each in _copies(step) if step.form == "repeat" else [step]:
                 if each.block is not None and each.body is not None:
                     self._collect_block(each, each.body)
                 elif each.form == "residual" and each.body is not None:
                     for key, sub in zip(_keys(each), (each.body, each.shortcut), strict=False):
                         assert sub is not None
-                        self._site(key, owner + key[0], False, declared, each)
+                        self._site(key, owner + key[0], False, inner, each)
                         self.sites[key].uses.append(_Use(each, sub))
-                        self._collect(sub, owner, declared)
+                        self._collect(sub, owner, inner)
 
     def _collect_block(self, step: Step, body: Graph) -> None:
         assert step.block is not None
@@ -768,9 +771,12 @@ class _Generator:
     def _repeat_call(self, steps: list[Step], ctx: _Context, name: str) -> CallText | None:
         """``nn.Sequential`` of the copies: a loop where they are built alike (``i == 0``
         telling the first apart where only it differs), as many times as the spec's count
-        says; the copies one by one where the count is fixed and they differ."""
+        says; the copies one by one where the count is fixed and they differ. An indexed
+        repetition (``for i in range(n)``) is a loop over its index, whose copies are built
+        alike as functions of it."""
         count = ctx.same([s.count for s in steps])
-        counted = _counted(steps[0])
+        index = _loop_index(steps[0])
+        counted = _counted(steps[0]) or index is not None
         built = [s for s in steps if s.children]
         if not built and not counted:  # repeated 0 times, whatever the arguments
             return CallText("nn.Sequential", ())
@@ -787,9 +793,10 @@ class _Generator:
             others = self._constructor(later, ctx, name) if later else None
         except _Split:
             if counted:
+                over = "its index" if index is not None else "its count"
                 raise GenerationError(
                     f"{name}: the copies of this repetition differ in more than their first, "
-                    "so no loop over its count builds them"
+                    f"so no loop over {over} builds them"
                 ) from None
             parts = [
                 self._constructor([s.children[i] for s in built], ctx, name)
@@ -806,18 +813,19 @@ class _Generator:
                 )
             others = first
         if others.flat() == first.flat():
-            return CallText("nn.Sequential", ((None, Loop(first, count)),))
+            return CallText("nn.Sequential", ((None, Loop(first, count, index or "_")),))
         if not counted:
             return CallText(
                 "nn.Sequential", ((None, first), (None, Loop(others, _minus_one(count))))
             )
-        merged = _first_or_others(first, others)
+        index = index or "i"
+        merged = _first_or_others(first, others, index)
         if merged is None:
             raise GenerationError(
                 f"{name}: its first copy is another class than the others, so no loop over "
                 "its count builds them"
             )
-        return CallText("nn.Sequential", ((None, Loop(merged, count, "i")),))
+        return CallText("nn.Sequential", ((None, Loop(merged, count, index)),))
 
     # forward ----------------------------------------------------------------------------------
 
@@ -946,8 +954,8 @@ def _keeps_types(step: Step, copy: Step) -> bool:
     return outputs == [t.type for t in step.body.inputs][: len(outputs)]
 
 
-def _first_or_others(first: CallText, others: CallText) -> CallText | None:
-    """One call building copy ``i`` of a repetition whose first copy takes other arguments
+def _first_or_others(first: CallText, others: CallText, index: str) -> CallText | None:
+    """One call building copy ``index`` of a repetition whose first copy takes other arguments
     (``Block(c_in if i == 0 else c, c)``); None when they call different classes."""
     if first.func != others.func or [k for k, _ in first.args] != [k for k, _ in others.args]:
         return None
@@ -955,8 +963,18 @@ def _first_or_others(first: CallText, others: CallText) -> CallText | None:
     for (key, a), (_, b) in zip(first.args, others.args, strict=True):
         if not isinstance(a, str) or not isinstance(b, str):
             return None
-        args.append((key, a if a == b else f"{a} if i == 0 else {b}"))
+        args.append((key, a if a == b else f"{a} if {index} == 0 else {b}"))
     return CallText(first.func, tuple(args))
+
+
+def _loop_index(step: Step) -> str | None:
+    """The index of a repetition written ``for i in range(n)``; None for ``* n`` and other
+    steps."""
+    if step.form == "repeat" and step.statement is not None:
+        loop = step.statement.repeat
+        if isinstance(loop, spec.Loop):
+            return loop.index.name
+    return None
 
 
 def _counted(step: Step) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 from dlspec.analysis.check import Checked, check_file
 from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
-from dlspec.records import MAX_COUNT
+from dlspec.syntax.bounds import MAX_COUNT
 from dlspec.syntax.source import read_source, read_stdin
 from dlspec.terminal import printable
 

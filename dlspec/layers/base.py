@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
 
 from dlspec.layers.layout import Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.provenance import carries
@@ -210,6 +210,16 @@ class Given:
         return frozenset(f"input{i}" for i in range(len(self.layouts)) if self.rows(i))
 
 
+def _symbolic_size(value: Any) -> Poly:
+    if not isinstance(value, Poly):
+        raise ValueError(f"expected a whole number or a symbolic size, got {value!r}")
+    return value
+
+
+#: An argument that may be a symbolic size (``end=input.shape[0]`` where the length is ``T``)
+SymbolicSize = Annotated[Poly, PlainValidator(_symbolic_size), PlainSerializer(str)]
+
+
 class Layer(BaseModel):
     """Base class of every layer kind. Fields are the layer's arguments, as written in a spec."""
 
@@ -367,6 +377,11 @@ def retire(kind: str, advice: str) -> None:
 
 
 # helpers shared by shape rules ---------------------------------------------------------------
+
+# the spatial axes of a convolution's or a pool's input, by their number, as messages name them
+AXES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+# the per-sample layout of such an input, as messages name it
+LAYOUTS = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}
 
 
 def numel(shape: Sequence[int]) -> int:

@@ -1,4 +1,4 @@
-"""Convolutions: Conv1d, Conv2d, ConvTranspose2d."""
+"""Convolutions over 1, 2 or 3 spatial axes: Conv1d/2d/3d and ConvTranspose1d/2d/3d."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from dlspec.layers.base import (
+    AXES,
+    LAYOUTS,
     Inferred,
     Layer,
     LayerError,
@@ -30,7 +32,7 @@ NonNeg = Annotated[int, Field(ge=0)]
 
 
 class _ConvNd(Layer):
-    """Shared rule of Conv1d/Conv2d: torch's Conv layout ``weight (out, in/groups, *k)``,
+    """Shared rule of Conv1d/2d/3d: torch's Conv layout ``weight (out, in/groups, *k)``,
     ``bias (out,)``; MACs = output elements x (in/groups x prod(k) + bias)."""
 
     family = "convolution"
@@ -48,7 +50,7 @@ class _ConvNd(Layer):
     in_channels: Pos | None = None
 
     def _axes(self) -> tuple[str, ...]:
-        return ("length",) if self.spatial == 1 else ("height", "width")
+        return AXES[self.spatial]
 
     def _padding(self, k: tuple[int, ...], d: tuple[int, ...]) -> tuple[int, ...]:
         if self.padding == "valid":
@@ -82,8 +84,7 @@ class _ConvNd(Layer):
         return k, pair(self.stride, self.spatial), self._padding(k, d), d
 
     def _in_channels(self, x: TensorType) -> int:
-        layout = "[C, L]" if self.spatial == 1 else "[C, H, W]"
-        expect_rank(x, (self.spatial + 1,), layout, self.kind)
+        expect_rank(x, (self.spatial + 1,), LAYOUTS[self.spatial], self.kind)
         expect_float(x, self.kind)
         c_in = check_given(self.in_channels, x.shape[0], "in_channels", self.kind, "channels")
         for name, value in (("in_channels", c_in), ("out_channels", self.out_channels)):
@@ -179,22 +180,28 @@ class Conv2d(_ConvNd):
 
 
 @register
-class ConvTranspose2d(_ConvNd):
-    """Transposed 2-D convolution over ``[C, H, W]`` -> ``[out_channels, H', W']`` with, per axis,
-    ``H' = (H - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1``;
+class Conv3d(_ConvNd):
+    """3-D convolution over ``[C, D, H, W]`` -> ``[out_channels, D', H', W']``, each axis as in
+    :class:`Conv1d` (video, volumes). Layout ``weight (out, in/groups, kD, kH, kW)``,
+    ``bias (out,)``; MACs = out x D' x H' x W' x (in/groups x kD x kH x kW + bias)."""
+
+    kind = "Conv3d"
+    spatial = 3
+
+
+class _ConvTransposeNd(_ConvNd):
+    """Shared rule of ConvTranspose1d/2d/3d: per axis,
+    ``out = (size - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1``;
     ``output_padding`` must be smaller than the stride or the dilation (as in torch).
 
-    Layout ``weight (in, out/groups, kH, kW)``, ``bias (out,)``. MACs count the scatter form:
-    every input element is multiplied by the ``out/groups x kH x kW`` weights of its group, so
-    MACs = in x H x W x out/groups x kH x kW, plus one bias add per output element. Products
-    that land in the cropped ``padding`` border count too: the layer computes them.
-    """
+    Layout ``weight (in, out/groups, *k)``, ``bias (out,)``. MACs count the scatter form:
+    every input element is multiplied by the ``out/groups x prod(k)`` weights of its group,
+    plus one bias add per output element. Products that land in the cropped ``padding``
+    border count too: the layer computes them."""
 
-    kind = "ConvTranspose2d"
-    spatial = 2
     torchinfo_macs = (
         "each input element times its weights (torchinfo: every weight at every output "
-        "position, stride^2 times more)"
+        "position, the product of the strides times more)"
     )
 
     padding: NonNeg | tuple[NonNeg, ...] = 0
@@ -205,13 +212,13 @@ class ConvTranspose2d(_ConvNd):
         x = inputs[0]
         c_in = self._in_channels(x)
         k, s, p, d = self._geometry()
-        if not isinstance(self.output_padding, int) and len(self.output_padding) != 2:
+        if not isinstance(self.output_padding, int) and len(self.output_padding) != self.spatial:
             raise LayerError(
                 "E204",
-                f"output_padding needs 2 values, got {len(self.output_padding)}",
+                f"output_padding needs {self.spatial} values, got {len(self.output_padding)}",
                 arg="output_padding",
             )
-        op = pair(self.output_padding)
+        op = pair(self.output_padding, self.spatial)
         spatial: list[Dim] = []
         for size, ki, si, pi, di, opi, axis in zip(
             x.shape[1:], k, s, p, d, op, self._axes(), strict=True
@@ -248,3 +255,37 @@ class ConvTranspose2d(_ConvNd):
         if self.output_padding != 0:
             parts.append(f"op={_fmt(self.output_padding)}")
         return parts
+
+
+@register
+class ConvTranspose1d(_ConvTransposeNd):
+    """Transposed 1-D convolution over ``[C, L]`` -> ``[out_channels, L']`` with
+    ``L' = (L - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1`` (a
+    vocoder's upsampling). Layout ``weight (in, out/groups, k)``, ``bias (out,)``;
+    MACs = in x L x out/groups x k, plus one bias add per output element."""
+
+    kind = "ConvTranspose1d"
+    spatial = 1
+
+
+@register
+class ConvTranspose2d(_ConvTransposeNd):
+    """Transposed 2-D convolution over ``[C, H, W]`` -> ``[out_channels, H', W']``, each axis
+    as in :class:`ConvTranspose1d`; ``output_padding`` must be smaller than the stride or the
+    dilation (as in torch). Layout ``weight (in, out/groups, kH, kW)``, ``bias (out,)``.
+    MACs count the scatter form: MACs = in x H x W x out/groups x kH x kW, plus one bias add
+    per output element; products that land in the cropped ``padding`` border count too."""
+
+    kind = "ConvTranspose2d"
+    spatial = 2
+
+
+@register
+class ConvTranspose3d(_ConvTransposeNd):
+    """Transposed 3-D convolution over ``[C, D, H, W]`` -> ``[out_channels, D', H', W']``,
+    each axis as in :class:`ConvTranspose1d`. Layout ``weight (in, out/groups, kD, kH,
+    kW)``, ``bias (out,)``; MACs = in x D x H x W x out/groups x kD x kH x kW, plus one bias
+    add per output element."""
+
+    kind = "ConvTranspose3d"
+    spatial = 3

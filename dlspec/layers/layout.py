@@ -125,6 +125,18 @@ def _dense(sizes: Sequence[int], order: Sequence[int]) -> Layout:
     return Layout(tuple(sizes), tuple(strides))
 
 
+def reduced(x: Layout, sizes: Sequence[int]) -> Layout:
+    """The output of a reduction of ``x`` that keeps the reduced dimensions (``sum(dims,
+    keepdim=True)``) with ``sizes``: dense, the dimensions in ``x``'s order
+    (``TensorIterator``)."""
+    return _ordered([x], sizes)
+
+
+def unsqueezed(x: Layout) -> Layout:
+    """``x.unsqueeze(x.dim())``: a size-1 dimension at the end (stride 1, as torch sets it)."""
+    return Layout((*x.sizes, 1), (*x.strides, 1), x.copied)
+
+
 def permute(x: Layout, order: Sequence[int]) -> Layout:
     return Layout(tuple(x.sizes[i] for i in order), tuple(x.strides[i] for i in order), x.copied)
 

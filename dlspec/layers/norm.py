@@ -1,9 +1,11 @@
-"""Normalization: BatchNorm1d, BatchNorm2d, LayerNorm, LayerNorm2d, RMSNorm, GroupNorm.
+"""Normalization: BatchNorm1d, BatchNorm2d, InstanceNorm1d/2d/3d, LayerNorm, LayerNorm2d,
+RMSNorm, GroupNorm.
 
 MACs count the learned affine parameters as torchinfo does, once per sample: 2 x C for a
-BatchNorm or GroupNorm over C channels, whatever the map's size. LayerNorm and RMSNorm over
-the last dimension of a sequence ``[T, D]`` count their weights at each of the T steps, as
-Linear does (torchinfo: once). Computing the statistics is not counted (torchinfo neither).
+BatchNorm, InstanceNorm or GroupNorm over C channels, whatever the map's size. LayerNorm and
+RMSNorm over the last dimension of a sequence ``[T, D]`` count their weights at each of the T
+steps, as Linear does (torchinfo: once). Computing the statistics is not counted (torchinfo
+neither).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from dlspec.layers.base import (
+    LAYOUTS,
+    Given,
     Inferred,
     Layer,
     LayerError,
@@ -27,7 +31,7 @@ from dlspec.layers.base import (
     register,
     saved_input,
 )
-from dlspec.layers.layout import Layout, channels_last, like, suggested
+from dlspec.layers.layout import Layout, channels_last, is_contiguous, like, suggested
 from dlspec.layers.symbolic import Dim, product
 
 Pos = Annotated[int, Field(ge=1)]
@@ -96,6 +100,81 @@ class BatchNorm2d(_BatchNorm):
     kind = "BatchNorm2d"
     ranks = (3,)
     accepts = "[C, H, W]"
+
+
+class _InstanceNorm(_BatchNorm):
+    """Shared rule of InstanceNorm1d/2d/3d: each sample's channels normalized over their own
+    spatial axes, which must hold more than one value (torch refuses one in training); shape
+    unchanged. torch's defaults: no ``affine`` weight and bias, no running statistics
+    (``track_running_stats``; with them, evaluation normalizes by them). Parameters, buffers
+    and MACs as BatchNorm's."""
+
+    affine: bool = False
+    track_running_stats: bool = False
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        inferred = super().infer(inputs)
+        values = product(inputs[0].shape[1:])
+        if values == 1:
+            raise LayerError(
+                "E204",
+                f"{self.kind} of {inputs[0]} normalizes each channel over a single value, "
+                "which torch refuses in training (it always normalizes to 0)",
+            )
+        return inferred
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        """torch runs a BatchNorm over the input made contiguous and viewed as one sample of
+        B x C channels: it keeps that input (a copy where the input is not contiguous), a
+        mean and an inverse deviation per channel of every sample, and the per-sample copies
+        (``repeat``) of the weight and of the running statistics it is given (fp32)."""
+        x = inputs[0]
+        copied = bool(given.layouts) and not is_contiguous(given.layouts[0])
+        kept = Saved("contiguous", product(x.shape)) if copied else saved_input(inputs)
+        names = ["mean", "invstd"]
+        if self.affine:
+            names.append("weight")
+        if self.track_running_stats:
+            names += ["running_mean", "running_var"]
+        return [kept, *(Saved(name, x.shape[0], "float32") for name in names)]
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self.saves_given(inputs, output, Given.plain(1))
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return output  # the contiguous BatchNorm's output, viewed back
+
+
+@register
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalization of ``[C, L]``: each sample's channels over their length; see
+    the shared rule above."""
+
+    kind = "InstanceNorm1d"
+    ranks = (2,)
+    accepts = LAYOUTS[1]
+
+
+@register
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalization of ``[C, H, W]`` (style transfer, GAN generators): each
+    sample's channels over their own map; see the shared rule above."""
+
+    kind = "InstanceNorm2d"
+    ranks = (3,)
+    accepts = LAYOUTS[2]
+
+
+@register
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalization of ``[C, D, H, W]`` (3-D U-Nets): each sample's channels over
+    their own volume; see the shared rule above."""
+
+    kind = "InstanceNorm3d"
+    ranks = (4,)
+    accepts = LAYOUTS[3]
 
 
 class _TrailingNorm(Layer):

@@ -1,5 +1,5 @@
-"""Pooling: MaxPool1d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d. No parameters and, as in
-torchinfo, no MACs."""
+"""Pooling over 1, 2 or 3 spatial axes: MaxPool1d/2d/3d, AvgPool1d/2d/3d, AdaptiveAvgPool1d/2d/3d
+and AdaptiveMaxPool1d. No parameters and, as in torchinfo, no MACs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from dlspec.layers.base import (
+    AXES,
+    LAYOUTS,
     Inferred,
     Layer,
     LayerError,
@@ -30,6 +32,7 @@ NonNeg = Annotated[int, Field(ge=0)]
 
 _UNITS = {
     "length": ("position", "positions"),
+    "depth": ("plane", "planes"),
     "height": ("row", "rows"),
     "width": ("column", "columns"),
 }
@@ -39,7 +42,32 @@ def _fmt(value: int | tuple[int, ...]) -> str:
     return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-class _PoolNd(Layer):
+class _Pooling(Layer):
+    """Shared traits of the pools: channels pass through, the spatial axes (``spatial`` of
+    them) after them."""
+
+    family = "pooling"
+    spatial: ClassVar[int]
+
+    def _input(self, inputs: list[TensorType]) -> TensorType:
+        x = inputs[0]
+        expect_rank(x, (self.spatial + 1,), LAYOUTS[self.spatial], self.kind)
+        expect_float(x, self.kind)
+        return x
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """In the input's suggested memory format; torch pools ``(B, C, L)`` as
+        ``(B, C, 1, L)`` (1-D pools call the 2-D kernels): a channels-last view of that (a
+        sequence of tokens transposed) keeps its order."""
+        if self.spatial != 1:
+            return like(inputs[0], output.sizes)
+        (b, c, length), (sb, sc, sl) = inputs[0].sizes, inputs[0].strides
+        wide = Layout((b, c, 1, length), (sb, sc, length * sl, sl))
+        out = like(wide, (*output.sizes[:2], 1, output.sizes[2]))
+        return Layout((*out.sizes[:2], out.sizes[3]), (*out.strides[:2], out.strides[3]))
+
+
+class _PoolNd(_Pooling):
     """Shared rule of the windowed pools: per spatial axis,
     ``out = floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1`` (``ceil`` with
     ``ceil_mode``, dropping a last window that would start in the right padding). ``stride``
@@ -47,17 +75,12 @@ class _PoolNd(Layer):
     Channels pass through; no parameters, MACs 0. Windows that leave trailing rows or columns
     unread add a W503 warning with the arithmetic."""
 
-    family = "pooling"
     positional = ("kernel_size", "stride", "padding")
-    spatial: ClassVar[int]
 
     kernel_size: Pos | tuple[Pos, ...] = Field(validation_alias="kernel")
     stride: Pos | tuple[Pos, ...] | None = None
     padding: NonNeg | tuple[NonNeg, ...] = 0
     ceil_mode: bool = False
-
-    def _axes(self) -> tuple[str, ...]:
-        return ("length",) if self.spatial == 1 else ("height", "width")
 
     def _dilation(self) -> tuple[int, ...]:
         return (1,) * self.spatial
@@ -83,17 +106,13 @@ class _PoolNd(Layer):
         return k, s, p
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
-        x = inputs[0]
-        expect_rank(
-            x, (self.spatial + 1,), "[C, L]" if self.spatial == 1 else "[C, H, W]", self.kind
-        )
-        expect_float(x, self.kind)
+        x = self._input(inputs)
         k, s, p = self._geometry()
         d = self._dilation()
         sizes = x.shape[1:]
         out: list[Dim] = []
         drops: list[tuple[str, int, str]] = []  # (axis, rows dropped, arithmetic)
-        for size, ki, si, pi, di, axis in zip(sizes, k, s, p, d, self._axes(), strict=True):
+        for size, ki, si, pi, di, axis in zip(sizes, k, s, p, d, AXES[self.spatial], strict=True):
             n = window_out(size, ki, si, pi, di, axis, ceil_mode=self.ceil_mode)
             out.append(n)
             dropped = window_drops(size, ki, si, pi, di, ceil_mode=self.ceil_mode)
@@ -126,9 +145,6 @@ class _PoolNd(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         return TorchCall(f"nn.{self.kind}", (self.kernel_size,), self._torch_kwargs())
-
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return like(inputs[0], output.sizes)
 
     def label(self) -> str:
         parts = [_fmt(self.kernel_size)]
@@ -170,14 +186,6 @@ class MaxPool1d(_MaxPoolNd):
     kind = "MaxPool1d"
     spatial = 1
 
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        """torch pools ``(B, C, L)`` as ``(B, C, 1, L)`` (with indices, in training): a
-        channels-last view of that (a sequence of tokens transposed) keeps its order."""
-        (b, c, length), (sb, sc, sl) = inputs[0].sizes, inputs[0].strides
-        wide = Layout((b, c, 1, length), (sb, sc, length * sl, sl))
-        out = like(wide, (*output.sizes[:2], 1, output.sizes[2]))
-        return Layout((*out.sizes[:2], out.sizes[3]), (*out.strides[:2], out.strides[3]))
-
 
 @register
 class MaxPool2d(_MaxPoolNd):
@@ -190,7 +198,32 @@ class MaxPool2d(_MaxPoolNd):
 
 
 @register
-class AvgPool2d(_PoolNd):
+class MaxPool3d(_MaxPoolNd):
+    """Max over windows of ``[C, D, H, W]`` -> ``[C, D', H', W']``, each axis by the window
+    rule of :class:`MaxPool2d`. MACs 0."""
+
+    kind = "MaxPool3d"
+    spatial = 3
+
+
+class _AvgPoolNd(_PoolNd):
+    """Mean over windows, by the window rule of the pools; ``count_include_pad`` changes the
+    divisor, not the shape. MACs 0 (as torchinfo)."""
+
+    count_include_pad: bool = True
+
+
+@register
+class AvgPool1d(_AvgPoolNd):
+    """Mean over windows of ``[C, L]`` -> ``[C, L']``, ``L'`` by the window rule of
+    :class:`AvgPool2d`. MACs 0 (as torchinfo)."""
+
+    kind = "AvgPool1d"
+    spatial = 1
+
+
+@register
+class AvgPool2d(_AvgPoolNd):
     """Mean over windows of ``[C, H, W]`` -> ``[C, H', W']`` with, per axis,
     ``H' = floor((H + 2*padding - kernel) / stride) + 1`` (``ceil`` with ``ceil_mode``);
     ``stride`` defaults to ``kernel_size``. ``count_include_pad`` and ``divisor_override``
@@ -199,44 +232,105 @@ class AvgPool2d(_PoolNd):
     kind = "AvgPool2d"
     spatial = 2
 
-    count_include_pad: bool = True
     divisor_override: Pos | None = None
 
 
 @register
-class AdaptiveAvgPool2d(Layer):
+class AvgPool3d(_AvgPoolNd):
+    """Mean over windows of ``[C, D, H, W]`` -> ``[C, D', H', W']``, each axis by the window
+    rule of :class:`AvgPool2d`. MACs 0 (as torchinfo)."""
+
+    kind = "AvgPool3d"
+    spatial = 3
+
+    divisor_override: Pos | None = None
+
+
+class _AdaptivePoolNd(_Pooling):
+    """Shared rule of the adaptive pools: a grid of ``output_size`` windows over the spatial
+    axes whatever their sizes (an output larger than the input repeats elements).
+    ``output_size`` is an int (the same on every axis) or one entry per axis, ``None``
+    keeping that input size. MACs 0."""
+
+    positional = ("output_size",)
+
+    output_size: Pos | tuple[Pos | None, ...]
+
+    def _sizes(self) -> tuple[int | None, ...]:
+        if isinstance(self.output_size, int):
+            return (self.output_size,) * self.spatial
+        if len(self.output_size) != self.spatial:
+            raise LayerError(
+                "E204",
+                f"output_size needs {self.spatial} values, got {len(self.output_size)}",
+                arg="output_size",
+            )
+        return self.output_size
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = self._input(inputs)
+        out = tuple(
+            size if want is None else want
+            for size, want in zip(x.shape[1:], self._sizes(), strict=True)
+        )
+        return Inferred(TensorType((x.shape[0], *out)))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(f"nn.{self.kind}", (self.output_size,))
+
+    def label(self) -> str:
+        if isinstance(self.output_size, int):
+            return f"{self.kind}({self.output_size})"
+        return "{}({})".format(self.kind, "x".join(str(v or "*") for v in self.output_size))
+
+
+class _AdaptiveAvgPoolNd(_AdaptivePoolNd):
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """Nothing for an output of one element per channel (torch takes a mean, whose
+        gradient needs only the shape); the input otherwise."""
+        return [] if all(d == 1 for d in output.shape[1:]) else [saved_input(inputs)]
+
+
+@register
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    """Mean over ``output_size`` windows of ``[C, L]`` -> ``[C, output_size]``, whatever L
+    is (global average pooling of a sequence of channels at 1). MACs 0."""
+
+    kind = "AdaptiveAvgPool1d"
+    spatial = 1
+
+    output_size: Pos
+
+
+@register
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     """Mean over a grid of ``output_size`` windows: ``[C, H, W]`` -> ``[C, oh, ow]`` whatever
     H and W are (an output larger than the input repeats elements). ``output_size`` is an int
     (square) or a pair whose ``None`` entries keep that input size. MACs 0."""
 
     kind = "AdaptiveAvgPool2d"
-    family = "pooling"
-    positional = ("output_size",)
+    spatial = 2
 
-    output_size: Pos | tuple[Pos | None, Pos | None]
 
-    def infer(self, inputs: list[TensorType]) -> Inferred:
-        x = inputs[0]
-        expect_rank(x, (3,), "[C, H, W]", self.kind)
-        expect_float(x, self.kind)
-        sizes = pair(self.output_size) if isinstance(self.output_size, int) else self.output_size
-        out = tuple(
-            size if want is None else want for size, want in zip(x.shape[1:], sizes, strict=True)
-        )
-        return Inferred(TensorType((x.shape[0], *out)))
+@register
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
+    """Mean over a grid of ``output_size`` windows: ``[C, D, H, W]`` -> ``[C, od, oh, ow]``,
+    ``output_size`` an int or three entries (``None`` keeps that input size). MACs 0."""
 
-    def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall("nn.AdaptiveAvgPool2d", (self.output_size,))
+    kind = "AdaptiveAvgPool3d"
+    spatial = 3
 
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return like(inputs[0], output.sizes)
+
+@register
+class AdaptiveMaxPool1d(_AdaptivePoolNd):
+    """Max over ``output_size`` windows of ``[C, L]`` -> ``[C, output_size]``, whatever L
+    is. MACs 0."""
+
+    kind = "AdaptiveMaxPool1d"
+    spatial = 1
+
+    output_size: Pos
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        """Nothing for a 1 x 1 output (torch takes a mean, whose gradient needs only the
-        shape); the input otherwise."""
-        return [] if output.shape[1:] == (1, 1) else [saved_input(inputs)]
-
-    def label(self) -> str:
-        if isinstance(self.output_size, int):
-            return f"AdaptiveAvgPool2d({self.output_size})"
-        return "AdaptiveAvgPool2d({})".format("x".join(str(v or "*") for v in self.output_size))
+        """The input and the argmax of every window (int64, one per output element)."""
+        return [saved_input(inputs), Saved("indices", product(output.shape), "long")]

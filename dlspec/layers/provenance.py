@@ -73,6 +73,7 @@ _FOLD: dict[str, Callable[[Any, Any], Any]] = {
     "+": lambda a, b: a + b,
     "-": lambda a, b: a - b,
     "*": lambda a, b: a * b,
+    "**": lambda a, b: a**b,
 }
 
 

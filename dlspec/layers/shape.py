@@ -1,11 +1,14 @@
 """Layers that move elements around without parameters: Flatten, Permute, Transpose, Select,
-Slice, Chunk (several outputs), Mean, Sum, Reshape, Identity, Upsample, and the regularizers
+Slice, Chunk (several outputs), Mean, Sum, Reshape, Identity, Upsample, PixelShuffle,
+PixelUnshuffle, and the regularizers
 Dropout, Dropout2d and StochasticDepth. None of them has MACs. Every ``dim`` counts per-sample
 dimensions (0 is the first after the batch; negative dims count from the end)."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -15,6 +18,7 @@ from dlspec.layers.base import (
     Layer,
     LayerError,
     Saved,
+    SymbolicSize,
     TensorType,
     TorchCall,
     View,
@@ -215,19 +219,33 @@ class Select(View):
         return f"Select({self.dim}, {self.index})"
 
 
+def _slice(parts: list[str]) -> str:
+    """``start:end:step`` as ruff formats it: a bound other than a name or a number (with its
+    sign) makes each colon spaced where a bound stands beside it (``: -self.dilation``)."""
+    if all(re.fullmatch(r"-?(\d+|[A-Za-z_]\w*)", p) for p in parts if p):
+        return ":".join(parts)
+    text = parts[0]
+    for before, after in itertools.pairwise(parts):
+        text += (" " if before else "") + ":" + (" " if after else "") + after
+    return text
+
+
 @register
 class Slice(View):
     """Keeps positions ``start``, ``start + step``, ... before ``end`` (default: to the end;
     negative values count from the end) along per-sample dimension ``dim``:
-    ``Slice(0, 1)`` drops the first step of ``[T, D]`` (torch's ``x[:, 1:]``). MACs 0."""
+    ``Slice(0, 1)`` drops the first step of ``[T, D]`` (torch's ``x[:, 1:]``). On a
+    symbolic length ``T`` a negative value counts from the end too (``Slice(0, 0, -1)``
+    keeps ``T - 1``), and ``start``/``end`` may be sizes (``end=input.shape[0]``) that
+    differ from the length by a fixed number. MACs 0."""
 
     kind = "Slice"
     family = "reshape"
     positional = ("dim", "start", "end", "step")
 
     dim: int
-    start: int = 0
-    end: int | None = None
+    start: int | SymbolicSize = 0
+    end: int | SymbolicSize | None = None
     step: Annotated[int, Field(ge=1)] = 1
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
@@ -235,9 +253,10 @@ class Slice(View):
         at = axis(self.dim, x)
         size = x.shape[at]
         what = f"dimension {self.dim} of {x}"
-        start = _index(self.start, size, what, "start")
-        end: Dim = size if self.end is None else _index(self.end, size, what, "end")
-        if isinstance(size, int) and isinstance(end, int):
+        limits: list[tuple[Dim, int, str]] = []
+        start = self._bound(self.start, size, what, "start", limits)
+        end = size if self.end is None else self._bound(self.end, size, what, "end", limits)
+        if isinstance(size, int) and isinstance(end, int) and isinstance(start, int):
             start, end = max(0, min(start, size)), max(0, min(end, size))
         try:
             kept = (end - start + self.step - 1) // self.step
@@ -247,21 +266,64 @@ class Slice(View):
             raise LayerError(
                 "E402",
                 f"Slice({self.dim}, {self.start}, {self.end}) keeps nothing of {what}, "
-                f"of size {size}",
+                f"of size {fmt_dim(size)}",
                 arg="start",
             )
-        return Inferred(TensorType((*x.shape[:at], kept, *x.shape[at + 1 :]), x.dtype))
+        out = TensorType((*x.shape[:at], kept, *x.shape[at + 1 :]), x.dtype)
+        return Inferred(out, limits=limits)
+
+    @staticmethod
+    def _bound(
+        value: int | Poly, size: Dim, what: str, arg: str, limits: list[tuple[Dim, int, str]]
+    ) -> Dim:
+        """``start`` or ``end`` as a position in a dimension of ``size``. On a symbolic size a
+        position is the size minus a fixed number (a negative value, or a size such as
+        ``T - 1``), whose range the analyzer checks at the spec's bindings (``limits``)."""
+        if isinstance(value, Poly) and not isinstance(size, Poly):
+            raise LayerError(
+                "E405", f"{arg}={value} is symbolic, but {what} is fixed ({size})", arg=arg
+            )
+        if not isinstance(size, Poly):
+            return _index(value, size, what, arg)
+        position = size + value if isinstance(value, int) and value < 0 else value
+        back = size - position  # how far before the end
+        if isinstance(value, Poly) and not isinstance(back, int):
+            raise LayerError(
+                "E405",
+                f"{arg}={value} on the symbolic {what}: a position there is its length "
+                "minus a fixed number (write e.g. -1, or input.shape[i] - 1)",
+                arg=arg,
+            )
+        if isinstance(back, int) and back < 0:
+            raise LayerError(
+                "E402", f"{arg}={value} is past the end of the symbolic {what}", arg=arg
+            )
+        # 0 <= position <= size at the spec's bindings: checked there (E409)
+        needs = f"Slice's {arg}={value} needs {fmt_dim(size)} >= "
+        if not isinstance(back, int):
+            limits.append((-back, 0, needs + fmt_dim(position)))
+        if isinstance(position, Poly):
+            limits.append((-position, 0, needs + fmt_dim(back)))
+        return position
+
+    @staticmethod
+    def _written(value: int | Poly, size: Dim) -> str:
+        """A position as forward's code writes it: symbolic ones from the end (``-1``)."""
+        return str(value - size) if isinstance(value, Poly) else str(value)
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         at = self.dim % (len(inputs[0].sizes) - 1) + 1
         return slice_of(inputs[0], at, output.sizes[at], self.step)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        lead = ":, " * (axis(self.dim, inputs[0]) + 1)  # the batch and the dims before
-        end = "" if self.end is None else str(self.end)
-        step = "" if self.step == 1 else f":{self.step}"
-        start = str(self.start) if self.start else ""
-        return TorchCall(None, forward=f"{{x}}[{lead}{start}:{end}{step}]")
+        at = axis(self.dim, inputs[0])
+        lead = ":, " * (at + 1)  # the batch and the dims before
+        size = inputs[0].shape[at]
+        symbolic_end = isinstance(self.end, Poly) and self.end == size
+        end = "" if self.end is None or symbolic_end else self._written(self.end, size)
+        start = self._written(self.start, size) if self.start else ""
+        parts = [start, end] + ([] if self.step == 1 else [str(self.step)])
+        return TorchCall(None, forward=f"{{x}}[{lead}{_slice(parts)}]")
 
     def label(self) -> str:
         end = "" if self.end is None else str(self.end)
@@ -598,6 +660,92 @@ class Upsample(Layer):
             )
             what = "x" + "x".join(f"{s:g}" for s in scales)
         return f"Upsample({what}, {self.mode})"
+
+
+class _PixelShuffling(Layer):
+    """Shared rule of PixelShuffle and PixelUnshuffle over the last three per-sample
+    dimensions ``[*, C, H, W]``: ``r x r`` blocks of pixels move between the channels and
+    the map. No parameters, MACs 0, nothing kept for the backward pass."""
+
+    family = "reshape"
+    up: ClassVar[bool]  # channels into pixels (PixelShuffle), or back
+
+    def _factor(self) -> int:
+        raise NotImplementedError
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        expect_rank(x, range(3, 9), "[*, C, H, W]", self.kind)
+        r = self._factor()
+        *lead, c, h, w = x.shape
+        if self.up:
+            out = (*lead, _divided(c, r * r, "channels", x, self.kind), h * r, w * r)
+        else:
+            h2, w2 = (
+                _divided(d, r, what, x, self.kind) for d, what in ((h, "height"), (w, "width"))
+            )
+            out = (*lead, c * r * r, h2, w2)
+        return Inferred(TensorType(out, x.dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(f"nn.{self.kind}", (self._factor(),))
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []  # the gradient moves the elements back
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return like(inputs[0], output.sizes)
+
+    def label(self) -> str:
+        return f"{self.kind}({self._factor()})"
+
+
+def _divided(size: Dim, by: int, what: str, x: TensorType, kind: str) -> Dim:
+    """``size / by``, which must be whole (E401 with the remainder; E405 where a symbolic
+    size has no exact quotient)."""
+    try:
+        quotient, left = size // by, size % by
+    except SymbolicError as exc:
+        raise LayerError("E405", f"{kind} of {x}: {what} {size} / {by}: {exc}") from exc
+    if left:
+        raise LayerError(
+            "E401",
+            f"{kind} needs {what} divisible by {by}, but {x} has {fmt_dim(size)}",
+            notes=[f"{fmt_dim(size)} % {by} = {left}"],
+        )
+    return quotient
+
+
+@register
+class PixelShuffle(_PixelShuffling):
+    """Moves channels into pixels (sub-pixel convolution, ESPCN; super-resolution heads):
+    ``[*, C*r^2, H, W]`` -> ``[*, C, H*r, W*r]`` with ``r = upscale_factor``. No parameters,
+    MACs 0."""
+
+    kind = "PixelShuffle"
+    positional = ("upscale_factor",)
+    up = True
+
+    upscale_factor: Pos
+
+    def _factor(self) -> int:
+        return self.upscale_factor
+
+
+@register
+class PixelUnshuffle(_PixelShuffling):
+    """Moves ``r x r`` blocks of pixels into channels (space-to-depth):
+    ``[*, C, H*r, W*r]`` -> ``[*, C*r^2, H, W]`` with ``r = downscale_factor``. No
+    parameters, MACs 0."""
+
+    kind = "PixelUnshuffle"
+    positional = ("downscale_factor",)
+    up = False
+
+    downscale_factor: Pos
+
+    def _factor(self) -> int:
+        return self.downscale_factor
 
 
 class _Dropping(Layer):

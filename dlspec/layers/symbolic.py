@@ -92,6 +92,14 @@ class Poly:
 
     __rmul__ = __mul__
 
+    def __pow__(self, exponent: int) -> Dim:
+        if not isinstance(exponent, int) or exponent < 0:
+            raise SymbolicError(f"{self} ** {exponent} is not a polynomial")
+        result: Dim = 1
+        for _ in range(exponent):
+            result = result * self
+        return result
+
     def __floordiv__(self, other: Dim) -> Dim:
         if not isinstance(other, int) or other == 0:
             raise SymbolicError(f"cannot divide {self} by {other}")

@@ -80,9 +80,16 @@ def row_text(row: LayerRow, symbols: Mapping[str, int]) -> list[str]:
     ]
 
 
-def hover_text(report: Report, line: int) -> str | None:
-    """Markdown for the layers whose statement starts on ``line`` (1-based), or None."""
+def hover_text(report: Report, line: int, bound: Mapping[int, list[str]]) -> str | None:
+    """Markdown for the layers whose statement starts on ``line`` (1-based), or for the
+    `let` there (``bound``: each let's values by line, one per use of its block), or None."""
     rows = [row for row in report.layers if row.line == line]
+    if not rows and line in bound:
+        values = bound[line]
+        text = "\n".join(values[:MAX_ROWS])
+        if len(values) > MAX_ROWS:
+            text += f"\n... and {len(values) - MAX_ROWS} more values"
+        return f"```text\n{text}\n```"
     if not rows:
         return None
     blocks = [row_text(row, report.symbols) for row in rows[:MAX_ROWS]]

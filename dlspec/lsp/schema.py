@@ -72,3 +72,15 @@ def block_parameters(text: str) -> dict[str, list[str]]:
         params = match.group(2) or ""
         blocks[match.group(1)] = re.findall(r"([A-Za-z_]\w*)\s*:", params)
     return blocks
+
+
+def name_items(text: str) -> list[types.CompletionItem]:
+    """The names the text binds with `let` and the indexes of its loops (``for i in
+    range(n)``), which an argument's value may read (read with a pattern, as the blocks)."""
+    lets = dict.fromkeys(re.findall(r"\blet\s+([A-Za-z_]\w*)\s*=", text))
+    indexes = dict.fromkeys(re.findall(r"\bfor\s+([A-Za-z_]\w*)\s+in\s+range\b", text))
+    return [
+        types.CompletionItem(label=name, kind=types.CompletionItemKind.Variable, detail=detail)
+        for names, detail in ((lets, "let"), (indexes, "loop index"))
+        for name in names
+    ]

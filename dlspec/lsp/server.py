@@ -29,7 +29,7 @@ from dlspec.api import SpecError, load_text
 from dlspec.diagnostics import Diagnostic, Span
 from dlspec.lsp.framing import DROPPED, FramedInput
 from dlspec.lsp.hover import hover_text
-from dlspec.lsp.schema import argument_items, block_parameters, kind_items
+from dlspec.lsp.schema import argument_items, block_parameters, kind_items, name_items
 from dlspec.syntax import ast
 from dlspec.syntax.format import format_text
 from dlspec.syntax.parser import parse
@@ -121,7 +121,7 @@ def hover(ls: LanguageServer, params: types.HoverParams) -> types.Hover | None:
     checked = check_text(doc.source, doc.path)
     # while the spec has errors, the statements that did analyze keep their figures
     report = checked.partial_report or checked.report
-    text = hover_text(report, params.position.line + 1)
+    text = hover_text(report, params.position.line + 1, checked.bound)
     if text is None:
         return None
     return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=text))
@@ -143,8 +143,8 @@ def _statements(body: Sequence[ast.Node]) -> Iterator[ast.Node]:
 
 
 def _definition_span(spec: ast.Document, word: str, line: int) -> Span | None:
-    """Where ``word`` is defined: a block or model, else a named statement or an input of the
-    definition that contains ``line``."""
+    """Where ``word`` is defined: a block or model, else a named statement, an input, a `let`
+    or a loop index of the definition that contains ``line``."""
     for definition in spec.definitions:
         if definition.name.name == word:
             return definition.name.span
@@ -153,6 +153,8 @@ def _definition_span(spec: ast.Document, word: str, line: int) -> Span | None:
             continue
         for stmt in _statements(definition.body):
             names = stmt.names if isinstance(stmt, ast.LayerStmt) else [getattr(stmt, "name", None)]
+            if isinstance(stmt, ast.LayerStmt) and isinstance(stmt.repeat, ast.Loop):
+                names = [*names, stmt.repeat.index]
             for name in names:
                 if isinstance(name, ast.Ident) and name.name == word:
                     return name.span
@@ -199,7 +201,10 @@ def completion(ls: LanguageServer, params: types.CompletionParams) -> types.Comp
     before = doc.source[: doc.offset_at_position(params.position)]
     call = _open_call(before)
     blocks = block_parameters(doc.source)
-    items = argument_items(call, blocks) if call is not None else kind_items(list(blocks))
+    if call is None:
+        items = kind_items(list(blocks))
+    else:  # its arguments, then the names a value may read
+        items = argument_items(call, blocks) + name_items(doc.source)
     return types.CompletionList(is_incomplete=False, items=items)
 
 

@@ -45,7 +45,7 @@ class Str(Node):
 
 @dataclass(frozen=True, slots=True)
 class BinOp(Node):
-    op: str  # +, -, *, //, /, %
+    op: str  # +, -, *, //, /, %, **
     left: Expr
     right: Expr
 
@@ -120,10 +120,19 @@ class Residual(Node):
 
 
 @dataclass(frozen=True, slots=True)
+class Loop(Node):
+    """``for i in range(n)`` after an operation: ``n`` copies, copy ``k`` evaluated with
+    ``i = k`` (its arguments, and a residual's body, may read ``i``)."""
+
+    index: Ident
+    count: Expr
+
+
+@dataclass(frozen=True, slots=True)
 class LayerStmt(Node):
     names: list[Ident]  # the tensors it writes (``q, k, v = Chunk(3)``); [] when unnamed
     op: Call | Residual
-    repeat: Expr | None  # ``Block(64) * 3``
+    repeat: Expr | Loop | None  # ``Block(64) * 3``, ``Block(2 ** i) for i in range(3)``
     sources: list[Ident]  # ``<- a, b``; empty: the previous statement's output
 
 
@@ -175,7 +184,16 @@ class IfStmt(Node):
     orelse: list[Statement]
 
 
-Statement = InputDecl | OutputDecl | LayerStmt | ExpectStmt | TrainSection | IfStmt
+@dataclass(frozen=True, slots=True)
+class LetStmt(Node):
+    """``let hh = input.shape[0] // 2``: a name for a value, read by later statements of the
+    body (and of the bodies inside it)."""
+
+    name: Ident
+    value: Expr
+
+
+Statement = InputDecl | OutputDecl | LayerStmt | ExpectStmt | TrainSection | IfStmt | LetStmt
 
 
 @dataclass(frozen=True, slots=True)

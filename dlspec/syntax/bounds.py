@@ -19,6 +19,9 @@ from dlspec.diagnostics import Diagnostic, Span
 MAX_DEPTH = 100
 #: Largest integer literal (torch sizes and counts are 64-bit integers).
 MAX_LITERAL = 2**63 - 1
+#: The largest count, size or length a record or an option may give: 2^53, where integers
+#: stop being exact as floats and the memory and FLOP figures computed from them overflow.
+MAX_COUNT = 2**53
 _MAX_DIGITS = 40  # longer literal text is refused before converting it
 
 

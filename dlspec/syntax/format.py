@@ -43,8 +43,9 @@ Node = Tree[Any]  # a parse-tree node; its children are nodes, tokens or None
 
 # binding strength of each operator, loosest first; `compare` takes its operator from the tree
 _PRECEDENCE = {"or_op": 1, "and_op": 2, "compare": 4, "add": 5, "sub": 5}
-_PRECEDENCE |= {"mul": 6, "floordiv": 6, "truediv": 6, "mod": 6}
+_PRECEDENCE |= {"mul": 6, "floordiv": 6, "truediv": 6, "mod": 6, "pow": 8}
 _OPERATOR = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "truediv": "/", "mod": "%"}
+_OPERATOR["pow"] = "**"
 _OPERATOR |= {"or_op": "or", "and_op": "and"}
 _PREFIX = {"not_op": ("not ", 3), "neg": ("-", 7)}  # prefix operators and their strength
 _NESTED = {"definition", "train_section", "if_stmt"}  # statements holding a body of their own
@@ -53,7 +54,7 @@ _NESTED = {"definition", "train_section", "if_stmt"}  # statements holding a bod
 _TOKEN = re.compile(
     r"\"[^\"\n]*\"|'[^'\n]*'|#[^\n]*"
     r"|(?:\d[\d_]*(?:\.\d[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?[A-Za-z]*"
-    r"|[A-Za-z_][A-Za-z0-9_]*|<-|==|!=|<=|>=|//|\S"
+    r"|[A-Za-z_][A-Za-z0-9_]*|<-|==|!=|<=|>=|//|\*\*|\S"
 )
 
 
@@ -340,6 +341,9 @@ class _Formatter:
             name, dtype, *dims = stmt.children
             shape = ", ".join(self._expr(d) for d in _present(dims))
             return _Row([f"input {name}: {dtype}[{shape}]"], False)
+        if kind == "let_stmt":
+            name, value = stmt.children
+            return _Row(self._value_lines(f"let {name} = ", value, indent), False)
         if kind == "output_decl":
             return _Row(["output " + ", ".join(str(t) for t in stmt.children)], False)
         if kind == "expect_stmt":
@@ -401,7 +405,12 @@ class _Formatter:
         *names, op, repeat, sources = node.children
         named = [str(t) for t in names if t is not None]
         prefix = ", ".join(named) + " = " if named else ""
-        suffix = f" * {self._expr(repeat.children[0], 7)}" if repeat is not None else ""
+        suffix = ""
+        if repeat is not None and repeat.data == "loop":
+            index, count = repeat.children
+            suffix = f" for {index} in range({self._expr(count)})"
+        elif repeat is not None:
+            suffix = f" * {self._expr(repeat.children[0], 7)}"
         if sources is not None:
             suffix += " <- " + ", ".join(str(t) for t in sources.children)
         if op.data == "call":
@@ -532,8 +541,12 @@ class _Formatter:
             strength = _PRECEDENCE[kind]
             *operands, right = node.children
             operator = str(operands.pop()) if kind == "compare" else _OPERATOR[kind]
-            left = self._expr(operands[0], strength + (kind == "compare"))
-            text = f"{left} {operator} {self._expr(right, strength + 1)}"
+            # ** binds right to left: its left operand is parenthesised at equal strength
+            # (its right operand may be a bare prefix minus: 2 ** -i)
+            power = kind == "pow"
+            left = self._expr(operands[0], strength + (kind == "compare" or power))
+            right_strength = _PREFIX["neg"][1] if power else strength + 1
+            text = f"{left} {operator} {self._expr(right, right_strength)}"
         else:
             return f"({self._tokens(node)})" if context else self._tokens(node)
         return f"({text})" if strength < context else text

@@ -128,6 +128,12 @@ class _ToAst(Transformer[Token, ast.Document]):
     def repeat(self, meta: Meta, items: list[ast.Expr]) -> ast.Expr:
         return items[0]
 
+    def loop(self, meta: Meta, items: list[Any]) -> ast.Loop:
+        return ast.Loop(span=_span(meta), index=_ident(items[0]), count=items[1])
+
+    def let_stmt(self, meta: Meta, items: list[Any]) -> ast.LetStmt:
+        return ast.LetStmt(span=_span(meta), name=_ident(items[0]), value=items[1])
+
     def sources(self, meta: Meta, items: list[Token]) -> list[ast.Ident]:
         return [_ident(t) for t in items]
 
@@ -235,6 +241,9 @@ class _ToAst(Transformer[Token, ast.Document]):
 
     def mod(self, meta: Meta, items: list[Any]) -> ast.BinOp:
         return self._binop("%", meta, items)
+
+    def pow(self, meta: Meta, items: list[Any]) -> ast.BinOp:
+        return self._binop("**", meta, items)
 
 
 def _expected(parser: Lark, names: set[str]) -> str:
