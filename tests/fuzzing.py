@@ -164,7 +164,7 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
     if len(x.shape) == 3 and channels is not None:
         options += ["BatchNorm2d", "Dropout2d(0.2)"]
         if channels >= 4:  # over the channels at each position; weighted, being rarely possible
-            options += ["LayerNorm2d", "LayerNorm2d(eps=1e-6)", "LayerNorm2d"]
+            options += ["LayerNorm2d", "LayerNorm2d(eps=1e-6)", "LayerNorm2d", "LayerNorm2d"]
         if positions >= 4:
             options.append("BatchNorm2d(track_running_stats=false)")
     options += _instance_norms(r, x) if channels is not None else []
@@ -589,9 +589,9 @@ def _windows(draft: Draft) -> list[str] | None:
         return None
     x = r.choice(maps)
     height, width, channels = x.shape
-    sizes = [w for w in (1, 2, 3) if height % w == 0 and width % w == 0]
+    sizes = [w for w in (2, 3) if height % w == 0 and width % w == 0] or [1]
     w = r.choice(sizes)
-    shift = r.randint(0, w - 1)
+    shift = r.randint(0, w - 1)  # shifted windows where the window allows
     heads = r.choice(divisors(channels)[:2])
     names = [draft.name() for _ in range(4)]
     bias, win, attended, merged = names

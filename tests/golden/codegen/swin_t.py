@@ -175,11 +175,11 @@ class WindowAttention(nn.Module):
             # (B, in_channels // window, in_height // window, window * window, 3 * dim)
             qkv = self.qkv(windows)
             # (B, in_channels // window, in_height // window, window * window, dim)
-            q = qkv[:, :, :, :, :self.dim]
+            q = qkv[:, :, :, :, : self.dim]
             # (B, in_channels // window, in_height // window, window * window, dim)
-            k = qkv[:, :, :, :, self.dim:2 * self.dim]
+            k = qkv[:, :, :, :, self.dim : 2 * self.dim]
             # (B, in_channels // window, in_height // window, window * window, dim)
-            v = qkv[:, :, :, :, 2 * self.dim:]
+            v = qkv[:, :, :, :, 2 * self.dim :]
             # (B, in_channels // window, in_height // window, 1, window * window, window * window)
             shift_mask = self.shift_mask(x)
             attended = self.attended(q, k, v, relative_position, shift_mask)
@@ -191,11 +191,11 @@ class WindowAttention(nn.Module):
             # (B, in_channels // window, in_height // window, window * window, 3 * dim)
             qkv = self.qkv(windows)
             # (B, in_channels // window, in_height // window, window * window, dim)
-            q = qkv[:, :, :, :, :self.dim]
+            q = qkv[:, :, :, :, : self.dim]
             # (B, in_channels // window, in_height // window, window * window, dim)
-            k = qkv[:, :, :, :, self.dim:2 * self.dim]
+            k = qkv[:, :, :, :, self.dim : 2 * self.dim]
             # (B, in_channels // window, in_height // window, window * window, dim)
-            v = qkv[:, :, :, :, 2 * self.dim:]
+            v = qkv[:, :, :, :, 2 * self.dim :]
             attended = self.attended(q, k, v, relative_position)
             proj = self.proj(attended)
             windowmerge2 = self.windowmerge2(proj)  # (B, in_channels, in_height, dim)
