@@ -290,6 +290,8 @@ def _sequence(r: random.Random, x: Tensor) -> str | None:
             f"TransformerEncoder(nhead={heads}, num_layers={layers}, dim_feedforward=8, "
             f'dropout=0.0, activation="gelu", final_norm={r.choice(["true", "false"])})',
         ]
+    else:  # T5's bias [h, T, T], where the Transformer layers cannot go
+        options.append(f"BucketedPositionBias(8, {heads}, max_distance=8)")
     return r.choice(options)
 
 
@@ -633,6 +635,13 @@ def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
     if masks and r.random() < 0.5:
         mask = r.choice(masks).name
         return [f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {mask}"]
+    if q.shape[0] == k.shape[0] and r.random() < 0.5:  # T5's bias over the offsets
+        bias = draft.name()
+        return [
+            f"{bias} = BucketedPositionBias({r.choice([4, 8])}, {heads}, max_distance=8)"
+            f" <- {q.name}",
+            f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {bias}",
+        ]
     call = f"SDPA({heads}, num_kv_heads={kv}, causal={r.choice(['true', 'false'])})"
     return [f"{draft.name()} = {call} <- {q.name}, {k.name}, {v.name}"]
 

@@ -130,3 +130,35 @@ def test_a_bias_must_name_projections_once(bias: list[str], text: str) -> None:
     with pytest.raises(ValidationError) as err:
         make("MultiheadAttention", {"num_heads": 2, "bias": bias})
     assert text in str(err.value)
+
+
+def _t5_bucket(offset: int, buckets: int, distance: int, bidirectional: bool) -> int:
+    """The T5 paper's bucket of a key ``offset`` steps after the query, written out."""
+    bucket = 0
+    if bidirectional:
+        buckets //= 2
+        bucket, offset = (buckets if offset > 0 else 0), abs(offset)
+    else:
+        offset = max(-offset, 0)
+    exact = buckets // 2
+    if offset < exact:
+        return bucket + offset
+    scaled = math.log(offset / exact) / math.log(distance / exact) * (buckets - exact)
+    return bucket + min(exact + int(scaled), buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_t5_bias_is_looked_up_by_the_bucket_of_the_offset(bidirectional: bool) -> None:
+    steps, buckets, distance = 40, 8, 20
+    args = {"num_buckets": buckets, "num_heads": 2, "max_distance": distance}
+    layer = make("BucketedPositionBias", args | {"bidirectional": bidirectional})
+    call = layer.torch([TensorType((steps, 4))])
+    module = build(call)
+    with torch.no_grad():
+        out = forward(call, module, [torch.zeros(3, steps, 4)])
+    table = module.relative_attention_bias.weight
+    assert out.shape == (3, 2, steps, steps)
+    for i in range(steps):
+        for j in range(steps):
+            bucket = _t5_bucket(j - i, buckets, distance, bidirectional)
+            assert torch.equal(out[2, :, i, j], table[bucket])

@@ -496,7 +496,8 @@ KIND_SPECS = {
         x = Embedding(20, 8) <- tokens
         a = SDPA(2) <- x, x, x, mask                  # padding: BERT's extended mask
         bias = Parameter(2, 5, 5) <- a                # [h, T, S], added to the scores
-        b = SDPA(2) <- a, a, a, bias
+        t5 = BucketedPositionBias(8, 2, max_distance=6) <- a   # T5's, by offset buckets
+        b = SDPA(2) <- a, a, a, bias, t5
         MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
     }""",
     "windows": """model Windows {                    # Swin's shifted-window attention
@@ -556,7 +557,7 @@ NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
     "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
-    "RelativePositionBias", "ShiftedWindowMask",
+    "RelativePositionBias", "ShiftedWindowMask", "BucketedPositionBias",
     "Conv3d", "ConvTranspose1d", "ConvTranspose3d", "MaxPool3d", "AvgPool1d", "AvgPool3d",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AdaptiveAvgPool3d", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "PixelShuffle", "PixelUnshuffle", "Einsum",

@@ -234,6 +234,9 @@ EXAMPLES = [
     ex("WindowMerge", {"window": 3, "shift": 1}, (1, 2, 9, 3), 0),
     ex("RelativePositionBias", {"window": 3, "num_heads": 2}, (6, 6, 4), 0),
     ex("ShiftedWindowMask", {"window": 2, "shift": 1}, (4, 6, 3), 0),
+    ex("BucketedPositionBias", {"num_buckets": 8, "num_heads": 2, "max_distance": 10}, (T, 4), 0,
+       bindings={"T": 12}),
+    ex("BucketedPositionBias", {"num_heads": 1, "bidirectional": False}, (5, 4), 0),
     # Einsum: the batched matrix product torch computes, output and contracted sizes
     # multiplied (a subscript only one operand has is summed first); 0 without a contraction
     ex("Einsum", {"equation": "td,sd->ts"}, (T, 8), 5 * 6 * 8, more=((6, 8),),

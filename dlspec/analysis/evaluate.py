@@ -193,7 +193,8 @@ def _check_power(expr: ast.BinOp, base: Any, exponent: Any) -> None:
     if isinstance(base, Poly):
         if not isinstance(exponent, int) or exponent < 0:
             raise fail(
-                "E212", f"{base} ** {exponent}: a symbolic base takes a whole exponent >= 0",
+                "E212",
+                f"{base} ** {exponent}: a symbolic base takes a whole exponent >= 0",
                 expr.span,
             )
         if exponent > MAX_EXPONENT:

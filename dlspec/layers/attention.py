@@ -1034,12 +1034,11 @@ class SDPA(Layer):
         return kv, head, value_width // kv
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
-        kv, head, value_head = self._heads(inputs)
+        _, head, value_head = self._heads(inputs)
         query = inputs[0]
         t, s = query.shape[-2], inputs[1].shape[-2]
         macs = product(query.shape[:-2]) * t * s * self.num_heads * (head + value_head)
-        # as wide as the values, for h heads of theirs
-        width = inputs[2].shape[-1] if kv == self.num_heads else self.num_heads * value_head
+        width = self.num_heads * value_head
         return Inferred(TensorType((*query.shape[:-1], width)), macs=macs)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:

@@ -1,5 +1,5 @@
 """Window attention's parts (Swin): maps cut into windows and back, the relative position
-bias of a window, the mask of shifted windows.
+bias of a window, the mask of shifted windows; and T5's bucketed relative position bias.
 
 Windows are not folded into the batch: a map ``[H, W, C]`` becomes ``[H/w, W/w, w*w, C]``
 per sample, ``H/w x W/w`` windows of ``w*w`` positions, and ``SDPA`` attends within each
@@ -25,6 +25,7 @@ from dlspec.layers.base import (
     Layer,
     LayerError,
     Saved,
+    Shape,
     TensorType,
     TorchCall,
     View,
@@ -281,6 +282,95 @@ class RelativePositionBias(_Constant):
 
     def label(self) -> str:
         return f"RelativePositionBias({self.window}, heads={self.num_heads})"
+
+
+_BUCKETED = '''class BucketedPositionBias(nn.Module):
+    """T5's learned bias of each head for a query and a key, looked up by the bucket of
+    their offset: exact for small offsets, logarithmic up to `max_distance`."""
+
+    def __init__(
+        self, num_buckets: int, num_heads: int, max_distance: int, bidirectional: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_buckets, self.num_heads = num_buckets, num_heads
+        self.max_distance, self.bidirectional = max_distance, bidirectional
+        self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
+        exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
+        # log(max_distance / exact), in double precision as Python's math.log computes it
+        self.log_span = float(torch.tensor(max_distance / exact, dtype=torch.float64).log())
+
+    def buckets(self, steps: int, device: torch.device) -> torch.Tensor:
+        position = torch.arange(steps, device=device)
+        offset = position[None, :] - position[:, None]  # key - query: (T, T)
+        count, bucket = self.num_buckets, torch.zeros_like(offset)
+        if self.bidirectional:  # later keys in the upper half of the buckets
+            count //= 2
+            bucket = bucket + (offset > 0).long() * count
+            offset = offset.abs()
+        else:
+            offset = (-offset).clamp(min=0)
+        exact = count // 2
+        scaled = torch.log(offset.float() / exact + 1e-12) / self.log_span
+        far = (exact + (scaled * (count - exact)).long()).clamp(max=count - 1)
+        return bucket + torch.where(offset < exact, offset, far)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.relative_attention_bias(self.buckets(x.shape[1], x.device))  # (T, T, h)
+        return bias.permute(2, 0, 1).expand(x.shape[0], -1, -1, -1)  # (B, h, T, T)
+'''
+
+
+@register
+class BucketedPositionBias(_Constant):
+    """T5's relative position bias: for ``num_heads`` heads, a learned bias for a query at
+    step i and a key at step j, looked up by the bucket of ``j - i`` (``num_buckets``
+    buckets, half for later keys when ``bidirectional``; offsets below half of a half are
+    exact, larger ones share logarithmic buckets up to ``max_distance``) -> ``[heads, T, T]``
+    for a sequence ``[T, d]``, which ``SDPA`` adds to its scores. Layout
+    ``relative_attention_bias.weight (num_buckets, heads)`` (an ``nn.Embedding``, as Hugging
+    Face's T5Attention holds it). MACs 0 (a lookup)."""
+
+    kind = "BucketedPositionBias"
+    torchinfo_macs = "0, a lookup (torchinfo: the table's elements per sample)"
+    positional = ("num_buckets", "num_heads")
+
+    num_buckets: Annotated[int, Field(ge=4)] = 32
+    num_heads: Pos
+    max_distance: Annotated[int, Field(ge=4)] = 128
+    bidirectional: bool = True
+
+    def _steps(self, x: TensorType) -> Dim:
+        expect_rank(x, (2,), "[T, d] (a batch-first sequence)", self.kind)
+        exact = (self.num_buckets // 2 if self.bidirectional else self.num_buckets) // 2
+        if self.max_distance <= exact:
+            raise LayerError(
+                "E204",
+                f"max_distance={self.max_distance} must exceed the {exact} offsets the buckets "
+                "hold exactly",
+                arg="max_distance",
+            )
+        return x.shape[0]
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        steps = self._steps(inputs[0])
+        weights: dict[str, Shape] = {
+            "relative_attention_bias.weight": (self.num_buckets, self.num_heads)
+        }
+        return Inferred(TensorType((self.num_heads, steps, steps)), weights=weights)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        self._steps(inputs[0])
+        args = (self.num_buckets, self.num_heads, self.max_distance)
+        kwargs = self.keywords(include={"bidirectional"})
+        return TorchCall("BucketedPositionBias", args, kwargs, helper=_BUCKETED)
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        """The embedding's backward keeps the buckets (T x T ids), one for the batch."""
+        steps = inputs[0].shape[0]
+        return [Saved("buckets", steps * steps, "long", batched=False)]
+
+    def label(self) -> str:
+        return f"BucketedPositionBias({self.num_buckets}, heads={self.num_heads})"
 
 
 _SHIFTED = '''class ShiftedWindowMask(nn.Module):

@@ -68,7 +68,7 @@ class SelfAttention(nn.Module):
         query = self.query(x)  # (B, T, d)
         key = self.key(x)  # (B, T, d)
         value = self.value(x)  # (B, T, d)
-        out = self.context(query, key, value, mask)
+        out = self.context(query, key, value, mask)  # (B, T, heads * (d // heads))
         return out
 
 
@@ -78,7 +78,7 @@ class BertLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.attention = SelfAttention(x_features, d, heads, dropout)
-        self.attention_dense = nn.Linear(d, d)
+        self.attention_dense = nn.Linear(heads * (d // heads), d)
         self.attention_dropout = nn.Dropout(dropout)
         self.attention_norm = nn.LayerNorm(d, eps=eps)
         self.intermediate = nn.Linear(d, ff)
@@ -88,8 +88,8 @@ class BertLayer(nn.Module):
         self.output_norm = nn.LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.attention(x, mask)  # (B, T, d)
-        out = self.attention_dense(out)
+        out = self.attention(x, mask)  # (B, T, heads * (d // heads))
+        out = self.attention_dense(out)  # (B, T, d)
         attention_dropout = self.attention_dropout(out)
         out = attention_dropout + x
         attention_norm = self.attention_norm(out)

@@ -74,7 +74,7 @@ class Attention(nn.Module):
         self.q_rot = RoPE(heads)
         self.k_rot = RoPE(kv_heads)
         self.attn = SDPA(heads, kv_heads, causal=True)
-        self.o_proj = nn.Linear(d // heads * kv_heads, d, bias=False)
+        self.o_proj = nn.Linear(heads * (d // heads * kv_heads // kv_heads), d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q_proj = self.q_proj(x)  # (B, T, d)
@@ -82,7 +82,7 @@ class Attention(nn.Module):
         v_proj = self.v_proj(x)  # (B, T, d // heads * kv_heads)
         q_rot = self.q_rot(q_proj)
         k_rot = self.k_rot(k_proj)
-        out = self.attn(q_rot, k_rot, v_proj)  # (B, T, d // heads * kv_heads)
+        out = self.attn(q_rot, k_rot, v_proj)  # (B, T, heads * (d // heads * kv_heads // kv_heads))
         out = self.o_proj(out)  # (B, T, d)
         return out
 

@@ -157,13 +157,13 @@ class WindowAttention(nn.Module):
             self.qkv = nn.Linear(in_width, 3 * dim)
             self.shift_mask = ShiftedWindowMask(window, shift)
             self.attended = SDPA(heads, heads)
-            self.proj = nn.Linear(dim, dim)
+            self.proj = nn.Linear(heads * (dim // heads), dim)
             self.windowmerge1 = WindowMerge(window, shift)
         else:
             self.windows = WindowPartition(window)
             self.qkv = nn.Linear(in_width, 3 * dim)
             self.attended = SDPA(heads, heads)
-            self.proj = nn.Linear(dim, dim)
+            self.proj = nn.Linear(heads * (dim // heads), dim)
             self.windowmerge2 = WindowMerge(window)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,6 +183,7 @@ class WindowAttention(nn.Module):
             # (B, in_channels // window, in_height // window, 1, window * window, window * window)
             shift_mask = self.shift_mask(x)
             attended = self.attended(q, k, v, relative_position, shift_mask)
+            # (B, in_channels // window, in_height // window, window * window, dim)
             proj = self.proj(attended)
             windowmerge1 = self.windowmerge1(proj)  # (B, in_channels, in_height, dim)
         else:
@@ -197,6 +198,7 @@ class WindowAttention(nn.Module):
             # (B, in_channels // window, in_height // window, window * window, dim)
             v = qkv[:, :, :, :, 2 * self.dim :]
             attended = self.attended(q, k, v, relative_position)
+            # (B, in_channels // window, in_height // window, window * window, dim)
             proj = self.proj(attended)
             windowmerge2 = self.windowmerge2(proj)  # (B, in_channels, in_height, dim)
             windowmerge1 = windowmerge2
