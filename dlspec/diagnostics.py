@@ -59,6 +59,7 @@ CODES: dict[str, str] = {
     "W503": "pooling drops rows or columns",
     "W504": "one layer holds most of the parameters",
     "W505": "enormous layer",
+    "W506": "a statement whose output nothing reads",
 }
 
 

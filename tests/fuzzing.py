@@ -308,6 +308,28 @@ def _embedding(r: random.Random, x: Tensor) -> str | None:
     return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
 
 
+def _arithmetic(r: random.Random, x: Tensor) -> str | None:
+    """Element-wise math on one tensor that keeps every value finite (Exp, Log, Sqrt and
+    division by a tensor come with a guard: :func:`_math`)."""
+    if x.dtype != "float" or not x.shape:
+        return None
+    number = r.choice([0.5, 2.0, -3.0])
+    return r.choice(
+        [
+            "Neg",
+            "Abs",
+            "Pow(2)",
+            f"Mul({number})",
+            f"Add({number})",
+            f"Sub({number})",
+            f"Div({number})",
+            f"Clamp({r.choice([-1.0, 0.0])}, {r.choice([0.5, 2.0])})",
+            f"Clamp(min={r.choice([-0.5, 0.0])})",
+            f"Clamp(max={r.choice([0.0, 1.0])})",
+        ]
+    )
+
+
 def _window(r: random.Random, x: Tensor) -> tuple[int, int, int, int, str]:
     """A kernel, stride and padding that fit ``x``'s spatial axes, and a number of output
     channels with its ``groups`` argument."""
@@ -322,15 +344,93 @@ def _conv_more(r: random.Random, x: Tensor) -> str:
     """A transposed 1-D convolution of ``[C, L]``; a 3-D convolution, plain or transposed,
     of ``[C, D, H, W]``."""
     kernel, stride, padding, out, extra = _window(r, x)
-    transposed = f"{out}, kernel={kernel}, stride={stride}, padding={min(padding, kernel - 1)}"
     if len(x.shape) == 2:
-        return f"ConvTranspose1d({transposed}{extra})"
+        pad = min(padding, kernel - 1)
+        return f"ConvTranspose1d({out}, kernel={kernel}, stride={stride}, padding={pad}{extra})"
+    # single-threaded (as the fuzzer runs), torch computes an unstrided transposed 3-D
+    # convolution whose kernel is 1 x 1 in height and width in a buffer as large as its input,
+    # which its output keeps; dlspec follows the multi-threaded kernel (docs/memory.md)
+    stride = max(stride, 2) if kernel == 1 else stride
+    pad = min(padding, kernel - 1)
     return r.choice(
         [
             f"Conv3d({out}, kernel={kernel}, stride={stride}, padding={padding}{extra})",
-            f"ConvTranspose3d({transposed}{extra})",
+            f"ConvTranspose3d({out}, kernel={kernel}, stride={stride}, padding={pad}{extra})",
         ]
     )
+
+
+def _pad(r: random.Random, x: Tensor) -> str | None:
+    """Pad by named sides or torch's tuple over the last 1 to 3 dimensions (constant on any
+    input; reflect, replicate and circular where the rank and the sizes allow), or Roll."""
+    if x.dtype != "float" or not x.shape:
+        return None
+    rank = len(x.shape)
+    if r.random() < 0.3:
+        dims = sorted(r.sample(range(rank), r.randint(1, min(2, rank))))
+        # along a symbolic length the export rolls right up to the length: at half of it too
+        shifts = [r.randint(-3, 3) if concrete(x.shape[d]) else r.choice([-1, 1]) for d in dims]
+        if len(dims) == 1:
+            return f"Roll({shifts[0]}, dims={r.choice([dims[0], dims[0] - rank])})"
+        return f"Roll({shifts}, dims={dims})"
+    mode = r.choice(["constant", "constant", "reflect", "replicate", "circular"])
+    count = r.randint(1, min(3, rank))
+    if mode != "constant":  # every dimension after the channels
+        count = rank - 1
+        if not 1 <= count <= 3:
+            return None
+    sizes = [x.shape[rank - 1 - i] for i in range(count)]
+    pads = []
+    for size in sizes:
+        most = {"reflect": length(size) - 1, "circular": length(size)}.get(mode, 2)
+        if mode in ("reflect", "circular") and concrete(size) is None:
+            return None
+        pads += [r.randint(0, min(2, most)), r.randint(0, min(2, most))]
+    written = f', mode="{mode}"' if mode != "constant" else f", value={r.choice([0.0, -1.0])}"
+    if r.random() < 0.5:
+        return f"Pad({pads}{written})"
+    named = [f"{side}={pad}" for side, pad in zip(SIDE_NAMES, pads, strict=False) if pad]
+    return f"Pad({', '.join(named) or 'left=0'}{written})"
+
+
+SIDE_NAMES = ("left", "right", "top", "bottom", "front", "back")
+
+
+def _math_or_pad(r: random.Random, x: Tensor) -> str | None:
+    """One proposal for both (as often as any other family)."""
+    return (_arithmetic if r.random() < 0.5 else _pad)(r, x)
+
+
+def _math(draft: Draft, x: Tensor) -> list[str] | None:
+    """Element-wise math whose values stay finite: Exp of a clamped tensor, Log and Sqrt of
+    magnitudes, Sub, a division by a magnitude plus one, Where on a mask with zeros, and a
+    reparameterised sample of x with a clamped log-variance from a tensor of its shape."""
+    r = draft.rng
+    if x.dtype != "float" or not x.shape:
+        return None
+    others = [t for t in draft.tensors if t.dtype == "float" and t is not x]
+    partners = [t for t in others if t.shape == x.shape or _broadcasts(t.shape, x.shape)]
+    twins = [t for t in others if t.shape == x.shape]
+    a, b, c = (draft.name() for _ in range(3))
+    choice = r.choice(["exp", "log", "sqrt", "sub", "div", "where", "sample"])
+    if choice == "exp":
+        return [f"{a} = Clamp(max=3.0) <- {x.name}", f"{b} = Exp <- {a}"]
+    if choice in ("log", "sqrt"):
+        kind = r.choice(["Sqrt", "Pow(0.5)"]) if choice == "sqrt" else "Log"
+        return [f"{a} = Abs <- {x.name}", f"{b} = Add(1.0) <- {a}", f"{c} = {kind} <- {b}"]
+    if not partners:
+        return None
+    y = r.choice(partners)
+    if choice == "sub":
+        return [f"{a} = Sub <- {r.choice([f'{x.name}, {y.name}', f'{y.name}, {x.name}'])}"]
+    if choice == "div":
+        return [f"{a} = Abs <- {y.name}", f"{b} = Add(1.0) <- {a}", f"{c} = Div <- {x.name}, {b}"]
+    if choice == "where":
+        return [f"{a} = Clamp(min=0.0) <- {y.name}", f"{b} = Where <- {a}, {x.name}, {y.name}"]
+    if not twins:
+        return None
+    z = r.choice(twins)
+    return [f"{a} = Clamp(-3.0, 3.0) <- {z.name}", f"{b} = Reparameterize <- {x.name}, {a}"]
 
 
 def _pool_more(r: random.Random, x: Tensor) -> str:
@@ -381,6 +481,7 @@ PROPOSALS: list[Proposal] = [
     _rearrange,
     _sequence,
     _embedding,
+    _math_or_pad,
 ]
 
 
@@ -758,6 +859,8 @@ def generate(seed: int, steps: int = 6) -> str:
         elif choice < 0.3:
             grouped = _grouped(draft, x, r.choice(["block", "residual"]))
             blocks, lines = grouped if grouped else ([], None)
+        elif choice < 0.38:
+            lines = _math(draft, x)
         else:
             call = _propose(draft, x)
             lines = None

@@ -41,12 +41,12 @@ def saved_bytes(module: torch.nn.Module | None, run: Callable[[], Any]) -> int:
     return sum(s.nbytes() for s in storages.values())
 
 
-def batch_inputs(spec: Any, batch: int) -> list[torch.Tensor]:
-    """Random inputs for ``spec`` (a ``dlspec.Spec``) at ``batch``: token ids, or floats
-    that need a gradient."""
+def batch_inputs(spec: Any, batch: int, grad: bool = False) -> list[torch.Tensor]:
+    """Random inputs for ``spec`` (a ``dlspec.Spec``) at ``batch``: token ids, or floats,
+    data that needs no gradient as in a training step (``grad``: floats that do)."""
     return [
         torch.randint(0, 2, (batch, *i.shape_value))
         if i.dtype == "long"
-        else torch.randn(batch, *i.shape_value, requires_grad=True)
+        else torch.randn(batch, *i.shape_value, requires_grad=grad)
         for i in spec.report.inputs
     ]

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlspec.analysis.check import check_file, check_text
+from dlspec.analysis.report import expanded
 from dlspec.cli import main
 from dlspec.diagnostics import CODES
 from dlspec.docs import manual_pages
@@ -78,7 +79,8 @@ def test_leaf_params_sum_to_total(spec: Path) -> None:
     report = check_file(spec).report
     if report.model is None:
         pytest.skip("spec does not analyze")
-    leaves = [r for r in report.layers if not r.container]
+    # a folded row stands for its copies: expanded, a row per layer
+    leaves = [r for r in expanded(report.layers) if not r.container]
     assert sum(r.params for r in leaves) == report.trainable_params
     assert sum(r.buffers for r in leaves) == report.buffers
     assert sum(r.macs for r in leaves) == report.total_macs
@@ -89,7 +91,7 @@ def test_json_schema_fields(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(out)
     for key in ("model", "layers", "total_params", "trainable_params", "total_macs", "diagnostics"):
         assert key in data
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert set(data["layers"][0]) >= {"name", "kind", "output_shape", "params", "macs"}
     assert set(data["diagnostics"][0]) >= {"severity", "code", "message", "line", "column"}
     assert data["memory"]["batch"] == 64

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import dlspec
 from dlspec.analysis.check import check_file, program_graph
+from dlspec.analysis.report import expanded
 from dlspec.backends.torch_codegen import generate, literal
 
 GOLDEN = ROOT / "tests" / "golden" / "codegen"
@@ -165,7 +166,7 @@ def test_generated_module_agrees_with_the_report(case: str) -> None:
     assert set(dict(model.named_buffers())) == {f"{n.path}.{b}" for n in leaves for b in n.buffers}
 
     parameters = dict(model.named_parameters())
-    for row in report.layers:
+    for row in expanded(report.layers):  # a row per layer, each copy of a repetition too
         if not row.container:
             under = [p for name, p in parameters.items() if name.startswith(f"{row.name}.")]
             assert sum(p.numel() for p in under) == row.params, row.name
@@ -174,7 +175,7 @@ def test_generated_module_agrees_with_the_report(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_leaf_params_sum_to_the_total(case: str) -> None:
     report = _case(case).report
-    leaves = [row for row in report.layers if not row.container]
+    leaves = [row for row in expanded(report.layers) if not row.container]
     assert sum(row.params for row in leaves) == report.trainable_params
     assert sum(row.buffers for row in leaves) == report.buffers
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT
 
 from dlspec.analysis.diff import _ranges
+from dlspec.analysis.report import LayerRow, expanded
 from dlspec.cli import main
 
 FIGURES = ("params", "macs", "activations_bytes")
@@ -49,14 +50,19 @@ def llama(tmp_path: Path, kv_heads: int) -> Path:
     return path
 
 
+def per_module(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A check report's rows by path, a repetition's alike copies each on its own."""
+    rows = expanded([LayerRow(**row) for row in report["layers"]])
+    return {row.name: row.model_dump() for row in rows}
+
+
 def assert_deltas_are_the_reports(
     a: Path, b: Path, capsys: pytest.CaptureFixture[str], sets: list[str]
 ) -> dict[str, Any]:
     result = run_json(["diff", str(a), str(b), "--format", "json", *sets], capsys)
     ra = run_json(["check", str(a), "--format", "json", *sets], capsys)
     rb = run_json(["check", str(b), "--format", "json", *sets], capsys)
-    rows_a = {r["name"]: r for r in ra["layers"]}
-    rows_b = {r["name"]: r for r in rb["layers"]}
+    rows_a, rows_b = per_module(ra), per_module(rb)
     totals = {
         "params": lambda r: r["trainable_params"],
         "macs": lambda r: r["total_macs"],

@@ -242,6 +242,40 @@ def test_residual_edges() -> None:
     assert "style=dashed" in shortcut and "[32, 16, 16]" in shortcut
 
 
+CHOSEN_SHORTCUT = """
+block Block(planes: int) {
+    residual {
+        Conv2d(planes, kernel=3, padding=1)
+        ReLU
+    } shortcut {
+        if input.shape[0] != planes {
+            Conv2d(planes, kernel=1)
+        }
+    }
+}
+model M {
+    input x: float[8, 6, 6]
+    same = Block(8)
+    wider = Block(16)
+}
+"""
+
+
+def test_a_shortcut_whose_if_chose_nothing_is_an_identity() -> None:
+    """``shortcut { if ... }`` that chose its empty branch adds the input itself: the table
+    and the diagram say "residual", with no shortcut box, where the other use projects."""
+    checked = check_text(CHOSEN_SHORTCUT)
+    assert checked.graph is not None
+    labels = {row.name: row.label for row in checked.report.layers}
+    assert labels["same.residual1"] == "residual"
+    assert labels["wider.residual1"] == "residual (projection)"
+    dot = to_dot(checked.graph, DrawOptions(expand=True))
+    assert 'subgraph "cluster/same.residual1.shortcut"' not in dot
+    assert 'subgraph "cluster/wider.residual1.shortcut"' in dot
+    assert "<B>residual1</B>  residual  ·  584 params" in dot
+    assert "style=dashed" in edge(dot, "input/x", "add/same.residual1")
+
+
 def test_named_inputs_draw_an_edge_from_each_tensor() -> None:
     dot = to_dot(graph_of(SKIPS))
     edge(dot, "relu1", "both")

@@ -10,7 +10,7 @@
   a failed verification) gives a message and an exit code, and leaves no file behind.
 
 The transformer spec is exported at small vocabularies and lengths (its core is the base
-model's 44M parameters either way), with dynamo directly.
+model's 44M parameters either way).
 """
 
 from __future__ import annotations
@@ -31,19 +31,19 @@ from PIL import Image
 
 import dlspec
 from dlspec.analysis.check import check_file
+from dlspec.analysis.lints import unread
 from dlspec.backends import onnx_export
 from dlspec.backends.onnx_export import ExportResult, export_onnx
 from dlspec.backends.runtime import Session
 from dlspec.cli import main
+from dlspec.commands.export import copy_pattern
 from dlspec.layers.symbolic import value_at
 from dlspec.train.checkpoint import Checkpoint, save_checkpoint, spec_hash
 
-# smaller --set values where the spec's own make the export slow; the exporter where
-# TorchScript is known to fail (test_exporter_choice covers the fallback)
+# smaller --set values where the spec's own make the export slow
 OVERRIDES: dict[str, dict[str, object]] = {
     "transformer": {"src_vocab": 50, "tgt_vocab": 50, "max_len": 16, "S": 8, "T": 8},
 }
-EXPORTER: dict[str, onnx_export.Exporter] = {"transformer": "dynamo"}
 GOOD = [path.stem for path in SPECS if check_file(path).ok]
 NOTICES: dict[str, list[str]] = {}  # what export_onnx announced before a long step, per spec
 
@@ -53,11 +53,8 @@ def exported(name: str) -> tuple[dlspec.Spec, ExportResult]:
     """A spec (random weights, seed 0) exported and verified on CPU, once per test run."""
     spec = dlspec.load(ROOT / "specs" / f"{name}.dl", **OVERRIDES.get(name, {}))
     torch.manual_seed(0)
-    exporter = EXPORTER.get(name, "auto")
     notify = NOTICES.setdefault(name, []).append
-    result = export_onnx(
-        spec.to_torch(), spec.graph, exporter=exporter, device="cpu", notify=notify
-    )
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu", notify=notify)
     return spec, result
 
 
@@ -112,18 +109,26 @@ def test_tied_weights_are_stored_once() -> None:
     assert result.initializers.parameters == spec.report.trainable_params == 809_856
 
 
-def test_exporter_choice() -> None:
-    """TorchScript where it works; dynamo where the trace bakes in the sequence length."""
-    assert exported("cnn")[1].exporter == "TorchScript"
-    assert exported("lstm_lm")[1].exporter == "TorchScript"
-    _, gpt = exported("tiny_gpt")
-    assert gpt.exporter == "dynamo"
-    assert gpt.fallback is not None and gpt.fallback.startswith("TorchScript: ")
-    # the long step is announced before it starts, in one line; a quick export is silent
-    assert NOTICES["cnn"] == []
-    (notice,) = NOTICES["tiny_gpt"]
-    assert notice.startswith("exporting TinyGPT with the dynamo exporter (TorchScript: ")
-    assert notice.endswith("); this may take ~20 s...") and len(notice) < 160
+def test_exporter_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TorchScript where it exports, attention at any T included; dynamo where it fails,
+    announced before it starts, in one line (a quick export is silent)."""
+    for name in ("cnn", "lstm_lm", "tiny_gpt"):
+        assert exported(name)[1].exporter == "TorchScript" and exported(name)[1].fallback is None
+        assert NOTICES[name] == []
+
+    def refused(*_: object) -> None:
+        raise RuntimeError("ONNX export of operator X is not supported. Please report it")
+
+    monkeypatch.setattr(onnx_export, "_export_torchscript", refused)
+    spec = dlspec.load(ROOT / "specs" / "mlp.dl")
+    notices: list[str] = []
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu", notify=notices.append)
+    assert result.exporter == "dynamo" and all(c.passed for c in result.comparisons)
+    assert result.fallback is not None and result.fallback.startswith("TorchScript: ")
+    assert notices == [
+        "exporting MLP with the dynamo exporter (TorchScript: ONNX export of operator X is not "
+        "supported); this may take ~20 s..."
+    ]
 
 
 RMS_NORM = """
@@ -162,6 +167,17 @@ model B(T: dim = 6) {
     output b, c
 }
 """,
+    "attention": """
+model A(T: dim = 7) {
+    input x: float[T, 6]
+    input m: float[T, 4]
+    s = MultiheadAttention(num_heads=3) <- x
+    c = MultiheadAttention(num_heads=2, causal=true) <- s, m
+    e = TransformerEncoderLayer(nhead=2, dim_feedforward=8, dropout=0.0, causal=true) <- c
+    r = RNN(5, returns="hidden") <- e
+    output e, r
+}
+""",
     "adaptive pooling": """
 model P(T: dim = 7) {
     input x: float[3, T, 5]
@@ -179,7 +195,9 @@ model P(T: dim = 7) {
 def test_layers_over_sizes_torchscript_cannot_see_export(name: str) -> None:
     """torch's TorchScript symbolics refuse BatchNorm without a weight or running statistics
     over an unknown batch or channel size, and adaptive pooling over sizes they cannot see or
-    divide; dlspec's export them, and ONNX Runtime agrees at two batch sizes and two T."""
+    divide, and its trace of nn.MultiheadAttention fixes T (and, through sizes read after it,
+    an RNN's initial state the batch); dlspec's export them, and ONNX Runtime agrees at two
+    batch sizes and two T."""
     spec = dlspec.load_text(HIDDEN_SIZES[name], "<hidden>")
     torch.manual_seed(0)
     result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
@@ -521,6 +539,26 @@ KIND_SPECS = {
         p, q = Pair(8) * 2 <- x, x
         output q, p
     }""",
+    "math": """model Math {
+        input x: float[3, 6]
+        input m: float[3, 6]
+        h = Linear(6)
+        mu = Linear(6) <- x
+        logvar = Clamp(-4, 4) <- h
+        scaled = Mul(0.5)
+        std = Exp
+        z = Reparameterize <- mu, logvar
+        shifted = Sub(1) <- z
+        a = Abs <- std
+        b = Add(2)
+        d = Div <- shifted, b
+        Neg  Pow(2)  Sqrt  Add(1)  Log
+        third = Div(3) <- std
+        w = Where <- m, log1, third
+        Pad(left=2, top=1)  Pad(left=1, right=1, mode="reflect")
+        Pad([1, 0], mode="replicate")  Pad(right=2, mode="circular")
+        Roll([1, -2], dims=[0, 1])
+    }""",
     "volumes": """model Volumes {
         input x: float[2, 4, 6, 6]
         Conv3d(4, kernel=3, padding=1)  InstanceNorm3d(affine=true)
@@ -558,6 +596,8 @@ NEW_KINDS = {
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
     "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
     "RelativePositionBias", "ShiftedWindowMask", "BucketedPositionBias",
+    "Sub", "Div", "Where", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll",
+    "Reparameterize",
     "Conv3d", "ConvTranspose1d", "ConvTranspose3d", "MaxPool3d", "AvgPool1d", "AvgPool3d",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AdaptiveAvgPool3d", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "PixelShuffle", "PixelUnshuffle", "Einsum",
@@ -598,3 +638,59 @@ def test_layer_kinds_export_and_verify(name: str) -> None:
     assert result.comparisons and all(c.passed for c in result.comparisons)
     assert result.initializers.parameters == spec.report.total_params
     onnx.checker.check_model(onnx.load_from_string(result.data), full_check=True)
+
+
+def test_unread_statements_are_kept_by_torch_and_dropped_by_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """W506's statements: the torch module holds their parameters (check's count is torch's)
+    and they get no gradient; the exporter drops exactly those, and export says so."""
+    path = ROOT / "tests" / "errors" / "unread.dl"
+    spec = dlspec.load(path)
+    entries = unread(spec.graph)
+    torch.manual_seed(0)
+    model = spec.to_torch()
+    assert sum(p.numel() for p in model.parameters()) == spec.report.trainable_params
+    model(torch.randn(2, 16, 32)).sum().backward()
+    # a repetition's alike copies are analyzed once: a copy's path stands for them all
+    owner = {name: copy_pattern(name.rpartition(".")[0]) for name, _ in model.named_parameters()}
+    untrained = {name for name, p in model.named_parameters() if p.grad is None}
+    paths = {copy_pattern(path) for entry in entries for path in entry.paths}
+    assert {owner[name] for name in untrained} == paths & set(owner.values()) != set()
+    dropped = sum(entry.params for entry in entries)
+    assert dropped == sum(p.numel() for name, p in model.named_parameters() if name in untrained)
+    code, out, _ = run(capsys, "export", str(path), "--out", str(tmp_path / "u.onnx"))
+    assert code == 0
+    kept = spec.report.trainable_params - dropped
+    assert (
+        f"{kept:,} parameters, but check counts {spec.report.trainable_params:,}: the exporter "
+        f"dropped the {dropped:,} of layer3.res, probe, r.spare and deep.*.spare, whose output "
+        "nothing reads"
+    ) in out
+
+
+PROJECTED_LSTM = """
+model L(T: dim = 7) {
+    input x: float[T, 5]
+    s = LSTM(6, proj_size=4, num_layers=2, bidirectional=true, dropout=0.3) <- x
+    h = LSTM(6, proj_size=3, num_layers=3, bias=false, returns="hidden") <- s
+    l = LSTM(6, proj_size=2, bidirectional=true, returns="last") <- s
+    output s, h, l
+}
+"""
+
+
+def test_lstm_with_projections_exports_with_torchscript() -> None:
+    """torch's TorchScript symbolic refuses LSTMs with projections; dlspec's runs ONNX's LSTM
+    over the unprojected state with the recurrence W_hh W_hr, projecting outputs and final
+    states: stacked, bidirectional, without biases, every `returns`, at two batch sizes and
+    two T; the file holds the module's parameters (W_hh and W_hr, not their product)."""
+    spec = dlspec.load_text(PROJECTED_LSTM, "<lstm>")
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and result.fallback is None
+    assert all(c.passed for c in result.comparisons) and len(result.comparisons) == 8
+    assert result.initializers.parameters == spec.report.trainable_params
+    assert result.initializers.missing == ()
+    ops = [node.op_type for node in onnx.load_from_string(result.data).graph.node]
+    assert ops.count("LSTM") == 6

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 BATCH = 3
-MATMUL_FAMILIES = ("convolution", "dense", "attention", "recurrent")
+MATMUL_FAMILIES = ("convolution", "dense", "attention", "recurrent", "merge")  # merge: Einsum
 
 
 def matmul_macs(layer: Layer, types: list[TensorType]) -> Dim:

@@ -114,11 +114,21 @@ def test_max_memory_raises_the_limit(tmp_path: Path) -> None:
 
 
 def test_max_layers_sets_the_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # copies that differ are each analysed: check counts them
+    grow = tmp_path / "grow.dl"
+    grow.write_text("model M {\n input x: float[4, 8]\n Conv1d(4, 1, padding=1) * 50\n}\n")
+    assert cli("check", grow, "--max-layers", "40") == 1
+    assert "50 layers, more than the limit of 40" in capsys.readouterr().err
+    assert cli("check", grow, "--max-layers", "50") == 0
+    # alike copies are analysed once, but building the model makes each of them
     spec = tmp_path / "stack.dl"
     spec.write_text("model M {\n input x: float[4]\n Linear(4) * 50\n}\n")
-    assert cli("check", spec, "--max-layers", "40") == 1
-    assert "50 layers, more than the limit of 40" in capsys.readouterr().err
-    assert cli("check", spec, "--max-layers", "50") == 0
+    assert cli("check", spec, "--max-layers", "1") == 0
+    capsys.readouterr()
+    assert cli("build", spec, "--out", tmp_path / "o", "--max-layers", "40") == 1
+    err = capsys.readouterr().err
+    assert "error[E601]" in err and "50 layers, more than the limit of 40" in err
+    assert not (tmp_path / "o" / "model.py").exists()
 
 
 # data and checkpoints ------------------------------------------------------------------------

@@ -572,3 +572,93 @@ def test_a_model_named_like_a_layer_kind_is_refused() -> None:
     with pytest.raises(dlspec.SpecError) as err:
         dlspec.load_text(spec)
     assert "E206" in [d.code for d in err.value.diagnostics]
+
+
+# hostile ONNX files: ONNX Runtime runs them bounded ----------------------------------------
+
+
+def _graph_model(path: Path, nodes: list[Any], initializers: dict[str, Any]) -> Path:
+    """A model of ``nodes`` from x: float[N, 4] to y: float[N, 4]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "hostile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(value, name) for name, value in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def endless_loop(path: Path) -> Path:
+    """y = x + 1, 2**62 times over (a Loop's trip count is data)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["go"], ["go_on"]),
+            helper.make_node("Add", ["acc", "one"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None),
+        ],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    loop = helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)
+    return _graph_model(path, [loop], {"trips": np.array(2**62), "go": np.array(True)})
+
+
+def eight_gib(path: Path) -> Path:
+    """y = x + the sum of 2**31 zeros (8 GiB of them)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    zero = numpy_helper.from_array(np.zeros(1, np.float32))
+    nodes = [
+        helper.make_node("ConstantOfShape", ["size"], ["zeros"], value=zero),
+        helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    return _graph_model(path, nodes, {"size": np.array([2**31])})
+
+
+@pytest.mark.parametrize(
+    ("command", "model", "options", "message"),
+    [
+        ("predict", endless_loop, ["--timeout", "2"], "did not finish within 2 s"),
+        ("bench", endless_loop, ["--timeout", "2"], "did not finish within 2 s"),
+        ("predict", eight_gib, ["--max-memory", "1G"], "Failed to allocate memory"),
+    ],
+)
+def test_onnx_runtime_runs_a_users_model_bounded(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    model: Any,
+    options: list[str],
+    message: str,
+) -> None:
+    """An .onnx file is a program: predict and bench run it in a child process bounded in
+    time and (on the CPU) memory, and say which bound it ran into."""
+    import numpy as np
+
+    path = model(tmp_path / "hostile.onnx")
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 4), np.float32))
+    given = [tmp_path / "x.npz"] if command == "predict" else ["--batch", "1"]
+    started = time.monotonic()
+    code, err = cli(capsys, command, path, *given, "--device", "cpu", *options)
+    assert code == 1 and message in err and "ONNX Runtime" in err
+    assert time.monotonic() - started < 60

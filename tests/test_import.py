@@ -364,3 +364,38 @@ def test_two_inputs_and_two_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [o.shape for o in spec.report.outputs] == [[2], [3]]
     _, error = imported_weights(result, spec)
     assert error <= RTOL
+
+
+NEW_KINDS = """model NewKinds {
+    input volume: float[2, 4, 6, 6]
+    input sound: float[3, 16]
+    input image: float[8, 2, 2]
+    v = Conv3d(4, kernel=3, padding=1) <- volume
+    InstanceNorm3d(affine=true)
+    MaxPool3d(2)
+    ConvTranspose3d(2, kernel=2, stride=2)
+    AvgPool3d(2)
+    vol = AdaptiveAvgPool3d(1)
+    s = ConvTranspose1d(4, kernel=4, stride=2, padding=1) <- sound
+    InstanceNorm1d
+    AvgPool1d(2)
+    q = AdaptiveMaxPool1d(4)
+    k = AdaptiveAvgPool1d(4) <- s
+    att = Einsum("td,sd->ts") <- q, k
+    p = PixelShuffle(2) <- image
+    u = PixelUnshuffle(2)
+    output vol, att, u
+}"""
+
+
+def test_volume_signal_and_einsum_kinds_are_recovered() -> None:
+    """Modules of the new kinds import by their names and attributes, and ``torch.einsum``
+    with a batch subscript as Einsum's per-sample equation."""
+    spec = dlspec.load_text(NEW_KINDS, "new_kinds.dl")
+    result, again = round_trip(spec)
+    used = {leaf.layer.kind for leaf in again.graph.leaves() if leaf.layer is not None}
+    assert used == {leaf.layer.kind for leaf in spec.graph.leaves() if leaf.layer is not None}
+    assert 'Einsum("td,sd->ts") <- q, k' in result.text
+    assert again.report.total_params == spec.report.total_params
+    _, error = imported_weights(result, again)
+    assert error <= RTOL

@@ -338,3 +338,62 @@ def test_gated_example_agrees_with_torch_and_onnx_runtime() -> None:
     assert result.comparisons and all(c.passed for c in result.comparisons)
     proto = onnx.load_from_string(result.data)
     assert [o.name for o in proto.graph.output] == ["logits", "value"]
+
+
+# a repetition's alike copies, held once ---------------------------------------------------
+
+DEEP = """block Block(d: int) {
+    residual {
+        Linear(d)
+        GELU
+    }
+}
+model Deep(d: int = 8, layers: int = 100000) {
+    input x: float[d]
+    blocks = Block(d) * layers
+    head = Linear(2)
+}
+"""
+
+
+def torch_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_a_hundred_thousand_alike_copies_check_as_one() -> None:
+    # the per-block figure from torch: two builds of a few copies
+    two, three = (torch_params(dlspec.load_text(DEEP, layers=n).to_torch()) for n in (2, 3))
+    block, head = three - two, two - 2 * (three - two)
+    checked = check_text(DEEP)
+    assert checked.ok and checked.graph is not None, checked.report.diagnostics
+    report = checked.report
+    assert report.total_params == head + 100_000 * block
+    # the IR holds the one copy the analysis built, standing for all of them
+    (blocks,) = [s for s in checked.graph.steps if s.name == "blocks"]
+    assert [(run.step.path, run.times) for run in blocks.runs()] == [("blocks.0", 100_000)]
+    assert "block Block(d=8) <- input  params=72  @9:14  (x 100000: copies 0-99999 alike)" in (
+        describe(checked.graph)
+    )
+    # figures multiply: activations grow by one copy's bytes per copy
+    small = [check_text(DEEP, overrides={"layers": str(n)}).report for n in (2, 3)]
+    assert report.memory and small[0].memory and small[1].memory
+    per_copy = small[1].memory.activations_bytes - small[0].memory.activations_bytes
+    assert report.memory.activations_bytes == small[0].memory.activations_bytes + 99_998 * per_copy
+    # the table folds the copies into one row group
+    table = render_table(report)
+    assert re.search(r"^  0-99999 +Block, each of 100000 +\[8\] +72 +72$", table, re.M), table
+    assert len(report.layers) == 6  # blocks, its copy, residual, Linear, GELU, head
+
+
+def test_copies_derived_from_the_compact_form_are_the_expanded_ones() -> None:
+    """Copies after the analyzed ones get their own names, paths and inputs, as the
+    analysis would have made them: the generated module's ``named_modules()`` and the
+    IR's dataflow agree."""
+    spec = dlspec.load_text(DEEP, layers=4)
+    (blocks,) = [s for s in spec.graph.steps if s.name == "blocks"]
+    assert [c.path for c in blocks.children] == [f"blocks.{i}" for i in range(4)]
+    assert [[t.name for t in c.inputs] for c in blocks.children] == [["input"], ["0"], ["1"], ["2"]]
+    leaves = {leaf.path for leaf in spec.graph.leaves()}
+    modules = {name for name, m in spec.to_torch().named_modules() if not list(m.children())}
+    assert leaves == modules
+    assert ("add/blocks.2.residual1", "blocks.3.residual1.linear1") in dataflow(spec.graph)

@@ -197,6 +197,13 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "size": st.sampled_from([16, 32]),
         }
     ),
+    "zoo/vae.dl": st.fixed_dictionaries(
+        {
+            "in_channels": st.integers(1, 4),
+            "latent": st.integers(1, 24),
+            "size": st.sampled_from([32, 64]),
+        }
+    ),
     "zoo/vit_b_16.dl": _vit(),
     "zoo/wavenet.dl": st.fixed_dictionaries(
         {
@@ -409,3 +416,60 @@ def test_build_refuses_what_code_cannot_express(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot generate PyTorch code" in result.stderr and "parameter wide" in result.stderr
     assert not (out / "model.py").exists()
+
+
+KINDS = """
+block Up(c: int, r: int) {
+    Conv2d(c * r * r, kernel=3, padding=1)
+    PixelShuffle(r)
+    InstanceNorm2d(affine=true)
+    PixelUnshuffle(r)
+}
+
+model Kinds(c: int = 4, r: int = 2, k: int = 4, d: int = 8) {
+    input volume: float[2, 4, 6, 6]
+    input sound: float[3, 16]
+    input image: float[3, 4, 4]
+    v = Conv3d(c, kernel=3, padding=1) <- volume
+    InstanceNorm3d(affine=true, track_running_stats=true)
+    MaxPool3d(2)
+    ConvTranspose3d(c, kernel=2, stride=2)
+    AvgPool3d(2)
+    vol = AdaptiveAvgPool3d(1)
+    s = ConvTranspose1d(c, kernel=k, stride=2, padding=1) <- sound
+    InstanceNorm1d
+    AvgPool1d(2)
+    AdaptiveMaxPool1d(4)
+    AdaptiveAvgPool1d(4)
+    q = Linear(d)
+    keys = Linear(d) <- q
+    att = Einsum("td,sd->ts") <- q, keys
+    i = Up(c, r) <- image
+    output vol, att, i
+}
+"""
+
+
+def test_volume_signal_and_einsum_kinds_are_functions_of_their_arguments(tmp_path: Path) -> None:
+    """3-D and 1-D convolutions and pools, InstanceNorm, pixel shuffles and Einsum take their
+    sizes from the class's arguments: built at other values, the class equals ``check`` and
+    the module generated at those values."""
+    path = tmp_path / "kinds.dl"
+    path.write_text(KINDS)
+    spec = dlspec.load(path)
+    assert "nn.PixelShuffle(r)" in spec.code and "kernel_size=k" in spec.code
+    for arguments in ({"c": 2, "r": 3, "k": 3, "d": 5}, {"c": 1, "r": 1, "k": 5, "d": 2}):
+        built = _model_class(spec)(**arguments)
+        at = dlspec.load(path, **arguments)
+        assert sum(p.numel() for p in built.parameters()) == at.report.total_params
+        assert sum(b.numel() for b in built.buffers()) == at.report.buffers
+        reference = at.to_torch()
+        reference.load_state_dict(built.state_dict())
+        built.eval()
+        reference.eval()
+        inputs = _inputs(at, batch=2)
+        with torch.no_grad():
+            got, want = built(*inputs), reference(*inputs)
+        assert [list(t.shape) for t in got] == [[2, *o.shape_value] for o in at.report.outputs]
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)

@@ -29,7 +29,7 @@ from dlspec.train.checkpoint import (
     spec_hash,
 )
 from dlspec.train.data import DataError, Dataset
-from dlspec.train.loop import Objective, Splits, Trainer, TrainError, load_splits
+from dlspec.train.loop import COLLAPSE, Objective, Splits, Trainer, TrainError, load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -423,3 +423,63 @@ def test_accumulated_parts_take_the_batchs_step(tmp_path: Path, parts: int) -> N
     for a, b in zip(one.parameters(), split.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert first[0]["train_loss"] == pytest.approx(second[0]["train_loss"], rel=1e-4)
+
+
+class ShiftedNet(nn.Module):
+    """A convolution whose output BatchNorm sees shifted by 3: running statistics that do not
+    follow it (momentum 0 keeps them at mean 0, variance 1) spoil every evaluation."""
+
+    def __init__(self, momentum: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8, momentum=momentum)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x) + 3))
+        return self.fc(nn.functional.max_pool2d(x, 2).flatten(1))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.1])
+def test_batchnorm_notice_when_its_running_statistics_spoil_the_test(
+    tmp_path: Path, momentum: float
+) -> None:
+    """Momentum 0: the test collapses against training and batch statistics recover it, so
+    test() says so in figures; momentum 0.1: the statistics follow, no figures, no notice."""
+    config, splits = digits_splits(epochs="1", optimizer="Adam(lr=0.01)")
+    torch.manual_seed(0)
+    run = Trainer(
+        ShiftedNet(momentum),
+        config,
+        splits,
+        (1, 8, 8),
+        device=torch.device("cpu"),
+        checkpoint_path=tmp_path / "checkpoint.pt",
+        spec_hash="shifted",
+        progress=False,
+        log=lambda _: None,
+    )
+    assert run.fit()
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    result = run.test()
+    trained = run.history[-1]["train_accuracy"]
+    steps = -(-len(splits.train) // config.batch_size)
+    assert run.history[-1]["steps"] == run.steps == steps
+    if momentum:
+        assert result["accuracy"] >= COLLAPSE * trained
+        assert "notice" not in result and "batch_statistics_accuracy" not in result
+        return
+    assert result["accuracy"] < COLLAPSE * trained
+    batch = result["batch_statistics_accuracy"]
+    assert batch - result["accuracy"] >= (trained - result["accuracy"]) / 2
+    assert result["notice"].startswith(
+        f"test accuracy is {result['accuracy']:.1%} against {trained:.1%} on the training data, "
+        f"but {batch:.1%} when each BatchNorm normalises a test batch with its own statistics: "
+        f"after {steps} steps, BatchNorm's running statistics (momentum 0: "
+    )
+    assert "BatchNorm2d(momentum=0.3)" in result["notice"]
+    # the batch-statistics pass changed nothing: running statistics, weights, the mode
+    after = run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not run.model.training and run.model.bn.running_mean is not None
+    assert run.test()["accuracy"] == result["accuracy"]

@@ -43,6 +43,19 @@ def _unet() -> int:
     return encoder + decoder + 64 * 2 + 2
 
 
+def _vae(channels: int = 3, latent: int = 128, size: int = 64) -> int:
+    """PyTorch-VAE's VanillaVAE counted by hand: five stride-2 convolutions with batch norm
+    (weight and bias), mean and log-variance heads, the decoder's input layer, five
+    transposed convolutions with batch norm, and the 3x3 output convolution."""
+    widths = [channels, 32, 64, 128, 256, 512]
+    encoder = sum(a * b * 9 + b + 2 * b for a, b in itertools.pairwise(widths))
+    flat = 512 * (size // 32) ** 2
+    heads = 2 * (flat * latent + latent) + latent * flat + flat
+    up = [512, 256, 128, 64, 32, 32]
+    decoder = sum(a * b * 9 + b + 2 * b for a, b in itertools.pairwise(up))
+    return encoder + heads + decoder + 32 * channels * 9 + channels
+
+
 def _wavenet(
     classes: int = 256, res: int = 32, gate: int = 32, skip: int = 256, layers: int = 40
 ) -> int:
@@ -67,6 +80,7 @@ PUBLISHED = {
     "bert_base": 109_482_240,  # Hugging Face's BertModel (with the pooler)
     "swin_t": 28_288_354,
     "unet": _unet(),  # no single published figure: counted by hand above
+    "vae": _vae(),  # likewise
     "wavenet": _wavenet(),  # the same
 }
 # smaller settings for a forward pass (and export) where the published size is too big
@@ -77,6 +91,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "mobilenet_v3_large": {"size": 32, "num_classes": 10},
     "convnext_tiny": {"size": 32, "num_classes": 10},
     "unet": {"size": 32},
+    "vae": {"size": 32, "latent": 16},
     "vit_b_16": {"image_size": 32, "d": 48, "layers": 2, "heads": 4, "mlp_dim": 96},
     "llama2_7b": {"vocab": 100, "d": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ff": 96, "T": 8},
     "bert_base": {"vocab": 100, "d": 32, "layers": 2, "heads": 4, "ff": 64, "max_len": 16, "T": 10},
@@ -147,7 +162,8 @@ def test_forward_pass_agrees_with_the_report(name: str) -> None:
         return
     with torch.no_grad():
         out = model(*inputs)
-    assert list(out.shape) == [2, *expected]
+    outs = out if isinstance(out, tuple) else (out,)  # the VAE returns mu and logvar too
+    assert [list(y.shape) for y in outs] == [[2, *o.shape_value] for o in spec.report.outputs]
 
 
 def test_llama2_70b_is_the_same_spec_with_grouped_query_attention() -> None:
@@ -192,3 +208,106 @@ def test_bert_base_macs_are_the_formula_by_hand() -> None:
     attention = 2 * steps * steps * d
     expected = layers * (layer + attention) + steps * 2 * d + d * (d + 1)
     assert check_file(ZOO / "bert_base.dl").report.total_macs == expected == 48_381_100_800
+
+
+class _VanillaVAE(torch.nn.Module):
+    """PyTorch-VAE's VanillaVAE (AntixK), written out in torch apart from dlspec."""
+
+    def __init__(self, channels: int, latent: int, size: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        widths = [channels, 32, 64, 128, 256, 512]
+        self.encoder = nn.Sequential(
+            *(
+                nn.Sequential(nn.Conv2d(a, b, 3, 2, 1), nn.BatchNorm2d(b), nn.LeakyReLU())
+                for a, b in itertools.pairwise(widths)
+            )
+        )
+        self.side = size // 32
+        flat = 512 * self.side**2
+        self.fc_mu, self.fc_var = nn.Linear(flat, latent), nn.Linear(flat, latent)
+        self.decoder_input = nn.Linear(latent, flat)
+        up = [512, 256, 128, 64, 32, 32]
+        self.decoder = nn.Sequential(
+            *(
+                nn.Sequential(
+                    nn.ConvTranspose2d(a, b, 3, 2, 1, output_padding=1),
+                    nn.BatchNorm2d(b),
+                    nn.LeakyReLU(),
+                )
+                for a, b in itertools.pairwise(up)
+            ),
+            nn.Conv2d(32, channels, 3, padding=1),
+            nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = torch.flatten(self.encoder(x), 1)
+        mu, logvar = self.fc_mu(h), self.fc_var(h)
+        z = mu
+        if self.training:
+            std = torch.exp(0.5 * logvar)
+            z = mu + std * torch.randn_like(std)
+        d = self.decoder_input(z).view(-1, 512, self.side, self.side)
+        return self.decoder(d), mu, logvar
+
+
+def _transposed_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """dlspec's count of a transposed convolution: every input element times its weights,
+    plus a bias per output element (torchinfo counts every weight at every output)."""
+    assert isinstance(module, torch.nn.ConvTranspose2d)
+    out = module(x)
+    kernel = module.kernel_size[0] * module.kernel_size[1]
+    return x[0].numel() * module.out_channels * kernel + out[0].numel()
+
+
+@pytest.mark.parametrize("settings", [{"size": 32, "latent": 16}, {}])
+def test_vae_agrees_with_a_vae_written_in_torch(settings: dict[str, int]) -> None:
+    """The VAE spec against the model written by hand: parameters, output shapes, MACs
+    (torchinfo's per layer, and dlspec's documented count for the transposed convolutions)
+    and, at the small size, the bytes autograd saves in training (the sample included)."""
+    from saved_oracle import saved_bytes
+
+    from dlspec.analysis.memory import activations, total
+    from dlspec.layers.symbolic import value_at
+
+    torchinfo = pytest.importorskip("torchinfo")
+    spec = _resized("vae", **settings)
+    params = {"in_channels": 3, "latent": 128, "size": 64} | settings
+    reference = _VanillaVAE(params["in_channels"], params["latent"], params["size"])
+    assert sum(p.numel() for p in reference.parameters()) == spec.report.total_params
+    assert spec.report.total_params == _vae(*params.values())
+    x = torch.randn(1, params["in_channels"], params["size"], params["size"])
+    summary = torchinfo.summary(reference.eval(), input_data=[x], verbose=0)
+    assert [list(o.shape) for o in reference(x)] == [
+        [1, *o.shape_value] for o in spec.report.outputs
+    ]
+    inputs: dict[torch.nn.Module, torch.Tensor] = {}
+
+    def keep(module: torch.nn.Module, args: tuple[torch.Tensor, ...], _: Any) -> None:
+        inputs[module] = args[0]
+
+    hooks = [
+        m.register_forward_hook(keep)
+        for m in reference.modules()
+        if isinstance(m, torch.nn.ConvTranspose2d)
+    ]
+    with torch.no_grad():
+        reference(x)
+    for hook in hooks:
+        hook.remove()
+    macs = sum(
+        _transposed_macs(layer.module, inputs[layer.module])
+        if isinstance(layer.module, torch.nn.ConvTranspose2d)
+        else layer.macs
+        for layer in summary.summary_list
+        if layer.is_leaf_layer
+    )
+    assert macs == spec.report.total_macs
+    if settings:  # autograd at the small size (the full one is test_memory's, on fake tensors)
+        rows = activations(spec.graph)
+        for batch in (2, 3):
+            data = torch.randn(batch, *x.shape[1:])
+            reference.train()
+            measured = saved_bytes(reference, lambda data=data: reference(data))
+            assert value_at(total(rows), {"B": batch}) == measured

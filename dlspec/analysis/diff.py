@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from dlspec.analysis.report import LayerRow, Report
+from dlspec.analysis.report import LayerRow, Report, expanded
 
 Change = Literal["added", "removed", "changed"]
 FIGURES = ("params", "macs", "activations_bytes")
@@ -74,7 +74,7 @@ def diff(a: Report, b: Report) -> Diff:
     assert a.memory is not None and b.memory is not None and a.model and b.model
     ta, tb = _totals(a), _totals(b)
     fields = ("params", "macs", "activations_bytes", "training_adam_bytes")
-    tree_a, tree_b = _Tree(a.layers), _Tree(b.layers)
+    tree_a, tree_b = _Tree(expanded(a.layers)), _Tree(expanded(b.layers))
     rows = _compare(tree_a, tree_b, tree_a.top, tree_b.top, 0)
     return Diff(
         batch=b.memory.batch,

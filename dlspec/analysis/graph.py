@@ -8,7 +8,9 @@ named inputs and outputs:
 
 * ``block``: a use of a block definition; ``body`` is the block's graph for this use, ``block``
   the definition and the arguments of this use;
-* ``repeat``: ``body`` holds the copies ``0``, ``1``, ... each reading the one before;
+* ``repeat``: ``body`` holds the copies ``0``, ``1``, ... each reading the one before, held
+  compactly (:class:`Copies`): the copies the analysis built, the last standing for the alike
+  copies after it, which ``body.steps`` derives when a consumer reads them one by one;
 * ``residual``: ``body`` is the main branch, ``shortcut`` the projection (None: identity);
   the step's output is their sum.
 
@@ -19,7 +21,7 @@ per-layer figures can be checked against torch. ``dlspec check --format ir`` pri
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 from dlspec.analysis.train_config import TrainConfig
@@ -96,6 +98,118 @@ class Graph:
             for t in step.inputs:
                 yield t.name, step
 
+    def runs(self) -> list[Run]:
+        """The steps, each with how many alike copies of it run in a row (always 1 but in
+        a repetition's :class:`Copies`): what figures multiply, without the copies built."""
+        return [Run(step, 1, i) for i, step in enumerate(self.steps)]
+
+
+class Run(NamedTuple):
+    """A step of a graph and how many alike copies of it run in a row (``first``: its index
+    among the graph's steps, expanded): a repetition's copies after the input types repeat
+    are one run."""
+
+    step: Step
+    times: int
+    first: int
+
+
+class Copies(Graph):
+    """A repetition's body, held as the analysis built it: the copies ``analyzed`` (``0``,
+    ``1``, ...), the last of which stands for itself and every copy after it, up to ``count``.
+    The analysis stops building copies where one would read what the one before it read
+    (:func:`dlspec.analysis.infer.Analyzer._repeat`): from there on each copy is the same
+    analysis again, so figures multiply (:meth:`runs`) and ``steps``, the copies one by one
+    with their own names and paths (``layers.7.mlp``), is derived from the last analyzed copy
+    when a consumer first reads it."""
+
+    def __init__(
+        self, inputs: list[Tensor], analyzed: list[Step], count: int, path: str, threads: int
+    ) -> None:
+        self.inputs, self.analyzed, self.path = inputs, analyzed, path
+        self.count = int(count)  # plain (a program's count carries its expression: Step.count)
+        self.threads = threads  # how many inputs of a copy the one before gives, from the first
+        self.choices = []
+        self._steps: list[Step] | None = None if count > len(analyzed) else analyzed
+        last = analyzed[-1]
+        self.outputs = [
+            _moved_tensor(t, len(analyzed) - 1, count - 1) for t in last.outputs[:threads]
+        ]
+
+    @property
+    def steps(self) -> list[Step]:
+        if self._steps is None:
+            self._steps = [self.copy(i) for i in range(self.count)]
+        return self._steps
+
+    @steps.setter
+    def steps(self, steps: list[Step]) -> None:
+        raise AttributeError("a repetition's copies are derived from the analyzed ones")
+
+    def copy(self, i: int) -> Step:
+        """Copy ``i``, made on its own (the others are not built)."""
+        if self._steps is not None:
+            return self._steps[i]
+        if i < len(self.analyzed):
+            return self.analyzed[i]
+        last, k = self.analyzed[-1], len(self.analyzed) - 1
+        before = [_moved_tensor(t, k, i - 1) for t in last.outputs[: self.threads]]
+        return _copy_of(last, k, i, self.path, [*before, *last.inputs[self.threads :]])
+
+    def runs(self) -> list[Run]:
+        out = [Run(step, 1, i) for i, step in enumerate(self.analyzed)]
+        last = out.pop()
+        return [*out, Run(last.step, self.count - last.first, last.first)]
+
+    def moved(self, path: str) -> Copies:
+        """The same copies under another repetition path (a clone of an enclosing copy)."""
+        old = self.path
+        analyzed = [_moved(s, old, path) for s in self.analyzed]
+        return Copies(self.inputs, analyzed, self.count, path, self.threads)
+
+
+def _moved_tensor(t: Tensor, old: int, new: int) -> Tensor:
+    """A copy's output ``3`` (or ``3.a``) as copy ``new``'s."""
+    head, dot, rest = t.name.partition(".")
+    assert head == str(old)
+    return Tensor(f"{new}{dot}{rest}", t.type)
+
+
+def _copy_of(step: Step, old: int, new: int, repetition: str, reads: list[Tensor]) -> Step:
+    """Copy ``new`` of a repetition at ``repetition``, made from its copy ``old`` (an alike
+    one): its name, outputs and paths renumbered, reading ``reads``."""
+    moved = _moved(step, f"{repetition}.{old}", f"{repetition}.{new}")
+    moved.name = str(new)
+    moved.inputs = reads
+    moved.outputs = [_moved_tensor(t, old, new) for t in step.outputs]
+    return moved
+
+
+def _moved(step: Step, old: str, new: str) -> Step:
+    """``step`` with every path under ``old`` (its own included) under ``new`` instead:
+    the paths of its descendants and the weights they share."""
+
+    def path(text: str) -> str:
+        return new + text[len(old) :] if text == old or text.startswith(old + ".") else text
+
+    body = step.body
+    if isinstance(body, Copies):
+        body = body.moved(path(body.path))
+    elif body is not None:
+        body = _moved_graph(body, old, new)
+    return replace(
+        step,
+        path=path(step.path),
+        body=body,
+        shortcut=None if step.shortcut is None else _moved_graph(step.shortcut, old, new),
+        tied={k: path(v) for k, v in step.tied.items()},
+        template=None if step.template is None else _moved(step.template, old, new),
+    )
+
+
+def _moved_graph(graph: Graph, old: str, new: str) -> Graph:
+    return replace(graph, steps=[_moved(s, old, new) for s in graph.steps])
+
 
 @dataclass(eq=False)
 class Step:
@@ -145,9 +259,17 @@ class Step:
         if self.block is not None:
             return self.block.name
         if self.form == "repeat":
-            first = self.children[0].label if self.children else "repeated"
-            return f"{first} x {len(self.children)}"
-        return "residual" if self.shortcut is None else "residual (projection)"
+            assert self.body is not None
+            runs = self.body.runs()
+            first = runs[0].step.label if runs else "repeated"
+            return f"{first} x {sum(run.times for run in runs)}"
+        return "residual (projection)" if self.projects else "residual"
+
+    @property
+    def projects(self) -> bool:
+        """Whether a residual's shortcut computes anything: False for an identity shortcut,
+        written as none or as a ``shortcut { if ... }`` whose chosen branch is empty."""
+        return self.shortcut is not None and bool(self.shortcut.steps)
 
     def subtree(self) -> list[Step]:
         """This step's descendants (self excluded), in pre-order."""
@@ -163,23 +285,41 @@ class Step:
     def leaves(self) -> list[Step]:
         return [self] if self.form == "layer" else [s for s in self.subtree() if s.form == "layer"]
 
+    def runs(self) -> list[Run]:
+        """The main body's steps with their multiplicities (:meth:`Graph.runs`), then the
+        shortcut's."""
+        graphs = (self.body, self.shortcut)
+        return [run for graph in graphs if graph is not None for run in graph.runs()]
+
+    def counted_leaves(self) -> Iterator[tuple[Step, int]]:
+        """The layers below (or this layer), each with how many times it runs: a
+        repetition's alike copies are one analyzed copy, counted as many times as they
+        are, and not built one by one."""
+        if self.body is None:
+            yield self, 1
+            return
+        for run in self.runs():
+            for leaf, times in run.step.counted_leaves():
+                yield leaf, times * run.times
+
     @property
     def params(self) -> int:
         """Trainable parameters (torch's ``sum(p.numel() for p in m.parameters())``)."""
         if self.body is None:  # a layer
             return sum(numel(s) for name, s in self.weights.items() if name not in self.tied)
-        graphs = (self.body, self.shortcut)
-        return sum(step.params for graph in graphs if graph is not None for step in graph.steps)
+        return sum(run.step.params * run.times for run in self.runs())
 
     @property
     def buffer_count(self) -> int:
-        return sum(numel(s) for leaf in self.leaves() for s in leaf.buffers.values())
+        return sum(
+            times * numel(s) for leaf, times in self.counted_leaves() for s in leaf.buffers.values()
+        )
 
     @property
     def total_macs(self) -> Dim:
         total: Dim = 0
-        for leaf in self.leaves():
-            total = total + leaf.macs
+        for leaf, times in self.counted_leaves():
+            total = total + leaf.macs * times
         return total
 
 
@@ -221,6 +361,11 @@ class ModelGraph:
 
     def leaves(self) -> list[Step]:
         return [s for s in self.all_steps() if s.form == "layer"]
+
+    def counted_leaves(self) -> Iterator[tuple[Step, int]]:
+        """Every layer with how many times it runs (:meth:`Step.counted_leaves`)."""
+        for step in self.steps:
+            yield from step.counted_leaves()
 
     @property
     def trainable_params(self) -> int:
@@ -301,7 +446,8 @@ def _fed(body: Graph, step: Step, where: dict[str, list[str]]) -> dict[str, list
 
 
 def describe(model: ModelGraph) -> str:
-    """The graph as text, one step a line (``dlspec check --format ir``)."""
+    """The graph as text, one step a line (``dlspec check --format ir``), as the IR holds
+    it: a repetition's alike copies are its last analyzed copy, marked with their count."""
     lines = [f"model {model.name}" + _values(model.arguments)]
     lines += _graph_lines(model.body, 1)
     return "\n".join(lines)
@@ -320,13 +466,14 @@ def _tensors(tensors: list[Tensor]) -> str:
 def _graph_lines(graph: Graph, depth: int) -> list[str]:
     pad = "  " * depth
     lines = [f"{pad}inputs  {_tensors(graph.inputs)}"]
-    for step in graph.steps:
+    for step, times, first in graph.runs():
         what = step.label if step.block is None else step.block.name + _values(step.block.arguments)
         reads = ", ".join(t.name for t in step.inputs)
         counts = f"  params={step.params}" if step.params else ""
+        alike = f"  (x {times}: copies {first}-{first + times - 1} alike)" if times > 1 else ""
         lines.append(
             f"{pad}{_tensors(step.outputs)} = {step.form} {what} <- {reads}{counts}"
-            f"  @{step.span.line}:{step.span.column}"
+            f"  @{step.span.line}:{step.span.column}{alike}"
         )
         for title, sub in (("body", step.body), ("shortcut", step.shortcut)):
             if sub is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from dlspec.analysis import memory
 from dlspec.analysis.binding import ArgumentErrors, bind_layer, match_arguments
 from dlspec.analysis.evaluate import CONSTANTS, did_you_mean, evaluate, expect_int, trees, truth
-from dlspec.analysis.graph import BlockUse, Choice, Graph, ModelGraph, Step, Tensor
+from dlspec.analysis.graph import BlockUse, Choice, Copies, Graph, ModelGraph, Step, Tensor
 from dlspec.analysis.limits import LayerBudget
 from dlspec.analysis.names import CODE_NAMES, GENERATED, RESERVED
 from dlspec.analysis.render import human_bytes
@@ -650,7 +650,7 @@ class Analyzer:
         if loop is not None:
             count = expect_int(loop.count, scope.values(), "range's count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
-        elif stmt.repeat is not None:
+        elif stmt.repeat is not None and not isinstance(stmt.repeat, ast.Loop):
             count = expect_int(stmt.repeat, scope.values(), "a repeat count", minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
         else:
@@ -677,15 +677,23 @@ class Analyzer:
         inputs: list[Tensor] | None,
     ) -> Step | None:
         """``count`` copies of the operation, each reading the one before (the first: the
-        repetition's inputs, which its body calls ``input`` when there is one)."""
+        repetition's inputs, which its body calls ``input`` when there is one).
+
+        A copy is a function of what it reads: the statement, its arguments and the scope
+        are the same for every copy. So once a copy would read tensors of the types the copy
+        before it read (in a program's analysis, with the same expressions too), it is that
+        copy again, and so is every copy after it: the analysis stops there, and the last
+        copy built stands for the rest (:class:`Copies`). ``Block * 100000`` costs one or
+        two copies' analysis. Where the second copy still reads another type than the first,
+        the rest are charged to the layer budget before they are analyzed, as if each
+        differed (E601 at once for ``Grow * 1000000000``). An indexed repetition
+        (``for i in range(n)``) is analyzed copy by copy: its copies differ by their index."""
         path = scope.child_path(name)
-        children: list[Step] = []
         if inputs is None:  # still check the operation's names and arguments
             with self._index(stmt, 0, scope):
                 return self._operation(stmt, stmt.op, "0", f"{path}.0", scope, None)
         body_inputs = [Tensor("input", inputs[0].type)] if len(inputs) == 1 else list(inputs)
         reads = body_inputs
-        used = self.budget.used
         threads = 1  # how many of the inputs the outputs replace, from the first
         probe = None
         if count == 0:  # no copy, but its arguments and inputs are still checked
@@ -694,26 +702,36 @@ class Analyzer:
             if probe is None:
                 return None
             threads = _threads(stmt, probe, len(inputs))
+        copies: list[Step] = []
         for i in range(count):
+            used = self.budget.used
             with self._index(stmt, i, scope):
                 child = self._operation(stmt, stmt.op, str(i), f"{path}.{i}", scope, reads)
             if child is None:
                 return None
             child.statement = stmt
             threads = _threads(stmt, child, len(inputs))
-            if i == 0:  # the other copies cost as much: refuse them before building them
-                self.budget.require((count - 1) * (self.budget.used - used), stmt.span, name)
-            children.append(child)
-            reads = [*child.outputs, *reads[threads:]]  # the others stay
-        last = reads[:threads]
+            copies.append(child)
+            following = [*child.outputs, *reads[threads:]]  # the others stay
+            # an indexed repetition's copies differ by their index, whatever they read
+            if not isinstance(stmt.repeat, ast.Loop) and _alike(reads, following, self.program):
+                break
+            if i == 1:  # two copies that differ: the others may too, each analyzed in turn
+                self.budget.require((count - 2) * (self.budget.used - used), stmt.span, name)
+            reads = following
+        body = (
+            Copies(body_inputs, copies, count, path, threads)
+            if copies
+            else Graph(body_inputs, [], body_inputs[:threads])
+        )
         return Step(
             name=name,
             path=path,
             span=stmt.span,
             form="repeat",
             inputs=inputs,
-            outputs=[Tensor(name, t.type) for t in last],
-            body=Graph(body_inputs, children, last),
+            outputs=[Tensor(name, t.type) for t in body.outputs],
+            body=body,
             count=count,
             template=probe,
         )
@@ -1183,6 +1201,22 @@ def _named(name: str, types: list[TensorType], labels: list[str] | None = None) 
         return [Tensor(name, types[0])]
     labels = labels or list(map(str, range(len(types))))
     return [Tensor(f"{name}.{label}", t) for label, t in zip(labels, types, strict=True)]
+
+
+def _alike(reads: list[Tensor], following: list[Tensor], program: bool) -> bool:
+    """Whether a repetition's next copy reads what the last one read: the same types, and in
+    a program's analysis the same expressions of every size (:mod:`provenance`), since a
+    copy's numbers carry them. Names do not matter: a copy reads its tensors as given."""
+    for a, b in zip(reads, following, strict=True):
+        if a.type != b.type:
+            return False
+        if program and any(
+            provenance.local_of(x) != provenance.local_of(y)
+            or provenance.root_of(x) != provenance.root_of(y)
+            for x, y in zip(a.type.shape, b.type.shape, strict=True)
+        ):
+            return False
+    return True
 
 
 def _threads(stmt: ast.LayerStmt, step: Step, inputs: int) -> int:

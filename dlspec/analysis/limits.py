@@ -3,11 +3,14 @@ would allocate.
 
 A spec is small text that can describe an enormous model (``Block * 1000000000``,
 ``LSTM(4, num_layers=10000000)``, a 160 TB weight matrix). The analyzer charges every layer it
-expands to a :class:`LayerBudget` (a repetition is charged in full before its copies are
-built), and the commands that allocate tensors compare the analysis's memory figures with a
-limit first (:func:`memory_problem`). Each refusal names the figure and the option that raises
-the limit: ``--max-layers``, ``--max-memory``. Nesting depth and literal sizes are bounded
-on the parse tree (:mod:`dlspec.syntax.bounds`).
+analyzes to a :class:`LayerBudget`: a repetition's alike copies are analyzed once
+(:class:`dlspec.analysis.graph.Copies`), so they cost one copy, and a repetition whose copies
+keep differing is charged in full before the rest of its copies are built. The commands that
+build the model's modules (build, export, bench) then bound the layers they would make,
+every copy counted (:func:`layer_problem`), and the memory they would allocate
+(:func:`memory_problem`). Each refusal names the figure and the option that raises the
+limit: ``--max-layers``, ``--max-memory``. Nesting depth and literal sizes are bounded on the
+parse tree (:mod:`dlspec.syntax.bounds`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import os
 import re
 from dataclasses import dataclass
 
+from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.render import human_bytes
 from dlspec.analysis.report import Report
 from dlspec.diagnostics import Diagnostic, Span, n
 
-#: Layers a spec may expand to (repetitions and stacked sub-layers counted), by default:
+#: Layers the analysis may build (stacked sub-layers counted, a repetition's alike copies
+#: once), and layers build, export and bench may make (every copy counted), by default:
 #: twice the 10,000 that `dlspec check` analyses in about a second (bench/check_speed.py).
 MAX_LAYERS = 20_000
 
@@ -75,6 +80,24 @@ class LayerBudget:
         """Count ``count`` layers, refusing first when they exceed the limit."""
         self.require(count, span, what)
         self.used += count
+
+
+def layers_built(graph: ModelGraph) -> int:
+    """The layers a module of ``graph`` is made of: every copy of a repetition, and each
+    stacked sub-layer (an LSTM's ``num_layers``), counted."""
+    return sum(times * leaf.layer.copies() for leaf, times in graph.counted_leaves() if leaf.layer)
+
+
+def layer_problem(graph: ModelGraph, limits: Limits) -> str | None:
+    """Why a command that builds the model of ``graph`` would make more layers than
+    ``limits`` allow (None when it would not): checking it analyzed each alike copy once."""
+    count = layers_built(graph)
+    if count <= limits.max_layers:
+        return None
+    return (
+        f"{graph.name} is made of {n(count)} layers, more than the limit of "
+        f"{n(limits.max_layers)} for building it; --max-layers N raises the limit"
+    )
 
 
 def physical_memory() -> int:

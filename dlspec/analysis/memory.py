@@ -30,9 +30,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from math import prod
 from typing import Literal, NamedTuple
 
-from dlspec.analysis.graph import Graph, ModelGraph, Step
+from dlspec.analysis.graph import Copies, Graph, ModelGraph, Step
 from dlspec.layers.base import FIXED_BYTES, Given, Layer, Saved, TensorType, numel
 from dlspec.layers.layout import BATCH as STAND_IN
 from dlspec.layers.layout import (
@@ -75,12 +76,16 @@ def saved_bytes(saved: Saved, precision: Precision = "fp32") -> Dim:
 
 
 class Ref(NamedTuple):
-    """A tensor: the id of its storage, where it lies there, and the id of the object the
-    generated code holds (a view is another object over the same storage)."""
+    """A tensor: the id of its storage, where it lies there, the id of the object the
+    generated code holds (a view is another object over the same storage), and whether it
+    requires a gradient: a model input is data and does not, nor does what is computed from
+    such tensors alone; a layer's output does as soon as the layer has weights or reads a
+    tensor that does."""
 
     storage: int
     layout: Layout
     obj: int
+    grad: bool = False
 
 
 @dataclass
@@ -99,14 +104,21 @@ class Applied:
 class Dataflow:
     """The model's layers in execution order, with tensor identities: the IR's edges, with
     blocks, repetitions and residuals flattened, and a view sharing the storage of what it
-    views. Layouts are taken at ``bindings``."""
+    views; each layer's :class:`LayerMemory` is counted as it is applied. Layouts are taken
+    at ``bindings``. A repetition's alike copies are followed one by one only until a copy
+    leaves the tensors it hands on as the copy before it left them: each later copy then
+    counts the same, and that copy's rows stand for them all (:attr:`LayerMemory.folds`)."""
 
     bindings: dict[str, int]
-    applied: list[Applied] = field(default_factory=list)
+    precision: Precision = "fp32"
+    weight_copies: bool = True
+    rows: list[LayerMemory] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
     unbatched: set[int] = field(default_factory=set)  # tensors one for the whole batch
     unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
     objects: int = 0  # tensor objects made so far
+    seen: set[tuple[int, ...] | tuple[int, str]] = field(default_factory=set)  # counted
+    applied: int = 0  # layers applied so far
     _laid_out: dict[tuple[Dim, ...], Layout] = field(default_factory=dict)
 
     def new(self, elements: Dim) -> int:
@@ -125,23 +137,74 @@ class Dataflow:
             self._laid_out[t.shape] = contiguous(sizes)
         return self._laid_out[t.shape]
 
+    def count(self, applied: Applied) -> None:
+        """The row of a layer just applied: the bytes of what it saves that no layer before
+        it saved. Under bf16/fp16 autocast, a layer with MACs also keeps the half-precision
+        copy of its weights that its products read (``weight_copies``)."""
+        step = applied.step
+        assert step.layer is not None
+        index = self.applied
+        self.applied += 1
+        total: Dim = 0
+        keys = []
+        types = [t.type for t in step.inputs]
+        for saved in _saves(step, types, applied.reads):
+            key = _identity(saved, applied, index)
+            if key not in self.seen:
+                self.seen.add(key)
+                keys.append(key)
+                if len(key) == 1:  # a tensor between layers: its whole storage stays
+                    batched = key[0] not in self.unbatched
+                    saved = replace(saved, elements=self.storage[key[0]], batched=batched)
+                total = total + saved_bytes(saved, self.precision)
+        if self.precision != "fp32" and step.macs and self.weight_copies:
+            total = total + 2 * step.params  # autocast's half-precision copy of the weights
+        shared = frozenset(k[0] for k in keys if len(k) == 1)
+        block_input = self.unit_inputs[applied.block.path] if applied.block else None
+        storage = self.storage[block_input] if block_input is not None else 0
+        self.rows.append(
+            LayerMemory(step.path, total, applied.block, shared, block_input, storage, step)
+        )
+
+    def state(self, refs: list[Ref]) -> tuple[object, ...]:
+        """What a copy of a repetition reading ``refs`` can tell of them: where each lies,
+        whether it is counted already, which are one object given twice, and which require
+        a gradient."""
+        objects = [ref.obj for ref in refs]
+        return tuple(
+            (ref.layout, (ref.storage,) in self.seen, objects.index(ref.obj), ref.grad)
+            for ref in refs
+        )
+
 
 def checkpoint_unit(step: Step) -> bool:
     """Whether activation checkpointing recomputes this step of the model as a unit (or each
     of its copies): a use of a block, or a repetition of one, with one input and one output.
     The generated code and the memory arithmetic both follow this rule."""
-    if step.form == "repeat" and not step.children:
-        return False
-    target = step.children[0] if step.form == "repeat" else step
+    if step.form == "repeat" and not isinstance(step.body, Copies):
+        return False  # repeated 0 times
+    target = step.body.copy(0) if isinstance(step.body, Copies) else step
     one = len(step.inputs) == 1 and len(step.outputs) == 1
     return one and target.form == "block" and len(target.outputs) == 1
 
 
-def dataflow(model: ModelGraph) -> Dataflow:
-    """Follow the IR's edges through every sub-graph."""
-    flow = Dataflow(model.bindings)
+def dataflow(
+    model: ModelGraph,
+    precision: Precision = "fp32",
+    weight_copies: bool = True,
+    inputs_grad: bool = False,
+) -> Dataflow:
+    """Follow the IR's edges through every sub-graph, counting each layer's saved tensors.
+    The model's inputs are data, which requires no gradient, unless ``inputs_grad`` (float
+    inputs then do, as where the gradient of the input itself is wanted)."""
+    flow = Dataflow(model.bindings, precision, weight_copies)
     refs = [
-        Ref(flow.new(product(t.type.shape)), flow.laid_out(t.type), flow.new_object())
+        Ref(
+            flow.new(product(t.type.shape)),
+            flow.laid_out(t.type),
+            flow.new_object(),
+            inputs_grad and t.type.dtype == "float",
+        )
         for t in model.inputs
     ]
     _graph(flow, model.body, refs, None, top=True)
@@ -167,13 +230,11 @@ def _step(
 ) -> list[Ref]:
     if step.layer is not None:
         outputs = [_apply(flow, step.layer, step, inputs, t.type) for t in step.outputs]
-        flow.applied.append(Applied(step, inputs, outputs[0].storage, block))
+        flow.count(Applied(step, inputs, outputs[0].storage, block))
         return outputs
     assert step.body is not None
-    if unit and step.form == "repeat":
-        for child in step.children:
-            inputs = _step(flow, child, inputs, child, unit=True)
-        return inputs
+    if isinstance(step.body, Copies):
+        return _copies(flow, step, step.body, inputs, block, unit)
     if unit:
         block = step
         flow.unit_inputs[step.path] = inputs[0].storage
@@ -183,31 +244,84 @@ def _step(
     other = inputs[0] if step.shortcut is None else _graph(flow, step.shortcut, inputs, block)[0]
     layout = elementwise([outputs[0].layout, other.layout], other.layout.sizes)
     sum_ = flow.new(product(step.output.type.shape))
-    return [Ref(sum_, layout, flow.new_object())]  # the branches' sum
+    grad = outputs[0].grad or other.grad
+    return [Ref(sum_, layout, flow.new_object(), grad)]  # the branches' sum
+
+
+def _copies(
+    flow: Dataflow, step: Step, copies: Copies, inputs: list[Ref], block: Step | None, unit: bool
+) -> list[Ref]:
+    """A repetition's copies applied in turn (each a checkpointing unit of its own when the
+    repetition is one). Within a run of alike copies, a copy that leaves its rows and the
+    state of what it hands on (:meth:`Dataflow.state`) as the copy before it did, leaves
+    them so for the next copy too: its rows then stand for the rest of the run."""
+    refs = list(inputs)
+    for run in copies.runs():
+        before: tuple[object, ...] | None = None
+        start = len(flow.rows)  # where the copy before this one began
+        for done in range(run.times):
+            copy = copies.copy(run.first + done)
+            mark = len(flow.rows)
+            outputs = _step(flow, copy, refs, copy if unit else block, unit)
+            refs = [*outputs[: copies.threads], *refs[copies.threads :]]
+            rows = flow.rows[mark:]
+            after = (
+                tuple(
+                    (row.saved, row.block_storage, _relative(row.folds, copy.path)) for row in rows
+                ),
+                flow.state(refs),
+            )
+            if after == before:  # the copy before, and every later copy, counts as this one
+                fold = (step.path, run.first + done - 1, run.times - done + 1)
+                flow.rows[start:] = [
+                    replace(
+                        row,
+                        folds=(fold, *row.folds),
+                        shared=row.shared | other.shared,
+                        block_next=other.block_input,
+                    )
+                    for row, other in zip(flow.rows[start:mark], rows, strict=True)
+                ]
+                break
+            before, start = after, mark
+    return refs[: copies.threads]
+
+
+def _relative(
+    folds: tuple[tuple[str, int, int], ...], path: str
+) -> tuple[tuple[str, int, int], ...]:
+    """Folds inside a copy, their paths relative to the copy's."""
+    return tuple((repetition.removeprefix(path), first, n) for repetition, first, n in folds)
 
 
 def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: TensorType) -> Ref:
     """One output of ``layer``: a view of its first input, or a tensor of its own."""
     if layer.returns_input():
         return inputs[0]
-    types = [t.type for t in step.inputs]
-    layout = layer.layout_typed([ref.layout for ref in inputs], flow.laid_out(output), types)
+    grads = tuple(r.grad for r in inputs)
+    grad = output.dtype == "float" and (bool(step.weights) or layer.output_grad(grads))
+    layout = layer.layout_given([ref.layout for ref in inputs], flow.laid_out(output), grads)
     if layout.copied:  # a view torch could not make: a tensor of its own
         return Ref(
-            flow.new(product(output.shape)), replace(layout, copied=False), flow.new_object()
+            flow.new(product(output.shape)),
+            replace(layout, copied=False),
+            flow.new_object(),
+            grad,
         )
     if layer.aliases_input():
-        return Ref(inputs[0].storage, layout, flow.new_object())
-    storage = flow.new(layer.output_storage(types, output))
+        return Ref(inputs[0].storage, layout, flow.new_object(), grad)
+    storage = flow.new(layer.output_storage([t.type for t in step.inputs], output))
     if not layer.output_batched():
         flow.unbatched.add(storage)
-    return Ref(storage, layout, flow.new_object())
+    return Ref(storage, layout, flow.new_object(), grad)
 
 
 @dataclass(frozen=True)
 class LayerMemory:
     """Bytes a layer adds to the saved activations (tensors shared with an earlier layer are
-    counted there), as a formula in ``B``; ``block`` is the outermost block it runs in."""
+    counted there), as a formula in ``B``; ``block`` is the outermost block it runs in.
+    ``folds``: the row stands for that many alike copies of the layer, one per copy of the
+    repetitions (path, first copy, copies) around it, outermost first, its bytes each's."""
 
     path: str
     saved: Dim
@@ -215,41 +329,47 @@ class LayerMemory:
     shared: frozenset[int] = frozenset()  # ids of the tensors between layers it counted
     block_input: int | None = None  # the id of its block's input
     block_storage: Dim = 0  # elements per sample of the storage its block's input lies in
+    step: Step | None = None  # the layer
+    folds: tuple[tuple[str, int, int], ...] = ()
+    # folded: the id of the block input of the copy after the first (each later copy's
+    # input is made by the copy before it, as this one is)
+    block_next: int | None = None
+
+    @property
+    def times(self) -> int:
+        """How many layers the row stands for."""
+        return prod(copies for _, _, copies in self.folds)
+
+    def paths(self) -> list[str]:
+        """The paths of the layers the row stands for."""
+        out = [self.path]
+        for repetition, first, copies in reversed(self.folds):  # innermost first
+            own = f"{repetition}.{first}"
+            out = [
+                f"{repetition}.{first + i}{path[len(own) :]}" for i in range(copies) for path in out
+            ]
+        return out
 
 
 def activations(
-    graph: ModelGraph, precision: Precision = "fp32", weight_copies: bool = True
+    graph: ModelGraph,
+    precision: Precision = "fp32",
+    weight_copies: bool = True,
+    inputs_grad: bool = False,
 ) -> list[LayerMemory]:
     """Per layer, in execution order, the bytes of the tensors it saves for backward that
-    no earlier layer saved; their sum is the model's saved activations. Under bf16/fp16
-    autocast, a layer with MACs also keeps the half-precision copy of its weights that its
-    products read (``weight_copies``; not under FSDP, whose gathered weights are already
-    half-precision and are gathered again for the backward pass)."""
-    flow = dataflow(graph)
-    seen: set[tuple[int, ...] | tuple[int, str]] = set()
-    rows = []
-    for index, applied in enumerate(flow.applied):
-        step = applied.step
-        assert step.layer is not None
-        total: Dim = 0
-        keys = []
-        types = [t.type for t in step.inputs]
-        for saved in step.layer.saves_given(types, step.output.type, _given(applied.reads)):
-            key = _identity(saved, applied, index)
-            if key not in seen:
-                seen.add(key)
-                keys.append(key)
-                if len(key) == 1:  # a tensor between layers: its whole storage stays
-                    batched = key[0] not in flow.unbatched
-                    saved = replace(saved, elements=flow.storage[key[0]], batched=batched)
-                total = total + saved_bytes(saved, precision)
-        if precision != "fp32" and step.macs and weight_copies:
-            total = total + 2 * step.params  # autocast's half-precision copy of the weights
-        shared = frozenset(k[0] for k in keys if len(k) == 1)
-        block_input = flow.unit_inputs[applied.block.path] if applied.block else None
-        storage = flow.storage[block_input] if block_input is not None else 0
-        rows.append(LayerMemory(step.path, total, applied.block, shared, block_input, storage))
-    return rows
+    no earlier layer saved; the sum of each row's bytes times the layers it stands for
+    (:func:`total`) is the model's saved activations. Under bf16/fp16 autocast, a layer
+    with MACs also keeps the half-precision copy of its weights that its products read
+    (``weight_copies``; not under FSDP, whose gathered weights are already half-precision
+    and are gathered again for the backward pass). The model's inputs are data, needing no
+    gradient (a layer of no weights over them keeps nothing), unless ``inputs_grad``."""
+    return dataflow(graph, precision, weight_copies, inputs_grad).rows
+
+
+def saved_by_path(rows: list[LayerMemory]) -> dict[str, Dim]:
+    """Each layer's saved bytes by its path, a folded row's for each layer it stands for."""
+    return {path: row.saved for row in rows for path in row.paths()}
 
 
 def checkpointed(rows: list[LayerMemory], bindings: dict[str, int], precision: Precision) -> Dim:
@@ -270,20 +390,28 @@ def checkpoint_parts(
     kept: Dim = 0
     blocks: dict[str, tuple[Step, Dim]] = {}
     outside: set[int] = set()  # tensors layers outside the blocks keep anyway
-    inputs: dict[int, Dim] = {}  # the blocks' inputs, once each: their storages' elements
+    # the blocks' inputs, once each: their storages' elements, and how many blocks read
+    # them (alike copies of a repetition after the first each read their own)
+    inputs: dict[int, tuple[Dim, int]] = {}
     for row in rows:
         if row.block is None:
-            kept = kept + row.saved
+            kept = kept + row.saved * row.times
             outside |= row.shared
         else:
+            # a row's copies inside its block are one block's; the others, alike blocks'
+            unit = row.block.path + "."
+            within = prod(n for path, _, n in row.folds if path.startswith(unit))
             step, inner = blocks.get(row.block.path, (row.block, 0))
-            blocks[row.block.path] = (step, inner + row.saved)
+            blocks[row.block.path] = (step, inner + row.saved * within)
             assert row.block_input is not None
-            inputs[row.block_input] = row.block_storage
+            inputs[row.block_input] = (row.block_storage, 1)
+            later = row.times // within - 1
+            if later and row.block_next is not None and row.block_next != row.block_input:
+                inputs[row.block_next] = (row.block_storage, later)
     size = float_bytes(precision)
-    for tensor, elements in inputs.items():
+    for tensor, (elements, times) in inputs.items():
         if tensor not in outside:
-            kept = kept + elements * size * BATCH
+            kept = kept + elements * size * BATCH * times
     probe = {**bindings, "B": 1}
     largest = max(
         (inner for _, inner in blocks.values()), key=lambda d: value_at(d, probe), default=0
@@ -291,11 +419,24 @@ def checkpoint_parts(
     return kept, largest
 
 
+def _saves(step: Step, types: list[TensorType], reads: list[Ref]) -> list[Saved]:
+    """What the layer of ``step`` keeps: nothing where autograd records no node for it (no
+    weights, and no input it differentiates requires a gradient), else its kind's rule."""
+    assert step.layer is not None
+    if not step.weights and not step.layer.output_grad(tuple(ref.grad for ref in reads)):
+        return []
+    return step.layer.saves_given(types, step.output.type, _given(reads))
+
+
 def _given(reads: list[Ref]) -> Given:
     """Which of a layer's inputs are one tensor object given again (a view is another
-    object, though of the same storage), and where each lies."""
+    object, though of the same storage), where each lies, and which require a gradient."""
     objects = [ref.obj for ref in reads]
-    return Given(tuple(objects.index(obj) for obj in objects), tuple(r.layout for r in reads))
+    return Given(
+        tuple(objects.index(obj) for obj in objects),
+        tuple(r.layout for r in reads),
+        tuple(r.grad for r in reads),
+    )
 
 
 def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | tuple[int, str]:
@@ -317,7 +458,7 @@ def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | t
 def total(rows: list[LayerMemory]) -> Dim:
     out: Dim = 0
     for row in rows:
-        out = out + row.saved
+        out = out + row.saved * row.times
     return out
 
 
@@ -427,8 +568,8 @@ def sharded_params(step: Step, ranks: int) -> int:
     """One rank's elements of the trainable parameters of ``step`` (a layer or a sub-graph)
     sharded over ``ranks``: :attr:`Step.params` when ``ranks`` is 1."""
     return sum(
-        shard_elements(tuple(shape), ranks)
-        for leaf in step.leaves()
+        times * shard_elements(tuple(shape), ranks)
+        for leaf, times in step.counted_leaves()
         for name, shape in leaf.weights.items()
         if name not in leaf.tied
     )
@@ -443,9 +584,27 @@ def shard_units(graph: ModelGraph) -> list[Step]:
     for step in graph.steps:
         if step.form == "block":
             units.append(step)
-        elif step.form == "repeat" and all(child.form == "block" for child in step.children):
+        elif _repeated_blocks(step):
             units.extend(step.children)
     return units
+
+
+def _repeated_blocks(step: Step) -> bool:
+    """A repetition of a block (each copy an FSDP unit)."""
+    return isinstance(step.body, Copies) and all(
+        run.step.form == "block" for run in step.body.runs()
+    )
+
+
+def shard_runs(graph: ModelGraph) -> list[tuple[Step, int]]:
+    """:func:`shard_units` with a repetition's alike copies as one unit and their count."""
+    runs: list[tuple[Step, int]] = []
+    for step in graph.steps:
+        if step.form == "block":
+            runs.append((step, 1))
+        elif _repeated_blocks(step):
+            runs.extend((run.step, run.times) for run in step.runs())
+    return runs
 
 
 def _gathered(graph: ModelGraph, ranks: int, precision: Precision) -> tuple[Dim, int, int]:
@@ -454,12 +613,13 @@ def _gathered(graph: ModelGraph, ranks: int, precision: Precision) -> tuple[Dim,
     parameters (gathered for the whole step), the largest unit's twice (the one running
     and the next, prefetched) in the parameters' precision, and the largest unit's
     gradients in fp32 (the reduce-scatter's input)."""
-    units = [ranks * sharded_params(unit, ranks) for unit in shard_units(graph)]
+    units = [(ranks * sharded_params(unit, ranks), times) for unit, times in shard_runs(graph)]
     everything = sum(ranks * sharded_params(step, ranks) for step in graph.steps)
-    largest = max(units, default=0)
-    root = everything - sum(units)
+    largest = max((elements for elements, _ in units), default=0)
+    in_units = sum(elements * times for elements, times in units)
+    root = everything - in_units
     buffers = float_bytes(precision) * (root + 2 * largest) + 4 * largest
-    return buffers, everything, sum(units)
+    return buffers, everything, in_units
 
 
 def training(
@@ -493,7 +653,11 @@ def training(
         step: Dim = 4 * foreach * trainable
     else:
         largest = max(
-            (shard_elements(s, ranks) for leaf in graph.leaves() for s in leaf.weights.values()),
+            (
+                shard_elements(s, ranks)
+                for leaf, _ in graph.counted_leaves()
+                for s in leaf.weights.values()
+            ),
             default=0,
         )
         step = 4 * per_tensor * largest
@@ -516,20 +680,14 @@ def training(
     if checkpointing:
         saved = checkpointed(rows, graph.bindings, precision)
         probe = {**graph.bindings, "B": 1}
-        buffers = [gradient_buffers(leaf, precision) for leaf in graph.leaves()]
+        buffers = [gradient_buffers(leaf, precision) for leaf, _ in graph.counted_leaves()]
         largest_buffers = max(buffers, key=lambda d: value_at(d, probe), default=0)
         moments.append(Moment("the backward pass", saved, 4 * trainable, largest_buffers, gathered))
     else:
         saved = total(rows)
-        kept, made = saved, 0
-        leaves = {leaf.path: leaf for leaf in graph.leaves()}
-        for row in reversed(rows):
-            leaf = leaves[row.path]
-            made += 4 * sharded_params(leaf, ranks)
-            moments.append(
-                Moment(row.path, kept, made, gradient_buffers(leaf, precision), gathered)
-            )
-            kept = kept - row.saved
+        backward = _Backward(precision, ranks, gathered, saved)
+        backward.walk(_grouped(rows), lambda path: path)
+        moments += backward.moments
     return Training(
         weights=4 * (trainable + graph.buffer_count),
         gradients=4 * trainable,
@@ -540,6 +698,92 @@ def training(
         parallel=parallel,
         communication=communication,
     )
+
+
+@dataclass
+class _Group:
+    """Rows of one copy of a repetition standing for ``fold``'s copies (None: the model)."""
+
+    fold: tuple[str, int, int] | None
+    items: list[LayerMemory | _Group] = field(default_factory=list)
+
+
+def _grouped(rows: list[LayerMemory]) -> list[LayerMemory | _Group]:
+    """The rows as a tree of their folds (:attr:`LayerMemory.folds`)."""
+    stack = [_Group(None)]
+    for row in rows:
+        depth = 0  # the groups open around the row
+        while (
+            depth < len(stack) - 1
+            and depth < len(row.folds)
+            and stack[depth + 1].fold == row.folds[depth]
+        ):
+            depth += 1
+        del stack[depth + 1 :]
+        for fold in row.folds[depth:]:
+            group = _Group(fold)
+            stack[-1].items.append(group)
+            stack.append(group)
+        stack[-1].items.append(row)
+    return stack[0].items
+
+
+@dataclass
+class _Backward:
+    """The moments of the backward pass, layer by layer, last first: the activations of the
+    layers before the one running are kept, the gradients of the parameters after it are
+    made. Over a run of alike copies both change by the same amounts from copy to copy, so
+    every total lies between those of the run's last and first copies: the moments of
+    those two copies are the run's (the others are skipped, their figures added)."""
+
+    precision: Precision
+    ranks: int
+    gathered: Dim
+    kept: Dim
+    made: Dim = 0
+    moments: list[Moment] = field(default_factory=list)
+
+    def walk(self, items: list[LayerMemory | _Group], rename: Callable[[str], str]) -> None:
+        for item in reversed(items):
+            if isinstance(item, LayerMemory):
+                assert item.step is not None
+                self.made += 4 * sharded_params(item.step, self.ranks)
+                buffers = gradient_buffers(item.step, self.precision)
+                self.moments.append(
+                    Moment(rename(item.path), self.kept, self.made, buffers, self.gathered)
+                )
+                self.kept = self.kept - item.saved
+                continue
+            assert item.fold is not None
+            repetition, first, copies = item.fold
+            own, last = f"{repetition}.{first}", f"{repetition}.{first + copies - 1}"
+
+            def to_last(path: str, own: str = own, last: str = last) -> str:
+                return rename(last + path[len(own) :] if path.startswith(own) else path)
+
+            self.walk(item.items, to_last)
+            if copies > 2:
+                saved, params = self.figures(item.items)
+                self.kept = self.kept - saved * (copies - 2)
+                self.made += params * (copies - 2)
+            if copies > 1:
+                self.walk(item.items, rename)
+
+    def figures(self, items: list[LayerMemory | _Group]) -> tuple[Dim, int]:
+        """The saved bytes and parameter-gradient bytes of one copy."""
+        saved: Dim = 0
+        params = 0
+        for item in items:
+            if isinstance(item, LayerMemory):
+                assert item.step is not None
+                saved = saved + item.saved
+                params += 4 * sharded_params(item.step, self.ranks)
+            else:
+                assert item.fold is not None
+                inner_saved, inner_params = self.figures(item.items)
+                saved = saved + inner_saved * item.fold[2]
+                params += inner_params * item.fold[2]
+        return saved, params
 
 
 def train_flops(graph: ModelGraph, checkpointing: bool = False) -> Dim:

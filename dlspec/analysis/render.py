@@ -49,6 +49,9 @@ def _rows(row: LayerRow, parent: str, previous: str, activations: bool) -> list[
     name = "  " * row.depth + row.name.removeprefix(parent + ".")
     macs = n(row.macs) if row.macs_formula is None else f"{n(row.macs)}*"
     kind = row.label if row.inputs == [previous] else f"{row.label} <- {', '.join(row.inputs)}"
+    if row.copies > 1:  # alike copies of a repetition: 3-31, each of 29
+        name += f"-{int(row.name.rpartition('.')[2]) + row.copies - 1}"
+        kind += f", each of {row.copies}"
     if len(row.outputs) == 1:
         shapes = [_shape(row.output_shape)]
     else:
@@ -105,4 +108,6 @@ def render_table(report: Report, activations: bool = False) -> str:
     lines += [f"{k.ljust(width)}  {v}" for k, v in totals]
     if any(r.macs_formula for r in report.layers):
         lines.append("* MACs depend on symbolic dimensions; JSON output gives the formulas")
+    if any(r.copies > 1 for r in report.layers):
+        lines.append("i-j: copies i to j of a repetition, alike; the rows give each copy's figures")
     return "\n".join(lines)

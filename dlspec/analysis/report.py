@@ -1,4 +1,8 @@
-"""The check report: a documented, stable JSON schema (``schema_version`` 1) and its totals.
+"""The check report: a documented, stable JSON schema (``schema_version`` 2) and its totals.
+
+Version 2 folds a repetition's alike copies (:class:`dlspec.analysis.graph.Copies`): one row,
+with ``copies`` N, stands for N copies in a row whose figures are all the same, and the rows
+below it are its first copy's; :func:`expanded` gives version 1's row per copy.
 
 Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has the rules):
 
@@ -13,13 +17,14 @@ Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has t
 from __future__ import annotations
 
 import json
+from math import prod
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError
 
 from dlspec.analysis import memory
-from dlspec.analysis.graph import ModelGraph, Step, Tensor
+from dlspec.analysis.graph import Copies, ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
 from dlspec.layers.symbolic import Dim, Poly, value_at
 
@@ -44,6 +49,9 @@ class LayerRow(BaseModel):
     inputs: list[str]  # the tensors it reads, named in its scope ("input": its scope's input)
     depth: int
     container: bool
+    # a repetition's alike copies in a row: this row is the first's and stands for them all,
+    # its figures (and its descendants' rows) each copy's
+    copies: int = 1
     output_shape: list[int | str]  # its first output's (most layers have one)
     outputs: list[TensorInfo]  # every tensor it writes, named in its scope
     params: int  # trainable
@@ -68,7 +76,7 @@ class Memory(BaseModel):
 class Report(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     file: str
     model: str | None = None
     parameters: dict[str, Any] = {}
@@ -114,11 +122,46 @@ def _tensor(tensor: Tensor, bindings: dict[str, int]) -> dict[str, Any]:
     }
 
 
+class _Saved:
+    """The bytes the layers under each path save for backward, from the memory rows (a
+    folded row counted for the copies it stands for below that path, not beside it), and
+    where the memory arithmetic folded each repetition's copies: (first copy, copies)."""
+
+    def __init__(self, rows: list[memory.LayerMemory], at: dict[str, int]) -> None:
+        self.under: dict[str, int] = {}
+        self.folds: dict[str, tuple[int, int]] = {}
+        for row in rows:
+            value = value_at(row.saved, at)
+            for repetition, first, copies in row.folds:
+                self.folds[repetition] = (first, copies)
+            parts = row.path.split(".")
+            for end in range(1, len(parts) + 1):
+                path = ".".join(parts[:end])
+                times = prod(n for r, _, n in row.folds if r == path or r.startswith(path + "."))
+                self.under[path] = self.under.get(path, 0) + value * times
+
+    def listed(self, step: Step) -> list[tuple[Step, int]]:
+        """The steps a container's rows list, each with the copies its row stands for: a
+        repetition's copies one by one, but those the memory arithmetic counted alike (the
+        analysis made them alike too) as one."""
+        body = step.body
+        if not isinstance(body, Copies):
+            return [(child, 1) for child in step.children] + [
+                (child, 1) for child in (step.shortcut.steps if step.shortcut else [])
+            ]
+        first, copies = self.folds.get(step.path, (body.count, 0))
+        return (
+            [(body.copy(i), 1) for i in range(first)]
+            + ([(body.copy(first), copies)] if copies else [])
+            + [(body.copy(i), 1) for i in range(first + copies, body.count)]
+        )
+
+
 def _rows(
-    steps: list[Step], depth: int, bindings: dict[str, int], saved: dict[str, int]
+    steps: list[tuple[Step, int]], depth: int, bindings: dict[str, int], saved: _Saved
 ) -> list[LayerRow]:
     rows = []
-    for step in steps:
+    for step, copies in steps:
         macs = step.total_macs
         outputs = [_tensor(t, bindings) for t in step.outputs]
         rows.append(
@@ -129,20 +172,61 @@ def _rows(
                 inputs=[t.name for t in step.inputs],
                 depth=depth,
                 container=step.form != "layer",
+                copies=copies,
                 output_shape=outputs[0]["shape"],
                 outputs=outputs,  # validated into TensorInfo
                 params=step.params,
                 buffers=step.buffer_count,
                 macs=value_at(macs, bindings),
                 macs_formula=str(macs) if isinstance(macs, Poly) else None,
-                activations_bytes=sum(saved.get(leaf.path, 0) for leaf in step.leaves()),
+                activations_bytes=saved.under.get(step.path, 0),
                 line=step.span.line,
                 column=step.span.column,
             )
         )
-        shortcut = step.shortcut.steps if step.shortcut is not None else []
-        rows.extend(_rows([*step.children, *shortcut], depth + 1, bindings, saved))
+        if step.body is not None:
+            rows.extend(_rows(saved.listed(step), depth + 1, bindings, saved))
     return rows
+
+
+def expanded(rows: list[LayerRow]) -> list[LayerRow]:
+    """The rows with every copy a folded row stands for listed on its own, each with its
+    own rows below it, paths renumbered (``layers.0`` x 32 -> ``layers.0`` ... ``layers.31``):
+    a row per module, as version 1 of the schema gave them."""
+    out: list[LayerRow] = []
+    i = 0
+    while i < len(rows):
+        row = rows[i]
+        end = i + 1
+        while end < len(rows) and rows[end].depth > row.depth:
+            end += 1
+        below = expanded(rows[i + 1 : end])
+        if row.copies == 1:
+            out += [row, *below]
+        else:
+            head, _, index = row.name.rpartition(".")
+            first = int(index)
+            for n in range(first, first + row.copies):
+                own = f"{head}.{n}"
+                outputs = [_renumbered(t, first, n) for t in row.outputs]
+                inputs = row.inputs  # the first copy's; a later one reads the one before it
+                if n > first:
+                    before = [_renumbered(t, first, n - 1).name for t in row.outputs]
+                    inputs = before + row.inputs[len(before) :]
+                out.append(
+                    row.model_copy(
+                        update={"name": own, "copies": 1, "inputs": inputs, "outputs": outputs}
+                    )
+                )
+                out += [r.model_copy(update={"name": own + r.name[len(row.name) :]}) for r in below]
+        i = end
+    return out
+
+
+def _renumbered(tensor: TensorInfo, first: int, n: int) -> TensorInfo:
+    """Copy ``first``'s output ``3`` (or ``3.a``) as copy ``n``'s."""
+    _, dot, rest = tensor.name.partition(".")
+    return tensor.model_copy(update={"name": f"{n}{dot}{rest}"})
 
 
 def build_report(
@@ -154,7 +238,7 @@ def build_report(
     at = {**b, "B": batch}
     trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
     per_layer = memory.activations(graph)
-    saved = {row.path: value_at(row.saved, at) for row in per_layer}
+    saved = _Saved(per_layer, at)
     activations = memory.total(per_layer)
     return Report(
         file=path,
@@ -163,7 +247,7 @@ def build_report(
         symbols=dict(b),
         inputs=[TensorInfo(**_tensor(i, b)) for i in graph.inputs],
         outputs=[TensorInfo(**_tensor(o, b)) for o in graph.outputs],
-        layers=_rows(graph.steps, 0, b, saved),
+        layers=_rows([(step, 1) for step in graph.steps], 0, b, saved),
         total_params=trainable,
         trainable_params=trainable,
         non_trainable_params=0,

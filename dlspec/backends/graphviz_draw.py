@@ -186,8 +186,8 @@ class _Builder:
         self.saved: dict[str, int] = {}
         if options.activations is not None:
             at = {**graph.bindings, "B": options.activations}
-            rows = memory.activations(graph)
-            self.saved = {row.path: value_at(row.saved, at) for row in rows}
+            rows = memory.saved_by_path(memory.activations(graph))
+            self.saved = {path: value_at(saved, at) for path, saved in rows.items()}
         self.edges: list[_Edge] = []
         # the paths opened and those around them
         self.opened = {p.rsplit(".", i)[0] for p in options.open for i in range(p.count(".") + 1)}
@@ -269,7 +269,7 @@ class _Builder:
     ) -> tuple[list[_End], _Box | None]:
         """Draw one statement fed by ``ends``; returns where its outputs are drawn and the box
         a following activation may fold into (None after a block or a repetition)."""
-        closed = node.form != "residual" and bool(node.children) and not self.is_open(node)
+        closed = node.form != "residual" and bool(node.runs()) and not self.is_open(node)
         if node.layer is not None or closed:
             box = self._box(node)
             items.append(box)
@@ -291,7 +291,7 @@ class _Builder:
 
     def _repeat(self, node: Step, ends: list[_End], items: list[_Item]) -> list[_End]:
         assert node.body is not None
-        if not node.children:  # repeated 0 times: nothing to draw, its inputs flow on
+        if not node.runs():  # repeated 0 times: nothing to draw, its inputs flow on
             return [_End(e.box, t.type) for e, t in zip(ends, node.outputs, strict=False)]
         cluster = _Cluster(f"cluster/{node.path}", self._title(node))
         drawn = self._body(node.body, ends, cluster.items, fold=False)
@@ -304,7 +304,7 @@ class _Builder:
         items.append(cluster)
         body = self._body(node.body, ends, cluster.items)[0]
         side = ends[0]
-        if node.shortcut:
+        if node.shortcut is not None and node.projects:
             branch = _Cluster(f"cluster/{node.path}.shortcut", "shortcut")
             side = self._body(node.shortcut, ends, branch.items)[0]
             cluster.branch = branch
@@ -337,8 +337,9 @@ class _Builder:
     @staticmethod
     def _title(node: Step) -> str:
         """A cluster's title: name, what it is (a repetition's count in bold), parameters."""
-        if node.form == "repeat":
-            what = f"{_esc(node.children[0].label)}  <B>x {len(node.children)}</B>"
+        if node.form == "repeat":  # its copies are alike or not: the count, not each
+            runs = node.runs()
+            what = f"{_esc(runs[0].step.label)}  <B>x {sum(r.times for r in runs)}</B>"
         else:
             what = _esc(node.label)
         title = f"<B>{_esc(node.name)}</B>  {what}"

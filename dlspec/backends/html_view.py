@@ -26,7 +26,7 @@ from typing import Any
 from dlspec.analysis import memory
 from dlspec.analysis.check import Checked
 from dlspec.analysis.graph import ModelGraph, Step, Tensor, flows
-from dlspec.analysis.report import LayerRow, Report
+from dlspec.analysis.report import LayerRow, Report, expanded
 from dlspec.backends.graphviz_draw import FAMILY_COLOURS
 from dlspec.layers.symbolic import Dim, Poly
 
@@ -63,8 +63,8 @@ def view_data(graph: ModelGraph, report: Report, text: str) -> dict[str, Any]:
     each with its report row) and the edges."""
     assert report.memory is not None
     lines = text.splitlines()
-    rows = {row.name: row for row in report.layers}
-    saved = {row.path: row.saved for row in memory.activations(graph)}
+    rows = {row.name: row for row in expanded(report.layers)}
+    saved = memory.saved_by_path(memory.activations(graph))
     nodes: list[dict[str, Any]] = []
 
     def terminal(kind: str, tensor: Tensor) -> dict[str, Any]:

@@ -20,10 +20,13 @@ exports in a fifth of the time (0.5 s against 2.5 s in a fresh process; the whol
 ``dlspec export`` command takes 2.1 s against 5.4 s) and says less (2 lines against 5, all
 captured here); the graphs are the same size and run equally fast in ONNX Runtime. The tracer
 also turns RNN / LSTM / GRU into ONNX's own recurrent operators with a dynamic sequence
-length, where torch.export fixes the length of ``nn.RNN``. But the tracer bakes the sequence
-length into ``nn.MultiheadAttention``'s reshapes. So ``exporter="auto"`` uses TorchScript and
-falls back to dynamo when TorchScript fails: an export error, a model the checker or ONNX
-Runtime refuses, or the run at other sizes failing (the attention specs). The TorchScript path
+length, where torch.export fixes the length of ``nn.RNN``. Where torch's own code would have
+the tracer bake a size in (``nn.MultiheadAttention``'s reshapes) or its symbolics refuse a
+layer (BatchNorm and adaptive pooling over sizes they cannot see, LSTMs with projections),
+the functions below give the tracer code or symbolics that keep it exact and dynamic. So
+``exporter="auto"`` uses TorchScript and falls back to dynamo when TorchScript still fails:
+an export error, a model the checker or ONNX Runtime refuses, or the run at other sizes
+failing. The TorchScript path
 keeps weights as the module holds them: no BatchNorm folding and no constant folding (ONNX
 Runtime does both when it loads the model), and initializers shared by identity only, not
 merged because their values are equal (fresh LayerNorm weights all are). The dynamo path runs
@@ -45,7 +48,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -335,6 +338,98 @@ def _shared_by_identity(model: nn.Module) -> Iterator[None]:
         model.training = False
 
 
+@contextlib.contextmanager
+def _traceable_attention(model: nn.Module) -> Iterator[None]:
+    """Every ``nn.MultiheadAttention`` of ``model`` computes its output, while the TorchScript
+    tracer records it, without the reshapes torch's own forward writes with the product of the
+    batch and the sequence length (``reshape(tgt_len * bsz, E)``): a product of two traced
+    sizes is a Python int, which the trace keeps as a constant, so the file would run at the
+    exported length only. Here the heads are split and merged by reshapes that read the batch
+    from the tensor and leave the length to -1, and the scores are
+    ``scaled_dot_product_attention``'s, as in torch's forward without attention weights. The
+    cases that forward handles otherwise (attention weights, a key padding mask, bias_k/v,
+    zero attention, unbatched inputs, dropout in training) keep torch's own forward."""
+    from torch import nn
+
+    modules = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    for module in modules:
+        module.forward = partial(_attention, module)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
+def _attention(
+    m: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``nn.MultiheadAttention.forward`` as :func:`_traceable_attention` traces it."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch_own = (
+        need_weights
+        or key_padding_mask is not None
+        or m.bias_k is not None
+        or m.add_zero_attn
+        or query.dim() != 3
+        or (m.training and m.dropout > 0)
+    )
+    if torch_own:
+        return nn.MultiheadAttention.forward(
+            m,
+            query,
+            key,
+            value,
+            key_padding_mask,
+            need_weights,
+            attn_mask,
+            average_attn_weights,
+            is_causal,
+        )
+    if not m.batch_first:  # (T, B, E) -> (B, T, E)
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    if m._qkv_same_embed_dim:
+        w_q, w_k, w_v = m.in_proj_weight.chunk(3)
+    else:
+        w_q, w_k, w_v = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+    b_q, b_k, b_v = (None,) * 3 if m.in_proj_bias is None else m.in_proj_bias.chunk(3)
+
+    def heads(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        # (B, L, E) -> (B, heads, L, E / heads): the batch read from the tensor, the length
+        # left to the reshape (``unflatten`` would write the sizes the trace saw)
+        y = F.linear(x, w, b)
+        return y.reshape(y.size(0), -1, m.num_heads, m.head_dim).transpose(1, 2)
+
+    mask = None
+    if not is_causal:  # torch's forward drops a causal hint's mask and lets SDPA make it
+        mask = F._canonical_mask(
+            mask=attn_mask,
+            mask_name="attn_mask",
+            other_type=None,
+            other_name="",
+            target_type=query.dtype,
+            check_other=False,
+        )
+        if mask is not None and mask.dim() == 3:  # (B * heads, T, S) -> (B, heads, T, S)
+            mask = mask.reshape(-1, m.num_heads, mask.size(1), mask.size(2))
+    out = F.scaled_dot_product_attention(
+        heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v), mask, 0.0, is_causal
+    )
+    out = out.transpose(1, 2)  # (B, T, heads, E / heads) -> (B, T, E)
+    out = F.linear(out.reshape(out.size(0), -1, m.embed_dim), m.out_proj.weight, m.out_proj.bias)
+    return (out if m.batch_first else out.transpose(0, 1)), None
+
+
 def _reduce_mean(g: Any, x: Any, axes: list[int]) -> Any:
     """ONNX ReduceMean of ``x`` over ``axes``, keeping them (axes became an input in opset
     18)."""
@@ -499,6 +594,139 @@ def _register_adaptive_avg_pool() -> None:
         _register_everywhere(f"aten::adaptive_avg_pool{dims}d", symbolic(dims))
 
 
+# torch's LSTM gates are (input, forget, cell, output), ONNX's (input, output, forget, cell):
+# ONNX's gate blocks as [start, end) ranges of torch's, in units of the hidden size
+LSTM_GATES = ((0, 1), (3, 4), (1, 3))
+
+
+@cache
+def _register_projected_lstm() -> None:
+    """Teach the TorchScript exporter ``aten::lstm`` with projections (``nn.LSTM(proj_size=P)``),
+    which torch's symbolic refuses. Per layer and direction torch computes the gates from
+    ``W_hh h`` with ``h = W_hr m`` (``m = o * tanh(c)``, of the hidden size H), so
+    ``W_hh h = (W_hh W_hr) m``: ONNX's LSTM runs over ``m`` with the recurrence
+    ``W_hh W_hr`` (a MatMul of the two initializers, so the file holds the module's parameters)
+    and a MatMul by ``W_hr^T`` projects its outputs and final states. Exact up to rounding
+    when the initial hidden state is zero, as a module called without one makes it (``m_0 =
+    0``); any other state, and packed sequences, go to torch's own symbolic (which refuses
+    projections, so the export falls back to dynamo). LSTMs without projections: torch's."""
+    from torch.onnx import symbolic_helper, symbolic_opset9
+
+    def lstm(g: Any, *args: Any) -> Any:
+        x, hidden, weights_v = args[:3]
+        if symbolic_helper._is_tensor_list(args[3]):  # packed: dlspec never packs
+            return symbolic_opset9.lstm(g, *args)
+        biases, layers, _, train, bidirectional, batch_first = (
+            symbolic_helper._get_const(v, "i", "") for v in args[3:9]
+        )
+        weights = symbolic_helper._unpack_list(weights_v)
+        per = 5 if biases else 3  # w_ih, w_hh, (b_ih, b_hh,) w_hr
+        dirs = 2 if bidirectional else 1
+        h0, c0 = symbolic_helper._unpack_list(hidden)
+        if len(weights) != layers * dirs * per or train or not _zeros(h0):
+            return symbolic_opset9.lstm(g, *args)
+        groups = [weights[i : i + per] for i in range(0, len(weights), per)]
+        hidden_size = symbolic_helper._get_tensor_dim_size(groups[0][-1], 1)
+        if hidden_size is None:
+            return symbolic_opset9.lstm(g, *args)
+        out = g.op("Transpose", x, perm_i=[1, 0, 2]) if batch_first else x
+        h_outs, c_outs = [], []
+        for layer in range(layers):
+            parts = groups[layer * dirs : (layer + 1) * dirs]
+            w, r, b, project = _projected_weights(g, parts, hidden_size, biases)
+            c_init = c0 if layers == 1 else _rows(g, c0, layer * dirs, (layer + 1) * dirs)
+            y, y_h, y_c = g.op(
+                "LSTM",
+                out,
+                w,
+                r,
+                b,
+                _none(g),  # sequence lengths: all full
+                _none(g),  # m_0 = 0
+                c_init,
+                outputs=3,
+                hidden_size_i=hidden_size,
+                **({"direction_s": "bidirectional"} if bidirectional else {}),
+            )
+            y = g.op("MatMul", y, project)  # (T, dirs, B, H) @ (dirs, H, P) -> (T, dirs, B, P)
+            if bidirectional:  # -> (T, B, dirs * P), torch's layout
+                y = g.op("Transpose", y, perm_i=[0, 2, 1, 3])
+                out = symbolic_helper._reshape_helper(
+                    g, y, g.op("Constant", value_t=_int64([0, 0, -1])), allowzero=0
+                )
+            else:
+                out = symbolic_helper._squeeze_helper(g, y, [1])
+            h_outs.append(g.op("MatMul", y_h, project))  # (dirs, B, H) @ (dirs, H, P)
+            c_outs.append(y_c)
+        if batch_first:
+            out = g.op("Transpose", out, perm_i=[1, 0, 2])
+        if layers == 1:
+            return out, h_outs[0], c_outs[0]
+        return out, g.op("Concat", *h_outs, axis_i=0), g.op("Concat", *c_outs, axis_i=0)
+
+    _register_everywhere("aten::lstm", lstm)
+
+
+def _projected_weights(
+    g: Any, parts: list[list[Any]], hidden: int, biases: bool
+) -> tuple[Any, Any, Any, Any]:
+    """ONNX LSTM's W, R and B for one layer's directions (``parts``: torch's w_ih, w_hh,
+    (b_ih, b_hh,) w_hr each), with ``R = W_hh W_hr``, and the projections ``W_hr^T`` stacked
+    as (dirs, H, P)."""
+    from torch.onnx import symbolic_helper
+
+    def gates(v: Any) -> Any:
+        blocks = [_rows(g, v, start * hidden, end * hidden) for start, end in LSTM_GATES]
+        return g.op("Concat", *blocks, axis_i=0)
+
+    def stacked(values: list[Any]) -> Any:
+        return g.op(
+            "Concat", *(symbolic_helper._unsqueeze_helper(g, v, [0]) for v in values), axis_i=0
+        )
+
+    w = stacked([gates(part[0]) for part in parts])
+    r = stacked([g.op("MatMul", gates(part[1]), part[-1]) for part in parts])
+    b = (
+        stacked([g.op("Concat", gates(part[2]), gates(part[3]), axis_i=0) for part in parts])
+        if biases
+        else _none(g)
+    )
+    project = stacked([g.op("Transpose", part[-1], perm_i=[1, 0]) for part in parts])
+    return w, r, b, project
+
+
+def _rows(g: Any, v: Any, start: int, end: int) -> Any:
+    from torch.onnx import symbolic_helper
+
+    return symbolic_helper._slice_helper(g, v, axes=[0], starts=[start], ends=[end])
+
+
+def _none(g: Any) -> Any:
+    """An omitted optional input of an ONNX operator."""
+    from torch.onnx import symbolic_opset9
+
+    return symbolic_opset9.unused(g)
+
+
+def _int64(values: list[int]) -> torch.Tensor:
+    import torch
+
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def _zeros(v: Any) -> bool:
+    """Whether a TorchScript value is known to be all zeros (the initial state nn.LSTM makes
+    when called without one)."""
+    from torch.onnx import symbolic_helper
+
+    node = v.node()
+    if node.kind() == "onnx::ConstantOfShape":
+        return not node.hasAttribute("value") or not bool(node.t("value").any())
+    if node.kind() == "onnx::Constant":
+        return not bool(symbolic_helper._node_get(node, "value").any())
+    return False
+
+
 def _register_everywhere(name: str, symbolic: Callable[..., Any]) -> None:
     """Register ``symbolic`` for operator ``name`` in every opset: a registration holds from
     its opset up to the next one that torch registers its own symbolic in."""
@@ -517,8 +745,9 @@ def _export_torchscript(
     _register_rms_norm()
     _register_batch_norm()
     _register_adaptive_avg_pool()
+    _register_projected_lstm()
     buffer = io.BytesIO()
-    with _shared_by_identity(model):
+    with _shared_by_identity(model), _traceable_attention(model):
         torch.onnx.export(
             model,
             args,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dlspec.commands.bounded import add_limits
 from dlspec.commands.common import (
     add_run_arguments,
     add_spec_arguments,
@@ -32,6 +33,7 @@ from dlspec.commands.common import (
     refuse_memory,
 )
 from dlspec.commands.output import Output, add_output_arguments
+from dlspec.commands.predict import TIMEOUT, run_onnx
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,7 +41,11 @@ if TYPE_CHECKING:
     from dlspec.backends.runtime import Session
 
 EPILOG = """\
-exit codes: 0 done, 1 the spec has errors or the model cannot be exported or run, 2 usage."""
+An .onnx file is first run once at each batch size in a child process bounded by --timeout and
+--max-memory (a graph can loop or allocate without end); the timed runs follow.
+
+exit codes: 0 done, 1 the spec has errors or the model cannot be exported or run (or ran past a
+limit), 2 usage."""
 
 
 class BenchError(Exception):
@@ -72,6 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed runs first (3)")
     add_output_arguments(parser, "the settings and one row per device and batch size")
     add_run_arguments(parser)  # auto: CPU, and CUDA too when usable
+    # --max-memory (add_spec_arguments) bounds ONNX Runtime on an .onnx file too
+    add_limits(parser, "ONNX Runtime on an .onnx file", TIMEOUT, None)
 
 
 def median_seconds(
@@ -239,6 +247,22 @@ def _rebuilt(session: Session) -> tuple[nn.Module | None, str | None]:
     return model, None
 
 
+def _probe(args: argparse.Namespace, model: Path) -> int:
+    """Run a user's ``model`` once at each batch size on the CPU, with the inputs the timed
+    runs use: the job of the bounded child process."""
+    from dlspec.backends.runtime import RuntimeSetupError, Session
+
+    try:
+        session = Session(model, device="cpu", threads=args.threads)
+        for batch in args.batch:
+            session.run(random_feeds(session, batch))
+    except (RuntimeSetupError, BenchError) as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # ONNX Runtime's own types: a graph it cannot run
+        return _fail(f"{model}: ONNX Runtime failed: {str(exc).strip().splitlines()[0]}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from dlspec.backends.runtime import RuntimeSetupError, Session
 
@@ -247,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
     if target.suffix.lower() == ".onnx":
         if not target.is_file():
             return _fail(f"{target}: no such file")
+        if code := run_onnx(args, lambda: _probe(args, target), target, "bench"):
+            return code
         source: Path | bytes = target
     else:
         built = _from_spec(args)

@@ -1,5 +1,7 @@
 """Running a user's code where it can be bounded: a forked child process with a time limit and
-a memory limit (``dlspec import MODULE:CALLABLE`` builds and runs the user's model).
+a memory limit (``dlspec import MODULE:CALLABLE`` builds and runs the user's model; ``dlspec
+predict`` and ``dlspec bench`` run a user's ONNX file, whose graph can loop 2**62 times or
+allocate without end).
 
 The child does the whole job, writing included, to output paths resolved (absolute) before it
 starts, so a constructor that changes directory does not move them. The parent only waits:
@@ -10,6 +12,7 @@ message and exit 1, never exit 0 with nothing written.
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import contextlib
 import os
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from typing import NoReturn, TextIO
 
 from dlspec.analysis.render import human_bytes
+from dlspec.commands.common import finite_number, size_limit
 from dlspec.crash import internal_error
 
 DONE = b"done"  # what the child writes to the parent when the job finished
@@ -38,20 +42,53 @@ def _address_space() -> int | None:
         return None
 
 
+def add_limits(
+    parser: argparse.ArgumentParser, runs: str, timeout: int, memory: int | None
+) -> None:
+    """``--timeout`` and, with a default ``memory``, ``--max-memory``: the bounds of the child
+    process that runs ``runs`` (the user's code or file)."""
+    limits = parser.add_argument_group(f"limits ({runs} runs in a child process)")
+    limits.add_argument(
+        "--timeout",
+        type=lambda text: finite_number(text, 1, 86_400, "a number of seconds"),
+        default=timeout,
+        metavar="SECONDS",
+        help=f"stop running {runs} after this long (default {timeout})",
+    )
+    if memory is not None:
+        limits.add_argument(
+            "--max-memory",
+            type=size_limit,
+            default=memory,
+            metavar="SIZE",
+            help=f"memory {runs} may allocate, e.g. 16G (default {human_bytes(memory)})",
+        )
+
+
 def run_bounded(
-    job: Callable[[], int], *, seconds: float, memory: int, what: str, name: str
+    job: Callable[[], int],
+    *,
+    seconds: float,
+    memory: int | None,
+    what: str,
+    name: str,
+    hint: str = "a constructor or forward that never returns?",
+    writes: bool = True,
 ) -> int:
     """Run ``job`` (which prints its own messages and returns an exit code) in a child
     process that may run ``seconds`` and allocate ``memory`` bytes more than this process
-    holds; ``what`` names the user's code in messages, ``name`` the command. What the child
-    prints comes back through pipes to this process's ``sys.stdout`` and ``sys.stderr``
-    (at most :data:`MAX_OUTPUT` bytes of each)."""
+    holds (None: no memory limit); ``what`` names the user's code in messages, ``name`` the
+    command, ``hint`` what may keep it running past the limit, ``writes`` whether the job
+    writes files (the messages then say nothing was). What the child prints comes back
+    through pipes to this process's ``sys.stdout`` and ``sys.stderr`` (at most
+    :data:`MAX_OUTPUT` bytes of each)."""
+    unwritten = "; nothing was written" if writes else ""
     sys.stdout.flush()
     sys.stderr.flush()
     pipes = {key: os.pipe() for key in ("out", "err", "done")}
     pid = os.fork()
     if pid == 0:  # the child: never returns
-        _child(job, memory, what, name, {key: w for key, (_, w) in pipes.items()})
+        _child(job, memory, what, name, unwritten, {key: w for key, (_, w) in pipes.items()})
     for _, write_end in pipes.values():
         os.close(write_end)
     status, finished = None, False
@@ -89,8 +126,8 @@ def run_bounded(
         selector.close()
     if status is None:
         print(
-            f"dlspec {name}: {what} did not finish within {seconds:g} s (a constructor or "
-            "forward that never returns?); --timeout raises the limit; nothing was written",
+            f"dlspec {name}: {what} did not finish within {seconds:g} s ({hint}); --timeout "
+            f"raises the limit{unwritten}",
             file=sys.stderr,
         )
         return 1
@@ -98,15 +135,15 @@ def run_bounded(
     if code < 0:
         print(
             f"dlspec {name}: {what} was ended by signal {signal.Signals(-code).name} "
-            "(out of memory?); nothing was written",
+            f"(out of memory?){unwritten}",
             file=sys.stderr,
         )
         return 1
     if not finished:
         if code == 0:
             print(
-                f"dlspec {name}: {what} ended the process (exit 0) before the import "
-                "finished; nothing was written",
+                f"dlspec {name}: {what} ended the process (exit 0) before dlspec {name} "
+                f"finished{unwritten}",
                 file=sys.stderr,
             )
         return code or 1
@@ -139,7 +176,12 @@ class _Relay:
 
 
 def _child(
-    job: Callable[[], int], memory: int, what: str, name: str, pipes: dict[str, int]
+    job: Callable[[], int],
+    memory: int | None,
+    what: str,
+    name: str,
+    unwritten: str,
+    pipes: dict[str, int],
 ) -> NoReturn:
     code = 1
     try:
@@ -151,7 +193,7 @@ def _child(
         if (torch := sys.modules.get("torch")) is not None:
             torch.set_num_threads(1)
         mapped = _address_space()
-        if mapped is not None:
+        if mapped is not None and memory is not None:
             limit = mapped + memory
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -159,8 +201,8 @@ def _child(
         os.write(pipes["done"], DONE)
     except MemoryError:
         print(
-            f"dlspec {name}: {what} needs more than {human_bytes(memory)} of memory "
-            "(--max-memory raises the limit); nothing was written",
+            f"dlspec {name}: {what} needs more than {human_bytes(memory or 0)} of memory "
+            f"(--max-memory raises the limit){unwritten}",
             file=sys.stderr,
         )
     except Exception as exc:  # the user's code raised through dlspec's own handling: a bug
@@ -170,7 +212,7 @@ def _child(
         happened = f"raised {type(exc).__name__}{detail}"
         if isinstance(exc, SystemExit):
             happened = f"called sys.exit({exc.code!r})"
-        print(f"dlspec {name}: {what} {happened}; nothing was written", file=sys.stderr)
+        print(f"dlspec {name}: {what} {happened}{unwritten}", file=sys.stderr)
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()

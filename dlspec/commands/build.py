@@ -393,6 +393,8 @@ def _train(spec: Spec, config: TrainConfig, args: argparse.Namespace) -> int:
             130,
         )
     output.result(_summary(result.metrics))
+    if "notice" in result.metrics["test"]:  # the test collapsed (BatchNorm's statistics)
+        output.note(f"notice: {result.metrics['test']['notice']}")
     written = [MODEL_PY, CHECKPOINT, METRICS_JSON]
     if options.plots:
         written += [CURVES_PNG] + [CONFUSION_PNG] * ("confusion_matrix" in result.metrics["test"])

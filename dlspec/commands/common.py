@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
 from dlspec.analysis.check import Checked, check_file
-from dlspec.analysis.limits import MAX_LAYERS, Limits, memory_problem, parse_size
+from dlspec.analysis.limits import MAX_LAYERS, Limits, layer_problem, memory_problem, parse_size
 from dlspec.diagnostics import Diagnostic
 from dlspec.syntax.bounds import MAX_COUNT
 from dlspec.syntax.source import read_source, read_stdin
@@ -158,7 +158,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, several: bool = False) -
         type=positive_int,
         default=MAX_LAYERS,
         metavar="N",
-        help=f"refuse specs that expand to more layers (default {MAX_LAYERS:,})",
+        help="refuse specs whose analysis builds more layers (a repetition's alike copies "
+        f"once), and building models of more (default {MAX_LAYERS:,})",
     )
     limits.add_argument(
         "--max-memory",
@@ -199,13 +200,19 @@ def limits_of(args: argparse.Namespace) -> Limits:
 def refuse_memory(
     checked: Checked, args: argparse.Namespace, batch: int, *, training: bool = False
 ) -> int:
-    """Print E604 and return 1 when the model of ``checked`` needs more memory at ``batch``
-    than ``--max-memory`` allows (``training``: with gradients and Adam's state); else 0."""
-    problem = memory_problem(checked.report, batch, training=training, limits=limits_of(args))
-    if problem is None:
-        return 0
-    print(Diagnostic.at("E604", problem, None).render(checked.path, None), file=sys.stderr)
-    return 1
+    """Print E601 and return 1 when building the model of ``checked`` makes more layers
+    than ``--max-layers`` allows, every copy of a repetition counted (checking it analyzed
+    alike copies once), or E604 when it needs more memory at ``batch`` than
+    ``--max-memory`` allows (``training``: with gradients and Adam's state); else 0."""
+    limits = limits_of(args)
+    for code, problem in (
+        ("E601", layer_problem(checked.graph, limits) if checked.graph else None),
+        ("E604", memory_problem(checked.report, batch, training=training, limits=limits)),
+    ):
+        if problem is not None:
+            print(Diagnostic.at(code, problem, None).render(checked.path, None), file=sys.stderr)
+            return 1
+    return 0
 
 
 def exit_code(checked: Checked) -> int:

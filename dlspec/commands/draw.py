@@ -115,7 +115,9 @@ def run(args: argparse.Namespace, find_dot: Callable[[], str | None] | None = No
     graph = checked.graph or (checked.partial if fmt == "html" else None)
     if graph is None:
         return code or 1
-    closable = {s.path for s in graph.all_steps() if s.form in ("block", "repeat")}
+    # (every copy of a repetition listed only when asked: a million alike copies draw as one)
+    opened = graph.all_steps() if args.open else []
+    closable = {s.path for s in opened if s.form in ("block", "repeat")}
     unknown = [path for path in args.open if path not in closable]
     if unknown:
         known = ", ".join(sorted(closable)[:8]) + (", ..." if len(closable) > 8 else "")

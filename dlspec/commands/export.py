@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dlspec.analysis.lints import unread
 from dlspec.backends.onnx_export import (
     DEFAULT_OPSET,
     EXPORTERS,
@@ -43,6 +45,7 @@ from dlspec.train.run_dir import CLASSES, CONFIG, DATA, METRICS_JSON, SPEC_HASH
 if TYPE_CHECKING:
     from torch import nn
 
+    from dlspec.analysis.graph import ModelGraph
     from dlspec.api import Spec
     from dlspec.backends.onnx_export import ExportResult
 
@@ -259,7 +262,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ExportError as exc:
         return _fail(str(exc))
-    for line in _report(result, spec.graph.name, spec.report.trainable_params, weights):
+    for leaf in spec.graph.leaves():
+        if leaf.layer is not None and (notice := leaf.layer.export_notice()):
+            output.note(f"note: {leaf.path} ({leaf.layer.label()}) {notice}")
+    for line in _report(result, spec.graph, spec.report.trainable_params, weights):
         (output.note if line.startswith("note:") else output.result)(line)
     try:
         write_atomic(out, result.data)
@@ -291,11 +297,43 @@ def _record(result: ExportResult, spec: Spec, weights: str, out: Path) -> dict[s
     }
 
 
-def _report(result: ExportResult, name: str, expected: int, weights: str) -> list[str]:
+def _dropped(result: ExportResult, graph: ModelGraph, expected: int) -> str:
+    """Why the file holds fewer parameters than check counts, when the statements that nothing
+    reads (W506, which torch keeps and the exporter drops) explain it; else nothing."""
+    # a repetition's alike copies are analyzed once: any copy's path stands for all of them
+    paths = [copy_pattern(path) for entry in unread(graph) for path in entry.paths]
+    dropped: dict[str, None] = {}  # in spec order, each once
+    for name in result.initializers.missing:
+        owners = [path for path in paths if copy_pattern(name).startswith(path + ".")]
+        if not owners:
+            return ""
+        dropped[min(owners, key=len)] = None  # the outermost statement holding it
+    if not dropped:
+        return ""
+    named = sorted(dropped, key=paths.index)
+    return (
+        f": the exporter dropped the {expected - result.initializers.parameters:,} of "
+        f"{_listed(named)}, whose output nothing reads (W506: torch keeps them, untrained)"
+    )
+
+
+def copy_pattern(path: str) -> str:
+    """``path`` with every copy index written ``*`` (``deep.2.spare`` -> ``deep.*.spare``)."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", path)
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _report(result: ExportResult, graph: ModelGraph, expected: int, weights: str) -> list[str]:
     """One line per step: notes, export, verification."""
     lines = [result.notice] if result.notice else []
     count = result.initializers.parameters
-    agreement = "as check counts" if count == expected else f"but check counts {expected:,}"
+    name = graph.name
+    agreement = "as check counts"
+    if count != expected:
+        agreement = f"but check counts {expected:,}{_dropped(result, graph, expected)}"
     lines.append(
         f"exported {name} with {result.exporter} (opset {result.opset}, {result.precision}) in "
         f"{result.export_seconds:.2f} s: {count:,} parameters, {agreement}; weights: {weights}"

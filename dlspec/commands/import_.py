@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dlspec.commands.common import add_input_argument, add_set_argument, finite_number, size_limit
+from dlspec.commands.common import add_input_argument, add_set_argument
 
 TIMEOUT = 600  # seconds an import may take: tracing a large model takes a minute or two
 MAX_MEMORY = 4 * 2**30  # bytes the model's code may allocate, beyond dlspec's own
@@ -48,22 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def add_limits(parser: argparse.ArgumentParser, memory: bool = True) -> None:
     """``--timeout`` (and ``--max-memory`` where the command has none): the bounds of the
     child process that runs the user's model code (:func:`bounded`)."""
-    limits = parser.add_argument_group("limits (the model's code runs in a child process)")
-    limits.add_argument(
-        "--timeout",
-        type=lambda text: finite_number(text, 1, 86_400, "a number of seconds"),
-        default=TIMEOUT,
-        metavar="SECONDS",
-        help=f"stop running the model's code after this long (default {TIMEOUT})",
-    )
-    if memory:
-        limits.add_argument(
-            "--max-memory",
-            type=size_limit,
-            default=MAX_MEMORY,
-            metavar="SIZE",
-            help="memory the model's code may allocate, e.g. 16G (default 4G)",
-        )
+    from dlspec.commands.bounded import add_limits as add
+
+    add(parser, "the model's code", TIMEOUT, MAX_MEMORY if memory else None)
 
 
 def settings(pairs: list[tuple[str, str]]) -> dict[str, Any]:

@@ -103,16 +103,19 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     if args.batch is not None and answer.total(args.batch) > args.memory:
-        # with symbolic lengths the plan still answers: how long they may be at this batch
-        shorter = bool(lengths) and all(value for value, _ in lengths.values())
+        # an error like batch 1's: the spec as given (its lengths) does not fit; with
+        # symbolic lengths the plan also says how long they may be at this batch
+        at = ", ".join(f"{k}={v:,}" for k, v in answer.bindings.items())
+        shorter = [f"{k} up to {n(value)}" for k, (value, _) in lengths.items() if value]
         print(
-            f"{args.spec}: {'warning' if shorter else 'error'}: batch {n(args.batch)} does not "
-            f"fit in {human_bytes(args.memory)}: it needs {human_bytes(answer.total(args.batch))}"
-            f"; the largest batch that fits is {n(answer.max_batch)}"
-            + (" (shorter lengths fit at this batch: see above)" if shorter else ""),
+            f"{args.spec}: error: batch {n(args.batch)} does not fit in "
+            f"{human_bytes(args.memory)}{' at ' + at if at else ''}: it needs "
+            f"{human_bytes(answer.total(args.batch))}; the largest batch that fits is "
+            f"{n(answer.max_batch)}"
+            + (f", or at batch {n(args.batch)}: {', '.join(shorter)}" if shorter else ""),
             file=sys.stderr,
         )
-        return 0 if shorter else 1
+        return 1
     return 0
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dlspec.commands.bounded import add_limits, run_bounded
 from dlspec.commands.common import add_run_arguments, positive_int
 from dlspec.commands.output import Output, add_output_arguments
 from dlspec.records import Normalize, RecordError, export_metadata
@@ -28,10 +29,17 @@ if TYPE_CHECKING:
     from dlspec.backends.runtime import Session, SessionTensor
 
 EPILOG = """\
-exit codes: 0 done, 1 an unreadable model or input, or an input that does not fit the model,
-2 usage."""
+ONNX Runtime runs the model in a child process bounded by --timeout and --max-memory: an .onnx
+file is a program (a Loop can run 2**62 times, a ConstantOfShape allocate terabytes), and a
+model file from elsewhere must not hang or exhaust the machine. The memory bound applies on
+the CPU only (CUDA maps more address space than any such bound allows).
+
+exit codes: 0 done, 1 an unreadable model or input, an input that does not fit the model, or a
+model that ran past a limit, 2 usage."""
 
 CHUNK = 256  # samples per ONNX Runtime call
+TIMEOUT = 600  # seconds ONNX Runtime may run a user's model, all inputs together
+MAX_MEMORY = 4 * 2**30  # bytes it may allocate, beyond dlspec's own
 
 
 class InputError(Exception):
@@ -48,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_output_arguments(parser, "one object per sample (JSON lines)")
     add_run_arguments(parser)
+    add_limits(parser, "ONNX Runtime", TIMEOUT, MAX_MEMORY)
 
 
 def _sample_shape(info: SessionTensor) -> tuple[int | str | None, ...]:
@@ -230,11 +239,36 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlspec.backends.runtime import RuntimeSetupError, Session
-
     if not args.model.is_file():
         print(f"dlspec predict: {args.model}: no such file", file=sys.stderr)
         return 1
+    return run_onnx(args, lambda: _predict(args), args.model, "predict")
+
+
+def run_onnx(args: argparse.Namespace, job: Callable[[], int], model: Path, name: str) -> int:
+    """``job`` (which runs ONNX Runtime on a user's ``model``) in a child process bounded by
+    ``--timeout`` and, where the session runs on the CPU, ``--max-memory`` (default
+    :data:`MAX_MEMORY`)."""
+    import onnxruntime  # noqa: F401 (its libraries mapped here, outside the memory bound)
+
+    from dlspec.backends.runtime import gpu_present
+
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
+    return run_bounded(
+        job,
+        seconds=args.timeout,
+        memory=(args.max_memory or MAX_MEMORY) if on_cpu else None,
+        what=f"ONNX Runtime on {model}",
+        name=name,
+        hint="a graph that loops or computes without end?",
+        writes=False,
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Predict ``args.inputs`` with ``args.model``: the job of the bounded child process."""
+    from dlspec.backends.runtime import RuntimeSetupError, Session
+
     try:
         session = Session(args.model, device=args.device, threads=args.threads)
     except RuntimeSetupError as exc:

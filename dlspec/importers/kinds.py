@@ -70,6 +70,26 @@ def _mul(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidat
     return [("Mul", {})]
 
 
+def _einsum(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
+    """``torch.einsum("btd,bsd->bts", q, k)``: two operands whose subscripts (and the
+    output's) all begin with one letter for the batch, or with ``...``, which Einsum's
+    per-sample equation leaves out."""
+    equation, *operands = args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    if not isinstance(equation, str) or len(operands) != 2 or "->" not in equation:
+        return []
+    lhs, rhs = equation.replace(" ", "").split("->")
+    parts = [*lhs.split(","), rhs]
+    if all(part.startswith("...") for part in parts):
+        letters = [part[3:] for part in parts]
+    elif len({part[:1] for part in parts}) == 1 and all(part[:1] not in part[1:] for part in parts):
+        letters = [part[1:] for part in parts]
+    else:
+        return []
+    return [("Einsum", {"equation": f"{letters[0]},{letters[1]}->{letters[2]}"})]
+
+
 def _per_sample(*dims: int) -> list[int] | None:
     """Torch dims as dlspec counts them; None when one is the batch."""
     return None if 0 in dims else [sample_dim(d) for d in dims]
@@ -142,6 +162,7 @@ DIRECT: dict[Any, Callable[[list[Any], dict[str, Any], torch.Tensor], Candidates
     torch.add: _add,
     torch.cat: _cat,
     torch.concat: _cat,
+    torch.einsum: _einsum,
     operator.mul: _mul,
     torch.mul: _mul,
     "mul": _mul,

@@ -7,6 +7,7 @@ below (one line per module, alphabetical).
 
 from dlspec.layers import (  # noqa: F401  (imported to register their layer kinds)
     activation,
+    arithmetic,
     attention,
     conditioning,
     conv,
@@ -14,8 +15,10 @@ from dlspec.layers import (  # noqa: F401  (imported to register their layer kin
     embedding,
     merge,
     norm,
+    pad,
     pool,
     recurrent,
+    sampling,
     shape,
     window,
 )

@@ -1057,8 +1057,8 @@ class SDPA(Layer):
         self, inputs: list[TensorType], output: TensorType, given: Given
     ) -> list[Saved]:
         """Without dropout, with values as wide per head as the keys, with each input's
-        features adjacent in memory, without windows and without a float mask (a bias,
-        which needs its gradient), CPU torch runs flash attention: it keeps q, k and v
+        features adjacent in memory, without windows and without a mask that requires a
+        gradient (a learned bias), CPU torch runs flash attention: it keeps q, k and v
         (views of the inputs, or for grouped-query attention k and v repeated to h heads,
         one copy each), its output, a log-sum-exp per head and query, and the scores made
         from long masks. Otherwise it runs the plain math: q and k each scaled by the
@@ -1071,7 +1071,10 @@ class SDPA(Layer):
         t, s = query.shape[-2], inputs[1].shape[-2]
         h = self.num_heads
         unit_stride = all(given.unit_stride(i) for i in range(3))
-        if self._flash(head, value_head, unit_stride, inputs):
+        bias_grad = any(
+            x.dtype == "float" and given.needs_grad(i) for i, x in enumerate(inputs) if i >= 3
+        )
+        if self._flash(head, value_head, unit_stride, len(query.shape) > 2, bias_grad):
             if kv == h:
                 keys = [saved_input(inputs, 1), saved_input(inputs, 2)]
             else:
@@ -1092,24 +1095,26 @@ class SDPA(Layer):
         ]
 
     def _flash(
-        self, head: int, value_head: int, unit_stride: bool, inputs: list[TensorType]
+        self, head: int, value_head: int, unit_stride: bool, windows: bool, bias_grad: bool
     ) -> bool:
         """Whether CPU torch runs flash attention (else the plain math): ``unit_stride``,
-        every input's features adjacent in memory; ``inputs``, their types: flash attention
-        takes (B, h, T, hd) tensors only (no windows), and a float mask (a bias, which needs
-        its gradient) takes the plain math, a long one (scores made from it, none) does
-        not."""
-        plain = len(inputs[0].shape) == 2 and all(x.dtype == "long" for x in inputs[3:])
+        every input's features adjacent in memory; flash attention takes (B, h, T, hd)
+        tensors only (no ``windows``) and no mask that requires a gradient (``bias_grad``:
+        a learned bias); a long mask's scores, made by the layer, require none."""
+        plain = not windows and not bias_grad
         return not self.dropout and head == value_head and unit_stride and plain
 
-    def layout_typed(self, inputs: list[Layout], output: Layout, types: list[TensorType]) -> Layout:
+    def layout_given(
+        self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]
+    ) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
         layer's output views it; the plain math's is contiguous."""
         query, _, value = inputs[:3]
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
         unit = all(x.strides[-1] == 1 for x in inputs[:3])
-        flash = self._flash(head, value_head, unit, types)
+        windows = len(query.sizes) > 3
+        flash = self._flash(head, value_head, unit, windows, any(grads[3:]))
         return empty_like(query) if flash else output
 
     def label(self) -> str:

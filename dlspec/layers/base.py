@@ -177,10 +177,17 @@ def saved_output(output: TensorType) -> Saved:
 class Given:
     """What the analysis knows of a layer's inputs beyond their types: ``first[i]``, the
     index of the first input that is the same tensor object as input ``i`` (``i`` when no
-    earlier one is), and ``layouts``, where each lies (empty when unknown: contiguous)."""
+    earlier one is), ``layouts``, where each lies (empty when unknown: contiguous), and
+    ``grads``, which require a gradient (empty when unknown: all do)."""
 
     first: tuple[int, ...]
     layouts: tuple[Layout, ...] = ()
+    grads: tuple[bool, ...] = ()
+
+    def needs_grad(self, i: int) -> bool:
+        """Whether input ``i`` requires a gradient: a model input (data) does not, nor does
+        what is computed from such tensors alone; autograd keeps nothing for its sake."""
+        return not self.grads or self.grads[i]
 
     @staticmethod
     def plain(count: int) -> Given:
@@ -260,6 +267,12 @@ class Layer(BaseModel):
         (attention, recurrent layers); the default keeps what :meth:`saves` says."""
         return self.saves(inputs, output)
 
+    def output_grad(self, grads: tuple[bool, ...]) -> bool:
+        """Whether the output requires a gradient when the inputs do as ``grads`` says and the
+        layer has no weights (with weights, it always does): when one of them does, unless
+        the kind's output does not depend differentiably on some inputs (a condition)."""
+        return any(grads)
+
     def saved_slack(self) -> int:
         """Bytes by which :meth:`saves` may exceed what torch keeps (0: exact). A kind whose
         torch kernel pads a tensor in a way no formula in the batch size can follow (oneDNN
@@ -300,9 +313,15 @@ class Layer(BaseModel):
         kernel keeps, where the kind says so."""
         return output
 
-    def layout_typed(self, inputs: list[Layout], output: Layout, types: list[TensorType]) -> Layout:
-        """:meth:`layout`, knowing the inputs' types too, for a kind whose kernel depends on
-        an input's element type (attention's mask); the default is :meth:`layout`."""
+    def export_notice(self) -> str | None:
+        """What an export (which runs the model in evaluation) does with a layer that
+        behaves otherwise in training in a way a user could not guess (a sample), said by
+        ``dlspec export``; None for every other layer."""
+        return None
+
+    def layout_given(self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]) -> Layout:
+        """:meth:`layout`, knowing which inputs require a gradient (``grads``), where torch
+        runs another kernel without one (MaxPool1d); by default the same."""
         return self.layout(inputs, output)
 
     def label(self) -> str:

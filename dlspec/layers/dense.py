@@ -119,7 +119,7 @@ class Einsum(Layer):
     nothing is contracted (an element-wise or outer product, as ``Mul``)."""
 
     kind = "Einsum"
-    family = "dense"
+    family = "merge"  # a product of two tensors, as Mul: no weights, not a linear layer
     positional = ("equation",)
     arity = (2, 2)
     torchinfo_macs = "the contraction's products, as FlopCounterMode counts them (torchinfo: 0)"
@@ -186,12 +186,12 @@ class Einsum(Layer):
                 both.append(p)
             elif has[0][p] or has[1][p]:
                 alone[0 if has[0][p] else 1].append(p)
-        lro: list[int] = []
+        lro: list[int] = []  # what the product keeps: in both operands, the left's, the right's
         lo: list[int] = []
         ro: list[int] = []
-        for p in range(len(labels)) if both else ():
+        for p in range(len(labels)):
             left, right = has[0][p] and p not in alone[0], has[1][p] and p not in alone[1]
-            if p not in both:
+            if both and p not in both:
                 (lro if left and right else lo if left else ro).append(p)
         return _Plan(
             labels,
@@ -280,13 +280,16 @@ class Einsum(Layer):
     ) -> list[Saved]:
         """The two tensors the product reads (both, as a batched matrix product or an
         element-wise one keeps them): a view of the input, or a tensor of its own where
-        torch summed out a subscript only it has or could not view it as a matrix."""
+        torch summed out a subscript only it has or could not view it as a matrix. Each is
+        kept for the other's gradient: not where the other is data (needs none)."""
         sizes = self._sizes(inputs)
         layouts = self._layouts(inputs, given)
         plan = self._plan(self._unit(layouts))
         _, views, _ = self._run(plan, layouts)
         saved = []
         for k, letters in enumerate(self._subscripts()[:2]):
+            if not given.needs_grad(1 - k):
+                continue
             if views[k]:
                 saved.append(saved_input(inputs, k))
             else:

@@ -1,4 +1,4 @@
-"""Layers that join several tensors into one: Add, Mul and Concat.
+"""Layers that join several tensors into one: Add, Sub, Mul, Div, Where and Concat.
 
 They take their inputs from ``<-`` (``both = Add <- a, b``), have no parameters and no torch
 module (the generated ``forward`` writes the operation inline), and count 0 MACs: additions,
@@ -8,7 +8,10 @@ none of them either).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dlspec.layers.base import (
+    Given,
     Inferred,
     Layer,
     LayerError,
@@ -47,27 +50,72 @@ class _Merge(Layer):
         return elementwise(inputs, output.sizes)
 
 
-@register
-class Add(_Merge):
-    """Element-wise sum of 2 or more tensors. Shapes broadcast statically, as ``Mul``'s do:
-    one rank and, per dimension, equal sizes or 1 (a time embedding reshaped to
-    ``[C, 1, 1]`` added to a map ``[C, H, W]``). No parameters, MACs 0."""
+class _Arithmetic(_Merge):
+    """Add, Sub, Mul and Div: element-wise over inputs whose shapes broadcast statically
+    (:func:`_broadcast`), and by a number where one is given (``Mul(0.5) <- logvar`` is
+    ``logvar * 0.5``; ``Sub(1) <- x`` is ``x - 1``), the number last. With a number one input
+    is enough. No parameters, MACs 0 (no weights; torchinfo counts none)."""
 
-    kind = "Add"
+    positional = ("value",)
+    arity = (1, MAX_INPUTS)
+    symbol: ClassVar[str]  # the Python operator, spaced: " * "
+    most: ClassVar[int] = MAX_INPUTS  # tensors it takes at most
+    float_only: ClassVar[bool] = False  # division makes floats of integers: floats only
+
+    value: float | None = None
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
+        least = 1 if self.value is not None else 2
+        if not least <= len(inputs) <= self.most:
+            many = f"{least} to {self.most}" if least < self.most else str(least)
+            raise LayerError(
+                "E407",
+                f"{self.label()} takes {many} input tensors, got {len(inputs)}",
+                [f"with a number, one is enough: {self.kind}(0.5) <- x"],
+            )
         _same_dtype(inputs, self.kind)
-        return Inferred(TensorType(_broadcast(inputs, self.kind), inputs[0].dtype))
+        dtype = inputs[0].dtype
+        if dtype != "float" and (self.value is not None or self.float_only):
+            raise LayerError("E404", f"{self.label()} takes float tensors, got {dtype} {inputs[0]}")
+        return Inferred(TensorType(_broadcast(inputs, self.kind, self.symbol), dtype))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall(None, forward=" + ".join(f"{{x{i}}}" for i in range(len(inputs))))
+        terms = [f"{{x{i}}}" for i in range(len(inputs))]
+        if self.value is not None:
+            terms.append(f"{self.value}")  # an expression of a block's parameters, if one
+        return TorchCall(None, forward=self.symbol.join(terms))
+
+    def label(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}({self.value:g})"
 
 
-def _broadcast(inputs: list[TensorType], kind: str) -> tuple[Dim, ...]:
+@register
+class Add(_Arithmetic):
+    """Element-wise sum of 2 or more tensors, or of a tensor and a number (``Add(1)``).
+    Shapes broadcast statically, as ``Mul``'s do: one rank and, per dimension, equal sizes
+    or 1 (a time embedding reshaped to ``[C, 1, 1]`` added to a map ``[C, H, W]``). No
+    parameters, MACs 0."""
+
+    kind = "Add"
+    symbol = " + "
+
+
+@register
+class Sub(_Arithmetic):
+    """``a - b`` element-wise, broadcasting as ``Add`` does, or a tensor less a number
+    (``Sub(1) <- x``). No parameters, MACs 0; nothing kept for backward."""
+
+    kind = "Sub"
+    symbol = " - "
+    most = 2
+
+
+def _broadcast(inputs: list[TensorType], kind: str, symbol: str) -> tuple[Dim, ...]:
     """The shape tensors of one rank broadcast to: per dimension, the sizes must be equal or 1
     (a 1 stretches). Ranks must match, since every tensor also has the batch dimension in
-    front: torch would align a shorter shape with the batch."""
-    listed = {"Add": " + ", "Mul": " * "}[kind].join(str(x) for x in inputs)
+    front: torch would align a shorter shape with the batch. ``symbol`` joins the shapes in
+    messages (`` + ``, or ``, `` for a call)."""
+    listed = symbol.join(str(x) for x in inputs)
     if len({len(x.shape) for x in inputs}) > 1:
         raise LayerError(
             "E401",
@@ -88,26 +136,91 @@ def _broadcast(inputs: list[TensorType], kind: str) -> tuple[Dim, ...]:
 
 
 @register
-class Mul(_Merge):
-    """Element-wise product of 2 or more tensors (gates, squeeze-and-excitation, SwiGLU).
-    Shapes broadcast statically: they have one rank and, per dimension, equal sizes or 1
-    (``[C, H, W] * [C, 1, 1]`` -> ``[C, H, W]``). No parameters, MACs 0 (no weights; torchinfo
-    counts none)."""
+class Mul(_Arithmetic):
+    """Element-wise product of 2 or more tensors (gates, squeeze-and-excitation, SwiGLU), or
+    of a tensor and a number (``Mul(0.5) <- logvar``). Shapes broadcast statically: they
+    have one rank and, per dimension, equal sizes or 1 (``[C, H, W] * [C, 1, 1]`` ->
+    ``[C, H, W]``). No parameters, MACs 0 (no weights; torchinfo counts none)."""
 
     kind = "Mul"
-
-    def infer(self, inputs: list[TensorType]) -> Inferred:
-        _same_dtype(inputs, self.kind)
-        return Inferred(TensorType(_broadcast(inputs, self.kind), inputs[0].dtype))
-
-    def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall(None, forward=" * ".join(f"{{x{i}}}" for i in range(len(inputs))))
+    symbol = " * "
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
-        """Every input (each factor's gradient is the product of the others), and the
-        running products of the first k factors for k = 2 .. n - 1."""
-        running = [Saved(f"product{k}", product(output.shape)) for k in range(2, len(inputs))]
-        return [*(saved_input(inputs, i) for i in range(len(inputs))), *running]
+        return self.saves_given(inputs, output, Given.plain(len(inputs)))
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        """``x0 * x1 * ...`` multiplies left to right; each product keeps its right factor
+        where its left one requires a gradient, and its left factor (the first input, then
+        the running product of the first k) where its right one does: a factor of data
+        (a model input, or what is computed from inputs alone) makes the other not kept. A
+        number needs nothing kept."""
+        saved = []
+        left_grad = given.needs_grad(0)
+        for k in range(1, len(inputs)):
+            if given.needs_grad(k):
+                left = Saved(f"product{k}", product(output.shape))
+                saved.append(saved_input(inputs, 0) if k == 1 else left)
+            if left_grad:
+                saved.append(saved_input(inputs, k))
+            left_grad = left_grad or given.needs_grad(k)
+        return saved
+
+
+@register
+class Div(_Arithmetic):
+    """``a / b`` element-wise, broadcasting as ``Mul`` does, or a tensor over a number
+    (``Div(2) <- x``); floats only (torch divides integers into floats). No parameters,
+    MACs 0. Keeps ``b`` where ``a`` requires a gradient, and ``a`` and ``b`` where ``b``
+    does (its gradient is ``-a / b**2``)."""
+
+    kind = "Div"
+    symbol = " / "
+    most = 2
+    float_only = True
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return self.saves_given(inputs, output, Given.plain(len(inputs)))
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        if len(inputs) == 1:  # over a number
+            return []
+        divisor = [saved_input(inputs, 1)] if given.needs_grad(0) or given.needs_grad(1) else []
+        return [*divisor, *([saved_input(inputs, 0)] if given.needs_grad(1) else [])]
+
+
+@register
+class Where(_Merge):
+    """``torch.where(condition != 0, a, b)`` <- condition, a, b: ``a`` where the condition
+    is not 0, else ``b`` (a mask of 0s and 1s, float or integer). The three shapes
+    broadcast as ``Add``'s; ``a`` and ``b`` have one element type, the output's. No
+    parameters, MACs 0. Keeps the condition's boolean mask (1 byte an element) where ``a``
+    or ``b`` requires a gradient; the condition itself gets none."""
+
+    kind = "Where"
+    arity = (3, 3)
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        _same_dtype(inputs[1:], self.kind)
+        return Inferred(TensorType(_broadcast(inputs, self.kind, ", "), inputs[1].dtype))
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward="torch.where({x0} != 0, {x1}, {x2})")
+
+    def output_grad(self, grads: tuple[bool, ...]) -> bool:
+        return any(grads[1:])
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return [Saved("condition", product(inputs[0].shape), "bool")]
+
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        differentiated = given.needs_grad(1) or given.needs_grad(2)
+        return self.saves(inputs, output) if differentiated else []
 
 
 @register

@@ -292,6 +292,15 @@ class RMSNorm(_TrailingNorm):
             saved.append(Saved("normalized", product(inputs[0].shape)))
         return saved
 
+    def saves_given(
+        self, inputs: list[TensorType], output: TensorType, given: Given
+    ) -> list[Saved]:
+        """Over data (an input that requires no gradient) only the weight's gradient is
+        wanted: the normalized input alone is kept."""
+        if given.needs_grad(0):
+            return self.saves(inputs, output)
+        return [Saved("normalized", product(inputs[0].shape))] if self.elementwise_affine else []
+
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """Contiguous, or channels-last after a channels-last input (its product with the
         broadcast inverse RMS takes the suggested memory format, measured)."""

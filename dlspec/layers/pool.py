@@ -186,6 +186,11 @@ class MaxPool1d(_MaxPoolNd):
     kind = "MaxPool1d"
     spatial = 1
 
+    def layout_given(self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]) -> Layout:
+        """Without a gradient to follow (over data) torch's CPU kernel pools without
+        indices, into a contiguous tensor."""
+        return self.layout(inputs, output) if any(grads) else output
+
 
 @register
 class MaxPool2d(_MaxPoolNd):

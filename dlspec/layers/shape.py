@@ -279,11 +279,11 @@ class Slice(View):
         """``start`` or ``end`` as a position in a dimension of ``size``. On a symbolic size a
         position is the size minus a fixed number (a negative value, or a size such as
         ``T - 1``), whose range the analyzer checks at the spec's bindings (``limits``)."""
-        if isinstance(value, Poly) and not isinstance(size, Poly):
-            raise LayerError(
-                "E405", f"{arg}={value} is symbolic, but {what} is fixed ({size})", arg=arg
-            )
         if not isinstance(size, Poly):
+            if isinstance(value, Poly):
+                raise LayerError(
+                    "E405", f"{arg}={value} is symbolic, but {what} is fixed ({size})", arg=arg
+                )
             return _index(value, size, what, arg)
         position = size + value if isinstance(value, int) and value < 0 else value
         back = size - position  # how far before the end
