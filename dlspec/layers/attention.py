@@ -1104,9 +1104,7 @@ class SDPA(Layer):
         plain = not windows and not bias_grad
         return not self.dropout and head == value_head and unit_stride and plain
 
-    def layout_given(
-        self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]
-    ) -> Layout:
+    def layout_given(self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
         layer's output views it; the plain math's is contiguous."""
         query, _, value = inputs[:3]
