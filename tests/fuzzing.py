@@ -165,7 +165,7 @@ def _norm(r: random.Random, x: Tensor) -> str | None:
     if len(x.shape) == 3 and channels is not None:
         options += ["BatchNorm2d", "Dropout2d(0.2)"]
         if channels >= 4:  # over the channels at each position; weighted, being rarely possible
-            options += ["LayerNorm2d", "LayerNorm2d(eps=1e-6)", "LayerNorm2d"]
+            options += ["LayerNorm2d", "LayerNorm2d(eps=1e-6)", "LayerNorm2d", "LayerNorm2d"]
         if positions >= 4:
             options.append("BatchNorm2d(track_running_stats=false)")
     options += _instance_norms(r, x) if channels is not None else []
@@ -291,6 +291,8 @@ def _sequence(r: random.Random, x: Tensor) -> str | None:
             f"TransformerEncoder(nhead={heads}, num_layers={layers}, dim_feedforward=8, "
             f'dropout=0.0, activation="gelu", final_norm={r.choice(["true", "false"])})',
         ]
+    else:  # T5's bias [h, T, T], where the Transformer layers cannot go
+        options.append(f"BucketedPositionBias(8, {heads}, max_distance=8)")
     return r.choice(options)
 
 
@@ -302,6 +304,8 @@ def _embedding(r: random.Random, x: Tensor) -> str | None:
         return f"TimestepEmbedding({r.choice([2, 4, 8])}, max_period={r.choice([100.0, 1e4])})"
     if x.dtype != "long":
         return None
+    if r.random() < 0.2:  # the keep-mask of ids (long, like them), which SDPA reads
+        return f"PaddingMask({r.randint(0, 3)})"
     return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
 
 
@@ -503,7 +507,7 @@ def _tensors(report: Any, draft: Draft) -> list[Tensor]:
 
 def _dtype(x: Tensor, calls: list[str]) -> str:
     """Token ids stay ids through layers that only move them (Identity, Flatten, Reshape)."""
-    moves = ("Identity", "Flatten", "Reshape")
+    moves = ("Identity", "Flatten", "Reshape", "PaddingMask")
     long = x.dtype == "long" and all(c.startswith(moves) for c in calls)
     return "long" if long else "float"
 
@@ -670,7 +674,43 @@ def _two_input(draft: Draft) -> list[str] | None:
     )
     if call == "SDPA":
         return _sdpa(draft, a, seqs)
+    if call.startswith("MultiheadAttention") and r.random() < 0.3:  # Whisper's: k_proj bare
+        call = f'MultiheadAttention(num_heads={heads}, bias=["q", "v", "out"])'
     return [f"{draft.name()} = {call} <- {a.name}, {b.name}"]
+
+
+def _windows(draft: Draft) -> list[str] | None:
+    """Swin's window attention over a rank-3 float tensor read as a map [H, W, C]: windows
+    that tile it, shifted or not, a relative position bias (and the shifted windows' mask),
+    SDPA within the windows, the map put back together."""
+    r = draft.rng
+    maps = [
+        t
+        for t in draft.tensors
+        if t.dtype == "float" and len(t.shape) == 3 and all(isinstance(d, int) for d in t.shape)
+    ]
+    if not maps:
+        return None
+    x = r.choice(maps)
+    height, width, channels = x.shape
+    sizes = [w for w in (2, 3) if height % w == 0 and width % w == 0] or [1]
+    w = r.choice(sizes)
+    shift = r.randint(0, w - 1)  # shifted windows where the window allows
+    heads = r.choice(divisors(channels)[:2])
+    names = [draft.name() for _ in range(4)]
+    bias, win, attended, merged = names
+    masks = [bias]
+    lines = [f"{bias} = RelativePositionBias({w}, {heads}) <- {x.name}"]
+    if shift:
+        mask = draft.name()
+        lines.append(f"{mask} = ShiftedWindowMask({w}, {shift}) <- {x.name}")
+        masks.append(mask)
+    return [
+        *lines,
+        f"{win} = WindowPartition({w}, {shift}) <- {x.name}",
+        f"{attended} = SDPA({heads}) <- {win}, {win}, {win}, {', '.join(masks)}",
+        f"{merged} = WindowMerge({w}, {shift}) <- {attended}, {x.name}",
+    ]
 
 
 def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
@@ -692,6 +732,18 @@ def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
     if k.shape[1] != v.shape[1] or k.shape[0] != v.shape[0]:
         v = k
     kv = k.shape[1] // head_width
+    # a keep-mask over the keys: ids (PaddingMask's, or any) as long as the keys
+    masks = [t for t in draft.tensors if t.dtype == "long" and t.shape == k.shape[:1]]
+    if masks and r.random() < 0.5:
+        mask = r.choice(masks).name
+        return [f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {mask}"]
+    if q.shape[0] == k.shape[0] and r.random() < 0.5:  # T5's bias over the offsets
+        bias = draft.name()
+        return [
+            f"{bias} = BucketedPositionBias({r.choice([4, 8])}, {heads}, max_distance=8)"
+            f" <- {q.name}",
+            f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {bias}",
+        ]
     call = f"SDPA({heads}, num_kv_heads={kv}, causal={r.choice(['true', 'false'])})"
     return [f"{draft.name()} = {call} <- {q.name}, {k.name}, {v.name}"]
 
@@ -829,7 +881,7 @@ def generate(seed: int, steps: int = 6) -> str:
         if choice < 0.1:
             lines = _merge(draft)
         elif choice < 0.15:
-            lines = _two_input(draft) if r.random() < 0.7 else _einsum(draft)
+            lines = (_two_input(draft) or _windows(draft)) if r.random() < 0.7 else _einsum(draft)
         elif choice < 0.19:
             lines = _chunk(draft, x)
         elif choice < 0.22:

@@ -508,6 +508,26 @@ KIND_SPECS = {
         p, q, r = Chunk(3, dim=0) <- m      # 5 in 3 pieces: 2 + 2 + 1
         output p, r
     }""",
+    "masks": """model Masks {
+        input tokens: long[5]
+        mask = PaddingMask(0)
+        x = Embedding(20, 8) <- tokens
+        a = SDPA(2) <- x, x, x, mask                  # padding: BERT's extended mask
+        bias = Parameter(2, 5, 5) <- a                # [h, T, S], added to the scores
+        t5 = BucketedPositionBias(8, 2, max_distance=6) <- a   # T5's, by offset buckets
+        b = SDPA(2) <- a, a, a, bias, t5
+        MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
+    }""",
+    "windows": """model Windows {                    # Swin's shifted-window attention
+        input x: float[4, 4, 8]
+        bias = RelativePositionBias(2, 2) <- x       # [2, 4, 4]
+        mask = ShiftedWindowMask(2, 1) <- x          # [2, 2, 1, 4, 4]
+        windows = WindowPartition(2, 1) <- x         # [2, 2, 4, 8]
+        qkv = Linear(24)
+        q, k, v = Chunk(3) <- qkv
+        a = SDPA(2) <- q, k, v, bias, mask
+        WindowMerge(2, 1) <- a, x
+    }""",
     "two_outputs": """block Pair(d: int) <- x, y {
         x2 = Linear(d) <- y
         a, b = Chunk(2) <- x
@@ -574,8 +594,10 @@ KIND_SPECS = {
 NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
-    "StochasticDepth", "SDPA", "RoPE", "Chunk", "Sub", "Div", "Where", "Exp", "Log", "Sqrt",
-    "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll", "Reparameterize",
+    "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
+    "RelativePositionBias", "ShiftedWindowMask", "BucketedPositionBias",
+    "Sub", "Div", "Where", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll",
+    "Reparameterize",
     "Conv3d", "ConvTranspose1d", "ConvTranspose3d", "MaxPool3d", "AvgPool1d", "AvgPool3d",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AdaptiveAvgPool3d", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "PixelShuffle", "PixelUnshuffle", "Einsum",

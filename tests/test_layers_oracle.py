@@ -225,6 +225,21 @@ EXAMPLES = [
        5 * 5 * 4 * (2 + 3), more=((T, 4), (T, 6)), bindings={"T": 5}),
     ex("SDPA", {"num_heads": 2, "dropout": 0.1}, (3, 8), 3 * 7 * 2 * (4 + 4),
        more=((7, 8), (7, 8))),
+    ex("PaddingMask", {"pad_id": 0}, (T,), 0, dtype="long", bindings={"T": 5}),
+    ex("PaddingMask", {"pad_id": 3}, (2, 4), 0, dtype="long"),
+    # SDPA within windows [H/w, W/w, w*w, C]: per window, as above
+    ex("SDPA", {"num_heads": 2}, (2, 3, 4, 8), 2 * 3 * 4 * 4 * 2 * (4 + 4),
+       more=((2, 3, 4, 8), (2, 3, 4, 8))),
+    # windows (Swin): no parameters, MACs 0; the bias a lookup (0), the mask made (0)
+    ex("WindowPartition", {"window": 2}, (4, 6, 3), 0),
+    ex("WindowPartition", {"window": 2, "shift": 1}, (4, 4, 3), 0),
+    ex("WindowMerge", {"window": 2}, (2, 3, 4, 3), 0),
+    ex("WindowMerge", {"window": 3, "shift": 1}, (1, 2, 9, 3), 0),
+    ex("RelativePositionBias", {"window": 3, "num_heads": 2}, (6, 6, 4), 0),
+    ex("ShiftedWindowMask", {"window": 2, "shift": 1}, (4, 6, 3), 0),
+    ex("BucketedPositionBias", {"num_buckets": 8, "num_heads": 2, "max_distance": 10}, (T, 4), 0,
+       bindings={"T": 12}),
+    ex("BucketedPositionBias", {"num_heads": 1, "bidirectional": False}, (5, 4), 0),
     # Einsum: the batched matrix product torch computes, output and contracted sizes
     # multiplied (a subscript only one operand has is summed first); 0 without a contraction
     ex("Einsum", {"equation": "td,sd->ts"}, (T, 8), 5 * 6 * 8, more=((6, 8),),

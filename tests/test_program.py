@@ -81,6 +81,40 @@ def _vit(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def _bert(draw: st.DrawFn) -> dict[str, Any]:
+    d, heads = _heads(draw, [2, 4], [1, 2])
+    max_len = draw(st.integers(2, 10))
+    return {
+        "vocab": draw(st.integers(2, 30)),
+        "d": d,
+        "layers": draw(st.integers(1, 3)),
+        "heads": heads,
+        "ff": draw(st.integers(4, 20)),
+        "max_len": max_len,
+        "type_vocab": draw(st.integers(2, 3)),
+        "eps": draw(st.sampled_from([1e-12, 1e-5])),
+        "T": draw(st.integers(1, max_len)),
+    }
+
+
+@st.composite
+def _swin(draw: st.DrawFn) -> dict[str, Any]:
+    """Maps that windows tile at every stage: size / patch = 8 x window x m."""
+    window = 2  # (a window of 1 has no shift: no use would take the shifted branch)
+    patch = draw(st.sampled_from([1, 2]))
+    heads = draw(st.sampled_from([1, 2]))
+    return {
+        "size": patch * 8 * window * draw(st.integers(1, 2)),
+        "patch": patch,
+        "d": heads * draw(st.sampled_from([1, 2])),
+        "heads": heads,
+        "window": window,
+        "drop": draw(st.sampled_from([0.0, 0.2])),
+        "num_classes": draw(_classes()),
+    }
+
+
+@st.composite
 def _diffusion(draw: st.DrawFn) -> dict[str, Any]:
     groups = draw(st.sampled_from([1, 2, 4]))
     d_text, heads = _heads(draw, [4, 6], [1, 2])
@@ -133,6 +167,7 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "tiny_gpt.dl": _tiny_gpt(),
     "transformer.dl": _transformer(),
     "vgg_block.dl": st.fixed_dictionaries({"num_classes": _classes(), "width": st.integers(1, 12)}),
+    "zoo/bert_base.dl": _bert(),
     "zoo/convnext_tiny.dl": st.fixed_dictionaries(
         {"num_classes": _classes(), "size": st.sampled_from([32, 64]), "drop": st.floats(0, 0.5)}
     ),
@@ -154,6 +189,7 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "zoo/resnet18.dl": st.fixed_dictionaries(
         {"num_classes": _classes(), "size": st.sampled_from([32, 64])}
     ),
+    "zoo/swin_t.dl": _swin(),
     "zoo/unet.dl": st.fixed_dictionaries(
         {
             "in_channels": st.integers(1, 4),

@@ -131,6 +131,11 @@ EXAMPLES = [
        macs=attention_macs(T, S, 8, 5, 5, True)),
     ex("MultiheadAttention", {"num_heads": 2, "bias": False}, (T, 8), (S, 5), (S, 6),
        macs=2 * T * 8 * 8 + S * 8 * 5 + S * 8 * 6 + 2 * T * S * 8),
+    # a bias on some projections only (Whisper): four Linear layers, each b = 1 where named
+    ex("MultiheadAttention", {"num_heads": 2, "bias": ("q", "v", "out")}, (T, 8),
+       macs=3 * T * 8 * 9 + T * 8 * 8 + 2 * T * T * 8),
+    ex("MultiheadAttention", {"num_heads": 2, "bias": ("k",), "dropout": 0.1}, (T, 8), (S, 5),
+       (S, 6), macs=2 * T * 8 * 8 + S * 8 * 6 + S * 8 * 6 + 2 * T * S * 8),
     # Transformer layers and stacks: the sum of their parts
     ex("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16}, (T, 8),
        macs=encoder_layer_macs(T, 8, 16, True)),
@@ -220,7 +225,8 @@ def concrete(shape: tuple[Dim, ...], bindings: dict[str, int]) -> tuple[int, ...
 
 def test_every_sequence_kind_has_an_example() -> None:
     ours = {kind for kind, cls in REGISTRY.items() if cls.__module__.rsplit(".", 1)[1] in MODULES}
-    elsewhere = {"SDPA", "RoPE", "Parameter", "Mul"}  # examples in test_layers_oracle.py
+    # examples in test_layers_oracle.py
+    elsewhere = {"SDPA", "RoPE", "Parameter", "Mul", "Sub", "Div", "Where", "PaddingMask"}
     assert (ours - elsewhere) | {"RMSNorm"} == KINDS  # RMSNorm lives in norm.py
 
 
@@ -615,7 +621,8 @@ dims = st.one_of(st.integers(1, 9), st.just(T), st.just(S), st.just(2 * T + 1))
 def test_any_input_gives_a_result_or_a_layer_error(
     kind: str, shapes: list[tuple[Dim, ...]], dtype: str
 ) -> None:
-    """Random (often broken) inputs, within the kind's arity, yield a diagnostic, never a crash."""
+    """Random (often broken) inputs, within the kind's arity, yield a diagnostic, never a
+    crash (E407 where the arguments narrow the arity: ``Add`` without a number takes two)."""
     example = next(e for e in EXAMPLES if e.kind == kind)
     layer = make(kind, example.args)
     lo, hi = layer.arity
@@ -623,4 +630,4 @@ def test_any_input_gives_a_result_or_a_layer_error(
     try:
         layer.infer([TensorType(s, dtype) for s in shapes])  # type: ignore[arg-type]
     except LayerError as err:
-        assert err.code in ("E204", "E401", "E402", "E404", "E405"), err.message
+        assert err.code in ("E204", "E401", "E402", "E404", "E405", "E407"), err.message

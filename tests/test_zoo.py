@@ -77,6 +77,8 @@ PUBLISHED = {
     "convnext_tiny": 28_589_128,
     "vit_b_16": 86_567_656,
     "llama2_7b": 6_738_415_616,
+    "bert_base": 109_482_240,  # Hugging Face's BertModel (with the pooler)
+    "swin_t": 28_288_354,
     "unet": _unet(),  # no single published figure: counted by hand above
     "vae": _vae(),  # likewise
     "wavenet": _wavenet(),  # the same
@@ -92,13 +94,16 @@ SMALL: dict[str, dict[str, Any]] = {
     "vae": {"size": 32, "latent": 16},
     "vit_b_16": {"image_size": 32, "d": 48, "layers": 2, "heads": 4, "mlp_dim": 96},
     "llama2_7b": {"vocab": 100, "d": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ff": 96, "T": 8},
+    "bert_base": {"vocab": 100, "d": 32, "layers": 2, "heads": 4, "ff": 64, "max_len": 16, "T": 10},
+    # maps of 16, 8, 4, 2 in windows of 2 (the first three stages' shifted)
+    "swin_t": {"size": 32, "patch": 2, "d": 12, "heads": 2, "window": 2, "num_classes": 10},
     "wavenet": {"classes": 8, "res": 4, "gate": 4, "skip": 8, "layers": 3, "stacks": 1, "T": 32},
 }
 # every layer counted by torchinfo's own rule (ConvNeXt's and ViT's Linear layers act on every
 # position of a map or sequence, which dlspec counts and torchinfo does not)
 TORCHINFO = ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_large", "wavenet"]
 # the other zoo kinds export in test_export's kind specs
-EXPORT = ["resnet18", "vit_b_16", "wavenet"]
+EXPORT = ["resnet18", "vit_b_16", "wavenet", "bert_base"]
 
 
 def test_every_zoo_spec_is_covered() -> None:
@@ -142,7 +147,7 @@ def test_forward_pass_agrees_with_the_report(name: str) -> None:
     spec = _small(name)
     model = spec.to_torch().eval()
     inputs = [
-        torch.randint(0, 10, (2, *i.shape_value))
+        torch.randint(0, 2, (2, *i.shape_value))  # ids every table holds; a 0/1 mask
         if i.dtype == "long"
         else torch.randn(2, *i.shape_value)
         for i in spec.report.inputs
@@ -192,6 +197,17 @@ def test_export(name: str) -> None:
     result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
     assert result.comparisons and all(c.passed for c in result.comparisons)
     assert result.initializers.parameters == spec.report.total_params
+
+
+def test_bert_base_macs_are_the_formula_by_hand() -> None:
+    """Per layer: four d x d projections, the T x T products Q K^T and weights x V, the
+    feed-forward pair, two LayerNorms (all at every step); the embeddings' LayerNorm; the
+    pooler once. torchinfo would count the Linear layers once per sample, not per step."""
+    d, ff, layers, steps = 768, 3072, 12, 512
+    layer = steps * (4 * d * (d + 1) + ff * (d + 1) + d * (ff + 1) + 2 * 2 * d)
+    attention = 2 * steps * steps * d
+    expected = layers * (layer + attention) + steps * 2 * d + d * (d + 1)
+    assert check_file(ZOO / "bert_base.dl").report.total_macs == expected == 48_381_100_800
 
 
 class _VanillaVAE(torch.nn.Module):

@@ -114,6 +114,7 @@ class Dataflow:
     weight_copies: bool = True
     rows: list[LayerMemory] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
+    unbatched: set[int] = field(default_factory=set)  # tensors one for the whole batch
     unit_inputs: dict[str, int] = field(default_factory=dict)  # checkpointing unit -> input
     objects: int = 0  # tensor objects made so far
     seen: set[tuple[int, ...] | tuple[int, str]] = field(default_factory=set)  # counted
@@ -153,7 +154,8 @@ class Dataflow:
                 self.seen.add(key)
                 keys.append(key)
                 if len(key) == 1:  # a tensor between layers: its whole storage stays
-                    saved = replace(saved, elements=self.storage[key[0]])
+                    batched = key[0] not in self.unbatched
+                    saved = replace(saved, elements=self.storage[key[0]], batched=batched)
                 total = total + saved_bytes(saved, self.precision)
         if self.precision != "fp32" and step.macs and self.weight_copies:
             total = total + 2 * step.params  # autocast's half-precision copy of the weights
@@ -308,8 +310,10 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
         )
     if layer.aliases_input():
         return Ref(inputs[0].storage, layout, flow.new_object(), grad)
-    storage = layer.output_storage([t.type for t in step.inputs], output)
-    return Ref(flow.new(storage), layout, flow.new_object(), grad)
+    storage = flow.new(layer.output_storage([t.type for t in step.inputs], output))
+    if not layer.output_batched():
+        flow.unbatched.add(storage)
+    return Ref(storage, layout, flow.new_object(), grad)
 
 
 @dataclass(frozen=True)

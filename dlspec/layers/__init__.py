@@ -20,6 +20,7 @@ from dlspec.layers import (  # noqa: F401  (imported to register their layer kin
     recurrent,
     sampling,
     shape,
+    window,
 )
 from dlspec.layers.base import REGISTRY, Inferred, Layer, LayerError, TensorType, TorchCall
 

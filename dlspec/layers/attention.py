@@ -20,10 +20,12 @@ keys as long as the queries).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dlspec.layers.base import (
     Given,
@@ -137,14 +139,16 @@ def attention_saved(
 
 
 def _heads_fold(x: Layout | None, heads: int) -> bool:
-    """Whether a ``(B, S, heads*hd)`` input split into heads, ``(B, heads, S, hd)``, views as
-    the ``(B*heads, S, hd)`` batch of matrices the plain math multiplies (else a copy): one
-    head, or an input that lies time-major. None: a contiguous input."""
+    """Whether a ``(B, ..., S, heads*hd)`` input split into heads, ``(B, ..., heads, S, hd)``,
+    views as the ``(B*...*heads, S, hd)`` batch of matrices the plain math multiplies (else a
+    copy): one head, or an input that lies time-major. None: a contiguous input."""
     if x is None:
         return heads == 1
-    batch, steps, width = x.sizes
-    split = permute(reshape(x, (batch, steps, heads, width // heads)), (0, 2, 1, 3))
-    return view_strides(split, (batch * heads, steps, width // heads)) is not None
+    *lead, steps, width = x.sizes
+    rank = len(lead)
+    split = reshape(x, (*lead, steps, heads, width // heads))
+    split = permute(split, (*range(rank), rank + 1, rank, rank + 2))
+    return view_strides(split, (math.prod(lead) * heads, steps, width // heads)) is not None
 
 
 def _width(t: TensorType) -> int:
@@ -176,6 +180,66 @@ def _check_causal(causal: bool, query: TensorType, key: TensorType) -> None:
         )
 
 
+def check_mask(mask: TensorType, scores: tuple[Dim, ...], kind: str) -> None:
+    """Refuse a mask whose per-sample shape does not broadcast over the scores
+    ``[..., h, T, S]``: aligned on the right, each of its sizes is the score's or 1."""
+    wanted = "[" + ", ".join(str(d) for d in scores) + "]"
+    if not 1 <= len(mask.shape) <= len(scores):
+        raise LayerError(
+            "E404",
+            f"{kind}'s mask {mask} has rank {len(mask.shape)}: it must broadcast over the "
+            f"scores {wanted} per sample ([S], [T, S] or [h, T, S], sizes 1 allowed)",
+        )
+    names = ("S", "T", "h", *(f"window dim {i}" for i in range(len(scores) - 3, 0, -1)))
+    for size, score, name in zip(mask.shape[::-1], scores[::-1], names, strict=False):
+        if size not in (1, score):
+            raise LayerError(
+                "E401",
+                f"{kind}'s mask {mask} does not broadcast over the scores {wanted} "
+                f"(..., heads, queries, keys): its size {size} along {name} should be "
+                f"{score} or 1",
+            )
+
+
+_PROJECTED = '''class MultiheadAttention(nn.Module):
+    """Multi-head attention with a bias on some projections only (Whisper's k_proj has
+    none): separate q/k/v/out projections, each with a bias where `bias` names it."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        bias: tuple[str, ...],
+        kdim: int | None = None,
+        vdim: int | None = None,
+        dropout: float = 0.0,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.dropout, self.causal = num_heads, dropout, causal
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias="q" in bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias="k" in bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias="v" in bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias="out" in bias)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> torch.Tensor:
+        batch, steps = query.shape[0], query.shape[1]
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)  # (B, T|S, E)
+        q, k, v = (x.reshape(batch, x.shape[1], self.num_heads, -1) for x in (q, k, v))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, T|S, hd)
+        dropout = self.dropout if self.training else 0.0
+        y = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=self.causal
+        )  # (B, h, T, hd)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, steps, -1))  # (B, T, E)
+'''
+
+PROJECTIONS = ("q", "k", "v", "out")
+Projection = Literal["q", "k", "v", "out"]
+
+
 @register
 class MultiheadAttention(Layer):
     """Multi-head attention. One input ``[T, E]`` is self-attention; two are
@@ -185,9 +249,13 @@ class MultiheadAttention(Layer):
     Layout: ``in_proj_weight (3E, E)`` when ``kdim == vdim == E``, else ``q_proj_weight (E, E)``,
     ``k_proj_weight (E, kdim)``, ``v_proj_weight (E, vdim)``; ``in_proj_bias (3E,)`` with
     ``bias``; then ``out_proj.weight (E, E)`` and, with ``bias``, ``out_proj.bias (E,)``.
-    MACs = T*E*(E + b) + S*E*(kdim + b) + S*E*(vdim + b) [projections of Q, K, V]
-    + T*S*E [Q K^T] + T*S*E [weights x V] + T*E*(E + b) [output projection], with b = 1 when
-    ``bias``; self-attention has S = T, so it grows with T^2."""
+    ``bias`` may instead name the projections that have one, ``bias=["q", "v", "out"]``
+    (Whisper's attention, whose ``k_proj`` has none): the layer then has four projections
+    ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (``weight``, and ``bias`` where named),
+    as Hugging Face writes them, since torch's module holds one bias for all three inputs.
+    MACs = T*E*(E + bq) + S*E*(kdim + bk) + S*E*(vdim + bv) [projections of Q, K, V]
+    + T*S*E [Q K^T] + T*S*E [weights x V] + T*E*(E + bo) [output projection], with a b 1
+    where that projection has a bias; self-attention has S = T, so it grows with T^2."""
 
     kind = "MultiheadAttention"
     family = "attention"
@@ -198,10 +266,24 @@ class MultiheadAttention(Layer):
     embed_dim: Pos | None = None
     num_heads: Pos
     dropout: Probability = 0.0
-    bias: bool = True
+    bias: bool | tuple[Projection, ...] = True
     kdim: Pos | None = None
     vdim: Pos | None = None
     causal: bool = False
+
+    @field_validator("bias")
+    @classmethod
+    def _once_each(cls, bias: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+        if not isinstance(bias, bool) and len(set(bias)) < len(bias):
+            raise ValueError(f"names a projection twice: {list(bias)}")
+        return bias
+
+    def _biased(self, projection: str) -> bool:
+        return self.bias if isinstance(self.bias, bool) else projection in self.bias
+
+    def _split(self) -> bool:
+        """Whether the projections are four Linear layers (some, not all, with a bias)."""
+        return len({self._biased(p) for p in PROJECTIONS}) > 1
 
     def _sizes(self, inputs: list[TensorType]) -> tuple[int, int, int]:
         """``(E, kdim, vdim)`` after checking the query, key and value."""
@@ -225,37 +307,50 @@ class MultiheadAttention(Layer):
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         width, kdim, vdim = self._sizes(inputs)
-        b = 1 if self.bias else 0
+        b = {p: 1 if self._biased(p) else 0 for p in PROJECTIONS}
         weights: dict[str, Shape] = {}
-        if kdim == vdim == width:
-            weights["in_proj_weight"] = (3 * width, width)
+        if self._split():
+            for p, fan_in in zip(PROJECTIONS, (width, kdim, vdim, width), strict=True):
+                weights[f"{p}_proj.weight"] = (width, fan_in)
+                if b[p]:
+                    weights[f"{p}_proj.bias"] = (width,)
         else:
-            weights |= {
-                "q_proj_weight": (width, width),
-                "k_proj_weight": (width, kdim),
-                "v_proj_weight": (width, vdim),
-            }
-        if self.bias:
-            weights["in_proj_bias"] = (3 * width,)
-        weights["out_proj.weight"] = (width, width)
-        if self.bias:
-            weights["out_proj.bias"] = (width,)
+            if kdim == vdim == width:
+                weights["in_proj_weight"] = (3 * width, width)
+            else:
+                weights |= {
+                    "q_proj_weight": (width, width),
+                    "k_proj_weight": (width, kdim),
+                    "v_proj_weight": (width, vdim),
+                }
+            if self.bias:
+                weights["in_proj_bias"] = (3 * width,)
+            weights["out_proj.weight"] = (width, width)
+            if self.bias:
+                weights["out_proj.bias"] = (width,)
         t: Dim = inputs[0].shape[0]  # queries
         s: Dim = inputs[-1].shape[0]  # keys and values
         macs = (
-            2 * t * width * (width + b)  # query and output projections
-            + s * width * (kdim + b)  # key projection
-            + s * width * (vdim + b)  # value projection
+            t * width * (width + b["q"])  # query projection
+            + s * width * (kdim + b["k"])  # key projection
+            + s * width * (vdim + b["v"])  # value projection
+            + t * width * (width + b["out"])  # output projection
             + 2 * t * s * width  # Q K^T and the weighted sum of the values
         )
         return Inferred(TensorType((t, width)), weights, macs=macs)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width, kdim, vdim = self._sizes(inputs)
-        kwargs = self.keywords(exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"})
-        kwargs |= {name: size for name, size in (("kdim", kdim), ("vdim", vdim)) if size != width}
-        kwargs["batch_first"] = True
+        sizes = {name: size for name, size in (("kdim", kdim), ("vdim", vdim)) if size != width}
         qkv = {1: "{x0}, {x0}, {x0}", 2: "{x0}, {x1}, {x1}", 3: "{x0}, {x1}, {x2}"}[len(inputs)]
+        if self._split():
+            kwargs = sizes | self.keywords(include={"dropout", "causal"})
+            args = (width, self.num_heads, self.bias)
+            forward = "{module}(" + qkv + ")"  # (B, T, E)
+            return TorchCall("MultiheadAttention", args, kwargs, forward, helper=_PROJECTED)
+        kwargs = self.keywords(exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"})
+        kwargs |= sizes
+        kwargs["batch_first"] = True
         mask = f"attn_mask={CAUSAL_MASK.format(x='{x0}')}, is_causal=True, " if self.causal else ""
         forward = "{module}(" + qkv + ", " + mask + "need_weights=False)[0]"  # (B, T, E)
         return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward)
@@ -268,7 +363,10 @@ class MultiheadAttention(Layer):
     ) -> list[Saved]:
         """torch's attention checks ``key is value`` (then the keys are one memory) and
         ``query is key`` as well (then it is self-attention), and keeps what those paths
-        keep; an input stored time-major is projected in place."""
+        keep; an input stored time-major is projected in place. With a bias on some
+        projections only: what its Linear layers and SDPA keep (:meth:`_split_saved`)."""
+        if self._split():
+            return self._split_saved(inputs, given)
         reads = ["input0", "input1", "input2"][: len(inputs)]
         if len(inputs) == 3 and given.first[2] == given.first[1]:
             reads.pop()
@@ -279,13 +377,33 @@ class MultiheadAttention(Layer):
             "attn", inputs[0], keys, self.num_heads, self.dropout, tuple(reads), given.in_place()
         )
 
+    def _split_saved(self, inputs: list[TensorType], given: Given) -> list[Saved]:
+        """Each projection keeps the input it reads, as a Linear layer (a copy where the
+        input does not read as rows); SDPA over the projections keeps what it keeps over
+        three inputs (:meth:`SDPA.saves_given`), and the output projection its input: the
+        attention's output, a view of what flash attention keeps, or a copy of the plain
+        math's."""
+        width = self._sizes(inputs)[0]
+        reads = [min(i, len(inputs) - 1) for i in range(3)]  # the input each projection reads
+        kept = [saved_input(inputs, i, "rows") for i in reads]
+        t, s = inputs[0].shape[0], inputs[-1].shape[0]
+        projected = [TensorType((t, width)), TensorType((s, width)), TensorType((s, width))]
+        context = TensorType((t, width))
+        sdpa = SDPA(num_heads=self.num_heads, dropout=self.dropout)
+        names = {"input0": "q", "input1": "k", "input2": "v", "output": "context"}
+        inner = sdpa.saves_given(projected, context, Given.plain(3))
+        kept += [replace(x, tensor=names.get(x.tensor, f"sdpa.{x.tensor}")) for x in inner]
+        return [*kept, Saved("context", product(context.shape))]
+
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        """torch computes batch-first attention time-major and returns a transposed view."""
-        return time_major(output.sizes)
+        """torch computes batch-first attention time-major and returns a transposed view;
+        split projections end with a Linear layer's contiguous output."""
+        return output if self._split() else time_major(output.sizes)
 
     def label(self) -> str:
         causal = ", causal" if self.causal else ""
-        return f"MultiheadAttention(heads={self.num_heads}{causal})"
+        bias = "" if isinstance(self.bias, bool) else f", bias={'+'.join(self.bias)}"
+        return f"MultiheadAttention(heads={self.num_heads}{bias}{causal})"
 
 
 class _TransformerBase(Layer):
@@ -786,9 +904,12 @@ class Transformer(_TransformerBase):
 # Attention written from its parts (nanoGPT, Llama): project with Linear layers, then SDPA.
 
 _SDPA = '''class SDPA(nn.Module):
-    """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
-    values, split into heads; kv < h key/value heads are shared by h // kv query heads each
-    (grouped-query attention)."""
+    """Attention over already projected (B, ..., T, h*hd) queries and (B, ..., S, kv*hd) keys
+    and values, split into heads (leading dims, such as windows, are attended apart);
+    kv < h key/value heads are shared by h // kv query heads each (grouped-query attention).
+    Masks broadcast over the scores (..., h, T, S) per sample and add up: float, a bias
+    added to the scores (ALiBi, relative positions); integer, 0 where a key is padding, not
+    attended (BERT's attention_mask)."""
 
     def __init__(
         self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
@@ -797,18 +918,28 @@ _SDPA = '''class SDPA(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.causal, self.dropout = causal, dropout
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        batch, steps = q.shape[0], q.shape[1]
-        q = q.reshape(batch, steps, self.num_heads, -1).transpose(1, 2)  # (B, h, T, hd)
-        k = k.reshape(batch, k.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
-        v = v.reshape(batch, v.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *masks: torch.Tensor
+    ) -> torch.Tensor:
+        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows)
+        q = q.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
+        k = k.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
+        v = v.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
         if self.num_kv_heads != self.num_heads:
-            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, h, S, hd)
-            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)  # (B, h, S, hd)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)
+        bias = None
+        for mask in masks:
+            if not mask.is_floating_point():  # 0 is padding: the most negative score
+                mask = (mask == 0).to(q.dtype) * torch.finfo(q.dtype).min
+            while mask.dim() < q.dim():
+                mask = mask.unsqueeze(1)  # (B, h, T, S), dims of size 1 broadcast
+            bias = mask if bias is None else bias + mask
+        dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal
         )  # (B, h, T, hd)
-        return y.transpose(1, 2).reshape(batch, steps, -1)  # (B, T, h*hd)
+        return y.transpose(-2, -3).flatten(-2)  # (B, T, h*hd)
 '''
 
 
@@ -818,17 +949,28 @@ class SDPA(Layer):
     ``a = SDPA(heads) <- q, k, v`` with queries ``[T, h*hd]`` and keys and values
     ``[S, kv*hd]``, split into ``num_heads`` (h) query heads and ``num_kv_heads`` (kv, default
     h) key/value heads; with kv < h each key/value head serves h / kv query heads
-    (grouped-query attention). ``softmax(q k^T / sqrt(hd)) v`` per head, ``causal`` masking
-    later steps -> ``[T, h*hd_v]``. No parameters (the projections are Linear layers).
-    MACs: T x S x h x hd for ``q k^T`` plus T x S x h x hd_v for the weighted sum of the
-    values; torchinfo counts 0 (no weights)."""
+    (grouped-query attention). ``softmax(q k^T / sqrt(hd) + masks) v`` per head, ``causal``
+    masking later steps -> ``[T, h*hd_v]``. Dimensions before the last two (the windows
+    ``WindowPartition`` makes, ``[nH, nW, N, C]``) are attended apart, as torch's attention
+    does with its batch dimensions; q, k and v share them.
+
+    Inputs after the values are masks, ``SDPA(heads) <- q, k, v, mask``, whose per-sample
+    shapes broadcast (aligned on the right, each size equal or 1) over the scores
+    ``[..., h, T, S]``: ``[S]`` for a key-padding mask, ``[T, S]``, ``[h, T, S]``, ``[h, 1, S]``.
+    A long mask says which keys are padding (0) and which are attended (any other value; 1
+    in BERT's ``attention_mask``): padding gets the most negative score (``finfo.min``, as
+    BERT's extended attention mask, so a row of padding only stays finite); a float mask is
+    a bias added to the scores (ALiBi, a relative position bias, Swin's shifted-window mask).
+    Two masks add up. No parameters (the projections are Linear layers). MACs: T x S x h x hd
+    for ``q k^T`` plus T x S x h x hd_v for the weighted sum of the values, per window (the
+    masks' additions count 0); torchinfo counts 0 (no weights)."""
 
     kind = "SDPA"
     torch_names = ("ScaledDotProductAttention",)  # the class generated code had before
     family = "attention"
     torchinfo_macs = "the two T x S products per head (torchinfo: 0, no weights)"
     positional = ("num_heads", "num_kv_heads")
-    arity = (3, 3)
+    arity = (3, 5)
 
     num_heads: Pos
     num_kv_heads: Pos | None = None
@@ -836,10 +978,20 @@ class SDPA(Layer):
     dropout: Probability = 0.0
 
     def _heads(self, inputs: list[TensorType]) -> tuple[int, int, int]:
-        """``(kv heads, head width, value head width)`` after checking q, k and v."""
-        query, key, value = inputs
-        for x in inputs:
-            _sequence(x, self.kind)
+        """``(kv heads, head width, value head width)`` after checking q, k, v (and the
+        masks)."""
+        query, key, value = inputs[:3]
+        for x in inputs[:3]:
+            expect_rank(x, range(2, 8), "[..., T, d] (batch-first sequences)", self.kind)
+            expect_float(x, self.kind)
+        lead = query.shape[:-2]
+        for x in (key, value):
+            if x.shape[:-2] != lead:
+                raise LayerError(
+                    "E401",
+                    f"queries {query} and keys/values {x} differ in their leading dimensions "
+                    "(windows are attended apart: q, k and v must have the same)",
+                )
         kv = self.num_kv_heads or self.num_heads
         if self.num_heads % kv:
             raise LayerError(
@@ -849,27 +1001,45 @@ class SDPA(Layer):
                 [f"{self.num_heads} % {kv} = {self.num_heads % kv}"],
                 arg="num_kv_heads",
             )
-        width = concrete(query.shape[1], "SDPA's query width")
+        width = concrete(query.shape[-1], "SDPA's query width")
         _check_heads(width, self.num_heads, "num_heads")
         head = width // self.num_heads
-        if key.shape[1] != kv * head:
+        if key.shape[-1] != kv * head:
             raise LayerError(
                 "E401",
                 f"keys {key} should have {kv} heads of the queries' width {head} = {kv * head} "
                 f"features (queries {query}, num_heads={self.num_heads})",
             )
-        if key.shape[0] != value.shape[0]:
+        if key.shape[-2] != value.shape[-2]:
             raise LayerError("E401", f"keys {key} and values {value} differ in length")
-        value_width = concrete(value.shape[1], "SDPA's value width")
+        value_width = concrete(value.shape[-1], "SDPA's value width")
         _check_heads(value_width, kv, "num_kv_heads")
-        _check_causal(self.causal, query, key)
+        scores = (*lead, self.num_heads, query.shape[-2], key.shape[-2])
+        for mask in inputs[3:]:
+            check_mask(mask, scores, self.kind)
+        if self.causal and len(inputs) > 3:
+            raise LayerError(
+                "E204",
+                "SDPA takes causal=true or a mask, not both (torch refuses both): add the "
+                "causal part into the mask",
+                arg="causal",
+            )
+        if self.causal and query.shape[-2] != key.shape[-2]:
+            raise LayerError(
+                "E204",
+                f"causal attention needs keys as long as the queries; got queries {query} and "
+                f"keys {key}",
+                arg="causal",
+            )
         return kv, head, value_width // kv
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         _, head, value_head = self._heads(inputs)
-        t, s = inputs[0].shape[0], inputs[1].shape[0]
-        macs = t * s * self.num_heads * (head + value_head)
-        return Inferred(TensorType((t, self.num_heads * value_head)), macs=macs)
+        query = inputs[0]
+        t, s = query.shape[-2], inputs[1].shape[-2]
+        macs = product(query.shape[:-2]) * t * s * self.num_heads * (head + value_head)
+        width = self.num_heads * value_head
+        return Inferred(TensorType((*query.shape[:-1], width)), macs=macs)
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kv, _, _ = self._heads(inputs)
@@ -877,7 +1047,7 @@ class SDPA(Layer):
         if self.dropout:
             kwargs["dropout"] = self.dropout
         args = (self.num_heads, kv)
-        forward = "{module}({x0}, {x1}, {x2})"
+        forward = "{module}({inputs})"
         return TorchCall("SDPA", args, kwargs, forward, helper=_SDPA)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
@@ -886,53 +1056,107 @@ class SDPA(Layer):
     def saves_given(
         self, inputs: list[TensorType], output: TensorType, given: Given
     ) -> list[Saved]:
-        """Without dropout, with values as wide per head as the keys, and with each input's
-        features adjacent in memory, CPU torch runs flash attention: it keeps q, k and v
+        """Without dropout, with values as wide per head as the keys, with each input's
+        features adjacent in memory, without windows and without a mask that requires a
+        gradient (a learned bias), CPU torch runs flash attention: it keeps q, k and v
         (views of the inputs, or for grouped-query attention k and v repeated to h heads,
-        one copy each), its output and a log-sum-exp per head and query. Otherwise it runs
-        the plain math: q and k each scaled by the square root of the scale, the values
-        (in place where their heads view as a batch of matrices, else copied or repeated),
-        the probabilities (h x T x S) and, with dropout, its mask and the dropped
-        probabilities."""
+        one copy each), its output, a log-sum-exp per head and query, and the scores made
+        from long masks. Otherwise it runs the plain math: q and k each scaled by the
+        square root of the scale, the values (in place where their heads view as a batch of
+        matrices, else copied or repeated), the probabilities (h x T x S) and, with dropout,
+        its mask and the dropped probabilities."""
         kv, head, value_head = self._heads(inputs)
-        t, s = inputs[0].shape[0], inputs[1].shape[0]
+        query = inputs[0]
+        windows = product(query.shape[:-2])
+        t, s = query.shape[-2], inputs[1].shape[-2]
         h = self.num_heads
-        if self._flash(head, value_head, all(given.unit_stride(i) for i in range(3))):
+        unit_stride = all(given.unit_stride(i) for i in range(3))
+        bias_grad = any(
+            x.dtype == "float" and given.needs_grad(i) for i, x in enumerate(inputs) if i >= 3
+        )
+        if self._flash(head, value_head, unit_stride, len(query.shape) > 2, bias_grad):
             if kv == h:
                 keys = [saved_input(inputs, 1), saved_input(inputs, 2)]
             else:
                 keys = [Saved("k", s * h * head), Saved("v", s * h * value_head)]
             lse = Saved("logsumexp", h * t, "float32")
-            return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse]
+            # the scores made from the long masks: flash attention keeps them
+            masks = [Saved("mask", product(_broadcast_masks(inputs[3:])))] if inputs[3:] else []
+            return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse, *masks]
         probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
         layouts = given.layouts or (None,) * 3
         in_place = kv == h and _heads_fold(layouts[2], h)
-        value = saved_input(inputs, 2) if in_place else Saved("v", s * h * value_head)
+        value = saved_input(inputs, 2) if in_place else Saved("v", windows * s * h * value_head)
         return [
-            Saved("q_scaled", t * h * head),
-            Saved("k_scaled", s * h * head),
+            Saved("q_scaled", windows * t * h * head),
+            Saved("k_scaled", windows * s * h * head),
             value,
-            *(Saved(what, h * t * s) for what in probabilities),
+            *(Saved(what, windows * h * t * s) for what in probabilities),
         ]
 
-    def _flash(self, head: int, value_head: int, unit_stride: bool) -> bool:
+    def _flash(
+        self, head: int, value_head: int, unit_stride: bool, windows: bool, bias_grad: bool
+    ) -> bool:
         """Whether CPU torch runs flash attention (else the plain math): ``unit_stride``,
-        every input's features adjacent in memory."""
-        return not self.dropout and head == value_head and unit_stride
+        every input's features adjacent in memory; flash attention takes (B, h, T, hd)
+        tensors only (no ``windows``) and no mask that requires a gradient (``bias_grad``:
+        a learned bias); a long mask's scores, made by the layer, require none."""
+        plain = not windows and not bias_grad
+        return not self.dropout and head == value_head and unit_stride and plain
 
-    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+    def layout_given(self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
         layer's output views it; the plain math's is contiguous."""
-        query, _, value = inputs
+        query, _, value = inputs[:3]
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
-        unit = all(x.strides[-1] == 1 for x in inputs)
-        return empty_like(query) if self._flash(head, value_head, unit) else output
+        unit = all(x.strides[-1] == 1 for x in inputs[:3])
+        windows = len(query.sizes) > 3
+        flash = self._flash(head, value_head, unit, windows, any(grads[3:]))
+        return empty_like(query) if flash else output
 
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""
         causal = ", causal" if self.causal else ""
         return f"SDPA(heads={self.num_heads}{kv}{causal})"
+
+
+def _broadcast_masks(masks: list[TensorType]) -> tuple[Dim, ...]:
+    """The per-sample shape masks that broadcast together add up to."""
+    rank = max(len(x.shape) for x in masks)
+    padded = [(1,) * (rank - len(x.shape)) + tuple(x.shape) for x in masks]
+    return tuple(next((d for d in sizes if d != 1), 1) for sizes in zip(*padded, strict=True))
+
+
+@register
+class PaddingMask(Layer):
+    """The keep-mask of a sequence of token ids ``[T]`` (long): 1 where the token is not
+    ``pad_id``, 0 where it is padding -> ``[T]`` (long), the mask SDPA's fourth input reads
+    (``mask = PaddingMask(0) <- tokens``), as BERT's ``attention_mask``. No parameters,
+    MACs 0, nothing kept for backward (no gradient flows through ids)."""
+
+    kind = "PaddingMask"
+    family = "attention"
+    positional = ("pad_id",)
+
+    pad_id: int = 0
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        if x.dtype != "long":
+            raise LayerError(
+                "E404", f"PaddingMask reads token ids and expects a long tensor, got float {x}"
+            )
+        return Inferred(x)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward=f"({{x}} != {self.pad_id!r}).long()")
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def label(self) -> str:
+        return f"PaddingMask({self.pad_id})"
 
 
 _ROPE = '''class RoPE(nn.Module):

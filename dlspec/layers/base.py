@@ -290,6 +290,12 @@ class Layer(BaseModel):
         sequence), which then stays alive as long as a later layer keeps the output."""
         return product(output.shape)
 
+    def output_batched(self) -> bool:
+        """False when the output is one tensor for the whole batch, expanded over it (a
+        relative position bias): its storage, :meth:`output_storage` elements, does not grow
+        with the batch."""
+        return True
+
     def aliases_input(self) -> bool:
         """True when the output is a view of the first input (Flatten, Reshape, Identity):
         the two are one tensor in memory, unless :meth:`layout` says torch copied."""

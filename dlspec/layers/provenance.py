@@ -402,7 +402,10 @@ def _as_poly(tree: Tree, atoms: dict[str, Tree], toward_zero: bool) -> tuple[Any
         return a - b, atoms
     if head == "*":
         return a * b, atoms
-    if not isinstance(b, int) or b <= 0:
+    if isinstance(b, Poly):  # sizes are positive: (3 * dim) // dim is 3
+        quotient = _divided(a, b)
+        return None if quotient is None else (quotient, atoms)
+    if b <= 0:
         return None
     if isinstance(a, int):
         return a // b, atoms
@@ -421,6 +424,26 @@ def _as_poly(tree: Tree, atoms: dict[str, Tree], toward_zero: bool) -> tuple[Any
         numerator, b = numerator[1], numerator[2][1] * b
     atoms[key] = ("//", numerator, const(b))
     return whole + Poly.symbol(key), atoms
+
+
+def _divided(a: Any, b: Any) -> Any:
+    """``a / b`` where ``b`` is one term that divides every term of ``a`` exactly (then floor
+    division is exact), else None."""
+    from dlspec.layers.symbolic import Poly
+
+    if len(b.terms) != 1:
+        return None
+    ((divisor, scale),) = b.terms.items()
+    powers = dict(divisor)
+    terms = a.terms if isinstance(a, Poly) else {(): a}
+    out = {}
+    for mono, coeff in terms.items():
+        have = dict(mono)
+        if coeff % scale or any(have.get(sym, 0) < power for sym, power in powers.items()):
+            return None
+        left = {sym: power - powers.get(sym, 0) for sym, power in have.items()}
+        out[tuple(sorted((sym, power) for sym, power in left.items() if power))] = coeff // scale
+    return Poly.make(out)
 
 
 def _from_poly(value: Any, atoms: dict[str, Tree]) -> Tree:

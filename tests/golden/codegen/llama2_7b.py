@@ -27,9 +27,12 @@ class RoPE(nn.Module):
 
 
 class SDPA(nn.Module):
-    """Attention over already projected (B, T, h*hd) queries and (B, S, kv*hd) keys and
-    values, split into heads; kv < h key/value heads are shared by h // kv query heads each
-    (grouped-query attention)."""
+    """Attention over already projected (B, ..., T, h*hd) queries and (B, ..., S, kv*hd) keys
+    and values, split into heads (leading dims, such as windows, are attended apart);
+    kv < h key/value heads are shared by h // kv query heads each (grouped-query attention).
+    Masks broadcast over the scores (..., h, T, S) per sample and add up: float, a bias
+    added to the scores (ALiBi, relative positions); integer, 0 where a key is padding, not
+    attended (BERT's attention_mask)."""
 
     def __init__(
         self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
@@ -38,18 +41,28 @@ class SDPA(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.causal, self.dropout = causal, dropout
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        batch, steps = q.shape[0], q.shape[1]
-        q = q.reshape(batch, steps, self.num_heads, -1).transpose(1, 2)  # (B, h, T, hd)
-        k = k.reshape(batch, k.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
-        v = v.reshape(batch, v.shape[1], self.num_kv_heads, -1).transpose(1, 2)  # (B, kv, S, hd)
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *masks: torch.Tensor
+    ) -> torch.Tensor:
+        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows)
+        q = q.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
+        k = k.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
+        v = v.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
         if self.num_kv_heads != self.num_heads:
-            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)  # (B, h, S, hd)
-            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)  # (B, h, S, hd)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)
+        bias = None
+        for mask in masks:
+            if not mask.is_floating_point():  # 0 is padding: the most negative score
+                mask = (mask == 0).to(q.dtype) * torch.finfo(q.dtype).min
+            while mask.dim() < q.dim():
+                mask = mask.unsqueeze(1)  # (B, h, T, S), dims of size 1 broadcast
+            bias = mask if bias is None else bias + mask
+        dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal
         )  # (B, h, T, hd)
-        return y.transpose(1, 2).reshape(batch, steps, -1)  # (B, T, h*hd)
+        return y.transpose(-2, -3).flatten(-2)  # (B, T, h*hd)
 
 
 class Attention(nn.Module):

@@ -17,8 +17,7 @@ class Gate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pad1(x)
         x = self.conv1d1(x)  # (B, 2 * gate, T)
-        # (B, gate, T), (B, 2 * gate - gate * (-(-(2 * gate) // gate) - 1), T)
-        f, g = x.chunk(2, dim=1)
+        f, g = x.chunk(2, dim=1)  # 2 x (B, gate, T)
         t = self.t(f)
         s = self.s(g)
         x = t * s

@@ -1,0 +1,164 @@
+"""Attention masks and biases: SDPA's fourth input against the formulas it stands for
+(BERT's extended attention mask, an additive bias), the saved tensors against autograd, and
+the diagnostics for a mask that does not broadcast over the scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+from saved_oracle import saved_bytes
+from test_layers_oracle import build, forward, make
+from test_memory import rule
+
+from dlspec.layers import LayerError, TensorType
+from dlspec.layers.symbolic import Dim
+
+HEADS, HD, T, S = 2, 4, 5, 6
+
+
+def _types(mask: tuple[Dim, ...], dtype: str, kv_width: int = HEADS * HD) -> list[TensorType]:
+    return [
+        TensorType((T, HEADS * HD)),
+        TensorType((S, kv_width)),
+        TensorType((S, kv_width)),
+        TensorType(mask, dtype),  # type: ignore[arg-type]
+    ]
+
+
+def _mask(batch: int, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    if dtype == "long":
+        return torch.randint(0, 2, (batch, *shape))
+    return torch.randn(batch, *shape, requires_grad=True)
+
+
+def _reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + bias) v per head, written out; ``bias`` (B, h|1, T|1, S)."""
+    batch = q.shape[0]
+    split = [x.view(batch, x.shape[1], HEADS, HD).transpose(1, 2) for x in (q, k, v)]
+    scores = split[0] @ split[1].transpose(-1, -2) / math.sqrt(HD) + bias
+    return (scores.softmax(-1) @ split[2]).transpose(1, 2).reshape(batch, T, HEADS * HD)
+
+
+@pytest.mark.parametrize("shape", [(S,), (1, S), (HEADS, 1, S)])
+def test_a_long_mask_is_berts_extended_attention_mask(shape: tuple[int, ...]) -> None:
+    """1 attends, 0 is padding: (1 - mask) * finfo.min added to the scores (Hugging Face's
+    get_extended_attention_mask), so even a row of padding only stays finite."""
+    torch.manual_seed(0)
+    types = _types(shape, "long")
+    layer = make("SDPA", {"num_heads": HEADS})
+    call = layer.torch(types)
+    q, k, v = (torch.randn(3, *t.shape) for t in types[:3])  # type: ignore[misc]
+    mask = torch.randint(0, 2, (3, *shape))
+    mask[0] = 0  # a sample of padding only
+    extended = (1.0 - mask.float()) * torch.finfo(torch.float32).min
+    bias = extended.reshape(3, *[1] * (3 - len(shape)), *shape)
+    with torch.no_grad():
+        got = forward(call, build(call), [q, k, v, mask])
+    torch.testing.assert_close(got, _reference(q, k, v, bias))
+    assert torch.isfinite(got).all()
+
+
+def test_a_float_mask_is_an_additive_bias_per_head() -> None:
+    torch.manual_seed(0)
+    types = _types((HEADS, T, S), "float")
+    call = make("SDPA", {"num_heads": HEADS}).torch(types)
+    q, k, v, bias = (torch.randn(2, *t.shape) for t in types)  # type: ignore[misc]
+    with torch.no_grad():
+        got = forward(call, build(call), [q, k, v, bias])
+    torch.testing.assert_close(got, _reference(q, k, v, bias))
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "args"),
+    [
+        ((S,), "long", {}),  # flash attention keeps the scores made from the mask
+        ((HEADS, 1, S), "long", {}),
+        ((S,), "long", {"dropout": 0.1}),  # the plain math
+        ((S,), "long", {"num_kv_heads": 1}),
+        ((T, S), "float", {}),  # a bias needs its gradient: the plain math
+        ((HEADS, T, S), "float", {}),
+    ],
+)
+@pytest.mark.parametrize("batch", [2, 5])
+def test_masked_attention_saves_what_torch_saves(
+    shape: tuple[int, ...], dtype: str, args: dict[str, int], batch: int
+) -> None:
+    width = HD * args.get("num_kv_heads", HEADS)
+    types = _types(shape, dtype, width)
+    layer = make("SDPA", {"num_heads": HEADS, **args})
+    output = layer.infer(types).output
+    call = layer.torch(types)
+    module = build(call)
+    torch.manual_seed(0)
+    xs = [torch.randn(batch, *t.shape, requires_grad=True) for t in types[:3]]  # type: ignore[misc]
+    xs.append(_mask(batch, shape, dtype))
+    measured = saved_bytes(module, lambda: forward(call, module, xs))
+    assert rule(layer.saves(types, output), batch, {}) == measured
+
+
+@pytest.mark.parametrize(
+    ("shape", "args", "code", "text"),
+    [
+        ((T,), {}, "E401", "its size 5 along S should be 6 or 1"),
+        ((3, T, S), {}, "E401", "along h should be 2 or 1"),
+        ((1, 1, 1, S), {}, "E404", "has rank 4"),
+        ((S,), {"causal": True}, "E204", "causal=true or a mask"),
+    ],
+)
+def test_a_mask_that_does_not_broadcast_is_refused(
+    shape: tuple[int, ...], args: dict[str, bool], code: str, text: str
+) -> None:
+    with pytest.raises(LayerError) as err:
+        make("SDPA", {"num_heads": HEADS, **args}).infer(_types(shape, "long"))
+    assert err.value.code == code
+    assert text in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("bias", "text"),
+    [
+        (["q", "q"], "names a projection twice"),
+        (["q", "key"], "'q', 'k', 'v' or 'out'"),
+    ],
+)
+def test_a_bias_must_name_projections_once(bias: list[str], text: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        make("MultiheadAttention", {"num_heads": 2, "bias": bias})
+    assert text in str(err.value)
+
+
+def _t5_bucket(offset: int, buckets: int, distance: int, bidirectional: bool) -> int:
+    """The T5 paper's bucket of a key ``offset`` steps after the query, written out."""
+    bucket = 0
+    if bidirectional:
+        buckets //= 2
+        bucket, offset = (buckets if offset > 0 else 0), abs(offset)
+    else:
+        offset = max(-offset, 0)
+    exact = buckets // 2
+    if offset < exact:
+        return bucket + offset
+    scaled = math.log(offset / exact) / math.log(distance / exact) * (buckets - exact)
+    return bucket + min(exact + int(scaled), buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_t5_bias_is_looked_up_by_the_bucket_of_the_offset(bidirectional: bool) -> None:
+    steps, buckets, distance = 40, 8, 20
+    args = {"num_buckets": buckets, "num_heads": 2, "max_distance": distance}
+    layer = make("BucketedPositionBias", args | {"bidirectional": bidirectional})
+    call = layer.torch([TensorType((steps, 4))])
+    module = build(call)
+    with torch.no_grad():
+        out = forward(call, module, [torch.zeros(3, steps, 4)])
+    table = module.relative_attention_bias.weight
+    assert out.shape == (3, 2, steps, steps)
+    for i in range(steps):
+        for j in range(steps):
+            bucket = _t5_bucket(j - i, buckets, distance, bidirectional)
+            assert torch.equal(out[2, :, i, j], table[bucket])
