@@ -297,7 +297,9 @@ _BUCKETED = '''class BucketedPositionBias(nn.Module):
         self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
         exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
         # log(max_distance / exact), in double precision as Python's math.log computes it
-        self.log_span = float(torch.tensor(max_distance / exact, dtype=torch.float64).log())
+        # (on the CPU, whatever device the module is built on)
+        span = torch.tensor(max_distance / exact, dtype=torch.float64, device="cpu")
+        self.log_span = float(span.log())
 
     def buckets(self, steps: int, device: torch.device) -> torch.Tensor:
         position = torch.arange(steps, device=device)
