@@ -50,8 +50,9 @@ lint: $(DEV)
 	$(BIN)/ruff check dlspec tests bench
 	$(BIN)/mypy
 
+# two workers (the suite's files shared out whole: the manual's commands run in order)
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 format: $(DEV)
 	$(BIN)/ruff format dlspec tests bench
