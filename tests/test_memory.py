@@ -614,6 +614,20 @@ GRAPH_CASES = {
         p = Pad(left=1, mode="reflect") <- n
         q = Pad(left=1, mode="replicate") <- h
     }""",
+    # attention's plain math keeps each product's operand only for the other's gradient: over
+    # data, with a learned bias, only the probabilities and the values (issue 22's fuzz run)
+    "attention-over-data": """model M(T: dim = 5) {
+        input x: float[T, 8]
+        input m: float[4, 4, 8]
+        b = BucketedPositionBias(4, 2, max_distance=8) <- x
+        a = SDPA(2) <- x, x, x, b
+        q = Linear(8) <- x
+        c = SDPA(2) <- x, q, x, b
+        d = SDPA(2, dropout=0.1) <- x, x, q, b
+        r = RelativePositionBias(2, 2) <- m
+        w = WindowPartition(2, 0) <- m
+        e = SDPA(2) <- w, w, w, r
+    }""",
     # a contraction keeps each operand for the other's gradient only
     "einsum-with-data": """model M {
         input x: float[6, 8]

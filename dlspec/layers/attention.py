@@ -1083,15 +1083,23 @@ class SDPA(Layer):
             # the scores made from the long masks: flash attention keeps them
             masks = [Saved("mask", product(_broadcast_masks(inputs[3:])))] if inputs[3:] else []
             return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse, *masks]
-        probabilities = ("probs", "mask", "dropped") if self.dropout else ("probs",)
+        # each product keeps one operand for the other's gradient: the scaled queries for the
+        # keys', the values for the probabilities' (which the scores' need); the softmax keeps
+        # its probabilities for the scores' gradient, the product with v for the values'
+        q_grad, k_grad, v_grad = (given.needs_grad(i) for i in range(3))
+        scores_grad = q_grad or k_grad or bias_grad
+        if self.dropout:
+            kept = {"probs": scores_grad, "mask": scores_grad, "dropped": v_grad}
+        else:
+            kept = {"probs": scores_grad or v_grad}
         layouts = given.layouts or (None,) * 3
         in_place = kv == h and _heads_fold(layouts[2], h)
         value = saved_input(inputs, 2) if in_place else Saved("v", windows * s * h * value_head)
         return [
-            Saved("q_scaled", windows * t * h * head),
-            Saved("k_scaled", windows * s * h * head),
-            value,
-            *(Saved(what, windows * h * t * s) for what in probabilities),
+            *([Saved("q_scaled", windows * t * h * head)] if k_grad else []),
+            *([Saved("k_scaled", windows * s * h * head)] if q_grad else []),
+            *([value] if scores_grad else []),
+            *(Saved(what, windows * h * t * s) for what, keep in kept.items() if keep),
         ]
 
     def _flash(
