@@ -32,6 +32,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     Shape,
     TensorType,
@@ -55,7 +56,6 @@ from dlspec.layers.layout import (
 from dlspec.layers.norm import LayerNorm
 from dlspec.layers.symbolic import Dim, product
 
-Pos = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Eps = Annotated[float, Field(gt=0)]
 

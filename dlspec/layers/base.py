@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
 from dlspec.layers.layout import Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.provenance import carries
@@ -72,6 +72,10 @@ class TensorType(NamedTuple):
 
     def __str__(self) -> str:
         return "[" + ", ".join(fmt_dim(d) for d in self.shape) + "]"
+
+
+#: A size, count or stride: a whole number of at least 1 (an argument's type).
+Pos = Annotated[int, Field(ge=1)]
 
 
 class LayerError(Exception):

@@ -26,7 +26,6 @@ from dlspec.layers.base import (
     retire,
 )
 
-Pos = Annotated[int, Field(ge=1)]
 Even = Annotated[int, Field(ge=2, multiple_of=2)]
 
 _TIMESTEP = '''class TimestepEmbedding(nn.Module):

@@ -12,6 +12,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     Shape,
     TensorType,
@@ -27,7 +28,6 @@ from dlspec.layers.base import (
 from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, product
 
-Pos = Annotated[int, Field(ge=1)]
 NonNeg = Annotated[int, Field(ge=0)]
 
 

@@ -7,7 +7,7 @@ lookup, and an element-wise add like a residual connection's).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -15,6 +15,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     Shape,
     TensorType,
@@ -26,8 +27,6 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.layout import Layout, elementwise
 from dlspec.layers.symbolic import Dim
-
-Pos = Annotated[int, Field(ge=1)]
 
 
 @register

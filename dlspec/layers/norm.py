@@ -20,6 +20,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     Shape,
     TensorType,
@@ -34,7 +35,6 @@ from dlspec.layers.base import (
 from dlspec.layers.layout import Layout, channels_last, is_contiguous, like, suggested
 from dlspec.layers.symbolic import Dim, product
 
-Pos = Annotated[int, Field(ge=1)]
 Eps = Annotated[float, Field(gt=0)]
 
 

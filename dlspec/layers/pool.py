@@ -13,6 +13,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     TensorType,
     TorchCall,
@@ -27,7 +28,6 @@ from dlspec.layers.base import (
 from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, fmt_dim, product
 
-Pos = Annotated[int, Field(ge=1)]
 NonNeg = Annotated[int, Field(ge=0)]
 
 _UNITS = {

@@ -34,6 +34,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     Shape,
     TensorType,
@@ -48,7 +49,6 @@ from dlspec.layers.base import (
 from dlspec.layers.layout import Layout, time_major
 from dlspec.layers.symbolic import Dim, product
 
-Pos = Annotated[int, Field(ge=1)]
 Returns = Literal["sequence", "last", "hidden"]
 
 

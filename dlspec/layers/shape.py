@@ -17,6 +17,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     SymbolicSize,
     TensorType,
@@ -42,7 +43,6 @@ from dlspec.layers.layout import (
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 from dlspec.syntax.bounds import MAX_LITERAL
 
-Pos = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 

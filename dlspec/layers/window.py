@@ -24,6 +24,7 @@ from dlspec.layers.base import (
     Inferred,
     Layer,
     LayerError,
+    Pos,
     Saved,
     Shape,
     TensorType,
@@ -37,7 +38,6 @@ from dlspec.layers.base import (
 from dlspec.layers.layout import Layout, contiguous, permute, reshape
 from dlspec.layers.symbolic import Dim
 
-Pos = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 
 
