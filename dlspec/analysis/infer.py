@@ -650,11 +650,9 @@ class Analyzer:
             scope.tensors[target] = None
         inputs = self._sources(stmt, scope)
         scope.current, scope.several = targets[0], None
-        if loop is not None:
-            count = expect_int(loop.count, scope.values(), "range's count", minimum=0)
-            step = self._repeat(stmt, count, name, scope, inputs)
-        elif count_expr is not None:
-            count = expect_int(count_expr, scope.values(), "a repeat count", minimum=0)
+        if count_expr is not None:
+            what = "range's count" if loop is not None else "a repeat count"
+            count = expect_int(count_expr, scope.values(), what, minimum=0)
             step = self._repeat(stmt, count, name, scope, inputs)
         else:
             step = self._operation(stmt, stmt.op, name, scope.child_path(name), scope, inputs)
