@@ -676,7 +676,23 @@ def _two_input(draft: Draft) -> list[str] | None:
         return _sdpa(draft, a, seqs)
     if call.startswith("MultiheadAttention") and r.random() < 0.3:  # Whisper's: k_proj bare
         call = f'MultiheadAttention(num_heads={heads}, bias=["q", "v", "out"])'
+    if call.startswith("MultiheadAttention"):
+        return _key_padding(draft, call, a, b)
     return [f"{draft.name()} = {call} <- {a.name}, {b.name}"]
+
+
+def _key_padding(draft: Draft, call: str, query: Tensor, keys: Tensor) -> list[str]:
+    """MultiheadAttention of ``query`` over ``keys``, half the time with a key-padding mask
+    where there are ids as long as the keys (PaddingMask's, or any: 0 is padding), and then
+    causal half the time where it attends over itself."""
+    r = draft.rng
+    masks = [t for t in draft.tensors if t.dtype == "long" and t.shape == keys.shape[:1]]
+    if not masks or r.random() < 0.5:
+        return [f"{draft.name()} = {call} <- {query.name}, {keys.name}"]
+    sources = query.name if query is keys else f"{query.name}, {keys.name}"
+    if query is keys and r.random() < 0.5:
+        call = call[:-1] + ", causal=true)"
+    return [f"{draft.name()} = {call} <- {sources}, {r.choice(masks).name}"]
 
 
 def _windows(draft: Draft) -> list[str] | None:

@@ -458,9 +458,9 @@ def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | t
     if tensor.startswith("input") and tensor[5:].isdigit():
         ref = applied.reads[int(tensor[5:])]
         if saved.reads == "rows" and not as_rows(ref.layout):
-            return (index, tensor)
+            return (index, tensor + saved.reader)
         if saved.reads == "dense" and not is_dense(ref.layout):
-            return (index, tensor)
+            return (index, tensor + saved.reader)
         return (ref.storage,)
     return (index, tensor)
 

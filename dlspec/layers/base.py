@@ -162,6 +162,9 @@ class Saved:
     # last dimension ("rows": a Linear's product) or dense in its memory format ("dense":
     # GroupNorm); where torch cannot view the input so, it keeps a copy of its own
     reads: Reads = "any"
+    # which of a layer's kernels reads the input so, where several do: each makes and keeps
+    # a copy of its own (attention's q, k and v projections of one sequence)
+    reader: str = ""
 
 
 def saved_input(inputs: Sequence[TensorType], index: int = 0, reads: Reads = "any") -> Saved:
@@ -214,6 +217,11 @@ class Given:
         """Input ``i``'s last dimension has its elements adjacent in memory (not so in a
         slice across it, as ``Select`` of a feature makes)."""
         return not self.layouts or self.layouts[i].strides[-1] == 1
+
+    def one_sample(self) -> bool:
+        """The layouts are those of a batch of 1 (:func:`dlspec.analysis.memory.dataflow`
+        follows it apart): torch views there what it copies at a larger batch."""
+        return bool(self.layouts) and self.layouts[0].sizes[0] == 1
 
     def in_place(self) -> frozenset[str]:
         """The inputs a time-major kernel reads in place, by their names in :class:`Saved`
