@@ -47,6 +47,7 @@ from dlspec.layers.base import (
 from dlspec.layers.dense import Linear
 from dlspec.layers.layout import (
     Layout,
+    contiguous,
     empty_like,
     permute,
     reshape,
@@ -1193,14 +1194,21 @@ class SDPA(Layer):
 
     def layout_given(self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
-        layer's output views it; the plain math's is contiguous."""
+        layer's output views it. The plain math's product is contiguous ``(B, ..., h, T,
+        hd_v)``: the heads moved back beside their features view it where that can be (a
+        head one feature wide), else copy it, contiguous."""
         query, _, value = inputs[:3]
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
         unit = all(x.strides[-1] == 1 for x in inputs[:3])
         windows = len(query.sizes) > 3
-        flash = self._flash(head, value_head, unit, windows, any(grads[3:]))
-        return empty_like(query) if flash else output
+        if self._flash(head, value_head, unit, windows, any(grads[3:])):
+            return empty_like(query)
+        *lead, steps, _ = output.sizes
+        rank = len(lead)
+        made = contiguous((*lead, self.num_heads, steps, value_head))
+        merged = reshape(permute(made, (*range(rank), rank + 1, rank, rank + 2)), output.sizes)
+        return output if merged.copied else merged
 
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""
