@@ -317,7 +317,7 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
         )
     if layer.aliases_input():
         return Ref(inputs[0].storage, layout, flow.new_object(), grad)
-    storage = flow.new(layer.output_storage([t.type for t in step.inputs], output))
+    storage = flow.new(layer.output_storage_at([t.type for t in step.inputs], output, flow.batch))
     if not layer.output_batched():
         flow.unbatched.add(storage)
     return Ref(storage, layout, flow.new_object(), grad)

@@ -302,6 +302,12 @@ class Layer(BaseModel):
         sequence), which then stays alive as long as a later layer keeps the output."""
         return product(output.shape)
 
+    def output_storage_at(self, inputs: list[TensorType], output: TensorType, batch: int) -> Dim:
+        """:meth:`output_storage` at a batch of ``batch``: 1, or 2 standing for every larger
+        one (the activation memory follows batch 1 apart), for a kind whose torch kernel
+        allocates its output otherwise at batch 1; by default the same at every batch."""
+        return self.output_storage(inputs, output)
+
     def output_batched(self) -> bool:
         """False when the output is one tensor for the whole batch, expanded over it (a
         relative position bias): its storage, :meth:`output_storage` elements, does not grow
