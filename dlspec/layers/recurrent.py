@@ -210,6 +210,13 @@ class _Recurrent(Layer):
             return self.copies() * self._width()
         return product(output.shape)
 
+    def output_storage_at(self, inputs: list[TensorType], output: TensorType, batch: int) -> Dim:
+        """At batch 1 the two directions' last states side by side view ``h_n`` as well (a
+        batch of one's stride does not matter): the whole of it stays."""
+        if batch == 1 and self.returns == "hidden":
+            return self.copies() * self._width()
+        return self.output_storage(inputs, output)
+
     def _in_order(self, given: Given) -> bool:
         """Whether the first layer reads the input in place: its time-major transpose reads
         as rows (a view, perhaps of a larger storage, which it then keeps)."""
