@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dlspec.commands.bounded import MAX_MEMORY
 from dlspec.commands.common import add_input_argument, add_set_argument
 
 TIMEOUT = 600  # seconds an import may take: tracing a large model takes a minute or two
-MAX_MEMORY = 4 * 2**30  # bytes the model's code may allocate, beyond dlspec's own
 
 EPILOG = """\
 --weights CHECKPOINT also writes the model's weights as a dlspec checkpoint (state_dict names
