@@ -42,6 +42,14 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> tu
     return code, err
 
 
+DIM_SPEC = """\
+model Seq(T: dim = 4) {
+    input x: float[T]
+    Linear(3)
+}
+"""
+
+
 @pytest.fixture
 def spec(tmp_path: Path) -> Path:
     path = tmp_path / "small.dl"
@@ -189,6 +197,8 @@ def test_plan_honours_max_layers_and_a_batch_that_does_not_fit_is_an_error(
     ("text", "args", "message"),
     [
         (SPEC, ["--set", "n=" + DIGITS], "a number literal of 400 digits is too large"),
+        (DIM_SPEC, ["--set", "T=1e400"], "--set T=1e400: 1e400 is too large for a floating"),
+        (DIM_SPEC, ["--set", "T=nan"], "--set T=nan: nan is not a number"),
         (
             "model Up {\n    input x: float[3, 8, 8]\n    Upsample(scale_factor=1e300)\n}\n",
             [],
@@ -202,7 +212,7 @@ def test_plan_honours_max_layers_and_a_batch_that_does_not_fit_is_an_error(
             "error[E602]: block calls nest too deeply",
         ),
     ],
-    ids=["set-400-digits", "upsample-1e300", "300-nested-blocks"],
+    ids=["set-400-digits", "set-dim-1e400", "set-dim-nan", "upsample-1e300", "300-nested-blocks"],
 )
 def test_numbers_and_nesting_beyond_the_analysis_are_diagnostics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, args: list[str], message: str
@@ -510,7 +520,7 @@ def test_a_malformed_onnx_file_is_a_message_naming_the_node(
 
 
 def test_a_full_disk_while_writing_a_checkpoint_is_an_oserror_and_keeps_the_old_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"the previous checkpoint")
@@ -524,6 +534,18 @@ def test_a_full_disk_while_writing_a_checkpoint_is_an_oserror_and_keeps_the_old_
         save_checkpoint(path, Checkpoint("0" * 64, 1, {}, {}, [], {}))
     assert path.read_bytes() == b"the previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+    # import --weights writes a checkpoint too: the same full disk is its message, and the
+    # spec is not written without the weights
+    (tmp_path / "plain.py").write_text(
+        "from torch import nn\n\n\ndef Plain():\n    return nn.Sequential(nn.Linear(4, 2))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["import", "plain:Plain", "--input", "float[4]", "--out", "m.dl", "--weights", "w.pt"]
+    code, err = cli(capsys, *args)
+    assert code == 1 and "dlspec import: cannot write w.pt: [enforce fail" in err
+    assert "(is the disk full?)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "plain.py"]
 
 
 def test_predict_refuses_outputs_that_are_not_finite(
@@ -573,6 +595,26 @@ def test_a_model_named_like_a_layer_kind_is_refused() -> None:
     with pytest.raises(dlspec.SpecError) as err:
         dlspec.load_text(spec)
     assert "E206" in [d.code for d in err.value.diagnostics]
+
+
+def test_every_class_that_generated_code_defines_is_a_name_no_model_may_take() -> None:
+    """The helper classes the layer kinds put in generated code (LayerNorm2d, SDPA, RoPE,
+    ...) are refused as model and block names, as the kinds' names are: E206 covers them
+    because each is its kind's name; a helper of another name would need its own rule."""
+    import importlib
+    import pkgutil
+    import re
+
+    import dlspec.layers
+    from dlspec.layers import REGISTRY
+
+    helpers = set()
+    for module in pkgutil.iter_modules(dlspec.layers.__path__):
+        for value in vars(importlib.import_module(f"dlspec.layers.{module.name}")).values():
+            if isinstance(value, str):
+                helpers |= set(re.findall(r"^class (\w+)\((?:nn|torch)\.", value, re.MULTILINE))
+    assert {"LayerNorm2d", "SDPA", "SinusoidalPositionalEncoding"} <= helpers
+    assert helpers <= set(REGISTRY)
 
 
 # hostile ONNX files: ONNX Runtime runs them bounded ----------------------------------------
