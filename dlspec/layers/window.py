@@ -89,7 +89,9 @@ _PARTITION = '''class WindowPartition(nn.Module):
         if self.shift:
             x = x.roll((-self.shift, -self.shift), dims=(1, 2))
         w = self.window
-        x = x.unflatten(1, (-1, w)).unflatten(3, (-1, w))  # (B, H/w, w, W/w, w, C)
+        # sizes read from the tensor (a traced export keeps them dynamic, unflatten's fixed)
+        x = x.reshape(x.shape[0], -1, w, *x.shape[2:])  # (B, H/w, w, W, C)
+        x = x.reshape(*x.shape[:3], -1, w, x.shape[-1])  # (B, H/w, w, W/w, w, C)
         return x.transpose(2, 3).flatten(3, 4)  # (B, H/w, W/w, w*w, C)
 '''
 
@@ -142,7 +144,8 @@ _MERGE = '''class WindowMerge(nn.Module):
         self.window, self.shift = window, shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unflatten(3, (self.window, self.window)).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
+        w = self.window  # sizes read from x, as in WindowPartition
+        x = x.reshape(*x.shape[:3], w, w, -1).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
         x = x.flatten(1, 2).flatten(2, 3)  # (B, H, W, C)
         return x.roll((self.shift, self.shift), dims=(1, 2)) if self.shift else x
 '''
