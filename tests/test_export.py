@@ -605,7 +605,7 @@ KIND_SPECS = {
         a = SDPA(2) <- x, x, x, mask                  # padding: BERT's extended mask
         bias = Parameter(2, 5, 5) <- a                # [h, T, S], added to the scores
         t5 = BucketedPositionBias(8, 2, max_distance=6) <- a   # T5's, by offset buckets
-        b = SDPA(2) <- a, a, a, bias, t5
+        b = SDPA(2, scale=1.0) <- a, a, a, bias, t5   # T5 does not scale its scores
         MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
     }""",
     "windows": """model Windows {                    # Swin's shifted-window attention
