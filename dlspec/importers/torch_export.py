@@ -151,9 +151,12 @@ class _Exported(_Capture):
     tracer = "torch.export"
     exported = True
 
-    def __init__(self, model: nn.Module, modules: nn.Module) -> None:
+    def __init__(
+        self, model: nn.Module, modules: nn.Module, calls: dict[str, dict[str, torch.Tensor]]
+    ) -> None:
         super().__init__(model)
         self.modules = modules  # the unflattened program: path -> its graph's module
+        self.calls = calls  # path -> the tensors its forward received, by parameter name
 
     def graph(self, module: nn.Module, path: str) -> tuple[nn.Module, fx.Graph]:
         unflattened = self.modules.get_submodule(f"model.{path}" if path else "model")
@@ -162,6 +165,25 @@ class _Exported(_Capture):
     def constants(self, path: str) -> list[float]:
         _, graph = self.graph(self.model.get_submodule(path), path)
         return [a for n in graph.nodes for a in (*n.args, *n.kwargs.values()) if type(a) is float]
+
+    def input_names(self, path: str, values: list[Any]) -> list[str] | None:
+        """The forward's parameter names of the tensors a module received (an unflattened
+        graph names its inputs after the operations that made them, numbered across the
+        model: ``layer_norm_1`` in one copy of a block is ``layer_norm_3`` in the next)."""
+        received = self.calls.get(path, {})
+        names = []
+        for value in values:
+            alike = [
+                name
+                for name, tensor in received.items()
+                if isinstance(value, torch.Tensor)
+                and value.shape == tensor.shape
+                and torch.equal(value, tensor)
+            ]
+            if len(alike) != 1:
+                return None
+            names += alike
+        return names if len(set(names)) == len(names) else None
 
 
 def capture(
@@ -230,7 +252,38 @@ def _run(
     examples = [example(spec, symbols) for spec in inputs]
     arguments = _arguments(modules, examples)
     live = [any(a is x for x in examples) for a in arguments]
-    return _Exported(model, modules).root(inputs, symbols, arguments, live)
+    calls = _received(model, examples)
+    return _Exported(model, modules, calls).root(inputs, symbols, arguments, live)
+
+
+def _received(model: nn.Module, examples: list[torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """What each submodule's forward receives (its first call) on the examples: module path
+    -> parameter name -> tensor."""
+    calls: dict[str, dict[str, Any]] = {}
+
+    def record(path: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            try:
+                bound = inspect.signature(module.forward).bind(*args, **kwargs)
+            except TypeError:  # a forward that takes *args: its tensors have no names
+                return
+            tensors = {k: v for k, v in bound.arguments.items() if isinstance(v, torch.Tensor)}
+            calls.setdefault(path, {k: v.clone() for k, v in tensors.items()})
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(record(path), with_kwargs=True)
+        for path, module in model.named_modules()
+        if path
+    ]
+    try:
+        with torch.no_grad():
+            _Picked(model, []).eval()(*examples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
 
 
 def _arguments(modules: nn.Module, examples: list[torch.Tensor]) -> list[Any]:

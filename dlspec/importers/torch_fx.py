@@ -36,7 +36,9 @@ PROBE = 3.0  # the spread of the values a stand-in is also checked on
 EXAMPLE_BATCH = 2
 HEAD_RESHAPES = ("transpose", "view", "reshape", "contiguous")  # methods around attention heads
 HEAD_SPLITS = (*HEAD_RESHAPES, "unsqueeze", "expand")  # ... and grouped-query repeats
-NOT_NAMES = frozenset({"self", "torch", "nn", "F", "input"})  # names a statement may not take
+NOT_NAMES = frozenset(
+    {"self", "torch", "nn", "F", "input", "output"}
+)  # names a statement may not take
 
 _INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
 _DIM = re.compile(r"^(?:(\d+)|([A-Za-z_]\w*)(?:\s*=\s*(\d+))?)$")
@@ -305,6 +307,11 @@ class _Capture:
         """The float constants the forward of the module at ``path`` computes with."""
         return []
 
+    def input_names(self, path: str, values: list[Any]) -> list[str] | None:
+        """The names the forward of the module at ``path`` gives the tensors ``values`` it
+        receives, where its graph does not name them so (None: the graph's names)."""
+        return None
+
     def body(
         self,
         module: nn.Module,
@@ -366,6 +373,7 @@ class _Scope:
         self.reads: dict[str, list[fx.Node]] = {}  # statement -> the nodes it reads
         self.live: set[fx.Node] = set()  # nodes computed from the inputs (not from constants)
         self.failed: dict[fx.Node, str] = {}
+        self.fills: dict[fx.Node, tuple[fx.Node, int | float, str]] = {}  # see _fill
 
     def _origin(self, target: str) -> str:
         return f"{self.path}.{target}" if self.path else target
@@ -388,10 +396,11 @@ class _Scope:
             for n in self.graph.nodes
             if n.op == "placeholder" and _tensor(self.env.get(n)) and n in self.given
         ]
-        for node in placeholders:
+        given = self.capture.input_names(self.path, [self.env[n] for n in placeholders])
+        for i, node in enumerate(placeholders):
             # a block of one input reads it as `input`; one of several names them
             single = not self.root and len(placeholders) == 1
-            name = "input" if single else self._name(str(node.target))
+            name = "input" if single else self._name(given[i] if given else str(node.target))
             self.names[node] = name
             self.taken.add(name)
             self.body.inputs.append(name)
@@ -406,6 +415,8 @@ class _Scope:
                 or any(n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes)
             ):
                 self.live.add(node)
+            elif self.capture.exported:
+                self._fill(node, placeholders)
         for node in self.graph.nodes:
             if node.op == "output":
                 output = node
@@ -420,7 +431,7 @@ class _Scope:
                 for read in node.all_input_nodes:
                     if self._learned(read) and read not in self.names and placeholders:
                         self._parameter(read, placeholders[0])
-                if self._batch_expand(node):
+                if node not in self.fills and self._batch_expand(node):
                     self.names[node] = self.names[node.args[0]]
                 else:
                     self._statement(node)
@@ -466,6 +477,47 @@ class _Scope:
         self.reads[st.name] = [batch]
         self.names[node] = st.name
         self.previous = node
+
+    def _fill(self, node: fx.Node, placeholders: list[fx.Node]) -> None:
+        """A tensor made from constants alone, one value throughout, shaped and typed as one
+        of the inputs, that a layer with weights reads (BERT's token types: zeros from a
+        buffer when none are given) -> ``Full(value) <- that input``, after the buffer it
+        came from; it is then computed from the inputs, as what reads it."""
+        value = self.env.get(node)
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.numel() < 2
+            or not bool((value == value.flatten()[0]).all())
+            or not any(
+                u.op == "call_module"
+                and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
+                for u in node.users
+            )
+        ):
+            return
+        shaped = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].shape == value.shape
+            and self.env[p].dtype == value.dtype
+        ]
+        if not shaped:
+            return
+        fill = value.flatten()[0].item()
+        buffers = [n for n in _ancestors(node) if n.op == "get_attr"]
+        alike = [str(n.target) for n in buffers if bool((self.env[n] == fill).all())]
+        self.fills[node] = (shaped[0], fill, alike[0] if len(alike) == 1 else node.name)
+        self.live.add(node)
+
+    def _filled(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        """The statement of a constant :meth:`_fill` found."""
+        source, fill, name = self.fills[node]
+        layer = REGISTRY["Full"].model_validate({"value": fill})
+        made = self._layer_statement(node, [layer], None, [source], name)
+        if isinstance(made, str):
+            return made
+        return [made[0]], made[1], [source]
 
     def _batch_expand(self, node: fx.Node) -> bool:
         """``cls_token.expand(B, -1, -1)``: the same per-sample shape, repeated over the batch,
@@ -1026,6 +1078,8 @@ class _Scope:
         return body.statements, node, data
 
     def _function(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        if node in self.fills:
+            return self._filled(node)
         if self.capture.exported and node.target is F.scaled_dot_product_attention:
             return self._heads_attention(node)
         special = self._split_part(node) or self._attention(node) or self._positional(node)
@@ -1125,3 +1179,15 @@ def _first(node: fx.Node) -> fx.Node:
     source = node.args[0]
     assert isinstance(source, fx.Node)
     return source
+
+
+def _ancestors(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` is computed from."""
+    found: list[fx.Node] = []
+    stack = list(node.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n not in found:
+            found.append(n)
+            stack += n.all_input_nodes
+    return found

@@ -60,3 +60,17 @@ def vit(layers: int = 2, hidden: int = 64) -> nn.Module:
     torch.manual_seed(0)
     config._attn_implementation = ATTENTION
     return transformers.ViTModel(config, add_pooling_layer=False).eval()
+
+
+def bert(layers: int = 2, hidden: int = 64) -> nn.Module:
+    """A BERT encoder with its pooler: token, position and token-type embeddings, post-norm
+    layers whose attention skips padding (the ``attention_mask``, when it is given)."""
+    config = transformers.BertConfig(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_attention_heads=4,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
+    return _built(transformers.BertModel, config)
