@@ -307,11 +307,6 @@ class _Capture:
         """The float constants the forward of the module at ``path`` computes with."""
         return []
 
-    def input_names(self, path: str, values: list[Any]) -> list[str] | None:
-        """The names the forward of the module at ``path`` gives the tensors ``values`` it
-        receives, where its graph does not name them so (None: the graph's names)."""
-        return None
-
     def body(
         self,
         module: nn.Module,
@@ -396,11 +391,10 @@ class _Scope:
             for n in self.graph.nodes
             if n.op == "placeholder" and _tensor(self.env.get(n)) and n in self.given
         ]
-        given = self.capture.input_names(self.path, [self.env[n] for n in placeholders])
-        for i, node in enumerate(placeholders):
+        for node in placeholders:
             # a block of one input reads it as `input`; one of several names them
             single = not self.root and len(placeholders) == 1
-            name = "input" if single else self._name(given[i] if given else str(node.target))
+            name = "input" if single else self._name(str(node.target))
             self.names[node] = name
             self.taken.add(name)
             self.body.inputs.append(name)
@@ -417,6 +411,8 @@ class _Scope:
                 self.live.add(node)
             elif self.capture.exported:
                 self._fill(node, placeholders)
+        if self.capture.exported:
+            self._padding_masks(placeholders)
         for node in self.graph.nodes:
             if node.op == "output":
                 output = node
@@ -509,6 +505,26 @@ class _Scope:
         alike = [str(n.target) for n in buffers if bool((self.env[n] == fill).all())]
         self.fills[node] = (shaped[0], fill, alike[0] if len(alike) == 1 else node.name)
         self.live.add(node)
+
+    def _padding_masks(self, placeholders: list[fx.Node]) -> None:
+        """An attention mask made from one input of token-shaped ids alone that lets every
+        query attend exactly the keys whose id is not 0 (BERT's ``attention_mask``, made
+        into a ``(B, 1, T, S)`` mask) is that input, as ``SDPA`` reads a long mask."""
+        ids = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].dim() == 2
+            and not self.env[p].is_floating_point()
+        ]
+        for node in self.graph.nodes:
+            value = self.env.get(node)
+            if node not in self.live or node in placeholders or not isinstance(value, torch.Tensor):
+                continue
+            sources = [p for p in _ancestors(node) if p in placeholders]
+            if len(sources) == 1 and sources[0] in ids and _pads(value, self.env[sources[0]]):
+                self.names[node] = self.names[sources[0]]
+                self.covered.add(node)
 
     def _filled(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
         """The statement of a constant :meth:`_fill` found."""
@@ -829,7 +845,7 @@ class _Scope:
             return ""  # its own pieces are reported
         if isinstance(sub, nn.Sequential):
             return self._unroll(node, body, data)
-        if self.root and self.capture.exported and len(data) == 1 and "." not in str(node.target):
+        if self.root and self.capture.exported and "." not in str(node.target):
             return self._inline(node, body, data)
         st = Statement(self._name(self._node_name(node)), body, origin=origin)
         self._count(st, None, node)
@@ -903,9 +919,8 @@ class _Scope:
         mask = call.get("attn_mask")
         causal = bool(call.get("is_causal"))
         query = self.env[call["query"]]
-        if isinstance(mask, fx.Node):
-            if mask in self.live:
-                return "an attention mask computed from the inputs (dlspec masks causally only)"
+        masks = [mask] if isinstance(mask, fx.Node) and mask in self.live else []
+        if isinstance(mask, fx.Node) and not masks:
             allowed = _allowed(self.env[mask], query.shape[-2], self.env[call["key"]].shape[-2])
             if allowed is None:
                 return "an attention mask that is neither causal nor empty"
@@ -935,14 +950,14 @@ class _Scope:
         if call.get("dropout_p"):
             options["dropout"] = call["dropout_p"]
         sdpa = REGISTRY["SDPA"].model_validate(options)
-        made = self._layer_statement(node, [sdpa], None, flats, "sdpa")
+        made = self._layer_statement(node, [sdpa], None, flats + masks, "sdpa")
         if isinstance(made, str):
             return made
         st, end = made
-        st.sources = [self.names[f] for f in flats]
+        st.sources = [self.names[f] for f in flats + masks]
         for role in ("query", "key", "value"):
             self.covered.update(self._heads_source_nodes(call[role]))
-        return [*statements, st], end, flats
+        return [*statements, st], end, flats + masks
 
     def _heads_source_nodes(self, node: fx.Node) -> list[fx.Node]:
         """The head reshapes from ``node`` back to the tensor they split."""
@@ -1065,7 +1080,9 @@ class _Scope:
         """The statements of a module the model's own forward calls once (a Hugging Face
         head's base model), written in the model's body under their own names: a layer of
         the head may then share a weight with one of them (``tie=``)."""
-        renamed = {"input": self.names[data[0]]}
+        renamed = dict(zip(body.inputs or ["input"], [self.names[d] for d in data], strict=True))
+        if body.statements and not body.statements[0].sources and data[0] is not self.previous:
+            body.statements[0].sources = [self.names[data[0]]]  # it read the block's input
         for st in body.statements:
             renamed[st.name] = self._name(st.name)
             st.name = renamed[st.name]
@@ -1158,6 +1175,16 @@ def _allowed(mask: torch.Tensor, t: int, s: int) -> str | None:
         return "all"
     causal = torch.ones(t, s, dtype=torch.bool).tril(s - t)
     return "causal" if bool((allowed == causal).all()) else None
+
+
+def _pads(mask: torch.Tensor, ids: torch.Tensor) -> bool:
+    """Whether an attention mask (bool: True attends; float: a bias, 0 attends) of at least
+    3 dimensions lets each query attend exactly the keys whose id is not 0."""
+    if mask.dim() < 3 or mask.shape[0] != ids.shape[0] or mask.shape[-1] != ids.shape[-1]:
+        return False
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    keep = (ids != 0).reshape(ids.shape[0], *[1] * (mask.dim() - 2), ids.shape[-1])
+    return bool((allowed == keep).all())
 
 
 def _rope_bases(tables: list[torch.Tensor], width: int) -> list[float]:
