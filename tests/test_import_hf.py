@@ -108,8 +108,7 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
 
 def test_bert_without_a_mask_attends_to_every_token() -> None:
     """Called without an attention_mask, BERT's mask of all ones, made from the length,
-    leaves no trace; its token types are zeros from a buffer (Full). One layer, no symbols:
-    one mapping."""
+    leaves no trace; its token types are zeros from a buffer (Full). One small layer."""
     result = import_model(
         f"{FACTORIES}:bert", ["long[8]"], {"layers": 1, "hidden": 32}, output="pooler_output"
     )

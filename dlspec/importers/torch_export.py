@@ -32,10 +32,8 @@ from dlspec.importers.torch_fx import (
     InputSpec,
     _Capture,
     _class_name,
-    _symbolic_shapes,
     _where,
     example,
-    other_values,
 )
 
 # ATen operations -> the method each is (same arguments after the tensor)
@@ -152,9 +150,10 @@ class _Exported(_Capture):
     tracer = "torch.export"
     exported = True
 
-    def __init__(self, model: nn.Module, modules: nn.Module) -> None:
+    def __init__(self, model: nn.Module, modules: nn.Module, symbols: dict[str, str]) -> None:
         super().__init__(model)
         self.modules = modules  # the unflattened program: path -> its graph's module
+        self.symbols = symbols  # torch.export's symbol of each --input dimension -> its name
 
     def graph(self, module: nn.Module, path: str) -> tuple[nn.Module, fx.Graph]:
         unflattened = self.modules.get_submodule(f"model.{path}" if path else "model")
@@ -163,6 +162,25 @@ class _Exported(_Capture):
     def constants(self, path: str) -> list[float]:
         _, graph = self.graph(self.model.get_submodule(path), path)
         return [a for n in graph.nodes for a in (*n.args, *n.kwargs.values()) if type(a) is float]
+
+    def sizes(self, node: fx.Node, value: torch.Tensor) -> tuple[int | str, ...] | None:
+        """The sizes torch.export recorded for the node, a symbolic one by its name (None
+        when one is a formula of the symbols, or the node is one the importer made)."""
+        recorded = node.meta.get("val")
+        if not self.symbols:
+            return tuple(value.shape[1:])
+        if not isinstance(recorded, torch.Tensor):
+            return None
+        dims: list[int | str] = []
+        for size in recorded.shape[1:]:
+            text = str(size)
+            if text.isdigit():
+                dims.append(int(text))
+            elif text in self.symbols:
+                dims.append(self.symbols[text])
+            else:
+                return None
+        return tuple(dims)
 
 
 def capture(
@@ -211,11 +229,7 @@ def capture(
         if isinstance(graph, fx.Graph):
             _rename(graph)
     _by_signature(model, modules, [example(spec, symbols) for spec in inputs])
-    first = _run(model, modules, inputs, symbols)
-    if symbols:
-        other = other_values(symbols)
-        second = _run(model, modules, inputs, other)
-        _symbolic_shapes(first.body, second.body, symbols, other)
+    first = _run(model, modules, inputs, symbols, _symbol_names(modules, inputs))
     first.params = sum(p.numel() for p in model.parameters())
     # a buffer the state_dict leaves out (rotary inv_freq) caches what a layer computes
     state = model.state_dict()
@@ -225,13 +239,33 @@ def capture(
 
 
 def _run(
-    model: nn.Module, modules: nn.Module, inputs: list[InputSpec], symbols: dict[str, int]
+    model: nn.Module,
+    modules: nn.Module,
+    inputs: list[InputSpec],
+    symbols: dict[str, int],
+    names: dict[str, str],
 ) -> Imported:
-    """One capture of the unflattened program, run on examples of the given sizes."""
+    """The capture of the unflattened program, run on examples of the given sizes, its
+    shapes read off the program's symbolic sizes (``names``: see :func:`_symbol_names`)."""
     examples = [example(spec, symbols) for spec in inputs]
     arguments = _arguments(modules, examples)
     live = [any(a is x for x in examples) for a in arguments]
-    return _Exported(model, modules).root(inputs, symbols, arguments, live)
+    return _Exported(model, modules, names).root(inputs, symbols, arguments, live)
+
+
+def _symbol_names(modules: nn.Module, inputs: list[InputSpec]) -> dict[str, str]:
+    """torch.export's symbol for each dimension ``--input`` names (``s41``) -> that name
+    (``T``), read off the model graph's inputs (in the order of the forward's)."""
+    placeholders = [
+        n for n in _graph(modules.get_submodule("model")).nodes if n.op == "placeholder"
+    ]
+    tensors = [n.meta["val"] for n in placeholders if isinstance(n.meta.get("val"), torch.Tensor)]
+    names: dict[str, str] = {}
+    for spec, value in zip(inputs, tensors, strict=False):
+        for dim, size in zip(spec.dims, value.shape[1:], strict=False):
+            if isinstance(dim, str) and not str(size).isdigit():
+                names[str(size)] = dim
+    return names
 
 
 def _by_signature(model: nn.Module, modules: nn.Module, examples: list[torch.Tensor]) -> None:

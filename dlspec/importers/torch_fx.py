@@ -307,6 +307,11 @@ class _Capture:
         """The float constants the forward of the module at ``path`` computes with."""
         return []
 
+    def sizes(self, node: fx.Node, value: torch.Tensor) -> tuple[int | str, ...] | None:
+        """The per-sample shape of ``node``'s result ``value``: its sizes on the example (a
+        second capture at other lengths names the symbolic ones, :func:`_symbolic_shapes`)."""
+        return tuple(value.shape[1:])
+
     def body(
         self,
         module: nn.Module,
@@ -820,7 +825,7 @@ class _Scope:
             st.buffers = sum(b.numel() for b in module.buffers())
         value = self.env[end]
         if isinstance(value, torch.Tensor):
-            st.shape = tuple(value.shape[1:])
+            st.shape = self.capture.sizes(end, value)
 
     def _block(
         self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
