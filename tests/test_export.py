@@ -601,7 +601,10 @@ KIND_SPECS = {
     "masks": """model Masks {
         input tokens: long[5]
         mask = PaddingMask(0)
-        x = Embedding(20, 8) <- tokens
+        e = Embedding(20, 8) <- tokens
+        types = Full(0) <- tokens                     # BERT's token types, all 0
+        t = Embedding(2, 8) <- types
+        x = Add <- e, t
         a = SDPA(2) <- x, x, x, mask                  # padding: BERT's extended mask
         bias = Parameter(2, 5, 5) <- a                # [h, T, S], added to the scores
         t5 = BucketedPositionBias(8, 2, max_distance=6) <- a   # T5's, by offset buckets
@@ -685,6 +688,7 @@ NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
     "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
+    "Full",
     "RelativePositionBias", "ShiftedWindowMask", "BucketedPositionBias",
     "Sub", "Div", "Where", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll",
     "Reparameterize",
