@@ -1,6 +1,7 @@
 """Attention masks and biases: SDPA's fourth input against the formulas it stands for
-(BERT's extended attention mask, an additive bias), the saved tensors against autograd, and
-the diagnostics for a mask that does not broadcast over the scores."""
+(BERT's extended attention mask, an additive bias), MultiheadAttention's key-padding mask
+against torch's own, the saved tensors against autograd, and the diagnostics for a mask
+that does not broadcast over the scores."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch
 from pydantic import ValidationError
 from saved_oracle import saved_bytes
 from test_layers_oracle import build, forward, make
-from test_memory import rule
+from test_memory import estimate, measure, rule
 
-from dlspec.layers import LayerError, TensorType
+import dlspec
+from dlspec.layers import LayerError, TensorType, TorchCall
 from dlspec.layers.symbolic import Dim
 
 HEADS, HD, T, S = 2, 4, 5, 6
@@ -179,3 +181,92 @@ def test_t5_bias_is_looked_up_by_the_bucket_of_the_offset(bidirectional: bool) -
         for j in range(steps):
             bucket = _t5_bucket(j - i, buckets, distance, bidirectional)
             assert torch.equal(out[2, :, i, j], table[bucket])
+
+
+# MultiheadAttention's key-padding mask --------------------------------------------------------
+
+
+def _attention(args: dict[str, object], steps: int) -> tuple[TorchCall, torch.nn.Module]:
+    """Self-attention over ``steps`` with a long [steps] mask: its TorchCall and module."""
+    types = [TensorType((steps, HEADS * HD)), TensorType((steps,), "long")]
+    call = make("MultiheadAttention", {"num_heads": HEADS, **args}).torch(types)
+    module = build(call)
+    assert module is not None
+    return call, module
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_key_padding_mask_is_torchs_own(causal: bool) -> None:
+    """0 marks a padded key: the output is torch's MultiheadAttention given the boolean
+    key_padding_mask (where a query keeps a key to attend), and stays finite where all of
+    a sample's keys are padding. Split projections (Whisper's bias on some of them) give
+    the same with the same weights."""
+    torch.manual_seed(0)
+    width, steps = HEADS * HD, T
+    call, module = _attention({"causal": causal}, steps)
+    x = torch.randn(3, steps, width)
+    ids = torch.randint(0, 3, (3, steps))
+    ids[:, 0] = 1  # a key every query may attend (the first, for causal ones)
+    with torch.no_grad():
+        got = forward(call, module, [x, ids])
+        later = torch.ones(steps, steps, dtype=torch.bool).triu(1)
+        kw = {"attn_mask": later, "is_causal": True} if causal else {}
+        want = module(x, x, x, key_padding_mask=ids == 0, need_weights=False, **kw)[0]
+        torch.testing.assert_close(got, want)
+        split_call, split = _attention({"causal": causal, "bias": ["q", "v", "out"]}, steps)
+        weights = module.in_proj_weight.chunk(3)
+        biases = module.in_proj_bias.clone().chunk(3)
+        for name, weight, bias in zip("qkv", weights, biases, strict=True):
+            getattr(split, f"{name}_proj").weight.copy_(weight)
+            if name != "k":
+                getattr(split, f"{name}_proj").bias.copy_(bias)
+        split.out_proj.load_state_dict(module.out_proj.state_dict())
+        module.in_proj_bias[width : 2 * width] = 0
+        want = module(x, x, x, key_padding_mask=ids == 0, need_weights=False, **kw)[0]
+        torch.testing.assert_close(forward(split_call, split, [x, ids]), want)
+        ids[0] = 0  # a sample of padding only
+        assert torch.isfinite(forward(call, module, [x, ids])).all()
+        assert torch.isfinite(forward(split_call, split, [x, ids])).all()
+
+
+KEY_PADDING = """model M(T: dim = 5) {
+    input x: float[T, 8]
+    input memory: float[7, 6]
+    input ids: long[7]
+    input tokens: long[T]
+    pad = PaddingMask(0) <- ids
+    keep = PaddingMask(0) <- tokens
+    a = MultiheadAttention(num_heads=2) <- x, keep
+    b = MultiheadAttention(num_heads=2, kdim=6, vdim=6) <- a, memory, pad
+    c = MultiheadAttention(num_heads=2, causal=true) <- b, keep
+    d = MultiheadAttention(num_heads=2, dropout=0.1) <- c, memory, memory, pad
+    e = MultiheadAttention(num_heads=2, bias=["q", "v", "out"]) <- d, keep
+    f = MultiheadAttention(num_heads=2, bias=["q", "v", "out"], causal=true) <- e, keep
+    g = MultiheadAttention(num_heads=2, bias=["k"], dropout=0.1) <- f, memory, pad
+}"""
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_key_padding_saves_what_torch_saves(batch: int) -> None:
+    """Flash attention keeps the float mask torch gives it: the key-padding mask expanded to
+    every head (h x S per sample; at batch 1 a view of the mask, S), the causal mask added
+    (h x T x S); the plain math (dropout) keeps none. Split projections of a time-major
+    sequence each copy it (3 copies: fixed with the masks)."""
+    spec = dlspec.load_text(KEY_PADDING)
+    assert estimate(spec, batch) == measure(spec, batch)
+
+
+@pytest.mark.parametrize(
+    ("mask", "code", "text"),
+    [
+        (TensorType((T,), "long"), "E401", "mask [5] should be [6]"),
+        (TensorType((1, S), "long"), "E401", "mask [1, 6] should be [6]"),
+        (TensorType((S, 8)), "E407", "got 4 float inputs"),
+    ],
+)
+def test_a_key_padding_mask_must_be_one_id_per_key(mask: TensorType, code: str, text: str) -> None:
+    types = [TensorType((T, 8)), TensorType((S, 8)), TensorType((S, 8)), mask]
+    with pytest.raises(LayerError) as err:
+        make("MultiheadAttention", {"num_heads": HEADS}).infer(types)
+    assert err.value.code == code
+    assert text in err.value.message

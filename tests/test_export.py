@@ -611,6 +611,18 @@ KIND_SPECS = {
         b = SDPA(2, scale=1.0) <- a, a, a, bias, t5   # T5 does not scale its scores
         MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
     }""",
+    "key_padding": """model KeyPadding {          # padded keys: a long [S] mask after the sequences
+        input tokens: long[5]
+        input memory: float[6, 4]
+        input ids: long[6]
+        x = Embedding(4, 8) <- tokens                # ids drawn below 4: a quarter padding
+        pad = PaddingMask(0) <- ids
+        keep = PaddingMask(0) <- tokens
+        a = MultiheadAttention(num_heads=2, causal=true) <- x, keep
+        b = MultiheadAttention(num_heads=2, kdim=4, vdim=4) <- a, memory, pad
+        c = MultiheadAttention(num_heads=2, bias=["q", "v", "out"]) <- b, memory, memory, pad
+        MultiheadAttention(num_heads=2, bias=["k"], causal=true) <- c, keep
+    }""",
     "windows": """model Windows {                    # Swin's shifted-window attention
         input x: float[4, 4, 8]
         bias = RelativePositionBias(2, 2) <- x       # [2, 4, 4]

@@ -46,6 +46,14 @@ class Example:
     inputs: tuple[tuple[Dim, ...], ...]  # per-sample shapes, one per input
     macs: Dim  # counted by hand, per sample; a formula in T and S
     dtype: str = "float"
+    masked: bool = False  # the last input is a long key-padding mask (ids below 5, 0 padding)
+
+    @property
+    def types(self) -> list[TensorType]:
+        dtypes = [self.dtype] * len(self.inputs)
+        if self.masked:
+            dtypes[-1] = "long"
+        return [TensorType(s, d) for s, d in zip(self.inputs, dtypes, strict=True)]  # type: ignore[arg-type]
 
     @property
     def id(self) -> str:
@@ -136,6 +144,11 @@ EXAMPLES = [
        macs=3 * T * 8 * 9 + T * 8 * 8 + 2 * T * T * 8),
     ex("MultiheadAttention", {"num_heads": 2, "bias": ("k",), "dropout": 0.1}, (T, 8), (S, 5),
        (S, 6), macs=2 * T * 8 * 8 + S * 8 * 6 + S * 8 * 6 + 2 * T * S * 8),
+    # a key-padding mask (long [S], last) adds nothing to count
+    ex("MultiheadAttention", {"num_heads": 2}, (T, 8), (S, 8), (S,),
+       macs=2 * T * 8 * 9 + 2 * S * 8 * 9 + 2 * T * S * 8, masked=True),
+    ex("MultiheadAttention", {"num_heads": 2, "bias": ("q", "v", "out"), "causal": True},
+       (T, 8), (T,), macs=3 * T * 8 * 9 + T * 8 * 8 + 2 * T * T * 8, masked=True),
     # Transformer layers and stacks: the sum of their parts
     ex("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16}, (T, 8),
        macs=encoder_layer_macs(T, 8, 16, True)),
@@ -233,13 +246,13 @@ def test_every_sequence_kind_has_an_example() -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
 def test_layer_agrees_with_torch(example: Example) -> None:
     layer = make(example.kind, example.args)
-    types = [TensorType(shape, example.dtype) for shape in example.inputs]  # type: ignore[arg-type]
+    types = example.types
     inferred = layer.infer(types)
     call = layer.torch(types)
     module = build(call)
 
     for bindings in BINDINGS:
-        xs = [random_input(concrete(s, bindings), example.dtype) for s in example.inputs]
+        xs = [random_input(concrete(t.shape, bindings), t.dtype) for t in types]
         with torch.no_grad():
             y = forward(call, module, xs)
         assert tuple(y.shape) == (BATCH, *concrete(inferred.output.shape, bindings))

@@ -317,7 +317,7 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
         )
     if layer.aliases_input():
         return Ref(inputs[0].storage, layout, flow.new_object(), grad)
-    storage = flow.new(layer.output_storage([t.type for t in step.inputs], output))
+    storage = flow.new(layer.output_storage_at([t.type for t in step.inputs], output, flow.batch))
     if not layer.output_batched():
         flow.unbatched.add(storage)
     return Ref(storage, layout, flow.new_object(), grad)
@@ -458,9 +458,9 @@ def _identity(saved: Saved, applied: Applied, index: int) -> tuple[int, ...] | t
     if tensor.startswith("input") and tensor[5:].isdigit():
         ref = applied.reads[int(tensor[5:])]
         if saved.reads == "rows" and not as_rows(ref.layout):
-            return (index, tensor)
+            return (index, tensor + saved.reader)
         if saved.reads == "dense" and not is_dense(ref.layout):
-            return (index, tensor)
+            return (index, tensor + saved.reader)
         return (ref.storage,)
     return (index, tensor)
 

@@ -47,6 +47,7 @@ from dlspec.layers.base import (
 from dlspec.layers.dense import Linear
 from dlspec.layers.layout import (
     Layout,
+    contiguous,
     empty_like,
     permute,
     reshape,
@@ -93,6 +94,7 @@ def attention_saved(
     dropout: float,
     reads: tuple[str, ...] = ("input0", "input1", "input2"),
     in_place: frozenset[str] = frozenset(),
+    mask: Dim = 0,
 ) -> list[Saved]:
     """What ``nn.MultiheadAttention`` (``need_weights=False``, so through
     ``scaled_dot_product_attention``) keeps, as tensors internal to the layer named
@@ -107,7 +109,9 @@ def attention_saved(
     log-sum-exp per head and query (h x T). With dropout it runs the plain math: scaled Q, a
     contiguous copy of K, V (whose storage is the whole joint projection when there is
     one), the probabilities, the dropout mask and the dropped probabilities (h x T x S
-    each), and a copy of the output for the output projection."""
+    each), and a copy of the output for the output projection. ``mask``: the elements per
+    sample of the additive mask flash attention is given (a key-padding mask's), which it
+    keeps; the plain math keeps nothing of a mask that needs no gradient."""
     t, e = query.shape
     s = keys[-1].shape[0] if keys else t
     projected = [(reads[0], query)]  # (the tensor read, its type) per projection
@@ -134,6 +138,7 @@ def attention_saved(
             Saved(f"{name}.qkv", t * e + 2 * s * e),
             Saved(f"{name}.out", t * e),
             Saved(f"{name}.logsumexp", heads * t),
+            *([Saved(f"{name}.mask", mask)] if mask else []),
         ]
     return saved
 
@@ -223,15 +228,25 @@ _PROJECTED = '''class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias="out" in bias)
 
     def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, steps = query.shape[0], query.shape[1]
         q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)  # (B, T|S, E)
         q, k, v = (x.reshape(batch, x.shape[1], self.num_heads, -1) for x in (q, k, v))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, T|S, hd)
+        bias = None
+        if mask is not None:  # (B, S) ids, 0 where a key is padding: the most negative score
+            bias = ((mask == 0).to(q.dtype) * torch.finfo(q.dtype).min)[:, None, None, :]
+            if self.causal:  # and -inf at later keys: (B, 1, T, S)
+                later = torch.ones(steps, k.shape[2], dtype=torch.bool, device=q.device).triu(1)
+                bias = bias.masked_fill(later, float("-inf"))
         dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout, is_causal=self.causal
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal and bias is None
         )  # (B, h, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(batch, steps, -1))  # (B, T, E)
 '''
@@ -244,7 +259,8 @@ Projection = Literal["q", "k", "v", "out"]
 class MultiheadAttention(Layer):
     """Multi-head attention. One input ``[T, E]`` is self-attention; two are
     ``(query [T, E], memory [S, kdim])`` with the memory as keys and values; three are
-    ``(query [T, E], key [S, kdim], value [S, vdim])``. Output ``[T, E]``.
+    ``(query [T, E], key [S, kdim], value [S, vdim])``; a long ``[S]`` after them is a
+    key-padding mask (0 where a key is padding, as SDPA's long masks). Output ``[T, E]``.
 
     Layout: ``in_proj_weight (3E, E)`` when ``kdim == vdim == E``, else ``q_proj_weight (E, E)``,
     ``k_proj_weight (E, kdim)``, ``v_proj_weight (E, vdim)``; ``in_proj_bias (3E,)`` with
@@ -255,13 +271,20 @@ class MultiheadAttention(Layer):
     as Hugging Face writes them, since torch's module holds one bias for all three inputs.
     MACs = T*E*(E + bq) + S*E*(kdim + bk) + S*E*(vdim + bv) [projections of Q, K, V]
     + T*S*E [Q K^T] + T*S*E [weights x V] + T*E*(E + bo) [output projection], with a b 1
-    where that projection has a bias; self-attention has S = T, so it grows with T^2."""
+    where that projection has a bias; self-attention has S = T, so it grows with T^2.
+
+    A long ``[S]`` input after the sequences is a key-padding mask, as SDPA's masks are
+    inputs: ``MultiheadAttention(8) <- x, memory, mask`` (``<- x, mask`` for
+    self-attention), 0 where a key is padding, as BERT's ``attention_mask``
+    (``PaddingMask`` makes one from token ids). Padding gets the most negative score
+    (``finfo.min``, torch's ``key_padding_mask`` as a float), so a query whose keys are all
+    padding stays finite, as under SDPA's long mask (torch's boolean mask gives NaN)."""
 
     kind = "MultiheadAttention"
     family = "attention"
     torchinfo_macs = ATTENTION_MACS
     positional = ("embed_dim", "num_heads")
-    arity = (1, 3)
+    arity = (1, 4)
 
     embed_dim: Pos | None = None
     num_heads: Pos
@@ -285,8 +308,26 @@ class MultiheadAttention(Layer):
         """Whether the projections are four Linear layers (some, not all, with a bias)."""
         return len({self._biased(p) for p in PROJECTIONS}) > 1
 
+    @staticmethod
+    def _sequences(inputs: list[TensorType]) -> list[TensorType]:
+        """The query, key and value given (1 to 3): the inputs before a key-padding mask."""
+        masked = len(inputs) > 1 and inputs[-1].dtype == "long"
+        return inputs[:-1] if masked else inputs
+
+    def _mask(self, inputs: list[TensorType]) -> TensorType | None:
+        """The key-padding mask, a long ``[S]`` after the sequences, or None."""
+        return inputs[-1] if len(self._sequences(inputs)) < len(inputs) else None
+
     def _sizes(self, inputs: list[TensorType]) -> tuple[int, int, int]:
-        """``(E, kdim, vdim)`` after checking the query, key and value."""
+        """``(E, kdim, vdim)`` after checking the query, key and value (and the mask)."""
+        mask = self._mask(inputs)
+        inputs = self._sequences(inputs)
+        if len(inputs) > 3:
+            raise LayerError(
+                "E407",
+                f"{self.kind} takes a query, keys and values (1 to 3 sequences) and a "
+                f"key-padding mask (long [S]) last; got {len(inputs)} float inputs",
+            )
         if len(inputs) == 1:
             query = key = value = inputs[0]
         elif len(inputs) == 2:
@@ -298,6 +339,12 @@ class MultiheadAttention(Layer):
             _sequence(x, self.kind)
         if key.shape[0] != value.shape[0]:
             raise LayerError("E401", f"keys {key} and values {value} differ in length")
+        if mask is not None and tuple(mask.shape) != (key.shape[0],):
+            raise LayerError(
+                "E401",
+                f"{self.kind}'s key-padding mask {mask} should be [{key.shape[0]}]: one id "
+                f"per key of {key} (0 where the key is padding)",
+            )
         _check_causal(self.causal, query, key)
         width = check_given(self.embed_dim, query.shape[1], "embed_dim", self.kind, "features")
         _check_heads(width, self.num_heads, "num_heads")
@@ -329,7 +376,7 @@ class MultiheadAttention(Layer):
             if self.bias:
                 weights["out_proj.bias"] = (width,)
         t: Dim = inputs[0].shape[0]  # queries
-        s: Dim = inputs[-1].shape[0]  # keys and values
+        s: Dim = self._sequences(inputs)[-1].shape[0]  # keys and values
         macs = (
             t * width * (width + b["q"])  # query projection
             + s * width * (kdim + b["k"])  # key projection
@@ -342,16 +389,21 @@ class MultiheadAttention(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         width, kdim, vdim = self._sizes(inputs)
         sizes = {name: size for name, size in (("kdim", kdim), ("vdim", vdim)) if size != width}
-        qkv = {1: "{x0}, {x0}, {x0}", 2: "{x0}, {x1}, {x1}", 3: "{x0}, {x1}, {x2}"}[len(inputs)]
+        given = len(self._sequences(inputs))
+        qkv = {1: "{x0}, {x0}, {x0}", 2: "{x0}, {x1}, {x1}", 3: "{x0}, {x1}, {x2}"}[given]
+        padding = f"{{x{given}}}" if given < len(inputs) else None  # the mask's input
         if self._split():
             kwargs = sizes | self.keywords(include={"dropout", "causal"})
             args = (width, self.num_heads, self.bias)
-            forward = "{module}(" + qkv + ")"  # (B, T, E)
+            forward = "{module}(" + qkv + (f", {padding}" if padding else "") + ")"  # (B, T, E)
             return TorchCall("MultiheadAttention", args, kwargs, forward, helper=_PROJECTED)
         kwargs = self.keywords(exclude={"embed_dim", "num_heads", "kdim", "vdim", "causal"})
         kwargs |= sizes
         kwargs["batch_first"] = True
         mask = f"attn_mask={CAUSAL_MASK.format(x='{x0}')}, is_causal=True, " if self.causal else ""
+        if padding:  # 0 is padding: the most negative score, as SDPA's long masks
+            dtype = "{x0}.dtype"
+            mask += f"key_padding_mask=({padding} == 0).to({dtype}) * torch.finfo({dtype}).min, "
         forward = "{module}(" + qkv + ", " + mask + "need_weights=False)[0]"  # (B, T, E)
         return TorchCall("nn.MultiheadAttention", (width, self.num_heads), kwargs, forward)
 
@@ -364,9 +416,22 @@ class MultiheadAttention(Layer):
         """torch's attention checks ``key is value`` (then the keys are one memory) and
         ``query is key`` as well (then it is self-attention), and keeps what those paths
         keep; an input stored time-major is projected in place. With a bias on some
-        projections only: what its Linear layers and SDPA keep (:meth:`_split_saved`)."""
+        projections only: what its Linear layers and SDPA keep (:meth:`_split_saved`).
+
+        Flash attention keeps the float mask it is given: torch expands a key-padding mask
+        to every head, ``(B*h, 1, S)`` (a view of the ``(B, S)`` mask at batch 1, where the
+        batch's stride does not matter), or adds the causal ``(T, S)`` mask to it."""
+        mask = self._mask(inputs)
         if self._split():
             return self._split_saved(inputs, given)
+        inputs = self._sequences(inputs)
+        t, s = inputs[0].shape[0], inputs[-1].shape[0]
+        if mask is None or self.dropout:
+            kept: Dim = 0
+        elif self.causal:
+            kept = self.num_heads * t * s
+        else:
+            kept = s if given.one_sample() else self.num_heads * s
         reads = ["input0", "input1", "input2"][: len(inputs)]
         if len(inputs) == 3 and given.first[2] == given.first[1]:
             reads.pop()
@@ -374,7 +439,14 @@ class MultiheadAttention(Layer):
             reads.pop()
         keys = inputs[1 : len(reads)]
         return attention_saved(
-            "attn", inputs[0], keys, self.num_heads, self.dropout, tuple(reads), given.in_place()
+            "attn",
+            inputs[0],
+            keys,
+            self.num_heads,
+            self.dropout,
+            tuple(reads),
+            given.in_place(),
+            kept,
         )
 
     def _split_saved(self, inputs: list[TensorType], given: Given) -> list[Saved]:
@@ -382,16 +454,24 @@ class MultiheadAttention(Layer):
         input does not read as rows); SDPA over the projections keeps what it keeps over
         three inputs (:meth:`SDPA.saves_given`), and the output projection its input: the
         attention's output, a view of what flash attention keeps, or a copy of the plain
-        math's."""
+        math's. A key-padding mask is SDPA's bias ``(1, 1, S)``, or with ``causal``
+        ``(1, T, S)``."""
         width = self._sizes(inputs)[0]
+        mask = self._mask(inputs)
+        inputs = self._sequences(inputs)
         reads = [min(i, len(inputs) - 1) for i in range(3)]  # the input each projection reads
-        kept = [saved_input(inputs, i, "rows") for i in reads]
+        kept = [
+            replace(saved_input(inputs, i, "rows"), reader=projection)
+            for i, projection in zip(reads, PROJECTIONS, strict=False)
+        ]
         t, s = inputs[0].shape[0], inputs[-1].shape[0]
         projected = [TensorType((t, width)), TensorType((s, width)), TensorType((s, width))]
+        if mask is not None:  # made in the layer, from ids: it needs no gradient
+            projected.append(TensorType((1, t if self.causal else 1, s), "long"))
         context = TensorType((t, width))
         sdpa = SDPA(num_heads=self.num_heads, dropout=self.dropout)
         names = {"input0": "q", "input1": "k", "input2": "v", "output": "context"}
-        inner = sdpa.saves_given(projected, context, Given.plain(3))
+        inner = sdpa.saves_given(projected, context, Given.plain(len(projected)))
         kept += [replace(x, tensor=names.get(x.tensor, f"sdpa.{x.tensor}")) for x in inner]
         return [*kept, Saved("context", product(context.shape))]
 
@@ -1125,14 +1205,21 @@ class SDPA(Layer):
 
     def layout_given(self, inputs: list[Layout], output: Layout, grads: tuple[bool, ...]) -> Layout:
         """Flash attention lays its output out as the queries lie (``empty_like``), and the
-        layer's output views it; the plain math's is contiguous."""
+        layer's output views it. The plain math's product is contiguous ``(B, ..., h, T,
+        hd_v)``: the heads moved back beside their features view it where that can be (a
+        head one feature wide), else copy it, contiguous."""
         query, _, value = inputs[:3]
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
         unit = all(x.strides[-1] == 1 for x in inputs[:3])
         windows = len(query.sizes) > 3
-        flash = self._flash(head, value_head, unit, windows, any(grads[3:]))
-        return empty_like(query) if flash else output
+        if self._flash(head, value_head, unit, windows, any(grads[3:])):
+            return empty_like(query)
+        *lead, steps, _ = output.sizes
+        rank = len(lead)
+        made = contiguous((*lead, self.num_heads, steps, value_head))
+        merged = reshape(permute(made, (*range(rank), rank + 1, rank, rank + 2)), output.sizes)
+        return output if merged.copied else merged
 
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""

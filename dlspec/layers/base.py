@@ -162,6 +162,9 @@ class Saved:
     # last dimension ("rows": a Linear's product) or dense in its memory format ("dense":
     # GroupNorm); where torch cannot view the input so, it keeps a copy of its own
     reads: Reads = "any"
+    # which of a layer's kernels reads the input so, where several do: each makes and keeps
+    # a copy of its own (attention's q, k and v projections of one sequence)
+    reader: str = ""
 
 
 def saved_input(inputs: Sequence[TensorType], index: int = 0, reads: Reads = "any") -> Saved:
@@ -214,6 +217,11 @@ class Given:
         """Input ``i``'s last dimension has its elements adjacent in memory (not so in a
         slice across it, as ``Select`` of a feature makes)."""
         return not self.layouts or self.layouts[i].strides[-1] == 1
+
+    def one_sample(self) -> bool:
+        """The layouts are those of a batch of 1 (:func:`dlspec.analysis.memory.dataflow`
+        follows it apart): torch views there what it copies at a larger batch."""
+        return bool(self.layouts) and self.layouts[0].sizes[0] == 1
 
     def in_place(self) -> frozenset[str]:
         """The inputs a time-major kernel reads in place, by their names in :class:`Saved`
@@ -293,6 +301,12 @@ class Layer(BaseModel):
         it is a view of a larger tensor (a recurrent layer's last step views the whole
         sequence), which then stays alive as long as a later layer keeps the output."""
         return product(output.shape)
+
+    def output_storage_at(self, inputs: list[TensorType], output: TensorType, batch: int) -> Dim:
+        """:meth:`output_storage` at a batch of ``batch``: 1, or 2 standing for every larger
+        one (the activation memory follows batch 1 apart), for a kind whose torch kernel
+        allocates its output otherwise at batch 1; by default the same at every batch."""
+        return self.output_storage(inputs, output)
 
     def output_batched(self) -> bool:
         """False when the output is one tensor for the whole batch, expanded over it (a
