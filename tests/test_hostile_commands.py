@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzz_surfaces import onnx_model
+from fuzz_surfaces import DIFFUSION_METADATA, denoiser_inputs, denoiser_model, onnx_model
 
 import dlspec
 from dlspec.cli import main
@@ -626,7 +626,7 @@ def _graph_model(
     initializers: dict[str, Any],
     *,
     shape: tuple[str | int, ...] = ("N", 4),
-    extra_inputs: tuple[Any, ...] = (),
+    extra_inputs: Sequence[Any] = (),
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """A model of ``nodes`` from x: float[shape] (and ``extra_inputs``) to y: float[shape]."""
@@ -729,32 +729,11 @@ def test_onnx_runtime_runs_a_users_model_bounded(
     assert time.monotonic() - started < 60
 
 
-def _diffusion_model(**settings: Any) -> dict[str, Any]:
+def _diffusion_model() -> dict[str, Any]:
     """``_graph_model`` arguments for a denoiser of 1x2x2 images (x: the image, then the
-    timestep and a one-token prompt, unused) with the diffusion metadata ``dlspec export``
-    writes."""
-    from onnx import TensorProto, helper
-
-    diffusion = {
-        "order": ["image", "timestep", "prompt"],
-        "image": [1, 2, 2],
-        "prompt_length": 1,
-        "token_limit": 4,
-        "schedule": "linear",
-        "timesteps": 10,
-        "prediction": "epsilon",
-        "sampler": "ddim",
-        "sample_steps": 2,
-        "guidance": 1.0,
-    } | settings
-    return {
-        "shape": ("N", 1, 2, 2),
-        "extra_inputs": (
-            helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 1]),
-            helper.make_tensor_value_info("prompt", TensorProto.INT64, ["N", 1]),
-        ),
-        "metadata": {"dlspec.classes": '["a"]', "dlspec.diffusion": json.dumps(diffusion)},
-    }
+    timestep and a one-token prompt, unused) with the metadata ``dlspec export`` writes."""
+    others = denoiser_inputs()[1:]  # after the image, x
+    return {"shape": ("N", 1, 2, 2), "extra_inputs": others, "metadata": DIFFUSION_METADATA}
 
 
 @pytest.mark.parametrize(
@@ -791,8 +770,7 @@ def test_sample_draws_from_an_onnx_model_in_the_bounded_child(
     import numpy as np
     from onnx import helper
 
-    identity = [helper.make_node("Identity", ["x"], ["y"])]
-    path = _graph_model(tmp_path / "identity.onnx", identity, {}, **_diffusion_model())
+    path = denoiser_model(tmp_path / "identity.onnx")
     out = tmp_path / "images.npz"
     assert main(["sample", str(path), "--num", "3", "--out", str(out), "--timeout", "60"]) == 0
     assert f"wrote {out}: 3 images [1, 2, 2]" in capsys.readouterr().out
