@@ -626,11 +626,14 @@ KIND_SPECS = {
     "masks": """model Masks {
         input tokens: long[5]
         mask = PaddingMask(0)
-        x = Embedding(20, 8) <- tokens
+        e = Embedding(20, 8) <- tokens
+        types = Full(0) <- tokens                     # BERT's token types, all 0
+        t = Embedding(2, 8) <- types
+        x = Add <- e, t
         a = SDPA(2) <- x, x, x, mask                  # padding: BERT's extended mask
         bias = Parameter(2, 5, 5) <- a                # [h, T, S], added to the scores
         t5 = BucketedPositionBias(8, 2, max_distance=6) <- a   # T5's, by offset buckets
-        b = SDPA(2) <- a, a, a, bias, t5
+        b = SDPA(2, scale=1.0) <- a, a, a, bias, t5   # T5 does not scale its scores
         MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
     }""",
     "windows": """model Windows {                    # Swin's shifted-window attention
@@ -710,6 +713,7 @@ NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
     "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
+    "Full",
     "RelativePositionBias", "ShiftedWindowMask", "BucketedPositionBias",
     "Sub", "Div", "Where", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll",
     "Reparameterize",

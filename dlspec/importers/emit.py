@@ -95,19 +95,21 @@ class _Writer:
         ``P.0``, ``P.1``... of one container (an nn.Sequential or nn.ModuleList), into one
         statement ``P = Block(...) * N``; its module paths are then those of the original."""
         out: list[Statement] = []
+        tail: dict[int, str] = {}  # a statement folding copies -> its last copy's own name
         for st in body.statements:
             last = out[-1] if out else None
             if (
                 last is not None
                 and isinstance(st.op, Body)
                 and isinstance(last.op, Body)
-                and not st.sources
+                and _chained(last, st, tail.get(id(last), last.name))
                 and self._same_use(last, st)
             ):
                 parent, _, index = st.origin.rpartition(".")
                 copies = last.copies or [last.op]
                 if index == str(len(copies)) and last.origin in (parent, f"{parent}.0"):
                     if not last.copies:
+                        tail[id(last)] = last.name
                         taken = {s.name for s in body.statements} - {last.name}
                         last.name = _unique(parent.rpartition(".")[2] or last.name, taken)
                         last.origin, last.copies = parent, [last.op]
@@ -115,8 +117,14 @@ class _Writer:
                     last.params += st.params
                     last.buffers += st.buffers
                     last.shape = st.shape
+                    tail[id(last)] = st.name
                     continue
             out.append(st)
+        # what read the last copy reads the repetition
+        folded = {tail[id(st)]: st.name for st in out if id(st) in tail}
+        for st in out:
+            st.sources = [folded.get(s, s) for s in st.sources]
+        body.outputs = [folded.get(s, s) for s in body.outputs]
         body.statements = out
 
     def _same_use(self, a: Statement, b: Statement) -> bool:
@@ -262,6 +270,14 @@ def transposed_names(model: Imported) -> set[str]:
 
 
 # helpers ------------------------------------------------------------------------------------
+
+
+def _chained(first: Statement, copy: Statement, previous: str) -> bool:
+    """Whether ``copy`` reads what a repetition's next copy reads: the previous copy, as its
+    first input (``previous`` names it), and the first copy's other inputs."""
+    return not copy.sources or (
+        len(copy.sources) > 1 and copy.sources == [previous, *first.sources[1:]]
+    )
 
 
 def _bodies(root: Body) -> list[Body]:

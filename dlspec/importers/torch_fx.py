@@ -36,7 +36,9 @@ PROBE = 3.0  # the spread of the values a stand-in is also checked on
 EXAMPLE_BATCH = 2
 HEAD_RESHAPES = ("transpose", "view", "reshape", "contiguous")  # methods around attention heads
 HEAD_SPLITS = (*HEAD_RESHAPES, "unsqueeze", "expand")  # ... and grouped-query repeats
-NOT_NAMES = frozenset({"self", "torch", "nn", "F", "input"})  # names a statement may not take
+NOT_NAMES = frozenset(
+    {"self", "torch", "nn", "F", "input", "output"}
+)  # names a statement may not take
 
 _INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
 _DIM = re.compile(r"^(?:(\d+)|([A-Za-z_]\w*)(?:\s*=\s*(\d+))?)$")
@@ -305,6 +307,11 @@ class _Capture:
         """The float constants the forward of the module at ``path`` computes with."""
         return []
 
+    def sizes(self, node: fx.Node, value: torch.Tensor) -> tuple[int | str, ...] | None:
+        """The per-sample shape of ``node``'s result ``value``: its sizes on the example (a
+        second capture at other lengths names the symbolic ones, :func:`_symbolic_shapes`)."""
+        return tuple(value.shape[1:])
+
     def body(
         self,
         module: nn.Module,
@@ -366,6 +373,7 @@ class _Scope:
         self.reads: dict[str, list[fx.Node]] = {}  # statement -> the nodes it reads
         self.live: set[fx.Node] = set()  # nodes computed from the inputs (not from constants)
         self.failed: dict[fx.Node, str] = {}
+        self.fills: dict[fx.Node, tuple[fx.Node, int | float, str]] = {}  # see _fill
 
     def _origin(self, target: str) -> str:
         return f"{self.path}.{target}" if self.path else target
@@ -406,6 +414,10 @@ class _Scope:
                 or any(n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes)
             ):
                 self.live.add(node)
+            elif self.capture.exported:
+                self._fill(node, placeholders)
+        if self.capture.exported:
+            self._padding_masks(placeholders)
         for node in self.graph.nodes:
             if node.op == "output":
                 output = node
@@ -420,7 +432,7 @@ class _Scope:
                 for read in node.all_input_nodes:
                     if self._learned(read) and read not in self.names and placeholders:
                         self._parameter(read, placeholders[0])
-                if self._batch_expand(node):
+                if node not in self.fills and self._batch_expand(node):
                     self.names[node] = self.names[node.args[0]]
                 else:
                     self._statement(node)
@@ -466,6 +478,67 @@ class _Scope:
         self.reads[st.name] = [batch]
         self.names[node] = st.name
         self.previous = node
+
+    def _fill(self, node: fx.Node, placeholders: list[fx.Node]) -> None:
+        """A tensor made from constants alone, one value throughout, shaped and typed as one
+        of the inputs, that a layer with weights reads (BERT's token types: zeros from a
+        buffer when none are given) -> ``Full(value) <- that input``, after the buffer it
+        came from; it is then computed from the inputs, as what reads it."""
+        value = self.env.get(node)
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.numel() < 2
+            or not bool((value == value.flatten()[0]).all())
+            or not any(
+                u.op == "call_module"
+                and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
+                for u in node.users
+            )
+        ):
+            return
+        shaped = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].shape == value.shape
+            and self.env[p].dtype == value.dtype
+        ]
+        if not shaped:
+            return
+        fill = value.flatten()[0].item()
+        buffers = [n for n in _ancestors(node) if n.op == "get_attr"]
+        alike = [str(n.target) for n in buffers if bool((self.env[n] == fill).all())]
+        self.fills[node] = (shaped[0], fill, alike[0] if len(alike) == 1 else node.name)
+        self.live.add(node)
+
+    def _padding_masks(self, placeholders: list[fx.Node]) -> None:
+        """An attention mask made from one input of token-shaped ids alone that lets every
+        query attend exactly the keys whose id is not 0 (BERT's ``attention_mask``, made
+        into a ``(B, 1, T, S)`` mask) is that input, as ``SDPA`` reads a long mask."""
+        ids = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].dim() == 2
+            and not self.env[p].is_floating_point()
+        ]
+        for node in self.graph.nodes:
+            value = self.env.get(node)
+            if node not in self.live or node in placeholders or not isinstance(value, torch.Tensor):
+                continue
+            sources = [p for p in _ancestors(node) if p in placeholders]
+            if len(sources) == 1 and sources[0] in ids and _pads(value, self.env[sources[0]]):
+                self.names[node] = self.names[sources[0]]
+                self.covered.add(node)
+
+    def _filled(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        """The statement of a constant :meth:`_fill` found."""
+        source, fill, name = self.fills[node]
+        layer = REGISTRY["Full"].model_validate({"value": fill})
+        made = self._layer_statement(node, [layer], None, [source], name)
+        if isinstance(made, str):
+            return made
+        return [made[0]], made[1], [source]
 
     def _batch_expand(self, node: fx.Node) -> bool:
         """``cls_token.expand(B, -1, -1)``: the same per-sample shape, repeated over the batch,
@@ -752,7 +825,7 @@ class _Scope:
             st.buffers = sum(b.numel() for b in module.buffers())
         value = self.env[end]
         if isinstance(value, torch.Tensor):
-            st.shape = tuple(value.shape[1:])
+            st.shape = self.capture.sizes(end, value)
 
     def _block(
         self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
@@ -777,7 +850,7 @@ class _Scope:
             return ""  # its own pieces are reported
         if isinstance(sub, nn.Sequential):
             return self._unroll(node, body, data)
-        if self.root and self.capture.exported and len(data) == 1 and "." not in str(node.target):
+        if self.root and self.capture.exported and "." not in str(node.target):
             return self._inline(node, body, data)
         st = Statement(self._name(self._node_name(node)), body, origin=origin)
         self._count(st, None, node)
@@ -851,9 +924,8 @@ class _Scope:
         mask = call.get("attn_mask")
         causal = bool(call.get("is_causal"))
         query = self.env[call["query"]]
-        if isinstance(mask, fx.Node):
-            if mask in self.live:
-                return "an attention mask computed from the inputs (dlspec masks causally only)"
+        masks = [mask] if isinstance(mask, fx.Node) and mask in self.live else []
+        if isinstance(mask, fx.Node) and not masks:
             allowed = _allowed(self.env[mask], query.shape[-2], self.env[call["key"]].shape[-2])
             if allowed is None:
                 return "an attention mask that is neither causal nor empty"
@@ -883,14 +955,14 @@ class _Scope:
         if call.get("dropout_p"):
             options["dropout"] = call["dropout_p"]
         sdpa = REGISTRY["SDPA"].model_validate(options)
-        made = self._layer_statement(node, [sdpa], None, flats, "sdpa")
+        made = self._layer_statement(node, [sdpa], None, flats + masks, "sdpa")
         if isinstance(made, str):
             return made
         st, end = made
-        st.sources = [self.names[f] for f in flats]
+        st.sources = [self.names[f] for f in flats + masks]
         for role in ("query", "key", "value"):
             self.covered.update(self._heads_source_nodes(call[role]))
-        return [*statements, st], end, flats
+        return [*statements, st], end, flats + masks
 
     def _heads_source_nodes(self, node: fx.Node) -> list[fx.Node]:
         """The head reshapes from ``node`` back to the tensor they split."""
@@ -1013,7 +1085,9 @@ class _Scope:
         """The statements of a module the model's own forward calls once (a Hugging Face
         head's base model), written in the model's body under their own names: a layer of
         the head may then share a weight with one of them (``tie=``)."""
-        renamed = {"input": self.names[data[0]]}
+        renamed = dict(zip(body.inputs or ["input"], [self.names[d] for d in data], strict=True))
+        if body.statements and not body.statements[0].sources and data[0] is not self.previous:
+            body.statements[0].sources = [self.names[data[0]]]  # it read the block's input
         for st in body.statements:
             renamed[st.name] = self._name(st.name)
             st.name = renamed[st.name]
@@ -1026,6 +1100,8 @@ class _Scope:
         return body.statements, node, data
 
     def _function(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        if node in self.fills:
+            return self._filled(node)
         if self.capture.exported and node.target is F.scaled_dot_product_attention:
             return self._heads_attention(node)
         special = self._split_part(node) or self._attention(node) or self._positional(node)
@@ -1106,6 +1182,16 @@ def _allowed(mask: torch.Tensor, t: int, s: int) -> str | None:
     return "causal" if bool((allowed == causal).all()) else None
 
 
+def _pads(mask: torch.Tensor, ids: torch.Tensor) -> bool:
+    """Whether an attention mask (bool: True attends; float: a bias, 0 attends) of at least
+    3 dimensions lets each query attend exactly the keys whose id is not 0."""
+    if mask.dim() < 3 or mask.shape[0] != ids.shape[0] or mask.shape[-1] != ids.shape[-1]:
+        return False
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    keep = (ids != 0).reshape(ids.shape[0], *[1] * (mask.dim() - 2), ids.shape[-1])
+    return bool((allowed == keep).all())
+
+
 def _rope_bases(tables: list[torch.Tensor], width: int) -> list[float]:
     """Candidate bases of a rotation, from the tables it multiplies by: in a cosine table
     ``cos(t / base^(i / half))`` at step 1 and pair 1 the angle is ``base^(-1 / half)``."""
@@ -1125,3 +1211,15 @@ def _first(node: fx.Node) -> fx.Node:
     source = node.args[0]
     assert isinstance(source, fx.Node)
     return source
+
+
+def _ancestors(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` is computed from."""
+    found: list[fx.Node] = []
+    stack = list(node.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n not in found:
+            found.append(n)
+            stack += n.all_input_nodes
+    return found

@@ -225,8 +225,15 @@ class _Constant(Layer):
     def output_batched(self) -> bool:
         return False
 
+    def made(self, sizes: tuple[int, ...]) -> Layout:
+        """How the one tensor of per-sample ``sizes`` lies before it is expanded over the
+        batch: contiguous, unless the kind makes it as a view (a permute)."""
+        return contiguous(sizes)
+
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return Layout(output.sizes, (0, *output.strides[1:]))
+        """The tensor :meth:`made`, expanded over the batch (stride 0): an element-wise
+        kernel that reads it lays its own output out in the same order."""
+        return Layout(output.sizes, (0, *self.made(output.sizes[1:]).strides))
 
 
 _RELATIVE = '''class RelativePositionBias(nn.Module):
@@ -368,6 +375,12 @@ class BucketedPositionBias(_Constant):
         args = (self.num_buckets, self.num_heads, self.max_distance)
         kwargs = self.keywords(include={"bidirectional"})
         return TorchCall("BucketedPositionBias", args, kwargs, helper=_BUCKETED)
+
+    def made(self, sizes: tuple[int, ...]) -> Layout:
+        """The lookup gives ``(T, T, heads)``, permuted to ``(heads, T, T)``: the heads vary
+        fastest."""
+        heads, queries, keys = sizes
+        return permute(contiguous((queries, keys, heads)), (2, 0, 1))
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         """The embedding's backward keeps the buckets (T x T ids), one for the batch."""
