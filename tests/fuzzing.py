@@ -1088,8 +1088,8 @@ def failures(
     else the much slower dynamo exporter). A spec that cannot be exported is appended to
     ``skipped``, not failed: dlspec export refuses it with a message. A spec whose fp32
     results are bound by rounding (:func:`onnx_disagreements`) is appended to
-    ``conditioned``; the largest relative error of ONNX Runtime's outputs that agree, to
-    ``errors``."""
+    ``conditioned``; the largest error of ONNX Runtime's outputs that agree, on the
+    tolerance's scale (:func:`scaled_error`), to ``errors``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's notes on odd head counts, oneDNN and such
         return _failures(text, onnx, skipped, dynamo, conditioned, errors)
@@ -1170,6 +1170,16 @@ class _Float64:
         return [y.numpy() for y in (out if isinstance(out, tuple) else (out,))]
 
 
+def scaled_error(comparison: Any) -> float:
+    """A :class:`Comparison`'s largest error over ``max(max|torch|, 1)``, the scale of the
+    tolerance's rule (an output whose largest magnitude is below 1 is held to an absolute
+    bound): comparable with ``RTOL``, where ``max_rel`` of an output near 0 is not."""
+    if comparison.max_abs == 0:
+        return 0.0
+    magnitude = comparison.max_abs / comparison.max_rel  # max|torch|; 0 where max_rel is inf
+    return float(comparison.max_abs / max(magnitude, 1.0))
+
+
 def onnx_disagreements(
     data: bytes,
     model: Any,
@@ -1184,7 +1194,8 @@ def onnx_disagreements(
     ONNX Runtime's error, so that rounding alone moves the output by a tenth of the tolerance
     or more (a normalisation over nearly equal values magnifies it). The two then differ by
     rounding, not by a mistake, and the spec is appended to ``conditioned``. Where every
-    output agrees, the largest relative error (``Comparison.max_rel``) goes to ``errors``."""
+    output agrees, the largest error on the tolerance's scale (:func:`scaled_error`) goes to
+    ``errors``."""
     from dlspec.backends.onnx_export import RTOL, verify_session
     from dlspec.backends.runtime import Session
 
@@ -1192,7 +1203,7 @@ def onnx_disagreements(
     onnx = verify_session(Session(data, device="cpu"), model, graph, rtol=rtol)
     if all(c.passed for c in onnx):
         if errors is not None:
-            errors.append(max(c.max_rel for c in onnx))
+            errors.append(max(scaled_error(c) for c in onnx))
         return []
     worst = max(c.max_abs for c in onnx)
     exact = _Float64(model)
@@ -1248,7 +1259,7 @@ def run(
     skipped: list[str] = []
     dynamo = rejected = 0
     conditioned: list[str] = []
-    errors: list[float] = []  # ONNX Runtime's largest relative error, per agreeing spec
+    errors: list[float] = []  # ONNX Runtime's largest scaled_error, per agreeing spec
     start = time.perf_counter()
     for i in range(count):
         spec_seed = seed + i
@@ -1275,7 +1286,7 @@ def run(
             log(
                 f"{i + 1:,} specs, {failed} failing; ONNX: {dynamo} through dynamo, "
                 f"{len(skipped)} not exported, {len(conditioned)} ill-conditioned in fp32, "
-                f"largest relative error {max(errors, default=0.0):.2g}; "
+                f"largest error {max(errors, default=0.0):.2g} of max(|torch|, 1); "
                 f"{elapsed:.0f} s ({elapsed / (i + 1):.3f} s/spec)"
             )
     return failed + len(skipped)
