@@ -297,6 +297,31 @@ def test_instance_norm_exports_over_sizes_torchscript_cannot_see() -> None:
     assert len(result.comparisons) == 8 and all(c.passed for c in result.comparisons)
 
 
+PADS_BEFORE_MAX_POOLING = """
+model P {
+    input x: float[2, 6, 6]
+    n = Sub(5.0) <- x
+    a = Pad(left=1, right=1, value=0.0) <- n
+    b = MaxPool2d(3, stride=1, padding=1) <- a
+    c = Pad(left=2, right=1) <- x
+    d = MaxPool2d(2, stride=2, padding=1) <- c
+    output b, d
+}
+"""
+
+
+def test_a_pad_before_max_pooling_keeps_its_value() -> None:
+    """ONNX Runtime's Pad_Fusion moves a Pad into the next MaxPool's pads, which pad with
+    -inf: the maxima of b's windows over negative values lost the Pad's zeros, and d's fused
+    pads (3) exceed its kernel (2), which the session refused. dlspec's sessions run without
+    it, and agree with torch."""
+    spec = dlspec.load_text(PADS_BEFORE_MAX_POOLING, "<pads>")
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and result.fallback is None
+    assert len(result.comparisons) == 4 and all(c.passed for c in result.comparisons)
+
+
 def test_token_ids_stay_below_the_smallest_vocabulary() -> None:
     spec = dlspec.load(ROOT / "specs" / "transformer.dl", src_vocab=30, tgt_vocab=20)
     assert onnx_export.index_limit(spec.graph) == 20
