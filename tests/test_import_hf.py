@@ -119,6 +119,38 @@ def test_bert_without_a_mask_attends_to_every_token() -> None:
     assert worst <= OUTPUT_TOLERANCE
 
 
+def test_an_additive_padding_mask_is_the_ids_it_was_made_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A padding mask written as a bias (0 for a token, the most negative number for
+    padding), as attention that is not Hugging Face's makes it: SDPA reads the ids."""
+    (tmp_path / "padded.py").write_text(
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "from torch import nn\n\n\n"
+        "class Padded(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embed = nn.Embedding(10, 16)\n"
+        "        self.q, self.k = nn.Linear(16, 16), nn.Linear(16, 16)\n"
+        "        self.v = nn.Linear(16, 16)\n\n"
+        "    def forward(self, ids, mask):\n"
+        "        x = self.embed(ids)\n"
+        "        b, t = x.shape[0], x.shape[1]\n"
+        "        split = [f(x).view(b, t, 2, 8) for f in (self.q, self.k, self.v)]\n"
+        "        q, k, v = (h.transpose(1, 2) for h in split)\n"
+        "        bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min\n"
+        "        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)\n"
+        "        return out.transpose(1, 2).reshape(b, t, 16)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("padded:Padded", ["long[T]", "long[T]"])
+    assert "sdpa = SDPA(2) <- q, k, v, mask" in result.text
+    assert (result.examples[1] == 0).any()  # some keys are padding
+    _, worst = imported_weights(result, dlspec.load_text(result.text, "padded.dl"))
+    assert worst <= OUTPUT_TOLERANCE
+
+
 def test_output_picks_a_result(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check", f"{FACTORIES}:vit", "--input", "float[3, 32, 32]", "--output", "nope"])
     err = capsys.readouterr().err
