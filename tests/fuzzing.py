@@ -744,7 +744,8 @@ def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
         return [
             f"{bias} = BucketedPositionBias({r.choice([4, 8])}, {heads}, max_distance=8)"
             f" <- {q.name}",
-            f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {bias}",
+            f"{draft.name()} = SDPA({heads}, {kv}, scale={r.choice([1.0, 0.5])})"  # T5: unscaled
+            f" <- {q.name}, {k.name}, {v.name}, {bias}",
         ]
     call = f"SDPA({heads}, num_kv_heads={kv}, causal={r.choice(['true', 'false'])})"
     return [f"{draft.name()} = {call} <- {q.name}, {k.name}, {v.name}"]

@@ -225,6 +225,8 @@ EXAMPLES = [
        5 * 5 * 4 * (2 + 3), more=((T, 4), (T, 6)), bindings={"T": 5}),
     ex("SDPA", {"num_heads": 2, "dropout": 0.1}, (3, 8), 3 * 7 * 2 * (4 + 4),
        more=((7, 8), (7, 8))),
+    ex("SDPA", {"num_heads": 2, "scale": 1.0}, (T, 8), 5 * 5 * 2 * (4 + 4),  # T5's: unscaled
+       more=((T, 8), (T, 8), (2, T, T)), bindings={"T": 5}),
     ex("PaddingMask", {"pad_id": 0}, (T,), 0, dtype="long", bindings={"T": 5}),
     ex("PaddingMask", {"pad_id": 3}, (2, 4), 0, dtype="long"),
     # a constant of the input's shape (BERT's token types): no parameters, MACs 0
