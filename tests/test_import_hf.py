@@ -108,14 +108,17 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
 
 def test_bert_without_a_mask_attends_to_every_token() -> None:
     """Called without an attention_mask, BERT's mask of all ones, made from the length,
-    leaves no trace; its token types are zeros from a buffer (Full). One small layer."""
-    result = import_model(
-        f"{FACTORIES}:bert", ["long[8]"], {"layers": 1, "hidden": 32}, output="pooler_output"
-    )
+    leaves no trace; its token types are zeros from a buffer (Full). Its first result, the
+    last hidden state, reads all but the pooler. One small layer."""
+    result = import_model(f"{FACTORIES}:bert", ["long[8]"], {"layers": 1, "hidden": 32})
     assert "sdpa = SDPA(4) <- query, key, value\n" in result.text
     assert "attention_mask" not in result.text
     assert "token_type_ids = Full(0)\n" in result.text
-    _, worst = imported_weights(result, dlspec.load_text(result.text, "bert.dl"))
+    spec = dlspec.load_text(result.text, "bert.dl")
+    model = result.original
+    pooler = sum(p.numel() for p in model.pooler.parameters())
+    assert spec.report.trainable_params == sum(p.numel() for p in model.parameters()) - pooler
+    _, worst = imported_weights(result, spec)
     assert worst <= OUTPUT_TOLERANCE
 
 
