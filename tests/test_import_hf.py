@@ -108,14 +108,49 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
 
 def test_bert_without_a_mask_attends_to_every_token() -> None:
     """Called without an attention_mask, BERT's mask of all ones, made from the length,
-    leaves no trace; its token types are zeros from a buffer (Full). One small layer."""
-    result = import_model(
-        f"{FACTORIES}:bert", ["long[8]"], {"layers": 1, "hidden": 32}, output="pooler_output"
-    )
+    leaves no trace; its token types are zeros from a buffer (Full). Its first result, the
+    last hidden state, reads all but the pooler. One small layer."""
+    result = import_model(f"{FACTORIES}:bert", ["long[8]"], {"layers": 1, "hidden": 32})
     assert "sdpa = SDPA(4) <- query, key, value\n" in result.text
     assert "attention_mask" not in result.text
     assert "token_type_ids = Full(0)\n" in result.text
-    _, worst = imported_weights(result, dlspec.load_text(result.text, "bert.dl"))
+    spec = dlspec.load_text(result.text, "bert.dl")
+    model = result.original
+    pooler = sum(p.numel() for p in model.pooler.parameters())
+    assert spec.report.trainable_params == sum(p.numel() for p in model.parameters()) - pooler
+    _, worst = imported_weights(result, spec)
+    assert worst <= OUTPUT_TOLERANCE
+
+
+def test_an_additive_padding_mask_is_the_ids_it_was_made_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A padding mask written as a bias (0 for a token, the most negative number for
+    padding), as attention that is not Hugging Face's makes it: SDPA reads the ids."""
+    (tmp_path / "padded.py").write_text(
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "from torch import nn\n\n\n"
+        "class Padded(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embed = nn.Embedding(10, 16)\n"
+        "        self.q, self.k = nn.Linear(16, 16), nn.Linear(16, 16)\n"
+        "        self.v = nn.Linear(16, 16)\n\n"
+        "    def forward(self, ids, mask):\n"
+        "        x = self.embed(ids)\n"
+        "        b, t = x.shape[0], x.shape[1]\n"
+        "        split = [f(x).view(b, t, 2, 8) for f in (self.q, self.k, self.v)]\n"
+        "        q, k, v = (h.transpose(1, 2) for h in split)\n"
+        "        bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min\n"
+        "        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)\n"
+        "        return out.transpose(1, 2).reshape(b, t, 16)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("padded:Padded", ["long[T]", "long[T]"])
+    assert "sdpa = SDPA(2) <- q, k, v, mask" in result.text
+    assert (result.examples[1] == 0).any()  # some keys are padding
+    _, worst = imported_weights(result, dlspec.load_text(result.text, "padded.dl"))
     assert worst <= OUTPUT_TOLERANCE
 
 

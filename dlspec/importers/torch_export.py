@@ -230,7 +230,6 @@ def capture(
             _rename(graph)
     _by_signature(model, modules, [example(spec, symbols) for spec in inputs])
     first = _run(model, modules, inputs, symbols, _symbol_names(modules, inputs))
-    first.params = sum(p.numel() for p in model.parameters())
     # a buffer the state_dict leaves out (rotary inv_freq) caches what a layer computes
     state = model.state_dict()
     first.buffers = sum(b.numel() for name, b in model.named_buffers() if name in state)
@@ -250,7 +249,11 @@ def _run(
     examples = [example(spec, symbols) for spec in inputs]
     arguments = _arguments(modules, examples)
     live = [any(a is x for x in examples) for a in arguments]
-    return _Exported(model, modules, names).root(inputs, symbols, arguments, live)
+    captured = _Exported(model, modules, names)
+    imported = captured.root(inputs, symbols, arguments, live)
+    # the parameters the result picked reads (BertModel's last_hidden_state: not the pooler's)
+    imported.params = sum(p.numel() for p in model.parameters() if id(p) in captured.seen)
+    return imported
 
 
 def _symbol_names(modules: nn.Module, inputs: list[InputSpec]) -> dict[str, str]:

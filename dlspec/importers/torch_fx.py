@@ -487,13 +487,13 @@ class _Scope:
         value = self.env.get(node)
         if (
             not isinstance(value, torch.Tensor)
-            or value.numel() < 2
-            or not bool((value == value.flatten()[0]).all())
             or not any(
                 u.op == "call_module"
                 and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
                 for u in node.users
             )
+            or value.numel() < 2
+            or not bool((value == value.flatten()[0]).all())
         ):
             return
         shaped = [
@@ -522,10 +522,12 @@ class _Scope:
             and self.env[p].dim() == 2
             and not self.env[p].is_floating_point()
         ]
-        for node in self.graph.nodes:
+        for node in self.graph.nodes if ids else []:
             value = self.env.get(node)
             if node not in self.live or node in placeholders or not isinstance(value, torch.Tensor):
                 continue
+            if value.dim() < 3:
+                continue  # not shaped for the scores (..., T, S)
             sources = [p for p in _ancestors(node) if p in placeholders]
             if len(sources) == 1 and sources[0] in ids and _pads(value, self.env[sources[0]]):
                 self.names[node] = self.names[sources[0]]
@@ -1183,11 +1185,16 @@ def _allowed(mask: torch.Tensor, t: int, s: int) -> str | None:
 
 
 def _pads(mask: torch.Tensor, ids: torch.Tensor) -> bool:
-    """Whether an attention mask (bool: True attends; float: a bias, 0 attends) of at least
-    3 dimensions lets each query attend exactly the keys whose id is not 0."""
+    """Whether an attention mask of at least 3 dimensions (bool: True attends; float: a
+    bias of 0 where it attends and the most negative numbers where not; else: not 0
+    attends) lets each query attend exactly the keys whose id is not 0."""
     if mask.dim() < 3 or mask.shape[0] != ids.shape[0] or mask.shape[-1] != ids.shape[-1]:
         return False
-    allowed = mask if mask.dtype == torch.bool else mask == 0
+    allowed = mask if mask.dtype == torch.bool else mask != 0
+    if mask.is_floating_point():
+        allowed = mask == 0
+        if not bool((allowed | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
+            return False  # not a mask: a bias of other values
     keep = (ids != 0).reshape(ids.shape[0], *[1] * (mask.dim() - 2), ids.shape[-1])
     return bool((allowed == keep).all())
 
