@@ -20,7 +20,12 @@ from dlspec.importers.pipeline import Result, import_model, imported_weights
 pytest.importorskip("transformers")
 
 FACTORIES = "docs.examples.hf"
-INPUTS = {"gpt2": "long[T]", "llama": "long[T]", "vit": "float[3, 32, 32]"}
+INPUTS = {
+    "gpt2": "long[T]",
+    "llama": "long[T]",
+    "vit": "float[3, 32, 32]",
+    "t5_encoder": "long[T]",
+}
 MAC_TOLERANCE = 0.02  # a Linear's bias and a norm's scale are MACs to dlspec, not to torch
 OUTPUT_TOLERANCE = 1e-5  # the imported weights reproduce the original's outputs (max |y - r|)
 
@@ -86,6 +91,19 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
     vit = imported("vit")[0].text
     assert "cls_token = Parameter(1, 64) <- pixel_values" in vit
     assert "layers = ViTLayer * 2" in vit
+    t5 = imported("t5_encoder")[0].text
+    for line in (
+        # the first layer's table, a lookup by offset buckets, added to unscaled scores
+        "relative_attention_bias = BucketedPositionBias(8, 4, max_distance=20) <- input",
+        "sdpa = SDPA(4, scale=1.0) <- q, k, v, relative_attention_bias",
+        "output relative_attention_bias, o",
+        # ... which it returns, and the next layer reads
+        "relative_attention_bias, block_0 = T5Block",
+        "block_1 = T5Block2 <- relative_attention_bias, block_0",
+        "layer_norm = RMSNorm(eps=1e-06)",  # T5LayerNorm, written out in its forward
+        "act = ReLU",
+    ):
+        assert line in t5
 
 
 def test_output_picks_a_result(capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,9 +149,12 @@ class _Writer:
                 values += use.args
                 names += [p for p, _ in use.block.params]
                 count = len(st.copies) or 1
-                structure.append((st.name, use.block.name, count, tuple(st.sources)))
+                outputs = tuple(st.outputs)
+                structure.append((st.name, use.block.name, count, tuple(st.sources), outputs))
         if len(body.inputs) > 1:
             structure.append(tuple(body.inputs))
+        if body.outputs:
+            structure.append(("output", *body.outputs))
         return tuple(structure), values, names
 
     # text -----------------------------------------------------------------------------------
@@ -168,6 +171,8 @@ class _Writer:
                 head += " <- " + ", ".join(body.inputs)
             lines.append(head + " {")
             lines += self._statements(body, block.columns, expects=False)
+            if body.outputs:
+                lines.append(f"{INDENT}output {', '.join(body.outputs)}")
             lines += ["}", ""]
         dims = ", ".join(f"{s}: dim = {v}" for s, v in model.symbols.items())
         lines.append(f"model {model.name}({dims}) {{" if dims else f"model {model.name} {{")
@@ -207,6 +212,8 @@ class _Writer:
                 )
                 if st.copies:
                     text += f" * {len(st.copies)}"
+                if st.outputs:
+                    text = ", ".join(st.outputs) + text[len(st.name) :]
             if st.sources:
                 text += " <- " + ", ".join(st.sources)
             line = _wrap(INDENT + text)
@@ -228,11 +235,18 @@ def write_spec(model: Imported) -> str:
 
 
 def _layers(model: Imported) -> Iterator[tuple[str, Statement]]:
-    """Every layer statement, with its path in the module dlspec generates."""
+    """Every layer statement, with its path in the module dlspec generates (a statement of
+    several outputs has no name: its module is the block's name, lowercase, numbered)."""
+    uses = _Writer(model).uses
 
     def walk(body: Body, prefix: str) -> Iterator[tuple[str, Statement]]:
+        unnamed: dict[str, int] = defaultdict(int)
         for st in body.statements:
             path = f"{prefix}{st.name}"
+            if st.outputs:
+                base = uses[id(st.op)].block.name.lower()
+                unnamed[base] += 1
+                path = f"{prefix}{base}{unnamed[base]}"
             if isinstance(st.op, LayerCall):
                 yield path, st
             elif st.copies:
