@@ -97,9 +97,9 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
         "relative_attention_bias = BucketedPositionBias(8, 4, max_distance=20) <- input",
         "sdpa = SDPA(4, scale=1.0) <- q, k, v, relative_attention_bias",
         "output relative_attention_bias, o",
-        # ... which it returns, and the next layer reads
+        # ... which it returns, and the layers after it read, alike: a repetition
         "relative_attention_bias, block_0 = T5Block",
-        "block_1 = T5Block2 <- relative_attention_bias, block_0",
+        "block = T5Block2 * 2 <- block_0, relative_attention_bias",
         "layer_norm = RMSNorm(eps=1e-06)",  # T5LayerNorm, written out in its forward
         "act = ReLU",
     ):

@@ -818,6 +818,7 @@ class _Scope:
         body = self.capture.body(sub, origin, inputs, live=live, names=self._caller_names(data))
         if body is None:
             return ""  # its own pieces are reported
+        data = self._stream_first(body, data)
         if isinstance(sub, nn.Sequential):
             return self._unroll(node, body, data)
         if self.root and self.capture.exported and len(data) == 1 and "." not in str(node.target):
@@ -834,9 +835,28 @@ class _Scope:
     def _caller_names(self, data: list[fx.Node]) -> list[str]:
         """The names of the tensors passed to a block of several inputs, which it calls them
         too where its graph is exported (whose own names are its operations', not the
-        forward's arguments' as torch.fx's)."""
-        several = len(data) > 1 and self.capture.exported
-        return [self.names.get(d, d.name) for d in data] if several else []
+        forward's arguments' as torch.fx's): ``x`` for the stream it continues (the result
+        of the statement before the call), this scope's names for the others."""
+        if len(data) < 2 or not self.capture.exported:
+            return []
+        before = self.names.get(self.previous) if self.previous is not None else None
+        names = []
+        for d in data:
+            stream = d.op != "placeholder" and self.names.get(d) == before
+            names.append("x" if stream else self.names.get(d, d.name))
+        return names
+
+    def _stream_first(self, body: Body, data: list[fx.Node]) -> list[fx.Node]:
+        """A block's inputs with the stream it continues (``x``) first, as a repetition
+        threads it (T5's later layers take the position bias, then the stream); returns the
+        call's tensors in that order."""
+        if "x" not in body.inputs[1:]:
+            return data
+        if body.statements and not body.statements[0].sources:
+            body.statements[0].sources = [body.inputs[0]]  # it read the first input
+        i = body.inputs.index("x")
+        body.inputs.insert(0, body.inputs.pop(i))
+        return [data[i], *data[:i], *data[i + 1 :]]
 
     def _split_part(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
         """``x.split(n, dim)[i]`` (as ``q, k, v = qkv.split(C, dim=2)``) -> ``Slice``."""
