@@ -153,10 +153,12 @@ def named_outputs(argv: list[str], directory: Path) -> set[Path]:
             allowed.add(directory / argv[index + 1])
     for path in list(allowed):
         allowed.add(path.with_suffix(".dot"))
-    if command in ("draw", "export"):  # default: SPEC's name .svg / .onnx in the cwd
+    if command in ("draw", "export"):  # default: SPEC's name .onnx, or .FORMAT, in the cwd
+        from dlspec.commands.draw import FORMATS
+
         spec = next((a for a in argv[1:] if not a.startswith("-")), "")
         stem = Path(spec).stem
-        allowed |= {directory / f"{stem}.{ext}" for ext in ("svg", "dot", "onnx")}
+        allowed |= {directory / f"{stem}.{ext}" for ext in ("onnx", *FORMATS)}
     if command == "fmt" and "--check" not in argv:
         allowed |= {(directory / a).resolve() for a in argv[1:] if not a.startswith("-")}
     return {p.resolve() if p.exists() else p for p in allowed}

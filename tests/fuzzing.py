@@ -306,6 +306,8 @@ def _embedding(r: random.Random, x: Tensor) -> str | None:
         return None
     if r.random() < 0.2:  # the keep-mask of ids (long, like them), which SDPA reads
         return f"PaddingMask({r.randint(0, 3)})"
+    if r.random() < 0.1:  # token types, all one value (BERT's when none are given)
+        return f"Full({r.randint(0, 1)})"
     return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
 
 
@@ -507,7 +509,7 @@ def _tensors(report: Any, draft: Draft) -> list[Tensor]:
 
 def _dtype(x: Tensor, calls: list[str]) -> str:
     """Token ids stay ids through layers that only move them (Identity, Flatten, Reshape)."""
-    moves = ("Identity", "Flatten", "Reshape", "PaddingMask")
+    moves = ("Identity", "Flatten", "Reshape", "PaddingMask", "Full")
     long = x.dtype == "long" and all(c.startswith(moves) for c in calls)
     return "long" if long else "float"
 

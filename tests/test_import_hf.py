@@ -16,16 +16,19 @@ from torch.utils.flop_counter import FlopCounterMode
 import dlspec
 from dlspec.cli import main
 from dlspec.importers.pipeline import Result, import_model, imported_weights
+from dlspec.importers.torch_export import pick
 
 pytest.importorskip("transformers")
 
 FACTORIES = "docs.examples.hf"
 INPUTS = {
-    "gpt2": "long[T]",
-    "llama": "long[T]",
-    "vit": "float[3, 32, 32]",
-    "t5_encoder": "long[T]",
+    "gpt2": ["long[T]"],
+    "llama": ["long[T]"],
+    "vit": ["float[3, 32, 32]"],
+    "bert": ["long[T]", "long[T]"],  # input_ids and attention_mask (1 a token, 0 padding)
+    "t5_encoder": ["long[T]"],
 }
+OUTPUTS = {"bert": "pooler_output"}  # the whole model: the pooler reads the encoder's output
 MAC_TOLERANCE = 0.02  # a Linear's bias and a norm's scale are MACs to dlspec, not to torch
 OUTPUT_TOLERANCE = 1e-5  # the imported weights reproduce the original's outputs (max |y - r|)
 
@@ -38,7 +41,7 @@ def _at_root(monkeypatch: pytest.MonkeyPatch) -> None:
 @functools.cache
 def imported(name: str) -> tuple[Result, dlspec.Spec]:
     """The model imported, and its spec checked (once per model for the tests that read it)."""
-    result = import_model(f"{FACTORIES}:{name}", [INPUTS[name]])
+    result = import_model(f"{FACTORIES}:{name}", INPUTS[name], output=OUTPUTS.get(name))
     return result, dlspec.load_text(result.text, f"{name}.dl")
 
 
@@ -63,7 +66,7 @@ def test_hugging_face_model_imports_as_torch_counts_it(name: str) -> None:
     rebuilt.load_state_dict(state_dict)
     with torch.no_grad():
         ours = rebuilt(*result.examples)
-        theirs = model(*result.examples)[0]
+        theirs = pick(model(*result.examples), result.output)
     assert (ours - theirs).abs().max() <= OUTPUT_TOLERANCE
     assert_golden(ROOT / "tests" / "golden" / "import" / f"{name}.dl", result.text)
 
@@ -100,10 +103,36 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
         # ... which it returns, and the layers after it read, alike: a repetition
         "relative_attention_bias, block_0 = T5Block",
         "block = T5Block2 * 2 <- block_0, relative_attention_bias",
+        "block T5Attention2 <- hidden_states, position_bias {",
         "layer_norm = RMSNorm(eps=1e-06)",  # T5LayerNorm, written out in its forward
         "act = ReLU",
     ):
         assert line in t5
+
+    bert = imported("bert")[0].text
+    for line in (
+        "input attention_mask: long[T]",
+        "token_type_ids = Full(0) <- input_ids",  # zeros from a buffer when none are given
+        "position_embeddings = LearnedPositionalEncoding(64)",
+        "layer = BertLayer * 2 <- dropout, attention_mask",
+        "block BertSelfAttention <- hidden_states, attention_mask {",
+        "sdpa = SDPA(4) <- query, key, value, attention_mask",  # padding: BERT's mask
+        "activation = Tanh",
+    ):
+        assert line in bert
+
+
+def test_bert_without_a_mask_attends_to_every_token() -> None:
+    """Called without an attention_mask, BERT's mask of all ones, made from the length,
+    leaves no trace; its token types are zeros from a buffer (Full). One small layer."""
+    result = import_model(
+        f"{FACTORIES}:bert", ["long[8]"], {"layers": 1, "hidden": 32}, output="pooler_output"
+    )
+    assert "sdpa = SDPA(4) <- query, key, value\n" in result.text
+    assert "attention_mask" not in result.text
+    assert "token_type_ids = Full(0)\n" in result.text
+    _, worst = imported_weights(result, dlspec.load_text(result.text, "bert.dl"))
+    assert worst <= OUTPUT_TOLERANCE
 
 
 def test_output_picks_a_result(capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,13 +105,18 @@ class Dataflow:
     """The model's layers in execution order, with tensor identities: the IR's edges, with
     blocks, repetitions and residuals flattened, and a view sharing the storage of what it
     views; each layer's :class:`LayerMemory` is counted as it is applied. Layouts are taken
-    at ``bindings``. A repetition's alike copies are followed one by one only until a copy
-    leaves the tensors it hands on as the copy before it left them: each later copy then
-    counts the same, and that copy's rows stand for them all (:attr:`LayerMemory.folds`)."""
+    at ``bindings`` and a batch of ``batch``: torch lays a batch of 1 out apart (a size-1
+    dimension's stride does not matter, so it views what it copies at a larger batch: a
+    slice's heads folded into the batch), any larger batch alike (:data:`STAND_IN`); the
+    rows' formulas in ``B`` hold at ``B = 1`` only, or at every ``B >= 2``. A repetition's
+    alike copies are followed one by one only until a copy leaves the tensors it hands on as
+    the copy before it left them: each later copy then counts the same, and that copy's rows
+    stand for them all (:attr:`LayerMemory.folds`)."""
 
     bindings: dict[str, int]
     precision: Precision = "fp32"
     weight_copies: bool = True
+    batch: int = STAND_IN
     rows: list[LayerMemory] = field(default_factory=list)
     storage: dict[int, Dim] = field(default_factory=dict)  # elements per sample, by tensor id
     unbatched: set[int] = field(default_factory=set)  # tensors one for the whole batch
@@ -133,7 +138,7 @@ class Dataflow:
     def laid_out(self, t: TensorType) -> Layout:
         """``t`` with the batch, contiguous, at the bindings."""
         if t.shape not in self._laid_out:
-            sizes = (STAND_IN, *(value_at(d, self.bindings) for d in t.shape))
+            sizes = (self.batch, *(value_at(d, self.bindings) for d in t.shape))
             self._laid_out[t.shape] = contiguous(sizes)
         return self._laid_out[t.shape]
 
@@ -193,11 +198,13 @@ def dataflow(
     precision: Precision = "fp32",
     weight_copies: bool = True,
     inputs_grad: bool = False,
+    batch: int = STAND_IN,
 ) -> Dataflow:
     """Follow the IR's edges through every sub-graph, counting each layer's saved tensors.
     The model's inputs are data, which requires no gradient, unless ``inputs_grad`` (float
-    inputs then do, as where the gradient of the input itself is wanted)."""
-    flow = Dataflow(model.bindings, precision, weight_copies)
+    inputs then do, as where the gradient of the input itself is wanted). ``batch``: the
+    batch size whose layouts to follow (1, or any larger: all larger ones lay out alike)."""
+    flow = Dataflow(model.bindings, precision, weight_copies, min(batch, STAND_IN))
     refs = [
         Ref(
             flow.new(product(t.type.shape)),
@@ -356,6 +363,7 @@ def activations(
     precision: Precision = "fp32",
     weight_copies: bool = True,
     inputs_grad: bool = False,
+    batch: int = STAND_IN,
 ) -> list[LayerMemory]:
     """Per layer, in execution order, the bytes of the tensors it saves for backward that
     no earlier layer saved; the sum of each row's bytes times the layers it stands for
@@ -363,8 +371,10 @@ def activations(
     with MACs also keeps the half-precision copy of its weights that its products read
     (``weight_copies``; not under FSDP, whose gathered weights are already half-precision
     and are gathered again for the backward pass). The model's inputs are data, needing no
-    gradient (a layer of no weights over them keeps nothing), unless ``inputs_grad``."""
-    return dataflow(graph, precision, weight_copies, inputs_grad).rows
+    gradient (a layer of no weights over them keeps nothing), unless ``inputs_grad``. The
+    formulas in ``B`` are exact at every batch of 2 or more, or with ``batch=1`` at batch 1,
+    where torch views some tensors it copies at larger batches (:class:`Dataflow`)."""
+    return dataflow(graph, precision, weight_copies, inputs_grad, batch).rows
 
 
 def saved_by_path(rows: list[LayerMemory]) -> dict[str, Dim]:
@@ -630,13 +640,15 @@ def training(
     device: Device = "cuda",
     rows: list[LayerMemory] | None = None,
     parallel: Parallel | None = None,
+    batch: int = STAND_IN,
 ) -> Training:
     """Peak memory of a training step: see the module docstring. Without checkpointing the
     backward pass is followed layer by layer (last first): the activations of the layers
     before it are still kept, the gradients of the parameters after it are made. With
     checkpointing, everything kept is counted at once (an upper bound). ``rows``: the
     graph's :func:`activations` at ``precision`` (without weight copies under FSDP), when
-    the caller has them already.
+    the caller has them already; else they are followed at ``batch`` (:func:`activations`:
+    1, or any larger).
 
     ``parallel``: the memory of one of several GPUs, each with its share of the batch
     (``B`` is then the batch per GPU). Under DDP, the reducer's buckets hold a second copy
@@ -647,7 +659,7 @@ def training(
     ranks = parallel.ranks if parallel else 1
     trainable = sum(sharded_params(step, ranks) for step in graph.steps)
     if rows is None:
-        rows = activations(graph, precision, weight_copies=not sharded)
+        rows = activations(graph, precision, weight_copies=not sharded, batch=batch)
     states, foreach, per_tensor = OPTIMIZERS[optimizer]
     if device == "cuda":
         step: Dim = 4 * foreach * trainable
@@ -884,7 +896,7 @@ def fewest_gpus(
 ) -> int:
     """The fewest GPUs on which batch 1 per GPU fits ``budget`` with ``strategy`` (FSDP's
     share shrinks with more GPUs; DDP's does not), or 0 when none up to 2**16 do."""
-    rows = activations(graph, precision, weight_copies=strategy != "fsdp")
+    rows = activations(graph, precision, weight_copies=strategy != "fsdp", batch=1)
     options = (precision, optimizer, checkpointing, device, rows)
 
     def fits(gpus: int) -> bool:
@@ -980,5 +992,6 @@ def train_bytes(graph: ModelGraph, chosen: Options) -> dict[str, int]:
         chosen.checkpointing,
         chosen.device,
         parallel=chosen.parallel,
+        batch=chosen.batch,
     )
     return memory.bytes({**graph.bindings, "B": chosen.batch})

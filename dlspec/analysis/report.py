@@ -69,7 +69,7 @@ class Memory(BaseModel):
     batch: int
     parameters_bytes: int
     activations_bytes: int  # saved for backward, training mode, fp32
-    activations_formula: str  # the same in the batch B and the symbolic dimensions
+    activations_formula: str  # the same in the batch B (any B >= 2) and the symbolic dims
     training_adam_bytes: int
 
 
@@ -237,9 +237,12 @@ def build_report(
     b = graph.bindings
     at = {**b, "B": batch}
     trainable, buffers, macs = graph.trainable_params, graph.buffer_count, graph.total_macs
-    per_layer = memory.activations(graph)
+    per_layer = memory.activations(graph, batch=batch)
     saved = _Saved(per_layer, at)
-    activations = memory.total(per_layer)
+    # the formula for every batch of 2 or more (at batch 1 torch views some tensors it
+    # copies at larger batches: the rows at batch 1 give the figures there only)
+    general = per_layer if batch > 1 else memory.activations(graph)
+    activations = memory.total(general)
     return Report(
         file=path,
         model=graph.name,
@@ -257,7 +260,7 @@ def build_report(
         memory=Memory(
             batch=batch,
             parameters_bytes=BYTES * (trainable + buffers),
-            activations_bytes=value_at(activations, at),
+            activations_bytes=value_at(memory.total(per_layer), at),
             activations_formula=str(activations),
             training_adam_bytes=memory.training(graph, rows=per_layer).bytes(at)["total"],
         ),

@@ -95,49 +95,42 @@ class _Writer:
         ``P.0``, ``P.1``... of one container (an nn.Sequential or nn.ModuleList), into one
         statement ``P = Block(...) * N``; its module paths are then those of the original."""
         out: list[Statement] = []
-        first: dict[int, int] = {}  # a run's statement -> the index of its first child
-        tail: dict[int, str] = {}  # ... -> the name its last copy had (the next one reads)
-        renamed: dict[str, str] = {}  # a copy's name -> its run's
+        tail: dict[int, str] = {}  # a statement folding copies -> its last copy's own name
+        first: dict[int, int] = {}  # ... -> the index of its first copy in their container
         for st in body.statements:
             last = out[-1] if out else None
             if (
                 last is not None
                 and isinstance(st.op, Body)
                 and isinstance(last.op, Body)
-                and self._threads(last, st, tail.get(id(last), last.name))
+                and _chained(last, st, tail.get(id(last), last.name))
                 and self._same_use(last, st)
             ):
                 parent, _, index = st.origin.rpartition(".")
                 copies = last.copies or [last.op]
-                if not last.copies:
+                if not last.copies:  # a run may start after the container's first (T5's)
                     above, _, start = last.origin.rpartition(".")
                     if above == parent and start.isdigit():
                         first[id(last)] = int(start)
                 if id(last) in first and index == str(first[id(last)] + len(copies)):
                     if not last.copies:
+                        tail[id(last)] = last.name
                         taken = {s.name for s in body.statements} - {last.name}
-                        renamed[last.name] = _unique(parent.rpartition(".")[2] or last.name, taken)
-                        last.name = renamed[last.name]
+                        last.name = _unique(parent.rpartition(".")[2] or last.name, taken)
                         last.origin, last.copies = parent, [last.op]
-                    renamed[st.name] = last.name
-                    tail[id(last)] = st.name
                     last.copies.append(st.op)
                     last.params += st.params
                     last.buffers += st.buffers
                     last.shape = st.shape
+                    tail[id(last)] = st.name
                     continue
-            st.sources = [renamed.get(s, s) for s in st.sources]
             out.append(st)
+        # what read the last copy reads the repetition
+        folded = {tail[id(st)]: st.name for st in out if id(st) in tail}
+        for st in out:
+            st.sources = [folded.get(s, s) for s in st.sources]
+        body.outputs = [folded.get(s, s) for s in body.outputs]
         body.statements = out
-
-    @staticmethod
-    def _threads(last: Statement, st: Statement, previous: str) -> bool:
-        """Whether ``st`` continues ``last`` as a repetition's next copy: it reads what
-        ``last`` gave (its previous copy's result, called ``previous``) and, when it reads
-        more, what ``last`` read besides."""
-        if not st.sources:
-            return True
-        return bool(last.sources) and st.sources == [previous, *last.sources[1:]]
 
     def _same_use(self, a: Statement, b: Statement) -> bool:
         first, second = self.uses.get(id(a.op)), self.uses.get(id(b.op))
@@ -296,6 +289,14 @@ def transposed_names(model: Imported) -> set[str]:
 
 
 # helpers ------------------------------------------------------------------------------------
+
+
+def _chained(first: Statement, copy: Statement, previous: str) -> bool:
+    """Whether ``copy`` reads what a repetition's next copy reads: the previous copy, as its
+    first input (``previous`` names it), and the first copy's other inputs."""
+    return not copy.sources or (
+        len(copy.sources) > 1 and copy.sources == [previous, *first.sources[1:]]
+    )
 
 
 def _bodies(root: Body) -> list[Body]:

@@ -37,7 +37,9 @@ PROBE = 3.0  # the spread of the values a stand-in is also checked on
 EXAMPLE_BATCH = 2
 HEAD_RESHAPES = ("transpose", "view", "reshape", "contiguous")  # methods around attention heads
 HEAD_SPLITS = (*HEAD_RESHAPES, "unsqueeze", "expand")  # ... and grouped-query repeats
-NOT_NAMES = frozenset({"self", "torch", "nn", "F", "input"})  # names a statement may not take
+NOT_NAMES = frozenset(
+    {"self", "torch", "nn", "F", "input", "output"}
+)  # names a statement may not take
 
 _INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
 _DIM = re.compile(r"^(?:(\d+)|([A-Za-z_]\w*)(?:\s*=\s*(\d+))?)$")
@@ -306,6 +308,11 @@ class _Capture:
         """The float constants the forward of the module at ``path`` computes with."""
         return []
 
+    def sizes(self, node: fx.Node, value: torch.Tensor) -> tuple[int | str, ...] | None:
+        """The per-sample shape of ``node``'s result ``value``: its sizes on the example (a
+        second capture at other lengths names the symbolic ones, :func:`_symbolic_shapes`)."""
+        return tuple(value.shape[1:])
+
     def body(
         self,
         module: nn.Module,
@@ -313,11 +320,9 @@ class _Capture:
         inputs: list[Any],
         root: bool = False,
         live: list[bool] | None = None,
-        names: list[str] | None = None,
     ) -> Body | None:
         """Trace ``module`` (at ``path``) and map its forward, run on ``inputs`` (``live``:
-        which of them are computed from the model's inputs, default all; ``names``: what the
-        caller calls them, for a block of several inputs)."""
+        which of them are computed from the model's inputs; default all)."""
         cls = type(module).__name__
         try:
             runner, graph = self.graph(module, path)
@@ -330,9 +335,7 @@ class _Capture:
                 Unmapped(path, f"{cls}.forward", f"cannot be traced with {self.tracer}: {reason}")
             )
             return None
-        scope = _Scope(self, module, path, graph, interpreter.values, root, live)
-        scope.caller_names = names or []
-        return scope.run()
+        return _Scope(self, module, path, graph, interpreter.values, root, live).run()
 
 
 def _class_name(name: str) -> str:
@@ -357,7 +360,6 @@ class _Scope:
         given = [n for n in graph.nodes if n.op == "placeholder"]
         # the placeholders that the model's inputs reach (not a mask made from sizes alone)
         self.given = {n for i, n in enumerate(given) if live is None or live[i]}
-        self.caller_names: list[str] = []  # what the caller calls the given tensors, in order
         self.module = module
         self.path = path
         self.graph = graph
@@ -372,6 +374,7 @@ class _Scope:
         self.reads: dict[str, list[fx.Node]] = {}  # statement -> the nodes it reads
         self.live: set[fx.Node] = set()  # nodes computed from the inputs (not from constants)
         self.failed: dict[fx.Node, str] = {}
+        self.fills: dict[fx.Node, tuple[fx.Node, int | float, str]] = {}  # see _fill
 
     def _origin(self, target: str) -> str:
         return f"{self.path}.{target}" if self.path else target
@@ -394,12 +397,10 @@ class _Scope:
             for n in self.graph.nodes
             if n.op == "placeholder" and _tensor(self.env.get(n)) and n in self.given
         ]
-        callers = self.caller_names if len(self.caller_names) == len(placeholders) else []
-        for i, node in enumerate(placeholders):
-            # a block of one input reads it as `input`; one of several names them (as its
-            # caller does, where it says)
+        for node in placeholders:
+            # a block of one input reads it as `input`; one of several names them
             single = not self.root and len(placeholders) == 1
-            name = "input" if single else self._name(callers[i] if callers else str(node.target))
+            name = "input" if single else self._name(str(node.target))
             self.names[node] = name
             self.taken.add(name)
             self.body.inputs.append(name)
@@ -414,6 +415,10 @@ class _Scope:
                 or any(n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes)
             ):
                 self.live.add(node)
+            elif self.capture.exported:
+                self._fill(node, placeholders)
+        if self.capture.exported:
+            self._padding_masks(placeholders)
         for node in self.graph.nodes:
             if node.op == "output":
                 output = node
@@ -428,7 +433,7 @@ class _Scope:
                 for read in node.all_input_nodes:
                     if self._learned(read) and read not in self.names and placeholders:
                         self._parameter(read, placeholders[0])
-                if self._batch_expand(node):
+                if node not in self.fills and self._batch_expand(node):
                     self.names[node] = self.names[node.args[0]]
                 else:
                     self._statement(node)
@@ -474,6 +479,67 @@ class _Scope:
         self.reads[st.name] = [batch]
         self.names[node] = st.name
         self.previous = node
+
+    def _fill(self, node: fx.Node, placeholders: list[fx.Node]) -> None:
+        """A tensor made from constants alone, one value throughout, shaped and typed as one
+        of the inputs, that a layer with weights reads (BERT's token types: zeros from a
+        buffer when none are given) -> ``Full(value) <- that input``, after the buffer it
+        came from; it is then computed from the inputs, as what reads it."""
+        value = self.env.get(node)
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.numel() < 2
+            or not bool((value == value.flatten()[0]).all())
+            or not any(
+                u.op == "call_module"
+                and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
+                for u in node.users
+            )
+        ):
+            return
+        shaped = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].shape == value.shape
+            and self.env[p].dtype == value.dtype
+        ]
+        if not shaped:
+            return
+        fill = value.flatten()[0].item()
+        buffers = [n for n in _ancestors(node) if n.op == "get_attr"]
+        alike = [str(n.target) for n in buffers if bool((self.env[n] == fill).all())]
+        self.fills[node] = (shaped[0], fill, alike[0] if len(alike) == 1 else node.name)
+        self.live.add(node)
+
+    def _padding_masks(self, placeholders: list[fx.Node]) -> None:
+        """An attention mask made from one input of token-shaped ids alone that lets every
+        query attend exactly the keys whose id is not 0 (BERT's ``attention_mask``, made
+        into a ``(B, 1, T, S)`` mask) is that input, as ``SDPA`` reads a long mask."""
+        ids = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].dim() == 2
+            and not self.env[p].is_floating_point()
+        ]
+        for node in self.graph.nodes:
+            value = self.env.get(node)
+            if node not in self.live or node in placeholders or not isinstance(value, torch.Tensor):
+                continue
+            sources = [p for p in _ancestors(node) if p in placeholders]
+            if len(sources) == 1 and sources[0] in ids and _pads(value, self.env[sources[0]]):
+                self.names[node] = self.names[sources[0]]
+                self.covered.add(node)
+
+    def _filled(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        """The statement of a constant :meth:`_fill` found."""
+        source, fill, name = self.fills[node]
+        layer = REGISTRY["Full"].model_validate({"value": fill})
+        made = self._layer_statement(node, [layer], None, [source], name)
+        if isinstance(made, str):
+            return made
+        return [made[0]], made[1], [source]
 
     def _batch_expand(self, node: fx.Node) -> bool:
         """``cls_token.expand(B, -1, -1)``: the same per-sample shape, repeated over the batch,
@@ -795,7 +861,7 @@ class _Scope:
             st.buffers = sum(b.numel() for b in module.buffers())
         value = self.env[end]
         if isinstance(value, torch.Tensor):
-            st.shape = tuple(value.shape[1:])
+            st.shape = self.capture.sizes(end, value)
 
     def _block(
         self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
@@ -815,13 +881,12 @@ class _Scope:
         fresh = sum(p.numel() for p in sub.parameters() if id(p) not in self.capture.seen)
         inputs = [_copy(self.env[a]) if isinstance(a, fx.Node) else a for a in node.args]
         live = [isinstance(a, fx.Node) and a in self.live for a in node.args]
-        body = self.capture.body(sub, origin, inputs, live=live, names=self._caller_names(data))
+        body = self.capture.body(sub, origin, inputs, live=live)
         if body is None:
             return ""  # its own pieces are reported
-        data = self._stream_first(body, data)
         if isinstance(sub, nn.Sequential):
             return self._unroll(node, body, data)
-        if self.root and self.capture.exported and len(data) == 1 and "." not in str(node.target):
+        if self.root and self.capture.exported and "." not in str(node.target):
             return self._inline(node, body, data)
         st = Statement(self._name(self._node_name(node)), body, origin=origin)
         # several outputs: the block's result takes the statement's name, the others theirs
@@ -831,32 +896,6 @@ class _Scope:
         st.params = fresh
         st.buffers = sum(b.numel() for b in sub.buffers())
         return [st], node, data
-
-    def _caller_names(self, data: list[fx.Node]) -> list[str]:
-        """The names of the tensors passed to a block of several inputs, which it calls them
-        too where its graph is exported (whose own names are its operations', not the
-        forward's arguments' as torch.fx's): ``x`` for the stream it continues (the result
-        of the statement before the call), this scope's names for the others."""
-        if len(data) < 2 or not self.capture.exported:
-            return []
-        before = self.names.get(self.previous) if self.previous is not None else None
-        names = []
-        for d in data:
-            stream = d.op != "placeholder" and self.names.get(d) == before
-            names.append("x" if stream else self.names.get(d, d.name))
-        return names
-
-    def _stream_first(self, body: Body, data: list[fx.Node]) -> list[fx.Node]:
-        """A block's inputs with the stream it continues (``x``) first, as a repetition
-        threads it (T5's later layers take the position bias, then the stream); returns the
-        call's tensors in that order."""
-        if "x" not in body.inputs[1:]:
-            return data
-        if body.statements and not body.statements[0].sources:
-            body.statements[0].sources = [body.inputs[0]]  # it read the first input
-        i = body.inputs.index("x")
-        body.inputs.insert(0, body.inputs.pop(i))
-        return [data[i], *data[:i], *data[i + 1 :]]
 
     def _split_part(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | None:
         """``x.split(n, dim)[i]`` (as ``q, k, v = qkv.split(C, dim=2)``) -> ``Slice``."""
@@ -1167,7 +1206,9 @@ class _Scope:
         """The statements of a module the model's own forward calls once (a Hugging Face
         head's base model), written in the model's body under their own names: a layer of
         the head may then share a weight with one of them (``tie=``)."""
-        renamed = {"input": self.names[data[0]]}
+        renamed = dict(zip(body.inputs or ["input"], [self.names[d] for d in data], strict=True))
+        if body.statements and not body.statements[0].sources and data[0] is not self.previous:
+            body.statements[0].sources = [self.names[data[0]]]  # it read the block's input
         for st in body.statements:
             renamed[st.name] = self._name(st.name)
             st.name = renamed[st.name]
@@ -1180,6 +1221,8 @@ class _Scope:
         return body.statements, node, data
 
     def _function(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        if node in self.fills:
+            return self._filled(node)
         if self.capture.exported and node.target is F.scaled_dot_product_attention:
             return self._heads_attention(node)
         special = self._split_part(node) or self._attention(node) or self._positional(node)
@@ -1271,6 +1314,16 @@ def _allowed(mask: torch.Tensor, t: int, s: int) -> str | None:
     return "causal" if bool((allowed == causal).all()) else None
 
 
+def _pads(mask: torch.Tensor, ids: torch.Tensor) -> bool:
+    """Whether an attention mask (bool: True attends; float: a bias, 0 attends) of at least
+    3 dimensions lets each query attend exactly the keys whose id is not 0."""
+    if mask.dim() < 3 or mask.shape[0] != ids.shape[0] or mask.shape[-1] != ids.shape[-1]:
+        return False
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    keep = (ids != 0).reshape(ids.shape[0], *[1] * (mask.dim() - 2), ids.shape[-1])
+    return bool((allowed == keep).all())
+
+
 def _rope_bases(tables: list[torch.Tensor], width: int) -> list[float]:
     """Candidate bases of a rotation, from the tables it multiplies by: in a cosine table
     ``cos(t / base^(i / half))`` at step 1 and pair 1 the angle is ``base^(-1 / half)``."""
@@ -1290,3 +1343,15 @@ def _first(node: fx.Node) -> fx.Node:
     source = node.args[0]
     assert isinstance(source, fx.Node)
     return source
+
+
+def _ancestors(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` is computed from."""
+    found: list[fx.Node] = []
+    stack = list(node.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n not in found:
+            found.append(n)
+            stack += n.all_input_nodes
+    return found

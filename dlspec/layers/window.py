@@ -89,7 +89,9 @@ _PARTITION = '''class WindowPartition(nn.Module):
         if self.shift:
             x = x.roll((-self.shift, -self.shift), dims=(1, 2))
         w = self.window
-        x = x.unflatten(1, (-1, w)).unflatten(3, (-1, w))  # (B, H/w, w, W/w, w, C)
+        # sizes read from the tensor (a traced export keeps them dynamic, unflatten's fixed)
+        x = x.reshape(x.shape[0], -1, w, *x.shape[2:])  # (B, H/w, w, W, C)
+        x = x.reshape(*x.shape[:3], -1, w, x.shape[-1])  # (B, H/w, w, W/w, w, C)
         return x.transpose(2, 3).flatten(3, 4)  # (B, H/w, W/w, w*w, C)
 '''
 
@@ -142,7 +144,8 @@ _MERGE = '''class WindowMerge(nn.Module):
         self.window, self.shift = window, shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unflatten(3, (self.window, self.window)).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
+        w = self.window  # sizes read from x, as in WindowPartition
+        x = x.reshape(*x.shape[:3], w, w, -1).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
         x = x.flatten(1, 2).flatten(2, 3)  # (B, H, W, C)
         return x.roll((self.shift, self.shift), dims=(1, 2)) if self.shift else x
 '''
@@ -222,8 +225,15 @@ class _Constant(Layer):
     def output_batched(self) -> bool:
         return False
 
+    def made(self, sizes: tuple[int, ...]) -> Layout:
+        """How the one tensor of per-sample ``sizes`` lies before it is expanded over the
+        batch: contiguous, unless the kind makes it as a view (a permute)."""
+        return contiguous(sizes)
+
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return Layout(output.sizes, (0, *output.strides[1:]))
+        """The tensor :meth:`made`, expanded over the batch (stride 0): an element-wise
+        kernel that reads it lays its own output out in the same order."""
+        return Layout(output.sizes, (0, *self.made(output.sizes[1:]).strides))
 
 
 _RELATIVE = '''class RelativePositionBias(nn.Module):
@@ -378,6 +388,12 @@ class BucketedPositionBias(_Constant):
         args = (self.num_buckets, self.num_heads, self.max_distance)
         kwargs = self.keywords(include={"bidirectional"})
         return TorchCall("BucketedPositionBias", args, kwargs, helper=_BUCKETED)
+
+    def made(self, sizes: tuple[int, ...]) -> Layout:
+        """The lookup gives ``(T, T, heads)``, permuted to ``(heads, T, T)``: the heads vary
+        fastest."""
+        heads, queries, keys = sizes
+        return permute(contiguous((queries, keys, heads)), (2, 0, 1))
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         """The embedding's backward keeps the buckets (T x T ids), one for the batch."""

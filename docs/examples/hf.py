@@ -77,3 +77,17 @@ def t5_encoder(layers: int = 3, hidden: int = 64) -> nn.Module:
         relative_attention_max_distance=20,
     )
     return _built(transformers.T5EncoderModel, config)
+
+
+def bert(layers: int = 2, hidden: int = 64) -> nn.Module:
+    """A BERT encoder with its pooler: token, position and token-type embeddings, post-norm
+    layers whose attention skips padding (the ``attention_mask``, when it is given)."""
+    config = transformers.BertConfig(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_attention_heads=4,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
+    return _built(transformers.BertModel, config)
