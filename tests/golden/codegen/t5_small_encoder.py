@@ -66,10 +66,11 @@ class SDPA(nn.Module):
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *masks: torch.Tensor
     ) -> torch.Tensor:
-        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows)
-        q = q.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
-        k = k.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
-        v = v.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
+        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows); sizes read
+        # from the tensor (a traced export keeps them dynamic, unflatten's fixed)
+        q = q.reshape(*q.shape[:-1], self.num_heads, -1).transpose(-2, -3)
+        k = k.reshape(*k.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
+        v = v.reshape(*v.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
         if self.num_kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)  # (B, h, S, hd)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)
