@@ -26,6 +26,7 @@ INPUTS = {
     "llama": ["long[T]"],
     "vit": ["float[3, 32, 32]"],
     "bert": ["long[T]", "long[T]"],  # input_ids and attention_mask (1 a token, 0 padding)
+    "t5_encoder": ["long[T]"],
 }
 OUTPUTS = {"bert": "pooler_output"}  # the whole model: the pooler reads the encoder's output
 MAC_TOLERANCE = 0.02  # a Linear's bias and a norm's scale are MACs to dlspec, not to torch
@@ -93,6 +94,21 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
     vit = imported("vit")[0].text
     assert "cls_token = Parameter(1, 64) <- pixel_values" in vit
     assert "layers = ViTLayer * 2" in vit
+    t5 = imported("t5_encoder")[0].text
+    for line in (
+        # the first layer's table, a lookup by offset buckets, added to unscaled scores
+        "relative_attention_bias = BucketedPositionBias(8, 4, max_distance=20) <- input",
+        "sdpa = SDPA(4, scale=1.0) <- q, k, v, relative_attention_bias",
+        "output relative_attention_bias, o",
+        # ... which it returns, and the layers after it read, alike: a repetition
+        "relative_attention_bias, block_0 = T5Block",
+        "block = T5Block2 * 2 <- block_0, relative_attention_bias",
+        "block T5Attention2 <- hidden_states, position_bias {",
+        "layer_norm = RMSNorm(eps=1e-06)",  # T5LayerNorm, written out in its forward
+        "act = ReLU",
+    ):
+        assert line in t5
+
     bert = imported("bert")[0].text
     for line in (
         "input attention_mask: long[T]",

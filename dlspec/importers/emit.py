@@ -96,6 +96,7 @@ class _Writer:
         statement ``P = Block(...) * N``; its module paths are then those of the original."""
         out: list[Statement] = []
         tail: dict[int, str] = {}  # a statement folding copies -> its last copy's own name
+        first: dict[int, int] = {}  # ... -> the index of its first copy in their container
         for st in body.statements:
             last = out[-1] if out else None
             if (
@@ -107,7 +108,11 @@ class _Writer:
             ):
                 parent, _, index = st.origin.rpartition(".")
                 copies = last.copies or [last.op]
-                if index == str(len(copies)) and last.origin in (parent, f"{parent}.0"):
+                if not last.copies:  # a run may start after the container's first (T5's)
+                    above, _, start = last.origin.rpartition(".")
+                    if above == parent and start.isdigit():
+                        first[id(last)] = int(start)
+                if id(last) in first and index == str(first[id(last)] + len(copies)):
                     if not last.copies:
                         tail[id(last)] = last.name
                         taken = {s.name for s in body.statements} - {last.name}
@@ -157,9 +162,12 @@ class _Writer:
                 values += use.args
                 names += [p for p, _ in use.block.params]
                 count = len(st.copies) or 1
-                structure.append((st.name, use.block.name, count, tuple(st.sources)))
+                outputs = tuple(st.outputs)
+                structure.append((st.name, use.block.name, count, tuple(st.sources), outputs))
         if len(body.inputs) > 1:
             structure.append(tuple(body.inputs))
+        if body.outputs:
+            structure.append(("output", *body.outputs))
         return tuple(structure), values, names
 
     # text -----------------------------------------------------------------------------------
@@ -176,6 +184,8 @@ class _Writer:
                 head += " <- " + ", ".join(body.inputs)
             lines.append(head + " {")
             lines += self._statements(body, block.columns, expects=False)
+            if body.outputs:
+                lines.append(f"{INDENT}output {', '.join(body.outputs)}")
             lines += ["}", ""]
         dims = ", ".join(f"{s}: dim = {v}" for s, v in model.symbols.items())
         lines.append(f"model {model.name}({dims}) {{" if dims else f"model {model.name} {{")
@@ -215,6 +225,8 @@ class _Writer:
                 )
                 if st.copies:
                     text += f" * {len(st.copies)}"
+                if st.outputs:
+                    text = ", ".join(st.outputs) + text[len(st.name) :]
             if st.sources:
                 text += " <- " + ", ".join(st.sources)
             line = _wrap(INDENT + text)
@@ -236,11 +248,18 @@ def write_spec(model: Imported) -> str:
 
 
 def _layers(model: Imported) -> Iterator[tuple[str, Statement]]:
-    """Every layer statement, with its path in the module dlspec generates."""
+    """Every layer statement, with its path in the module dlspec generates (a statement of
+    several outputs has no name: its module is the block's name, lowercase, numbered)."""
+    uses = _Writer(model).uses
 
     def walk(body: Body, prefix: str) -> Iterator[tuple[str, Statement]]:
+        unnamed: dict[str, int] = defaultdict(int)
         for st in body.statements:
             path = f"{prefix}{st.name}"
+            if st.outputs:
+                base = uses[id(st.op)].block.name.lower()
+                unnamed[base] += 1
+                path = f"{prefix}{base}{unnamed[base]}"
             if isinstance(st.op, LayerCall):
                 yield path, st
             elif st.copies:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import keyword
+import math
 import operator
 import os
 import re
@@ -563,8 +564,9 @@ class _Scope:
         keep = set(self.body.outputs) | ({statements[-1].name} if statements else set())
         for i in reversed(range(len(statements))):
             st = statements[i]
-            if st.name not in keep:
+            if st.name not in keep and not keep & set(st.outputs):
                 continue
+            keep.add(st.name)
             keep.update(st.sources)
             if not st.sources and i > 0:
                 keep.add(statements[i - 1].name)
@@ -591,7 +593,9 @@ class _Scope:
             else:
                 self.body.outputs = [self.names.get(n, n.name) for n in nodes]
             return
-        if len(nodes) != 1 or not isinstance(value, fx.Node):
+        if len(nodes) > 1 and self.capture.exported:
+            self._several_outputs(nodes)
+        elif len(nodes) != 1 or not isinstance(value, fx.Node):
             self.capture.unmapped.append(
                 Unmapped(
                     self.path,
@@ -605,8 +609,40 @@ class _Scope:
             )
             self.body.statements.append(st)
 
+    def _several_outputs(self, nodes: list[fx.Node]) -> None:
+        """A module returning several tensors (T5's attention returns its output and the
+        position bias the next layers read) -> a block with ``output a, b``."""
+        missing = [
+            n for n in nodes if n not in self.names or (n in self.failed and n not in self.covered)
+        ]
+        if missing:
+            self.capture.unmapped.append(
+                Unmapped(self.path, f"{self.body.cls}.forward", "returns a tensor no layer gives")
+            )
+            return
+        self.body.outputs = [self.names[n] for n in nodes]
+
+    def _output_part(self, node: fx.Node) -> bool:
+        """``block(...)[i]`` of a block with several outputs: its output ``i``, by name."""
+        source = node.args[0] if node.target is operator.getitem else None
+        index = node.args[1] if len(node.args) > 1 else None
+        if not isinstance(source, fx.Node) or not isinstance(index, int):
+            return False
+        st = next(
+            (s for s in self.body.statements if s.outputs and s.name == self.names.get(source)),
+            None,
+        )
+        if st is None or not 0 <= index < len(st.outputs):
+            return False
+        self.names[node] = st.outputs[index]
+        self.covered.add(node)
+        self.data.add(source)
+        return True
+
     def _statement(self, node: fx.Node) -> None:
         """Map one node (and the getitem/method chain it may head) to statements."""
+        if self._output_part(node):
+            return
         if node not in self.live:
             self.failed[node] = "computes from constants only, not from the model's inputs"
             self.names[node] = node.name
@@ -855,6 +891,9 @@ class _Scope:
         if self.root and self.capture.exported and "." not in str(node.target):
             return self._inline(node, body, data)
         st = Statement(self._name(self._node_name(node)), body, origin=origin)
+        # several outputs: the block's result takes the statement's name, the others theirs
+        last = body.statements[-1].name if body.statements else ""
+        st.outputs = [st.name if out == last else self._name(out) for out in body.outputs]
         self._count(st, None, node)
         st.params = fresh
         st.buffers = sum(b.numel() for b in sub.buffers())
@@ -926,11 +965,14 @@ class _Scope:
         mask = call.get("attn_mask")
         causal = bool(call.get("is_causal"))
         query = self.env[call["query"]]
-        masks = [mask] if isinstance(mask, fx.Node) and mask in self.live else []
-        if isinstance(mask, fx.Node) and not masks:
-            allowed = _allowed(self.env[mask], query.shape[-2], self.env[call["key"]].shape[-2])
+        bias: fx.Node | None = None  # a mask that is an additive bias (T5's position bias)
+        if isinstance(mask, fx.Node):
+            allowed = None
+            if mask not in self.live:
+                t, s = query.shape[-2], self.env[call["key"]].shape[-2]
+                allowed = _allowed(self.env[mask], t, s)
             if allowed is None:
-                return "an attention mask that is neither causal nor empty"
+                bias = mask
             causal = causal or allowed == "causal"
         flats: list[fx.Node] = []
         statements: list[Statement] = []
@@ -956,15 +998,94 @@ class _Scope:
             options["num_kv_heads"] = kv
         if call.get("dropout_p"):
             options["dropout"] = call["dropout_p"]
+        scale = call.get("scale")
+        if scale is not None and not math.isclose(scale, width**-0.5):  # not the default
+            options["scale"] = scale
+        inputs = list(flats)
+        if bias is not None:
+            read = self._attention_bias(bias, flats[0])
+            if isinstance(read, str):
+                return read
+            statements += read[0]
+            inputs.append(read[1])
         sdpa = REGISTRY["SDPA"].model_validate(options)
-        made = self._layer_statement(node, [sdpa], None, flats + masks, "sdpa")
+        made = self._layer_statement(node, [sdpa], None, inputs, "sdpa")
         if isinstance(made, str):
             return made
         st, end = made
-        st.sources = [self.names[f] for f in flats + masks]
+        st.sources = [self.names[f] for f in inputs]
         for role in ("query", "key", "value"):
             self.covered.update(self._heads_source_nodes(call[role]))
-        return [*statements, st], end, flats + masks
+        return [*statements, st], end, inputs
+
+    def _attention_bias(self, mask: fx.Node, x: fx.Node) -> tuple[list[Statement], fx.Node] | str:
+        """The additive bias an attention mask ``mask`` stands for, over queries ``x``: a mask
+        ``where(allowed, bias, min)`` whose allowed part, made from sizes alone, allows
+        everything is its bias; a bias computed from the inputs (a block's input) is read as
+        it is, and one made from sizes and the table of one module (T5's relative position
+        bias, a lookup by offset buckets) is the kind (of those whose output is one tensor
+        for the batch) that, holding that table, computes it, named after the module."""
+        node = mask
+        if _aten(node) == "where" and isinstance(node.args[0], fx.Node):
+            cond, kept = node.args[0], node.args[1]
+            t, s = self.env[mask].shape[-2:]
+            whole = cond not in self.live and _allowed(self.env[cond], t, s) == "all"
+            if whole and isinstance(kept, fx.Node):
+                node = kept
+        if node in self.live:
+            if node not in self.names:
+                return "an attention mask computed from the inputs that no statement gives"
+            self.covered.add(mask)
+            return [], node
+        # the nodes the bias is made of, and the modules among them that hold tensors
+        made, stack = [], [node]
+        while stack:
+            n = stack.pop()
+            if n not in made and n not in self.live:
+                made.append(n)
+                stack += n.all_input_nodes
+        tables = [
+            n
+            for n in made
+            if n.op == "call_module"
+            and any(True for _ in self.module.get_submodule(str(n.target)).parameters())
+        ]
+        if len(tables) != 1:
+            return "an attention mask that is neither causal nor empty"
+        target = str(tables[0].target)
+        holder = nn.Module()  # the table, under its name in the module that holds it
+        holder.add_module(target, self.module.get_submodule(target))
+        layers = []
+        for kind in REGISTRY.values():
+            hook = getattr(kind, "torch_arguments", None)
+            if hook is None or kind.family != "attention" or kind.arity != (1, 1):
+                continue
+            try:
+                args = hook(self.module)
+                fields = kind.model_fields
+                given = {
+                    k: v
+                    for k, v in args.items()
+                    if fields[k].is_required() or fields[k].default != v
+                }
+                layer = kind.model_validate(given)
+            except Exception:  # the hook does not fit this module: not a candidate
+                continue
+            if not layer.output_batched():
+                layers.append(layer)
+        # the bias reads the attention's input for its length, as a person writes it
+        steps = self.env[x].shape[1]
+        x = next((p for p in self.given if _steps(self.env.get(p)) == steps), x)
+        found = self._layer_statement(mask, layers, holder, [x], target, same_config=False)
+        if isinstance(found, str):
+            return f"an attention bias made from {target}: {found}"
+        st, _ = found
+        st.origin, st.state = self.path, list(holder.state_dict())
+        st.sources = [self.names[x]]
+        self.capture.called.add(id(self.module.get_submodule(target)))
+        self.covered.update([*made, mask])
+        self.names[node] = self.names[mask] = st.name  # the module may return the bias too
+        return [st], mask
 
     def _heads_source_nodes(self, node: fx.Node) -> list[fx.Node]:
         """The head reshapes from ``node`` back to the tensor they split."""
@@ -1166,6 +1287,17 @@ class _Scope:
             else:
                 views.append(d)
         return views
+
+
+def _steps(value: Any) -> int | None:
+    """The length of a ``(B, T, d)`` sequence, else None."""
+    return value.shape[1] if isinstance(value, torch.Tensor) and value.dim() == 3 else None
+
+
+def _aten(node: fx.Node) -> str:
+    """The ATen operation a node of an exported graph calls (``where``), else ``""``."""
+    target = node.target
+    return target.overloadpacket.__name__ if isinstance(target, torch._ops.OpOverload) else ""
 
 
 def _merge(x: torch.Tensor) -> torch.Tensor:

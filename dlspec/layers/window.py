@@ -16,7 +16,7 @@ does not shift a map no larger than the window: a spec says so with an ``if``.)
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -350,6 +350,19 @@ class BucketedPositionBias(_Constant):
     num_heads: Pos
     max_distance: Annotated[int, Field(ge=4)] = 128
     bidirectional: bool = True
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """The arguments of the module holding the table: this kind's generated module, or
+        Hugging Face's ``T5Attention`` (whose decoder's buckets are one-directional)."""
+        if hasattr(module, "relative_attention_max_distance"):
+            return {
+                "num_buckets": module.relative_attention_num_buckets,
+                "num_heads": module.n_heads,
+                "max_distance": module.relative_attention_max_distance,
+                "bidirectional": not module.is_decoder,
+            }
+        return {name: getattr(module, name) for name in cls.model_fields}
 
     def _steps(self, x: TensorType) -> Dim:
         expect_rank(x, (2,), "[T, d] (a batch-first sequence)", self.kind)

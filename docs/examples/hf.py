@@ -62,9 +62,10 @@ def vit(layers: int = 2, hidden: int = 64) -> nn.Module:
     return transformers.ViTModel(config, add_pooling_layer=False).eval()
 
 
-def t5_encoder(layers: int = 2, hidden: int = 64) -> nn.Module:
+def t5_encoder(layers: int = 3, hidden: int = 64) -> nn.Module:
     """T5's encoder: relative position bias computed by the first layer and shared by the
-    others, attention without the 1/sqrt(d) scaling, RMSNorm and a ReLU feed-forward."""
+    others, attention without the 1/sqrt(d) scaling, RMSNorm and a ReLU feed-forward. Three
+    layers: the first holds the bias table, the two after it are alike."""
     config = transformers.T5Config(
         num_layers=layers,
         d_model=hidden,
