@@ -59,7 +59,7 @@ NUMBERS = ["0", "1", "2", "-1", "1.5", "1e-320", "1e308", "inf", "-inf", "nan", 
 NUMBERS += [str(2**64), str(2**63), "10000", "1000000000", "abc", "", "0x10", "1_000"]
 SIZES = ["1", "1K", "1MiB", "1GiB", "24G", "1P", "-3G", "0", "9" * 400 + "G", "1e400GiB"]
 PATHS = ["small.dl", "broken.dl", "link.dl", "fifo", "dir", "/dev/null", "missing/x.dl"]
-PATHS += ["out.onnx", "out.svg", "out.dot", "out.dl", "out.png", "out.npz", "m.onnx"]
+PATHS += ["out.onnx", "out.svg", "out.dot", "out.dl", "out.png", "out.npz", "m.onnx", "d.onnx"]
 PATHS += ["data.npz", "-", "small.dl:Nothing", "\udcff.dl", "out\n.dl"]
 TEXTS = ["x", "", "a" * 2000, "\u2028", "width=3", "width=" + "9" * 400, "width=1e400"]
 TEXTS += ["num_classes=3", "=", "float[4]", "long[T]", "float[600000000]"]
@@ -68,7 +68,7 @@ GOOD = {"numbers": ["1", "2", "3"], "sizes": ["1GiB", "64M"], "texts": ["width=3
 GOOD["paths"] = ["out.onnx", "out.svg", "out.dl", "out.png", "outdir"]
 INPUTS = {  # a command's plausible positionals
     "predict": ["m.onnx", "data.npz"],
-    "sample": ["m.onnx"],
+    "sample": ["d.onnx"],
     "import": ["m.onnx"],
     "bench": ["m.onnx"],
 }
@@ -116,8 +116,56 @@ def onnx_model(path: Path, metadata: dict[str, str]) -> Path:
     return path
 
 
+#: What `dlspec export` writes for a diffusion model: 1x2x2 images of the one class "a".
+DIFFUSION_METADATA = {
+    "dlspec.classes": '["a"]',
+    "dlspec.diffusion": json.dumps(
+        {
+            "order": ["image", "timestep", "prompt"],
+            "image": [1, 2, 2],
+            "prompt_length": 1,
+            "token_limit": 4,
+            "schedule": "linear",
+            "timesteps": 10,
+            "prediction": "epsilon",
+            "sampler": "ddim",
+            "sample_steps": 2,
+            "guidance": 1.0,
+        }
+    ),
+}
+
+
+def denoiser_inputs() -> list[Any]:
+    """The inputs of a diffusion model of DIFFUSION_METADATA, in its order: the image x, the
+    timestep t and the prompt's one token."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2]),
+        helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 1]),
+        helper.make_tensor_value_info("prompt", TensorProto.INT64, ["N", 1]),
+    ]
+
+
+def denoiser_model(path: Path) -> Path:
+    """A diffusion model for `dlspec sample`: y = x, with DIFFUSION_METADATA."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 2, 2])
+    nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "denoiser", denoiser_inputs(), [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, DIFFUSION_METADATA)
+    onnx.save(model, path)
+    return path
+
+
 def make_workspace(directory: Path) -> None:
-    """The files the invocations name: specs, data, a model, a FIFO, a directory, a link."""
+    """The files the invocations name: specs, data, models (a classifier, a denoiser), a FIFO,
+    a directory, a link."""
     import numpy as np
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -129,6 +177,7 @@ def make_workspace(directory: Path) -> None:
     x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     np.savez(directory / "data.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
     onnx_model(directory / "m.onnx", {"dlspec.classes": '["a", "b", "c", "d"]'})
+    denoiser_model(directory / "d.onnx")
 
 
 def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
@@ -153,10 +202,12 @@ def named_outputs(argv: list[str], directory: Path) -> set[Path]:
             allowed.add(directory / argv[index + 1])
     for path in list(allowed):
         allowed.add(path.with_suffix(".dot"))
-    if command in ("draw", "export"):  # default: SPEC's name .svg / .onnx in the cwd
+    if command in ("draw", "export"):  # default: SPEC's name .onnx, or .FORMAT, in the cwd
+        from dlspec.commands.draw import FORMATS
+
         spec = next((a for a in argv[1:] if not a.startswith("-")), "")
         stem = Path(spec).stem
-        allowed |= {directory / f"{stem}.{ext}" for ext in ("svg", "dot", "onnx")}
+        allowed |= {directory / f"{stem}.{ext}" for ext in ("onnx", *FORMATS)}
     if command == "fmt" and "--check" not in argv:
         allowed |= {(directory / a).resolve() for a in argv[1:] if not a.startswith("-")}
     return {p.resolve() if p.exists() else p for p in allowed}

@@ -24,7 +24,8 @@ accepts it. Each finished spec is then held to three oracles:
   error is of the same order) is counted apart, not failed (:func:`onnx_disagreements`).
 
 ``python tests/fuzzing.py --count 10000 [--seed S]`` is ``make fuzz``; on a disagreement it
-prints the spec's seed and the spec shrunk to the statements the failure needs, and exits 1.
+prints the spec's seed and the spec shrunk to the statements the failure needs, and exits 1,
+as it does when a spec does not export (with the exporter's reason).
 ``tests/test_fuzz.py`` runs a few dozen specs as part of the suite.
 """
 
@@ -306,6 +307,8 @@ def _embedding(r: random.Random, x: Tensor) -> str | None:
         return None
     if r.random() < 0.2:  # the keep-mask of ids (long, like them), which SDPA reads
         return f"PaddingMask({r.randint(0, 3)})"
+    if r.random() < 0.1:  # token types, all one value (BERT's when none are given)
+        return f"Full({r.randint(0, 1)})"
     return f"Embedding({r.randint(5, 12)}, {r.randint(2, 8)})"
 
 
@@ -507,7 +510,7 @@ def _tensors(report: Any, draft: Draft) -> list[Tensor]:
 
 def _dtype(x: Tensor, calls: list[str]) -> str:
     """Token ids stay ids through layers that only move them (Identity, Flatten, Reshape)."""
-    moves = ("Identity", "Flatten", "Reshape", "PaddingMask")
+    moves = ("Identity", "Flatten", "Reshape", "PaddingMask", "Full")
     long = x.dtype == "long" and all(c.startswith(moves) for c in calls)
     return "long" if long else "float"
 
@@ -758,7 +761,8 @@ def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
         return [
             f"{bias} = BucketedPositionBias({r.choice([4, 8])}, {heads}, max_distance=8)"
             f" <- {q.name}",
-            f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {bias}",
+            f"{draft.name()} = SDPA({heads}, {kv}, scale={r.choice([1.0, 0.5])})"  # T5: unscaled
+            f" <- {q.name}, {k.name}, {v.name}, {bias}",
         ]
     call = f"SDPA({heads}, num_kv_heads={kv}, causal={r.choice(['true', 'false'])})"
     return [f"{draft.name()} = {call} <- {q.name}, {k.name}, {v.name}"]
@@ -1099,16 +1103,18 @@ def failures(
     skipped: list[str] | None = None,
     dynamo: bool = False,
     conditioned: list[str] | None = None,
+    errors: list[float] | None = None,
 ) -> list[str]:
     """Every disagreement for one spec text (empty: analyzer, torch and ONNX Runtime agree).
     The export uses TorchScript, or with ``dynamo`` what ``dlspec export`` uses (TorchScript,
     else the much slower dynamo exporter). A spec that cannot be exported is appended to
     ``skipped``, not failed: dlspec export refuses it with a message. A spec whose fp32
     results are bound by rounding (:func:`onnx_disagreements`) is appended to
-    ``conditioned``."""
+    ``conditioned``; the largest error of ONNX Runtime's outputs that agree, on the
+    tolerance's scale (:func:`scaled_error`), to ``errors``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's notes on odd head counts, oneDNN and such
-        return _failures(text, onnx, skipped, dynamo, conditioned)
+        return _failures(text, onnx, skipped, dynamo, conditioned, errors)
 
 
 def _failures(
@@ -1117,6 +1123,7 @@ def _failures(
     skipped: list[str] | None,
     dynamo: bool,
     conditioned: list[str] | None,
+    errors: list[float] | None = None,
 ) -> list[str]:
     import torch
 
@@ -1135,7 +1142,9 @@ def _failures(
         if onnx and not problems:
             exporter = "auto" if dynamo else "torchscript"
             result = export_onnx(model, spec.graph, device="cpu", exporter=exporter, verify=False)
-            problems += onnx_disagreements(result.data, model.eval(), spec.graph, conditioned)
+            problems += onnx_disagreements(
+                result.data, model.eval(), spec.graph, conditioned, errors
+            )
     except ExportError as exc:
         if skipped is not None:
             skipped.append(str(exc))
@@ -1183,8 +1192,22 @@ class _Float64:
         return [y.numpy() for y in (out if isinstance(out, tuple) else (out,))]
 
 
+def scaled_error(comparison: Any) -> float:
+    """A :class:`Comparison`'s largest error over ``max(max|torch|, 1)``, the scale of the
+    tolerance's rule (an output whose largest magnitude is below 1 is held to an absolute
+    bound): comparable with ``RTOL``, where ``max_rel`` of an output near 0 is not."""
+    if comparison.max_abs == 0:
+        return 0.0
+    magnitude = comparison.max_abs / comparison.max_rel  # max|torch|; 0 where max_rel is inf
+    return float(comparison.max_abs / max(magnitude, 1.0))
+
+
 def onnx_disagreements(
-    data: bytes, model: Any, graph: Any, conditioned: list[str] | None = None
+    data: bytes,
+    model: Any,
+    graph: Any,
+    conditioned: list[str] | None = None,
+    errors: list[float] | None = None,
 ) -> list[str]:
     """Where ONNX Runtime's outputs differ from torch's beyond the export's tolerance, on the
     inputs ``dlspec export`` verifies with, unless the spec is ill-conditioned in fp32: what
@@ -1192,13 +1215,17 @@ def onnx_disagreements(
     with each layer's output perturbed by fp32's epsilon) is within :data:`ROUNDING` times
     ONNX Runtime's error, so that rounding alone moves the output by a tenth of the tolerance
     or more (a normalisation over nearly equal values magnifies it). The two then differ by
-    rounding, not by a mistake, and the spec is appended to ``conditioned``."""
+    rounding, not by a mistake, and the spec is appended to ``conditioned``. Where every
+    output agrees, the largest error on the tolerance's scale (:func:`scaled_error`) goes to
+    ``errors``."""
     from dlspec.backends.onnx_export import RTOL, verify_session
     from dlspec.backends.runtime import Session
 
     rtol = RTOL["fp32"]
     onnx = verify_session(Session(data, device="cpu"), model, graph, rtol=rtol)
     if all(c.passed for c in onnx):
+        if errors is not None:
+            errors.append(max(scaled_error(c) for c in onnx))
         return []
     worst = max(c.max_abs for c in onnx)
     exact = _Float64(model)
@@ -1243,9 +1270,10 @@ def run(
     dynamo_every: int = 10,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Fuzz ``count`` specs from ``seed``; the number of failing specs. Every
-    ``dynamo_every``-th spec that TorchScript cannot export is exported as ``dlspec export``
-    does, falling back to dynamo (0: never)."""
+    """Fuzz ``count`` specs from ``seed``; the number of failing specs and of specs not
+    exported (which ``dlspec export`` would refuse). Every ``dynamo_every``-th spec that
+    TorchScript cannot export is exported as ``dlspec export`` does, falling back to dynamo
+    (0: never)."""
     import torch
 
     torch.set_num_threads(1)
@@ -1253,17 +1281,20 @@ def run(
     skipped: list[str] = []
     dynamo = rejected = 0
     conditioned: list[str] = []
+    errors: list[float] = []  # ONNX Runtime's largest scaled_error, per agreeing spec
     start = time.perf_counter()
     for i in range(count):
         spec_seed = seed + i
         text = generate(spec_seed)
         before, rounded = len(skipped), len(conditioned)
-        problems = failures(text, onnx, skipped, conditioned=conditioned)
+        problems = failures(text, onnx, skipped, conditioned=conditioned, errors=errors)
         rejected += len(skipped) - before
         if len(skipped) > before and dynamo_every and rejected % dynamo_every == 0:
             del skipped[-1]
             dynamo += 1
-            problems = failures(text, onnx, skipped, dynamo=True, conditioned=conditioned)
+            problems = failures(
+                text, onnx, skipped, dynamo=True, conditioned=conditioned, errors=errors
+            )
         if len(skipped) > before:
             log(f"not exported, seed {spec_seed}: {skipped[-1][:200]}")
         if len(conditioned) > rounded:
@@ -1276,10 +1307,11 @@ def run(
             elapsed = time.perf_counter() - start
             log(
                 f"{i + 1:,} specs, {failed} failing; ONNX: {dynamo} through dynamo, "
-                f"{len(skipped)} not exported, {len(conditioned)} ill-conditioned in fp32; "
+                f"{len(skipped)} not exported, {len(conditioned)} ill-conditioned in fp32, "
+                f"largest error {max(errors, default=0.0):.2g} of max(|torch|, 1); "
                 f"{elapsed:.0f} s ({elapsed / (i + 1):.3f} s/spec)"
             )
-    return failed
+    return failed + len(skipped)
 
 
 def main() -> int:

@@ -37,12 +37,16 @@ def _mask(batch: int, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
 
 
 def _reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float = 1 / math.sqrt(HD),
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd) + bias) v per head, written out; ``bias`` (B, h|1, T|1, S)."""
+    """softmax(scale * q k^T + bias) v per head, written out; ``bias`` (B, h|1, T|1, S)."""
     batch = q.shape[0]
     split = [x.view(batch, x.shape[1], HEADS, HD).transpose(1, 2) for x in (q, k, v)]
-    scores = split[0] @ split[1].transpose(-1, -2) / math.sqrt(HD) + bias
+    scores = split[0] @ split[1].transpose(-1, -2) * scale + bias
     return (scores.softmax(-1) @ split[2]).transpose(1, 2).reshape(batch, T, HEADS * HD)
 
 
@@ -75,6 +79,18 @@ def test_a_float_mask_is_an_additive_bias_per_head() -> None:
     torch.testing.assert_close(got, _reference(q, k, v, bias))
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_scale_replaces_the_square_root_of_the_head_width(scale: float) -> None:
+    """T5 adds its position bias to unscaled scores: ``SDPA(heads, scale=1.0)``."""
+    torch.manual_seed(0)
+    types = _types((HEADS, T, S), "float")
+    call = make("SDPA", {"num_heads": HEADS, "scale": scale}).torch(types)
+    q, k, v, bias = (torch.randn(2, *t.shape) for t in types)  # type: ignore[misc]
+    with torch.no_grad():
+        got = forward(call, build(call), [q, k, v, bias])
+    torch.testing.assert_close(got, _reference(q, k, v, bias, scale))
+
+
 @pytest.mark.parametrize(
     ("shape", "dtype", "args"),
     [
@@ -84,6 +100,7 @@ def test_a_float_mask_is_an_additive_bias_per_head() -> None:
         ((S,), "long", {"num_kv_heads": 1}),
         ((T, S), "float", {}),  # a bias needs its gradient: the plain math
         ((HEADS, T, S), "float", {}),
+        ((HEADS, T, S), "float", {"scale": 1.0}),  # T5's
     ],
 )
 @pytest.mark.parametrize("batch", [2, 5])

@@ -65,6 +65,15 @@ def test_alpha_bar_falls_from_near_one_to_near_zero(kind: str) -> None:
     assert ab[0] > 0.99 and ab[-1] < 1e-3
 
 
+@pytest.mark.parametrize("timesteps", [2, 10, 20])
+def test_a_short_linear_schedule_keeps_its_betas_below_one(timesteps: int) -> None:
+    """Scaled by 1000 / T, DDPM's last beta (0.02) passes 1 below 20 steps: capped at 0.999,
+    alpha_bar stays in (0, 1) and sampling's square roots stay real."""
+    schedule = NoiseSchedule("linear", timesteps)
+    assert float(schedule.betas.max()) == 0.999
+    assert ((schedule.alpha_bar > 0) & (schedule.alpha_bar < 1)).all()
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 def test_the_target_gives_back_the_clean_image_and_the_noise(prediction: str) -> None:
     schedule = NoiseSchedule("cosine", 100, prediction)

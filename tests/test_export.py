@@ -188,6 +188,62 @@ model P(T: dim = 7) {
     output a, b, c
 }
 """,
+    "adaptive max pooling": """
+model M(T: dim = 7) {
+    input x: float[4, T]
+    input y: float[2, 7]
+    a = AdaptiveMaxPool1d(3) <- x
+    b = AdaptiveMaxPool1d(5) <- x
+    c = AdaptiveMaxPool1d(3) <- y
+    output a, b, c
+}
+""",
+    "pixel shuffles over more than [C, H, W]": """
+model S(T: dim = 6) {
+    input x: float[T, 8, 2, 4]
+    input v: float[2, 3, 4, 6]
+    a = PixelShuffle(2) <- x
+    b = PixelUnshuffle(2) <- a
+    c = PixelUnshuffle(2) <- v
+    d = PixelShuffle(2) <- c
+    output b, d
+}
+""",
+    "pooling in ceil_mode": """
+model C(T: dim = 4) {
+    input x: float[T, 4, 5]
+    a = AvgPool2d(2, padding=1, ceil_mode=true) <- x
+    b = Linear(3) <- a
+    m = MaxPool2d(2, padding=1, ceil_mode=true) <- x
+    c = Linear(3) <- m
+    output b, c
+}
+""",
+    "sizes read after windows and attention": """
+model W(T: dim = 6) {
+    input x: float[4, 4, 6]
+    input y: float[T, 4]
+    b = RelativePositionBias(2, 2) <- x
+    w = WindowPartition(2) <- x
+    a = SDPA(2) <- w, w, w, b
+    m = WindowMerge(2) <- a, x
+    c = RelativePositionBias(2, 2) <- m
+    v = WindowPartition(2) <- m
+    u = SDPA(2) <- v, v, v, c
+    s = SDPA(2) <- y, y, y
+    g = GRU(3) <- s
+    d = TransformerDecoderLayer(nhead=2, dim_feedforward=8, dropout=0.0) <- y, s
+    output u, g, d
+}
+""",
+    "inputs that are outputs": """
+model I(T: dim = 5) {
+    input x: long[T]
+    input y: float[T, 3]
+    z = Linear(2) <- y
+    output x, z, y
+}
+""",
 }
 
 
@@ -205,6 +261,65 @@ def test_layers_over_sizes_torchscript_cannot_see_export(name: str) -> None:
     assert {c.batch for c in result.comparisons} == set(onnx_export.VERIFY_BATCHES)
     assert len({c.lengths["T"] for c in result.comparisons}) == 2
     assert all(c.passed for c in result.comparisons)
+
+
+INSTANCE_NORMS = """
+model I(T: dim = 6) {
+    input x: float[3, T]
+    input y: float[2, T, 4]
+    a = InstanceNorm1d(affine=true, track_running_stats=true) <- x
+    b = InstanceNorm2d <- y
+    w = Parameter(2, 3, 4, 2) <- x
+    c = InstanceNorm3d(track_running_stats=true) <- w
+    d = InstanceNorm3d(affine=true) <- w
+    output a, b, c, d
+}
+"""
+
+
+def test_instance_norm_exports_over_sizes_torchscript_cannot_see() -> None:
+    """torch's TorchScript symbolic evaluates InstanceNorm's running statistics through a
+    reshape to one sample of batch x channels (so it refuses the dynamic batch) and builds a
+    missing weight from the channel size (which it cannot see after a Parameter's expand);
+    dlspec's normalises by the running statistics per channel and reads the channels at run
+    time. Running statistics and affine weights are random, so that each counts."""
+    spec = dlspec.load_text(INSTANCE_NORMS, "<instance>")
+    torch.manual_seed(0)
+    model = spec.to_torch()
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 2.0)
+            elif tensor.is_floating_point():
+                tensor.normal_()
+    result = export_onnx(model, spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and result.fallback is None
+    assert len(result.comparisons) == 8 and all(c.passed for c in result.comparisons)
+
+
+PADS_BEFORE_MAX_POOLING = """
+model P {
+    input x: float[2, 6, 6]
+    n = Sub(5.0) <- x
+    a = Pad(left=1, right=1, value=0.0) <- n
+    b = MaxPool2d(3, stride=1, padding=1) <- a
+    c = Pad(left=2, right=1) <- x
+    d = MaxPool2d(2, stride=2, padding=1) <- c
+    output b, d
+}
+"""
+
+
+def test_a_pad_before_max_pooling_keeps_its_value() -> None:
+    """ONNX Runtime's Pad_Fusion moves a Pad into the next MaxPool's pads, which pad with
+    -inf: the maxima of b's windows over negative values lost the Pad's zeros, and d's fused
+    pads (3) exceed its kernel (2), which the session refused. dlspec's sessions run without
+    it, and agree with torch."""
+    spec = dlspec.load_text(PADS_BEFORE_MAX_POOLING, "<pads>")
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and result.fallback is None
+    assert len(result.comparisons) == 4 and all(c.passed for c in result.comparisons)
 
 
 def test_token_ids_stay_below_the_smallest_vocabulary() -> None:
@@ -511,11 +626,14 @@ KIND_SPECS = {
     "masks": """model Masks {
         input tokens: long[5]
         mask = PaddingMask(0)
-        x = Embedding(20, 8) <- tokens
+        e = Embedding(20, 8) <- tokens
+        types = Full(0) <- tokens                     # BERT's token types, all 0
+        t = Embedding(2, 8) <- types
+        x = Add <- e, t
         a = SDPA(2) <- x, x, x, mask                  # padding: BERT's extended mask
         bias = Parameter(2, 5, 5) <- a                # [h, T, S], added to the scores
         t5 = BucketedPositionBias(8, 2, max_distance=6) <- a   # T5's, by offset buckets
-        b = SDPA(2) <- a, a, a, bias, t5
+        b = SDPA(2, scale=1.0) <- a, a, a, bias, t5   # T5 does not scale its scores
         MultiheadAttention(num_heads=2, bias=["q", "v", "out"])   # Whisper's k_proj: none
     }""",
     "key_padding": """model KeyPadding {          # padded keys: a long [S] mask after the sequences
@@ -607,6 +725,7 @@ NEW_KINDS = {
     "ReLU6", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "ELU", "PReLU", "Softplus",
     "Mul", "Permute", "Transpose", "Mean", "Sum", "Parameter", "LayerNorm2d",
     "StochasticDepth", "SDPA", "RoPE", "Chunk", "PaddingMask", "WindowPartition", "WindowMerge",
+    "Full",
     "RelativePositionBias", "ShiftedWindowMask", "BucketedPositionBias",
     "Sub", "Div", "Where", "Exp", "Log", "Sqrt", "Pow", "Neg", "Abs", "Clamp", "Pad", "Roll",
     "Reparameterize",

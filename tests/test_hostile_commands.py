@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzz_surfaces import onnx_model
+from fuzz_surfaces import DIFFUSION_METADATA, denoiser_inputs, denoiser_model, onnx_model
 
 import dlspec
 from dlspec.cli import main
@@ -39,6 +40,14 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> tu
     err = capsys.readouterr().err
     assert code != EXIT_INTERNAL and "internal error" not in err, err
     return code, err
+
+
+DIM_SPEC = """\
+model Seq(T: dim = 4) {
+    input x: float[T]
+    Linear(3)
+}
+"""
 
 
 @pytest.fixture
@@ -188,6 +197,8 @@ def test_plan_honours_max_layers_and_a_batch_that_does_not_fit_is_an_error(
     ("text", "args", "message"),
     [
         (SPEC, ["--set", "n=" + DIGITS], "a number literal of 400 digits is too large"),
+        (DIM_SPEC, ["--set", "T=1e400"], "--set T=1e400: 1e400 is too large for a floating"),
+        (DIM_SPEC, ["--set", "T=nan"], "--set T=nan: nan is not a number"),
         (
             "model Up {\n    input x: float[3, 8, 8]\n    Upsample(scale_factor=1e300)\n}\n",
             [],
@@ -201,7 +212,7 @@ def test_plan_honours_max_layers_and_a_batch_that_does_not_fit_is_an_error(
             "error[E602]: block calls nest too deeply",
         ),
     ],
-    ids=["set-400-digits", "upsample-1e300", "300-nested-blocks"],
+    ids=["set-400-digits", "set-dim-1e400", "set-dim-nan", "upsample-1e300", "300-nested-blocks"],
 )
 def test_numbers_and_nesting_beyond_the_analysis_are_diagnostics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, args: list[str], message: str
@@ -509,7 +520,7 @@ def test_a_malformed_onnx_file_is_a_message_naming_the_node(
 
 
 def test_a_full_disk_while_writing_a_checkpoint_is_an_oserror_and_keeps_the_old_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"the previous checkpoint")
@@ -523,6 +534,18 @@ def test_a_full_disk_while_writing_a_checkpoint_is_an_oserror_and_keeps_the_old_
         save_checkpoint(path, Checkpoint("0" * 64, 1, {}, {}, [], {}))
     assert path.read_bytes() == b"the previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+    # import --weights writes a checkpoint too: the same full disk is its message, and the
+    # spec is not written without the weights
+    (tmp_path / "plain.py").write_text(
+        "from torch import nn\n\n\ndef Plain():\n    return nn.Sequential(nn.Linear(4, 2))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["import", "plain:Plain", "--input", "float[4]", "--out", "m.dl", "--weights", "w.pt"]
+    code, err = cli(capsys, *args)
+    assert code == 1 and "dlspec import: cannot write w.pt: [enforce fail" in err
+    assert "(is the disk full?)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "plain.py"]
 
 
 def test_predict_refuses_outputs_that_are_not_finite(
@@ -574,65 +597,106 @@ def test_a_model_named_like_a_layer_kind_is_refused() -> None:
     assert "E206" in [d.code for d in err.value.diagnostics]
 
 
+def test_every_class_that_generated_code_defines_is_a_name_no_model_may_take() -> None:
+    """The helper classes the layer kinds put in generated code (LayerNorm2d, SDPA, RoPE,
+    ...) are refused as model and block names, as the kinds' names are: E206 covers them
+    because each is its kind's name; a helper of another name would need its own rule."""
+    import importlib
+    import pkgutil
+    import re
+
+    import dlspec.layers
+    from dlspec.layers import REGISTRY
+
+    helpers = set()
+    for module in pkgutil.iter_modules(dlspec.layers.__path__):
+        for value in vars(importlib.import_module(f"dlspec.layers.{module.name}")).values():
+            if isinstance(value, str):
+                helpers |= set(re.findall(r"^class (\w+)\((?:nn|torch)\.", value, re.MULTILINE))
+    assert {"LayerNorm2d", "SDPA", "SinusoidalPositionalEncoding"} <= helpers
+    assert helpers <= set(REGISTRY)
+
+
 # hostile ONNX files: ONNX Runtime runs them bounded ----------------------------------------
 
 
-def _graph_model(path: Path, nodes: list[Any], initializers: dict[str, Any]) -> Path:
-    """A model of ``nodes`` from x: float[N, 4] to y: float[N, 4]."""
+def _graph_model(
+    path: Path,
+    nodes: list[Any],
+    initializers: dict[str, Any],
+    *,
+    shape: tuple[str | int, ...] = ("N", 4),
+    extra_inputs: Sequence[Any] = (),
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """A model of ``nodes`` from x: float[shape] (and ``extra_inputs``) to y: float[shape]."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
         nodes,
         "hostile",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)), *extra_inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
         [numpy_helper.from_array(value, name) for name, value in initializers.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, metadata or {})
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return path
 
 
-def endless_loop(path: Path) -> Path:
-    """y = x + 1, 2**62 times over (a Loop's trip count is data)."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+def _endless_loop(**model: Any) -> Callable[[Path], Path]:
+    """y = x + 1, 2**62 times over (a Loop's trip count is data): ``_graph_model(**model)``."""
 
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["go"], ["go_on"]),
-            helper.make_node("Add", ["acc", "one"], ["acc_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc", TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None),
-        ],
-        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
-    )
-    loop = helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)
-    return _graph_model(path, [loop], {"trips": np.array(2**62), "go": np.array(True)})
+    def write(path: Path) -> Path:
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        body = helper.make_graph(
+            [
+                helper.make_node("Identity", ["go"], ["go_on"]),
+                helper.make_node("Add", ["acc", "one"], ["acc_out"]),
+            ],
+            "body",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("acc", TensorProto.FLOAT, None),
+            ],
+            [
+                helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None),
+            ],
+            [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+        )
+        loop = helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)
+        trips = {"trips": np.array(2**62), "go": np.array(True)}
+        return _graph_model(path, [loop], trips, **model)
+
+    return write
 
 
-def eight_gib(path: Path) -> Path:
-    """y = x + the sum of 2**31 zeros (8 GiB of them)."""
-    import numpy as np
-    from onnx import helper, numpy_helper
+def _eight_gib(**model: Any) -> Callable[[Path], Path]:
+    """y = x + the sum of 2**31 zeros (8 GiB of them): ``_graph_model(**model)``."""
 
-    zero = numpy_helper.from_array(np.zeros(1, np.float32))
-    nodes = [
-        helper.make_node("ConstantOfShape", ["size"], ["zeros"], value=zero),
-        helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
-        helper.make_node("Add", ["x", "total"], ["y"]),
-    ]
-    return _graph_model(path, nodes, {"size": np.array([2**31])})
+    def write(path: Path) -> Path:
+        import numpy as np
+        from onnx import helper, numpy_helper
+
+        zero = numpy_helper.from_array(np.zeros(1, np.float32))
+        nodes = [
+            helper.make_node("ConstantOfShape", ["size"], ["zeros"], value=zero),
+            helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
+            helper.make_node("Add", ["x", "total"], ["y"]),
+        ]
+        return _graph_model(path, nodes, {"size": np.array([2**31])}, **model)
+
+    return write
+
+
+endless_loop, eight_gib = _endless_loop(), _eight_gib()
 
 
 @pytest.mark.parametrize(
@@ -642,6 +706,7 @@ def eight_gib(path: Path) -> Path:
         ("bench", endless_loop, ["--timeout", "2"], "did not finish within 2 s"),
         ("predict", eight_gib, ["--max-memory", "1G"], "Failed to allocate memory"),
     ],
+    ids=["predict-loop", "bench-loop", "predict-8GiB"],
 )
 def test_onnx_runtime_runs_a_users_model_bounded(
     tmp_path: Path,
@@ -662,3 +727,104 @@ def test_onnx_runtime_runs_a_users_model_bounded(
     code, err = cli(capsys, command, path, *given, "--device", "cpu", *options)
     assert code == 1 and message in err and "ONNX Runtime" in err
     assert time.monotonic() - started < 60
+
+
+def _diffusion_model() -> dict[str, Any]:
+    """``_graph_model`` arguments for a denoiser of 1x2x2 images (x: the image, then the
+    timestep and a one-token prompt, unused) with the metadata ``dlspec export`` writes."""
+    others = denoiser_inputs()[1:]  # after the image, x
+    return {"shape": ("N", 1, 2, 2), "extra_inputs": others, "metadata": DIFFUSION_METADATA}
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        (_endless_loop(**_diffusion_model()), ["--timeout", "2"], "did not finish within 2 s"),
+        (_eight_gib(**_diffusion_model()), ["--max-memory", "1G"], "Failed to allocate memory"),
+    ],
+    ids=["loop-2**62", "8GiB"],
+)
+def test_sample_runs_an_onnx_model_bounded_and_writes_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    model: Callable[[Path], Path],
+    options: list[str],
+    message: str,
+) -> None:
+    """`dlspec sample MODEL.onnx` runs the file's graph in the bounded child process as
+    predict does, says which bound it ran into, and leaves no output (nor a temporary)."""
+    path = model(tmp_path / "hostile.onnx")
+    out = tmp_path / "images.png"
+    started = time.monotonic()
+    code, err = cli(capsys, "sample", path, "--num", "2", "--out", out, *options)
+    assert code == 1 and message in err and "ONNX Runtime" in err
+    assert time.monotonic() - started < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.onnx"]
+
+
+def test_sample_draws_from_an_onnx_model_in_the_bounded_child(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The child writes the images and its report comes through to the user; a denoiser
+    that answers infinities is a message naming the file, and writes nothing."""
+    import numpy as np
+    from onnx import helper
+
+    path = denoiser_model(tmp_path / "identity.onnx")
+    out = tmp_path / "images.npz"
+    assert main(["sample", str(path), "--num", "3", "--out", str(out), "--timeout", "60"]) == 0
+    assert f"wrote {out}: 3 images [1, 2, 2]" in capsys.readouterr().out
+    with np.load(out) as arrays:
+        assert arrays["images"].shape == (3, 1, 2, 2) and list(arrays["prompts"]) == ["a"] * 3
+
+    divide = [helper.make_node("Div", ["x", "zero"], ["y"])]
+    zero = {"zero": np.array(0.0, np.float32)}
+    path = _graph_model(tmp_path / "infinite.onnx", divide, zero, **_diffusion_model())
+    code, err = cli(capsys, "sample", path, "--out", tmp_path / "inf.png")
+    assert code == 1 and f"{path}: the denoiser's output holds NaN or infinite values" in err
+    assert not (tmp_path / "inf.png").exists()
+
+
+def _allocate_torch() -> int:
+    import torch
+
+    return int(torch.empty(2**34).numel())  # 64 GiB
+
+
+def _allocate_python() -> int:
+    return len(bytearray(2**34))
+
+
+def _exit_abruptly() -> int:
+    os._exit(127)  # as the C library does when it cannot allocate a thread's memory
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        (_allocate_torch, "the job needs more than 1.00 GiB of memory (--max-memory"),
+        (_allocate_python, "the job needs more than 1.00 GiB of memory (--max-memory"),
+        (_exit_abruptly, "the job ended the process (exit 127) before dlspec t finished (out of"),
+    ],
+)
+def test_a_bounded_child_that_runs_out_of_memory_is_a_message(
+    capsys: pytest.CaptureFixture[str], job: Callable[[], int], message: str
+) -> None:
+    """Every way an allocation is refused in the child, torch's allocator (a RuntimeError)
+    and the C library's exit included, is the message of the memory bound and exit 1."""
+    from dlspec.commands.bounded import run_bounded
+
+    assert run_bounded(job, seconds=60, memory=2**30, what="the job", name="t") == 1
+    assert message in capsys.readouterr().err
+
+
+def test_predict_maps_its_libraries_before_the_memory_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The child's imports happen before the bound applies: a small bound is for the model."""
+    import numpy as np
+
+    model = onnx_model(tmp_path / "m.onnx", {"dlspec.classes": '["a", "b", "c", "d"]'})
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 4), np.float32))
+    code, err = cli(capsys, "predict", model, tmp_path / "x.npz", "--max-memory", "64M")
+    assert code == 0, err

@@ -16,11 +16,19 @@ from torch.utils.flop_counter import FlopCounterMode
 import dlspec
 from dlspec.cli import main
 from dlspec.importers.pipeline import Result, import_model, imported_weights
+from dlspec.importers.torch_export import pick
 
 pytest.importorskip("transformers")
 
 FACTORIES = "docs.examples.hf"
-INPUTS = {"gpt2": "long[T]", "llama": "long[T]", "vit": "float[3, 32, 32]"}
+INPUTS = {
+    "gpt2": ["long[T]"],
+    "llama": ["long[T]"],
+    "vit": ["float[3, 32, 32]"],
+    "bert": ["long[T]", "long[T]"],  # input_ids and attention_mask (1 a token, 0 padding)
+    "t5_encoder": ["long[T]"],
+}
+OUTPUTS = {"bert": "pooler_output"}  # the whole model: the pooler reads the encoder's output
 MAC_TOLERANCE = 0.02  # a Linear's bias and a norm's scale are MACs to dlspec, not to torch
 OUTPUT_TOLERANCE = 1e-5  # the imported weights reproduce the original's outputs (max |y - r|)
 
@@ -33,7 +41,7 @@ def _at_root(monkeypatch: pytest.MonkeyPatch) -> None:
 @functools.cache
 def imported(name: str) -> tuple[Result, dlspec.Spec]:
     """The model imported, and its spec checked (once per model for the tests that read it)."""
-    result = import_model(f"{FACTORIES}:{name}", [INPUTS[name]])
+    result = import_model(f"{FACTORIES}:{name}", INPUTS[name], output=OUTPUTS.get(name))
     return result, dlspec.load_text(result.text, f"{name}.dl")
 
 
@@ -58,7 +66,7 @@ def test_hugging_face_model_imports_as_torch_counts_it(name: str) -> None:
     rebuilt.load_state_dict(state_dict)
     with torch.no_grad():
         ours = rebuilt(*result.examples)
-        theirs = model(*result.examples)[0]
+        theirs = pick(model(*result.examples), result.output)
     assert (ours - theirs).abs().max() <= OUTPUT_TOLERANCE
     assert_golden(ROOT / "tests" / "golden" / "import" / f"{name}.dl", result.text)
 
@@ -86,6 +94,80 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
     vit = imported("vit")[0].text
     assert "cls_token = Parameter(1, 64) <- pixel_values" in vit
     assert "layers = ViTLayer * 2" in vit
+    t5 = imported("t5_encoder")[0].text
+    for line in (
+        # the first layer's table, a lookup by offset buckets, added to unscaled scores
+        "relative_attention_bias = BucketedPositionBias(8, 4, max_distance=20) <- input",
+        "sdpa = SDPA(4, scale=1.0) <- q, k, v, relative_attention_bias",
+        "output relative_attention_bias, o",
+        # ... which it returns, and the layers after it read, alike: a repetition
+        "relative_attention_bias, block_0 = T5Block",
+        "block = T5Block2 * 2 <- block_0, relative_attention_bias",
+        "block T5Attention2 <- hidden_states, position_bias {",
+        "layer_norm = RMSNorm(eps=1e-06)",  # T5LayerNorm, written out in its forward
+        "act = ReLU",
+    ):
+        assert line in t5
+
+    bert = imported("bert")[0].text
+    for line in (
+        "input attention_mask: long[T]",
+        "token_type_ids = Full(0) <- input_ids",  # zeros from a buffer when none are given
+        "position_embeddings = LearnedPositionalEncoding(64)",
+        "layer = BertLayer * 2 <- dropout, attention_mask",
+        "block BertSelfAttention <- hidden_states, attention_mask {",
+        "sdpa = SDPA(4) <- query, key, value, attention_mask",  # padding: BERT's mask
+        "activation = Tanh",
+    ):
+        assert line in bert
+
+
+def test_bert_without_a_mask_attends_to_every_token() -> None:
+    """Called without an attention_mask, BERT's mask of all ones, made from the length,
+    leaves no trace; its token types are zeros from a buffer (Full). Its first result, the
+    last hidden state, reads all but the pooler. One small layer."""
+    result = import_model(f"{FACTORIES}:bert", ["long[8]"], {"layers": 1, "hidden": 32})
+    assert "sdpa = SDPA(4) <- query, key, value\n" in result.text
+    assert "attention_mask" not in result.text
+    assert "token_type_ids = Full(0)\n" in result.text
+    spec = dlspec.load_text(result.text, "bert.dl")
+    model = result.original
+    pooler = sum(p.numel() for p in model.pooler.parameters())
+    assert spec.report.trainable_params == sum(p.numel() for p in model.parameters()) - pooler
+    _, worst = imported_weights(result, spec)
+    assert worst <= OUTPUT_TOLERANCE
+
+
+def test_an_additive_padding_mask_is_the_ids_it_was_made_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A padding mask written as a bias (0 for a token, the most negative number for
+    padding), as attention that is not Hugging Face's makes it: SDPA reads the ids."""
+    (tmp_path / "padded.py").write_text(
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "from torch import nn\n\n\n"
+        "class Padded(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embed = nn.Embedding(10, 16)\n"
+        "        self.q, self.k = nn.Linear(16, 16), nn.Linear(16, 16)\n"
+        "        self.v = nn.Linear(16, 16)\n\n"
+        "    def forward(self, ids, mask):\n"
+        "        x = self.embed(ids)\n"
+        "        b, t = x.shape[0], x.shape[1]\n"
+        "        split = [f(x).view(b, t, 2, 8) for f in (self.q, self.k, self.v)]\n"
+        "        q, k, v = (h.transpose(1, 2) for h in split)\n"
+        "        bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min\n"
+        "        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)\n"
+        "        return out.transpose(1, 2).reshape(b, t, 16)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("padded:Padded", ["long[T]", "long[T]"])
+    assert "sdpa = SDPA(2) <- q, k, v, mask" in result.text
+    assert (result.examples[1] == 0).any()  # some keys are padding
+    _, worst = imported_weights(result, dlspec.load_text(result.text, "padded.dl"))
+    assert worst <= OUTPUT_TOLERANCE
 
 
 def test_output_picks_a_result(capsys: pytest.CaptureFixture[str]) -> None:

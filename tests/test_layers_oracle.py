@@ -225,8 +225,13 @@ EXAMPLES = [
        5 * 5 * 4 * (2 + 3), more=((T, 4), (T, 6)), bindings={"T": 5}),
     ex("SDPA", {"num_heads": 2, "dropout": 0.1}, (3, 8), 3 * 7 * 2 * (4 + 4),
        more=((7, 8), (7, 8))),
+    ex("SDPA", {"num_heads": 2, "scale": 1.0}, (T, 8), 5 * 5 * 2 * (4 + 4),  # T5's: unscaled
+       more=((T, 8), (T, 8), (2, T, T)), bindings={"T": 5}),
     ex("PaddingMask", {"pad_id": 0}, (T,), 0, dtype="long", bindings={"T": 5}),
     ex("PaddingMask", {"pad_id": 3}, (2, 4), 0, dtype="long"),
+    # a constant of the input's shape (BERT's token types): no parameters, MACs 0
+    ex("Full", {"value": 0}, (T,), 0, dtype="long", bindings={"T": 5}),
+    ex("Full", {"value": 1.5}, (3, 4), 0),
     # SDPA within windows [H/w, W/w, w*w, C]: per window, as above
     ex("SDPA", {"num_heads": 2}, (2, 3, 4, 8), 2 * 3 * 4 * 4 * 2 * (4 + 4),
        more=((2, 3, 4, 8), (2, 3, 4, 8))),
@@ -646,6 +651,7 @@ LAYER_ERRORS = [
     ("Roll", {"shifts": (1, 2), "dims": 0}, (3, 4), "E204", "one shift per dimension"),
     ("Roll", {"shifts": (1, 2), "dims": (0, -2)}, (3, 4), "E204", "twice"),
     ("Roll", {"shifts": 1, "dims": 2}, (3, 4), "E204", "out of range"),
+    ("Full", {"value": 0.5}, (4,), "E404", "long"),
 ]
 # fmt: on
 
@@ -894,3 +900,12 @@ def test_chunk_splits_as_torch_chunk(size: int, chunks: int) -> None:
     assert [o.shape for o in inferred.outputs] == [tuple(p.shape) for p in pieces]
     assert inferred.output == inferred.outputs[0]
     assert inferred.count_note is not None and f"of size {size}" in inferred.count_note
+
+
+def test_full_is_its_value_in_its_inputs_shape_and_type() -> None:
+    ids = torch.randint(0, 5, (BATCH, 7))
+    for value in (0, 3):
+        layer = make("Full", {"value": value})
+        call = layer.torch([TensorType((7,), "long")])
+        out = forward(call, build(call), [ids])
+        assert torch.equal(out, torch.full_like(ids, value))

@@ -135,6 +135,7 @@ def test_saved_bytes_is_a_formula_in_the_batch() -> None:
 SMALL_LLAMA = {"vocab": 256, "d": 64, "layers": 2, "heads": 4, "kv_heads": 4, "ff": 172}
 SMALL_VIT = {"image_size": 64, "d": 96, "layers": 2, "heads": 4, "mlp_dim": 192}
 SMALL_BERT = {"vocab": 64, "d": 64, "layers": 2, "heads": 4, "ff": 128, "max_len": 32, "T": 24}
+SMALL_T5 = {"vocab": 64, "d": 32, "layers": 2, "heads": 4, "d_kv": 8, "ff": 64, "T": 24}
 SMALL_SWIN = {"size": 64, "patch": 4, "d": 12, "heads": 2, "window": 2, "num_classes": 10}
 # the zoo's models at their real sizes are too big to run in a test: the same specs, smaller
 # (and without their claim of the full size's parameter count); the CNNs whole, on 64 x 64
@@ -145,6 +146,7 @@ ZOO = {
     # dropout: the plain math; without, flash attention keeps the padding mask's scores
     "bert_base.dl": [SMALL_BERT, SMALL_BERT | {"dropout": 0.0}],
     "swin_t.dl": [SMALL_SWIN],
+    "t5_small_encoder.dl": [SMALL_T5, SMALL_T5 | {"dropout": 0.0}],
     "vae.dl": [{"latent": 16}],  # 64 x 64: at batch 1 its 2 x 2 bottleneck trains BatchNorm
     "wavenet.dl": [{"T": 64, "layers": 3, "stacks": 2}],  # full widths, 6 layers
     **{

@@ -98,6 +98,24 @@ def _bert(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def _t5(draw: st.DrawFn) -> dict[str, Any]:
+    heads = draw(st.integers(1, 3))
+    buckets = draw(st.sampled_from([4, 8, 32]))
+    return {
+        "vocab": draw(st.integers(2, 30)),
+        "d": draw(st.integers(2, 12)),
+        "layers": draw(st.integers(1, 3)),
+        "heads": heads,
+        "d_kv": draw(st.integers(1, 6)),
+        "ff": draw(st.integers(4, 20)),
+        "buckets": buckets,
+        "max_distance": draw(st.integers(max(4, buckets // 4 + 1), 40)),
+        "eps": draw(st.sampled_from([1e-6, 1e-5])),
+        "T": draw(st.integers(1, 12)),
+    }
+
+
+@st.composite
 def _swin(draw: st.DrawFn) -> dict[str, Any]:
     """Maps that windows tile at every stage: size / patch = 8 x window x m."""
     window = 2  # (a window of 1 has no shift: no use would take the shifted branch)
@@ -204,6 +222,7 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "size": st.sampled_from([32, 64]),
         }
     ),
+    "zoo/t5_small_encoder.dl": _t5(),
     "zoo/vit_b_16.dl": _vit(),
     "zoo/wavenet.dl": st.fixed_dictionaries(
         {

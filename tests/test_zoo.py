@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import ROOT
+from torch.utils.flop_counter import FlopCounterMode
 
 import dlspec
 from dlspec.analysis.check import check_file
@@ -79,6 +80,7 @@ PUBLISHED = {
     "llama2_7b": 6_738_415_616,
     "bert_base": 109_482_240,  # Hugging Face's BertModel (with the pooler)
     "swin_t": 28_288_354,
+    "t5_small_encoder": 35_330_816,  # Hugging Face's T5EncoderModel of t5-small
     "unet": _unet(),  # no single published figure: counted by hand above
     "vae": _vae(),  # likewise
     "wavenet": _wavenet(),  # the same
@@ -97,6 +99,17 @@ SMALL: dict[str, dict[str, Any]] = {
     "bert_base": {"vocab": 100, "d": 32, "layers": 2, "heads": 4, "ff": 64, "max_len": 16, "T": 10},
     # maps of 16, 8, 4, 2 in windows of 2 (the first three stages' shifted)
     "swin_t": {"size": 32, "patch": 2, "d": 12, "heads": 2, "window": 2, "num_classes": 10},
+    "t5_small_encoder": {
+        "vocab": 100,
+        "d": 32,
+        "layers": 2,
+        "heads": 4,
+        "d_kv": 8,
+        "ff": 64,
+        "buckets": 8,
+        "max_distance": 20,
+        "T": 10,
+    },
     "wavenet": {"classes": 8, "res": 4, "gate": 4, "skip": 8, "layers": 3, "stacks": 1, "T": 32},
 }
 # every layer counted by torchinfo's own rule (ConvNeXt's and ViT's Linear layers act on every
@@ -208,6 +221,76 @@ def test_bert_base_macs_are_the_formula_by_hand() -> None:
     attention = 2 * steps * steps * d
     expected = layers * (layer + attention) + steps * 2 * d + d * (d + 1)
     assert check_file(ZOO / "bert_base.dl").report.total_macs == expected == 48_381_100_800
+
+
+# Hugging Face's T5 state_dict names -> the zoo spec's
+T5_NAMES = [
+    (
+        r"^encoder\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.",
+        "bias.relative_attention_bias.",
+    ),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.", r"encoder.\1.attention."),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"encoder.\1.attention_norm."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.", r"encoder.\1."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.", r"encoder.\1.ff_norm."),
+    (r"^encoder\.final_layer_norm\.", "final_layer_norm."),
+]
+
+
+def _t5_encoder(settings: dict[str, Any]) -> torch.nn.Module:
+    """Hugging Face's T5EncoderModel at the zoo spec's settings (t5-small's by default)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.T5Config(
+        vocab_size=settings.get("vocab", 32128),
+        d_model=settings.get("d", 512),
+        num_layers=settings.get("layers", 6),
+        num_heads=settings.get("heads", 8),
+        d_kv=settings.get("d_kv", 64),
+        d_ff=settings.get("ff", 2048),
+        relative_attention_num_buckets=settings.get("buckets", 32),
+        relative_attention_max_distance=settings.get("max_distance", 128),
+    )
+    config._attn_implementation = "eager"  # the scores written out: FLOPs the counter sees
+    return transformers.T5EncoderModel(config).eval()
+
+
+def test_t5_small_encoder_is_hugging_faces() -> None:
+    """At t5-small's size (built on the meta device) the parameters are Hugging Face's, and
+    at the small size the spec's module, holding Hugging Face's weights, computes its
+    last_hidden_state on padded batches; its MACs are FlopCounterMode's FLOPs / 2 but for
+    the RMSNorm scales (one MAC per element to dlspec)."""
+    pytest.importorskip("transformers")
+    from transformers.initialization import no_init_weights
+
+    with torch.device("meta"), no_init_weights():  # shapes only: drawing weights takes seconds
+        full = _t5_encoder({})
+    full.tie_weights()  # the encoder's embedding is the shared one, as post_init makes it
+    assert sum(p.numel() for p in full.parameters()) == PUBLISHED["t5_small_encoder"]
+    settings = SMALL["t5_small_encoder"]
+    torch.manual_seed(0)
+    theirs = _t5_encoder(settings)
+    spec = _small("t5_small_encoder")
+    ours = spec.to_torch().eval()
+    state = {}
+    for name, tensor in theirs.state_dict().items():
+        if name == "encoder.embed_tokens.weight":
+            continue  # shared's, tied
+        for pattern, replacement in T5_NAMES:
+            name = re.sub(pattern, replacement, name)
+        state[name] = tensor
+    ours.load_state_dict(state)  # strict: every tensor of each, once
+    steps = settings["T"]
+    ids = torch.randint(0, settings["vocab"], (2, steps))
+    mask = torch.ones(2, steps, dtype=torch.long)
+    mask[1, steps // 2 :] = 0  # the second sample padded
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        expected = theirs(input_ids=ids[:1], attention_mask=mask[:1]).last_hidden_state
+    torch.testing.assert_close(ours(ids[:1], mask[:1]), expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        padded = theirs(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(ours(ids, mask), padded, rtol=0, atol=1e-5)
+    norms = (2 * settings["layers"] + 1) * steps * settings["d"]
+    assert spec.report.total_macs == counter.get_total_flops() // 2 + norms
 
 
 class _VanillaVAE(torch.nn.Module):

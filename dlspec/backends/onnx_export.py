@@ -21,9 +21,12 @@ exports in a fifth of the time (0.5 s against 2.5 s in a fresh process; the whol
 captured here); the graphs are the same size and run equally fast in ONNX Runtime. The tracer
 also turns RNN / LSTM / GRU into ONNX's own recurrent operators with a dynamic sequence
 length, where torch.export fixes the length of ``nn.RNN``. Where torch's own code would have
-the tracer bake a size in (``nn.MultiheadAttention``'s reshapes) or its symbolics refuse a
-layer (BatchNorm and adaptive pooling over sizes they cannot see, LSTMs with projections),
-the functions below give the tracer code or symbolics that keep it exact and dynamic. So
+the tracer bake a size in (``nn.MultiheadAttention``'s reshapes; InstanceNorm's running
+statistics) or its symbolics refuse a layer (BatchNorm, InstanceNorm and adaptive pooling over
+sizes they cannot see, PixelShuffle beyond 4-D, LSTMs with projections) or give ONNX's shape
+inference a wrong size (pools in ``ceil_mode``), the functions below give the tracer code or
+symbolics that keep it exact and dynamic (and dlspec's generated helpers read sizes from
+tensors rather than through ``unflatten``, whose sizes the tracer fixes). So
 ``exporter="auto"`` uses TorchScript and falls back to dynamo when TorchScript still fails:
 an export error, a model the checker or ONNX Runtime refuses, or the run at other sizes
 failing. The TorchScript path
@@ -430,15 +433,20 @@ def _attention(
     return (out if m.batch_first else out.transpose(0, 1)), None
 
 
-def _reduce_mean(g: Any, x: Any, axes: list[int]) -> Any:
-    """ONNX ReduceMean of ``x`` over ``axes``, keeping them (axes became an input in opset
-    18)."""
+def _reduce(g: Any, op: str, x: Any, axes: list[int], keep: bool = True) -> Any:
+    """ONNX reduction ``op`` (ReduceMean, ReduceMax) of ``x`` over ``axes`` (axes became an
+    input in opset 18)."""
     import torch
 
     if g.opset >= 18:
         axes_input = g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64))
-        return g.op("ReduceMean", x, axes_input, keepdims_i=1)
-    return g.op("ReduceMean", x, axes_i=axes, keepdims_i=1)
+        return g.op(op, x, axes_input, keepdims_i=int(keep))
+    return g.op(op, x, axes_i=axes, keepdims_i=int(keep))
+
+
+def _reduce_mean(g: Any, x: Any, axes: list[int]) -> Any:
+    """ONNX ReduceMean of ``x`` over ``axes``, keeping them."""
+    return _reduce(g, "ReduceMean", x, axes)
 
 
 def _float_type(x: Any) -> torch.dtype:
@@ -515,11 +523,7 @@ def _register_batch_norm() -> None:
         epsilon = symbolic_helper._get_const(eps, "f", "eps")
         dtype = _float_type(x)
         if not no_stats:
-            shape = g.op("Shape", mean)
-            if no_affine:
-                one, zero = (torch.tensor([v], dtype=dtype) for v in (1.0, 0.0))
-                weight = weight if not none(weight) else g.op("ConstantOfShape", shape, value_t=one)
-                bias = bias if not none(bias) else g.op("ConstantOfShape", shape, value_t=zero)
+            weight, bias = _affine(g, weight, bias, g.op("Shape", mean), dtype)
             return g.op("BatchNormalization", x, weight, bias, mean, var, epsilon_f=epsilon)
         axes = [0, *range(2, rank)]
         centred = g.op("Sub", x, _reduce_mean(g, x, axes))
@@ -542,20 +546,89 @@ def _register_batch_norm() -> None:
     _register_everywhere("aten::batch_norm", batch_norm)
 
 
-def _adaptive_mean(g: Any, x: Any, axis: int, out: int) -> Any:
-    """Adaptive average pooling of ``x`` to ``out`` cells along ``axis`` (negative), as torch
-    does it: cell ``i`` averages ``x[floor(i n / out) : ceil((i + 1) n / out)]`` where ``n``
-    is the axis's length, read at run time. Each sum is a difference of two cumulative sums
-    gathered at the cell's bounds."""
+def _affine(g: Any, weight: Any, bias: Any, shape: Any, dtype: torch.dtype) -> tuple[Any, Any]:
+    """A normalisation's weight and bias, a missing one (``affine=False``) made as ones or
+    zeros of ``shape`` (a Shape value: the channels', read at run time)."""
+    import torch
+    from torch.onnx import symbolic_helper
+
+    def made(v: Any, fill: float) -> Any:
+        if not symbolic_helper._is_none(v):
+            return v
+        return g.op("ConstantOfShape", shape, value_t=torch.tensor([fill], dtype=dtype))
+
+    return made(weight, 1.0), made(bias, 0.0)
+
+
+@cache
+def _register_instance_norm() -> None:
+    """Teach the TorchScript exporter ``aten::instance_norm`` over inputs whose batch or
+    channel size it does not know. torch's symbolic builds a missing weight or bias
+    (``affine=False``) as a constant of the channel size, and evaluates with running
+    statistics (``track_running_stats=True`` in eval mode) through a reshape of the input to
+    one sample of ``batch x channels``, written with the batch size of the trace (so the file
+    would run at that batch only). Here a missing weight or bias takes the channel size from
+    the input's shape at run time, and running statistics normalise each sample's channels
+    as BatchNorm's do in inference (the same per-channel mean and variance for every
+    sample), with no reshape; otherwise ONNX's InstanceNormalization."""
+    from torch.onnx import symbolic_helper
+
+    def instance_norm(
+        g: Any,
+        x: Any,
+        weight: Any,
+        bias: Any,
+        mean: Any,
+        var: Any,
+        use_input_stats: Any,
+        momentum: Any,
+        eps: Any,
+        cudnn: Any,
+    ) -> Any:
+        epsilon = symbolic_helper._get_const(eps, "f", "eps")
+        dtype = _float_type(x)
+        if symbolic_helper._get_const(use_input_stats, "b", "use_input_stats"):
+            channels = symbolic_helper._slice_helper(
+                g, g.op("Shape", x), axes=[0], starts=[1], ends=[2]
+            )
+            weight, bias = _affine(g, weight, bias, channels, dtype)
+            return g.op("InstanceNormalization", x, weight, bias, epsilon_f=epsilon)
+        weight, bias = _affine(g, weight, bias, g.op("Shape", mean), dtype)
+        return g.op("BatchNormalization", x, weight, bias, mean, var, epsilon_f=epsilon)
+
+    _register_everywhere("aten::instance_norm", instance_norm)
+
+
+def _int64_constant(g: Any, v: int | list[int]) -> Any:
     import torch
 
+    return g.op("Constant", value_t=torch.tensor(v, dtype=torch.int64))
+
+
+def _cells(g: Any, x: Any, axis: int, out: int) -> tuple[Any, Any, Any]:
+    """The length ``n`` of ``x``'s ``axis`` (negative), read at run time, and the bounds of
+    adaptive pooling's ``out`` cells along it, as torch takes them: cell ``i`` covers
+    ``[floor(i n / out), ceil((i + 1) n / out))``; ``(n, starts, ends)``."""
+
     def const(v: int | list[int]) -> Any:
-        return g.op("Constant", value_t=torch.tensor(v, dtype=torch.int64))
+        return _int64_constant(g, v)
 
     n = g.op("Gather", g.op("Shape", x), const(axis))
     start = g.op("Div", g.op("Mul", const(list(range(out))), n), const(out))
     after = g.op("Mul", const(list(range(1, out + 1))), n)
     end = g.op("Div", g.op("Add", after, const(out - 1)), const(out))
+    return n, start, end
+
+
+def _adaptive_mean(g: Any, x: Any, axis: int, out: int) -> Any:
+    """Adaptive average pooling of ``x`` to ``out`` cells along ``axis`` (negative), as torch
+    does it (:func:`_cells`). Each sum is a difference of two cumulative sums gathered at the
+    cell's bounds."""
+
+    def const(v: int | list[int]) -> Any:
+        return _int64_constant(g, v)
+
+    _, start, end = _cells(g, x, axis, out)
     upto_end = g.op("CumSum", x, const(axis))  # sum of x[: k + 1]
     before_start = g.op("CumSum", x, const(axis), exclusive_i=1)  # sum of x[:k]
     sums = g.op(
@@ -566,6 +639,31 @@ def _adaptive_mean(g: Any, x: Any, axis: int, out: int) -> Any:
     count = g.op("Reshape", g.op("Sub", end, start), const([out] + [1] * (-axis - 1)))
     count = g.op("CastLike", count, x) if g.opset >= 15 else g.op("Cast", count, to_i=1)
     return g.op("Div", sums, count)
+
+
+def _adaptive_max(g: Any, x: Any, axis: int, out: int) -> Any:
+    """Adaptive max pooling of ``x`` to ``out`` cells along ``axis`` (negative), as torch
+    does it (:func:`_cells`): every cell at once, over a new axis of ``out`` cells before
+    ``axis``, as the maximum of ``x`` with the positions outside the cell set to -inf (a
+    cell is never empty)."""
+    import torch
+
+    def const(v: int | list[int]) -> Any:
+        return _int64_constant(g, v)
+
+    n, start, end = _cells(g, x, axis, out)
+    positions = g.op("Unsqueeze", g.op("Range", const(0), n, const(1)), const([0]))  # (1, n)
+    column = const([out, 1])
+    inside = g.op(
+        "And",
+        g.op("Not", g.op("Less", positions, g.op("Reshape", start, column))),
+        g.op("Less", positions, g.op("Reshape", end, column)),
+    )  # (out, n): position k in cell i
+    rest = -axis - 1  # the axes after the pooled one
+    inside = g.op("Reshape", inside, const([out, -1] + [1] * rest))
+    spread = g.op("Unsqueeze", x, const([axis - 1]))  # (..., 1, n, *rest)
+    low = g.op("Constant", value_t=torch.tensor(-math.inf, dtype=_float_type(x)))
+    return _reduce(g, "ReduceMax", g.op("Where", inside, spread, low), [axis], keep=False)
 
 
 @cache
@@ -592,6 +690,119 @@ def _register_adaptive_avg_pool() -> None:
 
     for dims in (1, 2, 3):
         _register_everywhere(f"aten::adaptive_avg_pool{dims}d", symbolic(dims))
+
+
+@cache
+def _register_adaptive_max_pool() -> None:
+    """Teach the TorchScript exporter adaptive max pooling where an input size is not a
+    multiple of the output size, or is not known to it: torch's symbolic exports only a
+    MaxPool of a fixed kernel (or a global one). Where it can, it does; otherwise the pooling
+    is :func:`_adaptive_max` along each pooled axis, without the indices (which a module
+    built without ``return_indices`` does not return)."""
+    from torch.onnx import OnnxExporterError, symbolic_helper, symbolic_opset9
+
+    def symbolic(dims: int) -> Callable[[Any, Any, Any], Any]:
+        torch_own = getattr(symbolic_opset9, f"adaptive_max_pool{dims}d")
+
+        def adaptive_max_pool(g: Any, x: Any, output_size: Any) -> Any:
+            try:
+                return torch_own(g, x, output_size)
+            except OnnxExporterError:
+                sizes = symbolic_helper._parse_arg(output_size, "is")
+                for k, size in enumerate(sizes):
+                    x = _adaptive_max(g, x, k - len(sizes), size)
+                return x, None
+
+        return adaptive_max_pool
+
+    for dims in (1, 2, 3):
+        _register_everywhere(f"aten::adaptive_max_pool{dims}d", symbolic(dims))
+
+
+@cache
+def _register_ceil_mode_pools() -> None:
+    """Give ONNX's shape inference the size of torch's pools in ``ceil_mode``. Where torch
+    drops a last window that would start in the right padding, ONNX Runtime drops it too,
+    but ONNX's shape inference counts it, so that a layer after the pool with a weight over
+    that axis (a Linear) fails the checker's and ONNX Runtime's inference at load time. A
+    Slice of the pool's output to torch's size along those axes (where the exporter knows the
+    input's size) tells the inference, and changes nothing at run time. The pool itself is
+    torch's (opset 10 on; below, torch's pads the input instead)."""
+    from torch.onnx import symbolic_helper, symbolic_opset9, symbolic_opset10
+
+    from dlspec.layers.base import window_out
+
+    def symbolic(kind: str, dims: int) -> Callable[..., Any]:
+        name = f"{kind}_pool{dims}d"
+
+        def pool(g: Any, x: Any, kernel: Any, stride: Any, padding: Any, *rest: Any) -> Any:
+            if g.opset < 10:
+                return getattr(symbolic_opset9, name)(g, x, kernel, stride, padding, *rest)
+            if kind == "avg":
+                out = symbolic_opset10._avg_pool(name, dims)(g, x, kernel, stride, padding, *rest)
+                dilation, ceil_mode = [1], rest[0]
+            else:
+                out = symbolic_opset10._max_pool(name, dims, return_indices=False)(
+                    g, x, kernel, stride, padding, *rest
+                )
+                dilation, ceil_mode = symbolic_helper._parse_arg(rest[0], "is"), rest[1]
+            sizes = symbolic_helper._get_tensor_sizes(x)
+            if not symbolic_helper._parse_arg(ceil_mode, "i") or not sizes:
+                return out
+            k, s, p = (symbolic_helper._parse_arg(v, "is") for v in (kernel, stride, padding))
+            every = [v * dims if len(v) == 1 else v for v in (k, s or k, p, dilation)]
+            axes, ends = [], []
+            for axis, (size, ki, si, pi, di) in enumerate(zip(sizes[2:], *every, strict=True)):
+                if size is None:
+                    continue
+                reach = size + 2 * pi - di * (ki - 1) - 1
+                counted = -(-reach // si) + 1  # ONNX's inference: the last window kept
+                kept = window_out(size, ki, si, pi, di, "", ceil_mode=True)
+                if kept != counted:
+                    axes.append(axis + 2)
+                    ends.append(kept)
+            if not axes:
+                return out
+            return symbolic_helper._slice_helper(
+                g, out, axes=axes, starts=[0] * len(axes), ends=ends
+            )
+
+        return pool
+
+    for kind in ("avg", "max"):
+        for dims in (1, 2, 3):
+            _register_everywhere(f"aten::{kind}_pool{dims}d", symbolic(kind, dims))
+
+
+@cache
+def _register_pixel_shuffles() -> None:
+    """Teach the TorchScript exporter PixelShuffle and PixelUnshuffle over more than the 4-D
+    ``(N, C, H, W)`` its symbolics take (``[*, C, H, W]`` per sample): the leading axes are
+    flattened into one, torch's symbolic moves the pixels of that 4-D tensor, and the leading
+    axes come back, all read from the input's shape at run time. 4-D inputs: torch's."""
+    from torch.onnx import symbolic_helper, symbolic_opset9, symbolic_opset11
+
+    def symbolic(name: str) -> Callable[[Any, Any, Any], Any]:
+        def shuffle(g: Any, x: Any, factor: Any) -> Any:
+            module = symbolic_opset11 if g.opset >= 11 and name == "pixel_shuffle" else None
+            torch_own = getattr(module or symbolic_opset9, name)
+            rank = symbolic_helper._get_tensor_rank(x)
+            if rank is None or rank == 4:
+                return torch_own(g, x, factor)
+
+            def part(shape: Any, start: int, end: int) -> Any:
+                return symbolic_helper._slice_helper(g, shape, axes=[0], starts=[start], ends=[end])
+
+            shape = g.op("Shape", x)
+            flat = g.op("Concat", _int64_constant(g, [-1]), part(shape, -3, rank), axis_i=0)
+            moved = torch_own(g, symbolic_helper._reshape_helper(g, x, flat), factor)
+            back = g.op("Concat", part(shape, 0, -3), part(g.op("Shape", moved), 1, 4), axis_i=0)
+            return symbolic_helper._reshape_helper(g, moved, back)
+
+        return shuffle
+
+    for name in ("pixel_shuffle", "pixel_unshuffle"):
+        _register_everywhere(f"aten::{name}", symbolic(name))
 
 
 # torch's LSTM gates are (input, forget, cell, output), ONNX's (input, output, forget, cell):
@@ -744,7 +955,11 @@ def _export_torchscript(
 
     _register_rms_norm()
     _register_batch_norm()
+    _register_instance_norm()
     _register_adaptive_avg_pool()
+    _register_adaptive_max_pool()
+    _register_ceil_mode_pools()
+    _register_pixel_shuffles()
     _register_projected_lstm()
     buffer = io.BytesIO()
     with _shared_by_identity(model), _traceable_attention(model):
@@ -760,7 +975,33 @@ def _export_torchscript(
             do_constant_folding=False,
             training=torch.onnx.TrainingMode.PRESERVE,
         )
-    return onnx.load_from_string(buffer.getvalue())
+    proto = onnx.load_from_string(buffer.getvalue())
+    _outputs_read_inputs(proto, graph)
+    return proto
+
+
+def _outputs_read_inputs(proto: onnx.ModelProto, graph: ModelGraph) -> None:
+    """An output that is an input itself (a model that returns its input: ``output x``, or
+    no statements at all) has one name for two values in torch's export, which renames the
+    input (``x.1``, with a size of its own in place of the dynamic axes' names) and copies
+    it to the output by an Identity node. Here the input gets its name back, with the
+    output's type, and the output reads it (an ONNX graph may output one of its inputs)."""
+    for given, name in zip(proto.graph.input, (i.name for i in graph.inputs), strict=False):
+        if given.name == name:
+            continue
+        copies = [
+            node
+            for node in proto.graph.node
+            if node.op_type == "Identity" and node.input == [given.name] and node.output == [name]
+        ]
+        output = next((o for o in proto.graph.output if o.name == name), None)
+        if len(copies) != 1 or output is None:
+            continue  # another renaming; the run at other sizes will say what is wrong
+        proto.graph.node.remove(copies[0])
+        for node in proto.graph.node:
+            node.input[:] = [name if value == given.name else value for value in node.input]
+        given.name = name
+        given.type.CopyFrom(output.type)
 
 
 def _export_dynamo(

@@ -120,8 +120,11 @@ class Session:
                 )
         half = _holds_fp16(source) if fp16 is None else fp16
         # ONNX Runtime 1.31's NCHWc layout pass crashes the process on fp16 LSTMs on the CPU
-        # provider; it only speeds up fp32 convolutions, so fp16 models do without it
-        disabled = ["NchwcTransformer"] if half else []
+        # provider; it only speeds up fp32 convolutions, so fp16 models do without it. Its
+        # Pad_Fusion moves a constant Pad into the next MaxPool's pads, which pad with -inf,
+        # not the Pad's value (a window of negative values then loses the padding's 0), and
+        # beyond the kernel's size (which the session then refuses): no model goes through it
+        disabled = ["Pad_Fusion", *(["NchwcTransformer"] if half else [])]
         # auto: CUDA only where a GPU is present, so a CPU-only machine gets no notice
         want_cuda = device != "cpu" and CUDA in ort.get_available_providers()
         want_cuda = want_cuda and (device != "auto" or gpu_present())

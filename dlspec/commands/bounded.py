@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import errno
 import os
 import resource
 import select
@@ -30,7 +31,9 @@ from dlspec.commands.common import finite_number, size_limit
 from dlspec.crash import internal_error
 
 DONE = b"done"  # what the child writes to the parent when the job finished
+REPORTED = b"told"  # ... or when the job failed and the child said why
 MAX_OUTPUT = 1024 * 1024  # bytes of the child's stdout, and of its stderr, passed on
+MAX_MEMORY = 4 * 2**30  # bytes a user's model may allocate by default, beyond dlspec's own
 
 
 def _address_space() -> int | None:
@@ -91,7 +94,7 @@ def run_bounded(
         _child(job, memory, what, name, unwritten, {key: w for key, (_, w) in pipes.items()})
     for _, write_end in pipes.values():
         os.close(write_end)
-    status, finished = None, False
+    status, said = None, b""  # what the child wrote to the "done" pipe
     streams = {pipes["out"][0]: sys.stdout, pipes["err"][0]: sys.stderr}
     relays = {fd: _Relay(stream) for fd, stream in streams.items()}
     selector = selectors.DefaultSelector()
@@ -107,7 +110,7 @@ def run_bounded(
                 elif key.fd in relays:
                     relays[key.fd].write(data)
                 else:
-                    finished = finished or data.startswith(DONE)
+                    said += data
             done, code = os.waitpid(pid, os.WNOHANG)
             status = code if done else None
     finally:
@@ -121,7 +124,7 @@ def run_bounded(
                 if fd in relays:
                     relays[fd].write(data)
                 else:
-                    finished = finished or data.startswith(DONE)
+                    said += data
             os.close(fd)
         selector.close()
     if status is None:
@@ -139,15 +142,26 @@ def run_bounded(
             file=sys.stderr,
         )
         return 1
-    if not finished:
-        if code == 0:
-            print(
-                f"dlspec {name}: {what} ended the process (exit 0) before dlspec {name} "
-                f"finished{unwritten}",
-                file=sys.stderr,
-            )
-        return code or 1
-    return code
+    if said not in (DONE, REPORTED):  # os._exit in the user's code, or the C library's
+        print(
+            f"dlspec {name}: {what} ended the process (exit {code}) before dlspec {name} "
+            f"finished{' (out of memory?)' if code else ''}{unwritten}",
+            file=sys.stderr,
+        )
+        return 1
+    return code if said == DONE else code or 1
+
+
+#: What a refused allocation says where it is no MemoryError: torch's CPU allocator (a
+#: RuntimeError) and the dynamic loader mapping a library that an import loads (an ImportError).
+_NO_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "failed to map segment")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that the memory limit refused."""
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+        return True
+    return any(sign in str(exc) for sign in _NO_MEMORY)
 
 
 def _read_ready(fd: int) -> bytes:
@@ -183,7 +197,7 @@ def _child(
     unwritten: str,
     pipes: dict[str, int],
 ) -> NoReturn:
-    code = 1
+    code, finished = 1, False
     try:
         os.setsid()  # a process group of its own, killed whole at the limit
         sys.stdout = open(pipes["out"], "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
@@ -198,15 +212,16 @@ def _child(
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         code = job()
-        os.write(pipes["done"], DONE)
-    except MemoryError:
-        print(
-            f"dlspec {name}: {what} needs more than {human_bytes(memory or 0)} of memory "
-            f"(--max-memory raises the limit){unwritten}",
-            file=sys.stderr,
-        )
-    except Exception as exc:  # the user's code raised through dlspec's own handling: a bug
-        code = internal_error(sys.argv[1:], exc)
+        finished = True
+    except Exception as exc:
+        if _out_of_memory(exc):
+            print(
+                f"dlspec {name}: {what} needs more than {human_bytes(memory or 0)} of memory "
+                f"(--max-memory raises the limit){unwritten}",
+                file=sys.stderr,
+            )
+        else:  # the user's code raised through dlspec's own handling: a bug
+            code = internal_error(sys.argv[1:], exc)
     except BaseException as exc:  # the user's code: SystemExit, BaseException, ...
         detail = f"({str(exc)[:200]!r})" if str(exc) else ""
         happened = f"raised {type(exc).__name__}{detail}"
@@ -217,4 +232,6 @@ def _child(
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        with contextlib.suppress(OSError):
+            os.write(pipes["done"], DONE if finished else REPORTED)
         os._exit(code)

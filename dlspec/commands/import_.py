@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dlspec.commands.bounded import MAX_MEMORY
 from dlspec.commands.common import add_input_argument, add_set_argument
 
 TIMEOUT = 600  # seconds an import may take: tracing a large model takes a minute or two
-MAX_MEMORY = 4 * 2**30  # bytes the model's code may allocate, beyond dlspec's own
 
 EPILOG = """\
 --weights CHECKPOINT also writes the model's weights as a dlspec checkpoint (state_dict names
@@ -182,8 +182,14 @@ def _import(args: argparse.Namespace, out: Path, weights: Path | None) -> int:
             rng={},
             info={"imported_from": imported.source},
         )
-        save_checkpoint(weights, checkpoint)
-    write_atomic(out, result.text.encode("utf-8"))
+        try:  # a full disk: the file that was there is left as it was
+            save_checkpoint(weights, checkpoint)
+        except OSError as exc:
+            return fail(f"cannot write {args.weights}: {exc.strerror or exc}")
+    try:
+        write_atomic(out, result.text.encode("utf-8"))
+    except OSError as exc:
+        return fail(f"cannot write {args.out}: {exc.strerror or exc}")
     written = [str(args.out)] + ([str(args.weights)] if args.weights is not None else [])
     print(f"wrote {', '.join(written)}")
     return 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlspec.commands.bounded import add_limits, run_bounded
+from dlspec.commands.bounded import MAX_MEMORY, add_limits, run_bounded
 from dlspec.commands.common import add_run_arguments, positive_int
 from dlspec.commands.output import Output, add_output_arguments
 from dlspec.records import Normalize, RecordError, export_metadata
@@ -39,7 +39,6 @@ model that ran past a limit, 2 usage."""
 
 CHUNK = 256  # samples per ONNX Runtime call
 TIMEOUT = 600  # seconds ONNX Runtime may run a user's model, all inputs together
-MAX_MEMORY = 4 * 2**30  # bytes it may allocate, beyond dlspec's own
 
 
 class InputError(Exception):
@@ -242,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.model.is_file():
         print(f"dlspec predict: {args.model}: no such file", file=sys.stderr)
         return 1
+    import dlspec.train.transforms  # noqa: F401 (torch, for the inputs: mapped outside the bound)
+
     return run_onnx(args, lambda: _predict(args), args.model, "predict")
 
 

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dlspec.commands.bounded import MAX_MEMORY, add_limits, run_bounded
 from dlspec.commands.common import (
     add_run_arguments,
     bounded_int,
@@ -43,8 +44,14 @@ is the prompted one alone, larger follows the prompt more closely. --out FILE.pn
 grid, FILE.npz the arrays `images` [N, C, H, W] (float32 in [0, 1]) and `prompts`. Steps,
 guidance and sampler default to the run's train settings.
 
-exit codes: 0 done, 1 the run holds no such model or the prompt has characters the model
-does not know, 2 usage (bad option, step count or --out)."""
+an .onnx file is a program (a Loop can run 2**62 times, a ConstantOfShape allocate
+terabytes): it is sampled in a child process bounded by --timeout and --max-memory, and a
+model that runs past a bound writes nothing. A run directory holds dlspec's own code and
+samples in this process.
+
+exit codes: 0 done, 1 the run holds no such model, the prompt has characters the model
+does not know, or an .onnx model failed or ran past a bound, 2 usage (bad option, step count
+or --out)."""
 
 
 def _non_negative(text: str) -> float:
@@ -64,6 +71,8 @@ def _temperature(text: str) -> float:
 
 #: The most images one command draws (64 a grid; each is a full denoising run).
 MAX_IMAGES = 10_000
+#: Seconds an .onnx model may take to draw all the images (each is a full denoising run).
+TIMEOUT = 3600
 
 
 def _images(text: str) -> int:
@@ -121,6 +130,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="torch",
         help="run the denoiser with torch (default) or ONNX Runtime (an .onnx file always is)",
     )
+    add_limits(parser, "an .onnx model", TIMEOUT, MAX_MEMORY)
 
 
 def _fail(message: str) -> int:
@@ -176,15 +186,9 @@ def _usage(message: str) -> int:
 
 
 def _draw(args: argparse.Namespace) -> int:
-    """Images from a diffusion model (run directory or .onnx file) to ``args.out``."""
-    import time
-
+    """Images from a diffusion model (run directory or .onnx file) to ``args.out``; an .onnx
+    file, a program from anywhere, is sampled in a bounded child process."""
     from dlspec.files import OutputError, output_path
-    from dlspec.train.diffusion.grid import save_images
-    from dlspec.train.diffusion.prompts import PromptError
-    from dlspec.train.diffusion.run import load_diffusion
-    from dlspec.train.diffusion.schedule import sampling_steps
-    from dlspec.train.generate import RunError, UnknownCharacters
     from dlspec.train.loop import TrainError, select_device
 
     out: Path | None = args.out
@@ -192,13 +196,39 @@ def _draw(args: argparse.Namespace) -> int:
         given = "" if out is None else f" (got {out})"
         return _usage(f"a diffusion model draws images: give --out FILE.png or FILE.npz{given}")
     try:
-        output_path(out, inputs={"the model": args.run_dir})
+        resolved = output_path(out, inputs={"the model": args.run_dir}).absolute()
     except OutputError as exc:
         return _usage(str(exc))
     try:
         device = str(select_device(args.device))
     except TrainError as exc:
         return _usage(str(exc))
+    if not str(args.run_dir).endswith(".onnx"):
+        return _draw_images(args, device, resolved)
+    import onnxruntime  # noqa: F401 (its libraries, and PIL's, mapped here: outside the bound)
+    import PIL.Image  # noqa: F401
+
+    return run_bounded(
+        lambda: _draw_images(args, device, resolved),
+        seconds=args.timeout,
+        memory=args.max_memory,
+        what=f"ONNX Runtime on {args.run_dir}",
+        name="sample",
+        hint="a graph that loops or computes without end?",
+    )
+
+
+def _draw_images(args: argparse.Namespace, device: str, out: Path) -> int:
+    """Load the model, draw the images and write them to ``out`` (absolute, checked): the
+    job of the bounded child process for an .onnx file."""
+    import time
+
+    from dlspec.train.diffusion.grid import save_images
+    from dlspec.train.diffusion.prompts import PromptError
+    from dlspec.train.diffusion.run import load_diffusion
+    from dlspec.train.diffusion.schedule import sampling_steps
+    from dlspec.train.generate import RunError, UnknownCharacters
+
     try:
         model = load_diffusion(args.run_dir, runtime=args.runtime, device=device)
     except RunError as exc:
@@ -221,6 +251,8 @@ def _draw(args: argparse.Namespace) -> int:
         )
     except (UnknownCharacters, PromptError) as exc:
         return _fail(f"--prompt: {exc}")
+    except RunError as exc:
+        return _fail(str(exc))
     seconds = time.perf_counter() - started
     columns = None  # one prompt: about square
     if len(asked) > 1:
@@ -230,7 +262,7 @@ def _draw(args: argparse.Namespace) -> int:
     try:
         save_images(images, out, prompts, columns)
     except OSError as exc:
-        return _usage(f"cannot write {out}: {exc.strerror or exc}")
+        return _usage(f"cannot write {args.out}: {exc.strerror or exc}")
     guidance = model.settings["guidance"] if args.guidance is None else args.guidance
     what = "every class in turn"
     if len(asked) == 1:
@@ -238,7 +270,7 @@ def _draw(args: argparse.Namespace) -> int:
     elif asked:
         what = "prompts " + ", ".join(repr(p) for p in asked) + " (a row each)"
     print(
-        f"wrote {out}: {len(images)} images {list(images.shape[1:])}, {what}, "
+        f"wrote {args.out}: {len(images)} images {list(images.shape[1:])}, {what}, "
         f"{args.sampler or model.settings['sampler']} {steps} steps, guidance {guidance:g}, "
         f"seed {args.seed or 0}, {model.runtime}, {seconds:.1f} s"
     )

@@ -95,19 +95,26 @@ class _Writer:
         ``P.0``, ``P.1``... of one container (an nn.Sequential or nn.ModuleList), into one
         statement ``P = Block(...) * N``; its module paths are then those of the original."""
         out: list[Statement] = []
+        tail: dict[int, str] = {}  # a statement folding copies -> its last copy's own name
+        first: dict[int, int] = {}  # ... -> the index of its first copy in their container
         for st in body.statements:
             last = out[-1] if out else None
             if (
                 last is not None
                 and isinstance(st.op, Body)
                 and isinstance(last.op, Body)
-                and not st.sources
+                and _chained(last, st, tail.get(id(last), last.name))
                 and self._same_use(last, st)
             ):
                 parent, _, index = st.origin.rpartition(".")
                 copies = last.copies or [last.op]
-                if index == str(len(copies)) and last.origin in (parent, f"{parent}.0"):
+                if not last.copies:  # a run may start after the container's first (T5's)
+                    above, _, start = last.origin.rpartition(".")
+                    if above == parent and start.isdigit():
+                        first[id(last)] = int(start)
+                if id(last) in first and index == str(first[id(last)] + len(copies)):
                     if not last.copies:
+                        tail[id(last)] = last.name
                         taken = {s.name for s in body.statements} - {last.name}
                         last.name = _unique(parent.rpartition(".")[2] or last.name, taken)
                         last.origin, last.copies = parent, [last.op]
@@ -115,8 +122,14 @@ class _Writer:
                     last.params += st.params
                     last.buffers += st.buffers
                     last.shape = st.shape
+                    tail[id(last)] = st.name
                     continue
             out.append(st)
+        # what read the last copy reads the repetition
+        folded = {tail[id(st)]: st.name for st in out if id(st) in tail}
+        for st in out:
+            st.sources = [folded.get(s, s) for s in st.sources]
+        body.outputs = [folded.get(s, s) for s in body.outputs]
         body.statements = out
 
     def _same_use(self, a: Statement, b: Statement) -> bool:
@@ -149,9 +162,12 @@ class _Writer:
                 values += use.args
                 names += [p for p, _ in use.block.params]
                 count = len(st.copies) or 1
-                structure.append((st.name, use.block.name, count, tuple(st.sources)))
+                outputs = tuple(st.outputs)
+                structure.append((st.name, use.block.name, count, tuple(st.sources), outputs))
         if len(body.inputs) > 1:
             structure.append(tuple(body.inputs))
+        if body.outputs:
+            structure.append(("output", *body.outputs))
         return tuple(structure), values, names
 
     # text -----------------------------------------------------------------------------------
@@ -168,6 +184,8 @@ class _Writer:
                 head += " <- " + ", ".join(body.inputs)
             lines.append(head + " {")
             lines += self._statements(body, block.columns, expects=False)
+            if body.outputs:
+                lines.append(f"{INDENT}output {', '.join(body.outputs)}")
             lines += ["}", ""]
         dims = ", ".join(f"{s}: dim = {v}" for s, v in model.symbols.items())
         lines.append(f"model {model.name}({dims}) {{" if dims else f"model {model.name} {{")
@@ -207,6 +225,8 @@ class _Writer:
                 )
                 if st.copies:
                     text += f" * {len(st.copies)}"
+                if st.outputs:
+                    text = ", ".join(st.outputs) + text[len(st.name) :]
             if st.sources:
                 text += " <- " + ", ".join(st.sources)
             line = _wrap(INDENT + text)
@@ -228,11 +248,18 @@ def write_spec(model: Imported) -> str:
 
 
 def _layers(model: Imported) -> Iterator[tuple[str, Statement]]:
-    """Every layer statement, with its path in the module dlspec generates."""
+    """Every layer statement, with its path in the module dlspec generates (a statement of
+    several outputs has no name: its module is the block's name, lowercase, numbered)."""
+    uses = _Writer(model).uses
 
     def walk(body: Body, prefix: str) -> Iterator[tuple[str, Statement]]:
+        unnamed: dict[str, int] = defaultdict(int)
         for st in body.statements:
             path = f"{prefix}{st.name}"
+            if st.outputs:
+                base = uses[id(st.op)].block.name.lower()
+                unnamed[base] += 1
+                path = f"{prefix}{base}{unnamed[base]}"
             if isinstance(st.op, LayerCall):
                 yield path, st
             elif st.copies:
@@ -262,6 +289,14 @@ def transposed_names(model: Imported) -> set[str]:
 
 
 # helpers ------------------------------------------------------------------------------------
+
+
+def _chained(first: Statement, copy: Statement, previous: str) -> bool:
+    """Whether ``copy`` reads what a repetition's next copy reads: the previous copy, as its
+    first input (``previous`` names it), and the first copy's other inputs."""
+    return not copy.sources or (
+        len(copy.sources) > 1 and copy.sources == [previous, *first.sources[1:]]
+    )
 
 
 def _bodies(root: Body) -> list[Body]:

@@ -22,9 +22,9 @@ class LayerCall:
 
 @dataclass
 class Body:
-    """A traced module: its class name, its module path and its statements in order; for the
-    model's own body also its input names and the outputs, when they are not simply the last
-    statement."""
+    """A traced module: its class name, its module path and its statements in order, its
+    input names and the outputs, when they are not simply the last statement (a block's when
+    it returns several tensors)."""
 
     cls: str
     path: str
@@ -56,6 +56,7 @@ class Statement:
     params: int = 0
     buffers: int = 0
     shape: tuple[int | str, ...] | None = None
+    outputs: list[str] = field(default_factory=list)  # a block's several: `a, b = Block`
 
 
 @dataclass

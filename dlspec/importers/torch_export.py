@@ -19,6 +19,7 @@ import inspect
 import io
 import logging
 import operator
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,10 +32,8 @@ from dlspec.importers.torch_fx import (
     InputSpec,
     _Capture,
     _class_name,
-    _symbolic_shapes,
     _where,
     example,
-    other_values,
 )
 
 # ATen operations -> the method each is (same arguments after the tensor)
@@ -151,9 +150,10 @@ class _Exported(_Capture):
     tracer = "torch.export"
     exported = True
 
-    def __init__(self, model: nn.Module, modules: nn.Module) -> None:
+    def __init__(self, model: nn.Module, modules: nn.Module, symbols: dict[str, str]) -> None:
         super().__init__(model)
         self.modules = modules  # the unflattened program: path -> its graph's module
+        self.symbols = symbols  # torch.export's symbol of each --input dimension -> its name
 
     def graph(self, module: nn.Module, path: str) -> tuple[nn.Module, fx.Graph]:
         unflattened = self.modules.get_submodule(f"model.{path}" if path else "model")
@@ -162,6 +162,25 @@ class _Exported(_Capture):
     def constants(self, path: str) -> list[float]:
         _, graph = self.graph(self.model.get_submodule(path), path)
         return [a for n in graph.nodes for a in (*n.args, *n.kwargs.values()) if type(a) is float]
+
+    def sizes(self, node: fx.Node, value: torch.Tensor) -> tuple[int | str, ...] | None:
+        """The sizes torch.export recorded for the node, a symbolic one by its name (None
+        when one is a formula of the symbols, or the node is one the importer made)."""
+        recorded = node.meta.get("val")
+        if not self.symbols:
+            return tuple(value.shape[1:])
+        if not isinstance(recorded, torch.Tensor):
+            return None
+        dims: list[int | str] = []
+        for size in recorded.shape[1:]:
+            text = str(size)
+            if text.isdigit():
+                dims.append(int(text))
+            elif text in self.symbols:
+                dims.append(self.symbols[text])
+            else:
+                return None
+        return tuple(dims)
 
 
 def capture(
@@ -209,13 +228,8 @@ def capture(
         graph = getattr(sub, "graph", None)
         if isinstance(graph, fx.Graph):
             _rename(graph)
-    _name_inputs(model, _graph(modules.get_submodule("model")), len(inputs))
-    first = _run(model, modules, inputs, symbols)
-    if symbols:
-        other = other_values(symbols)
-        second = _run(model, modules, inputs, other)
-        _symbolic_shapes(first.body, second.body, symbols, other)
-    first.params = sum(p.numel() for p in model.parameters())
+    _by_signature(model, modules, [example(spec, symbols) for spec in inputs])
+    first = _run(model, modules, inputs, symbols, _symbol_names(modules, inputs))
     # a buffer the state_dict leaves out (rotary inv_freq) caches what a layer computes
     state = model.state_dict()
     first.buffers = sum(b.numel() for name, b in model.named_buffers() if name in state)
@@ -224,13 +238,135 @@ def capture(
 
 
 def _run(
-    model: nn.Module, modules: nn.Module, inputs: list[InputSpec], symbols: dict[str, int]
+    model: nn.Module,
+    modules: nn.Module,
+    inputs: list[InputSpec],
+    symbols: dict[str, int],
+    names: dict[str, str],
 ) -> Imported:
-    """One capture of the unflattened program, run on examples of the given sizes."""
+    """The capture of the unflattened program, run on examples of the given sizes, its
+    shapes read off the program's symbolic sizes (``names``: see :func:`_symbol_names`)."""
     examples = [example(spec, symbols) for spec in inputs]
     arguments = _arguments(modules, examples)
     live = [any(a is x for x in examples) for a in arguments]
-    return _Exported(model, modules).root(inputs, symbols, arguments, live)
+    captured = _Exported(model, modules, names)
+    imported = captured.root(inputs, symbols, arguments, live)
+    # the parameters the result picked reads (BertModel's last_hidden_state: not the pooler's)
+    imported.params = sum(p.numel() for p in model.parameters() if id(p) in captured.seen)
+    return imported
+
+
+def _symbol_names(modules: nn.Module, inputs: list[InputSpec]) -> dict[str, str]:
+    """torch.export's symbol for each dimension ``--input`` names (``s41``) -> that name
+    (``T``), read off the model graph's inputs (in the order of the forward's)."""
+    placeholders = [
+        n for n in _graph(modules.get_submodule("model")).nodes if n.op == "placeholder"
+    ]
+    tensors = [n.meta["val"] for n in placeholders if isinstance(n.meta.get("val"), torch.Tensor)]
+    names: dict[str, str] = {}
+    for spec, value in zip(inputs, tensors, strict=False):
+        for dim, size in zip(spec.dims, value.shape[1:], strict=False):
+            if isinstance(dim, str) and not str(size).isdigit():
+                names[str(size)] = dim
+    return names
+
+
+def _by_signature(model: nn.Module, modules: nn.Module, examples: list[torch.Tensor]) -> None:
+    """Each graph's inputs named and ordered as its module's forward names and orders them
+    (an unflattened graph names its inputs after the operations that made them, numbered
+    across the model, ``layer_norm_1`` in one copy of a block and ``layer_norm_3`` in the
+    next, in the order they were made), and the calls to it alike. The tensors each graph
+    receives are matched to those its module's forward received, by value."""
+    received = _received(model, examples)
+    given: dict[str, tuple[Any, ...]] = {}
+
+    def record(path: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            given.setdefault(path, args)
+
+        return hook
+
+    graphs = {
+        p: m for p, m in modules.named_modules() if isinstance(getattr(m, "graph", None), fx.Graph)
+    }
+    handles = [m.register_forward_pre_hook(record(p)) for p, m in graphs.items() if p]
+    try:
+        with torch.no_grad():
+            modules(*examples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    calls: dict[str, list[fx.Node]] = {}
+    for owner, module in graphs.items():
+        for node in _graph(module).nodes:
+            if node.op == "call_module":
+                calls.setdefault(
+                    f"{owner}.{node.target}" if owner else str(node.target), []
+                ).append(node)
+    for path, args in given.items():
+        placeholders = [n for n in _graph(graphs[path]).nodes if n.op == "placeholder"]
+        wanted = received.get(re.sub(r"@\d+$", "", path.partition(".")[2]), {})
+        names = [_received_as(value, wanted) for value in args]
+        tensors = [i for i, name in enumerate(names) if name is not None]
+        if len(placeholders) != len(args) or len({names[i] for i in tensors}) != len(tensors):
+            continue  # a tensor not told apart: the graph keeps its own names and order
+        order = list(wanted)
+        ranked = iter(sorted(tensors, key=lambda i: order.index(str(names[i]))))
+        permutation = [next(ranked) if names[i] is not None else i for i in range(len(args))]
+        anchor = next(n for n in _graph(graphs[path]).nodes if n.op != "placeholder")
+        for i in permutation:
+            anchor.prepend(placeholders[i])
+            if names[i] is not None:
+                placeholders[i].target = str(names[i])
+        for call in calls.get(path, []):
+            call.args = tuple(call.args[i] for i in permutation)
+
+
+def _received_as(value: Any, received: dict[str, Any]) -> str | None:
+    """The name of the tensor ``value`` is among those a forward received: the same object,
+    else the one equal tensor (None: none or several)."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    same = [name for name, tensor in received.items() if tensor is value]
+    alike = [
+        name
+        for name, tensor in received.items()
+        if tensor.shape == value.shape
+        and tensor.dtype == value.dtype
+        and torch.equal(tensor, value)
+    ]
+    found = same or alike
+    return found[0] if len(found) == 1 else None
+
+
+def _received(model: nn.Module, examples: list[torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """What each submodule's forward receives (its first call) on the examples: module path
+    -> parameter name -> tensor."""
+    calls: dict[str, dict[str, Any]] = {}
+
+    def record(path: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            try:
+                bound = inspect.signature(module.forward).bind(*args, **kwargs)
+            except TypeError:  # a forward that takes *args: its tensors have no names
+                return
+            tensors = {k: v for k, v in bound.arguments.items() if isinstance(v, torch.Tensor)}
+            # the model's own inputs are the examples themselves (told apart when alike)
+            calls.setdefault(path, {k: v if not path else v.clone() for k, v in tensors.items()})
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(record(path), with_kwargs=True)
+        for path, module in model.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            _Picked(model, []).eval()(*examples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
 
 
 def _arguments(modules: nn.Module, examples: list[torch.Tensor]) -> list[Any]:
@@ -253,16 +389,6 @@ def _graph(module: nn.Module) -> fx.Graph:
     graph = getattr(module, "graph", None)
     assert isinstance(graph, fx.Graph)
     return graph
-
-
-def _name_inputs(model: nn.Module, graph: fx.Graph, count: int) -> None:
-    """The model graph's inputs named as the model's forward names them (``input_ids``)."""
-    names = list(inspect.signature(model.forward).parameters)[:count]
-    tensors = [n for n in graph.nodes if n.op == "placeholder" and "val" in n.meta]
-    tensors = [n for n in tensors if isinstance(n.meta["val"], torch.Tensor)]
-    if len(names) == len(tensors):
-        for node, name in zip(tensors, names, strict=True):
-            node.target = name
 
 
 def _tidy(graph: fx.Graph) -> None:

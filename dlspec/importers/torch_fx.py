@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import keyword
+import math
 import operator
 import os
 import re
@@ -36,7 +37,9 @@ PROBE = 3.0  # the spread of the values a stand-in is also checked on
 EXAMPLE_BATCH = 2
 HEAD_RESHAPES = ("transpose", "view", "reshape", "contiguous")  # methods around attention heads
 HEAD_SPLITS = (*HEAD_RESHAPES, "unsqueeze", "expand")  # ... and grouped-query repeats
-NOT_NAMES = frozenset({"self", "torch", "nn", "F", "input"})  # names a statement may not take
+NOT_NAMES = frozenset(
+    {"self", "torch", "nn", "F", "input", "output"}
+)  # names a statement may not take
 
 _INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
 _DIM = re.compile(r"^(?:(\d+)|([A-Za-z_]\w*)(?:\s*=\s*(\d+))?)$")
@@ -305,6 +308,11 @@ class _Capture:
         """The float constants the forward of the module at ``path`` computes with."""
         return []
 
+    def sizes(self, node: fx.Node, value: torch.Tensor) -> tuple[int | str, ...] | None:
+        """The per-sample shape of ``node``'s result ``value``: its sizes on the example (a
+        second capture at other lengths names the symbolic ones, :func:`_symbolic_shapes`)."""
+        return tuple(value.shape[1:])
+
     def body(
         self,
         module: nn.Module,
@@ -366,6 +374,7 @@ class _Scope:
         self.reads: dict[str, list[fx.Node]] = {}  # statement -> the nodes it reads
         self.live: set[fx.Node] = set()  # nodes computed from the inputs (not from constants)
         self.failed: dict[fx.Node, str] = {}
+        self.fills: dict[fx.Node, tuple[fx.Node, int | float, str]] = {}  # see _fill
 
     def _origin(self, target: str) -> str:
         return f"{self.path}.{target}" if self.path else target
@@ -406,6 +415,10 @@ class _Scope:
                 or any(n in self.live and _tensor(self.env.get(n)) for n in node.all_input_nodes)
             ):
                 self.live.add(node)
+            elif self.capture.exported:
+                self._fill(node, placeholders)
+        if self.capture.exported:
+            self._padding_masks(placeholders)
         for node in self.graph.nodes:
             if node.op == "output":
                 output = node
@@ -420,7 +433,7 @@ class _Scope:
                 for read in node.all_input_nodes:
                     if self._learned(read) and read not in self.names and placeholders:
                         self._parameter(read, placeholders[0])
-                if self._batch_expand(node):
+                if node not in self.fills and self._batch_expand(node):
                     self.names[node] = self.names[node.args[0]]
                 else:
                     self._statement(node)
@@ -467,6 +480,69 @@ class _Scope:
         self.names[node] = st.name
         self.previous = node
 
+    def _fill(self, node: fx.Node, placeholders: list[fx.Node]) -> None:
+        """A tensor made from constants alone, one value throughout, shaped and typed as one
+        of the inputs, that a layer with weights reads (BERT's token types: zeros from a
+        buffer when none are given) -> ``Full(value) <- that input``, after the buffer it
+        came from; it is then computed from the inputs, as what reads it."""
+        value = self.env.get(node)
+        if (
+            not isinstance(value, torch.Tensor)
+            or not any(
+                u.op == "call_module"
+                and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
+                for u in node.users
+            )
+            or value.numel() < 2
+            or not bool((value == value.flatten()[0]).all())
+        ):
+            return
+        shaped = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].shape == value.shape
+            and self.env[p].dtype == value.dtype
+        ]
+        if not shaped:
+            return
+        fill = value.flatten()[0].item()
+        buffers = [n for n in _ancestors(node) if n.op == "get_attr"]
+        alike = [str(n.target) for n in buffers if bool((self.env[n] == fill).all())]
+        self.fills[node] = (shaped[0], fill, alike[0] if len(alike) == 1 else node.name)
+        self.live.add(node)
+
+    def _padding_masks(self, placeholders: list[fx.Node]) -> None:
+        """An attention mask made from one input of token-shaped ids alone that lets every
+        query attend exactly the keys whose id is not 0 (BERT's ``attention_mask``, made
+        into a ``(B, 1, T, S)`` mask) is that input, as ``SDPA`` reads a long mask."""
+        ids = [
+            p
+            for p in placeholders
+            if isinstance(self.env[p], torch.Tensor)
+            and self.env[p].dim() == 2
+            and not self.env[p].is_floating_point()
+        ]
+        for node in self.graph.nodes if ids else []:
+            value = self.env.get(node)
+            if node not in self.live or node in placeholders or not isinstance(value, torch.Tensor):
+                continue
+            if value.dim() < 3:
+                continue  # not shaped for the scores (..., T, S)
+            sources = [p for p in _ancestors(node) if p in placeholders]
+            if len(sources) == 1 and sources[0] in ids and _pads(value, self.env[sources[0]]):
+                self.names[node] = self.names[sources[0]]
+                self.covered.add(node)
+
+    def _filled(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        """The statement of a constant :meth:`_fill` found."""
+        source, fill, name = self.fills[node]
+        layer = REGISTRY["Full"].model_validate({"value": fill})
+        made = self._layer_statement(node, [layer], None, [source], name)
+        if isinstance(made, str):
+            return made
+        return [made[0]], made[1], [source]
+
     def _batch_expand(self, node: fx.Node) -> bool:
         """``cls_token.expand(B, -1, -1)``: the same per-sample shape, repeated over the batch,
         as a ``Parameter`` is already."""
@@ -488,8 +564,9 @@ class _Scope:
         keep = set(self.body.outputs) | ({statements[-1].name} if statements else set())
         for i in reversed(range(len(statements))):
             st = statements[i]
-            if st.name not in keep:
+            if st.name not in keep and not keep & set(st.outputs):
                 continue
+            keep.add(st.name)
             keep.update(st.sources)
             if not st.sources and i > 0:
                 keep.add(statements[i - 1].name)
@@ -516,7 +593,9 @@ class _Scope:
             else:
                 self.body.outputs = [self.names.get(n, n.name) for n in nodes]
             return
-        if len(nodes) != 1 or not isinstance(value, fx.Node):
+        if len(nodes) > 1 and self.capture.exported:
+            self._several_outputs(nodes)
+        elif len(nodes) != 1 or not isinstance(value, fx.Node):
             self.capture.unmapped.append(
                 Unmapped(
                     self.path,
@@ -530,8 +609,40 @@ class _Scope:
             )
             self.body.statements.append(st)
 
+    def _several_outputs(self, nodes: list[fx.Node]) -> None:
+        """A module returning several tensors (T5's attention returns its output and the
+        position bias the next layers read) -> a block with ``output a, b``."""
+        missing = [
+            n for n in nodes if n not in self.names or (n in self.failed and n not in self.covered)
+        ]
+        if missing:
+            self.capture.unmapped.append(
+                Unmapped(self.path, f"{self.body.cls}.forward", "returns a tensor no layer gives")
+            )
+            return
+        self.body.outputs = [self.names[n] for n in nodes]
+
+    def _output_part(self, node: fx.Node) -> bool:
+        """``block(...)[i]`` of a block with several outputs: its output ``i``, by name."""
+        source = node.args[0] if node.target is operator.getitem else None
+        index = node.args[1] if len(node.args) > 1 else None
+        if not isinstance(source, fx.Node) or not isinstance(index, int):
+            return False
+        st = next(
+            (s for s in self.body.statements if s.outputs and s.name == self.names.get(source)),
+            None,
+        )
+        if st is None or not 0 <= index < len(st.outputs):
+            return False
+        self.names[node] = st.outputs[index]
+        self.covered.add(node)
+        self.data.add(source)
+        return True
+
     def _statement(self, node: fx.Node) -> None:
         """Map one node (and the getitem/method chain it may head) to statements."""
+        if self._output_part(node):
+            return
         if node not in self.live:
             self.failed[node] = "computes from constants only, not from the model's inputs"
             self.names[node] = node.name
@@ -752,7 +863,7 @@ class _Scope:
             st.buffers = sum(b.numel() for b in module.buffers())
         value = self.env[end]
         if isinstance(value, torch.Tensor):
-            st.shape = tuple(value.shape[1:])
+            st.shape = self.capture.sizes(end, value)
 
     def _block(
         self, node: fx.Node, sub: nn.Module, origin: str, data: list[fx.Node]
@@ -777,9 +888,12 @@ class _Scope:
             return ""  # its own pieces are reported
         if isinstance(sub, nn.Sequential):
             return self._unroll(node, body, data)
-        if self.root and self.capture.exported and len(data) == 1 and "." not in str(node.target):
+        if self.root and self.capture.exported and "." not in str(node.target):
             return self._inline(node, body, data)
         st = Statement(self._name(self._node_name(node)), body, origin=origin)
+        # several outputs: the block's result takes the statement's name, the others theirs
+        last = body.statements[-1].name if body.statements else ""
+        st.outputs = [st.name if out == last else self._name(out) for out in body.outputs]
         self._count(st, None, node)
         st.params = fresh
         st.buffers = sum(b.numel() for b in sub.buffers())
@@ -851,12 +965,14 @@ class _Scope:
         mask = call.get("attn_mask")
         causal = bool(call.get("is_causal"))
         query = self.env[call["query"]]
+        bias: fx.Node | None = None  # a mask that is an additive bias (T5's position bias)
         if isinstance(mask, fx.Node):
-            if mask in self.live:
-                return "an attention mask computed from the inputs (dlspec masks causally only)"
-            allowed = _allowed(self.env[mask], query.shape[-2], self.env[call["key"]].shape[-2])
+            allowed = None
+            if mask not in self.live:
+                t, s = query.shape[-2], self.env[call["key"]].shape[-2]
+                allowed = _allowed(self.env[mask], t, s)
             if allowed is None:
-                return "an attention mask that is neither causal nor empty"
+                bias = mask
             causal = causal or allowed == "causal"
         flats: list[fx.Node] = []
         statements: list[Statement] = []
@@ -882,15 +998,94 @@ class _Scope:
             options["num_kv_heads"] = kv
         if call.get("dropout_p"):
             options["dropout"] = call["dropout_p"]
+        scale = call.get("scale")
+        if scale is not None and not math.isclose(scale, width**-0.5):  # not the default
+            options["scale"] = scale
+        inputs = list(flats)
+        if bias is not None:
+            read = self._attention_bias(bias, flats[0])
+            if isinstance(read, str):
+                return read
+            statements += read[0]
+            inputs.append(read[1])
         sdpa = REGISTRY["SDPA"].model_validate(options)
-        made = self._layer_statement(node, [sdpa], None, flats, "sdpa")
+        made = self._layer_statement(node, [sdpa], None, inputs, "sdpa")
         if isinstance(made, str):
             return made
         st, end = made
-        st.sources = [self.names[f] for f in flats]
+        st.sources = [self.names[f] for f in inputs]
         for role in ("query", "key", "value"):
             self.covered.update(self._heads_source_nodes(call[role]))
-        return [*statements, st], end, flats
+        return [*statements, st], end, inputs
+
+    def _attention_bias(self, mask: fx.Node, x: fx.Node) -> tuple[list[Statement], fx.Node] | str:
+        """The additive bias an attention mask ``mask`` stands for, over queries ``x``: a mask
+        ``where(allowed, bias, min)`` whose allowed part, made from sizes alone, allows
+        everything is its bias; a bias computed from the inputs (a block's input) is read as
+        it is, and one made from sizes and the table of one module (T5's relative position
+        bias, a lookup by offset buckets) is the kind (of those whose output is one tensor
+        for the batch) that, holding that table, computes it, named after the module."""
+        node = mask
+        if _aten(node) == "where" and isinstance(node.args[0], fx.Node):
+            cond, kept = node.args[0], node.args[1]
+            t, s = self.env[mask].shape[-2:]
+            whole = cond not in self.live and _allowed(self.env[cond], t, s) == "all"
+            if whole and isinstance(kept, fx.Node):
+                node = kept
+        if node in self.live:
+            if node not in self.names:
+                return "an attention mask computed from the inputs that no statement gives"
+            self.covered.add(mask)
+            return [], node
+        # the nodes the bias is made of, and the modules among them that hold tensors
+        made, stack = [], [node]
+        while stack:
+            n = stack.pop()
+            if n not in made and n not in self.live:
+                made.append(n)
+                stack += n.all_input_nodes
+        tables = [
+            n
+            for n in made
+            if n.op == "call_module"
+            and any(True for _ in self.module.get_submodule(str(n.target)).parameters())
+        ]
+        if len(tables) != 1:
+            return "an attention mask that is neither causal nor empty"
+        target = str(tables[0].target)
+        holder = nn.Module()  # the table, under its name in the module that holds it
+        holder.add_module(target, self.module.get_submodule(target))
+        layers = []
+        for kind in REGISTRY.values():
+            hook = getattr(kind, "torch_arguments", None)
+            if hook is None or kind.family != "attention" or kind.arity != (1, 1):
+                continue
+            try:
+                args = hook(self.module)
+                fields = kind.model_fields
+                given = {
+                    k: v
+                    for k, v in args.items()
+                    if fields[k].is_required() or fields[k].default != v
+                }
+                layer = kind.model_validate(given)
+            except Exception:  # the hook does not fit this module: not a candidate
+                continue
+            if not layer.output_batched():
+                layers.append(layer)
+        # the bias reads the attention's input for its length, as a person writes it
+        steps = self.env[x].shape[1]
+        x = next((p for p in self.given if _steps(self.env.get(p)) == steps), x)
+        found = self._layer_statement(mask, layers, holder, [x], target, same_config=False)
+        if isinstance(found, str):
+            return f"an attention bias made from {target}: {found}"
+        st, _ = found
+        st.origin, st.state = self.path, list(holder.state_dict())
+        st.sources = [self.names[x]]
+        self.capture.called.add(id(self.module.get_submodule(target)))
+        self.covered.update([*made, mask])
+        self.names[node] = self.names[mask] = st.name  # the module may return the bias too
+        return [st], mask
 
     def _heads_source_nodes(self, node: fx.Node) -> list[fx.Node]:
         """The head reshapes from ``node`` back to the tensor they split."""
@@ -1013,7 +1208,9 @@ class _Scope:
         """The statements of a module the model's own forward calls once (a Hugging Face
         head's base model), written in the model's body under their own names: a layer of
         the head may then share a weight with one of them (``tie=``)."""
-        renamed = {"input": self.names[data[0]]}
+        renamed = dict(zip(body.inputs or ["input"], [self.names[d] for d in data], strict=True))
+        if body.statements and not body.statements[0].sources and data[0] is not self.previous:
+            body.statements[0].sources = [self.names[data[0]]]  # it read the block's input
         for st in body.statements:
             renamed[st.name] = self._name(st.name)
             st.name = renamed[st.name]
@@ -1026,6 +1223,8 @@ class _Scope:
         return body.statements, node, data
 
     def _function(self, node: fx.Node) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
+        if node in self.fills:
+            return self._filled(node)
         if self.capture.exported and node.target is F.scaled_dot_product_attention:
             return self._heads_attention(node)
         special = self._split_part(node) or self._attention(node) or self._positional(node)
@@ -1090,6 +1289,17 @@ class _Scope:
         return views
 
 
+def _steps(value: Any) -> int | None:
+    """The length of a ``(B, T, d)`` sequence, else None."""
+    return value.shape[1] if isinstance(value, torch.Tensor) and value.dim() == 3 else None
+
+
+def _aten(node: fx.Node) -> str:
+    """The ATen operation a node of an exported graph calls (``where``), else ``""``."""
+    target = node.target
+    return target.overloadpacket.__name__ if isinstance(target, torch._ops.OpOverload) else ""
+
+
 def _merge(x: torch.Tensor) -> torch.Tensor:
     """(B, h, T, hd) -> (B, T, h*hd): rotated heads as ``RoPE`` writes them."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
@@ -1104,6 +1314,21 @@ def _allowed(mask: torch.Tensor, t: int, s: int) -> str | None:
         return "all"
     causal = torch.ones(t, s, dtype=torch.bool).tril(s - t)
     return "causal" if bool((allowed == causal).all()) else None
+
+
+def _pads(mask: torch.Tensor, ids: torch.Tensor) -> bool:
+    """Whether an attention mask of at least 3 dimensions (bool: True attends; float: a
+    bias of 0 where it attends and the most negative numbers where not; else: not 0
+    attends) lets each query attend exactly the keys whose id is not 0."""
+    if mask.dim() < 3 or mask.shape[0] != ids.shape[0] or mask.shape[-1] != ids.shape[-1]:
+        return False
+    allowed = mask if mask.dtype == torch.bool else mask != 0
+    if mask.is_floating_point():
+        allowed = mask == 0
+        if not bool((allowed | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
+            return False  # not a mask: a bias of other values
+    keep = (ids != 0).reshape(ids.shape[0], *[1] * (mask.dim() - 2), ids.shape[-1])
+    return bool((allowed == keep).all())
 
 
 def _rope_bases(tables: list[torch.Tensor], width: int) -> list[float]:
@@ -1125,3 +1350,15 @@ def _first(node: fx.Node) -> fx.Node:
     source = node.args[0]
     assert isinstance(source, fx.Node)
     return source
+
+
+def _ancestors(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` is computed from."""
+    found: list[fx.Node] = []
+    stack = list(node.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n not in found:
+            found.append(n)
+            stack += n.all_input_nodes
+    return found

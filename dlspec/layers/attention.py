@@ -989,22 +989,29 @@ _SDPA = '''class SDPA(nn.Module):
     kv < h key/value heads are shared by h // kv query heads each (grouped-query attention).
     Masks broadcast over the scores (..., h, T, S) per sample and add up: float, a bias
     added to the scores (ALiBi, relative positions); integer, 0 where a key is padding, not
-    attended (BERT's attention_mask)."""
+    attended (BERT's attention_mask). The scores are scaled by `scale` (1 / sqrt(hd) when
+    None; T5 does not scale them: 1.0)."""
 
     def __init__(
-        self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        causal: bool = False,
+        dropout: float = 0.0,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
-        self.causal, self.dropout = causal, dropout
+        self.causal, self.dropout, self.scale = causal, dropout, scale
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *masks: torch.Tensor
     ) -> torch.Tensor:
-        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows)
-        q = q.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
-        k = k.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
-        v = v.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
+        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows); sizes read
+        # from the tensor (a traced export keeps them dynamic, unflatten's fixed)
+        q = q.reshape(*q.shape[:-1], self.num_heads, -1).transpose(-2, -3)
+        k = k.reshape(*k.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
+        v = v.reshape(*v.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
         if self.num_kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)  # (B, h, S, hd)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)
@@ -1017,7 +1024,7 @@ _SDPA = '''class SDPA(nn.Module):
             bias = mask if bias is None else bias + mask
         dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal, scale=self.scale
         )  # (B, h, T, hd)
         return y.transpose(-2, -3).flatten(-2)  # (B, T, h*hd)
 '''
@@ -1029,8 +1036,9 @@ class SDPA(Layer):
     ``a = SDPA(heads) <- q, k, v`` with queries ``[T, h*hd]`` and keys and values
     ``[S, kv*hd]``, split into ``num_heads`` (h) query heads and ``num_kv_heads`` (kv, default
     h) key/value heads; with kv < h each key/value head serves h / kv query heads
-    (grouped-query attention). ``softmax(q k^T / sqrt(hd) + masks) v`` per head, ``causal``
-    masking later steps -> ``[T, h*hd_v]``. Dimensions before the last two (the windows
+    (grouped-query attention). ``softmax(scale * q k^T + masks) v`` per head (``scale``
+    1 / sqrt(hd) by default; T5 writes ``scale=1.0``, no scaling), ``causal`` masking later
+    steps -> ``[T, h*hd_v]``. Dimensions before the last two (the windows
     ``WindowPartition`` makes, ``[nH, nW, N, C]``) are attended apart, as torch's attention
     does with its batch dimensions; q, k and v share them.
 
@@ -1056,6 +1064,7 @@ class SDPA(Layer):
     num_kv_heads: Pos | None = None
     causal: bool = False
     dropout: Probability = 0.0
+    scale: Annotated[float, Field(gt=0)] | None = None
 
     def _heads(self, inputs: list[TensorType]) -> tuple[int, int, int]:
         """``(kv heads, head width, value head width)`` after checking q, k, v (and the
@@ -1126,6 +1135,8 @@ class SDPA(Layer):
         kwargs: dict[str, Any] = {"causal": self.causal} if self.causal else {}
         if self.dropout:
             kwargs["dropout"] = self.dropout
+        if self.scale is not None:
+            kwargs["scale"] = self.scale
         args = (self.num_heads, kv)
         forward = "{module}({inputs})"
         return TorchCall("SDPA", args, kwargs, forward, helper=_SDPA)
@@ -1213,7 +1224,8 @@ class SDPA(Layer):
     def label(self) -> str:
         kv = f", kv={self.num_kv_heads}" if self.num_kv_heads else ""
         causal = ", causal" if self.causal else ""
-        return f"SDPA(heads={self.num_heads}{kv}{causal})"
+        scale = "" if self.scale is None else f", scale={self.scale:g}"
+        return f"SDPA(heads={self.num_heads}{kv}{causal}{scale})"
 
 
 def _broadcast_masks(masks: list[TensorType]) -> tuple[Dim, ...]:

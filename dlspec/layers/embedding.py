@@ -238,3 +238,44 @@ class Parameter(Layer):
 
     def label(self) -> str:
         return f"Parameter({', '.join(map(str, self.shape))})"
+
+
+@register
+class Full(Layer):
+    """A tensor of its input's shape and element type with every element ``value``, as
+    ``torch.full_like``; the input gives only the shape (``token_type_ids = Full(0) <-
+    input_ids``: BERT's token types, all 0 when none are given). A long input takes an
+    integer ``value``. No parameters, MACs 0; no gradient flows through it, so nothing is
+    kept for backward."""
+
+    kind = "Full"
+    family = "embedding"
+    positional = ("value",)
+
+    value: int | float = 0
+
+    def infer(self, inputs: list[TensorType]) -> Inferred:
+        x = inputs[0]
+        if x.dtype == "long" and not isinstance(self.value, int):
+            raise LayerError(
+                "E404",
+                f"Full({self.value!r}) of a long input {x} needs an integer value (token ids "
+                "are long)",
+                arg="value",
+            )
+        return Inferred(x)
+
+    def torch(self, inputs: list[TensorType]) -> TorchCall:
+        return TorchCall(None, forward=f"torch.full_like({{x}}, {self.value!r})")
+
+    def output_grad(self, grads: tuple[bool, ...]) -> bool:
+        return False  # a constant: its input gives only the shape
+
+    def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
+        return []
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        return elementwise(inputs, output.sizes)  # full_like keeps the input's strides
+
+    def label(self) -> str:
+        return f"Full({self.value!r})"

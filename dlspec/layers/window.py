@@ -16,7 +16,7 @@ does not shift a map no larger than the window: a spec says so with an ``if``.)
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -89,7 +89,9 @@ _PARTITION = '''class WindowPartition(nn.Module):
         if self.shift:
             x = x.roll((-self.shift, -self.shift), dims=(1, 2))
         w = self.window
-        x = x.unflatten(1, (-1, w)).unflatten(3, (-1, w))  # (B, H/w, w, W/w, w, C)
+        # sizes read from the tensor (a traced export keeps them dynamic, unflatten's fixed)
+        x = x.reshape(x.shape[0], -1, w, *x.shape[2:])  # (B, H/w, w, W, C)
+        x = x.reshape(*x.shape[:3], -1, w, x.shape[-1])  # (B, H/w, w, W/w, w, C)
         return x.transpose(2, 3).flatten(3, 4)  # (B, H/w, W/w, w*w, C)
 '''
 
@@ -142,7 +144,8 @@ _MERGE = '''class WindowMerge(nn.Module):
         self.window, self.shift = window, shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unflatten(3, (self.window, self.window)).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
+        w = self.window  # sizes read from x, as in WindowPartition
+        x = x.reshape(*x.shape[:3], w, w, -1).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
         x = x.flatten(1, 2).flatten(2, 3)  # (B, H, W, C)
         return x.roll((self.shift, self.shift), dims=(1, 2)) if self.shift else x
 '''
@@ -347,6 +350,19 @@ class BucketedPositionBias(_Constant):
     num_heads: Pos
     max_distance: Annotated[int, Field(ge=4)] = 128
     bidirectional: bool = True
+
+    @classmethod
+    def torch_arguments(cls, module: Any) -> dict[str, Any]:
+        """The arguments of the module holding the table: this kind's generated module, or
+        Hugging Face's ``T5Attention`` (whose decoder's buckets are one-directional)."""
+        if hasattr(module, "relative_attention_max_distance"):
+            return {
+                "num_buckets": module.relative_attention_num_buckets,
+                "num_heads": module.n_heads,
+                "max_distance": module.relative_attention_max_distance,
+                "bidirectional": not module.is_decoder,
+            }
+        return {name: getattr(module, name) for name in cls.model_fields}
 
     def _steps(self, x: TensorType) -> Dim:
         expect_rank(x, (2,), "[T, d] (a batch-first sequence)", self.kind)

@@ -49,6 +49,8 @@ def literal_problem(text: str) -> str | None:
     if digits > _MAX_DIGITS:
         return f"a number literal of {digits:,} digits is too large"
     value = parse_number(text)
+    if isinstance(value, float) and math.isnan(value):  # --set n=nan: Python reads it
+        return f"{text} is not a number"
     if isinstance(value, float) and not math.isfinite(value):
         return f"{text} is too large for a floating-point number"
     if isinstance(value, int) and abs(value) > MAX_LITERAL:

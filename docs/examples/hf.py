@@ -60,3 +60,34 @@ def vit(layers: int = 2, hidden: int = 64) -> nn.Module:
     torch.manual_seed(0)
     config._attn_implementation = ATTENTION
     return transformers.ViTModel(config, add_pooling_layer=False).eval()
+
+
+def t5_encoder(layers: int = 3, hidden: int = 64) -> nn.Module:
+    """T5's encoder: relative position bias computed by the first layer and shared by the
+    others, attention without the 1/sqrt(d) scaling, RMSNorm and a ReLU feed-forward. Three
+    layers: the first holds the bias table, the two after it are alike."""
+    config = transformers.T5Config(
+        num_layers=layers,
+        d_model=hidden,
+        d_kv=hidden // 4,
+        d_ff=2 * hidden,
+        num_heads=4,
+        vocab_size=100,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+    )
+    return _built(transformers.T5EncoderModel, config)
+
+
+def bert(layers: int = 2, hidden: int = 64) -> nn.Module:
+    """A BERT encoder with its pooler: token, position and token-type embeddings, post-norm
+    layers whose attention skips padding (the ``attention_mask``, when it is given)."""
+    config = transformers.BertConfig(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_attention_heads=4,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
+    return _built(transformers.BertModel, config)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dlspec.records import RecordError, export_metadata, run_info
@@ -103,13 +104,28 @@ def _session(model: str | bytes) -> Any:
         raise RunError(str(exc)) from None
 
 
-def _onnx_denoiser(session: Any, inputs: DiffusionInputs) -> Denoiser:
+def _onnx_denoiser(session: Any, inputs: DiffusionInputs, where: str) -> Denoiser:
+    """``session`` as a :data:`Denoiser`; a model that fails, or answers with other than one
+    finite float output of the image's shape, is a :class:`RunError` naming ``where``."""
     names = [info.name for info in session.inputs]
 
     def denoise(x: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         arrays = [a.cpu().numpy() for a in inputs.arrange(x, t, prompt)]
-        (out,) = session.run(dict(zip(names, arrays, strict=True)))
-        return torch.from_numpy(out).to(x.device)
+        try:
+            outputs = session.run(dict(zip(names, arrays, strict=True)))
+        except Exception as exc:  # ONNX Runtime's own types: a graph that fails on the data
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunError(f"{where}: ONNX Runtime failed: {message}") from None
+        answered = ", ".join(f"{a.dtype}{list(a.shape)}" for a in outputs) or "nothing"
+        if len(outputs) != 1 or outputs[0].shape != tuple(x.shape) or outputs[0].dtype.kind != "f":
+            raise RunError(
+                f"{where}: the denoiser answered {answered}; it must answer one float array "
+                f"of the images' shape {list(x.shape)}"
+            )
+        out = outputs[0]
+        if not np.isfinite(out).all():
+            raise RunError(f"{where}: the denoiser's output holds NaN or infinite values")
+        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
 
     return denoise
 
@@ -143,7 +159,7 @@ def load_diffusion(
             exported = export_onnx(model, spec.graph, verify=False, device="cpu")
         except ExportError as exc:
             raise RunError(f"{path}: {exc}") from None
-        denoise = _onnx_denoiser(_session(exported.data), inputs)
+        denoise = _onnx_denoiser(_session(exported.data), inputs, str(path))
         where, label = torch.device("cpu"), "ONNX Runtime (CPU)"
     else:
         denoise, where, label = torch_denoiser(model, inputs), torch.device(device), "torch"
@@ -194,6 +210,6 @@ def _from_onnx_file(path: Path) -> DiffusionModel:
     inputs = DiffusionInputs(
         tuple(settings["order"]), tuple(settings["image"]), settings["prompt_length"]
     )
-    denoise = _onnx_denoiser(session, inputs)
+    denoise = _onnx_denoiser(session, inputs, str(path))
     cpu = torch.device("cpu")
     return _model(denoise, settings, classes, inputs, "ONNX Runtime (CPU)", cpu, str(path))

@@ -12,7 +12,8 @@ or ``v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x_0`` (``"v"``, Salim
 2022); either gives back ``x_0`` and ``eps`` (:meth:`NoiseSchedule.split`).
 
 Schedules: ``linear`` (DDPM's betas from 1e-4 to 0.02, scaled by 1000 / T) and ``cosine``
-(Nichol and Dhariwal 2021: ``alpha_bar`` follows ``cos^2``, betas capped at 0.999).
+(Nichol and Dhariwal 2021: ``alpha_bar`` follows ``cos^2``), betas capped at 0.999 in both
+(scaled, the linear ones pass 1 below T = 20 steps).
 
 :func:`sample` runs the reverse process from Gaussian noise over a descending subsequence of
 the steps: DDIM (Song et al. 2021, deterministic given the starting noise) or DDPM (the same
@@ -42,6 +43,7 @@ Sampler = Literal["ddim", "ddpm"]
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _COSINE_OFFSET = 0.008  # s in Nichol and Dhariwal's cos^2((t/T + s) / (1 + s) * pi/2)
+_MAX_BETA = 0.999  # Nichol and Dhariwal's cap: alpha_bar stays above 0, so x_0 can be recovered
 
 
 class NoiseSchedule:
@@ -57,12 +59,13 @@ class NoiseSchedule:
         self.timesteps = timesteps
         self.prediction = prediction
         if kind == "linear":
-            scale = 1000 / timesteps
+            scale = 1000 / timesteps  # below 20 steps the last betas reach 1: capped
             betas = torch.linspace(1e-4 * scale, 0.02 * scale, timesteps, dtype=torch.float64)
+            betas = betas.clamp(max=_MAX_BETA)
         elif kind == "cosine":
             steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
             f = torch.cos((steps + _COSINE_OFFSET) / (1 + _COSINE_OFFSET) * math.pi / 2) ** 2
-            betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+            betas = (1 - f[1:] / f[:-1]).clamp(max=_MAX_BETA)
         else:
             raise ValueError(f"schedule is 'linear' or 'cosine', got {kind!r}")
         self.betas = betas

@@ -40,7 +40,9 @@ class WindowPartition(nn.Module):
         if self.shift:
             x = x.roll((-self.shift, -self.shift), dims=(1, 2))
         w = self.window
-        x = x.unflatten(1, (-1, w)).unflatten(3, (-1, w))  # (B, H/w, w, W/w, w, C)
+        # sizes read from the tensor (a traced export keeps them dynamic, unflatten's fixed)
+        x = x.reshape(x.shape[0], -1, w, *x.shape[2:])  # (B, H/w, w, W, C)
+        x = x.reshape(*x.shape[:3], -1, w, x.shape[-1])  # (B, H/w, w, W/w, w, C)
         return x.transpose(2, 3).flatten(3, 4)  # (B, H/w, W/w, w*w, C)
 
 
@@ -70,22 +72,29 @@ class SDPA(nn.Module):
     kv < h key/value heads are shared by h // kv query heads each (grouped-query attention).
     Masks broadcast over the scores (..., h, T, S) per sample and add up: float, a bias
     added to the scores (ALiBi, relative positions); integer, 0 where a key is padding, not
-    attended (BERT's attention_mask)."""
+    attended (BERT's attention_mask). The scores are scaled by `scale` (1 / sqrt(hd) when
+    None; T5 does not scale them: 1.0)."""
 
     def __init__(
-        self, num_heads: int, num_kv_heads: int, causal: bool = False, dropout: float = 0.0
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        causal: bool = False,
+        dropout: float = 0.0,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
-        self.causal, self.dropout = causal, dropout
+        self.causal, self.dropout, self.scale = causal, dropout, scale
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *masks: torch.Tensor
     ) -> torch.Tensor:
-        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows)
-        q = q.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
-        k = k.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
-        v = v.unflatten(-1, (self.num_kv_heads, -1)).transpose(-2, -3)  # (B, kv, S, hd)
+        # (B, T, h*hd) -> (B, h, T, hd), and so for any dims before T (windows); sizes read
+        # from the tensor (a traced export keeps them dynamic, unflatten's fixed)
+        q = q.reshape(*q.shape[:-1], self.num_heads, -1).transpose(-2, -3)
+        k = k.reshape(*k.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
+        v = v.reshape(*v.shape[:-1], self.num_kv_heads, -1).transpose(-2, -3)  # (B, kv, S, hd)
         if self.num_kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)  # (B, h, S, hd)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=-3)
@@ -98,7 +107,7 @@ class SDPA(nn.Module):
             bias = mask if bias is None else bias + mask
         dropout = self.dropout if self.training else 0.0
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal, scale=self.scale
         )  # (B, h, T, hd)
         return y.transpose(-2, -3).flatten(-2)  # (B, T, h*hd)
 
@@ -112,7 +121,8 @@ class WindowMerge(nn.Module):
         self.window, self.shift = window, shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unflatten(3, (self.window, self.window)).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
+        w = self.window  # sizes read from x, as in WindowPartition
+        x = x.reshape(*x.shape[:3], w, w, -1).transpose(2, 3)  # (B, H/w, w, W/w, w, C)
         x = x.flatten(1, 2).flatten(2, 3)  # (B, H, W, C)
         return x.roll((self.shift, self.shift), dims=(1, 2)) if self.shift else x
 
