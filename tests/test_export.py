@@ -238,6 +238,7 @@ model W(T: dim = 6) {
 """,
     "inputs that are outputs": """
 model I(T: dim = 5) {
+    input u: float[2]
     input x: long[T]
     input y: float[T, 3]
     z = Linear(2) <- y

@@ -986,17 +986,19 @@ def _outputs_read_inputs(proto: onnx.ModelProto, graph: ModelGraph) -> None:
     input (``x.1``, with a size of its own in place of the dynamic axes' names) and copies
     it to the output by an Identity node. Here the input gets its name back, with the
     output's type, and the output reads it (an ONNX graph may output one of its inputs)."""
-    for given, name in zip(proto.graph.input, (i.name for i in graph.inputs), strict=False):
-        if given.name == name:
-            continue
+    outputs = {o.name: o for o in proto.graph.output}
+    returned = {i.name for i in graph.inputs} & outputs.keys()
+    for given in proto.graph.input:
         copies = [
             node
             for node in proto.graph.node
-            if node.op_type == "Identity" and node.input == [given.name] and node.output == [name]
+            if node.op_type == "Identity"
+            and node.input == [given.name]
+            and node.output[0] in returned - {given.name}
         ]
-        output = next((o for o in proto.graph.output if o.name == name), None)
-        if len(copies) != 1 or output is None:
-            continue  # another renaming; the run at other sizes will say what is wrong
+        if len(copies) != 1:
+            continue  # its own name, or another renaming (the run at other sizes says so)
+        name, output = copies[0].output[0], outputs[copies[0].output[0]]
         proto.graph.node.remove(copies[0])
         for node in proto.graph.node:
             node.input[:] = [name if value == given.name else value for value in node.input]
