@@ -210,7 +210,15 @@ def named_outputs(argv: list[str], directory: Path) -> set[Path]:
         allowed |= {directory / f"{stem}.{ext}" for ext in ("onnx", *FORMATS)}
     if command == "fmt" and "--check" not in argv:
         allowed |= {(directory / a).resolve() for a in argv[1:] if not a.startswith("-")}
-    return {p.resolve() if p.exists() else p for p in allowed}
+    return {p.resolve() if _exists(p) else p for p in allowed}
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; False for a name the system refuses (too long, ...)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 # the command line ----------------------------------------------------------------------------

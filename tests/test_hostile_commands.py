@@ -806,6 +806,7 @@ def _exit_abruptly() -> int:
         (_allocate_python, "the job needs more than 1.00 GiB of memory (--max-memory"),
         (_exit_abruptly, "the job ended the process (exit 127) before dlspec t finished (out of"),
     ],
+    ids=["torch-allocator", "python", "exit-127"],
 )
 def test_a_bounded_child_that_runs_out_of_memory_is_a_message(
     capsys: pytest.CaptureFixture[str], job: Callable[[], int], message: str
