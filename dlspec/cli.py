@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import os
 import sys
 from collections.abc import Collection, Sequence
 
@@ -55,6 +56,11 @@ def build_parser(names: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # pydantic looks for plugins (observability hooks) among every installed distribution's
+    # entry points when it makes its first validator, which is a large part of a check's
+    # start-up on a machine with many packages; dlspec's own models have no use for them. A
+    # value the user set (an empty one enables them) is kept.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
         argv = [*argv[1:2], "--help"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in dlspec, not a mistake of the user's
 def report_internal_error(argv: Sequence[str], error: BaseException) -> Path | None:
     """Write the traceback of an unexpected exception to a log file under the temporary
     directory and return its path (None when even that fails)."""
+    import tempfile  # only on a crash: every command imports this module at start-up
+
     text = "".join(traceback.format_exception(error))
     header = f"dlspec {__version__}, python {sys.version.split()[0]}\nargv: {list(argv)!r}\n\n"
     try:

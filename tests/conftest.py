@@ -19,6 +19,10 @@ REGEN = os.environ.get("DLSPEC_REGEN_GOLDEN") == "1"
 settings.register_profile("dlspec", database=None)
 settings.load_profile("dlspec")
 _HYPOTHESIS_HOME = Path(tempfile.mkdtemp(prefix="dlspec-hypothesis-"))
+# and so does dlspec's own cache (the analyzed grammar), for the tests and the processes they
+# start
+_CACHE = Path(tempfile.mkdtemp(prefix="dlspec-cache-"))
+os.environ["DLSPEC_CACHE"] = str(_CACHE)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,6 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def assert_golden(path: Path, actual: str) -> None:

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from dlspec.analysis.train_config import TrainConfig
 from dlspec.diagnostics import Span
 from dlspec.layers.base import Layer, Shape, TensorType, numel
 from dlspec.layers.provenance import Tree
 from dlspec.layers.symbolic import Dim, fmt_dim
 from dlspec.syntax import ast
+
+if TYPE_CHECKING:  # a ModelGraph holds one, which the analyzer makes (and imports)
+    from dlspec.analysis.train_config import TrainConfig
 
 StepForm = Literal["layer", "block", "repeat", "residual"]
 

@@ -22,8 +22,9 @@ from dlspec.analysis.render import human_bytes
 from dlspec.analysis.train_config import read_train
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail, n
 from dlspec.layers import REGISTRY, LayerError, TensorType, provenance
-from dlspec.layers.base import RETIRED, Shape, numel
+from dlspec.layers.base import Shape, numel
 from dlspec.layers.provenance import Tree
+from dlspec.layers.registry import RETIRED
 from dlspec.layers.symbolic import Dim, Poly, fmt_dim, value_at
 from dlspec.syntax import ast
 

@@ -1,27 +1,11 @@
 """The layer kinds dlspec knows, in one registry.
 
-Importing this package imports every layer module, and each module registers its kinds with
-:func:`dlspec.layers.base.register`. To add a module of layer kinds, add it to the import
-below (one line per module, alphabetical).
+:data:`REGISTRY` knows every kind's name from :data:`dlspec.layers.registry.KINDS` and imports
+the module that defines a kind (which registers it with :func:`dlspec.layers.base.register`)
+the first time the kind is looked up. To add a module of layer kinds, list its kinds there.
 """
 
-from dlspec.layers import (  # noqa: F401  (imported to register their layer kinds)
-    activation,
-    arithmetic,
-    attention,
-    conditioning,
-    conv,
-    dense,
-    embedding,
-    merge,
-    norm,
-    pad,
-    pool,
-    recurrent,
-    sampling,
-    shape,
-    window,
-)
-from dlspec.layers.base import REGISTRY, Inferred, Layer, LayerError, TensorType, TorchCall
+from dlspec.layers.base import Inferred, Layer, LayerError, TensorType, TorchCall
+from dlspec.layers.registry import REGISTRY
 
 __all__ = ["REGISTRY", "Inferred", "Layer", "LayerError", "TensorType", "TorchCall"]

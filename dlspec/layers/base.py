@@ -15,8 +15,9 @@ defaults, ranges), plus the rules the rest of dlspec needs:
   described so that a tensor two layers share (ReLU's output, the next conv's input) is
   counted once.
 
-Adding a layer kind is one class decorated with :func:`register` (and its oracle test); the
-grammar, the analyzer and the backends find it through :data:`REGISTRY` and never branch on a
+Adding a layer kind is one class decorated with :func:`register`, its name listed in
+:data:`dlspec.layers.registry.KINDS` (and its oracle test); the grammar, the analyzer and the
+backends find it through :data:`~dlspec.layers.registry.REGISTRY` and never branch on a
 layer's name.
 
 Conventions: shapes are per sample (the batch dimension is implicit) and sequence tensors are
@@ -28,7 +29,9 @@ per sample; dlspec differs where a layer applies its weights at every step of a 
 (``[T, D]``), which it counts T times, and for attention's products (the manual's layer reference).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` in this module: pydantic evaluates the annotations of
+# every class in a model's MRO again for each subclass, so Layer's ClassVar annotations, as
+# strings, would be compiled and evaluated once more for every layer kind that is made.
 
 import math
 from collections.abc import Sequence
@@ -39,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 
 from dlspec.layers.layout import Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.provenance import carries
+from dlspec.layers.registry import REGISTRY
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 
 Family = Literal[
@@ -197,7 +201,7 @@ class Given:
         return not self.grads or self.grads[i]
 
     @staticmethod
-    def plain(count: int) -> Given:
+    def plain(count: int) -> "Given":
         """``count`` distinct contiguous inputs."""
         return Given(tuple(range(count)))
 
@@ -395,22 +399,11 @@ class View(Layer):
         return reshape(inputs[0], output.sizes)
 
 
-REGISTRY: dict[str, type[Layer]] = {}
-# kinds that were removed -> what a spec writes instead (E201 says it)
-RETIRED: dict[str, str] = {}
-
-
 def register(cls: type[Layer]) -> type[Layer]:
-    """Class decorator: make a layer kind available to specs under ``cls.kind``."""
-    if cls.kind in REGISTRY:
-        raise ValueError(f"layer kind {cls.kind} registered twice")
-    REGISTRY[cls.kind] = cls
+    """Class decorator: make a layer kind available to specs under ``cls.kind`` (its name
+    must be listed in :data:`dlspec.layers.registry.KINDS`)."""
+    REGISTRY.add(cls)
     return cls
-
-
-def retire(kind: str, advice: str) -> None:
-    """Record that ``kind`` is no longer a layer kind, and what a spec writes instead."""
-    RETIRED[kind] = f"{kind} is no longer a layer kind: {advice}"
 
 
 # helpers shared by shape rules ---------------------------------------------------------------

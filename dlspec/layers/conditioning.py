@@ -23,7 +23,6 @@ from dlspec.layers.base import (
     TorchCall,
     expect_float,
     register,
-    retire,
 )
 
 Even = Annotated[int, Field(ge=2, multiple_of=2)]
@@ -81,12 +80,3 @@ class TimestepEmbedding(Layer):
 
     def label(self) -> str:
         return f"TimestepEmbedding({self.dim})"
-
-
-retire(
-    "BroadcastAdd",
-    "reshape the vector to [C, 1, 1] and add: `shift = Reshape(C, 1, 1) <- t`, then "
-    "`Add <- h, shift` (Add broadcasts)",
-)
-retire("ToTokens", "write `Flatten(1)` then `Transpose(0, 1)` ([C, H, W] -> [H*W, C])")
-retire("ToImage", "write `Transpose(0, 1)` then `Reshape(C, H, W)` ([H*W, C] -> [C, H, W])")

@@ -7,7 +7,8 @@ transformer only builds nodes; every semantic check happens later, in the analyz
 from __future__ import annotations
 
 import functools
-from importlib import resources
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,21 @@ FRIENDLY = {
 
 def grammar_text() -> str:
     """The grammar: shipped inside the package (wheel), or from the source tree's grammar/."""
-    packaged = resources.files("dlspec").joinpath("grammar/dlspec.lark")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parents[2] / "grammar" / "dlspec.lark").read_text("utf-8")
+    package = Path(__file__).resolve().parents[1]
+    for path in (package / "grammar" / "dlspec.lark", package.parent / "grammar" / "dlspec.lark"):
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    from importlib import resources  # a package that is not a folder (a zip); costs an import
+
+    return resources.files("dlspec").joinpath("grammar/dlspec.lark").read_text(encoding="utf-8")
+
+
+def cache_folder() -> Path:
+    """Where dlspec keeps what it may rebuild at any time: ``$DLSPEC_CACHE``, else
+    ``$XDG_CACHE_HOME/dlspec``, else ``~/.cache/dlspec``."""
+    if os.environ.get("DLSPEC_CACHE"):
+        return Path(os.environ["DLSPEC_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlspec"
 
 
 def _span(meta: Meta | Token) -> Span:
@@ -261,16 +273,32 @@ def _expected(parser: Lark, names: set[str]) -> str:
     return ", ".join(sorted(shown))
 
 
+def _grammar_cache(grammar: str) -> str | bool:
+    """The file lark keeps the analyzed grammar in (its LALR tables), named by the grammar's
+    hash (lark checks it again, with its version), in :func:`cache_folder`; False (no cache)
+    where that folder cannot be made. Never lark's ``cache=True``: that is a file of a
+    predictable name in the shared temporary directory, which another user could plant (it
+    is unpickled)."""
+    try:
+        folder = cache_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
+        return False
+    digest = hashlib.sha256(grammar.encode()).hexdigest()[:16]
+    return str(folder / f"grammar-{digest}.lark")
+
+
 @functools.cache
 def _parser() -> Lark:
-    # cache=True keeps the analyzed grammar in the temp dir (keyed by the grammar's hash):
-    # building the LALR tables takes ~30 ms, loading them ~3 ms.
+    # building the LALR tables takes several times as long as loading them from the cache
+    # (bench/check_speed.py measures check with the cache in place)
+    grammar = grammar_text()
     return Lark(
-        grammar_text(),
+        grammar,
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=True,
-        cache=True,
+        cache=_grammar_cache(grammar),
     )
 
 

@@ -1,0 +1,40 @@
+"""What `dlspec check` does before it checks: the analyzed grammar cached in the user's cache
+folder only, and nothing imported or looked up that a check does not need."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def check(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dlspec check`` in a fresh process whose cache folder is ``cache``."""
+    return subprocess.run(
+        [sys.executable, "-m", "dlspec", "check", "-q", *args],
+        cwd=ROOT,
+        env=dict(os.environ, DLSPEC_CACHE=str(cache)),
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_analyzed_grammar_is_cached_in_the_cache_folder_and_read_back(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert check(cache, "specs/mlp.dl").returncode == 0
+    [kept] = cache.iterdir()  # made by the first run, with the folder
+    assert kept.name.startswith("grammar-") and kept.stat().st_size > 0
+    written = kept.stat().st_mtime_ns
+    assert check(cache, "specs/mlp.dl").returncode == 0
+    assert kept.stat().st_mtime_ns == written  # read, not made again
+
+
+def test_check_works_where_no_cache_can_be_kept(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder would be")
+    result = check(blocked / "cache", "specs/mlp.dl")
+    assert result.returncode == 0, result.stderr
+    assert sorted(tmp_path.iterdir()) == [blocked]
