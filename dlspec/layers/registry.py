@@ -70,6 +70,7 @@ KINDS: dict[str, tuple[str, ...]] = {
         "SinusoidalPositionalEncoding",
         "LearnedPositionalEncoding",
         "Parameter",
+        "Full",
     ),
     "merge": ("Add", "Sub", "Mul", "Div", "Where", "Concat"),
     "norm": (
