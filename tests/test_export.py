@@ -236,6 +236,15 @@ model W(T: dim = 6) {
     output u, g, d
 }
 """,
+    "padded keys over T": """
+model K(T: dim = 5) {
+    input x: long[T]
+    e = Embedding(8, 6) <- x
+    a = MultiheadAttention(num_heads=2, causal=true) <- e, x
+    b = MultiheadAttention(num_heads=3) <- a, e, x
+    output b
+}
+""",
     "inputs that are outputs": """
 model I(T: dim = 5) {
     input u: float[2]
@@ -252,9 +261,9 @@ model I(T: dim = 5) {
 def test_layers_over_sizes_torchscript_cannot_see_export(name: str) -> None:
     """torch's TorchScript symbolics refuse BatchNorm without a weight or running statistics
     over an unknown batch or channel size, and adaptive pooling over sizes they cannot see or
-    divide, and its trace of nn.MultiheadAttention fixes T (and, through sizes read after it,
-    an RNN's initial state the batch); dlspec's export them, and ONNX Runtime agrees at two
-    batch sizes and two T."""
+    divide, and its trace of nn.MultiheadAttention fixes T (with a key padding mask too; and,
+    through sizes read after it, an RNN's initial state the batch); dlspec's export them,
+    and ONNX Runtime agrees at two batch sizes and two T."""
     spec = dlspec.load_text(HIDDEN_SIZES[name], "<hidden>")
     torch.manual_seed(0)
     result = export_onnx(spec.to_torch(), spec.graph, device="cpu")

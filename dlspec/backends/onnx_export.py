@@ -350,8 +350,10 @@ def _traceable_attention(model: nn.Module) -> Iterator[None]:
     exported length only. Here the heads are split and merged by reshapes that read the batch
     from the tensor and leave the length to -1, and the scores are
     ``scaled_dot_product_attention``'s, as in torch's forward without attention weights. The
-    cases that forward handles otherwise (attention weights, a key padding mask, bias_k/v,
-    zero attention, unbatched inputs, dropout in training) keep torch's own forward."""
+    cases that forward handles otherwise (attention weights, bias_k/v, zero attention,
+    unbatched inputs, dropout in training) keep torch's own forward. A key padding mask is
+    added to the attention mask as torch's forward adds it, the causal hint then dropped for
+    the mask it stands beside."""
     from torch import nn
 
     modules = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
@@ -381,7 +383,6 @@ def _attention(
 
     torch_own = (
         need_weights
-        or key_padding_mask is not None
         or m.bias_k is not None
         or m.add_zero_attn
         or query.dim() != 3
@@ -414,6 +415,8 @@ def _attention(
         return y.reshape(y.size(0), -1, m.num_heads, m.head_dim).transpose(1, 2)
 
     mask = None
+    if key_padding_mask is not None:  # torch's forward then uses the mask, not the hint
+        is_causal = False
     if not is_causal:  # torch's forward drops a causal hint's mask and lets SDPA make it
         mask = F._canonical_mask(
             mask=attn_mask,
@@ -425,6 +428,16 @@ def _attention(
         )
         if mask is not None and mask.dim() == 3:  # (B * heads, T, S) -> (B, heads, T, S)
             mask = mask.reshape(-1, m.num_heads, mask.size(1), mask.size(2))
+    if key_padding_mask is not None:  # (B, S) -> (B, 1, 1, S), added to the mask
+        padding: torch.Tensor = F._canonical_mask(  # type: ignore[assignment]  # not None
+            mask=key_padding_mask,
+            mask_name="key_padding_mask",
+            other_type=None,
+            other_name="",
+            target_type=query.dtype,
+        )
+        padding = padding.reshape(padding.size(0), 1, 1, -1)
+        mask = padding if mask is None else mask + padding
     out = F.scaled_dot_product_attention(
         heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v), mask, 0.0, is_causal
     )
