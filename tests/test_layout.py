@@ -100,6 +100,19 @@ def test_elementwise_outputs_lie_as_torch_lays_them(
         assert of(t + u) == layout.elementwise([x, y], x.sizes)
 
 
+@settings(max_examples=100, deadline=None)
+@given(views(), st.data())
+def test_sums_keeping_dimensions_lie_as_torch_lays_them(
+    view: tuple[torch.Tensor, Layout], data: st.DataObject
+) -> None:
+    """Einsum sums out a subscript one operand alone has so: contiguous, whatever order the
+    summed tensor lies in (fuzz seed 4,001,967 had it in that order)."""
+    t, _ = view
+    dims = data.draw(st.lists(st.integers(0, t.dim() - 1), min_size=1, unique=True))
+    out = t.sum(dims, keepdim=True)
+    assert of(out) == layout.reduced(out.shape)
+
+
 @pytest.mark.parametrize("order", [(0, 1, 2, 3), (0, 2, 3, 1), (0, 3, 1, 2), (0, 2, 1, 3)])
 def test_kernels_keep_a_channels_last_format(order: tuple[int, ...]) -> None:
     t = torch.empty(2, 4, 5, 3).permute(*order)

@@ -232,7 +232,7 @@ class Einsum(Layer):
             x = permute(x, order)
             if plan.alone[k]:
                 kept = [1 if p in plan.alone[k] else n for p, n in enumerate(x.sizes)]
-                x = reduced(x, kept)
+                x = reduced(kept)
             operands.append(x)
         reads = list(operands)
         views = [not plan.alone[0], not plan.alone[1]]

@@ -125,11 +125,12 @@ def _dense(sizes: Sequence[int], order: Sequence[int]) -> Layout:
     return Layout(tuple(sizes), tuple(strides))
 
 
-def reduced(x: Layout, sizes: Sequence[int]) -> Layout:
-    """The output of a reduction of ``x`` that keeps the reduced dimensions (``sum(dims,
-    keepdim=True)``) with ``sizes``: dense, the dimensions in ``x``'s order
-    (``TensorIterator``)."""
-    return _ordered([x], sizes)
+def reduced(sizes: Sequence[int]) -> Layout:
+    """The output of a reduction that keeps the reduced dimensions (``sum(dims,
+    keepdim=True)``) with ``sizes``: contiguous, whatever the order of its input's
+    dimensions (torch's ``resize_reduction`` gives the output no strides; it does not follow
+    the input as an element-wise kernel's output does)."""
+    return contiguous(sizes)
 
 
 def unsqueezed(x: Layout) -> Layout:
