@@ -210,3 +210,36 @@ def test_what_neither_tracer_maps_is_listed(
     # torch.export reads it: the one operation without a kind, with its module path
     assert "torch.export: (model): aten.erf.default: no dlspec layer kind computes it" in err
     assert not out.exists()
+
+
+def test_a_position_bias_over_causal_attention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T5's decoder stack alone: its self-attention's mask is the position bias where the
+    causal mask allows, the most negative number where not -> the decoder's bias (buckets for
+    earlier keys only) and ``SDPA(causal=true)``. Two small layers."""
+    (tmp_path / "decoder.py").write_text(
+        "import torch\n"
+        "import transformers\n"
+        "from transformers.models.t5.modeling_t5 import T5Stack\n\n\n"
+        "def decoder():\n"
+        "    config = transformers.T5Config(\n"
+        "        num_layers=2, d_model=32, d_kv=8, d_ff=64, num_heads=4, vocab_size=100,\n"
+        "        relative_attention_num_buckets=8, relative_attention_max_distance=20,\n"
+        "        use_cache=False, is_decoder=True,\n"
+        "    )\n"
+        '    config._attn_implementation = "sdpa"\n'
+        "    torch.manual_seed(0)\n"
+        "    stack = T5Stack(config).eval()\n"
+        "    for block in stack.block:  # its cross-attention, which no encoder feeds here\n"
+        "        del block.layer[1]\n"
+        "    return stack\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("decoder:decoder", ["long[T]"])
+    text = " ".join(result.text.split())  # statements as one line each would read
+    assert "BucketedPositionBias(8, 4, max_distance=20, bidirectional=false) <- input" in text
+    assert "sdpa = SDPA(4, causal=true, scale=1.0) <- q, k, v, relative_attention_bias" in text
+    assert "sdpa = SDPA(4, causal=true, scale=1.0) <- q, k, v, position_bias" in text
+    _, worst = imported_weights(result, dlspec.load_text(result.text, "decoder.dl"))
+    assert worst <= OUTPUT_TOLERANCE

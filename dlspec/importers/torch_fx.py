@@ -1008,6 +1008,7 @@ class _Scope:
                 return read
             statements += read[0]
             inputs.append(read[1])
+            options |= {"causal": True} if read[2] else {}
         sdpa = REGISTRY["SDPA"].model_validate(options)
         made = self._layer_statement(node, [sdpa], None, inputs, "sdpa")
         if isinstance(made, str):
@@ -1018,25 +1019,28 @@ class _Scope:
             self.covered.update(self._heads_source_nodes(call[role]))
         return [*statements, st], end, inputs
 
-    def _attention_bias(self, mask: fx.Node, x: fx.Node) -> tuple[list[Statement], fx.Node] | str:
-        """The additive bias an attention mask ``mask`` stands for, over queries ``x``: a mask
-        ``where(allowed, bias, min)`` whose allowed part, made from sizes alone, allows
-        everything is its bias; a bias computed from the inputs (a block's input) is read as
-        it is, and one made from sizes and the table of one module (T5's relative position
-        bias, a lookup by offset buckets) is the kind (of those whose output is one tensor
-        for the batch) that, holding that table, computes it, named after the module."""
-        node = mask
+    def _attention_bias(
+        self, mask: fx.Node, x: fx.Node
+    ) -> tuple[list[Statement], fx.Node, bool] | str:
+        """The additive bias an attention mask ``mask`` stands for, over queries ``x``, and
+        whether the attention is causal: a mask ``where(allowed, bias, min)`` whose allowed
+        part, made from sizes alone, allows everything (or is causal: T5's decoder) is its
+        bias; a bias computed from the inputs (a block's input) is read as it is, and one
+        made from sizes and the table of one module (T5's relative position bias, a lookup
+        by offset buckets) is the kind (of those whose output is one tensor for the batch)
+        that, holding that table, computes it, named after the module."""
+        node, causal = mask, False
         if _aten(node) == "where" and isinstance(node.args[0], fx.Node):
             cond, kept = node.args[0], node.args[1]
             t, s = self.env[mask].shape[-2:]
-            whole = cond not in self.live and _allowed(self.env[cond], t, s) == "all"
-            if whole and isinstance(kept, fx.Node):
-                node = kept
+            allowed = None if cond in self.live else _allowed(self.env[cond], t, s)
+            if allowed in ("all", "causal") and isinstance(kept, fx.Node):
+                node, causal = kept, allowed == "causal"
         if node in self.live:
             if node not in self.names:
                 return "an attention mask computed from the inputs that no statement gives"
             self.covered.add(mask)
-            return [], node
+            return [], node, causal
         # the nodes the bias is made of, and the modules among them that hold tensors
         made, stack = [], [node]
         while stack:
@@ -1076,7 +1080,11 @@ class _Scope:
         # the bias reads the attention's input for its length, as a person writes it
         steps = self.env[x].shape[1]
         x = next((p for p in self.given if _steps(self.env.get(p)) == steps), x)
-        found = self._layer_statement(mask, layers, holder, [x], target, same_config=False)
+        # what the layer must compute: the bias, over the batch as the mask is (the mask's
+        # values where the causal part hides the bias's)
+        kept = fx.Node(self.graph, f"{node.name}_kept", "call_function", torch.broadcast_to, (), {})
+        self.env[kept] = self.env[node].expand(self.env[mask].shape)
+        found = self._layer_statement(kept, layers, holder, [x], target, same_config=False)
         if isinstance(found, str):
             return f"an attention bias made from {target}: {found}"
         st, _ = found
@@ -1085,7 +1093,7 @@ class _Scope:
         self.capture.called.add(id(self.module.get_submodule(target)))
         self.covered.update([*made, mask])
         self.names[node] = self.names[mask] = st.name  # the module may return the bias too
-        return [st], mask
+        return [st], mask, causal
 
     def _heads_source_nodes(self, node: fx.Node) -> list[fx.Node]:
         """The head reshapes from ``node`` back to the tensor they split."""
