@@ -488,6 +488,7 @@ class _Scope:
         value = self.env.get(node)
         if (
             not isinstance(value, torch.Tensor)
+            or node.op == "placeholder"  # a constant the caller made (and fills, if it is one)
             or not any(
                 u.op == "call_module"
                 and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
@@ -594,6 +595,9 @@ class _Scope:
                 self.body.outputs = [self.names.get(n, n.name) for n in nodes]
             return
         if len(nodes) > 1 and self.capture.exported:
+            nodes = self._without_zeros(nodes)
+            value = nodes[0] if len(nodes) == 1 else value
+        if len(nodes) > 1 and self.capture.exported:
             self._several_outputs(nodes)
         elif len(nodes) != 1 or not isinstance(value, fx.Node):
             self.capture.unmapped.append(
@@ -608,6 +612,20 @@ class _Scope:
                 self._name("out"), LayerCall("Identity"), [self.names.get(nodes[0], "input")]
             )
             self.body.statements.append(st)
+
+    def _without_zeros(self, nodes: list[fx.Node]) -> list[fx.Node]:
+        """The results of a module returning several, less those that are zeros made from
+        sizes alone (a cross-attention's position bias, which adds nothing): the caller
+        reads them as the constants they are (:meth:`_output_part`)."""
+        self.body.zeros = [
+            i
+            for i, n in enumerate(nodes)
+            if n not in self.live
+            and isinstance(self.env.get(n), torch.Tensor)
+            and not bool(self.env[n].any())
+        ]
+        self.covered.update(nodes[i] for i in self.body.zeros)
+        return [n for i, n in enumerate(nodes) if i not in self.body.zeros]
 
     def _several_outputs(self, nodes: list[fx.Node]) -> None:
         """A module returning several tensors (T5's attention returns its output and the
@@ -629,12 +647,21 @@ class _Scope:
         if not isinstance(source, fx.Node) or not isinstance(index, int):
             return False
         st = next(
-            (s for s in self.body.statements if s.outputs and s.name == self.names.get(source)),
+            (s for s in self.body.statements if s.name == self.names.get(source)),
             None,
         )
-        if st is None or not 0 <= index < len(st.outputs):
+        zeros = st.op.zeros if st is not None and isinstance(st.op, Body) else []
+        if st is None or not (st.outputs or zeros):
             return False
-        self.names[node] = st.outputs[index]
+        if index in zeros:  # zeros made from sizes: a constant, as if made here
+            self.live.discard(node)
+            self.covered.add(node)
+            return True
+        index -= sum(z < index for z in zeros)
+        outputs = st.outputs or [st.name]  # one result besides the zeros
+        if not 0 <= index < len(outputs):
+            return False
+        self.names[node] = outputs[index]
         self.covered.add(node)
         self.data.add(source)
         return True
