@@ -120,13 +120,54 @@ def test_masked_attention_saves_what_torch_saves(
     assert rule(layer.saves(types, output), batch, {}) == measured
 
 
+def _square(mask: tuple[int, ...], dtype: str) -> list[TensorType]:
+    """Queries, keys and values of one length T (causal attention), and a mask over them."""
+    types = _types(mask, dtype)
+    return [types[0], types[0], types[0], types[3]]
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((HEADS, T, T), "float"), ((T,), "long")])
+def test_causal_attention_adds_its_mask_to_the_given_one(
+    shape: tuple[int, ...], dtype: str
+) -> None:
+    """``causal=true`` with a mask (T5's decoder: its position bias over causal attention):
+    -inf at later keys, added to the bias (or to a padding mask's scores)."""
+    torch.manual_seed(0)
+    types = _square(shape, dtype)
+    call = make("SDPA", {"num_heads": HEADS, "causal": True}).torch(types)
+    q, k, v = (torch.randn(2, *t.shape) for t in types[:3])  # type: ignore[misc]
+    mask = _mask(2, shape, dtype).detach()
+    if dtype == "long":
+        mask[:, 0] = 1  # the first key attended: no query sees padding only
+    bias = mask if dtype == "float" else (mask == 0).float() * torch.finfo(torch.float32).min
+    bias = bias.reshape(2, *[1] * (3 - len(shape)), *shape)
+    later = torch.ones(T, T, dtype=torch.bool).triu(1)
+    with torch.no_grad():
+        got = forward(call, build(call), [q, k, v, mask])
+    torch.testing.assert_close(got, _reference(q, k, v, bias.masked_fill(later, -math.inf)))
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((HEADS, T, T), "float"), ((T,), "long")])
+def test_causal_masked_attention_saves_what_torch_saves(shape: tuple[int, ...], dtype: str) -> None:
+    """Flash attention keeps the mask with the causal part added: (T, T) from a key-padding
+    mask's (T,); a learned bias still takes the plain math."""
+    types = _square(shape, dtype)
+    layer = make("SDPA", {"num_heads": HEADS, "causal": True})
+    call = layer.torch(types)
+    module = build(call)
+    torch.manual_seed(0)
+    xs = [torch.randn(2, *t.shape, requires_grad=True) for t in types[:3]]  # type: ignore[misc]
+    xs.append(_mask(2, shape, dtype))
+    measured = saved_bytes(module, lambda: forward(call, module, xs))
+    assert rule(layer.saves(types, layer.infer(types).output), 2, {}) == measured
+
+
 @pytest.mark.parametrize(
     ("shape", "args", "code", "text"),
     [
         ((T,), {}, "E401", "its size 5 along S should be 6 or 1"),
         ((3, T, S), {}, "E401", "along h should be 2 or 1"),
         ((1, 1, 1, S), {}, "E404", "has rank 4"),
-        ((S,), {"causal": True}, "E204", "causal=true or a mask"),
     ],
 )
 def test_a_mask_that_does_not_broadcast_is_refused(

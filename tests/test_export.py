@@ -245,6 +245,13 @@ model K(T: dim = 5) {
     output b
 }
 """,
+    "causal attention over a position bias": """
+model C(T: dim = 6) {
+    input y: float[T, 4]
+    b = BucketedPositionBias(4, 2, max_distance=8, bidirectional=false) <- y
+    a = SDPA(2, causal=true, scale=1.0) <- y, y, y, b
+}
+""",
     "inputs that are outputs": """
 model I(T: dim = 5) {
     input u: float[2]

@@ -401,3 +401,28 @@ def test_volume_signal_and_einsum_kinds_are_recovered() -> None:
     assert again.report.total_params == spec.report.total_params
     _, error = imported_weights(result, again)
     assert error <= RTOL
+
+
+def test_a_tensor_times_a_number_is_mul_with_its_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``x * 0.125`` (T5's tied head scales its input so) -> ``Mul(0.125)``: through
+    torch.export (its ``aten.mul.Tensor`` on a number; control flow stops torch.fx)."""
+    (tmp_path / "scaled.py").write_text(
+        "import torch\n"
+        "from torch import nn\n\n\n"
+        "class Scaled(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(8, 4)\n\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[-1] == 8:  # Python control flow: torch.fx cannot trace it\n"
+        "            return self.fc(x * 0.125) * 3\n"
+        "        return x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("scaled:Scaled", ["float[8]"])
+    assert result.imported.tracer == "torch.export"
+    assert "mul = Mul(0.125)\n" in result.text and " = Mul(3.0)\n" in result.text
+    _, error = imported_weights(result, dlspec.load_text(result.text, "scaled.dl"))
+    assert error <= RTOL

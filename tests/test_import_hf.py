@@ -210,3 +210,43 @@ def test_what_neither_tracer_maps_is_listed(
     # torch.export reads it: the one operation without a kind, with its module path
     assert "torch.export: (model): aten.erf.default: no dlspec layer kind computes it" in err
     assert not out.exists()
+
+
+def test_a_decoder_stack_with_causal_and_cross_attention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T5's decoder stack over encoder states: its self-attention's mask is the position
+    bias where the causal mask allows, the most negative number where not -> the decoder's
+    bias (buckets for earlier keys only) and ``SDPA(causal=true)``; its cross-attention's
+    position bias, zeros made from the lengths and handed from layer to layer, adds nothing
+    and leaves no trace. Two small layers."""
+    (tmp_path / "decoder.py").write_text(
+        "import torch\n"
+        "import transformers\n"
+        "from torch import nn\n"
+        "from transformers.models.t5.modeling_t5 import T5Stack\n\n\n"
+        "class Decoder(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        config = transformers.T5Config(\n"
+        "            num_layers=2, d_model=32, d_kv=8, d_ff=64, num_heads=4, vocab_size=100,\n"
+        "            relative_attention_num_buckets=8, relative_attention_max_distance=20,\n"
+        "            use_cache=False, is_decoder=True,\n"
+        "        )\n"
+        '        config._attn_implementation = "sdpa"\n'
+        "        torch.manual_seed(0)\n"
+        "        self.stack = T5Stack(config)\n\n"
+        "    def forward(self, ids, states):\n"
+        "        return self.stack(ids, encoder_hidden_states=states).last_hidden_state\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("decoder:Decoder", ["long[T]", "float[S, 32]"])
+    text = " ".join(result.text.split())  # statements as one line each would read
+    assert "BucketedPositionBias(8, 4, max_distance=20, bidirectional=false) <- input" in text
+    assert "sdpa = SDPA(4, causal=true, scale=1.0) <- q, k, v, relative_attention_bias" in text
+    assert "sdpa = SDPA(4, causal=true, scale=1.0) <- q, k, v, position_bias" in text
+    assert "sdpa = SDPA(4, scale=1.0) <- q, k, v\n" in result.text  # the cross-attention
+    spec = dlspec.load_text(result.text, "decoder.dl")
+    assert spec.report.trainable_params == sum(p.numel() for p in result.original.parameters())
+    _, worst = imported_weights(result, spec)
+    assert worst <= OUTPUT_TOLERANCE

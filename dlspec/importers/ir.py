@@ -31,6 +31,9 @@ class Body:
     statements: list[Statement] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    # the positions of the forward's results that are zeros made from sizes alone (a T5
+    # cross-attention's position bias): left out of ``outputs``, constants to the caller
+    zeros: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -67,7 +67,9 @@ def _cat(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidat
 
 
 def _mul(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:
-    return [("Mul", {})]
+    """``x * y`` -> Mul; ``x * 0.125`` (a tensor and a number) -> ``Mul(0.125)``."""
+    numbers = [a for a in args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    return [("Mul", {"value": float(numbers[0])})] if numbers else [("Mul", {})]
 
 
 def _einsum(args: list[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Candidates:

@@ -488,6 +488,7 @@ class _Scope:
         value = self.env.get(node)
         if (
             not isinstance(value, torch.Tensor)
+            or node.op == "placeholder"  # a constant the caller made (and fills, if it is one)
             or not any(
                 u.op == "call_module"
                 and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
@@ -594,6 +595,9 @@ class _Scope:
                 self.body.outputs = [self.names.get(n, n.name) for n in nodes]
             return
         if len(nodes) > 1 and self.capture.exported:
+            nodes = self._without_zeros(nodes)
+            value = nodes[0] if len(nodes) == 1 else value
+        if len(nodes) > 1 and self.capture.exported:
             self._several_outputs(nodes)
         elif len(nodes) != 1 or not isinstance(value, fx.Node):
             self.capture.unmapped.append(
@@ -608,6 +612,20 @@ class _Scope:
                 self._name("out"), LayerCall("Identity"), [self.names.get(nodes[0], "input")]
             )
             self.body.statements.append(st)
+
+    def _without_zeros(self, nodes: list[fx.Node]) -> list[fx.Node]:
+        """The results of a module returning several, less those that are zeros made from
+        sizes alone (a cross-attention's position bias, which adds nothing): the caller
+        reads them as the constants they are (:meth:`_output_part`)."""
+        self.body.zeros = [
+            i
+            for i, n in enumerate(nodes)
+            if n not in self.live
+            and isinstance(self.env.get(n), torch.Tensor)
+            and not bool(self.env[n].any())
+        ]
+        self.covered.update(nodes[i] for i in self.body.zeros)
+        return [n for i, n in enumerate(nodes) if i not in self.body.zeros]
 
     def _several_outputs(self, nodes: list[fx.Node]) -> None:
         """A module returning several tensors (T5's attention returns its output and the
@@ -629,12 +647,21 @@ class _Scope:
         if not isinstance(source, fx.Node) or not isinstance(index, int):
             return False
         st = next(
-            (s for s in self.body.statements if s.outputs and s.name == self.names.get(source)),
+            (s for s in self.body.statements if s.name == self.names.get(source)),
             None,
         )
-        if st is None or not 0 <= index < len(st.outputs):
+        zeros = st.op.zeros if st is not None and isinstance(st.op, Body) else []
+        if st is None or not (st.outputs or zeros):
             return False
-        self.names[node] = st.outputs[index]
+        if index in zeros:  # zeros made from sizes: a constant, as if made here
+            self.live.discard(node)
+            self.covered.add(node)
+            return True
+        index -= sum(z < index for z in zeros)
+        outputs = st.outputs or [st.name]  # one result besides the zeros
+        if not 0 <= index < len(outputs):
+            return False
+        self.names[node] = outputs[index]
         self.covered.add(node)
         self.data.add(source)
         return True
@@ -1008,6 +1035,7 @@ class _Scope:
                 return read
             statements += read[0]
             inputs.append(read[1])
+            options |= {"causal": True} if read[2] else {}
         sdpa = REGISTRY["SDPA"].model_validate(options)
         made = self._layer_statement(node, [sdpa], None, inputs, "sdpa")
         if isinstance(made, str):
@@ -1018,25 +1046,28 @@ class _Scope:
             self.covered.update(self._heads_source_nodes(call[role]))
         return [*statements, st], end, inputs
 
-    def _attention_bias(self, mask: fx.Node, x: fx.Node) -> tuple[list[Statement], fx.Node] | str:
-        """The additive bias an attention mask ``mask`` stands for, over queries ``x``: a mask
-        ``where(allowed, bias, min)`` whose allowed part, made from sizes alone, allows
-        everything is its bias; a bias computed from the inputs (a block's input) is read as
-        it is, and one made from sizes and the table of one module (T5's relative position
-        bias, a lookup by offset buckets) is the kind (of those whose output is one tensor
-        for the batch) that, holding that table, computes it, named after the module."""
-        node = mask
+    def _attention_bias(
+        self, mask: fx.Node, x: fx.Node
+    ) -> tuple[list[Statement], fx.Node, bool] | str:
+        """The additive bias an attention mask ``mask`` stands for, over queries ``x``, and
+        whether the attention is causal: a mask ``where(allowed, bias, min)`` whose allowed
+        part, made from sizes alone, allows everything (or is causal: T5's decoder) is its
+        bias; a bias computed from the inputs (a block's input) is read as it is, and one
+        made from sizes and the table of one module (T5's relative position bias, a lookup
+        by offset buckets) is the kind (of those whose output is one tensor for the batch)
+        that, holding that table, computes it, named after the module."""
+        node, causal = mask, False
         if _aten(node) == "where" and isinstance(node.args[0], fx.Node):
             cond, kept = node.args[0], node.args[1]
             t, s = self.env[mask].shape[-2:]
-            whole = cond not in self.live and _allowed(self.env[cond], t, s) == "all"
-            if whole and isinstance(kept, fx.Node):
-                node = kept
+            allowed = None if cond in self.live else _allowed(self.env[cond], t, s)
+            if allowed in ("all", "causal") and isinstance(kept, fx.Node):
+                node, causal = kept, allowed == "causal"
         if node in self.live:
             if node not in self.names:
                 return "an attention mask computed from the inputs that no statement gives"
             self.covered.add(mask)
-            return [], node
+            return [], node, causal
         # the nodes the bias is made of, and the modules among them that hold tensors
         made, stack = [], [node]
         while stack:
@@ -1076,7 +1107,11 @@ class _Scope:
         # the bias reads the attention's input for its length, as a person writes it
         steps = self.env[x].shape[1]
         x = next((p for p in self.given if _steps(self.env.get(p)) == steps), x)
-        found = self._layer_statement(mask, layers, holder, [x], target, same_config=False)
+        # what the layer must compute: the bias, over the batch as the mask is (the mask's
+        # values where the causal part hides the bias's)
+        kept = fx.Node(self.graph, f"{node.name}_kept", "call_function", torch.broadcast_to, (), {})
+        self.env[kept] = self.env[node].expand(self.env[mask].shape)
+        found = self._layer_statement(kept, layers, holder, [x], target, same_config=False)
         if isinstance(found, str):
             return f"an attention bias made from {target}: {found}"
         st, _ = found
@@ -1085,7 +1120,7 @@ class _Scope:
         self.capture.called.add(id(self.module.get_submodule(target)))
         self.covered.update([*made, mask])
         self.names[node] = self.names[mask] = st.name  # the module may return the bias too
-        return [st], mask
+        return [st], mask, causal
 
     def _heads_source_nodes(self, node: fx.Node) -> list[fx.Node]:
         """The head reshapes from ``node`` back to the tensor they split."""

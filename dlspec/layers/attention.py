@@ -1022,9 +1022,13 @@ _SDPA = '''class SDPA(nn.Module):
             while mask.dim() < q.dim():
                 mask = mask.unsqueeze(1)  # (B, h, T, S), dims of size 1 broadcast
             bias = mask if bias is None else bias + mask
+        if self.causal and bias is not None:  # torch takes one: -inf at later keys in the bias
+            later = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)
+            bias = bias.masked_fill(later.triu(1), float("-inf"))
         dropout = self.dropout if self.training else 0.0
+        causal = self.causal and bias is None
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal, scale=self.scale
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=causal, scale=self.scale
         )  # (B, h, T, hd)
         return y.transpose(-2, -3).flatten(-2)  # (B, T, h*hd)
 '''
@@ -1049,9 +1053,11 @@ class SDPA(Layer):
     in BERT's ``attention_mask``): padding gets the most negative score (``finfo.min``, as
     BERT's extended attention mask, so a row of padding only stays finite); a float mask is
     a bias added to the scores (ALiBi, a relative position bias, Swin's shifted-window mask).
-    Two masks add up. No parameters (the projections are Linear layers). MACs: T x S x h x hd
-    for ``q k^T`` plus T x S x h x hd_v for the weighted sum of the values, per window (the
-    masks' additions count 0); torchinfo counts 0 (no weights)."""
+    Two masks add up, and with ``causal=true`` the causal mask too (a T5 decoder's position
+    bias over causal attention: ``SDPA(h, causal=true, scale=1.0) <- q, k, v, bias``). No
+    parameters (the projections are Linear layers). MACs: T x S x h x hd for ``q k^T`` plus
+    T x S x h x hd_v for the weighted sum of the values, per window (the masks' additions
+    count 0); torchinfo counts 0 (no weights)."""
 
     kind = "SDPA"
     torch_names = ("ScaledDotProductAttention",)  # the class generated code had before
@@ -1106,13 +1112,6 @@ class SDPA(Layer):
         scores = (*lead, self.num_heads, query.shape[-2], key.shape[-2])
         for mask in inputs[3:]:
             check_mask(mask, scores, self.kind)
-        if self.causal and len(inputs) > 3:
-            raise LayerError(
-                "E204",
-                "SDPA takes causal=true or a mask, not both (torch refuses both): add the "
-                "causal part into the mask",
-                arg="causal",
-            )
         if self.causal and query.shape[-2] != key.shape[-2]:
             raise LayerError(
                 "E204",
@@ -1154,8 +1153,10 @@ class SDPA(Layer):
         one copy each), its output, a log-sum-exp per head and query, and the scores made
         from long masks. Otherwise it runs the plain math: q and k each scaled by the
         square root of the scale, the values (in place where their heads view as a batch of
-        matrices, else copied or repeated), the probabilities (h x T x S) and, with dropout,
-        its mask and the dropped probabilities."""
+        matrices, else copied or repeated), the probabilities (h x T x S), with dropout, its
+        mask and the dropped probabilities and, ``causal`` over a learned bias, the mask of
+        later keys filled into it. With ``causal`` and a mask, flash attention keeps the
+        masks with the causal part added."""
         kv, head, value_head = self._heads(inputs)
         query = inputs[0]
         windows = product(query.shape[:-2])
@@ -1171,8 +1172,10 @@ class SDPA(Layer):
             else:
                 keys = [Saved("k", s * h * head), Saved("v", s * h * value_head)]
             lse = Saved("logsumexp", h * t, "float32")
-            # the scores made from the long masks: flash attention keeps them
-            masks = [Saved("mask", product(_broadcast_masks(inputs[3:])))] if inputs[3:] else []
+            # the scores made from the masks (and the causal part added): flash keeps them
+            causal = [TensorType((t, s))] if self.causal else []
+            shape = _broadcast_masks([*inputs[3:], *causal]) if inputs[3:] else None
+            masks = [Saved("mask", product(shape))] if shape else []
             return [saved_input(inputs), *keys, Saved("output", product(output.shape)), lse, *masks]
         # each product keeps one operand for the other's gradient: the scaled queries for the
         # keys', the values for the probabilities' (which the scores' need); the softmax keeps
@@ -1191,6 +1194,8 @@ class SDPA(Layer):
             *([Saved("k_scaled", windows * s * h * head)] if q_grad else []),
             *([value] if scores_grad else []),
             *(Saved(what, windows * h * t * s) for what, keep in kept.items() if keep),
+            # the causal part added into a learned bias: its (T, S) mask of later keys
+            *([Saved("later", t * s, "bool", batched=False)] if self.causal and bias_grad else []),
         ]
 
     def _flash(

@@ -66,7 +66,12 @@ def t5_encoder(layers: int = 3, hidden: int = 64) -> nn.Module:
     """T5's encoder: relative position bias computed by the first layer and shared by the
     others, attention without the 1/sqrt(d) scaling, RMSNorm and a ReLU feed-forward. Three
     layers: the first holds the bias table, the two after it are alike."""
-    config = transformers.T5Config(
+    return _built(transformers.T5EncoderModel, _t5_config(layers, hidden))
+
+
+def _t5_config(layers: int, hidden: int) -> transformers.T5Config:
+    """A small T5: 4 heads, a feed-forward twice as wide, 8 position buckets."""
+    return transformers.T5Config(
         num_layers=layers,
         d_model=hidden,
         d_kv=hidden // 4,
@@ -75,8 +80,8 @@ def t5_encoder(layers: int = 3, hidden: int = 64) -> nn.Module:
         vocab_size=100,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=20,
+        use_cache=False,  # no key/value cache: a decoder run once over its ids
     )
-    return _built(transformers.T5EncoderModel, config)
 
 
 def bert(layers: int = 2, hidden: int = 64) -> nn.Module:
@@ -91,3 +96,24 @@ def bert(layers: int = 2, hidden: int = 64) -> nn.Module:
         max_position_embeddings=64,
     )
     return _built(transformers.BertModel, config)
+
+
+class _EncoderDecoder(nn.Module):
+    """An encoder-decoder called with the encoder's and the decoder's ids, passed by name (its
+    forward takes the encoder's attention mask second), returning the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
+
+
+def t5(layers: int = 2, hidden: int = 64) -> nn.Module:
+    """T5 with its language-model head (tied to the shared embedding): the encoder as
+    t5_encoder's, and a decoder whose layers attend causally to its ids and to the encoder's
+    output, the first of each stack holding its relative position bias table."""
+    return _EncoderDecoder(
+        _built(transformers.T5ForConditionalGeneration, _t5_config(layers, hidden))
+    )
