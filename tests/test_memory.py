@@ -236,15 +236,23 @@ BATCH_ONE_CASES = {
         b = ConvTranspose3d(2, kernel=2, stride=2) <- x
         m = GroupNorm(1) <- b
     }""",
-    # with groups=2 torch concatenates the groups' outputs into a storage of the output's
-    # own size, where groups=1 keeps the larger input's (fuzz seed 4,008,166: 128 B counted,
-    # 72 B saved)
-    "grouped-transposed-3d": """model M {
-        input x: float[2, 3, 3, 3]
+    # at batch 1 torch runs its own kernel only with groups=1, a kernel not larger than 3 in
+    # both height and width, and at most 20,480 input elements over channels x depth x
+    # height; oneDNN's, otherwise, gives the output a storage of its own size (fuzz seed
+    # 4,008,166, groups=2: 128 B counted, 72 B saved)
+    "onednn-transposed-3d": """model M {
+        input x: float[2, 3, 5, 5]
         a = ConvTranspose3d(2, kernel=2, padding=1, groups=1) <- x
         n = GroupNorm(1) <- a
         b = ConvTranspose3d(2, kernel=2, padding=1, groups=2) <- x
         m = GroupNorm(1) <- b
+        c = ConvTranspose3d(1, kernel=[1, 4, 4], padding=[0, 2, 2]) <- x
+        o = GroupNorm(1) <- c
+    }""",
+    "large-transposed-3d": """model M {
+        input x: float[1, 161, 128, 3]
+        a = ConvTranspose3d(1, kernel=2, padding=1) <- x
+        n = GroupNorm(1) <- a
     }""",
     # the two directions' last states side by side view h_n, every layer's (fuzz seed
     # 3,104,197: 532 B counted, 548 B saved)

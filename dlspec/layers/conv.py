@@ -280,6 +280,13 @@ class ConvTranspose2d(_ConvTransposeNd):
     spatial = 2
 
 
+#: Torch's ``use_mkldnn`` on CPU: a 3-D transposed convolution of batch 1 and groups=1
+#: runs torch's own kernel unless its kernel's height and width both exceed this ...
+SLOW_TRANSPOSE3D_KERNEL = 3
+#: ... or its input has more elements than this over channels x depth x height.
+SLOW_TRANSPOSE3D_MAX = 20480
+
+
 @register
 class ConvTranspose3d(_ConvTransposeNd):
     """Transposed 3-D convolution over ``[C, D, H, W]`` -> ``[out_channels, D', H', W']``,
@@ -291,13 +298,27 @@ class ConvTranspose3d(_ConvTransposeNd):
     spatial = 3
 
     def output_storage_at(self, inputs: list[TensorType], output: TensorType, batch: int) -> Dim:
-        """At batch 1 and groups=1 torch's kernel (``slow_conv_transpose3d``) leaves its
-        output in a storage as large as its input where the input is the larger (a smaller
-        output views its first elements): what a layer keeping the output keeps. With
-        groups > 1 torch runs the kernel once per group and concatenates the outputs into a
-        storage of the output's own size (fuzz seed 4,008,166), whatever the stride, padding
-        or dilation."""
+        """Where torch runs its own kernel (``slow_conv_transpose3d``), that kernel leaves an
+        output smaller than its input in a storage as large as its input (the output views
+        its first elements): what a layer keeping the output keeps. Torch runs it, rather
+        than oneDNN's, which allocates the output's own size, only at batch 1, with
+        groups=1, a kernel not larger than 3 in both its height and width, and at most
+        :data:`SLOW_TRANSPOSE3D_MAX` input elements over channels x depth x height (torch's
+        ``use_mkldnn``, checked against ``untyped_storage()`` in torch 2.13 over strides,
+        paddings and dilations; fuzz seeds 3,102,785 and 4,008,166)."""
         out, x = product(output.shape), product(inputs[0].shape)
-        if batch == 1 and self.groups == 1 and isinstance(out, int) and isinstance(x, int):
+        rows = product(inputs[0].shape[:-1])
+        if not (
+            batch == 1
+            and self.groups == 1
+            and isinstance(out, int)
+            and isinstance(x, int)
+            and isinstance(rows, int)
+        ):
+            return out
+        if (
+            rows <= SLOW_TRANSPOSE3D_MAX
+            and min(self._geometry()[0][-2:]) <= SLOW_TRANSPOSE3D_KERNEL
+        ):
             return max(out, x)
         return out
