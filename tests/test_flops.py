@@ -52,24 +52,26 @@ def matmul_macs(layer: Layer, types: list[TensorType]) -> Dim:
     return macs
 
 
-CASES = [(e.kind, e.args, (e.shape, *e.more), e.dtype, e.bindings) for e in LAYER_EXAMPLES] + [
-    (e.kind, e.args, e.inputs, e.dtype, {"T": 5, "S": 4}) for e in SEQUENCE_EXAMPLES
-]
+CASES = [
+    (e.kind, e.args, [TensorType(s, e.dtype) for s in (e.shape, *e.more)], e.bindings)
+    for e in LAYER_EXAMPLES
+] + [(e.kind, e.args, e.types, {"T": 5, "S": 4}) for e in SEQUENCE_EXAMPLES]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_flop_counter_sees_twice_the_matmul_macs(case: tuple[Any, ...]) -> None:
-    kind, args, shapes, dtype, bindings = case
+    kind, args, types, bindings = case
     layer = make(kind, args)
-    types = [TensorType(shape, dtype) for shape in shapes]
     call = layer.torch(types)
     with torch.device("meta"):
         module = build(call)
-        sizes = [tuple(value_at(d, bindings) for d in shape) for shape in shapes]
-        if dtype == "long":
-            xs = [torch.zeros(BATCH, *size, dtype=torch.long) for size in sizes]
-        else:
-            xs = [torch.randn(BATCH, *size) for size in sizes]
+        xs = [
+            torch.zeros(BATCH, *size, dtype=torch.long)
+            if t.dtype == "long"
+            else torch.randn(BATCH, *size)
+            for t in types
+            for size in [tuple(value_at(d, bindings) for d in t.shape)]
+        ]
     with FlopCounterMode(display=False) as counter:
         forward(call, module, xs)
     expected = 2 * BATCH * value_at(matmul_macs(layer, types), bindings)

@@ -239,7 +239,7 @@ def concrete(shape: tuple[Dim, ...], bindings: dict[str, int]) -> tuple[int, ...
 def test_every_sequence_kind_has_an_example() -> None:
     ours = {kind for kind, cls in REGISTRY.items() if cls.__module__.rsplit(".", 1)[1] in MODULES}
     # examples in test_layers_oracle.py
-    elsewhere = {"SDPA", "RoPE", "Parameter", "Mul", "Sub", "Div", "Where", "PaddingMask"}
+    elsewhere = {"SDPA", "RoPE", "Parameter", "Full", "Mul", "Sub", "Div", "Where", "PaddingMask"}
     assert (ours - elsewhere) | {"RMSNorm"} == KINDS  # RMSNorm lives in norm.py
 
 

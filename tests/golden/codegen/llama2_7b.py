@@ -65,9 +65,13 @@ class SDPA(nn.Module):
             while mask.dim() < q.dim():
                 mask = mask.unsqueeze(1)  # (B, h, T, S), dims of size 1 broadcast
             bias = mask if bias is None else bias + mask
+        if self.causal and bias is not None:  # torch takes one: -inf at later keys in the bias
+            later = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)
+            bias = bias.masked_fill(later.triu(1), float("-inf"))
         dropout = self.dropout if self.training else 0.0
+        causal = self.causal and bias is None
         y = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=self.causal, scale=self.scale
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=causal, scale=self.scale
         )  # (B, h, T, hd)
         return y.transpose(-2, -3).flatten(-2)  # (B, T, h*hd)
 
