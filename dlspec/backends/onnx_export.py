@@ -680,56 +680,32 @@ def _adaptive_max(g: Any, x: Any, axis: int, out: int) -> Any:
 
 
 @cache
-def _register_adaptive_avg_pool() -> None:
-    """Teach the TorchScript exporter adaptive average pooling where an input size is not a
-    multiple of the output size, or is not known to it: torch's symbolic exports only an
-    AveragePool of a fixed kernel. Where it can, it does; otherwise the pooling is
-    :func:`_adaptive_mean` along each pooled axis."""
+def _register_adaptive_pools() -> None:
+    """Teach the TorchScript exporter adaptive average and max pooling where an input size is
+    not a multiple of the output size, or is not known to it: torch's symbolics export only a
+    pool of a fixed kernel (or a global one). Where they can, they do; otherwise the pooling is
+    :func:`_adaptive_mean` or :func:`_adaptive_max` along each pooled axis (max without the
+    indices, which a module built without ``return_indices`` does not return)."""
     from torch.onnx import OnnxExporterError, symbolic_helper, symbolic_opset9
 
-    def symbolic(dims: int) -> Callable[[Any, Any, Any], Any]:
-        torch_own = getattr(symbolic_opset9, f"adaptive_avg_pool{dims}d")
+    def symbolic(name: str, along: Callable[..., Any], indices: bool) -> Callable[..., Any]:
+        torch_own = getattr(symbolic_opset9, name)
 
-        def adaptive_avg_pool(g: Any, x: Any, output_size: Any) -> Any:
+        def adaptive_pool(g: Any, x: Any, output_size: Any) -> Any:
             try:
                 return torch_own(g, x, output_size)
             except OnnxExporterError:
                 sizes = symbolic_helper._parse_arg(output_size, "is")
                 for k, size in enumerate(sizes):
-                    x = _adaptive_mean(g, x, k - len(sizes), size)
-                return x
+                    x = along(g, x, k - len(sizes), size)
+                return (x, None) if indices else x
 
-        return adaptive_avg_pool
-
-    for dims in (1, 2, 3):
-        _register_everywhere(f"aten::adaptive_avg_pool{dims}d", symbolic(dims))
-
-
-@cache
-def _register_adaptive_max_pool() -> None:
-    """Teach the TorchScript exporter adaptive max pooling where an input size is not a
-    multiple of the output size, or is not known to it: torch's symbolic exports only a
-    MaxPool of a fixed kernel (or a global one). Where it can, it does; otherwise the pooling
-    is :func:`_adaptive_max` along each pooled axis, without the indices (which a module
-    built without ``return_indices`` does not return)."""
-    from torch.onnx import OnnxExporterError, symbolic_helper, symbolic_opset9
-
-    def symbolic(dims: int) -> Callable[[Any, Any, Any], Any]:
-        torch_own = getattr(symbolic_opset9, f"adaptive_max_pool{dims}d")
-
-        def adaptive_max_pool(g: Any, x: Any, output_size: Any) -> Any:
-            try:
-                return torch_own(g, x, output_size)
-            except OnnxExporterError:
-                sizes = symbolic_helper._parse_arg(output_size, "is")
-                for k, size in enumerate(sizes):
-                    x = _adaptive_max(g, x, k - len(sizes), size)
-                return x, None
-
-        return adaptive_max_pool
+        return adaptive_pool
 
     for dims in (1, 2, 3):
-        _register_everywhere(f"aten::adaptive_max_pool{dims}d", symbolic(dims))
+        for kind, along, indices in (("avg", _adaptive_mean, False), ("max", _adaptive_max, True)):
+            name = f"adaptive_{kind}_pool{dims}d"
+            _register_everywhere(f"aten::{name}", symbolic(name, along, indices))
 
 
 @cache
@@ -969,8 +945,7 @@ def _export_torchscript(
     _register_rms_norm()
     _register_batch_norm()
     _register_instance_norm()
-    _register_adaptive_avg_pool()
-    _register_adaptive_max_pool()
+    _register_adaptive_pools()
     _register_ceil_mode_pools()
     _register_pixel_shuffles()
     _register_projected_lstm()
