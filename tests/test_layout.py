@@ -4,6 +4,8 @@ have torch's strides."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -118,3 +120,14 @@ def test_kernels_keep_a_channels_last_format(order: tuple[int, ...]) -> None:
     t = torch.empty(2, 4, 5, 3).permute(*order)
     out = torch.nn.functional.max_pool2d(t, 2)
     assert of(out) == layout.like(of(t), tuple(out.shape))
+
+
+@pytest.mark.parametrize("sizes", [(2, 2, 3, 1), (2, 3, 1, 2), (3, 2, 2, 2)])
+def test_batch_norm_outputs_lie_as_torch_lays_them(sizes: tuple[int, ...]) -> None:
+    """In the format its input is contiguous in, else the one its strides suggest, over
+    every order of the dimensions: a size-1 W strided largest is channels-last contiguous,
+    not strided so (fuzz seed 5,002,232)."""
+    for order in itertools.permutations(range(4)):
+        t = torch.empty([sizes[d] for d in order]).permute(*(order.index(d) for d in range(4)))
+        out = torch.nn.functional.batch_norm(t, None, None, training=True)
+        assert of(out) == layout.like_dense(of(t), sizes), order

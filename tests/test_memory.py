@@ -475,6 +475,20 @@ def test_views_and_copies_save_what_torch_saves(body: tuple[str, int]) -> None:
         assert estimate(spec, batch) == measure(spec, batch)  # and on data
 
 
+def test_batch_norm_keeps_the_format_its_input_is_contiguous_in() -> None:
+    """A ``(C, H, 1)`` permute is channels-last contiguous though not strided like
+    channels-last (its size-1 W strides largest): batch norm's output is channels-last all
+    the same, so a Linear over a chunk of it copies it as rows (fuzz seed 5,002,232)."""
+    spec = dlspec.load_text(
+        "model Bn {\n    input x: float[1, 3, 2]\n    p = Permute(2, 1, 0) <- x\n"
+        "    n = BatchNorm2d <- p\n    a, b, c = Chunk(3, dim=-2) <- n\n"
+        "    Linear(5, bias=false) <- a\n}\n"
+    )
+    for batch in (2, 3):
+        assert estimate(spec, batch, grad=True) == measure(spec, batch, True)
+        assert estimate(spec, batch) == measure(spec, batch)
+
+
 # random models ----------------------------------------------------------------------------------
 
 IMAGE_LAYERS = [

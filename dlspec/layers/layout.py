@@ -75,6 +75,18 @@ def like(x: Layout, sizes: Sequence[int]) -> Layout:
     return channels_last(sizes) if _strides_like_channels_last(x) else contiguous(sizes)
 
 
+def like_dense(x: Layout, sizes: Sequence[int]) -> Layout:
+    """A new tensor of ``sizes`` in the memory format ``x`` is contiguous in, if any (the
+    size-1 dimensions' strides do not matter), else as :func:`like` (batch norm's output,
+    torch's ``suggest_memory_format_contig``). A 4-D input can be channels-last contiguous
+    yet not strided like channels-last (``(N, C, H, 1)`` with ``W``'s stride largest)."""
+    if is_contiguous(x):
+        return contiguous(sizes)
+    if _channels_last_contiguous(x):
+        return channels_last(sizes)
+    return like(x, sizes)
+
+
 def suggested(x: Layout) -> Layout:
     """``x`` laid out densely in its suggested memory format."""
     return like(x, x.sizes)

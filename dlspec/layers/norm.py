@@ -32,7 +32,7 @@ from dlspec.layers.base import (
     register,
     saved_input,
 )
-from dlspec.layers.layout import Layout, channels_last, is_contiguous, like, suggested
+from dlspec.layers.layout import Layout, channels_last, is_contiguous, like, like_dense, suggested
 from dlspec.layers.symbolic import Dim, product
 
 Eps = Annotated[float, Field(gt=0)]
@@ -77,7 +77,7 @@ class _BatchNorm(Layer):
         return [saved_input(inputs), *stats]
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return like(inputs[0], output.sizes)
+        return like_dense(inputs[0], output.sizes)
 
     def label(self) -> str:
         return self.kind if self.num_features is None else f"{self.kind}({self.num_features})"
