@@ -1147,8 +1147,9 @@ class SDPA(Layer):
         self, inputs: list[TensorType], output: TensorType, given: Given
     ) -> list[Saved]:
         """Without dropout, with values as wide per head as the keys, with each input's
-        features adjacent in memory, without windows and without a mask that requires a
-        gradient (a learned bias), CPU torch runs flash attention: it keeps q, k and v
+        features adjacent in memory (grouped-query attention's keys and values need not:
+        their repetition is a contiguous copy), without windows and without a mask that
+        requires a gradient (a learned bias), CPU torch runs flash attention: it keeps q, k and v
         (views of the inputs, or for grouped-query attention k and v repeated to h heads,
         one copy each), its output, a log-sum-exp per head and query, and the scores made
         from long masks. Otherwise it runs the plain math: q and k each scaled by the
@@ -1162,7 +1163,7 @@ class SDPA(Layer):
         windows = product(query.shape[:-2])
         t, s = query.shape[-2], inputs[1].shape[-2]
         h = self.num_heads
-        unit_stride = all(given.unit_stride(i) for i in range(3))
+        unit_stride = all(given.unit_stride(i) for i in self._laid_out(kv))
         bias_grad = any(
             x.dtype == "float" and given.needs_grad(i) for i, x in enumerate(inputs) if i >= 3
         )
@@ -1198,6 +1199,12 @@ class SDPA(Layer):
             *([Saved("later", t * s, "bool", batched=False)] if self.causal and bias_grad else []),
         ]
 
+    def _laid_out(self, kv: int) -> range:
+        """The inputs that reach torch's attention in their own layout: q, k and v, but
+        for grouped-query attention (``kv`` heads fewer than h) only q, the keys and
+        values being repeated to h heads by ``repeat_interleave``, a contiguous copy."""
+        return range(3) if kv == self.num_heads else range(1)
+
     def _flash(
         self, head: int, value_head: int, unit_stride: bool, windows: bool, bias_grad: bool
     ) -> bool:
@@ -1216,7 +1223,9 @@ class SDPA(Layer):
         query, _, value = inputs[:3]
         head = query.sizes[-1] // self.num_heads
         value_head = value.sizes[-1] // (self.num_kv_heads or self.num_heads)
-        unit = all(x.strides[-1] == 1 for x in inputs[:3])
+        unit = all(
+            inputs[i].strides[-1] == 1 for i in self._laid_out(self.num_kv_heads or self.num_heads)
+        )
         windows = len(query.sizes) > 3
         if self._flash(head, value_head, unit, windows, any(grads[3:])):
             return empty_like(query)
