@@ -745,6 +745,16 @@ GRAPH_CASES = {
         u = Tanh <- r
         o = InstanceNorm2d <- u
     }""",
+    # Swin's mask of shifted windows is made from the map's size alone: what reads it saves
+    # nothing for it, though the map requires a gradient (fuzz seed 6,002,183: 256 B counted
+    # for Hardsigmoid's input, nothing saved)
+    "window-mask-needs-no-grad": """model M {
+        input x: long[2]
+        p = Parameter(4, 4, 2) <- x
+        k = ShiftedWindowMask(2, 1) <- p
+        h = Hardsigmoid <- k
+        output h, p
+    }""",
     # the plain math's heads (windows, dropout) moved back beside their features view its
     # product where a head is one feature wide: InstanceNorm, which reads its input
     # contiguous, copies it where LayerNorm keeps it as it lies (fuzz seed 3,101,754:

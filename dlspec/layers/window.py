@@ -439,6 +439,9 @@ class ShiftedWindowMask(_Constant):
     window: Pos
     shift: Pos
 
+    def output_grad(self, grads: tuple[bool, ...]) -> bool:
+        return False  # made from the map's size alone: no gradient reaches its input
+
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
         expect_rank(x, (3,), "[H, W, C] (channels last)", self.kind)
