@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -261,6 +262,16 @@ def test_build_resumes_from_imported_weights(
         ),
         ([f"{MODELS}:ResNet", "--input", "float[3, 0, 32]"], 2, "'0' is not a dimension"),
         ([f"{MODELS}:ResNet"], 2, "--input is required"),
+        (
+            [f"{MODELS}:ResNet", "--input", "image=float[3, 32, 32]"],
+            2,
+            "--input image=float[3, 32, 32]: ResNet.forward takes no input 'image'; it takes x",
+        ),
+        (
+            [f"{MODELS}:ResNet", "--input", "float[3, 32, 32]", "--input", "x=float[3, 32, 32]"],
+            2,
+            "'x' is given twice (by position or by name)",
+        ),
     ],
 )
 def test_errors(
@@ -271,6 +282,30 @@ def test_errors(
     assert got == code and message in err, err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_inputs_by_name_follow_the_forwards_order() -> None:
+    """``NAME=TYPE`` inputs after the positional ones, in the order of the forward's
+    parameters (as the spec's inputs are written), whatever the command line's; a name only
+    ``**kwargs`` would take names nothing."""
+
+    class Net(torch.nn.Module):
+        def forward(
+            self, a: torch.Tensor, b: torch.Tensor | None = None, *, c: Any = None, **kw: Any
+        ) -> torch.Tensor:
+            return a
+
+    symbols: dict[str, int] = {}
+    given = [torch_fx.parse_input(t, symbols) for t in ("c = long[U=3]", "float[4]", "b=float[T]")]
+    assert given[0] == torch_fx.InputSpec("long", ("U",), "c") and symbols == {"U": 3, "T": 16}
+    bound = torch_fx.bind_inputs(Net(), given)
+    assert [(spec.name, spec.dims) for spec in bound] == [
+        (None, (4,)),
+        ("b", ("T",)),
+        ("c", ("U",)),
+    ]
+    with pytest.raises(ValueError, match=r"Net\.forward takes no input 'kw'; it takes a, b, c$"):
+        torch_fx.bind_inputs(Net(), [torch_fx.parse_input("kw=float[4]", symbols)])
 
 
 def test_unsupported_op_and_control_flow_are_all_listed(

@@ -268,3 +268,13 @@ def test_a_decoder_stack_with_causal_and_cross_attention(
     assert spec.report.trainable_params == sum(p.numel() for p in result.original.parameters())
     _, worst = imported_weights(result, spec)
     assert worst <= OUTPUT_TOLERANCE
+
+
+def test_an_input_by_a_name_the_forward_lacks_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["check", f"{FACTORIES}:t5", "--input", "long[T]", "--input", "ids=long[U]"])
+    err = capsys.readouterr().err
+    message = "T5ForConditionalGeneration.forward takes no input 'ids'; it takes input_ids, "
+    assert code == 2 and f"--input ids=long[U]: {message}attention_mask," in err, err
+    assert "Traceback" not in err
