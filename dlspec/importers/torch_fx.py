@@ -828,7 +828,10 @@ class _Scope:
         if kind is None:
             return self._block(node, sub, origin, data)
         if id(sub) in self.capture.called and any(True for _ in sub.parameters()):
-            return "called twice: a dlspec layer owns its weights (a Linear may share one: tie=)"
+            return (
+                "called twice: a dlspec layer owns its weights (a Linear or an Embedding may "
+                "share one: tie=)"
+            )
         known = kinds.module_arguments(kind, sub)
         shared = [name for name, p in sub.named_parameters() if id(p) in self.capture.seen]
         owner = self.capture.owners.get(id(sub.get_parameter(shared[0]))) if shared else None
