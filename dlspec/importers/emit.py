@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from dlspec.importers.ir import Body, Imported, LayerCall, Statement, Value
@@ -53,6 +54,8 @@ class _Writer:
         """Group every traced body by (class, structure), innermost first; the value columns
         that differ within a group become the block's parameters."""
         bodies = _bodies(self.model.body)
+        for body in [self.model.body, *bodies]:
+            _implicit_sources(body)
         by_height: dict[int, list[Body]] = defaultdict(list)
         for body in bodies:
             by_height[_height(body)].append(body)
@@ -313,6 +316,15 @@ def _bodies(root: Body) -> list[Body]:
                 out.append(body)
                 out += _bodies(body)
     return out
+
+
+def _implicit_sources(body: Body) -> None:
+    """Drop ``<- x`` from a statement that reads only ``x``, the statement before it (of one
+    output), as a person writes it: how the capture reached it does not make two bodies of
+    one structure two blocks (T5's cross-attention layers)."""
+    for before, st in pairwise(body.statements):
+        if st.sources == [before.name] and not before.outputs:
+            st.sources = []
 
 
 def _height(body: Body) -> int:
