@@ -295,3 +295,31 @@ def test_a_long_indexed_repetition_builds() -> None:
     code = dlspec.load_text(text).code
     assert "nn.Conv1d(2, 2, kernel_size=3, padding=i % 4 + 1, dilation=i % 4 + 1)" in code
     assert "for i in range(n)" in code
+
+
+def test_syntax_tree_nodes_are_frozen_records() -> None:
+    """The nodes behave as the frozen, slotted dataclasses they replace (made cheaper)."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from dlspec.syntax import ast
+    from dlspec.syntax.parser import parse
+
+    text = "model M {\n    input x: float[4]\n    Linear(2)  expect params == 10\n}\n"
+    (first, _), (again, _) = parse(text), parse(text)
+    assert first is not None and first == again and first != parse(text.replace("2", "3"))[0]
+    stmt = first.definitions[0].body[1]
+    assert isinstance(stmt, ast.LayerStmt) and isinstance(stmt.op, ast.Call)
+    assert hash(stmt.op.name) == hash(again.definitions[0].body[1].op.name)  # type: ignore[union-attr]
+    assert repr(stmt.op.name) == f"Ident(span={stmt.op.name.span!r}, name='Linear')"
+    assert pickle.loads(pickle.dumps(first)) == first == copy.deepcopy(first)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stmt.op.name.name = "Conv2d"  # type: ignore[misc]
+    assert not hasattr(stmt, "__dict__")
+    span = stmt.span
+    checks = [ast.Check(span, ast.Ident(span, "params"), "==", ast.Num(span, 1, "1")) for _ in "ab"]
+    assert checks[0].args == [] and checks[0].args is not checks[1].args  # a fresh list each
+    match checks[0]:
+        case ast.Check(_, ast.Ident(_, quantity), op):
+            assert (quantity, op) == ("params", "==")

@@ -38,3 +38,36 @@ def test_check_works_where_no_cache_can_be_kept(tmp_path: Path) -> None:
     result = check(blocked / "cache", "specs/mlp.dl")
     assert result.returncode == 0, result.stderr
     assert sorted(tmp_path.iterdir()) == [blocked]
+
+
+def _run(code: str) -> list[str]:
+    """The words ``code`` prints in a fresh Python, with pydantic's plugins as dlspec finds
+    them by default (``PYDANTIC_DISABLE_PLUGINS`` unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, **TEXT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+TEXT: dict[str, bool] = {"capture_output": True, "text": True}
+
+
+def test_check_imports_nothing_only_other_paths_need() -> None:
+    """Not importlib.metadata (pydantic's plugin discovery, while plugins are off), nor what
+    only a child process (signal, resource, selectors) or a misspelt name (difflib) needs."""
+    unneeded = ("importlib.metadata", "signal", "resource", "selectors", "difflib")
+    code = (
+        "import sys; from dlspec.cli import main; rc = main(['check', '-q', 'specs/cnn.dl']); "
+        f"print(rc, *[m for m in {unneeded!r} if m in sys.modules])"
+    )
+    assert _run(code) == ["0"]
+
+
+def test_pydantic_looks_for_its_plugins_once_they_are_on_again() -> None:
+    code = (
+        "import os, sys; from dlspec.cli import main; main(['check', '-q', 'specs/mlp.dl']); "
+        "os.environ['PYDANTIC_DISABLE_PLUGINS'] = ''; "
+        "from pydantic.plugin._loader import get_plugins; loader = 'pydantic.plugin._loader'; "
+        "print(list(get_plugins()), sys.modules[loader].PYDANTIC_ENTRY_POINT_GROUP)"
+    )
+    assert _run(code) == ["[]", "pydantic"]

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -56,6 +55,8 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> list[str]:
     lowered = {c.lower(): c for c in pool}
     if name.lower() in lowered:
         return [f"did you mean {lowered[name.lower()]}?"]
+    import difflib  # only for a name that is wrong: a check of a good spec never needs it
+
     close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
     return [f"did you mean {' or '.join(close)}?"] if close else []
 

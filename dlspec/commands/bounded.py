@@ -17,10 +17,6 @@ import codecs
 import contextlib
 import errno
 import os
-import resource
-import select
-import selectors
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -85,6 +81,9 @@ def run_bounded(
     writes files (the messages then say nothing was). What the child prints comes back
     through pipes to this process's ``sys.stdout`` and ``sys.stderr`` (at most
     :data:`MAX_OUTPUT` bytes of each)."""
+    import selectors  # here, as select and resource below: `dlspec check` imports this module
+    import signal  # for add_limits alone, and runs no child
+
     unwritten = "; nothing was written" if writes else ""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -166,6 +165,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def _read_ready(fd: int) -> bytes:
     """What can be read from ``fd`` without waiting (b"" when nothing is)."""
+    import select
+
     if not select.select([fd], [], [], 0)[0]:
         return b""
     return os.read(fd, 65536)
@@ -197,6 +198,8 @@ def _child(
     unwritten: str,
     pipes: dict[str, int],
 ) -> NoReturn:
+    import resource
+
     code, finished = 1, False
     try:
         os.setsid()  # a process group of its own, killed whole at the limit

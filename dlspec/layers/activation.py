@@ -1,8 +1,6 @@
 """Element-wise nonlinearities and (log-)softmax: no MACs, and no parameters except PReLU's
 learned slopes (counted once per sample, as torchinfo does)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field

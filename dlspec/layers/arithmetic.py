@@ -7,8 +7,6 @@ its derivative reads: Exp and Sqrt their output, Log, Pow, Abs and Clamp their i
 nothing. The two-tensor forms (Sub, Div, Where) are merges (:mod:`dlspec.layers.merge`).
 """
 
-from __future__ import annotations
-
 from typing import ClassVar, Literal
 
 from dlspec.layers.base import (

@@ -18,8 +18,6 @@ without ``bias``); softmax, activations and dropout count 0.
 keys as long as the queries).
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Iterable
 from dataclasses import replace

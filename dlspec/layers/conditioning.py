@@ -8,8 +8,6 @@ A projected time embedding joins a ``[C, H, W]`` map as ``Reshape(C, 1, 1)`` and
 did not earn their place: a spec that names one is told what to write instead.
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from pydantic import Field

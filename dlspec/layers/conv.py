@@ -1,7 +1,5 @@
 """Convolutions over 1, 2 or 3 spatial axes: Conv1d/2d/3d and ConvTranspose1d/2d/3d."""
 
-from __future__ import annotations
-
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field

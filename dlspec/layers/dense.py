@@ -1,7 +1,5 @@
 """Matrix products: Linear (a weight), Einsum (a contraction of two tensors)."""
 
-from __future__ import annotations
-
 import math
 import string
 from dataclasses import dataclass

@@ -5,8 +5,6 @@ vector to each step of a ``[T, D]`` sequence. None of them multiplies, so all ha
 lookup, and an element-wise add like a residual connection's).
 """
 
-from __future__ import annotations
-
 from typing import Any, ClassVar
 
 from pydantic import Field

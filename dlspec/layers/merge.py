@@ -6,8 +6,6 @@ element-wise products and copies are not multiply-accumulates with a weight (tor
 none of them either).
 """
 
-from __future__ import annotations
-
 from typing import ClassVar
 
 from dlspec.layers.base import (

@@ -8,8 +8,6 @@ steps, as Linear does (torchinfo: once). Computing the statistics is not counted
 neither).
 """
 
-from __future__ import annotations
-
 from typing import Annotated, ClassVar
 
 from pydantic import Field

@@ -8,8 +8,6 @@ first: ``Pad([k - 1, 0])``. ``Roll`` shifts elements cyclically along dimensions
 shifted windows). Neither has parameters or MACs.
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Literal
 
 from pydantic import Field

@@ -1,8 +1,6 @@
 """Pooling over 1, 2 or 3 spatial axes: MaxPool1d/2d/3d, AvgPool1d/2d/3d, AdaptiveAvgPool1d/2d/3d
 and AdaptiveMaxPool1d. No parameters and, as in torchinfo, no MACs."""
 
-from __future__ import annotations
-
 from typing import Annotated, ClassVar
 
 from pydantic import Field

@@ -22,8 +22,6 @@ each of the two bias vectors, when ``bias``) ``+ proj_size x hidden`` (the proje
 gates' nonlinearities and the element-wise products of the cell update are not counted.
 """
 
-from __future__ import annotations
-
 from dataclasses import replace
 from typing import Annotated, ClassVar, Literal
 

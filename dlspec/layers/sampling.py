@@ -7,8 +7,6 @@ evaluation the layer returns the mean ``mu`` (the usual choice at inference, and
 export holds; ``dlspec export`` says so in a notice).
 """
 
-from __future__ import annotations
-
 from dlspec.layers.base import (
     Given,
     Inferred,

@@ -4,8 +4,6 @@ PixelUnshuffle, and the regularizers
 Dropout, Dropout2d and StochasticDepth. None of them has MACs. Every ``dim`` counts per-sample
 dimensions (0 is the first after the batch; negative dims count from the end)."""
 
-from __future__ import annotations
-
 import itertools
 import math
 import re

@@ -14,8 +14,6 @@ keeps positions that the roll brought together from attending to each other. (to
 does not shift a map no larger than the window: a spec says so with an ``if``.)
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 from pydantic import Field
