@@ -14,6 +14,7 @@ import os
 import sys
 import types
 from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 from dlspec import __version__
 from dlspec.crash import internal_error
@@ -75,16 +76,25 @@ def _plugins_unlooked_for() -> None:
     ):
         return
 
+    def pydantics(name: str) -> Any:
+        """``name`` from pydantic's own loader, which then replaces the stand-in (also what
+        another pydantic version may ask of it beyond ``get_plugins``; what the import
+        system asks of any module, as ``__path__``, it has not)."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if sys.modules.get(_PLUGIN_LOADER) is stand_in:
+            del sys.modules[_PLUGIN_LOADER]
+        return getattr(importlib.import_module(_PLUGIN_LOADER), name)
+
     def get_plugins() -> Iterable[object]:
         if os.environ.get("PYDANTIC_DISABLE_PLUGINS") in _PLUGINS_OFF:
             return ()
-        del sys.modules[_PLUGIN_LOADER]
-        loader = importlib.import_module(_PLUGIN_LOADER)
-        result: Iterable[object] = loader.get_plugins()
+        result: Iterable[object] = pydantics("get_plugins")()
         return result
 
     stand_in = types.ModuleType(_PLUGIN_LOADER, "dlspec's stand-in: plugins are off")
     stand_in.get_plugins = get_plugins  # type: ignore[attr-defined]
+    setattr(stand_in, "__getattr__", pydantics)  # noqa: B010  # a module's own (PEP 562)
     sys.modules[_PLUGIN_LOADER] = stand_in
 
 

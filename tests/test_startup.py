@@ -71,3 +71,13 @@ def test_pydantic_looks_for_its_plugins_once_they_are_on_again() -> None:
         "print(list(get_plugins()), sys.modules[loader].PYDANTIC_ENTRY_POINT_GROUP)"
     )
     assert _run(code) == ["[]", "pydantic"]
+
+
+def test_pydantics_own_loader_answers_what_the_stand_in_has_not() -> None:
+    # plugins still off: a name beyond get_plugins (another pydantic version's) is the loader's
+    code = (
+        "import sys; from dlspec.cli import main; main(['check', '-q', 'specs/mlp.dl']); "
+        "from pydantic.plugin._loader import PYDANTIC_ENTRY_POINT_GROUP as group; "
+        "print(group, sys.modules['pydantic.plugin._loader'].__doc__ is None)"
+    )
+    assert _run(code) == ["pydantic", "True"]
