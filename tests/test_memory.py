@@ -273,6 +273,29 @@ BATCH_ONE_CASES = {
         a = Linear(3) <- e
         b = Linear(3) <- e
     }""",
+    # Reparameterize is element-wise: its sample lies in the order of a permuted mu, so a
+    # slice of it does not read as rows and the Linear copies it; were the sample contiguous
+    # the slice would read as rows in place at batch 1 (fuzz seed 7,003,800: 160 B counted
+    # where autograd saves 64 B)
+    "permuted-sample": """model M {
+        input y: float[2, 5, 4]
+        p = Permute(1, 0, 2) <- y
+        z = Reparameterize <- p, p
+        c, d = Chunk(2, dim=0) <- z
+        l = Linear(1, bias=false) <- d
+    }""",
+    # an Einsum that contracts nothing returns the product as the element-wise kernel lays
+    # it out, its size-1 batch strided largest (torch views it to the output's sizes only
+    # after a contraction): channels-last strides, which the convolution keeps, so the
+    # Linear copies its output (fuzz seed 7,006,898: 896 B counted where autograd saves
+    # 1,040 B at batch 1)
+    "einsum-outer-channels-last": """model M {
+        input x: float[6, 4]
+        e = Einsum("ij,kj->jki") <- x, x
+        c = Conv2d(4, kernel=1, stride=2, groups=2) <- e
+        l = Linear(1) <- c
+        n = GroupNorm(2) <- c
+    }""",
     # grouped-query attention repeats its keys and values into contiguous copies, so keys
     # that lie time-major (a Permute's, through an addition that keeps their order) still
     # reach flash attention, which keeps its log-sum-exp (fuzz seed 5,007,588: 288 B
