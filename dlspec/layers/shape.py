@@ -688,7 +688,11 @@ class _PixelShuffling(Layer):
         return Inferred(TensorType(out, x.dtype))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall(f"nn.{self.kind}", (self._factor(),))
+        """Torch's CPU kernel refuses a 5-D input whose strides suggest channels-last 3-D
+        (``Unsupported memory format``; a Permute makes one, fuzz seed 8,000,530): such an
+        input is handed over contiguous, the format torch uses for every other 5-D input."""
+        forward = "{module}({x}.contiguous())" if len(inputs[0].shape) == 4 else "{module}({x})"
+        return TorchCall(f"nn.{self.kind}", (self._factor(),), forward=forward)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []  # the gradient moves the elements back
