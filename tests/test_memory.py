@@ -24,8 +24,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import dlspec
 from dlspec.analysis.memory import BATCH, activations, checkpoint_parts, total
 from dlspec.analysis.memory import saved_bytes as rule_bytes
-from dlspec.layers import REGISTRY, TensorType
+from dlspec.layers import REGISTRY, TensorType, layout
 from dlspec.layers.base import Saved
+from dlspec.layers.layout import Layout, like, like_dense
 from dlspec.layers.symbolic import Dim, Poly, value_at
 
 pytestmark = pytest.mark.filterwarnings(
@@ -794,6 +795,25 @@ GRAPH_CASES = {
         k = LayerNorm(bias=false) <- d
         m = InstanceNorm1d <- d
     }""",
+    # RoPE keeps the order of a transposed sequence (its halves' difference is channels-
+    # last contiguous, and cat keeps that format), so each Linear after it copies it: 320 B
+    # counted where autograd saves 640 B at batch 2 (found by test_layouts_are_torchs)
+    "rope-transposed": """model M {
+        input x: float[8, 5]
+        p = Permute(1, 0) <- x
+        r = RoPE(2) <- p
+        a = Linear(4) <- r
+        b = Linear(4) <- r
+    }""",
+    # a pre-norm layer's output is its input plus the sub-layers' outputs, in its input's
+    # order: 3,760 B counted where autograd saves 4,080 B at batch 2
+    "pre-norm-transposed": """model M {
+        input x: float[8, 5]
+        p = Permute(1, 0) <- x
+        t = TransformerEncoderLayer(8, 2, 16, dropout=0.0, norm_first=true) <- p
+        a = Linear(4) <- t
+        b = Linear(4) <- t
+    }""",
     # a contraction keeps each operand for the other's gradient only
     "einsum-with-data": """model M {
         input x: float[6, 8]
@@ -813,3 +833,83 @@ def test_graph_rules_match_torch(name: str, batch: int) -> None:
     slack = sum(leaf.layer.saved_slack() for leaf in spec.graph.leaves())
     for grad in (False, True):  # on data, and on inputs that require a gradient
         assert 0 <= estimate(spec, batch, grad) - measure(spec, batch, grad) <= slack
+
+
+# every kind's layout rule --------------------------------------------------------------------
+
+
+Orders = tuple[tuple[int, ...], ...]  # per input, the order its dimensions are stored in
+
+
+def _orders(rank: int) -> list[tuple[int, ...]]:
+    """How a test lays an input of ``rank`` dimensions (the batch first) out: contiguous,
+    time-major (the batch and the first dimension swapped) and the sample's dimensions
+    reversed."""
+    orders = [tuple(range(rank)), (1, 0, *range(2, rank))]
+    return orders + [(0, *range(rank - 1, 0, -1))] * (rank >= 3)
+
+
+def _laid_out(shapes: tuple[tuple[Dim, ...], ...], dtypes: tuple[str, ...]) -> list[Orders]:
+    """The inputs' orders to try: all contiguous, or one float input in another order."""
+    plain = tuple(tuple(range(len(shape) + 1)) for shape in shapes)
+    tried = [plain]
+    for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
+        if dtype == "float":
+            tried += [(*plain[:i], order, *plain[i + 1 :]) for order in _orders(len(shape) + 1)[1:]]
+    return tried
+
+
+def _alike(rule: Layout, torchs: Layout) -> bool:
+    """The same strides where a dimension has more than one element, and the same memory
+    format suggested (which reads a size-1 dimension's stride too)."""
+    strides = all(
+        size == 1 or a == b
+        for size, a, b in zip(rule.sizes, rule.strides, torchs.strides, strict=True)
+    )
+    formats = (like(rule, rule.sizes), like_dense(rule, rule.sizes)) == (
+        like(torchs, torchs.sizes),
+        like_dense(torchs, torchs.sizes),
+    )
+    return rule.sizes == torchs.sizes and strides and formats
+
+
+# every example of both files, the sequence kinds' at their first bindings
+LAYOUT_CASES = CASES[: len(LAYER_EXAMPLES)] + [
+    (e.kind, e.args, e.inputs, tuple(t.dtype for t in e.types), BINDINGS[0])
+    for e in SEQUENCE_EXAMPLES
+]
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=case_id)
+def test_layouts_are_torchs(case: Case) -> None:
+    """Each kind's layout rule (:meth:`Layer.layout_given`) gives its output the strides
+    torch's forward pass gives it, at batch 1 and 2, from inputs laid out contiguous,
+    time-major or reversed: where the later layers' copies and views follow from."""
+    kind, args, shapes, dtypes, bindings = case
+    layer = make(kind, args)
+    types = [TensorType(shape, d) for shape, d in zip(shapes, dtypes, strict=True)]  # type: ignore[arg-type]
+    output = layer.infer(types).output
+    call = layer.torch(types)
+    grads = tuple(d == "float" for d in dtypes)
+    for batch in (1, 2):
+        sizes = [(batch, *(value_at(d, bindings) for d in t.shape)) for t in types]
+        for orders in _laid_out(shapes, dtypes):
+            xs, layouts = [], []
+            for size, t, order in zip(sizes, types, orders, strict=True):
+                stored = [size[d] for d in order]
+                back = [order.index(d) for d in range(len(size))]
+                made = torch.randint(0, 7, stored) if t.dtype == "long" else torch.randn(stored)
+                xs.append(made.permute(*back).requires_grad_(t.dtype == "float"))
+                layouts.append(layout.permute(layout.contiguous(stored), back))
+            torch.manual_seed(0)
+            module = build(call)
+            try:
+                out = forward(call, module.train() if module else None, xs)
+            except ValueError:  # a norm's statistics over one value: not trained at batch 1
+                assert batch == 1
+                continue
+            out = out[0] if isinstance(out, tuple) else out
+            made = layout.contiguous((batch, *(value_at(d, bindings) for d in output.shape)))
+            rule = layouts[0] if layer.returns_input() else layer.layout_given(layouts, made, grads)
+            torchs = Layout(tuple(out.shape), tuple(out.stride()))
+            assert _alike(rule, torchs), (batch, orders, rule, torchs)
