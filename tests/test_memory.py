@@ -884,7 +884,8 @@ LAYOUT_CASES = CASES[: len(LAYER_EXAMPLES)] + [
 def test_layouts_are_torchs(case: Case) -> None:
     """Each kind's layout rule (:meth:`Layer.layout_given`) gives its output the strides
     torch's forward pass gives it, at batch 1 and 2, from inputs laid out contiguous,
-    time-major or reversed: where the later layers' copies and views follow from."""
+    time-major or reversed: where the later layers' copies and views follow from; and
+    the output lies in a storage of the size :meth:`Layer.output_storage_at` says."""
     kind, args, shapes, dtypes, bindings = case
     layer = make(kind, args)
     types = [TensorType(shape, d) for shape, d in zip(shapes, dtypes, strict=True)]  # type: ignore[arg-type]
@@ -913,3 +914,19 @@ def test_layouts_are_torchs(case: Case) -> None:
             rule = layouts[0] if layer.returns_input() else layer.layout_given(layouts, made, grads)
             torchs = Layout(tuple(out.shape), tuple(out.stride()))
             assert _alike(rule, torchs), (batch, orders, rule, torchs)
+            if not layer.aliases_input():
+                elements = value_at(layer.output_storage_at(types, output, batch), bindings)
+                rule_bytes = (
+                    elements * (batch if layer.output_batched() else 1) * out.element_size()
+                )
+                assert rule_bytes == _activation_storage(out, module), (batch, orders)
+
+
+def _activation_storage(out: torch.Tensor, module: torch.nn.Module | None) -> int:
+    """Bytes of the storage ``out`` lies in; none where it is a parameter's (counted as
+    weights)."""
+    storage = out.untyped_storage()
+    weights = module.parameters() if module is not None else []
+    if any(storage._cdata == p.untyped_storage()._cdata for p in weights):
+        return 0
+    return storage.nbytes()
