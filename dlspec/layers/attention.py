@@ -47,6 +47,7 @@ from dlspec.layers.base import (
 from dlspec.layers.dense import Linear
 from dlspec.layers.layout import (
     Layout,
+    broadcast,
     contiguous,
     elementwise,
     empty_like,
@@ -144,6 +145,14 @@ def attention_saved(
             *([Saved(f"{name}.mask", mask)] if mask else []),
         ]
     return saved
+
+
+def _heads_view_mask(batch: int, heads: int) -> bool:
+    """Whether a key-padding mask expanded to every head as torch expands it,
+    ``mask.view(B, 1, 1, S).expand(-1, h, -1, -1).reshape(B*h, 1, S)``, views the ``(B, S)``
+    mask (the strides let it at a batch of one, or with one head) rather than copying it."""
+    mask = broadcast(contiguous((batch, 1, 1, 2)), (batch, heads, 1, 2))
+    return not reshape(mask, (batch * heads, 1, 2)).copied
 
 
 def _heads_fold(x: Layout | None, heads: int) -> bool:
@@ -422,8 +431,8 @@ class MultiheadAttention(Layer):
         projections only: what its Linear layers and SDPA keep (:meth:`_split_saved`).
 
         Flash attention keeps the float mask it is given: torch expands a key-padding mask
-        to every head, ``(B*h, 1, S)`` (a view of the ``(B, S)`` mask at batch 1, where the
-        batch's stride does not matter), or adds the causal ``(T, S)`` mask to it."""
+        to every head, ``(B*h, 1, S)`` (a view of the ``(B, S)`` mask where the strides let
+        it: :func:`_heads_view_mask`), or adds the causal ``(T, S)`` mask to it."""
         mask = self._mask(inputs)
         if self._split():
             return self._split_saved(inputs, given)
@@ -434,7 +443,7 @@ class MultiheadAttention(Layer):
         elif self.causal:
             kept = self.num_heads * t * s
         else:
-            kept = s if given.one_sample() else self.num_heads * s
+            kept = s if _heads_view_mask(given.batch(), self.num_heads) else self.num_heads * s
         reads = ["input0", "input1", "input2"][: len(inputs)]
         if len(inputs) == 3 and given.first[2] == given.first[1]:
             reads.pop()
