@@ -37,6 +37,7 @@ from dlspec.layers.layout import (
     empty_like,
     like,
     permute,
+    reshape,
     select,
     slice_of,
 )
@@ -92,6 +93,12 @@ class Flatten(View):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         start, end = torch_dim(self.start_dim), torch_dim(self.end_dim)
         return TorchCall("nn.Flatten", () if (start, end) == (1, -1) else (start, end))
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """A reshape, but torch's ``flatten`` of one dimension returns its input as it lies
+        (a reshape would restride its size-1 dimensions)."""
+        x = inputs[0]
+        return x if x.sizes == output.sizes else reshape(x, output.sizes)
 
     def label(self) -> str:
         args = self.keywords()
@@ -698,7 +705,9 @@ class _PixelShuffling(Layer):
         return []  # the gradient moves the elements back
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return like(inputs[0], output.sizes)
+        """In the input's suggested memory format; a 5-D input is handed over contiguous
+        (:meth:`torch`)."""
+        return output if len(inputs[0].sizes) == 5 else like(inputs[0], output.sizes)
 
     def label(self) -> str:
         return f"{self.kind}({self._factor()})"
