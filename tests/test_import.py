@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import dlspec
 from dlspec.cli import main
 from dlspec.importers import torch_fx
 from dlspec.importers.emit import write_spec
+from dlspec.importers.ir import ImportFailed
 from dlspec.importers.pipeline import RTOL, Result, import_model, imported_weights
 from dlspec.layers.symbolic import fmt_dim
 
@@ -261,6 +263,16 @@ def test_build_resumes_from_imported_weights(
         ),
         ([f"{MODELS}:ResNet", "--input", "float[3, 0, 32]"], 2, "'0' is not a dimension"),
         ([f"{MODELS}:ResNet"], 2, "--input is required"),
+        (
+            [f"{MODELS}:ResNet", "--input", "image=float[3, 32, 32]"],
+            2,
+            "--input image=float[3, 32, 32]: ResNet.forward takes no input 'image'; it takes x",
+        ),
+        (
+            [f"{MODELS}:ResNet", "--input", "float[3, 32, 32]", "--input", "x=float[3, 32, 32]"],
+            2,
+            "'x' is given twice (by position or by name)",
+        ),
     ],
 )
 def test_errors(
@@ -271,6 +283,30 @@ def test_errors(
     assert got == code and message in err, err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_inputs_by_name_follow_the_forwards_order() -> None:
+    """``NAME=TYPE`` inputs after the positional ones, in the order of the forward's
+    parameters (as the spec's inputs are written), whatever the command line's; a name only
+    ``**kwargs`` would take names nothing."""
+
+    class Net(torch.nn.Module):
+        def forward(
+            self, a: torch.Tensor, b: torch.Tensor | None = None, *, c: Any = None, **kw: Any
+        ) -> torch.Tensor:
+            return a
+
+    symbols: dict[str, int] = {}
+    given = [torch_fx.parse_input(t, symbols) for t in ("c = long[U=3]", "float[4]", "b=float[T]")]
+    assert given[0] == torch_fx.InputSpec("long", ("U",), "c") and symbols == {"U": 3, "T": 16}
+    bound = torch_fx.bind_inputs(Net(), given)
+    assert [(spec.name, spec.dims) for spec in bound] == [
+        (None, (4,)),
+        ("b", ("T",)),
+        ("c", ("U",)),
+    ]
+    with pytest.raises(ValueError, match=r"Net\.forward takes no input 'kw'; it takes a, b, c$"):
+        torch_fx.bind_inputs(Net(), [torch_fx.parse_input("kw=float[4]", symbols)])
 
 
 def test_unsupported_op_and_control_flow_are_all_listed(
@@ -366,6 +402,62 @@ def test_two_inputs_and_two_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [o.shape for o in spec.report.outputs] == [[2], [3]]
     _, error = imported_weights(result, spec)
     assert error <= RTOL
+
+
+SHARED_STACKS = """import torch
+from torch import nn
+
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(10, 8), nn.Linear(8, 8)
+
+    def forward(self, ids):
+        return self.fc(self.embed(ids))
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.decoder = Stack(), Stack()
+        self.decoder.embed.weight = self.encoder.embed.weight  # one table, as T5's
+
+    def forward(self, source, target):
+        return self.encoder(source).mean(1, keepdim=True) + self.decoder(target)
+
+
+class Wrapped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = Pair()
+
+    def forward(self, source, target):
+        return self.model(source, target)
+"""
+
+
+def test_stacks_sharing_a_table_are_written_in_the_models_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stacks the model's forward calls, the second's lookup sharing the first's table:
+    both written in the model's body, the second's names prefixed by its module's, its
+    lookup tied (torch.export reads it; torch.fx, which keeps them blocks, cannot). One
+    module further down, the tie would cross a block: the import names both layers."""
+    (tmp_path / "stacks.py").write_text(SHARED_STACKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = import_model("stacks:Pair", ["long[T]", "long[U]"])
+    assert "decoder_embed = Embedding(10, 8, tie=embed) <- target" in result.text
+    spec = dlspec.load_text(result.text, "pair.dl")
+    assert spec.report.trainable_params == sum(p.numel() for p in result.original.parameters())
+    _, error = imported_weights(result, spec)
+    assert error <= RTOL
+    with pytest.raises(ImportFailed) as failed:
+        import_model("stacks:Wrapped", ["long[T]", "long[U]"])
+    assert (
+        "torch.export: model: module decoder: its embed shares its weight with embed, a layer "
+        "outside it; dlspec shares a weight (tie=) with an earlier layer of the same body"
+    ) in map(str, failed.value.unmapped)
 
 
 NEW_KINDS = """model NewKinds {

@@ -27,8 +27,11 @@ INPUTS = {
     "vit": ["float[3, 32, 32]"],
     "bert": ["long[T]", "long[T]"],  # input_ids and attention_mask (1 a token, 0 padding)
     "t5_encoder": ["long[T]"],
+    # the decoder's ids by name (the forward takes the encoder's mask second), another length
+    "t5": ["input_ids=long[T]", "decoder_input_ids=long[U=12]"],
 }
-OUTPUTS = {"bert": "pooler_output"}  # the whole model: the pooler reads the encoder's output
+# the whole model: the pooler reads the encoder's output; the decoder's logits
+OUTPUTS = {"bert": "pooler_output", "t5": "logits"}
 MAC_TOLERANCE = 0.02  # a Linear's bias and a norm's scale are MACs to dlspec, not to torch
 OUTPUT_TOLERANCE = 1e-5  # the imported weights reproduce the original's outputs (max |y - r|)
 
@@ -57,7 +60,7 @@ def test_hugging_face_model_imports_as_torch_counts_it(name: str) -> None:
     # computed by plain matrix products (the counter does not see CPU's fused kernel)
     example = [x[:1] for x in result.examples]
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(*example)
+        result.forward(example)
     macs = counter.get_total_flops() / 2
     assert abs(report.total_macs - macs) <= MAC_TOLERANCE * macs, (report.total_macs, macs)
     # the spec's module, holding the imported weights, computes the original's result
@@ -66,7 +69,7 @@ def test_hugging_face_model_imports_as_torch_counts_it(name: str) -> None:
     rebuilt.load_state_dict(state_dict)
     with torch.no_grad():
         ours = rebuilt(*result.examples)
-        theirs = pick(model(*result.examples), result.output)
+        theirs = pick(result.forward(), result.output)
     assert (ours - theirs).abs().max() <= OUTPUT_TOLERANCE
     assert_golden(ROOT / "tests" / "golden" / "import" / f"{name}.dl", result.text)
 
@@ -106,6 +109,21 @@ def test_the_spec_reads_as_a_person_writes_it() -> None:
         "block T5Attention2 <- hidden_states, position_bias {",
         "layer_norm = RMSNorm(eps=1e-06)",  # T5LayerNorm, written out in its forward
         "act = ReLU",
+    ):
+        assert line in t5
+
+    t5 = imported("t5")[0].text
+    for line in (
+        "input decoder_input_ids: long[U]",  # passed by name
+        # the stacks' layers in the model's body, the decoder's named after it: its lookup
+        # and the head read the encoder's table (the shared embedding)
+        "block = T5Block2 * 2 <- block_0, relative_attention_bias",
+        "decoder_embed_tokens = Embedding(100, 32, tie=embed_tokens) <- decoder_input_ids",
+        "decoder_block = T5Block4 * 2 <- decoder_block_0, decoder_relative_attention_bias, "
+        "dropout_2",
+        f"mul = Mul({32**-0.5!r})",  # the tied head's input scaled by d_model ** -0.5
+        "lm_head = Linear(100, bias=false, tie=embed_tokens)",
+        "block T5Attention4 <- hidden_states, key_value_states {",  # the cross-attention
     ):
         assert line in t5
 
@@ -250,3 +268,13 @@ def test_a_decoder_stack_with_causal_and_cross_attention(
     assert spec.report.trainable_params == sum(p.numel() for p in result.original.parameters())
     _, worst = imported_weights(result, spec)
     assert worst <= OUTPUT_TOLERANCE
+
+
+def test_an_input_by_a_name_the_forward_lacks_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["check", f"{FACTORIES}:t5", "--input", "long[T]", "--input", "ids=long[U]"])
+    err = capsys.readouterr().err
+    message = "T5ForConditionalGeneration.forward takes no input 'ids'; it takes input_ids, "
+    assert code == 2 and f"--input ids=long[U]: {message}attention_mask," in err, err
+    assert "Traceback" not in err

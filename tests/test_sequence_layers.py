@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -572,6 +573,59 @@ def test_tied_weights_are_counted_once() -> None:
 )
 def test_bad_ties_are_diagnosed(change: tuple[str, str], code: str) -> None:
     assert _codes(TIED.replace(*change)) == [code]
+
+
+# an encoder-decoder's two lookups and its head read one table (T5's shared embedding)
+TIED_LOOKUP = """
+model Translate(vocab: int = 50, T: dim = 5, U: dim = 3) {
+    input source: long[T]
+    input target: long[U]
+    enc_emb = Embedding(vocab, 16) <- source
+    dec_emb = Embedding(vocab, 16, tie=enc_emb) <- target   expect params == 0
+    both = Concat(0) <- enc_emb, dec_emb
+    head = Linear(vocab, bias=false, tie=dec_emb)  # dec_emb's table: enc_emb's
+}
+"""
+
+
+def test_a_tied_lookup_reads_the_earlier_table() -> None:
+    """Counted once by the analysis, one Parameter in the generated module, and the lookups
+    and the head computed with it, as torch computes them; ONNX holds it once and ONNX
+    Runtime agrees with torch."""
+    from dlspec.backends.onnx_export import export_onnx
+
+    spec = dlspec.load_text(TIED_LOOKUP, "translate.dl")
+    assert not spec.report.diagnostics
+    steps = {s.name: s for s in spec.graph.steps}
+    assert steps["dec_emb"].tied == {"weight": "enc_emb.weight"}
+    assert steps["head"].tied == {"weight": "enc_emb.weight"}  # the tensor it shares, held once
+    assert steps["dec_emb"].label == "Embedding(50, 16, tie=enc_emb)"
+    assert spec.report.trainable_params == 50 * 16
+    torch.manual_seed(0)
+    model = spec.to_torch().eval()
+    table = model.enc_emb.weight
+    assert model.dec_emb.weight is table and model.head.weight is table
+    assert [name for name, _ in model.named_parameters()] == ["enc_emb.weight"]
+    source, target = torch.randint(0, 50, (2, 5)), torch.randint(0, 50, (2, 3))
+    with torch.no_grad():
+        expected = torch.cat([F.embedding(source, table), F.embedding(target, table)], 1)
+        torch.testing.assert_close(model(source, target), expected @ table.T, rtol=0, atol=0)
+    result = export_onnx(model, spec.graph, device="cpu")
+    assert all(c.passed for c in result.comparisons)
+    assert result.initializers.parameters == spec.report.trainable_params
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (("Embedding(vocab, 16, tie", "Embedding(40, 16, tie"), "E401"),  # [40, 16] vs [50, 16]
+        (("tie=enc_emb)", "tie=head)"), "E406"),  # a later layer
+        (("tie=enc_emb)", "tie=target)"), "E406"),  # an input, not a layer
+        (("tie=dec_emb)", "tie=both)"), "E204"),  # a layer without a weight
+    ],
+)
+def test_bad_tied_lookups_are_diagnosed(change: tuple[str, str], code: str) -> None:
+    assert _codes(TIED_LOOKUP.replace(*change)) == [code]
 
 
 # specs --------------------------------------------------------------------------------------------

@@ -875,7 +875,8 @@ class Analyzer:
                     "the shapes differ",
                     span,
                 )
-            resolved[wname] = f"{target.path}.{target_weight}"
+            # a tensor that is itself shared names the one it shares: each is held once
+            resolved[wname] = target.tied.get(target_weight, f"{target.path}.{target_weight}")
         return resolved
 
     def _block(

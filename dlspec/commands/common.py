@@ -137,11 +137,12 @@ def add_input_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
     parser.add_argument(
         "--input",
         dest="inputs",
-        metavar="TYPE",
+        metavar="[NAME=]TYPE",
         action="append",
         default=[],
         help=f"{what}the per-sample type of an input, e.g. float[3, 224, 224] or long[T] "
-        "(repeatable)",
+        "(repeatable; in the forward's order, or by its parameter's name: "
+        "decoder_input_ids=long[U])",
     )
 
 

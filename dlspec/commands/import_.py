@@ -1,10 +1,11 @@
 """Import a PyTorch model or an ONNX file as a spec (with its weights, if asked).
 
-dlspec import MODULE:CALLABLE --input TYPE [--input TYPE ...] [--set NAME=VALUE ...] --out FILE
+dlspec import MODULE:CALLABLE --input [NAME=]TYPE [--input ...] [--set NAME=VALUE ...] --out FILE
 dlspec import MODEL.onnx --out FILE
 builds the model (a class or factory, called with the --set values as keyword arguments),
 traces it on example inputs of the given per-sample types (batch excluded; symbolic sizes as
-names: long[T], or long[T=128] with the length to trace at), maps every module and operation
+names: long[T], or long[T=128] with the length to trace at; NAME= passes an input to the
+forward by that keyword, e.g. decoder_input_ids=long[U]), maps every module and operation
 to dlspec's layer kinds, recovers blocks from repeated module classes, and writes a spec whose
 `expect` lines record the counts torch reported. The spec is checked before it is written.
 """

@@ -116,7 +116,12 @@ class _Writer:
                     if not last.copies:
                         tail[id(last)] = last.name
                         taken = {s.name for s in body.statements} - {last.name}
-                        last.name = _unique(parent.rpartition(".")[2] or last.name, taken)
+                        # named as the first copy, without its index (``decoder_block_1``
+                        # -> ``decoder_block``: a stack inlined with a prefix), else as the
+                        # container
+                        suffix = f"_{first[id(last)]}"
+                        own = last.name.removesuffix(suffix) if last.name.endswith(suffix) else ""
+                        last.name = _unique(own or parent.rpartition(".")[2] or last.name, taken)
                         last.origin, last.copies = parent, [last.op]
                     last.copies.append(st.op)
                     last.params += st.params

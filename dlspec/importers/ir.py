@@ -34,6 +34,10 @@ class Body:
     # the positions of the forward's results that are zeros made from sizes alone (a T5
     # cross-attention's position bias): left out of ``outputs``, constants to the caller
     zeros: list[int] = field(default_factory=list)
+    # statements sharing the weight of a layer of another body (``tie=`` its name there):
+    # statement -> (that body's id, the layer); written only where this body is inlined
+    # into that one (T5's decoder stack, whose embedding is its encoder's)
+    outside: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,13 @@ class Result:
     original: nn.Module
     examples: list[torch.Tensor]
     output: str | None = None  # the result picked, for a model that returns several
+    inputs: list[torch_fx.InputSpec] = field(default_factory=list)  # as the examples are
+
+    def forward(self, values: list[torch.Tensor] | None = None) -> Any:
+        """The original run on ``values`` (default: the examples), each passed by position
+        or by its ``--input`` name."""
+        values = self.examples if values is None else values
+        return torch_fx.call(self.original, values, [spec.name for spec in self.inputs])
 
 
 def is_onnx(target: str) -> bool:
@@ -63,11 +70,12 @@ def import_model(
                 "--input is required: the per-sample type of each input, e.g. float[3, 32, 32]"
             )
         model = torch_fx.load_model(target, dict(settings or {}))
+        specs = torch_fx.bind_inputs(model, specs)
         values = ", ".join(f"{k}={v!r}" for k, v in (settings or {}).items())
         source = f"{target}({values})" + (f", output {output}" if output else "")
         imported = capture(model, specs, symbols, source, output)
     examples = [torch_fx.example(spec, symbols) for spec in specs]
-    return Result(write_spec(imported), imported, model, examples, output)
+    return Result(write_spec(imported), imported, model, examples, output, specs)
 
 
 def capture(
@@ -79,12 +87,12 @@ def capture(
 ) -> Imported:
     """The model read by torch.fx, which keeps what the model's code calls (modules and
     torch functions), else by torch.export, which reads models fx cannot trace (Hugging
-    Face's); a result picked by ``output`` is read by torch.export. When neither maps the
-    model, ImportFailed lists what each met."""
+    Face's); a result picked by ``output``, or inputs passed by name, are read by
+    torch.export. When neither maps the model, ImportFailed lists what each met."""
     from dlspec.importers import torch_export
 
     failures: list[ImportFailed] = []
-    if output is None:
+    if output is None and all(spec.name is None for spec in specs):
         try:
             return torch_fx.capture(model, specs, symbols, source)
         except ImportFailed as exc:
@@ -126,7 +134,7 @@ def imported_weights(result: Result, spec: Spec) -> tuple[dict[str, torch.Tensor
     result.original.eval()
     with torch.no_grad():
         ours = model(*result.examples)
-        theirs = result.original(*result.examples)
+        theirs = result.forward()
     if result.imported.tracer == "torch.export":  # the result it picked
         from dlspec.importers.torch_export import pick
 

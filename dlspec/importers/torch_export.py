@@ -20,7 +20,7 @@ import io
 import logging
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ from dlspec.importers.torch_fx import (
     _Capture,
     _class_name,
     _where,
+    call,
     example,
 )
 
@@ -83,18 +84,20 @@ INT64_MAX = 2**63 - 1  # aten.slice's "to the end"
 
 class _Picked(nn.Module):
     """The model with one of its results picked (``logits``, ``last_hidden_state``, ``0``):
-    what torch.export records. A forward that takes ``use_cache`` runs without a cache of
-    past keys, which only generation reads."""
+    what torch.export records, taking every input by position (``names``: the keyword each
+    is passed to the model by, None for one passed by position). A forward that takes
+    ``use_cache`` runs without a cache of past keys, which only generation reads."""
 
-    def __init__(self, model: nn.Module, path: list[str]) -> None:
+    def __init__(self, model: nn.Module, path: list[str], names: Sequence[str | None] = ()) -> None:
         super().__init__()
         self.model = model
         self.path = path
+        self.names = list(names)
         accepts = inspect.signature(model.forward).parameters
         self.options = {"use_cache": False} if "use_cache" in accepts else {}
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        value = self.model(*inputs, **self.options)
+        value = call(self.model, inputs, self.names, **self.options)
         for part in self.path:
             value = value[int(part)] if isinstance(value, (tuple, list)) else value[part]
         return value
@@ -196,12 +199,13 @@ def capture(
     an ``output`` the model does not return."""
     model.eval()
     examples = [example(spec, symbols) for spec in inputs]
+    names = [spec.name for spec in inputs]
     with torch.no_grad():
         try:
-            returned = model(*examples)
+            returned = call(model, examples, names)
         except Exception as exc:  # the user's forward: any error says the inputs do not fit
             raise ImportFailed(f"the forward pass raised {_where(exc)}") from None
-    picked = _Picked(model, result_path(returned, output)).eval()
+    picked = _Picked(model, result_path(returned, output), names).eval()
     dims = {name: torch.export.Dim.DYNAMIC for name in symbols}
     shapes = tuple(
         {i + 1: dims[d] for i, d in enumerate(spec.dims) if isinstance(d, str)} or None
@@ -228,7 +232,7 @@ def capture(
         graph = getattr(sub, "graph", None)
         if isinstance(graph, fx.Graph):
             _rename(graph)
-    _by_signature(model, modules, [example(spec, symbols) for spec in inputs])
+    _by_signature(model, modules, [example(spec, symbols) for spec in inputs], names)
     first = _run(model, modules, inputs, symbols, _symbol_names(modules, inputs))
     # a buffer the state_dict leaves out (rotary inv_freq) caches what a layer computes
     state = model.state_dict()
@@ -271,13 +275,18 @@ def _symbol_names(modules: nn.Module, inputs: list[InputSpec]) -> dict[str, str]
     return names
 
 
-def _by_signature(model: nn.Module, modules: nn.Module, examples: list[torch.Tensor]) -> None:
+def _by_signature(
+    model: nn.Module,
+    modules: nn.Module,
+    examples: list[torch.Tensor],
+    names: Sequence[str | None] = (),
+) -> None:
     """Each graph's inputs named and ordered as its module's forward names and orders them
     (an unflattened graph names its inputs after the operations that made them, numbered
     across the model, ``layer_norm_1`` in one copy of a block and ``layer_norm_3`` in the
     next, in the order they were made), and the calls to it alike. The tensors each graph
     receives are matched to those its module's forward received, by value."""
-    received = _received(model, examples)
+    received = _received(model, examples, names)
     given: dict[str, tuple[Any, ...]] = {}
 
     def record(path: str) -> Any:
@@ -318,8 +327,8 @@ def _by_signature(model: nn.Module, modules: nn.Module, examples: list[torch.Ten
             anchor.prepend(placeholders[i])
             if names[i] is not None:
                 placeholders[i].target = str(names[i])
-        for call in calls.get(path, []):
-            call.args = tuple(call.args[i] for i in permutation)
+        for caller in calls.get(path, []):
+            caller.args = tuple(caller.args[i] for i in permutation)
 
 
 def _received_as(value: Any, received: dict[str, Any]) -> str | None:
@@ -339,9 +348,11 @@ def _received_as(value: Any, received: dict[str, Any]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _received(model: nn.Module, examples: list[torch.Tensor]) -> dict[str, dict[str, Any]]:
-    """What each submodule's forward receives (its first call) on the examples: module path
-    -> parameter name -> tensor."""
+def _received(
+    model: nn.Module, examples: list[torch.Tensor], names: Sequence[str | None] = ()
+) -> dict[str, dict[str, Any]]:
+    """What each submodule's forward receives (its first call) on the examples, passed by
+    position or by the keyword ``names`` gives: module path -> parameter name -> tensor."""
     calls: dict[str, dict[str, Any]] = {}
 
     def record(path: str) -> Any:
@@ -362,7 +373,7 @@ def _received(model: nn.Module, examples: list[torch.Tensor]) -> dict[str, dict[
     ]
     try:
         with torch.no_grad():
-            _Picked(model, []).eval()(*examples)
+            _Picked(model, [], names).eval()(*examples)
     finally:
         for handle in handles:
             handle.remove()

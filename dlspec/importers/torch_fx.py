@@ -12,6 +12,7 @@ be mapped is collected, never the first problem only.
 from __future__ import annotations
 
 import importlib
+import inspect
 import keyword
 import math
 import operator
@@ -19,6 +20,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,20 +44,28 @@ NOT_NAMES = frozenset(
 )  # names a statement may not take
 
 _INPUT = re.compile(r"^\s*(float|long|int)\s*\[\s*(.*?)\s*\]\s*$")
+_NAMED = re.compile(r"^\s*([A-Za-z_]\w*)\s*=\s*((?:float|long|int)\s*\[.*)$", re.DOTALL)
 _DIM = re.compile(r"^(?:(\d+)|([A-Za-z_]\w*)(?:\s*=\s*(\d+))?)$")
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A per-sample input type from the command line: ``float[3, 224, 224]``, ``long[T]``."""
+    """A per-sample input type from the command line: ``float[3, 224, 224]``, ``long[T]``;
+    ``name`` passes it to the forward by that keyword (``decoder_input_ids=long[U]``)."""
 
     dtype: str
     dims: tuple[int | str, ...]
+    name: str | None = None
 
 
 def parse_input(text: str, symbols: dict[str, int]) -> InputSpec:
-    """Parse ``DTYPE[d, ...]``, where a dimension is a number, a symbol (``T``) or a symbol
-    with its example value (``T=128``); symbols are added to ``symbols``. Raises ValueError."""
+    """Parse ``[NAME=]DTYPE[d, ...]``, where a dimension is a number, a symbol (``T``) or a
+    symbol with its example value (``T=128``); symbols are added to ``symbols``. Raises
+    ValueError."""
+    named = _NAMED.match(text)
+    if named is not None:
+        spec = parse_input(named.group(2), symbols)
+        return InputSpec(spec.dtype, spec.dims, named.group(1))
     match = _INPUT.match(text)
     if match is None:
         raise ValueError(f"--input {text!r}: expected a type such as float[3, 224, 224] or long[T]")
@@ -81,6 +91,43 @@ def parse_input(text: str, symbols: dict[str, int]) -> InputSpec:
     if not dims and match.group(2).strip():
         raise ValueError(f"--input {text!r}: no dimensions")
     return InputSpec(dtype, tuple(dims))
+
+
+def bind_inputs(model: nn.Module, inputs: list[InputSpec]) -> list[InputSpec]:
+    """The inputs in the order the model's forward takes them: those without a name first,
+    by position, then the named ones in the forward's order of its parameters. Raises
+    ValueError for a name the forward has no parameter of (its ``**kwargs`` do not count:
+    they name nothing), or one a positional input already fills, or a name given twice."""
+    named = [spec for spec in inputs if spec.name is not None]
+    if not named:
+        return inputs
+    positional = [spec for spec in inputs if spec.name is None]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    order = [
+        name for name, p in inspect.signature(model.forward).parameters.items() if p.kind in kinds
+    ]
+    forward = f"{type(model).__name__}.forward"
+    seen: set[str] = set()
+    for spec in named:
+        text = f"--input {spec.name}={spec.dtype}[{', '.join(map(str, spec.dims))}]"
+        if spec.name not in order:
+            shown = ", ".join(order[:12]) + (", ..." if len(order) > 12 else "")
+            raise ValueError(f"{text}: {forward} takes no input {spec.name!r}; it takes {shown}")
+        if order.index(str(spec.name)) < len(positional) or spec.name in seen:
+            raise ValueError(f"{text}: {spec.name!r} is given twice (by position or by name)")
+        seen.add(str(spec.name))
+    return positional + sorted(named, key=lambda spec: order.index(str(spec.name)))
+
+
+def call(
+    model: nn.Module, values: Sequence[Any], names: Sequence[str | None] = (), **options: Any
+) -> Any:
+    """``model`` called with ``values``: each by the keyword ``names`` gives it (a
+    :class:`InputSpec`'s name), else by position (all of them, without ``names``)."""
+    keys = [*names, *[None] * (len(values) - len(names))]
+    args = [v for k, v in zip(keys, values, strict=True) if k is None]
+    kwargs = {k: v for k, v in zip(keys, values, strict=True) if k is not None}
+    return model(*args, **kwargs, **options)
 
 
 def load_model(target: str, settings: dict[str, Any]) -> nn.Module:
@@ -781,23 +828,21 @@ class _Scope:
         if kind is None:
             return self._block(node, sub, origin, data)
         if id(sub) in self.capture.called and any(True for _ in sub.parameters()):
-            return "called twice: a dlspec layer owns its weights (a Linear may share one: tie=)"
+            return (
+                "called twice: a dlspec layer owns its weights (a Linear or an Embedding may "
+                "share one: tie=)"
+            )
         known = kinds.module_arguments(kind, sub)
         shared = [name for name, p in sub.named_parameters() if id(p) in self.capture.seen]
+        owner = self.capture.owners.get(id(sub.get_parameter(shared[0]))) if shared else None
         if shared:
-            owner = self.capture.owners.get(id(sub.get_parameter(shared[0])))
-            if (
-                shared == ["weight"]
-                and "tie" in kind.references
-                and owner
-                and owner[0] == id(self.body)
-            ):
-                known["tie"] = owner[1]
-            else:
+            if shared != ["weight"] or "tie" not in kind.references or owner is None:
+                tying = sorted(name for name, cls in REGISTRY.items() if "tie" in cls.references)
                 return (
                     f"shares {', '.join(shared)} with an earlier layer; dlspec shares only a "
-                    "Linear's weight (tie=)"
+                    f"weight, with tie= ({', '.join(tying)})"
                 )
+            known["tie"] = owner[1]
         layers, problem = kinds.candidates(kind, known)
         if not layers:
             return f"{kind.kind} refuses its arguments: {problem}"
@@ -805,6 +850,8 @@ class _Scope:
         if isinstance(made, str):
             return made
         st, end = made
+        if owner is not None and owner[0] != id(self.body):
+            self.body.outside[st.name] = owner
         self.capture.called.add(id(sub))
         st.origin, st.state = origin, list(sub.state_dict())
         for p in sub.parameters():
@@ -915,7 +962,19 @@ class _Scope:
             return ""  # its own pieces are reported
         if isinstance(sub, nn.Sequential):
             return self._unroll(node, body, data)
-        if self.root and self.capture.exported and "." not in str(node.target):
+        inlined = self.root and self.capture.exported and "." not in str(node.target)
+        outside = [
+            (name, layer)
+            for name, (owner, layer) in body.outside.items()
+            if not inlined or owner != id(self.body)
+        ]
+        if outside:
+            name, layer = outside[0]
+            return (
+                f"its {name} shares its weight with {layer}, a layer outside it; dlspec shares "
+                "a weight (tie=) with an earlier layer of the same body"
+            )
+        if inlined:
             return self._inline(node, body, data)
         st = Statement(self._name(self._node_name(node)), body, origin=origin)
         # several outputs: the block's result takes the statement's name, the others theirs
@@ -1242,13 +1301,24 @@ class _Scope:
     ) -> tuple[list[Statement], fx.Node, list[fx.Node]] | str:
         """The statements of a module the model's own forward calls once (a Hugging Face
         head's base model), written in the model's body under their own names: a layer of
-        the head may then share a weight with one of them (``tie=``)."""
+        the head may then share a weight with one of them (``tie=``), and one of them with an
+        earlier module's (T5's decoder's embedding, its encoder's). Where its names meet the
+        body's (a second stack), each takes the module's name as a prefix
+        (``decoder_embed_tokens``)."""
         renamed = dict(zip(body.inputs or ["input"], [self.names[d] for d in data], strict=True))
         if body.statements and not body.statements[0].sources and data[0] is not self.previous:
             body.statements[0].sources = [self.names[data[0]]]  # it read the block's input
+        own = [name for st in body.statements for name in (st.name, *st.outputs)]
+        prefix = f"{self._node_name(node)}_" if self.taken.intersection(own) else ""
         for st in body.statements:
-            renamed[st.name] = self._name(st.name)
+            op = st.op
+            tie = op.args.get("tie") if isinstance(op, LayerCall) else None
+            if isinstance(op, LayerCall) and isinstance(tie, str) and st.name not in body.outside:
+                op.args["tie"] = renamed[tie]  # a layer of the body, renamed as it is
+            for name in (st.name, *st.outputs):
+                renamed.setdefault(name, self._name(prefix + name))
             st.name = renamed[st.name]
+            st.outputs = [renamed[name] for name in st.outputs]
             st.sources = [renamed.get(s, s) for s in st.sources]  # failed pieces keep theirs
         for key, (owner, name) in list(self.capture.owners.items()):
             if owner == id(body) and name in renamed:

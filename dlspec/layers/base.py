@@ -81,6 +81,22 @@ class TensorType(NamedTuple):
 #: A size, count or stride: a whole number of at least 1 (an argument's type).
 Pos = Annotated[int, Field(ge=1)]
 
+#: An argument naming an earlier statement of the same body (``tie=tok_emb``): list it in
+#: the kind's ``references``, so that a spec writes the name as it is, not a string.
+StatementName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def tied_weight(tie: str | None) -> dict[str, str]:
+    """``Inferred.tied`` of a kind whose ``weight`` may be the one of the statement ``tie``
+    names (Linear's and Embedding's ``tie=``); the analyzer checks that it exists, earlier in
+    the same body, with a weight of the same shape."""
+    return {"weight": f"{tie}.weight"} if tie else {}
+
+
+def tie_label(tie: str | None) -> str:
+    """What a label adds for ``tie=``: ``", tie=tok_emb"``, or nothing."""
+    return f", tie={tie}" if tie else ""
+
 
 class LayerError(Exception):
     """A layer cannot accept its inputs or arguments. ``arg`` names the argument to point at."""

@@ -16,12 +16,15 @@ from dlspec.layers.base import (
     LayerError,
     Saved,
     Shape,
+    StatementName,
     TensorType,
     TorchCall,
     check_given,
     expect_float,
     register,
     saved_input,
+    tie_label,
+    tied_weight,
 )
 from dlspec.layers.layout import (
     BATCH,
@@ -52,7 +55,7 @@ class Linear(Layer):
     out_features: Annotated[int, Field(ge=1)]
     bias: bool = True
     in_features: Annotated[int, Field(ge=1)] | None = None
-    tie: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    tie: StatementName | None = None
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
@@ -66,9 +69,8 @@ class Linear(Layer):
             weights["bias"] = (self.out_features,)
         lead = product(x.shape[:-1])
         macs = lead * self.out_features * (n_in + (1 if self.bias else 0))
-        tied = {"weight": f"{self.tie}.weight"} if self.tie else {}
         output = TensorType((*x.shape[:-1], self.out_features))
-        return Inferred(output, weights, macs=macs, tied=tied)
+        return Inferred(output, weights, macs=macs, tied=tied_weight(self.tie))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = {} if self.bias else {"bias": False}
@@ -80,8 +82,7 @@ class Linear(Layer):
         return [saved_input(inputs, reads="rows")]
 
     def label(self) -> str:
-        tie = f", tie={self.tie}" if self.tie else ""
-        return f"Linear({self.out_features}{tie})"
+        return f"Linear({self.out_features}{tie_label(self.tie)})"
 
 
 # two operands of 1 to 8 subscripts each and the output's (none: a number per sample)

@@ -18,12 +18,15 @@ from dlspec.layers.base import (
     Pos,
     Saved,
     Shape,
+    StatementName,
     TensorType,
     TorchCall,
     concrete,
     expect_float,
     expect_rank,
     register,
+    tie_label,
+    tied_weight,
 )
 from dlspec.layers.layout import Layout, elementwise
 from dlspec.layers.symbolic import Dim
@@ -34,16 +37,21 @@ class Embedding(Layer):
     """A lookup table of ``num_embeddings`` vectors of width ``embedding_dim``: long token ids of
     any shape ``[*]`` (typically ``[T]``) -> ``[*, embedding_dim]``. Layout
     ``weight (num_embeddings, embedding_dim)``; ``padding_idx`` (negative counts from the end)
-    names the row whose gradient torch keeps at zero. MACs 0 (a lookup)."""
+    names the row whose gradient torch keeps at zero. MACs 0 (a lookup). ``tie="enc_emb"``
+    looks up the table of the earlier layer ``enc_emb`` (an Embedding, or a Linear(in ->
+    num_embeddings)) in place of one of its own, as T5's decoder reads its encoder's; it is
+    counted once."""
 
     kind = "Embedding"
     family = "embedding"
     torchinfo_macs = "0, a lookup (torchinfo: the table's elements per sample)"
     positional = ("num_embeddings", "embedding_dim")
+    references = ("tie",)
 
     num_embeddings: Pos
     embedding_dim: Pos
     padding_idx: int | None = None
+    tie: StatementName | None = None
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         x = inputs[0]
@@ -63,14 +71,15 @@ class Embedding(Layer):
                 arg="padding_idx",
             )
         weights: dict[str, Shape] = {"weight": (self.num_embeddings, self.embedding_dim)}
-        return Inferred(TensorType((*x.shape, self.embedding_dim)), weights)
+        output = TensorType((*x.shape, self.embedding_dim))
+        return Inferred(output, weights, tied=tied_weight(self.tie))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = {} if self.padding_idx is None else {"padding_idx": self.padding_idx}
         return TorchCall("nn.Embedding", (self.num_embeddings, self.embedding_dim), kwargs)
 
     def label(self) -> str:
-        return f"Embedding({self.num_embeddings}, {self.embedding_dim})"
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}{tie_label(self.tie)})"
 
     def index_limit(self) -> int:
         return self.num_embeddings

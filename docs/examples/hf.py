@@ -98,22 +98,9 @@ def bert(layers: int = 2, hidden: int = 64) -> nn.Module:
     return _built(transformers.BertModel, config)
 
 
-class _EncoderDecoder(nn.Module):
-    """An encoder-decoder called with the encoder's and the decoder's ids, passed by name (its
-    forward takes the encoder's attention mask second), returning the logits."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
-
-
-def t5(layers: int = 2, hidden: int = 64) -> nn.Module:
+def t5(layers: int = 3, hidden: int = 32) -> nn.Module:
     """T5 with its language-model head (tied to the shared embedding): the encoder as
     t5_encoder's, and a decoder whose layers attend causally to its ids and to the encoder's
-    output, the first of each stack holding its relative position bias table."""
-    return _EncoderDecoder(
-        _built(transformers.T5ForConditionalGeneration, _t5_config(layers, hidden))
-    )
+    output, the first of each stack holding its relative position bias table. Its forward
+    takes the decoder's ids by name (``--input decoder_input_ids=long[U]``)."""
+    return _built(transformers.T5ForConditionalGeneration, _t5_config(layers, hidden))
