@@ -924,6 +924,7 @@ def test_layouts_are_torchs(case: Case) -> None:
     output = layer.infer(types).output
     call = layer.torch(types)
     grads = tuple(d == "float" for d in dtypes)
+    module = build(call)
     for batch in (1, 2):
         sizes = [(batch, *(value_at(d, bindings) for d in t.shape)) for t in types]
         for orders in _laid_out(shapes, dtypes):
@@ -934,8 +935,6 @@ def test_layouts_are_torchs(case: Case) -> None:
                 made = torch.randint(0, 7, stored) if t.dtype == "long" else torch.randn(stored)
                 xs.append(made.permute(*back).requires_grad_(t.dtype == "float"))
                 layouts.append(layout.permute(layout.contiguous(stored), back))
-            torch.manual_seed(0)
-            module = build(call)
             try:
                 with several_threads():
                     out = forward(call, module.train() if module else None, xs)
