@@ -755,17 +755,27 @@ def _sdpa(draft: Draft, q: Tensor, seqs: list[Tensor]) -> list[str] | None:
     masks = [t for t in draft.tensors if t.dtype == "long" and t.shape == k.shape[:1]]
     if masks and r.random() < 0.5:
         mask = r.choice(masks).name
-        return [f"{draft.name()} = SDPA({heads}, {kv}) <- {q.name}, {k.name}, {v.name}, {mask}"]
+        causal = _masked_causal(r)
+        return [
+            f"{draft.name()} = SDPA({heads}, {kv}{causal}) <- {q.name}, {k.name}, {v.name}, {mask}"
+        ]
     if q.shape[0] == k.shape[0] and r.random() < 0.5:  # T5's bias over the offsets
         bias = draft.name()
+        scale = f"scale={r.choice([1.0, 0.5])}{_masked_causal(r)}"  # T5: unscaled
         return [
             f"{bias} = BucketedPositionBias({r.choice([4, 8])}, {heads}, max_distance=8)"
             f" <- {q.name}",
-            f"{draft.name()} = SDPA({heads}, {kv}, scale={r.choice([1.0, 0.5])})"  # T5: unscaled
+            f"{draft.name()} = SDPA({heads}, {kv}, {scale})"
             f" <- {q.name}, {k.name}, {v.name}, {bias}",
         ]
     call = f"SDPA({heads}, num_kv_heads={kv}, causal={r.choice(['true', 'false'])})"
     return [f"{draft.name()} = {call} <- {q.name}, {k.name}, {v.name}"]
+
+
+def _masked_causal(r: random.Random) -> str:
+    """``, causal=true`` for a third of the masked attentions (a T5 decoder's position bias
+    over causal attention), else nothing."""
+    return ", causal=true" if r.random() < 1 / 3 else ""
 
 
 def _grouped(draft: Draft, x: Tensor, kind: str) -> tuple[list[str], list[str]] | None:

@@ -13,7 +13,8 @@ full-size zoo models are measured at no cost.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,9 +37,22 @@ def saved_bytes(module: torch.nn.Module | None, run: Callable[[], Any]) -> int:
             storages[storage._cdata] = storage
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with several_threads(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run()
     return sum(s.nbytes() for s in storages.values())
+
+
+@contextmanager
+def several_threads() -> Iterator[None]:
+    """CPU torch picks some kernels by its thread count (oneDNN's 3-D convolutions over a
+    1x1 kernel only with several threads), and the analysis follows it on several: run so
+    whatever the process runs with (the fuzzer one, as OMP_NUM_THREADS=1 does)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def batch_inputs(spec: Any, batch: int, grad: bool = False) -> list[torch.Tensor]:

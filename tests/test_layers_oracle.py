@@ -909,3 +909,14 @@ def test_full_is_its_value_in_its_inputs_shape_and_type() -> None:
         call = layer.torch([TensorType((7,), "long")])
         out = forward(call, build(call), [ids])
         assert torch.equal(out, torch.full_like(ids, value))
+
+
+@pytest.mark.parametrize("kind", ["PixelShuffle", "PixelUnshuffle"])
+def test_pixel_shuffling_takes_5d_inputs_in_any_order(kind: str) -> None:
+    """Torch's kernel refuses a 5-D input strided as channels-last 3-D (a Permute makes
+    one; fuzz seed 8,000,530): the generated call hands it over contiguous."""
+    layer = make(kind, {"upscale_factor" if kind == "PixelShuffle" else "downscale_factor": 1})
+    call = layer.torch([TensorType((4, 3, 3, 6))])
+    x = torch.randn(BATCH, 3, 3, 6, 4).permute(0, 4, 1, 2, 3)  # channels-last 3-D
+    assert x.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(forward(call, build(call), [x]), x)

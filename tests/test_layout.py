@@ -122,12 +122,18 @@ def test_kernels_keep_a_channels_last_format(order: tuple[int, ...]) -> None:
     assert of(out) == layout.like(of(t), tuple(out.shape))
 
 
-@pytest.mark.parametrize("sizes", [(2, 2, 3, 1), (2, 3, 1, 2), (3, 2, 2, 2)])
+@pytest.mark.parametrize(
+    "sizes", [(2, 2, 3, 1), (2, 3, 1, 2), (3, 2, 2, 2), (2, 2, 3, 1, 2), (2, 3, 2, 2, 2)]
+)
 def test_batch_norm_outputs_lie_as_torch_lays_them(sizes: tuple[int, ...]) -> None:
     """In the format its input is contiguous in, else the one its strides suggest, over
     every order of the dimensions: a size-1 W strided largest is channels-last contiguous,
-    not strided so (fuzz seed 5,002,232)."""
-    for order in itertools.permutations(range(4)):
-        t = torch.empty([sizes[d] for d in order]).permute(*(order.index(d) for d in range(4)))
+    not strided so (fuzz seed 5,002,232); 5-D inputs in channels-last 3-D likewise, which
+    3-D max pooling keeps as its strides suggest."""
+    rank = len(sizes)
+    for order in itertools.permutations(range(rank)):
+        t = torch.empty([sizes[d] for d in order]).permute(*(order.index(d) for d in range(rank)))
         out = torch.nn.functional.batch_norm(t, None, None, training=True)
         assert of(out) == layout.like_dense(of(t), sizes), order
+        if rank == 5:
+            assert of(torch.nn.functional.max_pool3d(t, 1)) == layout.like(of(t), sizes), order

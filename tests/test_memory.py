@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, SPECS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from saved_oracle import batch_inputs, saved_bytes
+from saved_oracle import batch_inputs, saved_bytes, several_threads
 from test_ir import random_specs
 from test_layers_oracle import EXAMPLES as LAYER_EXAMPLES
 from test_layers_oracle import build, forward, make
@@ -24,8 +24,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import dlspec
 from dlspec.analysis.memory import BATCH, activations, checkpoint_parts, total
 from dlspec.analysis.memory import saved_bytes as rule_bytes
-from dlspec.layers import REGISTRY, TensorType
+from dlspec.layers import REGISTRY, TensorType, layout
 from dlspec.layers.base import Saved
+from dlspec.layers.layout import Layout, like, like_dense
 from dlspec.layers.symbolic import Dim, Poly, value_at
 
 pytestmark = pytest.mark.filterwarnings(
@@ -273,6 +274,29 @@ BATCH_ONE_CASES = {
         a = Linear(3) <- e
         b = Linear(3) <- e
     }""",
+    # Reparameterize is element-wise: its sample lies in the order of a permuted mu, so a
+    # slice of it does not read as rows and the Linear copies it; were the sample contiguous
+    # the slice would read as rows in place at batch 1 (fuzz seed 7,003,800: 160 B counted
+    # where autograd saves 64 B)
+    "permuted-sample": """model M {
+        input y: float[2, 5, 4]
+        p = Permute(1, 0, 2) <- y
+        z = Reparameterize <- p, p
+        c, d = Chunk(2, dim=0) <- z
+        l = Linear(1, bias=false) <- d
+    }""",
+    # an Einsum that contracts nothing returns the product as the element-wise kernel lays
+    # it out, its size-1 batch strided largest (torch views it to the output's sizes only
+    # after a contraction): channels-last strides, which the convolution keeps, so the
+    # Linear copies its output (fuzz seed 7,006,898: 896 B counted where autograd saves
+    # 1,040 B at batch 1)
+    "einsum-outer-channels-last": """model M {
+        input x: float[6, 4]
+        e = Einsum("ij,kj->jki") <- x, x
+        c = Conv2d(4, kernel=1, stride=2, groups=2) <- e
+        l = Linear(1) <- c
+        n = GroupNorm(2) <- c
+    }""",
     # grouped-query attention repeats its keys and values into contiguous copies, so keys
     # that lie time-major (a Permute's, through an addition that keeps their order) still
     # reach flash attention, which keeps its log-sum-exp (fuzz seed 5,007,588: 288 B
@@ -285,6 +309,24 @@ BATCH_ONE_CASES = {
         y = SDPA(2, num_kv_heads=1, causal=true) <- x, k, a
     }""",
 }
+
+
+def test_memory_is_measured_on_several_threads() -> None:
+    """CPU torch runs a 3-D transposed convolution over a 1x1 kernel with its own kernel
+    on one thread (an input-sized storage: 2,416 B saved at batch 2) and with oneDNN on
+    several (1,360 B, as counted): the oracle measures on several whatever the process
+    runs with, as the analysis follows."""
+    spec = dlspec.load_text("""model M {
+        input x: float[2, 3, 5, 5]
+        a = ConvTranspose3d(2, kernel=1, padding=1) <- x
+        n = GroupNorm(1) <- a
+    }""")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert measure(spec, 2) == estimate(spec, 2) == 1_360
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", BATCH_ONE_CASES)
@@ -771,6 +813,38 @@ GRAPH_CASES = {
         k = LayerNorm(bias=false) <- d
         m = InstanceNorm1d <- d
     }""",
+    # RoPE keeps the order of a transposed sequence (its halves' difference is channels-
+    # last contiguous, and cat keeps that format), so each Linear after it copies it: 320 B
+    # counted where autograd saves 640 B at batch 2 (found by test_layouts_are_torchs)
+    "rope-transposed": """model M {
+        input x: float[8, 5]
+        p = Permute(1, 0) <- x
+        r = RoPE(2) <- p
+        a = Linear(4) <- r
+        b = Linear(4) <- r
+    }""",
+    # a pre-norm layer's output is its input plus the sub-layers' outputs, in its input's
+    # order: 3,760 B counted where autograd saves 4,080 B at batch 2
+    "pre-norm-transposed": """model M {
+        input x: float[8, 5]
+        p = Permute(1, 0) <- x
+        t = TransformerEncoderLayer(8, 2, 16, dropout=0.0, norm_first=true) <- p
+        a = Linear(4) <- t
+        b = Linear(4) <- t
+    }""",
+    # channels-last 3-D (a Permute of [D, H, W, C]): oneDNN's Conv3d and MaxPool3d keep the
+    # format, so each Linear after them copies their output (4,704 B counted where autograd
+    # saves 7,456 B at batch 2, 2,352 vs 2,448 B at batch 1; found by test_layouts_are_torchs)
+    "channels-last-3d": """model M {
+        input x: float[4, 4, 5, 3]
+        p = Permute(3, 0, 1, 2) <- x
+        c = Conv3d(4, kernel=3, padding=1) <- p
+        l = Linear(3) <- c
+        n = GroupNorm(1) <- c
+        m = MaxPool3d(2) <- p
+        k = Linear(3) <- m
+        g = GroupNorm(1) <- m
+    }""",
     # a contraction keeps each operand for the other's gradient only
     "einsum-with-data": """model M {
         input x: float[6, 8]
@@ -790,3 +864,101 @@ def test_graph_rules_match_torch(name: str, batch: int) -> None:
     slack = sum(leaf.layer.saved_slack() for leaf in spec.graph.leaves())
     for grad in (False, True):  # on data, and on inputs that require a gradient
         assert 0 <= estimate(spec, batch, grad) - measure(spec, batch, grad) <= slack
+
+
+# every kind's layout rule --------------------------------------------------------------------
+
+
+Orders = tuple[tuple[int, ...], ...]  # per input, the order its dimensions are stored in
+
+
+def _orders(rank: int) -> list[tuple[int, ...]]:
+    """How a test lays an input of ``rank`` dimensions (the batch first) out: contiguous,
+    time-major (the batch and the first dimension swapped), the sample's dimensions
+    reversed, and channels-last (the first of them last)."""
+    orders = [tuple(range(rank)), (1, 0, *range(2, rank))]
+    orders += [(0, *range(rank - 1, 0, -1))] * (rank >= 3)
+    return orders + [(0, *range(2, rank), 1)] * (rank >= 4)
+
+
+def _laid_out(shapes: tuple[tuple[Dim, ...], ...], dtypes: tuple[str, ...]) -> list[Orders]:
+    """The inputs' orders to try: all contiguous, or one float input in another order."""
+    plain = tuple(tuple(range(len(shape) + 1)) for shape in shapes)
+    tried = [plain]
+    for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
+        if dtype == "float":
+            tried += [(*plain[:i], order, *plain[i + 1 :]) for order in _orders(len(shape) + 1)[1:]]
+    return tried
+
+
+def _alike(rule: Layout, torchs: Layout) -> bool:
+    """The same strides where a dimension has more than one element, and the same memory
+    format suggested (which reads a size-1 dimension's stride too)."""
+    strides = all(
+        size == 1 or a == b
+        for size, a, b in zip(rule.sizes, rule.strides, torchs.strides, strict=True)
+    )
+    formats = (like(rule, rule.sizes), like_dense(rule, rule.sizes)) == (
+        like(torchs, torchs.sizes),
+        like_dense(torchs, torchs.sizes),
+    )
+    return rule.sizes == torchs.sizes and strides and formats
+
+
+# every example of both files, the sequence kinds' at their first bindings
+LAYOUT_CASES = CASES[: len(LAYER_EXAMPLES)] + [
+    (e.kind, e.args, e.inputs, tuple(t.dtype for t in e.types), BINDINGS[0])
+    for e in SEQUENCE_EXAMPLES
+]
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=case_id)
+def test_layouts_are_torchs(case: Case) -> None:
+    """Each kind's layout rule (:meth:`Layer.layout_given`) gives its output the strides
+    torch's forward pass gives it, at batch 1 and 2, from inputs laid out contiguous,
+    time-major or reversed: where the later layers' copies and views follow from; and
+    the output lies in a storage of the size :meth:`Layer.output_storage_at` says."""
+    kind, args, shapes, dtypes, bindings = case
+    layer = make(kind, args)
+    types = [TensorType(shape, d) for shape, d in zip(shapes, dtypes, strict=True)]  # type: ignore[arg-type]
+    output = layer.infer(types).output
+    call = layer.torch(types)
+    grads = tuple(d == "float" for d in dtypes)
+    module = build(call)
+    for batch in (1, 2):
+        sizes = [(batch, *(value_at(d, bindings) for d in t.shape)) for t in types]
+        for orders in _laid_out(shapes, dtypes):
+            xs, layouts = [], []
+            for size, t, order in zip(sizes, types, orders, strict=True):
+                stored = [size[d] for d in order]
+                back = [order.index(d) for d in range(len(size))]
+                made = torch.randint(0, 7, stored) if t.dtype == "long" else torch.randn(stored)
+                xs.append(made.permute(*back).requires_grad_(t.dtype == "float"))
+                layouts.append(layout.permute(layout.contiguous(stored), back))
+            try:
+                with several_threads():
+                    out = forward(call, module.train() if module else None, xs)
+            except ValueError:  # a norm's statistics over one value: not trained at batch 1
+                assert batch == 1
+                continue
+            out = out[0] if isinstance(out, tuple) else out
+            made = layout.contiguous((batch, *(value_at(d, bindings) for d in output.shape)))
+            rule = layouts[0] if layer.returns_input() else layer.layout_given(layouts, made, grads)
+            torchs = Layout(tuple(out.shape), tuple(out.stride()))
+            assert _alike(rule, torchs), (batch, orders, rule, torchs)
+            if not layer.aliases_input():
+                elements = value_at(layer.output_storage_at(types, output, batch), bindings)
+                rule_bytes = (
+                    elements * (batch if layer.output_batched() else 1) * out.element_size()
+                )
+                assert rule_bytes == _activation_storage(out, module), (batch, orders)
+
+
+def _activation_storage(out: torch.Tensor, module: torch.nn.Module | None) -> int:
+    """Bytes of the storage ``out`` lies in; none where it is a parameter's (counted as
+    weights)."""
+    storage = out.untyped_storage()
+    weights = module.parameters() if module is not None else []
+    if any(storage._cdata == p.untyped_storage()._cdata for p in weights):
+        return 0
+    return storage.nbytes()

@@ -45,10 +45,14 @@ from dlspec.layers.base import (
 from dlspec.layers.dense import Linear
 from dlspec.layers.layout import (
     Layout,
+    broadcast,
     contiguous,
+    elementwise,
     empty_like,
+    like,
     permute,
     reshape,
+    slice_of,
     time_major,
     view_strides,
 )
@@ -139,6 +143,14 @@ def attention_saved(
             *([Saved(f"{name}.mask", mask)] if mask else []),
         ]
     return saved
+
+
+def _heads_view_mask(batch: int, heads: int) -> bool:
+    """Whether a key-padding mask expanded to every head as torch expands it,
+    ``mask.view(B, 1, 1, S).expand(-1, h, -1, -1).reshape(B*h, 1, S)``, views the ``(B, S)``
+    mask (the strides let it at a batch of one, or with one head) rather than copying it."""
+    mask = broadcast(contiguous((batch, 1, 1, 2)), (batch, heads, 1, 2))
+    return not reshape(mask, (batch * heads, 1, 2)).copied
 
 
 def _heads_fold(x: Layout | None, heads: int) -> bool:
@@ -417,8 +429,8 @@ class MultiheadAttention(Layer):
         projections only: what its Linear layers and SDPA keep (:meth:`_split_saved`).
 
         Flash attention keeps the float mask it is given: torch expands a key-padding mask
-        to every head, ``(B*h, 1, S)`` (a view of the ``(B, S)`` mask at batch 1, where the
-        batch's stride does not matter), or adds the causal ``(T, S)`` mask to it."""
+        to every head, ``(B*h, 1, S)`` (a view of the ``(B, S)`` mask where the strides let
+        it: :func:`_heads_view_mask`), or adds the causal ``(T, S)`` mask to it."""
         mask = self._mask(inputs)
         if self._split():
             return self._split_saved(inputs, given)
@@ -429,7 +441,7 @@ class MultiheadAttention(Layer):
         elif self.causal:
             kept = self.num_heads * t * s
         else:
-            kept = s if given.one_sample() else self.num_heads * s
+            kept = s if _heads_view_mask(given.batch(), self.num_heads) else self.num_heads * s
         reads = ["input0", "input1", "input2"][: len(inputs)]
         if len(inputs) == 3 and given.first[2] == given.first[1]:
             reads.pop()
@@ -493,6 +505,7 @@ class _TransformerBase(Layer):
     # with ``causal``: which input the mask is for, and the forward keywords of the mask and
     # of its hint
     masked: ClassVar[tuple[int, str, str]] = (0, "src_mask", "is_causal")
+    attentions: ClassVar[int] = 1  # attention sub-layers per layer (a decoder's: 2)
 
     d_model: Pos | None = None
     nhead: Pos
@@ -503,6 +516,25 @@ class _TransformerBase(Layer):
     norm_first: bool = False
     bias: bool = True
     causal: bool = False
+
+    def _normed(self) -> bool:
+        """Whether the output is a LayerNorm's (contiguous): after each sub-layer, unless
+        ``norm_first``."""
+        return not self.norm_first
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """A LayerNorm's output is contiguous. With ``norm_first`` each sub-layer's output
+        is added to the stream instead, the sum lying in the stream's order (the first
+        operand's, ``TensorIterator``): an attention's time-major view, then the
+        feed-forward's contiguous Linear output, layer after layer."""
+        if self._normed():
+            return output
+        x = inputs[0]
+        for _ in range(self.copies()):
+            for _ in range(self.attentions):
+                x = elementwise([x, time_major(output.sizes)], output.sizes)
+            x = elementwise([x, output], output.sizes)
+        return x
 
     @staticmethod
     def layer_arguments(layer: Any) -> dict[str, Any]:
@@ -757,6 +789,7 @@ class TransformerDecoderLayer(_TransformerBase):
     positional = ("d_model", "nhead", "dim_feedforward")
     arity = (2, 2)
     masked = (0, "tgt_mask", "tgt_is_causal")
+    attentions = 2
 
     def infer(self, inputs: list[TensorType]) -> Inferred:
         self._width(inputs)
@@ -829,6 +862,9 @@ class _TransformerStack(_TransformerBase):
     def copies(self) -> int:
         return self.num_layers
 
+    def _normed(self) -> bool:
+        return super()._normed() or self.final_norm
+
     @classmethod
     def torch_arguments(cls, module: Any) -> dict[str, Any]:
         return cls.layer_arguments(module.layers[0]) | {
@@ -896,6 +932,7 @@ class TransformerDecoder(_TransformerStack):
     kind = "TransformerDecoder"
     part = "Decoder"
     helper = _STACK.format(part="Decoder", extra="")
+    attentions = 2
     arity = (2, 2)
     masked = (0, "tgt_mask", "tgt_is_causal")
 
@@ -1332,6 +1369,21 @@ class RoPE(Layer):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         kwargs = {} if self.base == 10000.0 else {"base": self.base}
         return TorchCall("RoPE", (self.num_heads,), kwargs, helper=_ROPE)
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """As the helper computes it: the heads split off the input (a view where one can
+        be), each half rotated element-wise in its order (the angles, (T, 1, hd/2),
+        broadcast; the two products' sum in the format they are contiguous in), the halves
+        concatenated in the format their strides suggest (``cat``:
+        channels-last where the steps vary fastest) and the heads merged back."""
+        batch, steps, width = inputs[0].sizes
+        head = width // self.num_heads
+        split = reshape(inputs[0], (batch, steps, self.num_heads, head))
+        half = slice_of(split, 3, head // 2, 1)
+        angles = Layout((1, steps, 1, head // 2), (0, head // 2, head // 2, 1))
+        product = elementwise([half, angles], half.sizes)  # x1 * cos, as x2 * sin
+        rotated = elementwise([product, product], half.sizes)  # their difference
+        return reshape(like(rotated, split.sizes), output.sizes)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         """The cosines and sines of the angles, (T, hd/2) each, shared by the batch."""

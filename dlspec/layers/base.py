@@ -40,7 +40,7 @@ from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
-from dlspec.layers.layout import Layout, as_rows, is_contiguous, reshape, to_time_major
+from dlspec.layers.layout import BATCH, Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.provenance import carries
 from dlspec.layers.registry import REGISTRY
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
@@ -238,10 +238,12 @@ class Given:
         slice across it, as ``Select`` of a feature makes)."""
         return not self.layouts or self.layouts[i].strides[-1] == 1
 
-    def one_sample(self) -> bool:
-        """The layouts are those of a batch of 1 (:func:`dlspec.analysis.memory.dataflow`
-        follows it apart): torch views there what it copies at a larger batch."""
-        return bool(self.layouts) and self.layouts[0].sizes[0] == 1
+    def batch(self) -> int:
+        """The batch the layouts are taken at: 1, or 2 standing for every larger one
+        (:func:`dlspec.analysis.memory.dataflow` follows batch 1 apart: a size-1
+        dimension's stride does not matter, so torch views there what it copies at a larger
+        batch); 2 where they are unknown."""
+        return self.layouts[0].sizes[0] if self.layouts else BATCH
 
     def in_place(self) -> frozenset[str]:
         """The inputs a time-major kernel reads in place, by their names in :class:`Saved`

@@ -1,5 +1,6 @@
 """Convolutions over 1, 2 or 3 spatial axes: Conv1d/2d/3d and ConvTranspose1d/2d/3d."""
 
+import math
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -27,6 +28,13 @@ from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, product
 
 NonNeg = Annotated[int, Field(ge=0)]
+
+
+#: Torch's ``use_mkldnn`` on CPU (fp32, several threads): a 3-D convolution of batch 1 and
+#: groups=1 runs torch's own kernel unless its kernel's height and width both exceed this ...
+SLOW_3D_KERNEL = 3
+#: ... or its input has more elements than this over batch x channels x depth x height.
+SLOW_3D_MAX = 20480
 
 
 class _ConvNd(Layer):
@@ -137,7 +145,25 @@ class _ConvNd(Layer):
         return saved
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return like(inputs[0], output.sizes)
+        """In the input's suggested memory format; a 3-D convolution that torch runs with
+        its own kernel (:meth:`_onednn`) returns a contiguous output."""
+        x = inputs[0]
+        if self.spatial == 3 and not self._onednn(x.sizes[0], math.prod(x.sizes[1:-1])):
+            return output
+        return like(x, output.sizes)
+
+    def _onednn(self, batch: int, rows: Dim) -> bool:
+        """Whether CPU torch runs a 3-D convolution of ``batch`` samples with oneDNN's
+        kernel (``use_mkldnn``, fp32, several threads): with groups > 1, a kernel larger
+        than :data:`SLOW_3D_KERNEL` in both height and width, a batch larger than 1 or more
+        than :data:`SLOW_3D_MAX` input elements over the batch and ``rows``, each sample's
+        channels x depth x height (a symbolic count is taken as more); its own kernel
+        (``slow_conv3d``, ``slow_conv_transpose3d``) otherwise. oneDNN keeps a channels-last
+        input's format and allocates the output's own storage; torch's kernels give a
+        contiguous output (checked against torch 2.13, fuzz seeds 3,102,785, 4,008,166)."""
+        kernel = self._geometry()[0]
+        few = isinstance(rows, int) and batch * rows <= SLOW_3D_MAX
+        return self.groups > 1 or min(kernel[-2:]) > SLOW_3D_KERNEL or batch > 1 or not few
 
     def _label_parts(self) -> list[str]:
         parts = [str(self.out_channels), f"k={_fmt(self.kernel_size)}"]
@@ -278,13 +304,6 @@ class ConvTranspose2d(_ConvTransposeNd):
     spatial = 2
 
 
-#: Torch's ``use_mkldnn`` on CPU: a 3-D transposed convolution of batch 1 and groups=1
-#: runs torch's own kernel unless its kernel's height and width both exceed this ...
-SLOW_TRANSPOSE3D_KERNEL = 3
-#: ... or its input has more elements than this over channels x depth x height.
-SLOW_TRANSPOSE3D_MAX = 20480
-
-
 @register
 class ConvTranspose3d(_ConvTransposeNd):
     """Transposed 3-D convolution over ``[C, D, H, W]`` -> ``[out_channels, D', H', W']``,
@@ -296,27 +315,12 @@ class ConvTranspose3d(_ConvTransposeNd):
     spatial = 3
 
     def output_storage_at(self, inputs: list[TensorType], output: TensorType, batch: int) -> Dim:
-        """Where torch runs its own kernel (``slow_conv_transpose3d``), that kernel leaves an
-        output smaller than its input in a storage as large as its input (the output views
-        its first elements): what a layer keeping the output keeps. Torch runs it, rather
-        than oneDNN's, which allocates the output's own size, only at batch 1, with
-        groups=1, a kernel not larger than 3 in both its height and width, and at most
-        :data:`SLOW_TRANSPOSE3D_MAX` input elements over channels x depth x height (torch's
-        ``use_mkldnn``, checked against ``untyped_storage()`` in torch 2.13 over strides,
-        paddings and dilations; fuzz seeds 3,102,785 and 4,008,166)."""
+        """Where torch runs its own kernel (``slow_conv_transpose3d``, :meth:`_onednn`), that
+        kernel leaves an output smaller than its input in a storage as large as its input
+        (the output views its first elements): what a layer keeping the output keeps.
+        oneDNN's kernel allocates the output's own size (checked against
+        ``untyped_storage()`` in torch 2.13 over strides, paddings and dilations)."""
         out, x = product(output.shape), product(inputs[0].shape)
-        rows = product(inputs[0].shape[:-1])
-        if not (
-            batch == 1
-            and self.groups == 1
-            and isinstance(out, int)
-            and isinstance(x, int)
-            and isinstance(rows, int)
-        ):
-            return out
-        if (
-            rows <= SLOW_TRANSPOSE3D_MAX
-            and min(self._geometry()[0][-2:]) <= SLOW_TRANSPOSE3D_KERNEL
-        ):
+        if isinstance(x, int) and not self._onednn(batch, product(inputs[0].shape[:-1])):
             return max(out, x)
         return out

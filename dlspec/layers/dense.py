@@ -262,8 +262,9 @@ class Einsum(Layer):
                 [1 if p in both else (right if p in ro else left).sizes[p] for p in done]
             )
             result = permute(flat, [done.index(p) for p in range(len(done))])
-        out = reshape(result, result.sizes[: plan.outputs])
-        return reads, views, out
+        if len(plan.labels) == plan.outputs:  # nothing contracted: torch returns the product
+            return reads, views, result
+        return reads, views, reshape(result, result.sizes[: plan.outputs])
 
     def _layouts(self, inputs: list[TensorType], given: Given) -> list[Layout]:
         """Where the inputs lie: as the analysis says, else contiguous (a symbolic size

@@ -43,10 +43,17 @@ def _contiguous(sizes: tuple[int, ...]) -> Layout:
     return Layout(tuple(sizes), tuple(reversed(strides)))
 
 
+# torch's channels-last formats, by rank: the order its ``is_channels_last_strides_{2,3}d``
+# walk the dimensions in, fastest first
+CHANNELS_LAST = {4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}
+
+
 def channels_last(sizes: Sequence[int]) -> Layout:
-    """A 4-D tensor ``(N, C, H, W)`` laid out as ``(N, H, W, C)``."""
-    n, c, h, w = sizes
-    return permute(contiguous((n, h, w, c)), (0, 3, 1, 2))
+    """A 4-D tensor ``(N, C, H, W)`` laid out as ``(N, H, W, C)``, or a 5-D one ``(N, C, D,
+    H, W)`` as ``(N, D, H, W, C)`` (channels-last 3-D)."""
+    n, c, *spatial = sizes
+    rank = len(sizes)
+    return permute(contiguous((n, *spatial, c)), (0, rank - 1, *range(1, rank - 1)))
 
 
 def is_contiguous(x: Layout) -> bool:
@@ -55,11 +62,12 @@ def is_contiguous(x: Layout) -> bool:
 
 
 def _strides_like_channels_last(x: Layout) -> bool:
-    """torch's ``is_channels_last_strides_2d`` (ambiguous cases count as contiguous)."""
-    if len(x.sizes) != 4 or x.strides[1] == 0:
+    """torch's ``is_channels_last_strides_2d`` for a 4-D tensor, ``_3d`` for a 5-D one
+    (ambiguous cases count as contiguous)."""
+    if len(x.sizes) not in CHANNELS_LAST or x.strides[1] == 0:
         return False
     low = 0
-    for d in (1, 3, 2, 0):
+    for d in CHANNELS_LAST[len(x.sizes)]:
         if x.sizes[d] == 0 or x.strides[d] < low:
             return False
         if d == 0 and low == x.strides[1]:
@@ -69,9 +77,9 @@ def _strides_like_channels_last(x: Layout) -> bool:
 
 
 def like(x: Layout, sizes: Sequence[int]) -> Layout:
-    """A new tensor of ``sizes`` in ``x``'s ``suggest_memory_format()``: channels-last after
-    a 4-D input whose strides are ordered so, else contiguous (what convolutions, pools and
-    norms return)."""
+    """A new tensor of ``sizes`` in ``x``'s ``suggest_memory_format()``: channels-last (3-D)
+    after a 4-D (5-D) input whose strides are ordered so, else contiguous (what
+    convolutions, pools, pads and norms return)."""
     return channels_last(sizes) if _strides_like_channels_last(x) else contiguous(sizes)
 
 
@@ -105,7 +113,9 @@ def is_dense(x: Layout) -> bool:
 
 
 def _channels_last_contiguous(x: Layout) -> bool:
-    return len(x.sizes) == 4 and _laid_as(x, channels_last(x.sizes))
+    """``x.is_contiguous(memory_format=torch.channels_last)``, or ``channels_last_3d`` for a
+    5-D tensor."""
+    return len(x.sizes) in CHANNELS_LAST and _laid_as(x, channels_last(x.sizes))
 
 
 def _non_overlapping_and_dense(x: Layout) -> bool:
@@ -234,8 +244,8 @@ def elementwise(inputs: Sequence[Layout], sizes: Sequence[int]) -> Layout:
     if all(x.sizes == tuple(sizes) for x in inputs):
         if all(is_contiguous(x) for x in inputs):
             return contiguous(sizes)
-        if all(_channels_last_contiguous(x) for x in inputs):
-            return channels_last(sizes)
+        if len(sizes) == 4 and all(_channels_last_contiguous(x) for x in inputs):
+            return channels_last(sizes)  # TensorIterator's fast path knows 2-D images only
         same = len({x.strides for x in inputs}) == 1
         if same and all(_non_overlapping_and_dense(x) for x in inputs):
             return Layout(tuple(sizes), inputs[0].strides)

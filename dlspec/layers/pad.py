@@ -24,6 +24,7 @@ from dlspec.layers.base import (
     saved_input,
     torch_dim,
 )
+from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, fmt_dim
 
 Side = Annotated[int, Field(ge=0)]
@@ -139,6 +140,12 @@ class Pad(Layer):
         input; constant and circular padding keep nothing."""
         return [saved_input(inputs)] if self.mode in ("reflect", "replicate") else []
 
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """In the input's suggested memory format (channels-last, 2-D or 3-D, where its
+        strides are so), as torch's pads allocate it; a circular pad, made of slices
+        concatenated, is contiguous."""
+        return output if self.mode == "circular" else like(inputs[0], output.sizes)
+
     def label(self) -> str:
         pads = self.pads()
         sides = [
@@ -201,6 +208,10 @@ class Roll(Layer):
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """In the input's suggested memory format, as ``torch.roll`` allocates it."""
+        return like(inputs[0], output.sizes)
 
     def label(self) -> str:
         return f"Roll({self.shifts}, dims={self.dims})"

@@ -53,10 +53,18 @@ class _Pooling(Layer):
         expect_float(x, self.kind)
         return x
 
+    def _keeps_channels_last_3d(self, output: Layout) -> bool:
+        """Whether torch's 3-D kernel gives ``output`` a channels-last 3-D input's format
+        (the average and adaptive pools' kernels return it contiguous)."""
+        return False
+
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """In the input's suggested memory format; torch pools ``(B, C, L)`` as
         ``(B, C, 1, L)`` (1-D pools call the 2-D kernels): a channels-last view of that (a
-        sequence of tokens transposed) keeps its order."""
+        sequence of tokens transposed) keeps its order. A 3-D pool that does not keep the
+        channels-last 3-D format returns a contiguous output."""
+        if self.spatial == 3 and not self._keeps_channels_last_3d(output):
+            return output
         if self.spatial != 1:
             return like(inputs[0], output.sizes)
         (b, c, length), (sb, sc, sl) = inputs[0].sizes, inputs[0].strides
@@ -208,6 +216,9 @@ class MaxPool3d(_MaxPoolNd):
     kind = "MaxPool3d"
     spatial = 3
 
+    def _keeps_channels_last_3d(self, output: Layout) -> bool:
+        return True
+
 
 class _AvgPoolNd(_PoolNd):
     """Mean over windows, by the window rule of the pools; ``count_include_pad`` changes the
@@ -288,6 +299,10 @@ class _AdaptivePoolNd(_Pooling):
 
 
 class _AdaptiveAvgPoolNd(_AdaptivePoolNd):
+    def _keeps_channels_last_3d(self, output: Layout) -> bool:
+        """A global average is a mean, which torch restrides as its input lies."""
+        return all(size == 1 for size in output.sizes[2:])
+
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         """Nothing for an output of one element per channel (torch takes a mean, whose
         gradient needs only the shape); the input otherwise."""

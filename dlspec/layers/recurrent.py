@@ -44,7 +44,15 @@ from dlspec.layers.base import (
     register,
     saved_input,
 )
-from dlspec.layers.layout import Layout, time_major
+from dlspec.layers.layout import BATCH as STAND_IN
+from dlspec.layers.layout import (
+    Layout,
+    contiguous,
+    permute,
+    reshape,
+    slice_of,
+    time_major,
+)
 from dlspec.layers.symbolic import Dim, product
 
 Returns = Literal["sequence", "last", "hidden"]
@@ -199,21 +207,28 @@ class _Recurrent(Layer):
         return time_major(output.sizes) if self.returns == "sequence" else output
 
     def output_storage(self, inputs: list[TensorType], output: TensorType) -> Dim:
+        return self.output_storage_at(inputs, output, STAND_IN)
+
+    def output_storage_at(self, inputs: list[TensorType], output: TensorType, batch: int) -> Dim:
         """``returns="last"`` views the last step of the output sequence; ``"hidden"`` views
-        ``h_n``, the final state of every layer and direction, unless the two directions'
-        states must be copied side by side (they are views when H is 1)."""
+        ``h_n``, the final state of every layer and direction, where the last layer's
+        states are a view of it (:meth:`_views_states`), else they are a copy."""
         if self.returns == "last":
             return inputs[0].shape[0] * product(output.shape)
-        if self.returns == "hidden" and (not self.bidirectional or self._width() == 1):
+        if self.returns == "hidden" and self._views_states(batch):
             return self.copies() * self._width()
         return product(output.shape)
 
-    def output_storage_at(self, inputs: list[TensorType], output: TensorType, batch: int) -> Dim:
-        """At batch 1 the two directions' last states side by side view ``h_n`` as well (a
-        batch of one's stride does not matter): the whole of it stays."""
-        if batch == 1 and self.returns == "hidden":
-            return self.copies() * self._width()
-        return self.output_storage(inputs, output)
+    def _views_states(self, batch: int) -> bool:
+        """Whether the last layer's final states, ``h_n[-1]`` or the two directions' side by
+        side (``h_n[-2:].transpose(0, 1).flatten(1)``), view ``h_n`` (layers x directions,
+        B, H): one direction's always do, two directions' where the strides let the flatten
+        view them (a batch of one, or H of one)."""
+        if not self.bidirectional:
+            return True
+        states = contiguous((self.copies(), batch, self._width()))
+        last = permute(slice_of(states, 0, 2, 1), (1, 0, 2))
+        return not reshape(last, (batch, 2 * self._width())).copied
 
     def _in_order(self, given: Given) -> bool:
         """Whether the first layer reads the input in place: its time-major transpose reads

@@ -18,6 +18,7 @@ from dlspec.layers.base import (
     expect_float,
     register,
 )
+from dlspec.layers.layout import Layout, elementwise, empty_like
 from dlspec.layers.symbolic import product
 
 HELPER = '''class Reparameterize(nn.Module):
@@ -66,6 +67,14 @@ class Reparameterize(Layer):
             return []
         elements = product(output.shape)
         return [Saved("std", elements), Saved("noise", elements)]
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """Element-wise kernels all along, in training: the deviation in ``logvar``'s order,
+        the noise ``empty_like`` it, and the sum in the order of ``mu`` and that product
+        (a permuted ``mu`` makes a permuted sample; fuzz seed 7,003,800)."""
+        mu, logvar = inputs
+        std = elementwise([logvar], output.sizes)
+        return elementwise([mu, elementwise([std, empty_like(std)], output.sizes)], output.sizes)
 
     def export_notice(self) -> str | None:
         return "exports its evaluation: the mean mu, without sampling"

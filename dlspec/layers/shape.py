@@ -35,6 +35,7 @@ from dlspec.layers.layout import (
     empty_like,
     like,
     permute,
+    reshape,
     select,
     slice_of,
 )
@@ -90,6 +91,12 @@ class Flatten(View):
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         start, end = torch_dim(self.start_dim), torch_dim(self.end_dim)
         return TorchCall("nn.Flatten", () if (start, end) == (1, -1) else (start, end))
+
+    def layout(self, inputs: list[Layout], output: Layout) -> Layout:
+        """A reshape, but torch's ``flatten`` of one dimension returns its input as it lies
+        (a reshape would restride its size-1 dimensions)."""
+        x = inputs[0]
+        return x if x.sizes == output.sizes else reshape(x, output.sizes)
 
     def label(self) -> str:
         args = self.keywords()
@@ -686,13 +693,19 @@ class _PixelShuffling(Layer):
         return Inferred(TensorType(out, x.dtype))
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
-        return TorchCall(f"nn.{self.kind}", (self._factor(),))
+        """Torch's CPU kernel refuses a 5-D input whose strides suggest channels-last 3-D
+        (``Unsupported memory format``; a Permute makes one, fuzz seed 8,000,530): such an
+        input is handed over contiguous, the format torch uses for every other 5-D input."""
+        forward = "{module}({x}.contiguous())" if len(inputs[0].shape) == 4 else "{module}({x})"
+        return TorchCall(f"nn.{self.kind}", (self._factor(),), forward=forward)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
         return []  # the gradient moves the elements back
 
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
-        return like(inputs[0], output.sizes)
+        """In the input's suggested memory format; a 5-D input is handed over contiguous
+        (:meth:`torch`)."""
+        return output if len(inputs[0].sizes) == 5 else like(inputs[0], output.sizes)
 
     def label(self) -> str:
         return f"{self.kind}({self._factor()})"
