@@ -920,3 +920,8 @@ def test_pixel_shuffling_takes_5d_inputs_in_any_order(kind: str) -> None:
     x = torch.randn(BATCH, 3, 3, 6, 4).permute(0, 4, 1, 2, 3)  # channels-last 3-D
     assert x.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.equal(forward(call, build(call), [x]), x)
+    # contiguous and channels-last 3-D at once (fuzz seed 10,001,538)
+    both = torch.randn(BATCH, 11).as_strided((BATCH, 1, 1, 11, 1), (11, 1, 11, 1, 1))
+    assert both.is_contiguous() and both.is_contiguous(memory_format=torch.channels_last_3d)
+    call = layer.torch([TensorType((1, 1, 11, 1))])
+    assert torch.equal(forward(call, build(call), [both]), both)

@@ -694,9 +694,16 @@ class _PixelShuffling(Layer):
 
     def torch(self, inputs: list[TensorType]) -> TorchCall:
         """Torch's CPU kernel refuses a 5-D input whose strides suggest channels-last 3-D
-        (``Unsupported memory format``; a Permute makes one, fuzz seed 8,000,530): such an
-        input is handed over contiguous, the format torch uses for every other 5-D input."""
-        forward = "{module}({x}.contiguous())" if len(inputs[0].shape) == 4 else "{module}({x})"
+        (``Unsupported memory format``; a Permute makes one, fuzz seed 8,000,530): a 5-D
+        input is handed over as a contiguous copy, the format torch uses for every other.
+        ``contiguous()`` would not do: a tensor with sizes of one can be both contiguous and
+        channels-last 3-D, and is then returned as it is (ConvTranspose3d's output of one
+        channel at batch 2, strides (11, 1, 11, 1, 1): fuzz seed 10,001,538)."""
+        forward = (
+            "{module}({x}.clone(memory_format=torch.contiguous_format))"
+            if len(inputs[0].shape) == 4
+            else "{module}({x})"
+        )
         return TorchCall(f"nn.{self.kind}", (self._factor(),), forward=forward)
 
     def saves(self, inputs: list[TensorType], output: TensorType) -> list[Saved]:
