@@ -50,11 +50,9 @@ lint: $(DEV)
 	$(BIN)/ruff check dlspec tests bench
 	$(BIN)/mypy
 
-# two workers (the suite's files shared out whole: the manual's commands run in order); the
-# longest files first, so that neither worker starts one while the other is nearly done
-LONGEST = tests/test_readme.py tests/test_import_hf.py
+# two workers (the suite's files shared out whole: the manual's commands run in order)
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile $(LONGEST) $(filter-out $(LONGEST),$(wildcard tests/test_*.py))
+	$(BIN)/pytest -n 2 --dist loadfile
 
 format: $(DEV)
 	$(BIN)/ruff format dlspec tests bench
