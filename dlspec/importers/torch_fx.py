@@ -22,6 +22,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import torch
@@ -537,8 +538,7 @@ class _Scope:
             not isinstance(value, torch.Tensor)
             or node.op == "placeholder"  # a constant the caller made (and fills, if it is one)
             or not any(
-                u.op == "call_module"
-                and any(True for _ in self.module.get_submodule(str(u.target)).parameters())
+                u.op == "call_module" and _has_weights(self.module.get_submodule(str(u.target)))
                 for u in node.users
             )
             or value.numel() < 2
@@ -827,20 +827,19 @@ class _Scope:
                 return stood
         if kind is None:
             return self._block(node, sub, origin, data)
-        if id(sub) in self.capture.called and any(True for _ in sub.parameters()):
+        if id(sub) in self.capture.called and _has_weights(sub):
             return (
-                "called twice: a dlspec layer owns its weights (a Linear or an Embedding may "
-                "share one: tie=)"
+                "called twice: a dlspec layer owns its weights (one of kind "
+                f"{_tie_kinds()} may share one: tie=)"
             )
         known = kinds.module_arguments(kind, sub)
         shared = [name for name, p in sub.named_parameters() if id(p) in self.capture.seen]
         owner = self.capture.owners.get(id(sub.get_parameter(shared[0]))) if shared else None
         if shared:
             if shared != ["weight"] or "tie" not in kind.references or owner is None:
-                tying = sorted(name for name, cls in REGISTRY.items() if "tie" in cls.references)
                 return (
-                    f"shares {', '.join(shared)} with an earlier layer; dlspec shares only a "
-                    f"weight, with tie= ({', '.join(tying)})"
+                    f"shares {', '.join(shared)} with an earlier layer; dlspec shares only the "
+                    f"weight of a layer of kind {_tie_kinds()} (tie=)"
                 )
             known["tie"] = owner[1]
         layers, problem = kinds.candidates(kind, known)
@@ -1137,8 +1136,7 @@ class _Scope:
         tables = [
             n
             for n in made
-            if n.op == "call_module"
-            and any(True for _ in self.module.get_submodule(str(n.target)).parameters())
+            if n.op == "call_module" and _has_weights(self.module.get_submodule(str(n.target)))
         ]
         if len(tables) != 1:
             return "an attention mask that is neither causal nor empty"
@@ -1392,6 +1390,16 @@ class _Scope:
             else:
                 views.append(d)
         return views
+
+
+def _has_weights(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+@cache
+def _tie_kinds() -> str:
+    """The kinds that share a weight with ``tie=``: ``Embedding or Linear``."""
+    return " or ".join(sorted(k for k, cls in REGISTRY.items() if "tie" in cls.references))
 
 
 def _steps(value: Any) -> int | None:
