@@ -202,7 +202,7 @@ def _constrained(schema: cs.CoreSchema, constraints: dict[str, Any]) -> cs.CoreS
     allowed = _CONSTRAINTS.get(schema["type"], frozenset())
     if unknown := set(constraints) - allowed:
         raise TypeError(f"a {schema['type']} schema takes no constraint {sorted(unknown)}")
-    return {**schema, **constraints}  # type: ignore[return-value]
+    return {**schema, **constraints}
 
 
 @dataclass_transform(kw_only_default=True, field_specifiers=(Field,))
@@ -220,6 +220,7 @@ class Validated:
         "__pydantic_fields_set__",
         "__pydantic_private__",
     )
+    __pydantic_fields_set__: set[str]
 
     model_fields: ClassVar[dict[str, FieldInfo]] = {}
     _options: ClassVar[dict[str, Any]] = {
@@ -293,7 +294,7 @@ class Validated:
     @classmethod
     def model_validate(cls, obj: Any) -> Self:
         """An instance from a mapping of field values (or the instance itself)."""
-        return cls._validator().validate_python(obj)  # type: ignore[no-any-return]
+        return cls._validator().validate_python(obj)
 
     @property
     def model_fields_set(self) -> set[str]:
