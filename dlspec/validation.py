@@ -205,11 +205,11 @@ def _constrained(schema: cs.CoreSchema, constraints: dict[str, Any]) -> cs.CoreS
     return {**schema, **constraints}
 
 
-@dataclass_transform(kw_only_default=True, field_specifiers=(Field,))
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(Field,))
 class Validated:
     """Base of a class of validated records (see the module's text). Class options, given
     as class arguments (``class Layer(Validated, frozen=True, extra="forbid")``), are
-    inherited: ``frozen`` (no assignment; hashable), ``extra`` (``"ignore"`` or
+    inherited: ``frozen`` (the default: no assignment, hashable), ``extra`` (``"ignore"`` or
     ``"forbid"``), ``strict`` (no coercion: ``"1"`` is not an int) and ``populate_by_name``
     (a field with a ``validation_alias`` may be given by either name)."""
 
@@ -224,7 +224,7 @@ class Validated:
 
     model_fields: ClassVar[dict[str, FieldInfo]] = {}
     _options: ClassVar[dict[str, Any]] = {
-        "frozen": False,
+        "frozen": True,
         "extra": "ignore",
         "strict": False,
         "populate_by_name": False,

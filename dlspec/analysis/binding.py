@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from dlspec.analysis.evaluate import did_you_mean, evaluate, trees
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
 from dlspec.layers import REGISTRY, Layer, provenance
 from dlspec.layers.provenance import Tree
 from dlspec.layers.symbolic import Poly
 from dlspec.syntax import ast
+from dlspec.validation import ValidationError
 
 
 class ArgumentErrors(DiagnosticError):

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from torch import nn
 
 from dlspec.importers.ir import Value
 from dlspec.layers import REGISTRY, Layer, LayerError, TensorType
 from dlspec.layers.base import sample_dim
+from dlspec.validation import ValidationError
 
 # The module each functional form computes, built from the call's arguments (the input first).
 EQUIVALENT_MODULES: dict[Callable[..., Any], Callable[..., nn.Module]] = {

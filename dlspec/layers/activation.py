@@ -3,8 +3,6 @@ learned slopes (counted once per sample, as torchinfo does)."""
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Inferred,
     Layer,
@@ -21,6 +19,7 @@ from dlspec.layers.base import (
     torch_dim,
 )
 from dlspec.layers.layout import Layout, elementwise
+from dlspec.validation import Field
 
 
 class _Elementwise(Layer):

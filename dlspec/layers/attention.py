@@ -23,8 +23,6 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
-
 from dlspec.layers.base import (
     Given,
     Inferred,
@@ -58,6 +56,7 @@ from dlspec.layers.layout import (
 )
 from dlspec.layers.norm import LayerNorm
 from dlspec.layers.symbolic import Dim, product
+from dlspec.validation import After, Field
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 Eps = Annotated[float, Field(gt=0)]
@@ -265,6 +264,13 @@ PROJECTIONS = ("q", "k", "v", "out")
 Projection = Literal["q", "k", "v", "out"]
 
 
+def _once_each(bias: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+    """MultiheadAttention's ``bias``: a tuple names each projection at most once."""
+    if not isinstance(bias, bool) and len(set(bias)) < len(bias):
+        raise ValueError(f"names a projection twice: {list(bias)}")
+    return bias
+
+
 @register
 class MultiheadAttention(Layer):
     """Multi-head attention. One input ``[T, E]`` is self-attention; two are
@@ -299,17 +305,10 @@ class MultiheadAttention(Layer):
     embed_dim: Pos | None = None
     num_heads: Pos
     dropout: Probability = 0.0
-    bias: bool | tuple[Projection, ...] = True
+    bias: Annotated[bool | tuple[Projection, ...], After(_once_each)] = True
     kdim: Pos | None = None
     vdim: Pos | None = None
     causal: bool = False
-
-    @field_validator("bias")
-    @classmethod
-    def _once_each(cls, bias: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
-        if not isinstance(bias, bool) and len(set(bias)) < len(bias):
-            raise ValueError(f"names a projection twice: {list(bias)}")
-        return bias
 
     def _biased(self, projection: str) -> bool:
         return self.bias if isinstance(self.bias, bool) else projection in self.bias

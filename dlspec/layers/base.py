@@ -1,7 +1,7 @@
 """The layer-kind contract and its one registry.
 
-A layer kind is one class: a pydantic model whose fields are the layer's arguments (types,
-defaults, ranges), plus the rules the rest of dlspec needs:
+A layer kind is one class: a validated record (:mod:`dlspec.validation`) whose fields are the
+layer's arguments (types, defaults, ranges), plus the rules the rest of dlspec needs:
 
 * :meth:`Layer.infer` - output type, parameter and buffer layout (torch's names and shapes),
   and MACs per sample, from the input types. Static: it never touches tensor code.
@@ -29,21 +29,19 @@ per sample; dlspec differs where a layer applies its weights at every step of a 
 (``[T, D]``), which it counts T times, and for attention's products (the manual's layer reference).
 """
 
-# No `from __future__ import annotations` in this module: pydantic evaluates the annotations of
-# every class in a model's MRO again for each subclass, so Layer's ClassVar annotations, as
-# strings, would be compiled and evaluated once more for every layer kind that is made.
+# No `from __future__ import annotations` in this module nor in any kind's: a validated
+# record's fields are read from its annotations as types (:mod:`dlspec.validation`).
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
-
 from dlspec.layers.layout import BATCH, Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.provenance import carries
 from dlspec.layers.registry import REGISTRY
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
+from dlspec.validation import Field, Plain, Validated
 
 Family = Literal[
     "convolution",
@@ -258,13 +256,11 @@ def _symbolic_size(value: Any) -> Poly:
 
 
 #: An argument that may be a symbolic size (``end=input.shape[0]`` where the length is ``T``)
-SymbolicSize = Annotated[Poly, PlainValidator(_symbolic_size), PlainSerializer(str)]
+SymbolicSize = Annotated[Poly, Plain(_symbolic_size, serialize=str)]
 
 
-class Layer(BaseModel):
+class Layer(Validated, extra="forbid", populate_by_name=True):
     """Base class of every layer kind. Fields are the layer's arguments, as written in a spec."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, populate_by_name=True)
 
     kind: ClassVar[str]  # the name used in specs, e.g. "Conv2d"
     family: ClassVar[Family]

@@ -10,8 +10,6 @@ did not earn their place: a spec that names one is told what to write instead.
 
 from typing import Annotated
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Inferred,
     Layer,
@@ -22,6 +20,7 @@ from dlspec.layers.base import (
     expect_float,
     register,
 )
+from dlspec.validation import Field
 
 Even = Annotated[int, Field(ge=2, multiple_of=2)]
 

@@ -3,8 +3,6 @@
 import math
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     AXES,
     LAYOUTS,
@@ -26,6 +24,7 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, product
+from dlspec.validation import Field
 
 NonNeg = Annotated[int, Field(ge=0)]
 

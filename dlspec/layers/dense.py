@@ -5,8 +5,6 @@ import string
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Given,
     Inferred,
@@ -35,6 +33,7 @@ from dlspec.layers.layout import (
     unsqueezed,
 )
 from dlspec.layers.symbolic import Dim, product
+from dlspec.validation import Field
 
 
 @register

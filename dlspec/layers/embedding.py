@@ -7,8 +7,6 @@ lookup, and an element-wise add like a residual connection's).
 
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Inferred,
     Layer,
@@ -28,6 +26,7 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.layout import Layout, elementwise
 from dlspec.layers.symbolic import Dim
+from dlspec.validation import Field
 
 
 @register

@@ -10,8 +10,6 @@ neither).
 
 from typing import Annotated, ClassVar
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     LAYOUTS,
     Given,
@@ -32,6 +30,7 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.layout import Layout, channels_last, is_contiguous, like, like_dense, suggested
 from dlspec.layers.symbolic import Dim, product
+from dlspec.validation import Field
 
 Eps = Annotated[float, Field(gt=0)]
 

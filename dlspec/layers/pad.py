@@ -10,8 +10,6 @@ shifted windows). Neither has parameters or MACs.
 
 from typing import Annotated, Literal
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Inferred,
     Layer,
@@ -26,6 +24,7 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, fmt_dim
+from dlspec.validation import Field
 
 Side = Annotated[int, Field(ge=0)]
 # the sides, by dimension from the last: (before, after)

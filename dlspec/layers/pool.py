@@ -3,8 +3,6 @@ and AdaptiveMaxPool1d. No parameters and, as in torchinfo, no MACs."""
 
 from typing import Annotated, ClassVar
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     AXES,
     LAYOUTS,
@@ -25,6 +23,7 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.layout import Layout, like
 from dlspec.layers.symbolic import Dim, fmt_dim, product
+from dlspec.validation import Field
 
 NonNeg = Annotated[int, Field(ge=0)]
 

@@ -25,8 +25,6 @@ gates' nonlinearities and the element-wise products of the cell update are not c
 from dataclasses import replace
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Given,
     Inferred,
@@ -54,6 +52,7 @@ from dlspec.layers.layout import (
     time_major,
 )
 from dlspec.layers.symbolic import Dim, product
+from dlspec.validation import Field
 
 Returns = Literal["sequence", "last", "hidden"]
 

@@ -1,6 +1,6 @@
 """The registry of layer kinds: every kind's name known at once, its class made on first use.
 
-A kind is a pydantic model (:class:`dlspec.layers.base.Layer`), and making one (evaluating its
+A kind is a validated record (:class:`dlspec.layers.base.Layer`), and making one (evaluating its
 fields' annotations) is most of what importing a module of kinds costs; with every module
 imported at start-up, that was the largest part of ``dlspec check``'s own time
 (bench/check_speed.py). So the registry knows each kind's name and module from :data:`KINDS`

@@ -9,8 +9,6 @@ import math
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Inferred,
     Layer,
@@ -41,6 +39,7 @@ from dlspec.layers.layout import (
 )
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
 from dlspec.syntax.bounds import MAX_LITERAL
+from dlspec.validation import Field
 
 PosFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]

@@ -16,8 +16,6 @@ does not shift a map no larger than the window: a spec says so with an ``if``.)
 
 from typing import Annotated, Any
 
-from pydantic import Field
-
 from dlspec.layers.base import (
     Inferred,
     Layer,
@@ -35,6 +33,7 @@ from dlspec.layers.base import (
 )
 from dlspec.layers.layout import Layout, contiguous, permute, reshape
 from dlspec.layers.symbolic import Dim
+from dlspec.validation import Field
 
 NonNegative = Annotated[int, Field(ge=0)]
 
