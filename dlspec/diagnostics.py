@@ -1,12 +1,9 @@
 """Diagnostics: every problem a user can cause, with a code, a place and the numbers."""
 
-from __future__ import annotations
-
-from typing import Literal, NamedTuple
-
-from pydantic import BaseModel, ConfigDict
+from typing import Literal, NamedTuple, Self
 
 from dlspec.terminal import printable
+from dlspec.validation import Field, Validated
 
 Severity = Literal["error", "warning"]
 
@@ -79,9 +76,7 @@ class Span(NamedTuple):
     end_column: int
 
 
-class Diagnostic(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class Diagnostic(Validated):
     severity: Severity
     code: str
     message: str
@@ -89,12 +84,10 @@ class Diagnostic(BaseModel):
     column: int | None = None
     end_line: int | None = None
     end_column: int | None = None
-    notes: list[str] = []
+    notes: list[str] = Field(default_factory=list)
 
     @classmethod
-    def at(
-        cls, code: str, message: str, span: Span | None, notes: list[str] | None = None
-    ) -> Diagnostic:
+    def at(cls, code: str, message: str, span: Span | None, notes: list[str] | None = None) -> Self:
         severity: Severity = "warning" if code.startswith("W") else "error"
         where = {}
         if span is not None:

@@ -9,23 +9,18 @@ says which copies (``layers.*.mlp.up_proj``, ``layers.[1-31]...``) with ``copies
 Every figure is a report's; a delta is B's minus A's.
 """
 
-from __future__ import annotations
-
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from dlspec.analysis.report import LayerRow, Report, expanded
+from dlspec.validation import Validated
 
 Change = Literal["added", "removed", "changed"]
 FIGURES = ("params", "macs", "activations_bytes")
 
 
-class Figures(BaseModel):
+class Figures(Validated):
     """A node's figures in one version (its report row's)."""
-
-    model_config = ConfigDict(defer_build=True)
 
     kind: str
     label: str
@@ -36,9 +31,7 @@ class Figures(BaseModel):
     activations_bytes: int
 
 
-class DiffRow(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class DiffRow(Validated):
     path: str  # B's (A's when removed); a repetition's changed-alike copies as * or [i-j]
     depth: int
     change: Change
@@ -48,9 +41,7 @@ class DiffRow(BaseModel):
     delta: dict[str, int]  # params, macs, activations_bytes: B - A, per copy
 
 
-class Totals(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class Totals(Validated):
     file: str
     model: str
     params: int
@@ -59,9 +50,7 @@ class Totals(BaseModel):
     training_adam_bytes: int  # the peak of a training step with Adam (as plan counts it)
 
 
-class Diff(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class Diff(Validated):
     batch: int
     a: Totals
     b: Totals

@@ -14,35 +14,29 @@ Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has t
   transient gradients and the optimizer step's temporaries (the peak of a training step).
 """
 
-from __future__ import annotations
-
 import json
 from math import prod
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError
 
 from dlspec.analysis import memory
 from dlspec.analysis.graph import Copies, ModelGraph, Step, Tensor
 from dlspec.diagnostics import Diagnostic
 from dlspec.layers.symbolic import Dim, Poly, value_at
+from dlspec.validation import Field, Validated
 
 BYTES = 4
 
 
-class TensorInfo(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class TensorInfo(Validated):
     name: str
     dtype: str
     shape: list[int | str]  # per sample; symbolic dimensions as formulas ("T", "2*T")
     shape_value: list[int]  # at the spec's bindings
 
 
-class LayerRow(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class LayerRow(Validated):
     name: str  # dotted path, as in the generated module's named_modules()
     kind: str  # layer kind; "block", "repeat" or "residual" for containers
     label: str
@@ -63,9 +57,7 @@ class LayerRow(BaseModel):
     column: int
 
 
-class Memory(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class Memory(Validated):
     batch: int
     parameters_bytes: int
     activations_bytes: int  # saved for backward, training mode, fp32
@@ -73,17 +65,15 @@ class Memory(BaseModel):
     training_adam_bytes: int
 
 
-class Report(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
+class Report(Validated):
     schema_version: Literal[2] = 2
     file: str
     model: str | None = None
-    parameters: dict[str, Any] = {}
-    symbols: dict[str, int] = {}
-    inputs: list[TensorInfo] = []
-    outputs: list[TensorInfo] = []
-    layers: list[LayerRow] = []
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    symbols: dict[str, int] = Field(default_factory=dict)
+    inputs: list[TensorInfo] = Field(default_factory=list)
+    outputs: list[TensorInfo] = Field(default_factory=list)
+    layers: list[LayerRow] = Field(default_factory=list)
     total_params: int = 0  # torch's sum(p.numel() for p in model.parameters())
     trainable_params: int = 0
     non_trainable_params: int = 0  # frozen parameters (requires_grad=False): none yet
@@ -91,7 +81,7 @@ class Report(BaseModel):
     total_macs: int = 0
     total_macs_formula: str | None = None
     memory: Memory | None = None
-    diagnostics: list[Diagnostic] = []
+    diagnostics: list[Diagnostic] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -111,8 +101,8 @@ def shape_json(shape: tuple[Dim, ...]) -> list[int | str]:
 
 
 def _tensor(tensor: Tensor, bindings: dict[str, int]) -> dict[str, Any]:
-    """A :class:`TensorInfo`'s fields (pydantic builds the model from them, in its fast
-    core, where the report has a row per layer)."""
+    """A :class:`TensorInfo`'s fields (pydantic-core makes the record of them as it validates
+    the row that holds it, where the report has a row per layer)."""
     t = tensor.type
     return {
         "name": tensor.name,
@@ -164,24 +154,26 @@ def _rows(
     for step, copies in steps:
         macs = step.total_macs
         outputs = [_tensor(t, bindings) for t in step.outputs]
-        rows.append(
-            LayerRow(
-                name=step.path,
-                kind=step.layer.kind if step.layer is not None else step.form,
-                label=step.label,
-                inputs=[t.name for t in step.inputs],
-                depth=depth,
-                container=step.form != "layer",
-                copies=copies,
-                output_shape=outputs[0]["shape"],
-                outputs=outputs,  # validated into TensorInfo
-                params=step.params,
-                buffers=step.buffer_count,
-                macs=value_at(macs, bindings),
-                macs_formula=str(macs) if isinstance(macs, Poly) else None,
-                activations_bytes=saved.under.get(step.path, 0),
-                line=step.span.line,
-                column=step.span.column,
+        rows.append(  # from a mapping: one validation makes the row and its TensorInfo
+            LayerRow.model_validate(
+                {
+                    "name": step.path,
+                    "kind": step.layer.kind if step.layer is not None else step.form,
+                    "label": step.label,
+                    "inputs": [t.name for t in step.inputs],
+                    "depth": depth,
+                    "container": step.form != "layer",
+                    "copies": copies,
+                    "output_shape": outputs[0]["shape"],
+                    "outputs": outputs,
+                    "params": step.params,
+                    "buffers": step.buffer_count,
+                    "macs": value_at(macs, bindings),
+                    "macs_formula": str(macs) if isinstance(macs, Poly) else None,
+                    "activations_bytes": saved.under.get(step.path, 0),
+                    "line": step.span.line,
+                    "column": step.span.column,
+                }
             )
         )
         if step.body is not None:
