@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pydantic
 import pytest
 import torch
 from torch import nn
@@ -30,6 +32,7 @@ from dlspec.train.checkpoint import (
 )
 from dlspec.train.data import DataError, Dataset
 from dlspec.train.loop import COLLAPSE, Objective, Splits, Trainer, TrainError, load_splits
+from dlspec.validation import Validated, ValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,6 +181,57 @@ def test_bad_train_sections_are_e214_at_the_setting(
 def test_every_problem_of_a_section_is_reported() -> None:
     _, diagnostics = read_train(section("epoch = 3 optimizer = Adamw seed = -1"), {})
     assert [d.message.split(" ")[0] for d in diagnostics] == ["unknown", "unknown", "seed"]
+
+
+def pydantic_twin(
+    cls: type[Validated], twins: dict[Any, type[pydantic.BaseModel]]
+) -> type[pydantic.BaseModel]:
+    """The pydantic model a train record was (its fields and options), with the records it
+    holds replaced by their ``twins``."""
+    fields: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        twin = twins.get(info.annotation, info.annotation)
+        default = info.default
+        if isinstance(default, Validated):
+            default = twin.model_validate(default.model_dump())
+        fields[name] = (twin, pydantic.Field(default, **info.constraints))
+    config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
+    return pydantic.create_model(cls.__name__, __config__=config, **fields)
+
+
+_OPTIMIZER_TWIN = pydantic_twin(OptimizerConfig, {})
+TWINS = {
+    OptimizerConfig: _OPTIMIZER_TWIN,
+    TrainConfig: pydantic_twin(TrainConfig, {OptimizerConfig: _OPTIMIZER_TWIN}),
+}
+# what a setting may be given: numbers of every sign and type, text, tuples, records
+SETTING_PROBES: list[Any] = [
+    None, True, False, 0, 1, -1, 2, 5, 180, 181, 100_001, 0.5, 1.0, -0.5, 1e-3, float("inf"),
+    "3", "x", "digits", "cosine", "v", "fsdp", "bf16", "SGD", (), (0.1,), (0.1, 0.2), (1, "a"),
+    [0.1], {"name": "SGD", "lr": 0}, {"lr": "1"}, OptimizerConfig(name="SGD"),
+]  # fmt: skip
+SETTING_FIELDS = [(cls, name) for cls in TWINS for name in [*cls.model_fields, "unknown"]]
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"), SETTING_FIELDS, ids=[f"{c.__name__}.{n}" for c, n in SETTING_FIELDS]
+)
+def test_every_setting_validates_as_the_pydantic_model_did(cls: type[Validated], name: str) -> None:
+    """E214's messages are pydantic's: a train record accepts, coerces and refuses what a
+    pydantic model with its fields and options does, with the same errors."""
+
+    def outcome(validate: Any, value: Any) -> Any:
+        try:
+            return validate({name: value}).model_dump(mode="json")
+        except ValidationError as exc:
+            return [(e["type"], e["loc"], e["msg"], repr(e.get("input"))) for e in exc.errors()]
+
+    for value in SETTING_PROBES:
+        given = value
+        if isinstance(value, Validated):  # a record: its twin
+            given = TWINS[type(value)].model_validate(value.model_dump())
+        expected = outcome(TWINS[cls].model_validate, given)
+        assert outcome(cls.model_validate, value) == expected, value
 
 
 def test_check_reports_e214_without_importing_torch(tmp_path: Path) -> None:

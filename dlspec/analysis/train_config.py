@@ -17,18 +17,15 @@ model graph carries; ``dlspec build`` applies its command line to that config wi
 :func:`with_overrides` (``--train epochs=3``, ``--train optimizer.lr=0.01``).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dlspec.analysis.binding import match_arguments
 from dlspec.analysis.evaluate import did_you_mean, evaluate
 from dlspec.diagnostics import Diagnostic, DiagnosticError, Span, fail
 from dlspec.syntax import ast
 from dlspec.syntax.parser import parse
+from dlspec.validation import Field, Validated, ValidationError
 
 __all__ = [
     "AUGMENTATIONS",
@@ -81,20 +78,21 @@ AUGMENTATIONS: dict[str, tuple[str, ...]] = {
 _AUGMENT_FIELDS = {"degrees": "rotation"}  # argument -> TrainConfig field, where they differ
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class _Strict(Validated, extra="forbid", strict=True):
+    """A record of train settings: frozen, as every validated record, and also strict: no
+    unknown fields, no coercion (``"3"`` is not an epoch count)."""
 
 
-class OptimizerConfig(_Frozen):
+class OptimizerConfig(_Strict):
     """An optimiser and its settings; only the arguments :data:`OPTIMIZERS` lists for
     ``name`` reach torch."""
 
     name: Literal["Adam", "AdamW", "SGD", "RMSprop"] = "Adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
     nesterov: bool = False
-    alpha: float = Field(0.99, gt=0, lt=1)
+    alpha: float = Field(default=0.99, gt=0, lt=1)
 
     def torch_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``torch.optim.<name>(params, **kwargs)``."""
@@ -104,21 +102,21 @@ class OptimizerConfig(_Frozen):
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.torch_kwargs().items())})"
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(_Strict):
     """Everything ``dlspec build`` needs to train, defaulting to the seed script's choices."""
 
     data: str = "digits"
     task: Task = "classify"
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
-    val_split: float = Field(0.1, ge=0, lt=1)  # 0: no validation set
-    test_split: float = Field(0.2, gt=0, lt=1)  # held out when the data has no test set
-    seed: int = Field(0, ge=0)
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    eval_batch_size: int = Field(default=256, ge=1)
+    val_split: float = Field(default=0.1, ge=0, lt=1)  # 0: no validation set
+    test_split: float = Field(default=0.2, gt=0, lt=1)  # held out when the data has no test set
+    seed: int = Field(default=0, ge=0)
     optimizer: OptimizerConfig = OptimizerConfig()
-    rotation: float = Field(0.0, ge=0, le=180)  # RandomRotation(degrees)
-    brightness: float = Field(0.0, ge=0)  # ColorJitter(brightness, contrast)
-    contrast: float = Field(0.0, ge=0)
+    rotation: float = Field(default=0.0, ge=0, le=180)  # RandomRotation(degrees)
+    brightness: float = Field(default=0.0, ge=0)  # ColorJitter(brightness, contrast)
+    contrast: float = Field(default=0.0, ge=0)
     mean: float | tuple[float, ...] | None = None  # Normalize(mean, std); None: none
     std: float | tuple[float, ...] | None = None
     # autocast: auto = bf16 on CUDA (fp16 where unsupported) and for image models on CPUs with
@@ -130,13 +128,13 @@ class TrainConfig(_Frozen):
     # images trained without their prompt (classifier-free guidance), and how the per-epoch
     # grids and the quality measurement sample (sampler, steps, guidance scale)
     schedule: Schedule = "linear"
-    timesteps: int = Field(1000, ge=2, le=100_000)
+    timesteps: int = Field(default=1000, ge=2, le=100_000)
     prediction: Prediction = "epsilon"
-    ema: float = Field(0.999, ge=0, lt=1)
-    cond_drop: float = Field(0.1, ge=0, lt=1)
+    ema: float = Field(default=0.999, ge=0, lt=1)
+    cond_drop: float = Field(default=0.1, ge=0, lt=1)
     sampler: Sampler = "ddim"
-    sample_steps: int = Field(50, ge=1)
-    guidance: float = Field(3.0, ge=0)
+    sample_steps: int = Field(default=50, ge=1)
+    guidance: float = Field(default=3.0, ge=0)
     # activation checkpointing: recompute each of the model's block uses in backward
     checkpointing: bool = False
     # several processes (dlspec build --nproc-per-node): ddp replicates the model in each,
@@ -144,7 +142,7 @@ class TrainConfig(_Frozen):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # gradient accumulation: each batch runs as this many parts, their gradients summed before
     # one optimizer step (the same step, with a part's activation memory)
-    accumulate: int = Field(1, ge=1)
+    accumulate: int = Field(default=1, ge=1)
 
 
 class TrainConfigError(ValueError):
