@@ -159,6 +159,18 @@ def test_check_never_imports_torch() -> None:
     assert result.returncode == 0, result.stderr.decode()
 
 
+def test_check_never_imports_pydantics_models() -> None:
+    """Its records (layer arguments, the train section, diagnostics, the report) are validated
+    by pydantic-core alone, without the import of BaseModel's machinery (dlspec.validation)."""
+    code = (
+        "import sys; from dlspec.cli import main; "
+        "rc = main(['check', '--format', 'json', 'specs/cnn.dl', 'specs/diffusion.dl']); "
+        "sys.exit(3 if 'pydantic' in sys.modules else rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+
+
 def test_python_m_dlspec() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dlspec", "check", "specs/mlp.dl"], cwd=ROOT, capture_output=True
