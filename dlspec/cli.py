@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
-import os
 import sys
-import types
-from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
 
 from dlspec import __version__
 from dlspec.crash import internal_error
@@ -57,54 +54,7 @@ def build_parser(names: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentP
     return parser
 
 
-_PLUGIN_LOADER = "pydantic.plugin._loader"
-_PLUGINS_OFF = ("__all__", "1", "true")  # the values pydantic reads as "no plugins"
-
-
-def _plugins_unlooked_for() -> None:
-    """Spare a check the import of :mod:`importlib.metadata` while plugins are off.
-
-    pydantic imports its plugin loader, which imports ``importlib.metadata`` (and with it
-    ``email``, ``zipfile``, ``csv``, ``socket``: about 10 ms, a tenth of check's import floor)
-    when it makes its first validator, only to be told by ``PYDANTIC_DISABLE_PLUGINS`` that
-    there are none to look for. While the variable says so, the loader is a stand-in that
-    finds none; once it does not, the stand-in hands over to pydantic's own loader.
-    """
-    if (
-        _PLUGIN_LOADER in sys.modules
-        or os.environ.get("PYDANTIC_DISABLE_PLUGINS") not in _PLUGINS_OFF
-    ):
-        return
-
-    def pydantics(name: str) -> Any:
-        """``name`` from pydantic's own loader, which then replaces the stand-in (also what
-        another pydantic version may ask of it beyond ``get_plugins``; what the import
-        system asks of any module, as ``__path__``, it has not)."""
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if sys.modules.get(_PLUGIN_LOADER) is stand_in:
-            del sys.modules[_PLUGIN_LOADER]
-        return getattr(importlib.import_module(_PLUGIN_LOADER), name)
-
-    def get_plugins() -> Iterable[object]:
-        if os.environ.get("PYDANTIC_DISABLE_PLUGINS") in _PLUGINS_OFF:
-            return ()
-        result: Iterable[object] = pydantics("get_plugins")()
-        return result
-
-    stand_in = types.ModuleType(_PLUGIN_LOADER, "dlspec's stand-in: plugins are off")
-    stand_in.get_plugins = get_plugins  # type: ignore[attr-defined]
-    setattr(stand_in, "__getattr__", pydantics)  # noqa: B010  # a module's own (PEP 562)
-    sys.modules[_PLUGIN_LOADER] = stand_in
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    # pydantic looks for plugins (observability hooks) among every installed distribution's
-    # entry points when it makes its first validator, which is a large part of a check's
-    # start-up on a machine with many packages; dlspec's own models have no use for them. A
-    # value the user set (an empty one enables them) is kept.
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    _plugins_unlooked_for()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
         argv = [*argv[1:2], "--help"]
