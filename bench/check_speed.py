@@ -2,11 +2,9 @@
 
 Prints, side by side:
 1. `dlspec check specs/cnn.dl` as a whole process vs a whole process that only imports lark and
-   pydantic, check's import floor (goal: at most 1.5x), vs one that also makes one pydantic
-   model and validates a value (the part of the ratio any check that validates with pydantic
-   models pays), and vs a whole process that builds the same hand-written MY_NET in torch and
-   prints torchinfo's summary (goal: at least 15x faster); the four run alternately, so that a
-   busy machine slows each alike;
+   pydantic, check's import floor (goal: at most 1.5x), and vs a whole process that builds the
+   same hand-written MY_NET in torch and prints torchinfo's summary (goal: at least 15x
+   faster); the three run alternately, so that a busy machine slows each alike;
 2. check time for generated specs of 100, 1,000 and 10,000 layers (goal: linear; 10,000 under
    1 s), in-process (parse + analyze + lint + report) and as a whole process;
 3. a repetition of one small block (a residual Linear + GELU) 100,000 times: its alike copies
@@ -40,21 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # dlspec on every start, which no installed copy does); --smoke leaves both as they are, so
 # that the tests write nothing into the checkout
 ENV: dict[str, str] = {}
-
-# a whole process: the least any use of pydantic's validation costs, one model made and one
-# value validated (with plugins off, as dlspec runs); the part of the import floor ratio that
-# no check validating with pydantic models can avoid
-PYDANTIC_VALIDATES = """
-import os
-os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
-import lark
-from pydantic import BaseModel
-
-class Linear(BaseModel):
-    out_features: int
-
-Linear(out_features=512)
-"""
 
 # a whole process: import torch and torchinfo, build the primer's MY_NET, print the summary
 TORCHINFO = f"""
@@ -168,18 +151,16 @@ def main() -> None:
         {
             "check": [py, "-m", "dlspec", "check", "specs/cnn.dl"],
             "floor": [py, "-c", "import lark, pydantic"],
-            "validates": [py, "-c", PYDANTIC_VALIDATES],
             "torchinfo": [py, "-c", TORCHINFO],
         },
         args.repeat,
     )
-    dl, floor, ti, validates = (times[k] for k in ("check", "floor", "torchinfo", "validates"))
+    dl, floor, ti = (times[k] for k in ("check", "floor", "torchinfo"))
     print(f"whole process, MY_NET summary, median of {args.repeat} alternating runs")
     if ENV:
         print("  (dlspec's bytecode compiled, PYTHONDONTWRITEBYTECODE unset: as installed)")
     print(f"  dlspec check specs/cnn.dl   {dl * 1000:8.0f} ms")
     print(f"  import lark, pydantic       {floor * 1000:8.0f} ms")
-    print(f"  ... and validate one model  {validates * 1000:8.0f} ms ({validates / floor:.2f}x)")
     print(f"  torch + torchinfo.summary   {ti * 1000:8.0f} ms")
     print(f"  check / import floor        {dl / floor:8.2f}x (goal <= 1.5x)")
     print(f"  torchinfo / check           {ti / dl:8.1f}x faster (goal >= 15x)")
