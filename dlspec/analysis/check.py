@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from dlspec.analysis.graph import ModelGraph
@@ -14,13 +14,13 @@ from dlspec.analysis.limits import BudgetExceeded, LayerBudget, Limits
 from dlspec.analysis.lints import lint
 from dlspec.analysis.report import Report, build_report
 from dlspec.diagnostics import Diagnostic
+from dlspec.structs import Struct
 from dlspec.syntax.bounds import literal_problem
 from dlspec.syntax.parser import parse
 from dlspec.syntax.source import Source, read_source, read_stdin
 
 
-@dataclass
-class Checked:
+class Checked(Struct, frozen=False):
     """A spec after the static pipeline: its source, its graph (None on errors), its report."""
 
     path: str

@@ -21,13 +21,14 @@ per-layer figures can be checked against torch. ``dlspec check --format ir`` pri
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dlspec.diagnostics import Span
 from dlspec.layers.base import Layer, Shape, TensorType, numel
 from dlspec.layers.provenance import Tree
 from dlspec.layers.symbolic import Dim, fmt_dim
+from dlspec.structs import Struct, replace
 from dlspec.syntax import ast
 
 if TYPE_CHECKING:  # a ModelGraph holds one, which the analyzer makes (and imports)
@@ -46,8 +47,7 @@ class Tensor(NamedTuple):
         return f"{self.name}: {self.type}"
 
 
-@dataclass(frozen=True, slots=True)
-class BlockUse:
+class BlockUse(Struct):
     """A use of a block definition: the definition (its signature is ``definition.params``)
     and the values of its parameters for this use, defaults applied."""
 
@@ -60,8 +60,7 @@ class BlockUse:
         return self.definition.name.name
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(Struct):
     """What an `if` of the body chose (``taken``: its first branch), with its condition's
     expressions (:mod:`dlspec.layers.provenance`): ``local`` over the names of the class
     the body becomes, ``root`` over the model's parameters."""
@@ -72,8 +71,7 @@ class Choice:
     root: Tree
 
 
-@dataclass(eq=False)
-class Graph:
+class Graph(Struct, frozen=False, eq=False):
     """A body of steps: the model's, a block use's, a repetition's or a residual branch's.
     Tensor names are local to the graph: ``inputs`` are its own, each step's outputs are
     defined once, and ``outputs`` are what the graph returns."""
@@ -116,7 +114,7 @@ class Run(NamedTuple):
     first: int
 
 
-class Copies(Graph):
+class Copies(Graph, frozen=False, eq=False):
     """A repetition's body, held as the analysis built it: the copies ``analyzed`` (``0``,
     ``1``, ...), the last of which stands for itself and every copy after it, up to ``count``.
     The analysis stops building copies where one would read what the one before it read
@@ -138,7 +136,7 @@ class Copies(Graph):
             _moved_tensor(t, len(analyzed) - 1, count - 1) for t in last.outputs[:threads]
         ]
 
-    @property
+    @property  # type: ignore[misc]  # Graph's field, derived here from the analyzed copies
     def steps(self) -> list[Step]:
         if self._steps is None:
             self._steps = [self.copy(i) for i in range(self.count)]
@@ -213,8 +211,7 @@ def _moved_graph(graph: Graph, old: str, new: str) -> Graph:
     return replace(graph, steps=[_moved(s, old, new) for s in graph.steps])
 
 
-@dataclass(eq=False)
-class Step:
+class Step(Struct, frozen=False, eq=False):
     """One statement of a spec, analyzed: it reads ``inputs`` (tensors of the enclosing graph)
     and writes ``outputs``. Layers hold ``layer`` and their parameter shapes; blocks,
     repetitions and residuals hold sub-graphs."""
@@ -325,8 +322,7 @@ class Step:
         return total
 
 
-@dataclass
-class ModelGraph:
+class ModelGraph(Struct, frozen=False):
     """The analyzed model: its graph, the values of its parameters and symbolic dimensions,
     and its training settings."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keyword
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from dlspec.analysis import memory
@@ -26,6 +26,7 @@ from dlspec.layers.base import Shape, numel
 from dlspec.layers.provenance import Tree
 from dlspec.layers.registry import RETIRED
 from dlspec.layers.symbolic import Dim, Poly, fmt_dim, value_at
+from dlspec.structs import Struct
 from dlspec.syntax import ast
 
 PARAM_TYPES = ("int", "float", "bool", "str", "dim")
@@ -127,8 +128,7 @@ class Values(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
-@dataclass
-class Scope:
+class Scope(Struct, frozen=False):
     """Tensors visible to the statements of one body (a model, a block, a residual branch)."""
 
     path: str
@@ -1447,8 +1447,7 @@ def _rebase_type(x: TensorType, mapping: Mapping[str, Tree]) -> TensorType:
     return TensorType(tuple(provenance.rebase(d, mapping) for d in x.shape), x.dtype)
 
 
-@dataclass(frozen=True)
-class _Reserve:
+class _Reserve(Struct):
     """The generated names an `if` branch that did not run would have taken (``conv2d2``),
     reserved so that the statements after it are named alike whichever branch ran."""
 

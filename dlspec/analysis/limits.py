@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.render import human_bytes
 from dlspec.analysis.report import Report
 from dlspec.diagnostics import Diagnostic, Span, n
+from dlspec.structs import Struct
 
 #: Layers the analysis may build (stacked sub-layers counted, a repetition's alike copies
 #: once), and layers build, export and bench may make (every copy counted), by default:
@@ -32,8 +32,7 @@ MAX_LAYERS = 20_000
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Struct):
     """What a run may use: ``max_layers`` expanded layers, ``max_memory`` bytes (None: this
     machine's physical memory)."""
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from dlspec.analysis.graph import Copies, Graph, ModelGraph, Step
 from dlspec.diagnostics import Diagnostic, n
 from dlspec.layers.base import numel
+from dlspec.structs import Struct
 
 # Families through which a linear map stays linear (W502 looks through them).
 TRANSPARENT = ("regularization", "reshape")
@@ -44,8 +45,7 @@ def _linear_source(step: Step, producers: dict[str, Step], reads: Counter[str]) 
     return None
 
 
-@dataclass
-class Unread:
+class Unread(Struct, frozen=False):
     """A statement whose outputs reach no output of the model: nothing reads them and they
     are not outputs of their scope (the model, a block, a residual's branch), or they are a
     block's outputs that its use leaves unread. Torch computes it and keeps its parameters,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import field
 from math import prod
 from typing import Literal, NamedTuple
 
@@ -44,6 +44,7 @@ from dlspec.layers.layout import (
     is_dense,
 )
 from dlspec.layers.symbolic import Dim, Poly, product, value_at
+from dlspec.structs import Struct, replace
 from dlspec.syntax.parser import parse_number
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -88,8 +89,7 @@ class Ref(NamedTuple):
     grad: bool = False
 
 
-@dataclass
-class Applied:
+class Applied(Struct, frozen=False):
     """A layer applied, in execution order: the tensors it reads, the id of the storage of
     the one it writes, and the outermost block use it runs in (the unit activation
     checkpointing recomputes)."""
@@ -100,8 +100,7 @@ class Applied:
     block: Step | None = None
 
 
-@dataclass
-class Dataflow:
+class Dataflow(Struct, frozen=False):
     """The model's layers in execution order, with tensor identities: the IR's edges, with
     blocks, repetitions and residuals flattened, and a view sharing the storage of what it
     views; each layer's :class:`LayerMemory` is counted as it is applied. Layouts are taken
@@ -323,8 +322,7 @@ def _apply(flow: Dataflow, layer: Layer, step: Step, inputs: list[Ref], output: 
     return Ref(storage, layout, flow.new_object(), grad)
 
 
-@dataclass(frozen=True)
-class LayerMemory:
+class LayerMemory(Struct):
     """Bytes a layer adds to the saved activations (tensors shared with an earlier layer are
     counted there), as a formula in ``B``; ``block`` is the outermost block it runs in.
     ``folds``: the row stands for that many alike copies of the layer, one per copy of the
@@ -486,8 +484,7 @@ def gradient_buffers(step: Step, precision: Precision) -> Dim:
     return elements * float_bytes(precision) * BATCH
 
 
-@dataclass(frozen=True)
-class Moment:
+class Moment(Struct):
     """A moment of a training step and what is alive then (formulas in ``B``)."""
 
     where: str  # "the optimizer step", or the layer whose backward runs
@@ -501,8 +498,7 @@ class Moment:
 FORMULAS = ("weights", "gradients", "optimizer", "activations", "step")
 
 
-@dataclass(frozen=True)
-class Training:
+class Training(Struct):
     """The memory of one training step, each part a formula in ``B`` (and symbolic dims),
     and the moments one of which is its peak."""
 
@@ -546,8 +542,7 @@ Strategy = Literal["ddp", "fsdp"]
 STRATEGIES: tuple[Strategy, ...] = ("ddp", "fsdp")
 
 
-@dataclass(frozen=True)
-class Parallel:
+class Parallel(Struct):
     """Training on ``gpus`` devices (one process each): ``ddp`` replicates the model, its
     gradients and the optimizer's state on every one; ``fsdp`` (torch's ``fully_shard``,
     FSDP2) shards them, each block use of the model (:func:`shard_units`) and then the root
@@ -712,8 +707,7 @@ def training(
     )
 
 
-@dataclass
-class _Group:
+class _Group(Struct, frozen=False):
     """Rows of one copy of a repetition standing for ``fold``'s copies (None: the model)."""
 
     fold: tuple[str, int, int] | None
@@ -740,8 +734,7 @@ def _grouped(rows: list[LayerMemory]) -> list[LayerMemory | _Group]:
     return stack[0].items
 
 
-@dataclass
-class _Backward:
+class _Backward(Struct, frozen=False):
     """The moments of the backward pass, layer by layer, last first: the activations of the
     layers before the one running are kept, the gradients of the parameters after it are
     made. Over a run of alike copies both change by the same amounts from copy to copy, so
@@ -821,8 +814,7 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Struct):
     """The answer of ``dlspec plan``: the largest batch that fits a memory budget (and the
     breakdown there), or by how much batch 1 misses it."""
 
@@ -930,8 +922,7 @@ def max_length(answer: Plan, symbol: str, limits: list[tuple[Dim, int, str]]) ->
     return largest, stop(largest + 1) or "memory"
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(Struct):
     """How a model is trained, for its memory: ``expect total train_memory(...)``'s arguments
     and ``dlspec plan``'s options."""
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from functools import cache
+
+from dlspec.structs import Struct, replace
 
 BATCH = 2  # the stand-in batch size
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(Struct):
     """A tensor's sizes and strides (in elements), batch first. ``copied``: a view kind's
     output that torch had to copy into a storage of its own."""
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from dlspec.diagnostics import Diagnostic
+from dlspec.structs import Struct
 
 MAX_BYTES = (
     1024 * 1024
 )  # a spec is a few KB; 10,000 layers are about 400 KB; parsing 1 MB takes ~2 s
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(Struct):
     path: str
     text: str
 
