@@ -32,6 +32,16 @@ def test_the_analyzed_grammar_is_cached_in_the_cache_folder_and_read_back(tmp_pa
     assert kept.stat().st_mtime_ns == written  # read, not made again
 
 
+def test_a_kept_parser_that_does_not_load_is_made_again(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert check(cache, "specs/mlp.dl").returncode == 0
+    [kept] = cache.iterdir()
+    kept.write_bytes(b"not a pickle")  # cut short, or written by another version
+    result = check(cache, "specs/mlp.dl")
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in cache.iterdir()] == [kept.name] and kept.stat().st_size > 100
+
+
 def test_check_works_where_no_cache_can_be_kept(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("a file where the cache folder would be")
