@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
+from lark import Lark, Token
+from lark.exceptions import UnexpectedInput
+
+from dlspec.syntax import parser_cache
+from dlspec.syntax.parser import grammar_text
 
 
 def check(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,6 +46,37 @@ def test_a_kept_parser_that_does_not_load_is_made_again(tmp_path: Path) -> None:
     result = check(cache, "specs/mlp.dl")
     assert result.returncode == 0, result.stderr
     assert [p.name for p in cache.iterdir()] == [kept.name] and kept.stat().st_size > 100
+
+
+def _parsed(parser: Lark, text: str) -> object:
+    """The parse tree, flat (some error tests nest too deep to compare trees), or the error."""
+    try:
+        tree = parser.parse(text)
+    except UnexpectedInput as error:
+        return type(error), error.line, error.column
+    return [(t.data, [_leaf(c) for c in t.children]) for t in tree.iter_subtrees_topdown()]
+
+
+def _leaf(child: object) -> object:
+    """A token with its place, or a subtree's rule (the subtree is compared on its own)."""
+    if isinstance(child, Token):
+        return child.type, str(child), child.line, child.column
+    return getattr(child, "data", child)
+
+
+def test_the_kept_parser_parses_as_one_made_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its tables and its lexers, pickled compiled, load back as they were made: every spec,
+    and every spec of the error tests (syntax errors too), parses alike."""
+    monkeypatch.setenv("DLSPEC_CACHE", str(tmp_path))
+    made = parser_cache.parser(grammar_text())
+    kept = parser_cache.parser(grammar_text())
+    assert kept is not made
+    paths = [*ROOT.glob("specs/*.dl"), *ROOT.glob("tests/errors/*.dl")]
+    texts = [p.read_bytes().decode(errors="replace") for p in paths]
+    assert len(texts) > 40
+    assert [_parsed(kept, t) for t in texts] == [_parsed(made, t) for t in texts]
 
 
 def test_check_works_where_no_cache_can_be_kept(tmp_path: Path) -> None:

@@ -6,28 +6,16 @@ transformer only builds nodes; every semantic check happens later, in the analyz
 
 from __future__ import annotations
 
-import contextlib
-import copyreg
 import functools
-import hashlib
-import importlib
-import io
-import os
-import pickle
-import sys
-import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lark
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from lark.parsers.lalr_analysis import Action
 from lark.tree import Meta
 
 from dlspec.diagnostics import Diagnostic, Span, source_lines
-from dlspec.syntax import ast
+from dlspec.syntax import ast, parser_cache
 from dlspec.syntax.bounds import check_bounds
 
 SUFFIXES = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -57,14 +45,6 @@ def grammar_text() -> str:
     from importlib import resources  # a package that is not a folder (a zip); costs an import
 
     return resources.files("dlspec").joinpath("grammar/dlspec.lark").read_text(encoding="utf-8")
-
-
-def cache_folder() -> Path:
-    """Where dlspec keeps what it may rebuild at any time: ``$DLSPEC_CACHE``, else
-    ``$XDG_CACHE_HOME/dlspec``, else ``~/.cache/dlspec``."""
-    if os.environ.get("DLSPEC_CACHE"):
-        return Path(os.environ["DLSPEC_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlspec"
 
 
 def _span(meta: Meta | Token) -> Span:
@@ -283,75 +263,9 @@ def _expected(parser: Lark, names: set[str]) -> str:
     return ", ".join(sorted(shown))
 
 
-def _grammar_cache(grammar: str) -> Path | None:
-    """The file the parser is kept in, named by the hash of the grammar, lark's version and
-    Python's, in :func:`cache_folder`; None where that folder cannot be made. Never lark's
-    ``cache=True``: that is a file of a predictable name in the shared temporary directory,
-    which another user could plant (it is unpickled)."""
-    try:
-        folder = cache_folder()
-        folder.mkdir(parents=True, exist_ok=True)
-    except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
-        return None
-    key = f"{grammar}\0lark {lark.__version__}\0python {sys.version_info[:2]}"
-    return folder / f"grammar-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle"
-
-
-# how a whole parser is pickled: the module lark's lexers hold (``re``) by name, and lark's two
-# LALR actions as themselves (its parser tells them apart by identity)
-_PICKLED_BY_NAME: dict[type, Callable[[Any], Any]] = {
-    **copyreg.dispatch_table,
-    types.ModuleType: lambda module: (importlib.import_module, (module.__name__,)),
-    Action: lambda action: action.name,  # a global's name: Shift or Reduce
-}
-
-
-def _load(path: Path) -> Lark | None:
-    try:
-        with open(path, "rb") as file:
-            parser = pickle.load(file)
-    except Exception:  # missing, or another version's, or broken: made again
-        return None
-    return parser if isinstance(parser, Lark) else None
-
-
-def _keep(parser: Lark, path: Path) -> None:
-    """Write ``parser`` to ``path`` whole, or not at all (a check goes on without it)."""
-    part = path.with_name(f"{path.name}.{os.getpid()}")
-    try:
-        with open(part, "wb") as file:
-            pickler = pickle.Pickler(file, pickle.HIGHEST_PROTOCOL)
-            pickler.dispatch_table = _PICKLED_BY_NAME
-            pickler.dump(parser)
-        os.replace(part, path)
-    except Exception:  # no room, no right to write, or a lark that cannot be pickled
-        with contextlib.suppress(OSError):
-            part.unlink()
-
-
 @functools.cache
 def _parser() -> Lark:
-    """The LALR parser, made once and kept in the cache folder: building its tables takes
-    about fifty times as long as unpickling it whole, which is a few times faster than lark's
-    own cache (which pickles the tables and then builds the parser from them)."""
-    grammar = grammar_text()
-    path = _grammar_cache(grammar)
-    parser = None if path is None else _load(path)
-    if parser is None:
-        parser = _made(grammar)
-        if path is not None:
-            _keep(parser, path)
-    return parser
-
-
-def _made(grammar: str) -> Lark:
-    """The parser as lark's own cache gives it back: saved and loaded again, its names are
-    plain strings (made from the grammar, they are lark's tokens, whose ``==`` the parser
-    would run for each token it reads) and it holds no grammar."""
-    saved = io.BytesIO()
-    Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True).save(saved)
-    saved.seek(0)
-    return Lark.load(saved)
+    return parser_cache.parser(grammar_text())
 
 
 def _end_span(text: str) -> Span:
