@@ -9,9 +9,12 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dlspec import __version__
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in dlspec, not a mistake of the user's
 
@@ -20,6 +23,7 @@ def report_internal_error(argv: Sequence[str], error: BaseException) -> Path | N
     """Write the traceback of an unexpected exception to a log file under the temporary
     directory and return its path (None when even that fails)."""
     import tempfile  # only on a crash: every command imports this module at start-up
+    from pathlib import Path
 
     text = "".join(traceback.format_exception(error))
     header = f"dlspec {__version__}, python {sys.version.split()[0]}\nargv: {list(argv)!r}\n\n"

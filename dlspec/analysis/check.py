@@ -6,7 +6,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dlspec.analysis.graph import ModelGraph
 from dlspec.analysis.infer import Analyzer
@@ -18,6 +18,9 @@ from dlspec.structs import Struct
 from dlspec.syntax.bounds import literal_problem
 from dlspec.syntax.parser import parse
 from dlspec.syntax.source import Source, read_source, read_stdin
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class Checked(Struct, frozen=False):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
-from pathlib import Path
 
 from dlspec.analysis.check import Checked, check_file, check_text
 from dlspec.analysis.graph import describe
@@ -66,6 +65,7 @@ def _imported(args: argparse.Namespace, target: str) -> Checked | int:
     """Import ``MODULE:CALLABLE`` (as `dlspec import` does: the user's code in a bounded
     child process, which writes the spec to a temporary file) and check the spec."""
     import tempfile
+    from pathlib import Path
 
     from dlspec.commands import import_
 
@@ -81,7 +81,7 @@ def _imported(args: argparse.Namespace, target: str) -> Checked | int:
 
 def _check(path: str, args: argparse.Namespace) -> Checked | int:
     overrides, batch, model = dict(args.overrides), args.batch, args.model
-    if ":" in path and not Path(path).exists():
+    if ":" in path and not os.path.exists(path):
         return _imported(args, path)
     return check_file(path, overrides, batch, model, limits_of(args))
 
@@ -96,6 +96,8 @@ def check_all(args: argparse.Namespace) -> int:
             return checked  # an import that failed (said why)
         results.append(checked)
     if args.format == "json":
+        import json  # not for a table: its import compiles regular expressions
+
         reports = [r.report.model_dump(mode="json") for r in results]
         print(
             json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlspec.commands.bounded import MAX_MEMORY
 from dlspec.commands.common import add_input_argument, add_set_argument
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TIMEOUT = 600  # seconds an import may take: tracing a large model takes a minute or two
 
@@ -34,6 +36,8 @@ its module path and operation; nothing is written), 2 usage (bad target, --input
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from pathlib import Path  # here: a check imports this module, and needs no pathlib
+
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(

@@ -7,7 +7,7 @@ transformer only builds nodes; every semantic check happens later, in the analyz
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import os
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -38,10 +38,12 @@ FRIENDLY = {
 
 def grammar_text() -> str:
     """The grammar: shipped inside the package (wheel), or from the source tree's grammar/."""
-    package = Path(__file__).resolve().parents[1]
-    for path in (package / "grammar" / "dlspec.lark", package.parent / "grammar" / "dlspec.lark"):
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for folder in (package, os.path.dirname(package)):
+        path = os.path.join(folder, "grammar", "dlspec.lark")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as file:
+                return file.read()
     from importlib import resources  # a package that is not a folder (a zip); costs an import
 
     return resources.files("dlspec").joinpath("grammar/dlspec.lark").read_text(encoding="utf-8")

@@ -26,7 +26,6 @@ import re
 import sys
 import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lark
@@ -34,12 +33,15 @@ from lark import Lark
 from lark.parsers.lalr_analysis import Action
 
 
-def cache_folder() -> Path:
+def cache_folder() -> str | None:
     """Where dlspec keeps what it may rebuild at any time: ``$DLSPEC_CACHE``, else
-    ``$XDG_CACHE_HOME/dlspec``, else ``~/.cache/dlspec``."""
+    ``$XDG_CACHE_HOME/dlspec``, else ``~/.cache/dlspec``; None without a home folder."""
     if os.environ.get("DLSPEC_CACHE"):
-        return Path(os.environ["DLSPEC_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlspec"
+        return os.environ["DLSPEC_CACHE"]
+    home = os.path.expanduser("~")
+    if not os.environ.get("XDG_CACHE_HOME") and home.startswith("~"):
+        return None  # no home folder to be found
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "dlspec")
 
 
 def parser(grammar: str) -> Lark:
@@ -54,16 +56,18 @@ def parser(grammar: str) -> Lark:
     return made
 
 
-def _kept_at(grammar: str) -> Path | None:
+def _kept_at(grammar: str) -> str | None:
     """The file, named by the hash of the grammar and of the versions of lark, Python and its
     regular expressions' code; None where the cache folder cannot be made."""
+    folder = cache_folder()
+    if folder is None:
+        return None
     try:
-        folder = cache_folder()
-        folder.mkdir(parents=True, exist_ok=True)
-    except (OSError, RuntimeError):  # RuntimeError: no home directory to be found
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
         return None
     key = f"{grammar}\0lark {lark.__version__}\0python {sys.version}\0sre {_sre.MAGIC}"
-    return folder / f"grammar-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle"
+    return os.path.join(folder, f"grammar-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle")
 
 
 def _make(grammar: str) -> Lark:
@@ -82,7 +86,7 @@ def _make(grammar: str) -> Lark:
     return made
 
 
-def _load(path: Path) -> Lark | None:
+def _load(path: str) -> Lark | None:
     try:
         with open(path, "rb") as file:
             kept = pickle.load(file)
@@ -91,9 +95,9 @@ def _load(path: Path) -> Lark | None:
     return kept if isinstance(kept, Lark) else None
 
 
-def _keep(made: Lark, path: Path) -> None:
+def _keep(made: Lark, path: str) -> None:
     """Write the parser to ``path`` whole, or not at all (a check goes on without it)."""
-    part = path.with_name(f"{path.name}.{os.getpid()}")
+    part = f"{path}.{os.getpid()}"
     try:
         with open(part, "wb") as file:
             pickler = pickle.Pickler(file, pickle.HIGHEST_PROTOCOL)
@@ -102,7 +106,7 @@ def _keep(made: Lark, path: Path) -> None:
         os.replace(part, path)
     except Exception:  # no room, no right to write, or a lark that cannot be pickled
         with contextlib.suppress(OSError):
-            part.unlink()
+            os.unlink(part)
 
 
 def _compiled_code(regex: re.Pattern[str]) -> tuple[Callable[..., Any], tuple[Any, ...]]:

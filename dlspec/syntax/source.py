@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
-from pathlib import Path
 from typing import BinaryIO
 
 from dlspec.diagnostics import Diagnostic
@@ -20,30 +20,45 @@ class Source(Struct):
     text: str
 
 
-def read_source(path: str | Path) -> tuple[Source | None, Diagnostic | None]:
+def read_source(path: str | os.PathLike[str]) -> tuple[Source | None, Diagnostic | None]:
     """The spec's text, or a diagnostic: missing, unreadable, empty, binary or huge (E001-E004)."""
-    p = Path(path)
+    name = os.fspath(path) or "."  # as pathlib reads an empty path: the current folder
     try:
-        info = p.stat()
+        info = os.stat(name)
         if stat.S_ISDIR(info.st_mode):
-            return None, Diagnostic.at("E001", f"{p} is a directory, not a spec file", None)
+            return None, Diagnostic.at(
+                "E001", f"{_shown(name)} is a directory, not a spec file", None
+            )
         if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
             return None, Diagnostic.at(
-                "E001", f"{p} is not a regular file (a pipe, socket or device), not a spec", None
+                "E001",
+                f"{_shown(name)} is not a regular file (a pipe, socket or device), not a spec",
+                None,
             )
         size = info.st_size
         if size > MAX_BYTES:
             return None, Diagnostic.at(
                 "E004",
-                f"{p} is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes",
+                f"{_shown(name)} is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes",
                 None,
             )
-        data = p.read_bytes()
+        with open(name, "rb") as file:
+            data = file.read()
     except FileNotFoundError:
-        return None, Diagnostic.at("E001", f"no such file: {p}", None)
+        return None, Diagnostic.at("E001", f"no such file: {_shown(name)}", None)
     except OSError as exc:
-        return None, Diagnostic.at("E001", f"cannot read {p}: {exc.strerror or exc}", None)
+        return None, Diagnostic.at(
+            "E001", f"cannot read {_shown(name)}: {exc.strerror or exc}", None
+        )
     return decode_source(str(path), data)
+
+
+def _shown(path: str) -> str:
+    """``path`` as the messages show it, as pathlib writes it (``./specs//a.dl`` is
+    ``specs/a.dl``); pathlib is imported for a file that is not a spec only."""
+    from pathlib import Path
+
+    return str(Path(path))
 
 
 def read_stdin(stream: BinaryIO | None = None) -> tuple[Source | None, Diagnostic | None]:
