@@ -3,7 +3,8 @@
 ``@dataclass`` writes the source of up to six methods for each class and compiles it when its
 module is imported (about 0.15 ms a class, 0.3 ms a frozen one); a check imports some fifty
 such classes, and its start-up is what it is measured on. A :class:`Struct` compiles one
-method, ``__init__``; the others are written once, here, for every struct. Otherwise a struct
+method, ``__init__``, when it makes its first instance; the others are written once, here,
+for every struct. Otherwise a struct
 is what the dataclass it replaces was:
 
 * ``class Layout(Struct)``: ``@dataclass(frozen=True, slots=True)``: immutable (assigning
@@ -47,6 +48,18 @@ def _init(fields: tuple[str, ...], defaults: dict[str, Any], frozen: bool) -> An
     source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(lines)
     exec(source, scope)  # the source is made of the class's own field names
     return scope["__init__"]
+
+
+def _first_init(cls: StructType, frozen: bool) -> Any:
+    """An ``__init__`` that compiles the class's own (:func:`_init`) when the first instance
+    is made, and hands over to it: most struct classes a check imports make none."""
+
+    def __init__(self: Struct, *args: Any, **kwargs: Any) -> None:
+        init = _init(cls.__struct_fields__, cls.__struct_defaults__, frozen)
+        type.__setattr__(cls, "__init__", init)
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
 def _values(struct: Struct) -> tuple[Any, ...]:
@@ -108,8 +121,6 @@ class StructType(type):
         namespace.update(
             __struct_fields__=fields, __struct_defaults__=defaults, __match_args__=fields
         )
-        if own and "__init__" not in namespace:  # a class's own is kept, as dataclass keeps it
-            namespace["__init__"] = _init(fields, defaults, frozen)
         if frozen:
             namespace.update(
                 __slots__=tuple(own),
@@ -120,7 +131,10 @@ class StructType(type):
         if eq:
             namespace.update(__eq__=_eq, __hash__=_hash if frozen else None)
         namespace.setdefault("__repr__", _repr)
-        return super().__new__(mcs, name, bases, namespace)
+        cls = super().__new__(mcs, name, bases, namespace)
+        if own and "__init__" not in namespace:  # a class's own is kept, as dataclass keeps it
+            type.__setattr__(cls, "__init__", _first_init(cls, frozen))
+        return cls
 
 
 class Struct(metaclass=StructType, frozen=False, eq=False):
