@@ -13,7 +13,7 @@ import io
 import sys
 from collections.abc import Collection, Sequence
 
-from dlspec import __version__
+from dlspec import __version__, collector
 from dlspec.crash import internal_error
 
 COMMANDS = {
@@ -55,11 +55,17 @@ def build_parser(names: Collection[str] = tuple(COMMANDS)) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The program (``argv`` None: the process's own command line), or a run of it for a
+    caller (a test) with ``argv``."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["help"]:  # `dlspec help CMD` is `dlspec CMD --help`
         argv = [*argv[1:2], "--help"]
     chosen = [a for a in argv if a in COMMANDS][:1]  # import only the command that runs
-    parser = build_parser(chosen or COMMANDS)
+    with collector.paused():  # imports: objects that live as long as the process
+        parser = build_parser(chosen or COMMANDS)
+    if program:  # a caller's objects are its own to collect
+        collector.keep_imported()
     for stream in (sys.stdout, sys.stderr):  # never fail on undecodable names from argv
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")

@@ -107,3 +107,15 @@ def test_check_imports_nothing_only_other_paths_need() -> None:
         f"print(rc, *[m for m in {unneeded!r} if m in sys.modules])"
     )
     assert _run(code) == ["0"]
+
+
+def test_the_program_lets_the_collector_ignore_what_it_imported() -> None:
+    """Run as the program, a check freezes its imports (gc.freeze); run for a caller with
+    ``argv``, it leaves the caller's collector as it was."""
+    code = (
+        "import gc, sys; from dlspec.cli import main; "
+        "main(['check', '-q', 'specs/mlp.dl']); called = gc.get_freeze_count(); "
+        "sys.argv = ['dlspec', 'check', '-q', 'specs/mlp.dl']; main(); "
+        "print(called, gc.get_freeze_count() > 0, gc.isenabled())"
+    )
+    assert _run(code) == ["0", "True", "True"]
