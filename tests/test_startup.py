@@ -3,7 +3,9 @@ folder only, and nothing imported or looked up that a check does not need."""
 
 from __future__ import annotations
 
+import _sre
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +121,16 @@ def test_the_program_lets_the_collector_ignore_what_it_imported() -> None:
         "print(called, gc.get_freeze_count() > 0, gc.isenabled())"
     )
     assert _run(code) == ["0", "True", "True"]
+
+
+def test_lexers_that_would_not_load_back_compiled_are_kept_uncompiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Python whose ``_sre`` takes compiled code otherwise, the file still loads."""
+    made = parser_cache._make(grammar_text())
+    broken = {**parser_cache._PICKLED, re.Pattern: lambda regex: (_sre.compile, ("no code",))}
+    monkeypatch.setattr(parser_cache, "_PICKLED", broken)
+    parser_cache._keep(made, str(tmp_path / "kept"))
+    loaded = parser_cache._load(str(tmp_path / "kept"))
+    text = (ROOT / "specs" / "cnn.dl").read_text()
+    assert loaded is not None and _parsed(loaded, text) == _parsed(made, text)

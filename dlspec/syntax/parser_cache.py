@@ -96,17 +96,30 @@ def _load(path: str) -> Lark | None:
 
 
 def _keep(made: Lark, path: str) -> None:
-    """Write the parser to ``path`` whole, or not at all (a check goes on without it)."""
+    """Write the parser to ``path`` whole, or not at all (a check goes on without it). Its
+    lexers go compiled only where the pickle loads back: a Python whose ``_sre`` takes its
+    code otherwise gets them uncompiled, not a file that fails to load at every check."""
     part = f"{path}.{os.getpid()}"
     try:
+        kept = _pickled(made, _PICKLED)
+        try:
+            pickle.loads(kept)
+        except Exception:  # the compiled lexers do not load back on this Python
+            kept = _pickled(made, _PICKLED_UNCOMPILED)
         with open(part, "wb") as file:
-            pickler = pickle.Pickler(file, pickle.HIGHEST_PROTOCOL)
-            pickler.dispatch_table = _PICKLED
-            pickler.dump(made)
+            file.write(kept)
         os.replace(part, path)
     except Exception:  # no room, no right to write, or a lark that cannot be pickled
         with contextlib.suppress(OSError):
             os.unlink(part)
+
+
+def _pickled(made: Lark, dispatch: dict[type, Callable[[Any], Any]]) -> bytes:
+    saved = io.BytesIO()
+    pickler = pickle.Pickler(saved, pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = dispatch
+    pickler.dump(made)
+    return saved.getvalue()
 
 
 def _compiled_code(regex: re.Pattern[str]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
@@ -144,9 +157,11 @@ _CODE = _regex_compiler()
 # how the parser is pickled: the module lark's lexers hold (``re``) by name, lark's two LALR
 # actions as themselves (its parser tells them apart by identity), regular expressions as
 # their compiled code
-_PICKLED: dict[type, Callable[[Any], Any]] = {
+_PICKLED_UNCOMPILED: dict[type, Callable[[Any], Any]] = {
     **copyreg.dispatch_table,
     types.ModuleType: lambda module: (importlib.import_module, (module.__name__,)),
     Action: lambda action: action.name,  # a global's name: Shift or Reduce
-    **({re.Pattern: _compiled_code} if _CODE is not None else {}),
 }
+_PICKLED = dict(_PICKLED_UNCOMPILED)
+if _CODE is not None:
+    _PICKLED[re.Pattern] = _compiled_code
