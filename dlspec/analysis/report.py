@@ -14,7 +14,6 @@ Memory estimates (fp32, 4 bytes per element; :mod:`dlspec.analysis.memory` has t
   transient gradients and the optimizer step's temporaries (the peak of a training step).
 """
 
-import json
 from math import prod
 from typing import Any, Literal
 
@@ -93,6 +92,8 @@ class Report(Validated):
         try:
             return self.model_dump_json(indent=2)
         except PydanticSerializationError:  # lone surrogates: pydantic cannot encode them
+            import json  # only here: a check that prints a table never needs it
+
             return json.dumps(self.model_dump(mode="json"), indent=2)
 
 

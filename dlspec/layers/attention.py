@@ -20,7 +20,6 @@ keys as long as the queries).
 
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
 from dlspec.layers.base import (
@@ -56,6 +55,7 @@ from dlspec.layers.layout import (
 )
 from dlspec.layers.norm import LayerNorm
 from dlspec.layers.symbolic import Dim, product
+from dlspec.structs import replace
 from dlspec.validation import After, Field
 
 Probability = Annotated[float, Field(ge=0, le=1)]

@@ -34,13 +34,14 @@ per sample; dlspec differs where a layer applies its weights at every step of a 
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from dlspec.layers.layout import BATCH, Layout, as_rows, is_contiguous, reshape, to_time_major
 from dlspec.layers.provenance import carries
 from dlspec.layers.registry import REGISTRY
 from dlspec.layers.symbolic import Dim, Poly, SymbolicError, fmt_dim, product
+from dlspec.structs import Struct
 from dlspec.validation import Field, Plain, Validated
 
 Family = Literal[
@@ -112,8 +113,7 @@ class LayerError(Exception):
 Shape = tuple[int, ...]
 
 
-@dataclass
-class Inferred:
+class Inferred(Struct, frozen=False):
     """What a layer does to its inputs, statically."""
 
     output: TensorType  # the first (usually only) output
@@ -140,8 +140,7 @@ class Inferred:
         return self.several or [self.output]
 
 
-@dataclass(frozen=True)
-class TorchCall:
+class TorchCall(Struct):
     """How a layer appears in generated PyTorch code.
 
     ``cls`` is the module class (``"nn.Conv2d"``), constructed with ``args`` and ``kwargs``
@@ -161,8 +160,7 @@ class TorchCall:
     helper: str | None = None
 
 
-@dataclass(frozen=True)
-class Saved:
+class Saved(Struct):
     """One tensor a layer keeps for its backward pass (training mode).
 
     ``tensor`` says which: ``"input0"``, ``"input1"``... (the layer's inputs, shared with
@@ -198,8 +196,7 @@ def saved_output(output: TensorType) -> Saved:
     return Saved("output", product(output.shape))
 
 
-@dataclass(frozen=True)
-class Given:
+class Given(Struct):
     """What the analysis knows of a layer's inputs beyond their types: ``first[i]``, the
     index of the first input that is the same tensor object as input ``i`` (``i`` when no
     earlier one is), ``layouts``, where each lies (empty when unknown: contiguous), and

@@ -2,7 +2,6 @@
 
 import math
 import string
-from dataclasses import dataclass
 from typing import Annotated
 
 from dlspec.layers.base import (
@@ -33,6 +32,7 @@ from dlspec.layers.layout import (
     unsqueezed,
 )
 from dlspec.layers.symbolic import Dim, product
+from dlspec.structs import Struct
 from dlspec.validation import Field
 
 
@@ -86,8 +86,7 @@ class Linear(Layer):
 EQUATION = r"^[A-Za-z]{1,8},[A-Za-z]{1,8}->[A-Za-z]{0,16}$"
 
 
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(Struct):
     """How torch's ``einsum`` contracts two operands (``sumproduct_pair``), by positions in
     ``labels``: the batch's, the output's, then the contracted subscripts (torch's order:
     capitals first). Each operand is permuted to ``labels`` (size 1 where it lacks one),

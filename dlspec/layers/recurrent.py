@@ -22,7 +22,6 @@ each of the two bias vectors, when ``bias``) ``+ proj_size x hidden`` (the proje
 gates' nonlinearities and the element-wise products of the cell update are not counted.
 """
 
-from dataclasses import replace
 from typing import Annotated, ClassVar, Literal
 
 from dlspec.layers.base import (
@@ -52,6 +51,7 @@ from dlspec.layers.layout import (
     time_major,
 )
 from dlspec.layers.symbolic import Dim, product
+from dlspec.structs import replace
 from dlspec.validation import Field
 
 Returns = Literal["sequence", "last", "hidden"]
