@@ -1,6 +1,8 @@
 """Diagnostics: every problem a user can cause, with a code, a place and the numbers."""
 
-from typing import Literal, NamedTuple, Self
+from typing import Literal, NamedTuple
+
+from typing_extensions import Self
 
 from dlspec.terminal import printable
 from dlspec.validation import Field, Validated

@@ -21,17 +21,7 @@ options (``frozen``, ``extra``, ``strict``, ``populate_by_name``) and offers the
 import inspect
 import types
 from collections.abc import Callable
-from typing import (
-    Annotated,
-    Any,
-    ClassVar,
-    Literal,
-    Self,
-    Union,
-    dataclass_transform,
-    get_args,
-    get_origin,
-)
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic_core import (
     PydanticUndefined,
@@ -40,6 +30,9 @@ from pydantic_core import (
     ValidationError,
 )
 from pydantic_core import core_schema as cs
+from typing_extensions import Self, dataclass_transform
+
+T = TypeVar("T")
 
 __all__ = ["After", "Field", "FieldInfo", "Plain", "Validated", "ValidationError"]
 
@@ -276,17 +269,19 @@ class Validated:
 
     @classmethod
     def _validator(cls) -> SchemaValidator:
-        if (validator := cls.__dict__.get("_validator_")) is None:
-            validator = SchemaValidator(cls.__model_schema__())
-            type.__setattr__(cls, "_validator_", validator)
-        return validator
+        return cls._made("_validator_", SchemaValidator)
 
     @classmethod
     def _serializer(cls) -> SchemaSerializer:
-        if (serializer := cls.__dict__.get("_serializer_")) is None:
-            serializer = SchemaSerializer(cls.__model_schema__())
-            type.__setattr__(cls, "_serializer_", serializer)
-        return serializer
+        return cls._made("_serializer_", SchemaSerializer)
+
+    @classmethod
+    def _made(cls, name: str, make: Callable[[cs.CoreSchema], T]) -> T:
+        """The class's own ``name`` (not a base's), made from its schema the first time."""
+        if (made := cls.__dict__.get(name)) is None:
+            made = make(cls.__model_schema__())
+            type.__setattr__(cls, name, made)
+        return made
 
     def __init__(self, **data: Any) -> None:
         type(self)._validator().validate_python(data, self_instance=self)
