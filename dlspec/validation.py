@@ -8,8 +8,8 @@ with those annotations (a test holds the two to each other). What is left out is
 pydantic that a check cannot afford at start-up: importing ``BaseModel``'s machinery and
 building a model class per layer kind cost a ``dlspec check`` more than its own work (about
 60 ms of 164, with the report's and the train section's models; the import floor, lark and
-pydantic, is 66 ms). A class here is made in
-microseconds and builds its validator the first time it validates.
+pydantic, is 66 ms). A class here is made in microseconds and builds its validator the first
+time it validates.
 
 A subclass declares fields as a pydantic model does (``name: type = default``, with
 :func:`Field` for constraints, a default factory or a second name), takes the same class
