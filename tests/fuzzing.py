@@ -212,8 +212,10 @@ def _pool(r: random.Random, x: Tensor) -> str | None:
         )
     return r.choice(
         [
-            f"MaxPool2d({kernel}, stride={r.randint(1, 2)}, padding={padding})",
-            f"AvgPool2d({kernel}, padding={padding}, ceil_mode={r.choice(['true', 'false'])})",
+            f"MaxPool2d({kernel}, stride={r.randint(1, 2)}, padding={padding}, "
+            f"ceil_mode={r.choice(['true', 'false'])})",
+            f"AvgPool2d({kernel}, padding={padding}, ceil_mode={r.choice(['true', 'false'])}"
+            f"{_divisor(r)})",
             f"AdaptiveAvgPool2d({r.randint(1, 3)})",
             "Upsample(scale_factor=2)",
             f'Upsample(size={r.randint(2, 6)}, mode="bilinear")',
@@ -437,6 +439,12 @@ def _math(draft: Draft, x: Tensor) -> list[str] | None:
     return [f"{a} = Clamp(-3.0, 3.0) <- {z.name}", f"{b} = Reparameterize <- {x.name}, {a}"]
 
 
+def _divisor(r: random.Random) -> str:
+    """An average pool's divisor, where it is not the window's size: the elements in it
+    (padding not counted), or a number of the spec's."""
+    return r.choice(["", "", ", count_include_pad=false", f", divisor_override={r.randint(1, 5)}"])
+
+
 def _pool_more(r: random.Random, x: Tensor) -> str:
     """The 1-D average and adaptive pools of ``[C, L]``; the 3-D pools of ``[C, D, H, W]``."""
     kernel, stride, padding, _, _ = _window(r, x)
@@ -452,7 +460,7 @@ def _pool_more(r: random.Random, x: Tensor) -> str:
     return r.choice(
         [
             f"MaxPool3d({kernel}, stride={stride}, padding={padding})",
-            f"AvgPool3d({kernel}, padding={padding}, ceil_mode={ceil})",
+            f"AvgPool3d({kernel}, padding={padding}, ceil_mode={ceil}{_divisor(r)})",
             f"AdaptiveAvgPool3d({r.randint(1, 2)})",
         ]
     )

@@ -219,6 +219,20 @@ model C(T: dim = 4) {
     output b, c
 }
 """,
+    # torch drops the window ceil_mode adds (it would start in the padding), ONNX's
+    # inference counts it: ONNX Runtime planned the pool's output into the Linear's buffer,
+    # of the size it counted (fuzz seed 13,007,816)
+    "pooling in ceil_mode beside a tensor of the size ONNX counts": """
+model C(T: dim = 3) {
+    input x: float[3, 3, 3, 4]
+    input y: float[T, 3]
+    l = Linear(3) <- x
+    a = AvgPool3d(2, padding=1, ceil_mode=true) <- x
+    m = MaxPool3d(2, padding=1, ceil_mode=true) <- x
+    z = Linear(2) <- y
+    output a, l, m, z
+}
+""",
     "sizes read after windows and attention": """
 model W(T: dim = 6) {
     input x: float[4, 4, 6]
@@ -842,3 +856,30 @@ def test_lstm_with_projections_exports_with_torchscript() -> None:
     assert result.initializers.missing == ()
     ops = [node.op_type for node in onnx.load_from_string(result.data).graph.node]
     assert ops.count("LSTM") == 6
+
+
+CEIL_POOLS = [
+    f"{kind}({k}, stride={s}, padding={p}, ceil_mode=true{extra})"
+    for kind, extra in [
+        ("AvgPool2d", ""),
+        ("AvgPool2d", ", count_include_pad=false"),
+        ("AvgPool2d", ", divisor_override=3"),
+        ("MaxPool2d", ""),
+        ("MaxPool2d", ", dilation=2"),
+    ]
+    for k, s, p in [(2, 2, 1), (3, 2, 1), (3, 3, 1), ([2, 3], [2, 3], 1)]
+]
+
+
+@pytest.mark.parametrize("pool", CEIL_POOLS)
+def test_pools_in_ceil_mode_export_as_torch_computes_them(pool: str) -> None:
+    """Over sizes where torch keeps the window ceil_mode adds on some axes, drops it on
+    others, or both: ONNX Runtime's values and shapes are torch's (exported in floor mode
+    where torch drops it on every axis where it adds one), with a divisor_override too,
+    which torch's own symbolic drops."""
+    spec = dlspec.load_text(
+        f"model P {{ input x: float[2, 5, 7]  a = {pool} <- x  b = Linear(3) <- a }}", "<pool>"
+    )
+    torch.manual_seed(0)
+    result = export_onnx(spec.to_torch(), spec.graph, device="cpu")
+    assert result.exporter == "TorchScript" and all(c.passed for c in result.comparisons)

@@ -709,49 +709,90 @@ def _register_adaptive_pools() -> None:
 
 
 @cache
-def _register_ceil_mode_pools() -> None:
-    """Give ONNX's shape inference the size of torch's pools in ``ceil_mode``. Where torch
-    drops a last window that would start in the right padding, ONNX Runtime drops it too,
-    but ONNX's shape inference counts it, so that a layer after the pool with a weight over
-    that axis (a Linear) fails the checker's and ONNX Runtime's inference at load time. A
-    Slice of the pool's output to torch's size along those axes (where the exporter knows the
-    input's size) tells the inference, and changes nothing at run time. The pool itself is
-    torch's (opset 10 on; below, torch's pads the input instead)."""
+def _register_pools() -> None:
+    """Export torch's average and max pools as torch computes them, where its symbolics do
+    not (opset 10 on; below, torch's pads the input instead).
+
+    ``divisor_override``, which torch's symbolic drops: the windows' sums (a convolution of
+    ones per channel, over the input padded with zeros, on the right as far as ceil mode's
+    last window reaches) divided by it.
+
+    ``ceil_mode``: where torch drops a last window that would start in the right padding,
+    ONNX Runtime drops it too, but ONNX's shape inference counts it: a layer after the pool
+    with a weight over that axis (a Linear) fails the checker's and ONNX Runtime's inference
+    at load time, and ONNX Runtime's memory planner, trusting the inferred size, may hand
+    the pool's output buffer to a tensor of that size, which fails at run time. Where torch
+    drops the window on every axis it adds one, it keeps the windows floor mode keeps (the
+    same windows, each inside the padded input, so the same divisors too): the pool is
+    exported in floor mode. Where some axes keep the window and others drop it, a Slice of
+    the pool's output to torch's size along those axes tells the inference (changing nothing
+    at run time)."""
+    import torch
     from torch.onnx import symbolic_helper, symbolic_opset9, symbolic_opset10
 
     from dlspec.layers.base import window_out
 
+    def sums(g: Any, x: Any, channels: int, k: list[int], s: list[int], pads: list[int]) -> Any:
+        """Each window's sum, over ``x`` padded with zeros by ``pads`` (ONNX's order)."""
+        every = [0, 0, *pads[: len(k)], 0, 0, *pads[len(k) :]]
+        padded = (
+            g.op("Pad", x, _int64_constant(g, every))
+            if g.opset >= 11
+            else g.op("Pad", x, pads_i=every)
+        )
+        ones = g.op("Constant", value_t=torch.ones(channels, 1, *k, dtype=_float_type(x)))
+        return g.op("Conv", padded, ones, kernel_shape_i=k, strides_i=s, group_i=channels)
+
     def symbolic(kind: str, dims: int) -> Callable[..., Any]:
         name = f"{kind}_pool{dims}d"
+        at = 0 if kind == "avg" else 1  # ceil_mode's place after padding
+        make = (
+            symbolic_opset10._avg_pool(name, dims)
+            if kind == "avg"
+            else symbolic_opset10._max_pool(name, dims, return_indices=False)
+        )
 
         def pool(g: Any, x: Any, kernel: Any, stride: Any, padding: Any, *rest: Any) -> Any:
             if g.opset < 10:
                 return getattr(symbolic_opset9, name)(g, x, kernel, stride, padding, *rest)
-            if kind == "avg":
-                out = symbolic_opset10._avg_pool(name, dims)(g, x, kernel, stride, padding, *rest)
-                dilation, ceil_mode = [1], rest[0]
-            else:
-                out = symbolic_opset10._max_pool(name, dims, return_indices=False)(
-                    g, x, kernel, stride, padding, *rest
-                )
-                dilation, ceil_mode = symbolic_helper._parse_arg(rest[0], "is"), rest[1]
             sizes = symbolic_helper._get_tensor_sizes(x)
-            if not symbolic_helper._parse_arg(ceil_mode, "i") or not sizes:
-                return out
+            ceil = symbolic_helper._parse_arg(rest[at], "i")
+            divisor = (
+                symbolic_helper._parse_arg(rest[2], "i")
+                if kind == "avg" and len(rest) > 2 and not symbolic_helper._is_none(rest[2])
+                else None
+            )
+            if not (ceil or divisor) or not sizes:
+                if divisor:
+                    raise RuntimeError("divisor_override over sizes the exporter cannot see")
+                return make(g, x, kernel, stride, padding, *rest)
+            dilation = [1] if kind == "avg" else symbolic_helper._parse_arg(rest[0], "is")
             k, s, p = (symbolic_helper._parse_arg(v, "is") for v in (kernel, stride, padding))
-            every = [v * dims if len(v) == 1 else v for v in (k, s or k, p, dilation)]
-            axes, ends = [], []
-            for axis, (size, ki, si, pi, di) in enumerate(zip(sizes[2:], *every, strict=True)):
+            k, s, p, d = (v * dims if len(v) == 1 else v for v in (k, s or k, p, dilation))
+            axes, ends, floor, reach_end = [], [], True, []
+            for axis, size in enumerate(sizes[2:]):
                 if size is None:
+                    floor = False
                     continue
-                reach = size + 2 * pi - di * (ki - 1) - 1
-                counted = -(-reach // si) + 1  # ONNX's inference: the last window kept
-                kept = window_out(size, ki, si, pi, di, "", ceil_mode=True)
-                if kept != counted:
+                reach = size + 2 * p[axis] - d[axis] * (k[axis] - 1) - 1
+                counted = -(-reach // s[axis]) + 1  # ONNX's inference: the last window kept
+                kept = window_out(size, k[axis], s[axis], p[axis], d[axis], "", ceil_mode=ceil)
+                floor = floor and kept == reach // s[axis] + 1
+                reach_end.append(max(p[axis], (kept - 1) * s[axis] + k[axis] - size - p[axis]))
+                if ceil and kept != counted:
                     axes.append(axis + 2)
                     ends.append(kept)
+            if divisor:
+                if sizes[1] is None or len(reach_end) != dims:
+                    raise RuntimeError("divisor_override over sizes the exporter cannot see")
+                total = sums(g, x, sizes[1], k, s, [*p, *reach_end])
+                by = torch.tensor(float(divisor), dtype=_float_type(x))
+                return g.op("Div", total, g.op("Constant", value_t=by))
             if not axes:
-                return out
+                return make(g, x, kernel, stride, padding, *rest)
+            if floor:
+                return make(g, x, kernel, stride, padding, *rest[:at], False, *rest[at + 1 :])
+            out = make(g, x, kernel, stride, padding, *rest)
             return symbolic_helper._slice_helper(
                 g, out, axes=axes, starts=[0] * len(axes), ends=ends
             )
@@ -946,7 +987,7 @@ def _export_torchscript(
     _register_batch_norm()
     _register_instance_norm()
     _register_adaptive_pools()
-    _register_ceil_mode_pools()
+    _register_pools()
     _register_pixel_shuffles()
     _register_projected_lstm()
     buffer = io.BytesIO()
