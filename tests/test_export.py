@@ -871,14 +871,17 @@ CEIL_POOLS = [
 ]
 
 
+# over 5 x 7 torch drops every window ceil_mode adds, over 4 x 6 it keeps them (they reach
+# past the padding), over 5 x 6 with [2, 3] windows it drops one axis's and keeps the other's
+@pytest.mark.parametrize("size", ["5, 7", "4, 6", "5, 6"])
 @pytest.mark.parametrize("pool", CEIL_POOLS)
-def test_pools_in_ceil_mode_export_as_torch_computes_them(pool: str) -> None:
+def test_pools_in_ceil_mode_export_as_torch_computes_them(pool: str, size: str) -> None:
     """Over sizes where torch keeps the window ceil_mode adds on some axes, drops it on
     others, or both: ONNX Runtime's values and shapes are torch's (exported in floor mode
     where torch drops it on every axis where it adds one), with a divisor_override too,
     which torch's own symbolic drops."""
     spec = dlspec.load_text(
-        f"model P {{ input x: float[2, 5, 7]  a = {pool} <- x  b = Linear(3) <- a }}", "<pool>"
+        f"model P {{ input x: float[2, {size}]  a = {pool} <- x  b = Linear(3) <- a }}", "<pool>"
     )
     torch.manual_seed(0)
     result = export_onnx(spec.to_torch(), spec.graph, device="cpu")

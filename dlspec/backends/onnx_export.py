@@ -755,42 +755,43 @@ def _register_pools() -> None:
         def pool(g: Any, x: Any, kernel: Any, stride: Any, padding: Any, *rest: Any) -> Any:
             if g.opset < 10:
                 return getattr(symbolic_opset9, name)(g, x, kernel, stride, padding, *rest)
-            sizes = symbolic_helper._get_tensor_sizes(x)
+            sizes = symbolic_helper._get_tensor_sizes(x) or [None] * (dims + 2)
             ceil = symbolic_helper._parse_arg(rest[at], "i")
             divisor = (
                 symbolic_helper._parse_arg(rest[2], "i")
                 if kind == "avg" and len(rest) > 2 and not symbolic_helper._is_none(rest[2])
                 else None
             )
-            if not (ceil or divisor) or not sizes:
-                if divisor:
-                    raise RuntimeError("divisor_override over sizes the exporter cannot see")
-                return make(g, x, kernel, stride, padding, *rest)
             dilation = [1] if kind == "avg" else symbolic_helper._parse_arg(rest[0], "is")
             k, s, p = (symbolic_helper._parse_arg(v, "is") for v in (kernel, stride, padding))
             k, s, p, d = (v * dims if len(v) == 1 else v for v in (k, s or k, p, dilation))
-            axes, ends, floor, reach_end = [], [], True, []
+            axes, ends, reach = [], [], []  # reach: the right padding ceil mode's windows need
             for axis, size in enumerate(sizes[2:]):
                 if size is None:
-                    floor = False
                     continue
-                reach = size + 2 * p[axis] - d[axis] * (k[axis] - 1) - 1
-                counted = -(-reach // s[axis]) + 1  # ONNX's inference: the last window kept
+                span = d[axis] * (k[axis] - 1) + 1
+                counted = -(-(size + 2 * p[axis] - span) // s[axis]) + 1  # ONNX's inference
                 kept = window_out(size, k[axis], s[axis], p[axis], d[axis], "", ceil_mode=ceil)
-                floor = floor and kept == reach // s[axis] + 1
-                reach_end.append(max(p[axis], (kept - 1) * s[axis] + k[axis] - size - p[axis]))
+                reach.append(max(p[axis], (kept - 1) * s[axis] + span - size - p[axis]))
                 if ceil and kept != counted:
                     axes.append(axis + 2)
                     ends.append(kept)
+            # every window inside the padded input, as in floor mode (on every axis where ceil
+            # adds one, torch drops it)
+            inside = not ceil or reach == p
             if divisor:
-                if sizes[1] is None or len(reach_end) != dims:
+                if inside:  # each window's mean over its k elements, times k, over the divisor
+                    mean = make(g, x, kernel, stride, padding, False, True, None)
+                    scale = torch.tensor(math.prod(k) / divisor, dtype=_float_type(x))
+                    return g.op("Mul", mean, g.op("Constant", value_t=scale))
+                if sizes[1] is None or len(reach) != dims:
                     raise RuntimeError("divisor_override over sizes the exporter cannot see")
-                total = sums(g, x, sizes[1], k, s, [*p, *reach_end])
+                total = sums(g, x, sizes[1], k, s, [*p, *reach])
                 by = torch.tensor(float(divisor), dtype=_float_type(x))
                 return g.op("Div", total, g.op("Constant", value_t=by))
             if not axes:
                 return make(g, x, kernel, stride, padding, *rest)
-            if floor:
+            if inside:
                 return make(g, x, kernel, stride, padding, *rest[:at], False, *rest[at + 1 :])
             out = make(g, x, kernel, stride, padding, *rest)
             return symbolic_helper._slice_helper(
