@@ -1207,7 +1207,7 @@ class _Float64:
         import torch
 
         out = self(*(torch.from_numpy(v) for v in feeds.values()))
-        return [y.numpy() for y in (out if isinstance(out, tuple) else (out,))]
+        return [y.detach().numpy() for y in (out if isinstance(out, tuple) else (out,))]
 
 
 def scaled_error(comparison: Any) -> float:
