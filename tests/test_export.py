@@ -233,6 +233,19 @@ model C(T: dim = 3) {
     output a, l, m, z
 }
 """,
+    # after a Chunk TorchScript sees no size: pools in ceil_mode are made by hand, their
+    # count read at run time (torch drops ceil's last window over 5 rows, keeps it over 6)
+    "pooling in ceil_mode over sizes it cannot see": """
+model C(T: dim = 5) {
+    input x: float[T, 10, 6]
+    p, q = Chunk(2, dim=1) <- x
+    a = AvgPool2d(3, stride=2, padding=1, ceil_mode=true) <- p
+    c = AvgPool2d(3, stride=2, padding=1, ceil_mode=true, count_include_pad=false) <- p
+    m = MaxPool2d(2, stride=2, padding=1, ceil_mode=true) <- q
+    v = AvgPool2d(2, stride=2, padding=1, ceil_mode=true, divisor_override=3) <- q
+    output a, c, m, v
+}
+""",
     "sizes read after windows and attention": """
 model W(T: dim = 6) {
     input x: float[4, 4, 6]

@@ -713,35 +713,21 @@ def _register_pools() -> None:
     """Export torch's average and max pools as torch computes them, where its symbolics do
     not (opset 10 on; below, torch's pads the input instead).
 
-    ``divisor_override``, which torch's symbolic drops: the windows' sums (a convolution of
-    ones per channel, over the input padded with zeros, on the right as far as ceil mode's
-    last window reaches) divided by it.
-
     ``ceil_mode``: where torch drops a last window that would start in the right padding,
     ONNX Runtime drops it too, but ONNX's shape inference counts it: a layer after the pool
     with a weight over that axis (a Linear) fails the checker's and ONNX Runtime's inference
     at load time, and ONNX Runtime's memory planner, trusting the inferred size, may hand
     the pool's output buffer to a tensor of that size, which fails at run time. Where torch
-    drops the window on every axis it adds one, it keeps the windows floor mode keeps (the
-    same windows, each inside the padded input, so the same divisors too): the pool is
-    exported in floor mode. Where some axes keep the window and others drop it, a Slice of
-    the pool's output to torch's size along those axes tells the inference (changing nothing
-    at run time)."""
-    import torch
+    drops the window on every axis where ceil adds one, it keeps the windows floor mode
+    keeps (the same windows, each inside the padded input, so the same divisors too): the
+    pool is exported in floor mode. Where it keeps some, or the sizes are unknown here, the
+    pool is made by hand (:func:`_ceil_pool`).
+
+    ``divisor_override``, which torch's symbolic drops: where every window lies inside the
+    padded input, the mean of its k elements times k over the divisor; elsewhere by hand."""
     from torch.onnx import symbolic_helper, symbolic_opset9, symbolic_opset10
 
     from dlspec.layers.base import window_out
-
-    def sums(g: Any, x: Any, channels: int, k: list[int], s: list[int], pads: list[int]) -> Any:
-        """Each window's sum, over ``x`` padded with zeros by ``pads`` (ONNX's order)."""
-        every = [0, 0, *pads[: len(k)], 0, 0, *pads[len(k) :]]
-        padded = (
-            g.op("Pad", x, _int64_constant(g, every))
-            if g.opset >= 11
-            else g.op("Pad", x, pads_i=every)
-        )
-        ones = g.op("Constant", value_t=torch.ones(channels, 1, *k, dtype=_float_type(x)))
-        return g.op("Conv", padded, ones, kernel_shape_i=k, strides_i=s, group_i=channels)
 
     def symbolic(kind: str, dims: int) -> Callable[..., Any]:
         name = f"{kind}_pool{dims}d"
@@ -765,44 +751,112 @@ def _register_pools() -> None:
             dilation = [1] if kind == "avg" else symbolic_helper._parse_arg(rest[0], "is")
             k, s, p = (symbolic_helper._parse_arg(v, "is") for v in (kernel, stride, padding))
             k, s, p, d = (v * dims if len(v) == 1 else v for v in (k, s or k, p, dilation))
-            axes, ends, reach = [], [], []  # reach: the right padding ceil mode's windows need
+            inside = kept_as_counted = True
             for axis, size in enumerate(sizes[2:]):
                 if size is None:
+                    inside = kept_as_counted = False
                     continue
                 span = d[axis] * (k[axis] - 1) + 1
+                floor = (size + 2 * p[axis] - span) // s[axis] + 1
                 counted = -(-(size + 2 * p[axis] - span) // s[axis]) + 1  # ONNX's inference
                 kept = window_out(size, k[axis], s[axis], p[axis], d[axis], "", ceil_mode=ceil)
-                reach.append(max(p[axis], (kept - 1) * s[axis] + span - size - p[axis]))
-                if ceil and kept != counted:
-                    axes.append(axis + 2)
-                    ends.append(kept)
-            # every window inside the padded input, as in floor mode (on every axis where ceil
-            # adds one, torch drops it)
-            inside = not ceil or reach == p
-            if divisor:
-                if inside:  # each window's mean over its k elements, times k, over the divisor
+                inside = inside and kept == floor
+                kept_as_counted = kept_as_counted and kept == counted
+            if not ceil or inside:  # floor mode's windows: the divisor scales their means
+                rest = (*rest[:at], False, *rest[at + 1 :])
+                if divisor:
                     mean = make(g, x, kernel, stride, padding, False, True, None)
-                    scale = torch.tensor(math.prod(k) / divisor, dtype=_float_type(x))
-                    return g.op("Mul", mean, g.op("Constant", value_t=scale))
-                if sizes[1] is None or len(reach) != dims:
-                    raise RuntimeError("divisor_override over sizes the exporter cannot see")
-                total = sums(g, x, sizes[1], k, s, [*p, *reach])
-                by = torch.tensor(float(divisor), dtype=_float_type(x))
-                return g.op("Div", total, g.op("Constant", value_t=by))
-            if not axes:
+                    return g.op("Mul", mean, _scalar(g, x, math.prod(k) / divisor))
                 return make(g, x, kernel, stride, padding, *rest)
-            if inside:
-                return make(g, x, kernel, stride, padding, *rest[:at], False, *rest[at + 1 :])
-            out = make(g, x, kernel, stride, padding, *rest)
-            return symbolic_helper._slice_helper(
-                g, out, axes=axes, starts=[0] * len(axes), ends=ends
-            )
+            if kept_as_counted and not divisor:
+                return make(g, x, kernel, stride, padding, *rest)
+            if g.opset < 12:  # Min of int64 counts
+                raise RuntimeError(f"{name} in ceil_mode needs opset 12 here")
+            include_pad = kind == "avg" and bool(symbolic_helper._parse_arg(rest[1], "i"))
+            return _ceil_pool(g, x, kind, (k, s, p, d), include_pad, divisor)
 
         return pool
 
     for kind in ("avg", "max"):
         for dims in (1, 2, 3):
             _register_everywhere(f"aten::{kind}_pool{dims}d", symbolic(kind, dims))
+
+
+def _scalar(g: Any, x: Any, value: float) -> Any:
+    """A constant of ``x``'s float type."""
+    import torch
+
+    return g.op("Constant", value_t=torch.tensor(value, dtype=_float_type(x)))
+
+
+def _ceil_pool(
+    g: Any,
+    x: Any,
+    kind: str,
+    window: tuple[list[int], list[int], list[int], list[int]],
+    include_pad: bool,
+    divisor: int | None,
+) -> Any:
+    """A pool in ceil mode as torch computes it, at any size, from ops whose sizes ONNX's
+    inference gets right: floor mode over the input padded on the right by ``stride - 1``
+    more (ceil mode's windows, the last one torch may drop included), then a Slice to
+    ``min(that count, ceil((size + padding) / stride))`` windows per axis (torch's count: no
+    window starts in the right padding), read at run time. An average is each window's sum
+    (over zeros) over torch's divisor: ``divisor_override``, or the sum over the window of a
+    mask of the elements torch counts (the input, and the padding with
+    ``count_include_pad``; never the part of a last window past the padding)."""
+    import torch
+
+    k, s, p, d = window
+    dims = len(k)
+    extra = [pi + si - 1 for pi, si in zip(p, s, strict=True)]
+
+    def padded(v: Any, value: Any, left: list[int], right: list[int]) -> Any:
+        return g.op("Pad", v, _int64_constant(g, [0, 0, *left, 0, 0, *right]), value)
+
+    def floor_pool(v: Any, op: str) -> Any:
+        attrs = {"dilations_i": d} if op == "MaxPool" else {"count_include_pad_i": 1}
+        return g.op(op, v, kernel_shape_i=k, strides_i=s, pads_i=[0] * 2 * dims, **attrs)
+
+    if kind == "max":
+        out = floor_pool(padded(x, _scalar(g, x, -math.inf), p, extra), "MaxPool")
+    else:
+        area = _scalar(g, x, math.prod(k))
+        sums = g.op("Mul", floor_pool(padded(x, _scalar(g, x, 0.0), p, extra), "AveragePool"), area)
+        if divisor:
+            out = g.op("Div", sums, _scalar(g, x, divisor))
+        else:
+            first = g.op(
+                "Slice",
+                x,
+                _int64_constant(g, [0]),
+                _int64_constant(g, [1]),
+                _int64_constant(g, [1]),
+            )
+            one = torch.ones(1, dtype=_float_type(x))
+            ones = g.op("ConstantOfShape", g.op("Shape", first), value_t=one)
+            counted = padded(ones, _scalar(g, x, float(include_pad)), p, p)
+            mask = padded(
+                counted,
+                _scalar(g, x, 0.0),
+                [0] * dims,
+                [e - pi for e, pi in zip(extra, p, strict=True)],
+            )
+            out = g.op("Div", sums, g.op("Mul", floor_pool(mask, "AveragePool"), area))
+
+    def spatial(v: Any) -> Any:
+        """``v``'s sizes after the batch and the channels, read at run time."""
+        return g.op(
+            "Slice", g.op("Shape", v), _int64_constant(g, [2]), _int64_constant(g, [2 + dims])
+        )
+
+    # the windows that start before the right padding: ceil((size + padding) / stride)
+    starting = g.op(
+        "Div", g.op("Add", spatial(x), _int64_constant(g, extra)), _int64_constant(g, s)
+    )
+    ends = g.op("Min", spatial(out), starting)
+    axes = _int64_constant(g, list(range(2, 2 + dims)))
+    return g.op("Slice", out, _int64_constant(g, [0] * dims), ends, axes)
 
 
 @cache
