@@ -308,6 +308,17 @@ BATCH_ONE_CASES = {
         k = LearnedPositionalEncoding(4) <- p
         y = SDPA(2, num_kv_heads=1, causal=true) <- x, k, a
     }""",
+    # a constant pad of nothing clones its input, strides kept, where any other pad makes a
+    # tensor in the suggested format: the transposed map stays strided so, and the Linear
+    # after it copies it as rows (fuzz seed 15,006,564: 32 B counted, 64 B saved at batch 1)
+    "pad-of-nothing-keeps-strides": """model M {
+        input x: float[1, 3, 5, 5]
+        a = AdaptiveAvgPool3d(2) <- x
+        t = Transpose(1, 2) <- a
+        p = Pad(left=0, value=-1.0) <- t
+        c = ConvTranspose3d(3, kernel=1, stride=2) <- p
+        l = Linear(2) <- p
+    }""",
 }
 
 

@@ -22,7 +22,7 @@ from dlspec.layers.base import (
     saved_input,
     torch_dim,
 )
-from dlspec.layers.layout import Layout, like
+from dlspec.layers.layout import Layout, empty_like, like
 from dlspec.layers.symbolic import Dim, fmt_dim
 from dlspec.validation import Field
 
@@ -142,7 +142,10 @@ class Pad(Layer):
     def layout(self, inputs: list[Layout], output: Layout) -> Layout:
         """In the input's suggested memory format (channels-last, 2-D or 3-D, where its
         strides are so), as torch's pads allocate it; a circular pad, made of slices
-        concatenated, is contiguous."""
+        concatenated, is contiguous; a constant pad of nothing is torch's clone of the
+        input, strided as it is."""
+        if self.mode == "constant" and not any(self.pads()):
+            return empty_like(inputs[0])
         return output if self.mode == "circular" else like(inputs[0], output.sizes)
 
     def label(self) -> str:
