@@ -51,22 +51,19 @@ _SIMPLE: dict[Any, Callable[[], cs.CoreSchema]] = {
     bool: cs.bool_schema,
     str: cs.str_schema,
     Any: cs.any_schema,
-    None: cs.none_schema,
-    type(None): cs.none_schema,
 }
 
 
 class FieldInfo:
     """A field's declaration: its type, its default (``PydanticUndefined`` when it has none),
-    a default factory, a second name it is given by, constraints (``ge=1``, ``pattern=...``)
-    and a description; the attributes of pydantic's ``FieldInfo`` that dlspec reads."""
+    a default factory, a second name it is given by and constraints (``ge=1``,
+    ``pattern=...``); the attributes of pydantic's ``FieldInfo`` that dlspec reads."""
 
     __slots__ = (
         "annotation",
         "constraints",
         "default",
         "default_factory",
-        "description",
         "validation_alias",
     )
 
@@ -76,14 +73,12 @@ class FieldInfo:
         *,
         default_factory: Callable[[], Any] | None = None,
         validation_alias: str | None = None,
-        description: str | None = None,
         **constraints: Any,
     ) -> None:
         self.annotation: Any = None
         self.default = default
         self.default_factory = default_factory
         self.validation_alias = validation_alias
-        self.description = description
         self.constraints = constraints
 
     def is_required(self) -> bool:
@@ -98,7 +93,6 @@ def Field(
     *,
     default_factory: Callable[[], Any] | None = None,
     validation_alias: str | None = None,
-    description: str | None = None,
     **constraints: Any,
 ) -> Any:
     """A field's default and constraints, in a class body (``x: int = Field(1, ge=1)``) or
@@ -107,7 +101,6 @@ def Field(
         default,
         default_factory=default_factory,
         validation_alias=validation_alias,
-        description=description,
         **constraints,
     )
 
@@ -160,9 +153,6 @@ def core_schema(annotation: Any) -> cs.CoreSchema:
         return cs.list_schema(core_schema(args[0]))
     if origin is dict:
         return cs.dict_schema(core_schema(args[0]), core_schema(args[1]))
-    if origin in (set, frozenset):
-        make = cs.set_schema if origin is set else cs.frozenset_schema
-        return make(core_schema(args[0]))
     if annotation in _SIMPLE:
         return _SIMPLE[annotation]()
     if isinstance(annotation, type) and issubclass(annotation, Validated):
@@ -300,10 +290,8 @@ class Validated:
     def model_copy(self, *, update: dict[str, Any] | None = None) -> Self:
         """A copy with the fields in ``update`` replaced (not validated, as pydantic's)."""
         copy = type(self).__new__(type(self))
-        _set(copy, "__dict__", {**self.__dict__, **(update or {})})
-        _set(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | set(update or ()))
-        _set(copy, "__pydantic_extra__", None)
-        _set(copy, "__pydantic_private__", None)
+        update = update or {}
+        _fill(copy, {**self.__dict__, **update}, self.__pydantic_fields_set__ | set(update))
         return copy
 
     def model_dump(self, *, mode: Literal["python", "json"] = "python", **options: Any) -> Any:
@@ -340,13 +328,17 @@ class Validated:
         return {"__dict__": self.__dict__, "fields_set": self.__pydantic_fields_set__}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        _set(self, "__dict__", state["__dict__"])
-        _set(self, "__pydantic_fields_set__", state["fields_set"])
-        _set(self, "__pydantic_extra__", None)
-        _set(self, "__pydantic_private__", None)
+        _fill(self, state["__dict__"], state["fields_set"])
 
 
-_set = object.__setattr__
+def _fill(record: Validated, values: dict[str, Any], fields_set: set[str]) -> None:
+    """Set what pydantic-core sets on the records it makes: the fields' values, the fields
+    given, and neither extra fields nor private attributes."""
+    _set = object.__setattr__
+    _set(record, "__dict__", values)
+    _set(record, "__pydantic_fields_set__", fields_set)
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
 
 
 def _with_default(schema: cs.CoreSchema, info: FieldInfo) -> cs.CoreSchema:

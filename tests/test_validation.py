@@ -5,6 +5,7 @@ pydantic models where dlspec relies on it (copy, pickle, equality, hash, dump)."
 
 import copy
 import pickle
+import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pydantic
@@ -41,9 +42,9 @@ def pydantic_type(annotation: Any) -> Any:
         return Annotated[(pydantic_type(args[0]), *map(_marker, annotation.__metadata__))]
     if origin is Literal or not args:
         return annotation
-    if origin is Union or str(origin) == "<class 'types.UnionType'>":
-        return Union[tuple(pydantic_type(a) for a in args)]  # noqa: UP007 - built from args
-    return origin[tuple(pydantic_type(a) if a is not Ellipsis else a for a in args)]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(map(pydantic_type, args))]  # noqa: UP007 - built from args
+    return origin[tuple(map(pydantic_type, args))]
 
 
 def _marker(meta: Any) -> Any:
@@ -67,7 +68,7 @@ def outcome(validate: Any, value: Any) -> Any:
 
 FIELDS = [
     (kind, name, info)
-    for kind in sorted(REGISTRY, key=lambda k: k)
+    for kind in sorted(REGISTRY)
     for name, info in REGISTRY[kind].model_fields.items()
 ]
 

@@ -449,11 +449,9 @@ def _attention(
 def _reduce(g: Any, op: str, x: Any, axes: list[int], keep: bool = True) -> Any:
     """ONNX reduction ``op`` (ReduceMean, ReduceMax) of ``x`` over ``axes`` (axes became an
     input in opset 18)."""
-    import torch
 
     if g.opset >= 18:
-        axes_input = g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64))
-        return g.op(op, x, axes_input, keepdims_i=int(keep))
+        return g.op(op, x, _int64_constant(g, axes), keepdims_i=int(keep))
     return g.op(op, x, axes_i=axes, keepdims_i=int(keep))
 
 
@@ -659,7 +657,6 @@ def _adaptive_max(g: Any, x: Any, axis: int, out: int) -> Any:
     does it (:func:`_cells`): every cell at once, over a new axis of ``out`` cells before
     ``axis``, as the maximum of ``x`` with the positions outside the cell set to -inf (a
     cell is never empty)."""
-    import torch
 
     def const(v: int | list[int]) -> Any:
         return _int64_constant(g, v)
@@ -675,7 +672,7 @@ def _adaptive_max(g: Any, x: Any, axis: int, out: int) -> Any:
     rest = -axis - 1  # the axes after the pooled one
     inside = g.op("Reshape", inside, const([out, -1] + [1] * rest))
     spread = g.op("Unsqueeze", x, const([axis - 1]))  # (..., 1, n, *rest)
-    low = g.op("Constant", value_t=torch.tensor(-math.inf, dtype=_float_type(x)))
+    low = _scalar(g, x, -math.inf)
     return _reduce(g, "ReduceMax", g.op("Where", inside, spread, low), [axis], keep=False)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pydantic_core import PydanticUndefined
-
 from dlspec.layers import REGISTRY
 
 
@@ -22,7 +20,7 @@ def reference_markdown() -> str:
             alias = f" (or `{field.validation_alias}`)" if field.validation_alias else ""
             if name == cls.variadic:
                 args.append(f"*{name}")
-            elif field.default is PydanticUndefined and field.default_factory is None:
+            elif field.is_required():
                 args.append(f"**{name}**{alias}")
             else:
                 args.append(f"{name}{alias}={field.default!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from lsprotocol import types
-from pydantic_core import PydanticUndefined
 
 from dlspec.layers import REGISTRY
 
@@ -48,7 +47,7 @@ def argument_items(kind: str, block_params: dict[str, list[str]]) -> list[types.
     for name, field in cls.model_fields.items():
         if name == cls.variadic:
             continue
-        required = field.default is PydanticUndefined and field.default_factory is None
+        required = field.is_required()
         detail = "required" if required else f"default {field.default!r}"
         alias = field.validation_alias
         for label in [alias, name] if isinstance(alias, str) else [name]:
@@ -58,7 +57,6 @@ def argument_items(kind: str, block_params: dict[str, list[str]]) -> list[types.
                     kind=types.CompletionItemKind.Field,
                     detail=detail,
                     insert_text=f"{label}=",
-                    documentation=field.description,
                 )
             )
     return items
