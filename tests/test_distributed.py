@@ -194,7 +194,8 @@ def test_torchrun_resumes_a_one_process_checkpoint_in_two(
 
 def test_a_rank_that_fails_ends_the_job_with_its_error(tmp_path: Path) -> None:
     command = [*TWO_PROCESSES, "--epochs", "2", "--out", str(tmp_path)]
-    done = job(command, **{FAULT_VARIABLE: "1:raise"})
+    # the failing rank writes its crash log under the temporary folder: this test's own
+    done = job(command, **{FAULT_VARIABLE: "1:raise", "TMPDIR": str(tmp_path)})
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     # the injected exception is unexpected: the rank reports an internal error (exit 70)
